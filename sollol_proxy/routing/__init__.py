@@ -1,0 +1,27 @@
+"""Routing policy: pure and synchronous. Snapshots of the fleet in, a ranked list of nodes out.
+
+Nothing here does I/O or touches the event loop, so every strategy is unit-testable as plain
+functions and cheap enough to run on every request.
+"""
+
+from .least_loaded import LeastLoaded
+from .types import Choice, NodeView, RouteRequest, Strategy
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    LeastLoaded.name: LeastLoaded,
+}
+
+
+def make_strategy(name: str) -> Strategy:
+    return STRATEGIES[name]()
+
+
+__all__ = [
+    "STRATEGIES",
+    "Choice",
+    "LeastLoaded",
+    "NodeView",
+    "RouteRequest",
+    "Strategy",
+    "make_strategy",
+]

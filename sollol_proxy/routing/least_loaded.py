@@ -1,0 +1,29 @@
+"""Least-loaded: a free slot first, then a node that already holds the model, then the emptiest."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import ClassVar
+
+from .types import Choice, NodeView, RouteRequest
+
+
+class LeastLoaded:
+    name: ClassVar[str] = "least_loaded"
+
+    def rank(self, request: RouteRequest, candidates: Sequence[NodeView]) -> list[Choice]:
+        def key(node: NodeView) -> tuple[bool, bool, float, int]:
+            saturated = node.in_flight >= node.num_parallel
+            # Equal nodes are ordered by a per-request hash so that ties spread over the fleet
+            # instead of always landing on the first configured node.
+            tiebreak = zlib.crc32(f"{request.request_id}/{node.name}".encode())
+            return saturated, not node.resident, node.in_flight / node.num_parallel, tiebreak
+
+        ranked = sorted(candidates, key=key)
+        return [Choice(node.name, _reason(node)) for node in ranked]
+
+
+def _reason(node: NodeView) -> str:
+    residency = "resident" if node.resident else "not loaded"
+    return f"{residency}, {node.in_flight}/{node.num_parallel} slots busy"
