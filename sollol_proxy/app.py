@@ -1,0 +1,80 @@
+"""The only module that wires things together: config in, a ready aiohttp application out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .fleet import Fleet
+from .handlers import OllamaHandler
+from .management import Management
+from .proxy import Forwarder
+from .routing import make_strategy
+from .selection import Selector
+
+log = logging.getLogger("sollol.app")
+
+CONFIG = web.AppKey("config", Config)
+FLEET = web.AppKey("fleet", Fleet)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # Ollama sends no Server header (reference 1.1); aiohttp would add its own.
+    response.headers.popall("Server", None)
+
+
+def new_upstream_session(config: Config) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        # Streams are long-lived; a pool limit would queue requests inside the proxy, unseen.
+        connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+        # Timeouts are applied per phase by the proxy (first byte, idle read), not per request.
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.timeouts.connect),
+        auto_decompress=False,  # bytes pass through exactly as the node sent them
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+    )
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Every background task is started, cancelled and awaited here."""
+    fleet, session = app[FLEET], app[SESSION]
+    await fleet.refresh_all()
+    healthy = [n.name for n in fleet.healthy()]
+    log.info("fleet ready: %d/%d nodes healthy %s", len(healthy), len(fleet.nodes), healthy)
+    watchers = [
+        asyncio.create_task(fleet.watch(node), name=f"watch:{node.name}")
+        for node in fleet.nodes.values()
+    ]
+    yield
+    for task in watchers:
+        task.cancel()
+    for task in watchers:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await session.close()
+
+
+async def create_app(config: Config) -> web.Application:
+    session = new_upstream_session(config)
+    fleet = Fleet(config, session)
+    handler = OllamaHandler(
+        config=config,
+        fleet=fleet,
+        selector=Selector(fleet, make_strategy(config.strategy)),
+        forwarder=Forwarder(config, session, fleet),
+        management=Management(config, session, fleet),
+    )
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app[FLEET] = fleet
+    app[SESSION] = session
+    app.on_response_prepare.append(_drop_server_header)
+    app.cleanup_ctx.append(_background)
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app

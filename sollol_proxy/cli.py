@@ -1,0 +1,123 @@
+"""The `sollol-proxy` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import yaml
+
+from . import __version__
+from .config import Config, ConfigError, load_config, parse_node_list
+
+_F = Callable[..., Any]
+
+
+def _config_options(func: _F) -> _F:
+    options = [
+        click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+                     envvar="SOLLOL_CONFIG", help="YAML config file (env SOLLOL_CONFIG)."),
+        click.option("--host", help="Listen address (default 0.0.0.0)."),
+        click.option("--port", type=int, help="Listen port (default 11434)."),
+        click.option("--node", "nodes", multiple=True,
+                     help="Ollama node URL or host:port; repeat or comma-separate. Replaces the file's nodes."),
+        click.option("--hosts-file", type=click.Path(dir_okay=False),
+                     help="Plain list of nodes, one host:port per line, # comments."),
+        click.option("--strategy", help="Routing strategy."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _build_config(params: dict[str, Any]) -> Config:
+    flags = {
+        "listen.host": ("host", "--host"),
+        "listen.port": ("port", "--port"),
+        "hosts_file": ("hosts_file", "--hosts-file"),
+        "routing.strategy": ("strategy", "--strategy"),
+        "log_level": ("log_level", "--log-level"),
+    }
+    overrides: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for key, (param, flag) in flags.items():
+        if params.get(param) is not None:
+            overrides[key], origins[key] = params[param], f"option {flag}"
+    if params.get("nodes"):
+        overrides["nodes"], origins["nodes"] = parse_node_list(params["nodes"]), "option --node"
+    return load_config(params.get("config_path"), overrides=overrides, override_origins=origins)
+
+
+def _load_or_exit(params: dict[str, Any]) -> Config:
+    try:
+        return _build_config(params)
+    except ConfigError as exc:
+        click.echo(f"sollol-proxy: configuration error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@_config_options
+@click.version_option(__version__, prog_name="sollol-proxy")
+@click.pass_context
+def main(ctx: click.Context, **params: Any) -> None:
+    """Serve one Ollama-compatible address in front of a fleet of Ollama nodes."""
+    ctx.obj = params
+    if ctx.invoked_subcommand is None:
+        config = _load_or_exit(params)
+        _setup_logging(config.log_level)
+        from .server import run
+
+        run(config)
+
+
+@main.command("check-config")
+@_config_options
+@click.pass_context
+def check_config(ctx: click.Context, **params: Any) -> None:
+    """Validate the configuration and print the effective result."""
+    merged = {**(ctx.obj or {}), **{k: v for k, v in params.items() if v not in (None, ())}}
+    config = _load_or_exit(merged)
+    click.echo(yaml.safe_dump(config.to_dict(), sort_keys=False), nl=False)
+    click.echo(f"# configuration OK: {len(config.nodes)} node(s)", err=True)
+
+
+@main.command()
+@click.option("--nodes", "count", default=3, show_default=True, help="Simulated nodes to start.")
+@click.option("--port", default=11434, show_default=True, help="Port for the proxy.")
+@click.option("--token-delay", default=0.05, show_default=True, help="Seconds per simulated token.")
+@click.option("--load-delay", default=1.5, show_default=True, help="Seconds to load a model.")
+def demo(count: int, port: int, token_delay: float, load_delay: float) -> None:
+    """Start simulated Ollama nodes and the proxy in front of them (no Ollama needed)."""
+    from .demo import run_demo
+
+    _setup_logging("info")
+    run_demo(count=count, port=port, token_delay=token_delay, load_delay=load_delay)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=11435, show_default=True)
+@click.option("--model", "models", multiple=True, help="Model on disk (repeat); default llama3.2 and all-minilm.")
+@click.option("--num-parallel", default=1, show_default=True)
+@click.option("--token-delay", default=0.05, show_default=True)
+@click.option("--load-delay", default=1.5, show_default=True)
+def simulate(host: str, port: int, models: tuple[str, ...], num_parallel: int, token_delay: float, load_delay: float) -> None:
+    """Run one simulated Ollama node (for trying the proxy, e.g. in docker-compose)."""
+    from .demo import run_simulated_node
+
+    _setup_logging("info")
+    run_simulated_node(host=host, port=port, models=list(models) or None, num_parallel=num_parallel,
+                       token_delay=token_delay, load_delay=load_delay)

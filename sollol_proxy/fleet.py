@@ -1,0 +1,185 @@
+"""What the proxy knows about each node: health, models on disk, models loaded, requests in flight.
+
+The background watcher refreshes it from Ollama's own `/api/version`, `/api/tags` and `/api/ps`;
+the proxy's dispatches update the in-flight counts immediately through `lease()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .config import Config, NodeConfig
+from .headers import upstream_probe_headers
+from .names import normalize_model
+from .routing import NodeView
+
+log = logging.getLogger("sollol.fleet")
+
+# An on-demand inventory refresh (a request names a model nobody has) happens at most this often,
+# so a client asking for a missing model in a loop cannot turn into a probe storm.
+ON_DEMAND_REFRESH_MIN_AGE = 1.0
+
+
+@dataclass
+class NodeState:
+    config: NodeConfig
+    healthy: bool = False
+    last_error: str = "not probed yet"
+    version: str | None = None
+    # normalized model name -> the node's own /api/tags item (kept for the fleet-wide views)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # normalized model name -> the node's own /api/ps item
+    loaded: dict[str, dict[str, Any]] = field(default_factory=dict)
+    in_flight: int = 0
+    inventory_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def view(self, model: str) -> NodeView:
+        return NodeView(
+            name=self.name,
+            in_flight=self.in_flight,
+            num_parallel=self.config.num_parallel,
+            resident=model in self.loaded,
+        )
+
+
+class ProbeError(Exception):
+    pass
+
+
+class Fleet:
+    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+        self._config = config
+        self._session = session
+        self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in config.nodes}
+        self._refresh_lock = asyncio.Lock()
+        self._last_on_demand = 0.0
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def healthy(self) -> list[NodeState]:
+        return [n for n in self.nodes.values() if n.healthy]
+
+    def with_model(self, model: str, *, healthy_only: bool = True) -> list[NodeState]:
+        key = normalize_model(model)
+        return [
+            n for n in self.nodes.values() if key in n.models and (n.healthy or not healthy_only)
+        ]
+
+    def views(self, nodes: Iterable[NodeState], model: str) -> list[NodeView]:
+        key = normalize_model(model)
+        return [n.view(key) for n in nodes]
+
+    def unhealthy_summary(self, nodes: Sequence[NodeState] | None = None) -> str:
+        chosen = nodes if nodes is not None else [n for n in self.nodes.values() if not n.healthy]
+        return "; ".join(f"{n.name}: {n.last_error}" for n in chosen)
+
+    # -- in-flight accounting -----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, node: NodeState) -> AsyncIterator[NodeState]:
+        node.in_flight += 1
+        try:
+            yield node
+        finally:
+            node.in_flight -= 1
+
+    def mark_failed(self, node: NodeState, reason: str) -> None:
+        if node.healthy:
+            log.warning("node %s marked unhealthy: %s", node.name, reason)
+        node.healthy = False
+        node.last_error = reason
+
+    # -- probing ------------------------------------------------------------------------------
+
+    async def _get_json(self, node: NodeState, path: str) -> Any:
+        timeout = aiohttp.ClientTimeout(total=self._config.health_timeout)
+        try:
+            async with self._session.get(
+                node.config.url + path, headers=upstream_probe_headers(node.config), timeout=timeout
+            ) as resp:
+                body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ProbeError(describe_error(exc)) from exc
+        if resp.status != 200:
+            raise ProbeError(f"GET {path} answered {resp.status}")
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ProbeError(f"GET {path} answered invalid JSON") from exc
+
+    async def refresh(self, node: NodeState, *, inventory: bool = True) -> None:
+        """Probe one node; on failure it is marked unhealthy, never raised."""
+        try:
+            version = await self._get_json(node, "/api/version")
+            ps = await self._get_json(node, "/api/ps")
+            tags = await self._get_json(node, "/api/tags") if inventory else None
+        except ProbeError as exc:
+            self.mark_failed(node, str(exc))
+            return
+        if not node.healthy:
+            log.info("node %s is healthy (version %s)", node.name, version.get("version"))
+        node.healthy, node.last_error = True, ""
+        node.version = str(version.get("version", "")) or None
+        node.loaded = _index_models(ps)
+        if tags is not None:
+            node.models = _index_models(tags)
+            node.inventory_at = time.monotonic()
+
+    async def refresh_all(self, *, inventory: bool = True) -> None:
+        await asyncio.gather(*(self.refresh(n, inventory=inventory) for n in self.nodes.values()))
+
+    async def refresh_for_missing_model(self) -> None:
+        """A request named a model no node is known to have: maybe it was pulled behind our back."""
+        async with self._refresh_lock:
+            if time.monotonic() - self._last_on_demand < ON_DEMAND_REFRESH_MIN_AGE:
+                return
+            await self.refresh_all()
+            self._last_on_demand = time.monotonic()
+
+    async def watch(self, node: NodeState) -> None:
+        """Background loop for one node: health and residency every tick, disk inventory less often."""
+        while True:
+            await asyncio.sleep(self._config.health_interval)
+            try:
+                due = time.monotonic() - node.inventory_at >= self._config.inventory_interval
+                await self.refresh(node, inventory=due or not node.healthy)
+            except Exception:  # a bug here must not silently stop the watcher
+                log.exception("watcher for node %s failed; retrying next tick", node.name)
+
+
+def _index_models(payload: Any) -> dict[str, dict[str, Any]]:
+    items = payload.get("models") if isinstance(payload, dict) else None
+    index: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        if isinstance(item, dict):
+            name = item.get("model") or item.get("name")
+            if isinstance(name, str) and name:
+                index[normalize_model(name)] = item
+    return index
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short operator-facing reason for a failed upstream call."""
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed by node"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "response body cut off by node"
+    text = str(exc) or type(exc).__name__
+    return text

@@ -1,0 +1,105 @@
+"""The one entry point for every Ollama route: classify, peek, pick nodes, hand over."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from . import views
+from .config import Config
+from .errors import error_response
+from .fleet import Fleet
+from .headers import REQUEST_ID_HEADER
+from .management import Management
+from .peek import BodyTooLarge, peek, read_body
+from .proxy import Forwarder, Target
+from .routes import Kind, classify
+from .selection import NoTarget, Selector
+
+_MANAGEMENT = {
+    Kind.PULL: "pull",
+    Kind.PUSH: "push",
+    Kind.DELETE: "delete",
+    Kind.COPY: "copy",
+    Kind.CREATE: "create",
+}
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class OllamaHandler:
+    config: Config
+    fleet: Fleet
+    selector: Selector
+    forwarder: Forwarder
+    management: Management
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        request_id = new_request_id()
+        try:
+            response = await self._dispatch(request, request_id)
+        except NoTarget as exc:
+            response = error_response(request.path, exc.status, exc.message)
+        except BodyTooLarge as exc:
+            response = error_response(request.path, 413, str(exc))
+        if not response.prepared:
+            response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+        return response
+
+    async def _dispatch(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        route, param = classify(request.method, request.path)
+        kind = route.kind
+        pinned = request.headers.get("X-Sollol-Node")
+        if kind is Kind.ROOT:
+            return views.root()
+        if kind in (Kind.VERSION, Kind.TAGS, Kind.PS, Kind.V1_MODELS) and not pinned:
+            nodes = list(self.fleet.nodes.values())
+            return {
+                Kind.VERSION: views.version,
+                Kind.TAGS: views.tags,
+                Kind.PS: views.ps,
+                Kind.V1_MODELS: views.v1_models,
+            }[kind](nodes)
+        if kind is Kind.BLOB:
+            # Uploads can be gigabytes: streamed straight through, never held (so no failover).
+            targets = self.selector.pinned(request, allow_all=False) or [self.selector.placement()]
+            target = Target(
+                targets[0],
+                "blob: " + ("pinned" if pinned else "placement node (first healthy node)"),
+            )
+            upload = request.content if request.method == "POST" else None
+            return await self.forwarder.forward(request, upload, [target], request_id)
+
+        body = await read_body(request, self.config.max_body_bytes)
+        seen = peek(route, body, request.headers.get("Content-Type", ""), param)
+        forwarded_body = body or None
+        if kind in (Kind.MODEL, Kind.MODEL_PATH):
+            targets = await self.selector.for_model(request, seen.model, request_id)
+            return await self.forwarder.forward(request, forwarded_body, targets, request_id)
+        if kind in _MANAGEMENT:
+            payload = seen.payload or {}
+            base = (
+                payload.get("from")
+                if not (payload.get("files") or payload.get("adapters"))
+                else None
+            )
+            nodes, label = self.selector.for_management(
+                request,
+                _MANAGEMENT[kind],
+                seen.model,
+                base if isinstance(base, str) else "",
+                request_id,
+            )
+            return await self.management.run(request, body, nodes, request_id, label)
+        # Fleet views pinned to a node, and every route this proxy does not model: a node answers.
+        pinned_nodes = self.selector.pinned(request, allow_all=False)
+        if pinned_nodes is not None:
+            targets = [Target(node, "pinned by X-Sollol-Node") for node in pinned_nodes]
+        else:
+            targets = self.selector.any_node(request_id, "not model-specific")
+        return await self.forwarder.forward(request, forwarded_body, targets, request_id)

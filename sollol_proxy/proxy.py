@@ -1,0 +1,162 @@
+"""Forward one request to the best node and stream its answer back, byte for byte.
+
+Errors before the client received anything become a failover to the next node, or a status.
+Errors after that become an in-stream error the client's library raises on, never a silent end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .errors import error_response, stream_error_bytes
+from .fleet import Fleet, NodeState, describe_error
+from .headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, downstream_response_headers
+from .upstream import Body, Opened, UpstreamFailure, open_upstream
+
+log = logging.getLogger("sollol.proxy")
+
+# Ollama answers 503 when its scheduler queue is full (reference 5.2): another node may have room.
+BUSY_STATUS = 503
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    node: NodeState
+    route: str  # strategy and reason, for X-Sollol-Route
+
+
+class Forwarder:
+    def __init__(self, config: Config, session: aiohttp.ClientSession, fleet: Fleet) -> None:
+        self._config = config
+        self._session = session
+        self._fleet = fleet
+
+    async def forward(
+        self, request: web.Request, body: Body, targets: Sequence[Target], request_id: str
+    ) -> web.StreamResponse:
+        replayable = isinstance(body, bytes | None)
+        attempts = list(targets[: self._config.max_attempts if replayable else 1])
+        failures: list[tuple[str, UpstreamFailure]] = []
+        for index, target in enumerate(attempts):
+            node = target.node
+            async with self._fleet.lease(node):
+                try:
+                    opened = await open_upstream(
+                        self._session, request, node, body, self._config.timeouts
+                    )
+                except UpstreamFailure as exc:
+                    if exc.node_down:
+                        self._fleet.mark_failed(node, exc.reason)
+                    log.warning(
+                        "%s: node %s failed before the first byte: %s",
+                        request_id,
+                        node.name,
+                        exc.reason,
+                    )
+                    failures.append((node.name, exc))
+                    continue
+                if opened.response.status == BUSY_STATUS and index < len(attempts) - 1:
+                    opened.response.close()
+                    log.info(
+                        "%s: node %s is busy (503), trying the next node", request_id, node.name
+                    )
+                    failures.append((node.name, UpstreamFailure("busy (503)", node_down=False)))
+                    continue
+                route = target.route
+                if failures:
+                    route += " (after " + ", ".join(f"{n}: {f.reason}" for n, f in failures) + ")"
+                log.info(
+                    "%s: %s %s -> %s [%s]",
+                    request_id,
+                    request.method,
+                    request.path,
+                    node.name,
+                    route,
+                )
+                routing = {
+                    NODE_HEADER: node.name,
+                    ROUTE_HEADER: route,
+                    REQUEST_ID_HEADER: request_id,
+                }
+                return await self._relay(request, opened, node, routing)
+        return self._all_failed(request, failures, request_id)
+
+    def _all_failed(
+        self, request: web.Request, failures: list[tuple[str, UpstreamFailure]], request_id: str
+    ) -> web.Response:
+        status = 504 if failures and all(f.timed_out for _, f in failures) else 502
+        detail = "; ".join(f"{name}: {f.reason}" for name, f in failures)
+        response = error_response(request.path, status, f"no Ollama node could answer ({detail})")
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    async def _relay(
+        self, request: web.Request, opened: Opened, node: NodeState, routing: dict[str, str]
+    ) -> web.StreamResponse:
+        upstream = opened.response
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(downstream_response_headers(upstream.headers))
+        response.headers.update(routing)
+        length = upstream.headers.get("Content-Length")
+        if length is not None and length.isdigit():
+            # Same framing as the node: a sized body stays sized, a chunked stream stays chunked.
+            response.content_length = int(length)
+        complete = False
+        try:
+            await response.prepare(request)
+            chunk, tail = opened.first_chunk, b""
+            while chunk:
+                await response.write(chunk)  # one write per upstream read: nothing is held back
+                tail = (tail + chunk)[-2:]
+                try:
+                    async with asyncio.timeout(self._config.timeouts.idle_read):
+                        chunk = await upstream.content.readany()
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    await self._broken_stream(request, response, upstream, node, exc, tail)
+                    return response
+            await response.write_eof()
+            complete = True
+            return response
+        finally:
+            if complete:
+                upstream.release()
+            else:
+                # The client left or the stream broke: closing makes Ollama cancel the generation
+                # and free its slot (reference 1.4).
+                upstream.close()
+
+    async def _broken_stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        node: NodeState,
+        exc: BaseException,
+        tail: bytes,
+    ) -> None:
+        reason = (
+            f"idle for {self._config.timeouts.idle_read:g}s"
+            if isinstance(exc, TimeoutError)
+            else describe_error(exc)
+        )
+        if not isinstance(exc, TimeoutError):
+            self._fleet.mark_failed(node, f"stream broke: {reason}")
+        message = f"sollol-proxy: node {node.name} failed mid-response ({reason}); the response is incomplete"
+        log.warning("%s: %s", response.headers.get(REQUEST_ID_HEADER, "-"), message)
+        ending = stream_error_bytes(
+            request.path, upstream.headers.get("Content-Type", ""), message, tail
+        )
+        if ending:
+            await response.write(ending)
+            await response.write_eof()
+        elif request.transport is not None:
+            # Not a stream format that can carry an error: cut the connection so the client sees
+            # a truncated body rather than a clean, shorter one.
+            request.transport.close()

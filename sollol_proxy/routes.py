@@ -1,0 +1,87 @@
+"""The Ollama routes the proxy treats specially (reference section 2), and what it needs from each.
+
+Anything not listed, or a listed path with a method Ollama does not accept there, is forwarded to
+a healthy node as it is: the node then answers exactly as Ollama does (404 text, 405 with `Allow`,
+trailing-slash redirects, routes newer than this table).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Kind(enum.Enum):
+    ROOT = "root"  # GET|HEAD /
+    VERSION = "version"  # fleet-wide /api/version
+    TAGS = "tags"  # fleet-wide /api/tags
+    PS = "ps"  # fleet-wide /api/ps
+    V1_MODELS = "v1_models"  # fleet-wide /v1/models
+    MODEL = "model"  # routed by the model named in the body
+    MODEL_PATH = "model_path"  # routed by the model named in the path (/v1/models/:model)
+    PULL = "pull"
+    PUSH = "push"
+    DELETE = "delete"
+    COPY = "copy"
+    CREATE = "create"
+    BLOB = "blob"  # /api/blobs/:digest, body streamed, never buffered
+    ANY = "any"  # any healthy node answers
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: Kind
+    # Body fields that name the model, first non-empty wins (reference 2.1: ollama-js sends `name`).
+    model_fields: tuple[str, ...] = ()
+    streams_by_default: bool = False
+    path_param: str = ""
+
+
+_MODEL = ("model", "name")
+
+EXACT: dict[str, tuple[frozenset[str], Route]] = {
+    "/": (frozenset({"GET", "HEAD"}), Route(Kind.ROOT)),
+    "/api/version": (frozenset({"GET", "HEAD"}), Route(Kind.VERSION)),
+    "/api/tags": (frozenset({"GET", "HEAD"}), Route(Kind.TAGS)),
+    "/api/ps": (frozenset({"GET"}), Route(Kind.PS)),
+    "/v1/models": (frozenset({"GET"}), Route(Kind.V1_MODELS)),
+    "/api/generate": (frozenset({"POST"}), Route(Kind.MODEL, ("model",), True)),
+    "/api/chat": (frozenset({"POST"}), Route(Kind.MODEL, ("model",), True)),
+    "/api/embed": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
+    "/api/embeddings": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
+    "/api/show": (frozenset({"POST"}), Route(Kind.MODEL, _MODEL)),
+    "/v1/chat/completions": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
+    "/v1/completions": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
+    "/v1/embeddings": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
+    "/v1/responses": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
+    "/v1/messages": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
+    "/v1/audio/transcriptions": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
+    "/api/pull": (frozenset({"POST"}), Route(Kind.PULL, _MODEL, True)),
+    "/api/push": (frozenset({"POST"}), Route(Kind.PUSH, _MODEL, True)),
+    "/api/delete": (frozenset({"DELETE"}), Route(Kind.DELETE, _MODEL)),
+    "/api/copy": (frozenset({"POST"}), Route(Kind.COPY, ("source",))),
+    "/api/create": (frozenset({"POST"}), Route(Kind.CREATE, _MODEL, True)),
+}
+
+# One path segment after the prefix, like gin's `:param`.
+PREFIXED: dict[str, tuple[frozenset[str], Route]] = {
+    "/v1/models/": (frozenset({"GET"}), Route(Kind.MODEL_PATH, path_param="model")),
+    "/api/blobs/": (frozenset({"HEAD", "POST"}), Route(Kind.BLOB, path_param="digest")),
+}
+
+FORWARD_AS_IS = Route(Kind.ANY)
+
+
+def classify(method: str, path: str) -> tuple[Route, str]:
+    """The route for this request and its path parameter ('' when there is none)."""
+    entry = EXACT.get(path)
+    if entry is not None:
+        methods, route = entry
+        return (route, "") if method in methods else (FORWARD_AS_IS, "")
+    for prefix, (methods, route) in PREFIXED.items():
+        if path.startswith(prefix):
+            param = path[len(prefix) :]
+            if param and "/" not in param and method in methods:
+                return route, param
+            return FORWARD_AS_IS, ""
+    return FORWARD_AS_IS, ""

@@ -1,0 +1,159 @@
+"""The life of one inference request: schedule, wait for a slot, prefill, emit tokens.
+
+Timing fields follow §5.6: load_duration runs from handler entry to the runner being
+scheduled (so it includes a load), and excludes the wait for a parallel slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .gotypes import ApiError, int_option
+from .models import SimModel
+from .scheduler import Runner
+from .text import count_tokens, tokens_for
+from .wire import FAULT_ABORT
+
+if TYPE_CHECKING:
+    from .node import SimulatedNode
+
+DEFAULT_NUM_CTX = 4096
+
+# Fixed metric values for deterministic mode, so identical requests give identical bytes.
+_DET_LOAD_NS = 1_000_000
+_DET_PROMPT_NS_PER_TOKEN = 100_000
+_DET_EVAL_NS_PER_TOKEN = 10_000_000
+
+
+class Generation:
+    """Async context manager around one request that holds (or waits for) a runner.
+
+    Leaving it releases the slot and the runner reference. A client that went away
+    (CancelledError from aiohttp's handler cancellation, or a reset while writing) is
+    counted in ``node.cancelled``."""
+
+    def __init__(self, node: SimulatedNode, request: web.Request, model: SimModel,
+                 options: dict[str, Any], keep_alive: float | None, t0: int) -> None:
+        self.node = node
+        self.request = request
+        self.model = model
+        self.options = options
+        self.keep_alive = keep_alive
+        self.t0 = t0
+        self.runner: Runner | None = None
+        self.loaded_now = False
+        self.t_loaded = t0
+        self.slot_held = False
+        self.prompt_eval_ns = 1
+        self.eval_ns = 1
+
+    async def __aenter__(self) -> Generation:
+        self.node._sched.in_flight += 1
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._release_slot()
+        if self.runner is not None:
+            self.node._sched.release(self.runner)
+            self.runner = None
+        self.node._sched.in_flight -= 1
+        gone = exc_type is not None and issubclass(
+            exc_type, asyncio.CancelledError | ConnectionResetError)
+        if gone and not self.request.get(FAULT_ABORT):
+            self.node.cancelled += 1
+
+    def _release_slot(self) -> None:
+        if self.slot_held and self.runner is not None:
+            self.runner.sem.release()
+            self.slot_held = False
+
+    async def schedule(self) -> None:
+        """Fault delays and errors first (they stand for a slow or failing scheduler),
+        then scheduleRunner."""
+        faults = self.node.faults
+        if faults.first_byte_delay > 0:
+            await asyncio.sleep(faults.first_byte_delay)
+        if faults.status_error is not None:
+            raise ApiError(*faults.status_error)
+        num_ctx = int_option(self.options, "num_ctx") or self.node.default_num_ctx
+        num_ctx = min(num_ctx, self.model.context_length or num_ctx)
+        int_option(self.options, "num_predict")  # type check only
+        self.runner, self.loaded_now = await self.node._sched.acquire(
+            self.model, num_ctx, self.keep_alive)
+        self.t_loaded = time.monotonic_ns()
+
+    async def acquire_slot(self) -> None:
+        assert self.runner is not None
+        await self.runner.sem.acquire()
+        self.slot_held = True
+
+    async def prefill(self, prompt_tokens: int) -> None:
+        start = time.monotonic_ns()
+        speed = self.node.prompt_tokens_per_s
+        if speed:
+            await asyncio.sleep(prompt_tokens / speed)
+        self.prompt_eval_ns = max(time.monotonic_ns() - start, 1)
+
+    async def tokens(self, seed_text: str, n: int) -> AsyncIterator[str]:
+        """Acquire a slot, prefill, then yield n tokens spaced by token_delay. The slot is
+        released after the last token, before the caller writes the final object."""
+        await self.acquire_slot()
+        await self.prefill(count_tokens(seed_text))
+        start = time.monotonic_ns()
+        delay = self.node.token_delay
+        for i, tok in enumerate(tokens_for(seed_text, n)):
+            if i and delay > 0:
+                await asyncio.sleep(delay)
+            yield tok
+        self.eval_ns = max(time.monotonic_ns() - start, 1)
+        self._release_slot()
+
+    async def collect(self, seed_text: str, n: int) -> list[str]:
+        return [tok async for tok in self.tokens(seed_text, n)]
+
+    def load_duration(self) -> int:
+        if self.node.deterministic:
+            return _DET_LOAD_NS
+        return max(self.t_loaded - self.t0, 1)
+
+    def metrics(self, prompt_count: int, eval_count: int) -> dict[str, int]:
+        """api.Metrics in Go field order."""
+        load = self.load_duration()
+        if self.node.deterministic:
+            prompt_ns = prompt_count * _DET_PROMPT_NS_PER_TOKEN
+            eval_ns = eval_count * _DET_EVAL_NS_PER_TOKEN
+            total = load + prompt_ns + eval_ns + 250_000
+        else:
+            prompt_ns, eval_ns = self.prompt_eval_ns, self.eval_ns
+            total = max(time.monotonic_ns() - self.t0, load + prompt_ns + eval_ns)
+        return {
+            "total_duration": total,
+            "load_duration": load,
+            "prompt_eval_count": prompt_count,
+            "prompt_eval_duration": prompt_ns,
+            "eval_count": eval_count,
+            "eval_duration": eval_ns,
+        }
+
+    def embed_metrics(self, prompt_count: int) -> dict[str, int]:
+        load = self.load_duration()
+        total = load + 2_000_000 if self.node.deterministic else max(
+            time.monotonic_ns() - self.t0, load)
+        return {"total_duration": total, "load_duration": load,
+                "prompt_eval_count": prompt_count}
+
+
+def chat_prompt(messages: list[Any]) -> str:
+    """The text a chat 'renders' to: what the token count and the output derive from."""
+    parts = []
+    for msg in messages:
+        if isinstance(msg, dict):
+            parts.append(f"{str(msg.get('role', '')).lower()}: {msg.get('content') or ''}")
+    return "\n".join(parts)

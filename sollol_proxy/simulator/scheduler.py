@@ -1,0 +1,164 @@
+"""Runner residency and slots, after Ollama's scheduler (§5).
+
+One load at a time per node (``processPending`` is a single goroutine), an already loaded
+runner is used without queueing, requests beyond ``num_parallel`` wait on the runner's
+semaphore without limit (no 503), idle runners expire after their session duration, and a
+model that does not fit evicts runners in ``findRunnerToUnload`` order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from .gotypes import FOREVER, expiry_ns, now_ns
+from .models import SimModel
+
+
+@dataclass(eq=False)
+class Runner:
+    model: SimModel
+    num_ctx: int
+    num_parallel: int
+    session_duration: float
+    sem: asyncio.Semaphore
+    ref_count: int = 0
+    expires_at_ns: int | None = None  # None until the runner first goes idle (§3.4)
+    loading: bool = True
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def size(self) -> int:
+        return self.model.size
+
+    def sort_key(self) -> tuple[float, str]:
+        # findRunnerToUnload: shortest session first (forever sorts last), then model path.
+        return (self.session_duration, self.model.key)
+
+
+class Scheduler:
+    def __init__(self, *, num_parallel: int, max_loaded_models: int, vram_bytes: int,
+                 load_delay: float, default_keep_alive: float) -> None:
+        self.num_parallel = num_parallel
+        self.max_loaded_models = max_loaded_models
+        self.vram_bytes = vram_bytes
+        self.load_delay = load_delay
+        self.default_keep_alive = default_keep_alive
+        self.runners: dict[str, Runner] = {}
+        self.in_flight = 0
+        self._load_lock = asyncio.Lock()  # asyncio.Lock is FIFO, like pendingReqCh
+
+    # ------------------------------------------------------------------ acquire / release
+
+    async def acquire(self, model: SimModel, num_ctx: int,
+                      keep_alive: float | None) -> tuple[Runner, bool]:
+        """Reference a runner for the model, loading it if needed. Returns (runner, loaded_now).
+        The caller must call ``release`` exactly once, also on cancellation."""
+        runner = self._usable(model, num_ctx)
+        if runner is not None:
+            self._use(runner, keep_alive)
+            return runner, False
+        async with self._load_lock:
+            runner = self._usable(model, num_ctx)
+            if runner is not None:
+                self._use(runner, keep_alive)
+                return runner, False
+            stale = self.runners.get(model.key)
+            if stale is not None:  # needsReload (§5.4): drain, then replace
+                stale.session_duration = 0
+                await self._drain_and_unload(stale)
+            await self._make_room(model)
+            duration = keep_alive if keep_alive is not None else self.default_keep_alive
+            parallel = 1 if model.embedding_only else self.num_parallel
+            runner = Runner(model, num_ctx, parallel, duration, asyncio.Semaphore(parallel))
+            runner.ref_count = 1
+            self.runners[model.key] = runner
+            task = asyncio.ensure_future(self._load(runner))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # A client that goes away does not abort a load in progress; finish it under
+                # the lock so later requests find the runner ready, then drop our reference.
+                await task
+                self.release(runner)
+                raise
+            return runner, True
+
+    async def _load(self, runner: Runner) -> None:
+        await asyncio.sleep(self.load_delay)
+        runner.loading = False
+
+    def _usable(self, model: SimModel, num_ctx: int) -> Runner | None:
+        runner = self.runners.get(model.key)
+        if runner is None or runner.loading or runner.num_ctx != num_ctx:
+            return None
+        if runner.session_duration == 0 and runner.ref_count == 0:
+            return None  # already being expired
+        return runner
+
+    def _use(self, runner: Runner, keep_alive: float | None) -> None:
+        runner.ref_count += 1
+        runner.idle.clear()
+        if runner.timer is not None:
+            runner.timer.cancel()
+            runner.timer = None
+        if keep_alive is not None:  # absent keep_alive keeps the runner's last duration
+            runner.session_duration = keep_alive
+
+    def release(self, runner: Runner) -> None:
+        runner.ref_count -= 1
+        if runner.ref_count > 0:
+            return
+        runner.idle.set()
+        now = now_ns()
+        runner.expires_at_ns = expiry_ns(now, runner.session_duration)
+        if runner.session_duration == 0:
+            self._unload(runner)
+        elif runner.session_duration != FOREVER:
+            loop = asyncio.get_running_loop()
+            runner.timer = loop.call_later(runner.session_duration, self._expire, runner)
+
+    def _expire(self, runner: Runner) -> None:
+        runner.timer = None
+        if runner.ref_count == 0:
+            self._unload(runner)
+
+    def _unload(self, runner: Runner) -> None:
+        if runner.timer is not None:
+            runner.timer.cancel()
+            runner.timer = None
+        if self.runners.get(runner.model.key) is runner:
+            del self.runners[runner.model.key]
+
+    def expire_now(self, model: SimModel) -> None:
+        """expireRunner (unload request, §5.3): unload now if idle, else when requests end."""
+        runner = self.runners.get(model.key)
+        if runner is None:
+            return
+        runner.session_duration = 0
+        runner.expires_at_ns = now_ns()
+        if runner.ref_count == 0 and not runner.loading:
+            self._unload(runner)
+
+    # ------------------------------------------------------------------ eviction
+
+    async def _drain_and_unload(self, runner: Runner) -> None:
+        if runner.ref_count > 0:
+            await runner.idle.wait()
+        self._unload(runner)
+
+    async def _make_room(self, model: SimModel) -> None:
+        while self.runners:
+            used = sum(r.size for r in self.runners.values())
+            too_many = len(self.runners) >= self.max_loaded_models
+            no_fit = used + model.size > self.vram_bytes
+            if not (too_many or no_fit):
+                return
+            ordered = sorted(self.runners.values(), key=Runner.sort_key)
+            victim = next((r for r in ordered if r.ref_count == 0), ordered[0])
+            victim.session_duration = 0
+            await self._drain_and_unload(victim)
+
+    def loaded(self) -> list[Runner]:
+        return list(self.runners.values())

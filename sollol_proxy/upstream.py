@@ -1,0 +1,79 @@
+"""Opening a request to one node. Everything that can fail before the node's first byte is here."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from .config import Timeouts
+from .fleet import NodeState, describe_error
+from .headers import upstream_request_headers
+
+Body = bytes | AsyncIterable[bytes] | None
+
+
+class UpstreamFailure(Exception):
+    """The node could not be used for this request; another node may still serve it."""
+
+    def __init__(self, reason: str, *, node_down: bool, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.node_down = node_down
+        self.timed_out = timed_out
+
+
+@dataclass(slots=True)
+class Opened:
+    response: aiohttp.ClientResponse
+    first_chunk: bytes
+
+
+def client_ip(request: web.Request) -> str | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return peer[0] if peer else None
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession,
+    request: web.Request,
+    node: NodeState,
+    body: Body,
+    timeouts: Timeouts,
+) -> Opened:
+    """Send the request and wait for the first body bytes (Ollama sends headers with them).
+
+    Waiting for the first chunk before answering the client is what makes failover safe: until
+    then the client has received nothing, so another node can still take the request.
+    """
+    headers = upstream_request_headers(request.headers, node.config, client_ip(request))
+    if not isinstance(body, bytes | None) and request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)
+    url = node.config.url + request.raw_path
+    response: aiohttp.ClientResponse | None = None
+    try:
+        limit = None if math.isinf(timeouts.first_byte) else timeouts.first_byte
+        async with asyncio.timeout(limit):
+            response = await session.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False
+            )
+            first = await response.content.readany()
+    except TimeoutError as exc:
+        if response is not None:
+            response.close()
+        raise UpstreamFailure(
+            f"no response within {timeouts.first_byte:g}s", node_down=False, timed_out=True
+        ) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        if response is not None:
+            response.close()
+        raise UpstreamFailure(describe_error(exc), node_down=True) from exc
+    except BaseException:  # the client went away: the node must see the connection close
+        if response is not None:
+            response.close()
+        raise
+    return Opened(response, first)

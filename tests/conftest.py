@@ -1,0 +1,88 @@
+"""Real sockets everywhere: simulated Ollama nodes on 127.0.0.1 ports and the real proxy in front."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sollol_proxy.config import Config, load_config
+from sollol_proxy.server import RunningProxy, start_proxy
+from sollol_proxy.simulator import SimulatedNode
+
+# Fast background loops so tests see health changes quickly; still long enough not to spin.
+TEST_SETTINGS: dict[str, Any] = {
+    "listen.host": "127.0.0.1",
+    "listen.port": 0,
+    "health.interval": 0.2,
+    "health.timeout": 1.0,
+    "inventory.interval": 0.5,
+    "timeouts.connect": 1.0,
+}
+
+
+@dataclass
+class Cluster:
+    proxy: RunningProxy
+    nodes: list[SimulatedNode]
+    config: Config
+    extra: list[Any] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    def node(self, name: str) -> SimulatedNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    @property
+    def fleet(self) -> Any:
+        from sollol_proxy.app import FLEET
+
+        return self.proxy.runner.app[FLEET]
+
+
+ClusterFactory = Callable[..., Awaitable[Cluster]]
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[ClusterFactory]:
+    """`await cluster(dict(name="a", models=[...]), ..., **config_overrides)`."""
+    started: list[Cluster] = []
+
+    async def make(*node_specs: dict[str, Any], **settings: Any) -> Cluster:
+        nodes = []
+        for spec in node_specs:
+            spec = {"deterministic": True, **spec}
+            node = SimulatedNode(**spec)
+            await node.start(port=0)
+            nodes.append(node)
+        overrides = {
+            **TEST_SETTINGS,
+            "nodes": [
+                {"url": n.url, "name": n.name, "num_parallel": spec.get("num_parallel", 1)}
+                for n, spec in zip(nodes, node_specs, strict=True)
+            ],
+            **{k.replace("__", "."): v for k, v in settings.items()},
+        }
+        config = load_config(None, env={}, overrides=overrides)
+        proxy = await start_proxy(config)
+        made = Cluster(proxy, nodes, config)
+        started.append(made)
+        return made
+
+    yield make
+    for made in started:
+        await made.proxy.stop()
+        for node in made.nodes:
+            await node.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A raw HTTP client that leaves bytes alone."""
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session

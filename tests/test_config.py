@@ -1,0 +1,161 @@
+"""Configuration: layering, normalisation, and errors that name the origin, the key and the problem."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sollol_proxy.config import ConfigError, load_config, normalize_node_url
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str, name: str = "sollol.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_node_forms(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+nodes:
+  - gpu1
+  - gpu2:11500
+  - url: https://gpu3.example.com/ollama/
+    name: gpu3
+    num_parallel: 4
+    labels: {gpu: a100}
+    headers: {Authorization: Bearer secret}
+""",
+    )
+    config = load_config(path, env={})
+    assert (config.host, config.port) == ("0.0.0.0", 11434)
+    assert [n.url for n in config.nodes] == [
+        "http://gpu1:11434",
+        "http://gpu2:11500",
+        "https://gpu3.example.com:443/ollama",
+    ]
+    assert [n.name for n in config.nodes] == ["gpu1:11434", "gpu2:11500", "gpu3"]
+    gpu3 = config.nodes[2]
+    assert gpu3.num_parallel == 4 and dict(gpu3.labels) == {"gpu": "a100"}
+    assert dict(gpu3.headers) == {"Authorization": "Bearer secret"}
+    assert config.to_dict()["nodes"][2]["headers"] == {"Authorization": "<redacted>"}
+
+
+def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen: {port: 12000}\nnodes: [a:1]\ntimeouts: {first_byte: 10m}\n")
+    env = {"SOLLOL_PORT": "13000", "SOLLOL_NODES": "http://b:2, c:3", "SOLLOL_IDLE_READ_TIMEOUT": "90s"}
+    config = load_config(path, env=env)
+    assert config.port == 13000
+    assert [n.url for n in config.nodes] == ["http://b:2", "http://c:3"]
+    assert config.timeouts.first_byte == 600.0 and config.timeouts.idle_read == 90.0
+    config = load_config(path, env=env, overrides={"listen.port": 14000})
+    assert config.port == 14000
+
+
+def test_hosts_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
+    write(tmp_path, "# the seed's list\n10.0.0.1:11434\n\nnode-b   # comment\n", "hosts.txt")
+    path = write(tmp_path, "hosts_file: hosts.txt\n")
+    config = load_config(path, env={})
+    assert [n.url for n in config.nodes] == ["http://10.0.0.1:11434", "http://node-b:11434"]
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("nodes: [a]\nlisten: {port: seventy}\n", {}, "sollol.yaml: listen.port: expected an integer"),
+        ("nodes: [a]\nlisten: {prot: 1}\n", {}, "sollol.yaml: listen.prot: unknown key"),
+        ("nodes: [a]\ntimeout: {}\n", {}, "sollol.yaml: timeout: unknown key"),
+        ("nodes: [ftp://a]\n", {}, "sollol.yaml: nodes[0].url: 'ftp://a' is not an http(s) address"),
+        ("nodes: [{url: a, num_parallel: 0}]\n", {}, "sollol.yaml: nodes[0].num_parallel: expected an integer"),
+        ("nodes: [{url: a, colour: red}]\n", {}, "sollol.yaml: nodes[0].colour: unknown key"),
+        ("nodes: [a, a]\n", {}, "sollol.yaml: nodes[1].name: duplicate node name"),
+        ("nodes: []\n", {}, "sollol.yaml: nodes: no Ollama nodes configured"),
+        ("nodes: [a]\nrouting: {strategy: fastest}\n", {}, "sollol.yaml: routing.strategy: unknown strategy 'fastest'"),
+        ("nodes: [a]\ntimeouts: {connect: -1}\n", {}, "sollol.yaml: timeouts.connect: must be greater than zero"),
+        ("nodes: [a]\nlimits: {max_body_bytes: lots}\n", {}, "sollol.yaml: limits.max_body_bytes: expected a byte size"),
+        ("nodes: [a]\n", {"SOLLOL_PORT": "x"}, "environment SOLLOL_PORT: listen.port: expected an integer"),
+        ("nodes: [a]\n", {"SOLLOL_NODES": "ftp://x"}, "environment SOLLOL_NODES: nodes[0].url"),
+        ("nodes: [a\n", {}, "sollol.yaml: line 2: invalid YAML"),
+        ("- a\n", {}, "sollol.yaml: the top level must be a mapping"),
+        ("nodes: [a]\nhosts_file: missing.txt\n", {}, "sollol.yaml: hosts_file: cannot read"),
+    ],
+)
+def test_errors_name_origin_key_and_problem(tmp_path: Path, text: str, env: dict[str, str], expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    assert str(info.value).replace(str(tmp_path) + "/", "").startswith(expected), str(info.value)
+
+
+def test_bad_line_in_hosts_file_names_the_line(tmp_path: Path) -> None:
+    write(tmp_path, "a:1\nb c\n", "hosts.txt")
+    path = write(tmp_path, "hosts_file: hosts.txt\n")
+    with pytest.raises(ConfigError, match=r"hosts.txt:2: hosts_file: expected one host per line"):
+        load_config(path, env={})
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml", env={})
+
+
+@pytest.mark.parametrize(
+    ("raw", "url"),
+    [
+        ("localhost", "http://localhost:11434"),
+        (":1234", None),
+        ("http://example.com", "http://example.com:80"),
+        ("https://example.com", "https://example.com:443"),
+        ("[::1]:11434", "http://[::1]:11434"),
+        ("'10.0.0.5:8080'", "http://10.0.0.5:8080"),
+    ],
+)
+def test_node_addresses_parse_like_ollama_host(raw: str, url: str | None) -> None:
+    if url is None:
+        with pytest.raises(ValueError, match="no host"):
+            normalize_node_url(raw)
+    else:
+        assert normalize_node_url(raw) == url
+
+
+def test_shipped_configs_are_valid() -> None:
+    for name in ("sollol.yaml", "deploy/sollol.compose.yaml"):
+        config = load_config(REPO / name, env={})
+        assert config.nodes, name
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_exits_before_binding_on_bad_config(tmp_path: Path) -> None:
+    port = _free_port()
+    path = write(tmp_path, f"listen: {{host: 127.0.0.1, port: {port}}}\nnodes: [a]\nrouting: {{strategy: nope}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "sollol_proxy", "-c", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"configuration error: {path}: routing.strategy: unknown strategy 'nope'" in result.stderr
+    with socket.socket() as sock:  # the port was never taken
+        sock.bind(("127.0.0.1", port))
+
+
+def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "nodes: [{url: a, headers: {Authorization: Bearer s3cret}}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "sollol_proxy", "check-config", "-c", str(path), "--port", "12345"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "port: 12345" in result.stdout and "url: http://a:11434" in result.stdout
+    assert "s3cret" not in result.stdout
