@@ -76,5 +76,5 @@ async def create_app(config: Config) -> web.Application:
     app[SESSION] = session
     app.on_response_prepare.append(_drop_server_header)
     app.cleanup_ctx.append(_background)
-    app.router.add_route("*", "/{tail:.*}", handler)
+    app.router.add_route("*", "/{tail:.*}", handler.__call__)
     return app

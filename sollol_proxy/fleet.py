@@ -138,6 +138,17 @@ class Fleet:
             node.models = _index_models(tags)
             node.inventory_at = time.monotonic()
 
+    async def refresh_residency(self) -> None:
+        """Re-read /api/ps of every healthy node: what is loaded changes with every request."""
+
+        async def one(node: NodeState) -> None:
+            try:
+                node.loaded = _index_models(await self._get_json(node, "/api/ps"))
+            except ProbeError as exc:
+                self.mark_failed(node, str(exc))
+
+        await asyncio.gather(*(one(n) for n in self.healthy()))
+
     async def refresh_all(self, *, inventory: bool = True) -> None:
         await asyncio.gather(*(self.refresh(n, inventory=inventory) for n in self.nodes.values()))
 

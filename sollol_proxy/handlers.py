@@ -58,6 +58,8 @@ class OllamaHandler:
         if kind is Kind.ROOT:
             return views.root()
         if kind in (Kind.VERSION, Kind.TAGS, Kind.PS, Kind.V1_MODELS) and not pinned:
+            if kind is Kind.PS:
+                await self.fleet.refresh_residency()
             nodes = list(self.fleet.nodes.values())
             return {
                 Kind.VERSION: views.version,

@@ -225,6 +225,8 @@ class SimulatedNode:
             self.record_response(request, resp, resp is not None)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if self.faults.refuse:  # a dead node also drops the keep-alive connections it had
+            await abort_connection(request)
         if self.faults.reset_before_headers:
             if request.method == "POST" and request.path.startswith("/api/blobs/"):
                 await request.read()
