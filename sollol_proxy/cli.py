@@ -18,14 +18,27 @@ _F = Callable[..., Any]
 
 def _config_options(func: _F) -> _F:
     options = [
-        click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-                     envvar="SOLLOL_CONFIG", help="YAML config file (env SOLLOL_CONFIG)."),
+        click.option(
+            "-c",
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            envvar="SOLLOL_CONFIG",
+            help="YAML config file (env SOLLOL_CONFIG).",
+        ),
         click.option("--host", help="Listen address (default 0.0.0.0)."),
         click.option("--port", type=int, help="Listen port (default 11434)."),
-        click.option("--node", "nodes", multiple=True,
-                     help="Ollama node URL or host:port; repeat or comma-separate. Replaces the file's nodes."),
-        click.option("--hosts-file", type=click.Path(dir_okay=False),
-                     help="Plain list of nodes, one host:port per line, # comments."),
+        click.option(
+            "--node",
+            "nodes",
+            multiple=True,
+            help="Ollama node URL or host:port; repeat or comma-separate. Replaces the file's nodes.",
+        ),
+        click.option(
+            "--hosts-file",
+            type=click.Path(dir_okay=False),
+            help="Plain list of nodes, one host:port per line, # comments.",
+        ),
         click.option("--strategy", help="Routing strategy."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
     ]
@@ -110,14 +123,32 @@ def demo(count: int, port: int, token_delay: float, load_delay: float) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=11435, show_default=True)
-@click.option("--model", "models", multiple=True, help="Model on disk (repeat); default llama3.2 and all-minilm.")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Model on disk (repeat); default llama3.2 and all-minilm.",
+)
 @click.option("--num-parallel", default=1, show_default=True)
 @click.option("--token-delay", default=0.05, show_default=True)
 @click.option("--load-delay", default=1.5, show_default=True)
-def simulate(host: str, port: int, models: tuple[str, ...], num_parallel: int, token_delay: float, load_delay: float) -> None:
+def simulate(
+    host: str,
+    port: int,
+    models: tuple[str, ...],
+    num_parallel: int,
+    token_delay: float,
+    load_delay: float,
+) -> None:
     """Run one simulated Ollama node (for trying the proxy, e.g. in docker-compose)."""
     from .demo import run_simulated_node
 
     _setup_logging("info")
-    run_simulated_node(host=host, port=port, models=list(models) or None, num_parallel=num_parallel,
-                       token_delay=token_delay, load_delay=load_delay)
+    run_simulated_node(
+        host=host,
+        port=port,
+        models=list(models) or None,
+        num_parallel=num_parallel,
+        token_delay=token_delay,
+        load_delay=load_delay,
+    )

@@ -75,7 +75,9 @@ def run_demo(count: int, port: int, token_delay: float, load_delay: float) -> No
 
 async def _simulate(host: str, port: int, node: SimulatedNode) -> None:
     url = await node.start(port=port, host=host)
-    print(f"simulated Ollama node {node.name} on {url}: {', '.join(node.model_names())}", flush=True)
+    print(
+        f"simulated Ollama node {node.name} on {url}: {', '.join(node.model_names())}", flush=True
+    )
     try:
         await _wait_for_signal()
     finally:

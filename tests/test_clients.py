@@ -24,19 +24,33 @@ async def test_ollama_python_client_end_to_end(fleet) -> None:  # type: ignore[n
     client = ollama.AsyncClient(host=fleet.url)
 
     listed = await client.list()
-    assert {m.model for m in listed.models} == {"llama3.2:latest", "all-minilm:latest", "qwen2.5:7b"}
+    assert {m.model for m in listed.models} == {
+        "llama3.2:latest",
+        "all-minilm:latest",
+        "qwen2.5:7b",
+    }
 
     reply = await client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
     assert reply.done and reply.message.role == "assistant" and reply.message.content
     assert reply.eval_count and reply.total_duration
 
-    parts = [p async for p in await client.chat(model="qwen2.5:7b", messages=[{"role": "user", "content": "hi"}], stream=True)]
+    parts = [
+        p
+        async for p in await client.chat(
+            model="qwen2.5:7b", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    ]
     assert parts[-1].done and not any(p.done for p in parts[:-1])
     assert "".join(p.message.content for p in parts)
 
     generated = await client.generate(model="llama3.2", prompt="Why is the sky blue?")
     assert generated.done and generated.response and generated.context
-    chunks = [c async for c in await client.generate(model="llama3.2", prompt="x", stream=True, options={"num_predict": 4})]
+    chunks = [
+        c
+        async for c in await client.generate(
+            model="llama3.2", prompt="x", stream=True, options={"num_predict": 4}
+        )
+    ]
     assert len(chunks) == 5 and chunks[-1].done_reason == "length"
 
     embedded = await client.embed(model="all-minilm", input=["a", "b"])
@@ -97,18 +111,27 @@ async def test_ollama_sync_client_streams_through_the_proxy(fleet) -> None:  # t
 
     def run() -> list[str]:
         client = ollama.Client(host=fleet.url)
-        return [p.message.content for p in client.chat(model="llama3.2", messages=[{"role": "user", "content": "x"}], stream=True)]
+        return [
+            p.message.content
+            for p in client.chat(
+                model="llama3.2", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+        ]
 
     assert len(await asyncio.to_thread(run)) > 1
 
 
 async def test_openai_sdk_on_v1(fleet) -> None:  # type: ignore[no-untyped-def]
     client = openai.AsyncOpenAI(base_url=fleet.url + "/v1", api_key="ollama", max_retries=0)
-    completion = await client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
+    completion = await client.chat.completions.create(
+        model="llama3.2", messages=[{"role": "user", "content": "hi"}]
+    )
     assert completion.choices[0].message.content and completion.choices[0].finish_reason == "stop"
 
     stream = await client.chat.completions.create(
-        model="qwen2.5:7b", messages=[{"role": "user", "content": "hi"}], stream=True,
+        model="qwen2.5:7b",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = [chunk async for chunk in stream]
@@ -122,4 +145,6 @@ async def test_openai_sdk_on_v1(fleet) -> None:  # type: ignore[no-untyped-def]
     assert embedding.data[0].embedding
 
     with pytest.raises(openai.NotFoundError):
-        await client.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}])
+        await client.chat.completions.create(
+            model="ghost", messages=[{"role": "user", "content": "x"}]
+        )

@@ -50,7 +50,11 @@ nodes:
 
 def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:
     path = write(tmp_path, "listen: {port: 12000}\nnodes: [a:1]\ntimeouts: {first_byte: 10m}\n")
-    env = {"SOLLOL_PORT": "13000", "SOLLOL_NODES": "http://b:2, c:3", "SOLLOL_IDLE_READ_TIMEOUT": "90s"}
+    env = {
+        "SOLLOL_PORT": "13000",
+        "SOLLOL_NODES": "http://b:2, c:3",
+        "SOLLOL_IDLE_READ_TIMEOUT": "90s",
+    }
     config = load_config(path, env=env)
     assert config.port == 13000
     assert [n.url for n in config.nodes] == ["http://b:2", "http://c:3"]
@@ -69,25 +73,55 @@ def test_hosts_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "env", "expected"),
     [
-        ("nodes: [a]\nlisten: {port: seventy}\n", {}, "sollol.yaml: listen.port: expected an integer"),
+        (
+            "nodes: [a]\nlisten: {port: seventy}\n",
+            {},
+            "sollol.yaml: listen.port: expected an integer",
+        ),
         ("nodes: [a]\nlisten: {prot: 1}\n", {}, "sollol.yaml: listen.prot: unknown key"),
         ("nodes: [a]\ntimeout: {}\n", {}, "sollol.yaml: timeout: unknown key"),
-        ("nodes: [ftp://a]\n", {}, "sollol.yaml: nodes[0].url: 'ftp://a' is not an http(s) address"),
-        ("nodes: [{url: a, num_parallel: 0}]\n", {}, "sollol.yaml: nodes[0].num_parallel: expected an integer"),
+        (
+            "nodes: [ftp://a]\n",
+            {},
+            "sollol.yaml: nodes[0].url: 'ftp://a' is not an http(s) address",
+        ),
+        (
+            "nodes: [{url: a, num_parallel: 0}]\n",
+            {},
+            "sollol.yaml: nodes[0].num_parallel: expected an integer",
+        ),
         ("nodes: [{url: a, colour: red}]\n", {}, "sollol.yaml: nodes[0].colour: unknown key"),
         ("nodes: [a, a]\n", {}, "sollol.yaml: nodes[1].name: duplicate node name"),
         ("nodes: []\n", {}, "sollol.yaml: nodes: no Ollama nodes configured"),
-        ("nodes: [a]\nrouting: {strategy: fastest}\n", {}, "sollol.yaml: routing.strategy: unknown strategy 'fastest'"),
-        ("nodes: [a]\ntimeouts: {connect: -1}\n", {}, "sollol.yaml: timeouts.connect: must be greater than zero"),
-        ("nodes: [a]\nlimits: {max_body_bytes: lots}\n", {}, "sollol.yaml: limits.max_body_bytes: expected a byte size"),
-        ("nodes: [a]\n", {"SOLLOL_PORT": "x"}, "environment SOLLOL_PORT: listen.port: expected an integer"),
+        (
+            "nodes: [a]\nrouting: {strategy: fastest}\n",
+            {},
+            "sollol.yaml: routing.strategy: unknown strategy 'fastest'",
+        ),
+        (
+            "nodes: [a]\ntimeouts: {connect: -1}\n",
+            {},
+            "sollol.yaml: timeouts.connect: must be greater than zero",
+        ),
+        (
+            "nodes: [a]\nlimits: {max_body_bytes: lots}\n",
+            {},
+            "sollol.yaml: limits.max_body_bytes: expected a byte size",
+        ),
+        (
+            "nodes: [a]\n",
+            {"SOLLOL_PORT": "x"},
+            "environment SOLLOL_PORT: listen.port: expected an integer",
+        ),
         ("nodes: [a]\n", {"SOLLOL_NODES": "ftp://x"}, "environment SOLLOL_NODES: nodes[0].url"),
         ("nodes: [a\n", {}, "sollol.yaml: line 2: invalid YAML"),
         ("- a\n", {}, "sollol.yaml: the top level must be a mapping"),
         ("nodes: [a]\nhosts_file: missing.txt\n", {}, "sollol.yaml: hosts_file: cannot read"),
     ],
 )
-def test_errors_name_origin_key_and_problem(tmp_path: Path, text: str, env: dict[str, str], expected: str) -> None:
+def test_errors_name_origin_key_and_problem(
+    tmp_path: Path, text: str, env: dict[str, str], expected: str
+) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(path, env=env)
@@ -139,13 +173,20 @@ def _free_port() -> int:
 
 def test_cli_exits_before_binding_on_bad_config(tmp_path: Path) -> None:
     port = _free_port()
-    path = write(tmp_path, f"listen: {{host: 127.0.0.1, port: {port}}}\nnodes: [a]\nrouting: {{strategy: nope}}\n")
+    path = write(
+        tmp_path,
+        f"listen: {{host: 127.0.0.1, port: {port}}}\nnodes: [a]\nrouting: {{strategy: nope}}\n",
+    )
     result = subprocess.run(
         [sys.executable, "-m", "sollol_proxy", "-c", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
-    assert f"configuration error: {path}: routing.strategy: unknown strategy 'nope'" in result.stderr
+    assert (
+        f"configuration error: {path}: routing.strategy: unknown strategy 'nope'" in result.stderr
+    )
     with socket.socket() as sock:  # the port was never taken
         sock.bind(("127.0.0.1", port))
 
@@ -154,7 +195,9 @@ def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
     path = write(tmp_path, "nodes: [{url: a, headers: {Authorization: Bearer s3cret}}]\n")
     result = subprocess.run(
         [sys.executable, "-m", "sollol_proxy", "check-config", "-c", str(path), "--port", "12345"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "port: 12345" in result.stdout and "url: http://a:11434" in result.stdout

@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 
 from sollol_proxy.simulator import SimModel
-from tests.conftest import ClusterFactory
+from tests.conftest import ClusterFactory, eventually
 
 
 def model(name: str, modified_at: str, digest: str | None = None) -> SimModel:
@@ -21,10 +21,24 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, bytes]:
         return response.status, response.headers.get("Content-Type", ""), await response.read()
 
 
-async def test_tags_is_the_union_newest_first_without_duplicates(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_tags_is_the_union_newest_first_without_duplicates(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(
-        dict(name="a", models=[model("llama3.2:latest", "2025-01-01T10:00:00.5-07:00"), model("old:1b", "2024-01-01T00:00:00Z")]),
-        dict(name="b", models=[model("llama3.2:latest", "2025-01-01T10:00:00.5-07:00"), model("new:7b", "2026-01-01T00:00:00Z")]),
+        dict(
+            name="a",
+            models=[
+                model("llama3.2:latest", "2025-01-01T10:00:00.5-07:00"),
+                model("old:1b", "2024-01-01T00:00:00Z"),
+            ],
+        ),
+        dict(
+            name="b",
+            models=[
+                model("llama3.2:latest", "2025-01-01T10:00:00.5-07:00"),
+                model("new:7b", "2026-01-01T00:00:00Z"),
+            ],
+        ),
         dict(name="c", models=[model("mid:3b", "2025-06-01T00:00:00.123456789+02:00")]),
     )
     status, ctype, body = await get(http, made.url + "/api/tags")
@@ -39,10 +53,16 @@ async def test_tags_is_the_union_newest_first_without_duplicates(cluster: Cluste
         assert head.status == 200 and head.headers["Content-Length"] == str(len(body))
 
 
-async def test_v1_models_and_version_for_the_fleet(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_v1_models_and_version_for_the_fleet(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(
         dict(name="a", models=[model("llama3.2:latest", "2025-01-01T00:00:00Z")], version="0.12.3"),
-        dict(name="b", models=[model("someone/tuned:q4", "2025-02-01T00:00:00Z")], version="0.33.0-rc2"),
+        dict(
+            name="b",
+            models=[model("someone/tuned:q4", "2025-02-01T00:00:00Z")],
+            version="0.33.0-rc2",
+        ),
     )
     status, ctype, body = await get(http, made.url + "/v1/models")
     assert (status, ctype) == (200, "application/json")
@@ -54,7 +74,9 @@ async def test_v1_models_and_version_for_the_fleet(cluster: ClusterFactory, http
     assert body == b'{"version":"0.12.3"}'  # the oldest: promise only what every node can do
 
 
-async def test_ps_merges_loaded_models_latest_expiry_first(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_ps_merges_loaded_models_latest_expiry_first(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(
         dict(name="a", models=["llama3.2:latest", "qwen2.5:7b"]),
         dict(name="b", models=["llama3.2:latest"]),
@@ -67,44 +89,62 @@ async def test_ps_merges_loaded_models_latest_expiry_first(cluster: ClusterFacto
         async with http.post(made.node(node).url + "/api/generate", data=body) as response:
             assert response.status == 200
     await made.fleet.refresh_all()
-    status, ctype, body = await get(http, made.url + "/api/ps")
+    body = (await get(http, made.url + "/api/ps"))[2]
     items = orjson.loads(body)["models"]
     assert [m["name"] for m in items] == ["llama3.2:latest", "qwen2.5:7b"]
     assert items[0]["expires_at"].startswith("23")  # keep_alive -1 on b wins over 10s on a
     # Pinned to one node, the node's own view comes back unchanged.
-    async with http.get(made.url + "/api/ps", headers={"X-Sollol-Node": "a"}) as response:
-        async with http.get(made.node("a").url + "/api/ps") as direct:
-            assert await response.read() == await direct.read()
+    async with (
+        http.get(made.url + "/api/ps", headers={"X-Sollol-Node": "a"}) as response,
+        http.get(made.node("a").url + "/api/ps") as direct,
+    ):
+        assert await response.read() == await direct.read()
 
 
-async def test_empty_fleet_answers_like_an_empty_ollama(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_empty_fleet_answers_like_an_empty_ollama(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(dict(name="a", models=[]))
     assert (await get(http, made.url + "/api/tags"))[2] == b'{"models":[]}'
     assert (await get(http, made.url + "/api/ps"))[2] == b'{"models":[]}'
     assert (await get(http, made.url + "/v1/models"))[2] == b'{"object":"list","data":null}\n'
     async with http.head(made.url + "/") as response:
-        assert response.status == 200 and response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert (
+            response.status == 200
+            and response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        )
 
 
-async def test_requests_go_only_to_nodes_that_have_the_model(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_requests_go_only_to_nodes_that_have_the_model(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(
         dict(name="a", models=["llama3.2:latest"]),
         dict(name="b", models=["qwen2.5:7b", "llama3.2:latest"]),
         dict(name="c", models=["all-minilm:latest"]),
     )
     for _ in range(6):
-        async with http.post(made.url + "/api/chat", data=b'{"model":"qwen2.5:7b","messages":[{"role":"user","content":"x"}],"stream":false}') as r:
+        async with http.post(
+            made.url + "/api/chat",
+            data=b'{"model":"qwen2.5:7b","messages":[{"role":"user","content":"x"}],"stream":false}',
+        ) as r:
             assert r.headers["X-Sollol-Node"] == "b"
-        async with http.post(made.url + "/api/embed", data=b'{"model":"all-minilm","input":"x"}') as r:
+        async with http.post(
+            made.url + "/api/embed", data=b'{"model":"all-minilm","input":"x"}'
+        ) as r:
             assert r.headers["X-Sollol-Node"] == "c"
     spread = set()
     for _ in range(12):
-        async with http.post(made.url + "/api/generate", data=b'{"model":"llama3.2","prompt":"x","stream":false}') as r:
+        async with http.post(
+            made.url + "/api/generate", data=b'{"model":"llama3.2","prompt":"x","stream":false}'
+        ) as r:
             spread.add(r.headers["X-Sollol-Node"])
     assert spread == {"a", "b"}
 
 
-async def test_concurrent_requests_spread_by_in_flight(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_concurrent_requests_spread_by_in_flight(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(
         dict(name="a", models=["llama3.2:latest"], token_delay=0.05),
         dict(name="b", models=["llama3.2:latest"], token_delay=0.05),
@@ -120,70 +160,108 @@ async def test_concurrent_requests_spread_by_in_flight(cluster: ClusterFactory, 
     assert sorted(nodes) == ["a", "a", "b", "b"]
 
 
-async def test_model_nobody_has_gets_ollamas_own_404(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_model_nobody_has_gets_ollamas_own_404(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(dict(name="a", models=["llama3.2:latest"]))
     async with http.post(made.url + "/api/chat", data=b'{"model":"ghost","messages":[]}') as r:
-        assert r.status == 404 and await r.read() == b"{\"error\":\"model 'ghost' not found\"}"
+        assert r.status == 404 and await r.read() == b'{"error":"model \'ghost\' not found"}'
         assert r.headers["Content-Type"] == "application/json; charset=utf-8"
     async with http.post(made.url + "/api/embed", data=b'{"model":"ghost","input":"x"}') as r:
-        assert r.status == 404 and await r.read() == b'{"error":"model \\"ghost\\" not found, try pulling it first"}'
-    async with http.post(made.url + "/v1/chat/completions", data=b'{"model":"ghost","messages":[{"role":"user","content":"x"}]}') as r:
-        assert r.status == 404 and orjson.loads(await r.read())["error"]["type"] == "not_found_error"
+        assert (
+            r.status == 404
+            and await r.read() == b'{"error":"model \\"ghost\\" not found, try pulling it first"}'
+        )
+    async with http.post(
+        made.url + "/v1/chat/completions",
+        data=b'{"model":"ghost","messages":[{"role":"user","content":"x"}]}',
+    ) as r:
+        assert (
+            r.status == 404 and orjson.loads(await r.read())["error"]["type"] == "not_found_error"
+        )
 
 
-async def test_model_added_behind_the_proxys_back_is_found_on_demand(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
-    made = await cluster(dict(name="a", models=[]), dict(name="b", models=[]), inventory__interval=3600)
-    async with http.post(made.node("b").url + "/api/pull", data=b'{"model":"qwen2.5:7b","stream":false}') as r:
+async def test_model_added_behind_the_proxys_back_is_found_on_demand(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=[]), dict(name="b", models=[]), inventory__interval=3600
+    )
+    async with http.post(
+        made.node("b").url + "/api/pull", data=b'{"model":"qwen2.5:7b","stream":false}'
+    ) as r:
         assert r.status == 200
-    async with http.post(made.url + "/api/chat", data=b'{"model":"qwen2.5:7b","messages":[],"stream":false}') as r:
+    async with http.post(
+        made.url + "/api/chat", data=b'{"model":"qwen2.5:7b","messages":[],"stream":false}'
+    ) as r:
         assert r.status == 200 and r.headers["X-Sollol-Node"] == "b"
 
 
-async def test_no_healthy_node_is_a_503_that_says_why(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
-    made = await cluster(dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["qwen2.5:7b"]))
+async def test_no_healthy_node_is_a_503_that_says_why(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["qwen2.5:7b"])
+    )
     await made.node("b").stop()
     await made.fleet.refresh_all()
     async with http.post(made.url + "/api/chat", data=b'{"model":"qwen2.5:7b","messages":[]}') as r:
         assert r.status == 503 and r.headers["Content-Type"] == "application/json; charset=utf-8"
         message = orjson.loads(await r.read())["error"]
-        assert message.startswith("model 'qwen2.5:7b' is only on nodes that are down (b: cannot connect")
+        assert message.startswith(
+            "model 'qwen2.5:7b' is only on nodes that are down (b: cannot connect"
+        )
     await made.node("a").stop()
     await made.fleet.refresh_all()
     async with http.post(made.url + "/api/chat", data=b'{"model":"llama3.2","messages":[]}') as r:
         assert r.status == 503
-        assert orjson.loads(await r.read())["error"].startswith("model 'llama3.2' is only on nodes that are down (a: ")
+        assert orjson.loads(await r.read())["error"].startswith(
+            "model 'llama3.2' is only on nodes that are down (a: "
+        )
     async with http.post(made.url + "/api/chat", data=b'{"model":"ghost","messages":[]}') as r:
-        assert r.status == 503 and "no healthy Ollama node (a: cannot connect" in orjson.loads(await r.read())["error"]
-    async with http.post(made.url + "/v1/chat/completions", data=b'{"model":"ghost","messages":[]}') as r:
+        assert (
+            r.status == 503
+            and "no healthy Ollama node (a: cannot connect" in orjson.loads(await r.read())["error"]
+        )
+    async with http.post(
+        made.url + "/v1/chat/completions", data=b'{"model":"ghost","messages":[]}'
+    ) as r:
         assert r.status == 503 and orjson.loads(await r.read())["error"]["type"] == "api_error"
     async with http.get(made.url + "/api/tags") as r:
         assert await r.read() == b'{"models":[]}'
 
 
 async def test_pinning_rules(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
-    made = await cluster(dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"]))
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"])
+    )
     for _ in range(4):
-        async with http.post(made.url + "/api/generate", data=b'{"model":"llama3.2"}', headers={"X-Sollol-Node": "b"}) as r:
+        async with http.post(
+            made.url + "/api/generate", data=b'{"model":"llama3.2"}', headers={"X-Sollol-Node": "b"}
+        ) as r:
             assert r.headers["X-Sollol-Node"] == "b"
-    async with http.post(made.url + "/api/generate", data=b'{"model":"llama3.2"}', headers={"X-Sollol-Node": "zz"}) as r:
+    async with http.post(
+        made.url + "/api/generate", data=b'{"model":"llama3.2"}', headers={"X-Sollol-Node": "zz"}
+    ) as r:
         assert r.status == 400
-        assert orjson.loads(await r.read()) == {"error": "X-Sollol-Node names unknown node 'zz' (known: a, b)"}
-    async with http.post(made.url + "/api/generate", data=b'{"model":"llama3.2"}', headers={"X-Sollol-Node": "all"}) as r:
+        assert orjson.loads(await r.read()) == {
+            "error": "X-Sollol-Node names unknown node 'zz' (known: a, b)"
+        }
+    async with http.post(
+        made.url + "/api/generate", data=b'{"model":"llama3.2"}', headers={"X-Sollol-Node": "all"}
+    ) as r:
         assert r.status == 400
 
 
-async def test_background_watcher_notices_a_node_leave_and_come_back(cluster: ClusterFactory) -> None:
-    made = await cluster(dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"]))
+async def test_background_watcher_notices_a_node_leave_and_come_back(
+    cluster: ClusterFactory,
+) -> None:
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"])
+    )
     b = made.fleet.nodes["b"]
     assert b.healthy
     made.node("b").faults.refuse = True
-    await _eventually(lambda: not b.healthy)
+    await eventually(lambda: not b.healthy)
     made.node("b").faults.refuse = False
-    await _eventually(lambda: b.healthy)
-
-
-async def _eventually(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: b.healthy)

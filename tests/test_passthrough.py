@@ -29,12 +29,20 @@ CASES: list[tuple[str, str, bytes | None]] = [
     ("POST", "/api/generate", b'{"model":""}'),
     ("POST", "/api/generate", b'{"model":"nope","prompt":"x"}'),
     ("POST", "/api/chat", b'{"model":"llama3.2","messages":[{"role":"user","content":"hello"}]}'),
-    ("POST", "/api/chat", b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}'),
+    (
+        "POST",
+        "/api/chat",
+        b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}',
+    ),
     ("POST", "/api/chat", b'{"model":"llama3.2","messages":[]}'),
     ("POST", "/api/chat", b'{"model":"","messages":[]}'),
     ("POST", "/api/chat", b'{"model":"nope","messages":[]}'),
     ("POST", "/api/chat", b'{"model":"llama3.2","stream":"yes"}'),
-    ("POST", "/api/chat", b'{"model":"llama3.2","messages":[{"role":"user","content":"x"}],"options":{"num_ctx":"8k"}}'),
+    (
+        "POST",
+        "/api/chat",
+        b'{"model":"llama3.2","messages":[{"role":"user","content":"x"}],"options":{"num_ctx":"8k"}}',
+    ),
     ("POST", "/api/chat", b"{not json"),
     ("POST", "/api/chat", b""),
     ("POST", "/api/embed", b'{"model":"all-minilm","input":["a","b"]}'),
@@ -45,9 +53,21 @@ CASES: list[tuple[str, str, bytes | None]] = [
     ("POST", "/api/show", b'{"name":"llama3.2"}'),
     ("POST", "/api/show", b'{"model":"nope"}'),
     ("POST", "/api/show", b'{"model":""}'),
-    ("POST", "/v1/chat/completions", b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}'),
-    ("POST", "/v1/chat/completions", b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}'),
-    ("POST", "/v1/chat/completions", b'{"model":"nope","messages":[{"role":"user","content":"hi"}]}'),
+    (
+        "POST",
+        "/v1/chat/completions",
+        b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}',
+    ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}',
+    ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        b'{"model":"nope","messages":[{"role":"user","content":"hi"}]}',
+    ),
     ("POST", "/v1/chat/completions", b'{"model":"llama3.2","messages":[]}'),
     ("POST", "/v1/completions", b'{"model":"llama3.2","prompt":"hi"}'),
     ("POST", "/v1/completions", b'{"model":"llama3.2","prompt":"hi","stream":true}'),
@@ -71,12 +91,16 @@ def _headers(response: aiohttp.ClientResponse) -> dict[str, str]:
     return {k.lower(): v for k, v in response.headers.items() if k.lower() not in VOLATILE}
 
 
-async def _fetch(http: aiohttp.ClientSession, method: str, url: str, body: bytes | None) -> tuple[int, dict[str, str], bytes]:
+async def _fetch(
+    http: aiohttp.ClientSession, method: str, url: str, body: bytes | None
+) -> tuple[int, dict[str, str], bytes]:
     async with http.request(method, url, data=body, allow_redirects=False) as response:
         return response.status, _headers(response), await response.read()
 
 
-@pytest.mark.parametrize(("method", "path", "body"), CASES, ids=[f"{m} {p} {(b or b'')[:40]!r}" for m, p, b in CASES])
+@pytest.mark.parametrize(
+    ("method", "path", "body"), CASES, ids=[f"{m} {p} {(b or b'')[:40]!r}" for m, p, b in CASES]
+)
 async def test_same_bytes_direct_and_through_the_proxy(
     cluster: ClusterFactory, http: aiohttp.ClientSession, method: str, path: str, body: bytes | None
 ) -> None:
@@ -95,7 +119,9 @@ async def test_same_bytes_direct_and_through_the_proxy(
         assert sent[-1].body == through[2]
 
 
-async def test_streams_are_relayed_line_by_line_not_buffered(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_streams_are_relayed_line_by_line_not_buffered(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(dict(name="a", models=["llama3.2:latest"], token_delay=0.2))
     body = b'{"model":"llama3.2","prompt":"count slowly","options":{"num_predict":10}}'
     async with http.post(made.url + "/api/generate", data=body) as response:
@@ -111,7 +137,9 @@ async def test_streams_are_relayed_line_by_line_not_buffered(cluster: ClusterFac
     assert [orjson.loads(line)["done"] for line in lines[:-1]] == [False] * 10 + [True]
 
 
-async def test_headers_across_the_proxy(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_headers_across_the_proxy(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(dict(name="a", models=["llama3.2:latest"]))
     headers = {
         "Host": "ollama.example.com",  # the loopback node would answer 403 to this Host
@@ -121,7 +149,9 @@ async def test_headers_across_the_proxy(cluster: ClusterFactory, http: aiohttp.C
         "X-Hop": "hop-only",
         "X-Custom": "kept",
     }
-    async with http.post(made.url + "/api/show", data=b'{"model":"llama3.2"}', headers=headers) as response:
+    async with http.post(
+        made.url + "/api/show", data=b'{"model":"llama3.2"}', headers=headers
+    ) as response:
         assert response.status == 200
         assert "Server" not in response.headers and "Content-Encoding" not in response.headers
         assert response.headers["X-Sollol-Node"] == "a"
@@ -132,13 +162,23 @@ async def test_headers_across_the_proxy(cluster: ClusterFactory, http: aiohttp.C
     assert seen["User-Agent"] == "GitHubCopilotChat/1.0" and seen["X-Custom"] == "kept"
     assert "X-Sollol-Node" not in seen and "X-Hop" not in seen
     assert seen["X-Forwarded-For"] == "127.0.0.1"
-    direct = await http.post(made.nodes[0].url + "/api/show", data=b'{"model":"llama3.2"}', headers={"Host": "ollama.example.com"})
+    direct = await http.post(
+        made.nodes[0].url + "/api/show",
+        data=b'{"model":"llama3.2"}',
+        headers={"Host": "ollama.example.com"},
+    )
     assert direct.status == 403  # proof that the rewrite above mattered
 
 
-async def test_every_response_names_node_route_and_request_id(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
-    made = await cluster(dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["qwen2.5:7b"]))
-    async with http.post(made.url + "/api/chat", data=b'{"model":"qwen2.5:7b","messages":[]}') as response:
+async def test_every_response_names_node_route_and_request_id(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["qwen2.5:7b"])
+    )
+    async with http.post(
+        made.url + "/api/chat", data=b'{"model":"qwen2.5:7b","messages":[]}'
+    ) as response:
         assert response.headers["X-Sollol-Node"] == "b"
         assert response.headers["X-Sollol-Route"] == "least_loaded: not loaded, 0/1 slots busy"
     ids = set()
@@ -148,7 +188,9 @@ async def test_every_response_names_node_route_and_request_id(cluster: ClusterFa
     assert len(ids) == 4
 
 
-async def test_large_blob_upload_is_streamed_through(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_large_blob_upload_is_streamed_through(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     import hashlib
 
     made = await cluster(dict(name="a", models=[]))
@@ -165,10 +207,18 @@ async def test_large_blob_upload_is_streamed_through(cluster: ClusterFactory, ht
         assert response.status == 200
 
 
-async def test_body_over_the_limit_is_refused_in_ollama_form(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_body_over_the_limit_is_refused_in_ollama_form(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(dict(name="a", models=["llama3.2:latest"]), limits__max_body_bytes=4096)
-    async with http.post(made.url + "/api/chat", data=b'{"model":"llama3.2","messages":[' + b" " * 5000 + b"]}") as response:
+    async with http.post(
+        made.url + "/api/chat", data=b'{"model":"llama3.2","messages":[' + b" " * 5000 + b"]}"
+    ) as response:
         assert response.status == 413
         assert response.headers["Content-Type"] == "application/json; charset=utf-8"
-        assert orjson.loads(await response.read()) == {"error": "request body is larger than the proxy's limit of 4096 bytes"}
-    assert made.nodes[0].requests == [] or all(r.path != "/api/chat" for r in made.nodes[0].requests)
+        assert orjson.loads(await response.read()) == {
+            "error": "request body is larger than the proxy's limit of 4096 bytes"
+        }
+    assert made.nodes[0].requests == [] or all(
+        r.path != "/api/chat" for r in made.nodes[0].requests
+    )

@@ -9,15 +9,18 @@ import ollama
 import orjson
 import pytest
 
-from tests.conftest import ClusterFactory
-from tests.test_fleet import _eventually
+from tests.conftest import ClusterFactory, eventually
 
 CHAT = b'{"model":"llama3.2","messages":[{"role":"user","content":"tell me"}],"options":{"num_predict":8}}'
 
 
 @pytest.mark.parametrize("fault", ["refuse", "reset_before_headers"])
-async def test_failover_before_the_first_byte(cluster: ClusterFactory, http: aiohttp.ClientSession, fault: str) -> None:
-    made = await cluster(dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"]))
+async def test_failover_before_the_first_byte(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, fault: str
+) -> None:
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"])
+    )
     setattr(made.node("a").faults, fault, True)
     for _ in range(3):
         # Pin the ranking so that the broken node comes first.
@@ -35,8 +38,12 @@ async def test_failover_before_the_first_byte(cluster: ClusterFactory, http: aio
     assert not made.fleet.nodes["a"].healthy  # taken out of rotation until a probe succeeds
 
 
-async def test_every_node_failing_is_a_502_naming_each(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
-    made = await cluster(dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"]))
+async def test_every_node_failing_is_a_502_naming_each(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"])
+    )
     for node in made.nodes:
         node.faults.reset_before_headers = True
     async with http.post(made.url + "/api/chat", data=CHAT) as response:
@@ -50,7 +57,8 @@ async def test_first_byte_timeout_fails_over_and_reports_504_when_all_time_out(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
     made = await cluster(
-        dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"]),
+        dict(name="a", models=["llama3.2:latest"]),
+        dict(name="b", models=["llama3.2:latest"]),
         timeouts__first_byte=0.3,
     )
     for node in made.nodes:
@@ -58,11 +66,15 @@ async def test_first_byte_timeout_fails_over_and_reports_504_when_all_time_out(
     async with http.post(made.url + "/api/chat", data=CHAT) as response:
         assert response.status == 504
         assert "no response within 0.3s" in orjson.loads(await response.read())["error"]
-    await _eventually(lambda: all(n.in_flight() == 0 for n in made.nodes))
+    await eventually(lambda: all(n.in_flight() == 0 for n in made.nodes))
 
 
-async def test_busy_node_503_fails_over_to_another(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
-    made = await cluster(dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"]))
+async def test_busy_node_503_fails_over_to_another(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"])
+    )
     busy = "server busy, please try again.  maximum pending requests exceeded"
     made.node("a").faults.status_error = (503, busy)
     made.fleet.nodes["b"].in_flight += 1  # rank a first
@@ -77,7 +89,9 @@ async def test_busy_node_503_fails_over_to_another(cluster: ClusterFactory, http
         assert await response.read() == b'{"error":"' + busy.encode() + b'"}'
 
 
-async def test_mid_stream_failure_ends_ndjson_with_an_error_line(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_mid_stream_failure_ends_ndjson_with_an_error_line(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(dict(name="a", models=["llama3.2:latest"]))
     made.node("a").faults.reset_after_chunks = 3
     async with http.post(made.url + "/api/chat", data=CHAT) as response:
@@ -96,12 +110,16 @@ async def test_mid_stream_failure_makes_the_ollama_client_raise(cluster: Cluster
     client = ollama.AsyncClient(host=made.url)
     received = []
     with pytest.raises(ollama.ResponseError, match="failed mid-response"):
-        async for part in await client.chat(model="llama3.2", messages=[{"role": "user", "content": "x"}], stream=True):
+        async for part in await client.chat(
+            model="llama3.2", messages=[{"role": "user", "content": "x"}], stream=True
+        ):
             received.append(part)
     assert len(received) == 2
 
 
-async def test_mid_stream_failure_on_sse_sends_an_error_event(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_mid_stream_failure_on_sse_sends_an_error_event(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(dict(name="a", models=["llama3.2:latest"]))
     made.node("a").faults.reset_after_chunks = 2
     body = b'{"model":"llama3.2","messages":[{"role":"user","content":"x"}],"stream":true}'
@@ -112,7 +130,9 @@ async def test_mid_stream_failure_on_sse_sends_an_error_event(cluster: ClusterFa
     assert orjson.loads(events[-1].removeprefix(b"data: "))["error"]["type"] == "api_error"
 
 
-async def test_ollamas_own_in_stream_error_passes_through_untouched(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_ollamas_own_in_stream_error_passes_through_untouched(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(dict(name="a", models=["llama3.2:latest"]))
     made.node("a").faults.mid_stream_error = (2, "an error was encountered while running the model")
     async with http.post(made.url + "/api/chat", data=CHAT) as response:
@@ -122,7 +142,9 @@ async def test_ollamas_own_in_stream_error_passes_through_untouched(cluster: Clu
     assert made.fleet.nodes["a"].healthy
 
 
-async def test_client_disconnect_closes_the_upstream_and_frees_the_slot(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_client_disconnect_closes_the_upstream_and_frees_the_slot(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(dict(name="a", models=["llama3.2:latest"], token_delay=0.1))
     node = made.node("a")
     body = b'{"model":"llama3.2","prompt":"long","options":{"num_predict":200}}'
@@ -130,18 +152,25 @@ async def test_client_disconnect_closes_the_upstream_and_frees_the_slot(cluster:
     await response.content.readline()
     assert node.in_flight() == 1 and made.fleet.nodes["a"].in_flight == 1
     response.close()  # the client goes away mid-stream
-    await _eventually(lambda: node.cancelled == 1 and node.in_flight() == 0, timeout=3)
-    await _eventually(lambda: made.fleet.nodes["a"].in_flight == 0, timeout=3)
+    await eventually(lambda: node.cancelled == 1 and node.in_flight() == 0, within=3)
+    await eventually(lambda: made.fleet.nodes["a"].in_flight == 0, within=3)
     # The slot is free: the next request is served at once instead of waiting 20 s.
-    async with http.post(made.url + "/api/generate", data=b'{"model":"llama3.2","prompt":"x","options":{"num_predict":2}}') as r:
+    async with http.post(
+        made.url + "/api/generate",
+        data=b'{"model":"llama3.2","prompt":"x","options":{"num_predict":2}}',
+    ) as r:
         assert r.status == 200 and (await asyncio.wait_for(r.read(), 3)).count(b"\n") == 3
 
 
-async def test_client_disconnect_while_waiting_for_the_first_byte(cluster: ClusterFactory, http: aiohttp.ClientSession) -> None:
+async def test_client_disconnect_while_waiting_for_the_first_byte(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
     made = await cluster(dict(name="a", models=["llama3.2:latest"]))
     node = made.node("a")
     node.faults.first_byte_delay = 5.0
     task = asyncio.create_task(http.post(made.url + "/api/chat", data=CHAT))
-    await _eventually(lambda: node.in_flight() == 1, timeout=3)
+    await eventually(lambda: node.in_flight() == 1, within=3)
     task.cancel()
-    await _eventually(lambda: node.in_flight() == 0 and made.fleet.nodes["a"].in_flight == 0, timeout=3)
+    await eventually(
+        lambda: node.in_flight() == 0 and made.fleet.nodes["a"].in_flight == 0, within=3
+    )

@@ -19,7 +19,12 @@ def test_least_loaded_prefers_free_slot_then_resident_then_emptiest() -> None:
         NodeView("resident-half", in_flight=1, num_parallel=2, resident=True),
         NodeView("resident-idle", in_flight=0, num_parallel=4, resident=True),
     ]
-    assert names(strategy.rank(REQ, nodes)) == ["resident-idle", "resident-half", "cold-idle", "busy-resident"]
+    assert names(strategy.rank(REQ, nodes)) == [
+        "resident-idle",
+        "resident-half",
+        "cold-idle",
+        "busy-resident",
+    ]
 
 
 def test_ties_spread_across_requests_but_are_deterministic() -> None:
@@ -27,7 +32,9 @@ def test_ties_spread_across_requests_but_are_deterministic() -> None:
     nodes = [NodeView(f"n{i}", 0, 1, True) for i in range(4)]
     firsts = {strategy.rank(RouteRequest("m", f"req{i}"), nodes)[0].node for i in range(40)}
     assert len(firsts) > 1
-    assert strategy.rank(RouteRequest("m", "same"), nodes) == strategy.rank(RouteRequest("m", "same"), nodes)
+    assert strategy.rank(RouteRequest("m", "same"), nodes) == strategy.rank(
+        RouteRequest("m", "same"), nodes
+    )
 
 
 def test_reason_describes_the_choice() -> None:

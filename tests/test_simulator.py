@@ -21,8 +21,14 @@ from sollol_proxy.simulator import SimModel, SimulatedNode, default_catalog
 
 JSON_UTF8 = "application/json; charset=utf-8"
 CREATED_AT_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
-METRICS = ["total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-           "eval_count", "eval_duration"]
+METRICS = [
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+]
 
 
 @pytest.fixture
@@ -37,11 +43,18 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-async def call(session: aiohttp.ClientSession, node: SimulatedNode, method: str, path: str,
-               body: Any = None, **kw: Any) -> tuple[int, Any, bytes]:
+async def call(
+    session: aiohttp.ClientSession,
+    node: SimulatedNode,
+    method: str,
+    path: str,
+    body: Any = None,
+    **kw: Any,
+) -> tuple[int, Any, bytes]:
     data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
-    async with session.request(method, node.url + path, data=data, allow_redirects=False,
-                               **kw) as r:
+    async with session.request(
+        method, node.url + path, data=data, allow_redirects=False, **kw
+    ) as r:
         return r.status, r.headers, await r.read()
 
 
@@ -55,8 +68,11 @@ def lines(body: bytes) -> list[dict[str, Any]]:
 
 async def test_simple_routes_exact_bytes(node: SimulatedNode, session: aiohttp.ClientSession):
     status, headers, body = await call(session, node, "GET", "/")
-    assert (status, headers["Content-Type"], body) == (200, "text/plain; charset=utf-8",
-                                                       b"Ollama is running")
+    assert (status, headers["Content-Type"], body) == (
+        200,
+        "text/plain; charset=utf-8",
+        b"Ollama is running",
+    )
     assert "Server" not in headers and "Content-Encoding" not in headers
     status, headers, body = await call(session, node, "HEAD", "/api/version")
     assert (status, headers["Content-Type"], body) == (200, JSON_UTF8, b"")
@@ -84,14 +100,16 @@ async def test_404_405_and_redirects(node: SimulatedNode, session: aiohttp.Clien
 
 async def test_host_check(session: aiohttp.ClientSession):
     async with SimulatedNode(models=["llama3.2"]) as node:
-        status, headers, body = await call(session, node, "GET", "/api/tags",
-                                           headers={"Host": "example.com"})
+        status, headers, body = await call(
+            session, node, "GET", "/api/tags", headers={"Host": "example.com"}
+        )
         assert (status, body) == (403, b"") and "Content-Type" not in headers
         assert (await call(session, node, "GET", "/nope", headers={"Host": "evil.com"}))[0] == 403
         for host in ("localhost:11434", "10.0.0.7:11434", "gpu1.internal", "box.local", "[::1]:1"):
             assert (await call(session, node, "GET", "/api/tags", headers={"Host": host}))[0] == 200
-        status, _, _ = await call(session, node, "OPTIONS", "/api/chat",
-                                  headers={"Host": "localhost"})
+        status, _, _ = await call(
+            session, node, "OPTIONS", "/api/chat", headers={"Host": "localhost"}
+        )
         assert status == 204
     async with SimulatedNode(bind_host="0.0.0.0") as open_node:
         assert (await call(session, open_node, "GET", "/", headers={"Host": "x.com"}))[0] == 200
@@ -102,8 +120,10 @@ async def test_bad_bodies(node: SimulatedNode, session: aiohttp.ClientSession):
         (b"", "missing request body"),
         (b'{"model":', "unexpected EOF"),
         (b"x", "invalid character 'x' looking for beginning of value"),
-        (b'{"model":1}', "json: cannot unmarshal number into Go struct field "
-                         "ChatRequest.model of type string"),
+        (
+            b'{"model":1}',
+            "json: cannot unmarshal number into Go struct field ChatRequest.model of type string",
+        ),
         (b'{"model":"llama3.2","keep_alive":"300"}', 'time: missing unit in duration "300"'),
     ]
     for raw, message in cases:
@@ -111,8 +131,9 @@ async def test_bad_bodies(node: SimulatedNode, session: aiohttp.ClientSession):
         assert (status, headers["Content-Type"]) == (400, JSON_UTF8)
         assert json.loads(body) == {"error": message}
     # Only the first JSON value counts and unknown fields are ignored.
-    status, _, body = await call(session, node, "POST", "/api/generate",
-                                 b'{"model":"llama3.2","bogus":1} trailing')
+    status, _, body = await call(
+        session, node, "POST", "/api/generate", b'{"model":"llama3.2","bogus":1} trailing'
+    )
     assert status == 200 and json.loads(body)["done_reason"] == "load"
 
 
@@ -120,8 +141,13 @@ async def test_bad_bodies(node: SimulatedNode, session: aiohttp.ClientSession):
 
 
 async def test_generate_stream_framing(node: SimulatedNode, session: aiohttp.ClientSession):
-    status, headers, body = await call(session, node, "POST", "/api/generate",
-                                       {"model": "llama3.2", "prompt": "Why is the sky blue?"})
+    status, headers, body = await call(
+        session,
+        node,
+        "POST",
+        "/api/generate",
+        {"model": "llama3.2", "prompt": "Why is the sky blue?"},
+    )
     assert (status, headers["Content-Type"]) == (200, "application/x-ndjson")
     assert headers["Transfer-Encoding"] == "chunked" and "Server" not in headers
     objs = lines(body)
@@ -131,8 +157,15 @@ async def test_generate_stream_framing(node: SimulatedNode, session: aiohttp.Cli
         assert obj["model"] == "llama3.2" and obj["done"] is False
         assert CREATED_AT_RE.match(obj["created_at"])
     final = objs[-1]
-    assert list(final) == ["model", "created_at", "response", "done", "done_reason", "context",
-                           *METRICS]
+    assert list(final) == [
+        "model",
+        "created_at",
+        "response",
+        "done",
+        "done_reason",
+        "context",
+        *METRICS,
+    ]
     assert final["done_reason"] == "stop" and final["eval_count"] == 12
     assert final["prompt_eval_count"] == len("Why is the sky blue?") // 4 + 1
     # The recorded bytes are exactly what went over the wire.
@@ -140,10 +173,14 @@ async def test_generate_stream_framing(node: SimulatedNode, session: aiohttp.Cli
     assert node.requests[-1].path == "/api/generate"
 
 
-async def test_generate_non_stream_and_length(node: SimulatedNode,
-                                              session: aiohttp.ClientSession):
-    status, headers, body = await call(session, node, "POST", "/api/generate", {
-        "model": "llama3.2", "prompt": "hi", "stream": False, "options": {"num_predict": 3}})
+async def test_generate_non_stream_and_length(node: SimulatedNode, session: aiohttp.ClientSession):
+    status, headers, body = await call(
+        session,
+        node,
+        "POST",
+        "/api/generate",
+        {"model": "llama3.2", "prompt": "hi", "stream": False, "options": {"num_predict": 3}},
+    )
     assert (status, headers["Content-Type"]) == (200, JSON_UTF8)
     assert not body.endswith(b"\n")
     obj = json.loads(body)
@@ -176,17 +213,25 @@ async def test_deterministic_identical_bytes(session: aiohttp.ClientSession):
 
 async def test_load_and_unload_replies(session: aiohttp.ClientSession):
     async with SimulatedNode(models=["llama3.2"], deterministic=True) as node:
-        _, headers, body = await call(session, node, "POST", "/api/generate",
-                                      {"model": "llama3.2"})
+        _, headers, body = await call(session, node, "POST", "/api/generate", {"model": "llama3.2"})
         assert headers["Content-Type"] == JSON_UTF8
-        assert body == (b'{"model":"llama3.2","created_at":"2026-01-01T00:00:00Z",'
-                        b'"response":"","done":true,"done_reason":"load"}')
+        assert body == (
+            b'{"model":"llama3.2","created_at":"2026-01-01T00:00:00Z",'
+            b'"response":"","done":true,"done_reason":"load"}'
+        )
         assert node.loaded_models() == ["llama3.2:latest"]
-        _, _, body = await call(session, node, "POST", "/api/chat",
-                                {"model": "llama3.2", "messages": [], "keep_alive": 0})
-        assert body == (b'{"model":"llama3.2","created_at":"2026-01-01T00:00:00Z",'
-                        b'"message":{"role":"assistant","content":""},"done":true,'
-                        b'"done_reason":"unload"}')
+        _, _, body = await call(
+            session,
+            node,
+            "POST",
+            "/api/chat",
+            {"model": "llama3.2", "messages": [], "keep_alive": 0},
+        )
+        assert body == (
+            b'{"model":"llama3.2","created_at":"2026-01-01T00:00:00Z",'
+            b'"message":{"role":"assistant","content":""},"done":true,'
+            b'"done_reason":"unload"}'
+        )
         assert node.loaded_models() == []
 
 
@@ -196,10 +241,18 @@ async def test_inference_errors(node: SimulatedNode, session: aiohttp.ClientSess
         ("/api/generate", {"model": "", "prompt": "x"}, 404, "model '' not found"),
         ("/api/chat", {"model": "nope:7b", "messages": []}, 404, "model 'nope:7b' not found"),
         ("/api/chat", {"messages": []}, 400, "model is required"),
-        ("/api/chat", {"model": "all-minilm", "messages": [{"role": "user", "content": "x"}]},
-         400, '"all-minilm" does not support chat'),
-        ("/api/generate", {"model": "llama3.2", "prompt": "x", "options": {"num_ctx": "8k"}},
-         500, 'option "num_ctx" must be of type integer'),
+        (
+            "/api/chat",
+            {"model": "all-minilm", "messages": [{"role": "user", "content": "x"}]},
+            400,
+            '"all-minilm" does not support chat',
+        ),
+        (
+            "/api/generate",
+            {"model": "llama3.2", "prompt": "x", "options": {"num_ctx": "8k"}},
+            500,
+            'option "num_ctx" must be of type integer',
+        ),
     ]
     for path, req, status_code, message in cases:
         status, headers, body = await call(session, node, "POST", path, req)
@@ -210,8 +263,9 @@ async def test_inference_errors(node: SimulatedNode, session: aiohttp.ClientSess
 # ------------------------------------------------------------------ scheduler
 
 
-async def _first_line_time(session: aiohttp.ClientSession, url: str, req: dict[str, Any],
-                           loop: asyncio.AbstractEventLoop) -> tuple[float, float]:
+async def _first_line_time(
+    session: aiohttp.ClientSession, url: str, req: dict[str, Any], loop: asyncio.AbstractEventLoop
+) -> tuple[float, float]:
     async with session.post(url, json=req) as r:
         await r.content.readline()
         first = loop.time()
@@ -254,16 +308,20 @@ async def test_disconnect_cancels_and_frees_slot(session: aiohttp.ClientSession)
         assert not node.responses[-1].complete
         quick = {"model": "llama3.2", "prompt": "x", "options": {"num_predict": 1}}
         status, _, _ = await asyncio.wait_for(
-            call(session, node, "POST", "/api/generate", quick), 1)
+            call(session, node, "POST", "/api/generate", quick), 1
+        )
         assert status == 200
 
 
 async def test_eviction_keep_alive_and_ps(session: aiohttp.ClientSession):
-    async with SimulatedNode(models=["llama3.2", "qwen2.5:7b", "mistral"],
-                             max_loaded_models=2, load_delay=0.01) as node:
+    async with SimulatedNode(
+        models=["llama3.2", "qwen2.5:7b", "mistral"], max_loaded_models=2, load_delay=0.01
+    ) as node:
+
         async def load(model: str, **extra: Any) -> dict[str, Any]:
-            status, _, body = await call(session, node, "POST", "/api/generate",
-                                         {"model": model} | extra)
+            status, _, body = await call(
+                session, node, "POST", "/api/generate", {"model": model} | extra
+            )
             assert status == 200, body
             return json.loads(body)
 
@@ -275,8 +333,16 @@ async def test_eviction_keep_alive_and_ps(session: aiohttp.ClientSession):
         assert headers["Content-Type"] == JSON_UTF8
         models = json.loads(body)["models"]
         assert [m["name"] for m in models] == ["llama3.2:latest", "mistral:latest"]
-        assert list(models[0]) == ["name", "model", "size", "digest", "details", "expires_at",
-                                   "size_vram", "context_length"]
+        assert list(models[0]) == [
+            "name",
+            "model",
+            "size",
+            "digest",
+            "details",
+            "expires_at",
+            "size_vram",
+            "context_length",
+        ]
         assert int(models[0]["expires_at"][:4]) > 2300  # keep_alive -1: ~292 years
         assert models[1]["context_length"] == 4096
         # A different num_ctx reloads the runner (§5.4).
@@ -300,22 +366,29 @@ async def test_vram_eviction(session: aiohttp.ClientSession):
 
 
 async def test_embed_routes(node: SimulatedNode, session: aiohttp.ClientSession):
-    _, headers, body = await call(session, node, "POST", "/api/embed",
-                                  {"model": "all-minilm", "input": ["a", "b"]})
+    _, headers, body = await call(
+        session, node, "POST", "/api/embed", {"model": "all-minilm", "input": ["a", "b"]}
+    )
     obj = json.loads(body)
     assert headers["Content-Type"] == JSON_UTF8
-    assert list(obj) == ["model", "embeddings", "total_duration", "load_duration",
-                         "prompt_eval_count"]
+    assert list(obj) == [
+        "model",
+        "embeddings",
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+    ]
     assert len(obj["embeddings"]) == 2
     assert math.isclose(math.sqrt(sum(v * v for v in obj["embeddings"][0])), 1, rel_tol=1e-5)
-    _, _, body = await call(session, node, "POST", "/api/embed",
-                            {"model": "all-minilm", "input": ""})
+    _, _, body = await call(
+        session, node, "POST", "/api/embed", {"model": "all-minilm", "input": ""}
+    )
     assert body == b'{"model":"all-minilm","embeddings":[]}'
-    status, _, body = await call(session, node, "POST", "/api/embed",
-                                 {"model": "x", "input": "a"})
+    status, _, body = await call(session, node, "POST", "/api/embed", {"model": "x", "input": "a"})
     assert (status, body) == (404, b'{"error":"model \\"x\\" not found, try pulling it first"}')
-    _, _, body = await call(session, node, "POST", "/api/embeddings",
-                            {"model": "all-minilm", "prompt": "a"})
+    _, _, body = await call(
+        session, node, "POST", "/api/embeddings", {"model": "all-minilm", "prompt": "a"}
+    )
     assert list(json.loads(body)) == ["embedding"]
 
 
@@ -342,38 +415,52 @@ async def test_tags_pull_copy_delete(session: aiohttp.ClientSession):
         statuses = [o["status"] for o in lines(body)]
         assert headers["Content-Type"] == "application/x-ndjson"
         assert statuses[0] == "pulling manifest" and statuses[-3:] == [
-            "verifying sha256 digest", "writing manifest", "success"]
+            "verifying sha256 digest",
+            "writing manifest",
+            "success",
+        ]
         layer = lines(body)[1]
         assert list(layer) == ["status", "digest", "total", "completed"]
         assert layer["status"] == "pulling " + layer["digest"][7:19]
-        status, headers, body = await call(session, node, "POST", "/api/pull",
-                                           {"model": "llama3.2", "stream": False})
-        assert (status, headers["Content-Type"], body) == (200, "application/json",
-                                                           b'{"status":"success"}')
+        status, headers, body = await call(
+            session, node, "POST", "/api/pull", {"model": "llama3.2", "stream": False}
+        )
+        assert (status, headers["Content-Type"], body) == (
+            200,
+            "application/json",
+            b'{"status":"success"}',
+        )
         tags = json.loads((await call(session, node, "GET", "/api/tags"))[2])["models"]
         assert [m["name"] for m in tags] == ["llama3.2:latest", "qwen2.5:7b"]  # newest first
         _, _, body = await call(session, node, "POST", "/api/pull", {"model": "nope"})
-        assert body == (b'{"status":"pulling manifest"}\n'
-                        b'{"error":"pull model manifest: file does not exist"}\n')
-        status, headers, body = await call(session, node, "POST", "/api/pull",
-                                           {"model": "nope", "stream": False})
+        assert body == (
+            b'{"status":"pulling manifest"}\n{"error":"pull model manifest: file does not exist"}\n'
+        )
+        status, headers, body = await call(
+            session, node, "POST", "/api/pull", {"model": "nope", "stream": False}
+        )
         assert (status, headers["Content-Type"]) == (500, "application/json")
-        status, headers, body = await call(session, node, "POST", "/api/copy",
-                                           {"source": "llama3.2", "destination": "backup"})
+        status, headers, body = await call(
+            session, node, "POST", "/api/copy", {"source": "llama3.2", "destination": "backup"}
+        )
         assert (status, body) == (200, b"") and "Content-Type" not in headers
         assert node.has_model("backup:latest")
-        status, _, body = await call(session, node, "POST", "/api/copy",
-                                     {"source": "missing", "destination": "x"})
+        status, _, body = await call(
+            session, node, "POST", "/api/copy", {"source": "missing", "destination": "x"}
+        )
         assert (status, body) == (404, b'{"error":"model \\"missing\\" not found"}')
-        status, headers, body = await call(session, node, "DELETE", "/api/delete",
-                                           {"model": "backup"})
+        status, headers, body = await call(
+            session, node, "DELETE", "/api/delete", {"model": "backup"}
+        )
         assert (status, body) == (200, b"") and "Content-Type" not in headers
         status, _, body = await call(session, node, "DELETE", "/api/delete", {"name": "backup"})
         assert (status, body) == (404, b'{"error":"model \'backup\' not found"}')
         _, _, body = await call(session, node, "POST", "/api/push", {"model": "qwen2.5:7b"})
         statuses = [o["status"] for o in lines(body)]
         assert statuses[0] == "retrieving manifest" and statuses[-2:] == [
-            "pushing manifest", "success"]
+            "pushing manifest",
+            "success",
+        ]
         status, _, body = await call(session, node, "POST", "/api/push", {})
         assert (status, body) == (400, b'{"error":"model is required"}')
 
@@ -390,24 +477,39 @@ async def test_blobs_and_create(node: SimulatedNode, session: aiohttp.ClientSess
     wrong = "sha256:" + "0" * 64
     status, _, body = await call(session, node, "POST", "/api/blobs/" + wrong, data)
     assert status == 400 and json.loads(body)["error"] == (
-        f'digest mismatch, expected "{wrong}", got "{digest}"')
+        f'digest mismatch, expected "{wrong}", got "{digest}"'
+    )
     status, headers, body = await call(session, node, "POST", "/api/blobs/" + digest, data)
     assert (status, body) == (201, b"") and "Content-Type" not in headers
     assert (await call(session, node, "POST", "/api/blobs/" + digest, data))[0] == 200
     assert (await call(session, node, "HEAD", "/api/blobs/" + digest))[0] == 200
     assert node.requests[-2].body == b""  # blob bytes are not kept
 
-    _, headers, body = await call(session, node, "POST", "/api/create",
-                                  {"model": "mine", "files": {"m.gguf": digest}})
+    _, headers, body = await call(
+        session, node, "POST", "/api/create", {"model": "mine", "files": {"m.gguf": digest}}
+    )
     assert headers["Content-Type"] == "application/x-ndjson"
     assert [o["status"] for o in lines(body)][-2:] == ["writing manifest", "success"]
     assert node.has_model("mine")
-    status, headers, body = await call(session, node, "POST", "/api/create", {
-        "model": "derived", "from": "llama3.2", "system": "be brief", "stream": False})
-    assert (status, headers["Content-Type"], body) == (200, "application/json",
-                                                       b'{"status":"success"}')
-    status, headers, body = await call(session, node, "POST", "/api/create", {
-        "model": "bad", "files": {"m.gguf": wrong}, "stream": False})
+    status, headers, body = await call(
+        session,
+        node,
+        "POST",
+        "/api/create",
+        {"model": "derived", "from": "llama3.2", "system": "be brief", "stream": False},
+    )
+    assert (status, headers["Content-Type"], body) == (
+        200,
+        "application/json",
+        b'{"status":"success"}',
+    )
+    status, headers, body = await call(
+        session,
+        node,
+        "POST",
+        "/api/create",
+        {"model": "bad", "files": {"m.gguf": wrong}, "stream": False},
+    )
     assert (status, headers["Content-Type"]) == (400, "application/json")
     assert not node.has_model("bad")
 
@@ -415,8 +517,9 @@ async def test_blobs_and_create(node: SimulatedNode, session: aiohttp.ClientSess
 # ------------------------------------------------------------------ fault knobs
 
 
-async def test_fault_refuse_and_reset_before_headers(node: SimulatedNode,
-                                                     session: aiohttp.ClientSession):
+async def test_fault_refuse_and_reset_before_headers(
+    node: SimulatedNode, session: aiohttp.ClientSession
+):
     node.faults.refuse = True
     with pytest.raises(aiohttp.ClientError):
         await call(session, node, "GET", "/api/version")
@@ -432,8 +535,9 @@ async def test_fault_refuse_and_reset_before_headers(node: SimulatedNode,
 
 async def test_fault_reset_after_chunks(node: SimulatedNode, session: aiohttp.ClientSession):
     node.faults.reset_after_chunks = 3
-    async with session.post(node.url + "/api/generate",
-                            json={"model": "llama3.2", "prompt": "x"}) as r:
+    async with session.post(
+        node.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"}
+    ) as r:
         got = [await r.content.readline() for _ in range(3)]
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.read()
@@ -445,13 +549,22 @@ async def test_fault_reset_after_chunks(node: SimulatedNode, session: aiohttp.Cl
 async def test_fault_status_and_delay(node: SimulatedNode, session: aiohttp.ClientSession):
     busy = "server busy, please try again.  maximum pending requests exceeded"
     node.faults.status_error = (503, busy)
-    status, headers, body = await call(session, node, "POST", "/api/chat",
-                                       {"model": "llama3.2", "messages": [{"role": "user",
-                                                                           "content": "x"}]})
+    status, headers, body = await call(
+        session,
+        node,
+        "POST",
+        "/api/chat",
+        {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert (status, headers["Content-Type"]) == (503, JSON_UTF8)
     assert json.loads(body) == {"error": busy}
-    status, headers, body = await call(session, node, "POST", "/v1/chat/completions", {
-        "model": "llama3.2", "messages": [{"role": "user", "content": "x"}]})
+    status, headers, body = await call(
+        session,
+        node,
+        "POST",
+        "/v1/chat/completions",
+        {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert (status, headers["Content-Type"]) == (503, "application/json")
     assert json.loads(body)["error"]["type"] == "api_error" and body.endswith(b"\n")
     node.faults.status_error = None
@@ -464,16 +577,21 @@ async def test_fault_status_and_delay(node: SimulatedNode, session: aiohttp.Clie
 
 async def test_fault_mid_stream_error(node: SimulatedNode, session: aiohttp.ClientSession):
     node.faults.mid_stream_error = (2, "an error was encountered while running the model")
-    status, _, body = await call(session, node, "POST", "/api/generate",
-                                 {"model": "llama3.2", "prompt": "x"})
+    status, _, body = await call(
+        session, node, "POST", "/api/generate", {"model": "llama3.2", "prompt": "x"}
+    )
     objs = lines(body)
     assert status == 200 and len(objs) == 3
     assert objs[-1] == {"error": "an error was encountered while running the model"}
     node.faults.mid_stream_error = (0, "boom")
-    status, headers, body = await call(session, node, "POST", "/api/chat", {
-        "model": "llama3.2", "messages": [{"role": "user", "content": "x"}]})
-    assert (status, headers["Content-Type"], body) == (500, "application/json",
-                                                       b'{"error":"boom"}')
+    status, headers, body = await call(
+        session,
+        node,
+        "POST",
+        "/api/chat",
+        {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert (status, headers["Content-Type"], body) == (500, "application/json", b'{"error":"boom"}')
 
 
 # ------------------------------------------------------------------ /v1
@@ -484,18 +602,31 @@ async def test_v1_chat_completions(node: SimulatedNode, session: aiohttp.ClientS
     _, headers, body = await call(session, node, "POST", "/v1/chat/completions", req)
     assert headers["Content-Type"] == "application/json" and body.endswith(b"}\n")
     obj = json.loads(body)
-    assert list(obj) == ["id", "object", "created", "model", "system_fingerprint", "choices",
-                         "usage"]
+    assert list(obj) == [
+        "id",
+        "object",
+        "created",
+        "model",
+        "system_fingerprint",
+        "choices",
+        "usage",
+    ]
     assert obj["choices"][0]["finish_reason"] == "stop"
-    _, headers, body = await call(session, node, "POST", "/v1/chat/completions", req | {
-        "stream": True, "stream_options": {"include_usage": True}})
+    _, headers, body = await call(
+        session,
+        node,
+        "POST",
+        "/v1/chat/completions",
+        req | {"stream": True, "stream_options": {"include_usage": True}},
+    )
     assert headers["Content-Type"] == "text/event-stream"
     events = body.split(b"\n\n")
     assert events[-2:] == [b"data: [DONE]", b""]
     chunks = [json.loads(e[6:]) for e in events[:-2]]
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant",
-                                                "content": chunks[0]["choices"][0]["delta"][
-                                                    "content"]}
+    assert chunks[0]["choices"][0]["delta"] == {
+        "role": "assistant",
+        "content": chunks[0]["choices"][0]["delta"]["content"],
+    }
     assert "role" not in chunks[1]["choices"][0]["delta"]
     assert chunks[-2]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 12
@@ -504,23 +635,43 @@ async def test_v1_chat_completions(node: SimulatedNode, session: aiohttp.ClientS
 
 
 async def test_v1_errors_and_other_routes(node: SimulatedNode, session: aiohttp.ClientSession):
-    status, headers, body = await call(session, node, "POST", "/v1/chat/completions", {
-        "model": "nope", "messages": [{"role": "user", "content": "x"}]})
+    status, headers, body = await call(
+        session,
+        node,
+        "POST",
+        "/v1/chat/completions",
+        {"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert (status, headers["Content-Type"]) == (404, "application/json")
-    assert body == (b'{"error":{"message":"model \'nope\' not found","type":"not_found_error",'
-                    b'"param":null,"code":null}}\n')
-    status, headers, body = await call(session, node, "POST", "/v1/chat/completions",
-                                       {"model": "llama3.2", "messages": []})
+    assert body == (
+        b'{"error":{"message":"model \'nope\' not found","type":"not_found_error",'
+        b'"param":null,"code":null}}\n'
+    )
+    status, headers, body = await call(
+        session, node, "POST", "/v1/chat/completions", {"model": "llama3.2", "messages": []}
+    )
     assert (status, headers["Content-Type"]) == (400, JSON_UTF8)
     assert json.loads(body)["error"]["message"] == "[] is too short - 'messages'"
-    _, headers, body = await call(session, node, "POST", "/v1/completions", {
-        "model": "llama3.2", "prompt": "x", "stream": True})
+    _, headers, body = await call(
+        session,
+        node,
+        "POST",
+        "/v1/completions",
+        {"model": "llama3.2", "prompt": "x", "stream": True},
+    )
     events = body.split(b"\n\n")
-    assert list(json.loads(events[0][6:])) == ["id", "object", "created", "choices", "model",
-                                               "system_fingerprint"]
+    assert list(json.loads(events[0][6:])) == [
+        "id",
+        "object",
+        "created",
+        "choices",
+        "model",
+        "system_fingerprint",
+    ]
     assert events[-2] == b"data: [DONE]"
-    _, _, body = await call(session, node, "POST", "/v1/embeddings",
-                            {"model": "all-minilm", "input": "x"})
+    _, _, body = await call(
+        session, node, "POST", "/v1/embeddings", {"model": "all-minilm", "input": "x"}
+    )
     assert list(json.loads(body)) == ["object", "data", "model", "usage"]
     _, headers, body = await call(session, node, "GET", "/v1/models")
     assert json.loads(body)["data"][0]["owned_by"] == "library"
@@ -539,23 +690,28 @@ async def test_ollama_python_client(session: aiohttp.ClientSession):
         client = ollama.AsyncClient(host=node.url)
         resp = await client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
         assert resp.message.content and resp.done_reason == "stop"
-        parts = [p async for p in await client.chat(
-            model="llama3.2", messages=[{"role": "user", "content": "hi"}], stream=True)]
-        assert parts[-1].done and "".join(p.message.content for p in parts) == \
-            resp.message.content
+        parts = [
+            p
+            async for p in await client.chat(
+                model="llama3.2", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        ]
+        assert parts[-1].done and "".join(p.message.content for p in parts) == resp.message.content
         gen = await client.generate(model="llama3.2", prompt="hi")
         assert gen.response and gen.context
-        assert [p async for p in await client.generate(model="llama3.2", prompt="hi",
-                                                       stream=True)][-1].done
+        assert [p async for p in await client.generate(model="llama3.2", prompt="hi", stream=True)][
+            -1
+        ].done
         emb = await client.embed(model="all-minilm", input=["a", "b"])
         assert len(emb.embeddings) == 2
-        assert {m.model for m in (await client.list()).models} == {"llama3.2:latest",
-                                                                   "all-minilm:latest"}
+        assert {m.model for m in (await client.list()).models} == {
+            "llama3.2:latest",
+            "all-minilm:latest",
+        }
         assert (await client.show("llama3.2")).modelinfo
         assert (await client.ps()).models
         assert (await client.pull("qwen2.5:7b")).status == "success"
-        assert [p.status async for p in await client.pull("mistral", stream=True)][-1] == \
-            "success"
+        assert [p.status async for p in await client.pull("mistral", stream=True)][-1] == "success"
         assert (await client.copy("llama3.2", "copy1")).status == "success"
         assert (await client.delete("copy1")).status == "success"
         with pytest.raises(ollama.ResponseError) as err:
@@ -567,8 +723,13 @@ async def test_ollama_python_client(session: aiohttp.ClientSession):
 
 def test_catalog_and_model_defaults():
     cat = default_catalog()
-    assert {"llama3.2:latest", "qwen2.5:7b", "mistral:latest", "all-minilm:latest",
-            "nomic-embed-text:latest"} <= set(cat)
+    assert {
+        "llama3.2:latest",
+        "qwen2.5:7b",
+        "mistral:latest",
+        "all-minilm:latest",
+        "nomic-embed-text:latest",
+    } <= set(cat)
     assert cat["all-minilm:latest"].embedding_only
     m = SimModel("foo")
     assert m.name == "foo:latest" and re.fullmatch(r"[0-9a-f]{64}", m.digest)

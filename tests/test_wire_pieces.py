@@ -80,30 +80,55 @@ def test_unknown_paths_and_wrong_methods_are_forwarded_as_is() -> None:
 
 def test_error_envelopes_per_api() -> None:
     api = error_response("/api/chat", 503, "no node")
-    assert (api.body, api.headers["Content-Type"]) == (b'{"error":"no node"}', "application/json; charset=utf-8")
+    assert (api.body, api.headers["Content-Type"]) == (
+        b'{"error":"no node"}',
+        "application/json; charset=utf-8",
+    )
     v1 = error_response("/v1/chat/completions", 404, "gone")
     assert v1.headers["Content-Type"] == "application/json"
-    assert v1.body == b'{"error":{"message":"gone","type":"not_found_error","param":null,"code":null}}\n'
+    assert (
+        v1.body
+        == b'{"error":{"message":"gone","type":"not_found_error","param":null,"code":null}}\n'
+    )
     anthropic = error_response("/v1/messages", 503, "busy")
-    assert orjson.loads(anthropic.body) == {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    assert orjson.loads(anthropic.body) == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "busy"},
+    }
 
 
 def test_stream_error_endings_close_partial_lines() -> None:
-    assert stream_error_bytes("/api/chat", "application/x-ndjson", "x", b'}\n') == b'{"error":"x"}\n'
-    assert stream_error_bytes("/api/chat", "application/x-ndjson", "x", b'"a') == b'\n{"error":"x"}\n'
+    assert (
+        stream_error_bytes("/api/chat", "application/x-ndjson", "x", b"}\n") == b'{"error":"x"}\n'
+    )
+    assert (
+        stream_error_bytes("/api/chat", "application/x-ndjson", "x", b'"a') == b'\n{"error":"x"}\n'
+    )
     sse = stream_error_bytes("/v1/chat/completions", "text/event-stream", "x", b"}\n")
-    assert sse.startswith(b"\ndata: {\"error\":{\"message\":\"x\"") and sse.endswith(b"\n\n")
-    assert stream_error_bytes("/v1/messages", "text/event-stream", "x", b"\n\n").startswith(b"event: error\n")
+    assert sse.startswith(b'\ndata: {"error":{"message":"x"') and sse.endswith(b"\n\n")
+    assert stream_error_bytes("/v1/messages", "text/event-stream", "x", b"\n\n").startswith(
+        b"event: error\n"
+    )
     assert stream_error_bytes("/api/show", "application/json", "x", b"") == b""
 
 
 def test_hop_by_hop_headers_are_dropped_and_host_rewritten() -> None:
-    incoming = CIMultiDictProxy(CIMultiDict([
-        ("Host", "proxy.example.com"), ("Connection", "keep-alive, X-Trace"), ("X-Trace", "1"),
-        ("Keep-Alive", "timeout=5"), ("TE", "trailers"), ("User-Agent", "ollama-python/0.6.3"),
-        ("X-Sollol-Node", "a"), ("Content-Length", "10"), ("Authorization", "Bearer client"),
-        ("Accept-Encoding", "gzip"),
-    ]))
+    incoming = CIMultiDictProxy(
+        CIMultiDict(
+            [
+                ("Host", "proxy.example.com"),
+                ("Connection", "keep-alive, X-Trace"),
+                ("X-Trace", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("TE", "trailers"),
+                ("User-Agent", "ollama-python/0.6.3"),
+                ("X-Sollol-Node", "a"),
+                ("Content-Length", "10"),
+                ("Authorization", "Bearer client"),
+                ("Accept-Encoding", "gzip"),
+            ]
+        )
+    )
     node = NodeConfig(url="http://10.0.0.2:11434", name="a", headers={"X-Node-Auth": "n"})
     out = upstream_request_headers(incoming, node, "192.0.2.7")
     assert out["Host"] == "10.0.0.2:11434"
@@ -111,11 +136,20 @@ def test_hop_by_hop_headers_are_dropped_and_host_rewritten() -> None:
     assert out["X-Forwarded-For"] == "192.0.2.7" and out["X-Node-Auth"] == "n"
     for gone in ("Connection", "X-Trace", "Keep-Alive", "TE", "X-Sollol-Node", "Content-Length"):
         assert gone not in out
-    upstream = CIMultiDictProxy(CIMultiDict([
-        ("Content-Type", "application/x-ndjson"), ("Transfer-Encoding", "chunked"), ("Date", "d"),
-        ("Content-Length", "3"),
-    ]))
-    assert dict(downstream_response_headers(upstream)) == {"Content-Type": "application/x-ndjson", "Date": "d"}
+    upstream = CIMultiDictProxy(
+        CIMultiDict(
+            [
+                ("Content-Type", "application/x-ndjson"),
+                ("Transfer-Encoding", "chunked"),
+                ("Date", "d"),
+                ("Content-Length", "3"),
+            ]
+        )
+    )
+    assert dict(downstream_response_headers(upstream)) == {
+        "Content-Type": "application/x-ndjson",
+        "Date": "d",
+    }
 
 
 def test_go_timestamps_sort_with_nanoseconds_and_offsets() -> None:

@@ -25,6 +25,7 @@ class ApiError(Exception):
 
 # ---------------------------------------------------------------- times (§1.3)
 
+
 def _frac(ns: int) -> str:
     # Go's RFC3339Nano trims trailing zeros and drops the dot entirely for whole seconds.
     return ("." + f"{ns:09d}".rstrip("0")) if ns else ""
@@ -81,8 +82,16 @@ def parse_go_time(text: str) -> int:
 
 # ---------------------------------------------------------------- durations (§5.3)
 
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-          "h": 3600.0}
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 _DUR_RE = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)?")
 
 
@@ -141,6 +150,7 @@ def parse_keep_alive(value: Any) -> float | None:
 
 
 # ---------------------------------------------------------------- JSON bodies (§1.7)
+
 
 def _quote_char(c: str) -> str:
     if c == "'":
@@ -208,13 +218,17 @@ def decode_body(raw: bytes, struct: str, fields: dict[str, str]) -> dict[str, An
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ApiError(400, f"json: cannot unmarshal {_kind(value)} into Go value of type "
-                            f"api.{struct}")
+        raise ApiError(
+            400, f"json: cannot unmarshal {_kind(value)} into Go value of type api.{struct}"
+        )
     for name, go_type in fields.items():
         got = value.get(name)
         if got is not None and _kind(got) != _expected_kind(go_type):
-            raise ApiError(400, f"json: cannot unmarshal {_kind(got)} into Go struct field "
-                                f"{struct}.{name} of type {go_type}")
+            raise ApiError(
+                400,
+                f"json: cannot unmarshal {_kind(got)} into Go struct field "
+                f"{struct}.{name} of type {go_type}",
+            )
     return value
 
 

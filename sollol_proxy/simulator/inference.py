@@ -38,8 +38,15 @@ class Generation:
     (CancelledError from aiohttp's handler cancellation, or a reset while writing) is
     counted in ``node.cancelled``."""
 
-    def __init__(self, node: SimulatedNode, request: web.Request, model: SimModel,
-                 options: dict[str, Any], keep_alive: float | None, t0: int) -> None:
+    def __init__(
+        self,
+        node: SimulatedNode,
+        request: web.Request,
+        model: SimModel,
+        options: dict[str, Any],
+        keep_alive: float | None,
+        t0: int,
+    ) -> None:
         self.node = node
         self.request = request
         self.model = model
@@ -57,15 +64,20 @@ class Generation:
         self.node._sched.in_flight += 1
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._release_slot()
         if self.runner is not None:
             self.node._sched.release(self.runner)
             self.runner = None
         self.node._sched.in_flight -= 1
         gone = exc_type is not None and issubclass(
-            exc_type, asyncio.CancelledError | ConnectionResetError)
+            exc_type, asyncio.CancelledError | ConnectionResetError
+        )
         if gone and not self.request.get(FAULT_ABORT):
             self.node.cancelled += 1
 
@@ -86,7 +98,8 @@ class Generation:
         num_ctx = min(num_ctx, self.model.context_length or num_ctx)
         int_option(self.options, "num_predict")  # type check only
         self.runner, self.loaded_now = await self.node._sched.acquire(
-            self.model, num_ctx, self.keep_alive)
+            self.model, num_ctx, self.keep_alive
+        )
         self.t_loaded = time.monotonic_ns()
 
     async def acquire_slot(self) -> None:
@@ -144,10 +157,12 @@ class Generation:
 
     def embed_metrics(self, prompt_count: int) -> dict[str, int]:
         load = self.load_duration()
-        total = load + 2_000_000 if self.node.deterministic else max(
-            time.monotonic_ns() - self.t0, load)
-        return {"total_duration": total, "load_duration": load,
-                "prompt_eval_count": prompt_count}
+        total = (
+            load + 2_000_000
+            if self.node.deterministic
+            else max(time.monotonic_ns() - self.t0, load)
+        )
+        return {"total_duration": total, "load_duration": load, "prompt_eval_count": prompt_count}
 
 
 def chat_prompt(messages: list[Any]) -> str:

@@ -58,7 +58,9 @@ def parse_name(name: str) -> ModelName | None:
         host, namespace = parts[0], parts[1]
     elif len(parts) == 2:
         namespace = parts[0]
-    if not (_HOST.match(host) and _PART.match(namespace) and _PART.match(model) and _PART.match(tag)):
+    if not (
+        _HOST.match(host) and _PART.match(namespace) and _PART.match(model) and _PART.match(tag)
+    ):
         return None
     return ModelName(host, namespace, model, tag)
 
@@ -147,31 +149,49 @@ def default_catalog() -> dict[str, SimModel]:
             digest="a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
         ),
         SimModel(
-            name="qwen2.5:7b", family="qwen2", parameter_size="7.6B", size=4683087332,
+            name="qwen2.5:7b",
+            family="qwen2",
+            parameter_size="7.6B",
+            size=4683087332,
             digest="845dbda0ea48ed749caafd9e6037047aa19acfcfd82e704d7ca97d631a0b697e",
             modified_at="2025-04-12T09:13:52.123456789-07:00",
-            context_length=32768, embedding_length=3584,
+            context_length=32768,
+            embedding_length=3584,
         ),
         SimModel(
-            name="mistral:latest", family="llama", parameter_size="7.2B",
-            quantization_level="Q4_0", size=4113301824,
+            name="mistral:latest",
+            family="llama",
+            parameter_size="7.2B",
+            quantization_level="Q4_0",
+            size=4113301824,
             digest="f974a74358d62a017b37c6f424fcdf2744ca02926c4f952513ddf474b2fa5091",
             modified_at="2025-03-01T11:02:03.5-08:00",
-            context_length=32768, embedding_length=4096,
+            context_length=32768,
+            embedding_length=4096,
         ),
         SimModel(
-            name="all-minilm:latest", family="bert", parameter_size="23M",
-            quantization_level="F16", size=45960996,
+            name="all-minilm:latest",
+            family="bert",
+            parameter_size="23M",
+            quantization_level="F16",
+            size=45960996,
             digest="1b226e2802dbb772b5fc32a58f103ca1804ef7501331012de126ab22f67475ef",
             modified_at="2025-02-20T08:00:00.25-08:00",
-            context_length=512, embedding_length=384, embedding_only=True,
+            context_length=512,
+            embedding_length=384,
+            embedding_only=True,
         ),
         SimModel(
-            name="nomic-embed-text:latest", family="nomic-bert", parameter_size="137M",
-            quantization_level="F16", size=274302450,
+            name="nomic-embed-text:latest",
+            family="nomic-bert",
+            parameter_size="137M",
+            quantization_level="F16",
+            size=274302450,
             digest="0a109f422b47e3a30ba2b10eca18548e944e8a23073ee3f3e947efcf3c45e59f",
             modified_at="2025-01-15T16:45:10.987654321-08:00",
-            context_length=2048, embedding_length=768, embedding_only=True,
+            context_length=2048,
+            embedding_length=768,
+            embedding_only=True,
         ),
     ]
     return {m.name: m for m in models}

@@ -69,14 +69,18 @@ class SimulatedNode:
         self.bind_host = bind_host
         self.default_num_ctx = default_num_ctx
         default_keep = parse_keep_alive(keep_alive)
-        self._sched = Scheduler(num_parallel=num_parallel, max_loaded_models=max_loaded_models,
-                                vram_bytes=vram_bytes, load_delay=load_delay,
-                                default_keep_alive=300.0 if default_keep is None
-                                else default_keep)
+        self._sched = Scheduler(
+            num_parallel=num_parallel,
+            max_loaded_models=max_loaded_models,
+            vram_bytes=vram_bytes,
+            load_delay=load_delay,
+            default_keep_alive=300.0 if default_keep is None else default_keep,
+        )
         self._models: dict[str, SimModel] = {}
         for m in models:
-            self.add_model(m if isinstance(m, SimModel) else
-                           (self.catalog_lookup(m) or SimModel(m)))
+            self.add_model(
+                m if isinstance(m, SimModel) else (self.catalog_lookup(m) or SimModel(m))
+            )
         self.blobs: dict[str, int] = {}  # digest -> size; bytes are never kept
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
@@ -106,8 +110,7 @@ class SimulatedNode:
 
     def sorted_models(self) -> list[SimModel]:
         """Newest modified_at first, like sortListModelResponses."""
-        return sorted(self._models.values(),
-                      key=lambda m: (-parse_go_time(m.modified_at), m.name))
+        return sorted(self._models.values(), key=lambda m: (-parse_go_time(m.modified_at), m.name))
 
     def has_model(self, name: str) -> bool:
         return self.lookup(name) is not None
@@ -139,6 +142,7 @@ class SimulatedNode:
         """Listen on host:port (port 0 picks a free one) and return the node's URL.
         The Host-header check follows ``bind_host``, not the listening address."""
         self.host = host
+
         @web.middleware
         async def record(request: web.Request, handler: _Handler) -> web.StreamResponse:
             return await self._record_middleware(request, handler)
@@ -149,12 +153,14 @@ class SimulatedNode:
         app.on_response_prepare.append(self._strip_server_header)
         # handler_cancellation: a client disconnect cancels the handler, as a cancelled
         # request context does in Go (§1.4).
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=0.5)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, host or None, port,
-                                                reuse_address=True)
+        self._server = await loop.create_server(
+            self._protocol, host or None, port, reuse_address=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.url
 
@@ -181,8 +187,12 @@ class SimulatedNode:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     # ------------------------------------------------------------------ HTTP plumbing
@@ -191,32 +201,51 @@ class SimulatedNode:
     async def _strip_server_header(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.pop("Server", None)  # Go's net/http sends none
 
-    def record_response(self, request: web.Request, resp: web.StreamResponse | None,
-                        complete: bool) -> None:
+    def record_response(
+        self, request: web.Request, resp: web.StreamResponse | None, complete: bool
+    ) -> None:
         if request.get(_RECORDED):
             return
         request[_RECORDED] = True
         stream = request.get(STREAM_KEY)
         if stream is not None:
-            status, ctype, body = stream.status, stream.headers.get("Content-Type", ""), \
-                bytes(stream.recorded)
+            status, ctype, body = (
+                stream.status,
+                stream.headers.get("Content-Type", ""),
+                bytes(stream.recorded),
+            )
         elif isinstance(resp, web.Response):
             body = b"" if request.method == "HEAD" or resp.body is None else bytes(resp.body)
             status, ctype = resp.status, resp.headers.get("Content-Type", "")
         else:
             status, ctype, body, complete = 0, "", b"", False
-        self.responses.append(RecordedResponse(request.method, request.path, status, ctype,
-                                               body, complete and not request.get(FAULT_ABORT)))
+        self.responses.append(
+            RecordedResponse(
+                request.method,
+                request.path,
+                status,
+                ctype,
+                body,
+                complete and not request.get(FAULT_ABORT),
+            )
+        )
 
     async def _record_middleware(
-        self, request: web.Request,
+        self,
+        request: web.Request,
         handler: _Handler,
     ) -> web.StreamResponse:
         blob_upload = request.method == "POST" and request.path.startswith("/api/blobs/")
         body = b"" if blob_upload else await request.read()  # blob bytes are not kept
-        self.requests.append(RecordedRequest(request.method, request.path,
-                                             request.query_string,
-                                             CIMultiDict(request.headers), body))
+        self.requests.append(
+            RecordedRequest(
+                request.method,
+                request.path,
+                request.query_string,
+                CIMultiDict(request.headers),
+                body,
+            )
+        )
         resp: web.StreamResponse | None = None
         try:
             resp = await handler(request)

@@ -17,16 +17,32 @@ from .wire import JSON, NDJSON, Stream, error_response, json_response
 if TYPE_CHECKING:
     from .node import SimulatedNode
 
-GENERATE_FIELDS = {"model": "string", "prompt": "string", "suffix": "string",
-                   "system": "string", "template": "string", "context": "[]int",
-                   "stream": "bool", "raw": "bool", "images": "[]api.ImageData",
-                   "options": "map[string]interface {}"}
-CHAT_FIELDS = {"model": "string", "messages": "[]api.Message", "stream": "bool",
-               "tools": "[]api.Tool", "options": "map[string]interface {}"}
-EMBED_FIELDS = {"model": "string", "truncate": "bool", "dimensions": "int",
-                "options": "map[string]interface {}"}
-EMBEDDINGS_FIELDS = {"model": "string", "prompt": "string",
-                     "options": "map[string]interface {}"}
+GENERATE_FIELDS = {
+    "model": "string",
+    "prompt": "string",
+    "suffix": "string",
+    "system": "string",
+    "template": "string",
+    "context": "[]int",
+    "stream": "bool",
+    "raw": "bool",
+    "images": "[]api.ImageData",
+    "options": "map[string]interface {}",
+}
+CHAT_FIELDS = {
+    "model": "string",
+    "messages": "[]api.Message",
+    "stream": "bool",
+    "tools": "[]api.Tool",
+    "options": "map[string]interface {}",
+}
+EMBED_FIELDS = {
+    "model": "string",
+    "truncate": "bool",
+    "dimensions": "int",
+    "options": "map[string]interface {}",
+}
+EMBEDDINGS_FIELDS = {"model": "string", "prompt": "string", "options": "map[string]interface {}"}
 
 
 async def _mid_stream_error(out: Stream, message: str) -> web.StreamResponse:
@@ -54,16 +70,30 @@ async def generate(node: SimulatedNode, request: web.Request) -> web.StreamRespo
     prompt = req.get("prompt") or ""
     if not prompt and keep_alive == 0:
         node._sched.expire_now(model)
-        return json_response({"model": name, "created_at": node.created_at(), "response": "",
-                              "done": True, "done_reason": "unload"})
+        return json_response(
+            {
+                "model": name,
+                "created_at": node.created_at(),
+                "response": "",
+                "done": True,
+                "done_reason": "unload",
+            }
+        )
     if "completion" not in model.capabilities:
         raise ApiError(400, f'"{name}" does not support generate')
     options = _options(req)
     async with Generation(node, request, model, options, keep_alive, t0) as gen:
         await gen.schedule()
         if not prompt:
-            return json_response({"model": name, "created_at": node.created_at(),
-                                  "response": "", "done": True, "done_reason": "load"})
+            return json_response(
+                {
+                    "model": name,
+                    "created_at": node.created_at(),
+                    "response": "",
+                    "done": True,
+                    "done_reason": "load",
+                }
+            )
         seed = (req.get("system") or "") + prompt
         prompt_count = count_tokens(seed)
         n, reason = plan_length(options)
@@ -72,9 +102,13 @@ async def generate(node: SimulatedNode, request: web.Request) -> web.StreamRespo
             toks = await gen.collect(seed, n)
             if mid is not None:
                 return error_response(500, mid[1])
-            body: dict[str, Any] = {"model": name, "created_at": node.created_at(),
-                                    "response": "".join(toks), "done": True,
-                                    "done_reason": reason}
+            body: dict[str, Any] = {
+                "model": name,
+                "created_at": node.created_at(),
+                "response": "".join(toks),
+                "done": True,
+                "done_reason": reason,
+            }
             if not req.get("raw"):
                 body["context"] = context_ids(seed + "".join(toks), prompt_count + n)
             return json_response(body | gen.metrics(prompt_count, n))
@@ -84,12 +118,18 @@ async def generate(node: SimulatedNode, request: web.Request) -> web.StreamRespo
             if mid is not None and out.chunks >= mid[0]:
                 return await _mid_stream_error(out, mid[1])
             text.append(tok)
-            await out.send_json({"model": name, "created_at": node.created_at(),
-                                 "response": tok, "done": False})
+            await out.send_json(
+                {"model": name, "created_at": node.created_at(), "response": tok, "done": False}
+            )
         if mid is not None:
             return await _mid_stream_error(out, mid[1])
-        final: dict[str, Any] = {"model": name, "created_at": node.created_at(),
-                                 "response": "", "done": True, "done_reason": reason}
+        final: dict[str, Any] = {
+            "model": name,
+            "created_at": node.created_at(),
+            "response": "",
+            "done": True,
+            "done_reason": reason,
+        }
         if not req.get("raw"):
             final["context"] = context_ids(seed + "".join(text), prompt_count + n)
         await out.send_json(final | gen.metrics(prompt_count, n))
@@ -113,9 +153,15 @@ async def chat(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     messages = req.get("messages") or []
     if not messages and keep_alive == 0:
         node._sched.expire_now(model)
-        return json_response({"model": name, "created_at": node.created_at(),
-                              "message": _assistant(""), "done": True,
-                              "done_reason": "unload"})
+        return json_response(
+            {
+                "model": name,
+                "created_at": node.created_at(),
+                "message": _assistant(""),
+                "done": True,
+                "done_reason": "unload",
+            }
+        )
     if "completion" not in model.capabilities:
         raise ApiError(400, f'"{name}" does not support chat')
     if req.get("tools") and "tools" not in model.capabilities:
@@ -124,14 +170,26 @@ async def chat(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     async with Generation(node, request, model, options, keep_alive, t0) as gen:
         await gen.schedule()
         if not messages:
-            return json_response({"model": name, "created_at": node.created_at(),
-                                  "message": _assistant(""), "done": True,
-                                  "done_reason": "load"})
+            return json_response(
+                {
+                    "model": name,
+                    "created_at": node.created_at(),
+                    "message": _assistant(""),
+                    "done": True,
+                    "done_reason": "load",
+                }
+            )
         return await chat_body(node, request, gen, req, name, chat_prompt(messages))
 
 
-async def chat_body(node: SimulatedNode, request: web.Request, gen: Generation,
-                    req: dict[str, Any], name: str, seed: str) -> web.StreamResponse:
+async def chat_body(
+    node: SimulatedNode,
+    request: web.Request,
+    gen: Generation,
+    req: dict[str, Any],
+    name: str,
+    seed: str,
+) -> web.StreamResponse:
     prompt_count = count_tokens(seed)
     n, reason = plan_length(_options(req))
     mid = node.faults.mid_stream_error
@@ -139,20 +197,40 @@ async def chat_body(node: SimulatedNode, request: web.Request, gen: Generation,
         toks = await gen.collect(seed, n)
         if mid is not None:
             return error_response(500, mid[1])
-        return json_response({"model": name, "created_at": node.created_at(),
-                              "message": _assistant("".join(toks)), "done": True,
-                              "done_reason": reason} | gen.metrics(prompt_count, n))
+        return json_response(
+            {
+                "model": name,
+                "created_at": node.created_at(),
+                "message": _assistant("".join(toks)),
+                "done": True,
+                "done_reason": reason,
+            }
+            | gen.metrics(prompt_count, n)
+        )
     out = Stream(request, node.faults, NDJSON)
     async for tok in gen.tokens(seed, n):
         if mid is not None and out.chunks >= mid[0]:
             return await _mid_stream_error(out, mid[1])
-        await out.send_json({"model": name, "created_at": node.created_at(),
-                             "message": _assistant(tok), "done": False})
+        await out.send_json(
+            {
+                "model": name,
+                "created_at": node.created_at(),
+                "message": _assistant(tok),
+                "done": False,
+            }
+        )
     if mid is not None:
         return await _mid_stream_error(out, mid[1])
-    await out.send_json({"model": name, "created_at": node.created_at(),
-                         "message": _assistant(""), "done": True, "done_reason": reason}
-                        | gen.metrics(prompt_count, n))
+    await out.send_json(
+        {
+            "model": name,
+            "created_at": node.created_at(),
+            "message": _assistant(""),
+            "done": True,
+            "done_reason": reason,
+        }
+        | gen.metrics(prompt_count, n)
+    )
     return await out.finish()
 
 
@@ -183,8 +261,10 @@ async def embed(node: SimulatedNode, request: web.Request) -> web.StreamResponse
             return json_response({"model": name, "embeddings": []})
         assert gen.runner is not None
         count = sum(count_tokens(t) for t in inputs)
-        if req.get("truncate") is False and max(count_tokens(t) for t in inputs) > \
-                gen.runner.num_ctx:
+        if (
+            req.get("truncate") is False
+            and max(count_tokens(t) for t in inputs) > gen.runner.num_ctx
+        ):
             raise ApiError(400, "the input length exceeds the context length")
         await gen.acquire_slot()
         await gen.prefill(count)

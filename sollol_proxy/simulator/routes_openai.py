@@ -59,12 +59,16 @@ def _text_of(content: Any) -> str:
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
-async def _setup(node: SimulatedNode, request: web.Request, req: dict[str, Any], what: str,
-                 t0: int) -> Generation:
+async def _setup(
+    node: SimulatedNode, request: web.Request, req: dict[str, Any], what: str, t0: int
+) -> Generation:
     name = req.get("model") or ""
     if not name and what == "chat":
         raise ApiError(400, "model is required")
@@ -82,16 +86,23 @@ async def _setup(node: SimulatedNode, request: web.Request, req: dict[str, Any],
 async def chat_completions(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     try:
-        req = _middleware_body(await request.read(), "ChatCompletionRequest",
-                               {"model": "string", "messages": "[]openai.Message",
-                                "stream": "bool"})
+        req = _middleware_body(
+            await request.read(),
+            "ChatCompletionRequest",
+            {"model": "string", "messages": "[]openai.Message", "stream": "bool"},
+        )
     except _MiddlewareError as exc:
         return v1_error(400, str(exc), from_middleware=True)
     messages = req.get("messages") or []
     if not messages:
         return v1_error(400, "[] is too short - 'messages'", from_middleware=True)
-    seed = chat_prompt([{"role": m.get("role"), "content": _text_of(m.get("content"))}
-                        for m in messages if isinstance(m, dict)])
+    seed = chat_prompt(
+        [
+            {"role": m.get("role"), "content": _text_of(m.get("content"))}
+            for m in messages
+            if isinstance(m, dict)
+        ]
+    )
     name = req.get("model") or ""
     cid, created = _ids(node, "chatcmpl")
     try:
@@ -100,38 +111,65 @@ async def chat_completions(node: SimulatedNode, request: web.Request) -> web.Str
             pc = count_tokens(seed)
             n, reason = plan_length(gen.options)
             mid = node.faults.mid_stream_error
-            head = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                    "model": name, "system_fingerprint": "fp_ollama"}
+            head = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": name,
+                "system_fingerprint": "fp_ollama",
+            }
             if not req.get("stream"):
                 text = "".join(await gen.collect(seed, n))
                 if mid is not None:
                     raise ApiError(500, mid[1])
-                return v1_json({"id": cid, "object": "chat.completion", "created": created,
-                                "model": name, "system_fingerprint": "fp_ollama",
-                                "choices": [{"index": 0, "message": {
-                                    "role": "assistant", "content": text},
-                                    "finish_reason": reason}],
-                                "usage": _usage(pc, n)})
+                return v1_json(
+                    {
+                        "id": cid,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": name,
+                        "system_fingerprint": "fp_ollama",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": text},
+                                "finish_reason": reason,
+                            }
+                        ],
+                        "usage": _usage(pc, n),
+                    }
+                )
             out = Stream(request, node.faults, SSE)
 
             async def crashed() -> web.StreamResponse:
                 # §4.2 (derived): the error object decodes as an empty ChatResponse.
                 if not out.started:
                     return v1_error(500, mid[1] if mid else "")
-                await out.send(_sse(head | {"model": "", "choices": [
-                    {"index": 0, "delta": {"content": ""}, "finish_reason": None}]}))
+                await out.send(
+                    _sse(
+                        head
+                        | {
+                            "model": "",
+                            "choices": [
+                                {"index": 0, "delta": {"content": ""}, "finish_reason": None}
+                            ],
+                        }
+                    )
+                )
                 return await out.finish()
 
             async for tok in gen.tokens(seed, n):
                 if mid is not None and out.chunks >= mid[0]:
                     return await crashed()
                 delta = {"content": tok} if out.chunks else {"role": "assistant", "content": tok}
-                await out.send(_sse(head | {"choices": [
-                    {"index": 0, "delta": delta, "finish_reason": None}]}))
+                await out.send(
+                    _sse(head | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                )
             if mid is not None:
                 return await crashed()
-            await out.send(_sse(head | {"choices": [
-                {"index": 0, "delta": {}, "finish_reason": reason}]}))
+            await out.send(
+                _sse(head | {"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
+            )
             if (req.get("stream_options") or {}).get("include_usage"):
                 await out.send(_sse(head | {"choices": [], "usage": _usage(pc, n)}))
             await out.send(_DONE)
@@ -143,8 +181,11 @@ async def chat_completions(node: SimulatedNode, request: web.Request) -> web.Str
 async def completions(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     try:
-        req = _middleware_body(await request.read(), "CompletionRequest",
-                               {"model": "string", "prompt": "string", "stream": "bool"})
+        req = _middleware_body(
+            await request.read(),
+            "CompletionRequest",
+            {"model": "string", "prompt": "string", "stream": "bool"},
+        )
     except _MiddlewareError as exc:
         return v1_error(400, str(exc), from_middleware=True)
     seed = req.get("prompt") or ""
@@ -161,18 +202,28 @@ async def completions(node: SimulatedNode, request: web.Request) -> web.StreamRe
                 text = "".join(await gen.collect(seed, n))
                 if mid is not None:
                     raise ApiError(500, mid[1])
-                return v1_json({"id": cid, "object": "text_completion", "created": created,
-                                "model": name, "system_fingerprint": "fp_ollama",
-                                "choices": [{"text": text, "index": 0,
-                                             "finish_reason": reason}],
-                                "usage": _usage(pc, n)})
+                return v1_json(
+                    {
+                        "id": cid,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": name,
+                        "system_fingerprint": "fp_ollama",
+                        "choices": [{"text": text, "index": 0, "finish_reason": reason}],
+                        "usage": _usage(pc, n),
+                    }
+                )
             out = Stream(request, node.faults, SSE)
 
             def chunk(text: str, finish: str | None) -> bytes:
                 obj: dict[str, Any] = {
-                    "id": cid, "object": "text_completion", "created": created,
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": created,
                     "choices": [{"text": text, "index": 0, "finish_reason": finish}],
-                    "model": name, "system_fingerprint": "fp_ollama"}
+                    "model": name,
+                    "system_fingerprint": "fp_ollama",
+                }
                 if usage_on:
                     obj["usage"] = _usage(0, 0)
                 return _sse(obj)
@@ -188,10 +239,19 @@ async def completions(node: SimulatedNode, request: web.Request) -> web.StreamRe
                 return await out.finish()
             await out.send(chunk("", reason))
             if usage_on:
-                await out.send(_sse({"id": cid, "object": "text_completion",
-                                     "created": created, "choices": [], "model": name,
-                                     "system_fingerprint": "fp_ollama",
-                                     "usage": _usage(pc, n)}))
+                await out.send(
+                    _sse(
+                        {
+                            "id": cid,
+                            "object": "text_completion",
+                            "created": created,
+                            "choices": [],
+                            "model": name,
+                            "system_fingerprint": "fp_ollama",
+                            "usage": _usage(pc, n),
+                        }
+                    )
+                )
             await out.send(_DONE)
             return await out.finish()
     except ApiError as exc:
@@ -205,12 +265,15 @@ def _b64(vec: list[float]) -> str:
 async def embeddings(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     try:
-        req = _middleware_body(await request.read(), "EmbedRequest",
-                               {"model": "string", "encoding_format": "string"})
+        req = _middleware_body(
+            await request.read(), "EmbedRequest", {"model": "string", "encoding_format": "string"}
+        )
         fmt = req.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
-            raise _MiddlewareError(f"Invalid value for 'encoding_format' = {fmt}. "
-                                   "Supported values: ['float', 'base64'].")
+            raise _MiddlewareError(
+                f"Invalid value for 'encoding_format' = {fmt}. "
+                "Supported values: ['float', 'base64']."
+            )
         try:
             inputs = embed_inputs(req.get("input"))
         except ApiError as exc:
@@ -231,10 +294,21 @@ async def embeddings(node: SimulatedNode, request: web.Request) -> web.StreamRes
             data = []
             for i, text in enumerate(inputs):
                 vec = embedding(text)
-                data.append({"object": "embedding",
-                             "embedding": _b64(vec) if fmt == "base64" else vec, "index": i})
-            return v1_json({"object": "list", "data": data, "model": name,
-                            "usage": {"prompt_tokens": count, "total_tokens": count}})
+                data.append(
+                    {
+                        "object": "embedding",
+                        "embedding": _b64(vec) if fmt == "base64" else vec,
+                        "index": i,
+                    }
+                )
+            return v1_json(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": name,
+                    "usage": {"prompt_tokens": count, "total_tokens": count},
+                }
+            )
     except ApiError as exc:
         return v1_error(exc.status, exc.message)
 
@@ -242,8 +316,12 @@ async def embeddings(node: SimulatedNode, request: web.Request) -> web.StreamRes
 def _model_obj(node: SimulatedNode, ident: str) -> dict[str, Any]:
     m = node.lookup(ident)
     assert m is not None
-    return {"id": ident, "object": "model", "created": parse_go_time(m.modified_at) // 10**9,
-            "owned_by": m.namespace}
+    return {
+        "id": ident,
+        "object": "model",
+        "created": parse_go_time(m.modified_at) // 10**9,
+        "owned_by": m.namespace,
+    }
 
 
 async def list_models(node: SimulatedNode, request: web.Request) -> web.StreamResponse:

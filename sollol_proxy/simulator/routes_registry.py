@@ -35,8 +35,9 @@ class Fail:
 Step = dict[str, Any] | Fail | Callable[[], None]
 
 
-async def run_progress(node: SimulatedNode, request: web.Request, stream: bool,
-                       steps: list[Step]) -> web.StreamResponse:
+async def run_progress(
+    node: SimulatedNode, request: web.Request, stream: bool, steps: list[Step]
+) -> web.StreamResponse:
     if not stream:
         for step in steps:
             if isinstance(step, Fail):
@@ -61,8 +62,12 @@ async def run_progress(node: SimulatedNode, request: web.Request, stream: bool,
 
 
 def _layer_line(verb: str, digest: str, total: int) -> dict[str, Any]:
-    return {"status": f"{verb} {digest[7:19]}", "digest": digest, "total": total,
-            "completed": total}
+    return {
+        "status": f"{verb} {digest[7:19]}",
+        "digest": digest,
+        "total": total,
+        "completed": total,
+    }
 
 
 def pull_steps(node: SimulatedNode, name: str, final: bool = True) -> list[Step]:
@@ -86,9 +91,11 @@ def _stream_flag(req: dict[str, Any]) -> bool:
 
 
 async def pull(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
-    req = decode_body(await request.read(), "PullRequest",
-                      {"model": "string", "name": "string", "insecure": "bool",
-                       "stream": "bool"})
+    req = decode_body(
+        await request.read(),
+        "PullRequest",
+        {"model": "string", "name": "string", "insecure": "bool", "stream": "bool"},
+    )
     name = req.get("model") or req.get("name") or ""
     if parse_name(name) is None:
         raise ApiError(400, INVALID_NAME)
@@ -96,9 +103,11 @@ async def pull(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
 
 
 async def push(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
-    req = decode_body(await request.read(), "PushRequest",
-                      {"model": "string", "name": "string", "insecure": "bool",
-                       "stream": "bool"})
+    req = decode_body(
+        await request.read(),
+        "PushRequest",
+        {"model": "string", "name": "string", "insecure": "bool", "stream": "bool"},
+    )
     name = req.get("model") or req.get("name") or ""
     if not name:
         raise ApiError(400, "model is required")
@@ -108,10 +117,14 @@ async def push(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     steps: list[Step] = [{"status": "retrieving manifest"}]
     m = node.lookup(name)
     if m is None:
-        path = (f"/root/.ollama/models/manifests/{parsed.host}/{parsed.namespace}/"
-                f"{parsed.model}/{parsed.tag}")
-        steps += [{"status": "couldn't retrieve manifest"},
-                  Fail(500, f"open {path}: no such file or directory")]
+        path = (
+            f"/root/.ollama/models/manifests/{parsed.host}/{parsed.namespace}/"
+            f"{parsed.model}/{parsed.tag}"
+        )
+        steps += [
+            {"status": "couldn't retrieve manifest"},
+            Fail(500, f"open {path}: no such file or directory"),
+        ]
     else:
         steps += [_layer_line("pushing", d, size) for d, size in m.layers()]
         steps += [{"status": "pushing manifest"}, {"status": "success"}]
@@ -119,10 +132,19 @@ async def push(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
 
 
 async def create(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
-    req = decode_body(await request.read(), "CreateRequest",
-                      {"model": "string", "name": "string", "from": "string",
-                       "files": "map[string]string", "stream": "bool",
-                       "system": "string", "template": "string"})
+    req = decode_body(
+        await request.read(),
+        "CreateRequest",
+        {
+            "model": "string",
+            "name": "string",
+            "from": "string",
+            "files": "map[string]string",
+            "stream": "bool",
+            "system": "string",
+            "template": "string",
+        },
+    )
     name = req.get("model") or req.get("name") or ""
     target = parse_name(name)
     if target is None:
@@ -151,8 +173,9 @@ async def create(node: SimulatedNode, request: web.Request) -> web.StreamRespons
         if any(isinstance(s, Fail) for s in pulled):
             return await run_progress(node, request, _stream_flag(req), steps)
     if base_name:
-        layers = (node.lookup(base_name) or node.catalog_lookup(base_name) or SimModel(
-            base_name)).layers()
+        layers = (
+            node.lookup(base_name) or node.catalog_lookup(base_name) or SimModel(base_name)
+        ).layers()
         steps += [{"status": f"using existing layer {d}"} for d, _ in layers]
     if req.get("system"):
         steps.append({"status": "creating system layer"})
@@ -163,8 +186,11 @@ async def create(node: SimulatedNode, request: web.Request) -> web.StreamRespons
     def _store() -> None:
         src = node.lookup(base_name) if base_name else None
         digest = sha256_hex(f"created:{target.display}:{base_name}:{sorted(files.items())}")
-        made = (replace(src, name=target.display, digest=digest) if src is not None
-                else SimModel(target.display, size=max(size, 1), digest=digest))
+        made = (
+            replace(src, name=target.display, digest=digest)
+            if src is not None
+            else SimModel(target.display, size=max(size, 1), digest=digest)
+        )
         node.add_model(replace(made, modified_at=node.now_local()))
 
     steps += [_store, {"status": "success"}]

@@ -122,8 +122,9 @@ def trailing_slash_target(path: str, method: str) -> str | None:
 
 # ---------------------------------------------------------------- Host check (§1.5)
 
-_GO_PRIVATE = [ipaddress.ip_network(n) for n in
-               ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
+_GO_PRIVATE = [
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+]
 
 
 @cache
@@ -141,7 +142,7 @@ def _split_host(host: str) -> str:
     # net.SplitHostPort, falling back to the whole value when it fails.
     if host.startswith("["):
         end = host.find("]")
-        if end > 0 and host[end + 1:].startswith(":"):
+        if end > 0 and host[end + 1 :].startswith(":"):
             return host[1:end]
         return host
     if host.count(":") == 1:
@@ -166,8 +167,12 @@ def host_check(host_header: str, bind_host: str) -> str | None:
         ip = ipaddress.ip_address(host)
     except ValueError:
         ip = None
-    if ip is not None and (ip.is_loopback or ip.is_unspecified or str(ip) in _local_ips()
-                           or any(ip in net for net in _GO_PRIVATE)):
+    if ip is not None and (
+        ip.is_loopback
+        or ip.is_unspecified
+        or str(ip) in _local_ips()
+        or any(ip in net for net in _GO_PRIVATE)
+    ):
         return "ip"
     name = host.lower()
     if name in ("", "localhost") or name == socket.gethostname().lower():

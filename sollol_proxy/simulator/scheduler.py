@@ -38,8 +38,15 @@ class Runner:
 
 
 class Scheduler:
-    def __init__(self, *, num_parallel: int, max_loaded_models: int, vram_bytes: int,
-                 load_delay: float, default_keep_alive: float) -> None:
+    def __init__(
+        self,
+        *,
+        num_parallel: int,
+        max_loaded_models: int,
+        vram_bytes: int,
+        load_delay: float,
+        default_keep_alive: float,
+    ) -> None:
         self.num_parallel = num_parallel
         self.max_loaded_models = max_loaded_models
         self.vram_bytes = vram_bytes
@@ -51,8 +58,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ acquire / release
 
-    async def acquire(self, model: SimModel, num_ctx: int,
-                      keep_alive: float | None) -> tuple[Runner, bool]:
+    async def acquire(
+        self, model: SimModel, num_ctx: int, keep_alive: float | None
+    ) -> tuple[Runner, bool]:
         """Reference a runner for the model, loading it if needed. Returns (runner, loaded_now).
         The caller must call ``release`` exactly once, also on cancellation."""
         runner = self._usable(model, num_ctx)

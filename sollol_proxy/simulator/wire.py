@@ -53,8 +53,12 @@ class RecordedResponse:
     complete: bool = True
 
 
-def respond(status: int, body: bytes | None = None, content_type: str | None = None,
-            headers: dict[str, str] | None = None) -> web.Response:
+def respond(
+    status: int,
+    body: bytes | None = None,
+    content_type: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     """A fixed-length response. The Content-Type header is set verbatim because aiohttp's
     content_type/charset setters would re-format it; no Content-Type at all when None."""
     hdrs = dict(headers or {})
@@ -82,8 +86,9 @@ def v1_error_type(status: int) -> str:
 def v1_error(status: int, message: str, *, from_middleware: bool = False) -> web.Response:
     """/v1 error envelope. Errors the middleware raises itself go through c.JSON (charset, no
     newline); errors of the inner handler are rewrapped with json.Encoder (no charset, "\\n")."""
-    env = {"error": {"message": message, "type": v1_error_type(status), "param": None,
-                     "code": None}}
+    env = {
+        "error": {"message": message, "type": v1_error_type(status), "param": None, "code": None}
+    }
     if from_middleware:
         return json_response(env, status)
     return respond(status, gojson.dumps_line(env), JSON)
@@ -137,8 +142,9 @@ class Stream:
         if limit is not None and self.chunks >= limit:
             await abort_connection(self.request)
         if self.resp is None:
-            self.resp = RecordingStreamResponse(status=200,
-                                                headers={"Content-Type": self.content_type})
+            self.resp = RecordingStreamResponse(
+                status=200, headers={"Content-Type": self.content_type}
+            )
             self.request[STREAM_KEY] = self.resp
             await self.resp.prepare(self.request)
         await self.resp.write(chunk)
@@ -149,8 +155,9 @@ class Stream:
 
     async def finish(self) -> web.StreamResponse:
         if self.resp is None:  # an empty stream still answers 200 with the stream's type
-            self.resp = RecordingStreamResponse(status=200,
-                                                headers={"Content-Type": self.content_type})
+            self.resp = RecordingStreamResponse(
+                status=200, headers={"Content-Type": self.content_type}
+            )
             self.request[STREAM_KEY] = self.resp
             await self.resp.prepare(self.request)
         await self.resp.write_eof()
