@@ -152,3 +152,18 @@ def simulate(
         token_delay=token_delay,
         load_delay=load_delay,
     )
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (each compares against a baseline in the same run)."""
+
+
+@bench.command("overhead")
+@click.option("--rounds", default=3, show_default=True, help="Alternating direct/proxy rounds.")
+@click.option("--scale", default=1.0, show_default=True, help="Multiply the request counts.")
+def bench_overhead(rounds: int, scale: float) -> None:
+    """Latency and CPU the proxy adds, against the same node reached directly."""
+    from .bench.overhead import run
+
+    run(rounds=rounds, scale=scale)

@@ -1,0 +1,1 @@
+"""Benchmarks that measure the proxy against a baseline in the same run."""
