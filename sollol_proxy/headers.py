@@ -26,6 +26,7 @@ HOP_BY_HOP: dict[str, str] = {
 REQUEST_RECOMPUTED: dict[str, str] = {
     "host": "the node may only accept its own address (Ollama's DNS-rebinding guard, reference 1.5)",
     "content-length": "set again from the forwarded body",
+    "expect": "the proxy answers 100-continue itself, before it reads the body it forwards",
 }
 
 # aiohttp's server frames the response it writes; the proxy copies the node's length onto it.

@@ -62,7 +62,10 @@ class Selector:
     def any_node(self, request_id: str, why: str) -> list[Target]:
         """Requests that do not depend on a model: any healthy node, least loaded first."""
         return [
-            Target(t.node, f"{t.route}; {why}")
+            Target(
+                t.node,
+                f"{self._strategy.name}: {why}, {t.node.in_flight}/{t.node.config.num_parallel} slots busy",
+            )
             for t in self.rank(self._fleet.healthy(), "", request_id)
         ]
 
@@ -114,14 +117,18 @@ class Selector:
             holders = self._fleet.with_model(model)
             if holders:
                 return holders, f"{kind}: every healthy node with the model ({len(holders)})"
-            return [self.any_node(request_id, "")[0].node], f"{kind}: no node has the model"
+            return [
+                self.any_node(request_id, "no node has the model")[0].node
+            ], f"{kind}: no node has the model"
         if kind == "push":
             holders = self._fleet.with_model(model)
             if holders:
                 return [
                     self.rank(holders, model, request_id)[0].node
                 ], "push: a node with the model"
-            return [self.any_node(request_id, "")[0].node], "push: no node has the model"
+            return [
+                self.any_node(request_id, "no node has the model")[0].node
+            ], "push: no node has the model"
         # create: next to its base model when it names one the fleet has, else the placement node
         holders = self._fleet.with_model(source_model) if source_model else []
         if holders:

@@ -121,6 +121,7 @@ def test_hop_by_hop_headers_are_dropped_and_host_rewritten() -> None:
                 ("X-Trace", "1"),
                 ("Keep-Alive", "timeout=5"),
                 ("TE", "trailers"),
+                ("Expect", "100-continue"),
                 ("User-Agent", "ollama-python/0.6.3"),
                 ("X-Sollol-Node", "a"),
                 ("Content-Length", "10"),
@@ -134,7 +135,15 @@ def test_hop_by_hop_headers_are_dropped_and_host_rewritten() -> None:
     assert out["Host"] == "10.0.0.2:11434"
     assert out["User-Agent"] == "ollama-python/0.6.3" and out["Authorization"] == "Bearer client"
     assert out["X-Forwarded-For"] == "192.0.2.7" and out["X-Node-Auth"] == "n"
-    for gone in ("Connection", "X-Trace", "Keep-Alive", "TE", "X-Sollol-Node", "Content-Length"):
+    for gone in (
+        "Connection",
+        "X-Trace",
+        "Keep-Alive",
+        "TE",
+        "Expect",
+        "X-Sollol-Node",
+        "Content-Length",
+    ):
         assert gone not in out
     upstream = CIMultiDictProxy(
         CIMultiDict(
