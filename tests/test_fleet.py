@@ -167,6 +167,7 @@ async def test_model_nobody_has_gets_ollamas_own_404(
     async with http.post(made.url + "/api/chat", data=b'{"model":"ghost","messages":[]}') as r:
         assert r.status == 404 and await r.read() == b'{"error":"model \'ghost\' not found"}'
         assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert r.headers["X-Sollol-Route"] == "least_loaded: no node has the model, 0/1 slots busy"
     async with http.post(made.url + "/api/embed", data=b'{"model":"ghost","input":"x"}') as r:
         assert (
             r.status == 404
