@@ -10,18 +10,22 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from .admin import Admin
+from .affinity import PromptCache
 from .config import Config
+from .decisions import DecisionLog
 from .fleet import Fleet
 from .handlers import OllamaHandler
+from .learning import Learner
 from .management import Management
 from .proxy import Forwarder
-from .routing import make_strategy
 from .selection import Selector
 
 log = logging.getLogger("sollol.app")
 
 CONFIG = web.AppKey("config", Config)
 FLEET = web.AppKey("fleet", Fleet)
+LEARNER = web.AppKey("learner", Learner)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
@@ -62,17 +66,24 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 async def create_app(config: Config) -> web.Application:
     session = new_upstream_session(config)
-    fleet = Fleet(config, session)
+    prompt_cache = PromptCache()
+    fleet = Fleet(config, session, prompt_cache)
+    learner = Learner(config.priors, {n.name: n.priors for n in config.nodes if n.priors})
+    decisions = DecisionLog(config.decisions_kept)
     handler = OllamaHandler(
         config=config,
         fleet=fleet,
-        selector=Selector(fleet, make_strategy(config.strategy)),
+        selector=Selector(config, fleet, learner, prompt_cache, decisions),
         forwarder=Forwarder(config, session, fleet),
         management=Management(config, session, fleet),
+        learner=learner,
+        prompt_cache=prompt_cache,
+        admin=Admin(fleet, learner, decisions),
     )
     app = web.Application(client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[FLEET] = fleet
+    app[LEARNER] = learner
     app[SESSION] = session
     app.on_response_prepare.append(_drop_server_header)
     app.cleanup_ctx.append(_background)

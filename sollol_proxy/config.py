@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .learning import Priors
+from .names import normalize_model
 from .routing import STRATEGIES
 
 DEFAULT_OLLAMA_PORT = 11434
@@ -37,6 +39,9 @@ class NodeConfig:
     num_parallel: int = 1
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    vram_bytes: int | None = None  # memory for models; None: only max_loaded_models limits them
+    max_loaded_models: int = 3  # the node's OLLAMA_MAX_LOADED_MODELS (Ollama's auto value is 3)
+    priors: Priors | None = None  # this node's starting speeds, instead of routing.priors
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,10 @@ class Config:
     health_interval: float = 5.0
     health_timeout: float = 3.0
     inventory_interval: float = 15.0
-    strategy: str = "least_loaded"
+    strategy: str = "performance"
+    model_strategies: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    priors: Priors = field(default_factory=Priors)
+    decisions_kept: int = 500
     max_attempts: int = 3
     max_body_bytes: int = 64 * 2**20
     log_level: str = "info"
@@ -75,13 +83,22 @@ class Config:
                     "num_parallel": n.num_parallel,
                     "labels": dict(n.labels),
                     "headers": {k: "<redacted>" for k in n.headers},
+                    "vram": n.vram_bytes,
+                    "max_loaded_models": n.max_loaded_models,
+                    "priors": asdict(n.priors) if n.priors else None,
                 }
                 for n in self.nodes
             ],
             "timeouts": asdict(self.timeouts),
             "health": {"interval": self.health_interval, "timeout": self.health_timeout},
             "inventory": {"interval": self.inventory_interval},
-            "routing": {"strategy": self.strategy, "max_attempts": self.max_attempts},
+            "routing": {
+                "strategy": self.strategy,
+                "models": dict(self.model_strategies),
+                "max_attempts": self.max_attempts,
+                "priors": asdict(self.priors),
+                "decisions_kept": self.decisions_kept,
+            },
             "limits": {"max_body_bytes": self.max_body_bytes},
             "log_level": self.log_level,
         }
@@ -112,11 +129,20 @@ _SECTIONS: dict[str, set[str]] = {
     "timeouts": {"connect", "first_byte", "idle_read"},
     "health": {"interval", "timeout"},
     "inventory": {"interval"},
-    "routing": {"strategy", "max_attempts"},
+    "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
     "limits": {"max_body_bytes"},
 }
 _TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level"}
-_NODE_KEYS = {"url", "name", "num_parallel", "labels", "headers"}
+_NODE_KEYS = {
+    "url",
+    "name",
+    "num_parallel",
+    "labels",
+    "headers",
+    "vram",
+    "max_loaded_models",
+    "priors",
+}
 
 
 class _Layers:
@@ -262,8 +288,10 @@ def _seconds(layers: _Layers, key: str, default: float) -> float:
     return seconds
 
 
-def _integer(layers: _Layers, key: str, default: int, low: int, high: int) -> int:
-    value = layers.values.get(key, default)
+def _integer(
+    layers: _Layers, key: str, default: int, low: int, high: int, value: Any = None
+) -> int:
+    value = layers.values.get(key, default) if value is None else value
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -271,8 +299,8 @@ def _integer(layers: _Layers, key: str, default: int, low: int, high: int) -> in
     return value
 
 
-def _size(layers: _Layers, key: str, default: int) -> int:
-    value = layers.values.get(key, default)
+def _size(layers: _Layers, key: str, default: int, value: Any = None) -> int:
+    value = layers.values.get(key, default) if value is None else value
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
     else:
@@ -293,7 +321,7 @@ def _string_map(layers: _Layers, key: str, value: Any) -> Mapping[str, str]:
     return MappingProxyType({k: str(v) for k, v in value.items()})
 
 
-def _node(layers: _Layers, index: int, raw: Any) -> NodeConfig:
+def _node(layers: _Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
     key = f"nodes[{index}]"
     entry = {"url": raw} if isinstance(raw, str) else raw
     if not isinstance(entry, dict):
@@ -327,20 +355,53 @@ def _node(layers: _Layers, index: int, raw: Any) -> NodeConfig:
         raise layers.error(
             f"{key}.num_parallel", f"expected an integer from 1 to 1024, got {num_parallel!r}"
         )
+    vram = entry.get("vram")
     return NodeConfig(
         url=url,
         name=name,
         num_parallel=num_parallel,
         labels=_string_map(layers, f"{key}.labels", entry.get("labels")),
         headers=_string_map(layers, f"{key}.headers", entry.get("headers")),
+        vram_bytes=None if vram is None else _size(layers, f"{key}.vram", 0, vram),
+        max_loaded_models=_integer(
+            layers, f"{key}.max_loaded_models", 3, 1, 1024, entry.get("max_loaded_models")
+        ),
+        priors=_priors(layers, f"{key}.priors", entry["priors"], priors)
+        if "priors" in entry
+        else None,
     )
 
 
-def _nodes(layers: _Layers) -> tuple[NodeConfig, ...]:
+def _priors(layers: _Layers, key: str, value: Any, base: Priors) -> Priors:
+    if not isinstance(value, dict):
+        raise layers.error(key, "must be a mapping of prior names to numbers")
+    known = Priors.__dataclass_fields__
+    for name, number in value.items():
+        if name not in known:
+            raise layers.error(f"{key}.{name}", f"unknown prior (known: {', '.join(known)})")
+        if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
+            raise layers.error(f"{key}.{name}", f"expected a positive number, got {number!r}")
+    return replace(base, **{name: float(number) for name, number in value.items()})
+
+
+def _model_strategies(layers: _Layers) -> Mapping[str, str]:
+    value = layers.values.get("routing.models") or {}
+    if not isinstance(value, dict):
+        raise layers.error("routing.models", "must map model names to strategy names")
+    for model, strategy in value.items():
+        if strategy not in STRATEGIES:
+            raise layers.error(
+                f"routing.models.{model}",
+                f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})",
+            )
+    return MappingProxyType({normalize_model(str(m)): str(s) for m, s in value.items()})
+
+
+def _nodes(layers: _Layers, priors: Priors) -> tuple[NodeConfig, ...]:
     raw_nodes = layers.values.get("nodes") or []
     if not isinstance(raw_nodes, list):
         raise layers.error("nodes", "must be a list of node URLs or mappings")
-    nodes = [_node(layers, i, raw) for i, raw in enumerate(raw_nodes)]
+    nodes = [_node(layers, i, raw, priors) for i, raw in enumerate(raw_nodes)]
     hosts_file = layers.values.get("hosts_file")
     if hosts_file:
         path = Path(str(hosts_file))
@@ -385,10 +446,11 @@ def _validate(layers: _Layers) -> Config:
         raise layers.error(
             "log_level", f"expected debug, info, warning or error, got {log_level!r}"
         )
+    priors = _priors(layers, "routing.priors", layers.values.get("routing.priors") or {}, Priors())
     return Config(
         host=host,
         port=_integer(layers, "listen.port", defaults.port, 0, 65535),
-        nodes=_nodes(layers),
+        nodes=_nodes(layers, priors),
         timeouts=Timeouts(
             connect=_seconds(layers, "timeouts.connect", defaults.timeouts.connect),
             first_byte=_seconds(layers, "timeouts.first_byte", defaults.timeouts.first_byte),
@@ -398,6 +460,11 @@ def _validate(layers: _Layers) -> Config:
         health_timeout=_seconds(layers, "health.timeout", defaults.health_timeout),
         inventory_interval=_seconds(layers, "inventory.interval", defaults.inventory_interval),
         strategy=strategy,
+        model_strategies=_model_strategies(layers),
+        priors=priors,
+        decisions_kept=_integer(
+            layers, "routing.decisions_kept", defaults.decisions_kept, 0, 100_000
+        ),
         max_attempts=_integer(layers, "routing.max_attempts", defaults.max_attempts, 1, 100),
         max_body_bytes=_size(layers, "limits.max_body_bytes", defaults.max_body_bytes),
         log_level=log_level,

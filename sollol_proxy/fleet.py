@@ -10,17 +10,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
 
+from .affinity import PromptCache
 from .config import Config, NodeConfig
 from .headers import upstream_probe_headers
 from .names import normalize_model
-from .routing import NodeView
 
 log = logging.getLogger("sollol.fleet")
 
@@ -39,20 +39,21 @@ class NodeState:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     # normalized model name -> the node's own /api/ps item
     loaded: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # model -> when the proxy saw it answered here, since the last /api/ps (its own loads)
+    recent: dict[str, float] = field(default_factory=dict)
+    # the load-time options the proxy last sent per model (reference 5.4: a change reloads)
+    runner_options: dict[str, tuple[tuple[str, object], ...]] = field(default_factory=dict)
     in_flight: int = 0
+    model_in_flight: dict[str, int] = field(default_factory=dict)
+    loads_pending: int = 0  # dispatches to a model that was not resident, before their first byte
     inventory_at: float = 0.0
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def view(self, model: str) -> NodeView:
-        return NodeView(
-            name=self.name,
-            in_flight=self.in_flight,
-            num_parallel=self.config.num_parallel,
-            resident=model in self.loaded,
-        )
+    def is_resident(self, model: str) -> bool:
+        return model in self.loaded or model in self.recent
 
 
 class ProbeError(Exception):
@@ -60,9 +61,12 @@ class ProbeError(Exception):
 
 
 class Fleet:
-    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, config: Config, session: aiohttp.ClientSession, prompt_cache: PromptCache
+    ) -> None:
         self._config = config
         self._session = session
+        self._prompt_cache = prompt_cache
         self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in config.nodes}
         self._refresh_lock = asyncio.Lock()
         self._last_on_demand = 0.0
@@ -78,10 +82,6 @@ class Fleet:
             n for n in self.nodes.values() if key in n.models and (n.healthy or not healthy_only)
         ]
 
-    def views(self, nodes: Iterable[NodeState], model: str) -> list[NodeView]:
-        key = normalize_model(model)
-        return [n.view(key) for n in nodes]
-
     def unhealthy_summary(self, nodes: Sequence[NodeState] | None = None) -> str:
         chosen = nodes if nodes is not None else [n for n in self.nodes.values() if not n.healthy]
         return "; ".join(f"{n.name}: {n.last_error}" for n in chosen)
@@ -89,12 +89,33 @@ class Fleet:
     # -- in-flight accounting -----------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def lease(self, node: NodeState) -> AsyncIterator[NodeState]:
+    async def lease(self, node: NodeState, model: str = "") -> AsyncIterator[NodeState]:
+        """Counts a request against the node (and its model's slots) for as long as it runs."""
         node.in_flight += 1
+        node.model_in_flight[model] = node.model_in_flight.get(model, 0) + 1
         try:
             yield node
         finally:
             node.in_flight -= 1
+            node.model_in_flight[model] -= 1
+            if not node.model_in_flight[model]:
+                del node.model_in_flight[model]
+
+    def _set_loaded(
+        self, node: NodeState, loaded: dict[str, dict[str, Any]], asked_at: float
+    ) -> None:
+        """A fresh /api/ps answer, asked for at `asked_at`: models that left lost their cache."""
+        older = {m for m, seen in node.recent.items() if seen < asked_at}
+        gone = (node.loaded.keys() | older) - loaded.keys()
+        if gone:
+            self._prompt_cache.forget(node.name, gone)
+            for model in gone:
+                node.runner_options.pop(model, None)
+        node.loaded = loaded
+        # Loads that completed while the answer was on its way are not in it yet.
+        node.recent = {
+            m: seen for m, seen in node.recent.items() if seen >= asked_at and m not in loaded
+        }
 
     def mark_failed(self, node: NodeState, reason: str) -> None:
         if node.healthy:
@@ -124,6 +145,7 @@ class Fleet:
         """Probe one node; on failure it is marked unhealthy, never raised."""
         try:
             version = await self._get_json(node, "/api/version")
+            asked_at = time.monotonic()
             ps = await self._get_json(node, "/api/ps")
             tags = await self._get_json(node, "/api/tags") if inventory else None
         except ProbeError as exc:
@@ -133,7 +155,7 @@ class Fleet:
             log.info("node %s is healthy (version %s)", node.name, version.get("version"))
         node.healthy, node.last_error = True, ""
         node.version = str(version.get("version", "")) or None
-        node.loaded = _index_models(ps)
+        self._set_loaded(node, _index_models(ps), asked_at)
         if tags is not None:
             node.models = _index_models(tags)
             node.inventory_at = time.monotonic()
@@ -143,7 +165,10 @@ class Fleet:
 
         async def one(node: NodeState) -> None:
             try:
-                node.loaded = _index_models(await self._get_json(node, "/api/ps"))
+                asked_at = time.monotonic()
+                self._set_loaded(
+                    node, _index_models(await self._get_json(node, "/api/ps")), asked_at
+                )
             except ProbeError as exc:
                 self.mark_failed(node, str(exc))
 

@@ -8,14 +8,21 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import views
+from .admin import Admin
+from .affinity import PromptCache
 from .config import Config
+from .dispatch import DispatchObserver
 from .errors import error_response
 from .fleet import Fleet
 from .headers import REQUEST_ID_HEADER
+from .learning import Learner
 from .management import Management
+from .names import normalize_model
 from .peek import BodyTooLarge, peek, read_body
+from .priority import BadPriority, read_priority
 from .proxy import Forwarder, Target
 from .routes import Kind, classify
+from .routing.analysis import analyze
 from .selection import NoTarget, Selector
 
 _MANAGEMENT = {
@@ -38,6 +45,9 @@ class OllamaHandler:
     selector: Selector
     forwarder: Forwarder
     management: Management
+    learner: Learner
+    prompt_cache: PromptCache
+    admin: Admin
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         request_id = new_request_id()
@@ -47,6 +57,8 @@ class OllamaHandler:
             response = error_response(request.path, exc.status, exc.message)
         except BodyTooLarge as exc:
             response = error_response(request.path, 413, str(exc))
+        except BadPriority as exc:
+            response = error_response(request.path, 400, str(exc))
         if not response.prepared:
             response.headers.setdefault(REQUEST_ID_HEADER, request_id)
         return response
@@ -57,6 +69,8 @@ class OllamaHandler:
         pinned = request.headers.get("X-Sollol-Node")
         if kind is Kind.ROOT:
             return views.root()
+        if kind is Kind.SOLLOL:
+            return self.admin.handle(request)
         if kind in (Kind.VERSION, Kind.TAGS, Kind.PS, Kind.V1_MODELS) and not pinned:
             if kind is Kind.PS:
                 await self.fleet.refresh_residency()
@@ -81,8 +95,21 @@ class OllamaHandler:
         seen = peek(route, body, request.headers.get("Content-Type", ""), param)
         forwarded_body = body or None
         if kind in (Kind.MODEL, Kind.MODEL_PATH):
-            targets = await self.selector.for_model(request, seen.model, request_id)
-            return await self.forwarder.forward(request, forwarded_body, targets, request_id)
+            priority = read_priority(request)
+            model = normalize_model(seen.model) if seen.model.strip() else ""
+            profile = analyze(request.path, seen.payload, model, seen.stream)
+            plan = await self.selector.for_model(request, profile, request_id, priority)
+            observer = DispatchObserver(
+                self.fleet,
+                self.learner,
+                self.prompt_cache,
+                profile,
+                plan.cached_tokens,
+                plan.decision,
+            )
+            return await self.forwarder.forward(
+                request, forwarded_body, plan.targets, request_id, observer
+            )
         if kind in _MANAGEMENT:
             payload = seen.payload or {}
             base = (

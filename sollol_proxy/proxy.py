@@ -7,9 +7,12 @@ Errors after that become an in-stream error the client's library raises on, neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -20,7 +23,12 @@ from .fleet import Fleet, NodeState, describe_error
 from .headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, downstream_response_headers
 from .upstream import Body, Opened, UpstreamFailure, open_upstream
 
+if TYPE_CHECKING:
+    from .dispatch import Attempt, DispatchObserver
+
 log = logging.getLogger("sollol.proxy")
+# The final object of a response (where Ollama's timing fields are) is in its last few writes.
+TAIL_CHUNKS = 4
 
 # Ollama answers 503 when its scheduler queue is full (reference 5.2): another node may have room.
 BUSY_STATUS = 503
@@ -38,20 +46,38 @@ class Forwarder:
         self._session = session
         self._fleet = fleet
 
+    @contextlib.asynccontextmanager
+    async def _attempt(
+        self, node: NodeState, observer: DispatchObserver | None
+    ) -> AsyncIterator[Attempt | None]:
+        if observer is None:
+            async with self._fleet.lease(node):
+                yield None
+        else:
+            async with observer.attempt(node) as attempt:
+                yield attempt
+
     async def forward(
-        self, request: web.Request, body: Body, targets: Sequence[Target], request_id: str
+        self,
+        request: web.Request,
+        body: Body,
+        targets: Sequence[Target],
+        request_id: str,
+        observer: DispatchObserver | None = None,
     ) -> web.StreamResponse:
         replayable = isinstance(body, bytes | None)
         attempts = list(targets[: self._config.max_attempts if replayable else 1])
         failures: list[tuple[str, UpstreamFailure]] = []
         for index, target in enumerate(attempts):
             node = target.node
-            async with self._fleet.lease(node):
+            async with self._attempt(node, observer) as attempt:
                 try:
                     opened = await open_upstream(
                         self._session, request, node, body, self._config.timeouts
                     )
                 except UpstreamFailure as exc:
+                    if attempt is not None:
+                        attempt.failed()
                     if exc.node_down:
                         self._fleet.mark_failed(node, exc.reason)
                     log.warning(
@@ -85,7 +111,9 @@ class Forwarder:
                     ROUTE_HEADER: route,
                     REQUEST_ID_HEADER: request_id,
                 }
-                return await self._relay(request, opened, node, routing)
+                if attempt is not None:
+                    attempt.first_byte(opened.response.status)
+                return await self._relay(request, opened, node, routing, attempt)
         return self._all_failed(request, failures, request_id)
 
     def _all_failed(
@@ -98,7 +126,12 @@ class Forwarder:
         return response
 
     async def _relay(
-        self, request: web.Request, opened: Opened, node: NodeState, routing: dict[str, str]
+        self,
+        request: web.Request,
+        opened: Opened,
+        node: NodeState,
+        routing: dict[str, str],
+        attempt: Attempt | None,
     ) -> web.StreamResponse:
         upstream = opened.response
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -111,18 +144,24 @@ class Forwarder:
         complete = False
         try:
             await response.prepare(request)
-            chunk, tail = opened.first_chunk, b""
+            chunk = opened.first_chunk
+            recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
             while chunk:
                 await response.write(chunk)  # one write per upstream read: nothing is held back
-                tail = (tail + chunk)[-2:]
+                recent.append(chunk)
                 try:
                     async with asyncio.timeout(self._config.timeouts.idle_read):
                         chunk = await upstream.content.readany()
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    if attempt is not None:
+                        attempt.failed()
+                    tail = b"".join(recent)[-2:]
                     await self._broken_stream(request, response, upstream, node, exc, tail)
                     return response
             await response.write_eof()
             complete = True
+            if attempt is not None:
+                attempt.finished(upstream.status, b"".join(recent))
             return response
         finally:
             if complete:

@@ -26,6 +26,7 @@ class Kind(enum.Enum):
     CREATE = "create"
     BLOB = "blob"  # /api/blobs/:digest, body streamed, never buffered
     ANY = "any"  # any healthy node answers
+    SOLLOL = "sollol"  # the proxy's own endpoints under /sollol/
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +73,13 @@ PREFIXED: dict[str, tuple[frozenset[str], Route]] = {
 FORWARD_AS_IS = Route(Kind.ANY)
 
 
+SOLLOL_PREFIX = "/sollol/"
+
+
 def classify(method: str, path: str) -> tuple[Route, str]:
     """The route for this request and its path parameter ('' when there is none)."""
+    if path.startswith(SOLLOL_PREFIX):
+        return Route(Kind.SOLLOL), ""
     entry = EXACT.get(path)
     if entry is not None:
         methods, route = entry

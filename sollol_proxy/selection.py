@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
 from aiohttp import web
 
+from .affinity import PromptCache
+from .config import Config
+from .decisions import DecisionLog
 from .fleet import Fleet, NodeState
 from .headers import NODE_HEADER
-from .names import normalize_model
+from .learning import Learner
 from .proxy import Target
-from .routing import RouteRequest, Strategy
+from .routing import STRATEGIES, RouteRequest, Strategy, make_strategy
+from .routing.analysis import RequestProfile
+from .snapshot import node_view
 
 ALL_NODES = "all"
 
@@ -22,10 +32,34 @@ class NoTarget(Exception):
         self.message = message
 
 
+@dataclass
+class Plan:
+    """Where a model request goes, and what the proxy believed when it chose."""
+
+    targets: list[Target]
+    cached_tokens: dict[str, int] = field(default_factory=dict)
+    decision: dict[str, Any] | None = None
+
+
 class Selector:
-    def __init__(self, fleet: Fleet, strategy: Strategy) -> None:
+    def __init__(
+        self,
+        config: Config,
+        fleet: Fleet,
+        learner: Learner,
+        prompt_cache: PromptCache,
+        decisions: DecisionLog,
+    ) -> None:
         self._fleet = fleet
-        self._strategy = strategy
+        self._learner = learner
+        self._prompt_cache = prompt_cache
+        self._decisions = decisions
+        self._strategies = {name: make_strategy(name) for name in STRATEGIES}
+        self._default = self._strategies[config.strategy]
+        self._per_model = {m: self._strategies[s] for m, s in config.model_strategies.items()}
+
+    def strategy_for(self, model: str) -> Strategy:
+        return self._per_model.get(model, self._default)
 
     def pinned(self, request: web.Request, *, allow_all: bool) -> list[NodeState] | None:
         """Nodes named by the operator's X-Sollol-Node header, or None when it is absent."""
@@ -38,10 +72,7 @@ class Selector:
                     400,
                     f"{NODE_HEADER}: all only applies to management routes (pull, delete, copy, create, push)",
                 )
-            nodes = self._fleet.healthy()
-            if not nodes:
-                raise NoTarget(503, f"no healthy Ollama node ({self._fleet.unhealthy_summary()})")
-            return nodes
+            return self._healthy()
         names = [part.strip() for part in value.split(",") if part.strip()]
         unknown = [name for name in names if name not in self._fleet.nodes]
         if unknown:
@@ -49,39 +80,81 @@ class Selector:
             raise NoTarget(400, f"{NODE_HEADER} names unknown node {unknown[0]!r} (known: {known})")
         return [self._fleet.nodes[name] for name in names]
 
-    def rank(self, nodes: list[NodeState], model: str, request_id: str) -> list[Target]:
+    def _healthy(self) -> list[NodeState]:
+        nodes = self._fleet.healthy()
         if not nodes:
             raise NoTarget(503, f"no healthy Ollama node ({self._fleet.unhealthy_summary()})")
-        by_name = {n.name: n for n in nodes}
-        views = self._fleet.views(nodes, model)
-        choices = self._strategy.rank(
-            RouteRequest(model=normalize_model(model), request_id=request_id), views
-        )
-        return [Target(by_name[c.node], f"{self._strategy.name}: {c.reason}") for c in choices]
+        return nodes
 
     def any_node(self, request_id: str, why: str) -> list[Target]:
         """Requests that do not depend on a model: any healthy node, least loaded first."""
+
+        def key(node: NodeState) -> tuple[float, int]:
+            return node.in_flight / node.config.num_parallel, zlib.crc32(
+                f"{request_id}/{node.name}".encode()
+            )
+
         return [
             Target(
-                t.node,
-                f"{self._strategy.name}: {why}, {t.node.in_flight}/{t.node.config.num_parallel} slots busy",
+                node, f"{why}; least loaded, {node.in_flight}/{node.config.num_parallel} slots busy"
             )
-            for t in self.rank(self._fleet.healthy(), "", request_id)
+            for node in sorted(self._healthy(), key=key)
         ]
 
-    async def for_model(self, request: web.Request, model: str, request_id: str) -> list[Target]:
+    def _rank(
+        self, nodes: list[NodeState], profile: RequestProfile, request_id: str, priority: int
+    ) -> Plan:
+        model = profile.model
+        slots = {n.name: n.config.num_parallel for n in nodes}
+        cached = self._prompt_cache.cached_tokens(model, profile.prefix_keys, slots)
+        views = [node_view(n, profile, self._learner, cached.get(n.name, 0)) for n in nodes]
+        strategy = self.strategy_for(model)
+        request = RouteRequest(
+            model=model,
+            request_id=request_id,
+            prompt_tokens=profile.prompt_tokens,
+            expected_output=self._learner.expected_output(model, profile.task, profile.max_output),
+        )
+        choices = strategy.rank(request, views)
+        by_name = {n.name: n for n in nodes}
+        targets = [Target(by_name[c.node], f"{strategy.name}: {c.reason}") for c in choices]
+        by_view = {v.name: v for v in views}
+        decision = {
+            "request_id": request_id,
+            "time": time.time(),
+            "model": model,
+            "endpoint": profile.endpoint,
+            "task": profile.task,
+            "complexity": profile.complexity,
+            "prompt_tokens": profile.prompt_tokens,
+            "expected_output_tokens": round(request.expected_output),
+            "stream": profile.stream,
+            "priority": priority,
+            "strategy": strategy.name,
+            "node": choices[0].node if choices else None,
+            "served_by": None,
+            "reason": choices[0].reason if choices else "",
+            "candidates": [_candidate(c, by_view[c.node]) for c in choices],
+        }
+        self._decisions.add(decision)
+        return Plan(targets, cached, decision)
+
+    async def for_model(
+        self, request: web.Request, profile: RequestProfile, request_id: str, priority: int
+    ) -> Plan:
+        model = profile.model
         pinned = self.pinned(request, allow_all=False)
         if pinned is not None:
-            return [Target(node, "pinned by " + NODE_HEADER) for node in pinned]
-        if not model.strip():
+            return Plan([Target(node, "pinned by " + NODE_HEADER) for node in pinned])
+        if not model:
             # No model to route by: the node answers with Ollama's own error for that.
-            return self.any_node(request_id, "no model named")
+            return Plan(self.any_node(request_id, "no model named"))
         holders = self._fleet.with_model(model)
         if not holders and not self._fleet.with_model(model, healthy_only=False):
             await self._fleet.refresh_for_missing_model()
             holders = self._fleet.with_model(model)
         if holders:
-            return self.rank(holders, model, request_id)
+            return self._rank(holders, profile, request_id, priority)
         unreachable = self._fleet.with_model(model, healthy_only=False)
         if unreachable:
             raise NoTarget(
@@ -89,17 +162,14 @@ class Selector:
                 f"model '{model}' is only on nodes that are down ({self._fleet.unhealthy_summary(unreachable)})",
             )
         # No node has it: a node answers with Ollama's own "not found" for this route, byte for byte.
-        return self.any_node(request_id, "no node has the model")
+        return Plan(self.any_node(request_id, "no node has the model"))
 
     # -- management routes (see README "Managing models through the proxy") ------------------
 
     def placement(self) -> NodeState:
         """Where blobs and new models go: the first healthy node in configuration order, so that
         a blob upload and the create that uses it always meet on the same node."""
-        healthy = self._fleet.healthy()
-        if not healthy:
-            raise NoTarget(503, f"no healthy Ollama node ({self._fleet.unhealthy_summary()})")
-        return healthy[0]
+        return self._healthy()[0]
 
     def for_management(
         self, request: web.Request, kind: str, model: str, source_model: str, request_id: str
@@ -109,9 +179,7 @@ class Selector:
         if pinned is not None:
             return pinned, f"{kind}: pinned by {NODE_HEADER}"
         if kind == "pull":
-            nodes = self._fleet.healthy()
-            if not nodes:
-                raise NoTarget(503, f"no healthy Ollama node ({self._fleet.unhealthy_summary()})")
+            nodes = self._healthy()
             return nodes, f"pull: every healthy node ({len(nodes)})"
         if kind in ("delete", "copy"):
             holders = self._fleet.with_model(model)
@@ -124,8 +192,8 @@ class Selector:
             holders = self._fleet.with_model(model)
             if holders:
                 return [
-                    self.rank(holders, model, request_id)[0].node
-                ], "push: a node with the model"
+                    min(holders, key=lambda n: n.in_flight)
+                ], "push: the least busy node with the model"
             return [
                 self.any_node(request_id, "no node has the model")[0].node
             ], "push: no node has the model"
@@ -134,3 +202,26 @@ class Selector:
         if holders:
             return [holders[0]], "create: first healthy node with the base model"
         return [self.placement()], "create: placement node (first healthy node)"
+
+
+def _candidate(choice: Any, view: Any) -> dict[str, Any]:
+    """One candidate of a decision, as /sollol/decisions shows it."""
+    entry: dict[str, Any] = {
+        "node": choice.node,
+        "reason": choice.reason,
+        "resident": view.resident,
+        "cached_tokens": view.cached_tokens,
+        "in_flight": view.in_flight,
+        "slots": view.num_parallel,
+    }
+    if choice.estimate is not None:
+        est = choice.estimate
+        entry["estimate_s"] = {
+            "total": round(est.total, 4),
+            "wait": round(est.wait, 4),
+            "load": round(est.load, 4),
+            "evict": round(est.evict, 4),
+            "prefill": round(est.prefill, 4),
+            "decode": round(est.decode, 4),
+        }
+    return entry

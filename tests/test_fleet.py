@@ -133,13 +133,14 @@ async def test_requests_go_only_to_nodes_that_have_the_model(
             made.url + "/api/embed", data=b'{"model":"all-minilm","input":"x"}'
         ) as r:
             assert r.headers["X-Sollol-Node"] == "c"
-    spread = set()
+
+    served = set()
     for _ in range(12):
         async with http.post(
             made.url + "/api/generate", data=b'{"model":"llama3.2","prompt":"x","stream":false}'
         ) as r:
-            spread.add(r.headers["X-Sollol-Node"])
-    assert spread == {"a", "b"}
+            served.add(r.headers["X-Sollol-Node"])
+    assert served <= {"a", "b"}
 
 
 async def test_concurrent_requests_spread_by_in_flight(
@@ -167,7 +168,7 @@ async def test_model_nobody_has_gets_ollamas_own_404(
     async with http.post(made.url + "/api/chat", data=b'{"model":"ghost","messages":[]}') as r:
         assert r.status == 404 and await r.read() == b'{"error":"model \'ghost\' not found"}'
         assert r.headers["Content-Type"] == "application/json; charset=utf-8"
-        assert r.headers["X-Sollol-Route"] == "least_loaded: no node has the model, 0/1 slots busy"
+        assert r.headers["X-Sollol-Route"] == "no node has the model; least loaded, 0/1 slots busy"
     async with http.post(made.url + "/api/embed", data=b'{"model":"ghost","input":"x"}') as r:
         assert (
             r.status == 404
@@ -217,7 +218,7 @@ async def test_no_healthy_node_is_a_503_that_says_why(
     async with http.post(made.url + "/api/chat", data=b'{"model":"llama3.2","messages":[]}') as r:
         assert r.status == 503
         assert orjson.loads(await r.read())["error"].startswith(
-            "model 'llama3.2' is only on nodes that are down (a: "
+            "model 'llama3.2:latest' is only on nodes that are down (a: "
         )
     async with http.post(made.url + "/api/chat", data=b'{"model":"ghost","messages":[]}') as r:
         assert (

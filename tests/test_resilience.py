@@ -18,8 +18,11 @@ CHAT = b'{"model":"llama3.2","messages":[{"role":"user","content":"tell me"}],"o
 async def test_failover_before_the_first_byte(
     cluster: ClusterFactory, http: aiohttp.ClientSession, fault: str
 ) -> None:
+    # least_loaded, so that the test can put the broken node first by loading the other one.
     made = await cluster(
-        dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"])
+        dict(name="a", models=["llama3.2:latest"]),
+        dict(name="b", models=["llama3.2:latest"]),
+        routing__strategy="least_loaded",
     )
     setattr(made.node("a").faults, fault, True)
     for _ in range(3):
@@ -73,7 +76,9 @@ async def test_busy_node_503_fails_over_to_another(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
     made = await cluster(
-        dict(name="a", models=["llama3.2:latest"]), dict(name="b", models=["llama3.2:latest"])
+        dict(name="a", models=["llama3.2:latest"]),
+        dict(name="b", models=["llama3.2:latest"]),
+        routing__strategy="least_loaded",
     )
     busy = "server busy, please try again.  maximum pending requests exceeded"
     made.node("a").faults.status_error = (503, busy)

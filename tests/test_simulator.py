@@ -17,7 +17,8 @@ import aiohttp
 import ollama
 import pytest
 
-from sollol_proxy.simulator import SimModel, SimulatedNode, default_catalog
+from sollol_proxy.simulator import NodeStats, SimModel, SimulatedNode, default_catalog
+from sollol_proxy.simulator.kvcache import PrefixCache, common_prefix_len
 
 JSON_UTF8 = "application/json; charset=utf-8"
 CREATED_AT_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
@@ -167,7 +168,8 @@ async def test_generate_stream_framing(node: SimulatedNode, session: aiohttp.Cli
         *METRICS,
     ]
     assert final["done_reason"] == "stop" and final["eval_count"] == 12
-    assert final["prompt_eval_count"] == len("Why is the sky blue?") // 4 + 1
+    # The rendered prompt "<|user|>Why is the sky blue?\n" at ceil(chars / 4) tokens.
+    assert final["prompt_eval_count"] == math.ceil(len("<|user|>Why is the sky blue?\n") / 4)
     # The recorded bytes are exactly what went over the wire.
     assert node.responses[-1].body == body and node.responses[-1].complete
     assert node.requests[-1].path == "/api/generate"
@@ -209,6 +211,9 @@ async def test_deterministic_identical_bytes(session: aiohttp.ClientSession):
         bodies = [(await call(session, node, "POST", "/api/generate", req))[2] for _ in range(2)]
         assert bodies[0] == bodies[1]
         assert b'"created_at":"2026-01-01T00:00:00Z"' in bodies[0]
+        # The prefix cache still works; only the reported durations are fixed.
+        count = json.loads(bodies[0].split(b"\n")[-2])["prompt_eval_count"]
+        assert node.stats.cached_tokens == count - 1 and node.stats.requests == 2
 
 
 async def test_load_and_unload_replies(session: aiohttp.ClientSession):
@@ -360,6 +365,211 @@ async def test_vram_eviction(session: aiohttp.ClientSession):
         await call(session, node, "POST", "/api/generate", {"model": "small:1b"})
         await call(session, node, "POST", "/api/generate", {"model": "big:1b"})
         assert node.loaded_models() == ["big:1b"]
+
+
+# ------------------------------------------------------------------ physics for benchmarks
+
+
+def rendered(messages: list[dict[str, str]]) -> str:
+    return "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
+
+
+async def chat_turn(
+    session: aiohttp.ClientSession, node: SimulatedNode, messages: list[dict[str, str]], **kw: Any
+) -> tuple[dict[str, Any], int]:
+    """One non-streamed chat; returns the reply and the prompt tokens it took from cache."""
+    before = node.stats.cached_tokens
+    req = {"model": "llama3.2", "messages": messages, "stream": False} | kw
+    status, _, body = await call(session, node, "POST", "/api/chat", req)
+    assert status == 200, body
+    return json.loads(body), node.stats.cached_tokens - before
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def test_prefix_cache_slot_choice():
+    prompt = rendered([user("a" * 400)])
+    cache = PrefixCache(2)
+    slot, cached = cache.take(prompt)
+    assert (slot.index, cached) == (0, 0)
+    cache.give_back(slot, prompt + "<|assistant|>Out.\n")
+    longer = rendered([user("a" * 400), {"role": "assistant", "content": "Out."}, user("b")])
+    slot, cached = cache.take(longer)
+    assert (slot.index, cached) == (0, len(prompt + "<|assistant|>Out.\n") // 4)
+    cache.give_back(slot, longer)
+    # The same prompt again: everything but one token is reused.
+    slot, cached = cache.take(longer)
+    assert cached == math.ceil(len(longer) / 4) - 1
+    cache.give_back(slot, longer)
+    # Only "<|user|>" in common (below 10 % of the prompt): least recently used slot.
+    slot, cached = cache.take(rendered([user("z" * 400)]))
+    assert (slot.index, cached) == (1, 0)
+    a, b = "q" * 20_000, "q" * 19_000 + "r"
+    assert common_prefix_len(a, b) == 19_000 and common_prefix_len(a, a[:77]) == 77
+
+
+async def test_prefix_cache_turns_num_parallel_1(session: aiohttp.ClientSession):
+    rate = 4000.0
+    async with SimulatedNode(models=["llama3.2"], prompt_tokens_per_s=rate) as node:
+        conv = [user("conversation A. " + "tell me about llamas " * 40)]  # ~210 tokens
+        reply, cached = await chat_turn(session, node, conv)
+        count = math.ceil(len(rendered(conv)) / 4)
+        assert (cached, reply["prompt_eval_count"]) == (0, count)
+        assert reply["prompt_eval_duration"] >= 0.95e9 * count / rate
+        history = []
+        for turn in range(3):
+            conv += [reply["message"], user(f"and then what? ({turn})")]
+            reply, cached = await chat_turn(session, node, conv)
+            # The slot held the last prompt plus the answer: all of it is reused.
+            assert cached == len(rendered(conv[:-1])) // 4
+            count = math.ceil(len(rendered(conv)) / 4)
+            assert reply["prompt_eval_count"] == count  # the whole prompt, cached included
+            # ... but only the uncached part took time (HEAD llama-server semantics).
+            assert 0.95e9 * (count - cached) / rate <= reply["prompt_eval_duration"] < 0.02e9
+            history.append(cached)
+        assert history == sorted(history) and history[0] > 200
+        # Another conversation takes the only slot; conversation A's prefix is gone.
+        _, cached = await chat_turn(session, node, [user("conversation B " * 30)])
+        assert cached == len("<|user|>conversation ") // 4
+        conv += [reply["message"], user("still there?")]
+        reply, cached = await chat_turn(session, node, conv)
+        assert cached == len("<|user|>conversation ") // 4
+        assert reply["prompt_eval_duration"] > 0.9e9 * (len(rendered(conv)) / 4 - 6) / rate
+        assert (node.stats.requests, node.stats.loads) == (6, 1)
+
+
+async def test_prefix_cache_num_parallel_2_keeps_two_conversations(
+    session: aiohttp.ClientSession,
+):
+    async with SimulatedNode(models=["llama3.2"], num_parallel=2, token_delay=0.005) as node:
+        convs = [[user(f"conversation {c}: " + "why is the sky blue? " * 30)] for c in "AB"]
+        for turn in range(3):
+            before = node.stats.cached_tokens  # A and B run at once, each in its own slot
+            results = await asyncio.gather(*(chat_turn(session, node, conv) for conv in convs))
+            expected = sum(len(rendered(conv[:-1])) // 4 for conv in convs) if turn else 0
+            assert node.stats.cached_tokens - before == expected
+            for conv, (reply, _) in zip(convs, results, strict=True):
+                conv += [reply["message"], user(f"more {turn}")]
+        for conv in convs:  # one after the other: still one slot each
+            reply, cached = await chat_turn(session, node, conv)
+            assert cached == len(rendered(conv[:-1])) // 4
+        assert node.stats.prompt_tokens == sum(
+            math.ceil(len(rendered(conv[:k])) / 4) for conv in convs for k in (1, 3, 5, 7)
+        )
+        slots = node._sched.loaded()[0].cache.texts()
+        assert sorted(t[:24] for t in slots) == [
+            "<|user|>conversation A: ",
+            "<|user|>conversation B: ",
+        ]
+
+
+async def test_prefix_cache_lost_on_num_ctx_reload(session: aiohttp.ClientSession):
+    async with SimulatedNode(models=["llama3.2"]) as node:
+        conv = [user("hello there " * 40)]
+        reply, _ = await chat_turn(session, node, conv)
+        conv += [reply["message"], user("next")]
+        _, cached = await chat_turn(session, node, conv, options={"num_ctx": 8192})
+        assert cached == 0 and (node.stats.loads, node.stats.evictions) == (2, 0)
+        _, cached = await chat_turn(session, node, conv, options={"num_ctx": 8192})
+        assert cached == math.ceil(len(rendered(conv)) / 4) - 1
+
+
+async def test_vram_eviction_order_with_counters(session: aiohttp.ClientSession):
+    gib = 2**30
+    sizes = {"x:1b": 3 * gib, "y:1b": 4 * gib, "z:1b": 5 * gib, "w:1b": 8 * gib}
+    models = [SimModel(name, size=size) for name, size in sizes.items()]
+    async with SimulatedNode(models=models, vram_bytes=10 * gib, token_delay=0.01) as node:
+        loop = asyncio.get_running_loop()
+
+        async def gen(model: str, n: int = 1) -> dict[str, Any]:
+            req = {"model": model, "prompt": "hi", "stream": False, "options": {"num_predict": n}}
+            status, _, body = await call(session, node, "POST", "/api/generate", req)
+            assert status == 200, body
+            return json.loads(body)
+
+        await gen("y:1b")
+        await gen("x:1b")
+        assert (node.stats.loads, node.stats.evictions) == (2, 0)
+        await gen("z:1b")  # 12 GiB > 10: same session duration, so by name: x goes
+        assert sorted(node.loaded_models()) == ["y:1b", "z:1b"]
+        assert node.stats.evictions == 1
+        busy_y = asyncio.create_task(gen("y:1b", 50))  # ~0.5 s
+        await asyncio.sleep(0.03)
+        start = loop.time()
+        await gen("x:1b")  # y is busy: the first idle runner in order (z) goes at once
+        assert loop.time() - start < 0.15
+        assert sorted(node.loaded_models()) == ["x:1b", "y:1b"]
+        busy_x = asyncio.create_task(gen("x:1b", 20))  # ~0.2 s
+        await asyncio.sleep(0.03)
+        wait_before = node.stats.load_wait
+        z = await gen("z:1b")  # nobody idle: wait for the first in order (x) to finish
+        assert busy_x.done() and not busy_y.done()
+        assert z["load_duration"] >= 0.1e9 and node.stats.load_wait - wait_before >= 0.1
+        assert sorted(node.loaded_models()) == ["y:1b", "z:1b"]
+        await busy_y
+        await gen("w:1b")  # 8 GiB: both y and z must go
+        assert node.loaded_models() == ["w:1b"]
+        assert (node.stats.loads, node.stats.evictions, node.stats.requests) == (6, 5, 8)
+        node.stats.reset()
+        assert node.stats == NodeStats()
+
+
+async def test_load_lock_load_time_and_wait_counters(session: aiohttp.ClientSession):
+    gib = 2**30
+    small, big, other = (
+        SimModel(f"{n}:1b", size=s * gib // 2) for n, s in [("s", 1), ("b", 6), ("o", 2)]
+    )
+    async with SimulatedNode(
+        models=[small, big, other], load_bytes_per_s=10 * gib, token_delay=0.02
+    ) as node:
+        loop = asyncio.get_running_loop()
+
+        async def gen(model: str, n: int = 1) -> dict[str, Any]:
+            req = {"model": model, "prompt": "hi", "stream": False, "options": {"num_predict": n}}
+            status, _, body = await call(session, node, "POST", "/api/generate", req)
+            assert status == 200, body
+            return json.loads(body)
+
+        assert 0.05e9 <= (await gen("s:1b"))["load_duration"] < 0.1e9  # 0.5 GiB at 10 GiB/s
+        assert 0.045 <= node.stats.load_wait < 0.1
+        big_load = asyncio.create_task(gen("b:1b"))  # 0.3 s
+        await asyncio.sleep(0.02)
+        start = loop.time()
+        await gen("s:1b")  # loaded: does not wait on the load lock
+        assert loop.time() - start < 0.1 and not big_load.done()
+        o = await gen("o:1b")  # waits behind the big load (one at a time), then its own
+        assert big_load.done() and o["load_duration"] >= 0.35e9
+        assert node.stats.load_wait >= 0.05 + 0.3 + 0.35
+        assert node.stats.queue_wait < 0.01 and node.stats.loads == 3
+        both = [gen("s:1b", 6), gen("s:1b", 6)]  # num_parallel=1: the second waits ~0.1 s
+        await asyncio.gather(*both)
+        assert node.stats.queue_wait >= 0.09
+
+
+async def test_speed_multiplier_halves_prefill_and_decode(session: aiohttp.ClientSession):
+    req = {
+        "model": "llama3.2",
+        "prompt": "x" * 1591,  # rendered: 1600 characters, 400 tokens, 0.1 s at 4000/s
+        "stream": False,
+        "options": {"num_predict": 11},  # 10 token delays: 0.1 s
+    }
+    reported = {}
+    for speed in (1.0, 2.0):
+        async with SimulatedNode(
+            models=["llama3.2"], prompt_tokens_per_s=4000, token_delay=0.01, speed=speed
+        ) as node:
+            reported[speed] = json.loads(
+                (await call(session, node, "POST", "/api/generate", req))[2]
+            )
+    slow, fast = reported[1.0], reported[2.0]
+    assert slow["prompt_eval_count"] == fast["prompt_eval_count"] == 400
+    for field in ("prompt_eval_duration", "eval_duration"):
+        assert slow[field] >= 0.095e9 and fast[field] >= 0.0475e9
+        assert 1.5 <= slow[field] / fast[field] <= 2.5, (field, slow[field], fast[field])
+    with pytest.raises(ValueError):
+        SimulatedNode(speed=0)
 
 
 # ------------------------------------------------------------------ embeddings

@@ -5,10 +5,15 @@ functions and cheap enough to run on every request.
 """
 
 from .least_loaded import LeastLoaded
-from .types import Choice, NodeView, RouteRequest, Strategy
+from .performance import Performance
+from .simple import Random, RoundRobin
+from .types import Choice, Estimate, NodeView, RouteRequest, Strategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
+    Performance.name: Performance,
     LeastLoaded.name: LeastLoaded,
+    RoundRobin.name: RoundRobin,
+    Random.name: Random,
 }
 
 
@@ -19,8 +24,10 @@ def make_strategy(name: str) -> Strategy:
 __all__ = [
     "STRATEGIES",
     "Choice",
+    "Estimate",
     "LeastLoaded",
     "NodeView",
+    "Performance",
     "RouteRequest",
     "Strategy",
     "make_strategy",

@@ -1,4 +1,4 @@
-"""The small vocabulary shared by every strategy."""
+"""The small vocabulary shared by every strategy: a request, a node snapshot, a choice."""
 
 from __future__ import annotations
 
@@ -13,22 +13,50 @@ class RouteRequest:
 
     model: str
     request_id: str
+    prompt_tokens: int = 0
+    expected_output: float = 0.0  # tokens the answer is expected to have
 
 
 @dataclass(frozen=True, slots=True)
 class NodeView:
-    """One candidate node as the registry saw it when the request arrived."""
+    """One candidate node, for the requested model, as the proxy saw it when the request arrived.
+
+    Times are seconds, speeds tokens per second; all of it is learned or configured outside.
+    """
 
     name: str
-    in_flight: int
-    num_parallel: int
-    resident: bool  # the requested model is loaded in the node's memory (/api/ps)
+    in_flight: int  # requests on this node, any model
+    num_parallel: int  # slots per loaded model
+    resident: bool  # the model is loaded (/api/ps, or the proxy just used it there)
+    model_in_flight: int = 0  # requests for this model on this node (they share its slots)
+    options_match: bool = True  # the loaded runner has the request's load-time options
+    cached_tokens: int = 0  # prompt tokens this node likely still holds in its KV cache
+    loads_pending: int = 0  # loads this node is busy with (Ollama loads one model at a time)
+    prefill_tps: float = 1000.0
+    decode_tps: float = 30.0
+    load_s: float = 5.0  # expected time to load this model here
+    service_s: float = 5.0  # typical time one request of this model holds a slot here
+    evict_s: float = 0.0  # cost of what loading this model here would evict
+    success: float = 1.0  # recent success rate of this node
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """Expected completion time of the request on one node, and what it is made of."""
+
+    total: float
+    wait: float
+    load: float
+    evict: float
+    prefill: float
+    decode: float
 
 
 @dataclass(frozen=True, slots=True)
 class Choice:
     node: str
     reason: str
+    estimate: Estimate | None = None
 
 
 class Strategy(Protocol):

@@ -28,16 +28,48 @@ Fault knobs live on ``node.faults`` (a mutable dataclass):
 Observation: ``node.requests`` / ``node.responses`` (exact body bytes written; blob uploads
 are recorded with an empty body), ``node.cancelled``, ``node.in_flight()``,
 ``node.loaded_models()``.
+
+Scheduler physics (§5), set through ``SimulatedNode(...)`` keyword arguments:
+
+- ``num_parallel: int = 1``: slots per runner (embedding models get 1); requests beyond it
+  wait on the runner without limit. ``max_loaded_models: int = 3`` and
+  ``vram_bytes: int = 24 GiB``: a load that would exceed either (sizes from
+  ``SimModel.size``) evicts runners in findRunnerToUnload order (shortest session, then
+  model name; the first idle one, else wait for the first one's requests to finish).
+  Loads are one at a time per node; requests for a loaded model never wait on them.
+- ``load_delay: float = 0.0`` seconds per load, plus ``model.size / load_bytes_per_s``
+  when ``load_bytes_per_s: float | None = None`` is set. A num_ctx change reloads.
+- ``prompt_tokens_per_s: float | None = None``: prefill rate (None: instant) for the part
+  of the prompt the prefix cache does not cover; ``token_delay: float = 0.0``: seconds
+  per generated token after the first; ``speed: float = 1.0`` divides both (a faster GPU).
+- ``keep_alive`` (default 300 s) as OLLAMA_KEEP_ALIVE; requests may override it.
+- Prefix (KV) cache, per runner, like llama-server (see ``kvcache``): each slot keeps the
+  rendered prompt plus the answer (chat messages render as ``<|role|>content\n``, the
+  answer as ``<|assistant|>output\n``; tokens = ceil(chars / 4)); a request takes the
+  idle slot sharing the longest prefix with its prompt (if above 10 % of it; else the
+  least recently used) and reuses it, minus at least one token. A reload or unload
+  drops the cache. ``prompt_eval_count`` is the whole prompt, ``prompt_eval_duration``
+  only the uncached part. ``deterministic=True`` fixes the reported durations (from the
+  counts alone, so identical requests give identical bytes); the cache still works.
+
+Counters on ``node.stats`` (``NodeStats``, mutable; ``node.stats.reset()`` zeroes it):
+``requests`` (completed chat/generate/embed requests), ``loads`` (reloads included),
+``evictions``, ``prompt_tokens`` (sum of prompt_eval_count over chat/generate),
+``cached_tokens`` (prompt tokens reused from the prefix cache), ``queue_wait`` (seconds
+spent waiting for a parallel slot) and ``load_wait`` (seconds spent waiting for loads,
+including behind other models' loads and evictions).
 """
 
 from .models import ModelName, SimModel, default_catalog, display_name, parse_name
 from .node import DETERMINISTIC_CREATED_AT, SimulatedNode
+from .scheduler import NodeStats
 from .wire import Faults, RecordedRequest, RecordedResponse
 
 __all__ = [
     "DETERMINISTIC_CREATED_AT",
     "Faults",
     "ModelName",
+    "NodeStats",
     "RecordedRequest",
     "RecordedResponse",
     "SimModel",

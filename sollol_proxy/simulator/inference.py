@@ -2,6 +2,8 @@
 
 Timing fields follow §5.6: load_duration runs from handler entry to the runner being
 scheduled (so it includes a load), and excludes the wait for a parallel slot.
+prompt_eval_count is the whole prompt, prompt_eval_duration the time spent on the part
+the prefix cache did not cover (HEAD llama-server semantics).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .gotypes import ApiError, int_option
+from .kvcache import ASSISTANT_TAG, CHARS_PER_TOKEN, Slot, render_chat, token_count
 from .models import SimModel
 from .scheduler import Runner
-from .text import count_tokens, tokens_for
+from .text import tokens_for
 from .wire import FAULT_ABORT
 
 if TYPE_CHECKING:
@@ -57,6 +60,10 @@ class Generation:
         self.loaded_now = False
         self.t_loaded = t0
         self.slot_held = False
+        self.kv_slot: Slot | None = None
+        self.kv_text: list[str] = []  # what the KV slot holds so far
+        self.cached_tokens = 0
+        self.completed = False
         self.prompt_eval_ns = 1
         self.eval_ns = 1
 
@@ -75,6 +82,8 @@ class Generation:
             self.node._sched.release(self.runner)
             self.runner = None
         self.node._sched.in_flight -= 1
+        if self.completed and exc_type is None:
+            self.node.stats.requests += 1
         gone = exc_type is not None and issubclass(
             exc_type, asyncio.CancelledError | ConnectionResetError
         )
@@ -82,6 +91,9 @@ class Generation:
             self.node.cancelled += 1
 
     def _release_slot(self) -> None:
+        if self.kv_slot is not None and self.runner is not None:
+            self.runner.cache.give_back(self.kv_slot, "".join(self.kv_text))
+            self.kv_slot = None
         if self.slot_held and self.runner is not None:
             self.runner.sem.release()
             self.slot_held = False
@@ -104,28 +116,51 @@ class Generation:
 
     async def acquire_slot(self) -> None:
         assert self.runner is not None
-        await self.runner.sem.acquire()
+        start = time.monotonic()
+        try:
+            await self.runner.sem.acquire()
+        finally:
+            self.node.stats.queue_wait += time.monotonic() - start
         self.slot_held = True
 
-    async def prefill(self, prompt_tokens: int) -> None:
+    async def prefill(self, tokens: int) -> None:
+        """Evaluate ``tokens`` prompt tokens at prompt_tokens_per_s * speed (None: instant)."""
         start = time.monotonic_ns()
-        speed = self.node.prompt_tokens_per_s
-        if speed:
-            await asyncio.sleep(prompt_tokens / speed)
+        rate = self.node.prompt_tokens_per_s
+        if rate and tokens > 0:
+            await asyncio.sleep(tokens / (rate * self.node.speed))
         self.prompt_eval_ns = max(time.monotonic_ns() - start, 1)
 
-    async def tokens(self, seed_text: str, n: int) -> AsyncIterator[str]:
-        """Acquire a slot, prefill, then yield n tokens spaced by token_delay. The slot is
-        released after the last token, before the caller writes the final object."""
+    async def embed(self, prompt_tokens: int) -> None:
+        """An embedding request's work: a slot, then the prompt (no prefix cache)."""
         await self.acquire_slot()
-        await self.prefill(count_tokens(seed_text))
+        await self.prefill(prompt_tokens)
+        self.completed = True
+
+    async def tokens(self, prompt: str, n: int) -> AsyncIterator[str]:
+        """Acquire a slot and a KV cache slot, prefill the uncached part of the rendered
+        prompt, then yield n tokens spaced by token_delay / speed. The slot is released
+        after the last token, before the caller writes the final object."""
+        await self.acquire_slot()
+        assert self.runner is not None
+        self.kv_slot, cached = self.runner.cache.take(prompt)
+        self.kv_text = [prompt[: cached * CHARS_PER_TOKEN]]
+        total = token_count(prompt)
+        self.cached_tokens = cached
+        self.node.stats.prompt_tokens += total
+        self.node.stats.cached_tokens += cached
+        await self.prefill(total - cached)
+        self.kv_text = [prompt, ASSISTANT_TAG]
         start = time.monotonic_ns()
-        delay = self.node.token_delay
-        for i, tok in enumerate(tokens_for(seed_text, n)):
+        delay = self.node.token_delay / self.node.speed
+        for i, tok in enumerate(tokens_for(prompt, n)):
             if i and delay > 0:
                 await asyncio.sleep(delay)
+            self.kv_text.append(tok)
             yield tok
+        self.kv_text.append("\n")
         self.eval_ns = max(time.monotonic_ns() - start, 1)
+        self.completed = True
         self._release_slot()
 
     async def collect(self, seed_text: str, n: int) -> list[str]:
@@ -166,9 +201,6 @@ class Generation:
 
 
 def chat_prompt(messages: list[Any]) -> str:
-    """The text a chat 'renders' to: what the token count and the output derive from."""
-    parts = []
-    for msg in messages:
-        if isinstance(msg, dict):
-            parts.append(f"{str(msg.get('role', '')).lower()}: {msg.get('content') or ''}")
-    return "\n".join(parts)
+    """The text a chat 'renders' to: what the token count, the prefix cache and the
+    output derive from (see kvcache)."""
+    return render_chat(messages)

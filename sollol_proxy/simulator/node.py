@@ -13,7 +13,7 @@ from . import routing
 from .gotypes import ApiError, format_local, format_utc, now_ns, parse_go_time, parse_keep_alive
 from .inference import DEFAULT_NUM_CTX
 from .models import SimModel, default_catalog, parse_name
-from .scheduler import Scheduler
+from .scheduler import NodeStats, Scheduler
 from .wire import (
     FAULT_ABORT,
     STREAM_KEY,
@@ -54,6 +54,8 @@ class SimulatedNode:
         load_delay: float = 0.0,
         token_delay: float = 0.0,
         prompt_tokens_per_s: float | None = None,
+        speed: float = 1.0,
+        load_bytes_per_s: float | None = None,
         keep_alive: float | str = 300.0,
         deterministic: bool = False,
         bind_host: str = "127.0.0.1",
@@ -65,6 +67,9 @@ class SimulatedNode:
         self.version = version
         self.token_delay = token_delay
         self.prompt_tokens_per_s = prompt_tokens_per_s
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.speed = speed  # divides prefill and decode time: a faster GPU
         self.deterministic = deterministic
         self.bind_host = bind_host
         self.default_num_ctx = default_num_ctx
@@ -75,6 +80,7 @@ class SimulatedNode:
             vram_bytes=vram_bytes,
             load_delay=load_delay,
             default_keep_alive=300.0 if default_keep is None else default_keep,
+            load_bytes_per_s=load_bytes_per_s,
         )
         self._models: dict[str, SimModel] = {}
         for m in models:
@@ -123,6 +129,10 @@ class SimulatedNode:
 
     def in_flight(self) -> int:
         return self._sched.in_flight
+
+    @property
+    def stats(self) -> NodeStats:
+        return self._sched.stats
 
     def created_at(self) -> str:
         return DETERMINISTIC_CREATED_AT if self.deterministic else format_utc(now_ns())

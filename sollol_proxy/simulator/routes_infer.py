@@ -11,6 +11,7 @@ from sollol_proxy import gojson
 
 from .gotypes import ApiError, decode_body, go_quote, parse_keep_alive
 from .inference import Generation, chat_prompt
+from .kvcache import render_generate, token_count
 from .text import context_ids, count_tokens, embedding, legacy_embedding, plan_length
 from .wire import JSON, NDJSON, Stream, error_response, json_response
 
@@ -94,8 +95,8 @@ async def generate(node: SimulatedNode, request: web.Request) -> web.StreamRespo
                     "done_reason": "load",
                 }
             )
-        seed = (req.get("system") or "") + prompt
-        prompt_count = count_tokens(seed)
+        seed = render_generate(req.get("system") or "", prompt)
+        prompt_count = token_count(seed)
         n, reason = plan_length(options)
         mid = node.faults.mid_stream_error
         if req.get("stream") is False:
@@ -190,7 +191,7 @@ async def chat_body(
     name: str,
     seed: str,
 ) -> web.StreamResponse:
-    prompt_count = count_tokens(seed)
+    prompt_count = token_count(seed)
     n, reason = plan_length(_options(req))
     mid = node.faults.mid_stream_error
     if req.get("stream") is False:
@@ -266,8 +267,7 @@ async def embed(node: SimulatedNode, request: web.Request) -> web.StreamResponse
             and max(count_tokens(t) for t in inputs) > gen.runner.num_ctx
         ):
             raise ApiError(400, "the input length exceeds the context length")
-        await gen.acquire_slot()
-        await gen.prefill(count)
+        await gen.embed(count)
         dims = req.get("dimensions")
         dim = dims if isinstance(dims, int) and dims > 0 else 8
         vectors = [embedding(t, dim) for t in inputs]
@@ -289,6 +289,5 @@ async def embeddings(node: SimulatedNode, request: web.Request) -> web.StreamRes
         await gen.schedule()
         if not prompt:
             return json_response({"embedding": []})
-        await gen.acquire_slot()
-        await gen.prefill(count_tokens(prompt))
+        await gen.embed(count_tokens(prompt))
         return json_response({"embedding": legacy_embedding(prompt)})

@@ -17,6 +17,7 @@ from sollol_proxy import gojson
 
 from .gotypes import ApiError, decode_body, go_quote, parse_go_time
 from .inference import Generation, chat_prompt
+from .kvcache import render_generate, token_count
 from .models import display_name
 from .routes_infer import embed_inputs
 from .text import count_tokens, embedding, plan_length
@@ -108,7 +109,7 @@ async def chat_completions(node: SimulatedNode, request: web.Request) -> web.Str
     try:
         async with await _setup(node, request, req, "chat", t0) as gen:
             await gen.schedule()
-            pc = count_tokens(seed)
+            pc = token_count(seed)
             n, reason = plan_length(gen.options)
             mid = node.faults.mid_stream_error
             head = {
@@ -188,14 +189,14 @@ async def completions(node: SimulatedNode, request: web.Request) -> web.StreamRe
         )
     except _MiddlewareError as exc:
         return v1_error(400, str(exc), from_middleware=True)
-    seed = req.get("prompt") or ""
+    seed = render_generate("", req.get("prompt") or "")
     name = req.get("model") or ""
     cid, created = _ids(node, "cmpl")
     usage_on = bool((req.get("stream_options") or {}).get("include_usage"))
     try:
         async with await _setup(node, request, req, "generate", t0) as gen:
             await gen.schedule()
-            pc = count_tokens(seed)
+            pc = token_count(seed)
             n, reason = plan_length(gen.options)
             mid = node.faults.mid_stream_error
             if not req.get("stream"):
@@ -289,8 +290,8 @@ async def embeddings(node: SimulatedNode, request: web.Request) -> web.StreamRes
             raise ApiError(404, f"model {go_quote(name)} not found, try pulling it first")
         async with Generation(node, request, model, {}, None, t0) as gen:
             await gen.schedule()
-            await gen.acquire_slot()
             count = sum(count_tokens(t) for t in inputs)
+            await gen.embed(count)
             data = []
             for i, text in enumerate(inputs):
                 vec = embedding(text)

@@ -3,16 +3,37 @@
 One load at a time per node (``processPending`` is a single goroutine), an already loaded
 runner is used without queueing, requests beyond ``num_parallel`` wait on the runner's
 semaphore without limit (no 503), idle runners expire after their session duration, and a
-model that does not fit evicts runners in ``findRunnerToUnload`` order.
+model that does not fit (sum of loaded sizes above ``vram_bytes``, or ``max_loaded_models``
+reached) evicts runners in ``findRunnerToUnload`` order. A runner chosen for eviction or
+reload takes no new requests while it drains; they queue for the next load instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, fields
 
 from .gotypes import FOREVER, expiry_ns, now_ns
+from .kvcache import PrefixCache
 from .models import SimModel
+
+
+@dataclass
+class NodeStats:
+    """Counters for benchmarks (``node.stats``); ``reset()`` zeroes them."""
+
+    requests: int = 0  # completed chat/generate/embed requests
+    loads: int = 0  # runner loads, reloads included
+    evictions: int = 0  # runners unloaded to make room (findRunnerToUnload)
+    prompt_tokens: int = 0  # sum of prompt_eval_count over chat/generate
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
+    queue_wait: float = 0.0  # seconds spent waiting for a parallel slot
+    load_wait: float = 0.0  # seconds spent waiting for loads (lock, evictions, the load)
+
+    def reset(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, f.default)
 
 
 @dataclass(eq=False)
@@ -27,6 +48,11 @@ class Runner:
     loading: bool = True
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
+    evicting: bool = False  # chosen for eviction or reload: no new requests
+    cache: PrefixCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = PrefixCache(self.num_parallel)
 
     @property
     def size(self) -> int:
@@ -46,11 +72,14 @@ class Scheduler:
         vram_bytes: int,
         load_delay: float,
         default_keep_alive: float,
+        load_bytes_per_s: float | None = None,
     ) -> None:
         self.num_parallel = num_parallel
         self.max_loaded_models = max_loaded_models
         self.vram_bytes = vram_bytes
         self.load_delay = load_delay
+        self.load_bytes_per_s = load_bytes_per_s
+        self.stats = NodeStats()
         self.default_keep_alive = default_keep_alive
         self.runners: dict[str, Runner] = {}
         self.in_flight = 0
@@ -67,6 +96,15 @@ class Scheduler:
         if runner is not None:
             self._use(runner, keep_alive)
             return runner, False
+        start = time.monotonic()
+        try:
+            return await self._acquire_slow(model, num_ctx, keep_alive)
+        finally:
+            self.stats.load_wait += time.monotonic() - start
+
+    async def _acquire_slow(
+        self, model: SimModel, num_ctx: int, keep_alive: float | None
+    ) -> tuple[Runner, bool]:
         async with self._load_lock:
             runner = self._usable(model, num_ctx)
             if runner is not None:
@@ -75,6 +113,7 @@ class Scheduler:
             stale = self.runners.get(model.key)
             if stale is not None:  # needsReload (§5.4): drain, then replace
                 stale.session_duration = 0
+                stale.evicting = True
                 await self._drain_and_unload(stale)
             await self._make_room(model)
             duration = keep_alive if keep_alive is not None else self.default_keep_alive
@@ -82,6 +121,7 @@ class Scheduler:
             runner = Runner(model, num_ctx, parallel, duration, asyncio.Semaphore(parallel))
             runner.ref_count = 1
             self.runners[model.key] = runner
+            self.stats.loads += 1
             task = asyncio.ensure_future(self._load(runner))
             try:
                 await asyncio.shield(task)
@@ -93,13 +133,18 @@ class Scheduler:
                 raise
             return runner, True
 
+    def load_time(self, model: SimModel) -> float:
+        """load_delay, plus the weights' transfer time when load_bytes_per_s is set."""
+        rate = self.load_bytes_per_s
+        return self.load_delay + (model.size / rate if rate else 0.0)
+
     async def _load(self, runner: Runner) -> None:
-        await asyncio.sleep(self.load_delay)
+        await asyncio.sleep(self.load_time(runner.model))
         runner.loading = False
 
     def _usable(self, model: SimModel, num_ctx: int) -> Runner | None:
         runner = self.runners.get(model.key)
-        if runner is None or runner.loading or runner.num_ctx != num_ctx:
+        if runner is None or runner.loading or runner.evicting or runner.num_ctx != num_ctx:
             return None
         if runner.session_duration == 0 and runner.ref_count == 0:
             return None  # already being expired
@@ -166,6 +211,8 @@ class Scheduler:
             ordered = sorted(self.runners.values(), key=Runner.sort_key)
             victim = next((r for r in ordered if r.ref_count == 0), ordered[0])
             victim.session_duration = 0
+            victim.evicting = True
+            self.stats.evictions += 1
             await self._drain_and_unload(victim)
 
     def loaded(self) -> list[Runner]:

@@ -1,0 +1,100 @@
+"""Performance: send the request to the node expected to finish it soonest.
+
+For each candidate the expected completion time is
+
+    wait for a slot + load (or reload) + cost of what the load evicts
+    + prefill of the prompt tokens the node does not have cached + decode of the expected output,
+
+divided by the node's recent success rate (a node that fails half the time costs twice as much).
+Every input comes from the snapshot: in-flight counts, residency and runner options from
+/api/ps and the proxy's own dispatches, speeds learned from Ollama's timing fields, cached tokens
+from the prompt-cache affinity map. Estimates within a near-tie band are ordered by load, so that
+a conversation's cache affinity never piles work onto a saturated node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from .types import Choice, Estimate, NodeView, RouteRequest
+
+# Nodes whose estimates are within 10% (plus 50 ms) of the best are treated as equal.
+NEAR_TIE_RATIO = 1.10
+NEAR_TIE_SLACK_S = 0.05
+# Concurrent requests on one GPU share its compute: each running request slows decode by this much.
+CONTENTION_PER_REQUEST = 0.15
+MIN_SUCCESS = 0.05
+
+
+def estimate(view: NodeView, request: RouteRequest) -> Estimate:
+    slots = view.num_parallel
+    busy = view.model_in_flight
+    wait = load = evict = 0.0
+    if view.resident and view.options_match:
+        if busy >= slots:  # every slot taken: wait for enough of them to free
+            wait = (busy - slots + 1) / slots * view.service_s
+    elif view.resident:
+        # Different load-time options: Ollama drains the runner, then reloads it (reference 5.4).
+        load = view.load_s + busy / slots * view.service_s
+        evict = view.evict_s
+    else:
+        # Loads are one at a time per node: queue behind the ones already under way.
+        load = view.load_s * (1 + view.loads_pending)
+        evict = view.evict_s
+    uncached = max(request.prompt_tokens - view.cached_tokens, 1)
+    prefill = uncached / view.prefill_tps
+    contention = 1 + CONTENTION_PER_REQUEST * min(view.in_flight, slots)
+    decode = request.expected_output / view.decode_tps * contention
+    total = (wait + load + evict + prefill + decode) / max(view.success, MIN_SUCCESS)
+    return Estimate(total, wait, load, evict, prefill, decode)
+
+
+def _load(view: NodeView) -> float:
+    return view.in_flight / view.num_parallel
+
+
+class Performance:
+    name: ClassVar[str] = "performance"
+
+    def rank(self, request: RouteRequest, candidates: Sequence[NodeView]) -> list[Choice]:
+        scored = sorted(
+            ((estimate(view, request), view) for view in candidates), key=lambda pair: pair[0].total
+        )
+        if not scored:
+            return []
+        best = scored[0][0].total
+        band = best * NEAR_TIE_RATIO + NEAR_TIE_SLACK_S
+        near = [pair for pair in scored if pair[0].total <= band]
+        near.sort(key=lambda pair: (_load(pair[1]), pair[0].total))
+        ordered = near + [pair for pair in scored if pair[0].total > band]
+        runner_up = ordered[1][0].total if len(ordered) > 1 else None
+        return [
+            Choice(view.name, describe(view, est, runner_up if i == 0 else best), est)
+            for i, (est, view) in enumerate(ordered)
+        ]
+
+
+def _tokens(count: float) -> str:
+    return f"{count / 1000:.1f}k" if count >= 1000 else f"{count:.0f}"
+
+
+def describe(view: NodeView, est: Estimate, other: float | None) -> str:
+    """E.g. `resident, 1.8k cached tokens, est 0.9s vs 4.2s`."""
+    if view.resident and view.options_match:
+        parts = ["resident"]
+    elif view.resident:
+        parts = [f"reload for options {est.load:.1f}s"]
+    else:
+        parts = [f"cold load {est.load:.1f}s"]
+    if view.cached_tokens:
+        parts.append(f"{_tokens(view.cached_tokens)} cached tokens")
+    if est.wait:
+        parts.append(f"slot wait {est.wait:.1f}s")
+    if est.evict:
+        parts.append(f"evicts {est.evict:.1f}s")
+    if view.success < 0.99:
+        parts.append(f"success {view.success:.0%}")
+    comparison = f"est {est.total:.1f}s" + (f" vs {other:.1f}s" if other is not None else "")
+    parts.append(comparison)
+    return ", ".join(parts)
