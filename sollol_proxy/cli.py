@@ -167,3 +167,19 @@ def bench_overhead(rounds: int, scale: float) -> None:
     from .bench.overhead import run
 
     run(rounds=rounds, scale=scale)
+
+
+@bench.command("routing")
+@click.option("--seed", default=7, show_default=True, help="Seed of the generated workloads.")
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(["chat_sessions", "many_models", "mixed_speed"]),
+    help="Run only these workloads (default: all).",
+)
+def bench_routing(seed: int, scenarios: tuple[str, ...]) -> None:
+    """Every strategy on the same seeded workloads; ratios to round_robin."""
+    from .bench.routing import run
+
+    run(seed=seed, scenarios=list(scenarios) or None)

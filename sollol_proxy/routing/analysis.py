@@ -16,7 +16,12 @@ average; four tokens per message stand for the role header the chat template add
 ``IMAGE_TOKENS`` (768) tokens, a middle ground between CLIP-style encoders (576) and tiled ones
 (1000+). Not counted, because reading them would mean serialising JSON: ``tools`` definitions,
 tool-call arguments given as objects, ``context`` token arrays and audio parts. Embedding inputs
-given as token arrays count one token per element.
+given as token arrays count one token per element. ``depth`` and the per-message term count a
+top-level ``system``/``instructions`` as a message, since the template renders it as one.
+
+``runner_options`` keeps only scalar values: anything else is a 500 from Ollama, and would make the
+profile unhashable. A body that is not a JSON object gives an empty profile (zero tokens, no keys,
+task by route, complexity ``low``).
 
 Prefix keys
 -----------
@@ -45,14 +50,16 @@ Task table (first matching row wins)
 Embedding routes are always ``embedding``. Otherwise the rules look at the lower-cased system prompt
 (``system`` field, ``system``/``developer`` messages, ``instructions``) plus the last user message,
 or the system prompt plus ``prompt`` for prompt-style requests. Words match on word boundaries, so
-"decode" is not "code".
+"decode" is not "code". Each text is scanned only in its first and last 2,000 characters: the scan
+costs far more per character than hashing, and instructions sit at the start of a system prompt or
+at either end of a pasted document. The result is a routing hint, not a classifier.
 
 ==================  =======================================================================
 task                matches
 ==================  =======================================================================
-code                a triple-backtick fence; code, coding, function, python, javascript, typescript,
-                    sql, regex, bug, debug, stack trace, traceback, compile, refactor,
-                    implement, unit test (and their plural/inflected forms)
+code                a triple-backtick fence; code, coding, function, python, javascript,
+                    typescript, sql, regex, bug, debug, stack trace, traceback, compile,
+                    refactor, implement, unit test (and their plural/inflected forms)
 summarization       summarize/summarise, summary, tl;dr, condense, key points
 extraction          extract, pull out, list all, parse, fill in the json; or structured
                     output requested: native ``format``, /v1 ``response_format`` other than
@@ -272,7 +279,7 @@ def _task_rank(word: str) -> int:
     for rank, pattern in enumerate(_TASK_FULL):
         if pattern.fullmatch(word):
             return rank
-    raise AssertionError(word)  # every alternative of _TASK_PATTERN comes from _TASK_FULL
+    return len(_TASK_NAMES)  # unreachable: every alternative of _TASK_PATTERN is in _TASK_FULL
 
 
 # Only the head and tail of each text are scanned: the scan is far slower than hashing, and an
@@ -493,12 +500,12 @@ def _normalised_messages(endpoint: str, payload: dict[str, Any]) -> list[_Messag
     out: list[_Message] = []
     if endpoint == "v1_messages":
         system = payload.get("system")
-        if system:
+        if system and isinstance(system, str | list):
             out.append(_message("system", system, None))
         items = payload.get("messages")
     elif endpoint == "v1_responses":
         instructions = payload.get("instructions")
-        if instructions:
+        if instructions and isinstance(instructions, str | list):
             out.append(_message("system", instructions, None))
         items = payload.get("input")
         if isinstance(items, str):

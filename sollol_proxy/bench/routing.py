@@ -1,0 +1,316 @@
+"""Routing strategies compared on the same seeded workloads, on simulated Ollama clusters.
+
+The simulated nodes follow Ollama's scheduler physics (slots per model, one load at a time,
+eviction under VRAM, a per-slot prompt prefix cache, prefill and decode speed), time-scaled so
+that a run takes seconds. Every strategy runs every workload with fresh nodes and a fresh proxy;
+results are reported as ratios to round_robin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import load_config
+from ..server import start_proxy
+from ..simulator import SimModel, SimulatedNode
+
+STRATEGIES = ("round_robin", "random", "least_loaded", "performance")
+GiB = 2**30
+
+
+@dataclass
+class Call:
+    """One request of a workload: when it starts (for open-loop traffic) and what it sends."""
+
+    model: str
+    messages: list[dict[str, str]]
+    num_predict: int
+    at: float = 0.0
+
+
+@dataclass
+class Session:
+    """A conversation: each turn waits for the previous answer, which becomes part of the next."""
+
+    system: str
+    questions: list[str]
+    model: str
+    num_predict: int
+    start: float
+    think: float
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    nodes: list[dict[str, Any]]  # SimulatedNode arguments plus num_parallel/vram for the config
+    sessions: list[Session] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    ttft: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    errors: int = 0
+    loads: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
+WORDS = (
+    "cluster latency token model cache prefix slot node batch memory weights kernel stream "
+    "request answer context window schedule queue router fleet gpu tensor layer vector"
+).split()
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def model(name: str, size_gib: float) -> SimModel:
+    return SimModel(name=name, size=int(size_gib * GiB))
+
+
+def chat_sessions(seed: int) -> Scenario:
+    """(a) Multi-turn chats with long, per-conversation system prompts (RAG context, personas)."""
+    rng = random.Random(seed)
+    sessions = [
+        Session(
+            system=_text(rng, 1400),  # about 2.4k tokens
+            questions=[_text(rng, 12) for _ in range(8)],
+            model="llama3.2:latest",
+            num_predict=24,
+            start=i * 0.05,
+            think=rng.uniform(0.05, 0.3),
+        )
+        for i in range(8)
+    ]
+    node = dict(
+        models=[model("llama3.2:latest", 2)],
+        num_parallel=2,
+        prompt_tokens_per_s=6000,
+        token_delay=0.004,
+    )
+    return Scenario(
+        "chat_sessions",
+        "8 conversations x 8 turns, 2.4k-token system prompts, 4 nodes x 2 slots",
+        [dict(node, name=f"n{i}") for i in range(4)],
+        sessions=sessions,
+    )
+
+
+def many_models(seed: int) -> Scenario:
+    """(b) Six models on four nodes that each hold only two: loads and evictions dominate."""
+    rng = random.Random(seed)
+    names = [f"m{i}:7b" for i in range(6)]
+    weights = [1 / (rank + 1) for rank in range(len(names))]  # Zipf-like popularity
+    calls, clock = [], 0.0
+    for _ in range(160):
+        clock += rng.expovariate(16.0)
+        chosen = rng.choices(names, weights)[0]
+        calls.append(Call(chosen, [{"role": "user", "content": _text(rng, 30)}], 12, clock))
+    node = dict(
+        models=[model(n, 4) for n in names],
+        num_parallel=2,
+        vram_bytes=9 * GiB,
+        max_loaded_models=3,
+        load_delay=0.15,
+        load_bytes_per_s=8 * GiB,
+        prompt_tokens_per_s=20000,
+        token_delay=0.004,
+        vram=9 * GiB,
+    )
+    return Scenario(
+        "many_models",
+        "6 models (Zipf), 4 nodes holding 2 each, ~16 req/s",
+        [dict(node, name=f"n{i}") for i in range(4)],
+        calls=calls,
+    )
+
+
+def mixed_speed(seed: int) -> Scenario:
+    """(c) Two fast nodes and two slow ones (3x), steady traffic on one resident model."""
+    rng = random.Random(seed)
+    calls, clock = [], 0.0
+    for _ in range(160):
+        clock += rng.expovariate(14.0)
+        calls.append(
+            Call("llama3.2:latest", [{"role": "user", "content": _text(rng, 60)}], 32, clock)
+        )
+    base = dict(
+        models=[model("llama3.2:latest", 2)],
+        num_parallel=2,
+        prompt_tokens_per_s=8000,
+        token_delay=0.006,
+    )
+    nodes = [dict(base, name=f"fast{i}", speed=3.0) for i in range(2)]
+    nodes += [dict(base, name=f"slow{i}", speed=1.0) for i in range(2)]
+    return Scenario(
+        "mixed_speed", "2 nodes 3x faster than the other 2, ~14 req/s", nodes, calls=calls
+    )
+
+
+SCENARIOS: dict[str, Callable[[int], Scenario]] = {
+    "chat_sessions": chat_sessions,
+    "many_models": many_models,
+    "mixed_speed": mixed_speed,
+}
+
+_CONFIG_ONLY = ("vram",)
+
+
+async def _send(http: aiohttp.ClientSession, url: str, call: Call, result: Result) -> str:
+    body = orjson.dumps(
+        {
+            "model": call.model,
+            "messages": call.messages,
+            "stream": True,
+            "options": {"num_predict": call.num_predict},
+        }
+    )
+    start = time.perf_counter()
+    first: float | None = None
+    parts: list[str] = []
+    async with http.post(url + "/api/chat", data=body) as response:
+        async for line in response.content:
+            if first is None:
+                first = time.perf_counter() - start
+            obj = orjson.loads(line)
+            if "error" in obj or response.status != 200:
+                result.errors += 1
+                return ""
+            parts.append(obj["message"]["content"])
+    result.ttft.append(first or 0.0)
+    result.total.append(time.perf_counter() - start)
+    return "".join(parts)
+
+
+async def _session(http: aiohttp.ClientSession, url: str, session: Session, result: Result) -> None:
+    await asyncio.sleep(session.start)
+    messages = [{"role": "system", "content": session.system}]
+    for question in session.questions:
+        messages.append({"role": "user", "content": question})
+        answer = await _send(
+            http, url, Call(session.model, list(messages), session.num_predict), result
+        )
+        messages.append({"role": "assistant", "content": answer})
+        await asyncio.sleep(session.think)
+
+
+async def _timed(
+    http: aiohttp.ClientSession, url: str, call: Call, result: Result, t0: float
+) -> None:
+    await asyncio.sleep(max(0.0, t0 + call.at - time.perf_counter()))
+    await _send(http, url, call, result)
+
+
+async def run_scenario(scenario: Scenario, strategy: str) -> Result:
+    nodes = [
+        SimulatedNode(**{k: v for k, v in spec.items() if k not in _CONFIG_ONLY})
+        for spec in scenario.nodes
+    ]
+    for node in nodes:
+        await node.start(port=0)
+    config = load_config(
+        None,
+        env={},
+        overrides={
+            "listen.host": "127.0.0.1",
+            "listen.port": 0,
+            "routing.strategy": strategy,
+            "health.interval": 0.5,
+            "inventory.interval": 5,
+            "log_level": "warning",
+            "nodes": [
+                {
+                    "url": n.url,
+                    "name": n.name,
+                    "num_parallel": spec["num_parallel"],
+                    **(
+                        {"vram": spec["vram"], "max_loaded_models": spec["max_loaded_models"]}
+                        if "vram" in spec
+                        else {}
+                    ),
+                }
+                for n, spec in zip(nodes, scenario.nodes, strict=True)
+            ],
+        },
+    )
+    proxy = await start_proxy(config)
+    result = Result()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(_session(http, proxy.url, s, result) for s in scenario.sessions),
+                *(_timed(http, proxy.url, c, result, t0) for c in scenario.calls),
+            )
+    finally:
+        await proxy.stop()
+        for node in nodes:
+            result.loads += node.stats.loads
+            result.prompt_tokens += node.stats.prompt_tokens
+            result.cached_tokens += node.stats.cached_tokens
+            await node.stop()
+    return result
+
+
+def _q(values: list[float], q: int) -> float:
+    if not values:
+        return float("nan")
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+        if len(values) > 1
+        else values[0]
+    )
+
+
+def _row(strategy: str, result: Result, base: Result) -> str:
+    def ratio(value: float, reference: float) -> str:
+        return f"{value / reference:.2f}" if reference else "-"
+
+    hit = result.cached_tokens / result.prompt_tokens if result.prompt_tokens else 0.0
+    cells = [
+        f"{_q(result.ttft, 50):.3f} ({ratio(_q(result.ttft, 50), _q(base.ttft, 50))})",
+        f"{_q(result.ttft, 95):.3f} ({ratio(_q(result.ttft, 95), _q(base.ttft, 95))})",
+        f"{_q(result.total, 50):.3f} ({ratio(_q(result.total, 50), _q(base.total, 50))})",
+        f"{_q(result.total, 95):.3f} ({ratio(_q(result.total, 95), _q(base.total, 95))})",
+        f"{result.loads} ({ratio(result.loads, base.loads)})",
+        f"{hit:.0%}",
+        str(result.errors),
+    ]
+    return f"| {strategy} | " + " | ".join(cells) + " |"
+
+
+async def benchmark(
+    seed: int, scenarios: list[str], strategies: tuple[str, ...] = STRATEGIES
+) -> str:
+    out = []
+    for name in scenarios:
+        scenario = SCENARIOS[name](seed)
+        results = {strategy: await run_scenario(scenario, strategy) for strategy in strategies}
+        base = results.get("round_robin") or next(iter(results.values()))
+        out.append(
+            f"\n**{scenario.name}**: {scenario.description} (seconds; ratio to round_robin)\n"
+        )
+        out.append(
+            "| strategy | TTFT p50 | TTFT p95 | total p50 | total p95 | model loads | prompt cache hits | errors |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|")
+        out.extend(_row(strategy, result, base) for strategy, result in results.items())
+    return "\n".join(out)
+
+
+def run(seed: int = 7, scenarios: list[str] | None = None) -> None:
+    print(asyncio.run(benchmark(seed, scenarios or list(SCENARIOS))))
