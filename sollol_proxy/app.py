@@ -41,7 +41,8 @@ def new_upstream_session(config: Config) -> aiohttp.ClientSession:
         # Timeouts are applied per phase by the proxy (first byte, idle read), not per request.
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.timeouts.connect),
         auto_decompress=False,  # bytes pass through exactly as the node sent them
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        # Only the client's own headers go to the node: aiohttp would add these by itself.
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
     )
 
 

@@ -183,3 +183,12 @@ def bench_routing(seed: int, scenarios: tuple[str, ...]) -> None:
     from .bench.routing import run
 
     run(seed=seed, scenarios=list(scenarios) or None)
+
+
+@bench.command("scorer")
+@click.option("--decisions", default=20000, show_default=True)
+def bench_scorer(decisions: int) -> None:
+    """Time per routing decision for 10 and 100 nodes, for every strategy."""
+    from .bench.scorer import run
+
+    run(decisions)

@@ -152,13 +152,20 @@ class _Layers:
         self.values: dict[str, Any] = {}
         self.origins: dict[str, str] = {}
         self.base_dir = Path.cwd()
+        self.file_origin = ""
 
     def set(self, key: str, value: Any, origin: str) -> None:
         self.values[key] = value
         self.origins[key] = origin
 
     def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.origins.get(key.split("[")[0], "defaults"), key, problem)
+        """An error at `key`, blamed on whoever set it or the section it is in."""
+        origin = "defaults"
+        for end in range(len(key), 0, -1):
+            if key[:end] in self.origins and (end == len(key) or key[end] in ".["):
+                origin = self.origins[key[:end]]
+                break
+        return ConfigError(origin, key, problem)
 
 
 def _load_file(path: Path, layers: _Layers) -> None:
@@ -180,6 +187,7 @@ def _load_file(path: Path, layers: _Layers) -> None:
     if not isinstance(data, dict):
         raise ConfigError(origin, "", "the top level must be a mapping of keys")
     layers.base_dir = path.resolve().parent
+    layers.file_origin = origin
     for key, value in data.items():
         if key not in _TOP_LEVEL:
             raise ConfigError(
@@ -206,7 +214,7 @@ def _load_env(env: Mapping[str, str], layers: _Layers) -> None:
             layers.set(key, value, f"environment {var}")
 
 
-def read_hosts_file(path: Path, origin: str) -> list[str]:
+def read_hosts_file(path: Path, origin: str) -> list[tuple[int, str]]:
     """The seed's hosts.txt: one `host:port` (or URL) per line, `#` comments, blank lines ignored."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -221,7 +229,7 @@ def read_hosts_file(path: Path, origin: str) -> list[str]:
             raise ConfigError(
                 f"{path}:{number}", "hosts_file", f"expected one host per line, got {entry!r}"
             )
-        hosts.append(entry)
+        hosts.append((number, entry))
     return hosts
 
 
@@ -321,6 +329,19 @@ def _string_map(layers: _Layers, key: str, value: Any) -> Mapping[str, str]:
     return MappingProxyType({k: str(v) for k, v in value.items()})
 
 
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+
+
+def _headers(layers: _Layers, key: str, value: Any) -> Mapping[str, str]:
+    headers = _string_map(layers, key, value)
+    for name, text in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise layers.error(f"{key}.{name}", "is not a valid header name")
+        if any(c in text for c in "\r\n\0"):
+            raise layers.error(f"{key}.{name}", "must not contain line breaks or NUL")
+    return headers
+
+
 def _node(layers: _Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
     key = f"nodes[{index}]"
     entry = {"url": raw} if isinstance(raw, str) else raw
@@ -361,7 +382,7 @@ def _node(layers: _Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
         name=name,
         num_parallel=num_parallel,
         labels=_string_map(layers, f"{key}.labels", entry.get("labels")),
-        headers=_string_map(layers, f"{key}.headers", entry.get("headers")),
+        headers=_headers(layers, f"{key}.headers", entry.get("headers")),
         vram_bytes=None if vram is None else _size(layers, f"{key}.vram", 0, vram),
         max_loaded_models=_integer(
             layers, f"{key}.max_loaded_models", 3, 1, 1024, entry.get("max_loaded_models")
@@ -402,27 +423,31 @@ def _nodes(layers: _Layers, priors: Priors) -> tuple[NodeConfig, ...]:
     if not isinstance(raw_nodes, list):
         raise layers.error("nodes", "must be a list of node URLs or mappings")
     nodes = [_node(layers, i, raw, priors) for i, raw in enumerate(raw_nodes)]
+    # Where each node was declared, so that a duplicate is reported at its own line.
+    declared = [(layers.origins.get("nodes", "defaults"), f"nodes[{i}]") for i in range(len(nodes))]
     hosts_file = layers.values.get("hosts_file")
     if hosts_file:
-        path = Path(str(hosts_file))
-        if (
-            not path.is_absolute()
-            and layers.origins["hosts_file"] != "environment SOLLOL_HOSTS_FILE"
-        ):
-            path = layers.base_dir / path
         origin = layers.origins["hosts_file"]
-        for number, host in enumerate(read_hosts_file(path, origin), 1):
+        path = Path(str(hosts_file))
+        if not path.is_absolute() and origin == layers.file_origin:
+            path = layers.base_dir / path  # relative to the config file that names it
+        for number, host in read_hosts_file(path, origin):
             try:
                 url = normalize_node_url(host)
             except ValueError as exc:
                 raise ConfigError(f"{path}:{number}", "hosts_file", str(exc)) from exc
             nodes.append(NodeConfig(url=url, name=urlsplit(url).netloc))
+            declared.append((f"{path}:{number}", "hosts_file"))
     for what in ("name", "url"):
         seen: set[str] = set()
-        for i, node in enumerate(nodes):
+        for node, (origin, key) in zip(nodes, declared, strict=True):
             value = getattr(node, what)
             if value in seen:
-                raise layers.error(f"nodes[{i}].{what}", f"duplicate node {what} {value!r}")
+                raise ConfigError(
+                    origin,
+                    f"{key}.{what}" if key != "hosts_file" else key,
+                    f"duplicate node {what} {value!r}",
+                )
             seen.add(value)
     if not nodes:
         raise layers.error(

@@ -15,6 +15,7 @@ from .affinity import PromptCache
 from .fleet import Fleet, NodeState
 from .learning import Learner, parse_timings
 from .routing.analysis import RequestProfile
+from .snapshot import planned_victims
 
 
 class Attempt:
@@ -26,6 +27,7 @@ class Attempt:
         self.started = time.monotonic()
         self.first_byte_at: float | None = None
         self.cold = False  # the model was not resident here when the request was sent
+        self.loads_ahead = 0  # loads this node was already busy with when it was sent
         self.load_pending = False  # counted in node.loads_pending until the first byte
 
     def first_byte(self, status: int) -> None:
@@ -61,6 +63,9 @@ class DispatchObserver:
         model = self.profile.model
         attempt = Attempt(self, node)
         attempt.cold = attempt.load_pending = not node.is_resident(model)
+        attempt.loads_ahead = node.loads_pending
+        if attempt.cold:
+            self._evict(node, planned_victims(node, model, self.learner))
         async with self.fleet.lease(node, model):
             if attempt.load_pending:
                 node.loads_pending += 1
@@ -69,6 +74,15 @@ class DispatchObserver:
             finally:
                 if attempt.load_pending:
                     node.loads_pending -= 1
+
+    def _evict(self, node: NodeState, models: list[str]) -> None:
+        """The load this request causes will unload these: stop routing to them there now,
+        rather than after the next /api/ps."""
+        for model in models:
+            node.loaded.pop(model, None)
+            node.recent.pop(model, None)
+            node.runner_options.pop(model, None)
+        self.cache.forget(node.name, models)
 
     def first_byte(self, attempt: Attempt, status: int) -> None:
         node, model = attempt.node, self.profile.model
@@ -98,7 +112,9 @@ class DispatchObserver:
             profile.model,
             profile.task,
             parse_timings(tail),
-            was_resident=not attempt.cold,
+            # Ollama's load_duration includes waiting behind other loads: only a load that had
+            # none ahead of it measures the load itself.
+            clean_load=attempt.cold and attempt.loads_ahead == 0,
             cached_tokens=self.cached_tokens.get(node.name, 0),
             ttft_s=(attempt.first_byte_at - attempt.started)
             if profile.stream and attempt.first_byte_at

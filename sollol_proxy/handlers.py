@@ -64,7 +64,10 @@ class OllamaHandler:
         return response
 
     async def _dispatch(self, request: web.Request, request_id: str) -> web.StreamResponse:
-        route, param = classify(request.method, request.path)
+        # aiohttp resolves `..` and `//` in request.path; Ollama redirects those, so an unclean
+        # path goes to a node untouched instead of matching a fleet view.
+        raw = request.raw_path.split("?", 1)[0]
+        route, param = classify(request.method, request.path if raw == request.path else raw)
         kind = route.kind
         pinned = request.headers.get("X-Sollol-Node")
         if kind is Kind.ROOT:
@@ -89,11 +92,16 @@ class OllamaHandler:
                 "blob: " + ("pinned" if pinned else "placement node (first healthy node)"),
             )
             upload = request.content if request.method == "POST" else None
-            return await self.forwarder.forward(request, upload, [target], request_id)
+            return await self.forwarder.forward(
+                request, upload, [target], request_id, first_byte=None
+            )
 
         body = await read_body(request, self.config.max_body_bytes)
-        seen = peek(route, body, request.headers.get("Content-Type", ""), param)
+        seen = peek(route, body, request.headers, param)
         forwarded_body = body or None
+        # A streamed answer starts with its first token; a non-streamed one only comes when the
+        # whole generation is done, so only streams get a first-byte bound.
+        first_byte = self.config.timeouts.first_byte if seen.stream else None
         if kind in (Kind.MODEL, Kind.MODEL_PATH):
             priority = read_priority(request)
             model = normalize_model(seen.model) if seen.model.strip() else ""
@@ -108,7 +116,7 @@ class OllamaHandler:
                 plan.decision,
             )
             return await self.forwarder.forward(
-                request, forwarded_body, plan.targets, request_id, observer
+                request, forwarded_body, plan.targets, request_id, observer, first_byte=first_byte
             )
         if kind in _MANAGEMENT:
             payload = seen.payload or {}
@@ -131,4 +139,6 @@ class OllamaHandler:
             targets = [Target(node, "pinned by X-Sollol-Node") for node in pinned_nodes]
         else:
             targets = self.selector.any_node(request_id, "not model-specific")
-        return await self.forwarder.forward(request, forwarded_body, targets, request_id)
+        return await self.forwarder.forward(
+            request, forwarded_body, targets, request_id, first_byte=self.config.timeouts.first_byte
+        )

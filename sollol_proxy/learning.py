@@ -10,6 +10,7 @@ its configured priors stand in.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 # Weight of a new sample in the moving averages: recent behaviour dominates within ~5 samples.
@@ -112,6 +113,8 @@ class Learner:
         self._pairs: dict[tuple[str, str], PairStats] = {}
         self._nodes: dict[str, NodeStats] = {}
         self._outputs: dict[tuple[str, str], Average] = {}
+        self._model_load: dict[str, Average] = {}  # load time of a model on any node
+        self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
 
     def _pair(self, node: str, model: str) -> PairStats:
         stats = self._pairs.get((node, model))
@@ -139,10 +142,35 @@ class Learner:
         return self._pair(node, model).decode_tps.get(fallback)
 
     def load_s(self, node: str, model: str, size_bytes: int) -> float:
+        """Learned on this node; else as long as it took on other nodes; else the prior."""
         priors = self.priors(node)
-        return self._pair(node, model).load_s.get(
-            priors.load_seconds + size_bytes / priors.load_bytes_per_s
+        elsewhere = self._model_load.get(model)
+        fallback = (
+            elsewhere.get(0.0)
+            if elsewhere and elsewhere.samples
+            else (priors.load_seconds + size_bytes / priors.load_bytes_per_s)
         )
+        return self._pair(node, model).load_s.get(fallback)
+
+    def observe_request(self, model: str, now: float | None = None) -> None:
+        """A request for `model` arrived: its popularity prices what evicting it would cost."""
+        now = time.monotonic() if now is None else now
+        last, interval = self._arrivals.get(model, (None, Average()))
+        if last is not None:
+            interval.add(now - last)
+        self._arrivals[model] = (now, interval)
+
+    def _rate(self, model: str, now: float) -> float:
+        last, interval = self._arrivals.get(model, (None, Average()))
+        if last is None or not interval.samples:
+            return 0.0
+        return 1.0 / max(interval.value, now - last, 1e-3)
+
+    def demand(self, model: str, now: float | None = None) -> float:
+        """How wanted `model` is compared with the most requested model, 0..1."""
+        now = time.monotonic() if now is None else now
+        top = max((self._rate(m, now) for m in self._arrivals), default=0.0)
+        return self._rate(model, now) / top if top else 1.0
 
     def ttft_s(self, node: str, model: str) -> float | None:
         stats = self._pairs.get((node, model))
@@ -172,20 +200,23 @@ class Learner:
         task: str,
         timings: Timings | None,
         *,
-        was_resident: bool,
+        clean_load: bool,
         cached_tokens: int,
         ttft_s: float | None,
         elapsed_s: float,
     ) -> None:
         pair, stats = self._pair(node, model), self._node(node)
         stats.success.add(1.0)
-        pair.service_s.add(elapsed_s)
         if ttft_s is not None:
             pair.ttft_s.add(ttft_s)
         if timings is None:
+            pair.service_s.add(elapsed_s)
             return
-        if not was_resident and timings.load_s >= LOAD_THRESHOLD_S:
+        # A slot is held for the prompt evaluation and the generation, not for the load.
+        pair.service_s.add(timings.prompt_s + timings.output_s if timings.output_s else elapsed_s)
+        if clean_load and timings.load_s >= LOAD_THRESHOLD_S:
             pair.load_s.add(timings.load_s)
+            self._model_load.setdefault(model, Average()).add(timings.load_s)
         uncached = timings.prompt_tokens - cached_tokens
         # Only prompts that were mostly evaluated give a clean prefill speed (reference 5.6:
         # prompt_eval_duration covers the uncached part only).

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from . import gojson
-from .config import Config, Timeouts
+from .config import Config
 from .fleet import Fleet, NodeState, describe_error
 from .headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, downstream_response_headers
 from .upstream import Opened, UpstreamFailure, open_upstream
@@ -28,6 +28,8 @@ log = logging.getLogger("sollol.management")
 
 NDJSON = "application/x-ndjson"
 SUCCESS_MARK = b'"status":"success"'
+# A secondary node's progress is only read for its last line; no line is longer than this.
+MAX_LINE = 1 << 20
 
 
 @dataclass(slots=True)
@@ -55,12 +57,9 @@ class Management:
     def __init__(self, config: Config, session: aiohttp.ClientSession, fleet: Fleet) -> None:
         self._session = session
         self._fleet = fleet
-        # A non-streamed pull or create answers only when done, which may take hours.
-        self._timeouts = Timeouts(
-            connect=config.timeouts.connect,
-            first_byte=float("inf"),
-            idle_read=config.timeouts.idle_read,
-        )
+        # Progress lines come every few hundred milliseconds; silence this long means a hung node.
+        # (No first-byte bound: a non-streamed pull or create answers only when done.)
+        self._idle_read = config.timeouts.idle_read
 
     async def run(
         self,
@@ -88,9 +87,7 @@ class Management:
         try:
             async with self._fleet.lease(primary):
                 try:
-                    opened = await open_upstream(
-                        self._session, request, primary, body, self._timeouts
-                    )
+                    opened = await open_upstream(self._session, request, primary, body, None)
                 except UpstreamFailure as exc:
                     if exc.node_down:
                         self._fleet.mark_failed(primary, exc.reason)
@@ -103,7 +100,14 @@ class Management:
                 try:
                     if _is_ndjson(upstream) and upstream.status == 200:
                         return await self._relay_stream(request, opened, background, nodes, routing)
-                    first_body = opened.first_chunk + await upstream.content.read()
+                    try:
+                        first_body = await self._rest(upstream, opened.first_chunk)
+                    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                        outcomes = [
+                            Outcome(primary, 502, describe_error(exc)),
+                            *await self._finish(background, nodes),
+                        ]
+                        return self._merged(request, None, b"", outcomes, routing)
                 finally:
                     upstream.close()
             outcome = Outcome(
@@ -131,27 +135,47 @@ class Management:
         """Run the operation on a secondary node and keep only how it ended."""
         async with self._fleet.lease(node):
             try:
-                opened = await open_upstream(self._session, request, node, body, self._timeouts)
+                opened = await open_upstream(self._session, request, node, body, None)
             except UpstreamFailure as exc:
                 if exc.node_down:
                     self._fleet.mark_failed(node, exc.reason)
                 return Outcome(node, 502, exc.reason)
             upstream = opened.response
             try:
-                data = opened.first_chunk + await upstream.content.read()
-            except (aiohttp.ClientError, OSError) as exc:
+                last = await self._last_line(upstream, opened.first_chunk)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 return Outcome(node, 502, describe_error(exc))
             finally:
                 upstream.close()
         if upstream.status >= 400:
-            return Outcome(node, upstream.status, _error_of(data) or data.decode(errors="replace"))
-        if _is_ndjson(upstream):
-            last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-            if SUCCESS_MARK not in last:
-                return Outcome(
-                    node, upstream.status, _error_of(last) or "stream ended without success"
-                )
+            return Outcome(node, upstream.status, _error_of(last) or last.decode(errors="replace"))
+        if _is_ndjson(upstream) and SUCCESS_MARK not in last:
+            return Outcome(node, upstream.status, _error_of(last) or "stream ended without success")
         return Outcome(node, upstream.status, None)
+
+    async def _rest(self, upstream: aiohttp.ClientResponse, first: bytes) -> bytes:
+        """A non-streamed answer (a short JSON body): everything after its first chunk."""
+        chunks = [first]
+        while chunk := await self._read(upstream):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _read(self, upstream: aiohttp.ClientResponse) -> bytes:
+        async with asyncio.timeout(self._idle_read):
+            return await upstream.content.readany()
+
+    async def _last_line(self, upstream: aiohttp.ClientResponse, first: bytes) -> bytes:
+        """Read a response to its end, keeping only its last line (or all of a one-line body)."""
+        last, pending = b"", first
+        while True:
+            if b"\n" in pending:
+                complete, _, pending = pending.rpartition(b"\n")
+                last = complete.rsplit(b"\n", 1)[-1] or last
+            pending = pending[-MAX_LINE:]
+            chunk = await self._read(upstream)
+            if not chunk:
+                return pending if pending.strip() else last
+            pending += chunk
 
     async def _relay_stream(
         self,
@@ -183,11 +207,11 @@ class Management:
                     if line_error is not None:
                         primary_error, error_line_sent = line_error, True
                     await response.write(line)
-                chunk = await upstream.content.readany()
+                chunk = await self._read(upstream)
                 if not chunk:
                     break
                 pending += chunk
-        except (aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             primary_error = f"stream broke: {describe_error(exc)}"
             self._fleet.mark_failed(primary, primary_error)
             pending = b"\n" if pending else b""

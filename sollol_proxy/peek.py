@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,13 +78,38 @@ def multipart_field(body: bytes, content_type: str, name: str) -> str:
     return ""
 
 
-def peek(route: Route, body: bytes, content_type: str, path_param: str = "") -> Peek:
+# Bound on what a compressed body may inflate to while the proxy looks for the model in it.
+MAX_DECODED_PEEK = 64 * 2**20
+
+
+def decoded_for_peek(body: bytes, encoding: str) -> bytes | None:
+    """The body as JSON text, for reading the model only; the node still gets the original bytes.
+
+    gzip and deflate come with Python; zstd and br bodies (Ollama accepts zstd on /v1/responses)
+    cannot be read here, so such a request is routed without knowing its model.
+    """
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    for wbits in (47, -15):  # gzip or zlib header, then raw deflate
+        try:
+            return zlib.decompressobj(wbits).decompress(body, MAX_DECODED_PEEK)
+        except zlib.error:
+            continue
+    return None
+
+
+def peek(route: Route, body: bytes, headers: Mapping[str, str], path_param: str = "") -> Peek:
+    content_type = headers.get("Content-Type", "")
     payload: dict[str, Any] | None = None
     model = path_param
+    text = decoded_for_peek(body, headers.get("Content-Encoding", "")) if body else b""
     if content_type.lower().startswith("multipart/form-data"):
-        model = model or multipart_field(body, content_type, "model")
-    elif body:
-        value = first_json_value(body)
+        model = model or multipart_field(text or b"", content_type, "model")
+    elif text:
+        value = first_json_value(text)
         payload = value if isinstance(value, dict) else None
     if payload is not None and not model:
         for field in route.model_fields:

@@ -64,6 +64,8 @@ class Forwarder:
         targets: Sequence[Target],
         request_id: str,
         observer: DispatchObserver | None = None,
+        *,
+        first_byte: float | None,
     ) -> web.StreamResponse:
         replayable = isinstance(body, bytes | None)
         attempts = list(targets[: self._config.max_attempts if replayable else 1])
@@ -72,9 +74,7 @@ class Forwarder:
             node = target.node
             async with self._attempt(node, observer) as attempt:
                 try:
-                    opened = await open_upstream(
-                        self._session, request, node, body, self._config.timeouts
-                    )
+                    opened = await open_upstream(self._session, request, node, body, first_byte)
                 except UpstreamFailure as exc:
                     if attempt is not None:
                         attempt.failed()

@@ -18,7 +18,7 @@ from .learning import Learner
 from .proxy import Target
 from .routing import STRATEGIES, RouteRequest, Strategy, make_strategy
 from .routing.analysis import RequestProfile
-from .snapshot import node_view
+from .snapshot import node_view, replica_counts
 
 ALL_NODES = "all"
 
@@ -74,6 +74,8 @@ class Selector:
                 )
             return self._healthy()
         names = [part.strip() for part in value.split(",") if part.strip()]
+        if not names:
+            raise NoTarget(400, f"{NODE_HEADER} names no node")
         unknown = [name for name in names if name not in self._fleet.nodes]
         if unknown:
             known = ", ".join(self._fleet.nodes)
@@ -107,7 +109,11 @@ class Selector:
         model = profile.model
         slots = {n.name: n.config.num_parallel for n in nodes}
         cached = self._prompt_cache.cached_tokens(model, profile.prefix_keys, slots)
-        views = [node_view(n, profile, self._learner, cached.get(n.name, 0)) for n in nodes]
+        self._learner.observe_request(model)
+        replicas = replica_counts(self._fleet.healthy())
+        views = [
+            node_view(n, profile, self._learner, cached.get(n.name, 0), replicas) for n in nodes
+        ]
         strategy = self.strategy_for(model)
         request = RouteRequest(
             model=model,

@@ -28,7 +28,9 @@ async def start_proxy(config: Config) -> RunningProxy:
     app = await create_app(config)
     # handler_cancellation: a client that disconnects cancels its handler at once, which closes
     # the upstream request and frees the node's slot (reference 1.4).
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # auto_decompress=False: a compressed request body is forwarded as the client's bytes, with
+    # its Content-Encoding, for the node to accept or refuse as Ollama does.
+    runner = web.AppRunner(app, handler_cancellation=True, auto_decompress=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from .fleet import NodeState
 from .learning import Learner
 from .routing import NodeView
 from .routing.analysis import RequestProfile
-from .routing.eviction import Runner, eviction_cost
+from .routing.eviction import Runner, eviction_cost, victims
 from .views import timestamp_ns
 
 
@@ -17,9 +18,13 @@ def _size(item: Mapping[str, object] | None) -> int:
     return size if isinstance(size, int) else 0
 
 
-def runners(node: NodeState, learner: Learner, exclude: str) -> list[Runner]:
-    """The models loaded on `node` other than `exclude`, as eviction candidates."""
+def runners(
+    node: NodeState, learner: Learner, exclude: str, replicas: Mapping[str, int] | None = None
+) -> list[Runner]:
+    """The models loaded on `node` other than `exclude`, as eviction candidates. A model also
+    loaded on other nodes (`replicas`: model -> nodes holding it) is cheaper to lose here."""
     slots = node.config.num_parallel
+    now_ns = time.time_ns()
     result = []
     for model in node.loaded.keys() | node.recent.keys():
         if model == exclude:
@@ -33,16 +38,21 @@ def runners(node: NodeState, learner: Learner, exclude: str) -> list[Runner]:
                 model=model,
                 size=size,
                 in_flight=in_flight,
-                expires_ns=timestamp_ns(item.get("expires_at")) if item else 2**62,
+                expires_ns=timestamp_ns(item.get("expires_at")) - now_ns if item else 0,
                 load_s=learner.load_s(node.name, model, size),
                 drain_s=in_flight / slots * learner.service_s(node.name, model),
+                demand=learner.demand(model) / max(1, (replicas or {}).get(model, 1)),
             )
         )
     return result
 
 
 def node_view(
-    node: NodeState, profile: RequestProfile, learner: Learner, cached_tokens: int
+    node: NodeState,
+    profile: RequestProfile,
+    learner: Learner,
+    cached_tokens: int,
+    replicas: Mapping[str, int],
 ) -> NodeView:
     model, name = profile.model, node.name
     resident = node.is_resident(model)
@@ -51,7 +61,7 @@ def node_view(
     evict = 0.0
     if not (resident and options_match):
         evict = eviction_cost(
-            runners(node, learner, exclude=model),
+            runners(node, learner, exclude=model, replicas=replicas),
             size,
             node.config.vram_bytes,
             node.config.max_loaded_models,
@@ -72,3 +82,24 @@ def node_view(
         evict_s=evict,
         success=learner.success(name),
     )
+
+
+def planned_victims(node: NodeState, model: str, learner: Learner) -> list[str]:
+    """The models Ollama will unload on `node` to load `model` there."""
+    need = _size(node.models.get(model))
+    chosen = victims(
+        runners(node, learner, exclude=model),
+        need,
+        node.config.vram_bytes,
+        node.config.max_loaded_models,
+    )
+    return [runner.model for runner in chosen]
+
+
+def replica_counts(nodes: list[NodeState]) -> dict[str, int]:
+    """Model -> how many of these nodes hold it loaded."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        for model in node.loaded.keys() | node.recent.keys():
+            counts[model] = counts.get(model, 0) + 1
+    return counts

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
 import aiohttp
+import yarl
 from aiohttp import web
 
-from .config import Timeouts
 from .fleet import NodeState, describe_error
 from .headers import upstream_request_headers
 
@@ -43,9 +42,12 @@ async def open_upstream(
     request: web.Request,
     node: NodeState,
     body: Body,
-    timeouts: Timeouts,
+    first_byte: float | None,
 ) -> Opened:
     """Send the request and wait for the first body bytes (Ollama sends headers with them).
+
+    `first_byte` bounds that wait, or None for no bound: a non-streamed answer only comes when
+    the whole generation is done, and an upload's answer only after the upload.
 
     Waiting for the first chunk before answering the client is what makes failover safe: until
     then the client has received nothing, so another node can still take the request.
@@ -53,11 +55,11 @@ async def open_upstream(
     headers = upstream_request_headers(request.headers, node.config, client_ip(request))
     if not isinstance(body, bytes | None) and request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)
-    url = node.config.url + request.raw_path
+    # encoded=True: the path goes out exactly as the client wrote it (yarl would resolve `..`).
+    url = yarl.URL(node.config.url + request.raw_path, encoded=True)
     response: aiohttp.ClientResponse | None = None
     try:
-        limit = None if math.isinf(timeouts.first_byte) else timeouts.first_byte
-        async with asyncio.timeout(limit):
+        async with asyncio.timeout(first_byte):
             response = await session.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False
             )
@@ -66,7 +68,7 @@ async def open_upstream(
         if response is not None:
             response.close()
         raise UpstreamFailure(
-            f"no response within {timeouts.first_byte:g}s", node_down=False, timed_out=True
+            f"no response within {first_byte:g}s", node_down=False, timed_out=True
         ) from exc
     except (aiohttp.ClientError, OSError) as exc:
         if response is not None:

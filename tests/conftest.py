@@ -63,10 +63,7 @@ async def cluster() -> AsyncIterator[ClusterFactory]:
             nodes.append(node)
         overrides = {
             **TEST_SETTINGS,
-            "nodes": [
-                {"url": n.url, "name": n.name, "num_parallel": spec.get("num_parallel", 1)}
-                for n, spec in zip(nodes, node_specs, strict=True)
-            ],
+            "nodes": [_node_config(n, spec) for n, spec in zip(nodes, node_specs, strict=True)],
             **{k.replace("__", "."): v for k, v in settings.items()},
         }
         config = load_config(None, env={}, overrides=overrides)
@@ -80,6 +77,16 @@ async def cluster() -> AsyncIterator[ClusterFactory]:
         await made.proxy.stop()
         for node in made.nodes:
             await node.stop()
+
+
+def _node_config(node: SimulatedNode, spec: dict[str, Any]) -> dict[str, Any]:
+    """What an operator would write in sollol.yaml for this node."""
+    config = {"url": node.url, "name": node.name, "num_parallel": spec.get("num_parallel", 1)}
+    if "max_loaded_models" in spec:
+        config["max_loaded_models"] = spec["max_loaded_models"]
+    if "vram_bytes" in spec:
+        config["vram"] = spec["vram_bytes"]
+    return config
 
 
 @pytest.fixture

@@ -117,6 +117,32 @@ def test_hosts_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
         ("nodes: [a\n", {}, "sollol.yaml: line 2: invalid YAML"),
         ("- a\n", {}, "sollol.yaml: the top level must be a mapping"),
         ("nodes: [a]\nhosts_file: missing.txt\n", {}, "sollol.yaml: hosts_file: cannot read"),
+        (
+            "nodes: [{url: a, headers: {Bad Name: x}}]\n",
+            {},
+            "sollol.yaml: nodes[0].headers.Bad Name: is not a valid header name",
+        ),
+        (
+            'nodes: [{url: a, headers: {X-Key: "a\\nb"}}]\n',
+            {},
+            "sollol.yaml: nodes[0].headers.X-Key: must not contain line breaks",
+        ),
+        ("nodes: [{url: a, vram: lots}]\n", {}, "sollol.yaml: nodes[0].vram: expected a byte size"),
+        (
+            "nodes: [{url: a, priors: {decode_tokens_per_s: 0}}]\n",
+            {},
+            "sollol.yaml: nodes[0].priors.decode_tokens_per_s: expected a positive number",
+        ),
+        (
+            "nodes: [a]\nrouting: {priors: {speed: 1}}\n",
+            {},
+            "sollol.yaml: routing.priors.speed: unknown prior",
+        ),
+        (
+            "nodes: [a]\nrouting: {models: {llama3.2: fastest}}\n",
+            {},
+            "sollol.yaml: routing.models.llama3.2: unknown strategy 'fastest'",
+        ),
     ],
 )
 def test_errors_name_origin_key_and_problem(
@@ -133,6 +159,39 @@ def test_bad_line_in_hosts_file_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "hosts_file: hosts.txt\n")
     with pytest.raises(ConfigError, match=r"hosts.txt:2: hosts_file: expected one host per line"):
         load_config(path, env={})
+
+
+def test_duplicate_in_hosts_file_names_the_file_and_line(tmp_path: Path) -> None:
+    write(tmp_path, "gpu1\n# again\ngpu1:11434\n", "hosts.txt")
+    path = write(tmp_path, "hosts_file: hosts.txt\n")
+    with pytest.raises(
+        ConfigError, match=r"hosts.txt:3: hosts_file: duplicate node name 'gpu1:11434'"
+    ):
+        load_config(path, env={})
+
+
+def test_routing_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+nodes:
+  - {url: a, vram: 24GiB, max_loaded_models: 2, priors: {decode_tokens_per_s: 90}}
+  - b
+routing:
+  strategy: least_loaded
+  models: {llama3.2: round_robin}
+  priors: {prefill_tokens_per_s: 2000}
+""",
+    )
+    config = load_config(path, env={})
+    a, b = config.nodes
+    assert (a.vram_bytes, a.max_loaded_models, b.vram_bytes) == (24 * 2**30, 2, None)
+    assert a.priors is not None and a.priors.decode_tokens_per_s == 90
+    assert a.priors.prefill_tokens_per_s == 2000  # a node's priors start from the global ones
+    assert config.strategy == "least_loaded" and dict(config.model_strategies) == {
+        "llama3.2:latest": "round_robin"
+    }
+    assert load_config(None, env={"SOLLOL_NODES": "x"}).strategy == "performance"
 
 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:

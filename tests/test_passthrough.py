@@ -222,3 +222,52 @@ async def test_body_over_the_limit_is_refused_in_ollama_form(
     assert made.nodes[0].requests == [] or all(
         r.path != "/api/chat" for r in made.nodes[0].requests
     )
+
+
+async def test_compressed_request_bodies_pass_through_untouched(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    import gzip
+
+    made = await cluster(dict(name="a", models=["llama3.2:latest"]))
+    raw = b'{"model":"llama3.2","messages":[],"stream":false}'
+    packed = gzip.compress(raw)
+    headers = {"Content-Encoding": "gzip"}
+    async with http.post(made.url + "/api/chat", data=packed, headers=headers) as response:
+        # The proxy read the model for routing, but the node got the client's own bytes.
+        assert response.headers["X-Sollol-Route"].startswith("performance: ")
+    seen = made.node("a").requests[-1]
+    assert seen.body == packed and seen.headers["Content-Encoding"] == "gzip"
+    async with http.post(made.node("a").url + "/api/chat", data=packed, headers=headers) as direct:
+        assert (direct.status, await direct.read()) == (response.status, await response.read())
+
+
+async def test_no_headers_are_added_on_the_way_to_the_node(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=["llama3.2:latest"]))
+    async with http.post(
+        made.url + "/api/show",
+        data=b'{"model":"llama3.2"}',
+        skip_auto_headers=["Accept", "Accept-Encoding", "User-Agent", "Content-Type"],
+    ) as response:
+        assert response.status == 200
+    seen = made.node("a").requests[-1].headers
+    assert {k.lower() for k in seen} == {"host", "content-length", "x-forwarded-for"}
+
+
+async def test_unclean_paths_get_ollamas_own_redirect(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    import yarl
+
+    made = await cluster(dict(name="a", models=["llama3.2:latest"]))
+    url = yarl.URL(made.url + "/api/../api/tags", encoded=True)
+    async with http.get(url, allow_redirects=False) as response:
+        direct_url = yarl.URL(made.node("a").url + "/api/../api/tags", encoded=True)
+        async with http.get(direct_url, allow_redirects=False) as direct:
+            assert (response.status, response.headers.get("Location")) == (
+                direct.status,
+                direct.headers.get("Location"),
+            )
+            assert response.status == 301

@@ -179,3 +179,44 @@ async def test_client_disconnect_while_waiting_for_the_first_byte(
     await eventually(
         lambda: node.in_flight() == 0 and made.fleet.nodes["a"].in_flight == 0, within=3
     )
+
+
+async def test_non_streamed_answers_may_take_longer_than_the_first_byte_timeout(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=["llama3.2:latest"]), timeouts__first_byte=0.3)
+    made.node("a").faults.first_byte_delay = 0.8
+    body = b'{"model":"llama3.2","messages":[{"role":"user","content":"x"}],"stream":false}'
+    async with http.post(made.url + "/api/chat", data=body) as response:
+        assert response.status == 200
+    assert len([r for r in made.node("a").requests if r.path == "/api/chat"]) == 1  # not replayed
+
+
+async def test_slow_blob_upload_is_not_cut_by_the_first_byte_timeout(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    import hashlib
+
+    made = await cluster(dict(name="a", models=[]), timeouts__first_byte=0.3)
+    payload = b"y" * 40_000
+    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+
+    async def slowly():  # type: ignore[no-untyped-def]
+        for i in range(0, len(payload), 10_000):
+            await asyncio.sleep(0.2)
+            yield payload[i : i + 10_000]
+
+    async with http.post(f"{made.url}/api/blobs/{digest}", data=slowly()) as response:
+        assert response.status == 201
+
+
+async def test_an_empty_pin_is_a_clear_400(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=["llama3.2:latest"]))
+    for path, method in (("/api/chat", "POST"), ("/api/delete", "DELETE")):
+        async with http.request(
+            method, made.url + path, data=b'{"model":"llama3.2"}', headers={"X-Sollol-Node": " , "}
+        ) as r:
+            assert r.status == 400
+            assert orjson.loads(await r.read()) == {"error": "X-Sollol-Node names no node"}

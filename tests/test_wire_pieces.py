@@ -46,17 +46,22 @@ def test_first_json_value_ignores_trailing_bytes_like_go() -> None:
 
 def test_peek_finds_the_model_where_each_route_keeps_it() -> None:
     pull, _ = classify("POST", "/api/pull")
-    assert peek(pull, b'{"name":"llama3.2","stream":false}', "application/json").model == "llama3.2"
+    assert (
+        peek(
+            pull, b'{"name":"llama3.2","stream":false}', {"Content-Type": "application/json"}
+        ).model
+        == "llama3.2"
+    )
     copy, _ = classify("POST", "/api/copy")
-    assert peek(copy, b'{"source":"a","destination":"b"}', "").model == "a"
+    assert peek(copy, b'{"source":"a","destination":"b"}', {}).model == "a"
     route, param = classify("GET", "/v1/models/llama3.2:latest")
-    assert route.kind is Kind.MODEL_PATH and peek(route, b"", "", param).model == "llama3.2:latest"
+    assert route.kind is Kind.MODEL_PATH and peek(route, b"", {}, param).model == "llama3.2:latest"
     chat, _ = classify("POST", "/api/chat")
-    seen = peek(chat, b'{"model":"m","messages":[]}', "")
+    seen = peek(chat, b'{"model":"m","messages":[]}', {})
     assert (seen.model, seen.stream, seen.payload) == ("m", True, {"model": "m", "messages": []})
     v1, _ = classify("POST", "/v1/chat/completions")
-    assert peek(v1, b'{"model":"m"}', "").stream is False
-    assert peek(chat, b"not json", "").payload is None
+    assert peek(v1, b'{"model":"m"}', {}).stream is False
+    assert peek(chat, b"not json", {}).payload is None
 
 
 def test_multipart_model_field() -> None:
@@ -66,7 +71,10 @@ def test_multipart_model_field() -> None:
     )
     assert multipart_field(body, "multipart/form-data; boundary=XyZ", "model") == "whisper:small"
     route, _ = classify("POST", "/v1/audio/transcriptions")
-    assert peek(route, body, "multipart/form-data; boundary=XyZ").model == "whisper:small"
+    assert (
+        peek(route, body, {"Content-Type": "multipart/form-data; boundary=XyZ"}).model
+        == "whisper:small"
+    )
 
 
 def test_unknown_paths_and_wrong_methods_are_forwarded_as_is() -> None:

@@ -1,0 +1,56 @@
+"""How long one routing decision takes: each strategy's rank() over prebuilt snapshots."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from ..routing import NodeView, RouteRequest, make_strategy
+
+STRATEGIES = ("performance", "least_loaded", "round_robin", "random")
+
+
+def _views(count: int, rng: random.Random) -> list[NodeView]:
+    return [
+        NodeView(
+            name=f"node-{i}",
+            in_flight=rng.randint(0, 8),
+            num_parallel=rng.choice((1, 2, 4)),
+            resident=rng.random() < 0.5,
+            model_in_flight=rng.randint(0, 4),
+            options_match=rng.random() < 0.9,
+            cached_tokens=rng.choice((0, 0, 512, 2048)),
+            loads_pending=rng.randint(0, 1),
+            prefill_tps=rng.uniform(500, 5000),
+            decode_tps=rng.uniform(10, 120),
+            load_s=rng.uniform(1, 20),
+            service_s=rng.uniform(0.5, 10),
+            evict_s=rng.choice((0.0, 0.0, 3.0)),
+            success=rng.uniform(0.8, 1.0),
+        )
+        for i in range(count)
+    ]
+
+
+def measure(strategy_name: str, nodes: int, decisions: int, seed: int = 1) -> float:
+    """Microseconds per decision."""
+    rng = random.Random(seed)
+    snapshots = [_views(nodes, rng) for _ in range(64)]
+    strategy = make_strategy(strategy_name)
+    request = RouteRequest(model="m", request_id="r", prompt_tokens=1500, expected_output=200)
+    start = time.perf_counter()
+    for i in range(decisions):
+        strategy.rank(request, snapshots[i % len(snapshots)])
+    return (time.perf_counter() - start) / decisions * 1e6
+
+
+def run(decisions: int = 20000) -> None:
+    print(
+        "| strategy | 10 nodes (us/decision) | 100 nodes (us/decision) | 10 nodes vs least_loaded |"
+    )
+    print("|---|---|---|---|")
+    baseline = measure("least_loaded", 10, decisions)
+    for name in STRATEGIES:
+        ten = baseline if name == "least_loaded" else measure(name, 10, decisions)
+        hundred = measure(name, 100, max(1, decisions // 10))
+        print(f"| {name} | {ten:.1f} | {hundred:.1f} | {ten / baseline:.2f}x |")

@@ -1,0 +1,110 @@
+"""The performance scorer's choices in the situations that matter. Pure: no event loop."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sollol_proxy.routing import NodeView, RouteRequest, make_strategy
+from sollol_proxy.routing.eviction import Runner, eviction_cost, victims
+from sollol_proxy.routing.performance import estimate
+
+REQUEST = RouteRequest(
+    model="llama3.2:latest", request_id="r", prompt_tokens=3000, expected_output=200
+)
+BASE = NodeView(
+    name="base",
+    in_flight=0,
+    num_parallel=2,
+    resident=True,
+    prefill_tps=2000,
+    decode_tps=40,
+    load_s=8.0,
+    service_s=6.0,
+)
+
+
+def node(name: str, **changes: object) -> NodeView:
+    return replace(BASE, name=name, **changes)
+
+
+def ranked(*views: NodeView, request: RouteRequest = REQUEST) -> list[str]:
+    return [c.node for c in make_strategy("performance").rank(request, views)]
+
+
+def test_resident_beats_cold() -> None:
+    assert ranked(node("cold", resident=False), node("warm")) == ["warm", "cold"]
+    est = estimate(node("cold", resident=False, loads_pending=1), REQUEST)
+    assert est.load == 16.0  # queued behind the load already under way: loads are one at a time
+
+
+def test_cached_prefix_beats_none() -> None:
+    order = ranked(node("plain"), node("cached", cached_tokens=2800))
+    assert order == ["cached", "plain"]
+    est = estimate(node("cached", cached_tokens=2800), REQUEST)
+    assert est.prefill == 200 / 2000
+
+
+def test_fast_node_beats_slow_one() -> None:
+    assert ranked(node("slow", decode_tps=20), node("fast", decode_tps=90)) == ["fast", "slow"]
+
+
+def test_saturated_affinity_node_loses_to_a_free_one() -> None:
+    # The conversation's cache is on a node whose slots are all taken with long requests.
+    busy = node("affinity", cached_tokens=2800, in_flight=4, model_in_flight=4, service_s=20)
+    free = node("free")
+    order = ranked(busy, free)
+    assert order == ["free", "affinity"]
+    assert estimate(busy, REQUEST).wait == 30.0  # 3 requests ahead of it on 2 slots
+
+
+def test_near_ties_go_to_the_less_loaded_node() -> None:
+    # Affinity saves a little, not enough to pile onto the busier node.
+    busier = node("busier", cached_tokens=100, in_flight=1, model_in_flight=1)
+    calmer = node("calmer")
+    assert ranked(busier, calmer) == ["calmer", "busier"]
+
+
+def test_options_mismatch_costs_a_reload_after_draining() -> None:
+    mismatch = node("mismatch", options_match=False, model_in_flight=2, in_flight=2)
+    est = estimate(mismatch, REQUEST)
+    assert est.load == 8.0 + 6.0  # drain the runner, then load it again
+    assert ranked(mismatch, node("cold", resident=False)) == ["cold", "mismatch"]
+
+
+def test_failing_node_is_priced_by_its_success_rate() -> None:
+    flaky = node("flaky", success=0.5)
+    assert ranked(flaky, node("steady", decode_tps=30)) == ["steady", "flaky"]
+    assert estimate(flaky, REQUEST).total == 2 * estimate(node("x"), REQUEST).total
+
+
+def test_evicting_a_busy_popular_model_is_expensive() -> None:
+    idle = node("evicts-idle", resident=False, evict_s=1.0)
+    busy = node("evicts-busy", resident=False, evict_s=20.0)
+    assert ranked(busy, idle) == ["evicts-idle", "evicts-busy"]
+
+
+def test_reason_names_residency_cache_and_the_alternative() -> None:
+    choices = make_strategy("performance").rank(
+        REQUEST, [node("a", cached_tokens=1800), node("b", resident=False)]
+    )
+    assert choices[0].reason.startswith("resident, 1.8k cached tokens, est ")
+    assert " vs " in choices[0].reason
+    assert choices[1].reason.startswith("cold load 8.0s")
+    assert choices[0].estimate is not None and choices[0].estimate.total < choices[1].estimate.total
+
+
+def test_victims_follow_ollamas_order_and_cost_follows_demand() -> None:
+    runners = [
+        Runner("b", size=4, in_flight=0, expires_ns=0, load_s=5, drain_s=0, demand=1.0),
+        Runner("a", size=4, in_flight=1, expires_ns=0, load_s=5, drain_s=3, demand=1.0),
+        Runner("c", size=4, in_flight=0, expires_ns=10**30, load_s=5, drain_s=0, demand=0.1),
+    ]
+    # Room for 12 bytes, 12 in use, 4 more needed: one runner goes. `a` is first by name but
+    # busy, so the first idle one goes; the kept-forever `c` sorts last.
+    assert [r.model for r in victims(runners, 4, 12, max_loaded=5)] == ["b"]
+    assert eviction_cost(runners, 4, 12, max_loaded=5) == 5.0
+    # Needing everything: idle ones first (even kept-forever), then the busy one is drained.
+    assert [r.model for r in victims(runners, 12, 12, max_loaded=5)] == ["b", "c", "a"]
+    assert eviction_cost(runners, 12, 12, max_loaded=5) == 5 + (3 + 5) + 0.5
+    assert victims(runners, 0, None, max_loaded=4) == []
+    assert [r.model for r in victims(runners, 0, None, max_loaded=3)] == ["b"]
