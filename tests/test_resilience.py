@@ -220,3 +220,30 @@ async def test_an_empty_pin_is_a_clear_400(
         ) as r:
             assert r.status == 400
             assert orjson.loads(await r.read()) == {"error": "X-Sollol-Node names no node"}
+
+
+async def test_a_stream_that_goes_silent_ends_with_an_error_after_the_idle_timeout(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=["llama3.2:latest"]), timeouts__idle_read=0.4)
+    made.node("a").faults.stall_after_chunks = 2
+    async with http.post(made.url + "/api/chat", data=CHAT) as response:
+        body = await asyncio.wait_for(response.read(), 5)
+    lines = body.splitlines()
+    assert len(lines) == 3
+    assert orjson.loads(lines[-1]) == {
+        "error": "sollol-proxy: node a failed mid-response (idle for 0.4s); the response is incomplete"
+    }
+    await eventually(lambda: made.node("a").in_flight() == 0, within=3)  # the node was let go
+    assert made.fleet.nodes["a"].healthy  # slow is not dead
+
+
+async def test_a_sized_body_cut_by_the_node_is_cut_for_the_client_too(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=["llama3.2:latest"]))
+    made.node("a").faults.truncate_body = 20
+    async with http.post(made.url + "/api/show", data=b'{"model":"llama3.2"}') as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()

@@ -6,10 +6,13 @@ types, exact bodies, framing, scheduler physics and the fault knobs."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gzip
 import hashlib
 import json
 import math
 import re
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -944,3 +947,172 @@ def test_catalog_and_model_defaults():
     m = SimModel("foo")
     assert m.name == "foo:latest" and re.fullmatch(r"[0-9a-f]{64}", m.digest)
     assert SimModel("foo").digest == m.digest
+
+
+# ------------------------------------------------------------------ framing and encodings
+
+
+async def raw_exchange(node: SimulatedNode, request: bytes) -> bytes:
+    """One request over a bare socket (Connection: close), everything the node sent back."""
+    reader, writer = await asyncio.open_connection(node.host, node.port)
+    writer.write(request)
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+def leftover_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+async def test_request_content_encoding_is_not_decoded(
+    node: SimulatedNode, session: aiohttp.ClientSession
+):
+    # gin never decodes a request's Content-Encoding: the compressed bytes are bad JSON.
+    gz = gzip.compress(b'{"model":"llama3.2"}')
+    status, headers, body = await call(
+        session, node, "POST", "/api/show", gz, headers={"Content-Encoding": "gzip"}
+    )
+    assert (status, headers["Content-Type"]) == (400, JSON_UTF8)
+    assert body == b'{"error":"invalid character \'\\\\x1f\' looking for beginning of value"}'
+    assert node.requests[-1].body == gz
+    deflated = zlib.compress(b'{"model":"llama3.2","messages":[]}')
+    status, _, body = await call(
+        session, node, "POST", "/api/chat", deflated, headers={"Content-Encoding": "deflate"}
+    )
+    assert (status, body) == (
+        400,
+        b'{"error":"invalid character \'x\' looking for beginning of value"}',
+    )
+    # encoding/json quoteChar: the offending byte, as strconv.Quote prints it.
+    for raw, shown in [
+        (b"\xc3\xa9", "'\u00c3'"),
+        (b"\x8b", "'\\u008b'"),
+        (b"\\", "'\\\\'"),
+        (b"\t\x00", "'\\x00'"),
+        (b'{"a" 1}', "'1' after object key"),
+    ]:
+        status, _, body = await call(session, node, "POST", "/api/show", raw)
+        message = json.loads(body)["error"]
+        assert status == 400 and message.startswith(f"invalid character {shown}"), message
+
+
+async def test_bodies_over_2048_bytes_go_out_chunked(
+    node: SimulatedNode, session: aiohttp.ClientSession
+):
+    # net/http buffers 2048 bytes: a body that fits is sent with Content-Length, a larger
+    # one with Transfer-Encoding: chunked. /api/tags grows by one byte per character of
+    # quantization_level, so its size can be set exactly.
+    model = SimModel("sized:latest", quantization_level="Q")
+    node.add_model(model)
+    _, headers, body = await call(session, node, "GET", "/api/tags")
+    assert headers["Content-Length"] == str(len(body)) and len(body) < 2048
+    for size in (2048, 2049):
+        node.add_model(dataclasses.replace(model, quantization_level="Q" * (size - len(body) + 1)))
+        _, headers, got = await call(session, node, "GET", "/api/tags")
+        assert len(got) == size and node.responses[-1].body == got
+        if size == 2048:
+            assert headers["Content-Length"] == "2048" and "Transfer-Encoding" not in headers
+        else:
+            assert headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in headers
+    # One chunk holding the whole body, as gin's single Write produces it.
+    req = b'{"model":"all-minilm","input":"hello","dimensions":384}'
+    wire = await raw_exchange(
+        node,
+        b"POST /api/embed HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        + f"Content-Length: {len(req)}\r\n\r\n".encode()
+        + req,
+    )
+    head, _, framed = wire.partition(b"\r\n\r\n")
+    assert b"\r\nTransfer-Encoding: chunked\r\n" in head and b"Content-Length" not in head
+    body = node.responses[-1].body
+    assert len(body) > 2048 and len(json.loads(body)["embeddings"][0]) == 384
+    assert framed == f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    # Errors, /v1 bodies and HEAD follow the same rule; HEAD never carries a body.
+    status, headers, body = await call(
+        session, node, "POST", "/v1/embeddings", {"model": "all-minilm", "input": ["a"] * 16}
+    )
+    assert status == 200 and len(body) > 2048 and headers["Transfer-Encoding"] == "chunked"
+    status, headers, body = await call(session, node, "HEAD", "/")
+    assert (status, body, headers["Content-Length"]) == (200, b"", "17")
+    assert "Transfer-Encoding" not in headers
+
+
+async def test_fault_stall_after_chunks(session: aiohttp.ClientSession):
+    node = SimulatedNode(models=["llama3.2:latest"], num_parallel=2)
+    await node.start()
+    node.faults.stall_after_chunks = 2
+    req = {"model": "llama3.2", "prompt": "x"}
+    async with session.post(node.url + "/api/generate", json=req) as r:
+        got = [await r.content.readline() for _ in range(2)]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(r.content.readline(), 0.2)
+        assert node.in_flight() == 1  # the silent stream still holds its slot
+    # The client went away: the handler is cancelled and the slot freed.
+    for _ in range(100):
+        if node.in_flight() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert node.in_flight() == 0 and node.cancelled == 1
+    assert node.responses[-1].body == b"".join(got) and not node.responses[-1].complete
+    # With 0 chunks not even the headers go out (SSE the same).
+    chat = {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    node.faults.stall_after_chunks = 0
+    pending = asyncio.ensure_future(session.post(node.url + "/v1/chat/completions", json=chat))
+    await asyncio.sleep(0.2)
+    assert not pending.done() and node.in_flight() == 1
+    # A stalled stream gets its connection dropped at stop(), at once.
+    node.faults.stall_after_chunks = 1
+    async with session.post(node.url + "/api/chat", json=chat | {"stream": True}) as r:
+        assert json.loads(await r.content.readline())["done"] is False
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await node.stop()
+        assert loop.time() - start < 0.3
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    with pytest.raises(aiohttp.ClientError):
+        await pending
+    assert node.in_flight() == 0 and not leftover_tasks()
+
+
+async def test_fault_truncate_body(session: aiohttp.ClientSession):
+    node = SimulatedNode(models=["llama3.2:latest", "all-minilm:latest"])
+    await node.start()
+    show = {"model": "llama3.2"}
+    _, _, full = await call(session, node, "POST", "/api/show", show)
+    node.faults.truncate_body = 10
+    async with session.post(node.url + "/api/show", json=show) as r:
+        assert r.status == 200 and r.headers["Content-Length"] == str(len(full))
+        assert await r.content.readexactly(10) == full[:10]
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    assert node.responses[-1].body == full[:10] and not node.responses[-1].complete
+    # Sized even above 2048 bytes; errors are JSON responses too.
+    embed = {"model": "all-minilm", "input": "hi", "dimensions": 384}
+    async with session.post(node.url + "/api/embed", json=embed) as r:
+        assert int(r.headers["Content-Length"]) > 2048 and "Transfer-Encoding" not in r.headers
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    missing = b'{"error":"model \'nope:latest\' not found"}'
+    async with session.post(node.url + "/api/show", json={"model": "nope"}) as r:
+        assert r.status == 404 and r.headers["Content-Length"] == str(len(missing))
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    # Streams, non-JSON bodies and bodies of at most N bytes are untouched.
+    status, _, body = await call(
+        session, node, "POST", "/api/generate", {"model": "llama3.2", "prompt": "x"}
+    )
+    assert status == 200 and lines(body)[-1]["done"] is True
+    assert (await call(session, node, "GET", "/"))[2] == b"Ollama is running"
+    node.faults.truncate_body = 0
+    async with session.post(node.url + "/api/show", json=show) as r:
+        assert r.headers["Content-Length"] == str(len(full))
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    assert node.responses[-1].body == b""
+    node.faults.truncate_body = 10_000
+    assert (await call(session, node, "POST", "/api/show", show))[2] == full
+    await node.stop()
+    assert node.in_flight() == 0 and not leftover_tasks()

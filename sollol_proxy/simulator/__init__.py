@@ -6,6 +6,12 @@ differences), Go JSON field order and omitempty, NDJSON one object per write, SS
 Ollama's error strings, gin's 404/405/redirects, the Host check, no Server header, and the
 scheduler's physics (slots, one load at a time, eviction, keep_alive, num_ctx reloads).
 
+Framing is net/http's (see ``framing``): a non-streamed body of at most 2048 bytes goes out
+with ``Content-Length``, a larger one (a big /api/show, /api/tags, /api/embed, /v1 body)
+with ``Transfer-Encoding: chunked`` in a single chunk; HEAD answers carry no body. Request
+bodies are never decoded: like gin, the node ignores ``Content-Encoding``, so a gzip body
+is invalid JSON (400, ``invalid character '\\x1f' looking for beginning of value``).
+
 Not simulated: /v1/responses, /v1/messages, /v1/audio/transcriptions, /api/me,
 /api/signout and /api/experimental/* answer ``404 page not found`` like an older Ollama;
 CORS (Origin handling) is not implemented; thinking, tool calls, images, logprobs and
@@ -24,6 +30,15 @@ Fault knobs live on ``node.faults`` (a mutable dataclass):
   stream (HTTP 200); with 0 chunks, a 500 with ``application/json`` and no charset, as
   streamResponse answers it; with ``"stream": false``, a 500 through ``c.JSON``. On /v1 SSE
   it is the derived Ollama behaviour: one empty chunk with ``"model":""``, no ``[DONE]``.
+- ``stall_after_chunks: int | None = None``: NDJSON/SSE streams send N chunks (0: not even
+  the headers), then go silent on the open connection, holding the request's slot, until
+  the client goes away (counted in ``node.cancelled``) or the node stops (the connection is
+  reset, so ``stop()`` stays quick). For a proxy's idle-read timeout.
+- ``truncate_body: int | None = None``: non-streamed JSON responses (``application/json``
+  with or without charset: results and errors; not HEAD) announce the full
+  ``Content-Length`` (even above 2048 bytes), write the first N bytes, then reset the
+  connection; recorded as those N bytes with ``complete=False``. No effect on bodies of
+  at most N bytes.
 
 Observation: ``node.requests`` / ``node.responses`` (exact body bytes written; blob uploads
 are recorded with an empty body), ``node.cancelled``, ``node.in_flight()``,

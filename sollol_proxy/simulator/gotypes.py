@@ -152,12 +152,25 @@ def parse_keep_alive(value: Any) -> float | None:
 # ---------------------------------------------------------------- JSON bodies (§1.7)
 
 
+_GO_ESCAPES = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r"}
+
+
 def _quote_char(c: str) -> str:
-    if c == "'":
+    """encoding/json quoteChar: the offending *byte* b, as strconv.Quote(string(rune(b)))
+    prints it ('\\x1f' for a gzip body's first byte, '\\u008b', 'Ã' for a UTF-8 lead byte).
+    ``c`` comes from a surrogateescape decode, so a lone surrogate stands for a raw byte."""
+    b = ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else c.encode()[0]
+    if b == ord("'"):
         return "'\\''"
-    if c == '"':
+    if b == ord('"'):
         return "'\"'"
-    return "'" + json.dumps(c)[1:-1] + "'"
+    if b == ord("\\"):
+        return "'\\\\'"
+    if b in _GO_ESCAPES:
+        return "'" + _GO_ESCAPES[b] + "'"
+    if b < 0x20 or b == 0x7F:
+        return f"'\\x{b:02x}'"
+    return f"'{chr(b)}'" if chr(b).isprintable() else f"'\\u{b:04x}'"
 
 
 def _innermost(prefix: str) -> str:
@@ -191,19 +204,16 @@ def _expected_kind(go_type: str) -> str:
     return "object" if go_type.startswith(("map[", "api.")) else "number"
 
 
-def decode_body(raw: bytes, struct: str, fields: dict[str, str]) -> dict[str, Any]:
-    """Decode like gin's ShouldBindJSON into Go struct ``struct``: the first JSON value only,
-    unknown fields ignored, Go's error text. ``fields`` maps a JSON field to its Go type, for
-    the type-mismatch message."""
-    text = raw.decode("utf-8", "replace")
-    stripped = text.lstrip(" \t\r\n")
-    if not stripped:
-        raise ApiError(400, "missing request body")
+def _syntax_error(raw: bytes) -> str:
+    """encoding/json's syntax error text. Parsed again from a surrogateescape decode, so the
+    offending character maps back to the byte Go's scanner stopped at."""
+    stripped = raw.decode("utf-8", "surrogateescape").lstrip(" \t\r\n")
     try:
-        value, _ = json.JSONDecoder().raw_decode(stripped)
+        json.JSONDecoder().raw_decode(stripped)
+        return "unexpected EOF"  # not reached: the replace-decoded text failed the same way
     except json.JSONDecodeError as exc:
         if exc.pos >= len(stripped) or exc.msg.startswith("Unterminated string"):
-            raise ApiError(400, "unexpected EOF") from None
+            return "unexpected EOF"
         c = _quote_char(stripped[exc.pos])
         if exc.msg.startswith("Expecting property name"):
             where = "looking for beginning of object key string"
@@ -214,7 +224,21 @@ def decode_body(raw: bytes, struct: str, fields: dict[str, str]) -> dict[str, An
             where = "after object key:value pair" if inner == "{" else "after array element"
         else:
             where = "looking for beginning of value"
-        raise ApiError(400, f"invalid character {c} {where}") from None
+        return f"invalid character {c} {where}"
+
+
+def decode_body(raw: bytes, struct: str, fields: dict[str, str]) -> dict[str, Any]:
+    """Decode like gin's ShouldBindJSON into Go struct ``struct``: the first JSON value only,
+    unknown fields ignored, Go's error text. ``fields`` maps a JSON field to its Go type, for
+    the type-mismatch message."""
+    text = raw.decode("utf-8", "replace")
+    stripped = text.lstrip(" \t\r\n")
+    if not stripped:
+        raise ApiError(400, "missing request body")
+    try:
+        value, _ = json.JSONDecoder().raw_decode(stripped)
+    except json.JSONDecodeError:
+        raise ApiError(400, _syntax_error(raw)) from None
     if value is None:
         return {}
     if not isinstance(value, dict):

@@ -9,14 +9,13 @@ from types import TracebackType
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import routing
+from . import framing, routing
 from .gotypes import ApiError, format_local, format_utc, now_ns, parse_go_time, parse_keep_alive
 from .inference import DEFAULT_NUM_CTX
 from .models import SimModel, default_catalog, parse_name
 from .scheduler import NodeStats, Scheduler
 from .wire import (
-    FAULT_ABORT,
-    STREAM_KEY,
+    STOPPING,
     TEXT,
     Faults,
     RecordedRequest,
@@ -29,16 +28,6 @@ from .wire import (
 DETERMINISTIC_CREATED_AT = "2026-01-01T00:00:00Z"
 _RECORDED = web.RequestKey("sim_recorded", bool)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class _RefuseProtocol(asyncio.Protocol):
-    """Accepted and immediately reset: to the client the node looks dead."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.Transport):
-            transport.abort()
-        else:
-            transport.close()
 
 
 class SimulatedNode:
@@ -96,6 +85,7 @@ class SimulatedNode:
         self.host = "127.0.0.1"
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+        self._stopping = asyncio.Event()
 
     # ------------------------------------------------------------------ model store
 
@@ -161,10 +151,16 @@ class SimulatedNode:
         app = web.Application(middlewares=[record], client_max_size=2**31)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         app.on_response_prepare.append(self._strip_server_header)
+        self._stopping = app[STOPPING] = asyncio.Event()
         # handler_cancellation: a client disconnect cancels the handler, as a cancelled
-        # request context does in Go (§1.4).
+        # request context does in Go (§1.4). auto_decompress=False: gin never decodes a
+        # request's Content-Encoding, so a gzip body is invalid JSON to Ollama.
         self._runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=0.5,
+            auto_decompress=False,
         )
         await self._runner.setup()
         loop = asyncio.get_running_loop()
@@ -176,11 +172,12 @@ class SimulatedNode:
 
     def _protocol(self) -> asyncio.BaseProtocol:
         if self.faults.refuse:
-            return _RefuseProtocol()
+            return framing.RefuseProtocol()
         assert self._runner is not None and self._runner.server is not None
         return self._runner.server()
 
     async def stop(self) -> None:
+        self._stopping.set()  # stalled streams drop their connections and end
         if self._server is not None:
             self._server.close()
         if self._runner is not None:
@@ -217,28 +214,7 @@ class SimulatedNode:
         if request.get(_RECORDED):
             return
         request[_RECORDED] = True
-        stream = request.get(STREAM_KEY)
-        if stream is not None:
-            status, ctype, body = (
-                stream.status,
-                stream.headers.get("Content-Type", ""),
-                bytes(stream.recorded),
-            )
-        elif isinstance(resp, web.Response):
-            body = b"" if request.method == "HEAD" or resp.body is None else bytes(resp.body)
-            status, ctype = resp.status, resp.headers.get("Content-Type", "")
-        else:
-            status, ctype, body, complete = 0, "", b"", False
-        self.responses.append(
-            RecordedResponse(
-                request.method,
-                request.path,
-                status,
-                ctype,
-                body,
-                complete and not request.get(FAULT_ABORT),
-            )
-        )
+        self.responses.append(framing.recorded(request, resp, complete))
 
     async def _record_middleware(
         self,
@@ -258,7 +234,7 @@ class SimulatedNode:
         )
         resp: web.StreamResponse | None = None
         try:
-            resp = await handler(request)
+            resp = await framing.send_response(request, await handler(request), self.faults)
             return resp
         finally:
             self.record_response(request, resp, resp is not None)

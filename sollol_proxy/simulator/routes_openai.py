@@ -5,9 +5,7 @@ newline); errors of the inner /api handler are rewrapped by the writer (no chars
 
 from __future__ import annotations
 
-import base64
 import random
-import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +13,14 @@ from aiohttp import web
 
 from sollol_proxy import gojson
 
-from .gotypes import ApiError, decode_body, go_quote, parse_go_time
+from .gotypes import ApiError
 from .inference import Generation, chat_prompt
 from .kvcache import render_generate, token_count
-from .models import display_name
-from .routes_infer import embed_inputs
-from .text import count_tokens, embedding, plan_length
+from .routes_openai_models import MiddlewareError, middleware_body
+from .routes_openai_models import embeddings as embeddings  # re-exported for routing
+from .routes_openai_models import list_models as list_models
+from .routes_openai_models import retrieve_model as retrieve_model
+from .text import plan_length
 from .wire import SSE, Stream, v1_error, v1_json
 
 if TYPE_CHECKING:
@@ -28,19 +28,6 @@ if TYPE_CHECKING:
 
 _DET_CREATED = 1767225600  # 2026-01-01T00:00:00Z
 _DONE = b"data: [DONE]\n\n"
-
-
-def _middleware_body(raw: bytes, struct_name: str, fields: dict[str, str]) -> dict[str, Any]:
-    try:
-        return decode_body(raw, struct_name, fields)
-    except ApiError as exc:
-        # Outside gin's /api handlers an empty body is just io.EOF.
-        msg = "EOF" if exc.message == "missing request body" else exc.message
-        raise _MiddlewareError(msg) from None
-
-
-class _MiddlewareError(Exception):
-    pass
 
 
 def _ids(node: SimulatedNode, prefix: str) -> tuple[str, int]:
@@ -87,12 +74,12 @@ async def _setup(
 async def chat_completions(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     try:
-        req = _middleware_body(
+        req = middleware_body(
             await request.read(),
             "ChatCompletionRequest",
             {"model": "string", "messages": "[]openai.Message", "stream": "bool"},
         )
-    except _MiddlewareError as exc:
+    except MiddlewareError as exc:
         return v1_error(400, str(exc), from_middleware=True)
     messages = req.get("messages") or []
     if not messages:
@@ -182,12 +169,12 @@ async def chat_completions(node: SimulatedNode, request: web.Request) -> web.Str
 async def completions(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     try:
-        req = _middleware_body(
+        req = middleware_body(
             await request.read(),
             "CompletionRequest",
             {"model": "string", "prompt": "string", "stream": "bool"},
         )
-    except _MiddlewareError as exc:
+    except MiddlewareError as exc:
         return v1_error(400, str(exc), from_middleware=True)
     seed = render_generate("", req.get("prompt") or "")
     name = req.get("model") or ""
@@ -257,81 +244,3 @@ async def completions(node: SimulatedNode, request: web.Request) -> web.StreamRe
             return await out.finish()
     except ApiError as exc:
         return v1_error(exc.status, exc.message)
-
-
-def _b64(vec: list[float]) -> str:
-    return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
-
-
-async def embeddings(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
-    t0 = time.monotonic_ns()
-    try:
-        req = _middleware_body(
-            await request.read(), "EmbedRequest", {"model": "string", "encoding_format": "string"}
-        )
-        fmt = req.get("encoding_format") or "float"
-        if fmt not in ("float", "base64"):
-            raise _MiddlewareError(
-                f"Invalid value for 'encoding_format' = {fmt}. "
-                "Supported values: ['float', 'base64']."
-            )
-        try:
-            inputs = embed_inputs(req.get("input"))
-        except ApiError as exc:
-            raise _MiddlewareError(exc.message) from None
-        if not inputs:
-            raise _MiddlewareError("invalid input")
-    except _MiddlewareError as exc:
-        return v1_error(400, str(exc), from_middleware=True)
-    name = req.get("model") or ""
-    try:
-        model = node.lookup(name)
-        if model is None:
-            raise ApiError(404, f"model {go_quote(name)} not found, try pulling it first")
-        async with Generation(node, request, model, {}, None, t0) as gen:
-            await gen.schedule()
-            count = sum(count_tokens(t) for t in inputs)
-            await gen.embed(count)
-            data = []
-            for i, text in enumerate(inputs):
-                vec = embedding(text)
-                data.append(
-                    {
-                        "object": "embedding",
-                        "embedding": _b64(vec) if fmt == "base64" else vec,
-                        "index": i,
-                    }
-                )
-            return v1_json(
-                {
-                    "object": "list",
-                    "data": data,
-                    "model": name,
-                    "usage": {"prompt_tokens": count, "total_tokens": count},
-                }
-            )
-    except ApiError as exc:
-        return v1_error(exc.status, exc.message)
-
-
-def _model_obj(node: SimulatedNode, ident: str) -> dict[str, Any]:
-    m = node.lookup(ident)
-    assert m is not None
-    return {
-        "id": ident,
-        "object": "model",
-        "created": parse_go_time(m.modified_at) // 10**9,
-        "owned_by": m.namespace,
-    }
-
-
-async def list_models(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
-    data = [_model_obj(node, m.name) for m in node.sorted_models()]
-    return v1_json({"object": "list", "data": data or None})  # nil slice -> null (§3.17)
-
-
-async def retrieve_model(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
-    ident = request.match_info.get("model", "")
-    if node.lookup(ident) is None:
-        return v1_error(404, f"model '{display_name(ident)}' not found")
-    return v1_json(_model_obj(node, ident))

@@ -20,6 +20,7 @@ TEXT = "text/plain"  # gin's own 404/405 bodies
 
 FAULT_ABORT = web.RequestKey("sim_fault_abort", bool)
 STREAM_KEY = web.RequestKey("sim_stream", "RecordingStreamResponse")
+STOPPING = web.AppKey("sim_stopping", asyncio.Event)  # set by node.stop()
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Faults:
     first_byte_delay: float = 0.0
     status_error: tuple[int, str] | None = None
     mid_stream_error: tuple[int, str] | None = None
+    stall_after_chunks: int | None = None
+    truncate_body: int | None = None
 
 
 @dataclass(frozen=True)
@@ -116,15 +119,28 @@ async def abort_connection(request: web.Request) -> NoReturn:
     request[FAULT_ABORT] = True
     transport = request.transport
     if transport is not None:
+        # abort() discards unsent bytes: let what was written reach the socket first.
+        for _ in range(1000):  # at most about a second
+            if not transport.get_write_buffer_size():
+                break
+            await asyncio.sleep(0.001)
         transport.abort()
     raise asyncio.CancelledError
+
+
+async def stall(request: web.Request) -> NoReturn:
+    """Go silent on an open connection: until the client goes away (aiohttp then cancels
+    the handler) or the node stops (the connection is dropped, so stop() stays quick)."""
+    await request.app[STOPPING].wait()
+    await abort_connection(request)
 
 
 class Stream:
     """A chunked response written one object per write (one flush per object, §1.4).
 
     Headers go out with the first chunk, as with gin's c.Stream. ``faults.reset_after_chunks``
-    is applied here, so it covers every NDJSON and SSE stream."""
+    and ``faults.stall_after_chunks`` are applied here, so they cover every NDJSON and SSE
+    stream (a stall also holds back the end of a stream that has sent exactly N chunks)."""
 
     def __init__(self, request: web.Request, faults: Faults, content_type: str) -> None:
         self.request = request
@@ -141,6 +157,7 @@ class Stream:
         limit = self.faults.reset_after_chunks
         if limit is not None and self.chunks >= limit:
             await abort_connection(self.request)
+        await self._maybe_stall()
         if self.resp is None:
             self.resp = RecordingStreamResponse(
                 status=200, headers={"Content-Type": self.content_type}
@@ -153,7 +170,13 @@ class Stream:
     async def send_json(self, obj: Any) -> None:
         await self.send(gojson.dumps_line(obj))
 
+    async def _maybe_stall(self) -> None:
+        limit = self.faults.stall_after_chunks
+        if limit is not None and self.chunks >= limit:
+            await stall(self.request)
+
     async def finish(self) -> web.StreamResponse:
+        await self._maybe_stall()
         if self.resp is None:  # an empty stream still answers 200 with the stream's type
             self.resp = RecordingStreamResponse(
                 status=200, headers={"Content-Type": self.content_type}
