@@ -1,0 +1,398 @@
+"""How `load_config()` builds a Config: raw layers (file, environment, overrides), then validation.
+
+Every layer writes into one flat `dotted.key -> value` mapping that remembers where each key came
+from, so a bad value is reported as `<origin>: <key>: <problem>`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from .config import (
+    Config,
+    ConfigError,
+    NodeConfig,
+    Timeouts,
+    normalize_node_url,
+    read_hosts_file,
+)
+from .learning import Priors
+from .names import normalize_model
+from .routing import STRATEGIES
+
+
+def load_layers(
+    path: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    overrides: Mapping[str, Any] | None,
+    override_origins: Mapping[str, str] | None,
+) -> Config:
+    """The body of `config.load_config()`: file, then environment, then `overrides`."""
+    layers = _Layers()
+    if path is not None:
+        _load_file(Path(path), layers)
+    _load_env(os.environ if env is None else env, layers)
+    for key, value in (overrides or {}).items():
+        layers.set(key, value, (override_origins or {}).get(key, "command line"))
+    return _validate(layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw layers
+
+_ENV_KEYS: dict[str, str] = {
+    "SOLLOL_HOST": "listen.host",
+    "SOLLOL_PORT": "listen.port",
+    "SOLLOL_NODES": "nodes",
+    "SOLLOL_HOSTS_FILE": "hosts_file",
+    "SOLLOL_CONNECT_TIMEOUT": "timeouts.connect",
+    "SOLLOL_FIRST_BYTE_TIMEOUT": "timeouts.first_byte",
+    "SOLLOL_IDLE_READ_TIMEOUT": "timeouts.idle_read",
+    "SOLLOL_HEALTH_INTERVAL": "health.interval",
+    "SOLLOL_HEALTH_TIMEOUT": "health.timeout",
+    "SOLLOL_INVENTORY_INTERVAL": "inventory.interval",
+    "SOLLOL_STRATEGY": "routing.strategy",
+    "SOLLOL_MAX_ATTEMPTS": "routing.max_attempts",
+    "SOLLOL_MAX_BODY_BYTES": "limits.max_body_bytes",
+    "SOLLOL_LOG_LEVEL": "log_level",
+}
+
+_SECTIONS: dict[str, set[str]] = {
+    "listen": {"host", "port"},
+    "timeouts": {"connect", "first_byte", "idle_read"},
+    "health": {"interval", "timeout"},
+    "inventory": {"interval"},
+    "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
+    "limits": {"max_body_bytes"},
+}
+_TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level"}
+_NODE_KEYS = {
+    "url",
+    "name",
+    "num_parallel",
+    "labels",
+    "headers",
+    "vram",
+    "max_loaded_models",
+    "priors",
+}
+
+
+class _Layers:
+    """A flat `dotted.key -> value` mapping that remembers the origin of every key."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.origins: dict[str, str] = {}
+        self.base_dir = Path.cwd()
+        self.file_origin = ""
+
+    def set(self, key: str, value: Any, origin: str) -> None:
+        self.values[key] = value
+        self.origins[key] = origin
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        """An error at `key`, blamed on whoever set it or the section it is in."""
+        origin = "defaults"
+        for end in range(len(key), 0, -1):
+            if key[:end] in self.origins and (end == len(key) or key[end] in ".["):
+                origin = self.origins[key[:end]]
+                break
+        return ConfigError(origin, key, problem)
+
+
+def _load_file(path: Path, layers: _Layers) -> None:
+    origin = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(origin, "", f"cannot read config file: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(
+            origin, "", f"{where}invalid YAML: {getattr(exc, 'problem', exc)}"
+        ) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(origin, "", "the top level must be a mapping of keys")
+    layers.base_dir = path.resolve().parent
+    layers.file_origin = origin
+    for key, value in data.items():
+        if key not in _TOP_LEVEL:
+            raise ConfigError(
+                origin, str(key), f"unknown key (known: {', '.join(sorted(_TOP_LEVEL))})"
+            )
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(origin, key, "must be a mapping")
+            for sub, subvalue in value.items():
+                if sub not in _SECTIONS[key]:
+                    known = ", ".join(sorted(_SECTIONS[key]))
+                    raise ConfigError(origin, f"{key}.{sub}", f"unknown key (known: {known})")
+                layers.set(f"{key}.{sub}", subvalue, origin)
+        else:
+            layers.set(key, value, origin)
+
+
+def _load_env(env: Mapping[str, str], layers: _Layers) -> None:
+    for var, key in _ENV_KEYS.items():
+        if var in env:
+            value: Any = env[var]
+            if key == "nodes":
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            layers.set(key, value, f"environment {var}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "kib": 2**10,
+    "mb": 10**6,
+    "mib": 2**20,
+    "gb": 10**9,
+    "gib": 2**30,
+}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(layers: _Layers, key: str, default: float) -> float:
+    value = layers.values.get(key, default)
+    if isinstance(value, bool):
+        raise layers.error(key, f"expected seconds, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise layers.error(
+                key, f"expected seconds or a duration like '30s', '5m', got {value!r}"
+            )
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise layers.error(key, f"must be greater than zero, got {value!r}")
+    return seconds
+
+
+def _integer(
+    layers: _Layers, key: str, default: int, low: int, high: int, value: Any = None
+) -> int:
+    value = layers.values.get(key, default) if value is None else value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise layers.error(key, f"expected an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _size(layers: _Layers, key: str, default: int, value: Any = None) -> int:
+    value = layers.values.get(key, default) if value is None else value
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise layers.error(key, f"expected a byte size like 67108864 or '64MiB', got {value!r}")
+        size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+    if size < 1024:
+        raise layers.error(key, f"must be at least 1024 bytes, got {value!r}")
+    return size
+
+
+def _string_map(layers: _Layers, key: str, value: Any) -> Mapping[str, str]:
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise layers.error(key, "must be a mapping of names to strings")
+    return MappingProxyType({k: str(v) for k, v in value.items()})
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+
+
+def _headers(layers: _Layers, key: str, value: Any) -> Mapping[str, str]:
+    headers = _string_map(layers, key, value)
+    for name, text in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise layers.error(f"{key}.{name}", "is not a valid header name")
+        if any(c in text for c in "\r\n\0"):
+            raise layers.error(f"{key}.{name}", "must not contain line breaks or NUL")
+    return headers
+
+
+def _node(layers: _Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
+    key = f"nodes[{index}]"
+    entry = {"url": raw} if isinstance(raw, str) else raw
+    if not isinstance(entry, dict):
+        raise layers.error(key, "must be a URL string or a mapping with a 'url'")
+    unknown = set(entry) - _NODE_KEYS
+    if unknown:
+        known = ", ".join(sorted(_NODE_KEYS))
+        raise layers.error(f"{key}.{sorted(unknown)[0]}", f"unknown key (known: {known})")
+    if "url" not in entry:
+        raise layers.error(f"{key}.url", "is required")
+    try:
+        url = normalize_node_url(str(entry["url"]))
+    except ValueError as exc:
+        raise layers.error(f"{key}.url", str(exc)) from exc
+    name = entry.get("name") or urlsplit(url).netloc
+    if (
+        not isinstance(name, str)
+        or not re.fullmatch(r"[A-Za-z0-9._:\[\]-]+", name)
+        or name == "all"
+    ):
+        raise layers.error(
+            f"{key}.name",
+            f"must be letters, digits, '.', '_', ':', '-' and not 'all', got {name!r}",
+        )
+    num_parallel = entry.get("num_parallel", 1)
+    if (
+        isinstance(num_parallel, bool)
+        or not isinstance(num_parallel, int)
+        or not 1 <= num_parallel <= 1024
+    ):
+        raise layers.error(
+            f"{key}.num_parallel", f"expected an integer from 1 to 1024, got {num_parallel!r}"
+        )
+    vram = entry.get("vram")
+    return NodeConfig(
+        url=url,
+        name=name,
+        num_parallel=num_parallel,
+        labels=_string_map(layers, f"{key}.labels", entry.get("labels")),
+        headers=_headers(layers, f"{key}.headers", entry.get("headers")),
+        vram_bytes=None if vram is None else _size(layers, f"{key}.vram", 0, vram),
+        max_loaded_models=_integer(
+            layers, f"{key}.max_loaded_models", 3, 1, 1024, entry.get("max_loaded_models")
+        ),
+        priors=_priors(layers, f"{key}.priors", entry["priors"], priors)
+        if "priors" in entry
+        else None,
+    )
+
+
+def _priors(layers: _Layers, key: str, value: Any, base: Priors) -> Priors:
+    if not isinstance(value, dict):
+        raise layers.error(key, "must be a mapping of prior names to numbers")
+    known = Priors.__dataclass_fields__
+    numbers: dict[str, float] = {}
+    for name, raw in value.items():
+        if name not in known:
+            raise layers.error(f"{key}.{name}", f"unknown prior (known: {', '.join(known)})")
+        try:  # YAML reads 1.5e9 (no sign in the exponent) as a string
+            number = float(raw) if not isinstance(raw, bool) else -1.0
+        except (TypeError, ValueError):
+            number = -1.0
+        if not number > 0 or number == float("inf"):
+            raise layers.error(f"{key}.{name}", f"expected a positive number, got {raw!r}")
+        numbers[name] = number
+    return replace(base, **numbers)
+
+
+def _model_strategies(layers: _Layers) -> Mapping[str, str]:
+    value = layers.values.get("routing.models") or {}
+    if not isinstance(value, dict):
+        raise layers.error("routing.models", "must map model names to strategy names")
+    for model, strategy in value.items():
+        if strategy not in STRATEGIES:
+            raise layers.error(
+                f"routing.models.{model}",
+                f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})",
+            )
+    return MappingProxyType({normalize_model(str(m)): str(s) for m, s in value.items()})
+
+
+def _nodes(layers: _Layers, priors: Priors) -> tuple[NodeConfig, ...]:
+    raw_nodes = layers.values.get("nodes") or []
+    if not isinstance(raw_nodes, list):
+        raise layers.error("nodes", "must be a list of node URLs or mappings")
+    nodes = [_node(layers, i, raw, priors) for i, raw in enumerate(raw_nodes)]
+    # Where each node was declared, so that a duplicate is reported at its own line.
+    declared = [(layers.origins.get("nodes", "defaults"), f"nodes[{i}]") for i in range(len(nodes))]
+    hosts_file = layers.values.get("hosts_file")
+    if hosts_file:
+        origin = layers.origins["hosts_file"]
+        path = Path(str(hosts_file))
+        if not path.is_absolute() and origin == layers.file_origin:
+            path = layers.base_dir / path  # relative to the config file that names it
+        for number, host in read_hosts_file(path, origin):
+            try:
+                url = normalize_node_url(host)
+            except ValueError as exc:
+                raise ConfigError(f"{path}:{number}", "hosts_file", str(exc)) from exc
+            nodes.append(NodeConfig(url=url, name=urlsplit(url).netloc))
+            declared.append((f"{path}:{number}", "hosts_file"))
+    for what in ("name", "url"):
+        seen: set[str] = set()
+        for node, (origin, key) in zip(nodes, declared, strict=True):
+            value = getattr(node, what)
+            if value in seen:
+                raise ConfigError(
+                    origin,
+                    f"{key}.{what}" if key != "hosts_file" else key,
+                    f"duplicate node {what} {value!r}",
+                )
+            seen.add(value)
+    if not nodes:
+        raise layers.error(
+            "nodes", "no Ollama nodes configured (set 'nodes', 'hosts_file' or SOLLOL_NODES)"
+        )
+    return tuple(nodes)
+
+
+def _validate(layers: _Layers) -> Config:
+    defaults = Config()
+    host = layers.values.get("listen.host", defaults.host)
+    if not isinstance(host, str) or not host:
+        raise layers.error("listen.host", f"expected an address, got {host!r}")
+    strategy = str(layers.values.get("routing.strategy", defaults.strategy))
+    if strategy not in STRATEGIES:
+        raise layers.error(
+            "routing.strategy", f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})"
+        )
+    log_level = str(layers.values.get("log_level", defaults.log_level)).lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise layers.error(
+            "log_level", f"expected debug, info, warning or error, got {log_level!r}"
+        )
+    priors = _priors(layers, "routing.priors", layers.values.get("routing.priors") or {}, Priors())
+    return Config(
+        host=host,
+        port=_integer(layers, "listen.port", defaults.port, 0, 65535),
+        nodes=_nodes(layers, priors),
+        timeouts=Timeouts(
+            connect=_seconds(layers, "timeouts.connect", defaults.timeouts.connect),
+            first_byte=_seconds(layers, "timeouts.first_byte", defaults.timeouts.first_byte),
+            idle_read=_seconds(layers, "timeouts.idle_read", defaults.timeouts.idle_read),
+        ),
+        health_interval=_seconds(layers, "health.interval", defaults.health_interval),
+        health_timeout=_seconds(layers, "health.timeout", defaults.health_timeout),
+        inventory_interval=_seconds(layers, "inventory.interval", defaults.inventory_interval),
+        strategy=strategy,
+        model_strategies=_model_strategies(layers),
+        priors=priors,
+        decisions_kept=_integer(
+            layers, "routing.decisions_kept", defaults.decisions_kept, 0, 100_000
+        ),
+        max_attempts=_integer(layers, "routing.max_attempts", defaults.max_attempts, 1, 100),
+        max_body_bytes=_size(layers, "limits.max_body_bytes", defaults.max_body_bytes),
+        log_level=log_level,
+    )
