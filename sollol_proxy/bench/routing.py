@@ -106,6 +106,24 @@ def model(name: str, size_gib: float) -> SimModel:
     return SimModel(name=name, size=int(size_gib * GiB))
 
 
+def _poisson(
+    rng: random.Random,
+    count: int,
+    rate: float,
+    pick: Callable[[], str],
+    words: int,
+    num_predict: int,
+) -> list[Call]:
+    """Open-loop traffic: `count` one-question chats arriving at `rate` per second."""
+    calls, clock = [], 0.0
+    for _ in range(count):
+        clock += rng.expovariate(rate)
+        calls.append(
+            Call(pick(), [{"role": "user", "content": _text(rng, words)}], num_predict, clock)
+        )
+    return calls
+
+
 def chat_sessions(seed: int) -> Scenario:
     """(a) Multi-turn chats with long, per-conversation system prompts (RAG context, personas)."""
     rng = random.Random(seed)
@@ -142,11 +160,7 @@ def many_models(seed: int) -> Scenario:
     # blob path, which has nothing to do with how popular a model is.
     popularity = rng.sample(range(len(names)), len(names))
     weights = [1 / (popularity[i] + 1) for i in range(len(names))]
-    calls, clock = [], 0.0
-    for _ in range(160):
-        clock += rng.expovariate(16.0)
-        chosen = rng.choices(names, weights)[0]
-        calls.append(Call(chosen, [{"role": "user", "content": _text(rng, 30)}], 12, clock))
+    calls = _poisson(rng, 160, 16.0, lambda: rng.choices(names, weights)[0], 30, 12)
     node = dict(
         models=[model(n, 4) for n in names],
         num_parallel=2,
@@ -169,12 +183,7 @@ def many_models(seed: int) -> Scenario:
 def mixed_speed(seed: int) -> Scenario:
     """(c) Two fast nodes and two slow ones (3x), steady traffic on one resident model."""
     rng = random.Random(seed)
-    calls, clock = [], 0.0
-    for _ in range(160):
-        clock += rng.expovariate(14.0)
-        calls.append(
-            Call("llama3.2:latest", [{"role": "user", "content": _text(rng, 60)}], 32, clock)
-        )
+    calls = _poisson(rng, 160, 14.0, lambda: "llama3.2:latest", 60, 32)
     base = dict(
         models=[model("llama3.2:latest", 2)],
         num_parallel=2,
