@@ -61,6 +61,14 @@ class Admin:
             "loads_pending": node.loads_pending,
             "models": sorted(node.models),
             "loaded": sorted(node.loaded.keys() | node.recent.keys()),
+            # as of the last /api/ps: what Ollama reports its loaded models use on the GPU
+            "vram_in_use": sum(
+                item.get("size_vram", 0)
+                for item in node.loaded.values()
+                if isinstance(item.get("size_vram"), int)
+            ),
+            "vram": node.config.vram_bytes,
+            "max_loaded_models": node.config.max_loaded_models,
             "labels": dict(node.config.labels),
             "learned": self._learner.snapshot(node.name),
         }

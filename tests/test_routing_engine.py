@@ -73,6 +73,9 @@ async def test_learns_speed_from_ollamas_timing_fields(
     slow = nodes["slow"]["learned"]["models"]["llama3.2:latest"]
     assert fast["decode_tokens_per_s"] > 3 * slow["decode_tokens_per_s"] > 0
     assert nodes["fast"]["loaded"] == ["llama3.2:latest"] and nodes["fast"]["healthy"]
+    await made.fleet.refresh_all()
+    nodes = {n["name"]: n for n in (await get_json(http, made.url + "/sollol/nodes"))["nodes"]}
+    assert nodes["fast"]["vram_in_use"] == made.node("fast").catalog_lookup("llama3.2:latest").size
     assert nodes["fast"]["learned"]["success_rate"] == 1.0
 
 
