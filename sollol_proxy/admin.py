@@ -58,7 +58,8 @@ class Admin:
             "num_parallel": node.config.num_parallel,
             "in_flight": node.in_flight,
             "in_flight_by_model": dict(node.model_in_flight),
-            "loads_pending": node.loads_pending,
+            "loading": dict(node.loading),
+            "evicting": dict(node.evicting),
             "models": sorted(node.models),
             "loaded": sorted(node.loaded.keys() | node.recent.keys()),
             # as of the last /api/ps: what Ollama reports its loaded models use on the GPU

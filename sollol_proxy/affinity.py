@@ -7,7 +7,8 @@ asks: for each node, what is the longest of my prefixes it served?
 
 A node only keeps so many prefixes: it has `num_parallel` slots per model, and a slot is
 overwritten by the next conversation that lands in it. So an entry counts only while fewer than
-`num_parallel` other conversations of that model were served there since. A model that unloads or
+`num_parallel` other conversations took a slot of that model there since. A request that found
+its prefix on the node reuses its own slot and takes none from the others. A model that unloads or
 reloads loses everything: its generation number moves on and older entries stop counting.
 Memory is bounded: the map is an LRU of at most `max_entries` prefix keys.
 """
@@ -53,12 +54,13 @@ class PromptCache:
                 break
         return found
 
-    def record(self, model: str, node: str, keys: PrefixKeys) -> None:
-        """`node` just served a prompt with these prefixes."""
+    def record(self, model: str, node: str, keys: PrefixKeys, *, new_slot: bool = True) -> None:
+        """`node` just served a prompt with these prefixes; `new_slot` when none of them was
+        cached there, so that it took a slot from another conversation."""
         if not keys:
             return
         pair = (node, model)
-        sequence = self._sequence.get(pair, 0) + 1
+        sequence = self._sequence.get(pair, 0) + (1 if new_slot else 0)
         self._sequence[pair] = sequence
         generation = self._generation.get(pair, 0)
         for key, tokens in keys:

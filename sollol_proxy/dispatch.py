@@ -27,8 +27,11 @@ class Attempt:
         self.started = time.monotonic()
         self.first_byte_at: float | None = None
         self.cold = False  # the model was not resident here when the request was sent
-        self.loads_ahead = 0  # loads this node was already busy with when it was sent
-        self.load_pending = False  # counted in node.loads_pending until the first byte
+        self.victims: list[str] = []  # what Ollama will unload here to load it
+        # Ollama's load_duration includes waiting for other loads and for busy victims to
+        # drain: only a load with neither measures the load itself.
+        self.clean_load = False
+        self.holding = False  # counted in node.loading / node.evicting
 
     def first_byte(self, status: int) -> None:
         self.first_byte_at = time.monotonic()
@@ -62,37 +65,43 @@ class DispatchObserver:
     async def attempt(self, node: NodeState) -> AsyncIterator[Attempt]:
         model = self.profile.model
         attempt = Attempt(self, node)
-        attempt.cold = attempt.load_pending = not node.is_resident(model)
-        attempt.loads_ahead = node.loads_pending
-        if attempt.cold:
-            self._evict(node, planned_victims(node, model, self.learner))
+        if not node.is_resident(model):
+            attempt.cold = True
+            runners = {r.model: r for r in planned_victims(node, model, self.learner)}
+            attempt.victims = list(runners)
+            attempt.clean_load = node.loads_pending(model) == 0 and not any(
+                r.in_flight for r in runners.values()
+            )
+            # Until the node answers, the load is under way and its victims are on their way
+            # out: no other request is routed to them as if they were still loaded.
+            self._hold(attempt, 1)
         async with self.fleet.lease(node, model):
-            if attempt.load_pending:
-                node.loads_pending += 1
             try:
                 yield attempt
             finally:
-                if attempt.load_pending:
-                    node.loads_pending -= 1
+                self._hold(attempt, -1)
 
-    def _evict(self, node: NodeState, models: list[str]) -> None:
-        """The load this request causes will unload these: stop routing to them there now,
-        rather than after the next /api/ps."""
-        for model in models:
-            node.loaded.pop(model, None)
-            node.recent.pop(model, None)
-            node.runner_options.pop(model, None)
-        self.cache.forget(node.name, models)
+    def _hold(self, attempt: Attempt, step: int) -> None:
+        if attempt.holding == (step > 0):
+            return
+        attempt.holding = step > 0
+        node = attempt.node
+        node.hold(node.loading, [self.profile.model], step)
+        node.hold(node.evicting, attempt.victims, step)
 
     def first_byte(self, attempt: Attempt, status: int) -> None:
         node, model = attempt.node, self.profile.model
-        if attempt.load_pending:
-            node.loads_pending -= 1
-            attempt.load_pending = False
+        self._hold(attempt, -1)
         if self.decision is not None:
             self.decision["served_by"] = node.name
         if status != 200:
             return
+        if attempt.victims:  # the load happened: its victims are gone, and their caches
+            for victim in attempt.victims:
+                node.loaded.pop(victim, None)
+                node.recent.pop(victim, None)
+                node.runner_options.pop(victim, None)
+            self.cache.forget(node.name, attempt.victims)
         previous = node.runner_options.get(model)
         if previous is not None and previous != self.profile.runner_options:
             self.cache.forget(node.name, [model])  # Ollama reloaded the runner: its cache is gone
@@ -112,13 +121,18 @@ class DispatchObserver:
             profile.model,
             profile.task,
             parse_timings(tail),
-            # Ollama's load_duration includes waiting behind other loads: only a load that had
-            # none ahead of it measures the load itself.
-            clean_load=attempt.cold and attempt.loads_ahead == 0,
+            clean_load=attempt.clean_load,
             cached_tokens=self.cached_tokens.get(node.name, 0),
             ttft_s=(attempt.first_byte_at - attempt.started)
             if profile.stream and attempt.first_byte_at
             else None,
             elapsed_s=now - attempt.started,
+            estimated_prompt_tokens=profile.prompt_tokens,
         )
-        self.cache.record(profile.model, node.name, profile.prefix_keys)
+        # A request that found none of its prefix here took a slot from another conversation.
+        self.cache.record(
+            profile.model,
+            node.name,
+            profile.prefix_keys,
+            new_slot=not self.cached_tokens.get(node.name),
+        )

@@ -19,6 +19,7 @@ import orjson
 
 from .affinity import PromptCache
 from .config import Config, NodeConfig
+from .gojson import timestamp_ns
 from .headers import upstream_probe_headers
 from .names import normalize_model
 
@@ -39,13 +40,18 @@ class NodeState:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     # normalized model name -> the node's own /api/ps item
     loaded: dict[str, dict[str, Any]] = field(default_factory=dict)
+    expires_ns: dict[str, int] = field(default_factory=dict)  # parsed expires_at of `loaded`
     # model -> when the proxy saw it answered here, since the last /api/ps (its own loads)
     recent: dict[str, float] = field(default_factory=dict)
     # the load-time options the proxy last sent per model (reference 5.4: a change reloads)
     runner_options: dict[str, tuple[tuple[str, object], ...]] = field(default_factory=dict)
     in_flight: int = 0
     model_in_flight: dict[str, int] = field(default_factory=dict)
-    loads_pending: int = 0  # dispatches to a model that was not resident, before their first byte
+    # model -> requests sent while it was not loaded here, until their first byte: Ollama is
+    # loading it (one model at a time per node)
+    loading: dict[str, int] = field(default_factory=dict)
+    # model -> loads under way here that will unload it to make room
+    evicting: dict[str, int] = field(default_factory=dict)
     inventory_at: float = 0.0
 
     @property
@@ -53,7 +59,20 @@ class NodeState:
         return self.config.name
 
     def is_resident(self, model: str) -> bool:
-        return model in self.loaded or model in self.recent
+        return (model in self.loaded or model in self.recent) and model not in self.evicting
+
+    def loads_pending(self, other_than: str = "") -> int:
+        """Loads this node is busy with, other than `other_than`'s."""
+        return sum(1 for m in self.loading if m != other_than and m not in self.loaded)
+
+    def hold(self, counts: dict[str, int], models: list[str], step: int) -> None:
+        """Add `step` (1 or -1) to `counts` for `models`, dropping keys that reach zero."""
+        for model in models:
+            value = counts.get(model, 0) + step
+            if value > 0:
+                counts[model] = value
+            else:
+                counts.pop(model, None)
 
 
 class ProbeError(Exception):
@@ -112,6 +131,7 @@ class Fleet:
             for model in gone:
                 node.runner_options.pop(model, None)
         node.loaded = loaded
+        node.expires_ns = {m: timestamp_ns(item.get("expires_at")) for m, item in loaded.items()}
         # Loads that completed while the answer was on its way are not in it yet.
         node.recent = {
             m: seen for m, seen in node.recent.items() if seen >= asked_at and m not in loaded

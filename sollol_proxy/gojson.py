@@ -7,6 +7,8 @@ the order given, and Go's HTML-safe escaping, which orjson does not do on its ow
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -34,3 +36,16 @@ def dumps(value: Any) -> bytes:
 def dumps_line(value: Any) -> bytes:
     """Encode like Go's json.Encoder.Encode: json.Marshal plus a newline."""
     return dumps(value) + b"\n"
+
+
+_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def timestamp_ns(value: Any) -> int:
+    """Nanoseconds since the epoch of a Go RFC 3339 time; 0 when unparseable (sorts last)."""
+    match = _TIME.match(value) if isinstance(value, str) else None
+    if not match:
+        return 0
+    base, fraction, zone = match.groups()
+    seconds = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).timestamp()
+    return int(seconds) * 10**9 + int((fraction or "").ljust(9, "0"))

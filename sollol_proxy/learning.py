@@ -37,6 +37,7 @@ class Timings:
     prompt_s: float
     output_tokens: int
     output_s: float
+    hit_limit: bool = False  # done_reason "length": the answer was cut at num_predict
 
 
 def parse_timings(tail: bytes) -> Timings | None:
@@ -55,6 +56,7 @@ def parse_timings(tail: bytes) -> Timings | None:
         prompt_s=values["prompt_eval_duration"] / 1e9,
         output_tokens=values["eval_count"],
         output_s=values["eval_duration"] / 1e9,
+        hit_limit=b'"done_reason":"length"' in last,
     )
 
 
@@ -114,6 +116,7 @@ class Learner:
         self._nodes: dict[str, NodeStats] = {}
         self._outputs: dict[tuple[str, str], Average] = {}
         self._model_load: dict[str, Average] = {}  # load time of a model on any node
+        self._token_ratio: dict[str, Average] = {}  # Ollama's prompt tokens / the estimate
         self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
 
     def _pair(self, node: str, model: str) -> PairStats:
@@ -131,26 +134,30 @@ class Learner:
     def priors(self, node: str) -> Priors:
         return self._node_priors.get(node, self._priors)
 
-    # -- estimates -------------------------------------------------------------------------------
+    # -- estimates (they run for every candidate of every request: fallbacks only when needed) --
 
     def prefill_tps(self, node: str, model: str) -> float:
-        fallback = self._node(node).prefill_tps.get(self.priors(node).prefill_tokens_per_s)
-        return self._pair(node, model).prefill_tps.get(fallback)
+        pair = self._pairs.get((node, model))
+        if pair is not None and pair.prefill_tps.samples:
+            return pair.prefill_tps.value
+        return self._node(node).prefill_tps.get(self.priors(node).prefill_tokens_per_s)
 
     def decode_tps(self, node: str, model: str) -> float:
-        fallback = self._node(node).decode_tps.get(self.priors(node).decode_tokens_per_s)
-        return self._pair(node, model).decode_tps.get(fallback)
+        pair = self._pairs.get((node, model))
+        if pair is not None and pair.decode_tps.samples:
+            return pair.decode_tps.value
+        return self._node(node).decode_tps.get(self.priors(node).decode_tokens_per_s)
 
     def load_s(self, node: str, model: str, size_bytes: int) -> float:
         """Learned on this node; else as long as it took on other nodes; else the prior."""
-        priors = self.priors(node)
+        pair = self._pairs.get((node, model))
+        if pair is not None and pair.load_s.samples:
+            return pair.load_s.value
         elsewhere = self._model_load.get(model)
-        fallback = (
-            elsewhere.get(0.0)
-            if elsewhere and elsewhere.samples
-            else (priors.load_seconds + size_bytes / priors.load_bytes_per_s)
-        )
-        return self._pair(node, model).load_s.get(fallback)
+        if elsewhere is not None and elsewhere.samples:
+            return elsewhere.value
+        priors = self.priors(node)
+        return priors.load_seconds + size_bytes / priors.load_bytes_per_s
 
     def observe_request(self, model: str, now: float | None = None) -> None:
         """A request for `model` arrived: its popularity prices what evicting it would cost."""
@@ -160,17 +167,21 @@ class Learner:
             interval.add(now - last)
         self._arrivals[model] = (now, interval)
 
-    def _rate(self, model: str, now: float) -> float:
-        last, interval = self._arrivals.get(model, (None, Average()))
-        if last is None or not interval.samples:
-            return 0.0
-        return 1.0 / max(interval.value, now - last, 1e-3)
-
-    def demand(self, model: str, now: float | None = None) -> float:
-        """How wanted `model` is compared with the most requested model, 0..1."""
+    def demand_map(self, now: float | None = None) -> dict[str, float]:
+        """Model -> its request rate relative to the most requested model's, 0..1."""
         now = time.monotonic() if now is None else now
-        top = max((self._rate(m, now) for m in self._arrivals), default=0.0)
-        return self._rate(model, now) / top if top else 1.0
+        rates = {
+            model: 1.0 / max(interval.value, now - last, 1e-3)
+            for model, (last, interval) in self._arrivals.items()
+            if interval.samples
+        }
+        top = max(rates.values(), default=0.0)
+        return {model: rate / top for model, rate in rates.items()} if top else {}
+
+    def token_ratio(self, model: str) -> float:
+        """Ollama's count of prompt tokens per estimated token, for this model's tokenizer."""
+        ratio = self._token_ratio.get(model)
+        return ratio.get(1.0) if ratio else 1.0
 
     def ttft_s(self, node: str, model: str) -> float | None:
         stats = self._pairs.get((node, model))
@@ -178,10 +189,12 @@ class Learner:
 
     def service_s(self, node: str, model: str, prompt_tokens: int = 512) -> float:
         """How long one request of this model typically holds a slot on this node."""
-        guess = prompt_tokens / self.prefill_tps(
+        pair = self._pairs.get((node, model))
+        if pair is not None and pair.service_s.samples:
+            return pair.service_s.value
+        return prompt_tokens / self.prefill_tps(
             node, model
         ) + self._priors.output_tokens / self.decode_tps(node, model)
-        return self._pair(node, model).service_s.get(guess)
 
     def success(self, node: str) -> float:
         return self._node(node).success.get(1.0)
@@ -204,6 +217,7 @@ class Learner:
         cached_tokens: int,
         ttft_s: float | None,
         elapsed_s: float,
+        estimated_prompt_tokens: int = 0,
     ) -> None:
         pair, stats = self._pair(node, model), self._node(node)
         stats.success.add(1.0)
@@ -217,18 +231,23 @@ class Learner:
         if clean_load and timings.load_s >= LOAD_THRESHOLD_S:
             pair.load_s.add(timings.load_s)
             self._model_load.setdefault(model, Average()).add(timings.load_s)
-        uncached = timings.prompt_tokens - cached_tokens
-        # Only prompts that were mostly evaluated give a clean prefill speed (reference 5.6:
-        # prompt_eval_duration covers the uncached part only).
-        if uncached >= 32 and timings.prompt_s > 0:
-            speed = uncached / timings.prompt_s
-            pair.prefill_tps.add(speed)
-            stats.prefill_tps.add(speed)
+        if estimated_prompt_tokens > 0 and timings.prompt_tokens > 0:
+            ratio = timings.prompt_tokens / estimated_prompt_tokens
+            self._token_ratio.setdefault(model, Average()).add(min(max(ratio, 0.25), 4.0))
+        # Only a prompt the proxy expected to be evaluated in full gives a clean prefill speed
+        # (reference 5.6: prompt_eval_duration covers the uncached part only). A much faster
+        # sample means the node had it cached after all, and is not a speed.
+        if cached_tokens == 0 and timings.prompt_tokens >= 32 and timings.prompt_s > 0:
+            speed = timings.prompt_tokens / timings.prompt_s
+            current = pair.prefill_tps
+            if current.samples < 3 or speed < 3 * current.value:
+                current.add(speed)
+                stats.prefill_tps.add(speed)
         if timings.output_tokens >= 4 and timings.output_s > 0:
             speed = timings.output_tokens / timings.output_s
             pair.decode_tps.add(speed)
             stats.decode_tps.add(speed)
-        if timings.output_tokens:
+        if timings.output_tokens and not timings.hit_limit:  # a cut answer says little of length
             self._outputs.setdefault((model, task), Average()).add(timings.output_tokens)
 
     def observe_failure(self, node: str) -> None:

@@ -18,7 +18,7 @@ from .learning import Learner
 from .proxy import Target
 from .routing import STRATEGIES, RouteRequest, Strategy, make_strategy
 from .routing.analysis import RequestProfile
-from .snapshot import node_view, replica_counts
+from .snapshot import demand_by_model, node_view
 
 ALL_NODES = "all"
 
@@ -108,17 +108,19 @@ class Selector:
     ) -> Plan:
         model = profile.model
         slots = {n.name: n.config.num_parallel for n in nodes}
-        cached = self._prompt_cache.cached_tokens(model, profile.prefix_keys, slots)
+        # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
+        # this model's tokens, the unit of Ollama's counts and of the learned speeds.
+        ratio = self._learner.token_ratio(model)
+        found = self._prompt_cache.cached_tokens(model, profile.prefix_keys, slots)
+        cached = {node: round(tokens * ratio) for node, tokens in found.items()}
         self._learner.observe_request(model)
-        replicas = replica_counts(self._fleet.healthy())
-        views = [
-            node_view(n, profile, self._learner, cached.get(n.name, 0), replicas) for n in nodes
-        ]
+        demand = demand_by_model(self._fleet.healthy(), self._learner)
+        views = [node_view(n, profile, self._learner, cached.get(n.name, 0), demand) for n in nodes]
         strategy = self.strategy_for(model)
         request = RouteRequest(
             model=model,
             request_id=request_id,
-            prompt_tokens=profile.prompt_tokens,
+            prompt_tokens=round(profile.prompt_tokens * ratio),
             expected_output=self._learner.expected_output(model, profile.task, profile.max_output),
         )
         choices = strategy.rank(request, views)

@@ -4,47 +4,87 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from .fleet import NodeState
 from .learning import Learner
 from .routing import NodeView
 from .routing.analysis import RequestProfile
 from .routing.eviction import Runner, eviction_cost, victims
-from .views import timestamp_ns
 
 
-def _size(item: Mapping[str, object] | None) -> int:
+def _size(item: Mapping[str, Any] | None) -> int:
     size = item.get("size") if item else None
     return size if isinstance(size, int) else 0
 
 
+def _vram(node: NodeState, model: str) -> int:
+    item = node.loaded.get(model)
+    size = item.get("size_vram") if item else None
+    return size if isinstance(size, int) and size else _size(item or node.models.get(model))
+
+
 def runners(
-    node: NodeState, learner: Learner, exclude: str, replicas: Mapping[str, int] | None = None
+    node: NodeState,
+    learner: Learner,
+    exclude: str,
+    demand: Mapping[str, float] | None = None,
 ) -> list[Runner]:
-    """The models loaded on `node` other than `exclude`, as eviction candidates. A model also
-    loaded on other nodes (`replicas`: model -> nodes holding it) is cheaper to lose here."""
+    """The models loaded (or being loaded) on `node` other than `exclude`: eviction candidates.
+    `demand` (model -> 0..1) prices losing each; without it every model counts as wanted."""
     slots = node.config.num_parallel
     now_ns = time.time_ns()
     result = []
-    for model in node.loaded.keys() | node.recent.keys():
+
+    for model in (
+        node.loaded.keys() | node.recent.keys() | node.loading.keys()
+    ) - node.evicting.keys():
         if model == exclude:
             continue
-        item = node.loaded.get(model)
-        size = item.get("size_vram") if item else None
-        size = size if isinstance(size, int) and size else _size(item or node.models.get(model))
+        size = _vram(node, model)
         in_flight = node.model_in_flight.get(model, 0)
+        expires = node.expires_ns.get(model)
         result.append(
             Runner(
                 model=model,
                 size=size,
                 in_flight=in_flight,
-                expires_ns=timestamp_ns(item.get("expires_at")) - now_ns if item else 0,
+                expires_ns=expires - now_ns if expires else 0,
                 load_s=learner.load_s(node.name, model, size),
-                drain_s=in_flight / slots * learner.service_s(node.name, model),
-                demand=learner.demand(model) / max(1, (replicas or {}).get(model, 1)),
+                drain_s=in_flight / slots * learner.service_s(node.name, model)
+                if in_flight
+                else 0.0,
+                demand=1.0 if demand is None else demand.get(model, 0.0),
             )
         )
     return result
+
+
+def _might_evict(node: NodeState, model: str) -> bool:
+    """Cheap test before pricing evictions: would loading `model` here exceed a limit?"""
+    present = (
+        (node.loaded.keys() | node.recent.keys() | node.loading.keys())
+        - node.evicting.keys()
+        - {model}
+    )
+    if len(present) >= node.config.max_loaded_models:
+        return True
+    vram = node.config.vram_bytes
+    return (
+        vram is not None
+        and sum(_vram(node, m) for m in present) + _size(node.models.get(model)) > vram
+    )
+
+
+def _options_match(node: NodeState, profile: RequestProfile) -> bool:
+    """Would the loaded runner serve these load-time options without a reload (reference 5.4)?"""
+    recorded = node.runner_options.get(profile.model)
+    if recorded is not None:
+        return recorded == profile.runner_options
+    # Loaded by someone else, or before the proxy started: /api/ps still tells its num_ctx.
+    requested = dict(profile.runner_options).get("num_ctx")
+    loaded = node.loaded.get(profile.model, {}).get("context_length")
+    return requested is None or loaded is None or requested == loaded
 
 
 def node_view(
@@ -52,54 +92,62 @@ def node_view(
     profile: RequestProfile,
     learner: Learner,
     cached_tokens: int,
-    replicas: Mapping[str, int],
+    demand: Mapping[str, float],
 ) -> NodeView:
     model, name = profile.model, node.name
     resident = node.is_resident(model)
-    options_match = node.runner_options.get(model, ()) == profile.runner_options
+    options_match = _options_match(node, profile) if resident else True
     size = _size(node.models.get(model))
     evict = 0.0
-    if not (resident and options_match):
+    if (not resident or not options_match) and _might_evict(node, model):
         evict = eviction_cost(
-            runners(node, learner, exclude=model, replicas=replicas),
+            runners(node, learner, exclude=model, demand=demand),
             size,
             node.config.vram_bytes,
             node.config.max_loaded_models,
         )
+    busy = node.model_in_flight.get(model, 0)
+    ready = resident and options_match
     return NodeView(
         name=name,
         in_flight=node.in_flight,
         num_parallel=node.config.num_parallel,
         resident=resident,
-        model_in_flight=node.model_in_flight.get(model, 0),
+        model_in_flight=busy,
         options_match=options_match,
         cached_tokens=cached_tokens,
-        loads_pending=node.loads_pending,
+        loading=model in node.loading,
+        loads_pending=node.loads_pending(model),
         prefill_tps=learner.prefill_tps(name, model),
         decode_tps=learner.decode_tps(name, model),
-        load_s=learner.load_s(name, model, size),
-        service_s=learner.service_s(name, model, profile.prompt_tokens),
+        # Only what the estimate will use is looked up: this runs for every candidate.
+        load_s=0.0 if ready else learner.load_s(name, model, size),
+        service_s=learner.service_s(name, model, profile.prompt_tokens)
+        if busy >= node.config.num_parallel or not ready
+        else 0.0,
         evict_s=evict,
         success=learner.success(name),
     )
 
 
-def planned_victims(node: NodeState, model: str, learner: Learner) -> list[str]:
-    """The models Ollama will unload on `node` to load `model` there."""
-    need = _size(node.models.get(model))
-    chosen = victims(
+def demand_by_model(nodes: list[NodeState], learner: Learner) -> dict[str, float]:
+    """Model -> how costly losing one loaded copy is: its popularity relative to the most
+    requested model, divided by how many of these nodes hold it."""
+    copies: dict[str, int] = {}
+    for node in nodes:
+        for model in (node.loaded.keys() | node.recent.keys()) - node.evicting.keys():
+            copies[model] = copies.get(model, 0) + 1
+    popularity = learner.demand_map()
+    return {model: popularity.get(model, 0.0) / count for model, count in copies.items()}
+
+
+def planned_victims(node: NodeState, model: str, learner: Learner) -> list[Runner]:
+    """The runners Ollama will unload on `node` to load `model` there."""
+    if not _might_evict(node, model):
+        return []
+    return victims(
         runners(node, learner, exclude=model),
-        need,
+        _size(node.models.get(model)),
         node.config.vram_bytes,
         node.config.max_loaded_models,
     )
-    return [runner.model for runner in chosen]
-
-
-def replica_counts(nodes: list[NodeState]) -> dict[str, int]:
-    """Model -> how many of these nodes hold it loaded."""
-    counts: dict[str, int] = {}
-    for node in nodes:
-        for model in node.loaded.keys() | node.recent.keys():
-            counts[model] = counts.get(model, 0) + 1
-    return counts

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +11,7 @@ from aiohttp import web
 from . import gojson
 from .errors import JSON_CHARSET, JSON_PLAIN
 from .fleet import NodeState
+from .gojson import timestamp_ns
 from .names import normalize_model
 
 ROOT_TEXT = b"Ollama is running"
@@ -42,19 +42,6 @@ def version(nodes: Iterable[NodeState]) -> web.Response:
     ]
     oldest = min(known, key=_version_key) if known else UNKNOWN_VERSION
     return _response(gojson.dumps({"version": oldest}), JSON_CHARSET)
-
-
-_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
-
-
-def timestamp_ns(value: Any) -> int:
-    """Nanoseconds since the epoch of a Go RFC 3339 time; 0 when unparseable (sorts last)."""
-    match = _TIME.match(value) if isinstance(value, str) else None
-    if not match:
-        return 0
-    base, fraction, zone = match.groups()
-    seconds = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).timestamp()
-    return int(seconds) * 10**9 + int((fraction or "").ljust(9, "0"))
 
 
 def _union(per_node: Iterable[dict[str, dict[str, Any]]], time_field: str) -> list[dict[str, Any]]:

@@ -53,3 +53,15 @@ def test_memory_is_bounded() -> None:
     assert len(cache) == 50
     assert cache.cached_tokens("m", chat("system 99", "q"), {"a": 1000}) != {}
     assert cache.cached_tokens("m", chat("system 0", "q"), {"a": 1000}) == {}
+
+
+def test_a_conversation_reusing_its_slot_does_not_push_others_out() -> None:
+    cache = PromptCache()
+    a1, b1 = chat(SYSTEM, "from a"), chat(SYSTEM + " b", "from b")
+    b2 = chat(SYSTEM + " b", "from b", "answer", "more from b")
+    cache.record("m", "n", a1, new_slot=True)
+    cache.record("m", "n", b1, new_slot=True)
+    cache.record("m", "n", b2, new_slot=False)  # b's follow-up found its prefix: same slot
+    assert cache.cached_tokens("m", a1, {"n": 2}) == {"n": a1[-1][1]}
+    cache.record("m", "n", chat("third", "conversation"), new_slot=True)
+    assert cache.cached_tokens("m", a1, {"n": 2}) == {}  # now two others took slots since

@@ -117,11 +117,71 @@ def test_demand_is_relative_popularity() -> None:
         learner.observe_request("hot", now=t * 1.0)
     learner.observe_request("cold", now=0.0)
     learner.observe_request("cold", now=5.0)
-    assert learner.demand("hot", now=10.0) == 1.0
-    assert learner.demand("cold", now=10.0) == pytest.approx(0.2)
-    assert learner.demand("never", now=10.0) == 0.0
+    demand = learner.demand_map(now=10.0)
+    assert demand["hot"] == 1.0
+    assert demand["cold"] == pytest.approx(0.2)
+    assert "never" not in demand
 
 
 def test_per_node_priors() -> None:
     learner = Learner(Priors(), {"gpu": Priors(decode_tokens_per_s=120)})
     assert learner.decode_tps("gpu", "m") == 120 and learner.decode_tps("cpu", "m") == 30
+
+
+def test_prefill_is_learned_only_from_prompts_expected_uncached_and_sane() -> None:
+    learner = Learner(Priors())
+    body = GENERATE_BODY  # 2600 tokens in 1.3 s: 2000 tokens/s
+    for _ in range(3):
+        learner.observe_success(
+            "a",
+            "m",
+            "chat",
+            parse_timings(body),
+            clean_load=False,
+            cached_tokens=0,
+            ttft_s=None,
+            elapsed_s=1,
+        )
+    assert learner.prefill_tps("a", "m") == pytest.approx(2000)
+    # The node had it cached after all (10x faster): not a speed.
+    hit = body.replace(b'"prompt_eval_duration":1300000000', b'"prompt_eval_duration":130000000')
+    learner.observe_success(
+        "a",
+        "m",
+        "chat",
+        parse_timings(hit),
+        clean_load=False,
+        cached_tokens=0,
+        ttft_s=None,
+        elapsed_s=1,
+    )
+    assert learner.prefill_tps("a", "m") == pytest.approx(2000)
+
+
+def test_token_ratio_and_cut_answers() -> None:
+    learner = Learner(Priors(output_tokens=100))
+    learner.observe_success(
+        "a",
+        "m",
+        "chat",
+        parse_timings(GENERATE_BODY),
+        clean_load=False,
+        cached_tokens=0,
+        ttft_s=None,
+        elapsed_s=1,
+        estimated_prompt_tokens=2000,
+    )
+    assert learner.token_ratio("m") == pytest.approx(1.3)  # 2600 real tokens for 2000 estimated
+    assert learner.token_ratio("other") == 1.0
+    cut = GENERATE_BODY.replace(b'"done_reason":"stop"', b'"done_reason":"length"')
+    learner.observe_success(
+        "a",
+        "m",
+        "summarization",
+        parse_timings(cut),
+        clean_load=False,
+        cached_tokens=0,
+        ttft_s=None,
+        elapsed_s=1,
+    )
+    assert learner.expected_output("m", "summarization", None) == 100  # a cut answer is no length

@@ -28,12 +28,12 @@ async def test_failover_before_the_first_byte(
     for _ in range(3):
         # Pin the ranking so that the broken node comes first.
         made.fleet.nodes["a"].healthy = True
-        made.fleet.nodes["b"].in_flight += 1
+        made.fleet.nodes["b"].model_in_flight["llama3.2:latest"] = 1
         try:
             async with http.post(made.url + "/api/chat", data=CHAT) as response:
                 body = await response.read()
         finally:
-            made.fleet.nodes["b"].in_flight -= 1
+            del made.fleet.nodes["b"].model_in_flight["llama3.2:latest"]
         assert response.status == 200
         assert response.headers["X-Sollol-Node"] == "b"
         assert "(after a: " in response.headers["X-Sollol-Route"]
@@ -82,11 +82,11 @@ async def test_busy_node_503_fails_over_to_another(
     )
     busy = "server busy, please try again.  maximum pending requests exceeded"
     made.node("a").faults.status_error = (503, busy)
-    made.fleet.nodes["b"].in_flight += 1  # rank a first
+    made.fleet.nodes["b"].model_in_flight["llama3.2:latest"] = 1  # rank a first
     async with http.post(made.url + "/api/chat", data=CHAT) as response:
         assert response.status == 200 and response.headers["X-Sollol-Node"] == "b"
         assert "a: busy (503)" in response.headers["X-Sollol-Route"]
-    made.fleet.nodes["b"].in_flight -= 1
+    del made.fleet.nodes["b"].model_in_flight["llama3.2:latest"]
     # With nowhere else to go, Ollama's own 503 reaches the client unchanged.
     made.node("b").faults.status_error = (503, busy)
     async with http.post(made.url + "/api/chat", data=CHAT) as response:

@@ -13,15 +13,31 @@ def names(choices: list) -> list[str]:
 
 def test_least_loaded_prefers_free_slot_then_resident_then_emptiest() -> None:
     strategy = make_strategy("least_loaded")
+
+    def view(
+        name: str, model_busy: int, slots: int, resident: bool, node_busy: int = 0
+    ) -> NodeView:
+        return NodeView(
+            name,
+            in_flight=max(node_busy, model_busy),
+            num_parallel=slots,
+            resident=resident,
+            model_in_flight=model_busy,
+        )
+
     nodes = [
-        NodeView("busy-resident", in_flight=1, num_parallel=1, resident=True),
-        NodeView("cold-idle", in_flight=0, num_parallel=1, resident=False),
-        NodeView("resident-half", in_flight=1, num_parallel=2, resident=True),
-        NodeView("resident-idle", in_flight=0, num_parallel=4, resident=True),
+        view("busy-resident", 1, 1, True),
+        view("cold-idle", 0, 1, False),
+        view("resident-half", 1, 2, True),
+        view("resident-idle", 0, 4, True),
+        # Slots are per model: requests for other models leave this one's slots free, so this
+        # node is not saturated (it still ranks after emptier resident nodes).
+        view("resident-other-models-busy", 0, 1, True, node_busy=3),
     ]
     assert names(strategy.rank(REQ, nodes)) == [
         "resident-idle",
         "resident-half",
+        "resident-other-models-busy",
         "cold-idle",
         "busy-resident",
     ]
@@ -38,7 +54,9 @@ def test_ties_spread_across_requests_but_are_deterministic() -> None:
 
 
 def test_reason_describes_the_choice() -> None:
-    choice = make_strategy("least_loaded").rank(REQ, [NodeView("a", 1, 4, True)])[0]
+    choice = make_strategy("least_loaded").rank(
+        REQ, [NodeView("a", 1, 4, True, model_in_flight=1)]
+    )[0]
     assert choice.reason == "resident, 1/4 slots busy"
 
 

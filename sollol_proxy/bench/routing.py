@@ -222,18 +222,26 @@ async def _send(http: aiohttp.ClientSession, url: str, call: Call, result: Resul
     start = time.perf_counter()
     first: float | None = None
     parts: list[str] = []
-    async with http.post(url + "/api/chat", data=body) as response:
-        async for line in response.content:
-            if first is None:
-                first = time.perf_counter() - start
-            obj = orjson.loads(line)
-            if "error" in obj or response.status != 200:
-                result.errors += 1
-                return ""
-            parts.append(obj["message"]["content"])
-    result.ttft.append(first or 0.0)
-    result.total.append(time.perf_counter() - start)
-    return "".join(parts)
+    failed = False
+    try:
+        async with http.post(url + "/api/chat", data=body) as response:
+            async for line in response.content:
+                if first is None:
+                    first = time.perf_counter() - start
+                obj = orjson.loads(line)
+                if "error" in obj or response.status != 200:
+                    failed = True
+                    break
+                parts.append(obj["message"]["content"])
+    except aiohttp.ClientError:
+        failed = True
+    # A failed request still counts, at the time it took to fail: failures must not make a
+    # strategy's percentiles look better.
+    elapsed = time.perf_counter() - start
+    result.errors += failed
+    result.ttft.append(elapsed if first is None else first)
+    result.total.append(elapsed)
+    return "" if failed else "".join(parts)
 
 
 async def _session(http: aiohttp.ClientSession, url: str, session: Session, result: Result) -> None:

@@ -54,3 +54,71 @@ def run(decisions: int = 20000) -> None:
         ten = baseline if name == "least_loaded" else measure(name, 10, decisions)
         hundred = measure(name, 100, max(1, decisions // 10))
         print(f"| {name} | {ten:.1f} | {hundred:.1f} | {ten / baseline:.2f}x |")
+    ten = measure_selection(10, max(1, decisions // 10))
+    hundred = measure_selection(100, max(1, decisions // 100))
+    print(
+        f"| performance, with snapshot building | {ten:.1f} | {hundred:.1f} | {ten / baseline:.2f}x |"
+    )
+
+
+def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
+    """Microseconds per decision including the snapshot: live node state (20 models on disk,
+    3 loaded per node, requests in flight) turned into views, cached prefixes looked up, demand
+    computed, then ranked, as Selector does for every request."""
+    from ..affinity import PromptCache
+    from ..config import load_config
+    from ..fleet import Fleet
+    from ..learning import Learner, Priors
+    from ..routing.analysis import analyze
+    from ..snapshot import demand_by_model, node_view
+
+    rng = random.Random(seed)
+    config = load_config(
+        None,
+        env={},
+        overrides={
+            "nodes": [
+                {"url": f"n{i}", "name": f"n{i}", "num_parallel": 2, "vram": "24GiB"}
+                for i in range(nodes)
+            ],
+        },
+    )
+    cache, learner = PromptCache(), Learner(Priors())
+    fleet = Fleet(config, None, cache)  # type: ignore[arg-type]  # no probes here
+    models = [f"model-{i}:latest" for i in range(20)]
+    for state in fleet.nodes.values():
+        state.healthy = True
+        state.models = {m: {"model": m, "size": 5 * 2**30} for m in models}
+        for m in rng.sample(models, 3):
+            state.loaded[m] = {
+                "model": m,
+                "size_vram": 5 * 2**30,
+                "expires_at": "2030-01-01T00:00:00Z",
+            }
+            state.model_in_flight[m] = rng.randint(0, 3)
+        state.in_flight = sum(state.model_in_flight.values())
+    for m in models:
+        learner.observe_request(m)
+        learner.observe_request(m)
+    payload = {
+        "model": models[0],
+        "messages": [
+            {"role": "system", "content": "s" * 4000},
+            {"role": "user", "content": "hello"},
+        ],
+    }
+    profile = analyze("/api/chat", payload, models[0], True)
+    cache.record(models[0], "n0", profile.prefix_keys)
+    strategy = make_strategy("performance")
+    candidates = list(fleet.nodes.values())
+    slots = {n.name: n.config.num_parallel for n in candidates}
+    request = RouteRequest(
+        model=models[0], request_id="r", prompt_tokens=profile.prompt_tokens, expected_output=200
+    )
+    start = time.perf_counter()
+    for _ in range(decisions):
+        cached = cache.cached_tokens(profile.model, profile.prefix_keys, slots)
+        demand = demand_by_model(candidates, learner)
+        views = [node_view(n, profile, learner, cached.get(n.name, 0), demand) for n in candidates]
+        strategy.rank(request, views)
+    return (time.perf_counter() - start) / decisions * 1e6

@@ -1,4 +1,6 @@
-"""Least-loaded: a free slot first, then a node that already holds the model, then the emptiest."""
+"""Least-loaded: a free slot for the model first, then a node that already holds it, then the
+emptiest node. Slots are per loaded model (OLLAMA_NUM_PARALLEL), so a node busy with other
+models still has free slots for this one."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ class LeastLoaded:
 
     def rank(self, request: RouteRequest, candidates: Sequence[NodeView]) -> list[Choice]:
         def key(node: NodeView) -> tuple[bool, bool, float, int]:
-            saturated = node.in_flight >= node.num_parallel
+            saturated = node.model_in_flight >= node.num_parallel
             # Equal nodes are ordered by a per-request hash so that ties spread over the fleet
             # instead of always landing on the first configured node.
             tiebreak = zlib.crc32(f"{request.request_id}/{node.name}".encode())
@@ -26,4 +28,4 @@ class LeastLoaded:
 
 def _reason(node: NodeView) -> str:
     residency = "resident" if node.resident else "not loaded"
-    return f"{residency}, {node.in_flight}/{node.num_parallel} slots busy"
+    return f"{residency}, {node.model_in_flight}/{node.num_parallel} slots busy"

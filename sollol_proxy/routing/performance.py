@@ -22,30 +22,32 @@ from .types import Choice, Estimate, NodeView, RouteRequest
 # Nodes whose estimates are within 10% (plus 50 ms) of the best are treated as equal.
 NEAR_TIE_RATIO = 1.10
 NEAR_TIE_SLACK_S = 0.05
-# Concurrent requests on one GPU share its compute: each running request slows decode by this much.
-CONTENTION_PER_REQUEST = 0.15
 MIN_SUCCESS = 0.05
 
 
 def estimate(view: NodeView, request: RouteRequest) -> Estimate:
     slots = view.num_parallel
     busy = view.model_in_flight
+    # Requests already sent for this model here take its slots first.
+    queue = (busy - slots + 1) / slots * view.service_s if busy >= slots else 0.0
     wait = load = evict = 0.0
     if view.resident and view.options_match:
-        if busy >= slots:  # every slot taken: wait for enough of them to free
-            wait = (busy - slots + 1) / slots * view.service_s
+        wait = queue
     elif view.resident:
         # Different load-time options: Ollama drains the runner, then reloads it (reference 5.4).
         load = view.load_s + busy / slots * view.service_s
         evict = view.evict_s
+    elif view.loading:
+        # An earlier request is loading it: at most a whole load remains, then the queue.
+        load, wait = view.load_s, queue
     else:
         # Loads are one at a time per node: queue behind the ones already under way.
         load = view.load_s * (1 + view.loads_pending)
         evict = view.evict_s
     uncached = max(request.prompt_tokens - view.cached_tokens, 1)
     prefill = uncached / view.prefill_tps
-    contention = 1 + CONTENTION_PER_REQUEST * min(view.in_flight, slots)
-    decode = request.expected_output / view.decode_tps * contention
+    # The learned decode speed already reflects the concurrency the node usually runs at.
+    decode = request.expected_output / view.decode_tps
     total = (wait + load + evict + prefill + decode) / max(view.success, MIN_SUCCESS)
     return Estimate(total, wait, load, evict, prefill, decode)
 
@@ -85,6 +87,8 @@ def describe(view: NodeView, est: Estimate, other: float | None) -> str:
         parts = ["resident"]
     elif view.resident:
         parts = [f"reload for options {est.load:.1f}s"]
+    elif view.loading:
+        parts = [f"loading, up to {est.load:.1f}s"]
     else:
         parts = [f"cold load {est.load:.1f}s"]
     if view.cached_tokens:

@@ -32,7 +32,7 @@ class Random:
 
     name: ClassVar[str] = "random"
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = 0) -> None:
         self._random = random.Random(seed)
 
     def rank(self, request: RouteRequest, candidates: Sequence[NodeView]) -> list[Choice]:

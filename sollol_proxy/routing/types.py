@@ -31,7 +31,8 @@ class NodeView:
     model_in_flight: int = 0  # requests for this model on this node (they share its slots)
     options_match: bool = True  # the loaded runner has the request's load-time options
     cached_tokens: int = 0  # prompt tokens this node likely still holds in its KV cache
-    loads_pending: int = 0  # loads this node is busy with (Ollama loads one model at a time)
+    loading: bool = False  # the node is loading this model already (for an earlier request)
+    loads_pending: int = 0  # loads of other models this node is busy with (one at a time)
     prefill_tps: float = 1000.0
     decode_tps: float = 30.0
     load_s: float = 5.0  # expected time to load this model here
