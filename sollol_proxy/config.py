@@ -65,9 +65,6 @@ class Config:
     max_body_bytes: int = 64 * 2**20
     log_level: str = "info"
 
-    def node(self, name: str) -> NodeConfig | None:
-        return next((n for n in self.nodes if n.name == name), None)
-
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration in the YAML layout (for `check-config`); secrets redacted."""
         return {

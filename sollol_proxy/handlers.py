@@ -14,7 +14,7 @@ from .config import Config
 from .dispatch import DispatchObserver
 from .errors import error_response
 from .fleet import Fleet
-from .headers import REQUEST_ID_HEADER
+from .headers import NODE_HEADER, REQUEST_ID_HEADER
 from .learning import Learner
 from .management import Management
 from .names import normalize_model
@@ -69,7 +69,7 @@ class OllamaHandler:
         raw = request.raw_path.split("?", 1)[0]
         route, param = classify(request.method, request.path if raw == request.path else raw)
         kind = route.kind
-        pinned = request.headers.get("X-Sollol-Node")
+        pinned = request.headers.get(NODE_HEADER)
         if kind is Kind.ROOT:
             return views.root()
         if kind is Kind.SOLLOL:
@@ -134,11 +134,9 @@ class OllamaHandler:
             )
             return await self.management.run(request, body, nodes, request_id, label)
         # Fleet views pinned to a node, and every route this proxy does not model: a node answers.
-        pinned_nodes = self.selector.pinned(request, allow_all=False)
-        if pinned_nodes is not None:
-            targets = [Target(node, "pinned by X-Sollol-Node") for node in pinned_nodes]
-        else:
-            targets = self.selector.any_node(request_id, "not model-specific")
+        targets = self.selector.pinned_targets(request) or self.selector.any_node(
+            request_id, "not model-specific"
+        )
         return await self.forwarder.forward(
             request, forwarded_body, targets, request_id, first_byte=self.config.timeouts.first_byte
         )

@@ -82,6 +82,11 @@ class Selector:
             raise NoTarget(400, f"{NODE_HEADER} names unknown node {unknown[0]!r} (known: {known})")
         return [self._fleet.nodes[name] for name in names]
 
+    def pinned_targets(self, request: web.Request) -> list[Target] | None:
+        """The operator's pinned nodes as targets (not `all`), or None when nothing is pinned."""
+        pinned = self.pinned(request, allow_all=False)
+        return None if pinned is None else [Target(n, f"pinned by {NODE_HEADER}") for n in pinned]
+
     def _healthy(self) -> list[NodeState]:
         nodes = self._fleet.healthy()
         if not nodes:
@@ -151,9 +156,9 @@ class Selector:
         self, request: web.Request, profile: RequestProfile, request_id: str, priority: int
     ) -> Plan:
         model = profile.model
-        pinned = self.pinned(request, allow_all=False)
+        pinned = self.pinned_targets(request)
         if pinned is not None:
-            return Plan([Target(node, "pinned by " + NODE_HEADER) for node in pinned])
+            return Plan(pinned)
         if not model:
             # No model to route by: the node answers with Ollama's own error for that.
             return Plan(self.any_node(request_id, "no model named"))

@@ -261,3 +261,18 @@ def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "port: 12345" in result.stdout and "url: http://a:11434" in result.stdout
     assert "s3cret" not in result.stdout
+
+
+def test_config_file_from_the_environment(tmp_path: Path) -> None:
+    import os
+
+    path = write(tmp_path, "nodes: [gpu7]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "sollol_proxy", "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SOLLOL_CONFIG": str(path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "url: http://gpu7:11434" in result.stdout

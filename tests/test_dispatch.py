@@ -38,16 +38,18 @@ def observer(
     return DispatchObserver(fleet, learner, cache, profile, {})
 
 
+def x_cached_on_a(cache: PromptCache) -> Any:
+    """Node a served a conversation of x: its prefix is in a's cache."""
+    payload = {"model": "x:latest", "messages": [{"role": "user", "content": "hi"}]}
+    keys = analyze("/api/chat", payload, "x:latest", True).prefix_keys
+    cache.record("x:latest", "a", keys)
+    return keys
+
+
 async def test_a_load_that_fails_evicts_nothing() -> None:
     fleet, cache, learner = setup(max_loaded_models=1)
     node = fleet.nodes["a"]
-    keys = analyze(
-        "/api/chat",
-        {"model": "x:latest", "messages": [{"role": "user", "content": "hi"}]},
-        "x:latest",
-        True,
-    ).prefix_keys
-    cache.record("x:latest", "a", keys)
+    keys = x_cached_on_a(cache)
     async with observer(fleet, cache, learner, "y:latest").attempt(node) as attempt:
         assert attempt.cold and attempt.victims == ["x:latest"]
         # While y loads, x is on its way out here and y is being loaded.
@@ -60,13 +62,7 @@ async def test_a_load_that_fails_evicts_nothing() -> None:
 async def test_a_load_that_happened_evicts_and_forgets_the_cache() -> None:
     fleet, cache, learner = setup(max_loaded_models=1)
     node = fleet.nodes["a"]
-    keys = analyze(
-        "/api/chat",
-        {"model": "x:latest", "messages": [{"role": "user", "content": "hi"}]},
-        "x:latest",
-        True,
-    ).prefix_keys
-    cache.record("x:latest", "a", keys)
+    keys = x_cached_on_a(cache)
     async with observer(fleet, cache, learner, "y:latest").attempt(node) as attempt:
         attempt.first_byte(200)
         assert node.is_resident("y:latest") and not node.is_resident("x:latest")

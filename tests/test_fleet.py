@@ -253,6 +253,15 @@ async def test_pinning_rules(cluster: ClusterFactory, http: aiohttp.ClientSessio
         made.url + "/api/generate", data=b'{"model":"llama3.2"}', headers={"X-Sollol-Node": "all"}
     ) as r:
         assert r.status == 400
+    # Several names: tried in that order, so the next one takes over when the first fails.
+    made.node("b").faults.refuse = True
+    async with http.post(
+        made.url + "/api/generate",
+        data=b'{"model":"llama3.2","stream":false}',
+        headers={"X-Sollol-Node": "b,a"},
+    ) as r:
+        assert r.status == 200 and r.headers["X-Sollol-Node"] == "a"
+        assert r.headers["X-Sollol-Route"].startswith("pinned by X-Sollol-Node (after b: ")
 
 
 async def test_background_watcher_notices_a_node_leave_and_come_back(

@@ -193,3 +193,17 @@ async def test_a_node_answering_500_loses_traffic(
     assert statuses[0] == 500 and statuses[-1] == 200
     nodes = {n["name"]: n for n in (await get_json(http, made.url + "/sollol/nodes"))["nodes"]}
     assert nodes["a"]["learned"]["success_rate"] < 1.0
+
+
+async def test_decisions_kept_bounds_the_log(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=["llama3.2:latest"]), routing__decisions_kept=2)
+    ids = [
+        (await chat(http, made.url, [{"role": "user", "content": "x"}])).headers[
+            "X-Sollol-Request-Id"
+        ]
+        for _ in range(3)
+    ]
+    decisions = (await get_json(http, made.url + "/sollol/decisions"))["decisions"]
+    assert [d["request_id"] for d in decisions] == ids[:0:-1]
