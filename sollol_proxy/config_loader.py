@@ -1,7 +1,7 @@
-"""How `load_config()` builds a Config: raw layers (file, environment, overrides), then validation.
+"""How `load_config()` builds a Config: the raw layers (config_layers.py), then validation.
 
-Every layer writes into one flat `dotted.key -> value` mapping that remembers where each key came
-from, so a bad value is reported as `<origin>: <key>: <problem>`.
+A bad value is reported as `<origin>: <key>: <problem>`, the origin being the file, the
+environment variable or the flag that set it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from .config import (
     Config,
     ConfigError,
@@ -25,6 +23,7 @@ from .config import (
     normalize_node_url,
     read_hosts_file,
 )
+from .config_layers import Layers, load_env, load_file
 from .learning import Priors
 from .names import normalize_model
 from .routing import STRATEGIES
@@ -37,44 +36,15 @@ def load_layers(
     override_origins: Mapping[str, str] | None,
 ) -> Config:
     """The body of `config.load_config()`: file, then environment, then `overrides`."""
-    layers = _Layers()
+    layers = Layers()
     if path is not None:
-        _load_file(Path(path), layers)
-    _load_env(os.environ if env is None else env, layers)
+        load_file(Path(path), layers)
+    load_env(os.environ if env is None else env, layers)
     for key, value in (overrides or {}).items():
         layers.set(key, value, (override_origins or {}).get(key, "command line"))
     return _validate(layers)
 
 
-# ---------------------------------------------------------------------------------------------
-# Raw layers
-
-_ENV_KEYS: dict[str, str] = {
-    "SOLLOL_HOST": "listen.host",
-    "SOLLOL_PORT": "listen.port",
-    "SOLLOL_NODES": "nodes",
-    "SOLLOL_HOSTS_FILE": "hosts_file",
-    "SOLLOL_CONNECT_TIMEOUT": "timeouts.connect",
-    "SOLLOL_FIRST_BYTE_TIMEOUT": "timeouts.first_byte",
-    "SOLLOL_IDLE_READ_TIMEOUT": "timeouts.idle_read",
-    "SOLLOL_HEALTH_INTERVAL": "health.interval",
-    "SOLLOL_HEALTH_TIMEOUT": "health.timeout",
-    "SOLLOL_INVENTORY_INTERVAL": "inventory.interval",
-    "SOLLOL_STRATEGY": "routing.strategy",
-    "SOLLOL_MAX_ATTEMPTS": "routing.max_attempts",
-    "SOLLOL_MAX_BODY_BYTES": "limits.max_body_bytes",
-    "SOLLOL_LOG_LEVEL": "log_level",
-}
-
-_SECTIONS: dict[str, set[str]] = {
-    "listen": {"host", "port"},
-    "timeouts": {"connect", "first_byte", "idle_read"},
-    "health": {"interval", "timeout"},
-    "inventory": {"interval"},
-    "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
-    "limits": {"max_body_bytes"},
-}
-_TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level"}
 _NODE_KEYS = {
     "url",
     "name",
@@ -85,75 +55,6 @@ _NODE_KEYS = {
     "max_loaded_models",
     "priors",
 }
-
-
-class _Layers:
-    """A flat `dotted.key -> value` mapping that remembers the origin of every key."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-        self.origins: dict[str, str] = {}
-        self.base_dir = Path.cwd()
-        self.file_origin = ""
-
-    def set(self, key: str, value: Any, origin: str) -> None:
-        self.values[key] = value
-        self.origins[key] = origin
-
-    def error(self, key: str, problem: str) -> ConfigError:
-        """An error at `key`, blamed on whoever set it or the section it is in."""
-        origin = "defaults"
-        for end in range(len(key), 0, -1):
-            if key[:end] in self.origins and (end == len(key) or key[end] in ".["):
-                origin = self.origins[key[:end]]
-                break
-        return ConfigError(origin, key, problem)
-
-
-def _load_file(path: Path, layers: _Layers) -> None:
-    origin = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(origin, "", f"cannot read config file: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(
-            origin, "", f"{where}invalid YAML: {getattr(exc, 'problem', exc)}"
-        ) from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(origin, "", "the top level must be a mapping of keys")
-    layers.base_dir = path.resolve().parent
-    layers.file_origin = origin
-    for key, value in data.items():
-        if key not in _TOP_LEVEL:
-            raise ConfigError(
-                origin, str(key), f"unknown key (known: {', '.join(sorted(_TOP_LEVEL))})"
-            )
-        if key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(origin, key, "must be a mapping")
-            for sub, subvalue in value.items():
-                if sub not in _SECTIONS[key]:
-                    known = ", ".join(sorted(_SECTIONS[key]))
-                    raise ConfigError(origin, f"{key}.{sub}", f"unknown key (known: {known})")
-                layers.set(f"{key}.{sub}", subvalue, origin)
-        else:
-            layers.set(key, value, origin)
-
-
-def _load_env(env: Mapping[str, str], layers: _Layers) -> None:
-    for var, key in _ENV_KEYS.items():
-        if var in env:
-            value: Any = env[var]
-            if key == "nodes":
-                value = [part.strip() for part in value.split(",") if part.strip()]
-            layers.set(key, value, f"environment {var}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +75,7 @@ _SIZE_UNITS = {
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def _seconds(layers: _Layers, key: str, default: float) -> float:
+def _seconds(layers: Layers, key: str, default: float) -> float:
     value = layers.values.get(key, default)
     if isinstance(value, bool):
         raise layers.error(key, f"expected seconds, got {value!r}")
@@ -192,9 +93,7 @@ def _seconds(layers: _Layers, key: str, default: float) -> float:
     return seconds
 
 
-def _integer(
-    layers: _Layers, key: str, default: int, low: int, high: int, value: Any = None
-) -> int:
+def _integer(layers: Layers, key: str, default: int, low: int, high: int, value: Any = None) -> int:
     value = layers.values.get(key, default) if value is None else value
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
@@ -203,7 +102,7 @@ def _integer(
     return value
 
 
-def _size(layers: _Layers, key: str, default: int, value: Any = None) -> int:
+def _size(layers: Layers, key: str, default: int, value: Any = None) -> int:
     value = layers.values.get(key, default) if value is None else value
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
@@ -217,7 +116,7 @@ def _size(layers: _Layers, key: str, default: int, value: Any = None) -> int:
     return size
 
 
-def _string_map(layers: _Layers, key: str, value: Any) -> Mapping[str, str]:
+def _string_map(layers: Layers, key: str, value: Any) -> Mapping[str, str]:
     if value is None:
         return MappingProxyType({})
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
@@ -228,7 +127,7 @@ def _string_map(layers: _Layers, key: str, value: Any) -> Mapping[str, str]:
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
 
 
-def _headers(layers: _Layers, key: str, value: Any) -> Mapping[str, str]:
+def _headers(layers: Layers, key: str, value: Any) -> Mapping[str, str]:
     headers = _string_map(layers, key, value)
     for name, text in headers.items():
         if not _HEADER_NAME.match(name):
@@ -238,7 +137,7 @@ def _headers(layers: _Layers, key: str, value: Any) -> Mapping[str, str]:
     return headers
 
 
-def _node(layers: _Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
+def _node(layers: Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
     key = f"nodes[{index}]"
     entry = {"url": raw} if isinstance(raw, str) else raw
     if not isinstance(entry, dict):
@@ -289,7 +188,7 @@ def _node(layers: _Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
     )
 
 
-def _priors(layers: _Layers, key: str, value: Any, base: Priors) -> Priors:
+def _priors(layers: Layers, key: str, value: Any, base: Priors) -> Priors:
     if not isinstance(value, dict):
         raise layers.error(key, "must be a mapping of prior names to numbers")
     known = Priors.__dataclass_fields__
@@ -307,7 +206,7 @@ def _priors(layers: _Layers, key: str, value: Any, base: Priors) -> Priors:
     return replace(base, **numbers)
 
 
-def _model_strategies(layers: _Layers) -> Mapping[str, str]:
+def _model_strategies(layers: Layers) -> Mapping[str, str]:
     value = layers.values.get("routing.models") or {}
     if not isinstance(value, dict):
         raise layers.error("routing.models", "must map model names to strategy names")
@@ -320,7 +219,7 @@ def _model_strategies(layers: _Layers) -> Mapping[str, str]:
     return MappingProxyType({normalize_model(str(m)): str(s) for m, s in value.items()})
 
 
-def _nodes(layers: _Layers, priors: Priors) -> tuple[NodeConfig, ...]:
+def _nodes(layers: Layers, priors: Priors) -> tuple[NodeConfig, ...]:
     raw_nodes = layers.values.get("nodes") or []
     if not isinstance(raw_nodes, list):
         raise layers.error("nodes", "must be a list of node URLs or mappings")
@@ -358,7 +257,7 @@ def _nodes(layers: _Layers, priors: Priors) -> tuple[NodeConfig, ...]:
     return tuple(nodes)
 
 
-def _validate(layers: _Layers) -> Config:
+def _validate(layers: Layers) -> Config:
     defaults = Config()
     host = layers.values.get("listen.host", defaults.host)
     if not isinstance(host, str) or not host:
