@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from .accesslog import log_request
 from .admin import Admin
 from .affinity import PromptCache
 from .config import Config
@@ -80,6 +81,7 @@ async def create_app(config: Config) -> web.Application:
         learner=learner,
         prompt_cache=prompt_cache,
         admin=Admin(fleet, learner, decisions),
+        sinks=(log_request,),
     )
     app = web.Application(client_max_size=config.max_body_bytes)
     app[CONFIG] = config

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -21,9 +23,11 @@ from .names import normalize_model
 from .peek import BodyTooLarge, peek, read_body
 from .priority import BadPriority, read_priority
 from .proxy import Forwarder, Target
-from .routes import Kind, classify
+from .record import Outcome, RecordSink, RequestRecord
+from .routes import Kind, classify, endpoint_label
 from .routing.analysis import analyze
 from .selection import NoTarget, Selector
+from .upstream import client_ip
 
 _MANAGEMENT = {
     Kind.PULL: "pull",
@@ -48,22 +52,40 @@ class OllamaHandler:
     learner: Learner
     prompt_cache: PromptCache
     admin: Admin
+    sinks: Sequence[RecordSink]
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
-        request_id = new_request_id()
+        record = RequestRecord(
+            new_request_id(), request.method, endpoint_label(request.path), client_ip(request)
+        )
         try:
-            response = await self._dispatch(request, request_id)
-        except NoTarget as exc:
-            response = error_response(request.path, exc.status, exc.message)
-        except BodyTooLarge as exc:
-            response = error_response(request.path, 413, str(exc))
-        except BadPriority as exc:
-            response = error_response(request.path, 400, str(exc))
+            try:
+                response = await self._dispatch(request, record)
+            except NoTarget as exc:
+                response = error_response(request.path, exc.status, exc.message)
+            except BodyTooLarge as exc:
+                response = error_response(request.path, 413, str(exc))
+            except BadPriority as exc:
+                response = error_response(request.path, 400, str(exc))
+        except asyncio.CancelledError:
+            record.outcome = Outcome.CLIENT_CLOSED
+            record.finish(499)  # nginx's "client closed request": no answer was completed
+            self._done(record)
+            raise
         if not response.prepared:
-            response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+            response.headers.setdefault(REQUEST_ID_HEADER, record.request_id)
+        record.finish(response.status)
+        self._done(record)
         return response
 
-    async def _dispatch(self, request: web.Request, request_id: str) -> web.StreamResponse:
+    def _done(self, record: RequestRecord) -> None:
+        if record.endpoint == "/sollol/":
+            return  # the proxy's own endpoints (dashboards poll them) are not traffic
+        for sink in self.sinks:
+            sink(record)
+
+    async def _dispatch(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
+        request_id = record.request_id
         # aiohttp resolves `..` and `//` in request.path; Ollama redirects those, so an unclean
         # path goes to a node untouched instead of matching a fleet view.
         raw = request.raw_path.split("?", 1)[0]
@@ -92,9 +114,7 @@ class OllamaHandler:
                 "blob: " + ("pinned" if pinned else "placement node (first healthy node)"),
             )
             upload = request.content if request.method == "POST" else None
-            return await self.forwarder.forward(
-                request, upload, [target], request_id, first_byte=None
-            )
+            return await self.forwarder.forward(request, upload, [target], record, first_byte=None)
 
         body = await read_body(request, self.config.max_body_bytes)
         seen = peek(route, body, request.headers, param)
@@ -105,6 +125,7 @@ class OllamaHandler:
         if kind in (Kind.MODEL, Kind.MODEL_PATH):
             priority = read_priority(request)
             model = normalize_model(seen.model) if seen.model.strip() else ""
+            record.model, record.priority = model, priority
             profile = analyze(request.path, seen.payload, model, seen.stream)
             plan = await self.selector.for_model(request, profile, request_id, priority)
             observer = DispatchObserver(
@@ -115,8 +136,10 @@ class OllamaHandler:
                 plan.cached_tokens,
                 plan.decision,
             )
+            if plan.decision is not None:
+                record.strategy = plan.decision["strategy"]
             return await self.forwarder.forward(
-                request, forwarded_body, plan.targets, request_id, observer, first_byte=first_byte
+                request, forwarded_body, plan.targets, record, observer, first_byte=first_byte
             )
         if kind in _MANAGEMENT:
             payload = seen.payload or {}
@@ -132,11 +155,13 @@ class OllamaHandler:
                 base if isinstance(base, str) else "",
                 request_id,
             )
+            record.model = normalize_model(seen.model) if seen.model.strip() else ""
+            record.node, record.route = ",".join(n.name for n in nodes), label
             return await self.management.run(request, body, nodes, request_id, label)
         # Fleet views pinned to a node, and every route this proxy does not model: a node answers.
         targets = self.selector.pinned_targets(request) or self.selector.any_node(
             request_id, "not model-specific"
         )
         return await self.forwarder.forward(
-            request, forwarded_body, targets, request_id, first_byte=self.config.timeouts.first_byte
+            request, forwarded_body, targets, record, first_byte=self.config.timeouts.first_byte
         )

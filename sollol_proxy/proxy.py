@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from .config import Config
 from .errors import error_response, stream_error_bytes
 from .fleet import Fleet, NodeState, describe_error
 from .headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, downstream_response_headers
+from .learning import parse_timings
+from .record import Outcome, RequestRecord
 from .upstream import Body, Opened, UpstreamFailure, open_upstream
 
 if TYPE_CHECKING:
@@ -62,11 +65,12 @@ class Forwarder:
         request: web.Request,
         body: Body,
         targets: Sequence[Target],
-        request_id: str,
+        record: RequestRecord,
         observer: DispatchObserver | None = None,
         *,
         first_byte: float | None,
     ) -> web.StreamResponse:
+        request_id = record.request_id
         replayable = isinstance(body, bytes | None)
         attempts = list(targets[: self._config.max_attempts if replayable else 1])
         failures: list[tuple[str, UpstreamFailure]] = []
@@ -87,6 +91,7 @@ class Forwarder:
                         exc.reason,
                     )
                     failures.append((node.name, exc))
+                    record.failed_attempts.append((node.name, exc.reason))
                     continue
                 if opened.response.status == BUSY_STATUS and index < len(attempts) - 1:
                     opened.response.close()
@@ -94,18 +99,11 @@ class Forwarder:
                         "%s: node %s is busy (503), trying the next node", request_id, node.name
                     )
                     failures.append((node.name, UpstreamFailure("busy (503)", node_down=False)))
+                    record.failed_attempts.append((node.name, "busy (503)"))
                     continue
                 route = target.route
                 if failures:
                     route += " (after " + ", ".join(f"{n}: {f.reason}" for n, f in failures) + ")"
-                log.info(
-                    "%s: %s %s -> %s [%s]",
-                    request_id,
-                    request.method,
-                    request.path,
-                    node.name,
-                    route,
-                )
                 routing = {
                     NODE_HEADER: node.name,
                     ROUTE_HEADER: route,
@@ -113,7 +111,8 @@ class Forwarder:
                 }
                 if attempt is not None:
                     attempt.first_byte(opened.response.status)
-                return await self._relay(request, opened, node, routing, attempt)
+                record.node, record.route, record.status = node.name, route, opened.response.status
+                return await self._relay(request, opened, node, routing, attempt, record)
         return self._all_failed(request, failures, request_id)
 
     def _all_failed(
@@ -132,6 +131,7 @@ class Forwarder:
         node: NodeState,
         routing: dict[str, str],
         attempt: Attempt | None,
+        record: RequestRecord,
     ) -> web.StreamResponse:
         upstream = opened.response
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -148,6 +148,8 @@ class Forwarder:
             recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
             while chunk:
                 await response.write(chunk)  # one write per upstream read: nothing is held back
+                if record.ttft_s is None:
+                    record.ttft_s = time.monotonic() - record.started
                 recent.append(chunk)
                 try:
                     async with asyncio.timeout(self._config.timeouts.idle_read):
@@ -156,12 +158,17 @@ class Forwarder:
                     if attempt is not None:
                         attempt.failed()
                     tail = b"".join(recent)[-2:]
+                    record.outcome = Outcome.MIDSTREAM_FAILURE
                     await self._broken_stream(request, response, upstream, node, exc, tail)
                     return response
             await response.write_eof()
             complete = True
+            tail = b"".join(recent)
+            timings = parse_timings(tail)
+            if timings is not None:
+                record.tokens_in, record.tokens_out = timings.prompt_tokens, timings.output_tokens
             if attempt is not None:
-                attempt.finished(upstream.status, b"".join(recent))
+                attempt.finished(upstream.status, tail)
             return response
         finally:
             if complete:

@@ -76,6 +76,16 @@ FORWARD_AS_IS = Route(Kind.ANY)
 SOLLOL_PREFIX = "/sollol/"
 
 
+def endpoint_label(path: str) -> str:
+    """A bounded label for metrics and logs: the route template, or "other" (no raw paths)."""
+    if path in EXACT or path.startswith(SOLLOL_PREFIX):
+        return path if path in EXACT else "/sollol/"
+    for prefix, (_, route) in PREFIXED.items():
+        if path.startswith(prefix):
+            return f"{prefix}:{route.path_param}"
+    return "other"
+
+
 def classify(method: str, path: str) -> tuple[Route, str]:
     """The route for this request and its path parameter ('' when there is none)."""
     if path.startswith(SOLLOL_PREFIX):
