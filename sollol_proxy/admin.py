@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from . import gojson
+from .admission import Admission
 from .decisions import DecisionLog
 from .errors import JSON_PLAIN
 from .fleet import Fleet, NodeState
@@ -28,10 +29,13 @@ def not_found() -> web.Response:
 
 
 class Admin:
-    def __init__(self, fleet: Fleet, learner: Learner, decisions: DecisionLog) -> None:
+    def __init__(
+        self, fleet: Fleet, learner: Learner, decisions: DecisionLog, admission: Admission
+    ) -> None:
         self._fleet = fleet
         self._learner = learner
         self._decisions = decisions
+        self._admission = admission
 
     def handle(self, request: web.Request) -> web.Response:
         if request.method not in ("GET", "HEAD"):
@@ -46,6 +50,8 @@ class Admin:
             return _json(
                 {"time": time.time(), "nodes": [self._node(n) for n in self._fleet.nodes.values()]}
             )
+        if request.path == "/sollol/queue":
+            return _json({"time": time.time(), **self._admission.snapshot()})
         return not_found()
 
     def _node(self, node: NodeState) -> dict[str, object]:
@@ -58,6 +64,7 @@ class Admin:
             "num_parallel": node.config.num_parallel,
             "in_flight": node.in_flight,
             "in_flight_by_model": dict(node.model_in_flight),
+            "slots_in_use": self._admission.slots_in_use(node.name),
             "loading": dict(node.loading),
             "evicting": dict(node.evicting),
             "models": sorted(node.models),

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .accesslog import log_request
 from .admin import Admin
+from .admission import Admission
 from .affinity import PromptCache
 from .config import Config
 from .decisions import DecisionLog
@@ -28,6 +29,7 @@ CONFIG = web.AppKey("config", Config)
 FLEET = web.AppKey("fleet", Fleet)
 LEARNER = web.AppKey("learner", Learner)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+ADMISSION = web.AppKey("admission", Admission)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -49,18 +51,19 @@ def new_upstream_session(config: Config) -> aiohttp.ClientSession:
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """Every background task is started, cancelled and awaited here."""
-    fleet, session = app[FLEET], app[SESSION]
+    fleet, session, admission = app[FLEET], app[SESSION], app[ADMISSION]
     await fleet.refresh_all()
     healthy = [n.name for n in fleet.healthy()]
     log.info("fleet ready: %d/%d nodes healthy %s", len(healthy), len(fleet.nodes), healthy)
-    watchers = [
+    tasks = [
         asyncio.create_task(fleet.watch(node), name=f"watch:{node.name}")
         for node in fleet.nodes.values()
     ]
+    tasks.append(asyncio.create_task(admission.run(), name="admission"))
     yield
-    for task in watchers:
+    for task in tasks:
         task.cancel()
-    for task in watchers:
+    for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await session.close()
@@ -72,6 +75,7 @@ async def create_app(config: Config) -> web.Application:
     fleet = Fleet(config, session, prompt_cache)
     learner = Learner(config.priors, {n.name: n.priors for n in config.nodes if n.priors})
     decisions = DecisionLog(config.decisions_kept)
+    admission = Admission(config.queue)
     handler = OllamaHandler(
         config=config,
         fleet=fleet,
@@ -80,7 +84,8 @@ async def create_app(config: Config) -> web.Application:
         management=Management(config, session, fleet),
         learner=learner,
         prompt_cache=prompt_cache,
-        admin=Admin(fleet, learner, decisions),
+        admin=Admin(fleet, learner, decisions, admission),
+        admission=admission,
         sinks=(log_request,),
     )
     app = web.Application(client_max_size=config.max_body_bytes)
@@ -88,6 +93,7 @@ async def create_app(config: Config) -> web.Application:
     app[FLEET] = fleet
     app[LEARNER] = learner
     app[SESSION] = session
+    app[ADMISSION] = admission
     app.on_response_prepare.append(_drop_server_header)
     app.cleanup_ctx.append(_background)
     app.router.add_route("*", "/{tail:.*}", handler.__call__)

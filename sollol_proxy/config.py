@@ -49,6 +49,36 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class QueueBand:
+    """Limits for the requests whose priority is from `low` to `high` (inclusive)."""
+
+    low: int
+    high: int
+    max_wait: float | None = None  # None: the queue's own max_wait
+    max_length: int | None = None  # None: only the queue's own max_length applies
+
+    @property
+    def label(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    enabled: bool = True
+    max_length: int = 1000  # waiting requests, all priorities together
+    max_wait: float = 300.0
+    # A waiting request gains one priority level per `ageing` seconds, so none starves.
+    ageing: float = 10.0
+    # A freed slot goes to a request whose model is loaded there if its effective priority is
+    # within this many levels of the most urgent request's: no model swap for a small reordering.
+    affinity_window: float = 2.0
+    bands: tuple[QueueBand, ...] = ()
+
+    def band(self, priority: int) -> QueueBand | None:
+        return next((b for b in self.bands if b.low <= priority <= b.high), None)
+
+
+@dataclass(frozen=True)
 class Config:
     host: str = "0.0.0.0"
     port: int = DEFAULT_OLLAMA_PORT
@@ -63,6 +93,7 @@ class Config:
     decisions_kept: int = 500
     max_attempts: int = 3
     max_body_bytes: int = 64 * 2**20
+    queue: QueueConfig = QueueConfig()
     log_level: str = "info"
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +124,17 @@ class Config:
                 "decisions_kept": self.decisions_kept,
             },
             "limits": {"max_body_bytes": self.max_body_bytes},
+            "queue": {
+                "enabled": self.queue.enabled,
+                "max_length": self.queue.max_length,
+                "max_wait": self.queue.max_wait,
+                "ageing": self.queue.ageing,
+                "affinity_window": self.queue.affinity_window,
+                "bands": [
+                    {"priorities": b.label, "max_wait": b.max_wait, "max_length": b.max_length}
+                    for b in self.queue.bands
+                ],
+            },
             "log_level": self.log_level,
         }
 

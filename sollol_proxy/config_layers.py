@@ -29,6 +29,9 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_MAX_ATTEMPTS": "routing.max_attempts",
     "SOLLOL_MAX_BODY_BYTES": "limits.max_body_bytes",
     "SOLLOL_LOG_LEVEL": "log_level",
+    "SOLLOL_QUEUE_ENABLED": "queue.enabled",
+    "SOLLOL_QUEUE_MAX_LENGTH": "queue.max_length",
+    "SOLLOL_QUEUE_MAX_WAIT": "queue.max_wait",
 }
 
 _SECTIONS: dict[str, set[str]] = {
@@ -38,6 +41,7 @@ _SECTIONS: dict[str, set[str]] = {
     "inventory": {"interval"},
     "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
     "limits": {"max_body_bytes"},
+    "queue": {"enabled", "max_length", "max_wait", "ageing", "affinity_window", "bands"},
 }
 _TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level"}
 

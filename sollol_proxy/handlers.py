@@ -11,6 +11,7 @@ from aiohttp import web
 
 from . import views
 from .admin import Admin
+from .admission import Admission, QueueRejected, Slot
 from .affinity import PromptCache
 from .config import Config
 from .dispatch import DispatchObserver
@@ -25,8 +26,8 @@ from .priority import BadPriority, read_priority
 from .proxy import Forwarder, Target
 from .record import Outcome, RecordSink, RequestRecord
 from .routes import Kind, classify, endpoint_label
-from .routing.analysis import analyze
-from .selection import NoTarget, Selector
+from .routing.analysis import RequestProfile, analyze
+from .selection import NoTarget, Plan, Selector
 from .upstream import client_ip
 
 _MANAGEMENT = {
@@ -36,6 +37,10 @@ _MANAGEMENT = {
     Kind.COPY: "copy",
     Kind.CREATE: "create",
 }
+
+
+# What a 503 from the queue suggests: long enough for a few generations to finish.
+RETRY_AFTER_S = 5
 
 
 def new_request_id() -> str:
@@ -52,6 +57,7 @@ class OllamaHandler:
     learner: Learner
     prompt_cache: PromptCache
     admin: Admin
+    admission: Admission
     sinks: Sequence[RecordSink]
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
@@ -67,6 +73,9 @@ class OllamaHandler:
                 response = error_response(request.path, 413, str(exc))
             except BadPriority as exc:
                 response = error_response(request.path, 400, str(exc))
+            except QueueRejected as exc:
+                response = error_response(request.path, exc.status, exc.message)
+                response.headers["Retry-After"] = str(RETRY_AFTER_S)
         except asyncio.CancelledError:
             record.outcome = Outcome.CLIENT_CLOSED
             record.finish(499)  # nginx's "client closed request": no answer was completed
@@ -83,6 +92,27 @@ class OllamaHandler:
             return  # the proxy's own endpoints (dashboards poll them) are not traffic
         for sink in self.sinks:
             sink(record)
+
+    async def _forward_model(
+        self,
+        request: web.Request,
+        body: bytes | None,
+        plan: Plan,
+        profile: RequestProfile,
+        record: RequestRecord,
+        slot: Slot | None = None,
+    ) -> web.StreamResponse:
+        observer = DispatchObserver(
+            self.fleet, self.learner, self.prompt_cache, profile, plan.cached_tokens, plan.decision
+        )
+        if plan.decision is not None:
+            record.strategy = plan.decision["strategy"]
+        # A streamed answer starts with its first token; a non-streamed one only comes when the
+        # whole generation is done, so only streams get a first-byte bound.
+        first_byte = self.config.timeouts.first_byte if profile.stream else None
+        return await self.forwarder.forward(
+            request, body, plan.targets, record, observer, first_byte=first_byte, slot=slot
+        )
 
     async def _dispatch(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         request_id = record.request_id
@@ -119,28 +149,21 @@ class OllamaHandler:
         body = await read_body(request, self.config.max_body_bytes)
         seen = peek(route, body, request.headers, param)
         forwarded_body = body or None
-        # A streamed answer starts with its first token; a non-streamed one only comes when the
-        # whole generation is done, so only streams get a first-byte bound.
-        first_byte = self.config.timeouts.first_byte if seen.stream else None
         if kind in (Kind.MODEL, Kind.MODEL_PATH):
             priority = read_priority(request)
             model = normalize_model(seen.model) if seen.model.strip() else ""
             record.model, record.priority = model, priority
             profile = analyze(request.path, seen.payload, model, seen.stream)
-            plan = await self.selector.for_model(request, profile, request_id, priority)
-            observer = DispatchObserver(
-                self.fleet,
-                self.learner,
-                self.prompt_cache,
-                profile,
-                plan.cached_tokens,
-                plan.decision,
-            )
-            if plan.decision is not None:
-                record.strategy = plan.decision["strategy"]
-            return await self.forwarder.forward(
-                request, forwarded_body, plan.targets, record, observer, first_byte=first_byte
-            )
+            routed = await self.selector.for_model(request, profile, request_id, priority)
+            if isinstance(routed, Plan):
+                return await self._forward_model(request, forwarded_body, routed, profile, record)
+            async with self.admission.admit(priority, model, routed.nodes, routed.choose) as slot:
+                record.queue_s = slot.waited_s
+                if slot.plan.decision is not None:
+                    slot.plan.decision["queue_s"] = round(slot.waited_s, 4)
+                return await self._forward_model(
+                    request, forwarded_body, slot.plan, profile, record, slot
+                )
         if kind in _MANAGEMENT:
             payload = seen.payload or {}
             base = (

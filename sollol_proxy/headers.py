@@ -39,6 +39,7 @@ RESPONSE_RECOMPUTED: dict[str, str] = {
 NODE_HEADER = "X-Sollol-Node"  # request: pin a node (or `all`); response: the node(s) that answered
 ROUTE_HEADER = "X-Sollol-Route"  # response: strategy and reason
 REQUEST_ID_HEADER = "X-Sollol-Request-Id"  # response: the id that names this request in the logs
+QUEUE_HEADER = "X-Sollol-Queue-Ms"  # response: how long the request waited for a free slot
 SOLLOL_PREFIX = "x-sollol-"
 
 

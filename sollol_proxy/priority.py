@@ -1,7 +1,7 @@
 """A request's priority: the seed's `?priority=` query parameter or the `X-Sollol-Priority` header.
 
-Read and validated here and recorded with the routing decision; admission control (the priority
-queue) is what will act on it.
+The seed's scale: 1 to 10, 10 most urgent (critical), 5 normal, 1 batch; 0 is accepted as the
+lowest of all. Admission control orders waiting requests by it (see admission.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from aiohttp import web
 
 PRIORITY_HEADER = "X-Sollol-Priority"
 DEFAULT_PRIORITY = 5
-NAMED = {"low": 2, "normal": 5, "high": 8, "critical": 10}
+NAMED = {"batch": 1, "low": 2, "normal": 5, "high": 8, "critical": 10}
 
 
 class BadPriority(ValueError):

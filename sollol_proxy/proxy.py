@@ -21,12 +21,19 @@ from aiohttp import web
 from .config import Config
 from .errors import error_response, stream_error_bytes
 from .fleet import Fleet, NodeState, describe_error
-from .headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, downstream_response_headers
+from .headers import (
+    NODE_HEADER,
+    QUEUE_HEADER,
+    REQUEST_ID_HEADER,
+    ROUTE_HEADER,
+    downstream_response_headers,
+)
 from .learning import parse_timings
 from .record import Outcome, RequestRecord
 from .upstream import Body, Opened, UpstreamFailure, open_upstream
 
 if TYPE_CHECKING:
+    from .admission import Slot
     from .dispatch import Attempt, DispatchObserver
 
 log = logging.getLogger("sollol.proxy")
@@ -69,13 +76,20 @@ class Forwarder:
         observer: DispatchObserver | None = None,
         *,
         first_byte: float | None,
+        slot: Slot | None = None,
     ) -> web.StreamResponse:
+        """`slot`, when admission control admitted the request, moves with each failover and
+        a node without a free slot for it is skipped."""
         request_id = record.request_id
         replayable = isinstance(body, bytes | None)
         attempts = list(targets[: self._config.max_attempts if replayable else 1])
         failures: list[tuple[str, UpstreamFailure]] = []
         for index, target in enumerate(attempts):
             node = target.node
+            if slot is not None and not slot.hold(node):
+                failures.append((node.name, UpstreamFailure("no free slot", node_down=False)))
+                record.failed_attempts.append((node.name, "no free slot"))
+                continue
             async with self._attempt(node, observer) as attempt:
                 try:
                     opened = await open_upstream(self._session, request, node, body, first_byte)
@@ -109,6 +123,8 @@ class Forwarder:
                     ROUTE_HEADER: route,
                     REQUEST_ID_HEADER: request_id,
                 }
+                if slot is not None:
+                    routing[QUEUE_HEADER] = f"{record.queue_s * 1000:.0f}"
                 if attempt is not None:
                     attempt.first_byte(opened.response.status)
                 record.node, record.route, record.status = node.name, route, opened.response.status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,15 @@ class Plan:
     targets: list[Target]
     cached_tokens: dict[str, int] = field(default_factory=dict)
     decision: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A model request that waits for a free slot: who may serve it, and how to pick among the
+    nodes free when its turn comes (late binding)."""
+
+    nodes: Callable[[], list[NodeState]]
+    choose: Callable[[list[NodeState]], Plan]
 
 
 class Selector:
@@ -154,28 +164,47 @@ class Selector:
 
     async def for_model(
         self, request: web.Request, profile: RequestProfile, request_id: str, priority: int
-    ) -> Plan:
+    ) -> Plan | Candidates:
+        """Where a model request may go: a Plan to forward at once (nothing to wait for), or
+        the Candidates that admission control picks from when a slot is free."""
         model = profile.model
-        pinned = self.pinned_targets(request)
+        pinned = self.pinned(request, allow_all=False)
         if pinned is not None:
-            return Plan(pinned)
+            return Candidates(
+                lambda: self._pinned_up(pinned),
+                lambda free: Plan([Target(n, f"pinned by {NODE_HEADER}") for n in free]),
+            )
         if not model:
             # No model to route by: the node answers with Ollama's own error for that.
             return Plan(self.any_node(request_id, "no model named"))
-        holders = self._fleet.with_model(model)
-        if not holders and not self._fleet.with_model(model, healthy_only=False):
+        if not self._fleet.with_model(model, healthy_only=False):
             await self._fleet.refresh_for_missing_model()
-            holders = self._fleet.with_model(model)
-        if holders:
-            return self._rank(holders, profile, request_id, priority)
-        unreachable = self._fleet.with_model(model, healthy_only=False)
-        if unreachable:
-            raise NoTarget(
-                503,
-                f"model '{model}' is only on nodes that are down ({self._fleet.unhealthy_summary(unreachable)})",
+        if self._fleet.with_model(model, healthy_only=False):
+            return Candidates(
+                lambda: self._holders(model),
+                lambda free: self._rank(free, profile, request_id, priority),
             )
         # No node has it: a node answers with Ollama's own "not found" for this route, byte for byte.
         return Plan(self.any_node(request_id, "no node has the model"))
+
+    def _holders(self, model: str) -> list[NodeState]:
+        holders = self._fleet.with_model(model)
+        if not holders:
+            down = self._fleet.with_model(model, healthy_only=False)
+            raise NoTarget(
+                503,
+                f"model '{model}' is only on nodes that are down ({self._fleet.unhealthy_summary(down)})",
+            )
+        return holders
+
+    def _pinned_up(self, pinned: list[NodeState]) -> list[NodeState]:
+        up = [n for n in pinned if n.healthy]
+        if not up:
+            raise NoTarget(
+                503,
+                f"{NODE_HEADER}: the pinned node is down ({self._fleet.unhealthy_summary(pinned)})",
+            )
+        return up
 
     # -- management routes (see README "Managing models through the proxy") ------------------
 

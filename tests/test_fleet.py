@@ -260,7 +260,7 @@ async def test_pinning_rules(cluster: ClusterFactory, http: aiohttp.ClientSessio
         data=b'{"model":"llama3.2","stream":false}',
         headers={"X-Sollol-Node": "b,a"},
     ) as r:
-        assert r.status == 200 and r.headers["X-Sollol-Node"] == "a"
+        assert r.status == 200 and r.headers["X-Sollol-Node"] == "a", await r.text()
         assert r.headers["X-Sollol-Route"].startswith("pinned by X-Sollol-Node (after b: ")
 
 

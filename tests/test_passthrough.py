@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import ClusterFactory
 
 # Headers that legitimately differ: the proxy's own, the clock, and framing (checked separately).
-VOLATILE = {"date", "x-sollol-node", "x-sollol-route", "x-sollol-request-id"}
+VOLATILE = {"date", "x-sollol-node", "x-sollol-route", "x-sollol-request-id", "x-sollol-queue-ms"}
 
 DIGEST = "sha256:" + "0" * 64
 

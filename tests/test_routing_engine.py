@@ -157,7 +157,7 @@ async def test_invalid_priority_is_an_ollama_shaped_400(
     ) as r:
         assert r.status == 400
         assert orjson.loads(await r.read()) == {
-            "error": "invalid priority 'urgent': expected 0 to 10 or one of low, normal, high, critical"
+            "error": "invalid priority 'urgent': expected 0 to 10 or one of batch, low, normal, high, critical"
         }
 
 

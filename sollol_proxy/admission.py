@@ -1,0 +1,360 @@
+"""Admission control: the proxy holds the requests the fleet cannot start yet, most urgent first.
+
+Ollama queues requests for a loaded model FIFO and without limit (reference 5.2), so a priority
+means nothing once a request reaches a node. The proxy therefore sends a model request to a node
+only while that node has a free slot for the model, and keeps the excess here:
+
+- a slot is free for model M on node N while the proxy runs fewer than M's slots there (see
+  `slots.py`), and, when M is not running there yet, while fewer than `max_loaded_models` other
+  models are running there (otherwise Ollama would have to wait for a busy model to unload);
+- waiting requests are served by effective priority (priority plus one level per `ageing`
+  seconds waited), oldest first among equals;
+- the node is chosen when the request leaves the queue (late binding), by the routing engine,
+  among the nodes free at that moment;
+- when a slot frees, a waiting request whose model is loaded on a free node goes first, if its
+  effective priority is within `affinity_window` of the most urgent one (no model swap for it);
+- bounds: a queue length (the least urgent waiter is shed for a more urgent newcomer) and a
+  maximum wait, both also per priority band; beyond them the client gets a 503 saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .config import QueueBand, QueueConfig
+from .fleet import NodeState
+from .slots import model_slots
+
+if TYPE_CHECKING:
+    from .selection import Plan
+
+log = logging.getLogger("sollol.admission")
+
+# How often waiting requests are re-examined without a slot being released: ageing, and nodes
+# coming back. Slot releases and arrivals are handled at once.
+TICK_S = 0.25
+RECENT_WAITS = 1000  # waits kept per priority for the percentiles
+PRIORITIES = range(0, 11)
+
+
+class QueueRejected(Exception):
+    """The request cannot wait here; the message says why (sent as a 503)."""
+
+    status = 503
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason  # bounded: full, shed, timeout
+
+
+@dataclass(eq=False)
+class Waiter:
+    priority: int
+    model: str
+    seq: int
+    enqueued: float
+    candidates: Callable[[], list[NodeState]]
+    choose: Callable[[list[NodeState]], Plan]
+    band: QueueBand | None
+    future: asyncio.Future[Slot]
+
+    def effective(self, now: float, ageing: float) -> float:
+        return self.priority + (now - self.enqueued) / ageing
+
+
+class Slot:
+    """The slot one request holds: on one node at a time, from admission to its last byte."""
+
+    def __init__(self, admission: Admission, model: str, plan: Plan, node: NodeState) -> None:
+        self._admission = admission
+        self.model = model
+        self.plan = plan
+        self.node: NodeState | None = None
+        self.waited_s = 0.0
+        admission._take(node, model)
+        self.node = node
+
+    def hold(self, node: NodeState) -> bool:
+        """Move the slot to `node` for a failover; False when `node` has no free slot."""
+        if node is self.node:
+            return True
+        if not self._admission.is_free(node, self.model):
+            return False
+        self.release()
+        self._admission._take(node, self.model)
+        self.node = node
+        return True
+
+    def release(self) -> None:
+        if self.node is not None:
+            node, self.node = self.node, None
+            self._admission._give(node, self.model)
+
+
+@dataclass
+class PriorityStats:
+    admitted: int = 0
+    queued: int = 0  # admitted after waiting
+    timed_out: int = 0
+    rejected: int = 0  # the queue (or the band) was full
+    shed: int = 0  # made room for a more urgent request
+    left: int = 0  # the client went away while waiting
+    waits: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_WAITS))
+
+
+class Admission:
+    def __init__(self, config: QueueConfig) -> None:
+        self.config = config
+        self._taken: dict[str, dict[str, int]] = {}  # node -> model -> slots held
+        self._waiting: list[Waiter] = []
+        self._seq = itertools.count()
+        self.stats = {p: PriorityStats() for p in PRIORITIES}
+
+    # -- slots --------------------------------------------------------------------------------
+
+    def is_free(self, node: NodeState, model: str) -> bool:
+        if not node.healthy:
+            return False
+        if not self.config.enabled:
+            return True
+        running = self._taken.get(node.name, {})
+        held = running.get(model, 0)
+        if held:
+            return held < model_slots(node, model)
+        return len(running) < node.config.max_loaded_models
+
+    def _take(self, node: NodeState, model: str) -> None:
+        running = self._taken.setdefault(node.name, {})
+        running[model] = running.get(model, 0) + 1
+
+    def _give(self, node: NodeState, model: str) -> None:
+        running = self._taken[node.name]
+        running[model] -= 1
+        if not running[model]:
+            del running[model]
+        self._pump()
+
+    def slots_in_use(self, node: str) -> dict[str, int]:
+        return dict(self._taken.get(node, {}))
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def admit(
+        self,
+        priority: int,
+        model: str,
+        candidates: Callable[[], list[NodeState]],
+        choose: Callable[[list[NodeState]], Plan],
+    ) -> AsyncIterator[Slot]:
+        """Wait for a slot (or raise QueueRejected), hold it for the block, release it after."""
+        band = self.config.band(priority)
+        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(
+            priority,
+            model,
+            next(self._seq),
+            time.monotonic(),
+            candidates,
+            choose,
+            band,
+            future,
+        )
+        self._enqueue(waiter)
+        self._pump()
+        immediate = future.done()
+        slot = await self._wait(waiter)
+        if immediate:
+            slot.waited_s = 0.0
+        else:
+            self.stats[priority].queued += 1
+        try:
+            yield slot
+        finally:
+            slot.release()
+
+    def _enqueue(self, waiter: Waiter) -> None:
+        stats = self.stats[waiter.priority]
+        for limit, members, scope in self._limits(waiter):
+            if len(members) < limit:
+                continue
+            now = time.monotonic()
+            victim = min(
+                members, key=lambda w: (w.effective(now, self.config.ageing), -w.seq), default=None
+            )
+            if victim is None or victim.effective(now, self.config.ageing) >= waiter.priority:
+                stats.rejected += 1
+                raise QueueRejected(
+                    f"sollol-proxy: the queue is full ({limit} requests waiting{scope}) and "
+                    f"this request (priority {waiter.priority}) is not more urgent than any of "
+                    "them; retry later",
+                    "full",
+                )
+            self._remove(victim)
+            self.stats[victim.priority].shed += 1
+            victim.future.set_exception(
+                QueueRejected(
+                    f"sollol-proxy: shed from the full queue ({limit} requests waiting{scope}) "
+                    f"for a more urgent request (priority {waiter.priority} over "
+                    f"{victim.priority}); retry later",
+                    "shed",
+                )
+            )
+        self._waiting.append(waiter)
+
+    def _limits(self, waiter: Waiter) -> list[tuple[int, list[Waiter], str]]:
+        limits = [(self.config.max_length, self._waiting, "")]
+        band = waiter.band
+        if band is not None and band.max_length is not None:
+            members = [w for w in self._waiting if w.band is band]
+            limits.append((band.max_length, members, f" at priority {band.label}"))
+        return limits
+
+    async def _wait(self, waiter: Waiter) -> Slot:
+        stats = self.stats[waiter.priority]
+        max_wait = self.config.max_wait
+        if waiter.band is not None and waiter.band.max_wait is not None:
+            max_wait = waiter.band.max_wait
+        try:
+            async with asyncio.timeout(max_wait):
+                slot = await asyncio.shield(waiter.future)
+        except TimeoutError:
+            if not waiter.future.done():
+                self._remove(waiter)
+                stats.timed_out += 1
+                raise QueueRejected(
+                    f"sollol-proxy: no free slot for model '{waiter.model}' within "
+                    f"{max_wait:g}s (priority {waiter.priority}); the fleet is at capacity",
+                    "timeout",
+                ) from None
+            slot = waiter.future.result()  # granted at the very moment the wait ran out
+        except asyncio.CancelledError:
+            # The client went away: it leaves the queue at once, or gives its slot back.
+            if waiter.future.done() and not waiter.future.exception():
+                waiter.future.result().release()
+            elif not waiter.future.done():
+                self._remove(waiter)
+                waiter.future.cancel()
+                stats.left += 1
+            raise
+        slot.waited_s = time.monotonic() - waiter.enqueued
+        stats.admitted += 1
+        stats.waits.append(slot.waited_s)
+        return slot
+
+    def _remove(self, waiter: Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(waiter)
+
+    def _grant(self, waiter: Waiter, nodes: list[NodeState]) -> None:
+        self._remove(waiter)
+        try:
+            plan = waiter.choose(nodes)
+            waiter.future.set_result(Slot(self, waiter.model, plan, plan.targets[0].node))
+        except Exception as exc:  # a routing failure answers this request, never the pump
+            waiter.future.set_exception(exc)
+
+    def _pump(self) -> None:
+        """Hand free slots to waiting requests: affinity within the fairness window, then order."""
+        if not self._waiting:
+            return
+        now = time.monotonic()
+        ageing = self.config.ageing
+        order = sorted(self._waiting, key=lambda w: (-w.effective(now, ageing), w.seq))
+        free: dict[int, list[NodeState]] = {}
+        for waiter in order:
+            try:
+                nodes = waiter.candidates()
+            except Exception as exc:  # e.g. every node with the model went down meanwhile
+                self._remove(waiter)
+                waiter.future.set_exception(exc)
+                continue
+            free[waiter.seq] = [n for n in nodes if self.is_free(n, waiter.model)]
+        order = [w for w in order if not w.future.done()]
+        if not order:
+            return
+        floor = order[0].effective(now, ageing) - self.config.affinity_window
+        for waiter in order:
+            if waiter.effective(now, ageing) < floor:
+                break
+            nodes = [n for n in free[waiter.seq] if self.is_free(n, waiter.model)]
+            if any(n.is_resident(waiter.model) for n in nodes):
+                self._grant(waiter, nodes)
+        for waiter in order:
+            if waiter.future.done():
+                continue
+            nodes = [n for n in free[waiter.seq] if self.is_free(n, waiter.model)]
+            if nodes:
+                self._grant(waiter, nodes)
+
+    async def run(self) -> None:
+        """Background tick: ageing reorders the queue, and nodes come back without a release."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self._pump()
+            except Exception:  # a bug here must not silently stop admissions
+                log.exception("admission pump failed; retrying next tick")
+
+    # -- what the stats endpoint and the metrics read ----------------------------------------
+
+    def depth(self) -> dict[int, int]:
+        counts = dict.fromkeys(PRIORITIES, 0)
+        for waiter in self._waiting:
+            counts[waiter.priority] += 1
+        return counts
+
+    def snapshot(self, limit: int = 50) -> dict[str, Any]:
+        now = time.monotonic()
+        ageing = self.config.ageing
+        order = sorted(self._waiting, key=lambda w: (-w.effective(now, ageing), w.seq))
+        by_priority: dict[str, Any] = {}
+        depth = self.depth()
+        for priority, stats in self.stats.items():
+            oldest = [now - w.enqueued for w in self._waiting if w.priority == priority]
+            waits = sorted(stats.waits)
+            by_priority[str(priority)] = {
+                "waiting": depth[priority],
+                "oldest_wait_s": round(max(oldest), 3) if oldest else 0.0,
+                "admitted": stats.admitted,
+                "queued": stats.queued,
+                "wait_p50_s": _percentile(waits, 0.50),
+                "wait_p95_s": _percentile(waits, 0.95),
+                "timed_out": stats.timed_out,
+                "rejected": stats.rejected,
+                "shed": stats.shed,
+                "left": stats.left,
+            }
+        return {
+            "enabled": self.config.enabled,
+            "depth": len(self._waiting),
+            "max_length": self.config.max_length,
+            "max_wait_s": self.config.max_wait,
+            "ageing_s_per_level": ageing,
+            "by_priority": by_priority,
+            "slots_in_use": {node: dict(models) for node, models in self._taken.items() if models},
+            "waiting": [
+                {
+                    "model": w.model,
+                    "priority": w.priority,
+                    "effective_priority": round(w.effective(now, ageing), 2),
+                    "waited_s": round(now - w.enqueued, 3),
+                }
+                for w in order[:limit]
+            ],
+        }
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)

@@ -1,0 +1,296 @@
+"""Admission control over real sockets: slots per node and model, the priority queue, its bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import ollama
+import orjson
+import pytest
+
+from sollol_proxy.admission import Admission
+from sollol_proxy.app import ADMISSION
+
+from .conftest import Cluster, ClusterFactory, eventually
+
+# Each generated token takes this long on the simulated nodes: a request holds its slot for
+# num_predict * TOKEN_DELAY seconds.
+TOKEN_DELAY = 0.02
+
+
+def admission(made: Cluster) -> Admission:
+    return made.proxy.runner.app[ADMISSION]
+
+
+def generate(model: str, prompt: str, tokens: int = 5, **extra: Any) -> bytes:
+    return orjson.dumps(
+        {"model": model, "prompt": prompt, "options": {"num_predict": tokens}, **extra}
+    )
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    made: Cluster,
+    body: bytes,
+    priority: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes, aiohttp.typedefs.LooseHeaders]:
+    sent = dict(headers or {})
+    if priority is not None:
+        sent["X-Sollol-Priority"] = str(priority)
+    async with http.post(made.url + "/api/generate", data=body, headers=sent) as response:
+        return response.status, await response.read(), response.headers
+
+
+def prompts_seen(node: Any) -> list[str]:
+    return [orjson.loads(r.body)["prompt"] for r in node.requests if r.path == "/api/generate"]
+
+
+async def occupy(http: aiohttp.ClientSession, made: Cluster, tokens: int) -> asyncio.Task[Any]:
+    """A request that holds the only slot for about tokens * TOKEN_DELAY seconds."""
+    task = asyncio.create_task(call(http, made, generate("llama3.2", "occupier", tokens)))
+    await eventually(lambda: sum(admission(made).slots_in_use("a").values()) == 1)
+    return task
+
+
+async def one_slot(cluster: ClusterFactory, **settings: Any) -> Cluster:
+    return await cluster(
+        dict(name="a", models=["llama3.2", "qwen2.5:7b"], token_delay=TOKEN_DELAY), **settings
+    )
+
+
+async def test_waiting_requests_leave_the_queue_by_priority(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await one_slot(cluster)
+    busy = await occupy(http, made, tokens=40)
+    waiting = []
+    for index, priority in enumerate([2, 9, 5, 10, 1]):
+        body = generate("llama3.2", f"p{priority}")
+        waiting.append(asyncio.create_task(call(http, made, body, priority)))
+        await eventually(lambda n=index + 1: admission(made).snapshot()["depth"] == n)
+    snapshot = admission(made).snapshot()
+    assert [w["priority"] for w in snapshot["waiting"]] == [10, 9, 5, 2, 1]
+    results = await asyncio.gather(busy, *waiting)
+    assert all(status == 200 for status, _, _ in results)
+    assert prompts_seen(made.node("a")) == ["occupier", "p10", "p9", "p5", "p2", "p1"]
+    # Each answer says how long it queued; the node itself never had to queue anything.
+    queued_ms = [int(headers["X-Sollol-Queue-Ms"]) for _, _, headers in results[1:]]
+    assert all(ms > 0 for ms in queued_ms)
+    assert made.node("a").stats.queue_wait < 0.05  # vs about 0.1 s per request queued there
+    stats = admission(made).snapshot()["by_priority"]
+    assert stats["1"]["queued"] == 1 and stats["1"]["wait_p95_s"] > 0
+
+
+async def test_ageing_lets_a_low_priority_request_overtake_fresh_urgent_ones(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # One priority level per 0.1 s of waiting: after 1 s a priority-1 request counts as 11.
+    made = await one_slot(cluster, queue__ageing=0.1, queue__affinity_window=0)
+    busy = await occupy(http, made, tokens=80)
+    low = asyncio.create_task(call(http, made, generate("llama3.2", "low"), 1))
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    await asyncio.sleep(1.0)
+    high = [
+        asyncio.create_task(call(http, made, generate("llama3.2", f"high{i}"), 9)) for i in range(3)
+    ]
+    await eventually(lambda: admission(made).snapshot()["depth"] == 4)
+    await asyncio.gather(busy, low, *high)
+    assert prompts_seen(made.node("a"))[1] == "low"
+
+
+async def test_without_ageing_the_same_low_priority_request_waits_for_the_urgent_ones(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # The control for the test above: with slow ageing the urgent requests go first.
+    made = await one_slot(cluster, queue__ageing=3600, queue__affinity_window=0)
+    busy = await occupy(http, made, tokens=80)
+    low = asyncio.create_task(call(http, made, generate("llama3.2", "low"), 1))
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    await asyncio.sleep(1.0)
+    high = [
+        asyncio.create_task(call(http, made, generate("llama3.2", f"high{i}"), 9)) for i in range(3)
+    ]
+    await eventually(lambda: admission(made).snapshot()["depth"] == 4)
+    await asyncio.gather(busy, low, *high)
+    assert prompts_seen(made.node("a"))[-1] == "low"
+
+
+async def test_slot_limits_hold_per_node_and_model_under_concurrency(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=["llama3.2"], num_parallel=2, token_delay=TOKEN_DELAY),
+        dict(name="b", models=["llama3.2"], num_parallel=2, token_delay=TOKEN_DELAY),
+    )
+    peak = {"a": 0, "b": 0}
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            for node in made.nodes:
+                peak[node.name] = max(peak[node.name], node.in_flight())
+            await asyncio.sleep(0.002)
+
+    watcher = asyncio.create_task(watch())
+    results = await asyncio.gather(
+        *(call(http, made, generate("llama3.2", f"r{i}", 8), i % 10 + 1) for i in range(24))
+    )
+    done.set()
+    await watcher
+    assert [status for status, _, _ in results] == [200] * 24
+    assert peak == {"a": 2, "b": 2}  # both nodes used, never beyond their slots
+    assert all(node.stats.queue_wait < 0.05 for node in made.nodes)
+    assert all(node.in_flight == 0 for node in made.fleet.nodes.values())
+    assert admission(made).snapshot()["slots_in_use"] == {}
+
+
+async def test_without_the_queue_requests_pile_onto_ollamas_fifo(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await one_slot(cluster, queue__enabled=False)
+    results = await asyncio.gather(
+        *(call(http, made, generate("llama3.2", f"r{i}", 5)) for i in range(4))
+    )
+    assert all(status == 200 for status, _, _ in results)
+    assert made.node("a").stats.queue_wait > 0  # they waited on the node's semaphore instead
+
+
+async def test_a_full_queue_answers_503_and_sheds_the_least_urgent_for_a_more_urgent_request(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await one_slot(cluster, queue__max_length=2)
+    busy = await occupy(http, made, tokens=40)
+    first = asyncio.create_task(call(http, made, generate("llama3.2", "w1"), 3))
+    second = asyncio.create_task(call(http, made, generate("llama3.2", "w2"), 5))
+    await eventually(lambda: admission(made).snapshot()["depth"] == 2)
+
+    status, body, headers = await call(http, made, generate("llama3.2", "same"), 3)
+    assert status == 503
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert headers["Retry-After"] == "5"
+    message = orjson.loads(body)["error"]
+    assert message.startswith("sollol-proxy: the queue is full (2 requests waiting)")
+
+    urgent = asyncio.create_task(call(http, made, generate("llama3.2", "urgent"), 9))
+    status, body, _ = await first  # priority 3, the least urgent, made room
+    assert status == 503
+    assert "shed from the full queue" in orjson.loads(body)["error"]
+    results = await asyncio.gather(busy, second, urgent)
+    assert [status for status, _, _ in results] == [200, 200, 200]
+    assert prompts_seen(made.node("a")) == ["occupier", "urgent", "w2"]
+    stats = admission(made).snapshot()["by_priority"]
+    assert (stats["3"]["rejected"], stats["3"]["shed"]) == (1, 1)
+
+
+async def test_max_wait_per_priority_band(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await one_slot(
+        cluster,
+        queue__max_wait="20s",
+        queue__bands=[{"priorities": "1-3", "max_wait": "300ms", "max_length": 5}],
+    )
+    busy = await occupy(http, made, tokens=60)
+    urgent = asyncio.create_task(call(http, made, generate("llama3.2", "urgent"), 8))
+    status, body, _ = await call(http, made, generate("llama3.2", "batch"), 1)
+    assert status == 503
+    assert orjson.loads(body) == {
+        "error": "sollol-proxy: no free slot for model 'llama3.2:latest' within 0.3s "
+        "(priority 1); the fleet is at capacity"
+    }
+    assert (await urgent)[0] == 200  # outside the band: the queue's own 20 s applied
+    await busy
+    assert "batch" not in prompts_seen(made.node("a"))
+
+
+async def test_a_client_that_leaves_while_queued_leaves_the_queue_at_once(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await one_slot(cluster)
+    busy = await occupy(http, made, tokens=40)
+    leaving = asyncio.create_task(call(http, made, generate("llama3.2", "gone"), 5))
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    leaving.cancel()
+    await eventually(lambda: admission(made).snapshot()["depth"] == 0)
+    assert admission(made).snapshot()["by_priority"]["5"]["left"] == 1
+    await busy
+    status, _, _ = await call(http, made, generate("llama3.2", "next"))
+    assert status == 200
+    assert prompts_seen(made.node("a")) == ["occupier", "next"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"refuse": True},
+        {"status_error": (500, "llama runner process has terminated")},
+        {"mid_stream_error": (2, "llama runner process has terminated")},
+        {"reset_after_chunks": 2},
+        {"stall_after_chunks": 1},
+    ],
+    ids=["refused", "status_500", "error_in_stream", "reset_mid_stream", "stall"],
+)
+async def test_the_slot_comes_back_after_every_kind_of_failure(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, fault: dict[str, Any]
+) -> None:
+    made = await one_slot(cluster, timeouts__idle_read=0.3)
+    for name, value in fault.items():
+        setattr(made.node("a").faults, name, value)
+    await call(http, made, generate("llama3.2", "doomed", 5))
+    await eventually(lambda: admission(made).snapshot()["slots_in_use"] == {})
+    assert made.fleet.nodes["a"].in_flight == 0
+
+
+async def test_the_slot_comes_back_when_the_client_leaves_mid_stream(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await one_slot(cluster)
+    async with http.post(made.url + "/api/generate", data=generate("llama3.2", "x", 80)) as r:
+        await r.content.readline()
+        assert admission(made).slots_in_use("a") == {"llama3.2:latest": 1}
+    await eventually(lambda: admission(made).snapshot()["slots_in_use"] == {})
+
+
+async def test_a_freed_slot_prefers_a_request_for_the_loaded_model(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # One model at a time on the node: serving the older request for the other model first
+    # would unload the running one and load it again right after.
+    made = await cluster(
+        dict(
+            name="a",
+            models=["llama3.2", "qwen2.5:7b"],
+            token_delay=TOKEN_DELAY,
+            max_loaded_models=1,
+        )
+    )
+    busy = await occupy(http, made, tokens=40)
+    other = asyncio.create_task(
+        call(http, made, orjson.dumps({"model": "qwen2.5:7b", "prompt": "other"}))
+    )
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    same = asyncio.create_task(call(http, made, generate("llama3.2", "same")))
+    await eventually(lambda: admission(made).snapshot()["depth"] == 2)
+    await asyncio.gather(busy, other, same)
+    assert prompts_seen(made.node("a")) == ["occupier", "same", "other"]
+    assert made.node("a").stats.loads == 2  # llama3.2 once, qwen2.5 once: no swap back
+
+
+async def test_a_queued_request_through_the_ollama_client(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await one_slot(cluster, queue__max_length=1)
+    busy = await occupy(http, made, tokens=40)
+    client = ollama.AsyncClient(host=made.url, headers={"X-Sollol-Priority": "high"})
+    queued = asyncio.create_task(client.generate(model="llama3.2", prompt="queued"))
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    with pytest.raises(ollama.ResponseError) as rejected:
+        await ollama.AsyncClient(host=made.url).generate(model="llama3.2", prompt="too many")
+    assert rejected.value.status_code == 503
+    assert "the queue is full" in rejected.value.error
+    answer = await queued
+    assert answer.done and answer.response
+    await busy
