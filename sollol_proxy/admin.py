@@ -64,7 +64,7 @@ class Admin:
             "num_parallel": node.config.num_parallel,
             "in_flight": node.in_flight,
             "in_flight_by_model": dict(node.model_in_flight),
-            "slots_in_use": self._admission.slots_in_use(node.name),
+            "slots_in_use": self._admission.slots.in_use(node.name),
             "loading": dict(node.loading),
             "evicting": dict(node.evicting),
             "models": sorted(node.models),

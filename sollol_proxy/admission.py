@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .config import QueueBand, QueueConfig
 from .fleet import NodeState
-from .slots import model_slots
+from .queue_stats import PriorityStats, queue_snapshot
+from .slots import SlotTable
 
 if TYPE_CHECKING:
     from .selection import Plan
@@ -41,7 +43,6 @@ log = logging.getLogger("sollol.admission")
 # How often waiting requests are re-examined without a slot being released: ageing, and nodes
 # coming back. Slot releases and arrivals are handled at once.
 TICK_S = 0.25
-RECENT_WAITS = 1000  # waits kept per priority for the percentiles
 PRIORITIES = range(0, 11)
 
 
@@ -60,6 +61,7 @@ class QueueRejected(Exception):
 class Waiter:
     priority: int
     model: str
+    key: tuple[str, ...]  # waiters with the same key have the same candidate nodes
     seq: int
     enqueued: float
     candidates: Callable[[], list[NodeState]]
@@ -100,22 +102,13 @@ class Slot:
             self._admission._give(node, self.model)
 
 
-@dataclass
-class PriorityStats:
-    admitted: int = 0
-    queued: int = 0  # admitted after waiting
-    timed_out: int = 0
-    rejected: int = 0  # the queue (or the band) was full
-    shed: int = 0  # made room for a more urgent request
-    left: int = 0  # the client went away while waiting
-    waits: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_WAITS))
-
-
 class Admission:
     def __init__(self, config: QueueConfig) -> None:
         self.config = config
-        self._taken: dict[str, dict[str, int]] = {}  # node -> model -> slots held
-        self._waiting: list[Waiter] = []
+        self.slots = SlotTable()
+        # One FIFO per priority: within one, the oldest is always the most urgent (same ageing).
+        self._queues: dict[int, deque[Waiter]] = {p: deque() for p in PRIORITIES}
+        self._keys: Counter[tuple[str, ...]] = Counter()  # of the waiting requests
         self._seq = itertools.count()
         self.stats = {p: PriorityStats() for p in PRIORITIES}
 
@@ -124,27 +117,14 @@ class Admission:
     def is_free(self, node: NodeState, model: str) -> bool:
         if not node.healthy:
             return False
-        if not self.config.enabled:
-            return True
-        running = self._taken.get(node.name, {})
-        held = running.get(model, 0)
-        if held:
-            return held < model_slots(node, model)
-        return len(running) < node.config.max_loaded_models
+        return not self.config.enabled or self.slots.is_free(node, model)
 
     def _take(self, node: NodeState, model: str) -> None:
-        running = self._taken.setdefault(node.name, {})
-        running[model] = running.get(model, 0) + 1
+        self.slots.take(node, model)
 
     def _give(self, node: NodeState, model: str) -> None:
-        running = self._taken[node.name]
-        running[model] -= 1
-        if not running[model]:
-            del running[model]
+        self.slots.give(node, model)
         self._pump()
-
-    def slots_in_use(self, node: str) -> dict[str, int]:
-        return dict(self._taken.get(node, {}))
 
     # -- the queue ----------------------------------------------------------------------------
 
@@ -153,6 +133,7 @@ class Admission:
         self,
         priority: int,
         model: str,
+        key: tuple[str, ...],
         candidates: Callable[[], list[NodeState]],
         choose: Callable[[list[NodeState]], Plan],
     ) -> AsyncIterator[Slot]:
@@ -162,6 +143,7 @@ class Admission:
         waiter = Waiter(
             priority,
             model,
+            key,
             next(self._seq),
             time.monotonic(),
             candidates,
@@ -209,13 +191,27 @@ class Admission:
                     "shed",
                 )
             )
-        self._waiting.append(waiter)
+        self._queues[waiter.priority].append(waiter)
+        self._keys[waiter.key] += 1
+
+    @property
+    def waiting(self) -> int:
+        return sum(self._keys.values())
+
+    def _ordered(self, now: float) -> Iterator[Waiter]:
+        """The waiting requests, most urgent first (a lazy merge of the per-priority FIFOs)."""
+        ageing = self.config.ageing
+        return heapq.merge(
+            *(list(q) for q in self._queues.values() if q),
+            key=lambda w: (-w.effective(now, ageing), w.seq),
+        )
 
     def _limits(self, waiter: Waiter) -> list[tuple[int, list[Waiter], str]]:
-        limits = [(self.config.max_length, self._waiting, "")]
+        everyone = [w for q in self._queues.values() for w in q]
+        limits = [(self.config.max_length, everyone, "")]
         band = waiter.band
         if band is not None and band.max_length is not None:
-            members = [w for w in self._waiting if w.band is band]
+            members = [w for w in everyone if w.band is band]
             limits.append((band.max_length, members, f" at priority {band.label}"))
         return limits
 
@@ -253,7 +249,10 @@ class Admission:
 
     def _remove(self, waiter: Waiter) -> None:
         with contextlib.suppress(ValueError):
-            self._waiting.remove(waiter)
+            self._queues[waiter.priority].remove(waiter)
+            self._keys[waiter.key] -= 1
+            if not self._keys[waiter.key]:
+                del self._keys[waiter.key]
 
     def _grant(self, waiter: Waiter, nodes: list[NodeState]) -> None:
         self._remove(waiter)
@@ -264,37 +263,51 @@ class Admission:
             waiter.future.set_exception(exc)
 
     def _pump(self) -> None:
-        """Hand free slots to waiting requests: affinity within the fairness window, then order."""
-        if not self._waiting:
+        """Hand free slots to waiting requests: affinity within the fairness window, then order.
+
+        Free nodes are worked out once per candidate set (`key`) and again only after a grant,
+        so a pump costs little more than a walk of the queue, even a long one.
+        """
+        if not self._keys:
             return
         now = time.monotonic()
-        ageing = self.config.ageing
-        order = sorted(self._waiting, key=lambda w: (-w.effective(now, ageing), w.seq))
-        free: dict[int, list[NodeState]] = {}
-        for waiter in order:
-            try:
-                nodes = waiter.candidates()
-            except Exception as exc:  # e.g. every node with the model went down meanwhile
+        free: dict[tuple[str, ...], list[NodeState]] = {}
+
+        def free_for(waiter: Waiter) -> list[NodeState]:
+            if waiter.key not in free:
+                try:
+                    nodes = waiter.candidates()
+                except Exception as exc:  # e.g. every node with the model went down meanwhile
+                    self._fail_key(waiter.key, exc)
+                    nodes = []
+                free[waiter.key] = [n for n in nodes if self.is_free(n, waiter.model)]
+            return free[waiter.key]
+
+        def exhausted() -> bool:  # no waiting request can be served by any node now
+            return all(key in free and not free[key] for key in self._keys)
+
+        ordered = list(self._ordered(now))
+        floor = ordered[0].effective(now, self.config.ageing) - self.config.affinity_window
+        for waiter in ordered:  # pass 1: requests whose model is loaded on a free node
+            if waiter.effective(now, self.config.ageing) < floor or exhausted():
+                break
+            nodes = free_for(waiter)
+            if not waiter.future.done() and any(n.is_resident(waiter.model) for n in nodes):
+                self._grant(waiter, nodes)
+                free.clear()
+        for waiter in ordered:  # pass 2: the rest, most urgent first
+            if exhausted():
+                break
+            nodes = free_for(waiter)
+            if nodes and not waiter.future.done():
+                self._grant(waiter, nodes)
+                free.clear()
+
+    def _fail_key(self, key: tuple[str, ...], exc: Exception) -> None:
+        for queue in self._queues.values():
+            for waiter in [w for w in queue if w.key == key]:
                 self._remove(waiter)
                 waiter.future.set_exception(exc)
-                continue
-            free[waiter.seq] = [n for n in nodes if self.is_free(n, waiter.model)]
-        order = [w for w in order if not w.future.done()]
-        if not order:
-            return
-        floor = order[0].effective(now, ageing) - self.config.affinity_window
-        for waiter in order:
-            if waiter.effective(now, ageing) < floor:
-                break
-            nodes = [n for n in free[waiter.seq] if self.is_free(n, waiter.model)]
-            if any(n.is_resident(waiter.model) for n in nodes):
-                self._grant(waiter, nodes)
-        for waiter in order:
-            if waiter.future.done():
-                continue
-            nodes = [n for n in free[waiter.seq] if self.is_free(n, waiter.model)]
-            if nodes:
-                self._grant(waiter, nodes)
 
     async def run(self) -> None:
         """Background tick: ageing reorders the queue, and nodes come back without a release."""
@@ -308,40 +321,17 @@ class Admission:
     # -- what the stats endpoint and the metrics read ----------------------------------------
 
     def depth(self) -> dict[int, int]:
-        counts = dict.fromkeys(PRIORITIES, 0)
-        for waiter in self._waiting:
-            counts[waiter.priority] += 1
-        return counts
+        return {p: len(q) for p, q in self._queues.items()}
 
     def snapshot(self, limit: int = 50) -> dict[str, Any]:
+        """What GET /sollol/queue shows: settings, per-priority counts, slots, the next waiters."""
         now = time.monotonic()
         ageing = self.config.ageing
-        order = sorted(self._waiting, key=lambda w: (-w.effective(now, ageing), w.seq))
-        by_priority: dict[str, Any] = {}
-        depth = self.depth()
-        for priority, stats in self.stats.items():
-            oldest = [now - w.enqueued for w in self._waiting if w.priority == priority]
-            waits = sorted(stats.waits)
-            by_priority[str(priority)] = {
-                "waiting": depth[priority],
-                "oldest_wait_s": round(max(oldest), 3) if oldest else 0.0,
-                "admitted": stats.admitted,
-                "queued": stats.queued,
-                "wait_p50_s": _percentile(waits, 0.50),
-                "wait_p95_s": _percentile(waits, 0.95),
-                "timed_out": stats.timed_out,
-                "rejected": stats.rejected,
-                "shed": stats.shed,
-                "left": stats.left,
-            }
+        oldest = {p: q[0].enqueued for p, q in self._queues.items() if q}
         return {
-            "enabled": self.config.enabled,
-            "depth": len(self._waiting),
-            "max_length": self.config.max_length,
-            "max_wait_s": self.config.max_wait,
-            "ageing_s_per_level": ageing,
-            "by_priority": by_priority,
-            "slots_in_use": {node: dict(models) for node, models in self._taken.items() if models},
+            **queue_snapshot(self.config, self.stats, self.depth(), oldest, now),
+            "depth": self.waiting,
+            "slots_in_use": self.slots.all_in_use(),
             "waiting": [
                 {
                     "model": w.model,
@@ -349,12 +339,6 @@ class Admission:
                     "effective_priority": round(w.effective(now, ageing), 2),
                     "waited_s": round(now - w.enqueued, 3),
                 }
-                for w in order[:limit]
+                for w in itertools.islice(self._ordered(now), limit)
             ],
         }
-
-
-def _percentile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)

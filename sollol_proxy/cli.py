@@ -192,3 +192,14 @@ def bench_scorer(decisions: int) -> None:
     from .bench.scorer import run
 
     run(decisions)
+
+
+@bench.command("queue")
+@click.option("--seed", default=7, show_default=True, help="Seed of the arrivals.")
+@click.option("--duration", default=15.0, show_default=True, help="Seconds of arrivals.")
+@click.option("--load", default=2.0, show_default=True, help="Offered load / fleet capacity.")
+def bench_queue(seed: int, duration: float, load: float) -> None:
+    """Priority classes under overload, with the queue and with plain pass-through."""
+    from .bench.queue import run
+
+    run(seed=seed, duration=duration, load=load)

@@ -157,7 +157,9 @@ class OllamaHandler:
             routed = await self.selector.for_model(request, profile, request_id, priority)
             if isinstance(routed, Plan):
                 return await self._forward_model(request, forwarded_body, routed, profile, record)
-            async with self.admission.admit(priority, model, routed.nodes, routed.choose) as slot:
+            async with self.admission.admit(
+                priority, model, routed.key, routed.nodes, routed.choose
+            ) as slot:
                 record.queue_s = slot.waited_s
                 if slot.plan.decision is not None:
                     slot.plan.decision["queue_s"] = round(slot.waited_s, 4)

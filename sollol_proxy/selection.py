@@ -47,6 +47,7 @@ class Candidates:
     """A model request that waits for a free slot: who may serve it, and how to pick among the
     nodes free when its turn comes (late binding)."""
 
+    key: tuple[str, ...]  # requests with the same key have the same candidates
     nodes: Callable[[], list[NodeState]]
     choose: Callable[[list[NodeState]], Plan]
 
@@ -171,6 +172,7 @@ class Selector:
         pinned = self.pinned(request, allow_all=False)
         if pinned is not None:
             return Candidates(
+                (model, *(n.name for n in pinned)),
                 lambda: self._pinned_up(pinned),
                 lambda free: Plan([Target(n, f"pinned by {NODE_HEADER}") for n in free]),
             )
@@ -181,6 +183,7 @@ class Selector:
             await self._fleet.refresh_for_missing_model()
         if self._fleet.with_model(model, healthy_only=False):
             return Candidates(
+                (model,),
                 lambda: self._holders(model),
                 lambda free: self._rank(free, profile, request_id, priority),
             )

@@ -1,4 +1,5 @@
-"""How many requests a node runs at once for one model: Ollama's slots (reference 5.1, 5.2).
+"""How many requests a node runs at once for one model (Ollama's slots, reference 5.1, 5.2),
+and which of them the proxy's requests hold.
 
 Ollama gives every loaded model `OLLAMA_NUM_PARALLEL` slots, except embedding models and a few
 families that it forces to one. The proxy reads both facts from the node's own `/api/tags`.
@@ -48,3 +49,36 @@ def model_slots(node: NodeState, model: str) -> int:
     if node.config.num_parallel > 1 and _single_slot(node.models.get(model)):
         return 1
     return node.config.num_parallel
+
+
+class SlotTable:
+    """The slots the proxy's requests hold, per node and model."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, dict[str, int]] = {}  # node -> model -> slots held
+
+    def is_free(self, node: NodeState, model: str) -> bool:
+        """A request for `model` can start on `node` now without waiting inside Ollama: a slot
+        of the model's runner is free, or the model can get a runner without unloading a busy
+        one (fewer than max_loaded_models models running)."""
+        running = self._held.get(node.name, {})
+        held = running.get(model, 0)
+        if held:
+            return held < model_slots(node, model)
+        return len(running) < node.config.max_loaded_models
+
+    def take(self, node: NodeState, model: str) -> None:
+        running = self._held.setdefault(node.name, {})
+        running[model] = running.get(model, 0) + 1
+
+    def give(self, node: NodeState, model: str) -> None:
+        running = self._held[node.name]
+        running[model] -= 1
+        if not running[model]:
+            del running[model]
+
+    def in_use(self, node: str) -> dict[str, int]:
+        return dict(self._held.get(node, {}))
+
+    def all_in_use(self) -> dict[str, dict[str, int]]:
+        return {node: dict(models) for node, models in self._held.items() if models}

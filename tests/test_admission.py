@@ -12,6 +12,7 @@ import pytest
 
 from sollol_proxy.admission import Admission
 from sollol_proxy.app import ADMISSION
+from sollol_proxy.config import ConfigError, QueueBand, QueueConfig, load_config
 
 from .conftest import Cluster, ClusterFactory, eventually
 
@@ -51,7 +52,7 @@ def prompts_seen(node: Any) -> list[str]:
 async def occupy(http: aiohttp.ClientSession, made: Cluster, tokens: int) -> asyncio.Task[Any]:
     """A request that holds the only slot for about tokens * TOKEN_DELAY seconds."""
     task = asyncio.create_task(call(http, made, generate("llama3.2", "occupier", tokens)))
-    await eventually(lambda: sum(admission(made).slots_in_use("a").values()) == 1)
+    await eventually(lambda: sum(admission(made).slots.in_use("a").values()) == 1)
     return task
 
 
@@ -250,7 +251,7 @@ async def test_the_slot_comes_back_when_the_client_leaves_mid_stream(
     made = await one_slot(cluster)
     async with http.post(made.url + "/api/generate", data=generate("llama3.2", "x", 80)) as r:
         await r.content.readline()
-        assert admission(made).slots_in_use("a") == {"llama3.2:latest": 1}
+        assert admission(made).slots.in_use("a") == {"llama3.2:latest": 1}
     await eventually(lambda: admission(made).snapshot()["slots_in_use"] == {})
 
 
@@ -294,3 +295,52 @@ async def test_a_queued_request_through_the_ollama_client(
     answer = await queued
     assert answer.done and answer.response
     await busy
+
+
+def test_queue_settings_from_file_and_environment(tmp_path: Any) -> None:
+    path = tmp_path / "sollol.yaml"
+    path.write_text(
+        "nodes: [a]\n"
+        "queue:\n"
+        "  max_wait: 2m\n"
+        "  ageing: 5s\n"
+        "  affinity_window: 1.5\n"
+        "  bands:\n"
+        "    - {priorities: 8-10, max_wait: 30s}\n"
+        "    - {priorities: 1, max_length: 10}\n"
+    )
+    config = load_config(path, env={"SOLLOL_QUEUE_MAX_LENGTH": "50", "SOLLOL_QUEUE_ENABLED": "no"})
+    queue = config.queue
+    assert (queue.enabled, queue.max_length, queue.max_wait, queue.ageing) == (False, 50, 120, 5)
+    assert queue.affinity_window == 1.5
+    assert queue.band(9) == QueueBand(8, 10, 30.0, None)
+    assert queue.band(1) == QueueBand(1, 1, None, 10)
+    assert queue.band(5) is None
+    assert load_config(None, env={}, overrides={"nodes": ["a"]}).queue == QueueConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("queue: {enabled: maybe}", "queue.enabled: expected true or false, got 'maybe'"),
+        ("queue: {max_length: -1}", "queue.max_length: expected an integer from 0 to 1000000"),
+        ("queue: {ageing: 0}", "queue.ageing: must be greater than zero"),
+        ("queue: {affinity_window: 11}", "queue.affinity_window: expected priority levels"),
+        ("queue: {depth: 3}", "queue.depth: unknown key"),
+        ("queue: {bands: [{priorities: 9-12}]}", "queue.bands[0].priorities: expected priorities"),
+        (
+            "queue: {bands: [{priorities: 5-9}, {priorities: 9}]}",
+            "queue.bands[1].priorities: 9-9 overlaps the band 5-9",
+        ),
+        ("queue: {bands: [{priorities: 1, max_wait: soon}]}", "queue.bands[0].max_wait: expected"),
+        ("queue: {bands: [{priorities: 1, burst: 3}]}", "queue.bands[0].burst: unknown key"),
+    ],
+)
+def test_queue_setting_errors_name_the_file_and_key(
+    tmp_path: Any, text: str, expected: str
+) -> None:
+    path = tmp_path / "sollol.yaml"
+    path.write_text("nodes: [a]\n" + text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value).startswith(f"{path}: {expected}"), str(info.value)

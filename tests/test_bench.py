@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sollol_proxy.bench import routing, scorer
+from sollol_proxy.bench import queue, routing, scorer
 
 
 def tiny(seed: int) -> routing.Scenario:
@@ -57,3 +57,21 @@ async def test_a_scenario_counts_latencies_loads_and_cache() -> None:
 def test_scorer_benchmark_measures_each_strategy() -> None:
     for name in scorer.STRATEGIES:
         assert scorer.measure(name, nodes=10, decisions=50) > 0
+
+
+async def test_queue_benchmark_reports_both_modes_and_both_classes() -> None:
+    workload = queue.Workload(nodes=1, num_parallel=1, token_delay=0.002, tokens=5, duration=0.5)
+    report = await queue.benchmark(seed=3, workload=workload)
+    rows = [
+        line.split(" | ")
+        for line in report.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ]
+    assert [(row[0].lstrip("| "), row[1]) for row in rows[1:]] == [
+        ("queue", "high"),
+        ("queue", "low"),
+        ("no queue", "high"),
+        ("no queue", "low"),
+    ]
+    assert all(row[3] == "0" for row in rows[1:])  # no errors
+    assert "high p95 wait / low p95 wait" in report
