@@ -24,6 +24,7 @@ from .fleet import Fleet, NodeState, describe_error
 from .headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, downstream_response_headers
 from .learning import parse_timings
 from .record import Outcome, RequestRecord
+from .routing.types import Reason
 from .upstream import Body, Opened, UpstreamFailure, open_upstream
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ BUSY_STATUS = 503
 class Target:
     node: NodeState
     route: str  # strategy and reason, for X-Sollol-Route
+    reason: Reason  # the bounded category of `route`, for metrics and the access log
 
 
 class Forwarder:
@@ -112,6 +114,7 @@ class Forwarder:
                 if attempt is not None:
                     attempt.first_byte(opened.response.status)
                 record.node, record.route, record.status = node.name, route, opened.response.status
+                record.reason = target.reason
                 return await self._relay(request, opened, node, routing, attempt, record)
         return self._all_failed(request, failures, request_id)
 

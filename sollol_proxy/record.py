@@ -32,7 +32,10 @@ class RequestRecord:
     priority: int | None = None
     node: str = ""  # the node that answered ("" when none did)
     route: str = ""  # the X-Sollol-Route value
+    reason: str = ""  # its bounded category (a routing.Reason value), "" when no node answered
     strategy: str = ""
+    task: str = ""  # the analysis' task type, for model requests
+    stream: bool = False  # a streamed answer (only then is ttft_s a time to first token)
     status: int = 0
     outcome: Outcome = Outcome.OK
     queue_s: float = 0.0  # time spent waiting for a slot in the proxy
