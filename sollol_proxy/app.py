@@ -14,13 +14,16 @@ from .accesslog import log_request
 from .admin import Admin
 from .affinity import PromptCache
 from .config import Config
+from .dashboard import Dashboard
 from .decisions import DecisionLog
 from .fleet import Fleet
 from .handlers import OllamaHandler
 from .learning import Learner
 from .management import Management
+from .metrics import Metrics
 from .proxy import Forwarder
 from .selection import Selector
+from .stats import Stats
 
 log = logging.getLogger("sollol.app")
 
@@ -28,6 +31,7 @@ CONFIG = web.AppKey("config", Config)
 FLEET = web.AppKey("fleet", Fleet)
 LEARNER = web.AppKey("learner", Learner)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+ADMIN = web.AppKey("admin", Admin)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -66,12 +70,38 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """`metrics.port`: /metrics on a port of its own, for scrapers kept off the client port."""
+    config = app[CONFIG]
+    if config.metrics_port is None:
+        yield
+        return
+    admin = app[ADMIN]
+
+    async def metrics(request: web.Request) -> web.Response:
+        return admin.metrics()
+
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.metrics_port, reuse_address=True).start()
+    log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
+    yield
+    await runner.cleanup()
+
+
 async def create_app(config: Config) -> web.Application:
     session = new_upstream_session(config)
     prompt_cache = PromptCache()
     fleet = Fleet(config, session, prompt_cache)
     learner = Learner(config.priors, {n.name: n.priors for n in config.nodes if n.priors})
     decisions = DecisionLog(config.decisions_kept)
+    metrics = Metrics(fleet, learner)
+    stats = Stats(fleet, learner)
+    admin = Admin(
+        fleet, learner, decisions, metrics, stats, Dashboard(fleet, learner, decisions, stats)
+    )
     handler = OllamaHandler(
         config=config,
         fleet=fleet,
@@ -80,15 +110,17 @@ async def create_app(config: Config) -> web.Application:
         management=Management(config, session, fleet),
         learner=learner,
         prompt_cache=prompt_cache,
-        admin=Admin(fleet, learner, decisions),
-        sinks=(log_request,),
+        admin=admin,
+        sinks=(log_request, metrics.observe, stats.observe),
     )
     app = web.Application(client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[FLEET] = fleet
     app[LEARNER] = learner
     app[SESSION] = session
+    app[ADMIN] = admin
     app.on_response_prepare.append(_drop_server_header)
     app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_metrics_listener)
     app.router.add_route("*", "/{tail:.*}", handler.__call__)
     return app

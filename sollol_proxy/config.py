@@ -64,6 +64,8 @@ class Config:
     max_attempts: int = 3
     max_body_bytes: int = 64 * 2**20
     log_level: str = "info"
+    log_format: str = "plain"  # plain (key=value) or json, for every log line
+    metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration in the YAML layout (for `check-config`); secrets redacted."""
@@ -94,6 +96,8 @@ class Config:
             },
             "limits": {"max_body_bytes": self.max_body_bytes},
             "log_level": self.log_level,
+            "log_format": self.log_format,
+            "metrics": {"port": self.metrics_port},
         }
 
 

@@ -29,6 +29,8 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_MAX_ATTEMPTS": "routing.max_attempts",
     "SOLLOL_MAX_BODY_BYTES": "limits.max_body_bytes",
     "SOLLOL_LOG_LEVEL": "log_level",
+    "SOLLOL_LOG_FORMAT": "log_format",
+    "SOLLOL_METRICS_PORT": "metrics.port",
 }
 
 _SECTIONS: dict[str, set[str]] = {
@@ -38,8 +40,9 @@ _SECTIONS: dict[str, set[str]] = {
     "inventory": {"interval"},
     "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
     "limits": {"max_body_bytes"},
+    "metrics": {"port"},
 }
-_TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level"}
+_TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level", "log_format"}
 
 
 class Layers:

@@ -114,7 +114,7 @@ class Forwarder:
                 if attempt is not None:
                     attempt.first_byte(opened.response.status)
                 record.node, record.route, record.status = node.name, route, opened.response.status
-                record.reason = target.reason
+                record.reason = target.reason.value
                 return await self._relay(request, opened, node, routing, attempt, record)
         return self._all_failed(request, failures, request_id)
 
