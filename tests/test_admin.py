@@ -275,3 +275,24 @@ async def test_dashboard_page_is_self_contained(
     assert "/sollol/dashboard" in page
     # No CDN, no external fetch of any kind: it must work on a closed network.
     assert "http://" not in page and "https://" not in page and "//cdn" not in page
+
+
+async def test_error_rate_alert_after_failed_attempts(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=[MODEL]),
+        dict(name="b", models=[MODEL]),
+        routing__strategy="least_loaded",
+    )
+    made.node("a").faults.refuse = True
+    made.fleet.nodes["b"].model_in_flight[MODEL] = 1  # ranks the refusing node first
+    try:
+        await chat(http, made.url, "x")
+    finally:
+        del made.fleet.nodes["b"].model_in_flight[MODEL]
+    made.node("a").faults.refuse = False
+    await eventually(lambda: made.fleet.nodes["a"].healthy)
+    alerts = (await get(http, made.url + "/sollol/dashboard"))[1]["alerts"]
+    assert [(a["severity"], a["kind"], a["node"]) for a in alerts] == [("warning", "errors", "a")]
+    assert "success rate" in alerts[0]["message"]

@@ -230,3 +230,14 @@ async def test_metrics_on_a_port_of_their_own(
         assert response.status == 404  # that port serves metrics only
     # The main port keeps serving them too.
     assert total(await scrape(http, made.url), "sollol_node_up", node="a") == 1
+
+
+async def test_management_fan_out_is_one_request_labelled_fanout(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=[MODEL]), dict(name="b", models=[MODEL]))
+    status, _ = await post(http, made.url, "/api/pull", {"model": "mistral", "stream": False})
+    assert status == 200
+    samples = await scrape(http, made.url)
+    assert total(samples, "sollol_requests_total", endpoint="/api/pull", node="fanout") == 1
+    assert total(samples, "sollol_routing_decisions_total") == 0  # no routing decision
