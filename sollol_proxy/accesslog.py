@@ -1,4 +1,8 @@
-"""One access-log line per request, written when the request is over (streams included)."""
+"""One access-log line per request, written when the request is over (streams included).
+
+The same fields in both formats: `key=value` text, or top-level keys of a JSON line
+(see logformat.py). Times are milliseconds; absent values are `-` in text and null in JSON.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +13,39 @@ from .record import RequestRecord
 log = logging.getLogger("sollol.access")
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def access_fields(record: RequestRecord) -> dict[str, object]:
+    return {
+        "request_id": record.request_id,
+        "client": record.client,
+        "method": record.method,
+        "route": record.endpoint,
+        "model": record.model or None,
+        "node": record.node or None,
+        "status": record.status,
+        "outcome": record.outcome.value,
+        "queue_ms": _ms(record.queue_s),
+        "ttft_ms": _ms(record.ttft_s),
+        "duration_ms": _ms(record.duration_s),
+        "tokens_in": record.tokens_in,
+        "tokens_out": record.tokens_out,
+        "reason": record.reason or None,
+        "failovers": len(record.failed_attempts),
+        "routing": record.route or None,
+    }
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "-"
+    text = str(value)
+    # Quoted when it would not read back as one token (the routing text has spaces).
+    return f'"{text.replace(chr(34), chr(39))}"' if not text or " " in text or "=" in text else text
 
 
 def log_request(record: RequestRecord) -> None:
-    tokens = (
-        "-"
-        if record.tokens_in is None and record.tokens_out is None
-        else f"{record.tokens_in or 0}/{record.tokens_out or 0}"
-    )
-    log.info(
-        '%s %s "%s %s" model=%s node=%s status=%d outcome=%s queue_ms=%s ttft_ms=%s '
-        'duration_ms=%s tokens=%s route="%s"',
-        record.request_id,
-        record.client or "-",
-        record.method,
-        record.endpoint,
-        record.model or "-",
-        record.node or "-",
-        record.status,
-        record.outcome.value,
-        _ms(record.queue_s),
-        _ms(record.ttft_s),
-        _ms(record.duration_s),
-        tokens,
-        record.route,
-    )
+    fields = access_fields(record)
+    log.info(" ".join(f"{k}={_text(v)}" for k, v in fields.items()), extra={"fields": fields})

@@ -1,19 +1,33 @@
-"""The proxy's own endpoints under /sollol/: what it knows and why it routed as it did."""
+"""The proxy's own endpoints: what it knows and why it routed as it did.
+
+`/sollol/*` is the canonical prefix (Ollama has no such routes); `/api/health`, `/api/stats` and
+`/api/dashboard` are the seed's paths, kept as aliases; `/metrics` and `/dashboard` are where
+Prometheus and people look by habit. The JSON builders live in stats.py and dashboard.py.
+"""
 
 from __future__ import annotations
 
 import time
+from importlib import resources
 
 from aiohttp import web
 
 from . import gojson
 from .admission import Admission
+from .dashboard import Dashboard, health
 from .decisions import DecisionLog
 from .errors import JSON_PLAIN
 from .fleet import Fleet, NodeState
 from .learning import Learner
+from .metrics import CONTENT_TYPE, Metrics
+from .stats import Stats
 
 DEFAULT_LIMIT = 50
+ALIASES = {
+    "/api/health": "/sollol/health",
+    "/api/stats": "/sollol/stats",
+    "/api/dashboard": "/sollol/dashboard",
+}
 
 
 def _json(value: object, status: int = 200) -> web.Response:
@@ -30,29 +44,60 @@ def not_found() -> web.Response:
 
 class Admin:
     def __init__(
-        self, fleet: Fleet, learner: Learner, decisions: DecisionLog, admission: Admission
+        self,
+        fleet: Fleet,
+        learner: Learner,
+        decisions: DecisionLog,
+        admission: Admission,
+        metrics: Metrics,
+        stats: Stats,
+        dashboard: Dashboard,
     ) -> None:
         self._fleet = fleet
         self._learner = learner
         self._decisions = decisions
         self._admission = admission
+        self._metrics = metrics
+        self._stats = stats
+        self._dashboard = dashboard
+        self._page = resources.files(__package__).joinpath("static/dashboard.html").read_bytes()
 
     def handle(self, request: web.Request) -> web.Response:
         if request.method not in ("GET", "HEAD"):
             return not_found()
-        if request.path == "/sollol/decisions":
+        path = ALIASES.get(request.path, request.path)
+        if path == "/metrics":
+            return self.metrics()
+        if path == "/dashboard":
+            response = web.Response(body=self._page)
+            response.headers["Content-Type"] = "text/html; charset=utf-8"
+            response.headers["Cache-Control"] = "no-cache"
+            return response
+        if path == "/sollol/health":
+            status, body = health(self._fleet)
+            return _json(body, status)
+        if path == "/sollol/stats":
+            return _json(self._stats.to_json())
+        if path == "/sollol/dashboard":
+            return _json(self._dashboard.to_json())
+        if path == "/sollol/decisions":
             try:
                 limit = int(request.query.get("limit", DEFAULT_LIMIT))
             except ValueError:
                 return _json({"error": "limit must be an integer"}, 400)
             return _json({"decisions": self._decisions.recent(limit)})
-        if request.path == "/sollol/nodes":
+        if path == "/sollol/nodes":
             return _json(
                 {"time": time.time(), "nodes": [self._node(n) for n in self._fleet.nodes.values()]}
             )
         if request.path == "/sollol/queue":
             return _json({"time": time.time(), **self._admission.snapshot()})
         return not_found()
+
+    def metrics(self) -> web.Response:
+        response = web.Response(body=self._metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
 
     def _node(self, node: NodeState) -> dict[str, object]:
         return {

@@ -15,13 +15,16 @@ from .admin import Admin
 from .admission import Admission
 from .affinity import PromptCache
 from .config import Config
+from .dashboard import Dashboard
 from .decisions import DecisionLog
 from .fleet import Fleet
 from .handlers import OllamaHandler
 from .learning import Learner
 from .management import Management
+from .metrics import Metrics
 from .proxy import Forwarder
 from .selection import Selector
+from .stats import Stats
 
 log = logging.getLogger("sollol.app")
 
@@ -30,6 +33,7 @@ FLEET = web.AppKey("fleet", Fleet)
 LEARNER = web.AppKey("learner", Learner)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 ADMISSION = web.AppKey("admission", Admission)
+ADMIN = web.AppKey("admin", Admin)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -69,6 +73,27 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """`metrics.port`: /metrics on a port of its own, for scrapers kept off the client port."""
+    config = app[CONFIG]
+    if config.metrics_port is None:
+        yield
+        return
+    admin = app[ADMIN]
+
+    async def metrics(request: web.Request) -> web.Response:
+        return admin.metrics()
+
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.metrics_port, reuse_address=True).start()
+    log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
+    yield
+    await runner.cleanup()
+
+
 async def create_app(config: Config) -> web.Application:
     session = new_upstream_session(config)
     prompt_cache = PromptCache()
@@ -76,6 +101,17 @@ async def create_app(config: Config) -> web.Application:
     learner = Learner(config.priors, {n.name: n.priors for n in config.nodes if n.priors})
     decisions = DecisionLog(config.decisions_kept)
     admission = Admission(config.queue)
+    metrics = Metrics(fleet, learner, admission)
+    stats = Stats(fleet, learner)
+    admin = Admin(
+        fleet,
+        learner,
+        decisions,
+        admission,
+        metrics,
+        stats,
+        Dashboard(fleet, learner, decisions, stats, admission),
+    )
     handler = OllamaHandler(
         config=config,
         fleet=fleet,
@@ -84,9 +120,9 @@ async def create_app(config: Config) -> web.Application:
         management=Management(config, session, fleet),
         learner=learner,
         prompt_cache=prompt_cache,
-        admin=Admin(fleet, learner, decisions, admission),
+        admin=admin,
         admission=admission,
-        sinks=(log_request,),
+        sinks=(log_request, metrics.observe, stats.observe),
     )
     app = web.Application(client_max_size=config.max_body_bytes)
     app[CONFIG] = config
@@ -94,7 +130,9 @@ async def create_app(config: Config) -> web.Application:
     app[LEARNER] = learner
     app[SESSION] = session
     app[ADMISSION] = admission
+    app[ADMIN] = admin
     app.on_response_prepare.append(_drop_server_header)
     app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_metrics_listener)
     app.router.add_route("*", "/{tail:.*}", handler.__call__)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +11,7 @@ import yaml
 
 from . import __version__
 from .config import Config, ConfigError, load_config, parse_node_list
+from .logformat import setup_logging
 
 _F = Callable[..., Any]
 
@@ -73,12 +73,8 @@ def _load_or_exit(params: dict[str, Any]) -> Config:
         sys.exit(2)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, log_format: str = "plain") -> None:
+    setup_logging(level, log_format)
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,7 +86,7 @@ def main(ctx: click.Context, **params: Any) -> None:
     ctx.obj = params
     if ctx.invoked_subcommand is None:
         config = _load_or_exit(params)
-        _setup_logging(config.log_level)
+        _setup_logging(config.log_level, config.log_format)
         from .server import run
 
         run(config)

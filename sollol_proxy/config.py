@@ -95,6 +95,8 @@ class Config:
     max_body_bytes: int = 64 * 2**20
     queue: QueueConfig = QueueConfig()
     log_level: str = "info"
+    log_format: str = "plain"  # plain (key=value) or json, for every log line
+    metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration in the YAML layout (for `check-config`); secrets redacted."""
@@ -136,6 +138,8 @@ class Config:
                 ],
             },
             "log_level": self.log_level,
+            "log_format": self.log_format,
+            "metrics": {"port": self.metrics_port},
         }
 
 

@@ -32,6 +32,8 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_QUEUE_ENABLED": "queue.enabled",
     "SOLLOL_QUEUE_MAX_LENGTH": "queue.max_length",
     "SOLLOL_QUEUE_MAX_WAIT": "queue.max_wait",
+    "SOLLOL_LOG_FORMAT": "log_format",
+    "SOLLOL_METRICS_PORT": "metrics.port",
 }
 
 _SECTIONS: dict[str, set[str]] = {
@@ -42,8 +44,9 @@ _SECTIONS: dict[str, set[str]] = {
     "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
     "limits": {"max_body_bytes"},
     "queue": {"enabled", "max_length", "max_wait", "ageing", "affinity_window", "bands"},
+    "metrics": {"port"},
 }
-_TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level"}
+_TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level", "log_format"}
 
 
 class Layers:

@@ -27,6 +27,7 @@ from .config import (
 )
 from .config_layers import Layers, load_env, load_file
 from .learning import Priors
+from .logformat import LOG_FORMATS
 from .names import normalize_model
 from .routing import STRATEGIES
 
@@ -353,6 +354,10 @@ def _validate(layers: Layers) -> Config:
         raise layers.error(
             "log_level", f"expected debug, info, warning or error, got {log_level!r}"
         )
+    log_format = str(layers.values.get("log_format", defaults.log_format)).lower()
+    if log_format not in LOG_FORMATS:
+        raise layers.error("log_format", f"expected plain or json, got {log_format!r}")
+    metrics_port = layers.values.get("metrics.port")
     priors = _priors(layers, "routing.priors", layers.values.get("routing.priors") or {}, Priors())
     return Config(
         host=host,
@@ -376,4 +381,8 @@ def _validate(layers: Layers) -> Config:
         max_body_bytes=_size(layers, "limits.max_body_bytes", defaults.max_body_bytes),
         queue=_queue(layers),
         log_level=log_level,
+        log_format=log_format,
+        metrics_port=None
+        if metrics_port is None
+        else _integer(layers, "metrics.port", 0, 1, 65535, metrics_port),
     )

@@ -26,6 +26,7 @@ from .priority import BadPriority, read_priority
 from .proxy import Forwarder, Target
 from .record import Outcome, RecordSink, RequestRecord
 from .routes import Kind, classify, endpoint_label
+from .routing import Reason
 from .routing.analysis import RequestProfile, analyze
 from .selection import NoTarget, Plan, Selector
 from .upstream import client_ip
@@ -142,6 +143,7 @@ class OllamaHandler:
             target = Target(
                 targets[0],
                 "blob: " + ("pinned" if pinned else "placement node (first healthy node)"),
+                Reason.PINNED if pinned else Reason.PLACEMENT,
             )
             upload = request.content if request.method == "POST" else None
             return await self.forwarder.forward(request, upload, [target], record, first_byte=None)
@@ -154,13 +156,14 @@ class OllamaHandler:
             model = normalize_model(seen.model) if seen.model.strip() else ""
             record.model, record.priority = model, priority
             profile = analyze(request.path, seen.payload, model, seen.stream)
+            record.stream, record.task = seen.stream, profile.task
             routed = await self.selector.for_model(request, profile, request_id, priority)
             if isinstance(routed, Plan):
                 return await self._forward_model(request, forwarded_body, routed, profile, record)
             async with self.admission.admit(
                 priority, model, routed.key, routed.nodes, routed.choose
             ) as slot:
-                record.queue_s = slot.waited_s
+                record.admitted, record.queue_s = True, slot.waited_s
                 if slot.plan.decision is not None:
                     slot.plan.decision["queue_s"] = round(slot.waited_s, 4)
                 return await self._forward_model(
@@ -185,7 +188,7 @@ class OllamaHandler:
             return await self.management.run(request, body, nodes, request_id, label)
         # Fleet views pinned to a node, and every route this proxy does not model: a node answers.
         targets = self.selector.pinned_targets(request) or self.selector.any_node(
-            request_id, "not model-specific"
+            request_id, "not model-specific", Reason.NOT_MODEL_SPECIFIC
         )
         return await self.forwarder.forward(
             request, forwarded_body, targets, record, first_byte=self.config.timeouts.first_byte

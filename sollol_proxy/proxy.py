@@ -30,6 +30,7 @@ from .headers import (
 )
 from .learning import parse_timings
 from .record import Outcome, RequestRecord
+from .routing.types import Reason
 from .upstream import Body, Opened, UpstreamFailure, open_upstream
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ BUSY_STATUS = 503
 class Target:
     node: NodeState
     route: str  # strategy and reason, for X-Sollol-Route
+    reason: Reason  # the bounded category of `route`, for metrics and the access log
 
 
 class Forwarder:
@@ -128,6 +130,7 @@ class Forwarder:
                 if attempt is not None:
                     attempt.first_byte(opened.response.status)
                 record.node, record.route, record.status = node.name, route, opened.response.status
+                record.reason = target.reason.value
                 return await self._relay(request, opened, node, routing, attempt, record)
         return self._all_failed(request, failures, request_id)
 

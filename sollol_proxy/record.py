@@ -32,9 +32,13 @@ class RequestRecord:
     priority: int | None = None
     node: str = ""  # the node that answered ("" when none did)
     route: str = ""  # the X-Sollol-Route value
+    reason: str = ""  # its bounded category (a routing.Reason value), "" when no node answered
     strategy: str = ""
+    task: str = ""  # the analysis' task type, for model requests
+    stream: bool = False  # a streamed answer (only then is ttft_s a time to first token)
     status: int = 0
     outcome: Outcome = Outcome.OK
+    admitted: bool = False  # went through admission control (queue_s is its wait)
     queue_s: float = 0.0  # time spent waiting for a slot in the proxy
     ttft_s: float | None = None  # until the first byte of the answer reached the client
     duration_s: float = 0.0

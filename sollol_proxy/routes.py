@@ -26,7 +26,7 @@ class Kind(enum.Enum):
     CREATE = "create"
     BLOB = "blob"  # /api/blobs/:digest, body streamed, never buffered
     ANY = "any"  # any healthy node answers
-    SOLLOL = "sollol"  # the proxy's own endpoints under /sollol/
+    SOLLOL = "sollol"  # the proxy's own endpoints (under /sollol/, and PROXY_OWNED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +74,18 @@ FORWARD_AS_IS = Route(Kind.ANY)
 
 
 SOLLOL_PREFIX = "/sollol/"
+# The proxy's own pages outside /sollol/ (canonical prefix): the seed's paths, kept as aliases,
+# and the usual Prometheus and dashboard paths. Ollama has none of them (reference section 2).
+PROXY_OWNED = frozenset({"/metrics", "/dashboard", "/api/health", "/api/stats", "/api/dashboard"})
+
+
+def proxy_owned(path: str) -> bool:
+    return path.startswith(SOLLOL_PREFIX) or path in PROXY_OWNED
 
 
 def endpoint_label(path: str) -> str:
     """A bounded label for metrics and logs: the route template, or "other" (no raw paths)."""
-    if path in EXACT or path.startswith(SOLLOL_PREFIX):
+    if path in EXACT or proxy_owned(path):
         return path if path in EXACT else "/sollol/"
     for prefix, (_, route) in PREFIXED.items():
         if path.startswith(prefix):
@@ -88,7 +95,7 @@ def endpoint_label(path: str) -> str:
 
 def classify(method: str, path: str) -> tuple[Route, str]:
     """The route for this request and its path parameter ('' when there is none)."""
-    if path.startswith(SOLLOL_PREFIX):
+    if proxy_owned(path):
         return Route(Kind.SOLLOL), ""
     entry = EXACT.get(path)
     if entry is not None:

@@ -17,7 +17,7 @@ from .fleet import Fleet, NodeState
 from .headers import NODE_HEADER
 from .learning import Learner
 from .proxy import Target
-from .routing import STRATEGIES, RouteRequest, Strategy, make_strategy
+from .routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from .routing.analysis import RequestProfile
 from .snapshot import demand_by_model, node_view
 
@@ -96,7 +96,11 @@ class Selector:
     def pinned_targets(self, request: web.Request) -> list[Target] | None:
         """The operator's pinned nodes as targets (not `all`), or None when nothing is pinned."""
         pinned = self.pinned(request, allow_all=False)
-        return None if pinned is None else [Target(n, f"pinned by {NODE_HEADER}") for n in pinned]
+        return (
+            None
+            if pinned is None
+            else [Target(n, f"pinned by {NODE_HEADER}", Reason.PINNED) for n in pinned]
+        )
 
     def _healthy(self) -> list[NodeState]:
         nodes = self._fleet.healthy()
@@ -104,7 +108,7 @@ class Selector:
             raise NoTarget(503, f"no healthy Ollama node ({self._fleet.unhealthy_summary()})")
         return nodes
 
-    def any_node(self, request_id: str, why: str) -> list[Target]:
+    def any_node(self, request_id: str, why: str, reason: Reason) -> list[Target]:
         """Requests that do not depend on a model: any healthy node, least loaded first."""
 
         def key(node: NodeState) -> tuple[float, int]:
@@ -114,7 +118,9 @@ class Selector:
 
         return [
             Target(
-                node, f"{why}; least loaded, {node.in_flight}/{node.config.num_parallel} slots busy"
+                node,
+                f"{why}; least loaded, {node.in_flight}/{node.config.num_parallel} slots busy",
+                reason,
             )
             for node in sorted(self._healthy(), key=key)
         ]
@@ -141,7 +147,9 @@ class Selector:
         )
         choices = strategy.rank(request, views)
         by_name = {n.name: n for n in nodes}
-        targets = [Target(by_name[c.node], f"{strategy.name}: {c.reason}") for c in choices]
+        targets = [
+            Target(by_name[c.node], f"{strategy.name}: {c.reason}", c.category) for c in choices
+        ]
         by_view = {v.name: v for v in views}
         decision = {
             "request_id": request_id,
@@ -158,6 +166,7 @@ class Selector:
             "node": choices[0].node if choices else None,
             "served_by": None,
             "reason": choices[0].reason if choices else "",
+            "category": choices[0].category.value if choices else "",
             "candidates": [_candidate(c, by_view[c.node]) for c in choices],
         }
         self._decisions.add(decision)
@@ -174,11 +183,13 @@ class Selector:
             return Candidates(
                 (model, *(n.name for n in pinned)),
                 lambda: self._pinned_up(pinned),
-                lambda free: Plan([Target(n, f"pinned by {NODE_HEADER}") for n in free]),
+                lambda free: Plan(
+                    [Target(n, f"pinned by {NODE_HEADER}", Reason.PINNED) for n in free]
+                ),
             )
         if not model:
             # No model to route by: the node answers with Ollama's own error for that.
-            return Plan(self.any_node(request_id, "no model named"))
+            return Plan(self.any_node(request_id, "no model named", Reason.NO_MODEL))
         if not self._fleet.with_model(model, healthy_only=False):
             await self._fleet.refresh_for_missing_model()
         if self._fleet.with_model(model, healthy_only=False):
@@ -188,7 +199,7 @@ class Selector:
                 lambda free: self._rank(free, profile, request_id, priority),
             )
         # No node has it: a node answers with Ollama's own "not found" for this route, byte for byte.
-        return Plan(self.any_node(request_id, "no node has the model"))
+        return Plan(self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL))
 
     def _holders(self, model: str) -> list[NodeState]:
         holders = self._fleet.with_model(model)
@@ -231,7 +242,7 @@ class Selector:
             if holders:
                 return holders, f"{kind}: every healthy node with the model ({len(holders)})"
             return [
-                self.any_node(request_id, "no node has the model")[0].node
+                self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL)[0].node
             ], f"{kind}: no node has the model"
         if kind == "push":
             holders = self._fleet.with_model(model)
@@ -240,7 +251,7 @@ class Selector:
                     min(holders, key=lambda n: n.in_flight)
                 ], "push: the least busy node with the model"
             return [
-                self.any_node(request_id, "no node has the model")[0].node
+                self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL)[0].node
             ], "push: no node has the model"
         # create: next to its base model when it names one the fleet has, else the placement node
         holders = self._fleet.with_model(source_model) if source_model else []
@@ -254,6 +265,7 @@ def _candidate(choice: Any, view: Any) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "node": choice.node,
         "reason": choice.reason,
+        "category": choice.category.value,
         "resident": view.resident,
         "cached_tokens": view.cached_tokens,
         "in_flight": view.in_flight,

@@ -143,6 +143,13 @@ def test_hosts_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
             {},
             "sollol.yaml: routing.models.llama3.2: unknown strategy 'fastest'",
         ),
+        ("nodes: [a]\nlog_format: xml\n", {}, "sollol.yaml: log_format: expected plain or json"),
+        (
+            "nodes: [a]\n",
+            {"SOLLOL_METRICS_PORT": "0"},
+            "environment SOLLOL_METRICS_PORT: metrics.port: expected an integer from 1 to 65535",
+        ),
+        ("nodes: [a]\nmetrics: {prot: 9}\n", {}, "sollol.yaml: metrics.prot: unknown key"),
     ],
 )
 def test_errors_name_origin_key_and_problem(
@@ -276,3 +283,15 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "url: http://gpu7:11434" in result.stdout
+
+
+def test_observability_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, "nodes: [a]\nlog_format: JSON\nmetrics: {port: 9464}\n")
+    config = load_config(path, env={})
+    assert (config.log_format, config.metrics_port) == ("json", 9464)
+    assert config.to_dict()["log_format"] == "json"
+    assert config.to_dict()["metrics"] == {"port": 9464}
+    config = load_config(path, env={"SOLLOL_LOG_FORMAT": "plain", "SOLLOL_METRICS_PORT": "9100"})
+    assert (config.log_format, config.metrics_port) == ("plain", 9100)
+    defaults = load_config(write(tmp_path, "nodes: [a]\n"), env={})
+    assert (defaults.log_format, defaults.metrics_port) == ("plain", None)

@@ -7,7 +7,7 @@ functions and cheap enough to run on every request.
 from .least_loaded import LeastLoaded
 from .performance import Performance
 from .simple import Random, RoundRobin
-from .types import Choice, Estimate, NodeView, RouteRequest, Strategy
+from .types import Choice, Estimate, NodeView, Reason, RouteRequest, Strategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
     Performance.name: Performance,
@@ -28,6 +28,7 @@ __all__ = [
     "LeastLoaded",
     "NodeView",
     "Performance",
+    "Reason",
     "RouteRequest",
     "Strategy",
     "make_strategy",

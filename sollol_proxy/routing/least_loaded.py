@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .types import Choice, NodeView, RouteRequest
+from .types import Choice, NodeView, Reason, RouteRequest
 
 
 class LeastLoaded:
@@ -23,7 +23,7 @@ class LeastLoaded:
             return saturated, not node.resident, node.in_flight / node.num_parallel, tiebreak
 
         ranked = sorted(candidates, key=key)
-        return [Choice(node.name, _reason(node)) for node in ranked]
+        return [Choice(node.name, _reason(node), Reason.LEAST_LOADED) for node in ranked]
 
 
 def _reason(node: NodeView) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .types import Choice, Estimate, NodeView, RouteRequest
+from .types import Choice, Estimate, NodeView, Reason, RouteRequest
 
 # Nodes whose estimates are within 10% (plus 50 ms) of the best are treated as equal.
 NEAR_TIE_RATIO = 1.10
@@ -72,9 +72,19 @@ class Performance:
         ordered = near + [pair for pair in scored if pair[0].total > band]
         runner_up = ordered[1][0].total if len(ordered) > 1 else None
         return [
-            Choice(view.name, describe(view, est, runner_up if i == 0 else best), est)
+            Choice(
+                view.name, describe(view, est, runner_up if i == 0 else best), category(view), est
+            )
             for i, (est, view) in enumerate(ordered)
         ]
+
+
+def category(view: NodeView) -> Reason:
+    if view.resident and view.options_match:
+        return Reason.CACHE_AFFINITY if view.cached_tokens else Reason.RESIDENT
+    if view.resident:
+        return Reason.RELOAD
+    return Reason.LOADING if view.loading else Reason.COLD_LOAD
 
 
 def _tokens(count: float) -> str:

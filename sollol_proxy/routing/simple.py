@@ -7,7 +7,7 @@ import random
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .types import Choice, NodeView, RouteRequest
+from .types import Choice, NodeView, Reason, RouteRequest
 
 
 class RoundRobin:
@@ -24,7 +24,10 @@ class RoundRobin:
         ordered = sorted(candidates, key=lambda view: view.name)
         start = next(self._counter) % len(ordered)
         rotated = ordered[start:] + ordered[:start]
-        return [Choice(view.name, f"turn {start + 1} of {len(ordered)}") for view in rotated]
+        return [
+            Choice(view.name, f"turn {start + 1} of {len(ordered)}", Reason.ROUND_ROBIN)
+            for view in rotated
+        ]
 
 
 class Random:
@@ -38,4 +41,4 @@ class Random:
     def rank(self, request: RouteRequest, candidates: Sequence[NodeView]) -> list[Choice]:
         shuffled = list(candidates)
         self._random.shuffle(shuffled)
-        return [Choice(view.name, "random pick") for view in shuffled]
+        return [Choice(view.name, "random pick", Reason.RANDOM) for view in shuffled]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import ClassVar, Protocol
 
 
@@ -53,10 +54,31 @@ class Estimate:
     decode: float
 
 
+class Reason(StrEnum):
+    """Why a node was chosen, in a few fixed categories (metric labels must stay bounded; the
+    free-text `Choice.reason` says the rest)."""
+
+    RESIDENT = "resident"  # the model is loaded there
+    CACHE_AFFINITY = "cache_affinity"  # loaded there, and the node holds part of the prompt
+    COLD_LOAD = "cold_load"  # the model has to be loaded there
+    LOADING = "loading"  # joins a load of the model already under way there
+    RELOAD = "reload"  # loaded with other load-time options: Ollama reloads it
+    LEAST_LOADED = "least_loaded"
+    ROUND_ROBIN = "round_robin"
+    RANDOM = "random"
+    # Paths that do not go through a strategy.
+    PINNED = "pinned"  # X-Sollol-Node
+    NO_MODEL = "no_model"  # the request names no model: the node answers Ollama's error
+    NO_NODE_HAS_MODEL = "no_node_has_model"  # a node answers Ollama's own "not found"
+    NOT_MODEL_SPECIFIC = "not_model_specific"  # any healthy node can answer
+    PLACEMENT = "placement"  # blob uploads: the placement node
+
+
 @dataclass(frozen=True, slots=True)
 class Choice:
     node: str
-    reason: str
+    reason: str  # for people: X-Sollol-Route, /sollol/decisions
+    category: Reason  # for metrics and dashboards
     estimate: Estimate | None = None
 
 
