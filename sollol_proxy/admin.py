@@ -11,6 +11,7 @@ from .decisions import DecisionLog
 from .errors import JSON_PLAIN
 from .fleet import Fleet, NodeState
 from .learning import Learner
+from .reload import LiveConfig
 
 DEFAULT_LIMIT = 50
 
@@ -28,10 +29,13 @@ def not_found() -> web.Response:
 
 
 class Admin:
-    def __init__(self, fleet: Fleet, learner: Learner, decisions: DecisionLog) -> None:
+    def __init__(
+        self, fleet: Fleet, learner: Learner, decisions: DecisionLog, live: LiveConfig
+    ) -> None:
         self._fleet = fleet
         self._learner = learner
         self._decisions = decisions
+        self._live = live
 
     def handle(self, request: web.Request) -> web.Response:
         if request.method not in ("GET", "HEAD"):
@@ -44,7 +48,14 @@ class Admin:
             return _json({"decisions": self._decisions.recent(limit)})
         if request.path == "/sollol/nodes":
             return _json(
-                {"time": time.time(), "nodes": [self._node(n) for n in self._fleet.nodes.values()]}
+                {
+                    "time": time.time(),
+                    "config": {
+                        "generation": self._live.generation,
+                        "loaded_at": self._live.loaded_at,
+                    },
+                    "nodes": [self._node(n) for n in self._fleet.nodes.values()],
+                }
             )
         return not_found()
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -15,18 +17,24 @@ from .admin import Admin
 from .affinity import PromptCache
 from .config import Config
 from .decisions import DecisionLog
-from .fleet import Fleet
+from .drain import Drain
+from .fleet import Fleet, NodeState
 from .handlers import OllamaHandler
-from .learning import Learner
+from .learning import Learner, Priors
+from .limits import Limits
 from .management import Management
 from .proxy import Forwarder
+from .reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
 from .selection import Selector
 
 log = logging.getLogger("sollol.app")
 
-CONFIG = web.AppKey("config", Config)
+# How often a removed node is checked for requests still in flight.
+RETIRE_POLL_S = 0.2
+
 FLEET = web.AppKey("fleet", Fleet)
 LEARNER = web.AppKey("learner", Learner)
+PROXY = web.AppKey("proxy", "Proxy")
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
@@ -47,44 +55,171 @@ def new_upstream_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
+class Background:
+    """Every background task of the app: tracked here, cancelled and awaited at cleanup, and a
+    task that ends with an exception is logged rather than lost."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class Proxy:
+    """The parts that hold the configuration, and what reloads it."""
+
+    live: LiveConfig
+    fleet: Fleet
+    learner: Learner
+    decisions: DecisionLog
+    limits: Limits
+    drain: Drain
+    parts: tuple[Reconfigurable, ...]
+    reloader: Reloader | None = None
+    tasks: Background = field(default_factory=Background)
+    watchers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # node name -> task
+
+
+class Reconfigurable(Protocol):
+    def reconfigure(self, config: Config) -> object: ...
+
+
+def _watch(proxy: Proxy, node: NodeState, *, probe_first: bool) -> None:
+    async def watch() -> None:
+        if probe_first:  # a node added by a reload: usable as soon as its first probe answers
+            await proxy.fleet.refresh(node)
+        await proxy.fleet.watch(node)
+
+    proxy.watchers[node.name] = proxy.tasks.start(f"watch:{node.name}", watch())
+
+
+async def _retire(node: NodeState, watcher: asyncio.Task[None] | None) -> None:
+    """A removed node: its requests in flight finish, then its watcher stops."""
+    # fleet.lease() counts without an event to wait on; a poll this slow costs nothing.
+    while node.in_flight:  # noqa: ASYNC110
+        await asyncio.sleep(RETIRE_POLL_S)
+    if watcher is not None:
+        watcher.cancel()
+    log.info("node %s has left the fleet", node.name)
+
+
+def apply_config(app: web.Application, new: Config) -> None:
+    """The one way a new configuration takes effect in a running app (reload)."""
+    proxy = app[PROXY]
+    config = keep_restart_only(proxy.live.config, new)
+    added, removed = proxy.fleet.reconfigure(config)
+    for part in proxy.parts:
+        part.reconfigure(config)
+    proxy.learner.reconfigure(config.priors, _node_priors(config))
+    proxy.decisions.resize(config.decisions_kept)
+    if config.log_level != proxy.live.config.log_level:
+        logging.getLogger().setLevel(config.log_level.upper())
+    for node in removed:
+        log.info("node %s removed: no new requests, %d in flight finish", node.name, node.in_flight)
+        proxy.tasks.start(f"retire:{node.name}", _retire(node, proxy.watchers.pop(node.name, None)))
+    for node in added:
+        log.info("node %s added (%s)", node.name, node.config.url)
+        _watch(proxy, node, probe_first=True)
+    proxy.live.replace(config)
+    log.info(
+        "configuration generation %d in force: %d nodes (%d added, %d removed)",
+        proxy.live.generation,
+        len(proxy.fleet.nodes),
+        len(added),
+        len(removed),
+    )
+
+
+def request_reload(app: web.Application, why: str) -> None:
+    """Reload from the startup sources in the background (SIGHUP)."""
+    proxy = app[PROXY]
+    if proxy.reloader is None:
+        log.warning("%s: no configuration source to reload from", why)
+        return
+    proxy.tasks.start(f"reload:{why}", _reload(proxy.reloader, why))
+
+
+async def _reload(reloader: Reloader, why: str) -> None:
+    await reloader.reload(why)
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Every background task is started, cancelled and awaited here."""
-    fleet, session = app[FLEET], app[SESSION]
+    """Every background task is started here, or by a reload through `proxy.tasks`; all are
+    cancelled and awaited here."""
+    proxy, session = app[PROXY], app[SESSION]
+    fleet = proxy.fleet
     await fleet.refresh_all()
     healthy = [n.name for n in fleet.healthy()]
     log.info("fleet ready: %d/%d nodes healthy %s", len(healthy), len(fleet.nodes), healthy)
-    watchers = [
-        asyncio.create_task(fleet.watch(node), name=f"watch:{node.name}")
-        for node in fleet.nodes.values()
-    ]
+    for node in fleet.nodes.values():
+        _watch(proxy, node, probe_first=False)
+    if proxy.reloader is not None and proxy.live.config.reload_watch:
+        proxy.tasks.start(
+            "reload:watch", proxy.reloader.watch(lambda: proxy.live.config.reload_interval)
+        )
     yield
-    for task in watchers:
-        task.cancel()
-    for task in watchers:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await proxy.tasks.close()
     await session.close()
 
 
-async def create_app(config: Config) -> web.Application:
+def _node_priors(config: Config) -> dict[str, Priors]:
+    return {n.name: n.priors for n in config.nodes if n.priors}
+
+
+async def create_app(config: Config, source: ConfigSource | None = None) -> web.Application:
     session = new_upstream_session(config)
     prompt_cache = PromptCache()
     fleet = Fleet(config, session, prompt_cache)
-    learner = Learner(config.priors, {n.name: n.priors for n in config.nodes if n.priors})
+    learner = Learner(config.priors, _node_priors(config))
     decisions = DecisionLog(config.decisions_kept)
+    live = LiveConfig(config)
+    selector = Selector(config, fleet, learner, prompt_cache, decisions)
+    forwarder = Forwarder(config, session, fleet)
+    management = Management(config, session, fleet)
     handler = OllamaHandler(
         config=config,
         fleet=fleet,
-        selector=Selector(config, fleet, learner, prompt_cache, decisions),
-        forwarder=Forwarder(config, session, fleet),
-        management=Management(config, session, fleet),
+        selector=selector,
+        forwarder=forwarder,
+        management=management,
         learner=learner,
         prompt_cache=prompt_cache,
-        admin=Admin(fleet, learner, decisions),
+        admin=Admin(fleet, learner, decisions, live),
         sinks=(log_request,),
     )
-    app = web.Application(client_max_size=config.max_body_bytes)
-    app[CONFIG] = config
+    limits = Limits(config)
+    proxy = Proxy(
+        live=live,
+        fleet=fleet,
+        learner=learner,
+        decisions=decisions,
+        limits=limits,
+        drain=Drain(),
+        parts=(selector, forwarder, management, handler, limits),
+    )
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=(proxy.drain.middleware, limits.middleware),
+    )
+    if source is not None:
+        proxy.reloader = Reloader(source, functools.partial(apply_config, app), config)
+    app[PROXY] = proxy
     app[FLEET] = fleet
     app[LEARNER] = learner
     app[SESSION] = session

@@ -42,7 +42,7 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-@dataclass(frozen=True)
+@dataclass
 class OllamaHandler:
     config: Config
     fleet: Fleet
@@ -53,6 +53,9 @@ class OllamaHandler:
     prompt_cache: PromptCache
     admin: Admin
     sinks: Sequence[RecordSink]
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         record = RequestRecord(
