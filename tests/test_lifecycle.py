@@ -6,6 +6,7 @@ The proxy runs as `python -m sollol_proxy -c <yaml>`; the simulated nodes run in
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -268,3 +269,40 @@ async def test_a_kept_node_keeps_its_live_state_and_tunables_apply_to_new_reques
     assert app[PROXY].live.generation == 2
     async with http.post(made.url + "/api/generate", data=_generate(2)) as response:
         assert response.headers["X-Sollol-Route"].startswith("least_loaded")
+
+
+async def test_settings_that_need_a_restart_are_logged_and_kept(
+    cluster: ClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = await cluster(dict(name="a", models=[MODEL]))
+    app = made.proxy.runner.app
+    running = app[PROXY].live.config
+    node_a = {"url": made.nodes[0].url, "name": "a"}
+    new = load_config(
+        None,
+        env={},
+        overrides={
+            **TEST_SETTINGS,
+            "nodes": [node_a],
+            "listen.port": 1,
+            "timeouts.connect": 9,
+            "log_level": "debug",
+        },
+    )
+    root = logging.getLogger()
+    level = root.level
+    try:
+        with caplog.at_level(logging.INFO, logger="sollol"):
+            apply_config(app, new)
+        assert root.level == logging.DEBUG
+    finally:
+        root.setLevel(level)
+    live = app[PROXY].live.config
+    assert (live.port, live.timeouts.connect) == (running.port, running.timeouts.connect)
+    assert live.log_level == "debug"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        m.startswith("reload: listen.port changed from 0 to 1; that needs a restart")
+        for m in messages
+    )
+    assert any(m.startswith("reload: timeouts.connect changed from 1.0 to 9.0") for m in messages)
