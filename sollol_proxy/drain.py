@@ -20,7 +20,8 @@ log = logging.getLogger("sollol.drain")
 
 # The cancel message of a request cut by the end of the grace period.
 CUT = "sollol-proxy: shutting down"
-CUT_MESSAGE = "sollol-proxy is shutting down; the response is incomplete"
+CUT_MESSAGE = "sollol-proxy is shutting down; the response is incomplete"  # in-stream
+CUT_BEFORE_ANSWER = "sollol-proxy is shutting down; try again"  # 503, nothing sent yet
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,7 +54,7 @@ class Drain:
             if not is_cut(exc) or request.writer.output_size > 0:
                 raise  # a client that left, or an answer that had started: the connection ends
             task.uncancel()
-            return error_response(request.path, 503, CUT_MESSAGE)
+            return error_response(request.path, 503, CUT_BEFORE_ANSWER)
         finally:
             self._tasks.discard(task)
             if not self._tasks:

@@ -59,13 +59,14 @@ class ProxyProtocol(web.RequestHandler):
         elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc.message):
             status = HEADERS_TOO_LARGE
             text = f"too many request header fields (limit {self.max_headers})"
-        elif status == 500:
-            log.error("unhandled error answering %s %s", request.method, request.path, exc_info=exc)
-            text = "internal error in sollol-proxy"
-        else:
+        elif status == 400:
             text = f"bad request: {getattr(exc, 'message', None) or message or 'unparseable'}"
-        if status != 500:
+        else:  # an exception escaped the handler (500) or a timeout did (504): a bug
+            text = "internal error in sollol-proxy"
+        if status < 500:
             log.info("rejected a request from %s: %d %s", client, status, text)
+        else:
+            log.error("unhandled error answering %s %s", request.method, request.path, exc_info=exc)
         # A request the parser rejected has no path: it is answered in the /api shape.
         response = error_response(request.path, status, text)
         response.force_close()

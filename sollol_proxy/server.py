@@ -27,10 +27,14 @@ class RunningProxy:
     runner: web.AppRunner
     listener: asyncio.Server
     url: str
+    stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting at once, let requests in flight finish for up to `grace` seconds (the
         configured `shutdown.grace` by default), end the rest with an error, then close."""
+        if self.stopped:
+            return
+        self.stopped = True
         proxy = self.runner.app[PROXY]
         if grace is None:
             grace = proxy.live.config.shutdown_grace

@@ -306,3 +306,20 @@ async def test_settings_that_need_a_restart_are_logged_and_kept(
         for m in messages
     )
     assert any(m.startswith("reload: timeouts.connect changed from 1.0 to 9.0") for m in messages)
+
+
+async def test_a_request_without_an_answer_yet_when_the_grace_ends_gets_503(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=[MODEL]))
+    made.nodes[0].faults.first_byte_delay = 30.0
+    body = orjson.dumps({"model": "llama3.2", "prompt": "hi", "stream": False})
+    pending = asyncio.create_task(http.post(made.url + "/api/generate", data=body))
+    await eventually(lambda: made.proxy.runner.app[PROXY].drain.in_flight == 1)
+    await made.proxy.stop(grace=0.2)
+    response = await pending
+    assert response.status == 503
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert orjson.loads(await response.read()) == {
+        "error": "sollol-proxy is shutting down; try again"
+    }
