@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -15,6 +15,7 @@ from aiohttp import web
 from .accesslog import log_request
 from .admin import Admin
 from .affinity import PromptCache
+from .background import Background
 from .config import Config
 from .decisions import DecisionLog
 from .drain import Drain
@@ -53,31 +54,6 @@ def new_upstream_session(config: Config) -> aiohttp.ClientSession:
         # Only the client's own headers go to the node: aiohttp would add these by itself.
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
     )
-
-
-class Background:
-    """Every background task of the app: tracked here, cancelled and awaited at cleanup, and a
-    task that ends with an exception is logged rather than lost."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def start(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
-
-    async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass
