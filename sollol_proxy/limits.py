@@ -27,7 +27,7 @@ BUSY = 503
 MAX_HEADER_FIELDS = 128
 # A rejected connection that sends nothing is closed after this long (aiohttp's keep-alive timer
 # also runs before the first request).
-REJECTED_IDLE_S = 5.0
+REJECTED_IDLE_S = 2.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

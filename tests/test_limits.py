@@ -119,3 +119,14 @@ async def test_connections_beyond_the_limit_get_503_and_are_closed(
     async with http.get(made.url + "/api/version") as response:
         assert response.status == 200
     held[1][1].close()
+
+
+async def test_a_connection_beyond_the_limit_that_sends_nothing_is_closed(
+    cluster: ClusterFactory,
+) -> None:
+    made = await cluster(dict(name="a", models=[]), limits__max_connections=1)
+    _, held = await _raw(made.url, b"")
+    reader, writer = await _raw(made.url, b"")
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the proxy, unanswered
+    writer.close()
+    held.close()
