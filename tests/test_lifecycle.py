@@ -140,7 +140,8 @@ async def test_sigterm_lets_a_stream_in_flight_finish_and_refuses_new_connection
         await eventually(lambda: "draining 1 request(s)" in proxy.log(), within=10)
         assert await _refused(proxy.url)
         lines = [first, *[line async for line in response.content]]
-    assert b"".join(lines) == nodes[0].responses[-1].body  # byte-complete
+    generated = [r for r in nodes[0].responses if r.path == "/api/generate"]
+    assert b"".join(lines) == generated[-1].body and generated[-1].complete  # byte-complete
     assert len(lines) == 41 and orjson.loads(lines[-1])["done"] is True
     assert await proxy.wait() == 0
     assert "shutdown: 1 request(s) finished, 0 cut" in proxy.log()
