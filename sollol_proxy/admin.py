@@ -20,6 +20,7 @@ from .errors import JSON_PLAIN
 from .fleet import Fleet, NodeState
 from .learning import Learner
 from .metrics import CONTENT_TYPE, Metrics
+from .reload import LiveConfig
 from .stats import Stats
 
 DEFAULT_LIMIT = 50
@@ -48,6 +49,7 @@ class Admin:
         fleet: Fleet,
         learner: Learner,
         decisions: DecisionLog,
+        live: LiveConfig,
         admission: Admission,
         metrics: Metrics,
         stats: Stats,
@@ -56,6 +58,7 @@ class Admin:
         self._fleet = fleet
         self._learner = learner
         self._decisions = decisions
+        self._live = live
         self._admission = admission
         self._metrics = metrics
         self._stats = stats
@@ -88,7 +91,14 @@ class Admin:
             return _json({"decisions": self._decisions.recent(limit)})
         if path == "/sollol/nodes":
             return _json(
-                {"time": time.time(), "nodes": [self._node(n) for n in self._fleet.nodes.values()]}
+                {
+                    "time": time.time(),
+                    "config": {
+                        "generation": self._live.generation,
+                        "loaded_at": self._live.loaded_at,
+                    },
+                    "nodes": [self._node(n) for n in self._fleet.nodes.values()],
+                }
             )
         if request.path == "/sollol/queue":
             return _json({"time": time.time(), **self._admission.snapshot()})

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .config import QueueBand, QueueConfig
+from .config import Config, QueueBand, QueueConfig
 from .fleet import NodeState
 from .queue_stats import PriorityStats, queue_snapshot
 from .slots import SlotTable
@@ -111,6 +111,11 @@ class Admission:
         self._keys: Counter[tuple[str, ...]] = Counter()  # of the waiting requests
         self._seq = itertools.count()
         self.stats = {p: PriorityStats() for p in PRIORITIES}
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: new bounds apply to new arrivals and to the next pump; waiters stay."""
+        self.config = config.queue
+        self._pump()
 
     # -- slots --------------------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -14,23 +16,30 @@ from .accesslog import log_request
 from .admin import Admin
 from .admission import Admission
 from .affinity import PromptCache
+from .background import Background
 from .config import Config
 from .dashboard import Dashboard
 from .decisions import DecisionLog
-from .fleet import Fleet
+from .drain import Drain
+from .fleet import Fleet, NodeState
 from .handlers import OllamaHandler
-from .learning import Learner
+from .learning import Learner, Priors
+from .limits import Limits
 from .management import Management
 from .metrics import Metrics
 from .proxy import Forwarder
+from .reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
 from .selection import Selector
 from .stats import Stats
 
 log = logging.getLogger("sollol.app")
 
-CONFIG = web.AppKey("config", Config)
+# How often a removed node is checked for requests still in flight.
+RETIRE_POLL_S = 0.2
+
 FLEET = web.AppKey("fleet", Fleet)
 LEARNER = web.AppKey("learner", Learner)
+PROXY = web.AppKey("proxy", "Proxy")
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 ADMISSION = web.AppKey("admission", Admission)
 ADMIN = web.AppKey("admin", Admin)
@@ -53,29 +62,108 @@ def new_upstream_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
+@dataclass
+class Proxy:
+    """The parts that hold the configuration, and what reloads it."""
+
+    live: LiveConfig
+    fleet: Fleet
+    learner: Learner
+    decisions: DecisionLog
+    limits: Limits
+    drain: Drain
+    parts: tuple[Reconfigurable, ...]
+    reloader: Reloader | None = None
+    tasks: Background = field(default_factory=Background)
+    watchers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # node name -> task
+
+
+class Reconfigurable(Protocol):
+    def reconfigure(self, config: Config) -> object: ...
+
+
+def _watch(proxy: Proxy, node: NodeState, *, probe_first: bool) -> None:
+    async def watch() -> None:
+        if probe_first:  # a node added by a reload: usable as soon as its first probe answers
+            await proxy.fleet.refresh(node)
+        await proxy.fleet.watch(node)
+
+    proxy.watchers[node.name] = proxy.tasks.start(f"watch:{node.name}", watch())
+
+
+async def _retire(node: NodeState, watcher: asyncio.Task[None] | None) -> None:
+    """A removed node: its requests in flight finish, then its watcher stops."""
+    # fleet.lease() counts without an event to wait on; a poll this slow costs nothing.
+    while node.in_flight:  # noqa: ASYNC110
+        await asyncio.sleep(RETIRE_POLL_S)
+    if watcher is not None:
+        watcher.cancel()
+    log.info("node %s has left the fleet", node.name)
+
+
+def apply_config(app: web.Application, new: Config) -> None:
+    """The one way a new configuration takes effect in a running app (reload)."""
+    proxy = app[PROXY]
+    config = keep_restart_only(proxy.live.config, new)
+    added, removed = proxy.fleet.reconfigure(config)
+    for part in proxy.parts:
+        part.reconfigure(config)
+    proxy.learner.reconfigure(config.priors, _node_priors(config))
+    proxy.decisions.resize(config.decisions_kept)
+    if config.log_level != proxy.live.config.log_level:
+        logging.getLogger().setLevel(config.log_level.upper())
+    for node in removed:
+        log.info("node %s removed: no new requests, %d in flight finish", node.name, node.in_flight)
+        proxy.tasks.start(f"retire:{node.name}", _retire(node, proxy.watchers.pop(node.name, None)))
+    for node in added:
+        log.info("node %s added (%s)", node.name, node.config.url)
+        _watch(proxy, node, probe_first=True)
+    proxy.live.replace(config)
+    log.info(
+        "configuration generation %d in force: %d nodes (%d added, %d removed)",
+        proxy.live.generation,
+        len(proxy.fleet.nodes),
+        len(added),
+        len(removed),
+    )
+
+
+def request_reload(app: web.Application, why: str) -> None:
+    """Reload from the startup sources in the background (SIGHUP)."""
+    proxy = app[PROXY]
+    if proxy.reloader is None:
+        log.warning("%s: no configuration source to reload from", why)
+        return
+    proxy.tasks.start(f"reload:{why}", _reload(proxy.reloader, why))
+
+
+async def _reload(reloader: Reloader, why: str) -> None:
+    await reloader.reload(why)
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Every background task is started, cancelled and awaited here."""
-    fleet, session, admission = app[FLEET], app[SESSION], app[ADMISSION]
+    """Every background task is started here, or by a reload through `proxy.tasks`; all are
+    cancelled and awaited here."""
+    proxy, session = app[PROXY], app[SESSION]
+    fleet = proxy.fleet
     await fleet.refresh_all()
     healthy = [n.name for n in fleet.healthy()]
     log.info("fleet ready: %d/%d nodes healthy %s", len(healthy), len(fleet.nodes), healthy)
-    tasks = [
-        asyncio.create_task(fleet.watch(node), name=f"watch:{node.name}")
-        for node in fleet.nodes.values()
-    ]
-    tasks.append(asyncio.create_task(admission.run(), name="admission"))
+    for node in fleet.nodes.values():
+        _watch(proxy, node, probe_first=False)
+    proxy.tasks.start("admission", app[ADMISSION].run())
+    if proxy.reloader is not None and proxy.live.config.reload_watch:
+        proxy.tasks.start(
+            "reload:watch", proxy.reloader.watch(lambda: proxy.live.config.reload_interval)
+        )
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await proxy.tasks.close()
     await session.close()
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     """`metrics.port`: /metrics on a port of its own, for scrapers kept off the client port."""
-    config = app[CONFIG]
+    config = app[PROXY].live.config
     if config.metrics_port is None:
         yield
         return
@@ -94,12 +182,20 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     await runner.cleanup()
 
 
-async def create_app(config: Config) -> web.Application:
+def _node_priors(config: Config) -> dict[str, Priors]:
+    return {n.name: n.priors for n in config.nodes if n.priors}
+
+
+async def create_app(config: Config, source: ConfigSource | None = None) -> web.Application:
     session = new_upstream_session(config)
     prompt_cache = PromptCache()
     fleet = Fleet(config, session, prompt_cache)
-    learner = Learner(config.priors, {n.name: n.priors for n in config.nodes if n.priors})
+    learner = Learner(config.priors, _node_priors(config))
     decisions = DecisionLog(config.decisions_kept)
+    live = LiveConfig(config)
+    selector = Selector(config, fleet, learner, prompt_cache, decisions)
+    forwarder = Forwarder(config, session, fleet)
+    management = Management(config, session, fleet)
     admission = Admission(config.queue)
     metrics = Metrics(fleet, learner, admission)
     stats = Stats(fleet, learner)
@@ -107,6 +203,7 @@ async def create_app(config: Config) -> web.Application:
         fleet,
         learner,
         decisions,
+        live,
         admission,
         metrics,
         stats,
@@ -115,17 +212,32 @@ async def create_app(config: Config) -> web.Application:
     handler = OllamaHandler(
         config=config,
         fleet=fleet,
-        selector=Selector(config, fleet, learner, prompt_cache, decisions),
-        forwarder=Forwarder(config, session, fleet),
-        management=Management(config, session, fleet),
+        selector=selector,
+        forwarder=forwarder,
+        management=management,
         learner=learner,
         prompt_cache=prompt_cache,
         admin=admin,
         admission=admission,
         sinks=(log_request, metrics.observe, stats.observe),
     )
-    app = web.Application(client_max_size=config.max_body_bytes)
-    app[CONFIG] = config
+    limits = Limits(config)
+    proxy = Proxy(
+        live=live,
+        fleet=fleet,
+        learner=learner,
+        decisions=decisions,
+        limits=limits,
+        drain=Drain(),
+        parts=(selector, forwarder, management, handler, limits, admission),
+    )
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=(proxy.drain.middleware, limits.middleware),
+    )
+    if source is not None:
+        proxy.reloader = Reloader(source, functools.partial(apply_config, app), config)
+    app[PROXY] = proxy
     app[FLEET] = fleet
     app[LEARNER] = learner
     app[SESSION] = session

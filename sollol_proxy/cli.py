@@ -10,8 +10,9 @@ import click
 import yaml
 
 from . import __version__
-from .config import Config, ConfigError, load_config, parse_node_list
+from .config import Config, ConfigError, parse_node_list
 from .logformat import setup_logging
+from .reload import ConfigSource
 
 _F = Callable[..., Any]
 
@@ -47,7 +48,7 @@ def _config_options(func: _F) -> _F:
     return func
 
 
-def _build_config(params: dict[str, Any]) -> Config:
+def _source(params: dict[str, Any]) -> ConfigSource:
     flags = {
         "listen.host": ("host", "--host"),
         "listen.port": ("port", "--port"),
@@ -62,12 +63,12 @@ def _build_config(params: dict[str, Any]) -> Config:
             overrides[key], origins[key] = params[param], f"option {flag}"
     if params.get("nodes"):
         overrides["nodes"], origins["nodes"] = parse_node_list(params["nodes"]), "option --node"
-    return load_config(params.get("config_path"), overrides=overrides, override_origins=origins)
+    return ConfigSource(params.get("config_path"), overrides, origins)
 
 
 def _load_or_exit(params: dict[str, Any]) -> Config:
     try:
-        return _build_config(params)
+        return _source(params).load()
     except ConfigError as exc:
         click.echo(f"sollol-proxy: configuration error: {exc}", err=True)
         sys.exit(2)
@@ -89,7 +90,7 @@ def main(ctx: click.Context, **params: Any) -> None:
         _setup_logging(config.log_level, config.log_format)
         from .server import run
 
-        run(config)
+        run(config, _source(params))  # SIGHUP reloads from the same file, environment and flags
 
 
 @main.command("check-config")

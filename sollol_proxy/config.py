@@ -94,6 +94,12 @@ class Config:
     max_attempts: int = 3
     max_body_bytes: int = 64 * 2**20
     queue: QueueConfig = QueueConfig()
+    # The request line plus all header lines, as Go's http.Server.MaxHeaderBytes counts them.
+    max_header_bytes: int = 64 * 2**10
+    max_connections: int = 1000
+    shutdown_grace: float = 30.0  # how long in-flight requests may finish after SIGTERM
+    reload_watch: bool = False  # reload when the configuration (file, hosts file) changes
+    reload_interval: float = 2.0
     log_level: str = "info"
     log_format: str = "plain"  # plain (key=value) or json, for every log line
     metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
@@ -125,7 +131,6 @@ class Config:
                 "priors": asdict(self.priors),
                 "decisions_kept": self.decisions_kept,
             },
-            "limits": {"max_body_bytes": self.max_body_bytes},
             "queue": {
                 "enabled": self.queue.enabled,
                 "max_length": self.queue.max_length,
@@ -137,6 +142,13 @@ class Config:
                     for b in self.queue.bands
                 ],
             },
+            "limits": {
+                "max_body_bytes": self.max_body_bytes,
+                "max_header_bytes": self.max_header_bytes,
+                "max_connections": self.max_connections,
+            },
+            "shutdown": {"grace": self.shutdown_grace},
+            "reload": {"watch": self.reload_watch, "interval": self.reload_interval},
             "log_level": self.log_level,
             "log_format": self.log_format,
             "metrics": {"port": self.metrics_port},

@@ -28,6 +28,10 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_STRATEGY": "routing.strategy",
     "SOLLOL_MAX_ATTEMPTS": "routing.max_attempts",
     "SOLLOL_MAX_BODY_BYTES": "limits.max_body_bytes",
+    "SOLLOL_MAX_HEADER_BYTES": "limits.max_header_bytes",
+    "SOLLOL_MAX_CONNECTIONS": "limits.max_connections",
+    "SOLLOL_SHUTDOWN_GRACE": "shutdown.grace",
+    "SOLLOL_RELOAD_WATCH": "reload.watch",
     "SOLLOL_LOG_LEVEL": "log_level",
     "SOLLOL_QUEUE_ENABLED": "queue.enabled",
     "SOLLOL_QUEUE_MAX_LENGTH": "queue.max_length",
@@ -42,9 +46,11 @@ _SECTIONS: dict[str, set[str]] = {
     "health": {"interval", "timeout"},
     "inventory": {"interval"},
     "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
-    "limits": {"max_body_bytes"},
     "queue": {"enabled", "max_length", "max_wait", "ageing", "affinity_window", "bands"},
     "metrics": {"port"},
+    "limits": {"max_body_bytes", "max_header_bytes", "max_connections"},
+    "shutdown": {"grace"},
+    "reload": {"watch", "interval"},
 }
 _TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level", "log_format"}
 

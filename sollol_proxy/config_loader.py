@@ -119,6 +119,18 @@ def _size(layers: Layers, key: str, default: int, value: Any = None) -> int:
     return size
 
 
+def _boolean(layers: Layers, key: str, default: bool) -> bool:
+    value = layers.values.get(key, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise layers.error(key, f"expected true or false, got {value!r}")
+
+
 def _string_map(layers: Layers, key: str, value: Any) -> Mapping[str, str]:
     if value is None:
         return MappingProxyType({})
@@ -260,19 +272,6 @@ def _nodes(layers: Layers, priors: Priors) -> tuple[NodeConfig, ...]:
     return tuple(nodes)
 
 
-_BOOLEAN = {"true": True, "yes": True, "on": True, "1": True}
-_BOOLEAN |= {"false": False, "no": False, "off": False, "0": False}
-
-
-def _boolean(layers: Layers, key: str, default: bool) -> bool:
-    value = layers.values.get(key, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _BOOLEAN:
-        return _BOOLEAN[value.strip().lower()]
-    raise layers.error(key, f"expected true or false, got {value!r}")
-
-
 def _priority_range(layers: Layers, key: str, value: Any) -> tuple[int, int]:
     text = str(value).strip()
     low, _, high = text.partition("-")
@@ -380,6 +379,13 @@ def _validate(layers: Layers) -> Config:
         max_attempts=_integer(layers, "routing.max_attempts", defaults.max_attempts, 1, 100),
         max_body_bytes=_size(layers, "limits.max_body_bytes", defaults.max_body_bytes),
         queue=_queue(layers),
+        max_header_bytes=_size(layers, "limits.max_header_bytes", defaults.max_header_bytes),
+        max_connections=_integer(
+            layers, "limits.max_connections", defaults.max_connections, 1, 1_000_000
+        ),
+        shutdown_grace=_seconds(layers, "shutdown.grace", defaults.shutdown_grace),
+        reload_watch=_boolean(layers, "reload.watch", defaults.reload_watch),
+        reload_interval=_seconds(layers, "reload.interval", defaults.reload_interval),
         log_level=log_level,
         log_format=log_format,
         metrics_port=None

@@ -10,6 +10,9 @@ class DecisionLog:
     def __init__(self, keep: int) -> None:
         self._entries: deque[dict[str, Any]] = deque(maxlen=keep)
 
+    def resize(self, keep: int) -> None:
+        self._entries = deque(self._entries, maxlen=keep)
+
     def add(self, decision: dict[str, Any]) -> None:
         if self._entries.maxlen:
             self._entries.append(decision)

@@ -90,6 +90,29 @@ class Fleet:
         self._refresh_lock = asyncio.Lock()
         self._last_on_demand = 0.0
 
+    def reconfigure(self, config: Config) -> tuple[list[NodeState], list[NodeState]]:
+        """A reloaded configuration: returns the nodes (added, removed).
+
+        Nodes are matched by name and URL: a kept node keeps its live state (in flight, loaded
+        models, inventory) with its new NodeConfig. A removed node leaves `nodes` at once, so it
+        takes no new request; the requests it is serving keep their own reference to it.
+        """
+        self._config = config
+        old, nodes, added = self.nodes, {}, []
+        for node_config in config.nodes:  # in configuration order: placement follows it
+            state = old.get(node_config.name)
+            if state is not None and state.config.url == node_config.url:
+                state.config = node_config
+            else:
+                state = NodeState(node_config)
+                added.append(state)
+            nodes[node_config.name] = state
+        removed = [state for name, state in old.items() if nodes.get(name) is not state]
+        for state in removed:  # should it come back, nothing it had cached is assumed
+            self._prompt_cache.forget(state.name, state.models.keys() | state.loaded.keys())
+        self.nodes = nodes
+        return added, removed
+
     # -- queries ------------------------------------------------------------------------------
 
     def healthy(self) -> list[NodeState]:

@@ -48,7 +48,7 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-@dataclass(frozen=True)
+@dataclass
 class OllamaHandler:
     config: Config
     fleet: Fleet
@@ -60,6 +60,9 @@ class OllamaHandler:
     admin: Admin
     admission: Admission
     sinks: Sequence[RecordSink]
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         record = RequestRecord(

@@ -119,6 +119,11 @@ class Learner:
         self._token_ratio: dict[str, Average] = {}  # Ollama's prompt tokens / the estimate
         self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
 
+    def reconfigure(self, priors: Priors, node_priors: dict[str, Priors]) -> None:
+        """Reloaded priors: what is already learned stays, the new priors stand in for the rest."""
+        self._priors = priors
+        self._node_priors = node_priors
+
     def _pair(self, node: str, model: str) -> PairStats:
         stats = self._pairs.get((node, model))
         if stats is None:

@@ -59,6 +59,9 @@ class Management:
         self._fleet = fleet
         # Progress lines come every few hundred milliseconds; silence this long means a hung node.
         # (No first-byte bound: a non-streamed pull or create answers only when done.)
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
         self._idle_read = config.timeouts.idle_read
 
     async def run(

@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config
+from .drain import CUT_MESSAGE, is_cut
 from .errors import error_response, stream_error_bytes
 from .fleet import Fleet, NodeState, describe_error
 from .headers import (
@@ -57,6 +58,9 @@ class Forwarder:
         self._config = config
         self._session = session
         self._fleet = fleet
+
+    def reconfigure(self, config: Config) -> None:
+        self._config = config
 
     @contextlib.asynccontextmanager
     async def _attempt(
@@ -161,15 +165,15 @@ class Forwarder:
             # Same framing as the node: a sized body stays sized, a chunked stream stays chunked.
             response.content_length = int(length)
         complete = False
+        recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
         try:
             await response.prepare(request)
             chunk = opened.first_chunk
-            recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
             while chunk:
+                recent.append(chunk)  # before the write: a cut during the write knows it
                 await response.write(chunk)  # one write per upstream read: nothing is held back
                 if record.ttft_s is None:
                     record.ttft_s = time.monotonic() - record.started
-                recent.append(chunk)
                 try:
                     async with asyncio.timeout(self._config.timeouts.idle_read):
                         chunk = await upstream.content.readany()
@@ -188,6 +192,14 @@ class Forwarder:
                 record.tokens_in, record.tokens_out = timings.prompt_tokens, timings.output_tokens
             if attempt is not None:
                 attempt.finished(upstream.status, tail)
+            return response
+        except asyncio.CancelledError as exc:
+            if not (is_cut(exc) and response.prepared):
+                raise
+            # The shutdown's grace period is over: the client is told, not silently cut.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            record.outcome = Outcome.CUT_BY_SHUTDOWN
+            await self._end_stream(request, response, upstream, CUT_MESSAGE, recent)
             return response
         finally:
             if complete:
@@ -215,6 +227,18 @@ class Forwarder:
             self._fleet.mark_failed(node, f"stream broke: {reason}")
         message = f"sollol-proxy: node {node.name} failed mid-response ({reason}); the response is incomplete"
         log.warning("%s: %s", response.headers.get(REQUEST_ID_HEADER, "-"), message)
+        await self._end_stream(request, response, upstream, message, [tail])
+
+    async def _end_stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        message: str,
+        written: Sequence[bytes],
+    ) -> None:
+        """End an answer the client already has part of, so that its library raises `message`."""
+        tail = b"".join(written)[-2:]
         ending = stream_error_bytes(
             request.path, upstream.headers.get("Content-Type", ""), message, tail
         )

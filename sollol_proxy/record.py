@@ -19,6 +19,7 @@ class Outcome(StrEnum):
     ERROR = "error"  # answered with a status of 400 or more (the node's or the proxy's)
     MIDSTREAM_FAILURE = "midstream_failure"  # the node broke after the client got bytes
     CLIENT_CLOSED = "client_closed"  # the client went away before the answer was complete
+    CUT_BY_SHUTDOWN = "cut_by_shutdown"  # still running when the shutdown's grace period ended
 
 
 @dataclass(slots=True)

@@ -66,6 +66,10 @@ class Selector:
         self._prompt_cache = prompt_cache
         self._decisions = decisions
         self._strategies = {name: make_strategy(name) for name in STRATEGIES}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration: strategies keep their state (e.g. round_robin's position)."""
         self._default = self._strategies[config.strategy]
         self._per_model = {m: self._strategies[s] for m, s in config.model_strategies.items()}
 

@@ -1,4 +1,5 @@
-"""Running the proxy: bind, serve, stop. Used by the CLI, the demo, the benchmarks and the tests."""
+"""Running the proxy: bind, serve, reload, drain, stop. Used by the CLI, the demo, the benchmarks
+and the tests."""
 
 from __future__ import annotations
 
@@ -9,56 +10,99 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import create_app
+from .app import PROXY, create_app, request_reload
 from .config import Config
+from .reload import ConfigSource
 
 log = logging.getLogger("sollol.server")
+
+# After the grace period: how long cut requests get to write their error to the client, then
+# how long aiohttp waits for each connection before closing it regardless.
+CUT_WRITE_S = 2.0
+CLOSE_S = 1.0
 
 
 @dataclass
 class RunningProxy:
     runner: web.AppRunner
+    listener: asyncio.Server
     url: str
+    stopped: bool = False
 
-    async def stop(self) -> None:
-        await self.runner.cleanup()
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting at once, let requests in flight finish for up to `grace` seconds (the
+        configured `shutdown.grace` by default), end the rest with an error, then close."""
+        if self.stopped:
+            return
+        self.stopped = True
+        proxy = self.runner.app[PROXY]
+        if grace is None:
+            grace = proxy.live.config.shutdown_grace
+        self.listener.close()  # new connections are refused from now on
+        if self.runner.server is not None:
+            # Idle keep-alive connections close now; busy ones after their current answer.
+            self.runner.server.pre_shutdown()
+        in_flight = proxy.drain.in_flight
+        if in_flight:
+            log.info("draining %d request(s) in flight, for up to %gs", in_flight, grace)
+        if not await proxy.drain.wait(grace):
+            await proxy.drain.cut_all(CUT_WRITE_S)
+        if in_flight:
+            log.info(
+                "shutdown: %d request(s) finished, %d cut by the %gs grace period",
+                in_flight - proxy.drain.cut,
+                proxy.drain.cut,
+                grace,
+            )
+        await self.runner.cleanup()  # closes connections, then cancels the background tasks
 
 
-async def start_proxy(config: Config) -> RunningProxy:
-    app = await create_app(config)
+async def start_proxy(config: Config, source: ConfigSource | None = None) -> RunningProxy:
+    """Serve `config`; with `source`, the app can reload from it (SIGHUP, `reload.watch`)."""
+    app = await create_app(config, source)
     # handler_cancellation: a client that disconnects cancels its handler at once, which closes
     # the upstream request and frees the node's slot (reference 1.4).
-    # auto_decompress=False: a compressed request body is forwarded as the client's bytes, with
-    # its Content-Encoding, for the node to accept or refuse as Ollama does.
-    runner = web.AppRunner(app, handler_cancellation=True, auto_decompress=False, access_log=None)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=CLOSE_S)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-    await site.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-    port = sockets[0].getsockname()[1] if sockets else config.port
+    assert runner.server is not None
+    loop = asyncio.get_running_loop()
+    accept = app[PROXY].limits.protocol_factory(
+        runner.server,
+        loop,
+        # auto_decompress=False: a compressed request body is forwarded as the client's bytes,
+        # with its Content-Encoding, for the node to accept or refuse as Ollama does.
+        auto_decompress=False,
+        access_log=None,
+    )
+    # The listening socket is the proxy's own (not a TCPSite) so that every connection gets the
+    # proxy's protocol (limits.py); aiohttp's Server still tracks and shuts down connections.
+    listener = await loop.create_server(accept, config.host, config.port, reuse_address=True)
+    port = listener.sockets[0].getsockname()[1] if listener.sockets else config.port
     host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
-    return RunningProxy(runner, f"http://{host}:{port}")
+    return RunningProxy(runner, listener, f"http://{host}:{port}")
 
 
-async def serve_forever(config: Config) -> None:
-    proxy = await start_proxy(config)
+async def serve_forever(config: Config, source: ConfigSource | None = None) -> None:
+    proxy = await start_proxy(config, source)
     log.info("sollol-proxy listening on %s:%s (%s)", config.host, config.port, proxy.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, request_reload, proxy.runner.app, "SIGHUP")
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
+        log.info("shutting down: no new connections")
         await proxy.stop()
+    log.info("stopped")
 
 
-def run(config: Config) -> None:
-    """Serve until SIGINT/SIGTERM, on uvloop when it is installed."""
+def run(config: Config, source: ConfigSource | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (reloading on SIGHUP), on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve_forever(config))
+        asyncio.run(serve_forever(config, source))
     else:
-        uvloop.run(serve_forever(config))
+        uvloop.run(serve_forever(config, source))

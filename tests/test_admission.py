@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from sollol_proxy.admission import Admission
-from sollol_proxy.app import ADMISSION
+from sollol_proxy.app import ADMISSION, apply_config
 from sollol_proxy.config import ConfigError, QueueBand, QueueConfig, load_config
 
-from .conftest import Cluster, ClusterFactory, eventually
+from .conftest import TEST_SETTINGS, Cluster, ClusterFactory, eventually
 
 # Each generated token takes this long on the simulated nodes: a request holds its slot for
 # num_predict * TOKEN_DELAY seconds.
@@ -344,3 +344,24 @@ def test_queue_setting_errors_name_the_file_and_key(
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert str(info.value).startswith(f"{path}: {expected}"), str(info.value)
+
+
+async def test_a_reload_changes_the_queue_bounds_and_keeps_who_waits(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await one_slot(cluster, queue__max_length=5)
+    app = made.proxy.runner.app
+    busy = await occupy(http, made, tokens=40)
+    waiting = asyncio.create_task(call(http, made, generate("llama3.2", "kept"), 5))
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    overrides = {
+        **TEST_SETTINGS,
+        "nodes": [{"url": made.node("a").url, "name": "a"}],
+        "queue.max_length": 1,
+    }
+    apply_config(app, load_config(None, env={}, overrides=overrides))
+    assert admission(made).config.max_length == 1
+    status, body, _ = await call(http, made, generate("llama3.2", "over"), 5)
+    assert status == 503 and "the queue is full (1 requests waiting)" in orjson.loads(body)["error"]
+    assert [r[0] for r in await asyncio.gather(busy, waiting)] == [200, 200]
+    assert prompts_seen(made.node("a")) == ["occupier", "kept"]

@@ -150,6 +150,37 @@ def test_hosts_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
             "environment SOLLOL_METRICS_PORT: metrics.port: expected an integer from 1 to 65535",
         ),
         ("nodes: [a]\nmetrics: {prot: 9}\n", {}, "sollol.yaml: metrics.prot: unknown key"),
+        (
+            "nodes: [a]\nlimits: {max_header_bytes: 100}\n",
+            {},
+            "sollol.yaml: limits.max_header_bytes: must be at least 1024 bytes",
+        ),
+        (
+            "nodes: [a]\nlimits: {max_connections: 0}\n",
+            {},
+            "sollol.yaml: limits.max_connections: expected an integer from 1 to 1000000",
+        ),
+        (
+            "nodes: [a]\nshutdown: {grace: soon}\n",
+            {},
+            "sollol.yaml: shutdown.grace: expected seconds or a duration",
+        ),
+        ("nodes: [a]\nshutdown: {timeout: 1}\n", {}, "sollol.yaml: shutdown.timeout: unknown key"),
+        (
+            "nodes: [a]\nreload: {watch: sometimes}\n",
+            {},
+            "sollol.yaml: reload.watch: expected true or false, got 'sometimes'",
+        ),
+        (
+            "nodes: [a]\n",
+            {"SOLLOL_RELOAD_WATCH": "maybe"},
+            "environment SOLLOL_RELOAD_WATCH: reload.watch: expected true or false",
+        ),
+        (
+            "nodes: [a]\nreload: {interval: 0}\n",
+            {},
+            "sollol.yaml: reload.interval: must be greater than zero",
+        ),
     ],
 )
 def test_errors_name_origin_key_and_problem(
@@ -199,6 +230,28 @@ routing:
         "llama3.2:latest": "round_robin"
     }
     assert load_config(None, env={"SOLLOL_NODES": "x"}).strategy == "performance"
+
+
+def test_lifecycle_and_limit_settings(tmp_path: Path) -> None:
+    defaults = load_config(None, env={"SOLLOL_NODES": "x"})
+    assert (defaults.shutdown_grace, defaults.reload_watch, defaults.reload_interval) == (
+        30.0,
+        False,
+        2.0,
+    )
+    assert (defaults.max_header_bytes, defaults.max_connections) == (64 * 2**10, 1000)
+    path = write(
+        tmp_path,
+        "nodes: [a]\nlimits: {max_header_bytes: 16KiB, max_connections: 50}\n"
+        "shutdown: {grace: 2m}\nreload: {watch: yes, interval: 500ms}\n",
+    )
+    config = load_config(path, env={"SOLLOL_MAX_CONNECTIONS": "70", "SOLLOL_SHUTDOWN_GRACE": "5s"})
+    assert (config.max_header_bytes, config.max_connections) == (16384, 70)
+    assert (config.shutdown_grace, config.reload_watch, config.reload_interval) == (5.0, True, 0.5)
+    assert load_config(path, env={"SOLLOL_RELOAD_WATCH": "off"}).reload_watch is False
+    assert config.to_dict()["shutdown"] == {"grace": 5.0}
+    assert config.to_dict()["reload"] == {"watch": True, "interval": 0.5}
+    assert config.to_dict()["limits"]["max_connections"] == 70
 
 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:

@@ -1,0 +1,132 @@
+"""Limits against abuse: each one answers with a status and an Ollama-shaped body."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import aiohttp
+import orjson
+
+from tests.conftest import ClusterFactory, eventually
+
+JSON_CHARSET = "application/json; charset=utf-8"
+
+
+async def _raw(url: str, request: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    if request:
+        writer.write(request)
+        await writer.drain()
+    return reader, writer
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer read off a raw socket, up to the end of the connection."""
+    data = await asyncio.wait_for(reader.read(), 10)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+async def test_body_limit_on_v1_uses_the_openai_envelope_and_blob_uploads_are_exempt(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=["llama3.2:latest"]), limits__max_body_bytes=4096)
+    body = b'{"model":"llama3.2","messages":[' + b" " * 5000 + b"]}"
+    async with http.post(made.url + "/v1/chat/completions", data=body) as response:
+        assert response.status == 413
+        assert orjson.loads(await response.read())["error"]["message"] == (
+            "request body is larger than the proxy's limit of 4096 bytes"
+        )
+    payload = b"y" * 20000  # five times the limit: uploads are streamed, never held
+    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    async with http.post(f"{made.url}/api/blobs/{digest}", data=payload) as response:
+        assert response.status == 201
+    assert made.nodes[0].blobs[digest] == len(payload)
+
+
+async def test_a_header_line_over_the_limit_gets_431_in_ollama_form(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=[]), limits__max_header_bytes=4096)
+    # One line over the limit: aiohttp's parser refuses it, the proxy's protocol answers.
+    async with http.get(made.url + "/api/version", headers={"X-Big": "a" * 5000}) as response:
+        assert response.status == 431
+        assert response.headers["Content-Type"] == JSON_CHARSET
+        assert orjson.loads(await response.read()) == {
+            "error": "request header too large (limit 4096 bytes)"
+        }
+    # Lines under the limit that add up to more than it: the same answer.
+    many = {f"X-Part-{i}": "b" * 1000 for i in range(5)}
+    async with http.get(made.url + "/v1/models", headers=many) as response:
+        assert response.status == 431
+        assert orjson.loads(await response.read())["error"]["message"] == (
+            "request header too large (limit 4096 bytes)"
+        )
+    # Under the limit: answered as usual.
+    async with http.get(made.url + "/api/version", headers={"X-Small": "c" * 3000}) as response:
+        assert response.status == 200
+
+
+async def test_too_many_headers_and_garbage_get_ollama_shaped_errors(
+    cluster: ClusterFactory,
+) -> None:
+    made = await cluster(dict(name="a", models=[]))
+    fields = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+    reader, writer = await _raw(
+        made.url, b"GET /api/version HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+    )
+    status, headers, body = await _answer(reader)
+    writer.close()
+    assert status == 431 and headers["content-type"] == JSON_CHARSET
+    assert orjson.loads(body) == {"error": "too many request header fields (limit 128)"}
+    reader, writer = await _raw(made.url, b"NOT HTTP AT ALL\r\n\r\n")
+    status, headers, body = await _answer(reader)
+    writer.close()
+    assert status == 400 and headers["content-type"] == JSON_CHARSET
+    assert orjson.loads(body)["error"].startswith("bad request: ")
+
+
+async def test_connections_beyond_the_limit_get_503_and_are_closed(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=[]), limits__max_connections=2)
+    server = made.proxy.runner.server
+    held = [await _raw(made.url, b"") for _ in range(2)]  # idle connections count too
+    await eventually(lambda: len(server.connections) == 2)
+    # The request announces a body it never sends: the proxy answers without waiting for it.
+    reader, writer = await _raw(
+        made.url,
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+    )
+    status, headers, body = await _answer(reader)  # up to the close of the connection
+    writer.close()
+    assert status == 503 and headers["content-type"] == JSON_CHARSET
+    assert headers["connection"] == "close"
+    assert orjson.loads(body) == {
+        "error": "sollol-proxy has too many open connections (limit 2); try again later"
+    }
+    assert all(r.path != "/api/chat" for r in made.nodes[0].requests)
+    # The held connections are served; once one closes, a new connection is served too.
+    reader, writer = held[0]
+    writer.write(b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await _answer(reader))[0] == 200
+    writer.close()
+    await eventually(lambda: len(server.connections) == 1)
+    async with http.get(made.url + "/api/version") as response:
+        assert response.status == 200
+    held[1][1].close()
+
+
+async def test_a_connection_beyond_the_limit_that_sends_nothing_is_closed(
+    cluster: ClusterFactory,
+) -> None:
+    made = await cluster(dict(name="a", models=[]), limits__max_connections=1)
+    _, held = await _raw(made.url, b"")
+    reader, writer = await _raw(made.url, b"")
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the proxy, unanswered
+    writer.close()
+    held.close()
