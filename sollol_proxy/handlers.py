@@ -112,6 +112,7 @@ class OllamaHandler:
             target = Target(
                 targets[0],
                 "blob: " + ("pinned" if pinned else "placement node (first healthy node)"),
+                pinned=bool(pinned),
             )
             upload = request.content if request.method == "POST" else None
             return await self.forwarder.forward(request, upload, [target], record, first_byte=None)
@@ -120,8 +121,8 @@ class OllamaHandler:
         seen = peek(route, body, request.headers, param)
         forwarded_body = body or None
         # A streamed answer starts with its first token; a non-streamed one only comes when the
-        # whole generation is done, so only streams get a first-byte bound.
-        first_byte = self.config.timeouts.first_byte if seen.stream else None
+        # whole generation is done, so it gets the longer non-streamed bound.
+        first_byte = self.config.timeouts.first_byte_for(record.endpoint, seen.stream)
         if kind in (Kind.MODEL, Kind.MODEL_PATH):
             priority = read_priority(request)
             model = normalize_model(seen.model) if seen.model.strip() else ""

@@ -85,7 +85,11 @@ class Selector:
     def pinned_targets(self, request: web.Request) -> list[Target] | None:
         """The operator's pinned nodes as targets (not `all`), or None when nothing is pinned."""
         pinned = self.pinned(request, allow_all=False)
-        return None if pinned is None else [Target(n, f"pinned by {NODE_HEADER}") for n in pinned]
+        return (
+            None
+            if pinned is None
+            else [Target(n, f"pinned by {NODE_HEADER}", pinned=True) for n in pinned]
+        )
 
     def _healthy(self) -> list[NodeState]:
         nodes = self._fleet.healthy()
