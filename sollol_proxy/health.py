@@ -3,8 +3,9 @@
 States (the names are a small, fixed set that metrics and dashboards may use as labels):
 
 - ``up``: takes work.
-- ``down``: unreachable, from a failed probe or a connection the node refused. A good probe
-  brings it back: straight to ``up`` if it was never ejected, else through ``half_open``.
+- ``down``: unreachable, from a failed probe or a connection the node refused. Until the first
+  good probe every node is down; that probe makes it ``up``. A node that drops out later is
+  ejected (below) as well, so a good probe brings it back through ``half_open``.
 - ``ejected``: reachable but failing (consecutive resets, 5xx, timeouts; or a failed trial).
   Out of rotation for an ejection time that doubles with every ejection in a row.
 - ``busy``: Ollama answered its queue-full 503. Overload, not death: a short cool-down, then
@@ -173,7 +174,10 @@ class NodeHealth:
             self.reason = reason
             return
         self.trial = False
-        self._enter(State.DOWN, reason)
+        if self.state is State.EJECTED:
+            self._enter(State.DOWN, reason)
+        else:  # a node that drops out while in use is ejected, so a flapping one stays out longer
+            self._eject(State.DOWN, reason)
 
     # -- transitions --------------------------------------------------------------------------
 

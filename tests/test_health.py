@@ -91,18 +91,24 @@ def test_connection_failure_takes_the_node_down_and_a_trial_brings_it_back() -> 
     assert health.current() is State.EJECTED
     clock.now += 10
     assert health.current() is State.HALF_OPEN
-    health.probe_failed("timed out")
-    assert health.current() is State.DOWN and health.reason == "timed out"
+    health.probe_failed("timed out")  # out again, for longer
+    assert health.current() is State.DOWN and health.reason.startswith("timed out (out for 20s")
     health.probe_ok()
+    assert health.current() is State.EJECTED
+    clock.now += 20
     assert health.current() is State.HALF_OPEN
 
 
-def test_a_node_down_from_probes_alone_comes_straight_back() -> None:
-    health, _ = make()
+def test_a_node_that_drops_out_of_probes_comes_back_through_a_trial() -> None:
+    health, clock = make(base_ejection=10)
     health.probe_failed("cannot connect")
     health.probe_failed("cannot connect")
-    assert health.current() is State.DOWN and health.counters.ejections == 0
+    assert health.current() is State.DOWN and health.counters.ejections == 1
     health.probe_ok()
+    assert health.current() is State.EJECTED
+    clock.now += 10
+    assert health.current() is State.HALF_OPEN and health.begin()
+    health.succeeded()
     assert health.current() is State.UP
 
 
