@@ -28,6 +28,7 @@ CONFIG = web.AppKey("config", Config)
 FLEET = web.AppKey("fleet", Fleet)
 LEARNER = web.AppKey("learner", Learner)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+FORWARDER = web.AppKey("forwarder", Forwarder)  # its retry budget, for the soak and metrics
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -72,11 +73,12 @@ async def create_app(config: Config) -> web.Application:
     fleet = Fleet(config, session, prompt_cache)
     learner = Learner(config.priors, {n.name: n.priors for n in config.nodes if n.priors})
     decisions = DecisionLog(config.decisions_kept)
+    forwarder = Forwarder(config, session, fleet)
     handler = OllamaHandler(
         config=config,
         fleet=fleet,
         selector=Selector(config, fleet, learner, prompt_cache, decisions),
-        forwarder=Forwarder(config, session, fleet),
+        forwarder=forwarder,
         management=Management(config, session, fleet),
         learner=learner,
         prompt_cache=prompt_cache,
@@ -88,6 +90,7 @@ async def create_app(config: Config) -> web.Application:
     app[FLEET] = fleet
     app[LEARNER] = learner
     app[SESSION] = session
+    app[FORWARDER] = forwarder
     app.on_response_prepare.append(_drop_server_header)
     app.cleanup_ctx.append(_background)
     app.router.add_route("*", "/{tail:.*}", handler.__call__)

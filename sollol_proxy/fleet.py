@@ -120,15 +120,12 @@ class Fleet:
 
     def healthy(self) -> list[NodeState]:
         """The nodes that may take new work now (a half-open node: if its trial is free)."""
-        return [n for n in self.nodes.values() if n.health.admits()]
+        return _admitting(list(self.nodes.values()))
 
     def with_model(self, model: str, *, healthy_only: bool = True) -> list[NodeState]:
         key = normalize_model(model)
-        return [
-            n
-            for n in self.nodes.values()
-            if key in n.models and (not healthy_only or n.health.admits())
-        ]
+        holders = [n for n in self.nodes.values() if key in n.models]
+        return _admitting(holders) if healthy_only else holders
 
     def unhealthy_summary(self, nodes: Sequence[NodeState] | None = None) -> str:
         chosen = (
@@ -269,6 +266,15 @@ class Fleet:
                 await self.refresh(node, inventory=due or not node.healthy)
             except Exception:  # a bug here must not silently stop the watcher
                 log.exception("watcher for node %s failed; retrying next tick", node.name)
+
+
+def _admitting(nodes: list[NodeState]) -> list[NodeState]:
+    """The nodes that admit new work; when none does, ejections and cool-downs of reachable
+    ones are cut short rather than refusing work a recovered node could do."""
+    admitted = [n for n in nodes if n.health.admits()]
+    if admitted:
+        return admitted
+    return [n for n in nodes if n.health.cut_short()]
 
 
 def _why_out(node: NodeState) -> str:

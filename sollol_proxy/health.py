@@ -95,6 +95,17 @@ class NodeHealth:
         state = self.current()
         return state is State.UP or (state is State.HALF_OPEN and not self.trial)
 
+    def cut_short(self) -> bool:
+        """No other node can take the work: an ejection ends now (one trial, as when it runs
+        out) and a busy cool-down too. Envoy's panic mode, one trial at a time. True if the
+        node now admits."""
+        state = self.current()
+        if state is State.EJECTED:
+            self._enter(State.HALF_OPEN, "no other node can take the work: trial now")
+        elif state is State.BUSY:
+            self._enter(State.UP, "no other node can take the work")
+        return self.admits()
+
     @property
     def reachable(self) -> bool:
         """Answers at all (for the fleet views): anything but down."""
@@ -111,12 +122,17 @@ class NodeHealth:
             self.trial = True
         return True
 
-    def succeeded(self) -> None:
-        """The node answered (a status that is not a failure) before the attempt's deadline."""
-        self.consecutive = 0
+    def answered(self) -> None:
+        """The node started an answer that is not a failure: a trial has passed. The failure
+        count waits for the answer's end (`succeeded`): a stream may still break."""
         if self.state is State.HALF_OPEN:
             self.trial = False
-            self._enter(State.UP, "trial request succeeded")
+            self._enter(State.UP, "trial request answered")
+
+    def succeeded(self) -> None:
+        """A whole answer went through."""
+        self.answered()
+        self.consecutive = 0
 
     def abandoned(self) -> None:
         """The attempt ended without a verdict (the client left): the trial is free again."""
@@ -187,6 +203,7 @@ class NodeHealth:
             self.streak = 0  # up long enough: past ejections are forgiven
         length = min(self.policy.base_ejection * 2**self.streak, self.policy.max_ejection)
         self.streak += 1
+        self.consecutive = 0  # counted afresh once it is back
         self.until = now + length
         self.counters.ejections += 1
         self._enter(state, f"{reason} (out for {length:g}s, ejection {self.streak} in a row)")

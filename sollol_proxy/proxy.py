@@ -24,7 +24,7 @@ from .headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER
 from .health import Failure, State
 from .record import RequestRecord
 from .relay import relay
-from .retry import RetryBudget, Verdict, judge
+from .retry import Permit, RetryBudget, Verdict, judge
 from .upstream import Body, UpstreamFailure, open_upstream
 
 if TYPE_CHECKING:
@@ -105,7 +105,8 @@ class Forwarder:
             if not target.pinned and not node.health.admits():
                 skipped.append(f"{node.name}: {node.health.current()}")
                 continue
-            if failures and not self.budget.try_acquire():
+            permit = self.budget.try_acquire() if failures else None
+            if failures and permit is None:
                 why = (
                     f"not retried: retry budget spent ({self.budget.retries} retries in "
                     f"progress, limit {self.budget.limit()})"
@@ -121,11 +122,19 @@ class Forwarder:
                     record.retries += 1
                     await asyncio.sleep(self._config.retries.backoff(len(failures), self._rng))
                 outcome = await self._try(
-                    request, body, target, record, observer, first_byte, failures, last_chance
+                    request,
+                    body,
+                    target,
+                    record,
+                    observer,
+                    first_byte,
+                    failures,
+                    last_chance,
+                    permit,
                 )
             finally:
-                if failures:  # a retry counts against the budget until it is over (as Envoy's)
-                    self.budget.release()
+                if permit is not None:
+                    permit.release()
             if isinstance(outcome, Failed):
                 failures.append(outcome)
                 record.failed_attempts.append((outcome.node, outcome.reason))
@@ -143,8 +152,10 @@ class Forwarder:
         first_byte: float | None,
         failures: list[Failed],
         last_chance: bool,
+        permit: Permit | None,
     ) -> web.StreamResponse | Failed:
-        """One attempt on one node: its answer relayed, or why it was given up."""
+        """One attempt on one node: its answer relayed, or why it was given up. A retry's
+        `permit` is given back as soon as the node has answered or failed."""
         node, health = target.node, target.node.health
         took_trial = health.begin() and health.state is State.HALF_OPEN
         judged = False
@@ -154,6 +165,8 @@ class Forwarder:
                     opened = await open_upstream(self._session, request, node, body, first_byte)
                 except UpstreamFailure as exc:
                     judged = True
+                    if permit is not None:
+                        permit.release()
                     if attempt is not None:
                         attempt.failed()
                     self._fleet.mark_failed(node, exc.reason, exc.kind)
@@ -167,6 +180,8 @@ class Forwarder:
                 status = opened.response.status
                 verdict = judge(status, opened.first_chunk, record.model in node.models)
                 judged = True
+                if permit is not None:
+                    permit.release()
                 given_up = self._judged(node, verdict, status, record.model, last_chance)
                 if given_up is not None:
                     opened.response.close()
@@ -203,10 +218,11 @@ class Forwarder:
         elif verdict is Verdict.SERVER_ERROR:
             self._fleet.mark_failed(node, f"answered {status}", Failure.SERVER_ERROR)
             reason = f"answered {status}"
+        elif verdict is Verdict.RELAY:
+            health.answered()  # the failure count resets when the whole answer is through
+            return None
         else:
-            health.succeeded()
-            if verdict is Verdict.RELAY:
-                return None
+            health.succeeded()  # the node is fine: its inventory was wrong
             self._fleet.model_missing(node, model)
             reason = f"model '{model}' not found (inventory refreshed)"
         # With nowhere else to go, the node's own answer reaches the client unchanged.

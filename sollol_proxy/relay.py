@@ -73,6 +73,8 @@ async def relay(
                 return response
         await response.write_eof()
         complete = True
+        if upstream.status < 500:  # a relayed 5xx was already counted as the node's failure
+            node.health.succeeded()
         tail = b"".join(recent)
         timings = parse_timings(tail)
         if timings is not None:

@@ -7,7 +7,8 @@ said had the model. Never another 4xx: the next node would give the same answer.
 
 A global budget (Envoy's retry budget) keeps a failing fleet from being hit by a retry storm:
 a retry may start while the retries in progress stay below
-``max(min_concurrent, budget_ratio * requests in progress)``.
+``max(min_concurrent, budget_ratio * requests in progress)``. A retry is in progress from
+the decision to retry (its backoff included) until the node it went to answers or fails.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def judge(status: int, first_chunk: bytes, inventory_has_model: bool) -> Verdict
 @dataclass(frozen=True)
 class RetryPolicy:
     budget_ratio: float = 0.2  # retries in progress, as a share of requests in progress
-    min_concurrent: int = 3  # retries always allowed in progress, whatever the ratio
+    # retries always allowed in progress, whatever the ratio: Envoy uses 3, but a proxy for
+    # LLMs runs few, long requests, so one node failing its share of them must fit
+    min_concurrent: int = 10
     backoff_base: float = 0.025  # the first retry waits up to this long (full jitter) ...
     backoff_max: float = 0.25  # ... doubled for each further retry, up to this
 
@@ -63,7 +66,10 @@ class RetryPolicy:
 
 
 class RetryBudget:
-    """Requests and retries in progress across the whole proxy."""
+    """Requests and retries in progress across the whole proxy.
+
+    A retry holds its permit until the node it went to has answered (or failed): a retried
+    stream that then runs for minutes no longer counts, since it is no longer a retry storm."""
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
@@ -74,12 +80,21 @@ class RetryBudget:
     def limit(self) -> int:
         return max(self.policy.min_concurrent, int(self.policy.budget_ratio * self.requests))
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self) -> Permit | None:
         if self.retries >= self.limit():
             self.refused += 1
-            return False
+            return None
         self.retries += 1
-        return True
+        return Permit(self)
+
+
+class Permit:
+    """One retry in progress; releasing it twice is harmless."""
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self._budget: RetryBudget | None = budget
 
     def release(self) -> None:
-        self.retries -= 1
+        if self._budget is not None:
+            self._budget.retries -= 1
+            self._budget = None

@@ -310,7 +310,7 @@ retries: {budget_ratio: 0.5, min_concurrent: 1, backoff_base: 10ms, backoff_max:
     assert effective["timeouts"]["routes"] == {"/api/embed": 30.0}
     assert effective["health"]["jitter"] == 0.2
     defaults = load_config(None, env={"SOLLOL_NODES": "x"})
-    assert defaults.timeouts.non_streamed == 1800.0 and defaults.retries.min_concurrent == 3
+    assert defaults.timeouts.non_streamed == 1800.0 and defaults.retries.min_concurrent == 10
 
 
 @pytest.mark.parametrize(

@@ -403,3 +403,21 @@ async def test_the_official_client_through_faults(cluster: ClusterFactory) -> No
         answer = await client.chat(model="llama3.2", messages=[{"role": "user", "content": "x"}])
         assert answer.done
     await settled(made)
+
+
+async def test_when_every_holder_is_ejected_a_recovered_one_is_tried_at_once(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=[MODEL]),
+        **{**FAST, "outlier__base_ejection": 60.0, "outlier__max_ejection": 60.0},
+    )
+    made.node("a").faults.status_error = (500, "an error was encountered while running the model")
+    for _ in range(3):
+        response, _ = await chat(http, made)
+        assert response.status == 500  # the node's own answer: there is no other node
+    assert state(made, "a") == "ejected"
+    made.node("a").faults.status_error = None
+    response, body = await chat(http, made)  # not refused for a minute: tried as a trial
+    assert response.status == 200 and done(body) and state(made, "a") == "up"
+    await settled(made)

@@ -166,3 +166,30 @@ def test_snapshot_is_small_and_bounded() -> None:
     snap = health.snapshot()
     assert snap["state"] == "ejected" and snap["for_s"] == 10 and snap["ejections"] == 1
     assert {s.value for s in State} == {"up", "down", "ejected", "busy", "half_open"}
+
+
+def test_answers_that_break_mid_stream_count_as_failures_in_a_row() -> None:
+    health, clock = make(consecutive_failures=2, base_ejection=1)
+    for _ in range(2):
+        health.answered()  # first bytes came ...
+        health.failed(Failure.RESET, "stream broke")  # ... then the stream broke
+    assert health.current() is State.EJECTED and health.consecutive == 0
+    clock.now += 1
+    assert health.begin()
+    health.answered()  # a trial passes with its first bytes
+    assert health.current() is State.UP
+    health.failed(Failure.RESET, "stream broke")
+    assert health.current() is State.UP  # counted afresh after an ejection
+
+
+def test_cut_short_ends_an_ejection_or_cool_down_but_not_down() -> None:
+    health, _ = make(consecutive_failures=1, base_ejection=60)
+    health.failed(Failure.SERVER_ERROR, "500")
+    assert health.cut_short() and health.current() is State.HALF_OPEN
+    assert health.begin() and not health.cut_short()  # one trial at a time, still
+    health.failed(Failure.SERVER_ERROR, "500")
+    health.probe_failed("cannot connect")
+    assert not health.cut_short() and health.current() is State.DOWN
+    busy, _ = make()
+    busy.busy("queue full", others_available=True)
+    assert busy.cut_short() and busy.current() is State.UP
