@@ -127,6 +127,8 @@ class NodeHealth:
         count waits for the answer's end (`succeeded`): a stream may still break."""
         if self.state is State.HALF_OPEN:
             self.trial = False
+            # On probation until an answer goes through whole: one more failure ejects it.
+            self.consecutive = self.policy.consecutive_failures - 1
             self._enter(State.UP, "trial request answered")
 
     def succeeded(self) -> None:

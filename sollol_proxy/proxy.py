@@ -98,9 +98,11 @@ class Forwarder:
         cap = self._config.max_attempts if isinstance(body, bytes | None) else 1
         failures: list[Failed] = []
         skipped: list[str] = []
-        for index, target in enumerate(targets):
-            if len(failures) >= cap:
-                break
+        queue = list(targets)
+        index = 0
+        while index < len(queue) and len(failures) < cap:
+            target = queue[index]
+            index += 1
             node = target.node
             if not target.pinned and not node.health.admits():
                 skipped.append(f"{node.name}: {node.health.current()}")
@@ -113,7 +115,10 @@ class Forwarder:
                 )
                 log.warning("%s: %s", record.request_id, why)
                 return self._all_failed(request, failures, skipped, record, why)
-            later = [t for t in targets[index + 1 :] if t.pinned or t.node.health.admits()]
+            later = [t for t in queue[index:] if t.pinned or t.node.health.admits()]
+            if not later and not target.pinned:
+                later = self._others(queue, record.model)
+                queue.extend(later)
             last_chance = not later or len(failures) + 1 >= cap
             try:
                 if failures:
@@ -141,6 +146,13 @@ class Forwarder:
                 continue
             return outcome
         return self._all_failed(request, failures, skipped, record, "")
+
+    def _others(self, listed: list[Target], model: str) -> list[Target]:
+        """Nodes that can take the request now although the ranking did not list them (their
+        state changed while the listed ones were tried)."""
+        names = {t.node.name for t in listed}
+        nodes = self._fleet.with_model(model) if model else self._fleet.healthy()
+        return [Target(n, "next node that can take it now") for n in nodes if n.name not in names]
 
     async def _try(
         self,

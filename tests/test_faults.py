@@ -421,3 +421,31 @@ async def test_when_every_holder_is_ejected_a_recovered_one_is_tried_at_once(
     response, body = await chat(http, made)  # not refused for a minute: tried as a trial
     assert response.status == 200 and done(body) and state(made, "a") == "up"
     await settled(made)
+
+
+async def test_a_route_with_its_own_first_byte_bound(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(*two_nodes(), timeouts__routes={"/api/embed": 0.4}, **FAST)
+    made.node("a").faults.first_byte_delay = 30.0  # hangs: an embed there would wait 30 min
+    for _ in range(2):
+        async with http.post(
+            made.url + "/api/embed", data=b'{"model":"llama3.2","input":"x"}'
+        ) as response:
+            assert response.status == 200 and response.headers["X-Sollol-Node"] == "b"
+    assert made.fleet.nodes["a"].last_error == "no response within 0.4s"
+    await settled(made)
+
+
+async def test_a_node_that_became_available_meanwhile_takes_the_retry(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(*two_nodes(), timeouts__first_byte=1.5, **FAST)
+    made.node("a").faults.first_byte_delay = 30.0
+    made.fleet.nodes["b"].health.busy("queue full", others_available=True)  # out for 0.5 s
+    response, body = await chat(http, made)  # ranked: a alone; a hangs; b is back by then
+    assert response.status == 200 and done(body) and response.headers["X-Sollol-Node"] == "b"
+    assert response.headers["X-Sollol-Route"] == (
+        "next node that can take it now (after a: no response within 1.5s)"
+    )
+    await settled(made)

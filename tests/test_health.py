@@ -176,10 +176,15 @@ def test_answers_that_break_mid_stream_count_as_failures_in_a_row() -> None:
     assert health.current() is State.EJECTED and health.consecutive == 0
     clock.now += 1
     assert health.begin()
-    health.answered()  # a trial passes with its first bytes
+    health.answered()  # a trial passes with its first bytes ...
     assert health.current() is State.UP
+    health.failed(Failure.RESET, "stream broke")  # ... but on probation: one failure ejects
+    assert health.current() is State.EJECTED and health.streak == 2
+    clock.now += 2
+    assert health.begin()
+    health.succeeded()  # a whole answer: the count starts afresh
     health.failed(Failure.RESET, "stream broke")
-    assert health.current() is State.UP  # counted afresh after an ejection
+    assert health.current() is State.UP
 
 
 def test_cut_short_ends_an_ejection_or_cool_down_but_not_down() -> None:
