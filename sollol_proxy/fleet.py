@@ -122,6 +122,12 @@ class Fleet:
         """The nodes that may take new work now (a half-open node: if its trial is free)."""
         return _admitting(list(self.nodes.values()))
 
+    def may_take(self, node: NodeState) -> bool:
+        """May an attempt go to `node` now: it admits work, or no node does and it answers."""
+        if node.health.admits():
+            return True
+        return node.healthy and not any(n.health.admits() for n in self.nodes.values())
+
     def with_model(self, model: str, *, healthy_only: bool = True) -> list[NodeState]:
         key = normalize_model(model)
         holders = [n for n in self.nodes.values() if key in n.models]
@@ -269,12 +275,13 @@ class Fleet:
 
 
 def _admitting(nodes: list[NodeState]) -> list[NodeState]:
-    """The nodes that admit new work; when none does, ejections and cool-downs of reachable
-    ones are cut short rather than refusing work a recovered node could do."""
+    """The nodes that admit new work. When none does, the proxy panics as Envoy does rather
+    than refuse work: ejections and cool-downs are cut short (a trial each), and failing that
+    every node that still answers its probes is used. Only unreachable nodes are never used."""
     admitted = [n for n in nodes if n.health.admits()]
     if admitted:
         return admitted
-    return [n for n in nodes if n.health.cut_short()]
+    return [n for n in nodes if n.health.cut_short()] or [n for n in nodes if n.healthy]
 
 
 def _why_out(node: NodeState) -> str:

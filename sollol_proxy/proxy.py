@@ -100,11 +100,16 @@ class Forwarder:
         skipped: list[str] = []
         queue = list(targets)
         index = 0
-        while index < len(queue) and len(failures) < cap:
+        while len(failures) < cap:
+            if index == len(queue):
+                # The ranked nodes are used up: nodes that became available meanwhile may try.
+                if not failures or queue[-1].pinned or not (more := self._others(queue, record)):
+                    break
+                queue.extend(more)
             target = queue[index]
             index += 1
             node = target.node
-            if not target.pinned and not node.health.admits():
+            if not target.pinned and not self._fleet.may_take(node):
                 skipped.append(f"{node.name}: {node.health.current()}")
                 continue
             permit = self.budget.try_acquire() if failures else None
@@ -115,10 +120,9 @@ class Forwarder:
                 )
                 log.warning("%s: %s", record.request_id, why)
                 return self._all_failed(request, failures, skipped, record, why)
-            later = [t for t in queue[index:] if t.pinned or t.node.health.admits()]
+            later = [t for t in queue[index:] if t.pinned or self._fleet.may_take(t.node)]
             if not later and not target.pinned:
-                later = self._others(queue, record.model)
-                queue.extend(later)
+                later = self._others(queue, record)
             last_chance = not later or len(failures) + 1 >= cap
             try:
                 if failures:
@@ -147,11 +151,11 @@ class Forwarder:
             return outcome
         return self._all_failed(request, failures, skipped, record, "")
 
-    def _others(self, listed: list[Target], model: str) -> list[Target]:
+    def _others(self, listed: list[Target], record: RequestRecord) -> list[Target]:
         """Nodes that can take the request now although the ranking did not list them (their
         state changed while the listed ones were tried)."""
         names = {t.node.name for t in listed}
-        nodes = self._fleet.with_model(model) if model else self._fleet.healthy()
+        nodes = self._fleet.with_model(record.model) if record.model else self._fleet.healthy()
         return [Target(n, "next node that can take it now") for n in nodes if n.name not in names]
 
     async def _try(

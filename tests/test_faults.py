@@ -449,3 +449,21 @@ async def test_a_node_that_became_available_meanwhile_takes_the_retry(
         "next node that can take it now (after a: no response within 1.5s)"
     )
     await settled(made)
+
+
+async def test_panic_every_reachable_node_takes_work_when_none_admits(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=[MODEL], token_delay=0.05),
+        **{**FAST, "outlier__base_ejection": 60.0, "outlier__max_ejection": 60.0},
+    )
+    made.node("a").faults.status_error = (500, "an error was encountered while running the model")
+    for _ in range(3):
+        assert (await chat(http, made))[0].status == 500
+    assert state(made, "a") == "ejected"
+    made.node("a").faults.status_error = None
+    # The first takes the trial; the others are not refused while it runs: a still answers.
+    answers = await asyncio.gather(*(chat(http, made) for _ in range(3)))
+    assert [r.status for r, _ in answers] == [200, 200, 200] and all(done(b) for _, b in answers)
+    await settled(made)

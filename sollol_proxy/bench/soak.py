@@ -124,6 +124,8 @@ class _Soak:
                 report.retried_successes += "(after " in route
             else:
                 report.failures[failure] += 1
+                # As the SDKs do (ollama-python does not; openai-python backs off 0.5-8 s).
+                await asyncio.sleep(self.rng.uniform(0.1, 0.5))
 
     async def _apply(self, node: SimulatedNode, fault: str) -> None:
         faults = node.faults
