@@ -115,6 +115,7 @@ class Admin:
             "url": node.config.url,
             "healthy": node.healthy,
             "last_error": node.last_error or None,
+            "health": node.health.snapshot(),
             "version": node.version,
             "num_parallel": node.config.num_parallel,
             "in_flight": node.in_flight,

@@ -43,6 +43,7 @@ PROXY = web.AppKey("proxy", "Proxy")
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 ADMISSION = web.AppKey("admission", Admission)
 ADMIN = web.AppKey("admin", Admin)
+FORWARDER = web.AppKey("forwarder", Forwarder)  # its retry budget, for the soak and metrics
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -243,6 +244,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     app[SESSION] = session
     app[ADMISSION] = admission
     app[ADMIN] = admin
+    app[FORWARDER] = forwarder
     app.on_response_prepare.append(_drop_server_header)
     app.cleanup_ctx.append(_background)
     app.cleanup_ctx.append(_metrics_listener)

@@ -200,3 +200,17 @@ def bench_queue(seed: int, duration: float, load: float) -> None:
     from .bench.queue import run
 
     run(seed=seed, duration=duration, load=load)
+
+
+@main.command()
+@click.option("--duration", default=60.0, show_default=True, help="Seconds of load.")
+@click.option("--nodes", default=4, show_default=True, help="Simulated nodes.")
+@click.option("--clients", default=16, show_default=True, help="Concurrent clients.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the faults and requests.")
+def soak(duration: float, nodes: int, clients: int, seed: int) -> None:
+    """Sustained load while random faults hit the nodes; reports failures and leaks."""
+    from .bench.soak import run
+
+    report = run(duration=duration, nodes=nodes, clients=clients, seed=seed)
+    leaked = report.leaked_in_flight or report.node_in_flight or report.connections_in_use
+    sys.exit(1 if leaked or report.nodes_not_up else 0)

@@ -15,7 +15,9 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from .health import OutlierPolicy
 from .learning import Priors
+from .retry import RetryPolicy
 
 DEFAULT_OLLAMA_PORT = 11434
 
@@ -46,6 +48,17 @@ class Timeouts:
     # Ollama sends headers only with the first token, after a model load that may take minutes.
     first_byte: float = 900.0
     idle_read: float = 300.0
+    # A non-streamed answer comes whole when generation is done: long, but never unbounded.
+    non_streamed: float = 1800.0
+    # endpoint -> time to first byte there, streamed or not (e.g. a short one for /api/embed)
+    routes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def first_byte_for(self, endpoint: str, stream: bool) -> float:
+        """How long a node may take to start answering a request on `endpoint`."""
+        bound = self.routes.get(endpoint)
+        if bound is not None:
+            return bound
+        return self.first_byte if stream else self.non_streamed
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,10 @@ class Config:
     timeouts: Timeouts = Timeouts()
     health_interval: float = 5.0
     health_timeout: float = 3.0
+    health_backoff_max: float = 30.0  # probe interval while a node is down doubles up to this
+    health_jitter: float = 0.1  # probe intervals vary by up to this share, so probes spread out
+    outlier: OutlierPolicy = field(default_factory=OutlierPolicy)
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
     inventory_interval: float = 15.0
     strategy: str = "performance"
     model_strategies: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -121,8 +138,21 @@ class Config:
                 }
                 for n in self.nodes
             ],
-            "timeouts": asdict(self.timeouts),
-            "health": {"interval": self.health_interval, "timeout": self.health_timeout},
+            "timeouts": {
+                "connect": self.timeouts.connect,
+                "first_byte": self.timeouts.first_byte,
+                "idle_read": self.timeouts.idle_read,
+                "non_streamed": self.timeouts.non_streamed,
+                "routes": dict(self.timeouts.routes),
+            },
+            "health": {
+                "interval": self.health_interval,
+                "timeout": self.health_timeout,
+                "backoff_max": self.health_backoff_max,
+                "jitter": self.health_jitter,
+            },
+            "outlier": asdict(self.outlier),
+            "retries": asdict(self.retries),
             "inventory": {"interval": self.inventory_interval},
             "routing": {
                 "strategy": self.strategy,

@@ -22,6 +22,7 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_CONNECT_TIMEOUT": "timeouts.connect",
     "SOLLOL_FIRST_BYTE_TIMEOUT": "timeouts.first_byte",
     "SOLLOL_IDLE_READ_TIMEOUT": "timeouts.idle_read",
+    "SOLLOL_NON_STREAMED_TIMEOUT": "timeouts.non_streamed",
     "SOLLOL_HEALTH_INTERVAL": "health.interval",
     "SOLLOL_HEALTH_TIMEOUT": "health.timeout",
     "SOLLOL_INVENTORY_INTERVAL": "inventory.interval",
@@ -42,8 +43,10 @@ _ENV_KEYS: dict[str, str] = {
 
 _SECTIONS: dict[str, set[str]] = {
     "listen": {"host", "port"},
-    "timeouts": {"connect", "first_byte", "idle_read"},
-    "health": {"interval", "timeout"},
+    "timeouts": {"connect", "first_byte", "idle_read", "non_streamed", "routes"},
+    "health": {"interval", "timeout", "backoff_max", "jitter"},
+    "outlier": {"consecutive_failures", "base_ejection", "max_ejection", "busy_cooldown"},
+    "retries": {"budget_ratio", "min_concurrent", "backoff_base", "backoff_max"},
     "inventory": {"interval"},
     "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
     "queue": {"enabled", "max_length", "max_wait", "ageing", "affinity_window", "bands"},

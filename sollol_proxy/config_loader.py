@@ -339,6 +339,8 @@ def _queue(layers: Layers) -> QueueConfig:
 
 
 def _validate(layers: Layers) -> Config:
+    from . import config_resilience as resilience  # it uses this module's value parsers
+
     defaults = Config()
     host = layers.values.get("listen.host", defaults.host)
     if not isinstance(host, str) or not host:
@@ -366,9 +368,15 @@ def _validate(layers: Layers) -> Config:
             connect=_seconds(layers, "timeouts.connect", defaults.timeouts.connect),
             first_byte=_seconds(layers, "timeouts.first_byte", defaults.timeouts.first_byte),
             idle_read=_seconds(layers, "timeouts.idle_read", defaults.timeouts.idle_read),
+            non_streamed=_seconds(layers, "timeouts.non_streamed", defaults.timeouts.non_streamed),
+            routes=resilience.route_timeouts(layers),
         ),
         health_interval=_seconds(layers, "health.interval", defaults.health_interval),
         health_timeout=_seconds(layers, "health.timeout", defaults.health_timeout),
+        health_backoff_max=_seconds(layers, "health.backoff_max", defaults.health_backoff_max),
+        health_jitter=resilience.fraction(layers, "health.jitter", defaults.health_jitter, 0.5),
+        outlier=resilience.outlier(layers),
+        retries=resilience.retries(layers),
         inventory_interval=_seconds(layers, "inventory.interval", defaults.inventory_interval),
         strategy=strategy,
         model_strategies=_model_strategies(layers),

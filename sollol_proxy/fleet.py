@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .affinity import PromptCache
 from .config import Config, NodeConfig
 from .gojson import timestamp_ns
 from .headers import upstream_probe_headers
+from .health import Failure, NodeHealth, State
 from .names import normalize_model
 
 log = logging.getLogger("sollol.fleet")
@@ -33,8 +35,7 @@ ON_DEMAND_REFRESH_MIN_AGE = 1.0
 @dataclass
 class NodeState:
     config: NodeConfig
-    healthy: bool = False
-    last_error: str = "not probed yet"
+    health: NodeHealth = field(init=False)
     version: str | None = None
     # normalized model name -> the node's own /api/tags item (kept for the fleet-wide views)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -53,10 +54,32 @@ class NodeState:
     # model -> loads under way here that will unload it to make room
     evicting: dict[str, int] = field(default_factory=dict)
     inventory_at: float = 0.0
+    failed_probes: int = 0  # in a row: spaces the probes out while the node is down
+
+    def __post_init__(self) -> None:
+        self.health = NodeHealth(self.config.name)
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def healthy(self) -> bool:
+        """Reachable (probes answer): its models count in the fleet views. Whether it may take
+        new work right now is `health.admits()`, which is what `Fleet.healthy()` uses."""
+        return self.health.reachable
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        # What a probe would do (tests and benchmarks set up node states this way).
+        if value:
+            self.health.probe_ok()
+        else:
+            self.health.probe_failed("marked down")
+
+    @property
+    def last_error(self) -> str:
+        return self.health.reason
 
     def is_resident(self, model: str) -> bool:
         return (model in self.loaded or model in self.recent) and model not in self.evicting
@@ -87,8 +110,11 @@ class Fleet:
         self._session = session
         self._prompt_cache = prompt_cache
         self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in config.nodes}
+        for node in self.nodes.values():
+            node.health.policy = config.outlier
         self._refresh_lock = asyncio.Lock()
         self._last_on_demand = 0.0
+        self._rng = random.Random()
 
     def reconfigure(self, config: Config) -> tuple[list[NodeState], list[NodeState]]:
         """A reloaded configuration: returns the nodes (added, removed).
@@ -116,17 +142,27 @@ class Fleet:
     # -- queries ------------------------------------------------------------------------------
 
     def healthy(self) -> list[NodeState]:
-        return [n for n in self.nodes.values() if n.healthy]
+        """The nodes that may take new work now (a half-open node: if its trial is free)."""
+        return _admitting(list(self.nodes.values()))
+
+    def may_take(self, node: NodeState) -> bool:
+        """May an attempt go to `node` now: it admits work, or no node does and it answers."""
+        if node.health.admits():
+            return True
+        return node.healthy and not any(n.health.admits() for n in self.nodes.values())
 
     def with_model(self, model: str, *, healthy_only: bool = True) -> list[NodeState]:
         key = normalize_model(model)
-        return [
-            n for n in self.nodes.values() if key in n.models and (n.healthy or not healthy_only)
-        ]
+        holders = [n for n in self.nodes.values() if key in n.models]
+        return _admitting(holders) if healthy_only else holders
 
     def unhealthy_summary(self, nodes: Sequence[NodeState] | None = None) -> str:
-        chosen = nodes if nodes is not None else [n for n in self.nodes.values() if not n.healthy]
-        return "; ".join(f"{n.name}: {n.last_error}" for n in chosen)
+        chosen = (
+            nodes
+            if nodes is not None
+            else [n for n in self.nodes.values() if not n.health.admits()]
+        )
+        return "; ".join(f"{n.name}: {_why_out(n)}" for n in chosen)
 
     # -- in-flight accounting -----------------------------------------------------------------
 
@@ -160,11 +196,24 @@ class Fleet:
             m: seen for m, seen in node.recent.items() if seen >= asked_at and m not in loaded
         }
 
-    def mark_failed(self, node: NodeState, reason: str) -> None:
-        if node.healthy:
-            log.warning("node %s marked unhealthy: %s", node.name, reason)
-        node.healthy = False
-        node.last_error = reason
+    def mark_failed(self, node: NodeState, reason: str, kind: Failure = Failure.CONNECT) -> None:
+        """A request to the node failed (the health state machine decides what that means)."""
+        node.health.failed(kind, reason)
+
+    def note_busy(self, node: NodeState, model: str, reason: str) -> None:
+        """Ollama's queue-full 503: a cool-down, unless no other node could take the work."""
+        others = [
+            n
+            for n in (self.with_model(model) if model else self.healthy())
+            if n is not node and n.health.current() is State.UP
+        ]
+        node.health.busy(reason, others_available=bool(others))
+
+    def model_missing(self, node: NodeState, model: str) -> None:
+        """The node answered "model not found" for a model its inventory listed: it is gone
+        from there (deleted behind the proxy's back); the next watcher tick re-reads /api/tags."""
+        node.models.pop(model, None)
+        node.inventory_at = 0.0
 
     # -- probing ------------------------------------------------------------------------------
 
@@ -192,11 +241,11 @@ class Fleet:
             ps = await self._get_json(node, "/api/ps")
             tags = await self._get_json(node, "/api/tags") if inventory else None
         except ProbeError as exc:
-            self.mark_failed(node, str(exc))
+            node.failed_probes += 1
+            node.health.probe_failed(str(exc))
             return
-        if not node.healthy:
-            log.info("node %s is healthy (version %s)", node.name, version.get("version"))
-        node.healthy, node.last_error = True, ""
+        node.failed_probes = 0
+        node.health.probe_ok()
         node.version = str(version.get("version", "")) or None
         self._set_loaded(node, _index_models(ps), asked_at)
         if tags is not None:
@@ -213,9 +262,9 @@ class Fleet:
                     node, _index_models(await self._get_json(node, "/api/ps")), asked_at
                 )
             except ProbeError as exc:
-                self.mark_failed(node, str(exc))
+                node.health.probe_failed(str(exc))
 
-        await asyncio.gather(*(one(n) for n in self.healthy()))
+        await asyncio.gather(*(one(n) for n in self.nodes.values() if n.healthy))
 
     async def refresh_all(self, *, inventory: bool = True) -> None:
         await asyncio.gather(*(self.refresh(n, inventory=inventory) for n in self.nodes.values()))
@@ -228,15 +277,41 @@ class Fleet:
             await self.refresh_all()
             self._last_on_demand = time.monotonic()
 
+    def probe_delay(self, node: NodeState) -> float:
+        """Seconds until the node's next probe: the interval, doubled for each failed probe in
+        a row up to `health.backoff_max` (never below the interval), give or take `health.jitter` so probes spread out."""
+        config = self._config
+        backoff = config.health_interval * 2 ** min(node.failed_probes, 20)
+        delay = max(config.health_interval, min(config.health_backoff_max, backoff))
+        return delay * (1 + config.health_jitter * self._rng.uniform(-1, 1))
+
     async def watch(self, node: NodeState) -> None:
         """Background loop for one node: health and residency every tick, disk inventory less often."""
         while True:
-            await asyncio.sleep(self._config.health_interval)
+            await asyncio.sleep(self.probe_delay(node))
             try:
+                node.health.current()  # an ejection that ran out is logged now, not at next use
                 due = time.monotonic() - node.inventory_at >= self._config.inventory_interval
                 await self.refresh(node, inventory=due or not node.healthy)
             except Exception:  # a bug here must not silently stop the watcher
                 log.exception("watcher for node %s failed; retrying next tick", node.name)
+
+
+def _admitting(nodes: list[NodeState]) -> list[NodeState]:
+    """The nodes that admit new work. When none does, the proxy panics as Envoy does rather
+    than refuse work: ejections and cool-downs are cut short (a trial each), and failing that
+    every node that still answers its probes is used. Only unreachable nodes are never used."""
+    admitted = [n for n in nodes if n.health.admits()]
+    if admitted:
+        return admitted
+    return [n for n in nodes if n.health.cut_short()] or [n for n in nodes if n.healthy]
+
+
+def _why_out(node: NodeState) -> str:
+    state = node.health.current()
+    if state is State.DOWN:
+        return node.last_error
+    return f"{state} ({node.last_error})" if node.last_error else str(state)
 
 
 def _index_models(payload: Any) -> dict[str, dict[str, Any]]:

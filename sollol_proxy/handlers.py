@@ -104,6 +104,7 @@ class OllamaHandler:
         plan: Plan,
         profile: RequestProfile,
         record: RequestRecord,
+        first_byte: float | None,
         slot: Slot | None = None,
     ) -> web.StreamResponse:
         observer = DispatchObserver(
@@ -111,9 +112,6 @@ class OllamaHandler:
         )
         if plan.decision is not None:
             record.strategy = plan.decision["strategy"]
-        # A streamed answer starts with its first token; a non-streamed one only comes when the
-        # whole generation is done, so only streams get a first-byte bound.
-        first_byte = self.config.timeouts.first_byte if profile.stream else None
         return await self.forwarder.forward(
             request, body, plan.targets, record, observer, first_byte=first_byte, slot=slot
         )
@@ -147,6 +145,7 @@ class OllamaHandler:
                 targets[0],
                 "blob: " + ("pinned" if pinned else "placement node (first healthy node)"),
                 Reason.PINNED if pinned else Reason.PLACEMENT,
+                pinned=bool(pinned),
             )
             upload = request.content if request.method == "POST" else None
             return await self.forwarder.forward(request, upload, [target], record, first_byte=None)
@@ -154,6 +153,9 @@ class OllamaHandler:
         body = await read_body(request, self.config.max_body_bytes)
         seen = peek(route, body, request.headers, param)
         forwarded_body = body or None
+        # A streamed answer starts with its first token; a non-streamed one only comes when the
+        # whole generation is done, so it gets the longer non-streamed bound.
+        first_byte = self.config.timeouts.first_byte_for(record.endpoint, seen.stream)
         if kind in (Kind.MODEL, Kind.MODEL_PATH):
             priority = read_priority(request)
             model = normalize_model(seen.model) if seen.model.strip() else ""
@@ -162,7 +164,9 @@ class OllamaHandler:
             record.stream, record.task = seen.stream, profile.task
             routed = await self.selector.for_model(request, profile, request_id, priority)
             if isinstance(routed, Plan):
-                return await self._forward_model(request, forwarded_body, routed, profile, record)
+                return await self._forward_model(
+                    request, forwarded_body, routed, profile, record, first_byte
+                )
             async with self.admission.admit(
                 priority, model, routed.key, routed.nodes, routed.choose
             ) as slot:
@@ -170,7 +174,7 @@ class OllamaHandler:
                 if slot.plan.decision is not None:
                     slot.plan.decision["queue_s"] = round(slot.waited_s, 4)
                 return await self._forward_model(
-                    request, forwarded_body, slot.plan, profile, record, slot
+                    request, forwarded_body, slot.plan, profile, record, first_byte, slot
                 )
         if kind in _MANAGEMENT:
             payload = seen.payload or {}

@@ -1,7 +1,7 @@
-"""Forward one request to the best node and stream its answer back, byte for byte.
+"""Forward one request to the best node: the attempts, until one node's answer is relayed.
 
-Errors before the client received anything become a failover to the next node, or a status.
-Errors after that become an in-stream error the client's library raises on, never a silent end.
+Errors before the client received anything become a retry on another node (retry.py decides
+which), or a status. Errors after that are relay.py's: an in-stream error, never a silent end.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import deque
+import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,31 +18,21 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config
-from .drain import CUT_MESSAGE, is_cut
-from .errors import error_response, stream_error_bytes
-from .fleet import Fleet, NodeState, describe_error
-from .headers import (
-    NODE_HEADER,
-    QUEUE_HEADER,
-    REQUEST_ID_HEADER,
-    ROUTE_HEADER,
-    downstream_response_headers,
-)
-from .learning import parse_timings
-from .record import Outcome, RequestRecord
+from .errors import error_response
+from .fleet import Fleet, NodeState
+from .headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER
+from .health import Failure, State
+from .record import RequestRecord
+from .relay import relay
+from .retry import Permit, RetryBudget, Verdict, judge
 from .routing.types import Reason
-from .upstream import Body, Opened, UpstreamFailure, open_upstream
+from .upstream import Body, UpstreamFailure, open_upstream
 
 if TYPE_CHECKING:
     from .admission import Slot
     from .dispatch import Attempt, DispatchObserver
 
 log = logging.getLogger("sollol.proxy")
-# The final object of a response (where Ollama's timing fields are) is in its last few writes.
-TAIL_CHUNKS = 4
-
-# Ollama answers 503 when its scheduler queue is full (reference 5.2): another node may have room.
-BUSY_STATUS = 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +40,16 @@ class Target:
     node: NodeState
     route: str  # strategy and reason, for X-Sollol-Route
     reason: Reason  # the bounded category of `route`, for metrics and the access log
+    pinned: bool = False  # named by the operator: tried even when its health says no
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """One attempt that did not produce the answer, as the final error reports it."""
+
+    node: str
+    reason: str
+    status: int  # what the client gets if this is the last word: the node's 5xx, or 502/504
 
 
 class Forwarder:
@@ -58,9 +57,12 @@ class Forwarder:
         self._config = config
         self._session = session
         self._fleet = fleet
+        self.budget = RetryBudget(config.retries)
+        self._rng = random.Random()
 
     def reconfigure(self, config: Config) -> None:
         self._config = config
+        self.budget.policy = config.retries
 
     @contextlib.asynccontextmanager
     async def _attempt(
@@ -84,168 +86,205 @@ class Forwarder:
         first_byte: float | None,
         slot: Slot | None = None,
     ) -> web.StreamResponse:
-        """`slot`, when admission control admitted the request, moves with each failover and
-        a node without a free slot for it is skipped."""
-        request_id = record.request_id
-        replayable = isinstance(body, bytes | None)
-        attempts = list(targets[: self._config.max_attempts if replayable else 1])
-        failures: list[tuple[str, UpstreamFailure]] = []
-        for index, target in enumerate(attempts):
+        """Try `targets` in order until one answers; see retry.py for what is retried.
+
+        `slot`, when admission control admitted the request, moves with each retry; a node
+        without a free slot for it is skipped."""
+        self.budget.requests += 1
+        try:
+            return await self._forward(request, body, targets, record, observer, first_byte, slot)
+        finally:
+            self.budget.requests -= 1
+
+    async def _forward(
+        self,
+        request: web.Request,
+        body: Body,
+        targets: Sequence[Target],
+        record: RequestRecord,
+        observer: DispatchObserver | None,
+        first_byte: float | None,
+        slot: Slot | None,
+    ) -> web.StreamResponse:
+        # A streamed upload cannot be sent twice.
+        cap = self._config.max_attempts if isinstance(body, bytes | None) else 1
+        failures: list[Failed] = []
+        skipped: list[str] = []
+        queue = list(targets)
+        index = 0
+        while len(failures) < cap:
+            if index == len(queue):
+                # The ranked nodes are used up: nodes that became available meanwhile may try.
+                if not failures or queue[-1].pinned or not (more := self._others(queue, record)):
+                    break
+                queue.extend(more)
+            target = queue[index]
+            index += 1
             node = target.node
-            if slot is not None and not slot.hold(node):
-                failures.append((node.name, UpstreamFailure("no free slot", node_down=False)))
-                record.failed_attempts.append((node.name, "no free slot"))
+            if not target.pinned and not self._fleet.may_take(node):
+                skipped.append(f"{node.name}: {node.health.current()}")
                 continue
+            if slot is not None and not slot.hold(node):
+                skipped.append(f"{node.name}: no free slot")
+                continue
+            permit = self.budget.try_acquire() if failures else None
+            if failures and permit is None:
+                why = (
+                    f"not retried: retry budget spent ({self.budget.retries} retries in "
+                    f"progress, limit {self.budget.limit()})"
+                )
+                log.warning("%s: %s", record.request_id, why)
+                return self._all_failed(request, failures, skipped, record, why)
+            later = [t for t in queue[index:] if t.pinned or self._fleet.may_take(t.node)]
+            if not later and not target.pinned:
+                later = self._others(queue, record)
+            last_chance = not later or len(failures) + 1 >= cap
+            try:
+                if failures:
+                    self._fleet.nodes[failures[-1].node].health.counters.failovers += 1
+                    node.health.counters.retries += 1
+                    record.retries += 1
+                    await asyncio.sleep(self._config.retries.backoff(len(failures), self._rng))
+                outcome = await self._try(
+                    request,
+                    body,
+                    target,
+                    record,
+                    observer,
+                    first_byte,
+                    failures,
+                    last_chance,
+                    permit,
+                )
+            finally:
+                if permit is not None:
+                    permit.release()
+            if isinstance(outcome, Failed):
+                failures.append(outcome)
+                record.failed_attempts.append((outcome.node, outcome.reason))
+                continue
+            return outcome
+        return self._all_failed(request, failures, skipped, record, "")
+
+    def _others(self, listed: list[Target], record: RequestRecord) -> list[Target]:
+        """Nodes that can take the request now although the ranking did not list them (their
+        state changed while the listed ones were tried)."""
+        names = {t.node.name for t in listed}
+        nodes = self._fleet.with_model(record.model) if record.model else self._fleet.healthy()
+        return [
+            Target(n, "next node that can take it now", Reason.RETRY)
+            for n in nodes
+            if n.name not in names
+        ]
+
+    async def _try(
+        self,
+        request: web.Request,
+        body: Body,
+        target: Target,
+        record: RequestRecord,
+        observer: DispatchObserver | None,
+        first_byte: float | None,
+        failures: list[Failed],
+        last_chance: bool,
+        permit: Permit | None,
+    ) -> web.StreamResponse | Failed:
+        """One attempt on one node: its answer relayed, or why it was given up. A retry's
+        `permit` is given back as soon as the node has answered or failed."""
+        node, health = target.node, target.node.health
+        took_trial = health.begin() and health.state is State.HALF_OPEN
+        judged = False
+        try:
             async with self._attempt(node, observer) as attempt:
                 try:
                     opened = await open_upstream(self._session, request, node, body, first_byte)
                 except UpstreamFailure as exc:
+                    judged = True
+                    if permit is not None:
+                        permit.release()
                     if attempt is not None:
                         attempt.failed()
-                    if exc.node_down:
-                        self._fleet.mark_failed(node, exc.reason)
+                    self._fleet.mark_failed(node, exc.reason, exc.kind)
                     log.warning(
                         "%s: node %s failed before the first byte: %s",
-                        request_id,
+                        record.request_id,
                         node.name,
                         exc.reason,
                     )
-                    failures.append((node.name, exc))
-                    record.failed_attempts.append((node.name, exc.reason))
-                    continue
-                if opened.response.status == BUSY_STATUS and index < len(attempts) - 1:
+                    return Failed(node.name, exc.reason, 504 if exc.timed_out else 502)
+                status = opened.response.status
+                verdict = judge(status, opened.first_chunk, record.model in node.models)
+                judged = True
+                if permit is not None:
+                    permit.release()
+                given_up = self._judged(node, verdict, status, record.model, last_chance)
+                if given_up is not None:
                     opened.response.close()
-                    log.info(
-                        "%s: node %s is busy (503), trying the next node", request_id, node.name
-                    )
-                    failures.append((node.name, UpstreamFailure("busy (503)", node_down=False)))
-                    record.failed_attempts.append((node.name, "busy (503)"))
-                    continue
+                    if attempt is not None and verdict is not Verdict.MODEL_MISSING:
+                        attempt.failed()
+                    log.info("%s: %s; trying another node", record.request_id, given_up.reason)
+                    return given_up
                 route = target.route
                 if failures:
-                    route += " (after " + ", ".join(f"{n}: {f.reason}" for n, f in failures) + ")"
+                    route += " (after " + ", ".join(f"{f.node}: {f.reason}" for f in failures) + ")"
                 routing = {
                     NODE_HEADER: node.name,
                     ROUTE_HEADER: route,
-                    REQUEST_ID_HEADER: request_id,
+                    REQUEST_ID_HEADER: record.request_id,
                 }
-                if slot is not None:
+                if record.admitted:
                     routing[QUEUE_HEADER] = f"{record.queue_s * 1000:.0f}"
                 if attempt is not None:
-                    attempt.first_byte(opened.response.status)
-                record.node, record.route, record.status = node.name, route, opened.response.status
+                    attempt.first_byte(status)
+                record.node, record.route, record.status = node.name, route, status
                 record.reason = target.reason.value
-                return await self._relay(request, opened, node, routing, attempt, record)
-        return self._all_failed(request, failures, request_id)
+                return await relay(
+                    request, opened, node, routing, attempt, record, self._fleet, self._config
+                )
+        finally:
+            if took_trial and not judged:  # the client left first: the trial is free again
+                health.abandoned()
+
+    def _judged(
+        self, node: NodeState, verdict: Verdict, status: int, model: str, last_chance: bool
+    ) -> Failed | None:
+        """The node's health after its answer; a Failed when another node should try."""
+        health = node.health
+        if verdict is Verdict.BUSY:
+            self._fleet.note_busy(node, model, f"busy ({status})")
+            reason = f"busy ({status})"
+        elif verdict is Verdict.SERVER_ERROR:
+            self._fleet.mark_failed(node, f"answered {status}", Failure.SERVER_ERROR)
+            reason = f"answered {status}"
+        elif verdict is Verdict.RELAY:
+            health.answered()  # the failure count resets when the whole answer is through
+            return None
+        else:
+            health.succeeded()  # the node is fine: its inventory was wrong
+            self._fleet.model_missing(node, model)
+            reason = f"model '{model}' not found (inventory refreshed)"
+        # With nowhere else to go, the node's own answer reaches the client unchanged.
+        return None if last_chance else Failed(node.name, reason, status)
 
     def _all_failed(
-        self, request: web.Request, failures: list[tuple[str, UpstreamFailure]], request_id: str
-    ) -> web.Response:
-        status = 504 if failures and all(f.timed_out for _, f in failures) else 502
-        detail = "; ".join(f"{name}: {f.reason}" for name, f in failures)
-        response = error_response(request.path, status, f"no Ollama node could answer ({detail})")
-        response.headers[REQUEST_ID_HEADER] = request_id
-        return response
-
-    async def _relay(
         self,
         request: web.Request,
-        opened: Opened,
-        node: NodeState,
-        routing: dict[str, str],
-        attempt: Attempt | None,
+        failures: list[Failed],
+        skipped: list[str],
         record: RequestRecord,
-    ) -> web.StreamResponse:
-        upstream = opened.response
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(downstream_response_headers(upstream.headers))
-        response.headers.update(routing)
-        length = upstream.headers.get("Content-Length")
-        if length is not None and length.isdigit():
-            # Same framing as the node: a sized body stays sized, a chunked stream stays chunked.
-            response.content_length = int(length)
-        complete = False
-        recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
-        try:
-            await response.prepare(request)
-            chunk = opened.first_chunk
-            while chunk:
-                recent.append(chunk)  # before the write: a cut during the write knows it
-                await response.write(chunk)  # one write per upstream read: nothing is held back
-                if record.ttft_s is None:
-                    record.ttft_s = time.monotonic() - record.started
-                try:
-                    async with asyncio.timeout(self._config.timeouts.idle_read):
-                        chunk = await upstream.content.readany()
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    if attempt is not None:
-                        attempt.failed()
-                    tail = b"".join(recent)[-2:]
-                    record.outcome = Outcome.MIDSTREAM_FAILURE
-                    await self._broken_stream(request, response, upstream, node, exc, tail)
-                    return response
-            await response.write_eof()
-            complete = True
-            tail = b"".join(recent)
-            timings = parse_timings(tail)
-            if timings is not None:
-                record.tokens_in, record.tokens_out = timings.prompt_tokens, timings.output_tokens
-            if attempt is not None:
-                attempt.finished(upstream.status, tail)
-            return response
-        except asyncio.CancelledError as exc:
-            if not (is_cut(exc) and response.prepared):
-                raise
-            # The shutdown's grace period is over: the client is told, not silently cut.
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            record.outcome = Outcome.CUT_BY_SHUTDOWN
-            await self._end_stream(request, response, upstream, CUT_MESSAGE, recent)
-            return response
-        finally:
-            if complete:
-                upstream.release()
-            else:
-                # The client left or the stream broke: closing makes Ollama cancel the generation
-                # and free its slot (reference 1.4).
-                upstream.close()
-
-    async def _broken_stream(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        upstream: aiohttp.ClientResponse,
-        node: NodeState,
-        exc: BaseException,
-        tail: bytes,
-    ) -> None:
-        reason = (
-            f"idle for {self._config.timeouts.idle_read:g}s"
-            if isinstance(exc, TimeoutError)
-            else describe_error(exc)
-        )
-        if not isinstance(exc, TimeoutError):
-            self._fleet.mark_failed(node, f"stream broke: {reason}")
-        message = f"sollol-proxy: node {node.name} failed mid-response ({reason}); the response is incomplete"
-        log.warning("%s: %s", response.headers.get(REQUEST_ID_HEADER, "-"), message)
-        await self._end_stream(request, response, upstream, message, [tail])
-
-    async def _end_stream(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        upstream: aiohttp.ClientResponse,
-        message: str,
-        written: Sequence[bytes],
-    ) -> None:
-        """End an answer the client already has part of, so that its library raises `message`."""
-        tail = b"".join(written)[-2:]
-        ending = stream_error_bytes(
-            request.path, upstream.headers.get("Content-Type", ""), message, tail
-        )
-        if ending:
-            await response.write(ending)
-            await response.write_eof()
-        elif request.transport is not None:
-            # Not a stream format that can carry an error: cut the connection so the client sees
-            # a truncated body rather than a clean, shorter one.
-            request.transport.close()
+        why: str,
+    ) -> web.Response:
+        if failures:
+            status = failures[-1].status
+            if status >= 500 and status not in (502, 503, 504):
+                status = 502  # the node's own 500 was not relayed: the proxy is the gateway
+            detail = "; ".join(f"{f.node}: {f.reason}" for f in failures)
+            message = f"no Ollama node could answer ({detail})"
+        else:
+            status = 503
+            message = f"no Ollama node can take the request now ({'; '.join(skipped)})"
+        if why:
+            message += f"; {why}"
+        response = error_response(request.path, status, message)
+        response.headers[REQUEST_ID_HEADER] = record.request_id
+        return response

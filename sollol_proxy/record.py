@@ -47,6 +47,7 @@ class RequestRecord:
     tokens_out: int | None = None
     # nodes tried before the one that answered, and why each was given up
     failed_attempts: list[tuple[str, str]] = field(default_factory=list)
+    retries: int = 0  # attempts sent to another node after a failure (each counted once)
 
     def finish(self, status: int) -> None:
         self.duration_s = time.monotonic() - self.started

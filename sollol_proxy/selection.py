@@ -103,7 +103,7 @@ class Selector:
         return (
             None
             if pinned is None
-            else [Target(n, f"pinned by {NODE_HEADER}", Reason.PINNED) for n in pinned]
+            else [Target(n, f"pinned by {NODE_HEADER}", Reason.PINNED, pinned=True) for n in pinned]
         )
 
     def _healthy(self) -> list[NodeState]:
@@ -188,7 +188,7 @@ class Selector:
                 (model, *(n.name for n in pinned)),
                 lambda: self._pinned_up(pinned),
                 lambda free: Plan(
-                    [Target(n, f"pinned by {NODE_HEADER}", Reason.PINNED) for n in free]
+                    [Target(n, f"pinned by {NODE_HEADER}", Reason.PINNED, pinned=True) for n in free]
                 ),
             )
         if not model:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .fleet import NodeState, describe_error
 from .headers import upstream_request_headers
+from .health import Failure
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -19,11 +20,19 @@ Body = bytes | AsyncIterable[bytes] | None
 class UpstreamFailure(Exception):
     """The node could not be used for this request; another node may still serve it."""
 
-    def __init__(self, reason: str, *, node_down: bool, timed_out: bool = False) -> None:
+    def __init__(self, reason: str, kind: Failure) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.node_down = node_down
-        self.timed_out = timed_out
+        self.kind = kind
+
+    @property
+    def node_down(self) -> bool:
+        """The connection failed or broke (not merely slow)."""
+        return self.kind in (Failure.CONNECT, Failure.RESET)
+
+    @property
+    def timed_out(self) -> bool:
+        return self.kind is Failure.TIMEOUT
 
 
 @dataclass(slots=True)
@@ -64,18 +73,25 @@ async def open_upstream(
                 request.method, url, headers=headers, data=body, allow_redirects=False
             )
             first = await response.content.readany()
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        # Before the TimeoutError branch: a connect timeout is also a TimeoutError.
+        raise UpstreamFailure(_connect_reason(exc), Failure.CONNECT) from exc
     except TimeoutError as exc:
         if response is not None:
             response.close()
-        raise UpstreamFailure(
-            f"no response within {first_byte:g}s", node_down=False, timed_out=True
-        ) from exc
+        raise UpstreamFailure(f"no response within {first_byte:g}s", Failure.TIMEOUT) from exc
     except (aiohttp.ClientError, OSError) as exc:
         if response is not None:
             response.close()
-        raise UpstreamFailure(describe_error(exc), node_down=True) from exc
+        raise UpstreamFailure(describe_error(exc), Failure.RESET) from exc
     except BaseException:  # the client went away: the node must see the connection close
         if response is not None:
             response.close()
         raise
     return Opened(response, first)
+
+
+def _connect_reason(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "cannot connect (timed out)"
+    return describe_error(exc)

@@ -20,6 +20,7 @@ TEST_SETTINGS: dict[str, Any] = {
     "listen.port": 0,
     "health.interval": 0.2,
     "health.timeout": 1.0,
+    "health.backoff_max": 1.0,  # a node that comes back is seen within about a second
     "inventory.interval": 0.5,
     "timeouts.connect": 1.0,
 }

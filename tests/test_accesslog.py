@@ -59,20 +59,33 @@ async def test_one_line_per_request_with_every_field(
 async def test_node_state_changes_are_logged_once(
     cluster: ClusterFactory, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sollol.fleet")
+    caplog.set_level(logging.INFO, logger="sollol.health")
     made = await cluster(dict(name="a", models=[MODEL]), dict(name="b", models=[MODEL]))
     made.node("b").faults.refuse = True
     await eventually(lambda: not made.fleet.nodes["b"].healthy)
     await asyncio.sleep(1.0)  # five more failed probes at 0.2 s
     made.node("b").faults.refuse = False
-    await eventually(lambda: made.fleet.nodes["b"].healthy)
+    # Back after its ejection: one trial request brings it up.
+    await eventually(lambda: made.fleet.may_take(made.fleet.nodes["b"]), within=15)
+    body = b'{"model":"llama3.2","prompt":"trial","stream":false}'
+    async with http.post(
+        made.url + "/api/generate", data=body, headers={"X-Sollol-Node": "b"}
+    ) as response:
+        assert response.status == 200
     await asyncio.sleep(0.6)
-    messages = [r.getMessage() for r in caplog.records if r.name == "sollol.fleet"]
-    down = [i for i, m in enumerate(messages) if m.startswith("node b marked unhealthy")]
-    assert len(down) == 1
-    # Healthy at startup, then once more when it came back.
-    assert [m for m in messages[down[0] :] if m.startswith("node b is healthy")] == [
-        "node b is healthy (version 0.33.0-rc2)"
+    changes = [
+        r.getMessage().split(":")[1].strip()
+        for r in caplog.records
+        if r.name == "sollol.health" and r.getMessage().startswith("node b: ")
+    ]
+    # One line per change of state (up at startup, down, out for its ejection, a trial, up),
+    # none per failed probe.
+    assert changes == [
+        "down -> up",
+        "up -> down",
+        "down -> ejected",
+        "ejected -> half_open",
+        "half_open -> up",
     ]
 
 

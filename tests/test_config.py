@@ -348,3 +348,79 @@ def test_observability_settings(tmp_path: Path) -> None:
     assert (config.log_format, config.metrics_port) == ("plain", 9100)
     defaults = load_config(write(tmp_path, "nodes: [a]\n"), env={})
     assert (defaults.log_format, defaults.metrics_port) == ("plain", None)
+
+
+def test_resilience_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+nodes: [a]
+timeouts: {non_streamed: 10m, routes: {/api/embed: 30s}}
+health: {backoff_max: 1m, jitter: 0.2}
+outlier: {consecutive_failures: 5, base_ejection: 2s, max_ejection: 1m, busy_cooldown: 500ms}
+retries: {budget_ratio: 0.5, min_concurrent: 1, backoff_base: 10ms, backoff_max: 1s}
+""",
+    )
+    config = load_config(path, env={"SOLLOL_NON_STREAMED_TIMEOUT": "20m"})
+    t = config.timeouts
+    assert t.non_streamed == 1200.0 and dict(t.routes) == {"/api/embed": 30.0}
+    assert t.first_byte_for("/api/embed", True) == 30.0 == t.first_byte_for("/api/embed", False)
+    assert t.first_byte_for("/api/chat", True) == 900.0
+    assert t.first_byte_for("/api/chat", False) == 1200.0
+    assert (config.health_backoff_max, config.health_jitter) == (60.0, 0.2)
+    o, r = config.outlier, config.retries
+    assert (o.consecutive_failures, o.base_ejection, o.max_ejection, o.busy_cooldown) == (
+        5,
+        2.0,
+        60.0,
+        0.5,
+    )
+    assert (r.budget_ratio, r.min_concurrent, r.backoff_base, r.backoff_max) == (0.5, 1, 0.01, 1.0)
+    effective = config.to_dict()
+    assert effective["outlier"]["consecutive_failures"] == 5
+    assert effective["retries"]["budget_ratio"] == 0.5
+    assert effective["timeouts"]["routes"] == {"/api/embed": 30.0}
+    assert effective["health"]["jitter"] == 0.2
+    defaults = load_config(None, env={"SOLLOL_NODES": "x"})
+    assert defaults.timeouts.non_streamed == 1800.0 and defaults.retries.min_concurrent == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("timeouts: {routes: {/api/nope: 1s}}", "timeouts.routes./api/nope: unknown route"),
+        ("timeouts: {routes: {/api/embed: soon}}", "timeouts.routes./api/embed: expected seconds"),
+        ("timeouts: {routes: [1]}", "timeouts.routes: must map routes"),
+        ("timeouts: {non_streamed: 0}", "timeouts.non_streamed: must be greater than zero"),
+        ("health: {jitter: 0.9}", "health.jitter: expected a number from 0 to 0.5"),
+        ("health: {backoff_max: x}", "health.backoff_max: expected seconds"),
+        ("outlier: {consecutive_failures: 0}", "outlier.consecutive_failures: expected an integer"),
+        (
+            "outlier: {base_ejection: 1m, max_ejection: 30s}",
+            "outlier.max_ejection: must be at least base_ejection (60s), got 30s",
+        ),
+        ("outlier: {busy_cooldown: -1}", "outlier.busy_cooldown: must be greater than zero"),
+        ("outlier: {eject: 1}", "outlier.eject: unknown key"),
+        ("retries: {budget_ratio: 2}", "retries.budget_ratio: expected a number from 0 to 1"),
+        ("retries: {budget_ratio: lots}", "retries.budget_ratio: expected a number"),
+        ("retries: {min_concurrent: -1}", "retries.min_concurrent: expected an integer"),
+        (
+            "retries: {backoff_base: 1s, backoff_max: 100ms}",
+            "retries.backoff_max: must be at least backoff_base (1s), got 0.1s",
+        ),
+    ],
+)
+def test_resilience_errors_name_origin_key_and_problem(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, f"nodes: [a]\n{text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert (
+        str(info.value).replace(str(tmp_path) + "/", "").startswith(f"sollol.yaml: {expected}")
+    ), str(info.value)
+
+
+def test_non_streamed_timeout_from_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="environment SOLLOL_NON_STREAMED_TIMEOUT: timeouts"):
+        load_config(None, env={"SOLLOL_NODES": "x", "SOLLOL_NON_STREAMED_TIMEOUT": "never"})

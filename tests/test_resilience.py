@@ -38,7 +38,8 @@ async def test_failover_before_the_first_byte(
         assert response.headers["X-Sollol-Node"] == "b"
         assert "(after a: " in response.headers["X-Sollol-Route"]
         assert orjson.loads(body.splitlines()[-1])["done"] is True
-    assert not made.fleet.nodes["a"].healthy  # taken out of rotation until a probe succeeds
+    # Three failures in a row: out of rotation (ejected, or down if the probes failed too).
+    assert not made.fleet.nodes["a"].health.admits()
 
 
 async def test_every_node_failing_is_a_502_naming_each(

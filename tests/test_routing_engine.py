@@ -190,7 +190,7 @@ async def test_a_node_answering_500_loses_traffic(
         (await chat(http, made.url, [{"role": "user", "content": "x"}])).status for _ in range(4)
     ]
     made.fleet.nodes["b"].in_flight -= 1
-    assert statuses[0] == 500 and statuses[-1] == 200
+    assert statuses == [200] * 4  # a's 500s are retried on b before the client sees anything
     nodes = {n["name"]: n for n in (await get_json(http, made.url + "/sollol/nodes"))["nodes"]}
     assert nodes["a"]["learned"]["success_rate"] < 1.0
 
