@@ -34,6 +34,7 @@ def access_fields(record: RequestRecord) -> dict[str, object]:
         "tokens_out": record.tokens_out,
         "reason": record.reason or None,
         "failovers": len(record.failed_attempts),
+        "retries": record.retries,
         "routing": record.route or None,
     }
 

@@ -198,7 +198,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     forwarder = Forwarder(config, session, fleet)
     management = Management(config, session, fleet)
     admission = Admission(config.queue)
-    metrics = Metrics(fleet, learner, admission)
+    metrics = Metrics(fleet, learner, admission, forwarder.budget)
     stats = Stats(fleet, learner)
     admin = Admin(
         fleet,

@@ -212,5 +212,11 @@ def soak(duration: float, nodes: int, clients: int, seed: int) -> None:
     from .bench.soak import run
 
     report = run(duration=duration, nodes=nodes, clients=clients, seed=seed)
-    leaked = report.leaked_in_flight or report.node_in_flight or report.connections_in_use
+    leaked = (
+        report.leaked_in_flight
+        or report.leaked_slots
+        or report.still_queued
+        or report.node_in_flight
+        or report.connections_in_use
+    )
     sys.exit(1 if leaked or report.nodes_not_up else 0)

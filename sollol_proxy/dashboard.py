@@ -12,6 +12,7 @@ from . import __version__
 from .admission import Admission
 from .decisions import DecisionLog
 from .fleet import Fleet, NodeState
+from .health import State
 from .learning import Learner
 from .stats import Stats, percentile
 
@@ -36,6 +37,7 @@ def health(fleet: Fleet) -> tuple[int, dict[str, object]]:
             {
                 "name": n.name,
                 "healthy": n.healthy,
+                "state": n.health.current().value,
                 "last_error": n.last_error or None,
                 "version": n.version,
             }
@@ -100,6 +102,7 @@ class Dashboard:
             "name": node.name,
             "url": node.config.url,
             "healthy": node.healthy,
+            "state": node.health.current().value,  # up, down, ejected, busy, half_open
             "last_error": node.last_error or None,
             "version": node.version,
             "in_flight": node.in_flight,
@@ -127,6 +130,13 @@ class Dashboard:
                     _alert("critical", "down", node.name, f"{node.name} is down: {node.last_error}")
                 )
                 continue
+            state = node.health.current()
+            if state is not State.UP:
+                severity = "critical" if state is State.EJECTED else "warning"
+                why = node.health.reason
+                alerts.append(
+                    _alert(severity, state.value, node.name, f"{node.name} is {state}: {why}")
+                )
             success = self._learner.success(node.name)
             if success < 1 - ERROR_RATE_ALERT:
                 alerts.append(

@@ -132,6 +132,7 @@ class Fleet:
             else:
                 state = NodeState(node_config)
                 added.append(state)
+            state.health.policy = config.outlier
             nodes[node_config.name] = state
         removed = [state for name, state in old.items() if nodes.get(name) is not state]
         for state in removed:  # should it come back, nothing it had cached is assumed

@@ -17,9 +17,11 @@ from prometheus_client.registry import Collector
 
 from .admission import Admission
 from .fleet import Fleet
+from .health import State
 from .labels import model_label, node_label
 from .learning import Learner
 from .record import Outcome, RequestRecord
+from .retry import RetryBudget
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Requests range from a millisecond (a resident embedding) to minutes (a cold load, a long answer).
@@ -31,7 +33,9 @@ NO_STRATEGY = "none"  # pinned requests, requests without a model, fleet views
 
 
 class Metrics:
-    def __init__(self, fleet: Fleet, learner: Learner, admission: Admission) -> None:
+    def __init__(
+        self, fleet: Fleet, learner: Learner, admission: Admission, budget: RetryBudget
+    ) -> None:
         self._fleet = fleet
         self.registry = CollectorRegistry()
         r = self.registry
@@ -93,6 +97,7 @@ class Metrics:
             registry=r,
         )
         r.register(FleetCollector(fleet, learner))
+        r.register(HealthCollector(fleet, budget))
         r.register(QueueCollector(admission))
 
     def observe(self, record: RequestRecord) -> None:
@@ -227,3 +232,40 @@ class QueueCollector(Collector):
                 turned_away.add_metric([priority, reason], level[key])
             left.add_metric([priority], level["left"])
         yield from (waiting, oldest, turned_away, left)
+
+
+class HealthCollector(Collector):
+    """Each node's health state and what the outlier detection and the retries did."""
+
+    def __init__(self, fleet: Fleet, budget: RetryBudget) -> None:
+        self._fleet = fleet
+        self._budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "sollol_node_state",
+            "1 for the node's current health state (up, down, ejected, busy, half_open).",
+            labels=["node", "state"],
+        )
+        counters = {
+            key: CounterMetricFamily(f"sollol_node_{key}", text, labels=["node"])
+            for key, text in (
+                ("ejections", "Times the node was ejected by outlier detection."),
+                ("busy", "Busy (queue full) 503 answers that cooled the node down."),
+                ("retries", "Attempts the node took over after another node failed."),
+            )
+        }
+        for node in self._fleet.nodes.values():
+            current = node.health.current()
+            for value in State:
+                state.add_metric([node.name, value.value], 1.0 if value is current else 0.0)
+            for key, family in counters.items():
+                family.add_metric([node.name], getattr(node.health.counters, key))
+        refused = CounterMetricFamily(
+            "sollol_retries_refused",
+            "Retries the global retry budget did not allow.",
+        )
+        refused.add_metric([], self._budget.refused)
+        yield state
+        yield from counters.values()
+        yield refused

@@ -188,7 +188,10 @@ class Selector:
                 (model, *(n.name for n in pinned)),
                 lambda: self._pinned_up(pinned),
                 lambda free: Plan(
-                    [Target(n, f"pinned by {NODE_HEADER}", Reason.PINNED, pinned=True) for n in free]
+                    [
+                        Target(n, f"pinned by {NODE_HEADER}", Reason.PINNED, pinned=True)
+                        for n in free
+                    ]
                 ),
             )
         if not model:

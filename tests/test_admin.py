@@ -49,7 +49,9 @@ HEALTH = {
     "version": str,
     "nodes_healthy": int,
     "nodes_total": int,
-    "nodes": [{"name": str, "healthy": bool, "last_error": OPT_STR, "version": OPT_STR}],
+    "nodes": [
+        {"name": str, "healthy": bool, "state": str, "last_error": OPT_STR, "version": OPT_STR}
+    ],
 }
 SUMMARY = {"mean": OPT_NUM, "p50": OPT_NUM, "p95": OPT_NUM}
 LEARNED_MODEL = {
@@ -98,6 +100,7 @@ DASHBOARD = {
             "name": str,
             "url": str,
             "healthy": bool,
+            "state": str,
             "last_error": OPT_STR,
             "version": OPT_STR,
             "in_flight": int,

@@ -15,6 +15,8 @@ import ollama
 import orjson
 import pytest
 
+from sollol_proxy.admission import Admission
+from sollol_proxy.app import ADMISSION
 from tests.conftest import Cluster, ClusterFactory, eventually
 
 CHAT = b'{"model":"llama3.2","messages":[{"role":"user","content":"tell me"}],"options":{"num_predict":8}}'
@@ -44,8 +46,12 @@ def done(body: bytes) -> bool:
     return orjson.loads(body.splitlines()[-1]).get("done") is True
 
 
+def admission(made: Cluster) -> Admission:
+    return made.proxy.runner.app[ADMISSION]
+
+
 async def settled(made: Cluster) -> None:
-    """Nothing in flight anywhere: the proxy's counts and the nodes' own."""
+    """Nothing in flight anywhere: the proxy's counts and slots, and the nodes' own."""
     await eventually(
         lambda: (
             all(
@@ -53,6 +59,8 @@ async def settled(made: Cluster) -> None:
                 for n in made.fleet.nodes.values()
             )
             and all(node.in_flight() == 0 for node in made.nodes)
+            and admission(made).slots.all_in_use() == {}
+            and admission(made).waiting == 0
         ),
         within=10,
     )

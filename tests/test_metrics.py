@@ -273,3 +273,30 @@ async def test_queue_depth_wait_and_rejections_by_priority(
     assert total(samples, "sollol_queue_wait_seconds_count", priority="9") == 1
     assert total(samples, "sollol_queue_wait_seconds_sum", priority="9") > 0.1
     assert total(samples, "sollol_queue_wait_seconds_count", priority="5") == 1  # the first
+
+
+async def test_health_states_ejections_and_retries(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=[MODEL]),
+        dict(name="b", models=[MODEL]),
+        routing__strategy="round_robin",
+        outlier__base_ejection="60s",
+        outlier__max_ejection="5m",
+    )
+    made.node("b").faults.status_error = (500, "llama runner process has terminated")
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    statuses = [(await post(http, made.url, "/api/generate", body))[0] for _ in range(8)]
+    assert statuses == [200] * 8  # b's 500s were retried on a
+    samples = await scrape(http, made.url)
+    assert total(samples, "sollol_node_state", node="b", state="ejected") == 1
+    assert total(samples, "sollol_node_state", node="b") == 1  # exactly one state at a time
+    assert total(samples, "sollol_node_state", node="a", state="up") == 1
+    assert total(samples, "sollol_node_ejections_total", node="b") == 1
+    assert total(samples, "sollol_node_retries_total", node="a") == 3
+    assert total(samples, "sollol_retries_refused_total") == 0
+    async with http.get(made.url + "/sollol/dashboard") as response:
+        alerts = orjson.loads(await response.read())["alerts"]
+    kinds = {(a["severity"], a["kind"], a["node"]) for a in alerts}
+    assert kinds == {("critical", "ejected", "b"), ("warning", "errors", "b")}

@@ -14,6 +14,7 @@ async def test_a_short_soak_reports_and_leaks_nothing() -> None:
     assert sum(report.faults_injected.values()) > 0
     assert report.requests == report.successes + sum(report.failures.values())
     assert report.leaked_in_flight == 0 and report.node_in_flight == 0
+    assert report.leaked_slots == 0 and report.still_queued == 0
     assert report.connections_in_use == 0
     assert report.nodes_not_up == []
     text = "\n".join(report.lines())

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from ..app import FLEET, FORWARDER, SESSION
+from ..app import ADMISSION, FLEET, FORWARDER, SESSION
 from ..config import load_config
 from ..server import RunningProxy, start_proxy
 from ..simulator import Faults, SimulatedNode
@@ -226,6 +226,10 @@ async def soak(
         gc.collect()
         report.rss_end_mib = rss_mib()
         _final_counts(report, fleet, sims, app[SESSION], forwarder)
+        report.leaked_slots = sum(
+            sum(models.values()) for models in app[ADMISSION].slots.all_in_use().values()
+        )
+        report.still_queued = app[ADMISSION].waiting
         report.state_changes = changes.count
     finally:
         health_log.removeHandler(changes)

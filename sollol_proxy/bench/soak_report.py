@@ -26,6 +26,8 @@ class Report:
     mid_stream_failures: int = 0
     leaked_in_flight: int = 0  # proxy counts (in flight, per model, loads) after quiesce
     node_in_flight: int = 0  # the simulated nodes' own in-flight requests after quiesce
+    leaked_slots: int = 0  # admission slots still held after quiesce
+    still_queued: int = 0  # requests still waiting in the priority queue after quiesce
     connections_in_use: int = 0  # upstream connections the proxy still holds after quiesce
     connections_idle: int = 0  # kept alive in the pool (not a leak)
     nodes_not_up: list[str] = field(default_factory=list)
@@ -48,6 +50,7 @@ class Report:
             f"retries             {self.retries} (refused by the budget: {self.retries_refused})",
             f"mid-stream failures {self.mid_stream_failures}",
             f"after quiesce       in flight (proxy) {self.leaked_in_flight}, "
+            f"slots held {self.leaked_slots}, queued {self.still_queued}, "
             f"in flight (nodes) {self.node_in_flight}, upstream connections in use "
             f"{self.connections_in_use} (idle in pool {self.connections_idle}), "
             f"nodes not up: {', '.join(self.nodes_not_up) or 'none'}",
