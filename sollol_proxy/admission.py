@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Config, QueueBand, QueueConfig
 from .fleet import NodeState
+from .health import State
 from .queue_stats import PriorityStats, queue_snapshot
 from .slots import SlotTable
 
@@ -68,6 +69,7 @@ class Waiter:
     choose: Callable[[list[NodeState]], Plan]
     band: QueueBand | None
     future: asyncio.Future[Slot]
+    slot: Slot | None = None  # a retry: the request's own slot, moved to the node granted
 
     def effective(self, now: float, ageing: float) -> float:
         return self.priority + (now - self.enqueued) / ageing
@@ -76,14 +78,28 @@ class Waiter:
 class Slot:
     """The slot one request holds: on one node at a time, from admission to its last byte."""
 
-    def __init__(self, admission: Admission, model: str, plan: Plan, node: NodeState) -> None:
+    def __init__(self, admission: Admission, origin: Waiter, plan: Plan, node: NodeState) -> None:
         self._admission = admission
-        self.model = model
+        self.origin = origin  # how the request waited: a retry waits the same way
+        self.model = origin.model
         self.plan = plan
         self.node: NodeState | None = None
         self.waited_s = 0.0
-        admission._take(node, model)
+        admission._take(node, self.model)
         self.node = node
+
+    def alternatives(self, tried: frozenset[str]) -> list[NodeState]:
+        """The nodes a retry could wait for a slot on."""
+        try:
+            return [n for n in self.origin.candidates() if n.name not in tried]
+        except Exception:  # the candidates are gone (every node with the model is down)
+            return []
+
+    async def elsewhere(self, tried: frozenset[str]) -> NodeState | None:
+        """For a retry when the next node has no free slot: give this slot back and wait, as
+        urgent as when the request arrived, for one on a node not tried yet (None: none came
+        within the request's maximum wait)."""
+        return await self._admission.retry_elsewhere(self, tried)
 
     def hold(self, node: NodeState) -> bool:
         """Move the slot to `node` for a failover; False when `node` has no free slot."""
@@ -122,7 +138,11 @@ class Admission:
     def is_free(self, node: NodeState, model: str) -> bool:
         if not node.healthy:
             return False
-        return not self.config.enabled or self.slots.is_free(node, model)
+        if not self.config.enabled:
+            return True
+        if node.health.current() is State.HALF_OPEN and self.slots.in_use(node.name):
+            return False  # on trial: one request at a time until it has answered
+        return self.slots.is_free(node, model)
 
     def _take(self, node: NodeState, model: str) -> None:
         self.slots.take(node, model)
@@ -220,11 +240,14 @@ class Admission:
             limits.append((band.max_length, members, f" at priority {band.label}"))
         return limits
 
+    def _max_wait(self, waiter: Waiter) -> float:
+        if waiter.band is not None and waiter.band.max_wait is not None:
+            return waiter.band.max_wait
+        return self.config.max_wait
+
     async def _wait(self, waiter: Waiter) -> Slot:
         stats = self.stats[waiter.priority]
-        max_wait = self.config.max_wait
-        if waiter.band is not None and waiter.band.max_wait is not None:
-            max_wait = waiter.band.max_wait
+        max_wait = self._max_wait(waiter)
         try:
             async with asyncio.timeout(max_wait):
                 slot = await asyncio.shield(waiter.future)
@@ -252,6 +275,46 @@ class Admission:
         stats.waits.append(slot.waited_s)
         return slot
 
+    async def retry_elsewhere(self, slot: Slot, tried: frozenset[str]) -> NodeState | None:
+        slot.release()
+        origin = slot.origin
+        remaining = origin.enqueued + self._max_wait(origin) - time.monotonic()
+
+        def others() -> list[NodeState]:
+            return [n for n in origin.candidates() if n.name not in tried]
+
+        if remaining <= 0 or not slot.alternatives(tried):
+            return None
+        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(
+            origin.priority,
+            origin.model,
+            (*origin.key, "retry", *sorted(tried)),
+            next(self._seq),
+            origin.enqueued,
+            others,
+            origin.choose,
+            origin.band,
+            future,
+            slot,
+        )
+        self._queues[waiter.priority].append(waiter)  # admitted already: no length bound
+        self._keys[waiter.key] += 1
+        self._pump()
+        try:
+            async with asyncio.timeout(remaining):
+                return (await asyncio.shield(future)).node
+        except TimeoutError:
+            if future.done() and not future.exception():
+                return future.result().node
+            self._remove(waiter)
+            return None
+        except asyncio.CancelledError:
+            if not future.done():
+                self._remove(waiter)
+                future.cancel()
+            raise
+
     def _remove(self, waiter: Waiter) -> None:
         with contextlib.suppress(ValueError):
             self._queues[waiter.priority].remove(waiter)
@@ -262,8 +325,13 @@ class Admission:
     def _grant(self, waiter: Waiter, nodes: list[NodeState]) -> None:
         self._remove(waiter)
         try:
+            if waiter.slot is not None:  # a retry: its slot moves to the first free node
+                self._take(nodes[0], waiter.model)
+                waiter.slot.node = nodes[0]
+                waiter.future.set_result(waiter.slot)
+                return
             plan = waiter.choose(nodes)
-            waiter.future.set_result(Slot(self, waiter.model, plan, plan.targets[0].node))
+            waiter.future.set_result(Slot(self, waiter, plan, plan.targets[0].node))
         except Exception as exc:  # a routing failure answers this request, never the pump
             waiter.future.set_exception(exc)
 

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from .dispatch import Attempt, DispatchObserver
 
 log = logging.getLogger("sollol.proxy")
+# Waits for a slot elsewhere, per request: bounds a request whose granted nodes keep turning
+# unusable (their health changed) before it could try them.
+MAX_MOVES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +114,18 @@ class Forwarder:
         failures: list[Failed] = []
         skipped: list[str] = []
         queue = list(targets)
-        index = 0
+        index = moves = 0
         while len(failures) < cap:
             if index == len(queue):
-                # The ranked nodes are used up: nodes that became available meanwhile may try.
-                if not failures or queue[-1].pinned or not (more := self._others(queue, record)):
+                # The ranked nodes are used up: nodes that became available meanwhile may try,
+                # or, under admission control, the next node to free a slot.
+                more = self._others(queue, record) if failures and not queue[-1].pinned else []
+                if not more and slot is not None and moves < MAX_MOVES:
+                    moves += 1
+                    moved = await slot.elsewhere(frozenset(f.node for f in failures))
+                    if moved is not None:
+                        more = [Target(moved, "next node with a free slot", Reason.RETRY)]
+                if not more:
                     break
                 queue.extend(more)
             target = queue[index]
@@ -124,8 +134,13 @@ class Forwarder:
             if not target.pinned and not self._fleet.may_take(node):
                 skipped.append(f"{node.name}: {node.health.current()}")
                 continue
+            if any(f.node == node.name for f in failures):
+                continue  # listed again after a move to it below; it failed already
             if slot is not None and not slot.hold(node):
+                # Its slots are all taken: the next node to free one is tried instead (the
+                # queue holds the excess, so a retry normally finds every slot busy).
                 skipped.append(f"{node.name}: no free slot")
+                index = len(queue)
                 continue
             permit = self.budget.try_acquire() if failures else None
             if failures and permit is None:
@@ -138,6 +153,8 @@ class Forwarder:
             later = [t for t in queue[index:] if t.pinned or self._fleet.may_take(t.node)]
             if not later and not target.pinned:
                 later = self._others(queue, record)
+            if not later and slot is not None:  # a node it could wait for a slot on
+                later = slot.alternatives(frozenset({node.name, *(f.node for f in failures)}))
             last_chance = not later or len(failures) + 1 >= cap
             try:
                 if failures:

@@ -365,3 +365,24 @@ async def test_a_reload_changes_the_queue_bounds_and_keeps_who_waits(
     assert status == 503 and "the queue is full (1 requests waiting)" in orjson.loads(body)["error"]
     assert [r[0] for r in await asyncio.gather(busy, waiting)] == [200, 200]
     assert prompts_seen(made.node("a")) == ["occupier", "kept"]
+
+
+async def test_a_retry_waits_for_a_slot_on_another_node_instead_of_failing(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=["llama3.2"], token_delay=TOKEN_DELAY),
+        dict(name="b", models=["llama3.2"], token_delay=TOKEN_DELAY),
+    )
+    pinned = {"X-Sollol-Node": "b"}
+    busy = asyncio.create_task(call(http, made, generate("llama3.2", "on b", 40), headers=pinned))
+    await eventually(lambda: admission(made).slots.in_use("b") == {"llama3.2:latest": 1})
+    made.node("a").faults.status_error = (500, "llama runner process has terminated")
+    status, body, headers = await call(http, made, generate("llama3.2", "retried"))
+    assert status == 200, body
+    assert headers["X-Sollol-Node"] == "b"
+    assert headers["X-Sollol-Route"] == "next node with a free slot (after a: answered 500)"
+    assert prompts_seen(made.node("b")) == ["on b", "retried"]  # after it, not beside it
+    assert made.node("b").stats.queue_wait < 0.05
+    await busy
+    assert admission(made).snapshot()["slots_in_use"] == {}
