@@ -27,14 +27,14 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, QueueBand, QueueConfig
+from .config import Config, QueueConfig
 from .fleet import NodeState
 from .health import State
 from .queue_stats import PriorityStats, queue_snapshot
 from .slots import SlotTable
+from .tickets import QueueRejected, Slot, Waiter
 
 if TYPE_CHECKING:
     from .selection import Plan
@@ -45,77 +45,6 @@ log = logging.getLogger("sollol.admission")
 # coming back. Slot releases and arrivals are handled at once.
 TICK_S = 0.25
 PRIORITIES = range(0, 11)
-
-
-class QueueRejected(Exception):
-    """The request cannot wait here; the message says why (sent as a 503)."""
-
-    status = 503
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.reason = reason  # bounded: full, shed, timeout
-
-
-@dataclass(eq=False)
-class Waiter:
-    priority: int
-    model: str
-    key: tuple[str, ...]  # waiters with the same key have the same candidate nodes
-    seq: int
-    enqueued: float
-    candidates: Callable[[], list[NodeState]]
-    choose: Callable[[list[NodeState]], Plan]
-    band: QueueBand | None
-    future: asyncio.Future[Slot]
-    slot: Slot | None = None  # a retry: the request's own slot, moved to the node granted
-
-    def effective(self, now: float, ageing: float) -> float:
-        return self.priority + (now - self.enqueued) / ageing
-
-
-class Slot:
-    """The slot one request holds: on one node at a time, from admission to its last byte."""
-
-    def __init__(self, admission: Admission, origin: Waiter, plan: Plan, node: NodeState) -> None:
-        self._admission = admission
-        self.origin = origin  # how the request waited: a retry waits the same way
-        self.model = origin.model
-        self.plan = plan
-        self.node: NodeState | None = None
-        self.waited_s = 0.0
-        admission._take(node, self.model)
-        self.node = node
-
-    def alternatives(self, tried: frozenset[str]) -> list[NodeState]:
-        """The nodes a retry could wait for a slot on."""
-        try:
-            return [n for n in self.origin.candidates() if n.name not in tried]
-        except Exception:  # the candidates are gone (every node with the model is down)
-            return []
-
-    async def elsewhere(self, tried: frozenset[str]) -> NodeState | None:
-        """For a retry when the next node has no free slot: give this slot back and wait, as
-        urgent as when the request arrived, for one on a node not tried yet (None: none came
-        within the request's maximum wait)."""
-        return await self._admission.retry_elsewhere(self, tried)
-
-    def hold(self, node: NodeState) -> bool:
-        """Move the slot to `node` for a failover; False when `node` has no free slot."""
-        if node is self.node:
-            return True
-        if not self._admission.is_free(node, self.model):
-            return False
-        self.release()
-        self._admission._take(node, self.model)
-        self.node = node
-        return True
-
-    def release(self) -> None:
-        if self.node is not None:
-            node, self.node = self.node, None
-            self._admission._give(node, self.model)
 
 
 class Admission:

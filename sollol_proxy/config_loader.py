@@ -19,13 +19,13 @@ from .config import (
     Config,
     ConfigError,
     NodeConfig,
-    QueueBand,
-    QueueConfig,
     Timeouts,
     normalize_node_url,
     read_hosts_file,
 )
 from .config_layers import Layers, load_env, load_file
+from .config_queue import queue
+from .config_values import boolean, headers, integer, seconds, size, string_map
 from .learning import Priors
 from .logformat import LOG_FORMATS
 from .names import normalize_model
@@ -62,94 +62,6 @@ _NODE_KEYS = {
 
 # ---------------------------------------------------------------------------------------------
 # Validation
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "kib": 2**10,
-    "mb": 10**6,
-    "mib": 2**20,
-    "gb": 10**9,
-    "gib": 2**30,
-}
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _seconds(layers: Layers, key: str, default: float) -> float:
-    value = layers.values.get(key, default)
-    if isinstance(value, bool):
-        raise layers.error(key, f"expected seconds, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise layers.error(
-                key, f"expected seconds or a duration like '30s', '5m', got {value!r}"
-            )
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
-    if seconds <= 0:
-        raise layers.error(key, f"must be greater than zero, got {value!r}")
-    return seconds
-
-
-def _integer(layers: Layers, key: str, default: int, low: int, high: int, value: Any = None) -> int:
-    value = layers.values.get(key, default) if value is None else value
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise layers.error(key, f"expected an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-def _size(layers: Layers, key: str, default: int, value: Any = None) -> int:
-    value = layers.values.get(key, default) if value is None else value
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    else:
-        match = _SIZE.match(str(value))
-        if not match:
-            raise layers.error(key, f"expected a byte size like 67108864 or '64MiB', got {value!r}")
-        size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
-    if size < 1024:
-        raise layers.error(key, f"must be at least 1024 bytes, got {value!r}")
-    return size
-
-
-def _boolean(layers: Layers, key: str, default: bool) -> bool:
-    value = layers.values.get(key, default)
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0"):
-        return False
-    raise layers.error(key, f"expected true or false, got {value!r}")
-
-
-def _string_map(layers: Layers, key: str, value: Any) -> Mapping[str, str]:
-    if value is None:
-        return MappingProxyType({})
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise layers.error(key, "must be a mapping of names to strings")
-    return MappingProxyType({k: str(v) for k, v in value.items()})
-
-
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
-
-
-def _headers(layers: Layers, key: str, value: Any) -> Mapping[str, str]:
-    headers = _string_map(layers, key, value)
-    for name, text in headers.items():
-        if not _HEADER_NAME.match(name):
-            raise layers.error(f"{key}.{name}", "is not a valid header name")
-        if any(c in text for c in "\r\n\0"):
-            raise layers.error(f"{key}.{name}", "must not contain line breaks or NUL")
-    return headers
 
 
 def _node(layers: Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
@@ -191,10 +103,10 @@ def _node(layers: Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
         url=url,
         name=name,
         num_parallel=num_parallel,
-        labels=_string_map(layers, f"{key}.labels", entry.get("labels")),
-        headers=_headers(layers, f"{key}.headers", entry.get("headers")),
-        vram_bytes=None if vram is None else _size(layers, f"{key}.vram", 0, vram),
-        max_loaded_models=_integer(
+        labels=string_map(layers, f"{key}.labels", entry.get("labels")),
+        headers=headers(layers, f"{key}.headers", entry.get("headers")),
+        vram_bytes=None if vram is None else size(layers, f"{key}.vram", 0, vram),
+        max_loaded_models=integer(
             layers, f"{key}.max_loaded_models", 3, 1, 1024, entry.get("max_loaded_models")
         ),
         priors=_priors(layers, f"{key}.priors", entry["priors"], priors)
@@ -272,72 +184,6 @@ def _nodes(layers: Layers, priors: Priors) -> tuple[NodeConfig, ...]:
     return tuple(nodes)
 
 
-def _priority_range(layers: Layers, key: str, value: Any) -> tuple[int, int]:
-    text = str(value).strip()
-    low, _, high = text.partition("-")
-    if not high:
-        high = low
-    if not (low.strip().isdigit() and high.strip().isdigit()):
-        raise layers.error(key, f"expected a priority or a range like '8-10', got {value!r}")
-    first, last = int(low), int(high)
-    if not 0 <= first <= last <= 10:
-        raise layers.error(key, f"expected priorities from 0 to 10, low to high, got {value!r}")
-    return first, last
-
-
-def _bands(layers: Layers, default_wait: float) -> tuple[QueueBand, ...]:
-    raw = layers.values.get("queue.bands") or []
-    if not isinstance(raw, list):
-        raise layers.error("queue.bands", "must be a list of {priorities, max_wait, max_length}")
-    bands: list[QueueBand] = []
-    for index, entry in enumerate(raw):
-        key = f"queue.bands[{index}]"
-        if not isinstance(entry, dict) or "priorities" not in entry:
-            raise layers.error(key, "must be a mapping with 'priorities' (e.g. '8-10')")
-        unknown = set(entry) - {"priorities", "max_wait", "max_length"}
-        if unknown:
-            raise layers.error(
-                f"{key}.{sorted(unknown)[0]}",
-                "unknown key (known: max_length, max_wait, priorities)",
-            )
-        low, high = _priority_range(layers, f"{key}.priorities", entry["priorities"])
-        for other in bands:
-            if low <= other.high and other.low <= high:
-                raise layers.error(
-                    f"{key}.priorities", f"{low}-{high} overlaps the band {other.label}"
-                )
-        scoped = Layers()
-        scoped.values = {k: v for k, v in entry.items() if k != "priorities"}
-        scoped.origins = dict.fromkeys(scoped.values, layers.origins.get("queue.bands", "defaults"))
-        try:
-            max_wait = _seconds(scoped, "max_wait", default_wait) if "max_wait" in entry else None
-            max_length = (
-                _integer(scoped, "max_length", 0, 0, 1_000_000) if "max_length" in entry else None
-            )
-        except ConfigError as exc:
-            raise ConfigError(exc.origin, f"{key}.{exc.key}", exc.problem) from exc
-        bands.append(QueueBand(low, high, max_wait, max_length))
-    return tuple(bands)
-
-
-def _queue(layers: Layers) -> QueueConfig:
-    defaults = QueueConfig()
-    max_wait = _seconds(layers, "queue.max_wait", defaults.max_wait)
-    window = layers.values.get("queue.affinity_window", defaults.affinity_window)
-    if isinstance(window, bool) or not isinstance(window, int | float) or not 0 <= window <= 10:
-        raise layers.error(
-            "queue.affinity_window", f"expected priority levels from 0 to 10, got {window!r}"
-        )
-    return QueueConfig(
-        enabled=_boolean(layers, "queue.enabled", defaults.enabled),
-        max_length=_integer(layers, "queue.max_length", defaults.max_length, 0, 1_000_000),
-        max_wait=max_wait,
-        ageing=_seconds(layers, "queue.ageing", defaults.ageing),
-        affinity_window=float(window),
-        bands=_bands(layers, max_wait),
-    )
-
-
 def _validate(layers: Layers) -> Config:
     from . import config_resilience as resilience  # it uses this module's value parsers
 
@@ -362,41 +208,41 @@ def _validate(layers: Layers) -> Config:
     priors = _priors(layers, "routing.priors", layers.values.get("routing.priors") or {}, Priors())
     return Config(
         host=host,
-        port=_integer(layers, "listen.port", defaults.port, 0, 65535),
+        port=integer(layers, "listen.port", defaults.port, 0, 65535),
         nodes=_nodes(layers, priors),
         timeouts=Timeouts(
-            connect=_seconds(layers, "timeouts.connect", defaults.timeouts.connect),
-            first_byte=_seconds(layers, "timeouts.first_byte", defaults.timeouts.first_byte),
-            idle_read=_seconds(layers, "timeouts.idle_read", defaults.timeouts.idle_read),
-            non_streamed=_seconds(layers, "timeouts.non_streamed", defaults.timeouts.non_streamed),
+            connect=seconds(layers, "timeouts.connect", defaults.timeouts.connect),
+            first_byte=seconds(layers, "timeouts.first_byte", defaults.timeouts.first_byte),
+            idle_read=seconds(layers, "timeouts.idle_read", defaults.timeouts.idle_read),
+            non_streamed=seconds(layers, "timeouts.non_streamed", defaults.timeouts.non_streamed),
             routes=resilience.route_timeouts(layers),
         ),
-        health_interval=_seconds(layers, "health.interval", defaults.health_interval),
-        health_timeout=_seconds(layers, "health.timeout", defaults.health_timeout),
-        health_backoff_max=_seconds(layers, "health.backoff_max", defaults.health_backoff_max),
+        health_interval=seconds(layers, "health.interval", defaults.health_interval),
+        health_timeout=seconds(layers, "health.timeout", defaults.health_timeout),
+        health_backoff_max=seconds(layers, "health.backoff_max", defaults.health_backoff_max),
         health_jitter=resilience.fraction(layers, "health.jitter", defaults.health_jitter, 0.5),
         outlier=resilience.outlier(layers),
         retries=resilience.retries(layers),
-        inventory_interval=_seconds(layers, "inventory.interval", defaults.inventory_interval),
+        inventory_interval=seconds(layers, "inventory.interval", defaults.inventory_interval),
         strategy=strategy,
         model_strategies=_model_strategies(layers),
         priors=priors,
-        decisions_kept=_integer(
+        decisions_kept=integer(
             layers, "routing.decisions_kept", defaults.decisions_kept, 0, 100_000
         ),
-        max_attempts=_integer(layers, "routing.max_attempts", defaults.max_attempts, 1, 100),
-        max_body_bytes=_size(layers, "limits.max_body_bytes", defaults.max_body_bytes),
-        queue=_queue(layers),
-        max_header_bytes=_size(layers, "limits.max_header_bytes", defaults.max_header_bytes),
-        max_connections=_integer(
+        max_attempts=integer(layers, "routing.max_attempts", defaults.max_attempts, 1, 100),
+        max_body_bytes=size(layers, "limits.max_body_bytes", defaults.max_body_bytes),
+        queue=queue(layers),
+        max_header_bytes=size(layers, "limits.max_header_bytes", defaults.max_header_bytes),
+        max_connections=integer(
             layers, "limits.max_connections", defaults.max_connections, 1, 1_000_000
         ),
-        shutdown_grace=_seconds(layers, "shutdown.grace", defaults.shutdown_grace),
-        reload_watch=_boolean(layers, "reload.watch", defaults.reload_watch),
-        reload_interval=_seconds(layers, "reload.interval", defaults.reload_interval),
+        shutdown_grace=seconds(layers, "shutdown.grace", defaults.shutdown_grace),
+        reload_watch=boolean(layers, "reload.watch", defaults.reload_watch),
+        reload_interval=seconds(layers, "reload.interval", defaults.reload_interval),
         log_level=log_level,
         log_format=log_format,
         metrics_port=None
         if metrics_port is None
-        else _integer(layers, "metrics.port", 0, 1, 65535, metrics_port),
+        else integer(layers, "metrics.port", 0, 1, 65535, metrics_port),
     )

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from .config_layers import Layers
-from .config_loader import _integer, _seconds
+from .config_values import integer, seconds
 from .health import OutlierPolicy
 from .retry import RetryPolicy
 from .routes import EXACT, Kind
@@ -45,31 +45,31 @@ def route_timeouts(layers: Layers) -> Mapping[str, float]:
                 f"{key}.{route}", f"unknown route (known: {', '.join(_TIMED_ROUTES)})"
             )
         layers.set(f"{key}.{route}", raw, layers.origins[key])
-        bounds[route] = _seconds(layers, f"{key}.{route}", 0)
+        bounds[route] = seconds(layers, f"{key}.{route}", 0)
     return MappingProxyType(bounds)
 
 
 def outlier(layers: Layers) -> OutlierPolicy:
     d = OutlierPolicy()
-    base = _seconds(layers, "outlier.base_ejection", d.base_ejection)
-    longest = _seconds(layers, "outlier.max_ejection", d.max_ejection)
+    base = seconds(layers, "outlier.base_ejection", d.base_ejection)
+    longest = seconds(layers, "outlier.max_ejection", d.max_ejection)
     return OutlierPolicy(
-        consecutive_failures=_integer(
+        consecutive_failures=integer(
             layers, "outlier.consecutive_failures", d.consecutive_failures, 1, 1000
         ),
         base_ejection=base,
         max_ejection=at_least(layers, "outlier.max_ejection", longest, "base_ejection", base),
-        busy_cooldown=_seconds(layers, "outlier.busy_cooldown", d.busy_cooldown),
+        busy_cooldown=seconds(layers, "outlier.busy_cooldown", d.busy_cooldown),
     )
 
 
 def retries(layers: Layers) -> RetryPolicy:
     d = RetryPolicy()
-    base = _seconds(layers, "retries.backoff_base", d.backoff_base)
-    longest = _seconds(layers, "retries.backoff_max", d.backoff_max)
+    base = seconds(layers, "retries.backoff_base", d.backoff_base)
+    longest = seconds(layers, "retries.backoff_max", d.backoff_max)
     return RetryPolicy(
         budget_ratio=fraction(layers, "retries.budget_ratio", d.budget_ratio, 1.0),
-        min_concurrent=_integer(layers, "retries.min_concurrent", d.min_concurrent, 0, 100_000),
+        min_concurrent=integer(layers, "retries.min_concurrent", d.min_concurrent, 0, 100_000),
         backoff_base=base,
         backoff_max=at_least(layers, "retries.backoff_max", longest, "backoff_base", base),
     )

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from . import views
 from .admin import Admin
-from .admission import Admission, QueueRejected, Slot
+from .admission import Admission
 from .affinity import PromptCache
 from .config import Config
 from .dispatch import DispatchObserver
@@ -29,6 +29,7 @@ from .routes import Kind, classify, endpoint_label
 from .routing import Reason
 from .routing.analysis import RequestProfile, analyze
 from .selection import NoTarget, Plan, Selector
+from .tickets import QueueRejected, Slot
 from .upstream import client_ip
 
 _MANAGEMENT = {

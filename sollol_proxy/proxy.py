@@ -29,8 +29,8 @@ from .routing.types import Reason
 from .upstream import Body, UpstreamFailure, open_upstream
 
 if TYPE_CHECKING:
-    from .admission import Slot
     from .dispatch import Attempt, DispatchObserver
+    from .tickets import Slot
 
 log = logging.getLogger("sollol.proxy")
 # Waits for a slot elsewhere, per request: bounds a request whose granted nodes keep turning

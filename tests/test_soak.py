@@ -13,6 +13,8 @@ async def test_a_short_soak_reports_and_leaks_nothing() -> None:
     assert report.requests > 20 and report.successes > 0
     assert sum(report.faults_injected.values()) > 0
     assert report.requests == report.successes + sum(report.failures.values())
+    statuses = sum(n for kind, n in report.failures.items() if kind.startswith("status "))
+    assert sum(report.statuses.values()) == statuses  # each error status counted by its message
     assert report.leaked_in_flight == 0 and report.node_in_flight == 0
     assert report.leaked_slots == 0 and report.still_queued == 0
     assert report.connections_in_use == 0

@@ -25,7 +25,7 @@ from ..app import ADMISSION, FLEET, FORWARDER, SESSION
 from ..config import load_config
 from ..server import RunningProxy, start_proxy
 from ..simulator import Faults, SimulatedNode
-from .soak_report import Report, outcome, rss_mib
+from .soak_report import Report, outcome, rss_mib, status_reason
 
 MODEL = "llama3.2:latest"
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -124,6 +124,8 @@ class _Soak:
                 report.retried_successes += "(after " in route
             else:
                 report.failures[failure] += 1
+                if failure.startswith("status "):
+                    report.statuses[status_reason(data)] += 1
                 # As the SDKs do (ollama-python does not; openai-python backs off 0.5-8 s).
                 await asyncio.sleep(self.rng.uniform(0.1, 0.5))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ class Report:
     successes: int = 0
     retried_successes: int = 0  # answered after at least one failed attempt on another node
     failures: Counter[str] = field(default_factory=Counter)  # client-visible, by kind
+    statuses: Counter[str] = field(default_factory=Counter)  # error statuses, by message
     faults_injected: Counter[str] = field(default_factory=Counter)
     state_changes: int = 0
     ejections: int = 0
@@ -43,7 +45,8 @@ class Report:
             f"requests            {self.requests} ({rate:.1f}/s)",
             f"successes           {self.successes} ({self.retried_successes} after a retry)",
             f"client-visible failures {failed}"
-            + "".join(f"\n  {kind:<22}{n}" for kind, n in sorted(self.failures.items())),
+            + "".join(f"\n  {kind:<22}{n}" for kind, n in sorted(self.failures.items()))
+            + "".join(f"\n    {n:>5}  {why}" for why, n in self.statuses.most_common(8)),
             "faults injected     "
             + ", ".join(f"{k} {n}" for k, n in sorted(self.faults_injected.items())),
             f"node state changes  {self.state_changes} (ejections {self.ejections})",
@@ -84,3 +87,15 @@ def outcome(kind: str, status: int, body: bytes) -> str | None:
     if b'"error"' in body:
         return "in-stream error"
     return None if body.rstrip().endswith(b"data: [DONE]") else "cut"
+
+
+def status_reason(body: bytes) -> str:
+    """An error answer's message with node names and numbers blanked, so that alike ones count
+    together (`no Ollama node could answer (nN: answered N)`)."""
+    try:
+        error = orjson.loads(body).get("error", "")
+    except (orjson.JSONDecodeError, AttributeError):
+        return body[:80].decode(errors="replace")
+    if isinstance(error, dict):  # the OpenAI envelope on /v1
+        error = error.get("message", "")
+    return re.sub(r"\d+(\.\d+)?", "N", str(error))[:120]
