@@ -172,6 +172,7 @@ class Forwarder:
                     failures,
                     last_chance,
                     permit,
+                    slot,
                 )
             finally:
                 if permit is not None:
@@ -205,6 +206,7 @@ class Forwarder:
         failures: list[Failed],
         last_chance: bool,
         permit: Permit | None,
+        slot: Slot | None,
     ) -> web.StreamResponse | Failed:
         """One attempt on one node: its answer relayed, or why it was given up. A retry's
         `permit` is given back as soon as the node has answered or failed."""
@@ -256,7 +258,17 @@ class Forwarder:
                 record.node, record.route, record.status = node.name, route, status
                 record.reason = target.reason.value
                 return await relay(
-                    request, opened, node, routing, attempt, record, self._fleet, self._config
+                    request,
+                    opened,
+                    node,
+                    routing,
+                    attempt,
+                    record,
+                    self._fleet,
+                    self._config,
+                    # The node is done with the request at its last byte: its slot can go to
+                    # the next request while that byte is still on its way to the client.
+                    upstream_done=slot.release if slot is not None else None,
                 )
         finally:
             if took_trial and not judged:  # the client left first: the trial is free again

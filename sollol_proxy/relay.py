@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -42,8 +43,10 @@ async def relay(
     record: RequestRecord,
     fleet: Fleet,
     config: Config,
+    upstream_done: Callable[[], None] | None = None,
 ) -> web.StreamResponse:
-    """Stream the node's answer to the client, one write per upstream read."""
+    """Stream the node's answer to the client, one write per upstream read; `upstream_done`
+    is called when the node has sent its last byte."""
     upstream = opened.response
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     response.headers.extend(downstream_response_headers(upstream.headers))
@@ -72,6 +75,8 @@ async def relay(
                 record.outcome = Outcome.MIDSTREAM_FAILURE
                 await _broken_stream(request, response, upstream, node, exc, tail, fleet, config)
                 return response
+        if upstream_done is not None:
+            upstream_done()
         await response.write_eof()
         complete = True
         if upstream.status < 500:  # a relayed 5xx was already counted as the node's failure
