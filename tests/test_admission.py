@@ -85,11 +85,21 @@ async def test_waiting_requests_leave_the_queue_by_priority(
     assert stats["1"]["queued"] == 1 and stats["1"]["wait_p95_s"] > 0
 
 
+@pytest.mark.parametrize(
+    ("ageing", "low_served"),
+    [
+        # One priority level per 0.1 s of waiting: after 1 s a priority-1 request counts as 11
+        # and goes before fresh priority-9 ones.
+        (0.1, 1),
+        # The control: with slow ageing the urgent requests go first.
+        (3600, -1),
+    ],
+    ids=["ageing", "no_ageing"],
+)
 async def test_ageing_lets_a_low_priority_request_overtake_fresh_urgent_ones(
-    cluster: ClusterFactory, http: aiohttp.ClientSession
+    cluster: ClusterFactory, http: aiohttp.ClientSession, ageing: float, low_served: int
 ) -> None:
-    # One priority level per 0.1 s of waiting: after 1 s a priority-1 request counts as 11.
-    made = await one_slot(cluster, queue__ageing=0.1, queue__affinity_window=0)
+    made = await one_slot(cluster, queue__ageing=ageing, queue__affinity_window=0)
     busy = await occupy(http, made, tokens=80)
     low = asyncio.create_task(call(http, made, generate("llama3.2", "low"), 1))
     await eventually(lambda: admission(made).snapshot()["depth"] == 1)
@@ -99,24 +109,7 @@ async def test_ageing_lets_a_low_priority_request_overtake_fresh_urgent_ones(
     ]
     await eventually(lambda: admission(made).snapshot()["depth"] == 4)
     await asyncio.gather(busy, low, *high)
-    assert prompts_seen(made.node("a"))[1] == "low"
-
-
-async def test_without_ageing_the_same_low_priority_request_waits_for_the_urgent_ones(
-    cluster: ClusterFactory, http: aiohttp.ClientSession
-) -> None:
-    # The control for the test above: with slow ageing the urgent requests go first.
-    made = await one_slot(cluster, queue__ageing=3600, queue__affinity_window=0)
-    busy = await occupy(http, made, tokens=80)
-    low = asyncio.create_task(call(http, made, generate("llama3.2", "low"), 1))
-    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
-    await asyncio.sleep(1.0)
-    high = [
-        asyncio.create_task(call(http, made, generate("llama3.2", f"high{i}"), 9)) for i in range(3)
-    ]
-    await eventually(lambda: admission(made).snapshot()["depth"] == 4)
-    await asyncio.gather(busy, low, *high)
-    assert prompts_seen(made.node("a"))[-1] == "low"
+    assert prompts_seen(made.node("a"))[low_served] == "low"
 
 
 async def test_slot_limits_hold_per_node_and_model_under_concurrency(
