@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .fleet import NodeState
+from .snapshot import model_memory
 
 # llm/server.go: these architectures run with a single slot whatever OLLAMA_NUM_PARALLEL says.
 SINGLE_SLOT_FAMILIES = frozenset(
@@ -60,12 +61,19 @@ class SlotTable:
     def is_free(self, node: NodeState, model: str) -> bool:
         """A request for `model` can start on `node` now without waiting inside Ollama: a slot
         of the model's runner is free, or the model can get a runner without unloading a busy
-        one (fewer than max_loaded_models models running)."""
+        one (fewer than max_loaded_models models running and, when the node's `vram` is
+        configured, room for it beside them)."""
         running = self._held.get(node.name, {})
         held = running.get(model, 0)
         if held:
             return held < model_slots(node, model)
-        return len(running) < node.config.max_loaded_models
+        if len(running) >= node.config.max_loaded_models:
+            return False
+        vram = node.config.vram_bytes
+        if vram is None or not running:
+            return True  # alone on the node, a model is Ollama's to fit
+        busy = sum(model_memory(node, m) for m in running)
+        return busy + model_memory(node, model) <= vram
 
     def take(self, node: NodeState, model: str) -> None:
         running = self._held.setdefault(node.name, {})

@@ -18,7 +18,8 @@ def _size(item: Mapping[str, Any] | None) -> int:
     return size if isinstance(size, int) else 0
 
 
-def _vram(node: NodeState, model: str) -> int:
+def model_memory(node: NodeState, model: str) -> int:
+    """What `model` takes on `node`'s GPU: Ollama's size_vram when loaded, else its size."""
     item = node.loaded.get(model)
     size = item.get("size_vram") if item else None
     return size if isinstance(size, int) and size else _size(item or node.models.get(model))
@@ -41,7 +42,7 @@ def runners(
     ) - node.evicting.keys():
         if model == exclude:
             continue
-        size = _vram(node, model)
+        size = model_memory(node, model)
         in_flight = node.model_in_flight.get(model, 0)
         expires = node.expires_ns.get(model)
         result.append(
@@ -72,7 +73,7 @@ def _might_evict(node: NodeState, model: str) -> bool:
     vram = node.config.vram_bytes
     return (
         vram is not None
-        and sum(_vram(node, m) for m in present) + _size(node.models.get(model)) > vram
+        and sum(model_memory(node, m) for m in present) + _size(node.models.get(model)) > vram
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 from sollol_proxy.admission import Admission
 from sollol_proxy.app import ADMISSION, apply_config
 from sollol_proxy.config import ConfigError, QueueBand, QueueConfig, load_config
+from sollol_proxy.simulator import SimModel
 
 from .conftest import TEST_SETTINGS, Cluster, ClusterFactory, eventually
 
@@ -379,3 +380,26 @@ async def test_a_retry_waits_for_a_slot_on_another_node_instead_of_failing(
     assert made.node("b").stats.queue_wait < 0.05
     await busy
     assert admission(made).snapshot()["slots_in_use"] == {}
+
+
+async def test_a_model_that_would_not_fit_beside_a_busy_one_waits_in_the_proxy(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # Two 4 GiB models on a node with 6 GiB for models: Ollama would have to unload the busy
+    # one first, so the second waits here rather than inside Ollama.
+    gib = 2**30
+    made = await cluster(
+        dict(
+            name="a",
+            models=[SimModel("m1:latest", size=4 * gib), SimModel("m2:latest", size=4 * gib)],
+            vram_bytes=6 * gib,
+            token_delay=TOKEN_DELAY,
+        )
+    )
+    first = asyncio.create_task(call(http, made, generate("m1", "first", 40)))
+    await eventually(lambda: admission(made).slots.in_use("a") == {"m1:latest": 1})
+    second = asyncio.create_task(call(http, made, generate("m2", "second")))
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    assert [r[0] for r in await asyncio.gather(first, second)] == [200, 200]
+    assert prompts_seen(made.node("a")) == ["first", "second"]
+    assert made.node("a").stats.evictions == 1
