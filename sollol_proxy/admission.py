@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .config import Config, QueueConfig
+from .drain import is_cut
 from .fleet import NodeState
 from .health import State
 from .queue_stats import PriorityStats, queue_snapshot
@@ -105,9 +106,12 @@ class Admission:
             band,
             future,
         )
-        self._enqueue(waiter)
+        self._queues[waiter.priority].append(waiter)
+        self._keys[waiter.key] += 1
         self._pump()
         immediate = future.done()
+        if not immediate:  # it has to wait: the bounds apply
+            self._bound(waiter)
         slot = await self._wait(waiter)
         if immediate:
             slot.waited_s = 0.0
@@ -118,7 +122,9 @@ class Admission:
         finally:
             slot.release()
 
-    def _enqueue(self, waiter: Waiter) -> None:
+    def _bound(self, waiter: Waiter) -> None:
+        """A newcomer that must wait: past a length bound it is refused, or the least urgent
+        waiter (not a retry: that one was admitted already) makes room for it."""
         stats = self.stats[waiter.priority]
         for limit, members, scope in self._limits(waiter):
             if len(members) < limit:
@@ -128,7 +134,14 @@ class Admission:
                 members, key=lambda w: (w.effective(now, self.config.ageing), -w.seq), default=None
             )
             if victim is None or victim.effective(now, self.config.ageing) >= waiter.priority:
+                self._remove(waiter)
                 stats.rejected += 1
+                if limit == 0:
+                    raise QueueRejected(
+                        f"sollol-proxy: no free slot for model '{waiter.model}' and the queue "
+                        f"holds no request{scope} (max_length 0); retry later",
+                        "full",
+                    )
                 raise QueueRejected(
                     f"sollol-proxy: the queue is full ({limit} requests waiting{scope}) and "
                     f"this request (priority {waiter.priority}) is not more urgent than any of "
@@ -145,8 +158,6 @@ class Admission:
                     "shed",
                 )
             )
-        self._queues[waiter.priority].append(waiter)
-        self._keys[waiter.key] += 1
 
     @property
     def waiting(self) -> int:
@@ -161,7 +172,9 @@ class Admission:
         )
 
     def _limits(self, waiter: Waiter) -> list[tuple[int, list[Waiter], str]]:
-        everyone = [w for q in self._queues.values() for w in q]
+        everyone = [
+            w for q in self._queues.values() for w in q if w is not waiter and w.slot is None
+        ]
         limits = [(self.config.max_length, everyone, "")]
         band = waiter.band
         if band is not None and band.max_length is not None:
@@ -190,14 +203,15 @@ class Admission:
                     "timeout",
                 ) from None
             slot = waiter.future.result()  # granted at the very moment the wait ran out
-        except asyncio.CancelledError:
-            # The client went away: it leaves the queue at once, or gives its slot back.
+        except asyncio.CancelledError as exc:
+            # The client went away (or the shutdown cut the request): it leaves the queue at
+            # once, or gives its slot back.
             if waiter.future.done() and not waiter.future.exception():
                 waiter.future.result().release()
             elif not waiter.future.done():
                 self._remove(waiter)
                 waiter.future.cancel()
-                stats.left += 1
+                stats.left += not is_cut(exc)
             raise
         slot.waited_s = time.monotonic() - waiter.enqueued
         stats.admitted += 1
@@ -210,7 +224,10 @@ class Admission:
         remaining = origin.enqueued + self._max_wait(origin) - time.monotonic()
 
         def others() -> list[NodeState]:
-            return [n for n in origin.candidates() if n.name not in tried]
+            nodes = [n for n in origin.candidates() if n.name not in tried]
+            if not nodes:  # gone or down meanwhile: the retry stops waiting (see the pump)
+                raise LookupError("no node left to retry on")
+            return nodes
 
         if remaining <= 0 or not slot.alternatives(tried):
             return None
@@ -227,7 +244,7 @@ class Admission:
             future,
             slot,
         )
-        self._queues[waiter.priority].append(waiter)  # admitted already: no length bound
+        self._queues[waiter.priority].append(waiter)  # admitted already: bounds do not apply
         self._keys[waiter.key] += 1
         self._pump()
         try:
@@ -237,6 +254,8 @@ class Admission:
             if future.done() and not future.exception():
                 return future.result().node
             self._remove(waiter)
+            return None
+        except LookupError:
             return None
         except asyncio.CancelledError:
             if not future.done():

@@ -87,6 +87,8 @@ def load_file(path: Path, layers: Layers) -> None:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(origin, "", f"cannot read config file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # e.g. caught half-written by reload.watch
+        raise ConfigError(origin, "", f"not UTF-8 text (byte {exc.start})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -82,14 +82,20 @@ class Dashboard:
     def _queue(self) -> dict[str, Any]:
         """The priority queue: how many wait, for how long, per priority (those with traffic)."""
         snapshot = self._admission.snapshot(limit=10)
-        levels = {p: v for p, v in snapshot["by_priority"].items() if v["admitted"] or v["waiting"]}
+        levels = {
+            p: v
+            for p, v in snapshot["by_priority"].items()
+            if v["admitted"] or v["waiting"] or v["rejected"] or v["shed"] or v["timed_out"]
+        }
         return {
             "enabled": snapshot["enabled"],
             "waiting": snapshot["depth"],
             "oldest_wait_s": max((v["oldest_wait_s"] for v in levels.values()), default=None),
             "by_priority": {p: v["waiting"] for p, v in levels.items()},
             "wait_p95_s": {p: v["wait_p95_s"] for p, v in levels.items()},
-            "turned_away": sum(v["rejected"] + v["shed"] + v["timed_out"] for v in levels.values()),
+            "turned_away": sum(
+                v["rejected"] + v["shed"] + v["timed_out"] for v in snapshot["by_priority"].values()
+            ),
             "next": snapshot["waiting"],
         }
 
@@ -153,7 +159,8 @@ class Dashboard:
     def _slow(self) -> list[dict[str, str]]:
         """Nodes generating a model at under half the speed of the fastest node for it."""
         speeds: dict[str, dict[str, float]] = {}
-        for node in self._fleet.healthy():
+        # Reachable nodes, read without Fleet.healthy(): its panic mode would cut ejections short.
+        for node in (n for n in self._fleet.nodes.values() if n.healthy):
             models = self._learner.snapshot(node.name)["models"]
             assert isinstance(models, dict)
             for model, values in models.items():

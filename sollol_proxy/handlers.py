@@ -15,6 +15,7 @@ from .admission import Admission
 from .affinity import PromptCache
 from .config import Config
 from .dispatch import DispatchObserver
+from .drain import is_cut
 from .errors import error_response
 from .fleet import Fleet
 from .headers import NODE_HEADER, REQUEST_ID_HEADER
@@ -81,9 +82,13 @@ class OllamaHandler:
             except QueueRejected as exc:
                 response = error_response(request.path, exc.status, exc.message)
                 response.headers["Retry-After"] = str(RETRY_AFTER_S)
-        except asyncio.CancelledError:
-            record.outcome = Outcome.CLIENT_CLOSED
-            record.finish(499)  # nginx's "client closed request": no answer was completed
+        except asyncio.CancelledError as exc:
+            if is_cut(exc):  # the shutdown's grace period ended: the drain answers 503
+                record.outcome = Outcome.CUT_BY_SHUTDOWN
+                record.finish(503)
+            else:
+                record.outcome = Outcome.CLIENT_CLOSED
+                record.finish(499)  # nginx's "client closed request": no answer was completed
             self._done(record)
             raise
         if not response.prepared:

@@ -158,7 +158,9 @@ class Forwarder:
             last_chance = not later or len(failures) + 1 >= cap
             try:
                 if failures:
-                    self._fleet.nodes[failures[-1].node].health.counters.failovers += 1
+                    previous = self._fleet.nodes.get(failures[-1].node)  # a reload may drop it
+                    if previous is not None:
+                        previous.health.counters.failovers += 1
                     node.health.counters.retries += 1
                     record.retries += 1
                     await asyncio.sleep(self._config.retries.backoff(len(failures), self._rng))

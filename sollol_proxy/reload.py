@@ -23,6 +23,9 @@ RESTART_ONLY: dict[str, Callable[[Config], object]] = {
     "listen.host": lambda c: c.host,
     "listen.port": lambda c: c.port,
     "timeouts.connect": lambda c: c.timeouts.connect,  # the upstream session's, made at startup
+    "metrics.port": lambda c: c.metrics_port,  # its listener is bound at startup
+    "log_format": lambda c: c.log_format,  # the log handlers are set up at startup
+    "reload.watch": lambda c: c.reload_watch,  # the watcher is started (or not) at startup
 }
 
 
@@ -69,6 +72,9 @@ def keep_restart_only(running: Config, new: Config) -> Config:
         host=running.host,
         port=running.port,
         timeouts=replace(new.timeouts, connect=running.timeouts.connect),
+        metrics_port=running.metrics_port,
+        log_format=running.log_format,
+        reload_watch=running.reload_watch,
     )
 
 
@@ -106,6 +112,8 @@ class Reloader:
             loaded: Config | str = await asyncio.to_thread(self._source.load)
         except ConfigError as exc:
             loaded = str(exc)
+        except (OSError, ValueError) as exc:  # anything else reading it: the watcher goes on
+            loaded = f"cannot load the configuration: {exc}"
         if loaded != quiet_if:
             if isinstance(loaded, str):
                 log.error("reload (%s) rejected, the running configuration stays: %s", why, loaded)

@@ -79,9 +79,13 @@ class Slot:
             return True
         if not self._admission.is_free(node, self.model):
             return False
-        self.release()
+        # Taken before the old one is given back: giving back runs the pump, which could
+        # otherwise hand this very slot to a waiting request.
+        previous = self.node
         self._admission._take(node, self.model)
         self.node = node
+        if previous is not None:
+            self._admission._give(previous, self.model)
         return True
 
     def release(self) -> None:
