@@ -80,7 +80,9 @@ class Admin:
             status, body = health(self._fleet)
             return _json(body, status)
         if path == "/sollol/stats":
-            return _json(self._stats.to_json())
+            # The queue per priority too: depth, waits, admissions and 503s (as /sollol/queue).
+            queue = self._admission.snapshot(limit=0)["by_priority"]
+            return _json({**self._stats.to_json(), "queue_by_priority": queue})
         if path == "/sollol/dashboard":
             return _json(self._dashboard.to_json())
         if path == "/sollol/decisions":

@@ -6,7 +6,8 @@ only while that node has a free slot for the model, and keeps the excess here:
 
 - a slot is free for model M on node N while the proxy runs fewer than M's slots there (see
   `slots.py`), and, when M is not running there yet, while fewer than `max_loaded_models` other
-  models are running there (otherwise Ollama would have to wait for a busy model to unload);
+  models are running there and M fits in the node's configured `vram` beside them (otherwise
+  Ollama would have to wait for a busy model to unload);
 - waiting requests are served by effective priority (priority plus one level per `ageing`
   seconds waited), oldest first among equals;
 - the node is chosen when the request leaves the queue (late binding), by the routing engine,
@@ -156,6 +157,7 @@ class Admission:
                     f"for a more urgent request (priority {waiter.priority} over "
                     f"{victim.priority}); retry later",
                     "shed",
+                    now - victim.enqueued,
                 )
             )
 
@@ -201,6 +203,7 @@ class Admission:
                     f"sollol-proxy: no free slot for model '{waiter.model}' within "
                     f"{max_wait:g}s (priority {waiter.priority}); the fleet is at capacity",
                     "timeout",
+                    time.monotonic() - waiter.enqueued,
                 ) from None
             slot = waiter.future.result()  # granted at the very moment the wait ran out
         except asyncio.CancelledError as exc:
@@ -255,7 +258,7 @@ class Admission:
                 return future.result().node
             self._remove(waiter)
             return None
-        except LookupError:
+        except Exception:  # no node left to wait for: the request's last failure is the answer
             return None
         except asyncio.CancelledError:
             if not future.done():

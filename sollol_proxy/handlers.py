@@ -18,7 +18,7 @@ from .dispatch import DispatchObserver
 from .drain import is_cut
 from .errors import error_response
 from .fleet import Fleet
-from .headers import NODE_HEADER, REQUEST_ID_HEADER
+from .headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER
 from .learning import Learner
 from .management import Management
 from .names import normalize_model
@@ -82,6 +82,8 @@ class OllamaHandler:
             except QueueRejected as exc:
                 response = error_response(request.path, exc.status, exc.message)
                 response.headers["Retry-After"] = str(RETRY_AFTER_S)
+                record.queue_s = exc.waited_s
+                response.headers[QUEUE_HEADER] = f"{exc.waited_s * 1000:.0f}"
         except asyncio.CancelledError as exc:
             if is_cut(exc):  # the shutdown's grace period ended: the drain answers 503
                 record.outcome = Outcome.CUT_BY_SHUTDOWN
@@ -204,5 +206,5 @@ class OllamaHandler:
             request_id, "not model-specific", Reason.NOT_MODEL_SPECIFIC
         )
         return await self.forwarder.forward(
-            request, forwarded_body, targets, record, first_byte=self.config.timeouts.first_byte
+            request, forwarded_body, targets, record, first_byte=first_byte
         )

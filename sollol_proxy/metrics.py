@@ -79,7 +79,8 @@ class Metrics:
         )
         self.failovers = Counter(
             "sollol_failovers",
-            "Nodes given up before the first byte (down, refused, busy); the next one was tried.",
+            "Nodes given up before the first byte (refused, reset, timeout, 5xx, busy, a model the "
+            "inventory listed but the node lacked); the next one was tried.",
             ["node"],
             registry=r,
         )

@@ -24,10 +24,11 @@ class QueueRejected(Exception):
 
     status = 503
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, reason: str, waited_s: float = 0.0) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason  # bounded: full, shed, timeout
+        self.waited_s = waited_s  # how long it waited before it was turned away
 
 
 @dataclass(eq=False)

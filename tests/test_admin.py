@@ -91,6 +91,21 @@ STATS = {
         }
     },
     "routing": {"by_strategy": {"*": {"*": int}}, "by_task": {"*": {"*": int}}},
+    # The priority queue per priority, as GET /sollol/queue reports it.
+    "queue_by_priority": {
+        "*": {
+            "waiting": int,
+            "oldest_wait_s": NUM,
+            "admitted": int,
+            "queued": int,
+            "wait_p50_s": OPT_NUM,
+            "wait_p95_s": OPT_NUM,
+            "timed_out": int,
+            "rejected": int,
+            "shed": int,
+            "left": int,
+        }
+    },
 }
 DASHBOARD = {
     "time": NUM,
@@ -220,6 +235,9 @@ async def test_stats_count_per_node_and_model_with_routing_by_task(
         "performance": {"cold_load": 1, "cache_affinity": 2, "resident": 1}
     }
     assert (await get(http, made.url + "/api/stats"))[1]["nodes"] == stats["nodes"]
+    # Four requests at the default priority, each admitted at once.
+    assert stats["queue_by_priority"]["5"]["admitted"] == 4
+    assert stats["queue_by_priority"]["5"]["queued"] == 0
 
 
 async def test_dashboard_json_shows_nodes_decisions_and_alerts(
@@ -303,3 +321,82 @@ async def test_error_rate_alert_after_failed_attempts(
     alerts = (await get(http, made.url + "/sollol/dashboard"))[1]["alerts"]
     assert [(a["severity"], a["kind"], a["node"]) for a in alerts] == [("warning", "errors", "a")]
     assert "success rate" in alerts[0]["message"]
+
+
+async def node_states(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
+    nodes = (await get(http, url + "/sollol/nodes"))[1]["nodes"]
+    return {n["name"]: n["health"]["state"] for n in nodes}
+
+
+async def test_reading_the_dashboard_does_not_end_ejections_when_every_node_is_ejected(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # Guards: the dashboard's slow-node check must not trigger panic mode (ejected -> half_open).
+    made = await cluster(
+        dict(name="a", models=[MODEL]),
+        dict(name="b", models=[MODEL]),
+        outlier__base_ejection="60s",
+        outlier__max_ejection="60s",
+    )
+    for node in made.nodes:
+        node.faults.status_error = (500, "an error was encountered while running the model")
+    body = orjson.dumps({"model": MODEL, "prompt": "x", "stream": False})
+    for _ in range(3):  # each request fails on both nodes: three failures in a row eject them
+        async with http.post(made.url + "/api/generate", data=body) as response:
+            assert response.status == 500
+    assert await node_states(http, made.url) == {"a": "ejected", "b": "ejected"}
+    for _ in range(3):
+        dashboard = (await get(http, made.url + "/sollol/dashboard"))[1]
+        assert {a["node"] for a in dashboard["alerts"] if a["kind"] == "ejected"} == {"a", "b"}
+    assert await node_states(http, made.url) == {"a": "ejected", "b": "ejected"}
+    assert all(n.health.state == "ejected" for n in made.fleet.nodes.values())
+
+
+async def test_dashboard_turned_away_counts_a_priority_whose_requests_were_all_rejected(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # Guards: turned_away sums every priority, not only those with an admitted request.
+    made = await cluster(dict(name="a", models=[MODEL], token_delay=0.02), queue__max_length=0)
+    long = orjson.dumps({"model": MODEL, "prompt": "x", "options": {"num_predict": 500}})
+    async with http.post(made.url + "/api/generate", data=long) as holder:
+        await holder.content.readline()  # the only slot is taken (priority 5)
+        for _ in range(2):  # nothing may wait: answered 503 at once
+            async with http.post(
+                made.url + "/api/generate", data=long, headers={"X-Sollol-Priority": "2"}
+            ) as response:
+                assert response.status == 503 and "max_length 0" in await response.text()
+        queue = (await get(http, made.url + "/sollol/dashboard"))[1]["queue"]
+    assert queue["turned_away"] == 2
+    assert queue["by_priority"] == {"5": 0, "2": 0}
+
+
+async def test_dashboard_alerts_for_a_busy_and_a_half_open_node(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # Guards: the busy and half_open states each raise a warning alert naming the node.
+    made = await cluster(
+        dict(name="a", models=[MODEL]),
+        dict(name="b", models=[MODEL]),
+        dict(name="c", models=[MODEL]),
+        routing__strategy="round_robin",
+        outlier__busy_cooldown="60s",
+        outlier__consecutive_failures=1,
+        outlier__base_ejection="0.3s",
+    )
+    made.node("a").faults.status_error = (
+        503,
+        "server busy, please try again.  maximum pending requests exceeded",
+    )
+    made.node("b").faults.status_error = (500, "an error was encountered while running the model")
+    for _ in range(2):  # round robin: a first, then b first; c serves both
+        await chat(http, made.url, "x")
+    assert made.fleet.nodes["a"].health.current() == "busy"
+    await eventually(lambda: made.fleet.nodes["b"].health.current() == "half_open")
+    alerts = (await get(http, made.url + "/sollol/dashboard"))[1]["alerts"]
+    by_kind = {a["kind"]: a for a in alerts if a["kind"] in ("busy", "half_open")}
+    assert {k: (a["severity"], a["node"]) for k, a in by_kind.items()} == {
+        "busy": ("warning", "a"),
+        "half_open": ("warning", "b"),
+    }
+    assert by_kind["busy"]["message"].startswith("a is busy: busy (503)")
+    assert by_kind["half_open"]["message"].startswith("b is half_open: ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -12,7 +13,12 @@ import pytest
 
 from sollol_proxy.admission import Admission
 from sollol_proxy.app import ADMISSION, apply_config
-from sollol_proxy.config import ConfigError, QueueBand, QueueConfig, load_config
+from sollol_proxy.config import ConfigError, NodeConfig, QueueBand, QueueConfig, load_config
+from sollol_proxy.fleet import NodeState
+from sollol_proxy.health import Failure, State
+from sollol_proxy.proxy import Target
+from sollol_proxy.routing import Reason
+from sollol_proxy.selection import Plan
 from sollol_proxy.simulator import SimModel
 
 from .conftest import TEST_SETTINGS, Cluster, ClusterFactory, eventually
@@ -190,12 +196,13 @@ async def test_max_wait_per_priority_band(
     )
     busy = await occupy(http, made, tokens=60)
     urgent = asyncio.create_task(call(http, made, generate("llama3.2", "urgent"), 8))
-    status, body, _ = await call(http, made, generate("llama3.2", "batch"), 1)
+    status, body, headers = await call(http, made, generate("llama3.2", "batch"), 1)
     assert status == 503
     assert orjson.loads(body) == {
         "error": "sollol-proxy: no free slot for model 'llama3.2:latest' within 0.3s "
         "(priority 1); the fleet is at capacity"
     }
+    assert int(headers["X-Sollol-Queue-Ms"]) >= 300  # how long it waited before the 503
     assert (await urgent)[0] == 200  # outside the band: the queue's own 20 s applied
     await busy
     assert "batch" not in prompts_seen(made.node("a"))
@@ -403,3 +410,204 @@ async def test_a_model_that_would_not_fit_beside_a_busy_one_waits_in_the_proxy(
     assert [r[0] for r in await asyncio.gather(first, second)] == [200, 200]
     assert prompts_seen(made.node("a")) == ["first", "second"]
     assert made.node("a").stats.evictions == 1
+
+
+async def test_max_length_zero_serves_a_free_slot_and_refuses_to_wait(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # max_length 0 means "never wait", not "never serve" (was: 503 even with the slot free).
+    made = await one_slot(cluster, queue__max_length=0)
+    status, body, headers = await call(http, made, generate("llama3.2", "idle"))
+    assert status == 200, body  # was: 503, the bound was checked before the free slot
+    assert headers["X-Sollol-Queue-Ms"] == "0"
+    busy = await occupy(http, made, tokens=40)
+    status, body, headers = await call(http, made, generate("llama3.2", "refused"))
+    assert (status, headers["Retry-After"]) == (503, "5")
+    assert "the queue holds no request (max_length 0)" in orjson.loads(body)["error"]
+    assert (await busy)[0] == 200
+    assert prompts_seen(made.node("a")) == ["idle", "occupier"]
+
+
+async def test_a_full_queue_still_starts_a_request_an_idle_node_can_serve(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # The length bound is for requests that must wait, not one idle node b can start now.
+    made = await cluster(
+        dict(name="a", models=["llama3.2"], token_delay=TOKEN_DELAY),
+        dict(name="b", models=["qwen2.5:7b"], token_delay=TOKEN_DELAY),
+        queue__max_length=1,
+    )
+    busy = await occupy(http, made, tokens=60)
+    waiting = asyncio.create_task(call(http, made, generate("llama3.2", "waiting")))
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    for priority in (5, 9):  # as urgent as the waiter (was: rejected), more urgent (was: shed)
+        status, body, headers = await call(http, made, generate("qwen2.5:7b", "b"), priority)
+        assert status == 200, body
+        assert (headers["X-Sollol-Node"], headers["X-Sollol-Queue-Ms"]) == ("b", "0")
+    assert admission(made).snapshot()["depth"] == 1
+    assert [r[0] for r in await asyncio.gather(busy, waiting)] == [200, 200]
+    stats = admission(made).snapshot()["by_priority"]
+    assert sum(s["rejected"] + s["shed"] for s in stats.values()) == 0
+
+
+def bare_node(name: str) -> NodeState:
+    node = NodeState(NodeConfig(url=f"http://{name}:1", name=name, num_parallel=1))
+    node.healthy = True
+    node.models["m"] = {}
+    return node
+
+
+async def test_moving_a_slot_never_puts_two_requests_on_a_one_slot_node() -> None:
+    # Slot.hold takes b's slot before giving a's back (was: the pump gave b's only slot away).
+    queue = Admission(QueueConfig())
+    a, b = bare_node("a"), bare_node("b")
+    b_admits = False  # b is out (busy or ejected) until the moment the failover moves to it
+
+    def candidates() -> list[NodeState]:
+        return [a, b] if b_admits else [a]
+
+    def prefer_b(free: list[NodeState]) -> Plan:
+        ranked = sorted(free, key=lambda n: n.name != "b")
+        return Plan([Target(n, "test", Reason.LEAST_LOADED) for n in ranked])
+
+    granted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    finish = asyncio.Event()
+
+    async def waiter() -> None:
+        async with queue.admit(5, "m", ("m",), candidates, prefer_b) as slot:
+            assert slot.node is not None
+            granted.set_result(slot.node.name)
+            await finish.wait()
+
+    async with queue.admit(5, "m", ("m",), candidates, prefer_b) as moving:
+        task = asyncio.create_task(waiter())
+        await eventually(lambda: queue.waiting == 1)
+        b_admits = True
+        assert moving.hold(b)  # the failover from a to b
+        assert await asyncio.wait_for(granted, 5) == "a"  # the slot a gave back, not b's
+        assert queue.slots.all_in_use() == {"a": {"m": 1}, "b": {"m": 1}}
+        finish.set()
+        await task
+    assert queue.slots.all_in_use() == {}
+
+
+async def test_a_retry_waiting_elsewhere_is_neither_counted_in_the_queue_nor_shed(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # A retry was admitted already: not counted in max_length, never shed (was: both).
+    made = await cluster(
+        dict(name="a", models=["llama3.2"], token_delay=TOKEN_DELAY),
+        dict(name="b", models=["llama3.2"], token_delay=TOKEN_DELAY),
+        queue__max_length=1,
+    )
+    on_b = asyncio.create_task(
+        call(http, made, generate("llama3.2", "on b", 150), headers={"X-Sollol-Node": "b"})
+    )
+    await eventually(lambda: admission(made).slots.in_use("b") == {"llama3.2:latest": 1})
+    made.node("a").faults.status_error = (500, "llama runner process has terminated")
+    retried = asyncio.create_task(call(http, made, generate("llama3.2", "retried"), 2))
+    await eventually(lambda: admission(made).waiting == 1)  # after a's 500, waiting for b
+    made.node("a").faults.status_error = None
+    on_a = asyncio.create_task(
+        call(http, made, generate("llama3.2", "on a", 150), headers={"X-Sollol-Node": "a"})
+    )
+    await eventually(lambda: admission(made).slots.in_use("a") == {"llama3.2:latest": 1})
+    urgent = asyncio.create_task(call(http, made, generate("llama3.2", "urgent"), 9))
+    await eventually(lambda: admission(made).waiting == 2)  # queued beside the retry
+    status, body, _ = await call(http, made, generate("llama3.2", "over"), 9)
+    assert status == 503  # the one place in the queue is the urgent request's
+    assert "the queue is full (1 requests waiting)" in orjson.loads(body)["error"]
+    results = await asyncio.gather(retried, urgent, on_a, on_b)
+    assert [r[0] for r in results] == [200, 200, 200, 200], results[0][1]
+    assert results[0][2]["X-Sollol-Node"] == "b"
+    assert sum(s["shed"] for s in admission(made).snapshot()["by_priority"].values()) == 0
+
+
+@pytest.mark.parametrize("gone", ["down", "removed"])
+async def test_a_retry_stops_waiting_when_the_nodes_it_waits_for_are_gone(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, gone: str
+) -> None:
+    # A retry waiting for b gives up when b is gone (was: it waited out queue.max_wait).
+    made = await cluster(
+        dict(name="a", models=["llama3.2"], token_delay=TOKEN_DELAY),
+        dict(name="b", models=["llama3.2"], token_delay=TOKEN_DELAY),
+        queue__max_wait=60,
+    )
+    on_b = asyncio.create_task(
+        call(http, made, generate("llama3.2", "on b", 1000), headers={"X-Sollol-Node": "b"})
+    )
+    await eventually(lambda: admission(made).slots.in_use("b") == {"llama3.2:latest": 1})
+    made.node("a").faults.status_error = (500, "llama runner process has terminated")
+    retried = asyncio.create_task(call(http, made, generate("llama3.2", "retried")))
+    await eventually(lambda: admission(made).waiting == 1)  # after a's 500, waiting for b
+    if gone == "down":
+        made.node("b").faults.refuse = True
+    else:
+        overrides = {**TEST_SETTINGS, "nodes": [{"url": made.node("a").url, "name": "a"}]}
+        apply_config(made.proxy.runner.app, load_config(None, env={}, overrides=overrides))
+    status, body, _ = await asyncio.wait_for(retried, 15)
+    assert status == 502
+    assert orjson.loads(body)["error"] == "no Ollama node could answer (a: answered 500)"
+    assert admission(made).waiting == 0
+    on_b.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await on_b
+
+
+async def test_a_node_on_trial_gets_one_request_at_a_time(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # A half_open node with two slots takes a second request only once its trial has answered.
+    made = await cluster(
+        dict(name="a", models=["llama3.2"], num_parallel=2, token_delay=TOKEN_DELAY)
+    )
+    health = made.fleet.nodes["a"].health
+    for _ in range(3):
+        health.failed(Failure.SERVER_ERROR, "answered 500")
+    assert health.current() is State.EJECTED
+    health.cut_short()  # the ejection ends now: one trial request
+    assert health.current() is State.HALF_OPEN
+    made.node("a").faults.first_byte_delay = 2.0  # the trial answers only after 2 s
+    both = [asyncio.create_task(call(http, made, generate("llama3.2", f"r{i}"))) for i in range(2)]
+    await eventually(
+        lambda: admission(made).waiting == 1 and len(prompts_seen(made.node("a"))) == 1
+    )
+    await asyncio.sleep(0.5)  # well within the trial's 2 s: the second is still held back
+    assert admission(made).waiting == 1
+    assert len(prompts_seen(made.node("a"))) == 1
+    results = await asyncio.gather(*both)
+    assert [r[0] for r in results] == [200, 200]
+    assert sorted(int(r[2]["X-Sollol-Queue-Ms"]) > 1000 for r in results) == [False, True]
+    assert health.current() is State.UP
+
+
+async def test_a_request_queued_for_a_model_whose_nodes_go_down_gets_503_at_once(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # A waiter whose every candidate node goes down is answered then, not after max_wait.
+    made = await one_slot(cluster, queue__max_wait=60)
+    busy = await occupy(http, made, tokens=1000)
+    queued = asyncio.create_task(call(http, made, generate("llama3.2", "queued")))
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    made.node("a").faults.refuse = True
+    status, body, _ = await asyncio.wait_for(queued, 15)
+    assert status == 503
+    assert orjson.loads(body)["error"].startswith(
+        "model 'llama3.2:latest' is only on nodes that are down (a: "
+    )
+    assert admission(made).snapshot()["depth"] == 0
+    busy.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await busy
+
+
+async def test_without_the_queue_slots_are_still_counted(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # queue.enabled false is plain pass-through, but the slots in use stay visible.
+    made = await one_slot(cluster, queue__enabled=False)
+    running = asyncio.create_task(call(http, made, generate("llama3.2", "running", 40)))
+    await eventually(lambda: prompts_seen(made.node("a")) == ["running"])
+    assert admission(made).snapshot()["slots_in_use"] == {"a": {"llama3.2:latest": 1}}
+    assert (await running)[0] == 200
+    await eventually(lambda: admission(made).snapshot()["slots_in_use"] == {})

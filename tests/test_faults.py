@@ -16,8 +16,9 @@ import orjson
 import pytest
 
 from sollol_proxy.admission import Admission
-from sollol_proxy.app import ADMISSION
-from tests.conftest import Cluster, ClusterFactory, eventually
+from sollol_proxy.app import ADMISSION, apply_config
+from sollol_proxy.config import load_config
+from tests.conftest import TEST_SETTINGS, Cluster, ClusterFactory, eventually
 
 CHAT = b'{"model":"llama3.2","messages":[{"role":"user","content":"tell me"}],"options":{"num_predict":8}}'
 QUIET_CHAT = b'{"model":"llama3.2","messages":[{"role":"user","content":"x"}],"stream":false}'
@@ -474,4 +475,25 @@ async def test_panic_every_reachable_node_takes_work_when_none_admits(
     # The first takes the trial; the others are not refused while it runs: a still answers.
     answers = await asyncio.gather(*(chat(http, made) for _ in range(3)))
     assert [r.status for r, _ in answers] == [200, 200, 200] and all(done(b) for _, b in answers)
+    await settled(made)
+
+
+async def test_a_node_removed_by_a_reload_while_its_attempt_fails_still_fails_over(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # Guards: the failover after an attempt on a node the reload removed is no 500 (KeyError).
+    made = await cluster(*two_nodes(), timeouts__first_byte=1.0, **FAST)
+    made.node("a").faults.first_byte_delay = 30.0  # hangs; round robin tries a first
+    pending = asyncio.create_task(chat(http, made))
+    await eventually(lambda: made.node("a").in_flight() == 1)
+    node_b = {"url": made.node("b").url, "name": "b"}
+    overrides = {**TEST_SETTINGS, "routing.strategy": "round_robin", "timeouts.first_byte": 1.0}
+    apply_config(
+        made.proxy.runner.app, load_config(None, env={}, overrides={**overrides, "nodes": [node_b]})
+    )
+    assert list(made.fleet.nodes) == ["b"]
+    response, body = await pending
+    assert response.status == 200 and done(body), body
+    assert response.headers["X-Sollol-Node"] == "b"
+    assert response.headers["X-Sollol-Route"].endswith("(after a: no response within 1s)")
     await settled(made)

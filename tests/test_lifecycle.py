@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -17,8 +18,9 @@ import aiohttp
 import orjson
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from sollol_proxy.app import PROXY, apply_config
+from sollol_proxy.app import ADMIN, ADMISSION, PROXY, apply_config
 from sollol_proxy.config import load_config
 from sollol_proxy.simulator import SimulatedNode
 from tests.conftest import TEST_SETTINGS, ClusterFactory, eventually
@@ -115,6 +117,11 @@ def _generate(tokens: int) -> bytes:
     return orjson.dumps(
         {"model": "llama3.2", "prompt": "hello", "options": {"num_predict": tokens}}
     )
+
+
+async def _answer(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, bytes]:
+    async with http.post(url + "/api/generate", data=body) as response:
+        return response.status, await response.read()
 
 
 async def _refused(url: str) -> bool:
@@ -248,6 +255,44 @@ async def test_reload_watch_applies_a_changed_file(
     assert await proxy.wait() == 0
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """Rewrite `path` in one step, so that the watcher never reads it half-written."""
+    part = path.with_name(path.name + ".part")
+    part.write_bytes(data)
+    os.replace(part, path)
+
+
+async def test_reload_watch_survives_a_file_that_is_not_utf8_and_logs_each_error_once(
+    tmp_path: Path, nodes: list[SimulatedNode], running: list[ProxyProcess]
+) -> None:
+    # Guards: a non-UTF-8 file is one rejection, not the watcher's end; an error is logged once.
+    proxy = ProxyProcess(tmp_path, nodes[:1], reload={"watch": True, "interval": "0.2s"})
+    running.append(proxy)
+    await proxy.start()
+    valid = proxy.config_path.read_bytes()
+    rejected = "reload (the configuration changed) rejected, the running configuration stays"
+
+    def logged(text: str) -> int:
+        return proxy.log().count(text)
+
+    _replace(proxy.config_path, valid + b"# caf\xe9, half-written by an editor\n")
+    await eventually(lambda: logged(rejected) == 1, within=10)
+    assert logged("not UTF-8 text") == 1
+    await asyncio.sleep(2)  # about ten more re-reads of the same content: nothing more logged
+    assert logged(rejected) == 1
+    _replace(proxy.config_path, valid + b"routing: {strategy: fastest}\n")  # another error
+    await eventually(lambda: logged(rejected) == 2, within=10)
+    assert logged("unknown strategy 'fastest'") == 1
+    await asyncio.sleep(2)
+    assert logged(rejected) == 2
+    proxy.write(nodes[:2])  # a valid edit is still applied
+    async with aiohttp.ClientSession() as http:
+        await eventually(lambda: "node b added" in proxy.log(), within=10)
+        assert await proxy.generation(http) == 2
+    proxy.signal(signal.SIGTERM)
+    assert await proxy.wait() == 0
+
+
 async def test_a_kept_node_keeps_its_live_state_and_tunables_apply_to_new_requests(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -309,6 +354,38 @@ async def test_settings_that_need_a_restart_are_logged_and_kept(
     assert any(m.startswith("reload: timeouts.connect changed from 1.0 to 9.0") for m in messages)
 
 
+async def test_metrics_port_log_format_and_reload_watch_need_a_restart(
+    cluster: ClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Guards: a reload logs these three as restart-only and keeps their running values.
+    made = await cluster(dict(name="a", models=[MODEL]))
+    app = made.proxy.runner.app
+    port = _free_port()
+    new = load_config(
+        None,
+        env={},
+        overrides={
+            **TEST_SETTINGS,
+            "nodes": [{"url": made.nodes[0].url, "name": "a"}],
+            "metrics.port": port,
+            "log_format": "json",
+            "reload.watch": True,
+        },
+    )
+    with caplog.at_level(logging.INFO, logger="sollol"):
+        apply_config(app, new)
+    live = app[PROXY].live.config
+    assert (live.metrics_port, live.log_format, live.reload_watch) == (None, "plain", False)
+    assert app[PROXY].live.generation == 2  # the rest of the reload was applied
+    messages = [r.getMessage() for r in caplog.records]
+    for change in (
+        f"metrics.port changed from None to {port}",
+        "log_format changed from 'plain' to 'json'",
+        "reload.watch changed from False to True",
+    ):
+        assert f"reload: {change}; that needs a restart, the running value stays" in messages
+
+
 async def test_a_request_without_an_answer_yet_when_the_grace_ends_gets_503(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -324,3 +401,31 @@ async def test_a_request_without_an_answer_yet_when_the_grace_ends_gets_503(
     assert orjson.loads(await response.read()) == {
         "error": "sollol-proxy is shutting down; try again"
     }
+
+
+async def test_a_request_still_queued_when_the_grace_ends_gets_503_and_is_recorded_as_cut(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Guards: a queued request cut by the shutdown is 503/cut_by_shutdown, not 499/client_closed.
+    caplog.set_level(logging.INFO, logger="sollol.access")
+    made = await cluster(dict(name="a", models=[MODEL], token_delay=0.05))
+    app = made.proxy.runner.app
+    async with http.post(made.url + "/api/generate", data=_generate(400)) as holder:
+        await holder.content.readline()  # the only slot is taken for about 20 s
+        queued = asyncio.create_task(_answer(http, made.url, _generate(3)))
+        await eventually(lambda: app[ADMISSION].waiting == 1)
+        await made.proxy.stop(grace=0.3)
+        status, body = await queued
+    assert status == 503
+    assert orjson.loads(body) == {"error": "sollol-proxy is shutting down; try again"}
+    records = [r.fields for r in caplog.records if r.name == "sollol.access"]  # type: ignore[attr-defined]
+    waiter = [f for f in records if f["node"] is None]
+    assert [(f["status"], f["outcome"]) for f in waiter] == [(503, "cut_by_shutdown")]
+    assert app[ADMISSION].snapshot()["by_priority"]["5"]["left"] == 0  # no client left
+    requests = {
+        (s.labels["status"], s.labels["node"]): s.value
+        for family in text_string_to_metric_families(app[ADMIN].metrics().text)
+        for s in family.samples
+        if s.name == "sollol_requests_total"
+    }
+    assert requests == {("200", "a"): 1, ("503", ""): 1}  # the stream cut mid-way, the waiter

@@ -9,6 +9,7 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from sollol_proxy.app import ADMISSION
 from tests.conftest import ClusterFactory, eventually
 
 MODEL = "llama3.2:latest"
@@ -300,3 +301,46 @@ async def test_health_states_ejections_and_retries(
         alerts = orjson.loads(await response.read())["alerts"]
     kinds = {(a["severity"], a["kind"], a["node"]) for a in alerts}
     assert kinds == {("critical", "ejected", "b"), ("warning", "errors", "b")}
+
+
+async def test_busy_cool_downs_are_counted(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # Guards: sollol_node_busy_total counts Ollama's queue-full 503 that cooled a node down.
+    made = await cluster(
+        dict(name="a", models=[MODEL]),
+        dict(name="b", models=[MODEL]),
+        routing__strategy="round_robin",
+        outlier__busy_cooldown="60s",
+    )
+    made.node("a").faults.status_error = (
+        503,
+        "server busy, please try again.  maximum pending requests exceeded",
+    )
+    status, _ = await post(http, made.url, "/api/generate", {"model": MODEL, "prompt": "x"})
+    assert status == 200  # round robin: a first, busy; b answered
+    samples = await scrape(http, made.url)
+    assert total(samples, "sollol_node_busy_total", node="a") == 1
+    assert total(samples, "sollol_node_busy_total", node="b") == 0
+    assert total(samples, "sollol_node_state", node="a", state="busy") == 1
+    assert total(samples, "sollol_node_ejections_total", node="a") == 0  # not an ejection
+
+
+async def test_a_client_that_leaves_while_queued_is_counted_as_abandoned(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # Guards: sollol_queue_abandoned_total{priority} counts a client gone while it waited.
+    made = await cluster(dict(name="a", models=[MODEL], token_delay=0.02))
+    long = orjson.dumps({"model": MODEL, "prompt": "x", "options": {"num_predict": 500}})
+    async with http.post(made.url + "/api/generate", data=long) as holder:
+        await holder.content.readline()  # the only slot is taken
+        gone = {"model": MODEL, "prompt": "gone"}
+        leaving = asyncio.create_task(post(http, made.url, "/api/generate?priority=3", gone))
+        await eventually(lambda: made.proxy.runner.app[ADMISSION].waiting == 1)
+        leaving.cancel()
+        await asyncio.gather(leaving, return_exceptions=True)
+        await eventually(lambda: made.proxy.runner.app[ADMISSION].waiting == 0)
+        samples = await scrape(http, made.url)
+    assert total(samples, "sollol_queue_abandoned_total", priority="3") == 1
+    assert total(samples, "sollol_queue_abandoned_total") == 1
+    assert total(samples, "sollol_queue_rejections_total", priority="3") == 0
