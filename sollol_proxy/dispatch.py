@@ -13,7 +13,7 @@ from typing import Any
 
 from .affinity import PromptCache
 from .fleet import Fleet, NodeState
-from .learning import Learner, parse_timings
+from .learning import Learner, Timings
 from .routing.analysis import RequestProfile
 from .snapshot import planned_victims
 
@@ -37,8 +37,9 @@ class Attempt:
         self.first_byte_at = time.monotonic()
         self._observer.first_byte(self, status)
 
-    def finished(self, status: int, tail: bytes) -> None:
-        self._observer.finished(self, status, tail)
+    def finished(self, status: int, timings: Timings | None) -> None:
+        """The whole answer was relayed; `timings` are those of its final object, if any."""
+        self._observer.finished(self, status, timings)
 
     def failed(self) -> None:
         self._observer.learner.observe_failure(self.node.name)
@@ -108,7 +109,7 @@ class DispatchObserver:
         node.runner_options[model] = self.profile.runner_options
         node.recent[model] = time.monotonic()
 
-    def finished(self, attempt: Attempt, status: int, tail: bytes) -> None:
+    def finished(self, attempt: Attempt, status: int, timings: Timings | None) -> None:
         node, profile = attempt.node, self.profile
         if status >= 500:
             self.learner.observe_failure(node.name)
@@ -120,7 +121,7 @@ class DispatchObserver:
             node.name,
             profile.model,
             profile.task,
-            parse_timings(tail),
+            timings,
             clean_load=attempt.clean_load,
             cached_tokens=self.cached_tokens.get(node.name, 0),
             ttft_s=(attempt.first_byte_at - attempt.started)

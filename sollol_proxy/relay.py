@@ -86,7 +86,7 @@ async def relay(
         if timings is not None:
             record.tokens_in, record.tokens_out = timings.prompt_tokens, timings.output_tokens
         if attempt is not None:
-            attempt.finished(upstream.status, tail)
+            attempt.finished(upstream.status, timings)
         return response
     except asyncio.CancelledError as exc:
         if not (is_cut(exc) and response.prepared):
