@@ -34,6 +34,7 @@ from .config import Config, QueueConfig
 from .drain import is_cut
 from .fleet import NodeState
 from .health import State
+from .queue_bounds import over_bounds
 from .queue_stats import PriorityStats, queue_snapshot
 from .slots import SlotTable
 from .tickets import QueueRejected, Slot, Waiter
@@ -125,41 +126,16 @@ class Admission:
 
     def _bound(self, waiter: Waiter) -> None:
         """A newcomer that must wait: past a length bound it is refused, or the least urgent
-        waiter (not a retry: that one was admitted already) makes room for it."""
-        stats = self.stats[waiter.priority]
-        for limit, members, scope in self._limits(waiter):
-            if len(members) < limit:
-                continue
-            now = time.monotonic()
-            victim = min(
-                members, key=lambda w: (w.effective(now, self.config.ageing), -w.seq), default=None
-            )
-            if victim is None or victim.effective(now, self.config.ageing) >= waiter.priority:
+        waiter makes room for it (see queue_bounds.py)."""
+        others = [w for q in self._queues.values() for w in q if w is not waiter]
+        for victim, rejection in over_bounds(self.config, waiter, others, time.monotonic()):
+            if victim is None:
                 self._remove(waiter)
-                stats.rejected += 1
-                if limit == 0:
-                    raise QueueRejected(
-                        f"sollol-proxy: no free slot for model '{waiter.model}' and the queue "
-                        f"holds no request{scope} (max_length 0); retry later",
-                        "full",
-                    )
-                raise QueueRejected(
-                    f"sollol-proxy: the queue is full ({limit} requests waiting{scope}) and "
-                    f"this request (priority {waiter.priority}) is not more urgent than any of "
-                    "them; retry later",
-                    "full",
-                )
+                self.stats[waiter.priority].rejected += 1
+                raise rejection
             self._remove(victim)
             self.stats[victim.priority].shed += 1
-            victim.future.set_exception(
-                QueueRejected(
-                    f"sollol-proxy: shed from the full queue ({limit} requests waiting{scope}) "
-                    f"for a more urgent request (priority {waiter.priority} over "
-                    f"{victim.priority}); retry later",
-                    "shed",
-                    now - victim.enqueued,
-                )
-            )
+            victim.future.set_exception(rejection)
 
     @property
     def waiting(self) -> int:
@@ -172,17 +148,6 @@ class Admission:
             *(list(q) for q in self._queues.values() if q),
             key=lambda w: (-w.effective(now, ageing), w.seq),
         )
-
-    def _limits(self, waiter: Waiter) -> list[tuple[int, list[Waiter], str]]:
-        everyone = [
-            w for q in self._queues.values() for w in q if w is not waiter and w.slot is None
-        ]
-        limits = [(self.config.max_length, everyone, "")]
-        band = waiter.band
-        if band is not None and band.max_length is not None:
-            members = [w for w in everyone if w.band is band]
-            limits.append((band.max_length, members, f" at priority {band.label}"))
-        return limits
 
     def _max_wait(self, waiter: Waiter) -> float:
         if waiter.band is not None and waiter.band.max_wait is not None:
