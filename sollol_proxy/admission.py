@@ -156,6 +156,11 @@ class Admission:
 
     async def _wait(self, waiter: Waiter) -> Slot:
         stats = self.stats[waiter.priority]
+        if waiter.future.done():  # a free slot at once (the common case): nothing to wait for
+            slot = waiter.future.result()
+            stats.admitted += 1
+            stats.waits.append(0.0)
+            return slot
         max_wait = self._max_wait(waiter)
         try:
             async with asyncio.timeout(max_wait):
