@@ -14,6 +14,7 @@ from .decisions import DecisionLog
 from .fleet import Fleet, NodeState
 from .health import State
 from .learning import Learner
+from .slots import model_slots
 from .stats import Stats, percentile
 
 DECISIONS_SHOWN = 20
@@ -103,7 +104,6 @@ class Dashboard:
         learned = self._learner.snapshot(node.name)
         requests, errors = self._stats.node_requests(node.name)
         latencies = self._stats.node_latencies(node.name)
-        slots = node.config.num_parallel
         return {
             "name": node.name,
             "url": node.config.url,
@@ -112,9 +112,13 @@ class Dashboard:
             "last_error": node.last_error or None,
             "version": node.version,
             "in_flight": node.in_flight,
-            "slots_per_model": slots,
+            "slots_per_model": node.config.num_parallel,  # embedding models get one (below)
             "loaded": [
-                {"model": m, "in_flight": node.model_in_flight.get(m, 0), "slots": slots}
+                {
+                    "model": m,
+                    "in_flight": node.model_in_flight.get(m, 0),
+                    "slots": model_slots(node, m),
+                }
                 for m in sorted(node.loaded.keys() | node.recent.keys())
             ],
             "loading": sorted(node.loading),

@@ -19,6 +19,7 @@ from .learning import Learner
 from .proxy import Target
 from .routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from .routing.analysis import RequestProfile
+from .slots import model_slots
 from .snapshot import demand_by_model, node_view
 
 ALL_NODES = "all"
@@ -133,7 +134,7 @@ class Selector:
         self, nodes: list[NodeState], profile: RequestProfile, request_id: str, priority: int
     ) -> Plan:
         model = profile.model
-        slots = {n.name: n.config.num_parallel for n in nodes}
+        slots = {n.name: model_slots(n, model) for n in nodes}
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
         # this model's tokens, the unit of Ollama's counts and of the learned speeds.
         ratio = self._learner.token_ratio(model)

@@ -7,10 +7,10 @@ families that it forces to one. The proxy reads both facts from the node's own `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .fleet import NodeState
-from .snapshot import model_memory
 
 # llm/server.go: these architectures run with a single slot whatever OLLAMA_NUM_PARALLEL says.
 SINGLE_SLOT_FAMILIES = frozenset(
@@ -43,6 +43,19 @@ def _single_slot(item: dict[str, Any] | None) -> bool:
         and "embedding" in capabilities
         and "completion" not in capabilities
     )
+
+
+def model_size(item: Mapping[str, Any] | None) -> int:
+    """The `size` of a /api/tags or /api/ps item (0 when unknown)."""
+    size = item.get("size") if item else None
+    return size if isinstance(size, int) else 0
+
+
+def model_memory(node: NodeState, model: str) -> int:
+    """What `model` takes on `node`'s GPU: Ollama's size_vram when loaded, else its size."""
+    item = node.loaded.get(model)
+    size = item.get("size_vram") if item else None
+    return size if isinstance(size, int) and size else model_size(item or node.models.get(model))
 
 
 def model_slots(node: NodeState, model: str) -> int:

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from .fleet import NodeState
 from .learning import Learner
 from .routing import NodeView
 from .routing.analysis import RequestProfile
 from .routing.eviction import Runner, eviction_cost, victims
-
-
-def _size(item: Mapping[str, Any] | None) -> int:
-    size = item.get("size") if item else None
-    return size if isinstance(size, int) else 0
-
-
-def model_memory(node: NodeState, model: str) -> int:
-    """What `model` takes on `node`'s GPU: Ollama's size_vram when loaded, else its size."""
-    item = node.loaded.get(model)
-    size = item.get("size_vram") if item else None
-    return size if isinstance(size, int) and size else _size(item or node.models.get(model))
+from .slots import model_memory, model_size, model_slots
 
 
 def runners(
@@ -33,7 +21,6 @@ def runners(
 ) -> list[Runner]:
     """The models loaded (or being loaded) on `node` other than `exclude`: eviction candidates.
     `demand` (model -> 0..1) prices losing each; without it every model counts as wanted."""
-    slots = node.config.num_parallel
     now_ns = time.time_ns()
     result = []
 
@@ -52,7 +39,7 @@ def runners(
                 in_flight=in_flight,
                 expires_ns=expires - now_ns if expires else 0,
                 load_s=learner.load_s(node.name, model, size),
-                drain_s=in_flight / slots * learner.service_s(node.name, model)
+                drain_s=in_flight / model_slots(node, model) * learner.service_s(node.name, model)
                 if in_flight
                 else 0.0,
                 demand=1.0 if demand is None else demand.get(model, 0.0),
@@ -73,7 +60,7 @@ def _might_evict(node: NodeState, model: str) -> bool:
     vram = node.config.vram_bytes
     return (
         vram is not None
-        and sum(model_memory(node, m) for m in present) + _size(node.models.get(model)) > vram
+        and sum(model_memory(node, m) for m in present) + model_size(node.models.get(model)) > vram
     )
 
 
@@ -98,7 +85,7 @@ def node_view(
     model, name = profile.model, node.name
     resident = node.is_resident(model)
     options_match = _options_match(node, profile) if resident else True
-    size = _size(node.models.get(model))
+    size = model_size(node.models.get(model))
     evict = 0.0
     if (not resident or not options_match) and _might_evict(node, model):
         evict = eviction_cost(
@@ -108,11 +95,12 @@ def node_view(
             node.config.max_loaded_models,
         )
     busy = node.model_in_flight.get(model, 0)
+    slots = model_slots(node, model)
     ready = resident and options_match
     return NodeView(
         name=name,
         in_flight=node.in_flight,
-        num_parallel=node.config.num_parallel,
+        num_parallel=slots,
         resident=resident,
         model_in_flight=busy,
         options_match=options_match,
@@ -124,7 +112,7 @@ def node_view(
         # Only what the estimate will use is looked up: this runs for every candidate.
         load_s=0.0 if ready else learner.load_s(name, model, size),
         service_s=learner.service_s(name, model, profile.prompt_tokens)
-        if busy >= node.config.num_parallel or not ready
+        if busy >= slots or not ready
         else 0.0,
         evict_s=evict,
         success=learner.success(name),
@@ -148,7 +136,7 @@ def planned_victims(node: NodeState, model: str, learner: Learner) -> list[Runne
         return []
     return victims(
         runners(node, learner, exclude=model),
-        _size(node.models.get(model)),
+        model_size(node.models.get(model)),
         node.config.vram_bytes,
         node.config.max_loaded_models,
     )
