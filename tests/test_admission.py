@@ -611,3 +611,49 @@ async def test_without_the_queue_slots_are_still_counted(
     assert admission(made).snapshot()["slots_in_use"] == {"a": {"llama3.2:latest": 1}}
     assert (await running)[0] == 200
     await eventually(lambda: admission(made).snapshot()["slots_in_use"] == {})
+
+
+async def test_an_embedding_model_gets_one_slot_whatever_num_parallel_says(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # Ollama forces embedding-only models to one slot (reference 5.1): the proxy reads that from
+    # /api/tags, for admission and for what the dashboard shows.
+    made = await cluster(dict(name="a", models=["all-minilm"], num_parallel=4))
+    made.node("a").faults.first_byte_delay = 0.5
+    body = orjson.dumps({"model": "all-minilm", "input": "hello"})
+
+    async def embed() -> int:
+        async with http.post(made.url + "/api/embed", data=body) as response:
+            await response.read()
+            return response.status
+
+    first = asyncio.create_task(embed())
+    await eventually(lambda: admission(made).slots.in_use("a") == {"all-minilm:latest": 1})
+    second = asyncio.create_task(embed())
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    assert await asyncio.gather(first, second) == [200, 200]
+    async with http.get(made.url + "/sollol/dashboard") as response:
+        node = orjson.loads(await response.read())["nodes"][0]
+    assert node["slots_per_model"] == 4
+    assert node["loaded"] == [{"model": "all-minilm:latest", "in_flight": 0, "slots": 1}]
+
+
+async def test_the_queue_endpoint_named_priorities_and_slots_in_nodes(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # GET /sollol/queue over HTTP, `batch` as a priority name, slots_in_use in /sollol/nodes.
+    made = await one_slot(cluster)
+    busy = await occupy(http, made, tokens=40)
+    queued = asyncio.create_task(
+        call(http, made, generate("llama3.2", "b"), headers={"X-Sollol-Priority": "batch"})
+    )
+    await eventually(lambda: admission(made).snapshot()["depth"] == 1)
+    async with http.get(made.url + "/sollol/queue") as response:
+        queue = orjson.loads(await response.read())
+    assert (queue["depth"], queue["by_priority"]["1"]["waiting"]) == (1, 1)
+    assert [(w["model"], w["priority"]) for w in queue["waiting"]] == [("llama3.2:latest", 1)]
+    assert queue["slots_in_use"] == {"a": {"llama3.2:latest": 1}}
+    async with http.get(made.url + "/sollol/nodes") as response:
+        nodes = orjson.loads(await response.read())["nodes"]
+    assert nodes[0]["slots_in_use"] == {"llama3.2:latest": 1}
+    assert [r[0] for r in await asyncio.gather(busy, queued)] == [200, 200]
