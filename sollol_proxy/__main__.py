@@ -1,3 +1,3 @@
-from .cli import main
+from sollol_proxy.cli import main
 
 main(prog_name="sollol-proxy")

@@ -12,25 +12,26 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
-from .accesslog import log_request
-from .admin import Admin
-from .admission import Admission
-from .affinity import PromptCache
-from .background import Background
-from .config import Config
-from .dashboard import Dashboard
-from .decisions import DecisionLog
-from .drain import Drain
-from .fleet import Fleet, NodeState
-from .handlers import OllamaHandler
-from .learning import Learner, Priors
-from .limits import Limits
-from .management import Management
-from .metrics import Metrics
-from .proxy import Forwarder
-from .reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
-from .selection import Selector
-from .stats import Stats
+from sollol_proxy.admission.admission import Admission
+from sollol_proxy.config import Config
+from sollol_proxy.config.policies import Priors
+from sollol_proxy.fleet.decisions import DecisionLog
+from sollol_proxy.fleet.fleet import Fleet, NodeState
+from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.prompt_cache import PromptCache
+from sollol_proxy.fleet.selector import Selector
+from sollol_proxy.forward.forwarder import Forwarder
+from sollol_proxy.forward.management import Management
+from sollol_proxy.handlers import OllamaHandler
+from sollol_proxy.lifecycle.background import Background
+from sollol_proxy.lifecycle.drain import Drain
+from sollol_proxy.lifecycle.limits import Limits
+from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
+from sollol_proxy.observe.accesslog import log_request
+from sollol_proxy.observe.admin import Admin
+from sollol_proxy.observe.dashboard import Dashboard
+from sollol_proxy.observe.metrics import Metrics
+from sollol_proxy.observe.stats import Stats
 
 log = logging.getLogger("sollol.app")
 

@@ -9,10 +9,10 @@ from typing import Any
 import click
 import yaml
 
-from . import __version__
-from .config import Config, ConfigError, parse_node_list
-from .logformat import setup_logging
-from .reload import ConfigSource
+from sollol_proxy import __version__
+from sollol_proxy.config import Config, ConfigError, parse_node_list
+from sollol_proxy.lifecycle.reload import ConfigSource
+from sollol_proxy.observe.logformat import setup_logging
 
 _F = Callable[..., Any]
 
@@ -88,7 +88,7 @@ def main(ctx: click.Context, **params: Any) -> None:
     if ctx.invoked_subcommand is None:
         config = _load_or_exit(params)
         _setup_logging(config.log_level, config.log_format)
-        from .server import run
+        from sollol_proxy.server import run
 
         run(config, _source(params))  # SIGHUP reloads from the same file, environment and flags
 
@@ -111,7 +111,7 @@ def check_config(ctx: click.Context, **params: Any) -> None:
 @click.option("--load-delay", default=1.5, show_default=True, help="Seconds to load a model.")
 def demo(count: int, port: int, token_delay: float, load_delay: float) -> None:
     """Start simulated Ollama nodes and the proxy in front of them (no Ollama needed)."""
-    from .demo import run_demo
+    from sollol_proxy.demo import run_demo
 
     _setup_logging("info")
     run_demo(count=count, port=port, token_delay=token_delay, load_delay=load_delay)
@@ -138,7 +138,7 @@ def simulate(
     load_delay: float,
 ) -> None:
     """Run one simulated Ollama node (for trying the proxy, e.g. in docker-compose)."""
-    from .demo import run_simulated_node
+    from sollol_proxy.demo import run_simulated_node
 
     _setup_logging("info")
     run_simulated_node(
@@ -161,7 +161,7 @@ def bench() -> None:
 @click.option("--scale", default=1.0, show_default=True, help="Multiply the request counts.")
 def bench_overhead(rounds: int, scale: float) -> None:
     """Latency and CPU the proxy adds, against the same node reached directly."""
-    from .bench.overhead import run
+    from sollol_proxy.bench.overhead import run
 
     run(rounds=rounds, scale=scale)
 
@@ -177,7 +177,7 @@ def bench_overhead(rounds: int, scale: float) -> None:
 )
 def bench_routing(seed: int, scenarios: tuple[str, ...]) -> None:
     """Every strategy on the same seeded workloads; ratios to round_robin."""
-    from .bench.routing import run
+    from sollol_proxy.bench.routing import run
 
     run(seed=seed, scenarios=list(scenarios) or None)
 
@@ -186,7 +186,7 @@ def bench_routing(seed: int, scenarios: tuple[str, ...]) -> None:
 @click.option("--decisions", default=20000, show_default=True)
 def bench_scorer(decisions: int) -> None:
     """Time per routing decision for 10 and 100 nodes, for every strategy."""
-    from .bench.scorer import run
+    from sollol_proxy.bench.scorer import run
 
     run(decisions)
 
@@ -197,7 +197,7 @@ def bench_scorer(decisions: int) -> None:
 @click.option("--load", default=2.0, show_default=True, help="Offered load / fleet capacity.")
 def bench_queue(seed: int, duration: float, load: float) -> None:
     """Priority classes under overload, with the queue and with plain pass-through."""
-    from .bench.queue import run
+    from sollol_proxy.bench.queue import run
 
     run(seed=seed, duration=duration, load=load)
 
@@ -209,7 +209,7 @@ def bench_queue(seed: int, duration: float, load: float) -> None:
 @click.option("--seed", default=1, show_default=True, help="Seed of the faults and requests.")
 def soak(duration: float, nodes: int, clients: int, seed: int) -> None:
     """Sustained load while random faults hit the nodes; reports failures and leaks."""
-    from .bench.soak import run
+    from sollol_proxy.bench.soak import run
 
     report = run(duration=duration, nodes=nodes, clients=clients, seed=seed)
     leaked = (

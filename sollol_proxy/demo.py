@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import signal
 
-from .config import load_config
-from .server import start_proxy
-from .simulator import SimulatedNode
+from sollol_proxy.config import load_config
+from sollol_proxy.server import start_proxy
+from sollol_proxy.simulator import SimulatedNode
 
 # Spread the catalog so that the demo shows routing by model: some models on every node, some on one.
 DEMO_LAYOUT = [

@@ -9,29 +9,29 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import views
-from .admin import Admin
-from .admission import Admission
-from .affinity import PromptCache
-from .config import Config
-from .dispatch import DispatchObserver
-from .drain import is_cut
-from .errors import error_response
-from .fleet import Fleet
-from .headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER
-from .learning import Learner
-from .management import Management
-from .names import normalize_model
-from .peek import BodyTooLarge, peek, read_body
-from .priority import BadPriority, read_priority
-from .proxy import Forwarder, Target
-from .record import Outcome, RecordSink, RequestRecord
-from .routes import Kind, classify, endpoint_label
-from .routing import Reason
-from .routing.analysis import RequestProfile, analyze
-from .selection import NoTarget, Plan, Selector
-from .tickets import QueueRejected, Slot
-from .upstream import client_ip
+from sollol_proxy.admission.admission import Admission
+from sollol_proxy.admission.priority import BadPriority, read_priority
+from sollol_proxy.admission.tickets import QueueRejected, Slot
+from sollol_proxy.config import Config
+from sollol_proxy.fleet.fleet import Fleet
+from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.prompt_cache import PromptCache
+from sollol_proxy.fleet.selector import NoTarget, Plan, Selector, Target
+from sollol_proxy.forward import views
+from sollol_proxy.forward.attempt import DispatchObserver
+from sollol_proxy.forward.forwarder import Forwarder
+from sollol_proxy.forward.management import Management
+from sollol_proxy.forward.record import Outcome, RecordSink, RequestRecord
+from sollol_proxy.forward.upstream import client_ip
+from sollol_proxy.lifecycle.drain import is_cut
+from sollol_proxy.observe.admin import Admin
+from sollol_proxy.routing import Reason
+from sollol_proxy.routing.analysis import RequestProfile, analyze
+from sollol_proxy.wire.errors import error_response
+from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER
+from sollol_proxy.wire.names import normalize_model
+from sollol_proxy.wire.peek import BodyTooLarge, peek, read_body
+from sollol_proxy.wire.routes import Kind, classify, endpoint_label
 
 _MANAGEMENT = {
     Kind.PULL: "pull",

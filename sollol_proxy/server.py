@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import PROXY, create_app, request_reload
-from .config import Config
-from .reload import ConfigSource
+from sollol_proxy.app import PROXY, create_app, request_reload
+from sollol_proxy.config import Config
+from sollol_proxy.lifecycle.reload import ConfigSource
 
 log = logging.getLogger("sollol.server")
 

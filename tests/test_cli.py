@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from sollol_proxy.bench.overhead import benchmark
-from tests.test_config import _free_port
+from tests.conftest import free_port
 
 
 async def _start(*args: str) -> asyncio.subprocess.Process:
@@ -41,7 +41,7 @@ async def _stop(process: asyncio.subprocess.Process) -> int:
 
 
 async def test_demo_serves_a_fleet_of_simulated_nodes() -> None:
-    port = _free_port()
+    port = free_port()
     process = await _start(
         "demo", "--port", str(port), "--nodes", "2", "--token-delay", "0", "--load-delay", "0"
     )
@@ -61,7 +61,7 @@ async def test_demo_serves_a_fleet_of_simulated_nodes() -> None:
 
 
 async def test_simulate_runs_one_node() -> None:
-    port = _free_port()
+    port = free_port()
     process = await _start("simulate", "--port", str(port), "--model", "qwen2.5:7b")
     try:
         assert (

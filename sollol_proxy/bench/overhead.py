@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ..simulator import SimulatedNode
+from sollol_proxy.simulator import SimulatedNode
 
 TOKENS_PER_STREAM = 256
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from ..config import load_config
-from ..server import start_proxy
-from ..simulator import SimulatedNode
-from .routing import _q
+from sollol_proxy.bench.routing import _q
+from sollol_proxy.config import load_config
+from sollol_proxy.server import start_proxy
+from sollol_proxy.simulator import SimulatedNode
 
 CLASSES = {"high": 9, "low": 2}
 HIGH_SHARE = 0.2

@@ -9,54 +9,19 @@ results are reported as ratios to round_robin.
 from __future__ import annotations
 
 import asyncio
-import random
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import orjson
 
-from ..config import load_config
-from ..server import start_proxy
-from ..simulator import SimModel, SimulatedNode
+from sollol_proxy.bench.workloads import SCENARIOS, Call, Scenario, Session
+from sollol_proxy.config import load_config
+from sollol_proxy.server import start_proxy
+from sollol_proxy.simulator import SimulatedNode
 
 STRATEGIES = ("round_robin", "random", "least_loaded", "performance")
-GiB = 2**30
-
-
-@dataclass
-class Call:
-    """One request of a workload: when it starts (for open-loop traffic) and what it sends."""
-
-    model: str
-    messages: list[dict[str, str]]
-    num_predict: int
-    at: float = 0.0
-
-
-@dataclass
-class Session:
-    """A conversation: each turn waits for the previous answer, which becomes part of the next."""
-
-    system: str
-    questions: list[str]
-    model: str
-    num_predict: int
-    start: float
-    think: float
-
-
-@dataclass
-class Scenario:
-    name: str
-    description: str
-    nodes: list[dict[str, Any]]  # SimulatedNode arguments plus num_parallel/vram for the config
-    sessions: list[Session] = field(default_factory=list)
-    calls: list[Call] = field(default_factory=list)
-    preload: bool = False  # load the model on every node before the run (a warm fleet)
 
 
 @dataclass
@@ -68,144 +33,6 @@ class Result:
     prompt_tokens: int = 0
     cached_tokens: int = 0
 
-
-WORDS = [
-    "cluster",
-    "latency",
-    "token",
-    "model",
-    "cache",
-    "prefix",
-    "slot",
-    "node",
-    "batch",
-    "memory",
-    "weights",
-    "kernel",
-    "stream",
-    "request",
-    "answer",
-    "context",
-    "window",
-    "schedule",
-    "queue",
-    "router",
-    "fleet",
-    "gpu",
-    "tensor",
-    "layer",
-    "vector",
-]
-
-
-def _text(rng: random.Random, words: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(words))
-
-
-def model(name: str, size_gib: float) -> SimModel:
-    return SimModel(name=name, size=int(size_gib * GiB))
-
-
-def _poisson(
-    rng: random.Random,
-    count: int,
-    rate: float,
-    pick: Callable[[], str],
-    words: int,
-    num_predict: int,
-) -> list[Call]:
-    """Open-loop traffic: `count` one-question chats arriving at `rate` per second."""
-    calls, clock = [], 0.0
-    for _ in range(count):
-        clock += rng.expovariate(rate)
-        calls.append(
-            Call(pick(), [{"role": "user", "content": _text(rng, words)}], num_predict, clock)
-        )
-    return calls
-
-
-def chat_sessions(seed: int) -> Scenario:
-    """(a) Multi-turn chats with long, per-conversation system prompts (RAG context, personas)."""
-    rng = random.Random(seed)
-    sessions = [
-        Session(
-            system=_text(rng, 1400),  # about 2.4k tokens
-            questions=[_text(rng, 12) for _ in range(24)],
-            model="llama3.2:latest",
-            num_predict=24,
-            start=i * 0.05,
-            think=rng.uniform(0.02, 0.1),
-        )
-        for i in range(8)
-    ]
-    node = dict(
-        models=[model("llama3.2:latest", 2)],
-        num_parallel=2,
-        prompt_tokens_per_s=6000,
-        token_delay=0.004,
-    )
-    return Scenario(
-        "chat_sessions",
-        "8 conversations x 24 turns, 2.4k-token system prompts, 4 nodes x 2 slots",
-        [dict(node, name=f"n{i}") for i in range(4)],
-        sessions=sessions,
-    )
-
-
-def many_models(seed: int) -> Scenario:
-    """(b) Six models on four nodes that each hold only two: loads and evictions dominate."""
-    rng = random.Random(seed)
-    names = [f"m{i}:7b" for i in range(6)]
-    # Zipf-like popularity, in an order unrelated to the names: Ollama picks eviction victims by
-    # blob path, which has nothing to do with how popular a model is.
-    popularity = rng.sample(range(len(names)), len(names))
-    weights = [1 / (popularity[i] + 1) for i in range(len(names))]
-    calls = _poisson(rng, 160, 16.0, lambda: rng.choices(names, weights)[0], 30, 12)
-    node = dict(
-        models=[model(n, 4) for n in names],
-        num_parallel=2,
-        vram_bytes=9 * GiB,
-        max_loaded_models=3,
-        load_delay=0.15,
-        load_bytes_per_s=8 * GiB,
-        prompt_tokens_per_s=20000,
-        token_delay=0.004,
-        vram=9 * GiB,
-    )
-    return Scenario(
-        "many_models",
-        "6 models (Zipf), 4 nodes holding 2 each, ~16 req/s",
-        [dict(node, name=f"n{i}") for i in range(4)],
-        calls=calls,
-    )
-
-
-def mixed_speed(seed: int) -> Scenario:
-    """(c) Two fast nodes and two slow ones (3x), steady traffic on one resident model."""
-    rng = random.Random(seed)
-    calls = _poisson(rng, 160, 14.0, lambda: "llama3.2:latest", 60, 32)
-    base = dict(
-        models=[model("llama3.2:latest", 2)],
-        num_parallel=2,
-        prompt_tokens_per_s=8000,
-        token_delay=0.006,
-    )
-    nodes = [dict(base, name=f"fast{i}", speed=3.0) for i in range(2)]
-    nodes += [dict(base, name=f"slow{i}", speed=1.0) for i in range(2)]
-    return Scenario(
-        "mixed_speed",
-        "2 nodes 3x faster than the other 2, ~14 req/s, model loaded everywhere",
-        nodes,
-        calls=calls,
-        preload=True,
-    )
-
-
-SCENARIOS: dict[str, Callable[[int], Scenario]] = {
-    "chat_sessions": chat_sessions,
-    "many_models": many_models,
-    "mixed_speed": mixed_speed,
-}
 
 _CONFIG_ONLY = ("vram",)
 

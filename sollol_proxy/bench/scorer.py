@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 
-from ..routing import NodeView, RouteRequest, make_strategy
+from sollol_proxy.routing import NodeView, RouteRequest, make_strategy
 
 STRATEGIES = ("performance", "least_loaded", "round_robin", "random")
 
@@ -65,12 +65,13 @@ def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
     """Microseconds per decision including the snapshot: live node state (20 models on disk,
     3 loaded per node, requests in flight) turned into views, cached prefixes looked up, demand
     computed, then ranked, as Selector does for every request."""
-    from ..affinity import PromptCache
-    from ..config import load_config
-    from ..fleet import Fleet
-    from ..learning import Learner, Priors
-    from ..routing.analysis import analyze
-    from ..snapshot import demand_by_model, node_view
+    from sollol_proxy.config import load_config
+    from sollol_proxy.config.policies import Priors
+    from sollol_proxy.fleet.fleet import Fleet
+    from sollol_proxy.fleet.learning import Learner
+    from sollol_proxy.fleet.prompt_cache import PromptCache
+    from sollol_proxy.fleet.snapshot import demand_by_model, node_view
+    from sollol_proxy.routing.analysis import analyze
 
     rng = random.Random(seed)
     config = load_config(

@@ -21,11 +21,11 @@ from typing import Any
 
 import aiohttp
 
-from ..app import ADMISSION, FLEET, FORWARDER, SESSION
-from ..config import load_config
-from ..server import RunningProxy, start_proxy
-from ..simulator import Faults, SimulatedNode
-from .soak_report import Report, outcome, rss_mib, status_reason
+from sollol_proxy.app import ADMISSION, FLEET, FORWARDER, SESSION
+from sollol_proxy.bench.soak_report import Report, outcome, rss_mib, status_reason
+from sollol_proxy.config import load_config
+from sollol_proxy.server import RunningProxy, start_proxy
+from sollol_proxy.simulator import Faults, SimulatedNode
 
 MODEL = "llama3.2:latest"
 BUSY = "server busy, please try again.  maximum pending requests exceeded"

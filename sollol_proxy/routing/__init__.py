@@ -4,10 +4,17 @@ Nothing here does I/O or touches the event loop, so every strategy is unit-testa
 functions and cheap enough to run on every request.
 """
 
-from .least_loaded import LeastLoaded
-from .performance import Performance
-from .simple import Random, RoundRobin
-from .types import Choice, Estimate, NodeView, Reason, RouteRequest, Strategy
+from sollol_proxy.routing.least_loaded import LeastLoaded
+from sollol_proxy.routing.performance import Performance
+from sollol_proxy.routing.simple import Random, RoundRobin
+from sollol_proxy.routing.types import (
+    Choice,
+    Estimate,
+    NodeView,
+    Reason,
+    RouteRequest,
+    Strategy,
+)
 
 STRATEGIES: dict[str, type[Strategy]] = {
     Performance.name: Performance,

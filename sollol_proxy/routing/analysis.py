@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, Final
 
-from .prefixes import (
+from sollol_proxy.routing.options import (
+    NATIVE,
+    RUNNER_OPTIONS,
+    load_options,
+    output_limit,
+    structured,
+)
+from sollol_proxy.routing.prefixes import (
     _MESSAGES_SEED,
     _ROLE_BYTES,
     PROMPT_BLOCK_CHARS,
@@ -41,7 +48,7 @@ from .prefixes import (
     _normalised_messages,
     _prompt_keys,
 )
-from .tasks import (
+from sollol_proxy.routing.tasks import (
     HIGH_OUTPUT_TOKENS,
     HIGH_PROMPT_TOKENS,
     HIGH_REASONING_PROMPT_TOKENS,
@@ -78,16 +85,6 @@ TASKS: Final = (
     "code",
 )
 COMPLEXITIES: Final = ("low", "medium", "high")
-# Load-time options (reference 3.19): a change in any of them reloads the runner (5.4).
-RUNNER_OPTIONS: Final = (
-    "num_ctx",
-    "num_batch",
-    "num_gpu",
-    "main_gpu",
-    "use_mmap",
-    "num_thread",
-    "draft_num_predict",
-)
 # Estimated prompt tokens per image: between a 336px CLIP encoder (576) and tiled encoders (1000+).
 IMAGE_TOKENS: Final = 768
 
@@ -133,11 +130,6 @@ _ENDPOINT_BY_PATH: Final[dict[str, str]] = {
 }
 _MESSAGES_STYLE: Final = frozenset({"chat", "v1_chat", "v1_messages", "v1_responses"})
 _EMBEDDING: Final = frozenset({"embed", "embeddings", "v1_embeddings"})
-# /v1 routes have no `options` (Ollama ignores it there, reference 3.17).
-_NATIVE: Final = frozenset({"chat", "generate", "embed", "embeddings"})
-# Iterating the options in name order makes the result sorted without a sort per request.
-_RUNNER_OPTIONS_SORTED: Final = tuple(sorted(RUNNER_OPTIONS))
-_SCALARS: Final = (bool, int, float, str)
 _SYSTEM_ROLES: Final = frozenset({"system", "developer"})
 
 
@@ -149,10 +141,10 @@ def analyze(path: str, payload: dict[str, Any] | None, model: str, stream: bool)
         return _empty(endpoint, model, stream)
 
     runner_options: tuple[tuple[str, object], ...] = ()
-    if endpoint in _NATIVE:
+    if endpoint in NATIVE:
         options = payload.get("options")
         if isinstance(options, dict) and options:
-            runner_options = _runner_options(options)
+            runner_options = load_options(options)
 
     if endpoint in _MESSAGES_STYLE:
         return _messages_profile(endpoint, payload, model, stream, runner_options)
@@ -196,57 +188,6 @@ def _empty(endpoint: str, model: str, stream: bool) -> RequestProfile:
     )
 
 
-def _runner_options(options: dict[str, Any]) -> tuple[tuple[str, object], ...]:
-    # Only scalars: anything else is a 500 from Ollama anyway, and keeping it would make the
-    # profile unhashable.
-    found: list[tuple[str, object]] = []
-    for name in _RUNNER_OPTIONS_SORTED:
-        value = options.get(name)
-        if isinstance(value, _SCALARS):
-            found.append((name, value))
-    return tuple(found)
-
-
-def _positive(value: object) -> int | None:
-    # bool is an int subclass; `"max_tokens": true` is not a limit.
-    if type(value) is int:
-        return value if value > 0 else None
-    # The bound also rejects inf and nan, which Python's json module accepts.
-    if type(value) is float and 0 < value < 1e18:
-        return int(value)
-    return None
-
-
-def _max_output(endpoint: str, payload: dict[str, Any]) -> int | None:
-    if endpoint in _NATIVE:
-        options = payload.get("options")
-        return _positive(options.get("num_predict")) if isinstance(options, dict) else None
-    if endpoint == "v1_responses":
-        return _positive(payload.get("max_output_tokens"))
-    limit = _positive(payload.get("max_tokens"))
-    if limit is None and endpoint == "v1_chat":
-        limit = _positive(payload.get("max_completion_tokens"))
-    return limit
-
-
-def _structured(endpoint: str, payload: dict[str, Any]) -> bool:
-    if endpoint in _NATIVE:
-        # "format": "json" or a schema object; "" and null mean free text.
-        return bool(payload.get("format"))
-    if endpoint == "v1_chat":
-        return _structured_format(payload.get("response_format"))
-    if endpoint == "v1_responses":
-        text = payload.get("text")
-        return isinstance(text, dict) and _structured_format(text.get("format"))
-    return False
-
-
-def _structured_format(value: object) -> bool:
-    if isinstance(value, dict):
-        return value.get("type", "text") != "text"
-    return bool(value)
-
-
 # ---------------------------------------------------------------------------------------------
 # Messages-style requests
 
@@ -279,9 +220,9 @@ def _messages_profile(
             system_texts.append(plain)
 
     prompt_tokens = keys[-1][1] if keys else 0
-    max_output = _max_output(endpoint, payload)
+    max_output = output_limit(endpoint, payload)
     system_texts.append(last_user)
-    task = _task(system_texts, _structured(endpoint, payload), "chat")
+    task = _task(system_texts, structured(endpoint, payload), "chat")
     return RequestProfile(
         endpoint=endpoint,
         model=model,
@@ -320,8 +261,8 @@ def _prompt_profile(
     chars = len(system) + len(prompt) + len(suffix)
     prompt_tokens = (chars + 3) // 4 + IMAGE_TOKENS * len(markers)
     keys = _prompt_keys(system, prompt, suffix, markers, prompt_tokens)
-    max_output = _max_output(endpoint, payload)
-    task = _task([system, prompt], _structured(endpoint, payload), "generation")
+    max_output = output_limit(endpoint, payload)
+    task = _task([system, prompt], structured(endpoint, payload), "generation")
     return RequestProfile(
         endpoint=endpoint,
         model=model,

@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .types import Choice, NodeView, Reason, RouteRequest
+from sollol_proxy.routing.types import Choice, NodeView, Reason, RouteRequest
 
 
 class LeastLoaded:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .types import Choice, Estimate, NodeView, Reason, RouteRequest
+from sollol_proxy.routing.types import Choice, Estimate, NodeView, Reason, RouteRequest
 
 # Nodes whose estimates are within 10% (plus 50 ms) of the best are treated as equal.
 NEAR_TIE_RATIO = 1.10

@@ -7,7 +7,7 @@ import random
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .types import Choice, NodeView, Reason, RouteRequest
+from sollol_proxy.routing.types import Choice, NodeView, Reason, RouteRequest
 
 
 class RoundRobin:

@@ -75,10 +75,16 @@ spent waiting for a parallel slot) and ``load_wait`` (seconds spent waiting for 
 including behind other models' loads and evictions).
 """
 
-from .models import ModelName, SimModel, default_catalog, display_name, parse_name
-from .node import DETERMINISTIC_CREATED_AT, SimulatedNode
-from .scheduler import NodeStats
-from .wire import Faults, RecordedRequest, RecordedResponse
+from sollol_proxy.simulator.models import (
+    ModelName,
+    SimModel,
+    default_catalog,
+    display_name,
+    parse_name,
+)
+from sollol_proxy.simulator.node import DETERMINISTIC_CREATED_AT, SimulatedNode
+from sollol_proxy.simulator.scheduler import NodeStats
+from sollol_proxy.simulator.wire import Faults, RecordedRequest, RecordedResponse
 
 __all__ = [
     "DETERMINISTIC_CREATED_AT",

@@ -14,7 +14,7 @@ import asyncio
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from .wire import (
+from sollol_proxy.simulator.wire import (
     FAULT_ABORT,
     STREAM_KEY,
     Faults,

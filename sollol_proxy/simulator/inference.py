@@ -16,15 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .gotypes import ApiError, int_option
-from .kvcache import ASSISTANT_TAG, CHARS_PER_TOKEN, Slot, render_chat, token_count
-from .models import SimModel
-from .scheduler import Runner
-from .text import tokens_for
-from .wire import FAULT_ABORT
+from sollol_proxy.simulator.gotypes import ApiError, int_option
+from sollol_proxy.simulator.kvcache import (
+    ASSISTANT_TAG,
+    CHARS_PER_TOKEN,
+    Slot,
+    render_chat,
+    token_count,
+)
+from sollol_proxy.simulator.models import SimModel
+from sollol_proxy.simulator.scheduler import Runner
+from sollol_proxy.simulator.text import tokens_for
+from sollol_proxy.simulator.wire import FAULT_ABORT
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from sollol_proxy.simulator.node import SimulatedNode
 
 DEFAULT_NUM_CTX = 4096
 

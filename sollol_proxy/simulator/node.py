@@ -9,12 +9,19 @@ from types import TracebackType
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import framing, routing
-from .gotypes import ApiError, format_local, format_utc, now_ns, parse_go_time, parse_keep_alive
-from .inference import DEFAULT_NUM_CTX
-from .models import SimModel, default_catalog, parse_name
-from .scheduler import NodeStats, Scheduler
-from .wire import (
+from sollol_proxy.simulator import framing, routing
+from sollol_proxy.simulator.gotypes import (
+    ApiError,
+    format_local,
+    format_utc,
+    now_ns,
+    parse_go_time,
+    parse_keep_alive,
+)
+from sollol_proxy.simulator.inference import DEFAULT_NUM_CTX
+from sollol_proxy.simulator.models import SimModel, default_catalog, parse_name
+from sollol_proxy.simulator.scheduler import NodeStats, Scheduler
+from sollol_proxy.simulator.wire import (
     STOPPING,
     TEXT,
     Faults,

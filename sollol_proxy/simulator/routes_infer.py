@@ -7,16 +7,21 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sollol_proxy import gojson
-
-from .gotypes import ApiError, decode_body, go_quote, parse_keep_alive
-from .inference import Generation, chat_prompt
-from .kvcache import render_generate, token_count
-from .text import context_ids, count_tokens, embedding, legacy_embedding, plan_length
-from .wire import JSON, NDJSON, Stream, error_response, json_response
+from sollol_proxy.simulator.gotypes import ApiError, decode_body, go_quote, parse_keep_alive
+from sollol_proxy.simulator.inference import Generation, chat_prompt
+from sollol_proxy.simulator.kvcache import render_generate, token_count
+from sollol_proxy.simulator.text import (
+    context_ids,
+    count_tokens,
+    embedding,
+    legacy_embedding,
+    plan_length,
+)
+from sollol_proxy.simulator.wire import JSON, NDJSON, Stream, error_response, json_response
+from sollol_proxy.wire import gojson
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from sollol_proxy.simulator.node import SimulatedNode
 
 GENERATE_FIELDS = {
     "model": "string",

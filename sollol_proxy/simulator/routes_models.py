@@ -8,15 +8,21 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sollol_proxy import gojson
-
-from .gotypes import ApiError, decode_body, expiry_ns, format_local, go_quote, now_ns
-from .models import SimModel, display_name, parse_name
-from .scheduler import Runner
-from .wire import JSON_UTF8, TEXT_UTF8, error_response, json_response, respond
+from sollol_proxy.simulator.gotypes import (
+    ApiError,
+    decode_body,
+    expiry_ns,
+    format_local,
+    go_quote,
+    now_ns,
+)
+from sollol_proxy.simulator.models import SimModel, display_name, parse_name
+from sollol_proxy.simulator.scheduler import Runner
+from sollol_proxy.simulator.wire import JSON_UTF8, TEXT_UTF8, error_response, json_response, respond
+from sollol_proxy.wire import gojson
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from sollol_proxy.simulator.node import SimulatedNode
 
 _DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 _BLOB_CHUNK = 64 * 1024

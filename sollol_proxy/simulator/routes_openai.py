@@ -11,20 +11,21 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sollol_proxy import gojson
-
-from .gotypes import ApiError
-from .inference import Generation, chat_prompt
-from .kvcache import render_generate, token_count
-from .routes_openai_models import MiddlewareError, middleware_body
-from .routes_openai_models import embeddings as embeddings  # re-exported for routing
-from .routes_openai_models import list_models as list_models
-from .routes_openai_models import retrieve_model as retrieve_model
-from .text import plan_length
-from .wire import SSE, Stream, v1_error, v1_json
+from sollol_proxy.simulator.gotypes import ApiError
+from sollol_proxy.simulator.inference import Generation, chat_prompt
+from sollol_proxy.simulator.kvcache import render_generate, token_count
+from sollol_proxy.simulator.routes_openai_models import MiddlewareError, middleware_body
+from sollol_proxy.simulator.routes_openai_models import (
+    embeddings as embeddings,  # re-exported for routing
+)
+from sollol_proxy.simulator.routes_openai_models import list_models as list_models
+from sollol_proxy.simulator.routes_openai_models import retrieve_model as retrieve_model
+from sollol_proxy.simulator.text import plan_length
+from sollol_proxy.simulator.wire import SSE, Stream, v1_error, v1_json
+from sollol_proxy.wire import gojson
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from sollol_proxy.simulator.node import SimulatedNode
 
 _DET_CREATED = 1767225600  # 2026-01-01T00:00:00Z
 _DONE = b"data: [DONE]\n\n"

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .gotypes import ApiError, decode_body, go_quote, parse_go_time
-from .inference import Generation
-from .models import display_name
-from .routes_infer import embed_inputs
-from .text import count_tokens, embedding
-from .wire import v1_error, v1_json
+from sollol_proxy.simulator.gotypes import ApiError, decode_body, go_quote, parse_go_time
+from sollol_proxy.simulator.inference import Generation
+from sollol_proxy.simulator.models import display_name
+from sollol_proxy.simulator.routes_infer import embed_inputs
+from sollol_proxy.simulator.text import count_tokens, embedding
+from sollol_proxy.simulator.wire import v1_error, v1_json
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from sollol_proxy.simulator.node import SimulatedNode
 
 
 def middleware_body(raw: bytes, struct_name: str, fields: dict[str, str]) -> dict[str, Any]:

@@ -13,15 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sollol_proxy import gojson
-
-from .gotypes import ApiError, decode_body
-from .models import SimModel, parse_name, sha256_hex
-from .routes_models import normalise_digest
-from .wire import JSON, NDJSON, Stream, error_response, json_response
+from sollol_proxy.simulator.gotypes import ApiError, decode_body
+from sollol_proxy.simulator.models import SimModel, parse_name, sha256_hex
+from sollol_proxy.simulator.routes_models import normalise_digest
+from sollol_proxy.simulator.wire import JSON, NDJSON, Stream, error_response, json_response
+from sollol_proxy.wire import gojson
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from sollol_proxy.simulator.node import SimulatedNode
 
 INVALID_NAME = "invalid model name"
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import routes_infer, routes_models, routes_openai, routes_registry
-from .wire import respond
+from sollol_proxy.simulator import routes_infer, routes_models, routes_openai, routes_registry
+from sollol_proxy.simulator.wire import respond
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from sollol_proxy.simulator.node import SimulatedNode
 
 Handler = Callable[["SimulatedNode", web.Request], Awaitable[web.StreamResponse]]
 

@@ -14,9 +14,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field, fields
 
-from .gotypes import FOREVER, expiry_ns, now_ns
-from .kvcache import PrefixCache
-from .models import SimModel
+from sollol_proxy.simulator.gotypes import FOREVER, expiry_ns, now_ns
+from sollol_proxy.simulator.kvcache import PrefixCache
+from sollol_proxy.simulator.models import SimModel
 
 
 @dataclass

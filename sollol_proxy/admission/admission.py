@@ -1,0 +1,338 @@
+"""Admission control: the proxy holds the requests the fleet cannot start yet, most urgent first.
+
+Ollama queues requests for a loaded model FIFO and without limit (reference 5.2), so a priority
+means nothing once a request reaches a node. The proxy therefore sends a model request to a node
+only while that node has a free slot for the model, and keeps the excess here:
+
+- a slot is free for model M on node N while the proxy runs fewer than M's slots there (see
+  `slot_table.py`), and, when M is not running there yet, while fewer than `max_loaded_models` other
+  models are running there and M fits in the node's configured `vram` beside them (otherwise
+  Ollama would have to wait for a busy model to unload);
+- waiting requests are served by effective priority (priority plus one level per `ageing`
+  seconds waited), oldest first among equals;
+- the node is chosen when the request leaves the queue (late binding), by the routing engine,
+  among the nodes free at that moment;
+- when a slot frees, a waiting request whose model is loaded on a free node goes first, if its
+  effective priority is within `affinity_window` of the most urgent one (no model swap for it);
+- bounds: a queue length (the least urgent waiter is shed for a more urgent newcomer) and a
+  maximum wait, both also per priority band; beyond them the client gets a 503 saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from sollol_proxy.admission.bounds import over_bounds
+from sollol_proxy.admission.queue_stats import PriorityStats, queue_snapshot
+from sollol_proxy.admission.slot_table import SlotTable
+from sollol_proxy.admission.tickets import QueueRejected, Slot, Waiter
+from sollol_proxy.config import Config, QueueConfig
+from sollol_proxy.fleet.fleet import NodeState
+from sollol_proxy.fleet.health import State
+from sollol_proxy.lifecycle.drain import is_cut
+
+if TYPE_CHECKING:
+    from sollol_proxy.fleet.selector import Plan
+
+log = logging.getLogger("sollol.admission")
+
+# How often waiting requests are re-examined without a slot being released: ageing, and nodes
+# coming back. Slot releases and arrivals are handled at once.
+TICK_S = 0.25
+PRIORITIES = range(0, 11)
+
+
+class Admission:
+    def __init__(self, config: QueueConfig) -> None:
+        self.config = config
+        self.slots = SlotTable()
+        # One FIFO per priority: within one, the oldest is always the most urgent (same ageing).
+        self._queues: dict[int, deque[Waiter]] = {p: deque() for p in PRIORITIES}
+        self._keys: Counter[tuple[str, ...]] = Counter()  # of the waiting requests
+        self._seq = itertools.count()
+        self.stats = {p: PriorityStats() for p in PRIORITIES}
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: new bounds apply to new arrivals and to the next pump; waiters stay."""
+        self.config = config.queue
+        self._pump()
+
+    # -- slots --------------------------------------------------------------------------------
+
+    def is_free(self, node: NodeState, model: str) -> bool:
+        if not node.healthy:
+            return False
+        if not self.config.enabled:
+            return True
+        if node.health.current() is State.HALF_OPEN and self.slots.in_use(node.name):
+            return False  # on trial: one request at a time until it has answered
+        return self.slots.is_free(node, model)
+
+    def take(self, node: NodeState, model: str) -> None:
+        self.slots.take(node, model)
+
+    def give(self, node: NodeState, model: str) -> None:
+        self.slots.give(node, model)
+        self._pump()
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def admit(
+        self,
+        priority: int,
+        model: str,
+        key: tuple[str, ...],
+        candidates: Callable[[], list[NodeState]],
+        choose: Callable[[list[NodeState]], Plan],
+    ) -> AsyncIterator[Slot]:
+        """Wait for a slot (or raise QueueRejected), hold it for the block, release it after."""
+        band = self.config.band(priority)
+        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(
+            priority,
+            model,
+            key,
+            next(self._seq),
+            time.monotonic(),
+            candidates,
+            choose,
+            band,
+            future,
+        )
+        self._queues[waiter.priority].append(waiter)
+        self._keys[waiter.key] += 1
+        self._pump()
+        immediate = future.done()
+        if not immediate:  # it has to wait: the bounds apply
+            self._bound(waiter)
+        slot = await self._wait(waiter)
+        if immediate:
+            slot.waited_s = 0.0
+        else:
+            self.stats[priority].queued += 1
+        try:
+            yield slot
+        finally:
+            slot.release()
+
+    def _bound(self, waiter: Waiter) -> None:
+        """A newcomer that must wait: past a length bound it is refused, or the least urgent
+        waiter makes room for it (see bounds.py)."""
+        others = [w for q in self._queues.values() for w in q if w is not waiter]
+        for victim, rejection in over_bounds(self.config, waiter, others, time.monotonic()):
+            if victim is None:
+                self._remove(waiter)
+                self.stats[waiter.priority].rejected += 1
+                raise rejection
+            self._remove(victim)
+            self.stats[victim.priority].shed += 1
+            victim.future.set_exception(rejection)
+
+    @property
+    def waiting(self) -> int:
+        return sum(self._keys.values())
+
+    def _ordered(self, now: float) -> Iterator[Waiter]:
+        """The waiting requests, most urgent first (a lazy merge of the per-priority FIFOs)."""
+        ageing = self.config.ageing
+        return heapq.merge(
+            *(list(q) for q in self._queues.values() if q),
+            key=lambda w: (-w.effective(now, ageing), w.seq),
+        )
+
+    def _max_wait(self, waiter: Waiter) -> float:
+        if waiter.band is not None and waiter.band.max_wait is not None:
+            return waiter.band.max_wait
+        return self.config.max_wait
+
+    async def _wait(self, waiter: Waiter) -> Slot:
+        stats = self.stats[waiter.priority]
+        if waiter.future.done():  # a free slot at once (the common case): nothing to wait for
+            slot = waiter.future.result()
+            stats.admitted += 1
+            stats.waits.append(0.0)
+            return slot
+        max_wait = self._max_wait(waiter)
+        try:
+            async with asyncio.timeout(max_wait):
+                slot = await asyncio.shield(waiter.future)
+        except TimeoutError:
+            if not waiter.future.done():
+                self._remove(waiter)
+                stats.timed_out += 1
+                raise QueueRejected(
+                    f"sollol-proxy: no free slot for model '{waiter.model}' within "
+                    f"{max_wait:g}s (priority {waiter.priority}); the fleet is at capacity",
+                    "timeout",
+                    time.monotonic() - waiter.enqueued,
+                ) from None
+            slot = waiter.future.result()  # granted at the very moment the wait ran out
+        except asyncio.CancelledError as exc:
+            # The client went away (or the shutdown cut the request): it leaves the queue at
+            # once, or gives its slot back.
+            if waiter.future.done() and not waiter.future.exception():
+                waiter.future.result().release()
+            elif not waiter.future.done():
+                self._remove(waiter)
+                waiter.future.cancel()
+                stats.left += not is_cut(exc)
+            raise
+        slot.waited_s = time.monotonic() - waiter.enqueued
+        stats.admitted += 1
+        stats.waits.append(slot.waited_s)
+        return slot
+
+    async def retry_elsewhere(self, slot: Slot, tried: frozenset[str]) -> NodeState | None:
+        slot.release()
+        origin = slot.origin
+        remaining = origin.enqueued + self._max_wait(origin) - time.monotonic()
+
+        def others() -> list[NodeState]:
+            nodes = [n for n in origin.candidates() if n.name not in tried]
+            if not nodes:  # gone or down meanwhile: the retry stops waiting (see the pump)
+                raise LookupError("no node left to retry on")
+            return nodes
+
+        if remaining <= 0 or not slot.alternatives(tried):
+            return None
+        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(
+            origin.priority,
+            origin.model,
+            (*origin.key, "retry", *sorted(tried)),
+            next(self._seq),
+            origin.enqueued,
+            others,
+            origin.choose,
+            origin.band,
+            future,
+            slot,
+        )
+        self._queues[waiter.priority].append(waiter)  # admitted already: bounds do not apply
+        self._keys[waiter.key] += 1
+        self._pump()
+        try:
+            async with asyncio.timeout(remaining):
+                return (await asyncio.shield(future)).node
+        except TimeoutError:
+            if future.done() and not future.exception():
+                return future.result().node
+            self._remove(waiter)
+            return None
+        except Exception:  # no node left to wait for: the request's last failure is the answer
+            return None
+        except asyncio.CancelledError:
+            if not future.done():
+                self._remove(waiter)
+                future.cancel()
+            raise
+
+    def _remove(self, waiter: Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self._queues[waiter.priority].remove(waiter)
+            self._keys[waiter.key] -= 1
+            if not self._keys[waiter.key]:
+                del self._keys[waiter.key]
+
+    def _grant(self, waiter: Waiter, nodes: list[NodeState]) -> None:
+        self._remove(waiter)
+        try:
+            if waiter.slot is not None:  # a retry: its slot moves to the first free node
+                self.take(nodes[0], waiter.model)
+                waiter.slot.node = nodes[0]
+                waiter.future.set_result(waiter.slot)
+                return
+            plan = waiter.choose(nodes)
+            waiter.future.set_result(Slot(self, waiter, plan, plan.targets[0].node))
+        except Exception as exc:  # a routing failure answers this request, never the pump
+            waiter.future.set_exception(exc)
+
+    def _pump(self) -> None:
+        """Hand free slots to waiting requests: affinity within the fairness window, then order.
+
+        Free nodes are worked out once per candidate set (`key`) and again only after a grant,
+        so a pump costs little more than a walk of the queue, even a long one.
+        """
+        if not self._keys:
+            return
+        now = time.monotonic()
+        free: dict[tuple[str, ...], list[NodeState]] = {}
+
+        def free_for(waiter: Waiter) -> list[NodeState]:
+            if waiter.key not in free:
+                try:
+                    nodes = waiter.candidates()
+                except Exception as exc:  # e.g. every node with the model went down meanwhile
+                    self._fail_key(waiter.key, exc)
+                    nodes = []
+                free[waiter.key] = [n for n in nodes if self.is_free(n, waiter.model)]
+            return free[waiter.key]
+
+        def exhausted() -> bool:  # no waiting request can be served by any node now
+            return all(key in free and not free[key] for key in self._keys)
+
+        ordered = list(self._ordered(now))
+        floor = ordered[0].effective(now, self.config.ageing) - self.config.affinity_window
+        for waiter in ordered:  # pass 1: requests whose model is loaded on a free node
+            if waiter.effective(now, self.config.ageing) < floor or exhausted():
+                break
+            nodes = free_for(waiter)
+            if not waiter.future.done() and any(n.is_resident(waiter.model) for n in nodes):
+                self._grant(waiter, nodes)
+                free.clear()
+        for waiter in ordered:  # pass 2: the rest, most urgent first
+            if exhausted():
+                break
+            nodes = free_for(waiter)
+            if nodes and not waiter.future.done():
+                self._grant(waiter, nodes)
+                free.clear()
+
+    def _fail_key(self, key: tuple[str, ...], exc: Exception) -> None:
+        for queue in self._queues.values():
+            for waiter in [w for w in queue if w.key == key]:
+                self._remove(waiter)
+                waiter.future.set_exception(exc)
+
+    async def run(self) -> None:
+        """Background tick: ageing reorders the queue, and nodes come back without a release."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self._pump()
+            except Exception:  # a bug here must not silently stop admissions
+                log.exception("admission pump failed; retrying next tick")
+
+    # -- what the stats endpoint and the metrics read ----------------------------------------
+
+    def depth(self) -> dict[int, int]:
+        return {p: len(q) for p, q in self._queues.items()}
+
+    def snapshot(self, limit: int = 50) -> dict[str, Any]:
+        """What GET /sollol/queue shows: settings, per-priority counts, slots, the next waiters."""
+        now = time.monotonic()
+        ageing = self.config.ageing
+        oldest = {p: q[0].enqueued for p, q in self._queues.items() if q}
+        return {
+            **queue_snapshot(self.config, self.stats, self.depth(), oldest, now),
+            "depth": self.waiting,
+            "slots_in_use": self.slots.all_in_use(),
+            "waiting": [
+                {
+                    "model": w.model,
+                    "priority": w.priority,
+                    "effective_priority": round(w.effective(now, ageing), 2),
+                    "waited_s": round(now - w.enqueued, 3),
+                }
+                for w in itertools.islice(self._ordered(now), limit)
+            ],
+        }

@@ -1,0 +1,46 @@
+"""The slots the proxy's own requests hold, per node and model, and whether one more may start."""
+
+from __future__ import annotations
+
+from sollol_proxy.fleet.capacity import model_memory, model_slots
+from sollol_proxy.fleet.fleet import NodeState
+
+
+class SlotTable:
+    """The slots the proxy's requests hold, per node and model."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, dict[str, int]] = {}  # node -> model -> slots held
+
+    def is_free(self, node: NodeState, model: str) -> bool:
+        """A request for `model` can start on `node` now without waiting inside Ollama: a slot
+        of the model's runner is free, or the model can get a runner without unloading a busy
+        one (fewer than max_loaded_models models running and, when the node's `vram` is
+        configured, room for it beside them)."""
+        running = self._held.get(node.name, {})
+        held = running.get(model, 0)
+        if held:
+            return held < model_slots(node, model)
+        if len(running) >= node.config.max_loaded_models:
+            return False
+        vram = node.config.vram_bytes
+        if vram is None or not running:
+            return True  # alone on the node, a model is Ollama's to fit
+        busy = sum(model_memory(node, m) for m in running)
+        return busy + model_memory(node, model) <= vram
+
+    def take(self, node: NodeState, model: str) -> None:
+        running = self._held.setdefault(node.name, {})
+        running[model] = running.get(model, 0) + 1
+
+    def give(self, node: NodeState, model: str) -> None:
+        running = self._held[node.name]
+        running[model] -= 1
+        if not running[model]:
+            del running[model]
+
+    def in_use(self, node: str) -> dict[str, int]:
+        return dict(self._held.get(node, {}))
+
+    def all_in_use(self) -> dict[str, dict[str, int]]:
+        return {node: dict(models) for node, models in self._held.items() if models}

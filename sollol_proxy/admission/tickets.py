@@ -1,0 +1,101 @@
+"""What a request holds in admission control: its place in the queue, then its slot.
+
+A `Waiter` is a request waiting for a slot; once granted, a `Slot` holds one slot on one node
+for the request until its last byte, moving with it when it is retried on another node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sollol_proxy.config import QueueBand
+from sollol_proxy.fleet.fleet import NodeState
+from sollol_proxy.fleet.selector import Plan
+
+
+class Keeper(Protocol):
+    """What a slot needs of admission control (the `Admission` that granted it)."""
+
+    def is_free(self, node: NodeState, model: str) -> bool: ...
+    def take(self, node: NodeState, model: str) -> None: ...
+    def give(self, node: NodeState, model: str) -> None: ...
+    async def retry_elsewhere(self, slot: Slot, tried: frozenset[str]) -> NodeState | None: ...
+
+
+class QueueRejected(Exception):
+    """The request cannot wait here; the message says why (sent as a 503)."""
+
+    status = 503
+
+    def __init__(self, message: str, reason: str, waited_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason  # bounded: full, shed, timeout
+        self.waited_s = waited_s  # how long it waited before it was turned away
+
+
+@dataclass(eq=False)
+class Waiter:
+    priority: int
+    model: str
+    key: tuple[str, ...]  # waiters with the same key have the same candidate nodes
+    seq: int
+    enqueued: float
+    candidates: Callable[[], list[NodeState]]
+    choose: Callable[[list[NodeState]], Plan]
+    band: QueueBand | None
+    future: asyncio.Future[Slot]
+    slot: Slot | None = None  # a retry: the request's own slot, moved to the node granted
+
+    def effective(self, now: float, ageing: float) -> float:
+        return self.priority + (now - self.enqueued) / ageing
+
+
+class Slot:
+    """The slot one request holds: on one node at a time, from admission to its last byte."""
+
+    def __init__(self, admission: Keeper, origin: Waiter, plan: Plan, node: NodeState) -> None:
+        self._admission = admission
+        self.origin = origin  # how the request waited: a retry waits the same way
+        self.model = origin.model
+        self.plan = plan
+        self.node: NodeState | None = None
+        self.waited_s = 0.0
+        admission.take(node, self.model)
+        self.node = node
+
+    def alternatives(self, tried: frozenset[str]) -> list[NodeState]:
+        """The nodes a retry could wait for a slot on."""
+        try:
+            return [n for n in self.origin.candidates() if n.name not in tried]
+        except Exception:  # the candidates are gone (every node with the model is down)
+            return []
+
+    async def elsewhere(self, tried: frozenset[str]) -> NodeState | None:
+        """For a retry when the next node has no free slot: give this slot back and wait, as
+        urgent as when the request arrived, for one on a node not tried yet (None: none came
+        within the request's maximum wait)."""
+        return await self._admission.retry_elsewhere(self, tried)
+
+    def hold(self, node: NodeState) -> bool:
+        """Move the slot to `node` for a failover; False when `node` has no free slot."""
+        if node is self.node:
+            return True
+        if not self._admission.is_free(node, self.model):
+            return False
+        # Taken before the old one is given back: giving back runs the pump, which could
+        # otherwise hand this very slot to a waiting request.
+        previous = self.node
+        self._admission.take(node, self.model)
+        self.node = node
+        if previous is not None:
+            self._admission.give(previous, self.model)
+        return True
+
+    def release(self) -> None:
+        if self.node is not None:
+            node, self.node = self.node, None
+            self._admission.give(node, self.model)

@@ -1,0 +1,129 @@
+"""The raw layers of a configuration: YAML file, then SOLLOL_* environment, then overrides.
+
+Every layer writes into one flat `dotted.key -> value` mapping that remembers where each key came
+from, so that validation can blame the right file, variable or flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sollol_proxy.config.model import ConfigError
+
+_ENV_KEYS: dict[str, str] = {
+    "SOLLOL_HOST": "listen.host",
+    "SOLLOL_PORT": "listen.port",
+    "SOLLOL_NODES": "nodes",
+    "SOLLOL_HOSTS_FILE": "hosts_file",
+    "SOLLOL_CONNECT_TIMEOUT": "timeouts.connect",
+    "SOLLOL_FIRST_BYTE_TIMEOUT": "timeouts.first_byte",
+    "SOLLOL_IDLE_READ_TIMEOUT": "timeouts.idle_read",
+    "SOLLOL_NON_STREAMED_TIMEOUT": "timeouts.non_streamed",
+    "SOLLOL_HEALTH_INTERVAL": "health.interval",
+    "SOLLOL_HEALTH_TIMEOUT": "health.timeout",
+    "SOLLOL_INVENTORY_INTERVAL": "inventory.interval",
+    "SOLLOL_STRATEGY": "routing.strategy",
+    "SOLLOL_MAX_ATTEMPTS": "routing.max_attempts",
+    "SOLLOL_MAX_BODY_BYTES": "limits.max_body_bytes",
+    "SOLLOL_MAX_HEADER_BYTES": "limits.max_header_bytes",
+    "SOLLOL_MAX_CONNECTIONS": "limits.max_connections",
+    "SOLLOL_SHUTDOWN_GRACE": "shutdown.grace",
+    "SOLLOL_RELOAD_WATCH": "reload.watch",
+    "SOLLOL_LOG_LEVEL": "log_level",
+    "SOLLOL_QUEUE_ENABLED": "queue.enabled",
+    "SOLLOL_QUEUE_MAX_LENGTH": "queue.max_length",
+    "SOLLOL_QUEUE_MAX_WAIT": "queue.max_wait",
+    "SOLLOL_LOG_FORMAT": "log_format",
+    "SOLLOL_METRICS_PORT": "metrics.port",
+}
+
+_SECTIONS: dict[str, set[str]] = {
+    "listen": {"host", "port"},
+    "timeouts": {"connect", "first_byte", "idle_read", "non_streamed", "routes"},
+    "health": {"interval", "timeout", "backoff_max", "jitter"},
+    "outlier": {"consecutive_failures", "base_ejection", "max_ejection", "busy_cooldown"},
+    "retries": {"budget_ratio", "min_concurrent", "backoff_base", "backoff_max"},
+    "inventory": {"interval"},
+    "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
+    "queue": {"enabled", "max_length", "max_wait", "ageing", "affinity_window", "bands"},
+    "metrics": {"port"},
+    "limits": {"max_body_bytes", "max_header_bytes", "max_connections"},
+    "shutdown": {"grace"},
+    "reload": {"watch", "interval"},
+}
+_TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level", "log_format"}
+
+
+class Layers:
+    """A flat `dotted.key -> value` mapping that remembers the origin of every key."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.origins: dict[str, str] = {}
+        self.base_dir = Path.cwd()
+        self.file_origin = ""
+
+    def set(self, key: str, value: Any, origin: str) -> None:
+        self.values[key] = value
+        self.origins[key] = origin
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        """An error at `key`, blamed on whoever set it or the section it is in."""
+        origin = "defaults"
+        for end in range(len(key), 0, -1):
+            if key[:end] in self.origins and (end == len(key) or key[end] in ".["):
+                origin = self.origins[key[:end]]
+                break
+        return ConfigError(origin, key, problem)
+
+
+def load_file(path: Path, layers: Layers) -> None:
+    origin = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(origin, "", f"cannot read config file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # e.g. caught half-written by reload.watch
+        raise ConfigError(origin, "", f"not UTF-8 text (byte {exc.start})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(
+            origin, "", f"{where}invalid YAML: {getattr(exc, 'problem', exc)}"
+        ) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(origin, "", "the top level must be a mapping of keys")
+    layers.base_dir = path.resolve().parent
+    layers.file_origin = origin
+    for key, value in data.items():
+        if key not in _TOP_LEVEL:
+            raise ConfigError(
+                origin, str(key), f"unknown key (known: {', '.join(sorted(_TOP_LEVEL))})"
+            )
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(origin, key, "must be a mapping")
+            for sub, subvalue in value.items():
+                if sub not in _SECTIONS[key]:
+                    known = ", ".join(sorted(_SECTIONS[key]))
+                    raise ConfigError(origin, f"{key}.{sub}", f"unknown key (known: {known})")
+                layers.set(f"{key}.{sub}", subvalue, origin)
+        else:
+            layers.set(key, value, origin)
+
+
+def load_env(env: Mapping[str, str], layers: Layers) -> None:
+    for var, key in _ENV_KEYS.items():
+        if var in env:
+            value: Any = env[var]
+            if key == "nodes":
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            layers.set(key, value, f"environment {var}")

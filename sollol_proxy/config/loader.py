@@ -1,0 +1,258 @@
+"""How `load_config()` builds a Config: the raw layers (layers.py), then validation.
+
+A bad value is reported as `<origin>: <key>: <problem>`, the origin being the file, the
+environment variable or the flag that set it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import sollol_proxy.config.resilience as resilience  # its validators share the value parsers
+from sollol_proxy.config.layers import Layers, load_env, load_file
+from sollol_proxy.config.model import (
+    LOG_FORMATS,
+    Config,
+    ConfigError,
+    NodeConfig,
+    Timeouts,
+    normalize_node_url,
+    read_hosts_file,
+)
+from sollol_proxy.config.policies import Priors
+from sollol_proxy.config.queue import queue
+from sollol_proxy.config.values import boolean, headers, integer, seconds, size, string_map
+from sollol_proxy.routing import STRATEGIES
+from sollol_proxy.wire.names import normalize_model
+
+
+def load_layers(
+    path: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    overrides: Mapping[str, Any] | None,
+    override_origins: Mapping[str, str] | None,
+) -> Config:
+    """The body of `config.load_config()`: file, then environment, then `overrides`."""
+    layers = Layers()
+    if path is not None:
+        load_file(Path(path), layers)
+    load_env(os.environ if env is None else env, layers)
+    for key, value in (overrides or {}).items():
+        layers.set(key, value, (override_origins or {}).get(key, "command line"))
+    return _validate(layers)
+
+
+_NODE_KEYS = {
+    "url",
+    "name",
+    "num_parallel",
+    "labels",
+    "headers",
+    "vram",
+    "max_loaded_models",
+    "priors",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _node(layers: Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
+    key = f"nodes[{index}]"
+    entry = {"url": raw} if isinstance(raw, str) else raw
+    if not isinstance(entry, dict):
+        raise layers.error(key, "must be a URL string or a mapping with a 'url'")
+    unknown = set(entry) - _NODE_KEYS
+    if unknown:
+        known = ", ".join(sorted(_NODE_KEYS))
+        raise layers.error(f"{key}.{sorted(unknown)[0]}", f"unknown key (known: {known})")
+    if "url" not in entry:
+        raise layers.error(f"{key}.url", "is required")
+    try:
+        url = normalize_node_url(str(entry["url"]))
+    except ValueError as exc:
+        raise layers.error(f"{key}.url", str(exc)) from exc
+    name = entry.get("name") or urlsplit(url).netloc
+    if (
+        not isinstance(name, str)
+        or not re.fullmatch(r"[A-Za-z0-9._:\[\]-]+", name)
+        or name == "all"
+    ):
+        raise layers.error(
+            f"{key}.name",
+            f"must be letters, digits, '.', '_', ':', '-' and not 'all', got {name!r}",
+        )
+    num_parallel = entry.get("num_parallel", 1)
+    if (
+        isinstance(num_parallel, bool)
+        or not isinstance(num_parallel, int)
+        or not 1 <= num_parallel <= 1024
+    ):
+        raise layers.error(
+            f"{key}.num_parallel", f"expected an integer from 1 to 1024, got {num_parallel!r}"
+        )
+    vram = entry.get("vram")
+    return NodeConfig(
+        url=url,
+        name=name,
+        num_parallel=num_parallel,
+        labels=string_map(layers, f"{key}.labels", entry.get("labels")),
+        headers=headers(layers, f"{key}.headers", entry.get("headers")),
+        vram_bytes=None if vram is None else size(layers, f"{key}.vram", 0, vram),
+        max_loaded_models=integer(
+            layers, f"{key}.max_loaded_models", 3, 1, 1024, entry.get("max_loaded_models")
+        ),
+        priors=_priors(layers, f"{key}.priors", entry["priors"], priors)
+        if "priors" in entry
+        else None,
+    )
+
+
+def _priors(layers: Layers, key: str, value: Any, base: Priors) -> Priors:
+    if not isinstance(value, dict):
+        raise layers.error(key, "must be a mapping of prior names to numbers")
+    known = Priors.__dataclass_fields__
+    numbers: dict[str, float] = {}
+    for name, raw in value.items():
+        if name not in known:
+            raise layers.error(f"{key}.{name}", f"unknown prior (known: {', '.join(known)})")
+        try:  # YAML reads 1.5e9 (no sign in the exponent) as a string
+            number = float(raw) if not isinstance(raw, bool) else -1.0
+        except (TypeError, ValueError):
+            number = -1.0
+        if not number > 0 or number == float("inf"):
+            raise layers.error(f"{key}.{name}", f"expected a positive number, got {raw!r}")
+        numbers[name] = number
+    return replace(base, **numbers)
+
+
+def _model_strategies(layers: Layers) -> Mapping[str, str]:
+    value = layers.values.get("routing.models") or {}
+    if not isinstance(value, dict):
+        raise layers.error("routing.models", "must map model names to strategy names")
+    for model, strategy in value.items():
+        if strategy not in STRATEGIES:
+            raise layers.error(
+                f"routing.models.{model}",
+                f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})",
+            )
+    return MappingProxyType({normalize_model(str(m)): str(s) for m, s in value.items()})
+
+
+def _nodes(layers: Layers, priors: Priors) -> tuple[NodeConfig, ...]:
+    raw_nodes = layers.values.get("nodes") or []
+    if not isinstance(raw_nodes, list):
+        raise layers.error("nodes", "must be a list of node URLs or mappings")
+    nodes = [_node(layers, i, raw, priors) for i, raw in enumerate(raw_nodes)]
+    # Where each node was declared, so that a duplicate is reported at its own line.
+    declared = [(layers.origins.get("nodes", "defaults"), f"nodes[{i}]") for i in range(len(nodes))]
+    hosts_file = layers.values.get("hosts_file")
+    if hosts_file:
+        origin = layers.origins["hosts_file"]
+        path = Path(str(hosts_file))
+        if not path.is_absolute() and origin == layers.file_origin:
+            path = layers.base_dir / path  # relative to the config file that names it
+        for number, host in read_hosts_file(path, origin):
+            try:
+                url = normalize_node_url(host)
+            except ValueError as exc:
+                raise ConfigError(f"{path}:{number}", "hosts_file", str(exc)) from exc
+            nodes.append(NodeConfig(url=url, name=urlsplit(url).netloc))
+            declared.append((f"{path}:{number}", "hosts_file"))
+    for what in ("name", "url"):
+        seen: set[str] = set()
+        for node, (origin, key) in zip(nodes, declared, strict=True):
+            value = getattr(node, what)
+            if value in seen:
+                raise ConfigError(
+                    origin,
+                    f"{key}.{what}" if key != "hosts_file" else key,
+                    f"duplicate node {what} {value!r}",
+                )
+            seen.add(value)
+    if not nodes:
+        raise layers.error(
+            "nodes", "no Ollama nodes configured (set 'nodes', 'hosts_file' or SOLLOL_NODES)"
+        )
+    return tuple(nodes)
+
+
+def _validate(layers: Layers) -> Config:
+    defaults = Config()
+    host = layers.values.get("listen.host", defaults.host)
+    if not isinstance(host, str) or not host:
+        raise layers.error("listen.host", f"expected an address, got {host!r}")
+    strategy = str(layers.values.get("routing.strategy", defaults.strategy))
+    if strategy not in STRATEGIES:
+        raise layers.error(
+            "routing.strategy", f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})"
+        )
+    log_level = str(layers.values.get("log_level", defaults.log_level)).lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise layers.error(
+            "log_level", f"expected debug, info, warning or error, got {log_level!r}"
+        )
+    log_format = str(layers.values.get("log_format", defaults.log_format)).lower()
+    if log_format not in LOG_FORMATS:
+        raise layers.error("log_format", f"expected plain or json, got {log_format!r}")
+    metrics_port = layers.values.get("metrics.port")
+    priors = _priors(layers, "routing.priors", layers.values.get("routing.priors") or {}, Priors())
+    return Config(
+        host=host,
+        port=integer(layers, "listen.port", defaults.port, 0, 65535),
+        nodes=_nodes(layers, priors),
+        timeouts=Timeouts(
+            connect=seconds(layers, "timeouts.connect", defaults.timeouts.connect),
+            first_byte=seconds(layers, "timeouts.first_byte", defaults.timeouts.first_byte),
+            idle_read=seconds(layers, "timeouts.idle_read", defaults.timeouts.idle_read),
+            non_streamed=seconds(layers, "timeouts.non_streamed", defaults.timeouts.non_streamed),
+            routes=resilience.route_timeouts(layers),
+        ),
+        health_interval=seconds(layers, "health.interval", defaults.health_interval),
+        health_timeout=seconds(layers, "health.timeout", defaults.health_timeout),
+        health_backoff_max=seconds(layers, "health.backoff_max", defaults.health_backoff_max),
+        health_jitter=resilience.fraction(layers, "health.jitter", defaults.health_jitter, 0.5),
+        outlier=resilience.outlier(layers),
+        retries=resilience.retries(layers),
+        inventory_interval=seconds(layers, "inventory.interval", defaults.inventory_interval),
+        strategy=strategy,
+        model_strategies=_model_strategies(layers),
+        priors=priors,
+        decisions_kept=integer(
+            layers, "routing.decisions_kept", defaults.decisions_kept, 0, 100_000
+        ),
+        max_attempts=integer(layers, "routing.max_attempts", defaults.max_attempts, 1, 100),
+        max_body_bytes=size(layers, "limits.max_body_bytes", defaults.max_body_bytes),
+        queue=queue(layers),
+        max_header_bytes=size(layers, "limits.max_header_bytes", defaults.max_header_bytes),
+        max_connections=integer(
+            layers, "limits.max_connections", defaults.max_connections, 1, 1_000_000
+        ),
+        shutdown_grace=seconds(layers, "shutdown.grace", defaults.shutdown_grace),
+        reload_watch=boolean(layers, "reload.watch", defaults.reload_watch),
+        reload_interval=seconds(layers, "reload.interval", defaults.reload_interval),
+        log_level=log_level,
+        log_format=log_format,
+        metrics_port=None
+        if metrics_port is None
+        else integer(layers, "metrics.port", 0, 1, 65535, metrics_port),
+    )
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    override_origins: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the Config: file, then environment, then `overrides` (dotted keys, e.g. from CLI flags)."""
+    return load_layers(path, env, overrides, override_origins)

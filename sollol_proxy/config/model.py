@@ -1,0 +1,234 @@
+"""The one configuration object: YAML file, then SOLLOL_* environment, then CLI flags, then validation.
+
+Every layer writes into one raw mapping and remembers where each key came from, so a bad value
+is reported as `<origin>: <key>: <problem>` (origin = the file, the environment variable or the flag).
+The layering and validation live in `loader.py`; this module holds the result and its parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from sollol_proxy.config.policies import OutlierPolicy, Priors, RetryPolicy
+
+DEFAULT_OLLAMA_PORT = 11434
+LOG_FORMATS = ("plain", "json")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator."""
+
+    def __init__(self, origin: str, key: str, problem: str) -> None:
+        self.origin, self.key, self.problem = origin, key, problem
+        super().__init__(f"{origin}: {key}: {problem}" if key else f"{origin}: {problem}")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    url: str
+    name: str
+    num_parallel: int = 1
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    vram_bytes: int | None = None  # memory for models; None: only max_loaded_models limits them
+    max_loaded_models: int = 3  # the node's OLLAMA_MAX_LOADED_MODELS (Ollama's auto value is 3)
+    priors: Priors | None = None  # this node's starting speeds, instead of routing.priors
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    # Ollama sends headers only with the first token, after a model load that may take minutes.
+    first_byte: float = 900.0
+    idle_read: float = 300.0
+    # A non-streamed answer comes whole when generation is done: long, but never unbounded.
+    non_streamed: float = 1800.0
+    # endpoint -> time to first byte there, streamed or not (e.g. a short one for /api/embed)
+    routes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def first_byte_for(self, endpoint: str, stream: bool) -> float:
+        """How long a node may take to start answering a request on `endpoint`."""
+        bound = self.routes.get(endpoint)
+        if bound is not None:
+            return bound
+        return self.first_byte if stream else self.non_streamed
+
+
+@dataclass(frozen=True)
+class QueueBand:
+    """Limits for the requests whose priority is from `low` to `high` (inclusive)."""
+
+    low: int
+    high: int
+    max_wait: float | None = None  # None: the queue's own max_wait
+    max_length: int | None = None  # None: only the queue's own max_length applies
+
+    @property
+    def label(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    enabled: bool = True
+    max_length: int = 1000  # waiting requests, all priorities together
+    max_wait: float = 300.0
+    # A waiting request gains one priority level per `ageing` seconds, so none starves.
+    ageing: float = 10.0
+    # A freed slot goes to a request whose model is loaded there if its effective priority is
+    # within this many levels of the most urgent request's: no model swap for a small reordering.
+    affinity_window: float = 2.0
+    bands: tuple[QueueBand, ...] = ()
+
+    def band(self, priority: int) -> QueueBand | None:
+        return next((b for b in self.bands if b.low <= priority <= b.high), None)
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_OLLAMA_PORT
+    nodes: tuple[NodeConfig, ...] = ()
+    timeouts: Timeouts = Timeouts()
+    health_interval: float = 5.0
+    health_timeout: float = 3.0
+    health_backoff_max: float = 30.0  # probe interval while a node is down doubles up to this
+    health_jitter: float = 0.1  # probe intervals vary by up to this share, so probes spread out
+    outlier: OutlierPolicy = field(default_factory=OutlierPolicy)
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    inventory_interval: float = 15.0
+    strategy: str = "performance"
+    model_strategies: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    priors: Priors = field(default_factory=Priors)
+    decisions_kept: int = 500
+    max_attempts: int = 3
+    max_body_bytes: int = 64 * 2**20
+    queue: QueueConfig = QueueConfig()
+    # The request line plus all header lines, as Go's http.Server.MaxHeaderBytes counts them.
+    max_header_bytes: int = 64 * 2**10
+    max_connections: int = 1000
+    shutdown_grace: float = 30.0  # how long in-flight requests may finish after SIGTERM
+    reload_watch: bool = False  # reload when the configuration (file, hosts file) changes
+    reload_interval: float = 2.0
+    log_level: str = "info"
+    log_format: str = "plain"  # plain (key=value) or json, for every log line
+    metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration in the YAML layout (for `check-config`); secrets redacted."""
+        return {
+            "listen": {"host": self.host, "port": self.port},
+            "nodes": [
+                {
+                    "url": n.url,
+                    "name": n.name,
+                    "num_parallel": n.num_parallel,
+                    "labels": dict(n.labels),
+                    "headers": {k: "<redacted>" for k in n.headers},
+                    "vram": n.vram_bytes,
+                    "max_loaded_models": n.max_loaded_models,
+                    "priors": asdict(n.priors) if n.priors else None,
+                }
+                for n in self.nodes
+            ],
+            "timeouts": {
+                "connect": self.timeouts.connect,
+                "first_byte": self.timeouts.first_byte,
+                "idle_read": self.timeouts.idle_read,
+                "non_streamed": self.timeouts.non_streamed,
+                "routes": dict(self.timeouts.routes),
+            },
+            "health": {
+                "interval": self.health_interval,
+                "timeout": self.health_timeout,
+                "backoff_max": self.health_backoff_max,
+                "jitter": self.health_jitter,
+            },
+            "outlier": asdict(self.outlier),
+            "retries": asdict(self.retries),
+            "inventory": {"interval": self.inventory_interval},
+            "routing": {
+                "strategy": self.strategy,
+                "models": dict(self.model_strategies),
+                "max_attempts": self.max_attempts,
+                "priors": asdict(self.priors),
+                "decisions_kept": self.decisions_kept,
+            },
+            "queue": {
+                "enabled": self.queue.enabled,
+                "max_length": self.queue.max_length,
+                "max_wait": self.queue.max_wait,
+                "ageing": self.queue.ageing,
+                "affinity_window": self.queue.affinity_window,
+                "bands": [
+                    {"priorities": b.label, "max_wait": b.max_wait, "max_length": b.max_length}
+                    for b in self.queue.bands
+                ],
+            },
+            "limits": {
+                "max_body_bytes": self.max_body_bytes,
+                "max_header_bytes": self.max_header_bytes,
+                "max_connections": self.max_connections,
+            },
+            "shutdown": {"grace": self.shutdown_grace},
+            "reload": {"watch": self.reload_watch, "interval": self.reload_interval},
+            "log_level": self.log_level,
+            "log_format": self.log_format,
+            "metrics": {"port": self.metrics_port},
+        }
+
+
+def read_hosts_file(path: Path, origin: str) -> list[tuple[int, str]]:
+    """The seed's hosts.txt: one `host:port` (or URL) per line, `#` comments, blank lines ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(origin, "hosts_file", f"cannot read {path}: {exc.strerror}") from exc
+    hosts = []
+    for number, line in enumerate(lines, 1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        if any(c.isspace() for c in entry):
+            raise ConfigError(
+                f"{path}:{number}", "hosts_file", f"expected one host per line, got {entry!r}"
+            )
+        hosts.append((number, entry))
+    return hosts
+
+
+def normalize_node_url(raw: str) -> str:
+    """Parse a node address the way OLLAMA_HOST is parsed: `host`, `host:port` or a URL."""
+    text = raw.strip().strip("\"'")
+    if not text:
+        raise ValueError("is empty")
+    if "://" not in text:
+        text = f"http://{text}"
+        default_port = DEFAULT_OLLAMA_PORT
+    else:
+        default_port = None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{raw!r} is not an http(s) address")
+    if not parts.hostname:
+        raise ValueError(f"{raw!r} has no host")
+    if parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{raw!r} must not carry credentials, a query or a fragment")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{raw!r} has an invalid port") from exc
+    if port is None:
+        port = default_port or (443 if parts.scheme == "https" else 80)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+def parse_node_list(values: Sequence[str]) -> list[str]:
+    """`--node a,b --node c` style values, flattened."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]

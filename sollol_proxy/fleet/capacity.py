@@ -1,0 +1,65 @@
+"""How many requests a node runs at once for one model (Ollama's slots, reference 5.1, 5.2),
+and which of them the proxy's requests hold.
+
+Ollama gives every loaded model `OLLAMA_NUM_PARALLEL` slots, except embedding models and a few
+families that it forces to one. The proxy reads both facts from the node's own `/api/tags`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sollol_proxy.fleet.fleet import NodeState
+
+# llm/server.go: these architectures run with a single slot whatever OLLAMA_NUM_PARALLEL says.
+SINGLE_SLOT_FAMILIES = frozenset(
+    {
+        "mllama",
+        "qwen3vl",
+        "qwen3vlmoe",
+        "qwen35",
+        "qwen35moe",
+        "qwen3next",
+        "lfm2",
+        "lfm2moe",
+        "nemotron_h",
+        "nemotron_h_moe",
+        "nemotron_h_omni",
+    }
+)
+
+
+def _single_slot(item: dict[str, Any] | None) -> bool:
+    if not item:
+        return False
+    details = item.get("details")
+    family = details.get("family") if isinstance(details, dict) else None
+    if family in SINGLE_SLOT_FAMILIES:
+        return True
+    capabilities = item.get("capabilities")  # newer Ollama lists them in /api/tags
+    return (
+        isinstance(capabilities, list)
+        and "embedding" in capabilities
+        and "completion" not in capabilities
+    )
+
+
+def model_size(item: Mapping[str, Any] | None) -> int:
+    """The `size` of a /api/tags or /api/ps item (0 when unknown)."""
+    size = item.get("size") if item else None
+    return size if isinstance(size, int) else 0
+
+
+def model_memory(node: NodeState, model: str) -> int:
+    """What `model` takes on `node`'s GPU: Ollama's size_vram when loaded, else its size."""
+    item = node.loaded.get(model)
+    size = item.get("size_vram") if item else None
+    return size if isinstance(size, int) and size else model_size(item or node.models.get(model))
+
+
+def model_slots(node: NodeState, model: str) -> int:
+    """Requests `node` runs in parallel for `model` once it is loaded."""
+    if node.config.num_parallel > 1 and _single_slot(node.models.get(model)):
+        return 1
+    return node.config.num_parallel

@@ -1,0 +1,275 @@
+"""How fast each node really is, learned from the timing fields Ollama returns (reference 5.6).
+
+The final object of every /api/chat and /api/generate answer carries `load_duration`,
+`prompt_eval_count`, `prompt_eval_duration`, `eval_count`, `eval_duration` and `total_duration`
+(nanoseconds). They are read from the last bytes of the response as it passes (the client's bytes
+are untouched) and folded into decayed averages per node and model. Until a node has samples,
+its configured priors stand in.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from sollol_proxy.config.policies import Priors
+
+# Weight of a new sample in the moving averages: recent behaviour dominates within ~5 samples.
+ALPHA = 0.3
+# A load_duration under this is Ollama's bookkeeping for a resident model, not a load.
+LOAD_THRESHOLD_S = 0.25
+
+_FIELDS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
+_FIELD_RE = {name: re.compile(rb'"' + name.encode() + rb'":(\d+)') for name in _FIELDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    total_s: float
+    load_s: float
+    prompt_tokens: int
+    prompt_s: float
+    output_tokens: int
+    output_s: float
+    hit_limit: bool = False  # done_reason "length": the answer was cut at num_predict
+
+
+def parse_timings(tail: bytes) -> Timings | None:
+    """The timing fields of the final object, found in the last bytes of a response."""
+    last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    if b'"total_duration"' not in last:
+        return None
+    values = {}
+    for name, pattern in _FIELD_RE.items():
+        match = pattern.search(last)
+        values[name] = int(match.group(1)) if match else 0
+    return Timings(
+        total_s=values["total_duration"] / 1e9,
+        load_s=values["load_duration"] / 1e9,
+        prompt_tokens=values["prompt_eval_count"],
+        prompt_s=values["prompt_eval_duration"] / 1e9,
+        output_tokens=values["eval_count"],
+        output_s=values["eval_duration"] / 1e9,
+        hit_limit=b'"done_reason":"length"' in last,
+    )
+
+
+class Average:
+    """An exponentially decayed average that starts empty."""
+
+    __slots__ = ("samples", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.samples = 0
+
+    def add(self, sample: float) -> None:
+        self.value = sample if self.samples == 0 else self.value + ALPHA * (sample - self.value)
+        self.samples += 1
+
+    def get(self, default: float) -> float:
+        return self.value if self.samples else default
+
+
+@dataclass
+class PairStats:
+    """One model on one node."""
+
+    prefill_tps: Average = field(default_factory=Average)
+    decode_tps: Average = field(default_factory=Average)
+    load_s: Average = field(default_factory=Average)
+    ttft_s: Average = field(default_factory=Average)
+    service_s: Average = field(default_factory=Average)
+
+
+@dataclass
+class NodeStats:
+    """What a node's models have in common: the GPU's speed, and its reliability."""
+
+    prefill_tps: Average = field(default_factory=Average)
+    decode_tps: Average = field(default_factory=Average)
+    success: Average = field(default_factory=Average)
+
+
+class Learner:
+    def __init__(self, priors: Priors, node_priors: dict[str, Priors] | None = None) -> None:
+        self._priors = priors
+        self._node_priors = node_priors or {}
+        self._pairs: dict[tuple[str, str], PairStats] = {}
+        self._nodes: dict[str, NodeStats] = {}
+        self._outputs: dict[tuple[str, str], Average] = {}
+        self._model_load: dict[str, Average] = {}  # load time of a model on any node
+        self._token_ratio: dict[str, Average] = {}  # Ollama's prompt tokens / the estimate
+        self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
+
+    def reconfigure(self, priors: Priors, node_priors: dict[str, Priors]) -> None:
+        """Reloaded priors: what is already learned stays, the new priors stand in for the rest."""
+        self._priors = priors
+        self._node_priors = node_priors
+
+    def _pair(self, node: str, model: str) -> PairStats:
+        stats = self._pairs.get((node, model))
+        if stats is None:
+            stats = self._pairs[(node, model)] = PairStats()
+        return stats
+
+    def _node(self, node: str) -> NodeStats:
+        stats = self._nodes.get(node)
+        if stats is None:
+            stats = self._nodes[node] = NodeStats()
+        return stats
+
+    def priors(self, node: str) -> Priors:
+        return self._node_priors.get(node, self._priors)
+
+    # -- estimates (they run for every candidate of every request: fallbacks only when needed) --
+
+    def prefill_tps(self, node: str, model: str) -> float:
+        pair = self._pairs.get((node, model))
+        if pair is not None and pair.prefill_tps.samples:
+            return pair.prefill_tps.value
+        return self._node(node).prefill_tps.get(self.priors(node).prefill_tokens_per_s)
+
+    def decode_tps(self, node: str, model: str) -> float:
+        pair = self._pairs.get((node, model))
+        if pair is not None and pair.decode_tps.samples:
+            return pair.decode_tps.value
+        return self._node(node).decode_tps.get(self.priors(node).decode_tokens_per_s)
+
+    def load_s(self, node: str, model: str, size_bytes: int) -> float:
+        """Learned on this node; else as long as it took on other nodes; else the prior."""
+        pair = self._pairs.get((node, model))
+        if pair is not None and pair.load_s.samples:
+            return pair.load_s.value
+        elsewhere = self._model_load.get(model)
+        if elsewhere is not None and elsewhere.samples:
+            return elsewhere.value
+        priors = self.priors(node)
+        return priors.load_seconds + size_bytes / priors.load_bytes_per_s
+
+    def observe_request(self, model: str, now: float | None = None) -> None:
+        """A request for `model` arrived: its popularity prices what evicting it would cost."""
+        now = time.monotonic() if now is None else now
+        last, interval = self._arrivals.get(model, (None, Average()))
+        if last is not None:
+            interval.add(now - last)
+        self._arrivals[model] = (now, interval)
+
+    def demand_map(self, now: float | None = None) -> dict[str, float]:
+        """Model -> its request rate relative to the most requested model's, 0..1."""
+        now = time.monotonic() if now is None else now
+        rates = {
+            model: 1.0 / max(interval.value, now - last, 1e-3)
+            for model, (last, interval) in self._arrivals.items()
+            if interval.samples
+        }
+        top = max(rates.values(), default=0.0)
+        return {model: rate / top for model, rate in rates.items()} if top else {}
+
+    def token_ratio(self, model: str) -> float:
+        """Ollama's count of prompt tokens per estimated token, for this model's tokenizer."""
+        ratio = self._token_ratio.get(model)
+        return ratio.get(1.0) if ratio else 1.0
+
+    def ttft_s(self, node: str, model: str) -> float | None:
+        stats = self._pairs.get((node, model))
+        return stats.ttft_s.value if stats and stats.ttft_s.samples else None
+
+    def service_s(self, node: str, model: str, prompt_tokens: int = 512) -> float:
+        """How long one request of this model typically holds a slot on this node."""
+        pair = self._pairs.get((node, model))
+        if pair is not None and pair.service_s.samples:
+            return pair.service_s.value
+        return prompt_tokens / self.prefill_tps(
+            node, model
+        ) + self._priors.output_tokens / self.decode_tps(node, model)
+
+    def success(self, node: str) -> float:
+        return self._node(node).success.get(1.0)
+
+    def expected_output(self, model: str, task: str, max_output: int | None) -> float:
+        learned = self._outputs.get((model, task))
+        typical = learned.get(self._priors.output_tokens) if learned else self._priors.output_tokens
+        return min(typical, max_output) if max_output else typical
+
+    # -- observations ----------------------------------------------------------------------------
+
+    def observe_success(
+        self,
+        node: str,
+        model: str,
+        task: str,
+        timings: Timings | None,
+        *,
+        clean_load: bool,
+        cached_tokens: int,
+        ttft_s: float | None,
+        elapsed_s: float,
+        estimated_prompt_tokens: int = 0,
+    ) -> None:
+        pair, stats = self._pair(node, model), self._node(node)
+        stats.success.add(1.0)
+        if ttft_s is not None:
+            pair.ttft_s.add(ttft_s)
+        if timings is None:
+            pair.service_s.add(elapsed_s)
+            return
+        # A slot is held for the prompt evaluation and the generation, not for the load.
+        pair.service_s.add(timings.prompt_s + timings.output_s if timings.output_s else elapsed_s)
+        if clean_load and timings.load_s >= LOAD_THRESHOLD_S:
+            pair.load_s.add(timings.load_s)
+            self._model_load.setdefault(model, Average()).add(timings.load_s)
+        if estimated_prompt_tokens > 0 and timings.prompt_tokens > 0:
+            ratio = timings.prompt_tokens / estimated_prompt_tokens
+            self._token_ratio.setdefault(model, Average()).add(min(max(ratio, 0.25), 4.0))
+        # Only a prompt the proxy expected to be evaluated in full gives a clean prefill speed
+        # (reference 5.6: prompt_eval_duration covers the uncached part only). A much faster
+        # sample means the node had it cached after all, and is not a speed.
+        if cached_tokens == 0 and timings.prompt_tokens >= 32 and timings.prompt_s > 0:
+            speed = timings.prompt_tokens / timings.prompt_s
+            current = pair.prefill_tps
+            if current.samples < 3 or speed < 3 * current.value:
+                current.add(speed)
+                stats.prefill_tps.add(speed)
+        if timings.output_tokens >= 4 and timings.output_s > 0:
+            speed = timings.output_tokens / timings.output_s
+            pair.decode_tps.add(speed)
+            stats.decode_tps.add(speed)
+        if timings.output_tokens and not timings.hit_limit:  # a cut answer says little of length
+            self._outputs.setdefault((model, task), Average()).add(timings.output_tokens)
+
+    def observe_failure(self, node: str) -> None:
+        self._node(node).success.add(0.0)
+
+    def snapshot(self, node: str) -> dict[str, object]:
+        """What has been learned about a node, for /sollol/nodes."""
+        stats = self._node(node)
+        return {
+            "success_rate": round(self.success(node), 3),
+            "decode_tokens_per_s": round(
+                stats.decode_tps.get(self.priors(node).decode_tokens_per_s), 1
+            ),
+            "prefill_tokens_per_s": round(
+                stats.prefill_tps.get(self.priors(node).prefill_tokens_per_s), 1
+            ),
+            "models": {
+                model: {
+                    "decode_tokens_per_s": round(pair.decode_tps.value, 1),
+                    "prefill_tokens_per_s": round(pair.prefill_tps.value, 1),
+                    "load_s": round(pair.load_s.value, 3),
+                    "ttft_s": round(pair.ttft_s.value, 3),
+                    "service_s": round(pair.service_s.value, 3),
+                    "samples": pair.service_s.samples,
+                }
+                for (name, model), pair in self._pairs.items()
+                if name == node and pair.service_s.samples
+            },
+        }

@@ -1,0 +1,299 @@
+"""Which nodes may take a request, in which order: the fleet's facts fed to the routing strategy."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from sollol_proxy.config import Config
+from sollol_proxy.fleet.capacity import model_slots
+from sollol_proxy.fleet.decisions import DecisionLog
+from sollol_proxy.fleet.fleet import Fleet, NodeState
+from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.prompt_cache import PromptCache
+from sollol_proxy.fleet.snapshot import demand_by_model, node_view
+from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
+from sollol_proxy.routing.analysis import RequestProfile
+from sollol_proxy.wire.headers import NODE_HEADER
+
+ALL_NODES = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    node: NodeState
+    route: str  # strategy and reason, for X-Sollol-Route
+    reason: Reason  # the bounded category of `route`, for metrics and the access log
+    pinned: bool = False  # named by the operator: tried even when its health says no
+
+
+class NoTarget(Exception):
+    """No node can take the request; the status and message go back to the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Plan:
+    """Where a model request goes, and what the proxy believed when it chose."""
+
+    targets: list[Target]
+    cached_tokens: dict[str, int] = field(default_factory=dict)
+    decision: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A model request that waits for a free slot: who may serve it, and how to pick among the
+    nodes free when its turn comes (late binding)."""
+
+    key: tuple[str, ...]  # requests with the same key have the same candidates
+    nodes: Callable[[], list[NodeState]]
+    choose: Callable[[list[NodeState]], Plan]
+
+
+class Selector:
+    def __init__(
+        self,
+        config: Config,
+        fleet: Fleet,
+        learner: Learner,
+        prompt_cache: PromptCache,
+        decisions: DecisionLog,
+    ) -> None:
+        self._fleet = fleet
+        self._learner = learner
+        self._prompt_cache = prompt_cache
+        self._decisions = decisions
+        self._strategies = {name: make_strategy(name) for name in STRATEGIES}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration: strategies keep their state (e.g. round_robin's position)."""
+        self._default = self._strategies[config.strategy]
+        self._per_model = {m: self._strategies[s] for m, s in config.model_strategies.items()}
+
+    def strategy_for(self, model: str) -> Strategy:
+        return self._per_model.get(model, self._default)
+
+    def pinned(self, request: web.Request, *, allow_all: bool) -> list[NodeState] | None:
+        """Nodes named by the operator's X-Sollol-Node header, or None when it is absent."""
+        value = request.headers.get(NODE_HEADER, "").strip()
+        if not value:
+            return None
+        if value.lower() == ALL_NODES:
+            if not allow_all:
+                raise NoTarget(
+                    400,
+                    f"{NODE_HEADER}: all only applies to management routes (pull, delete, copy, create, push)",
+                )
+            return self._healthy()
+        names = [part.strip() for part in value.split(",") if part.strip()]
+        if not names:
+            raise NoTarget(400, f"{NODE_HEADER} names no node")
+        unknown = [name for name in names if name not in self._fleet.nodes]
+        if unknown:
+            known = ", ".join(self._fleet.nodes)
+            raise NoTarget(400, f"{NODE_HEADER} names unknown node {unknown[0]!r} (known: {known})")
+        return [self._fleet.nodes[name] for name in names]
+
+    def pinned_targets(self, request: web.Request) -> list[Target] | None:
+        """The operator's pinned nodes as targets (not `all`), or None when nothing is pinned."""
+        pinned = self.pinned(request, allow_all=False)
+        return (
+            None
+            if pinned is None
+            else [Target(n, f"pinned by {NODE_HEADER}", Reason.PINNED, pinned=True) for n in pinned]
+        )
+
+    def _healthy(self) -> list[NodeState]:
+        nodes = self._fleet.healthy()
+        if not nodes:
+            raise NoTarget(503, f"no healthy Ollama node ({self._fleet.unhealthy_summary()})")
+        return nodes
+
+    def any_node(self, request_id: str, why: str, reason: Reason) -> list[Target]:
+        """Requests that do not depend on a model: any healthy node, least loaded first."""
+
+        def key(node: NodeState) -> tuple[float, int]:
+            return node.in_flight / node.config.num_parallel, zlib.crc32(
+                f"{request_id}/{node.name}".encode()
+            )
+
+        return [
+            Target(
+                node,
+                f"{why}; least loaded, {node.in_flight}/{node.config.num_parallel} slots busy",
+                reason,
+            )
+            for node in sorted(self._healthy(), key=key)
+        ]
+
+    def _rank(
+        self, nodes: list[NodeState], profile: RequestProfile, request_id: str, priority: int
+    ) -> Plan:
+        model = profile.model
+        slots = {n.name: model_slots(n, model) for n in nodes}
+        # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
+        # this model's tokens, the unit of Ollama's counts and of the learned speeds.
+        ratio = self._learner.token_ratio(model)
+        found = self._prompt_cache.cached_tokens(model, profile.prefix_keys, slots)
+        cached = {node: round(tokens * ratio) for node, tokens in found.items()}
+        self._learner.observe_request(model)
+        demand = demand_by_model(self._fleet.healthy(), self._learner)
+        views = [node_view(n, profile, self._learner, cached.get(n.name, 0), demand) for n in nodes]
+        strategy = self.strategy_for(model)
+        request = RouteRequest(
+            model=model,
+            request_id=request_id,
+            prompt_tokens=round(profile.prompt_tokens * ratio),
+            expected_output=self._learner.expected_output(model, profile.task, profile.max_output),
+        )
+        choices = strategy.rank(request, views)
+        by_name = {n.name: n for n in nodes}
+        targets = [
+            Target(by_name[c.node], f"{strategy.name}: {c.reason}", c.category) for c in choices
+        ]
+        by_view = {v.name: v for v in views}
+        decision = {
+            "request_id": request_id,
+            "time": time.time(),
+            "model": model,
+            "endpoint": profile.endpoint,
+            "task": profile.task,
+            "complexity": profile.complexity,
+            "prompt_tokens": profile.prompt_tokens,
+            "expected_output_tokens": round(request.expected_output),
+            "stream": profile.stream,
+            "priority": priority,
+            "strategy": strategy.name,
+            "node": choices[0].node if choices else None,
+            "served_by": None,
+            "reason": choices[0].reason if choices else "",
+            "category": choices[0].category.value if choices else "",
+            "candidates": [_candidate(c, by_view[c.node]) for c in choices],
+        }
+        self._decisions.add(decision)
+        return Plan(targets, cached, decision)
+
+    async def for_model(
+        self, request: web.Request, profile: RequestProfile, request_id: str, priority: int
+    ) -> Plan | Candidates:
+        """Where a model request may go: a Plan to forward at once (nothing to wait for), or
+        the Candidates that admission control picks from when a slot is free."""
+        model = profile.model
+        pinned = self.pinned(request, allow_all=False)
+        if pinned is not None:
+            return Candidates(
+                (model, *(n.name for n in pinned)),
+                lambda: self._pinned_up(pinned),
+                lambda free: Plan(
+                    [
+                        Target(n, f"pinned by {NODE_HEADER}", Reason.PINNED, pinned=True)
+                        for n in free
+                    ]
+                ),
+            )
+        if not model:
+            # No model to route by: the node answers with Ollama's own error for that.
+            return Plan(self.any_node(request_id, "no model named", Reason.NO_MODEL))
+        if not self._fleet.with_model(model, healthy_only=False):
+            await self._fleet.refresh_for_missing_model()
+        if self._fleet.with_model(model, healthy_only=False):
+            return Candidates(
+                (model,),
+                lambda: self._holders(model),
+                lambda free: self._rank(free, profile, request_id, priority),
+            )
+        # No node has it: a node answers with Ollama's own "not found" for this route, byte for byte.
+        return Plan(self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL))
+
+    def _holders(self, model: str) -> list[NodeState]:
+        holders = self._fleet.with_model(model)
+        if not holders:
+            down = self._fleet.with_model(model, healthy_only=False)
+            raise NoTarget(
+                503,
+                f"model '{model}' is only on nodes that are down ({self._fleet.unhealthy_summary(down)})",
+            )
+        return holders
+
+    def _pinned_up(self, pinned: list[NodeState]) -> list[NodeState]:
+        up = [n for n in pinned if n.healthy]
+        if not up:
+            raise NoTarget(
+                503,
+                f"{NODE_HEADER}: the pinned node is down ({self._fleet.unhealthy_summary(pinned)})",
+            )
+        return up
+
+    # -- management routes (see README "Managing models through the proxy") ------------------
+
+    def placement(self) -> NodeState:
+        """Where blobs and new models go: the first healthy node in configuration order, so that
+        a blob upload and the create that uses it always meet on the same node."""
+        return self._healthy()[0]
+
+    def for_management(
+        self, request: web.Request, kind: str, model: str, source_model: str, request_id: str
+    ) -> tuple[list[NodeState], str]:
+        """The nodes a pull/push/delete/copy/create runs on, and a label saying why."""
+        pinned = self.pinned(request, allow_all=True)
+        if pinned is not None:
+            return pinned, f"{kind}: pinned by {NODE_HEADER}"
+        if kind == "pull":
+            nodes = self._healthy()
+            return nodes, f"pull: every healthy node ({len(nodes)})"
+        if kind in ("delete", "copy"):
+            holders = self._fleet.with_model(model)
+            if holders:
+                return holders, f"{kind}: every healthy node with the model ({len(holders)})"
+            return [
+                self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL)[0].node
+            ], f"{kind}: no node has the model"
+        if kind == "push":
+            holders = self._fleet.with_model(model)
+            if holders:
+                return [
+                    min(holders, key=lambda n: n.in_flight)
+                ], "push: the least busy node with the model"
+            return [
+                self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL)[0].node
+            ], "push: no node has the model"
+        # create: next to its base model when it names one the fleet has, else the placement node
+        holders = self._fleet.with_model(source_model) if source_model else []
+        if holders:
+            return [holders[0]], "create: first healthy node with the base model"
+        return [self.placement()], "create: placement node (first healthy node)"
+
+
+def _candidate(choice: Any, view: Any) -> dict[str, Any]:
+    """One candidate of a decision, as /sollol/decisions shows it."""
+    entry: dict[str, Any] = {
+        "node": choice.node,
+        "reason": choice.reason,
+        "category": choice.category.value,
+        "resident": view.resident,
+        "cached_tokens": view.cached_tokens,
+        "in_flight": view.in_flight,
+        "slots": view.num_parallel,
+    }
+    if choice.estimate is not None:
+        est = choice.estimate
+        entry["estimate_s"] = {
+            "total": round(est.total, 4),
+            "wait": round(est.wait, 4),
+            "load": round(est.load, 4),
+            "evict": round(est.evict, 4),
+            "prefill": round(est.prefill, 4),
+            "decode": round(est.decode, 4),
+        }
+    return entry

@@ -1,0 +1,139 @@
+"""One request's attempts, fed back into the live state of the fleet and into the learner.
+
+Dispatches update the node state at once (in flight per model, loads under way, residency,
+runner options, prompt-cache affinity); the background refresh corrects it later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from sollol_proxy.fleet.fleet import Fleet, NodeState
+from sollol_proxy.fleet.learning import Learner, Timings
+from sollol_proxy.fleet.prompt_cache import PromptCache
+from sollol_proxy.fleet.snapshot import planned_victims
+from sollol_proxy.routing.analysis import RequestProfile
+
+
+class Attempt:
+    """The request on one node, from dispatch to its last byte."""
+
+    def __init__(self, observer: DispatchObserver, node: NodeState) -> None:
+        self._observer = observer
+        self.node = node
+        self.started = time.monotonic()
+        self.first_byte_at: float | None = None
+        self.cold = False  # the model was not resident here when the request was sent
+        self.victims: list[str] = []  # what Ollama will unload here to load it
+        # Ollama's load_duration includes waiting for other loads and for busy victims to
+        # drain: only a load with neither measures the load itself.
+        self.clean_load = False
+        self.holding = False  # counted in node.loading / node.evicting
+
+    def first_byte(self, status: int) -> None:
+        self.first_byte_at = time.monotonic()
+        self._observer.first_byte(self, status)
+
+    def finished(self, status: int, timings: Timings | None) -> None:
+        """The whole answer was relayed; `timings` are those of its final object, if any."""
+        self._observer.finished(self, status, timings)
+
+    def failed(self) -> None:
+        self._observer.learner.observe_failure(self.node.name)
+
+
+class DispatchObserver:
+    def __init__(
+        self,
+        fleet: Fleet,
+        learner: Learner,
+        cache: PromptCache,
+        profile: RequestProfile,
+        cached_tokens: Mapping[str, int],
+        decision: dict[str, Any] | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.learner = learner
+        self.cache = cache
+        self.profile = profile
+        self.cached_tokens = cached_tokens
+        self.decision = decision
+
+    @contextlib.asynccontextmanager
+    async def attempt(self, node: NodeState) -> AsyncIterator[Attempt]:
+        model = self.profile.model
+        attempt = Attempt(self, node)
+        if not node.is_resident(model):
+            attempt.cold = True
+            runners = {r.model: r for r in planned_victims(node, model, self.learner)}
+            attempt.victims = list(runners)
+            attempt.clean_load = node.loads_pending(model) == 0 and not any(
+                r.in_flight for r in runners.values()
+            )
+            # Until the node answers, the load is under way and its victims are on their way
+            # out: no other request is routed to them as if they were still loaded.
+            self._hold(attempt, 1)
+        async with self.fleet.lease(node, model):
+            try:
+                yield attempt
+            finally:
+                self._hold(attempt, -1)
+
+    def _hold(self, attempt: Attempt, step: int) -> None:
+        if attempt.holding == (step > 0):
+            return
+        attempt.holding = step > 0
+        node = attempt.node
+        node.hold(node.loading, [self.profile.model], step)
+        node.hold(node.evicting, attempt.victims, step)
+
+    def first_byte(self, attempt: Attempt, status: int) -> None:
+        node, model = attempt.node, self.profile.model
+        self._hold(attempt, -1)
+        if self.decision is not None:
+            self.decision["served_by"] = node.name
+        if status != 200:
+            return
+        if attempt.victims:  # the load happened: its victims are gone, and their caches
+            for victim in attempt.victims:
+                node.loaded.pop(victim, None)
+                node.recent.pop(victim, None)
+                node.runner_options.pop(victim, None)
+            self.cache.forget(node.name, attempt.victims)
+        previous = node.runner_options.get(model)
+        if previous is not None and previous != self.profile.runner_options:
+            self.cache.forget(node.name, [model])  # Ollama reloaded the runner: its cache is gone
+        node.runner_options[model] = self.profile.runner_options
+        node.recent[model] = time.monotonic()
+
+    def finished(self, attempt: Attempt, status: int, timings: Timings | None) -> None:
+        node, profile = attempt.node, self.profile
+        if status >= 500:
+            self.learner.observe_failure(node.name)
+            return
+        if status != 200:
+            return
+        now = time.monotonic()
+        self.learner.observe_success(
+            node.name,
+            profile.model,
+            profile.task,
+            timings,
+            clean_load=attempt.clean_load,
+            cached_tokens=self.cached_tokens.get(node.name, 0),
+            ttft_s=(attempt.first_byte_at - attempt.started)
+            if profile.stream and attempt.first_byte_at
+            else None,
+            elapsed_s=now - attempt.started,
+            estimated_prompt_tokens=profile.prompt_tokens,
+        )
+        # A request that found none of its prefix here took a slot from another conversation.
+        self.cache.record(
+            profile.model,
+            node.name,
+            profile.prefix_keys,
+            new_slot=not self.cached_tokens.get(node.name),
+        )

@@ -1,0 +1,150 @@
+"""Relaying one node's answer to the client, byte for byte, and what happens if it breaks.
+
+After the first byte nothing can be retried: a stream that breaks ends with the in-stream error
+the client's library raises on (NDJSON error line, SSE error event), never a silent truncation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from sollol_proxy.config import Config
+from sollol_proxy.fleet.fleet import Fleet, NodeState, describe_error
+from sollol_proxy.fleet.health import Failure
+from sollol_proxy.fleet.learning import parse_timings
+from sollol_proxy.forward.record import Outcome, RequestRecord
+from sollol_proxy.forward.upstream import Opened
+from sollol_proxy.lifecycle.drain import CUT_MESSAGE, is_cut
+from sollol_proxy.wire.errors import stream_error_bytes
+from sollol_proxy.wire.headers import REQUEST_ID_HEADER, downstream_response_headers
+
+if TYPE_CHECKING:
+    from sollol_proxy.forward.attempt import Attempt
+
+log = logging.getLogger("sollol.proxy")
+# The final object of a response (where Ollama's timing fields are) is in its last few writes.
+TAIL_CHUNKS = 4
+
+
+async def relay(
+    request: web.Request,
+    opened: Opened,
+    node: NodeState,
+    routing: dict[str, str],
+    attempt: Attempt | None,
+    record: RequestRecord,
+    fleet: Fleet,
+    config: Config,
+    upstream_done: Callable[[], None] | None = None,
+) -> web.StreamResponse:
+    """Stream the node's answer to the client, one write per upstream read; `upstream_done`
+    is called when the node has sent its last byte."""
+    upstream = opened.response
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response.headers.extend(downstream_response_headers(upstream.headers))
+    response.headers.update(routing)
+    length = upstream.headers.get("Content-Length")
+    if length is not None and length.isdigit():
+        # Same framing as the node: a sized body stays sized, a chunked stream stays chunked.
+        response.content_length = int(length)
+    complete = False
+    recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
+    try:
+        await response.prepare(request)
+        chunk = opened.first_chunk
+        while chunk:
+            recent.append(chunk)  # before the write: a cut during the write knows it
+            await response.write(chunk)  # one write per upstream read: nothing is held back
+            if record.ttft_s is None:
+                record.ttft_s = time.monotonic() - record.started
+            try:
+                async with asyncio.timeout(config.timeouts.idle_read):
+                    chunk = await upstream.content.readany()
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                if attempt is not None:
+                    attempt.failed()
+                tail = b"".join(recent)[-2:]
+                record.outcome = Outcome.MIDSTREAM_FAILURE
+                await _broken_stream(request, response, upstream, node, exc, tail, fleet, config)
+                return response
+        if upstream_done is not None:
+            upstream_done()
+        await response.write_eof()
+        complete = True
+        if upstream.status < 500:  # a relayed 5xx was already counted as the node's failure
+            node.health.succeeded()
+        tail = b"".join(recent)
+        timings = parse_timings(tail)
+        if timings is not None:
+            record.tokens_in, record.tokens_out = timings.prompt_tokens, timings.output_tokens
+        if attempt is not None:
+            attempt.finished(upstream.status, timings)
+        return response
+    except asyncio.CancelledError as exc:
+        if not (is_cut(exc) and response.prepared):
+            raise
+        # The shutdown's grace period is over: the client is told, not silently cut.
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        record.outcome = Outcome.CUT_BY_SHUTDOWN
+        await _end_stream(request, response, upstream, CUT_MESSAGE, b"".join(recent)[-2:])
+        return response
+    finally:
+        if complete:
+            upstream.release()
+        else:
+            # The client left or the stream broke: closing makes Ollama cancel the generation
+            # and free its slot (reference 1.4).
+            upstream.close()
+
+
+async def _broken_stream(
+    request: web.Request,
+    response: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    node: NodeState,
+    exc: BaseException,
+    tail: bytes,
+    fleet: Fleet,
+    config: Config,
+) -> None:
+    reason = (
+        f"idle for {config.timeouts.idle_read:g}s"
+        if isinstance(exc, TimeoutError)
+        else describe_error(exc)
+    )
+    node.health.counters.mid_stream_failures += 1
+    kind = Failure.TIMEOUT if isinstance(exc, TimeoutError) else Failure.RESET
+    fleet.mark_failed(node, f"stream broke: {reason}", kind)
+    message = (
+        f"sollol-proxy: node {node.name} failed mid-response ({reason}); the response is incomplete"
+    )
+    log.warning("%s: %s", response.headers.get(REQUEST_ID_HEADER, "-"), message)
+    await _end_stream(request, response, upstream, message, tail)
+
+
+async def _end_stream(
+    request: web.Request,
+    response: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    message: str,
+    tail: bytes,
+) -> None:
+    """End an answer the client already has part of, so that its library raises `message`."""
+    ending = stream_error_bytes(
+        request.path, upstream.headers.get("Content-Type", ""), message, tail
+    )
+    if ending:
+        await response.write(ending)
+        await response.write_eof()
+    elif request.transport is not None:
+        # Not a stream format that can carry an error: cut the connection so the client sees
+        # a truncated body rather than a clean, shorter one.
+        request.transport.close()

@@ -1,0 +1,97 @@
+"""Opening a request to one node. Everything that can fail before the node's first byte is here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+
+import aiohttp
+import yarl
+from aiohttp import web
+
+from sollol_proxy.fleet.fleet import NodeState, describe_error
+from sollol_proxy.fleet.health import Failure
+from sollol_proxy.wire.headers import upstream_request_headers
+
+Body = bytes | AsyncIterable[bytes] | None
+
+
+class UpstreamFailure(Exception):
+    """The node could not be used for this request; another node may still serve it."""
+
+    def __init__(self, reason: str, kind: Failure) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+    @property
+    def node_down(self) -> bool:
+        """The connection failed or broke (not merely slow)."""
+        return self.kind in (Failure.CONNECT, Failure.RESET)
+
+    @property
+    def timed_out(self) -> bool:
+        return self.kind is Failure.TIMEOUT
+
+
+@dataclass(slots=True)
+class Opened:
+    response: aiohttp.ClientResponse
+    first_chunk: bytes
+
+
+def client_ip(request: web.Request) -> str | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return peer[0] if peer else None
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession,
+    request: web.Request,
+    node: NodeState,
+    body: Body,
+    first_byte: float | None,
+) -> Opened:
+    """Send the request and wait for the first body bytes (Ollama sends headers with them).
+
+    `first_byte` bounds that wait, or None for no bound: a non-streamed answer only comes when
+    the whole generation is done, and an upload's answer only after the upload.
+
+    Waiting for the first chunk before answering the client is what makes failover safe: until
+    then the client has received nothing, so another node can still take the request.
+    """
+    headers = upstream_request_headers(request.headers, node.config, client_ip(request))
+    if not isinstance(body, bytes | None) and request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)
+    # encoded=True: the path goes out exactly as the client wrote it (yarl would resolve `..`).
+    url = yarl.URL(node.config.url + request.raw_path, encoded=True)
+    response: aiohttp.ClientResponse | None = None
+    try:
+        async with asyncio.timeout(first_byte):
+            response = await session.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False
+            )
+            first = await response.content.readany()
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        # Before the TimeoutError branch: a connect timeout is also a TimeoutError.
+        raise UpstreamFailure(_connect_reason(exc), Failure.CONNECT) from exc
+    except TimeoutError as exc:
+        if response is not None:
+            response.close()
+        raise UpstreamFailure(f"no response within {first_byte:g}s", Failure.TIMEOUT) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        if response is not None:
+            response.close()
+        raise UpstreamFailure(describe_error(exc), Failure.RESET) from exc
+    except BaseException:  # the client went away: the node must see the connection close
+        if response is not None:
+            response.close()
+        raise
+    return Opened(response, first)
+
+
+def _connect_reason(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "cannot connect (timed out)"
+    return describe_error(exc)

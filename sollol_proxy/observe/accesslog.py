@@ -1,0 +1,52 @@
+"""One access-log line per request, written when the request is over (streams included).
+
+The same fields in both formats: `key=value` text, or top-level keys of a JSON line
+(see logformat.py). Times are milliseconds; absent values are `-` in text and null in JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sollol_proxy.forward.record import RequestRecord
+
+log = logging.getLogger("sollol.access")
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def access_fields(record: RequestRecord) -> dict[str, object]:
+    return {
+        "request_id": record.request_id,
+        "client": record.client,
+        "method": record.method,
+        "route": record.endpoint,
+        "model": record.model or None,
+        "node": record.node or None,
+        "status": record.status,
+        "outcome": record.outcome.value,
+        "queue_ms": _ms(record.queue_s),
+        "ttft_ms": _ms(record.ttft_s),
+        "duration_ms": _ms(record.duration_s),
+        "tokens_in": record.tokens_in,
+        "tokens_out": record.tokens_out,
+        "reason": record.reason or None,
+        "failovers": len(record.failed_attempts),
+        "retries": record.retries,
+        "routing": record.route or None,
+    }
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "-"
+    text = str(value)
+    # Quoted when it would not read back as one token (the routing text has spaces).
+    return f'"{text.replace(chr(34), chr(39))}"' if not text or " " in text or "=" in text else text
+
+
+def log_request(record: RequestRecord) -> None:
+    fields = access_fields(record)
+    log.info(" ".join(f"{k}={_text(v)}" for k, v in fields.items()), extra={"fields": fields})

@@ -1,0 +1,272 @@
+"""Prometheus metrics: counters and histograms fed by finished requests, live gauges read at scrape.
+
+Each app has its own `CollectorRegistry` (tests run many proxies in one process). Request-level
+series come from the `RequestRecord` sink; node state (up, in flight, loaded models, learned
+rates) is read from the fleet and the learner when Prometheus scrapes, so nothing has to be
+updated on every change. Labels are bounded: route templates, configured node names, models the
+fleet lists, the routing Reason categories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sollol_proxy.admission.admission import Admission
+from sollol_proxy.fleet.fleet import Fleet
+from sollol_proxy.fleet.health import State
+from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.forward.record import Outcome, RequestRecord
+from sollol_proxy.forward.retry import RetryBudget
+from sollol_proxy.observe.labels import model_label, node_label
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Requests range from a millisecond (a resident embedding) to minutes (a cold load, a long answer).
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# From a free slot (microseconds) to the queue's maximum wait (minutes).
+QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+NO_STRATEGY = "none"  # pinned requests, requests without a model, fleet views
+
+
+class Metrics:
+    def __init__(
+        self, fleet: Fleet, learner: Learner, admission: Admission, budget: RetryBudget
+    ) -> None:
+        self._fleet = fleet
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sollol_requests",
+            "Requests answered, by route template, model, node and status.",
+            ["endpoint", "model", "node", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "sollol_request_duration_seconds",
+            "From the request's arrival to the last byte of its answer.",
+            ["endpoint", "model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "sollol_time_to_first_token_seconds",
+            "Streamed 200 answers: from the request's arrival to the first byte sent to the client.",
+            ["endpoint", "model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tokens_in = Counter(
+            "sollol_input_tokens",
+            "Prompt tokens Ollama evaluated (prompt_eval_count of the final object).",
+            ["model", "node"],
+            registry=r,
+        )
+        self.tokens_out = Counter(
+            "sollol_output_tokens",
+            "Tokens Ollama generated (eval_count of the final object).",
+            ["model", "node"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "sollol_routing_decisions",
+            "Answered requests by the strategy and the reason category of the node that served.",
+            ["strategy", "reason"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "sollol_failovers",
+            "Nodes given up before the first byte (refused, reset, timeout, 5xx, busy, a model the "
+            "inventory listed but the node lacked); the next one was tried.",
+            ["node"],
+            registry=r,
+        )
+        self.midstream = Counter(
+            "sollol_midstream_failures",
+            "Answers a node broke off after the client had received part of them.",
+            ["node"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "sollol_queue_wait_seconds",
+            "Time admitted requests waited in the proxy for a free slot, by priority.",
+            ["priority"],
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        r.register(FleetCollector(fleet, learner))
+        r.register(HealthCollector(fleet, budget))
+        r.register(QueueCollector(admission))
+
+    def observe(self, record: RequestRecord) -> None:
+        """The RequestRecord sink."""
+        model = model_label(self._fleet, record.model)
+        node = node_label(self._fleet, record.node)
+        self.requests.labels(record.endpoint, model, node, str(record.status)).inc()
+        self.duration.labels(record.endpoint, model).observe(record.duration_s)
+        if record.stream and record.status == 200 and record.ttft_s is not None:
+            self.ttft.labels(record.endpoint, model).observe(record.ttft_s)
+        if record.tokens_in is not None:
+            self.tokens_in.labels(model, node).inc(record.tokens_in)
+        if record.tokens_out is not None:
+            self.tokens_out.labels(model, node).inc(record.tokens_out)
+        if record.reason:
+            self.decisions.labels(record.strategy or NO_STRATEGY, record.reason).inc()
+        for failed, _ in record.failed_attempts:
+            self.failovers.labels(node_label(self._fleet, failed)).inc()
+        if record.outcome is Outcome.MIDSTREAM_FAILURE:
+            self.midstream.labels(node).inc()
+        if record.admitted:
+            self.queue_wait.labels(str(record.priority)).observe(record.queue_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class FleetCollector(Collector):
+    """Node state and learned rates, read from the live objects at scrape time."""
+
+    def __init__(self, fleet: Fleet, learner: Learner) -> None:
+        self._fleet = fleet
+        self._learner = learner
+
+    def collect(self) -> Iterator[Metric]:
+        node_labels = ["node"]
+        pair_labels = ["node", "model"]
+        up = GaugeMetricFamily(
+            "sollol_node_up", "1 when the node answers its probes.", labels=node_labels
+        )
+        in_flight = GaugeMetricFamily(
+            "sollol_node_in_flight", "Requests the proxy has on the node.", labels=node_labels
+        )
+        slots = GaugeMetricFamily(
+            "sollol_node_slots",
+            "Parallel requests per loaded model (the node's OLLAMA_NUM_PARALLEL).",
+            labels=node_labels,
+        )
+        slots_used = GaugeMetricFamily(
+            "sollol_node_slots_in_use",
+            "Requests the proxy has on the node for this model (they share its slots).",
+            labels=pair_labels,
+        )
+        loaded_count = GaugeMetricFamily(
+            "sollol_node_loaded_models", "Models loaded on the node.", labels=node_labels
+        )
+        loaded = GaugeMetricFamily(
+            "sollol_node_model_loaded", "1 for each model loaded on the node.", labels=pair_labels
+        )
+        available = GaugeMetricFamily(
+            "sollol_node_models_available", "Models on the node's disk.", labels=node_labels
+        )
+        success = GaugeMetricFamily(
+            "sollol_node_success_rate",
+            "Recent share of the node's attempts that succeeded (decayed average).",
+            labels=node_labels,
+        )
+        learned = {
+            key: GaugeMetricFamily(f"sollol_learned_{name}", text, labels=pair_labels)
+            for key, name, text in (
+                ("decode_tokens_per_s", "decode_tokens_per_second", "Learned generation speed."),
+                ("prefill_tokens_per_s", "prefill_tokens_per_second", "Learned prompt speed."),
+                ("load_s", "load_seconds", "Learned model load time."),
+                ("ttft_s", "ttft_seconds", "Learned time to first token of streamed answers."),
+            )
+        }
+        for node in self._fleet.nodes.values():
+            name = node.name
+            up.add_metric([name], 1.0 if node.healthy else 0.0)
+            in_flight.add_metric([name], node.in_flight)
+            slots.add_metric([name], node.config.num_parallel)
+            for model, count in node.model_in_flight.items():
+                if model:
+                    slots_used.add_metric([name, model], count)
+            resident = node.loaded.keys() | node.recent.keys()
+            loaded_count.add_metric([name], len(resident))
+            for model in sorted(resident):
+                loaded.add_metric([name, model], 1.0)
+            available.add_metric([name], len(node.models))
+            snapshot = self._learner.snapshot(name)
+            success.add_metric([name], float(snapshot["success_rate"]))  # type: ignore[arg-type]
+            models = snapshot["models"]
+            assert isinstance(models, dict)
+            for model, values in models.items():
+                for key, family in learned.items():
+                    if values[key] > 0:  # 0: never measured (e.g. no load seen yet)
+                        family.add_metric([name, model], values[key])
+        yield from (up, in_flight, slots, slots_used, loaded_count, loaded, available, success)
+        yield from learned.values()
+
+
+class QueueCollector(Collector):
+    """The priority queue, read at scrape time; `priority` is 0 to 10, so the labels are bounded."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "sollol_queue_waiting", "Requests waiting for a free slot.", labels=["priority"]
+        )
+        oldest = GaugeMetricFamily(
+            "sollol_queue_oldest_wait_seconds",
+            "How long the oldest waiting request of each priority has waited.",
+            labels=["priority"],
+        )
+        turned_away = CounterMetricFamily(
+            "sollol_queue_rejections",
+            "Requests answered 503 by the queue: full, shed (for a more urgent one), timeout.",
+            labels=["priority", "reason"],
+        )
+        left = CounterMetricFamily(
+            "sollol_queue_abandoned",
+            "Requests whose client went away while they waited.",
+            labels=["priority"],
+        )
+        snapshot = self._admission.snapshot(limit=0)
+        for priority, level in snapshot["by_priority"].items():
+            waiting.add_metric([priority], level["waiting"])
+            oldest.add_metric([priority], level["oldest_wait_s"])
+            for reason, key in (("full", "rejected"), ("shed", "shed"), ("timeout", "timed_out")):
+                turned_away.add_metric([priority, reason], level[key])
+            left.add_metric([priority], level["left"])
+        yield from (waiting, oldest, turned_away, left)
+
+
+class HealthCollector(Collector):
+    """Each node's health state and what the outlier detection and the retries did."""
+
+    def __init__(self, fleet: Fleet, budget: RetryBudget) -> None:
+        self._fleet = fleet
+        self._budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "sollol_node_state",
+            "1 for the node's current health state (up, down, ejected, busy, half_open).",
+            labels=["node", "state"],
+        )
+        counters = {
+            key: CounterMetricFamily(f"sollol_node_{key}", text, labels=["node"])
+            for key, text in (
+                ("ejections", "Times the node was ejected by outlier detection."),
+                ("busy", "Busy (queue full) 503 answers that cooled the node down."),
+                ("retries", "Attempts the node took over after another node failed."),
+            )
+        }
+        for node in self._fleet.nodes.values():
+            current = node.health.current()
+            for value in State:
+                state.add_metric([node.name, value.value], 1.0 if value is current else 0.0)
+            for key, family in counters.items():
+                family.add_metric([node.name], getattr(node.health.counters, key))
+        refused = CounterMetricFamily(
+            "sollol_retries_refused",
+            "Retries the global retry budget did not allow.",
+        )
+        refused.add_metric([], self._budget.refused)
+        yield state
+        yield from counters.values()
+        yield refused

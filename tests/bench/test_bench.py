@@ -1,0 +1,77 @@
+"""The benchmarks run and report (their numbers are measured, never asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sollol_proxy.bench import queue, routing, scorer, workloads
+
+
+def tiny(seed: int) -> workloads.Scenario:
+    node = dict(
+        models=[workloads.model("llama3.2:latest", 1)],
+        num_parallel=1,
+        token_delay=0.001,
+        prompt_tokens_per_s=50000,
+    )
+    sessions = [
+        workloads.Session(
+            system="be brief " * 50,
+            questions=["a", "b"],
+            model="llama3.2:latest",
+            num_predict=3,
+            start=0.0,
+            think=0.0,
+        )
+    ]
+    calls = [
+        workloads.Call("llama3.2:latest", [{"role": "user", "content": "x"}], 3, at=0.01 * i)
+        for i in range(4)
+    ]
+    return workloads.Scenario(
+        "tiny", "a smoke test", [dict(node, name="a"), dict(node, name="b")], sessions, calls
+    )
+
+
+async def test_routing_benchmark_runs_every_strategy_on_the_same_workload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(workloads.SCENARIOS, "tiny", tiny)
+    table = await routing.benchmark(seed=1, scenarios=["tiny"])
+    rows = [
+        line
+        for line in table.splitlines()
+        if line.startswith("| ") and not line.startswith("| strategy")
+    ]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == list(routing.STRATEGIES)
+    assert all(row.endswith("| 0 |") for row in rows)  # no errors
+    assert rows[0].split(" | ")[1].endswith("(1.00)")  # round_robin is the baseline
+
+
+async def test_a_scenario_counts_latencies_loads_and_cache() -> None:
+    result = await routing.run_scenario(tiny(1), "performance")
+    assert len(result.ttft) == len(result.total) == 6 and result.errors == 0
+    assert result.loads >= 1 and result.prompt_tokens > result.cached_tokens > 0
+
+
+def test_scorer_benchmark_measures_each_strategy() -> None:
+    for name in scorer.STRATEGIES:
+        assert scorer.measure(name, nodes=10, decisions=50) > 0
+
+
+async def test_queue_benchmark_reports_both_modes_and_both_classes() -> None:
+    workload = queue.Workload(nodes=1, num_parallel=1, token_delay=0.002, tokens=5, duration=0.5)
+    report = await queue.benchmark(seed=3, workload=workload)
+    rows = [
+        line.split(" | ")
+        for line in report.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ]
+    assert [(row[0].lstrip("| "), row[1]) for row in rows[1:]] == [
+        ("queue", "high"),
+        ("queue", "low"),
+        ("no queue", "high"),
+        ("no queue", "low"),
+    ]
+    assert all(row[3] == "0" for row in rows[1:])  # no errors
+    assert "high p95 wait / low p95 wait" in report

@@ -1,0 +1,41 @@
+"""How often the watcher probes a node: backoff while it is down, jitter always."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sollol_proxy.config import load_config
+from sollol_proxy.fleet.fleet import Fleet
+from sollol_proxy.fleet.prompt_cache import PromptCache
+
+
+def fleet(**settings: Any) -> Fleet:
+    config = load_config(None, env={"SOLLOL_NODES": "a"}, overrides=settings)
+    return Fleet(config, None, PromptCache())  # type: ignore[arg-type]  # no probe is sent
+
+
+def test_probe_interval_doubles_while_down_up_to_the_cap() -> None:
+    made = fleet(**{"health.interval": 2, "health.backoff_max": 10, "health.jitter": 0})
+    node = made.nodes["a:11434"]
+    delays = []
+    for failed in range(5):
+        node.failed_probes = failed
+        delays.append(made.probe_delay(node))
+    assert delays == [2, 4, 8, 10, 10]
+    node.failed_probes = 10_000  # no overflow after days down
+    assert made.probe_delay(node) == 10
+
+
+def test_probe_interval_is_jittered_within_bounds() -> None:
+    made = fleet(**{"health.interval": 5, "health.jitter": 0.2})
+    node = made.nodes["a:11434"]
+    delays = [made.probe_delay(node) for _ in range(300)]
+    assert all(4.0 <= d <= 6.0 for d in delays)
+    assert max(delays) - min(delays) > 1.0  # spread, not constant
+
+
+def test_backoff_never_shortens_the_interval() -> None:
+    made = fleet(**{"health.interval": 60, "health.backoff_max": 30, "health.jitter": 0})
+    node = made.nodes["a:11434"]
+    node.failed_probes = 3
+    assert made.probe_delay(node) == 60
