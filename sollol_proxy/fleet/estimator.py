@@ -1,0 +1,268 @@
+"""How many requests a node really runs at once for a model, and how much it can hold, learned
+from traffic instead of configuration.
+
+Why: Ollama gives each loaded model OLLAMA_NUM_PARALLEL slots (default 1, often set to 2-32) and
+never says how many. Requests beyond them wait on the runner's semaphore without a 503 (reference
+5.2). A proxy that assumes too few holds back work the node would have served; one that assumes
+too many leaves requests queued inside Ollama, where they can no longer go to a free node.
+
+The signal: that wait is inside the final object's `total_duration` and outside `load_duration`,
+`prompt_eval_duration` and `eval_duration` (reference 5.6), so `slot_wait = total - load -
+prompt_eval - eval`, plus a few ms of rendering and tokenising. With it the proxy knows K, how
+many of its requests to that node and model were in flight when the request was dispatched
+(itself included).
+
+The rules. Netflix's concurrency-limits and Envoy's adaptive concurrency infer queueing from
+latency gradients; here the queueing is measured, so the window can follow proofs:
+- A request that ran at K without a slot wait proves slots >= K. Proofs raise the belief at once.
+  Other clients of the node can only add waits, never remove them, so a proof is trusted.
+- A request that waited at K suggests slots < K, but another client may have held the slots. The
+  belief drops only after `strikes` such waits at or under it, with no wait-free run at their
+  concurrency in between. Waits that contradict a proof younger than `proof_ttl` seconds (the node
+  came back with fewer slots) must go on for `restart_rounds` rounds, i.e. that many times the
+  belief in a row: one request of another client makes about one round of the proxy's requests
+  wait. Then every proof is forgotten.
+- Until the first wait the limit grows like TCP slow start, belief + max(1, proven): it doubles
+  per round of requests. After it, the limit is belief + 1 while probing. A probe that waits stops
+  probing for a number of full-window dispatches (there was demand) that doubles up to
+  `max_backoff`, so a saturated node sees its limit alternate between the truth and one more. A
+  wait-free run at a concurrency that used to wait means the node gained slots: slow start again.
+- A configured or forced value (`fixed`: num_parallel from the config, 1 for embedding models and
+  single-slot families) is used as is and never changed by observation.
+
+Memory (`MemoryBelief`) is bounded from /api/ps snapshots: models resident together prove the
+node holds that many and that much size_vram; a model that left when another loaded (an
+eviction) caps both at what was resident plus the newcomer. A later co-residency above a cap
+drops the cap: that departure was an expiry or an explicit unload, not an eviction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# A slot wait shorter than this (or than NOISE_SHARE of the request) is rendering and parsing.
+NOISE_S = 0.020
+NOISE_SHARE = 0.05
+
+
+def slot_wait(total_s: float, load_s: float, prompt_eval_s: float, eval_s: float) -> float:
+    """The time a request spent waiting for a slot, from its final object's timings (seconds)."""
+    return max(0.0, total_s - load_s - prompt_eval_s - eval_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change of belief, for the caller's log line."""
+
+    before: int
+    after: int
+    source: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"slots {self.before} -> {self.after} ({self.source}): {self.reason}"
+
+
+class CapacityEstimator:
+    """The parallel slots of one node for one model. Not thread-safe; call from one loop."""
+
+    def __init__(
+        self,
+        prior: int = 1,
+        *,
+        fixed: int | None = None,
+        cap: int = 32,
+        strikes: int = 2,
+        restart_rounds: int = 3,
+        proof_ttl: float = 600.0,
+        max_backoff: int = 32,
+    ) -> None:
+        self.cap = max(1, cap)
+        self.fixed = None if fixed is None else max(1, fixed)
+        self.strikes = strikes
+        self.restart_rounds = restart_rounds
+        self.proof_ttl = proof_ttl
+        self.max_backoff = max_backoff
+        self._restart(prior)
+
+    def _restart(self, prior: int) -> None:
+        self._believed = min(max(1, prior), self.cap)
+        self._proven = 0  # highest K that ran without a slot wait
+        self._proven_at = -math.inf
+        self._ceiling: int | None = None  # lowest K seen waiting above the belief
+        self._strike_ks: list[int] = []  # K of recent waits at or under the belief
+        self._slow_start = True
+        self._until_probe = 0  # full-window dispatches before the next probe
+        self._backoff = 1
+        self._observed = False
+
+    @property
+    def believed(self) -> int:
+        return self.fixed or self._believed
+
+    @property
+    def limit(self) -> int:
+        """How many requests the proxy should have in flight to this node and model."""
+        if self.fixed:
+            return self.fixed
+        if self._slow_start:
+            return min(self.cap, self._believed + max(1, self._proven))
+        return min(self.cap, self._believed + (self._until_probe <= 0))
+
+    @property
+    def source(self) -> str:
+        if self.fixed:
+            return "configured"
+        if not self._observed:
+            return "default"
+        return "probing" if self._slow_start else "learned"
+
+    def dispatched(self, in_flight_after: int, now: float) -> None:
+        """The proxy sent a request; `in_flight_after` counts it."""
+        if self.fixed:
+            return
+        self._age(now)
+        if in_flight_after >= self._believed and self._until_probe > 0:
+            self._until_probe -= 1
+
+    def finished(
+        self,
+        in_flight_at_dispatch: int,
+        slot_wait_s: float | None,
+        now: float,
+        total_s: float = 0.0,
+        overlap: int | None = None,
+    ) -> Change | None:
+        """A request ended. `slot_wait_s` is None when the answer had no timings (a failure or a
+        cut stream); `total_s` is its total_duration, to scale the noise threshold. `overlap`:
+        how many of the requests in flight at its dispatch (itself included) were still in
+        flight when its first byte came; a run without a wait proves only that many slots."""
+        if self.fixed or slot_wait_s is None:
+            return None
+        self._age(now)
+        before, source = self._believed, self.source
+        k = max(1, in_flight_at_dispatch)
+        self._observed = True
+        if slot_wait_s <= max(NOISE_S, NOISE_SHARE * total_s):
+            reason = self._ran_free(max(1, min(k, overlap or k)), now)
+        else:
+            reason = self._waited(k)
+        if (self._believed, self.source) == (before, source):
+            return None
+        return Change(before, self._believed, self.source, reason)
+
+    def reset(self, reason: str, prior: int | None = None) -> Change | None:
+        """Forget everything learned (the node restarted) and start again from `prior`, by default
+        the current belief, now unproven."""
+        if self.fixed:
+            return None
+        before, source = self._believed, self.source
+        self._restart(self._believed if prior is None else prior)
+        if (self._believed, self.source) == (before, source):
+            return None
+        return Change(before, self._believed, self.source, reason)
+
+    def _age(self, now: float) -> None:
+        if self._proven and now - self._proven_at > self.proof_ttl:
+            self._proven = 0  # not seen for a while: the node may have restarted since
+
+    def _ran_free(self, k: int, now: float) -> str:
+        k = min(k, self.cap)
+        if k >= self._proven:
+            self._proven, self._proven_at = k, now
+        # The node served k at once, so waits at k or fewer were another client's doing.
+        self._strike_ks = [s for s in self._strike_ks if s > k]
+        if self._ceiling is not None and k >= self._ceiling:
+            self._ceiling, self._slow_start = None, True
+        if k > self._believed:
+            self._believed, self._until_probe, self._backoff = k, 0, 1
+        if self._believed >= self.cap:
+            self._slow_start = False
+        return f"{k} in flight ran without a slot wait"
+
+    def _waited(self, k: int) -> str:
+        self._slow_start = False
+        if k > self._believed:
+            self._ceiling = k if self._ceiling is None else min(self._ceiling, k)
+            if self._until_probe <= 0:  # the probe failed: back off
+                self._until_probe = self._backoff
+                self._backoff = min(2 * self._backoff, self.max_backoff)
+            return f"a probe at {k} in flight waited for a slot"
+        self._strike_ks.append(k)
+        low = min(self._strike_ks)
+        contradicts = low <= self._proven
+        needed = self.restart_rounds * self._believed if contradicts else self.strikes
+        if len(self._strike_ks) < needed:
+            return f"a wait for a slot at {k} in flight"
+        self._believed = max(1, low - 1)
+        self._ceiling = low
+        self._strike_ks.clear()
+        self._until_probe = self._backoff
+        if contradicts:
+            self._proven, self._proven_at = 0, -math.inf
+            return f"repeated slot waits at {low} in flight, which used to run at once"
+        return f"repeated slot waits at {low} in flight"
+
+
+class MemoryBelief:
+    """How many models a node keeps loaded and how much VRAM they may use, from /api/ps."""
+
+    def __init__(self, *, vram_bytes: int | None = None, max_loaded: int | None = None) -> None:
+        self._vram_fixed = vram_bytes
+        self._loaded_fixed = max_loaded
+        self.vram_seen = 0  # largest size_vram sum resident together: a lower bound
+        self.loaded_seen = 0  # largest number of models resident together: a lower bound
+        self._vram_cap: int | None = None
+        self._loaded_cap: int | None = None
+        self._resident: dict[str, int] | None = None  # name -> size_vram, last snapshot
+
+    @property
+    def vram_bytes(self) -> int | None:
+        """Usable VRAM: configured, or the cap an eviction showed; None while unknown."""
+        return self._vram_fixed if self._vram_fixed is not None else self._vram_cap
+
+    @property
+    def max_loaded(self) -> int | None:
+        """Models held at once: configured, or the cap an eviction showed; None while unknown
+        (`loaded_seen` is then a lower bound)."""
+        return self._loaded_fixed if self._loaded_fixed is not None else self._loaded_cap
+
+    @property
+    def source(self) -> str:
+        if self._vram_fixed is not None and self._loaded_fixed is not None:
+            return "configured"
+        if self._vram_cap is not None or self._loaded_cap is not None:
+            return "evictions"
+        return "resident" if self.loaded_seen else "default"
+
+    def observe(self, models: Iterable[Mapping[str, Any]]) -> bool:
+        """Fold in one /api/ps `models` list; True when `vram_bytes` or `max_loaded` changed."""
+        before = (self.vram_bytes, self.max_loaded)
+        resident: dict[str, int] = {}
+        for item in models:
+            name, size_vram = item.get("name"), item.get("size_vram")
+            if isinstance(name, str):
+                resident[name] = size_vram if isinstance(size_vram, int) else 0
+        previous, self._resident = self._resident, resident
+        if previous is not None:
+            loaded = resident.keys() - previous.keys()
+            if loaded and previous.keys() - resident.keys():
+                self._evicted(previous, sum(resident[m] for m in loaded))
+        self.loaded_seen = max(self.loaded_seen, len(resident))
+        self.vram_seen = max(self.vram_seen, sum(resident.values()))
+        # A cap below what was later resident together was not an eviction's.
+        if self._loaded_cap is not None and self._loaded_cap < self.loaded_seen:
+            self._loaded_cap = None
+        if self._vram_cap is not None and self._vram_cap < self.vram_seen:
+            self._vram_cap = None
+        return (self.vram_bytes, self.max_loaded) != before
+
+    def _evicted(self, previous: dict[str, int], incoming: int) -> None:
+        count = len(previous)
+        self._loaded_cap = count if self._loaded_cap is None else min(self._loaded_cap, count)
+        ceiling = sum(previous.values()) + incoming
+        if ceiling:  # CPU-only runners report no size_vram: nothing to learn about VRAM
+            self._vram_cap = ceiling if self._vram_cap is None else min(self._vram_cap, ceiling)
