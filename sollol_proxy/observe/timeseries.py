@@ -34,8 +34,10 @@ sample was taken, e.g. it was not running); in a bucket it did touch, rates are 
 no traffic), percentiles are null when nothing was observed, and sampled values (queue depth,
 a node's slots) are null when no sample was taken. Requests and tokens count in the bucket in
 which the request finished; percentiles are a bin's geometric midpoint (within 9% of the true
-value); numbers have three significant digits. Marks are the node state changes within the
-window, oldest first, at most MAX_MARKS of them.
+value); rates, percentiles and means have three significant digits, and queue depths and slot
+counts are integers (`slots_believed` and queue `last` from the bucket's last sample). Marks are
+the node state changes within the window, oldest first, times to the millisecond, at most
+MAX_MARKS of them.
 """
 
 from __future__ import annotations
