@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from sollol_proxy.forward.record import Outcome
 from sollol_proxy.observe.timeseries import MAX_MARKS, TimeSeries
-from sollol_proxy.record import Outcome
 
 OUTCOMES = [o.value for o in Outcome] + ["rejected"]
 T0 = 1_700_000_000  # a bucket start for 5 s buckets
