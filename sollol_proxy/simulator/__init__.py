@@ -75,8 +75,9 @@ spent waiting for a parallel slot) and ``load_wait`` (seconds spent waiting for 
 including behind other models' loads and evictions).
 """
 
+from .core import DETERMINISTIC_CREATED_AT
 from .models import ModelName, SimModel, default_catalog, display_name, parse_name
-from .node import DETERMINISTIC_CREATED_AT, SimulatedNode
+from .node import SimulatedNode
 from .scheduler import NodeStats
 from .wire import Faults, RecordedRequest, RecordedResponse
 

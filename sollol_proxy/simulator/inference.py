@@ -24,9 +24,7 @@ from .text import tokens_for
 from .wire import FAULT_ABORT
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
-
-DEFAULT_NUM_CTX = 4096
+    from .core import NodeCore
 
 # Fixed metric values for deterministic mode, so identical requests give identical bytes.
 _DET_LOAD_NS = 1_000_000
@@ -43,7 +41,7 @@ class Generation:
 
     def __init__(
         self,
-        node: SimulatedNode,
+        node: NodeCore,
         request: web.Request,
         model: SimModel,
         options: dict[str, Any],

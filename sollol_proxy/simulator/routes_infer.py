@@ -16,7 +16,7 @@ from .text import context_ids, count_tokens, embedding, legacy_embedding, plan_l
 from .wire import JSON, NDJSON, Stream, error_response, json_response
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from .core import NodeCore
 
 GENERATE_FIELDS = {
     "model": "string",
@@ -60,7 +60,7 @@ def _options(req: dict[str, Any]) -> dict[str, Any]:
     return opts if isinstance(opts, dict) else {}
 
 
-async def generate(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def generate(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     req = decode_body(await request.read(), "GenerateRequest", GENERATE_FIELDS)
     keep_alive = parse_keep_alive(req.get("keep_alive"))
@@ -141,7 +141,7 @@ def _assistant(content: str) -> dict[str, str]:
     return {"role": "assistant", "content": content}
 
 
-async def chat(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def chat(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     req = decode_body(await request.read(), "ChatRequest", CHAT_FIELDS)
     keep_alive = parse_keep_alive(req.get("keep_alive"))
@@ -184,7 +184,7 @@ async def chat(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
 
 
 async def chat_body(
-    node: SimulatedNode,
+    node: NodeCore,
     request: web.Request,
     gen: Generation,
     req: dict[str, Any],
@@ -245,7 +245,7 @@ def embed_inputs(value: Any) -> list[str]:
     raise ApiError(400, "invalid input type")
 
 
-async def embed(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def embed(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     req = decode_body(await request.read(), "EmbedRequest", EMBED_FIELDS)
     keep_alive = parse_keep_alive(req.get("keep_alive"))
@@ -274,7 +274,7 @@ async def embed(node: SimulatedNode, request: web.Request) -> web.StreamResponse
         return json_response({"model": name, "embeddings": vectors} | gen.embed_metrics(count))
 
 
-async def embeddings(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def embeddings(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     req = decode_body(await request.read(), "EmbeddingRequest", EMBEDDINGS_FIELDS)
     keep_alive = parse_keep_alive(req.get("keep_alive"))

@@ -16,21 +16,21 @@ from .scheduler import Runner
 from .wire import JSON_UTF8, TEXT_UTF8, error_response, json_response, respond
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from .core import NodeCore
 
 _DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 _BLOB_CHUNK = 64 * 1024
 
 
-async def root(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def root(node: NodeCore, request: web.Request) -> web.StreamResponse:
     return respond(200, b"Ollama is running", TEXT_UTF8)
 
 
-async def version(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def version(node: NodeCore, request: web.Request) -> web.StreamResponse:
     return json_response({"version": node.version})
 
 
-async def status(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def status(node: NodeCore, request: web.Request) -> web.StreamResponse:
     return json_response({"cloud": {"disabled": False, "source": "none"}})
 
 
@@ -49,7 +49,7 @@ def list_item(m: SimModel) -> dict[str, Any]:
     return item
 
 
-async def tags(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def tags(node: NodeCore, request: web.Request) -> web.StreamResponse:
     return json_response({"models": [list_item(m) for m in node.sorted_models()]})
 
 
@@ -60,7 +60,7 @@ def _expires_ns(r: Runner) -> int:
     return expiry_ns(now_ns(), r.session_duration)
 
 
-async def ps(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def ps(node: NodeCore, request: web.Request) -> web.StreamResponse:
     runners = sorted(node._sched.loaded(), key=_expires_ns, reverse=True)
     items = [
         {
@@ -100,7 +100,7 @@ def model_info(m: SimModel, basename: str) -> dict[str, Any]:
     return dict(sorted(info.items()))  # Go marshals map keys sorted
 
 
-async def show(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def show(node: NodeCore, request: web.Request) -> web.StreamResponse:
     req = decode_body(
         await request.read(),
         "ShowRequest",
@@ -133,7 +133,7 @@ async def show(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     return json_response(resp)
 
 
-async def copy(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def copy(node: NodeCore, request: web.Request) -> web.StreamResponse:
     req = decode_body(
         await request.read(), "CopyRequest", {"source": "string", "destination": "string"}
     )
@@ -150,7 +150,7 @@ async def copy(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     return respond(200)
 
 
-async def delete(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def delete(node: NodeCore, request: web.Request) -> web.StreamResponse:
     req = decode_body(await request.read(), "DeleteRequest", {"model": "string", "name": "string"})
     name = req.get("model") or req.get("name") or ""
     if parse_name(name) is None:
@@ -171,7 +171,7 @@ def normalise_digest(digest: str) -> str:
     return "sha256:" + digest[7:].lower()
 
 
-async def head_blob(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def head_blob(node: NodeCore, request: web.Request) -> web.StreamResponse:
     digest = _blob_digest(request)
     if normalise_digest(digest) in node.blobs:
         return respond(200)
@@ -179,7 +179,7 @@ async def head_blob(node: SimulatedNode, request: web.Request) -> web.StreamResp
     return respond(404, gojson.dumps({"error": f"blob {go_quote(digest)} not found"}), JSON_UTF8)
 
 
-async def post_blob(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def post_blob(node: NodeCore, request: web.Request) -> web.StreamResponse:
     digest = _blob_digest(request)
     key = normalise_digest(digest)
     if key in node.blobs:

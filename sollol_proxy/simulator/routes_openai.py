@@ -24,13 +24,13 @@ from .text import plan_length
 from .wire import SSE, Stream, v1_error, v1_json
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from .core import NodeCore
 
 _DET_CREATED = 1767225600  # 2026-01-01T00:00:00Z
 _DONE = b"data: [DONE]\n\n"
 
 
-def _ids(node: SimulatedNode, prefix: str) -> tuple[str, int]:
+def _ids(node: NodeCore, prefix: str) -> tuple[str, int]:
     if node.deterministic:
         return f"{prefix}-123", _DET_CREATED
     return f"{prefix}-{random.randrange(999)}", int(time.time())
@@ -55,7 +55,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 
 async def _setup(
-    node: SimulatedNode, request: web.Request, req: dict[str, Any], what: str, t0: int
+    node: NodeCore, request: web.Request, req: dict[str, Any], what: str, t0: int
 ) -> Generation:
     name = req.get("model") or ""
     if not name and what == "chat":
@@ -71,7 +71,7 @@ async def _setup(
     return Generation(node, request, model, options, None, t0)
 
 
-async def chat_completions(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def chat_completions(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     try:
         req = middleware_body(
@@ -166,7 +166,7 @@ async def chat_completions(node: SimulatedNode, request: web.Request) -> web.Str
         return v1_error(exc.status, exc.message)
 
 
-async def completions(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def completions(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     try:
         req = middleware_body(

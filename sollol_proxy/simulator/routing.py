@@ -18,9 +18,9 @@ from . import routes_infer, routes_models, routes_openai, routes_registry
 from .wire import respond
 
 if TYPE_CHECKING:
-    from .node import SimulatedNode
+    from .core import NodeCore
 
-Handler = Callable[["SimulatedNode", web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[["NodeCore", web.Request], Awaitable[web.StreamResponse]]
 
 # Registration order of server/routes.go GenerateRoutes: gin keeps one tree per method in
 # first-registration order, and builds the Allow header of a 405 in that order.
