@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .gotypes import format_local, format_utc, now_ns, parse_go_time, parse_keep_alive
+from .kvcache import SlotUse, SlotView
 from .models import SimModel, default_catalog, parse_name
 from .scheduler import NodeStats, Scheduler
 from .wire import Faults, RecordedRequest, RecordedResponse
@@ -37,6 +38,7 @@ class NodeCore:
         deterministic: bool = False,
         bind_host: str = "127.0.0.1",
         default_num_ctx: int = DEFAULT_NUM_CTX,
+        batch_slowdown: float = 0.0,
     ) -> None:
         self.name = name
         self.catalog = dict(catalog) if catalog is not None else default_catalog()
@@ -47,6 +49,9 @@ class NodeCore:
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.speed = speed  # divides prefill and decode time: a faster GPU
+        if batch_slowdown < 0:
+            raise ValueError("batch_slowdown must not be negative")
+        self.batch_slowdown = batch_slowdown
         self.deterministic = deterministic
         self.bind_host = bind_host
         self.default_num_ctx = default_num_ctx
@@ -68,6 +73,7 @@ class NodeCore:
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
         self.responses: list[RecordedResponse] = []
+        self.slot_uses: list[SlotUse] = []
         self.cancelled = 0
 
     # ------------------------------------------------------------------ model store
@@ -108,6 +114,18 @@ class NodeCore:
     @property
     def stats(self) -> NodeStats:
         return self._sched.stats
+
+    @property
+    def num_parallel(self) -> int:
+        """OLLAMA_NUM_PARALLEL as the next load will use it."""
+        return self._sched.num_parallel
+
+    def slots(self, model: str) -> tuple[SlotView, ...]:
+        """The KV slots of ``model``'s runner: what each holds and whether it is busy.
+        Empty when the model is not loaded."""
+        wanted = self.lookup(model)
+        runner = self._sched.runners.get(wanted.key) if wanted else None
+        return runner.cache.view() if runner else ()
 
     def created_at(self) -> str:
         return DETERMINISTIC_CREATED_AT if self.deterministic else format_utc(now_ns())

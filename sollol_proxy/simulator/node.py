@@ -88,6 +88,18 @@ class SimulatedNode(NodeCore):
             if runner.timer is not None:
                 runner.timer.cancel()
 
+    async def restart(self, *, num_parallel: int | None = None) -> None:
+        """Restart the node as ``ollama serve`` restarts with another OLLAMA_NUM_PARALLEL:
+        its connections drop (in-flight requests fail), every runner and its KV cache are
+        gone, and it listens again at the same address. Counters and recordings are kept.
+        ``num_parallel=None`` keeps the current value."""
+        listening = self._server is not None
+        if listening:
+            await self.stop()
+        self._sched.restart(self.num_parallel if num_parallel is None else num_parallel)
+        if listening:
+            await self.start(self.port, self.host)
+
     async def __aenter__(self) -> SimulatedNode:
         await self.start()
         return self
