@@ -210,11 +210,12 @@ def test_prefix_cache_equal_prefixes_take_the_lowest_index() -> None:
     cache = PrefixCache(3)
     shared = "s" * 400
     taken = [cache.take("x" * (i + 1))[0] for i in range(3)]
-    for slot, text in zip(taken, ["z" * 400, shared, shared], strict=True):
-        cache.give_back(slot, text)
-    assert use(cache, "z" * 400) == (0, 99)  # 0 most recent, then 2, then 1
+    for index, text in [(0, "z" * 400), (2, shared), (1, shared)]:
+        cache.give_back(taken[index], text)
+    assert use(cache, "z" * 400) == (0, 99)  # 0 most recent, then 1, then 2
     slot, cached = cache.take(shared + "tail")
-    assert (slot.index, cached) == (1, 100)  # llama-server: the first slot with the best LCP
+    # llama-server takes the first slot with the best LCP, not the least recently used one.
+    assert (slot.index, cached) == (1, 100)
     assert [v.busy for v in cache.view()] == [False, True, False]
 
 
