@@ -12,6 +12,7 @@ from importlib import resources
 
 from aiohttp import web
 
+import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
@@ -20,7 +21,6 @@ from sollol_proxy.lifecycle.reload import LiveConfig
 from sollol_proxy.observe.dashboard import Dashboard, health
 from sollol_proxy.observe.metrics import CONTENT_TYPE, Metrics
 from sollol_proxy.observe.stats import Stats
-from sollol_proxy.wire import gojson
 from sollol_proxy.wire.errors import JSON_PLAIN
 
 DEFAULT_LIMIT = 50
