@@ -30,6 +30,7 @@ from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, ke
 from sollol_proxy.observe.accesslog import log_request
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.observe.dashboard import Dashboard
+from sollol_proxy.observe.history import History
 from sollol_proxy.observe.metrics import Metrics
 from sollol_proxy.observe.stats import Stats
 
@@ -78,6 +79,7 @@ class Proxy:
     reloader: Reloader | None = None
     tasks: Background = field(default_factory=Background)
     watchers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # node name -> task
+    history: History | None = None
 
 
 class Reconfigurable(Protocol):
@@ -85,6 +87,9 @@ class Reconfigurable(Protocol):
 
 
 def _watch(proxy: Proxy, node: NodeState, *, probe_first: bool) -> None:
+    if proxy.history is not None:
+        node.health.listener = proxy.history.state_changed
+
     async def watch() -> None:
         if probe_first:  # a node added by a reload: usable as soon as its first probe answers
             await proxy.fleet.refresh(node)
@@ -154,6 +159,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     for node in fleet.nodes.values():
         _watch(proxy, node, probe_first=False)
     proxy.tasks.start("admission", app[ADMISSION].run())
+    if proxy.history is not None:
+        proxy.tasks.start("history", proxy.history.run())
     if proxy.reloader is not None and proxy.live.config.reload_watch:
         proxy.tasks.start(
             "reload:watch", proxy.reloader.watch(lambda: proxy.live.config.reload_interval)
@@ -201,6 +208,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     admission = Admission(config.queue)
     metrics = Metrics(fleet, learner, admission, forwarder.budget)
     stats = Stats(fleet, learner)
+    history = History(fleet, admission)
     admin = Admin(
         fleet,
         learner,
@@ -210,6 +218,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         metrics,
         stats,
         Dashboard(fleet, learner, decisions, stats, admission),
+        history,
     )
     handler = OllamaHandler(
         config=config,
@@ -221,7 +230,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         prompt_cache=prompt_cache,
         admin=admin,
         admission=admission,
-        sinks=(log_request, metrics.observe, stats.observe),
+        sinks=(log_request, metrics.observe, stats.observe, history.observe),
     )
     limits = Limits(config)
     proxy = Proxy(
@@ -232,6 +241,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         limits=limits,
         drain=Drain(),
         parts=(selector, forwarder, management, handler, limits, admission),
+        history=history,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,

@@ -63,3 +63,12 @@ def model_slots(node: NodeState, model: str) -> int:
     if node.config.num_parallel > 1 and _single_slot(node.models.get(model)):
         return 1
     return node.config.num_parallel
+
+
+def slots_believed(node: NodeState) -> int:
+    """Requests `node` is believed to run at once: the slots of its loaded runners, or one
+    runner's worth while nothing is loaded (what the next load will have)."""
+    loaded = node.loaded.keys() | node.recent.keys()
+    if not loaded:
+        return node.config.num_parallel
+    return sum(model_slots(node, model) for model in loaded)
