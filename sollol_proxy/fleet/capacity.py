@@ -11,23 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sollol_proxy.fleet.fleet import NodeState
-
-# llm/server.go: these architectures run with a single slot whatever OLLAMA_NUM_PARALLEL says.
-SINGLE_SLOT_FAMILIES = frozenset(
-    {
-        "mllama",
-        "qwen3vl",
-        "qwen3vlmoe",
-        "qwen35",
-        "qwen35moe",
-        "qwen3next",
-        "lfm2",
-        "lfm2moe",
-        "nemotron_h",
-        "nemotron_h_moe",
-        "nemotron_h_omni",
-    }
-)
+from sollol_proxy.wire.slots import SINGLE_SLOT_FAMILIES
 
 
 def _single_slot(item: dict[str, Any] | None) -> bool:

@@ -21,23 +21,7 @@ from dataclasses import dataclass, field, fields
 from sollol_proxy.simulator.gotypes import FOREVER, expiry_ns, now_ns
 from sollol_proxy.simulator.kvcache import PrefixCache
 from sollol_proxy.simulator.models import SimModel
-
-# §5.1: Ollama loads these architectures with one slot whatever OLLAMA_NUM_PARALLEL says.
-SINGLE_SLOT_FAMILIES = frozenset(
-    {
-        "mllama",
-        "qwen3vl",
-        "qwen3vlmoe",
-        "qwen35",
-        "qwen35moe",
-        "qwen3next",
-        "lfm2",
-        "lfm2moe",
-        "nemotron_h",
-        "nemotron_h_moe",
-        "nemotron_h_omni",
-    }
-)
+from sollol_proxy.wire.slots import SINGLE_SLOT_FAMILIES
 
 
 def runner_slots(model: SimModel, num_parallel: int) -> int:

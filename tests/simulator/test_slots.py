@@ -16,10 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sollol_proxy.fleet import capacity as proxy_slots
 from sollol_proxy.simulator import SimModel, SimulatedNode
 from sollol_proxy.simulator.kvcache import PrefixCache
-from sollol_proxy.simulator.scheduler import SINGLE_SLOT_FAMILIES, Runner, runner_slots
+from sollol_proxy.simulator.scheduler import Runner, runner_slots
 from tests.conftest import eventually
 
 TOKEN_DELAY = 0.03
@@ -112,8 +111,6 @@ def test_runner_slots_follow_ollama() -> None:
     assert runner_slots(SimModel("a:1b"), 0) == 1  # sched.go: max(OLLAMA_NUM_PARALLEL, 1)
     assert runner_slots(SimModel("e:1b", embedding_only=True), 4) == 1
     assert runner_slots(SimModel("v:1b", family="nemotron_h_omni"), 4) == 1
-    # The proxy's belief about Ollama and the simulated Ollama agree.
-    assert proxy_slots.SINGLE_SLOT_FAMILIES == SINGLE_SLOT_FAMILIES
 
 
 # ------------------------------------------------------------------ batched decode
