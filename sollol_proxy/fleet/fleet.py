@@ -53,7 +53,8 @@ class NodeState:
     loading: dict[str, int] = field(default_factory=dict)
     # model -> loads under way here that will unload it to make room
     evicting: dict[str, int] = field(default_factory=dict)
-    inventory_at: float = 0.0
+    # when /api/tags was last read (monotonic); None: never, or known to be out of date
+    inventory_at: float | None = None
     failed_probes: int = 0  # in a row: spaces the probes out while the node is down
 
     def __post_init__(self) -> None:
@@ -214,7 +215,7 @@ class Fleet:
         """The node answered "model not found" for a model its inventory listed: it is gone
         from there (deleted behind the proxy's back); the next watcher tick re-reads /api/tags."""
         node.models.pop(model, None)
-        node.inventory_at = 0.0
+        node.inventory_at = None
 
     # -- probing ------------------------------------------------------------------------------
 
@@ -292,10 +293,19 @@ class Fleet:
             await asyncio.sleep(self.probe_delay(node))
             try:
                 node.health.current()  # an ejection that ran out is logged now, not at next use
-                due = time.monotonic() - node.inventory_at >= self._config.inventory_interval
+                due = inventory_due(
+                    node.inventory_at, time.monotonic(), self._config.inventory_interval
+                )
                 await self.refresh(node, inventory=due or not node.healthy)
             except Exception:  # a bug here must not silently stop the watcher
                 log.exception("watcher for node %s failed; retrying next tick", node.name)
+
+
+def inventory_due(read_at: float | None, now: float, interval: float) -> bool:
+    """Is a node's /api/tags due for a re-read? An inventory never read, or known to be out of
+    date, always is: "out of date" is not a time, since the monotonic clock starts near zero at
+    boot and any sentinel time could still look recent then."""
+    return read_at is None or now - read_at >= interval
 
 
 def _admitting(nodes: list[NodeState]) -> list[NodeState]:
