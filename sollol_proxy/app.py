@@ -27,6 +27,7 @@ from sollol_proxy.lifecycle.background import Background
 from sollol_proxy.lifecycle.drain import Drain
 from sollol_proxy.lifecycle.limits import Limits
 from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
+from sollol_proxy.lifecycle.startup import cannot_listen
 from sollol_proxy.observe.accesslog import log_request
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.observe.dashboard import Dashboard
@@ -146,7 +147,7 @@ async def _reload(reloader: Reloader, why: str) -> None:
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """Every background task is started here, or by a reload through `proxy.tasks`; all are
     cancelled and awaited here."""
-    proxy, session = app[PROXY], app[SESSION]
+    proxy = app[PROXY]
     fleet = proxy.fleet
     await fleet.refresh_all()
     healthy = [n.name for n in fleet.healthy()]
@@ -160,7 +161,13 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         )
     yield
     await proxy.tasks.close()
-    await session.close()
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    """The session to the nodes is closed last, once nothing uses it, and also when start-up
+    fails after it was made."""
+    yield
+    await app[SESSION].close()
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
@@ -178,7 +185,12 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     metrics_app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.metrics_port, reuse_address=True).start()
+    try:
+        await web.TCPSite(runner, config.host, config.metrics_port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        fix = "choose another with metrics.port (SOLLOL_METRICS_PORT)"
+        raise cannot_listen(config.host, config.metrics_port, exc, fix) from None
     log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
     yield
     await runner.cleanup()
@@ -247,7 +259,9 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     app[ADMIN] = admin
     app[FORWARDER] = forwarder
     app.on_response_prepare.append(_drop_server_header)
-    app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_upstream_session)
+    # The metrics port before the nodes: if it cannot be bound, start-up fails before any probe.
     app.cleanup_ctx.append(_metrics_listener)
+    app.cleanup_ctx.append(_background)
     app.router.add_route("*", "/{tail:.*}", handler.__call__)
     return app
