@@ -24,6 +24,7 @@ from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.management import Management
 from sollol_proxy.handlers import OllamaHandler
 from sollol_proxy.lifecycle.background import Background
+from sollol_proxy.lifecycle.cors import Cors
 from sollol_proxy.lifecycle.drain import Drain
 from sollol_proxy.lifecycle.limits import Limits
 from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
@@ -236,6 +237,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         sinks=(log_request, metrics.observe, stats.observe),
     )
     limits = Limits(config)
+    cors = Cors(config)
     proxy = Proxy(
         live=live,
         fleet=fleet,
@@ -243,11 +245,11 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         decisions=decisions,
         limits=limits,
         drain=Drain(),
-        parts=(selector, forwarder, management, handler, limits, admission),
+        parts=(selector, forwarder, management, handler, limits, admission, cors),
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=(proxy.drain.middleware, limits.middleware),
+        middlewares=(cors.middleware, proxy.drain.middleware, limits.middleware),
     )
     if source is not None:
         proxy.reloader = Reloader(source, functools.partial(apply_config, app), config)
@@ -259,6 +261,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     app[ADMIN] = admin
     app[FORWARDER] = forwarder
     app.on_response_prepare.append(_drop_server_header)
+    app.on_response_prepare.append(cors.on_response_prepare)
     app.cleanup_ctx.append(_upstream_session)
     # The metrics port before the nodes: if it cannot be bound, start-up fails before any probe.
     app.cleanup_ctx.append(_metrics_listener)

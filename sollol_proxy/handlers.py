@@ -31,7 +31,7 @@ from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER
 from sollol_proxy.wire.names import normalize_model
 from sollol_proxy.wire.peek import BodyTooLarge, peek, read_body
-from sollol_proxy.wire.routes import Kind, classify, endpoint_label
+from sollol_proxy.wire.routes import FLEET_VIEWS, Kind, classify, endpoint_label, routed_path
 
 _MANAGEMENT = {
     Kind.PULL: "pull",
@@ -126,17 +126,14 @@ class OllamaHandler:
 
     async def _dispatch(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         request_id = record.request_id
-        # aiohttp resolves `..` and `//` in request.path; Ollama redirects those, so an unclean
-        # path goes to a node untouched instead of matching a fleet view.
-        raw = request.raw_path.split("?", 1)[0]
-        route, param = classify(request.method, request.path if raw == request.path else raw)
+        route, param = classify(request.method, routed_path(request.path, request.raw_path))
         kind = route.kind
         pinned = request.headers.get(NODE_HEADER)
         if kind is Kind.ROOT:
             return views.root()
         if kind is Kind.SOLLOL:
             return self.admin.handle(request)
-        if kind in (Kind.VERSION, Kind.TAGS, Kind.PS, Kind.V1_MODELS) and not pinned:
+        if kind in FLEET_VIEWS and not pinned:
             if kind is Kind.PS:
                 await self.fleet.refresh_residency()
             nodes = list(self.fleet.nodes.values())

@@ -26,6 +26,7 @@ from sollol_proxy.config.model import (
     normalize_node_url,
     read_hosts_file,
 )
+from sollol_proxy.config.origins import cors_origins
 from sollol_proxy.config.policies import Priors
 from sollol_proxy.config.queue import queue
 from sollol_proxy.config.values import boolean, headers, integer, seconds, size, string_map
@@ -223,6 +224,9 @@ def _validate(layers: Layers) -> Config:
         outlier=resilience.outlier(layers),
         retries=resilience.retries(layers),
         inventory_interval=seconds(layers, "inventory.interval", defaults.inventory_interval),
+        inventory_view_timeout=seconds(
+            layers, "inventory.view_timeout", defaults.inventory_view_timeout
+        ),
         strategy=strategy,
         model_strategies=_model_strategies(layers),
         priors=priors,
@@ -244,6 +248,7 @@ def _validate(layers: Layers) -> Config:
         metrics_port=None
         if metrics_port is None
         else integer(layers, "metrics.port", 0, 1, 65535, metrics_port),
+        cors_origins=cors_origins(layers),
     )
 
 

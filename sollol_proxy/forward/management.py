@@ -21,6 +21,7 @@ from aiohttp import web
 from sollol_proxy.config import Config
 from sollol_proxy.fleet.fleet import Fleet, NodeState, describe_error
 from sollol_proxy.forward.upstream import Opened, UpstreamFailure, open_upstream
+from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.wire import gojson
 from sollol_proxy.wire.headers import (
     NODE_HEADER,
@@ -195,6 +196,7 @@ class Management:
     ) -> web.StreamResponse:
         upstream = opened.response
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response[FROM_NODE] = True
         response.headers.extend(downstream_response_headers(upstream.headers))
         response.headers.update(routing)
         await response.prepare(request)
@@ -249,6 +251,7 @@ class Management:
         if upstream is not None and (not failed or (len(outcomes) == 1)):
             # One node, or every node agreed on success: the primary's answer, unchanged.
             response = web.Response(status=upstream.status, reason=upstream.reason, body=body)
+            response[FROM_NODE] = True
             response.headers.extend(downstream_response_headers(upstream.headers))
         else:
             status = failed[0].status if failed else 502

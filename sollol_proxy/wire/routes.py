@@ -72,6 +72,18 @@ PREFIXED: dict[str, tuple[frozenset[str], Route]] = {
 
 FORWARD_AS_IS = Route(Kind.ANY)
 
+# Answered by the proxy for the whole fleet, unless X-Sollol-Node pins them to one node.
+FLEET_VIEWS = frozenset({Kind.VERSION, Kind.TAGS, Kind.PS, Kind.V1_MODELS})
+# gin's `Allow` on the paths the proxy answers, as its 405 (and a CORS answer to another method)
+# carries it: the methods in the order Ollama first registers them (HEAD routes before GET).
+ALLOW = {
+    "/": "HEAD, GET",
+    "/api/version": "HEAD, GET",
+    "/api/tags": "HEAD, GET",
+    "/api/ps": "GET",
+    "/v1/models": "GET",
+}
+
 
 SOLLOL_PREFIX = "/sollol/"
 # The proxy's own pages outside /sollol/ (canonical prefix): the seed's paths, kept as aliases,
@@ -91,6 +103,13 @@ def endpoint_label(path: str) -> str:
         if path.startswith(prefix):
             return f"{prefix}:{route.path_param}"
     return "other"
+
+
+def routed_path(path: str, raw_path: str) -> str:
+    """The path to classify. aiohttp resolves `..` and `//` in `path`; Ollama redirects those,
+    so an unclean path is classified raw and goes to a node untouched."""
+    raw = raw_path.split("?", 1)[0]
+    return path if raw == path else raw
 
 
 def classify(method: str, path: str) -> tuple[Route, str]:
