@@ -21,7 +21,9 @@ from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.forward.forwarder import Forwarder
+from sollol_proxy.forward.inventory import LiveInventory
 from sollol_proxy.forward.management import Management
+from sollol_proxy.forward.views import FleetViews
 from sollol_proxy.handlers import OllamaHandler
 from sollol_proxy.lifecycle.background import Background
 from sollol_proxy.lifecycle.cors import Cors
@@ -47,6 +49,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 ADMISSION = web.AppKey("admission", Admission)
 ADMIN = web.AppKey("admin", Admin)
 FORWARDER = web.AppKey("forwarder", Forwarder)  # its retry budget, for the soak and metrics
+INVENTORY = web.AppKey("inventory", LiveInventory)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -210,7 +213,9 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     live = LiveConfig(config)
     selector = Selector(config, fleet, learner, prompt_cache, decisions)
     forwarder = Forwarder(config, session, fleet)
-    management = Management(config, session, fleet)
+    tasks = Background()
+    inventory = LiveInventory(config, fleet, tasks)
+    management = Management(config, session, fleet, inventory)
     admission = Admission(config.queue)
     metrics = Metrics(fleet, learner, admission, forwarder.budget)
     stats = Stats(fleet, learner)
@@ -234,6 +239,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         prompt_cache=prompt_cache,
         admin=admin,
         admission=admission,
+        views=FleetViews(fleet, inventory),
         sinks=(log_request, metrics.observe, stats.observe),
     )
     limits = Limits(config)
@@ -245,7 +251,8 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         decisions=decisions,
         limits=limits,
         drain=Drain(),
-        parts=(selector, forwarder, management, handler, limits, admission, cors),
+        parts=(selector, forwarder, management, handler, limits, admission, cors, inventory),
+        tasks=tasks,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,
@@ -260,6 +267,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     app[ADMISSION] = admission
     app[ADMIN] = admin
     app[FORWARDER] = forwarder
+    app[INVENTORY] = inventory
     app.on_response_prepare.append(_drop_server_header)
     app.on_response_prepare.append(cors.on_response_prepare)
     app.cleanup_ctx.append(_upstream_session)

@@ -28,7 +28,7 @@ from sollol_proxy.observe.admin import Admin
 from sollol_proxy.routing import Reason
 from sollol_proxy.routing.analysis import RequestProfile, analyze
 from sollol_proxy.wire.errors import error_response
-from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER
+from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER
 from sollol_proxy.wire.names import normalize_model
 from sollol_proxy.wire.peek import BodyTooLarge, peek, read_body
 from sollol_proxy.wire.routes import FLEET_VIEWS, Kind, classify, endpoint_label, routed_path
@@ -61,6 +61,7 @@ class OllamaHandler:
     prompt_cache: PromptCache
     admin: Admin
     admission: Admission
+    views: views.FleetViews
     sinks: Sequence[RecordSink]
 
     def reconfigure(self, config: Config) -> None:
@@ -134,15 +135,9 @@ class OllamaHandler:
         if kind is Kind.SOLLOL:
             return self.admin.handle(request)
         if kind in FLEET_VIEWS and not pinned:
-            if kind is Kind.PS:
-                await self.fleet.refresh_residency()
-            nodes = list(self.fleet.nodes.values())
-            return {
-                Kind.VERSION: views.version,
-                Kind.TAGS: views.tags,
-                Kind.PS: views.ps,
-                Kind.V1_MODELS: views.v1_models,
-            }[kind](nodes)
+            response = await self.views.answer(kind)
+            record.route = response.headers[ROUTE_HEADER]
+            return response
         if kind is Kind.BLOB:
             # Uploads can be gigabytes: streamed straight through, never held (so no failover).
             targets = self.selector.pinned(request, allow_all=False) or [self.selector.placement()]

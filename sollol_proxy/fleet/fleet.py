@@ -219,8 +219,11 @@ class Fleet:
 
     # -- probing ------------------------------------------------------------------------------
 
-    async def _get_json(self, node: NodeState, path: str) -> Any:
-        timeout = aiohttp.ClientTimeout(total=self._config.health_timeout)
+    async def get_json(self, node: NodeState, path: str, timeout_s: float | None = None) -> Any:
+        """A node's JSON answer to GET `path` (a probe: `health.timeout` unless given)."""
+        timeout = aiohttp.ClientTimeout(
+            total=self._config.health_timeout if timeout_s is None else timeout_s
+        )
         try:
             async with self._session.get(
                 node.config.url + path, headers=upstream_probe_headers(node.config), timeout=timeout
@@ -238,10 +241,10 @@ class Fleet:
     async def refresh(self, node: NodeState, *, inventory: bool = True) -> None:
         """Probe one node; on failure it is marked unhealthy, never raised."""
         try:
-            version = await self._get_json(node, "/api/version")
+            version = await self.get_json(node, "/api/version")
             asked_at = time.monotonic()
-            ps = await self._get_json(node, "/api/ps")
-            tags = await self._get_json(node, "/api/tags") if inventory else None
+            ps = await self.get_json(node, "/api/ps")
+            tags = await self.get_json(node, "/api/tags") if inventory else None
         except ProbeError as exc:
             node.failed_probes += 1
             node.health.probe_failed(str(exc))
@@ -249,24 +252,18 @@ class Fleet:
         node.failed_probes = 0
         node.health.probe_ok()
         node.version = str(version.get("version", "")) or None
-        self._set_loaded(node, _index_models(ps), asked_at)
+        self.saw_ps(node, ps, asked_at)
         if tags is not None:
-            node.models = _index_models(tags)
-            node.inventory_at = time.monotonic()
+            self.saw_tags(node, tags)
 
-    async def refresh_residency(self) -> None:
-        """Re-read /api/ps of every healthy node: what is loaded changes with every request."""
+    def saw_tags(self, node: NodeState, tags: Any) -> None:
+        """The node's answer to /api/tags: its models on disk now."""
+        node.models = _index_models(tags)
+        node.inventory_at = time.monotonic()
 
-        async def one(node: NodeState) -> None:
-            try:
-                asked_at = time.monotonic()
-                self._set_loaded(
-                    node, _index_models(await self._get_json(node, "/api/ps")), asked_at
-                )
-            except ProbeError as exc:
-                node.health.probe_failed(str(exc))
-
-        await asyncio.gather(*(one(n) for n in self.nodes.values() if n.healthy))
+    def saw_ps(self, node: NodeState, ps: Any, asked_at: float) -> None:
+        """The node's answer to /api/ps, asked for at `asked_at`: its models loaded now."""
+        self._set_loaded(node, _index_models(ps), asked_at)
 
     async def refresh_all(self, *, inventory: bool = True) -> None:
         await asyncio.gather(*(self.refresh(n, inventory=inventory) for n in self.nodes.values()))

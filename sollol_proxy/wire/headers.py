@@ -49,6 +49,7 @@ NODE_HEADER = "X-Sollol-Node"  # request: pin a node (or `all`); response: the n
 ROUTE_HEADER = "X-Sollol-Route"  # response: strategy and reason
 REQUEST_ID_HEADER = "X-Sollol-Request-Id"  # response: the id that names this request in the logs
 QUEUE_HEADER = "X-Sollol-Queue-Ms"  # response: how long the request waited for a free slot
+STALE_HEADER = "X-Sollol-Stale"  # response: nodes whose last known list stands in a fleet view
 SOLLOL_PREFIX = "x-sollol-"
 
 
