@@ -157,9 +157,15 @@ class OllamaHandler:
         # whole generation is done, so it gets the longer non-streamed bound.
         first_byte = self.config.timeouts.first_byte_for(record.endpoint, seen.stream)
         if kind in (Kind.MODEL, Kind.MODEL_PATH):
-            priority = read_priority(request)
             model = normalize_model(seen.model) if seen.model.strip() else ""
-            record.model, record.priority = model, priority
+            record.model = model
+            if route.metadata:  # no load, no slot: nothing to queue for or learn from
+                targets = await self.selector.for_metadata(request, model, request_id)
+                return await self.forwarder.forward(
+                    request, forwarded_body, targets, record, first_byte=first_byte
+                )
+            priority = read_priority(request)
+            record.priority = priority
             profile = analyze(request.path, seen.payload, model, seen.stream)
             record.stream, record.task = seen.stream, profile.task
             routed = await self.selector.for_model(request, profile, request_id, priority)

@@ -36,6 +36,8 @@ class Route:
     model_fields: tuple[str, ...] = ()
     streams_by_default: bool = False
     path_param: str = ""
+    # Answered from the model's files: Ollama loads nothing and takes no slot for it.
+    metadata: bool = False
 
 
 _MODEL = ("model", "name")
@@ -50,7 +52,7 @@ EXACT: dict[str, tuple[frozenset[str], Route]] = {
     "/api/chat": (frozenset({"POST"}), Route(Kind.MODEL, ("model",), True)),
     "/api/embed": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
     "/api/embeddings": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
-    "/api/show": (frozenset({"POST"}), Route(Kind.MODEL, _MODEL)),
+    "/api/show": (frozenset({"POST"}), Route(Kind.MODEL, _MODEL, metadata=True)),
     "/v1/chat/completions": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
     "/v1/completions": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
     "/v1/embeddings": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
@@ -66,7 +68,10 @@ EXACT: dict[str, tuple[frozenset[str], Route]] = {
 
 # One path segment after the prefix, like gin's `:param`.
 PREFIXED: dict[str, tuple[frozenset[str], Route]] = {
-    "/v1/models/": (frozenset({"GET"}), Route(Kind.MODEL_PATH, path_param="model")),
+    "/v1/models/": (
+        frozenset({"GET"}),
+        Route(Kind.MODEL_PATH, path_param="model", metadata=True),
+    ),
     "/api/blobs/": (frozenset({"HEAD", "POST"}), Route(Kind.BLOB, path_param="digest")),
 }
 
