@@ -180,8 +180,13 @@ def _nodes(layers: Layers, priors: Priors) -> tuple[NodeConfig, ...]:
                 )
             seen.add(value)
     if not nodes:
-        raise layers.error(
-            "nodes", "no Ollama nodes configured (set 'nodes', 'hosts_file' or SOLLOL_NODES)"
+        # Blame the file when nothing set `nodes` at all: it is the one that lacks them.
+        origin = layers.origins.get("nodes") or layers.file_origin or "defaults"
+        raise ConfigError(
+            origin,
+            "nodes",
+            "no Ollama nodes configured: set SOLLOL_NODES (e.g. "
+            "SOLLOL_NODES=http://gpu1:11434,http://gpu2:11434), 'nodes' or 'hosts_file'",
         )
     return tuple(nodes)
 
