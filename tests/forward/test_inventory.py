@@ -183,3 +183,18 @@ async def test_concurrent_views_share_one_read_and_invalidate_starts_a_new_one(
     slow_fleet.inventory.invalidate()  # ... when a management call changes the nodes
     await asyncio.gather(first, tags())
     assert slow.reads - before == 2  # the view asked after it did not join the older read
+
+
+async def test_version_and_root_say_where_they_come_from(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(name="a", models=[], version="0.12.3"), dict(name="b", models=[], version="0.33.0")
+    )
+    async with http.get(made.url + "/api/version") as response:
+        assert await response.read() == b'{"version":"0.12.3"}'
+        assert response.headers["X-Sollol-Node"] == "a,b"
+        assert response.headers["X-Sollol-Route"] == "fleet view: the oldest version of 2 nodes"
+    async with http.get(made.url + "/") as response:
+        assert response.headers["X-Sollol-Route"] == "answered by the proxy"
+        assert "X-Sollol-Node" not in response.headers

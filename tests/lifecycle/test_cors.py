@@ -164,3 +164,23 @@ def test_sollol_origins_is_read_like_ollama_origins() -> None:
         "https://, chrome-extension://, safari-extension://, moz-extension://, "
         "ms-browser-extension://, got ' https://b'"
     )
+
+
+async def test_the_proxys_cors_answers_carry_nothing_of_its_own_and_are_not_counted(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=MODELS))
+
+    async def requests_counted() -> int:
+        async with http.get(made.url + "/sollol/stats") as response:
+            return orjson.loads(await response.read())["requests"]
+
+    await answer(http, "GET", made.url + "/api/tags")  # one request that is counted
+    counted = await requests_counted()
+    for method, origin in (("GET", FORBIDDEN), ("OPTIONS", ALLOWED)):
+        async with http.request(
+            method, made.url + "/api/tags", headers={"Origin": origin}
+        ) as response:
+            assert response.status in (403, 204)
+            assert not [h for h in response.headers if h.lower().startswith("x-sollol-")]
+    assert await requests_counted() == counted
