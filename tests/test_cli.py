@@ -145,3 +145,12 @@ async def test_a_metrics_port_in_use_is_one_line_too(taken_port: int) -> None:
         "(is Ollama or another sollol-proxy running there?); "
         "choose another with metrics.port (SOLLOL_METRICS_PORT)\n"
     )
+
+
+async def test_an_address_that_is_not_this_machines_is_one_line_too() -> None:
+    code, stderr = await _run_to_end("--host", "192.0.2.1", "--port", "0", "--node", "a")
+    assert (code, stderr) == (
+        2,
+        "sollol-proxy: cannot listen on 192.0.2.1:0: that address is not one of this "
+        "machine's; check --host\n",
+    )

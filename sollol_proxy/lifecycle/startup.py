@@ -9,21 +9,26 @@ from __future__ import annotations
 import errno
 import socket
 
-_PROBLEMS = {
+_PORT_PROBLEMS = {
     errno.EADDRINUSE: "address already in use (is Ollama or another sollol-proxy running there?)",
     errno.EACCES: "permission denied (ports below 1024 need privileges)",
-    errno.EADDRNOTAVAIL: "that address is not one of this machine's",
 }
+HOST_FIX = "check --host"
 
 
 class StartupError(Exception):
     """The process cannot start; the message is one line for the operator."""
 
 
-def cannot_listen(host: str, port: int, exc: OSError, fix: str) -> StartupError:
-    """Binding `host:port` failed with `exc`; `fix` names the setting that changes it."""
+def cannot_listen(host: str, port: int, exc: OSError, port_fix: str) -> StartupError:
+    """Binding `host:port` failed with `exc`. The advice is `port_fix` when the port is the
+    problem, else to check the host."""
     if isinstance(exc, socket.gaierror):
-        problem = f"cannot resolve {host!r}"
+        problem, fix = f"cannot resolve {host!r}", HOST_FIX
+    elif exc.errno in _PORT_PROBLEMS:
+        problem, fix = _PORT_PROBLEMS[exc.errno], port_fix
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        problem, fix = "that address is not one of this machine's", HOST_FIX
     else:
-        problem = _PROBLEMS.get(exc.errno or 0) or exc.strerror or str(exc)
+        problem, fix = exc.strerror or str(exc), f"{HOST_FIX}, or {port_fix}"
     return StartupError(f"cannot listen on {host}:{port}: {problem}; {fix}")
