@@ -15,8 +15,8 @@ is invalid JSON (400, ``invalid character '\\x1f' looking for beginning of value
 
 Not simulated: /v1/responses, /v1/messages, /v1/audio/transcriptions, /api/me,
 /api/signout and /api/experimental/* answer ``404 page not found`` like an older Ollama;
-thinking, tool calls, images, logprobs and
-structured output are accepted but ignored; ``:cloud`` models are unknown models.
+thinking, tool calls, images, logprobs and structured output are accepted but ignored;
+``:cloud`` models are unknown models.
 
 Fault knobs live on ``node.faults`` (a mutable dataclass):
 

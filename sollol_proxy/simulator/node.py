@@ -286,7 +286,7 @@ class SimulatedNode:
                 return respond(204, headers=allow_header)
         allowed_as = routing.host_check(host, self.bind_host)
         if allowed_as is None:
-            return respond(403)
+            return respond(403, headers=allow_header)
         if entry is None:
             if request.method == "OPTIONS" and allowed_as == "name":
                 return respond(204)

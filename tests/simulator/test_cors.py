@@ -51,6 +51,9 @@ async def test_cors_runs_before_the_host_check_and_after_redirects() -> None:
             assert r.status == 403 and r.headers["Access-Control-Allow-Origin"] == ORIGIN
         async with http.options(node.url + "/api/version", headers=foreign) as r:
             assert r.status == 204  # a preflight is answered before the Host check
+        async with http.post(node.url + "/api/tags", headers={"Host": "evil.example"}) as r:
+            # gin set the 405's Allow before its middleware refused the Host.
+            assert (r.status, r.headers["Allow"], await r.read()) == (403, "HEAD, GET", b"")
         async with http.get(
             node.url + "/api/tags/", headers={"Origin": "http://evil"}, allow_redirects=False
         ) as r:
