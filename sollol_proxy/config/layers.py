@@ -39,6 +39,7 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_QUEUE_MAX_WAIT": "queue.max_wait",
     "SOLLOL_LOG_FORMAT": "log_format",
     "SOLLOL_METRICS_PORT": "metrics.port",
+    "SOLLOL_ORIGINS": "cors.origins",
 }
 
 _SECTIONS: dict[str, set[str]] = {
@@ -47,13 +48,14 @@ _SECTIONS: dict[str, set[str]] = {
     "health": {"interval", "timeout", "backoff_max", "jitter"},
     "outlier": {"consecutive_failures", "base_ejection", "max_ejection", "busy_cooldown"},
     "retries": {"budget_ratio", "min_concurrent", "backoff_base", "backoff_max"},
-    "inventory": {"interval"},
+    "inventory": {"interval", "view_timeout"},
     "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
     "queue": {"enabled", "max_length", "max_wait", "ageing", "affinity_window", "bands"},
     "metrics": {"port"},
     "limits": {"max_body_bytes", "max_header_bytes", "max_connections"},
     "shutdown": {"grace"},
     "reload": {"watch", "interval"},
+    "cors": {"origins"},
 }
 _TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level", "log_format"}
 

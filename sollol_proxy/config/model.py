@@ -102,6 +102,8 @@ class Config:
     outlier: OutlierPolicy = field(default_factory=OutlierPolicy)
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     inventory_interval: float = 15.0
+    # How long a fleet view (/api/tags, /api/ps, /v1/models) waits for each node's own list.
+    inventory_view_timeout: float = 1.0
     strategy: str = "performance"
     model_strategies: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     priors: Priors = field(default_factory=Priors)
@@ -118,6 +120,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "plain"  # plain (key=value) or json, for every log line
     metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
+    cors_origins: tuple[str, ...] = ()  # as OLLAMA_ORIGINS; Ollama's defaults are always added
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration in the YAML layout (for `check-config`); secrets redacted."""
@@ -151,7 +154,10 @@ class Config:
             },
             "outlier": asdict(self.outlier),
             "retries": asdict(self.retries),
-            "inventory": {"interval": self.inventory_interval},
+            "inventory": {
+                "interval": self.inventory_interval,
+                "view_timeout": self.inventory_view_timeout,
+            },
             "routing": {
                 "strategy": self.strategy,
                 "models": dict(self.model_strategies),
@@ -180,6 +186,7 @@ class Config:
             "log_level": self.log_level,
             "log_format": self.log_format,
             "metrics": {"port": self.metrics_port},
+            "cors": {"origins": list(self.cors_origins)},
         }
 
 
