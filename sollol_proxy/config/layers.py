@@ -39,10 +39,14 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_QUEUE_MAX_WAIT": "queue.max_wait",
     "SOLLOL_LOG_FORMAT": "log_format",
     "SOLLOL_METRICS_PORT": "metrics.port",
+    "SOLLOL_ALLOWED_HOSTS": "listen.allowed_hosts",
+    "SOLLOL_TLS_CERT": "listen.tls_cert",
+    "SOLLOL_TLS_KEY": "listen.tls_key",
+    "SOLLOL_OPEN_MANAGEMENT": "auth.open_management",
 }
 
 _SECTIONS: dict[str, set[str]] = {
-    "listen": {"host", "port"},
+    "listen": {"host", "port", "allowed_hosts", "tls_cert", "tls_key"},
     "timeouts": {"connect", "first_byte", "idle_read", "non_streamed", "routes"},
     "health": {"interval", "timeout", "backoff_max", "jitter"},
     "outlier": {"consecutive_failures", "base_ejection", "max_ejection", "busy_cooldown"},
@@ -51,7 +55,19 @@ _SECTIONS: dict[str, set[str]] = {
     "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
     "queue": {"enabled", "max_length", "max_wait", "ageing", "affinity_window", "bands"},
     "metrics": {"port"},
-    "limits": {"max_body_bytes", "max_header_bytes", "max_connections"},
+    "limits": {
+        "max_body_bytes",
+        "max_header_bytes",
+        "max_connections",
+        "max_connections_per_client",
+        "header_timeout",
+        "body_timeout",
+        "body_min_rate",
+        "idle_timeout",
+        "tcp_keepalive",
+        "write_timeout",
+    },
+    "auth": {"keys", "open_management", "forward_authorization"},
     "shutdown": {"grace"},
     "reload": {"watch", "interval"},
 }

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from sollol_proxy.config.access import AuthConfig, ClientLimits
 from sollol_proxy.config.policies import OutlierPolicy, Priors, RetryPolicy
 
 DEFAULT_OLLAMA_PORT = 11434
@@ -118,11 +119,24 @@ class Config:
     log_level: str = "info"
     log_format: str = "plain"  # plain (key=value) or json, for every log line
     metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    client_limits: ClientLimits = field(default_factory=ClientLimits)
+    # Host names the proxy answers besides loopback and private ones; set, the check is on even
+    # when the proxy does not listen on loopback (Ollama's DNS-rebinding guard, reference 1.5).
+    allowed_hosts: tuple[str, ...] = ()
+    tls_cert: str | None = None  # PEM certificate chain: the listener speaks HTTPS
+    tls_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration in the YAML layout (for `check-config`); secrets redacted."""
         return {
-            "listen": {"host": self.host, "port": self.port},
+            "listen": {
+                "host": self.host,
+                "port": self.port,
+                "allowed_hosts": list(self.allowed_hosts),
+                "tls_cert": self.tls_cert,
+                "tls_key": self.tls_key,
+            },
             "nodes": [
                 {
                     "url": n.url,
@@ -174,6 +188,21 @@ class Config:
                 "max_body_bytes": self.max_body_bytes,
                 "max_header_bytes": self.max_header_bytes,
                 "max_connections": self.max_connections,
+                "max_connections_per_client": self.client_limits.max_per_client,
+                "header_timeout": self.client_limits.header_timeout,
+                "body_timeout": self.client_limits.body_timeout,
+                "body_min_rate": self.client_limits.body_min_rate,
+                "idle_timeout": self.client_limits.idle_timeout,
+                "tcp_keepalive": self.client_limits.tcp_keepalive,
+                "write_timeout": self.client_limits.write_timeout,
+            },
+            "auth": {
+                "keys": [
+                    {**asdict(k), "sha256": "<redacted>", "models": list(k.models)}
+                    for k in self.auth.keys
+                ],
+                "open_management": self.auth.open_management,
+                "forward_authorization": self.auth.forward_authorization,
             },
             "shutdown": {"grace": self.shutdown_grace},
             "reload": {"watch": self.reload_watch, "interval": self.reload_interval},
