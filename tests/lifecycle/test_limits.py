@@ -77,7 +77,7 @@ async def test_too_many_headers_and_garbage_get_ollama_shaped_errors(
     made = await cluster(dict(name="a", models=[]))
     fields = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
     reader, writer = await _raw(
-        made.url, b"GET /api/version HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+        made.url, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n" + fields + b"\r\n"
     )
     status, headers, body = await _answer(reader)
     writer.close()
@@ -100,7 +100,7 @@ async def test_connections_beyond_the_limit_get_503_and_are_closed(
     # The request announces a body it never sends: the proxy answers without waiting for it.
     reader, writer = await _raw(
         made.url,
-        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n",
     )
     status, headers, body = await _answer(reader)  # up to the close of the connection
     writer.close()
@@ -112,7 +112,7 @@ async def test_connections_beyond_the_limit_get_503_and_are_closed(
     assert all(r.path != "/api/chat" for r in made.nodes[0].requests)
     # The held connections are served; once one closes, a new connection is served too.
     reader, writer = held[0]
-    writer.write(b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    writer.write(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     assert (await _answer(reader))[0] == 200
     writer.close()
     await eventually(lambda: len(server.connections) == 1)
