@@ -22,10 +22,13 @@ from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.management import Management
+from sollol_proxy.guard.guard import Guard
+from sollol_proxy.guard.hosts import HostCheck
+from sollol_proxy.guard.metrics import KeyCollector
 from sollol_proxy.handlers import OllamaHandler
 from sollol_proxy.lifecycle.background import Background
 from sollol_proxy.lifecycle.drain import Drain
-from sollol_proxy.lifecycle.limits import Limits
+from sollol_proxy.lifecycle.limits import Limits, keepalive_socket_factory
 from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
 from sollol_proxy.observe.accesslog import log_request
 from sollol_proxy.observe.admin import Admin
@@ -55,7 +58,11 @@ async def _drop_server_header(request: web.Request, response: web.StreamResponse
 def new_upstream_session(config: Config) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         # Streams are long-lived; a pool limit would queue requests inside the proxy, unseen.
-        connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+        connector=aiohttp.TCPConnector(
+            limit=0,
+            enable_cleanup_closed=True,
+            socket_factory=keepalive_socket_factory(config.client_limits.tcp_keepalive),
+        ),
         # Timeouts are applied per phase by the proxy (first byte, idle read), not per request.
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.timeouts.connect),
         auto_decompress=False,  # bytes pass through exactly as the node sent them
@@ -199,7 +206,10 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     forwarder = Forwarder(config, session, fleet)
     management = Management(config, session, fleet)
     admission = Admission(config.queue)
+    guard = Guard(config)
+    hosts = HostCheck(config)
     metrics = Metrics(fleet, learner, admission, forwarder.budget)
+    metrics.registry.register(KeyCollector(guard))
     stats = Stats(fleet, learner)
     admin = Admin(
         fleet,
@@ -221,7 +231,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         prompt_cache=prompt_cache,
         admin=admin,
         admission=admission,
-        sinks=(log_request, metrics.observe, stats.observe),
+        sinks=(log_request, metrics.observe, stats.observe, guard.observe),
     )
     limits = Limits(config)
     proxy = Proxy(
@@ -231,11 +241,13 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         decisions=decisions,
         limits=limits,
         drain=Drain(),
-        parts=(selector, forwarder, management, handler, limits, admission),
+        parts=(selector, forwarder, management, handler, limits, admission, guard, hosts),
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=(proxy.drain.middleware, limits.middleware),
+        # Outermost first: drain tracks everything; limits answers over-limit connections and
+        # bad request targets; then the Host check and the keys (Ollama checks Host after CORS).
+        middlewares=(proxy.drain.middleware, limits.middleware, hosts.middleware, guard.middleware),
     )
     if source is not None:
         proxy.reloader = Reloader(source, functools.partial(apply_config, app), config)
