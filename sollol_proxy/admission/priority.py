@@ -29,7 +29,7 @@ def read_priority(request: web.Request, cap: int = 10) -> int:
     text = raw.strip().lower()
     if text in NAMED:
         return min(NAMED[text], cap)
-    if len(text) <= 2 and text.isascii() and text.isdigit() and int(text) <= 10:
+    if len(text) <= 4 and text.isascii() and text.isdigit() and int(text) <= 10:
         return min(int(text), cap)
     raise BadPriority(
         f"invalid priority '{loggable(raw, 20)}': expected 0 to 10 or one of {', '.join(NAMED)}"

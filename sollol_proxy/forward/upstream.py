@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -15,6 +15,8 @@ from sollol_proxy.fleet.health import Failure
 from sollol_proxy.wire.headers import upstream_request_headers
 
 Body = bytes | AsyncIterable[bytes] | None
+# A request body larger than this goes to the node in slices of this size.
+UPLOAD_SLICE = 256 * 1024
 
 
 class UpstreamFailure(Exception):
@@ -62,7 +64,13 @@ async def open_upstream(
     then the client has received nothing, so another node can still take the request.
     """
     headers = upstream_request_headers(request.headers, node.config, client_ip(request))
-    if not isinstance(body, bytes | None) and request.content_length is not None:
+    data: Body = body
+    if isinstance(body, bytes) and len(body) > UPLOAD_SLICE:
+        # Written whole, a large body is copied into the transport's buffer in one callback
+        # and shifted down after every send: slices with backpressure keep the loop free.
+        headers["Content-Length"] = str(len(body))
+        data = _slices(body)
+    elif not isinstance(body, bytes | None) and request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)
     # encoded=True: the path goes out exactly as the client wrote it (yarl would resolve `..`).
     url = yarl.URL(node.config.url + request.raw_path, encoded=True)
@@ -70,7 +78,7 @@ async def open_upstream(
     try:
         async with asyncio.timeout(first_byte):
             response = await session.request(
-                request.method, url, headers=headers, data=body, allow_redirects=False
+                request.method, url, headers=headers, data=data, allow_redirects=False
             )
             first = await response.content.readany()
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -89,6 +97,12 @@ async def open_upstream(
             response.close()
         raise
     return Opened(response, first)
+
+
+async def _slices(body: bytes) -> AsyncIterator[memoryview]:
+    view = memoryview(body)
+    for start in range(0, len(body), UPLOAD_SLICE):
+        yield view[start : start + UPLOAD_SLICE]
 
 
 def _connect_reason(exc: aiohttp.ClientError) -> str:

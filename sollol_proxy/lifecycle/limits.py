@@ -35,6 +35,7 @@ log = logging.getLogger("sollol.limits")
 
 HEADERS_TOO_LARGE = 431  # what Go's net/http (so Ollama) answers beyond MaxHeaderBytes
 BUSY = 503
+REQUEST_TIMEOUT = 408  # a request body too slow (wire/peek.read_body)
 # aiohttp's default; Go has no count limit, but its 1 MiB header budget bounds it in practice.
 MAX_HEADER_FIELDS = 128
 # A rejected connection that sends nothing is closed after this long.
@@ -129,10 +130,7 @@ class ProxyProtocol(web.RequestHandler):
         self.over_limit = self._limits.book.open(self.client, config)
         self._opened = True
         if self.over_limit is not None:
-            # Its 503 closes the connection: no lingering read of a body the proxy will not use
-            # (aiohttp takes this only as a constructor argument, and the client's address is
-            # known only now).
-            self._lingering_time = 0.0
+            self.skip_lingering()  # its 503 closes the connection
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -154,6 +152,12 @@ class ProxyProtocol(web.RequestHandler):
             self._opened = False
             self._limits.book.close(self.client, self.over_limit is not None)
         super().connection_lost(exc)
+
+    def skip_lingering(self) -> None:
+        """No lingering read of the rest of a body the proxy will not use, after an answer
+        that closes the connection. (aiohttp takes this only as a constructor argument, and
+        whether it applies is known only later.)"""
+        self._lingering_time = 0.0
 
     def request_started(self) -> None:
         self._busy = True
@@ -289,4 +293,7 @@ class Limits:
                 HEADERS_TOO_LARGE,
                 f"request header too large (limit {config.max_header_bytes} bytes)",
             )
-        return await handler(request)
+        response = await handler(request)
+        if response.status == REQUEST_TIMEOUT:
+            protocol.skip_lingering()  # the body was too slow: waiting for the rest is pointless
+        return response

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from sollol_proxy.forward.record import RequestRecord
-from sollol_proxy.wire.logsafe import loggable
+from sollol_proxy.wire.logsafe import loggable, truncated
 
 log = logging.getLogger("sollol.access")
 
@@ -26,7 +26,7 @@ def access_fields(record: RequestRecord) -> dict[str, object]:
         "client": record.client,
         "method": record.method,
         "route": record.endpoint,
-        "model": loggable(record.model) if record.model else None,  # the client's choice
+        "model": truncated(record.model) if record.model else None,  # the client's choice
         "node": record.node or None,
         "status": record.status,
         "outcome": record.outcome.value,

@@ -42,6 +42,14 @@ class TooComplex(Exception):
     """The body holds more strings and containers than the proxy reads for one request."""
 
 
+class TooDeep(Exception):
+    """Nested deeper than Go reads: its error is `invalid character '<bracket>' exceeded max
+    depth` (scanner.go pushParseState), which `str()` of this exception is."""
+
+    def __init__(self, bracket: str) -> None:
+        super().__init__(f"invalid character '{bracket}' exceeded max depth")
+
+
 @dataclass(frozen=True, slots=True)
 class Member:
     key: str
@@ -119,8 +127,8 @@ _TOKEN = re.compile(rb'"[^"\\]{0,256}+"|["\[\]{}]')
 
 def _container_end(text: bytes, pos: int, budget: int) -> tuple[int, int, int] | None:
     """End, strings-and-brackets count and element count of the array or object at `pos` (a
-    member's value, at depth 2); None when Go rejects it (unterminated, or nested too deep).
-    Raises TooComplex past `budget` strings and brackets."""
+    member's value, at depth 2); None when it is unterminated. Raises TooDeep past Go's depth and
+    TooComplex past `budget` strings and brackets."""
     count = text.count
     size = len(text)
     level, tokens, elements, cursor = 0, 0, 0, pos
@@ -145,7 +153,7 @@ def _container_end(text: bytes, pos: int, budget: int) -> tuple[int, int, int] |
             if char in (0x5B, 0x7B):  # [ {
                 level += 1
                 if level + 1 > MAX_DEPTH:
-                    return None
+                    raise TooDeep(chr(char))
                 continue
             level -= 1
             if level == 0:
@@ -191,9 +199,9 @@ def decode_key(raw: bytes) -> str | None:
 def members(text: bytes, budget: int) -> list[Member] | None:
     """The members of the JSON object `text` starts with, in order, duplicates included.
 
-    None when Go would not read an object there: another type, a syntax error inside the
-    object, or nesting deeper than `MAX_DEPTH`. Bytes after the object are ignored, as Go's
-    Decoder does. Raises TooComplex after `budget` strings and brackets.
+    None when Go would not read an object there: another type, or a syntax error inside the
+    object. Bytes after the object are ignored, as Go's Decoder does. Raises TooDeep for nesting
+    deeper than `MAX_DEPTH`, and TooComplex after `budget` strings and brackets.
     """
     size = len(text)
     pos = _skip_ws(text, 0)

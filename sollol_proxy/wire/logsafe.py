@@ -22,10 +22,13 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def loggable(value: object, limit: int = MAX_LOGGED) -> str:
+def truncated(value: object, limit: int = MAX_LOGGED) -> str:
+    """At most `limit` characters of the value, saying how many were left out."""
     text = str(value)
     extra = len(text) - limit
-    if extra > 0:
-        text = text[:limit]
-    text = _UNSAFE.sub(_escape, text)
-    return f"{text}...({extra} more characters)" if extra > 0 else text
+    return f"{text[:limit]}...({extra} more characters)" if extra > 0 else text
+
+
+def loggable(value: object, limit: int = MAX_LOGGED) -> str:
+    """Truncated, then escaped: safe to write into a line of text."""
+    return _UNSAFE.sub(_escape, truncated(value, limit))

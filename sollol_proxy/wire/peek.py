@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sollol_proxy.wire.jsonscan import GO_REPLACE, TooComplex, go_field_match, members
+from sollol_proxy.wire.jsonscan import GO_REPLACE, TooComplex, TooDeep, go_field_match, members
 from sollol_proxy.wire.routes import Route
 
 # Parsed whole on the event loop with orjson: at most a couple of milliseconds, even for a body
@@ -135,6 +135,8 @@ def read_object(text: bytes) -> tuple[dict[str, Any] | None, list[tuple[str, Any
         found = members(text, MAX_SCAN_TOKENS)
     except TooComplex:
         raise BodyTooComplex from None
+    except TooDeep:
+        return None, []  # Ollama answers its own 400 for it: the body goes to a node as it is
     if found is None:
         return None, []
     last = {m.key: m for m in found if m.key}  # the last of duplicate keys wins, as in Go
