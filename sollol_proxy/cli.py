@@ -221,6 +221,20 @@ def bench_scorer(decisions: int) -> None:
     run(decisions)
 
 
+@bench.command("bodies")
+@click.option("--size", default=60, show_default=True, help="MiB per body (the limit is 64).")
+@click.option(
+    "--pythonpath",
+    type=click.Path(file_okay=False),
+    help="Run the proxy from this source tree instead (to compare with another commit).",
+)
+def bench_bodies(size: int, pythonpath: str | None) -> None:
+    """Large hostile bodies: the proxy's loop stall, its memory, its nodes' health."""
+    from sollol_proxy.bench.bodies import run
+
+    run(size_mib=size, pythonpath=pythonpath)
+
+
 @bench.command("queue")
 @click.option("--seed", default=7, show_default=True, help="Seed of the arrivals.")
 @click.option("--duration", default=15.0, show_default=True, help="Seconds of arrivals.")

@@ -37,6 +37,7 @@ from sollol_proxy.wire.peek import (
     BodyTimeout,
     BodyTooComplex,
     BodyTooLarge,
+    paced,
     peek_body,
     read_body,
 )
@@ -174,7 +175,12 @@ class OllamaHandler:
                 Reason.PINNED if pinned else Reason.PLACEMENT,
                 pinned=bool(pinned),
             )
-            upload = request.content if request.method == "POST" else None
+            limits = self.config.client_limits
+            upload = (
+                paced(request.content, stall=limits.body_timeout, min_rate=limits.body_min_rate)
+                if request.method == "POST"
+                else None
+            )
             return await self.forwarder.forward(request, upload, [target], record, first_byte=None)
 
         limits = self.config.client_limits

@@ -13,6 +13,7 @@ from aiohttp import web
 from sollol_proxy.fleet.fleet import NodeState, describe_error
 from sollol_proxy.fleet.health import Failure
 from sollol_proxy.wire.headers import upstream_request_headers
+from sollol_proxy.wire.peek import BodyTimeout
 
 Body = bytes | AsyncIterable[bytes] | None
 # A request body larger than this goes to the node in slices of this size.
@@ -91,6 +92,8 @@ async def open_upstream(
     except (aiohttp.ClientError, OSError) as exc:
         if response is not None:
             response.close()
+        if isinstance(exc.__cause__, BodyTimeout):
+            raise exc.__cause__ from None  # the client's upload stalled, not the node
         raise UpstreamFailure(describe_error(exc), Failure.RESET) from exc
     except BaseException:  # the client went away: the node must see the connection close
         if response is not None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import re
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from sollol_proxy.wire.jsonscan import GO_REPLACE, TooComplex, TooDeep, go_field_match, members
 from sollol_proxy.wire.routes import Route
@@ -67,6 +67,35 @@ class Peek:
     large: bool = False
 
 
+class _Pace:
+    """How long the next chunk of a body may take: never more than `stall`, and never so long
+    that the average since the start (after a first `stall`) drops under `min_rate`."""
+
+    def __init__(self, stall: float | None, min_rate: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self.stall, self.min_rate, self.size = stall, min_rate, 0
+
+    def wait(self) -> float | None:
+        if self.stall is None or self.min_rate <= 0:
+            return self.stall
+        due = self._started + self.stall + self.size / self.min_rate
+        return min(self.stall, max(0.0, due - self._loop.time()))
+
+    async def next_chunk(self, stream: StreamReader) -> bytes:
+        try:
+            async with asyncio.timeout(self.wait()):
+                chunk = await stream.readany()
+        except TimeoutError:
+            raise BodyTimeout(
+                f"request body too slow: {self.size} bytes in"
+                f" {self._loop.time() - self._started:.0f}s (limits.body_timeout {self.stall:g}s,"
+                f" limits.body_min_rate {self.min_rate:g} bytes/s)"
+            ) from None
+        self.size += len(chunk)
+        return chunk
+
+
 async def read_body(
     request: web.Request, limit: int, *, stall: float | None = None, min_rate: float = 0.0
 ) -> bytes:
@@ -74,29 +103,23 @@ async def read_body(
     the first `stall` seconds, at least `min_rate` bytes per second on average."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    pace = _Pace(stall, min_rate)
     chunks: list[bytes] = []
-    size = 0
-    while True:
-        wait = stall
-        if stall is not None and min_rate > 0:
-            # By then this many bytes were due: waiting longer would drop under the rate.
-            wait = min(stall, max(0.0, started + stall + size / min_rate - loop.time()))
-        try:
-            async with asyncio.timeout(wait):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            raise BodyTimeout(
-                f"request body too slow: {size} bytes in {loop.time() - started:.0f}s"
-                f" (limits.body_timeout {stall:g}s, limits.body_min_rate {min_rate:g} bytes/s)"
-            ) from None
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
+    while chunk := await pace.next_chunk(request.content):
+        if pace.size > limit:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def paced(
+    stream: StreamReader, *, stall: float | None, min_rate: float
+) -> AsyncIterator[bytes]:
+    """A streamed body (a blob upload, never held whole) under the same pace as `read_body`;
+    BodyTimeout ends it."""
+    pace = _Pace(stall, min_rate)
+    while chunk := await pace.next_chunk(stream):
+        yield chunk
 
 
 NOT_BUILT = object()  # a member the proxy did not build

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sollol_proxy.bench import queue, routing, scorer, workloads
+from sollol_proxy.bench import bodies, queue, routing, scorer, workloads
 
 
 def tiny(seed: int) -> workloads.Scenario:
@@ -75,3 +75,10 @@ async def test_queue_benchmark_reports_both_modes_and_both_classes() -> None:
     ]
     assert all(row[3] == "0" for row in rows[1:])  # no errors
     assert "high p95 wait / low p95 wait" in report
+
+
+async def test_bodies_benchmark_reports_every_shape() -> None:
+    table = await bodies.benchmark(2 * bodies.MIB, None)
+    rows = table.splitlines()[2:]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == [s.name for s in bodies.SHAPES]
+    assert "| 200, 200, 200 |" in rows[2]  # a long string is routed by its model

@@ -10,6 +10,8 @@ import openai
 import orjson
 import pytest
 
+from sollol_proxy.app import apply_config
+from sollol_proxy.config import load_config
 from sollol_proxy.guard.keys import new_key
 from tests.conftest import Cluster, ClusterFactory
 
@@ -274,3 +276,32 @@ async def test_without_keys_management_answers_only_this_machine(
     opened = await fleet(cluster, listen__host=address, auth__open_management=True)
     async with http.delete(opened.url + "/api/delete", data=body) as response:
         assert response.status == 200
+
+
+async def test_a_reload_changes_the_keys_and_keeps_their_usage(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await fleet(cluster, auth__keys=keyed(requests_per_minute=1))
+    async with http.post(made.url + "/api/chat", data=CHAT, headers=bearer(USER_KEY)) as response:
+        assert response.status == 200
+    new_user, new_hash = new_key()
+    reloaded = load_config(
+        None,
+        env={},
+        overrides={
+            "nodes": [{"url": n.url, "name": n.name} for n in made.nodes],
+            "listen.host": "127.0.0.1",
+            "auth.keys": [
+                {"name": "alice", "sha256": USER_HASH, "requests_per_minute": 1},
+                {"name": "bob", "sha256": new_hash},
+            ],
+        },
+    )
+    assert reloaded.to_dict()["auth"]["keys"][1]["sha256"] == "<redacted>"
+    apply_config(made.proxy.runner.app, reloaded)
+    async with http.post(made.url + "/api/chat", data=CHAT, headers=bearer(new_user)) as response:
+        assert response.status == 200
+    async with http.post(made.url + "/api/chat", data=CHAT, headers=bearer(ADMIN_KEY)) as response:
+        assert response.status == 401  # the admin key was removed
+    async with http.post(made.url + "/api/chat", data=CHAT, headers=bearer(USER_KEY)) as response:
+        assert response.status == 429  # its minute's count survived the reload
