@@ -3,6 +3,7 @@ by Debian's `openssl` (`.ci/run` installs it when missing)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import ssl
 import subprocess
@@ -55,6 +56,25 @@ async def test_the_proxy_speaks_https_with_the_configured_certificate(
         model="llama3.2", messages=[{"role": "user", "content": "hi"}]
     )
     assert reply.done and reply.message.content
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_at_the_header_timeout(
+    cluster: ClusterFactory, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    made = await cluster(
+        dict(name="a", models=[]),
+        listen__tls_cert=str(cert),
+        listen__tls_key=str(key),
+        limits__header_timeout=0.5,
+    )
+    host, port = made.url.removeprefix("https://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))  # plain TCP, silent
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert loop.time() - started < 3
+    writer.close()
 
 
 def test_tls_files_are_checked_before_the_port_is_bound(

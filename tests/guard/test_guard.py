@@ -233,6 +233,14 @@ async def test_official_clients_send_their_keys(
         model="llama3.2", messages=[{"role": "user", "content": "hi"}]
     )
     assert completion.choices[0].message.content
+    with pytest.raises(openai.PermissionDeniedError):
+        await client.models.retrieve("x", extra_headers={"X-Sollol-Node": "a"})
+    limited = await fleet(cluster, auth__keys=keyed(requests_per_minute=1))
+    client = openai.AsyncOpenAI(base_url=limited.url + "/v1", api_key=USER_KEY, max_retries=0)
+    await client.models.list()
+    with pytest.raises(openai.RateLimitError) as over:
+        await client.models.list()
+    assert over.value.response.headers["Retry-After"]
     wrong = openai.AsyncOpenAI(base_url=made.url + "/v1", api_key="sollol-nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as denied:
         await wrong.models.list()
