@@ -75,6 +75,7 @@ def _matches(model: str, pattern: str) -> bool:
 
 
 GRANT = web.RequestKey("sollol_grant", Grant)
+_DROPPED = frozenset(name.title() for name in CREDENTIAL_HEADERS)
 
 
 def grant_of(request: web.Request) -> Grant | None:
@@ -181,6 +182,3 @@ class Guard:
             return await handler(request)
         finally:
             usage.in_flight -= 1
-
-
-_DROPPED = frozenset(name.title() for name in CREDENTIAL_HEADERS)

@@ -247,12 +247,6 @@ def decoded_for_peek(body: bytes, encoding: str, limit: int) -> bytes | None:
     return None
 
 
-def first_json_value(body: bytes) -> Any:
-    """Like Go's json.Decoder.Decode for an object: the first value counts, trailing bytes are
-    ignored. None when the body does not start with an object."""
-    return read_object(body)[0]
-
-
 def peek(
     route: Route,
     body: bytes,
