@@ -7,6 +7,7 @@ The layering and validation live in `loader.py`; this module holds the result an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -231,8 +232,20 @@ def read_hosts_file(path: Path, origin: str) -> list[tuple[int, str]]:
     return hosts
 
 
+_USERINFO = re.compile(r"(://[^/@:]*):[^/@]*@")
+
+
 def normalize_node_url(raw: str) -> str:
-    """Parse a node address the way OLLAMA_HOST is parsed: `host`, `host:port` or a URL."""
+    """Parse a node address the way OLLAMA_HOST is parsed: `host`, `host:port` or a URL.
+
+    Errors show the address with any password in it redacted: they are printed and logged."""
+    try:
+        return _normalize_node_url(raw)
+    except ValueError as exc:
+        raise ValueError(_USERINFO.sub(r"\1:<redacted>@", str(exc))) from None
+
+
+def _normalize_node_url(raw: str) -> str:
     text = raw.strip().strip("\"'")
     if not text:
         raise ValueError("is empty")
