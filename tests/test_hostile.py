@@ -36,7 +36,11 @@ async def fleet(cluster: ClusterFactory, **settings: object) -> Cluster:
 
 
 def no_traceback(caplog: pytest.LogCaptureFixture, *bodies: bytes) -> None:
+    # The proxy's loggers and aiohttp's server (a handler's unhandled error); not asyncio's,
+    # where an earlier test's client garbage-collected now may complain.
     for record in caplog.records:
+        if not record.name.startswith(("sollol", "aiohttp")):
+            continue
         assert record.exc_info is None, record.getMessage()
         assert "Traceback" not in record.getMessage()
     for body in bodies:
