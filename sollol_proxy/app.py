@@ -24,11 +24,14 @@ from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.inventory import LiveInventory
 from sollol_proxy.forward.management import Management
 from sollol_proxy.forward.views import FleetViews
+from sollol_proxy.guard.guard import Guard
+from sollol_proxy.guard.hosts import HostCheck
+from sollol_proxy.guard.metrics import KeyCollector
 from sollol_proxy.handlers import OllamaHandler
 from sollol_proxy.lifecycle.background import Background
 from sollol_proxy.lifecycle.cors import Cors
 from sollol_proxy.lifecycle.drain import Drain
-from sollol_proxy.lifecycle.limits import Limits
+from sollol_proxy.lifecycle.limits import Limits, keepalive_socket_factory
 from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
 from sollol_proxy.lifecycle.startup import cannot_listen
 from sollol_proxy.observe.accesslog import log_request
@@ -61,7 +64,11 @@ async def _drop_server_header(request: web.Request, response: web.StreamResponse
 def new_upstream_session(config: Config) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         # Streams are long-lived; a pool limit would queue requests inside the proxy, unseen.
-        connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+        connector=aiohttp.TCPConnector(
+            limit=0,
+            enable_cleanup_closed=True,
+            socket_factory=keepalive_socket_factory(config.client_limits.tcp_keepalive),
+        ),
         # Timeouts are applied per phase by the proxy (first byte, idle read), not per request.
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.timeouts.connect),
         auto_decompress=False,  # bytes pass through exactly as the node sent them
@@ -222,7 +229,10 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     inventory = LiveInventory(config, fleet, tasks)
     management = Management(config, session, fleet, inventory)
     admission = Admission(config.queue)
+    guard = Guard(config)
+    hosts = HostCheck(config)
     metrics = Metrics(fleet, learner, admission, forwarder.budget)
+    metrics.registry.register(KeyCollector(guard))
     stats = Stats(fleet, learner)
     history = History(fleet, admission)
     admin = Admin(
@@ -247,7 +257,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         admin=admin,
         admission=admission,
         views=FleetViews(fleet, inventory),
-        sinks=(log_request, metrics.observe, stats.observe, history.observe),
+        sinks=(log_request, metrics.observe, stats.observe, history.observe, guard.observe),
     )
     limits = Limits(config)
     cors = Cors(config)
@@ -258,13 +268,33 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         decisions=decisions,
         limits=limits,
         drain=Drain(),
-        parts=(selector, forwarder, management, handler, limits, admission, cors, inventory),
+        parts=(
+            selector,
+            forwarder,
+            management,
+            handler,
+            limits,
+            admission,
+            cors,
+            inventory,
+            guard,
+            hosts,
+        ),
         tasks=tasks,
         history=history,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=(cors.middleware, proxy.drain.middleware, limits.middleware),
+        # Outermost first: CORS answers for everything the proxy says itself; drain tracks
+        # everything; limits answers over-limit connections and bad request targets; then the
+        # Host check and the keys (Ollama checks Host after CORS, and preflights carry no key).
+        middlewares=(
+            cors.middleware,
+            proxy.drain.middleware,
+            limits.middleware,
+            hosts.middleware,
+            guard.middleware,
+        ),
     )
     if source is not None:
         proxy.reloader = Reloader(source, functools.partial(apply_config, app), config)

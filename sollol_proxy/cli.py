@@ -168,6 +168,36 @@ def simulate(
 
 
 @main.group()
+def keys() -> None:
+    """API keys for `auth.keys` (only their SHA-256 goes in the configuration)."""
+
+
+@keys.command("new")
+@click.option("--name", default="client", show_default=True, help="The key's name (logs, metrics).")
+@click.option("--scope", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+def keys_new(name: str, scope: str) -> None:
+    """Print a new random key, its SHA-256 and the auth.keys entry to add to sollol.yaml."""
+    from sollol_proxy.guard.keys import new_key
+
+    key, digest = new_key()
+    click.echo(f"key:    {key}")
+    click.echo(f"sha256: {digest}")
+    click.echo(f"auth.keys entry: {{name: {name}, sha256: {digest}, scope: {scope}}}")
+
+
+@keys.command("hash")
+def keys_hash() -> None:
+    """Print the SHA-256 of a key read from standard input (for a key made elsewhere)."""
+    from sollol_proxy.guard.keys import digest
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        click.echo("sollol-proxy: no key on standard input", err=True)
+        sys.exit(2)
+    click.echo(digest(key))
+
+
+@main.group()
 def bench() -> None:
     """Benchmarks (each compares against a baseline in the same run)."""
 
@@ -205,6 +235,20 @@ def bench_scorer(decisions: int) -> None:
     from sollol_proxy.bench.scorer import run
 
     run(decisions)
+
+
+@bench.command("bodies")
+@click.option("--size", default=60, show_default=True, help="MiB per body (the limit is 64).")
+@click.option(
+    "--pythonpath",
+    type=click.Path(file_okay=False),
+    help="Run the proxy from this source tree instead (to compare with another commit).",
+)
+def bench_bodies(size: int, pythonpath: str | None) -> None:
+    """Large hostile bodies: the proxy's loop stall, its memory, its nodes' health."""
+    from sollol_proxy.bench.bodies import run
+
+    run(size_mib=size, pythonpath=pythonpath)
 
 
 @bench.command("queue")

@@ -14,6 +14,7 @@ from sollol_proxy.admission.admission import Admission
 from sollol_proxy.admission.priority import BadPriority, read_priority
 from sollol_proxy.admission.tickets import QueueRejected, Slot
 from sollol_proxy.config import Config
+from sollol_proxy.config.access import MAX_PRIORITY
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.prompt_cache import PromptCache
@@ -23,6 +24,8 @@ from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.management import Management
 from sollol_proxy.forward.record import Outcome, RecordSink, RequestRecord
 from sollol_proxy.forward.upstream import client_ip
+from sollol_proxy.guard.guard import grant_of, refusal
+from sollol_proxy.guard.quota import Refused
 from sollol_proxy.lifecycle.drain import is_cut
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.routing import Reason
@@ -30,7 +33,14 @@ from sollol_proxy.routing.analysis import RequestProfile, analyze
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER
 from sollol_proxy.wire.names import normalize_model
-from sollol_proxy.wire.peek import BodyTooLarge, peek, read_body
+from sollol_proxy.wire.peek import (
+    BodyTimeout,
+    BodyTooComplex,
+    BodyTooLarge,
+    paced,
+    peek_body,
+    read_body,
+)
 from sollol_proxy.wire.routes import FLEET_VIEWS, Kind, classify, endpoint_label, routed_path
 
 _MANAGEMENT = {
@@ -78,6 +88,13 @@ class OllamaHandler:
                 response = error_response(request.path, exc.status, exc.message)
             except BodyTooLarge as exc:
                 response = error_response(request.path, 413, str(exc))
+            except BodyTooComplex as exc:
+                response = error_response(request.path, 400, str(exc))
+            except BodyTimeout as exc:
+                response = error_response(request.path, 408, str(exc))
+                response.force_close()  # the rest of the body is not read
+            except Refused as exc:
+                response = refusal(request.path, exc)
             except BadPriority as exc:
                 response = error_response(request.path, 400, str(exc))
             except QueueRejected as exc:
@@ -89,7 +106,7 @@ class OllamaHandler:
             if is_cut(exc):  # the shutdown's grace period ended: the drain answers 503
                 record.outcome = Outcome.CUT_BY_SHUTDOWN
                 record.finish(503)
-            else:
+            elif record.outcome is not Outcome.CLIENT_STALLED:
                 record.outcome = Outcome.CLIENT_CLOSED
                 record.finish(499)  # nginx's "client closed request": no answer was completed
             self._done(record)
@@ -127,6 +144,9 @@ class OllamaHandler:
 
     async def _dispatch(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         request_id = record.request_id
+        grant = grant_of(request)  # the API key's limits, when keys are configured
+        if grant is not None:
+            record.key = grant.name
         route, param = classify(request.method, routed_path(request.path, request.raw_path))
         kind = route.kind
         pinned = request.headers.get(NODE_HEADER)
@@ -147,26 +167,40 @@ class OllamaHandler:
                 Reason.PINNED if pinned else Reason.PLACEMENT,
                 pinned=bool(pinned),
             )
-            upload = request.content if request.method == "POST" else None
+            limits = self.config.client_limits
+            upload = (
+                paced(request.content, stall=limits.body_timeout, min_rate=limits.body_min_rate)
+                if request.method == "POST"
+                else None
+            )
             return await self.forwarder.forward(request, upload, [target], record, first_byte=None)
 
-        body = await read_body(request, self.config.max_body_bytes)
-        seen = peek(route, body, request.headers, param)
+        limits = self.config.client_limits
+        body = await read_body(
+            request,
+            self.config.max_body_bytes,
+            stall=limits.body_timeout,
+            min_rate=limits.body_min_rate,
+        )
+        seen = await peek_body(route, body, request.headers, param, self.config.max_body_bytes)
         forwarded_body = body or None
         # A streamed answer starts with its first token; a non-streamed one only comes when the
         # whole generation is done, so it gets the longer non-streamed bound.
         first_byte = self.config.timeouts.first_byte_for(record.endpoint, seen.stream)
         if kind in (Kind.MODEL, Kind.MODEL_PATH):
+            priority = read_priority(request, grant.max_priority if grant else MAX_PRIORITY)
             model = normalize_model(seen.model) if seen.model.strip() else ""
-            record.model = model
+            record.model, record.priority = model, priority
+            if grant is not None and not grant.allows_model(model):
+                raise grant.refuse_model(model)
             if route.metadata:  # no load, no slot: nothing to queue for or learn from
                 targets = await self.selector.for_metadata(request, model, request_id)
                 return await self.forwarder.forward(
                     request, forwarded_body, targets, record, first_byte=first_byte
                 )
-            priority = read_priority(request)
-            record.priority = priority
-            profile = analyze(request.path, seen.payload, model, seen.stream)
+            args = (request.path, seen.payload, model, seen.stream)
+            # A large body's analysis runs off the event loop, like its peek.
+            profile = await asyncio.to_thread(analyze, *args) if seen.large else analyze(*args)
             record.stream, record.task = seen.stream, profile.task
             routed = await self.selector.for_model(request, profile, request_id, priority)
             if isinstance(routed, Plan):
@@ -183,6 +217,8 @@ class OllamaHandler:
                     request, forwarded_body, slot.plan, profile, record, first_byte, slot
                 )
         if kind in _MANAGEMENT:
+            if grant is not None and not grant.allows_model(normalize_model(seen.model)):
+                raise grant.refuse_model(seen.model)
             payload = seen.payload or {}
             base = (
                 payload.get("from")

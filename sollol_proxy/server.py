@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,9 +70,17 @@ async def start_proxy(config: Config, source: ConfigSource | None = None) -> Run
     # app is ready. It is the proxy's own (not a TCPSite) so that every connection gets the
     # proxy's protocol (limits.py); aiohttp's Server still tracks and shuts down connections.
     accepts: list[Callable[[], asyncio.BaseProtocol]] = []
+    tls = tls_context(config)
     try:
         listener = await loop.create_server(
-            lambda: accepts[0](), config.host, config.port, reuse_address=True, start_serving=False
+            lambda: accepts[0](),
+            config.host,
+            config.port,
+            reuse_address=True,
+            start_serving=False,
+            ssl=tls,
+            # A TLS handshake is part of getting a request's headers: the same bound.
+            ssl_handshake_timeout=config.client_limits.header_timeout if tls else None,
         )
     except OSError as exc:
         raise cannot_listen(config.host, config.port, exc, "choose another with --port") from None
@@ -98,7 +108,27 @@ async def start_proxy(config: Config, source: ConfigSource | None = None) -> Run
     await listener.start_serving()
     port = listener.sockets[0].getsockname()[1] if listener.sockets else config.port
     host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
-    return RunningProxy(runner, listener, f"http://{host}:{port}")
+    scheme = "https" if tls else "http"
+    return RunningProxy(runner, listener, f"{scheme}://{host}:{port}")
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """`listen.tls_cert`/`listen.tls_key`: the listener speaks HTTPS (the loader checked both
+    files load)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one, as Go does for Ollama: every client
+    connection and every node connection is a file descriptor, and the usual soft limit of 1024
+    is below `limits.max_connections` plus the node connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def serve_forever(config: Config, source: ConfigSource | None = None) -> None:
@@ -119,6 +149,7 @@ async def serve_forever(config: Config, source: ConfigSource | None = None) -> N
 
 def run(config: Config, source: ConfigSource | None = None) -> None:
     """Serve until SIGINT/SIGTERM (reloading on SIGHUP), on uvloop when it is installed."""
+    raise_open_files_limit()
     try:
         import uvloop
     except ImportError:

@@ -29,7 +29,10 @@ def test_compose_mounts_a_valid_config_that_names_its_services() -> None:
     config = load_config(REPO / source, env={})
     hosts = {urlsplit(n.url).hostname for n in config.nodes}
     assert hosts <= set(compose["services"]) and hosts
-    assert sollol["ports"] == [f"{config.port}:{config.port}"]
+    # Management is open to the bridge's clients only because the port is published on the
+    # host's loopback alone.
+    assert sollol["ports"] == [f"127.0.0.1:{config.port}:{config.port}"]
+    assert config.auth.open_management and not config.auth.keys
 
 
 def test_dockerfile_copies_files_that_exist() -> None:

@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "admission": {"config", "wire", "routing", "lifecycle", "fleet"},
     "forward": {"config", "wire", "routing", "lifecycle", "fleet", "admission"},
     "observe": {"config", "wire", "routing", "lifecycle", "fleet", "admission", "forward"},
+    "guard": {"config", "wire", "lifecycle"},
     "simulator": {"wire"},
 }
 

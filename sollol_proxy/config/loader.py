@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+import sollol_proxy.config.access_loader as access  # its validators share the value parsers
 import sollol_proxy.config.resilience as resilience  # its validators share the value parsers
 from sollol_proxy.config.layers import Layers, load_env, load_file
 from sollol_proxy.config.model import (
@@ -211,6 +212,7 @@ def _validate(layers: Layers) -> Config:
         raise layers.error("log_format", f"expected plain or json, got {log_format!r}")
     metrics_port = layers.values.get("metrics.port")
     priors = _priors(layers, "routing.priors", layers.values.get("routing.priors") or {}, Priors())
+    tls_cert, tls_key = access.tls(layers)
     return Config(
         host=host,
         port=integer(layers, "listen.port", defaults.port, 0, 65535),
@@ -254,6 +256,11 @@ def _validate(layers: Layers) -> Config:
         if metrics_port is None
         else integer(layers, "metrics.port", 0, 1, 65535, metrics_port),
         cors_origins=cors_origins(layers),
+        auth=access.auth(layers),
+        client_limits=access.client_limits(layers),
+        allowed_hosts=access.allowed_hosts(layers),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
 
 

@@ -7,6 +7,7 @@ The layering and validation live in `loader.py`; this module holds the result an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from sollol_proxy.config.access import AuthConfig, ClientLimits
 from sollol_proxy.config.policies import OutlierPolicy, Priors, RetryPolicy
 
 DEFAULT_OLLAMA_PORT = 11434
@@ -121,11 +123,24 @@ class Config:
     log_format: str = "plain"  # plain (key=value) or json, for every log line
     metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
     cors_origins: tuple[str, ...] = ()  # as OLLAMA_ORIGINS; Ollama's defaults are always added
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    client_limits: ClientLimits = field(default_factory=ClientLimits)
+    # Host names the proxy answers besides loopback and private ones; set, the check is on even
+    # when the proxy does not listen on loopback (Ollama's DNS-rebinding guard, reference 1.5).
+    allowed_hosts: tuple[str, ...] = ()
+    tls_cert: str | None = None  # PEM certificate chain: the listener speaks HTTPS
+    tls_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration in the YAML layout (for `check-config`); secrets redacted."""
         return {
-            "listen": {"host": self.host, "port": self.port},
+            "listen": {
+                "host": self.host,
+                "port": self.port,
+                "allowed_hosts": list(self.allowed_hosts),
+                "tls_cert": self.tls_cert,
+                "tls_key": self.tls_key,
+            },
             "nodes": [
                 {
                     "url": n.url,
@@ -180,6 +195,21 @@ class Config:
                 "max_body_bytes": self.max_body_bytes,
                 "max_header_bytes": self.max_header_bytes,
                 "max_connections": self.max_connections,
+                "max_connections_per_client": self.client_limits.max_per_client,
+                "header_timeout": self.client_limits.header_timeout,
+                "body_timeout": self.client_limits.body_timeout,
+                "body_min_rate": self.client_limits.body_min_rate,
+                "idle_timeout": self.client_limits.idle_timeout,
+                "tcp_keepalive": self.client_limits.tcp_keepalive,
+                "write_timeout": self.client_limits.write_timeout,
+            },
+            "auth": {
+                "keys": [
+                    {**asdict(k), "sha256": "<redacted>", "models": list(k.models)}
+                    for k in self.auth.keys
+                ],
+                "open_management": self.auth.open_management,
+                "forward_authorization": self.auth.forward_authorization,
             },
             "shutdown": {"grace": self.shutdown_grace},
             "reload": {"watch": self.reload_watch, "interval": self.reload_interval},
@@ -209,8 +239,20 @@ def read_hosts_file(path: Path, origin: str) -> list[tuple[int, str]]:
     return hosts
 
 
+_USERINFO = re.compile(r"(://[^/@:]*):[^/@]*@")
+
+
 def normalize_node_url(raw: str) -> str:
-    """Parse a node address the way OLLAMA_HOST is parsed: `host`, `host:port` or a URL."""
+    """Parse a node address the way OLLAMA_HOST is parsed: `host`, `host:port` or a URL.
+
+    Errors show the address with any password in it redacted: they are printed and logged."""
+    try:
+        return _normalize_node_url(raw)
+    except ValueError as exc:
+        raise ValueError(_USERINFO.sub(r"\1:<redacted>@", str(exc))) from None
+
+
+def _normalize_node_url(raw: str) -> str:
     text = raw.strip().strip("\"'")
     if not text:
         raise ValueError("is empty")

@@ -20,6 +20,7 @@ from sollol_proxy.fleet.snapshot import demand_by_model, node_view
 from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from sollol_proxy.routing.analysis import RequestProfile
 from sollol_proxy.wire.headers import NODE_HEADER
+from sollol_proxy.wire.logsafe import loggable
 
 ALL_NODES = "all"
 
@@ -96,13 +97,18 @@ class Selector:
                     f"{NODE_HEADER}: all only applies to management routes (pull, delete, copy, create, push)",
                 )
             return self._healthy()
-        names = [part.strip() for part in value.split(",") if part.strip()]
+        # Each node once, and never more nodes than the fleet has: a header repeating one name
+        # 30,000 times is one node, not 30,000 upstream requests.
+        names = list(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
         if not names:
             raise NoTarget(400, f"{NODE_HEADER} names no node")
         unknown = [name for name in names if name not in self._fleet.nodes]
         if unknown:
             known = ", ".join(self._fleet.nodes)
-            raise NoTarget(400, f"{NODE_HEADER} names unknown node {unknown[0]!r} (known: {known})")
+            raise NoTarget(
+                400,
+                f"{NODE_HEADER} names unknown node '{loggable(unknown[0], 64)}' (known: {known})",
+            )
         return [self._fleet.nodes[name] for name in names]
 
     def pinned_targets(self, request: web.Request) -> list[Target] | None:

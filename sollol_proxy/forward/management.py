@@ -30,6 +30,7 @@ from sollol_proxy.wire.headers import (
     ROUTE_HEADER,
     downstream_response_headers,
 )
+from sollol_proxy.wire.logsafe import loggable
 
 log = logging.getLogger("sollol.management")
 
@@ -91,7 +92,7 @@ class Management:
             "%s: %s %s on %s [%s]",
             request_id,
             request.method,
-            request.path,
+            loggable(request.path),
             ", ".join(n.name for n in nodes),
             route,
         )

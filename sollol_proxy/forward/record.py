@@ -20,6 +20,7 @@ class Outcome(StrEnum):
     MIDSTREAM_FAILURE = "midstream_failure"  # the node broke after the client got bytes
     CLIENT_CLOSED = "client_closed"  # the client went away before the answer was complete
     CUT_BY_SHUTDOWN = "cut_by_shutdown"  # still running when the shutdown's grace period ended
+    CLIENT_STALLED = "client_stalled"  # the client stopped reading: cut after limits.write_timeout
 
 
 @dataclass(slots=True)
@@ -48,6 +49,7 @@ class RequestRecord:
     # nodes tried before the one that answered, and why each was given up
     failed_attempts: list[tuple[str, str]] = field(default_factory=list)
     retries: int = 0  # attempts sent to another node after a failure (each counted once)
+    key: str = ""  # the name of the API key the request came with ("" without keys)
 
     def finish(self, status: int) -> None:
         self.duration_s = time.monotonic() - self.started

@@ -26,6 +26,7 @@ from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.lifecycle.drain import CUT_MESSAGE, is_cut
 from sollol_proxy.wire.errors import stream_error_bytes
 from sollol_proxy.wire.headers import REQUEST_ID_HEADER, downstream_response_headers
+from sollol_proxy.wire.usage import usage_counts
 
 if TYPE_CHECKING:
     from sollol_proxy.forward.attempt import Attempt
@@ -59,12 +60,15 @@ async def relay(
         response.content_length = int(length)
     complete = False
     recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
+    watch = WriteWatch(request, record, config.client_limits.write_timeout)
     try:
         await response.prepare(request)
         chunk = opened.first_chunk
         while chunk:
             recent.append(chunk)  # before the write: a cut during the write knows it
+            watch.writing()
             await response.write(chunk)  # one write per upstream read: nothing is held back
+            watch.written()
             if record.ttft_s is None:
                 record.ttft_s = time.monotonic() - record.started
             try:
@@ -87,6 +91,8 @@ async def relay(
         timings = parse_timings(tail)
         if timings is not None:
             record.tokens_in, record.tokens_out = timings.prompt_tokens, timings.output_tokens
+        elif (counted := usage_counts(tail)) is not None:
+            record.tokens_in, record.tokens_out = counted
         if attempt is not None:
             attempt.finished(upstream.status, timings)
         return response
@@ -99,12 +105,59 @@ async def relay(
         await _end_stream(request, response, upstream, CUT_MESSAGE, b"".join(recent)[-2:])
         return response
     finally:
+        watch.close()
         if complete:
             upstream.release()
         else:
             # The client left or the stream broke: closing makes Ollama cancel the generation
             # and free its slot (reference 1.4).
             upstream.close()
+
+
+class WriteWatch:
+    """Cuts the client off when one write to it stays blocked for `limit` seconds: a client
+    that stops reading would otherwise hold the node's slot for ever. One timer per answer,
+    re-armed lazily, so that a write costs two assignments (an asyncio.timeout per write would
+    cost a third of the relay's time per chunk)."""
+
+    __slots__ = ("_handle", "_limit", "_loop", "_record", "_request", "_since")
+
+    def __init__(self, request: web.Request, record: RequestRecord, limit: float) -> None:
+        self._request, self._record, self._limit = request, record, limit
+        self._loop = asyncio.get_running_loop()
+        self._since: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def writing(self) -> None:
+        self._since = self._loop.time()
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._since + self._limit, self._check)
+
+    def written(self) -> None:
+        self._since = None
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self._since is None:
+            return  # not writing now: the next write arms the timer again
+        if self._loop.time() - self._since < self._limit:
+            self._handle = self._loop.call_at(self._since + self._limit, self._check)
+            return
+        self._record.outcome = Outcome.CLIENT_STALLED
+        log.warning(
+            "%s: client %s read nothing for %gs (limits.write_timeout); answer cut",
+            self._record.request_id,
+            self._record.client or "-",
+            self._limit,
+        )
+        if self._request.transport is not None:
+            # The blocked write fails, the handler ends, and the node's request is closed.
+            self._request.transport.abort()
 
 
 async def _broken_stream(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -13,8 +13,11 @@ from aiohttp import web
 from sollol_proxy.fleet.fleet import NodeState, describe_error
 from sollol_proxy.fleet.health import Failure
 from sollol_proxy.wire.headers import upstream_request_headers
+from sollol_proxy.wire.peek import BodyTimeout
 
 Body = bytes | AsyncIterable[bytes] | None
+# A request body larger than this goes to the node in slices of this size.
+UPLOAD_SLICE = 256 * 1024
 
 
 class UpstreamFailure(Exception):
@@ -62,7 +65,13 @@ async def open_upstream(
     then the client has received nothing, so another node can still take the request.
     """
     headers = upstream_request_headers(request.headers, node.config, client_ip(request))
-    if not isinstance(body, bytes | None) and request.content_length is not None:
+    data: Body = body
+    if isinstance(body, bytes) and len(body) > UPLOAD_SLICE:
+        # Written whole, a large body is copied into the transport's buffer in one callback
+        # and shifted down after every send: slices with backpressure keep the loop free.
+        headers["Content-Length"] = str(len(body))
+        data = _slices(body)
+    elif not isinstance(body, bytes | None) and request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)
     # encoded=True: the path goes out exactly as the client wrote it (yarl would resolve `..`).
     url = yarl.URL(node.config.url + request.raw_path, encoded=True)
@@ -70,7 +79,7 @@ async def open_upstream(
     try:
         async with asyncio.timeout(first_byte):
             response = await session.request(
-                request.method, url, headers=headers, data=body, allow_redirects=False
+                request.method, url, headers=headers, data=data, allow_redirects=False
             )
             first = await response.content.readany()
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -83,12 +92,20 @@ async def open_upstream(
     except (aiohttp.ClientError, OSError) as exc:
         if response is not None:
             response.close()
+        if isinstance(exc.__cause__, BodyTimeout):
+            raise exc.__cause__ from None  # the client's upload stalled, not the node
         raise UpstreamFailure(describe_error(exc), Failure.RESET) from exc
     except BaseException:  # the client went away: the node must see the connection close
         if response is not None:
             response.close()
         raise
     return Opened(response, first)
+
+
+async def _slices(body: bytes) -> AsyncIterator[memoryview]:
+    view = memoryview(body)
+    for start in range(0, len(body), UPLOAD_SLICE):
+        yield view[start : start + UPLOAD_SLICE]
 
 
 def _connect_reason(exc: aiohttp.ClientError) -> str:

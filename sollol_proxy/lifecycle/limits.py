@@ -1,46 +1,185 @@
-"""Limits against abuse: header size, open connections (body size is enforced where bodies are read).
+"""Limits against abuse: header size and time, open connections in all and per client address,
+idle keep-alive connections, request targets (body size and speed are enforced where bodies are
+read, a stalled reader where answers are written).
 
-Every limit answers with an Ollama-shaped error (`errors.error_response`). aiohttp answers the
-requests its parser rejects (a header line too long, too many headers, garbage) with its own
-plain-text 400 from `RequestHandler.handle_error`, which no hook or signal reaches (aiohttp issue
-#3287). The proxy therefore accepts connections with its own subclass of aiohttp's public
-`web.RequestHandler`, overriding that one public method; `listen()` creates them.
+Every limit answers with an Ollama-shaped error (`errors.error_response`) when there is a request
+to answer; a connection that never sends one is closed. aiohttp answers the requests its parser
+rejects (a header line too long, too many headers, garbage) with its own plain-text 400 from
+`RequestHandler.handle_error`, which no hook or signal reaches (aiohttp issue #3287). The proxy
+therefore accepts connections with its own subclass of aiohttp's public `web.RequestHandler`,
+overriding that method and the asyncio protocol callbacks; `protocol_factory()` creates them.
+
+aiohttp's keep-alive timer also runs before a connection's first request, but it is one timer
+for two things: a request whose headers trickle in keeps it from firing only if it is long. The
+proxy keeps its own header timer (`limits.header_timeout`), armed when a connection opens and
+when the first byte of each next request arrives, disarmed when the request starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from sollol_proxy.config import Config
 from sollol_proxy.wire.errors import error_response
+from sollol_proxy.wire.logsafe import loggable
 
 log = logging.getLogger("sollol.limits")
 
 HEADERS_TOO_LARGE = 431  # what Go's net/http (so Ollama) answers beyond MaxHeaderBytes
 BUSY = 503
+REQUEST_TIMEOUT = 408  # a request body too slow (wire/peek.read_body)
 # aiohttp's default; Go has no count limit, but its 1 MiB header budget bounds it in practice.
 MAX_HEADER_FIELDS = 128
-# A rejected connection that sends nothing is closed after this long (aiohttp's keep-alive timer
-# also runs before the first request).
+# A rejected connection that sends nothing is closed after this long.
 REJECTED_IDLE_S = 2.0
+# Go's net.ListenConfig and net.Dialer defaults (15 s idle, 15 s between probes, 9 probes).
+KEEPALIVE_PROBES = 9
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def set_keepalive(sock: Any, idle: float) -> None:
+    """TCP keep-alive probes after `idle` seconds of silence, so that a peer that vanished
+    (power loss, a NAT that forgot the flow) is noticed while a stream waits for its tokens."""
+    seconds = max(1, round(idle))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", seconds),
+        ("TCP_KEEPINTVL", seconds),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, option):  # Linux; other platforms keep their system defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def keepalive_socket_factory(idle: float) -> Callable[[Any], socket.socket]:
+    """For aiohttp's TCPConnector: every connection to a node gets TCP keep-alive."""
+
+    def new_socket(addr_info: Any) -> socket.socket:
+        family, kind, proto, _, _ = addr_info
+        sock = socket.socket(family, kind, proto)
+        set_keepalive(sock, idle)
+        return sock
+
+    return new_socket
+
+
+class ConnectionBook:
+    """The connections accepted, in all and per client address; the ones refused are answered
+    with a 503 (or closed) and counted apart, so that they never hold a slot themselves."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.refused = 0
+        self.by_client: Counter[str] = Counter()
+
+    def open(self, client: str, config: Config) -> str | None:
+        """Take a slot for a new connection; the limit it is over when none is left."""
+        if self.accepted >= config.max_connections:
+            over = f"too many open connections (limit {config.max_connections})"
+        elif self.by_client[client] >= config.client_limits.max_per_client:
+            over = (
+                "too many open connections from this client"
+                f" (limit {config.client_limits.max_per_client} per client)"
+            )
+        else:
+            self.accepted += 1
+            self.by_client[client] += 1
+            return None
+        self.refused += 1
+        return over
+
+    def close(self, client: str, refused: bool) -> None:
+        if refused:
+            self.refused -= 1
+            return
+        self.accepted -= 1
+        self.by_client[client] -= 1
+        if not self.by_client[client]:
+            del self.by_client[client]
+
+
 class ProxyProtocol(web.RequestHandler):
-    """One client connection: aiohttp's, with Ollama-shaped answers to unparseable requests."""
+    """One client connection: aiohttp's, with Ollama-shaped answers to unparseable requests,
+    a header deadline, a per-client cap and TCP keep-alive."""
 
-    __slots__ = ("over_limit",)
+    __slots__ = ("_busy", "_head_timer", "_limits", "_opened", "client", "over_limit")
 
-    def __init__(self, manager: web.Server, *, over_limit: bool, **kwargs: object) -> None:
+    def __init__(self, manager: web.Server, *, limits: Limits, **kwargs: object) -> None:
         super().__init__(manager, **kwargs)  # type: ignore[arg-type]
-        # Opened while `limits.max_connections` were already open: its requests get a 503.
-        self.over_limit = over_limit
+        self._limits = limits
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._busy = False
+        self._opened = False
+        self.client = "-"
+        # The limit this connection was opened beyond (its requests get a 503), or None.
+        self.over_limit: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+        config = self._limits.config
+        self.over_limit = self._limits.book.open(self.client, config)
+        self._opened = True
+        if self.over_limit is not None:
+            self.skip_lingering()  # its 503 closes the connection
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            set_keepalive(sock, config.client_limits.tcp_keepalive)
+        if self.over_limit is not None and self._limits.book.refused > config.max_connections:
+            self.force_close()  # refused connections cost a file descriptor too: no answer
+            return
+        wait = config.client_limits.header_timeout
+        self._arm(min(wait, REJECTED_IDLE_S) if self.over_limit else wait)
+
+    def data_received(self, data: bytes) -> None:
+        if data and not self._busy and self._head_timer is None:
+            self._arm(self._limits.config.client_limits.header_timeout)  # a next request begins
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        if self._opened:
+            self._opened = False
+            self._limits.book.close(self.client, self.over_limit is not None)
+        super().connection_lost(exc)
+
+    def skip_lingering(self) -> None:
+        """No lingering read of the rest of a body the proxy will not use, after an answer
+        that closes the connection. (aiohttp takes this only as a constructor argument, and
+        whether it applies is known only later.)"""
+        self._lingering_time = 0.0
+
+    def request_started(self) -> None:
+        self._busy = True
+        self._disarm()
+
+    def request_ended(self) -> None:
+        self._busy = False
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._head_timer = asyncio.get_running_loop().call_later(seconds, self._head_timeout)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if not self._busy:
+            log.debug("closed a connection from %s: no request headers in time", self.client)
+            self.force_close()
 
     def handle_error(
         self,
@@ -64,9 +203,14 @@ class ProxyProtocol(web.RequestHandler):
         else:  # an exception escaped the handler (500) or a timeout did (504): a bug
             text = "internal error in sollol-proxy"
         if status < 500:
-            log.info("rejected a request from %s: %d %s", client, status, text)
+            log.info("rejected a request from %s: %d %s", client, status, loggable(text))
         else:
-            log.error("unhandled error answering %s %s", request.method, request.path, exc_info=exc)
+            log.error(
+                "unhandled error answering %s %s",
+                request.method,
+                loggable(request.path),
+                exc_info=exc,
+            )
         # A request the parser rejected has no path: it is answered in the /api shape.
         response = error_response(request.path, status, text)
         response.force_close()
@@ -79,13 +223,20 @@ def header_bytes(request: web.BaseRequest) -> int:
     return line + sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
 
 
+def _closing(path: str, status: int, message: str) -> web.Response:
+    response = error_response(path, status, message)
+    response.force_close()
+    return response
+
+
 class Limits:
     def __init__(self, config: Config) -> None:
-        self._config = config
+        self.config = config
+        self.book = ConnectionBook()
 
     def reconfigure(self, config: Config) -> None:
         """New limits apply to connections opened from now on (the parser's) and to new requests."""
-        self._config = config
+        self.config = config
 
     def protocol_factory(
         self, server: web.Server, loop: asyncio.AbstractEventLoop, **kwargs: object
@@ -93,46 +244,56 @@ class Limits:
         """What the listening socket calls for each accepted connection."""
 
         def accept() -> ProxyProtocol:
-            config = self._config
-            over = len(server.connections) >= config.max_connections
+            config = self.config
             options = {
                 **kwargs,
                 # A single line may use the whole budget; the sum is checked by `middleware`.
                 "max_line_size": config.max_header_bytes,
                 "max_field_size": config.max_header_bytes,
                 "max_headers": MAX_HEADER_FIELDS,
+                "keepalive_timeout": config.client_limits.idle_timeout,
+                "tcp_keepalive": False,  # set by the protocol, with the configured timing
             }
-            if over:
-                # Answer and close: no lingering read of a body the proxy will not use.
-                options.update(lingering_time=0, keepalive_timeout=REJECTED_IDLE_S)
-            return ProxyProtocol(server, loop=loop, over_limit=over, **options)
+            return ProxyProtocol(server, limits=self, loop=loop, **options)
 
         return accept
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        config = self._config
+        config = self.config
         protocol = request.protocol
-        if isinstance(protocol, ProxyProtocol) and protocol.over_limit:
-            log.warning(
-                "rejected a connection from %s: %d connections open (limits.max_connections)",
-                request.remote or "-",
-                config.max_connections,
+        if not isinstance(protocol, ProxyProtocol):
+            return await handler(request)
+        protocol.request_started()
+        try:
+            return await self._checked(request, handler, protocol, config)
+        finally:
+            protocol.request_ended()
+
+    async def _checked(
+        self, request: web.Request, handler: Handler, protocol: ProxyProtocol, config: Config
+    ) -> web.StreamResponse:
+        if protocol.over_limit is not None:
+            log.warning("rejected a connection from %s: %s", protocol.client, protocol.over_limit)
+            # Answer and close: no lingering read of a body the proxy will not use.
+            return _closing(
+                request.path, BUSY, f"sollol-proxy has {protocol.over_limit}; try again later"
             )
-            response = error_response(
-                request.path,
-                BUSY,
-                f"sollol-proxy has too many open connections (limit {config.max_connections});"
-                " try again later",
+        if request.method == "CONNECT" or not request.raw_path.startswith("/"):
+            # Absolute-form (`GET http://host/...`) and CONNECT: the proxy is not a forward proxy.
+            return _closing(
+                "/",
+                400,
+                "bad request: the request target must be a path (sollol-proxy is not a"
+                " forward proxy)",
             )
-            response.force_close()
-            return response
         if header_bytes(request) > config.max_header_bytes:
-            response = error_response(
+            return _closing(
                 request.path,
                 HEADERS_TOO_LARGE,
                 f"request header too large (limit {config.max_header_bytes} bytes)",
             )
-            response.force_close()
-            return response
-        return await handler(request)
+        response = await handler(request)
+        if response.status == REQUEST_TIMEOUT:
+            protocol.skip_lingering()  # the body was too slow: waiting for the rest is pointless
+        return response

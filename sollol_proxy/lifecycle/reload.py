@@ -22,6 +22,8 @@ log = logging.getLogger("sollol.reload")
 RESTART_ONLY: dict[str, Callable[[Config], object]] = {
     "listen.host": lambda c: c.host,
     "listen.port": lambda c: c.port,
+    "listen.tls_cert": lambda c: c.tls_cert,  # loaded when the socket is bound
+    "listen.tls_key": lambda c: c.tls_key,
     "timeouts.connect": lambda c: c.timeouts.connect,  # the upstream session's, made at startup
     "metrics.port": lambda c: c.metrics_port,  # its listener is bound at startup
     "log_format": lambda c: c.log_format,  # the log handlers are set up at startup
@@ -71,6 +73,8 @@ def keep_restart_only(running: Config, new: Config) -> Config:
         new,
         host=running.host,
         port=running.port,
+        tls_cert=running.tls_cert,
+        tls_key=running.tls_key,
         timeouts=replace(new.timeouts, connect=running.timeouts.connect),
         metrics_port=running.metrics_port,
         log_format=running.log_format,

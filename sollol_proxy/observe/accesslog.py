@@ -1,7 +1,9 @@
 """One access-log line per request, written when the request is over (streams included).
 
-The same fields in both formats: `key=value` text, or top-level keys of a JSON line
-(see logformat.py). Times are milliseconds; absent values are `-` in text and null in JSON.
+The same fields in both formats: `key=value` text, or top-level keys of a JSON line (see
+logformat.py). Times are milliseconds; absent values are `-` in text and null in JSON. A value
+the client chose (the model name) is truncated, and every value is escaped in the text format
+(`wire/logsafe.py`), so that none can break the line or make it huge.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from sollol_proxy.forward.record import RequestRecord
+from sollol_proxy.wire.logsafe import loggable, truncated
 
 log = logging.getLogger("sollol.access")
 
@@ -23,7 +26,7 @@ def access_fields(record: RequestRecord) -> dict[str, object]:
         "client": record.client,
         "method": record.method,
         "route": record.endpoint,
-        "model": record.model or None,
+        "model": truncated(record.model) if record.model else None,  # the client's choice
         "node": record.node or None,
         "status": record.status,
         "outcome": record.outcome.value,
@@ -36,13 +39,14 @@ def access_fields(record: RequestRecord) -> dict[str, object]:
         "failovers": len(record.failed_attempts),
         "retries": record.retries,
         "routing": record.route or None,
+        "key": record.key or None,
     }
 
 
 def _text(value: object) -> str:
     if value is None:
         return "-"
-    text = str(value)
+    text = loggable(value, 10_000)  # one line: control characters escaped
     # Quoted when it would not read back as one token (the routing text has spaces).
     return f'"{text.replace(chr(34), chr(39))}"' if not text or " " in text or "=" in text else text
 

@@ -9,6 +9,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sollol_proxy.wire.jsonscan import TooDeep, members
+
 FOREVER = math.inf  # keep_alive < 0 means MaxInt64 ns in Go (§5.3)
 _MAX_INT64_NS = 2**63 - 1
 
@@ -227,6 +229,24 @@ def _syntax_error(raw: bytes) -> str:
         return f"invalid character {c} {where}"
 
 
+def _deep_object(raw: bytes) -> dict[str, Any]:
+    """A body nested deeper than Python's parser goes: Go's error beyond its depth, else its
+    members, a deep one left out (in an unknown field Go ignores it too)."""
+    try:
+        found = members(raw, 10**9)
+    except TooDeep as exc:
+        raise ApiError(400, str(exc)) from None
+    if found is None:
+        raise ApiError(400, "unexpected EOF")
+    value: dict[str, Any] = {}
+    for member in found:
+        try:
+            value[member.key] = json.loads(raw[member.start : member.end])
+        except (RecursionError, ValueError):
+            value.pop(member.key, None)
+    return value
+
+
 def decode_body(raw: bytes, struct: str, fields: dict[str, str]) -> dict[str, Any]:
     """Decode like gin's ShouldBindJSON into Go struct ``struct``: the first JSON value only,
     unknown fields ignored, Go's error text. ``fields`` maps a JSON field to its Go type, for
@@ -239,6 +259,8 @@ def decode_body(raw: bytes, struct: str, fields: dict[str, str]) -> dict[str, An
         value, _ = json.JSONDecoder().raw_decode(stripped)
     except json.JSONDecodeError:
         raise ApiError(400, _syntax_error(raw)) from None
+    except RecursionError:  # Python's parser recurses; Go reads up to 10000 levels
+        value = _deep_object(raw)
     if value is None:
         return {}
     if not isinstance(value, dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sollol_proxy.bench import overhead, queue, routing, scorer, workloads
+from sollol_proxy.bench import bodies, overhead, queue, routing, scorer, workloads
 
 
 def tiny(seed: int) -> workloads.Scenario:
@@ -81,3 +81,10 @@ def test_the_time_series_keeps_nothing_per_request() -> None:
     """The dashboard's series allocate nothing per request once the ring has gone round."""
     _, allocated = overhead.series_cost(requests=40_000)
     assert allocated < 0.01
+
+
+async def test_bodies_benchmark_reports_every_shape() -> None:
+    table = await bodies.benchmark(2 * bodies.MIB, None)
+    rows = table.splitlines()[2:]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == [s.name for s in bodies.SHAPES]
+    assert "| 200, 200, 200 |" in rows[2]  # a long string is routed by its model

@@ -318,6 +318,14 @@ def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
     assert "s3cret" not in result.stdout
 
 
+def test_a_rejected_node_url_is_shown_without_its_password(tmp_path: Path) -> None:
+    path = write(tmp_path, "nodes: ['http://bob:hunter2@gpu1:11434']\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+    assert "hunter2" not in str(error.value)
+    assert "'http://bob:<redacted>@gpu1:11434' must not carry credentials" in str(error.value)
+
+
 def test_config_file_from_the_environment(tmp_path: Path) -> None:
     import os
 

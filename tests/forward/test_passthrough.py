@@ -146,7 +146,10 @@ async def test_streams_are_relayed_line_by_line_not_buffered(
 async def test_headers_across_the_proxy(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
-    made = await cluster(dict(name="a", models=["llama3.2:latest"]))
+    # The proxy listens on loopback, so it checks Host as Ollama does: this name is allowed.
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]), listen__allowed_hosts=["ollama.example.com"]
+    )
     headers = {
         "Host": "ollama.example.com",  # the loopback node would answer 403 to this Host
         "User-Agent": "GitHubCopilotChat/1.0",

@@ -112,7 +112,11 @@ async def test_a_pages_own_origin_is_no_cors_request_behind_the_proxy_either(
     # A page served from the proxy's address posts to it: its browser sends Origin. Ollama at
     # that address would see its own Host in it; the node behind sees another Host.
     direct_node = (await cluster(dict(name="direct", models=MODELS, bind_host="0.0.0.0"))).nodes[0]
-    proxied = await cluster(dict(name="behind", models=MODELS))
+    # The proxy listens on loopback, where Ollama's Host check (reference 1.5) applies: the
+    # page's host is allowed, as it must be for any page served under a name.
+    proxied = await cluster(
+        dict(name="behind", models=MODELS), listen__allowed_hosts=["ui.example"]
+    )
     headers = {"Host": "ui.example:11434", "Origin": "http://ui.example:11434"}
     direct = await answer(http, "POST", direct_node.url + "/api/chat", CHAT, headers)
     through = await answer(http, "POST", proxied.url + "/api/chat", CHAT, headers)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
+import resource
+import socket
 
 import aiohttp
 import orjson
+import pytest
 
+from sollol_proxy.app import PROXY
+from sollol_proxy.lifecycle.limits import keepalive_socket_factory
+from sollol_proxy.server import raise_open_files_limit
 from tests.conftest import ClusterFactory, eventually
 
 JSON_CHARSET = "application/json; charset=utf-8"
@@ -77,7 +85,7 @@ async def test_too_many_headers_and_garbage_get_ollama_shaped_errors(
     made = await cluster(dict(name="a", models=[]))
     fields = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
     reader, writer = await _raw(
-        made.url, b"GET /api/version HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+        made.url, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n" + fields + b"\r\n"
     )
     status, headers, body = await _answer(reader)
     writer.close()
@@ -100,7 +108,7 @@ async def test_connections_beyond_the_limit_get_503_and_are_closed(
     # The request announces a body it never sends: the proxy answers without waiting for it.
     reader, writer = await _raw(
         made.url,
-        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n",
     )
     status, headers, body = await _answer(reader)  # up to the close of the connection
     writer.close()
@@ -112,7 +120,7 @@ async def test_connections_beyond_the_limit_get_503_and_are_closed(
     assert all(r.path != "/api/chat" for r in made.nodes[0].requests)
     # The held connections are served; once one closes, a new connection is served too.
     reader, writer = held[0]
-    writer.write(b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    writer.write(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     assert (await _answer(reader))[0] == 200
     writer.close()
     await eventually(lambda: len(server.connections) == 1)
@@ -130,3 +138,112 @@ async def test_a_connection_beyond_the_limit_that_sends_nothing_is_closed(
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the proxy, unanswered
     writer.close()
     held.close()
+
+
+async def test_one_client_address_gets_at_most_its_share_of_connections(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=[]), limits__max_connections_per_client=1)
+    _, held = await _raw(made.url, b"")
+    reader, writer = await _raw(made.url, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    status, headers, body = await _answer(reader)
+    writer.close()
+    assert status == 503 and headers["connection"] == "close"
+    assert orjson.loads(body) == {
+        "error": "sollol-proxy has too many open connections from this client"
+        " (limit 1 per client); try again later"
+    }
+    held.close()
+    await eventually(lambda: not made.proxy.runner.app[PROXY].limits.book.by_client)
+    async with http.get(made.url + "/api/version") as response:
+        assert response.status == 200
+
+
+async def test_headers_that_trickle_in_are_cut_at_the_header_timeout(
+    cluster: ClusterFactory,
+) -> None:
+    made = await cluster(dict(name="a", models=[]), limits__header_timeout=0.5)
+    reader, writer = await _raw(made.url, b"GET /api/version HTTP/1.1\r\n")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with contextlib.suppress(ConnectionError):
+        for _ in range(30):  # a byte every 0.1 s: never idle, never done
+            writer.write(b"X")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            if reader.at_eof():
+                break
+    assert loop.time() - started < 1.5  # closed by the proxy at its header timeout
+    answer = b""
+    with contextlib.suppress(ConnectionError):
+        answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer == b""  # unanswered
+    writer.close()
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_the_idle_timeout(
+    cluster: ClusterFactory,
+) -> None:
+    made = await cluster(dict(name="a", models=[]), limits__idle_timeout=0.5)
+    reader, writer = await _raw(made.url, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert 0.3 < loop.time() - started < 3
+    writer.close()
+
+
+async def test_client_and_node_sockets_get_tcp_keepalive(cluster: ClusterFactory) -> None:
+    made = await cluster(dict(name="a", models=[]), limits__tcp_keepalive=7)
+    _, writer = await _raw(made.url, b"")
+    server = made.proxy.runner.server
+    await eventually(lambda: len(server.connections) == 1)
+    sock = server.connections[0].transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+    writer.close()
+    upstream = keepalive_socket_factory(7)(
+        (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", 1))
+    )
+    with upstream:
+        assert upstream.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert upstream.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
+
+
+async def test_a_client_that_stops_reading_is_cut_and_frees_the_node(
+    cluster: ClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sollol.access")
+    made = await cluster(dict(name="a", models=["llama3.2:latest"]), limits__write_timeout=0.5)
+    host, port = made.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few lines
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    body = b'{"model":"llama3.2","prompt":"x","options":{"num_predict":1000000}}'
+    writer.write(
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body)
+    )
+    assert (await reader.readexactly(12)).startswith(b"HTTP/1.1 200")
+    node = made.nodes[0]
+    await eventually(lambda: node.in_flight() == 1)
+    # Nothing more is read: the proxy's writes block, and it gives up after 0.5 s of that.
+    await eventually(lambda: node.in_flight() == 0, within=10)
+    access = [r for r in caplog.records if r.name == "sollol.access"]
+    assert access and access[-1].fields["outcome"] == "client_stalled"  # type: ignore[attr-defined]
+    writer.close()
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
+        raise_open_files_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -12,7 +12,7 @@ from sollol_proxy.wire import gojson
 from sollol_proxy.wire.errors import error_response, stream_error_bytes
 from sollol_proxy.wire.headers import downstream_response_headers, upstream_request_headers
 from sollol_proxy.wire.names import normalize_model
-from sollol_proxy.wire.peek import first_json_value, multipart_field, peek
+from sollol_proxy.wire.peek import multipart_field, peek, read_object
 from sollol_proxy.wire.routes import EXACT, Kind, classify
 
 
@@ -38,10 +38,10 @@ def test_model_names_normalise_like_ollama(name: str, normal: str) -> None:
     assert normalize_model(name) == normal
 
 
-def test_first_json_value_ignores_trailing_bytes_like_go() -> None:
-    assert first_json_value(b'{"model":"a"} trailing') == {"model": "a"}
-    assert first_json_value(b'  {"model":"a"}{"x":1}') == {"model": "a"}
-    assert first_json_value(b"{nope") is None
+def test_the_first_json_value_counts_and_trailing_bytes_are_ignored_like_go() -> None:
+    assert read_object(b'{"model":"a"} trailing')[0] == {"model": "a"}
+    assert read_object(b'  {"model":"a"}{"x":1}')[0] == {"model": "a"}
+    assert read_object(b"{nope")[0] is None
 
 
 def test_peek_finds_the_model_where_each_route_keeps_it() -> None:
