@@ -15,6 +15,9 @@ from aiohttp import web
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config import Config
 from sollol_proxy.config.policies import Priors
+from sollol_proxy.embed.service import Embeddings
+from sollol_proxy.embed.speed import EmbedSpeed
+from sollol_proxy.embed.subcall import SubCalls
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
@@ -211,6 +214,10 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         stats,
         Dashboard(fleet, learner, decisions, stats, admission),
     )
+    speed = EmbedSpeed()
+    embeddings = Embeddings(
+        SubCalls(config, fleet, selector, admission, forwarder, learner, prompt_cache, speed)
+    )
     handler = OllamaHandler(
         config=config,
         fleet=fleet,
@@ -222,6 +229,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         admin=admin,
         admission=admission,
         sinks=(log_request, metrics.observe, stats.observe),
+        embeddings=embeddings,
     )
     limits = Limits(config)
     proxy = Proxy(
@@ -231,7 +239,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         decisions=decisions,
         limits=limits,
         drain=Drain(),
-        parts=(selector, forwarder, management, handler, limits, admission),
+        parts=(selector, forwarder, management, handler, limits, admission, embeddings),
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,

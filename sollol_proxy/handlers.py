@@ -13,6 +13,7 @@ from sollol_proxy.admission.admission import Admission
 from sollol_proxy.admission.priority import BadPriority, read_priority
 from sollol_proxy.admission.tickets import QueueRejected, Slot
 from sollol_proxy.config import Config
+from sollol_proxy.embed.service import Embeddings
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.prompt_cache import PromptCache
@@ -62,6 +63,7 @@ class OllamaHandler:
     admin: Admin
     admission: Admission
     sinks: Sequence[RecordSink]
+    embeddings: Embeddings
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -170,6 +172,12 @@ class OllamaHandler:
             record.model, record.priority = model, priority
             profile = analyze(request.path, seen.payload, model, seen.stream)
             record.stream, record.task = seen.stream, profile.task
+            # A large embedding call is spread over the fleet, small ones may share a call.
+            answered = await self.embeddings.answer(
+                request, body, seen.payload, model, priority, record
+            )
+            if answered is not None:
+                return answered
             routed = await self.selector.for_model(request, profile, request_id, priority)
             if isinstance(routed, Plan):
                 return await self._forward_model(

@@ -39,6 +39,7 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_QUEUE_MAX_WAIT": "queue.max_wait",
     "SOLLOL_LOG_FORMAT": "log_format",
     "SOLLOL_METRICS_PORT": "metrics.port",
+    "SOLLOL_DATA_DIR": "batch.data_dir",
 }
 
 _SECTIONS: dict[str, set[str]] = {
@@ -54,6 +55,22 @@ _SECTIONS: dict[str, set[str]] = {
     "limits": {"max_body_bytes", "max_header_bytes", "max_connections"},
     "shutdown": {"grace"},
     "reload": {"watch", "interval"},
+    "embed": {
+        "split",
+        "split_min_inputs",
+        "min_batch",
+        "max_batch",
+        "coalesce",
+        "coalesce_max_inputs",
+    },
+    "batch": {
+        "data_dir",
+        "max_docs_per_job",
+        "max_docs_total",
+        "min_batch",
+        "max_batch",
+        "retention",
+    },
 }
 _TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level", "log_format"}
 

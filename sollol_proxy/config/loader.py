@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import sollol_proxy.config.resilience as resilience  # its validators share the value parsers
+from sollol_proxy.config import embed
 from sollol_proxy.config.layers import Layers, load_env, load_file
 from sollol_proxy.config.model import (
     LOG_FORMATS,
@@ -244,6 +245,8 @@ def _validate(layers: Layers) -> Config:
         metrics_port=None
         if metrics_port is None
         else integer(layers, "metrics.port", 0, 1, 65535, metrics_port),
+        embed=embed.embed(layers),
+        batch=embed.batch(layers),
     )
 
 

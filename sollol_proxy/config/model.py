@@ -14,7 +14,13 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from sollol_proxy.config.policies import OutlierPolicy, Priors, RetryPolicy
+from sollol_proxy.config.policies import (
+    BatchPolicy,
+    EmbedPolicy,
+    OutlierPolicy,
+    Priors,
+    RetryPolicy,
+)
 
 DEFAULT_OLLAMA_PORT = 11434
 LOG_FORMATS = ("plain", "json")
@@ -118,6 +124,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "plain"  # plain (key=value) or json, for every log line
     metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
+    embed: EmbedPolicy = field(default_factory=EmbedPolicy)
+    batch: BatchPolicy = field(default_factory=BatchPolicy)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration in the YAML layout (for `check-config`); secrets redacted."""
@@ -180,6 +188,8 @@ class Config:
             "log_level": self.log_level,
             "log_format": self.log_format,
             "metrics": {"port": self.metrics_port},
+            "embed": asdict(self.embed),
+            "batch": asdict(self.batch),
         }
 
 
