@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import sollol_proxy.config.resilience as resilience  # its validators share the value parsers
-from sollol_proxy.config import embed
+import sollol_proxy.config.embed as embed  # the embed.* and batch.* validators
 from sollol_proxy.config.layers import Layers, load_env, load_file
 from sollol_proxy.config.model import (
     LOG_FORMATS,
