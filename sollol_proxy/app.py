@@ -33,6 +33,7 @@ from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, ke
 from sollol_proxy.observe.accesslog import log_request
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.observe.dashboard import Dashboard
+from sollol_proxy.observe.history import History
 from sollol_proxy.observe.metrics import Metrics
 from sollol_proxy.observe.stats import Stats
 
@@ -81,6 +82,7 @@ class Proxy:
     reloader: Reloader | None = None
     tasks: Background = field(default_factory=Background)
     watchers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # node name -> task
+    history: History | None = None
 
 
 class Reconfigurable(Protocol):
@@ -88,6 +90,9 @@ class Reconfigurable(Protocol):
 
 
 def _watch(proxy: Proxy, node: NodeState, *, probe_first: bool) -> None:
+    if proxy.history is not None:
+        node.health.listener = proxy.history.state_changed
+
     async def watch() -> None:
         if probe_first:  # a node added by a reload: usable as soon as its first probe answers
             await proxy.fleet.refresh(node)
@@ -157,6 +162,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     for node in fleet.nodes.values():
         _watch(proxy, node, probe_first=False)
     proxy.tasks.start("admission", app[ADMISSION].run())
+    if proxy.history is not None:
+        proxy.tasks.start("history", proxy.history.run())
     if proxy.reloader is not None and proxy.live.config.reload_watch:
         proxy.tasks.start(
             "reload:watch", proxy.reloader.watch(lambda: proxy.live.config.reload_interval)
@@ -204,6 +211,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     admission = Admission(config.queue)
     metrics = Metrics(fleet, learner, admission, forwarder.budget)
     stats = Stats(fleet, learner)
+    history = History(fleet, admission)
     admin = Admin(
         fleet,
         learner,
@@ -213,6 +221,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         metrics,
         stats,
         Dashboard(fleet, learner, decisions, stats, admission),
+        history,
     )
     speed = EmbedSpeed()
     embeddings = Embeddings(
@@ -228,7 +237,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         prompt_cache=prompt_cache,
         admin=admin,
         admission=admission,
-        sinks=(log_request, metrics.observe, stats.observe),
+        sinks=(log_request, metrics.observe, stats.observe, history.observe),
         embeddings=embeddings,
     )
     limits = Limits(config)
@@ -240,6 +249,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         limits=limits,
         drain=Drain(),
         parts=(selector, forwarder, management, handler, limits, admission, embeddings),
+        history=history,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,

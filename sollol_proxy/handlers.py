@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+import sollol_proxy.forward.views as views
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.admission.priority import BadPriority, read_priority
 from sollol_proxy.admission.tickets import QueueRejected, Slot
@@ -18,7 +19,6 @@ from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import NoTarget, Plan, Selector, Target
-from sollol_proxy.forward import views
 from sollol_proxy.forward.attempt import DispatchObserver
 from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.management import Management

@@ -15,8 +15,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-import sollol_proxy.config.resilience as resilience  # its validators share the value parsers
 import sollol_proxy.config.embed as embed  # the embed.* and batch.* validators
+import sollol_proxy.config.resilience as resilience  # its validators share the value parsers
 from sollol_proxy.config.layers import Layers, load_env, load_file
 from sollol_proxy.config.model import (
     LOG_FORMATS,

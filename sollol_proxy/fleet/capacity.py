@@ -11,23 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sollol_proxy.fleet.fleet import NodeState
-
-# llm/server.go: these architectures run with a single slot whatever OLLAMA_NUM_PARALLEL says.
-SINGLE_SLOT_FAMILIES = frozenset(
-    {
-        "mllama",
-        "qwen3vl",
-        "qwen3vlmoe",
-        "qwen35",
-        "qwen35moe",
-        "qwen3next",
-        "lfm2",
-        "lfm2moe",
-        "nemotron_h",
-        "nemotron_h_moe",
-        "nemotron_h_omni",
-    }
-)
+from sollol_proxy.wire.slots import SINGLE_SLOT_FAMILIES
 
 
 def _single_slot(item: dict[str, Any] | None) -> bool:
@@ -63,3 +47,12 @@ def model_slots(node: NodeState, model: str) -> int:
     if node.config.num_parallel > 1 and _single_slot(node.models.get(model)):
         return 1
     return node.config.num_parallel
+
+
+def slots_believed(node: NodeState) -> int:
+    """Requests `node` is believed to run at once: the slots of its loaded runners, or one
+    runner's worth while nothing is loaded (what the next load will have)."""
+    loaded = node.loaded.keys() | node.recent.keys()
+    if not loaded:
+        return node.config.num_parallel
+    return sum(model_slots(node, model) for model in loaded)

@@ -72,6 +72,8 @@ class NodeHealth:
     trial: bool = False  # a half-open trial request is under way
     up_since: float = 0.0
     counters: Counters = field(default_factory=Counters)
+    # told of every change of state (name, previous, new): the dashboard's marks
+    listener: Callable[[str, State, State], None] | None = None
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -213,6 +215,8 @@ class NodeHealth:
         if state is not previous:
             level = logging.INFO if state in (State.UP, State.HALF_OPEN) else logging.WARNING
             log.log(level, "node %s: %s -> %s: %s", self.name, previous, state, reason)
+            if self.listener is not None:
+                self.listener(self.name, previous, state)
 
     def snapshot(self) -> dict[str, object]:
         state = self.current()

@@ -18,10 +18,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.config import Config
 from sollol_proxy.fleet.fleet import Fleet, NodeState, describe_error
 from sollol_proxy.forward.upstream import Opened, UpstreamFailure, open_upstream
-from sollol_proxy.wire import gojson
 from sollol_proxy.wire.headers import (
     NODE_HEADER,
     REQUEST_ID_HEADER,

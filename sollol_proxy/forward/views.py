@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.fleet.fleet import NodeState
-from sollol_proxy.wire import gojson
 from sollol_proxy.wire.errors import JSON_CHARSET, JSON_PLAIN
 from sollol_proxy.wire.gojson import timestamp_ns
 from sollol_proxy.wire.names import normalize_model

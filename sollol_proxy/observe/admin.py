@@ -12,18 +12,20 @@ from importlib import resources
 
 from aiohttp import web
 
+import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.lifecycle.reload import LiveConfig
 from sollol_proxy.observe.dashboard import Dashboard, health
+from sollol_proxy.observe.history import HORIZON_S, History
 from sollol_proxy.observe.metrics import CONTENT_TYPE, Metrics
 from sollol_proxy.observe.stats import Stats
-from sollol_proxy.wire import gojson
 from sollol_proxy.wire.errors import JSON_PLAIN
 
 DEFAULT_LIMIT = 50
+DEFAULT_WINDOW_S = 900  # the dashboard's charts: the last 15 minutes
 ALIASES = {
     "/api/health": "/sollol/health",
     "/api/stats": "/sollol/stats",
@@ -54,6 +56,7 @@ class Admin:
         metrics: Metrics,
         stats: Stats,
         dashboard: Dashboard,
+        history: History,
     ) -> None:
         self._fleet = fleet
         self._learner = learner
@@ -63,6 +66,7 @@ class Admin:
         self._metrics = metrics
         self._stats = stats
         self._dashboard = dashboard
+        self._history = history
         self._page = resources.files(__package__).joinpath("static/dashboard.html").read_bytes()
 
     def handle(self, request: web.Request) -> web.Response:
@@ -85,6 +89,8 @@ class Admin:
             return _json({**self._stats.to_json(), "queue_by_priority": queue})
         if path == "/sollol/dashboard":
             return _json(self._dashboard.to_json())
+        if path == "/sollol/timeseries":
+            return self._timeseries(request)
         if path == "/sollol/decisions":
             try:
                 limit = int(request.query.get("limit", DEFAULT_LIMIT))
@@ -105,6 +111,12 @@ class Admin:
         if request.path == "/sollol/queue":
             return _json({"time": time.time(), **self._admission.snapshot()})
         return not_found()
+
+    def _timeseries(self, request: web.Request) -> web.Response:
+        raw = request.query.get("window", str(DEFAULT_WINDOW_S))
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 5 and 0 < int(raw) <= HORIZON_S):
+            return _json({"error": f"window must be whole seconds from 1 to {HORIZON_S:g}"}, 400)
+        return _json(self._history.to_json(int(raw)))
 
     def metrics(self) -> web.Response:
         response = web.Response(body=self._metrics.render())

@@ -42,12 +42,20 @@ Fault knobs live on ``node.faults`` (a mutable dataclass):
 
 Observation: ``node.requests`` / ``node.responses`` (exact body bytes written; blob uploads
 are recorded with an empty body), ``node.cancelled``, ``node.in_flight()``,
-``node.loaded_models()``.
+``node.loaded_models()``, ``node.num_parallel``, ``node.slots(model)`` (a ``SlotView`` per
+KV slot of the model's runner: index, text held, tokens, busy, last use; empty when not
+loaded) and ``node.slot_uses`` (a ``SlotUse`` per chat/generate request: model, slot
+index, rendered prompt, prompt tokens, cached tokens).
 
 Scheduler physics (§5), set through ``SimulatedNode(...)`` keyword arguments:
 
-- ``num_parallel: int = 1``: slots per runner (embedding models get 1); requests beyond it
-  wait on the runner without limit. ``max_loaded_models: int = 3`` and
+- ``num_parallel: int = 1``: OLLAMA_NUM_PARALLEL, slots per runner, fixed when it loads
+  (models without the completion capability and the single-slot families of §5.1 get 1);
+  requests beyond them wait on the runner without limit and no 503. The wait is inside
+  ``total_duration`` only, so total - load - prompt_eval - eval is the slot wait.
+  ``await node.restart(num_parallel=4)`` restarts the node as ``ollama serve`` restarts:
+  connections drop, every runner and its cache are gone, same address, counters kept.
+  ``max_loaded_models: int = 3`` and
   ``vram_bytes: int = 24 GiB``: a load that would exceed either (sizes from
   ``SimModel.size``) evicts runners in findRunnerToUnload order (shortest session, then
   model name; the first idle one, else wait for the first one's requests to finish).
@@ -57,12 +65,16 @@ Scheduler physics (§5), set through ``SimulatedNode(...)`` keyword arguments:
 - ``prompt_tokens_per_s: float | None = None``: prefill rate (None: instant) for the part
   of the prompt the prefix cache does not cover; ``token_delay: float = 0.0``: seconds
   per generated token after the first; ``speed: float = 1.0`` divides both (a faster GPU).
+- ``batch_slowdown: float = 0.0``: batched decode; each token takes
+  ``token_delay / speed * (1 + batch_slowdown * (busy - 1))`` where ``busy`` is the number
+  of the runner's slots held at that moment (0: decode speed ignores the other slots).
 - ``keep_alive`` (default 300 s) as OLLAMA_KEEP_ALIVE; requests may override it.
 - Prefix (KV) cache, per runner, like llama-server (see ``kvcache``): each slot keeps the
   rendered prompt plus the answer (chat messages render as ``<|role|>content\n``, the
   answer as ``<|assistant|>output\n``; tokens = ceil(chars / 4)); a request takes the
-  idle slot sharing the longest prefix with its prompt (if above 10 % of it; else the
-  least recently used) and reuses it, minus at least one token. A reload or unload
+  idle slot sharing the longest prefix with its prompt (if above 10 % of it, llama.cpp's
+  ``slot_prompt_similarity``; the lowest index among equals; else the least recently
+  used) and reuses the prefix it shares, minus at least one token. A reload or unload
   drops the cache. ``prompt_eval_count`` is the whole prompt, ``prompt_eval_duration``
   only the uncached part. ``deterministic=True`` fixes the reported durations (from the
   counts alone, so identical requests give identical bytes); the cache still works.
@@ -75,6 +87,8 @@ spent waiting for a parallel slot) and ``load_wait`` (seconds spent waiting for 
 including behind other models' loads and evictions).
 """
 
+from sollol_proxy.simulator.core import DETERMINISTIC_CREATED_AT
+from sollol_proxy.simulator.kvcache import SlotUse, SlotView
 from sollol_proxy.simulator.models import (
     ModelName,
     SimModel,
@@ -82,7 +96,7 @@ from sollol_proxy.simulator.models import (
     display_name,
     parse_name,
 )
-from sollol_proxy.simulator.node import DETERMINISTIC_CREATED_AT, SimulatedNode
+from sollol_proxy.simulator.node import SimulatedNode
 from sollol_proxy.simulator.scheduler import NodeStats
 from sollol_proxy.simulator.wire import Faults, RecordedRequest, RecordedResponse
 
@@ -95,6 +109,8 @@ __all__ = [
     "RecordedResponse",
     "SimModel",
     "SimulatedNode",
+    "SlotUse",
+    "SlotView",
     "default_catalog",
     "display_name",
     "parse_name",

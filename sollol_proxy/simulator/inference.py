@@ -1,9 +1,11 @@
 """The life of one inference request: schedule, wait for a slot, prefill, emit tokens.
 
 Timing fields follow §5.6: load_duration runs from handler entry to the runner being
-scheduled (so it includes a load), and excludes the wait for a parallel slot.
-prompt_eval_count is the whole prompt, prompt_eval_duration the time spent on the part
-the prefix cache did not cover (HEAD llama-server semantics).
+scheduled (so it includes a load), and excludes the wait for a parallel slot, which only
+total_duration contains: total - load - prompt_eval - eval is the slot wait (plus a little
+overhead). prompt_eval_count is the whole prompt, prompt_eval_duration the time spent on
+the part the prefix cache did not cover (HEAD llama-server semantics). Decode slows with
+the runner's busy slots (``Runner.decode_factor``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sollol_proxy.simulator.kvcache import (
     ASSISTANT_TAG,
     CHARS_PER_TOKEN,
     Slot,
+    SlotUse,
     render_chat,
     token_count,
 )
@@ -30,9 +33,7 @@ from sollol_proxy.simulator.text import tokens_for
 from sollol_proxy.simulator.wire import FAULT_ABORT
 
 if TYPE_CHECKING:
-    from sollol_proxy.simulator.node import SimulatedNode
-
-DEFAULT_NUM_CTX = 4096
+    from sollol_proxy.simulator.core import NodeCore
 
 # Fixed metric values for deterministic mode, so identical requests give identical bytes.
 _DET_LOAD_NS = 1_000_000
@@ -49,7 +50,7 @@ class Generation:
 
     def __init__(
         self,
-        node: SimulatedNode,
+        node: NodeCore,
         request: web.Request,
         model: SimModel,
         options: dict[str, Any],
@@ -101,7 +102,7 @@ class Generation:
             self.runner.cache.give_back(self.kv_slot, "".join(self.kv_text))
             self.kv_slot = None
         if self.slot_held and self.runner is not None:
-            self.runner.sem.release()
+            self.runner.release_slot()
             self.slot_held = False
 
     async def schedule(self) -> None:
@@ -124,7 +125,7 @@ class Generation:
         assert self.runner is not None
         start = time.monotonic()
         try:
-            await self.runner.sem.acquire()
+            await self.runner.acquire_slot()
         finally:
             self.node.stats.queue_wait += time.monotonic() - start
         self.slot_held = True
@@ -149,19 +150,23 @@ class Generation:
         after the last token, before the caller writes the final object."""
         await self.acquire_slot()
         assert self.runner is not None
-        self.kv_slot, cached = self.runner.cache.take(prompt)
+        runner = self.runner
+        self.kv_slot, cached = runner.cache.take(prompt)
         self.kv_text = [prompt[: cached * CHARS_PER_TOKEN]]
         total = token_count(prompt)
         self.cached_tokens = cached
         self.node.stats.prompt_tokens += total
         self.node.stats.cached_tokens += cached
+        self.node.slot_uses.append(
+            SlotUse(self.model.name, self.kv_slot.index, prompt, total, cached)
+        )
         await self.prefill(total - cached)
         self.kv_text = [prompt, ASSISTANT_TAG]
         start = time.monotonic_ns()
         delay = self.node.token_delay / self.node.speed
         for i, tok in enumerate(tokens_for(prompt, n)):
             if i and delay > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay * runner.decode_factor(self.node.batch_slowdown))
             self.kv_text.append(tok)
             yield tok
         self.kv_text.append("\n")

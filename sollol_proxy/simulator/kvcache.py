@@ -3,9 +3,15 @@
 A runner has ``num_parallel`` slots. Each remembers the token sequence it last held: the
 rendered prompt plus the output generated for it. A request takes the idle slot whose
 cached text shares the longest prefix with its prompt, provided that prefix covers more
-than ``SLOT_PROMPT_SIMILARITY`` of the prompt (llama-server's ``slot_prompt_similarity``);
-otherwise the least recently used idle slot. The reused prefix is never the whole prompt:
-at least one token is always evaluated. A new runner (load, reload) starts empty.
+than ``SLOT_PROMPT_SIMILARITY`` of the prompt (llama-server's ``slot_prompt_similarity``,
+0.1 in llama.cpp's common.h); among equally long prefixes the lowest slot index wins, as in
+llama-server's ``get_available_slot``. Otherwise it takes the least recently used idle slot
+(llama-server breaks ties between never-used slots towards the highest index, this cache
+towards the lowest; no response shows a slot id, so only ``view()`` can tell). Whichever
+slot is taken, the prefix it shares with the prompt is reused, never the whole prompt: at
+least one token is always evaluated. A new runner (load, reload) starts empty. Not
+simulated: llama-server's host-RAM prompt cache (``--cache-ram``), which the reference
+lists as an upstream default not verified for Ollama's build.
 
 Tokenisation is a deterministic stand-in: chat messages render as ``<|role|>content\\n``,
 a generate request as ``<|system|>system\\n<|user|>prompt\\n``, the model's answer is
@@ -67,6 +73,28 @@ class Slot:
     busy: bool = False
 
 
+@dataclass(frozen=True)
+class SlotView:
+    """A read-only copy of one slot, for tests and benchmarks."""
+
+    index: int
+    text: str  # what the slot holds: the last prompt it served plus that request's output
+    tokens: int  # token_count(text)
+    busy: bool
+    last_used: int  # 0: never used; otherwise larger is more recent
+
+
+@dataclass(frozen=True)
+class SlotUse:
+    """Which slot served one chat/generate request (``node.slot_uses``)."""
+
+    model: str
+    slot: int
+    prompt: str  # the rendered prompt
+    prompt_tokens: int  # token_count(prompt), the reported prompt_eval_count
+    cached_tokens: int  # the part of it reused from the slot (not evaluated again)
+
+
 class PrefixCache:
     """The slots of one runner. ``take`` picks a slot for a prompt and returns how many
     prompt tokens are reused; ``give_back`` stores what the slot now holds."""
@@ -82,7 +110,7 @@ class PrefixCache:
             self.slots.extend(idle)
         prompt_tokens = token_count(prompt)
         matches = [(common_prefix_len(s.text, prompt) // CHARS_PER_TOKEN, s) for s in idle]
-        best_lcp, best = max(matches, key=lambda m: (m[0], -m[1].last_used, -m[1].index))
+        best_lcp, best = max(matches, key=lambda m: (m[0], -m[1].index))
         if best_lcp <= SLOT_PROMPT_SIMILARITY * prompt_tokens:
             best_lcp, best = min(matches, key=lambda m: (m[1].last_used, m[1].index))
         best.busy = True
@@ -96,3 +124,8 @@ class PrefixCache:
     def texts(self) -> list[str]:
         """What each slot holds, for tests and benchmarks."""
         return [s.text for s in self.slots]
+
+    def view(self) -> tuple[SlotView, ...]:
+        return tuple(
+            SlotView(s.index, s.text, token_count(s.text), s.busy, s.last_used) for s in self.slots
+        )

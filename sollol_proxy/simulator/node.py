@@ -3,139 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from sollol_proxy.simulator import framing, routing
-from sollol_proxy.simulator.gotypes import (
-    ApiError,
-    format_local,
-    format_utc,
-    now_ns,
-    parse_go_time,
-    parse_keep_alive,
-)
-from sollol_proxy.simulator.inference import DEFAULT_NUM_CTX
-from sollol_proxy.simulator.models import SimModel, default_catalog, parse_name
-from sollol_proxy.simulator.scheduler import NodeStats, Scheduler
+import sollol_proxy.simulator.framing as framing
+import sollol_proxy.simulator.routing as routing
+from sollol_proxy.simulator.core import NodeCore
+from sollol_proxy.simulator.gotypes import ApiError
 from sollol_proxy.simulator.wire import (
     STOPPING,
     TEXT,
-    Faults,
     RecordedRequest,
-    RecordedResponse,
     abort_connection,
     error_response,
     respond,
 )
 
-DETERMINISTIC_CREATED_AT = "2026-01-01T00:00:00Z"
 _RECORDED = web.RequestKey("sim_recorded", bool)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class SimulatedNode:
-    def __init__(
-        self,
-        name: str = "node",
-        models: Iterable[str | SimModel] = (),
-        catalog: dict[str, SimModel] | None = None,
-        version: str = "0.33.0-rc2",
-        num_parallel: int = 1,
-        max_loaded_models: int = 3,
-        vram_bytes: int = 24 * 2**30,
-        load_delay: float = 0.0,
-        token_delay: float = 0.0,
-        prompt_tokens_per_s: float | None = None,
-        speed: float = 1.0,
-        load_bytes_per_s: float | None = None,
-        keep_alive: float | str = 300.0,
-        deterministic: bool = False,
-        bind_host: str = "127.0.0.1",
-        default_num_ctx: int = DEFAULT_NUM_CTX,
-    ) -> None:
-        self.name = name
-        self.catalog = dict(catalog) if catalog is not None else default_catalog()
-        self._catalog_keys = {m.key: m for m in self.catalog.values()}
-        self.version = version
-        self.token_delay = token_delay
-        self.prompt_tokens_per_s = prompt_tokens_per_s
-        if speed <= 0:
-            raise ValueError("speed must be positive")
-        self.speed = speed  # divides prefill and decode time: a faster GPU
-        self.deterministic = deterministic
-        self.bind_host = bind_host
-        self.default_num_ctx = default_num_ctx
-        default_keep = parse_keep_alive(keep_alive)
-        self._sched = Scheduler(
-            num_parallel=num_parallel,
-            max_loaded_models=max_loaded_models,
-            vram_bytes=vram_bytes,
-            load_delay=load_delay,
-            default_keep_alive=300.0 if default_keep is None else default_keep,
-            load_bytes_per_s=load_bytes_per_s,
-        )
-        self._models: dict[str, SimModel] = {}
-        for m in models:
-            self.add_model(
-                m if isinstance(m, SimModel) else (self.catalog_lookup(m) or SimModel(m))
-            )
-        self.blobs: dict[str, int] = {}  # digest -> size; bytes are never kept
-        self.faults = Faults()
-        self.requests: list[RecordedRequest] = []
-        self.responses: list[RecordedResponse] = []
-        self.cancelled = 0
-        self.port = 0
-        self.host = "127.0.0.1"
-        self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
-        self._stopping = asyncio.Event()
+class SimulatedNode(NodeCore):
+    """A NodeCore listening on a real socket (``start``/``stop`` or ``async with``)."""
 
-    # ------------------------------------------------------------------ model store
-
-    def lookup(self, name: str) -> SimModel | None:
-        parsed = parse_name(name)
-        return self._models.get(parsed.key) if parsed else None
-
-    def catalog_lookup(self, name: str) -> SimModel | None:
-        parsed = parse_name(name)
-        return self._catalog_keys.get(parsed.key) if parsed else None
-
-    def add_model(self, model: SimModel) -> None:
-        self._models[model.key] = model
-
-    def remove_model(self, name: str) -> bool:
-        parsed = parse_name(name)
-        return parsed is not None and self._models.pop(parsed.key, None) is not None
-
-    def sorted_models(self) -> list[SimModel]:
-        """Newest modified_at first, like sortListModelResponses."""
-        return sorted(self._models.values(), key=lambda m: (-parse_go_time(m.modified_at), m.name))
-
-    def has_model(self, name: str) -> bool:
-        return self.lookup(name) is not None
-
-    def model_names(self) -> list[str]:
-        return [m.name for m in self.sorted_models()]
-
-    def loaded_models(self) -> list[str]:
-        return [r.model.name for r in self._sched.loaded()]
-
-    def in_flight(self) -> int:
-        return self._sched.in_flight
-
-    @property
-    def stats(self) -> NodeStats:
-        return self._sched.stats
-
-    def created_at(self) -> str:
-        return DETERMINISTIC_CREATED_AT if self.deterministic else format_utc(now_ns())
-
-    def now_local(self) -> str:
-        return format_local(now_ns())
+    port = 0
+    host = "127.0.0.1"
+    _runner: web.AppRunner | None = None
+    _server: asyncio.Server | None = None
+    _stopping: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -184,7 +82,8 @@ class SimulatedNode:
         return self._runner.server()
 
     async def stop(self) -> None:
-        self._stopping.set()  # stalled streams drop their connections and end
+        if self._stopping is not None:
+            self._stopping.set()  # stalled streams drop their connections and end
         if self._server is not None:
             self._server.close()
         if self._runner is not None:
@@ -196,6 +95,18 @@ class SimulatedNode:
         for runner in self._sched.loaded():
             if runner.timer is not None:
                 runner.timer.cancel()
+
+    async def restart(self, *, num_parallel: int | None = None) -> None:
+        """Restart the node as ``ollama serve`` restarts with another OLLAMA_NUM_PARALLEL:
+        its connections drop (in-flight requests fail), every runner and its KV cache are
+        gone, and it listens again at the same address. Counters and recordings are kept.
+        ``num_parallel=None`` keeps the current value."""
+        listening = self._server is not None
+        if listening:
+            await self.stop()
+        self._sched.restart(self.num_parallel if num_parallel is None else num_parallel)
+        if listening:
+            await self.start(self.port, self.host)
 
     async def __aenter__(self) -> SimulatedNode:
         await self.start()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.simulator.gotypes import ApiError, decode_body, go_quote, parse_keep_alive
 from sollol_proxy.simulator.inference import Generation, chat_prompt
 from sollol_proxy.simulator.kvcache import render_generate, token_count
@@ -18,10 +19,9 @@ from sollol_proxy.simulator.text import (
     plan_length,
 )
 from sollol_proxy.simulator.wire import JSON, NDJSON, Stream, error_response, json_response
-from sollol_proxy.wire import gojson
 
 if TYPE_CHECKING:
-    from sollol_proxy.simulator.node import SimulatedNode
+    from sollol_proxy.simulator.core import NodeCore
 
 GENERATE_FIELDS = {
     "model": "string",
@@ -65,7 +65,7 @@ def _options(req: dict[str, Any]) -> dict[str, Any]:
     return opts if isinstance(opts, dict) else {}
 
 
-async def generate(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def generate(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     req = decode_body(await request.read(), "GenerateRequest", GENERATE_FIELDS)
     keep_alive = parse_keep_alive(req.get("keep_alive"))
@@ -146,7 +146,7 @@ def _assistant(content: str) -> dict[str, str]:
     return {"role": "assistant", "content": content}
 
 
-async def chat(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def chat(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     req = decode_body(await request.read(), "ChatRequest", CHAT_FIELDS)
     keep_alive = parse_keep_alive(req.get("keep_alive"))
@@ -189,7 +189,7 @@ async def chat(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
 
 
 async def chat_body(
-    node: SimulatedNode,
+    node: NodeCore,
     request: web.Request,
     gen: Generation,
     req: dict[str, Any],
@@ -250,7 +250,7 @@ def embed_inputs(value: Any) -> list[str]:
     raise ApiError(400, "invalid input type")
 
 
-async def embed(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def embed(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     req = decode_body(await request.read(), "EmbedRequest", EMBED_FIELDS)
     keep_alive = parse_keep_alive(req.get("keep_alive"))
@@ -279,7 +279,7 @@ async def embed(node: SimulatedNode, request: web.Request) -> web.StreamResponse
         return json_response({"model": name, "embeddings": vectors} | gen.embed_metrics(count))
 
 
-async def embeddings(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def embeddings(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     req = decode_body(await request.read(), "EmbeddingRequest", EMBEDDINGS_FIELDS)
     keep_alive = parse_keep_alive(req.get("keep_alive"))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.simulator.gotypes import (
     ApiError,
     decode_body,
@@ -19,24 +20,23 @@ from sollol_proxy.simulator.gotypes import (
 from sollol_proxy.simulator.models import SimModel, display_name, parse_name
 from sollol_proxy.simulator.scheduler import Runner
 from sollol_proxy.simulator.wire import JSON_UTF8, TEXT_UTF8, error_response, json_response, respond
-from sollol_proxy.wire import gojson
 
 if TYPE_CHECKING:
-    from sollol_proxy.simulator.node import SimulatedNode
+    from sollol_proxy.simulator.core import NodeCore
 
 _DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 _BLOB_CHUNK = 64 * 1024
 
 
-async def root(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def root(node: NodeCore, request: web.Request) -> web.StreamResponse:
     return respond(200, b"Ollama is running", TEXT_UTF8)
 
 
-async def version(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def version(node: NodeCore, request: web.Request) -> web.StreamResponse:
     return json_response({"version": node.version})
 
 
-async def status(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def status(node: NodeCore, request: web.Request) -> web.StreamResponse:
     return json_response({"cloud": {"disabled": False, "source": "none"}})
 
 
@@ -55,7 +55,7 @@ def list_item(m: SimModel) -> dict[str, Any]:
     return item
 
 
-async def tags(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def tags(node: NodeCore, request: web.Request) -> web.StreamResponse:
     return json_response({"models": [list_item(m) for m in node.sorted_models()]})
 
 
@@ -66,7 +66,7 @@ def _expires_ns(r: Runner) -> int:
     return expiry_ns(now_ns(), r.session_duration)
 
 
-async def ps(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def ps(node: NodeCore, request: web.Request) -> web.StreamResponse:
     runners = sorted(node._sched.loaded(), key=_expires_ns, reverse=True)
     items = [
         {
@@ -106,7 +106,7 @@ def model_info(m: SimModel, basename: str) -> dict[str, Any]:
     return dict(sorted(info.items()))  # Go marshals map keys sorted
 
 
-async def show(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def show(node: NodeCore, request: web.Request) -> web.StreamResponse:
     req = decode_body(
         await request.read(),
         "ShowRequest",
@@ -139,7 +139,7 @@ async def show(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     return json_response(resp)
 
 
-async def copy(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def copy(node: NodeCore, request: web.Request) -> web.StreamResponse:
     req = decode_body(
         await request.read(), "CopyRequest", {"source": "string", "destination": "string"}
     )
@@ -156,7 +156,7 @@ async def copy(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     return respond(200)
 
 
-async def delete(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def delete(node: NodeCore, request: web.Request) -> web.StreamResponse:
     req = decode_body(await request.read(), "DeleteRequest", {"model": "string", "name": "string"})
     name = req.get("model") or req.get("name") or ""
     if parse_name(name) is None:
@@ -177,7 +177,7 @@ def normalise_digest(digest: str) -> str:
     return "sha256:" + digest[7:].lower()
 
 
-async def head_blob(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def head_blob(node: NodeCore, request: web.Request) -> web.StreamResponse:
     digest = _blob_digest(request)
     if normalise_digest(digest) in node.blobs:
         return respond(200)
@@ -185,7 +185,7 @@ async def head_blob(node: SimulatedNode, request: web.Request) -> web.StreamResp
     return respond(404, gojson.dumps({"error": f"blob {go_quote(digest)} not found"}), JSON_UTF8)
 
 
-async def post_blob(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def post_blob(node: NodeCore, request: web.Request) -> web.StreamResponse:
     digest = _blob_digest(request)
     key = normalise_digest(digest)
     if key in node.blobs:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.simulator.gotypes import ApiError
 from sollol_proxy.simulator.inference import Generation, chat_prompt
 from sollol_proxy.simulator.kvcache import render_generate, token_count
@@ -22,16 +23,15 @@ from sollol_proxy.simulator.routes_openai_models import list_models as list_mode
 from sollol_proxy.simulator.routes_openai_models import retrieve_model as retrieve_model
 from sollol_proxy.simulator.text import plan_length
 from sollol_proxy.simulator.wire import SSE, Stream, v1_error, v1_json
-from sollol_proxy.wire import gojson
 
 if TYPE_CHECKING:
-    from sollol_proxy.simulator.node import SimulatedNode
+    from sollol_proxy.simulator.core import NodeCore
 
 _DET_CREATED = 1767225600  # 2026-01-01T00:00:00Z
 _DONE = b"data: [DONE]\n\n"
 
 
-def _ids(node: SimulatedNode, prefix: str) -> tuple[str, int]:
+def _ids(node: NodeCore, prefix: str) -> tuple[str, int]:
     if node.deterministic:
         return f"{prefix}-123", _DET_CREATED
     return f"{prefix}-{random.randrange(999)}", int(time.time())
@@ -56,7 +56,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 
 async def _setup(
-    node: SimulatedNode, request: web.Request, req: dict[str, Any], what: str, t0: int
+    node: NodeCore, request: web.Request, req: dict[str, Any], what: str, t0: int
 ) -> Generation:
     name = req.get("model") or ""
     if not name and what == "chat":
@@ -72,7 +72,7 @@ async def _setup(
     return Generation(node, request, model, options, None, t0)
 
 
-async def chat_completions(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def chat_completions(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     try:
         req = middleware_body(
@@ -167,7 +167,7 @@ async def chat_completions(node: SimulatedNode, request: web.Request) -> web.Str
         return v1_error(exc.status, exc.message)
 
 
-async def completions(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def completions(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     try:
         req = middleware_body(

@@ -18,7 +18,7 @@ from sollol_proxy.simulator.text import count_tokens, embedding
 from sollol_proxy.simulator.wire import v1_error, v1_json
 
 if TYPE_CHECKING:
-    from sollol_proxy.simulator.node import SimulatedNode
+    from sollol_proxy.simulator.core import NodeCore
 
 
 def middleware_body(raw: bytes, struct_name: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def _b64(vec: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
 
 
-async def embeddings(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def embeddings(node: NodeCore, request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     try:
         req = middleware_body(
@@ -89,7 +89,7 @@ async def embeddings(node: SimulatedNode, request: web.Request) -> web.StreamRes
         return v1_error(exc.status, exc.message)
 
 
-def _model_obj(node: SimulatedNode, ident: str) -> dict[str, Any]:
+def _model_obj(node: NodeCore, ident: str) -> dict[str, Any]:
     m = node.lookup(ident)
     assert m is not None
     return {
@@ -100,12 +100,12 @@ def _model_obj(node: SimulatedNode, ident: str) -> dict[str, Any]:
     }
 
 
-async def list_models(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def list_models(node: NodeCore, request: web.Request) -> web.StreamResponse:
     data = [_model_obj(node, m.name) for m in node.sorted_models()]
     return v1_json({"object": "list", "data": data or None})  # nil slice -> null (§3.17)
 
 
-async def retrieve_model(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def retrieve_model(node: NodeCore, request: web.Request) -> web.StreamResponse:
     ident = request.match_info.get("model", "")
     if node.lookup(ident) is None:
         return v1_error(404, f"model '{display_name(ident)}' not found")

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.simulator.gotypes import ApiError, decode_body
 from sollol_proxy.simulator.models import SimModel, parse_name, sha256_hex
 from sollol_proxy.simulator.routes_models import normalise_digest
 from sollol_proxy.simulator.wire import JSON, NDJSON, Stream, error_response, json_response
-from sollol_proxy.wire import gojson
 
 if TYPE_CHECKING:
-    from sollol_proxy.simulator.node import SimulatedNode
+    from sollol_proxy.simulator.core import NodeCore
 
 INVALID_NAME = "invalid model name"
 
@@ -35,7 +35,7 @@ Step = dict[str, Any] | Fail | Callable[[], None]
 
 
 async def run_progress(
-    node: SimulatedNode, request: web.Request, stream: bool, steps: list[Step]
+    node: NodeCore, request: web.Request, stream: bool, steps: list[Step]
 ) -> web.StreamResponse:
     if not stream:
         for step in steps:
@@ -69,7 +69,7 @@ def _layer_line(verb: str, digest: str, total: int) -> dict[str, Any]:
     }
 
 
-def pull_steps(node: SimulatedNode, name: str, final: bool = True) -> list[Step]:
+def pull_steps(node: NodeCore, name: str, final: bool = True) -> list[Step]:
     steps: list[Step] = [{"status": "pulling manifest"}]
     source = node.catalog_lookup(name)
     if source is None:
@@ -89,7 +89,7 @@ def _stream_flag(req: dict[str, Any]) -> bool:
     return req.get("stream") is not False
 
 
-async def pull(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def pull(node: NodeCore, request: web.Request) -> web.StreamResponse:
     req = decode_body(
         await request.read(),
         "PullRequest",
@@ -101,7 +101,7 @@ async def pull(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     return await run_progress(node, request, _stream_flag(req), pull_steps(node, name))
 
 
-async def push(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def push(node: NodeCore, request: web.Request) -> web.StreamResponse:
     req = decode_body(
         await request.read(),
         "PushRequest",
@@ -130,7 +130,7 @@ async def push(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
     return await run_progress(node, request, _stream_flag(req), steps)
 
 
-async def create(node: SimulatedNode, request: web.Request) -> web.StreamResponse:
+async def create(node: NodeCore, request: web.Request) -> web.StreamResponse:
     req = decode_body(
         await request.read(),
         "CreateRequest",

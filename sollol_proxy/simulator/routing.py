@@ -14,13 +14,16 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from sollol_proxy.simulator import routes_infer, routes_models, routes_openai, routes_registry
+import sollol_proxy.simulator.routes_infer as routes_infer
+import sollol_proxy.simulator.routes_models as routes_models
+import sollol_proxy.simulator.routes_openai as routes_openai
+import sollol_proxy.simulator.routes_registry as routes_registry
 from sollol_proxy.simulator.wire import respond
 
 if TYPE_CHECKING:
-    from sollol_proxy.simulator.node import SimulatedNode
+    from sollol_proxy.simulator.core import NodeCore
 
-Handler = Callable[["SimulatedNode", web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[["NodeCore", web.Request], Awaitable[web.StreamResponse]]
 
 # Registration order of server/routes.go GenerateRoutes: gin keeps one tree per method in
 # first-registration order, and builds the Allow header of a 405 in that order.

@@ -1,11 +1,15 @@
 """Runner residency and slots, after Ollama's scheduler (§5).
 
 One load at a time per node (``processPending`` is a single goroutine), an already loaded
-runner is used without queueing, requests beyond ``num_parallel`` wait on the runner's
-semaphore without limit (no 503), idle runners expire after their session duration, and a
-model that does not fit (sum of loaded sizes above ``vram_bytes``, or ``max_loaded_models``
-reached) evicts runners in ``findRunnerToUnload`` order. A runner chosen for eviction or
-reload takes no new requests while it drains; they queue for the next load instead.
+runner is used without queueing, requests beyond the runner's slots wait on its semaphore
+without limit (no 503), idle runners expire after their session duration, and a model that
+does not fit (sum of loaded sizes above ``vram_bytes``, or ``max_loaded_models`` reached)
+evicts runners in ``findRunnerToUnload`` order. A runner chosen for eviction or reload takes
+no new requests while it drains; they queue for the next load instead.
+
+A runner gets ``num_parallel`` slots, fixed when it loads; models without the completion
+capability and the families in ``SINGLE_SLOT_FAMILIES`` get one (§5.1). ``restart`` drops
+every runner, so the next load uses the new value, as restarting ``ollama serve`` does.
 """
 
 from __future__ import annotations
@@ -17,6 +21,14 @@ from dataclasses import dataclass, field, fields
 from sollol_proxy.simulator.gotypes import FOREVER, expiry_ns, now_ns
 from sollol_proxy.simulator.kvcache import PrefixCache
 from sollol_proxy.simulator.models import SimModel
+from sollol_proxy.wire.slots import SINGLE_SLOT_FAMILIES
+
+
+def runner_slots(model: SimModel, num_parallel: int) -> int:
+    """The slots a runner for ``model`` gets when the node runs with ``num_parallel``."""
+    if "completion" not in model.capabilities or model.family in SINGLE_SLOT_FAMILIES:
+        return 1
+    return max(num_parallel, 1)
 
 
 @dataclass
@@ -49,10 +61,25 @@ class Runner:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
     evicting: bool = False  # chosen for eviction or reload: no new requests
+    busy: int = 0  # slots held by requests (prefilling or decoding)
     cache: PrefixCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.cache = PrefixCache(self.num_parallel)
+
+    async def acquire_slot(self) -> None:
+        """llama_server.go's ``s.sem.Acquire``: wait, without limit, for a free slot."""
+        await self.sem.acquire()
+        self.busy += 1
+
+    def release_slot(self) -> None:
+        self.busy -= 1
+        self.sem.release()
+
+    def decode_factor(self, batch_slowdown: float) -> float:
+        """How much longer a decode step takes than with one busy slot: the slots decode in
+        one batch, so each token costs ``1 + batch_slowdown * (busy - 1)`` times more."""
+        return 1.0 + batch_slowdown * max(self.busy - 1, 0)
 
     @property
     def size(self) -> int:
@@ -117,7 +144,7 @@ class Scheduler:
                 await self._drain_and_unload(stale)
             await self._make_room(model)
             duration = keep_alive if keep_alive is not None else self.default_keep_alive
-            parallel = 1 if model.embedding_only else self.num_parallel
+            parallel = runner_slots(model, self.num_parallel)
             runner = Runner(model, num_ctx, parallel, duration, asyncio.Semaphore(parallel))
             runner.ref_count = 1
             self.runners[model.key] = runner
@@ -164,6 +191,8 @@ class Scheduler:
         if runner.ref_count > 0:
             return
         runner.idle.set()
+        if self.runners.get(runner.model.key) is not runner:
+            return  # already unloaded (restart): no expiry to schedule
         now = now_ns()
         runner.expires_at_ns = expiry_ns(now, runner.session_duration)
         if runner.session_duration == 0:
@@ -183,6 +212,12 @@ class Scheduler:
             runner.timer = None
         if self.runners.get(runner.model.key) is runner:
             del self.runners[runner.model.key]
+
+    def restart(self, num_parallel: int) -> None:
+        """Forget every runner (and its KV cache); later loads get ``num_parallel`` slots."""
+        for runner in list(self.runners.values()):
+            self._unload(runner)
+        self.num_parallel = num_parallel
 
     def expire_now(self, model: SimModel) -> None:
         """expireRunner (unload request, §5.3): unload now if idle, else when requests end."""

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 from multidict import CIMultiDict
 
-from sollol_proxy.wire import gojson
+import sollol_proxy.wire.gojson as gojson
 
 JSON_UTF8 = "application/json; charset=utf-8"  # gin c.JSON
 JSON = "application/json"  # streamResponse/waitForStream errors, /v1 writers

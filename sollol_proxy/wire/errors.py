@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sollol_proxy.wire import gojson
+import sollol_proxy.wire.gojson as gojson
 
 # Content types exactly as Ollama writes them (reference 1.2).
 JSON_CHARSET = "application/json; charset=utf-8"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sollol_proxy.bench import queue, routing, scorer, workloads
+from sollol_proxy.bench import overhead, queue, routing, scorer, workloads
 
 
 def tiny(seed: int) -> workloads.Scenario:
@@ -75,3 +75,9 @@ async def test_queue_benchmark_reports_both_modes_and_both_classes() -> None:
     ]
     assert all(row[3] == "0" for row in rows[1:])  # no errors
     assert "high p95 wait / low p95 wait" in report
+
+
+def test_the_time_series_keeps_nothing_per_request() -> None:
+    """The dashboard's series allocate nothing per request once the ring has gone round."""
+    _, allocated = overhead.series_cost(requests=40_000)
+    assert allocated < 0.01

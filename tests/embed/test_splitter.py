@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 
 from sollol_proxy.simulator import SimulatedNode
-from tests.conftest import ClusterFactory
+from tests.conftest import ClusterFactory, eventually
 
 MODEL = "all-minilm"
 NODES = ("a", "b", "c", "d")
@@ -23,8 +23,7 @@ def _docs(count: int, prefix: str = "doc") -> list[str]:
 
 async def _fleet(cluster: ClusterFactory, **settings: Any) -> Any:
     specs = [
-        dict(name=n, models=[MODEL], prompt_tokens_per_s=20000.0, deterministic=True)
-        for n in NODES
+        dict(name=n, models=[MODEL], prompt_tokens_per_s=20000.0, deterministic=True) for n in NODES
     ]
     return await cluster(*specs, **settings)
 
@@ -134,8 +133,7 @@ async def test_a_node_killed_during_a_split(
     request = {"model": MODEL, "input": _docs(400)}
 
     async def kill_soon(node: SimulatedNode) -> None:
-        while not node.in_flight():
-            await asyncio.sleep(0.005)
+        await eventually(lambda: node.in_flight() > 0, within=10)
         await node.stop()
 
     killer = asyncio.create_task(kill_soon(c.node("b")))
@@ -166,7 +164,11 @@ async def test_a_request_error_is_ollamas_answer_for_the_whole_call(
     request = {"model": MODEL, "input": docs, "truncate": False}
     status, body, _ = await _post(http, c.url + "/api/embed", request)
     direct_status, direct, _ = await _post(http, c.nodes[0].url + "/api/embed", request)
-    assert (status, body) == (direct_status, direct) == (
-        400,
-        b'{"error":"the input length exceeds the context length"}',
+    assert (
+        (status, body)
+        == (direct_status, direct)
+        == (
+            400,
+            b'{"error":"the input length exceeds the context length"}',
+        )
     )
