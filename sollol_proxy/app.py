@@ -15,6 +15,8 @@ from aiohttp import web
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config import Config
 from sollol_proxy.config.policies import Priors
+from sollol_proxy.embed.api import BatchApi
+from sollol_proxy.embed.jobs import JobRunner
 from sollol_proxy.embed.service import Embeddings
 from sollol_proxy.embed.speed import EmbedSpeed
 from sollol_proxy.embed.subcall import SubCalls
@@ -49,6 +51,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 ADMISSION = web.AppKey("admission", Admission)
 ADMIN = web.AppKey("admin", Admin)
 FORWARDER = web.AppKey("forwarder", Forwarder)  # its retry budget, for the soak and metrics
+JOBS = web.AppKey("jobs", JobRunner)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -162,6 +165,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     for node in fleet.nodes.values():
         _watch(proxy, node, probe_first=False)
     proxy.tasks.start("admission", app[ADMISSION].run())
+    proxy.tasks.start("batch-jobs", app[JOBS].run())
     if proxy.history is not None:
         proxy.tasks.start("history", proxy.history.run())
     if proxy.reloader is not None and proxy.live.config.reload_watch:
@@ -224,9 +228,10 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         history,
     )
     speed = EmbedSpeed()
-    embeddings = Embeddings(
-        SubCalls(config, fleet, selector, admission, forwarder, learner, prompt_cache, speed)
-    )
+    calls = SubCalls(config, fleet, selector, admission, forwarder, learner, prompt_cache, speed)
+    embeddings = Embeddings(calls)
+    jobs = JobRunner(calls, config)
+    batches = BatchApi(jobs, config)
     handler = OllamaHandler(
         config=config,
         fleet=fleet,
@@ -239,6 +244,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         admission=admission,
         sinks=(log_request, metrics.observe, stats.observe, history.observe),
         embeddings=embeddings,
+        batches=batches,
     )
     limits = Limits(config)
     proxy = Proxy(
@@ -248,7 +254,17 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         decisions=decisions,
         limits=limits,
         drain=Drain(),
-        parts=(selector, forwarder, management, handler, limits, admission, embeddings),
+        parts=(
+            selector,
+            forwarder,
+            management,
+            handler,
+            limits,
+            admission,
+            embeddings,
+            jobs,
+            batches,
+        ),
         history=history,
     )
     app = web.Application(
@@ -264,6 +280,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     app[ADMISSION] = admission
     app[ADMIN] = admin
     app[FORWARDER] = forwarder
+    app[JOBS] = jobs
     app.on_response_prepare.append(_drop_server_header)
     app.cleanup_ctx.append(_background)
     app.cleanup_ctx.append(_metrics_listener)

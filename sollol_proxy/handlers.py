@@ -14,6 +14,7 @@ from sollol_proxy.admission.admission import Admission
 from sollol_proxy.admission.priority import BadPriority, read_priority
 from sollol_proxy.admission.tickets import QueueRejected, Slot
 from sollol_proxy.config import Config
+from sollol_proxy.embed.api import BatchApi
 from sollol_proxy.embed.service import Embeddings
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
@@ -64,6 +65,7 @@ class OllamaHandler:
     admission: Admission
     sinks: Sequence[RecordSink]
     embeddings: Embeddings
+    batches: BatchApi
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -137,6 +139,8 @@ class OllamaHandler:
         if kind is Kind.ROOT:
             return views.root()
         if kind is Kind.SOLLOL:
+            if self.batches.owns(request.path):
+                return await self.batches.handle(request)
             return self.admin.handle(request)
         if kind in (Kind.VERSION, Kind.TAGS, Kind.PS, Kind.V1_MODELS) and not pinned:
             if kind is Kind.PS:

@@ -79,3 +79,15 @@ class Partition:
         """A sub-batch that failed: it is handed out again first."""
         if span:
             self._pool.appendleft(span)
+
+
+def job_batch_size(
+    rate: float, fleet_rate: float, left: int, min_batch: int, max_batch: int, target_s: float
+) -> int:
+    """Documents of a batch job for a node that embeds `rate` documents/s (0: not measured),
+    in a fleet that embeds `fleet_rate`: about `target_s` of its work, less towards the end of
+    the job (its fair part of what is left), between `min_batch` and `max_batch`."""
+    size = math.ceil(rate * target_s) if rate > 0 else min_batch
+    if rate > 0 and fleet_rate > 0:
+        size = min(size, math.ceil(left * rate / fleet_rate * GUIDED))
+    return max(min_batch, min(max_batch, size))
