@@ -34,6 +34,7 @@ from sollol_proxy.lifecycle.limits import Limits
 from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
 from sollol_proxy.observe.accesslog import log_request
 from sollol_proxy.observe.admin import Admin
+from sollol_proxy.observe.batches import BatchCollector, Batches
 from sollol_proxy.observe.dashboard import Dashboard
 from sollol_proxy.observe.history import History
 from sollol_proxy.observe.metrics import Metrics
@@ -213,7 +214,14 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     forwarder = Forwarder(config, session, fleet)
     management = Management(config, session, fleet)
     admission = Admission(config.queue)
+    speed = EmbedSpeed()
+    calls = SubCalls(config, fleet, selector, admission, forwarder, learner, prompt_cache, speed)
+    embeddings = Embeddings(calls)
+    jobs = JobRunner(calls, config)
+    batches = BatchApi(jobs, config)
     metrics = Metrics(fleet, learner, admission, forwarder.budget)
+    shown = Batches(jobs, speed, fleet)
+    metrics.registry.register(BatchCollector(shown))
     stats = Stats(fleet, learner)
     history = History(fleet, admission)
     admin = Admin(
@@ -224,14 +232,9 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         admission,
         metrics,
         stats,
-        Dashboard(fleet, learner, decisions, stats, admission),
+        Dashboard(fleet, learner, decisions, stats, admission, shown),
         history,
     )
-    speed = EmbedSpeed()
-    calls = SubCalls(config, fleet, selector, admission, forwarder, learner, prompt_cache, speed)
-    embeddings = Embeddings(calls)
-    jobs = JobRunner(calls, config)
-    batches = BatchApi(jobs, config)
     handler = OllamaHandler(
         config=config,
         fleet=fleet,

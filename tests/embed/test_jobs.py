@@ -153,7 +153,7 @@ async def test_bad_submissions_and_bounds(
     status, body = await _json(http, "POST", url, {"model": MODEL, "input": _docs(11)})
     assert status == 413
     assert body["error"].startswith("a batch job holds at most 10 documents")
-    status, first = await _json(http, "POST", url, {"model": MODEL, "input": _docs(10)})
+    status, _ = await _json(http, "POST", url, {"model": MODEL, "input": _docs(10)})
     assert status == 202
     status, body = await _json(http, "POST", url, {"model": MODEL, "input": _docs(6)})
     assert status == 429
@@ -194,6 +194,7 @@ async def test_a_bad_document_fails_alone(
     status, job = await _json(
         http, "POST", c.url + "/api/embed/batch", {"model": MODEL, "input": docs, "truncate": False}
     )
+    assert status == 202
     final = await _finished(http, c.url, job["id"])
     assert (final["status"], final["done"], final["failed"]) == ("done", 49, 1)
     assert final["errors"] == [
@@ -215,6 +216,7 @@ async def test_a_missing_model_fails_the_job(
     status, job = await _json(
         http, "POST", c.url + "/api/embed/batch", {"model": "no-such-model", "input": _docs(20)}
     )
+    assert status == 202
     final = await _finished(http, c.url, job["id"])
     assert (final["status"], final["failed"]) == ("failed", 20)
     assert final["error"] == 'model "no-such-model" not found, try pulling it first'
@@ -223,12 +225,15 @@ async def test_a_missing_model_fails_the_job(
 async def test_a_new_proxy_resumes_the_job(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
-    c = await _fleet(cluster, rate=4000.0)
+    c = await _fleet(cluster, rate=2000.0)
     docs = _docs(600)
     status, job = await _json(
         http, "POST", c.url + "/api/embed/batch", {"model": MODEL, "input": docs}
     )
+    assert status == 202
     await eventually(lambda: sum(n.stats.requests for n in c.nodes) >= 3)
+    status, midway = await _json(http, "GET", f"{c.url}/sollol/batches/{job['id']}")
+    assert midway["status"] == "running" and 0 < midway["done"] < 600
     await c.proxy.stop()
     second = await start_proxy(c.config)
     c.extra.append(second)
