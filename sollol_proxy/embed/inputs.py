@@ -60,13 +60,13 @@ def read_call(
     folded = {f.casefold() for f in fields}
     if any(k not in fields and k.casefold() in folded for k in payload):
         return None  # Go would read this key as one of its fields: leave the call to a node
-    model, raw = payload.get("model"), payload.get("input")
+    model, given = payload.get("model"), payload.get("input")
     if not isinstance(model, str) or not model.strip():
         return None
-    if isinstance(raw, str):
-        inputs: tuple[str, ...] = (raw,) if raw else ()
-    elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
-        inputs = tuple(raw)
+    if isinstance(given, str):
+        inputs: tuple[str, ...] = (given,) if given else ()
+    elif isinstance(given, list) and all(isinstance(item, str) for item in given):
+        inputs = tuple(given)
     else:
         return None
     if not inputs:

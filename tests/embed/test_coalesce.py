@@ -75,6 +75,20 @@ async def test_a_call_that_need_not_wait_goes_alone_and_untouched(
     assert body == c.nodes[0].responses[-1].body
 
 
+async def test_a_call_that_waits_alone_gets_the_nodes_own_answer(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    c = await _node(cluster)
+    busy = await _hold_the_slot(c, http)
+    raw = b'{"model":"all-minilm", "input":["waited", "alone"]}'
+    async with http.post(c.url + "/api/embed", data=raw) as response:
+        assert response.status == 200
+        body = await response.read()
+    await busy
+    assert c.nodes[0].requests[-1].body == raw  # nobody joined: the client's own bytes
+    assert body == c.nodes[0].responses[-1].body
+
+
 async def test_a_refused_batch_is_sent_again_call_by_call(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
