@@ -1,13 +1,18 @@
-"""What the proxy adds: latency per request and CPU per request and per streamed chunk.
+"""What the proxy adds, against the node reached directly and against nginx doing the same
+pass-through: latency per request, CPU per request and CPU per streamed chunk.
 
-The same requests go straight to a simulated node and through a real `sollol-proxy` process in
-front of that node, alternating in rounds so that machine noise hits both alike. The proxy's CPU
-time is read from /proc for its process alone.
+The same requests go straight to a simulated node, through nginx (one process, least_conn, no
+buffering; when Debian's nginx is installed) and through a real `sollol-proxy` process given the
+node's URL only, alternating in rounds so that machine noise hits all alike. CPU time is read
+from /proc for the proxy's process and for nginx's alone. Small requests run against a node
+that answers at once; streams against a node that paces its tokens, so that every chunk is a
+read and a write of its own, as with a real model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -20,11 +25,14 @@ from pathlib import Path
 
 import aiohttp
 
+from sollol_proxy.bench import nginx
 from sollol_proxy.forward.record import Outcome
 from sollol_proxy.observe.timeseries import TimeSeries
 from sollol_proxy.simulator import SimulatedNode
 
-TOKENS_PER_STREAM = 256
+TOKENS_PER_STREAM = 128
+PACED_TOKEN_S = 0.002  # 500 tokens/s per stream: chunks arrive one at a time
+CHAT = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}'
 
 
 @dataclass(frozen=True)
@@ -37,28 +45,18 @@ class Workload:
     chunks_per_request: int = 1
 
 
-WORKLOADS = [
+SMALL = [
     Workload("show (small JSON), 1 client", "/api/show", b'{"model":"llama3.2"}', 1, 400),
+    Workload("chat stream:false, 1 client", "/api/chat", CHAT, 1, 400),
+    Workload("chat stream:false, 16 clients", "/api/chat", CHAT, 16, 1600),
+]
+STREAMS = [
     Workload(
-        "chat stream:false, 1 client",
-        "/api/chat",
-        b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}',
-        1,
-        400,
-    ),
-    Workload(
-        "chat stream:false, 16 clients",
-        "/api/chat",
-        b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}',
-        16,
-        1600,
-    ),
-    Workload(
-        f"generate stream, {TOKENS_PER_STREAM} chunks, 4 clients",
+        f"generate stream, {TOKENS_PER_STREAM} paced chunks, 8 clients",
         "/api/generate",
         b'{"model":"llama3.2","prompt":"x","options":{"num_predict":%d}}' % TOKENS_PER_STREAM,
-        4,
-        80,
+        8,
+        64,
         TOKENS_PER_STREAM + 1,
     ),
 ]
@@ -77,7 +75,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -124,54 +124,114 @@ def _ms(values: list[float], q: float) -> float:
     )
 
 
-async def benchmark(rounds: int, scale: float) -> str:
-    node = SimulatedNode(name="bench", models=["llama3.2:latest"], num_parallel=16)
-    await node.start(port=0)
+@dataclass
+class Target:
+    name: str
+    url: str
+    pid: int | None  # whose CPU is counted (None: the node itself, nothing in between)
+    samples: dict[str, Sample] = field(default_factory=dict)
+
+
+async def _measure(
+    node: SimulatedNode, loads: list[Workload], rounds: int, scale: float
+) -> list[Target]:
     port = _free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as config:
+        # Zero configuration: the node's URL and nothing else, as people run it.
         config.write(
             f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-            f"nodes: [{{url: '{node.url}', name: bench, num_parallel: 16}}]\nlog_level: warning\n"
+            f"nodes: ['{node.url}']\nlog_level: warning\n"
         )
     proxy = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sollol_proxy", "-c", config.name
     )
-    proxy_url = f"http://127.0.0.1:{port}"
-    lines = []
+    targets = [
+        Target("direct", node.url, None),
+        Target("sollol-proxy", f"http://127.0.0.1:{port}", proxy.pid),
+    ]
     try:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as http:
-            await _wait_ready(http, proxy_url, proxy)
-            for load in WORKLOADS:
-                requests = max(load.concurrency, int(load.requests * scale))
-                direct, through = Sample(), Sample()
-                await _run(
-                    http, node.url, load, load.concurrency * 2
-                )  # warm connections and the model
-                await _run(http, proxy_url, load, load.concurrency * 2)
-                for _ in range(rounds):
-                    for target, sample in ((node.url, direct), (proxy_url, through)):
-                        cpu_before = _cpu_seconds(proxy.pid)
-                        result = await _run(http, target, load, requests)
-                        sample.latencies += result.latencies
-                        sample.wall += result.wall
-                        sample.cpu += _cpu_seconds(proxy.pid) - cpu_before
-                lines.append(_report(load, direct, through))
+        async with contextlib.AsyncExitStack() as stack:
+            if nginx.available():
+                nginx_port = _free_port()
+                process = await stack.enter_async_context(nginx.nginx([node.url], nginx_port))
+                targets.insert(1, Target("nginx", f"http://127.0.0.1:{nginx_port}", process.pid))
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as http:
+                await _wait_ready(http, targets[-1].url, proxy)
+                for load in loads:
+                    requests = max(load.concurrency, int(load.requests * scale))
+                    for target in targets:  # warm connections and the model
+                        await _run(http, target.url, load, load.concurrency * 2)
+                        target.samples[load.name] = Sample()
+                    for _ in range(rounds):
+                        for target in targets:
+                            sample = target.samples[load.name]
+                            cpu_before = _cpu_seconds(target.pid)
+                            result = await _run(http, target.url, load, requests)
+                            sample.latencies += result.latencies
+                            sample.wall += result.wall
+                            sample.cpu += _cpu_seconds(target.pid) - cpu_before
     finally:
         proxy.terminate()
         await asyncio.wait_for(proxy.wait(), 10)
         os.unlink(config.name)
-        await node.stop()
-    header = (
-        "| workload | direct p50 / p95 ms | via proxy p50 / p95 ms | added p50 ms | p50 ratio "
-        "| throughput ratio | proxy CPU per request | per chunk |\n|---|---|---|---|---|---|---|---|"
+    return targets
+
+
+async def benchmark(rounds: int, scale: float) -> str:
+    fast = SimulatedNode(name="bench", models=["llama3.2:latest"], num_parallel=16)
+    paced = SimulatedNode(
+        name="paced", models=["llama3.2:latest"], num_parallel=16, token_delay=PACED_TOKEN_S
     )
+    results: list[tuple[Workload, list[Target]]] = []
+    for node, loads in ((fast, SMALL), (paced, STREAMS)):
+        await node.start(port=0)
+        try:
+            targets = await _measure(node, loads, rounds, scale)
+        finally:
+            await node.stop()
+        results += [(load, targets) for load in loads]
+    names = [t.name for t in results[0][1] if t.name != "direct"]
+    header = (
+        "| workload | "
+        + " | ".join(f"{n} p50 / p99 ms" for n in ["direct", *names])
+        + " | added p50 ms (proxy) | proxy CPU | "
+        + ("nginx CPU | CPU ratio to nginx |" if "nginx" in names else "")
+    )
+    columns = header.count("|") - 1
+    lines = [header, "|" + "---|" * columns]
+    lines += [_report(load, {t.name: t for t in targets}) for load, targets in results]
     us, allocated = series_cost()
-    series = (
+    lines.append(
         f"\nKeeping the dashboard's time series (in process): {us:.2f} us and "
         f"{allocated:.2f} bytes kept per request"
     )
-    return header + "\n" + "\n".join(lines) + "\n" + series
+    if "nginx" not in names:
+        lines.append("nginx is not installed: no nginx baseline in this run")
+    return "\n".join(lines)
+
+
+def _cpu_unit(load: Workload, sample: Sample) -> float:
+    """CPU per request, or per chunk for streams, in microseconds."""
+    count = len(sample.latencies) * load.chunks_per_request
+    return sample.cpu / count * 1e6
+
+
+def _report(load: Workload, targets: dict[str, Target]) -> str:
+    unit = "chunk" if load.chunks_per_request > 1 else "request"
+    cells = [load.name]
+    for target in targets.values():
+        sample = target.samples[load.name]
+        cells.append(f"{_ms(sample.latencies, 50):.2f} / {_ms(sample.latencies, 99):.2f}")
+    direct, proxy = targets["direct"].samples[load.name], targets["sollol-proxy"].samples[load.name]
+    cells.append(f"{_ms(proxy.latencies, 50) - _ms(direct.latencies, 50):+.2f}")
+    proxy_cpu = _cpu_unit(load, proxy)
+    cells.append(f"{proxy_cpu:.1f} us/{unit}")
+    if "nginx" in targets:
+        nginx_cpu = _cpu_unit(load, targets["nginx"].samples[load.name])
+        cells.append(f"{nginx_cpu:.1f} us/{unit}")
+        cells.append(f"{proxy_cpu / nginx_cpu:.1f}x" if nginx_cpu else "-")
+    return "| " + " | ".join(cells) + " |"
 
 
 def series_cost(requests: int = 50_000) -> tuple[float, float]:
@@ -198,29 +258,6 @@ def series_cost(requests: int = 50_000) -> tuple[float, float]:
     allocated = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     return elapsed / requests * 1e6, max(0, allocated) / requests
-
-
-def _report(load: Workload, direct: Sample, through: Sample) -> str:
-    count = len(through.latencies)
-    cpu_per_request = through.cpu / count * 1e6
-    per_chunk = (
-        f"{through.cpu / (count * load.chunks_per_request) * 1e6:.1f} us"
-        if load.chunks_per_request > 1
-        else "-"
-    )
-    d50, d95, p50, p95 = (
-        _ms(direct.latencies, 50),
-        _ms(direct.latencies, 95),
-        _ms(through.latencies, 50),
-        _ms(through.latencies, 95),
-    )
-    throughput_ratio = (len(through.latencies) / through.wall) / (
-        len(direct.latencies) / direct.wall
-    )
-    return (
-        f"| {load.name} | {d50:.2f} / {d95:.2f} | {p50:.2f} / {p95:.2f} | {p50 - d50:+.2f} | "
-        f"{p50 / d50:.2f}x | {throughput_ratio:.2f}x | {cpu_per_request:.0f} us | {per_chunk} |"
-    )
 
 
 def run(rounds: int = 3, scale: float = 1.0) -> None:
