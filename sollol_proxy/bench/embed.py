@@ -71,7 +71,8 @@ class Proxy:
             await asyncio.wait_for(self.process.wait(), 30)
 
 
-async def start_proxy(nodes: list[SimulatedNode], data: Path, coalesce: bool, port: int) -> Proxy:
+def config_file(nodes: list[SimulatedNode], data: Path, coalesce: bool, port: int) -> Path:
+    """The node URLs and nothing else, but for the port, the data directory and coalescing."""
     data.mkdir(parents=True, exist_ok=True)
     config = data / f"sollol-{port}.yaml"
     urls = ", ".join(f"'{n.url}'" for n in nodes)
@@ -79,6 +80,11 @@ async def start_proxy(nodes: list[SimulatedNode], data: Path, coalesce: bool, po
         f"listen: {{host: 127.0.0.1, port: {port}}}\nnodes: [{urls}]\nlog_level: warning\n"
         f"embed: {{coalesce: {str(coalesce).lower()}}}\nbatch: {{data_dir: '{data}'}}\n"
     )
+    return config
+
+
+async def start_proxy(nodes: list[SimulatedNode], data: Path, coalesce: bool, port: int) -> Proxy:
+    config = config_file(nodes, data, coalesce, port)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sollol_proxy", "-c", str(config)
     )

@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 from sollol_proxy.embed.inputs import EmbedCall
 from sollol_proxy.embed.merge import apportion, merged
 from sollol_proxy.embed.subcall import Done, SubCalls, from_client
-from sollol_proxy.fleet.capacity import model_slots
+from sollol_proxy.fleet.capacity import model_room
 from sollol_proxy.forward.record import RequestRecord
 from sollol_proxy.wire.headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, SOLLOL_PREFIX
 from sollol_proxy.wire.names import normalize_model
@@ -81,10 +81,10 @@ class Coalescer:
         key = (call.key, priority)
         batches = self._open.setdefault(key, [])
         cap = calls.config.embed.coalesce_max_inputs
-        slots = sum(model_slots(n, model) for n in holders)
+        room = sum(model_room(n, model) for n in holders)
         joinable = [b for b in batches if b.inputs + len(call.inputs) <= cap]
         member = _Member(call, request, record)
-        if len(batches) >= slots and joinable:
+        if len(batches) >= room and joinable:
             batch = min(joinable, key=lambda b: b.inputs)
             batch.members.append(member)
             return await self._ride(batch, member, priority)

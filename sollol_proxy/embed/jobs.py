@@ -22,7 +22,7 @@ from sollol_proxy.embed.crew import run_crew
 from sollol_proxy.embed.jobrun import JobRun
 from sollol_proxy.embed.store import Job, Store, StoreFull
 from sollol_proxy.embed.subcall import SubCalls
-from sollol_proxy.fleet.capacity import model_slots
+from sollol_proxy.fleet.capacity import model_room
 from sollol_proxy.wire import gojson
 from sollol_proxy.wire.names import normalize_model
 
@@ -196,10 +196,10 @@ class JobRunner:
         self._run = run
         self._remember(running)
         model = normalize_model(job.model)
-        slots = sum(model_slots(n, model) for n in self.calls.fleet.with_model(model))
+        room = sum(model_room(n, model) for n in self.calls.fleet.with_model(model))
         try:
             if run.left:
-                await run_crew(lambda _: run.work(), max(1, slots), run.finished)
+                await run_crew(lambda _: run.work(), max(1, room), run.finished)
         finally:
             self._run = None
         await self._finish(run)

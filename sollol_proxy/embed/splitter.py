@@ -1,12 +1,14 @@
 """A large embedding call spread over the nodes that hold its model, answered as one node would.
 
-One worker per slot the model has in the fleet; each waits for a slot like any request of the
-call's priority, takes a sub-batch sized for the node it got (split.py) and sends it through
-the forwarder, which retries it on another node if its node fails. The vectors go back in input
-order, merged byte for byte (merge.py). If a sub-batch cannot be answered, the client gets the
-error one node would have given for the whole call, never a part of the result: a node's own
-`4xx` means the call itself is wrong, so the whole call is then forwarded untouched for Ollama's
-exact answer; a failure of the nodes gives the last node's error, as for any request.
+One worker per place the model has in the fleet (capacity.model_room); each waits for a slot
+like any request of the call's priority, takes a sub-batch sized for the node it got
+(split.py) and sends it through the forwarder, which retries it on another node if its node
+fails. The vectors go back in input order, merged byte for byte (merge.py).
+
+A sub-batch that cannot be answered (a node's `4xx`: the call itself is wrong; or every node
+it was tried on failed) stops the split, and the whole call is forwarded untouched the usual
+way: the client gets exactly what one node gives for it (Ollama's own error, or the proxy's
+usual answer when the nodes fail), never a part of the result.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sollol_proxy.embed.inputs import EmbedCall
 from sollol_proxy.embed.merge import merged
 from sollol_proxy.embed.split import Partition
 from sollol_proxy.embed.subcall import Done, SubCalls, from_client
-from sollol_proxy.fleet.capacity import model_slots
+from sollol_proxy.fleet.capacity import model_room
 from sollol_proxy.forward.record import RequestRecord
 from sollol_proxy.wire.headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, SOLLOL_PREFIX
 from sollol_proxy.wire.names import normalize_model
@@ -47,7 +49,7 @@ async def split_call(
     priority: int,
     record: RequestRecord,
 ) -> web.StreamResponse | None:
-    """The merged answer, or None when the call must go whole to one node (a node's 4xx)."""
+    """The merged answer, or None when the call must go whole to one node instead."""
     policy = calls.config.embed
     model = normalize_model(call.model)
     holders = calls.fleet.with_model(model)
@@ -83,18 +85,14 @@ async def split_call(
             if sum(d.count for d in answered) == total:
                 finished.set()
 
-    slots = sum(model_slots(n, model) for n in holders)
-    workers = max(1, min(slots, math.ceil(total / policy.min_batch)))
+    room = sum(model_room(n, model) for n in holders)
+    workers = max(1, min(room, math.ceil(total / policy.min_batch)))
     try:
         await run_crew(worker, workers, finished)
     except _Failed as failed:
         status = failed.done.response.status
         record.failed_attempts.append((failed.done.node or "-", f"sub-batch answered {status}"))
-        if 400 <= status < 500:
-            return None
-        response = failed.done.response
-        response.headers[REQUEST_ID_HEADER] = record.request_id
-        return response
+        return None
     wall_ns = time.monotonic_ns() - int(record.started * 1e9)  # arrival to answer, as Ollama
     return _answer(request, call, record, answered, vectors, wall_ns)
 

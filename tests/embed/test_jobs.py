@@ -102,23 +102,26 @@ async def test_jobs_wait_behind_interactive_requests(
         batch__max_batch=8,
     )
     node = c.nodes[0]
-    busy = asyncio.create_task(
-        _json(http, "POST", c.url + "/api/embed", {"model": MODEL, "input": "x " * 800})
+    busy = asyncio.gather(  # the node's slot, and the one place behind it the proxy uses
+        *(
+            _json(http, "POST", c.url + "/api/embed", {"model": MODEL, "input": f"{k} " * 800})
+            for k in range(2)
+        )
     )
-    await eventually(lambda: node.in_flight() == 1)
+    await eventually(lambda: node.in_flight() == 2)
     status, job = await _json(
         http, "POST", c.url + "/api/embed/batch", {"model": MODEL, "input": _docs(40)}
     )
     assert status == 202
     admission = c.proxy.runner.app[ADMISSION]
-    await eventually(lambda: admission.depth()[1] == 1)  # the job's worker waits
+    await eventually(lambda: admission.depth()[1] == 2)  # the job's workers wait
     status, _ = await _json(http, "POST", c.url + "/api/embed", {"model": MODEL, "input": "now"})
     assert status == 200
-    assert (await busy)[0] == 200
+    assert [status for status, _ in await busy] == [200, 200]
     await _finished(http, c.url, job["id"])
     order = [orjson.loads(r.body)["input"] for r in node.requests if r.path == "/api/embed"]
-    assert order[1] == "now"  # before any of the job's sub-batches
-    assert all(isinstance(i, list) for i in order[2:]) and len(order) == 2 + 40 // 8
+    assert order[2] == "now"  # before any of the job's sub-batches
+    assert all(isinstance(i, list) for i in order[3:]) and len(order) == 3 + 40 // 8
 
 
 async def test_bad_submissions_and_bounds(

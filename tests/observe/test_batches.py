@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 
 from tests.conftest import ClusterFactory
+from tests.observe.test_admin import BATCH_JOB, check
 from tests.observe.test_dashboard import rendered_dom
 from tests.observe.test_metrics import scrape, total
 
@@ -71,6 +72,16 @@ async def test_the_dashboard_shows_each_job_with_its_progress(
     await _over(http, made.url, hostile)
     async with http.get(made.url + "/sollol/dashboard") as response:
         batches = orjson.loads(await response.read())["batches"]
+    check(batches, [BATCH_JOB])
+    async with http.get(f"{made.url}/sollol/batches/{hostile}") as response:
+        detail = orjson.loads(await response.read())
+    check(detail, {**BATCH_JOB, "errors": [{"error": str, "documents": int}]})
+    assert detail["errors"] == [
+        {
+            "error": 'model "<img src=x onerror=alert(1)>" not found, try pulling it first',
+            "documents": 1,
+        }
+    ]
     assert [b["id"] for b in batches] == [hostile, done]  # the newest finished first
     assert batches[1]["status"] == "done" and batches[1]["progress"] == 1.0
     assert batches[0]["status"] == "failed" and batches[0]["failed"] == 1
