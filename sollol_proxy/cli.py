@@ -204,11 +204,12 @@ def bench_queue(seed: int, duration: float, load: float) -> None:
 
 @bench.command("embed")
 @click.option("--scale", default=1.0, show_default=True, help="Multiply the document counts.")
-def bench_embed(scale: float) -> None:
+@click.option("--rounds", default=3, show_default=True, help="Rounds of (a)-(c); medians.")
+def bench_embed(scale: float, rounds: int) -> None:
     """Embedding throughput: split, baselines, coalescing, a batch job and its kill -9."""
     from sollol_proxy.bench.embed import run
 
-    run(scale=scale)
+    run(scale=scale, rounds=rounds)
 
 
 @main.command()

@@ -8,7 +8,9 @@ of workload c). One run, ratios within it:
 - (a) one client, 2048 documents in calls of 512: the proxy against one node directly;
 - (b) eight clients, calls of 16: the proxy against client-side round robin and a client-side
   least-connections pick over the four nodes;
-- (c) coalescing on and off: 32 clients in calls of 4, and the workload of (b);
+- (c) coalescing on and off: 32 clients in calls of 4, and the workload of (b).
+
+(a) to (c) are medians of `rounds` rounds in which the loads take turns.
 - (d) one 10,000-document batch job: its rate, then the same job with the proxy killed
   (`kill -9`) midway and restarted: every accepted document must end with exactly one stored
   result, equal to the node's own answer for it.
@@ -19,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +173,17 @@ async def until(http: aiohttp.ClientSession, url: str, job_id: str, done: int) -
         await asyncio.sleep(0.02)
 
 
-async def benchmark(scale: float = 1.0) -> str:
+async def medians(rounds: int, **loads: Callable[[], Awaitable[float]]) -> dict[str, float]:
+    """Each load's median over `rounds` rounds, the loads taking turns within a round, so that
+    the machine's noise falls on all of them alike."""
+    seen: dict[str, list[float]] = {name: [] for name in loads}
+    for _ in range(rounds):
+        for name, load in loads.items():
+            seen[name].append(await load())
+    return {name: statistics.median(values) for name, values in seen.items()}
+
+
+async def benchmark(scale: float = 1.0, rounds: int = 3) -> str:
     count = max(64, int(2048 * scale))
     job_docs = documents(max(128, int(10_000 * scale)))
     docs = job_docs[:count]
@@ -192,26 +205,54 @@ async def benchmark(scale: float = 1.0) -> str:
                 for target in (*urls, plain.url, merged.url):  # load the model, warm connections
                     await embed_load(http, docs[:64], 4, 16, only(target))
                 size = min(512, max(16, count // 4))
-                direct = await embed_load(http, docs, 1, size, only(urls[0]))
-                split = await embed_load(http, docs, 1, size, only(plain.url))
-                lines.append(
-                    _row(f"(a) 1 client, calls of {size}", "one node directly", direct, split)
+                a = await medians(
+                    rounds,
+                    direct=lambda: embed_load(http, docs, 1, size, only(urls[0])),
+                    split=lambda: embed_load(http, docs, 1, size, only(plain.url)),
                 )
-                rr = await embed_load(http, docs, 8, 16, round_robin(urls))
-                lc = await embed_load(http, docs, 8, 16, least_connections(urls))
-                proxied = await embed_load(http, docs, 8, 16, only(plain.url))
-                name, best = ("round robin", rr) if rr >= lc else ("least connections", lc)
+                direct = a["direct"]
                 lines.append(
-                    _row("(b) 8 clients, calls of 16", f"client-side {name}", best, proxied)
+                    _row(f"(a) 1 client, calls of {size}", "one node directly", direct, a["split"])
+                )
+                b = await medians(
+                    rounds,
+                    rr=lambda: embed_load(http, docs, 8, 16, round_robin(urls)),
+                    lc=lambda: embed_load(http, docs, 8, 16, least_connections(urls)),
+                    off=lambda: embed_load(http, docs, 8, 16, only(plain.url)),
+                    on=lambda: embed_load(http, docs, 8, 16, only(merged.url)),
+                )
+                name, best = (
+                    ("round robin", b["rr"])
+                    if b["rr"] >= b["lc"]
+                    else (
+                        "least connections",
+                        b["lc"],
+                    )
+                )
+                for mode in ("off", "on"):
+                    lines.append(
+                        _row(
+                            f"(b) 8 clients, calls of 16 (coalescing {mode})",
+                            f"client-side {name}",
+                            best,
+                            b[mode],
+                        )
+                    )
+                lines.append(
+                    f"| (b) | round robin {b['rr']:.0f}, least connections {b['lc']:.0f} "
+                    "docs/s | | | |"
+                )
+                c = await medians(
+                    rounds,
+                    off=lambda: embed_load(http, docs, 32, 4, only(plain.url)),
+                    on=lambda: embed_load(http, docs, 32, 4, only(merged.url)),
                 )
                 lines.append(
-                    f"| (b) | (round robin {rr:.0f}, least connections {lc:.0f} docs/s) | | | |"
+                    _row("(c) 32 clients, calls of 4", "coalescing off", c["off"], c["on"])
                 )
-                off = await embed_load(http, docs, 32, 4, only(plain.url))
-                on = await embed_load(http, docs, 32, 4, only(merged.url))
-                lines.append(_row("(c) 32 clients, calls of 4", "coalescing off", off, on))
-                on = await embed_load(http, docs, 8, 16, only(merged.url))
-                lines.append(_row("(c) 8 clients, calls of 16", "coalescing off", proxied, on))
+                lines.append(
+                    _row("(c) 8 clients, calls of 16", "coalescing off", b["off"], b["on"])
+                )
                 lines.extend(await _jobs(http, plain, nodes, data, job_docs, direct))
         finally:
             for proxy in (plain, merged):
@@ -286,5 +327,5 @@ def _row(workload: str, baseline: str, base: float, proxied: float) -> str:
     return f"| {workload} | {baseline} | {base:.0f} | {proxied:.0f} | {proxied / base:.2f}x |"
 
 
-def run(scale: float = 1.0) -> None:
-    print(asyncio.run(benchmark(scale)))
+def run(scale: float = 1.0, rounds: int = 3) -> None:
+    print(asyncio.run(benchmark(scale, rounds)))
