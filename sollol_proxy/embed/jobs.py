@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from sollol_proxy.wire.names import normalize_model
 log = logging.getLogger("sollol.batch")
 
 EXPIRY_EVERY_S = 60.0
+STORE_PAUSE_S = 30.0  # after the store failed (disk full, say), before the job is taken up again
 KEPT_IN_MEMORY = 100  # finished jobs kept in memory for the dashboard (unfinished: all)
 
 
@@ -47,7 +49,8 @@ class JobRunner:
         self.policy = config.batch
         self.store = Store(self.policy.data_dir)
         self.jobs: dict[str, Job] = {}  # unfinished and recent jobs, as last known
-        self._queue: deque[str] = deque()
+        self._queue: deque[str] = deque()  # jobs to run, the running one first
+        self._cancelled: set[str] = set()  # jobs cancelled before their run began
         self._wake = asyncio.Event()
         self._run: JobRun | None = None
         self.done = 0  # documents embedded since start
@@ -84,6 +87,11 @@ class JobRunner:
         )
         try:
             await self.store.call(self.store.create, job, docs, policy.max_docs_total)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("cannot store batch job in %s: %s", self.store.path, exc)
+            raise Refused(
+                500, f"sollol-proxy cannot store batch jobs in {self.store.path}: {exc}"
+            ) from None
         except StoreFull as full:
             raise Refused(
                 429,
@@ -130,8 +138,8 @@ class JobRunner:
         run = self._run
         if run is not None and run.job.id == job_id:
             run.stop()
-        elif job_id in self._queue:
-            self._queue.remove(job_id)
+        else:
+            self._cancelled.add(job_id)
         await self.store.call(self.store.set_status, job_id, "cancelled", time.time())
         cancelled = replace(job, status="cancelled", finished=time.time())
         self._remember(cancelled)
@@ -168,9 +176,19 @@ class JobRunner:
                     except TimeoutError:
                         pass
                     continue
-                job = await self.store.call(self.store.job, self._queue.popleft())
-                if job is not None and not job.over:
-                    await self._process(job)
+                job_id = self._queue[0]
+                try:
+                    job = await self.store.call(self.store.job, job_id)
+                    if job is not None and not job.over and job_id not in self._cancelled:
+                        await self._process(job)
+                except (OSError, sqlite3.Error):  # the disk: full, gone, read-only
+                    log.exception(
+                        "batch job %s stopped; trying again in %gs", job_id, STORE_PAUSE_S
+                    )
+                    await asyncio.sleep(STORE_PAUSE_S)
+                    continue
+                self._queue.popleft()
+                self._cancelled.discard(job_id)
         finally:
             await self.store.close()
 
@@ -191,6 +209,8 @@ class JobRunner:
     async def _process(self, job: Job) -> None:
         now = time.time()
         await self.store.call(self.store.set_status, job.id, "running", now)
+        if job.id in self._cancelled:  # cancelled while that was written
+            return
         running = replace(job, status="running", started=job.started or now)
         run = JobRun(running, self.calls, self.store, self.policy, self._counted)
         self._run = run

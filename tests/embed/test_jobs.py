@@ -4,12 +4,15 @@ cancelled, bounded, and resumed by a new proxy on the same store."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
-from sollol_proxy.app import ADMISSION
+from sollol_proxy.app import ADMISSION, JOBS
+from sollol_proxy.embed import jobrun, jobs
 from sollol_proxy.server import start_proxy
 from tests.conftest import Cluster, ClusterFactory, eventually
 
@@ -247,3 +250,79 @@ async def test_a_new_proxy_resumes_the_job(
         assert [r["embedding"] for r in results] == await _direct(http, c.nodes[0].url, docs)
     finally:
         await second.stop()
+
+
+async def test_a_store_that_cannot_be_written_is_a_500_saying_where(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    c = await _fleet(cluster, batch__data_dir=str(blocked / "jobs"))
+    status, body = await _json(
+        http, "POST", c.url + "/api/embed/batch", {"model": MODEL, "input": ["x"]}
+    )
+    assert status == 500
+    assert body["error"].startswith(f"sollol-proxy cannot store batch jobs in {blocked}/jobs/")
+
+
+async def test_jobs_run_one_after_the_other_and_expire(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs, "EXPIRY_EVERY_S", 0.05)
+    c = await _fleet(cluster, batch__retention=0.5)
+    url = c.url + "/api/embed/batch"
+    first = (await _json(http, "POST", url, {"model": MODEL, "input": _docs(200)}))[1]["id"]
+    second = (await _json(http, "POST", url, {"model": MODEL, "input": _docs(20)}))[1]["id"]
+    done = [await _finished(http, c.url, job) for job in (first, second)]
+    assert done[1]["started"] >= done[0]["finished"]
+    for job in (first, second):  # half a second after they finished, they are gone
+        await eventually(lambda job=job: job not in c.proxy.runner.app[JOBS].jobs, within=5)
+        status, _ = await _json(http, "GET", f"{c.url}/sollol/batches/{job}")
+        assert status == 404
+
+
+async def test_sub_batches_the_nodes_keep_failing_end_with_their_error(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobrun, "PAUSE_S", 0.01)
+    c = await _fleet(cluster, outlier__consecutive_failures=1000)
+    for node in c.nodes:
+        node.faults.status_error = (500, "an error was encountered while running the model")
+    status, job = await _json(
+        http, "POST", c.url + "/api/embed/batch", {"model": MODEL, "input": _docs(10)}
+    )
+    assert status == 202
+    final = await _finished(http, c.url, job["id"])
+    assert (final["status"], final["done"], final["failed"]) == ("done", 0, 10)
+    assert final["errors"] == [
+        {"error": "an error was encountered while running the model", "documents": 10}
+    ]
+    sent = sum(len([r for r in n.requests if r.path == "/api/embed"]) for n in c.nodes)
+    # 3 sub-batches (4 + 4 + 2 documents), each tried MAX_TRIES times, each try on the 3 nodes
+    assert sent == 3 * jobrun.MAX_TRIES * 3
+
+
+async def test_a_job_waits_while_its_nodes_are_down(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobrun, "PAUSE_S", 0.05)
+    c = await _fleet(cluster)
+    for node in c.nodes:
+        node.faults.refuse = True
+    await eventually(lambda: not any(n.healthy for n in c.fleet.nodes.values()))
+    status, job = await _json(
+        http, "POST", c.url + "/api/embed/batch", {"model": MODEL, "input": _docs(30)}
+    )
+    assert status == 202
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while (await _json(http, "GET", f"{c.url}/sollol/batches/{job['id']}"))[1]["waiting"] is None:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    detail = (await _json(http, "GET", f"{c.url}/sollol/batches/{job['id']}"))[1]
+    assert detail["status"] == "running" and detail["done"] == 0
+    assert "only on nodes that are down" in detail["waiting"]
+    for node in c.nodes:
+        node.faults.refuse = False
+    final = await _finished(http, c.url, job["id"])
+    assert (final["status"], final["done"]) == ("done", 30)

@@ -5,6 +5,7 @@ what the proxy may not cut reaches a node untouched."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from typing import Any
 
 import aiohttp
@@ -54,6 +55,7 @@ async def test_a_split_answer_equals_one_nodes_answer(
     assert len(set(response.headers["X-Sollol-Node"].split(","))) > 1
     assert response.headers["X-Sollol-Route"].startswith("embed split: 200 inputs in ")
     assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert response.headers["Transfer-Encoding"] == "chunked"  # over 2048 bytes, as net/http
     # Go's field order and exactly its keys; the vectors are the node's very bytes
     assert list(orjson.loads(body)) == list(orjson.loads(direct))
     assert _without_times(body) == _without_times(direct)
@@ -175,3 +177,29 @@ async def test_a_request_error_is_ollamas_answer_for_the_whole_call(
             b'{"error":"the input length exceeds the context length"}',
         )
     )
+
+
+async def test_what_the_proxy_cannot_read_as_ollama_does_goes_whole_and_untouched(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    c = await _fleet(cluster)
+    docs = _docs(100)
+    cases = [
+        (orjson.dumps({"model": MODEL, "Input": docs}), {}),  # Go reads "Input" as input
+        (orjson.dumps({"model": MODEL, "input": docs}), {"X-Sollol-Node": "c"}),  # pinned
+        (
+            gzip.compress(orjson.dumps({"model": MODEL, "input": docs})),
+            {"Content-Encoding": "gzip"},
+        ),
+    ]
+    for raw, headers in cases:
+        before = {n.name: len(n.requests) for n in c.nodes}
+        _, body, response = await _post(http, c.url + "/api/embed", raw, headers)
+        node = c.node(response.headers["X-Sollol-Node"])  # one node, not a list of them
+        sent = [r for r in node.requests[before[node.name] :] if r.path == "/api/embed"]
+        assert [r.body for r in sent] == [raw], headers
+        assert body == [r for r in node.responses if r.path == "/api/embed"][-1].body
+        others = [n for n in c.nodes if n is not node]
+        assert all(
+            not [r for r in n.requests[before[n.name] :] if r.path == "/api/embed"] for n in others
+        )
