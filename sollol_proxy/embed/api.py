@@ -33,6 +33,7 @@ _JOB_PATH = re.compile(r"^/sollol/batches/([0-9a-f]{16})(/results)?$")
 _FIELDS = {"truncate", "dimensions", "keep_alive", "options"}
 _KEYS = {"model", "docs", "input", *_FIELDS}
 MAX_ID_CHARS = 256
+MAX_MODEL_CHARS = 512  # Ollama's names are far shorter; the name is kept and shown per job
 LIST_LIMIT = 100
 PAGE = 1000  # results read from disk at a time
 ERRORS_SHOWN = 10
@@ -66,6 +67,8 @@ def read_job(payload: Any) -> tuple[str, dict[str, Any], list[tuple[bytes | None
     model = payload.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadJob("model is required")
+    if len(model) > MAX_MODEL_CHARS:
+        raise BadJob(f"model: a name of at most {MAX_MODEL_CHARS} characters")
     if "docs" in payload and "input" in payload:
         raise BadJob("give either docs or input, not both")
     docs = _docs(payload["docs"]) if "docs" in payload else _input(payload.get("input"))
@@ -180,7 +183,7 @@ class BatchApi:
         if job is None or match is None:
             return _json({"error": "no such batch job"}, 404)
         if match.group(2):
-            if method not in ("GET", "HEAD"):
+            if method != "GET":
                 return _not_allowed("GET")
             return await self._results(request, job)
         if method == "DELETE":

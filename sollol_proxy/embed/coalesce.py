@@ -3,8 +3,8 @@ model and fields, go to a node as one call (as Triton's and TEI's batchers do).
 
 Nothing is delayed to form a batch: a call that finds a free slot goes at once, alone and
 untouched. Only a call that would wait in the admission queue anyway may join a batch, and only
-when every slot the model has already has a batch waiting for it, so that merging never leaves
-a node idle. The batch's first call waits for the slot on behalf of all (the window is that
+when every place the model has (capacity.model_room) already has a batch waiting for it, so that
+merging never leaves a node idle. The batch's first call waits for the slot on behalf of all (the window is that
 wait), then sends their inputs as one call and cuts the answer back per caller, vectors byte for
 byte. Each caller's `prompt_eval_count` is the batch's count shared out by input length (Ollama
 reports one count per call), `total_duration` its own time since arrival. A batch that a node
@@ -48,6 +48,15 @@ class _Member:
     future: asyncio.Future[web.StreamResponse | _Drive | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    left: bool = False  # its client went away: nobody reads its outcome
+
+    def settle(self, outcome: web.StreamResponse | _Drive | Exception | None) -> None:
+        if self.left or self.future.done():
+            return
+        if isinstance(outcome, Exception):
+            self.future.set_exception(outcome)
+        else:
+            self.future.set_result(outcome)
 
 
 @dataclass(eq=False)
@@ -66,8 +75,6 @@ class Coalescer:
         self._calls = calls
         self._open: dict[tuple[bytes, int], list[_Batch]] = {}
         self._numbers = itertools.count(1)
-        self.merged_calls = 0  # upstream calls that carried more than one caller
-        self.merged_callers = 0
 
     async def answer(
         self, request: web.Request, call: EmbedCall, priority: int, record: RequestRecord
@@ -98,6 +105,7 @@ class Coalescer:
         try:
             outcome = await asyncio.shield(member.future)
         except asyncio.CancelledError:
+            member.left = True
             if not batch.closed and member in batch.members:
                 batch.members.remove(member)
             raise
@@ -121,25 +129,25 @@ class Coalescer:
                 from_client(member.request), member.call, priority, sub_id, take
             )
         except asyncio.CancelledError:
+            member.left = True
             if not batch.closed:
                 batch.members.remove(member)
                 self._hand_over(batch)
             else:  # its call to the node is abandoned: the others are sent on their own
                 for other in batch.members:
-                    if other is not member and not other.future.done():
-                        other.future.set_result(_ALONE)
+                    other.settle(_ALONE)
             raise
         except Exception as exc:  # no slot (queue full, timeout) or no node: the same for all
             self._close(batch)
             for other in batch.members:
-                if other is not member and not other.future.done():
-                    other.future.set_exception(exc)
+                if other is not member:
+                    other.settle(exc)
             raise
         assert done is not None  # take() always returns the batch
         outcomes = self._outcomes(done)
         for other, outcome in zip(done.piece, outcomes, strict=True):
-            if other is not member and not other.future.done():
-                other.future.set_result(outcome)
+            if other is not member:
+                other.settle(outcome)
         return outcomes[done.piece.index(member)]
 
     def _close(self, batch: _Batch) -> None:
@@ -152,7 +160,7 @@ class Coalescer:
     def _hand_over(self, batch: _Batch) -> None:
         """The driver's client left while it waited: the next caller waits for the batch."""
         if batch.members:
-            batch.members[0].future.set_result(_Drive())
+            batch.members[0].settle(_Drive())
         else:
             self._close(batch)
 
@@ -164,8 +172,6 @@ class Coalescer:
             return [_reframed(done.response, m) for m in members]  # the error all of them get
         if len(members) == 1:  # nobody joined: the node's own answer to this caller's call
             return [_reframed(done.response, members[0])]
-        self.merged_calls += 1
-        self.merged_callers += len(members)
         answer = done.answer
         counts = apportion(
             answer.prompt_tokens, [sum(len(t) for t in m.call.inputs) for m in members]

@@ -1,6 +1,7 @@
 """A few workers that share one piece of work, stopped together.
 
-A split call and a batch job each run one worker per slot the model has in the fleet. Workers
+A split call and a batch job each run one worker per place the model has in the fleet (its
+slots, and for an embedding model one request queued behind them: capacity.model_room). Workers
 wait for slots in the admission queue; once the work is done, those still waiting are spare and
 are withdrawn (not counted as clients that left). The first worker to fail stops the others.
 """

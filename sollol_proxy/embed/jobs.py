@@ -1,7 +1,7 @@
 """Batch embedding jobs: accepted at once, stored on disk, embedded in the background at the
 `batch` priority, resumed after a restart.
 
-Jobs run one after the other, oldest first; a job runs one worker per slot its model has in
+Jobs run one after the other, oldest first; a job runs one worker per place its model has in
 the fleet (see jobrun.py for what a worker does). Finished jobs are deleted `batch.retention`
 after they finish, or by `DELETE`.
 """

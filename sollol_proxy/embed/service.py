@@ -22,7 +22,6 @@ class Embeddings:
     def __init__(self, calls: SubCalls) -> None:
         self.calls = calls
         self.coalescer = Coalescer(calls)
-        self.splits = 0  # calls answered by a split, since start
 
     def reconfigure(self, config: Config) -> None:
         self.calls.reconfigure(config)
@@ -45,9 +44,7 @@ class Embeddings:
         policy = self.calls.config.embed
         holders = len(self.calls.fleet.with_model(model))
         if policy.split and should_split(len(call.inputs), holders, policy.split_min_inputs):
-            answered = await split_call(self.calls, request, call, priority, record)
-            self.splits += answered is not None
-            return answered
+            return await split_call(self.calls, request, call, priority, record)
         if policy.coalesce:
             return await self.coalescer.answer(request, call, priority, record)
         return None

@@ -134,6 +134,7 @@ async def test_bad_submissions_and_bounds(
     url = c.url + "/api/embed/batch"
     for payload, message in (
         ({"docs": ["x"]}, "model is required"),
+        ({"model": "m" * 513, "docs": ["x"]}, "model: a name of at most 512 characters"),
         ({"model": MODEL}, "no documents: give docs (or input) with at least one"),
         ({"model": MODEL, "docs": [1]}, 'docs[0]: expected a string or {"id": ..., "text": "..."}'),
         (
