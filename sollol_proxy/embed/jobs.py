@@ -57,8 +57,9 @@ class JobRunner:
         self.failed = 0  # documents that got an error since start
 
     def reconfigure(self, config: Config) -> None:
-        """Bounds and sizes apply from now on; `batch.data_dir` needs a restart."""
-        self.policy = replace(config.batch, data_dir=self.policy.data_dir)
+        """Bounds and sizes apply from now on (`batch.data_dir` needs a restart: a reload
+        keeps the running one)."""
+        self.policy = config.batch
 
     # -- what the HTTP API asks ----------------------------------------------------------------
 

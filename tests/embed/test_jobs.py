@@ -4,6 +4,7 @@ cancelled, bounded, and resumed by a new proxy on the same store."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from sollol_proxy.app import ADMISSION, JOBS
+from sollol_proxy.app import ADMISSION, JOBS, PROXY, apply_config
 from sollol_proxy.embed import jobrun, jobs
 from sollol_proxy.server import start_proxy
 from tests.conftest import Cluster, ClusterFactory, eventually
@@ -327,3 +328,24 @@ async def test_a_job_waits_while_its_nodes_are_down(
         node.faults.refuse = False
     final = await _finished(http, c.url, job["id"])
     assert (final["status"], final["done"]) == ("done", 30)
+
+
+async def test_a_reload_applies_new_bounds_and_keeps_the_store(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    c = await _fleet(cluster)
+    app = c.proxy.runner.app
+    running = app[PROXY].live.config
+    apply_config(
+        app,
+        replace(
+            running,
+            batch=replace(running.batch, max_docs_per_job=5, data_dir=str(tmp_path / "elsewhere")),
+        ),
+    )
+    status, body = await _json(
+        http, "POST", c.url + "/api/embed/batch", {"model": MODEL, "input": _docs(6)}
+    )
+    assert status == 413 and "at most 5 documents" in body["error"]
+    assert app[PROXY].live.config.batch.data_dir == running.batch.data_dir
+    assert app[JOBS].store.path.parent == Path(running.batch.data_dir)
