@@ -19,4 +19,4 @@ async def test_the_embedding_benchmark_reports_every_workload() -> None:
     ]
     assert rows[7].startswith("(d) kill -9 at ") and len(rows) == 8
     # every document of the killed job ended with one result, equal to the node's own answer
-    assert "| equal to a direct call's | yes | 300 done, 0 failed |" in report.splitlines()[-1]
+    assert "equal to a direct call's | yes | 300 done, 0 failed |" in report.splitlines()[-1]
