@@ -26,12 +26,16 @@ from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.forward.forwarder import Forwarder
+from sollol_proxy.forward.inventory import LiveInventory
 from sollol_proxy.forward.management import Management
+from sollol_proxy.forward.views import FleetViews
 from sollol_proxy.handlers import OllamaHandler
 from sollol_proxy.lifecycle.background import Background
+from sollol_proxy.lifecycle.cors import Cors
 from sollol_proxy.lifecycle.drain import Drain
 from sollol_proxy.lifecycle.limits import Limits
 from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
+from sollol_proxy.lifecycle.startup import cannot_listen
 from sollol_proxy.observe.accesslog import log_request
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.observe.batches import BatchCollector, Batches
@@ -52,6 +56,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 ADMISSION = web.AppKey("admission", Admission)
 ADMIN = web.AppKey("admin", Admin)
 FORWARDER = web.AppKey("forwarder", Forwarder)  # its retry budget, for the soak and metrics
+INVENTORY = web.AppKey("inventory", LiveInventory)
 JOBS = web.AppKey("jobs", JobRunner)
 
 
@@ -83,10 +88,10 @@ class Proxy:
     limits: Limits
     drain: Drain
     parts: tuple[Reconfigurable, ...]
+    history: History
     reloader: Reloader | None = None
     tasks: Background = field(default_factory=Background)
     watchers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # node name -> task
-    history: History | None = None
 
 
 class Reconfigurable(Protocol):
@@ -94,8 +99,7 @@ class Reconfigurable(Protocol):
 
 
 def _watch(proxy: Proxy, node: NodeState, *, probe_first: bool) -> None:
-    if proxy.history is not None:
-        node.health.listener = proxy.history.state_changed
+    node.health.listener = proxy.history.state_changed
 
     async def watch() -> None:
         if probe_first:  # a node added by a reload: usable as soon as its first probe answers
@@ -158,7 +162,7 @@ async def _reload(reloader: Reloader, why: str) -> None:
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """Every background task is started here, or by a reload through `proxy.tasks`; all are
     cancelled and awaited here."""
-    proxy, session = app[PROXY], app[SESSION]
+    proxy = app[PROXY]
     fleet = proxy.fleet
     await fleet.refresh_all()
     healthy = [n.name for n in fleet.healthy()]
@@ -167,15 +171,20 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         _watch(proxy, node, probe_first=False)
     proxy.tasks.start("admission", app[ADMISSION].run())
     proxy.tasks.start("batch-jobs", app[JOBS].run())
-    if proxy.history is not None:
-        proxy.tasks.start("history", proxy.history.run())
+    proxy.tasks.start("history", proxy.history.run())
     if proxy.reloader is not None and proxy.live.config.reload_watch:
         proxy.tasks.start(
             "reload:watch", proxy.reloader.watch(lambda: proxy.live.config.reload_interval)
         )
     yield
     await proxy.tasks.close()
-    await session.close()
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    """The session to the nodes is closed last, once nothing uses it, and also when start-up
+    fails after it was made."""
+    yield
+    await app[SESSION].close()
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
@@ -193,7 +202,12 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     metrics_app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.metrics_port, reuse_address=True).start()
+    try:
+        await web.TCPSite(runner, config.host, config.metrics_port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        fix = "choose another with metrics.port (SOLLOL_METRICS_PORT)"
+        raise cannot_listen(config.host, config.metrics_port, exc, fix) from None
     log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
     yield
     await runner.cleanup()
@@ -212,7 +226,9 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     live = LiveConfig(config)
     selector = Selector(config, fleet, learner, prompt_cache, decisions)
     forwarder = Forwarder(config, session, fleet)
-    management = Management(config, session, fleet)
+    tasks = Background()
+    inventory = LiveInventory(config, fleet, tasks)
+    management = Management(config, session, fleet, inventory)
     admission = Admission(config.queue)
     speed = EmbedSpeed()
     calls = SubCalls(config, fleet, selector, admission, forwarder, learner, prompt_cache, speed)
@@ -245,11 +261,13 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         prompt_cache=prompt_cache,
         admin=admin,
         admission=admission,
+        views=FleetViews(fleet, inventory),
         sinks=(log_request, metrics.observe, stats.observe, history.observe),
         embeddings=embeddings,
         batches=batches,
     )
     limits = Limits(config)
+    cors = Cors(config)
     proxy = Proxy(
         live=live,
         fleet=fleet,
@@ -264,15 +282,18 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
             handler,
             limits,
             admission,
+            cors,
+            inventory,
             embeddings,
             jobs,
             batches,
         ),
+        tasks=tasks,
         history=history,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=(proxy.drain.middleware, limits.middleware),
+        middlewares=(cors.middleware, proxy.drain.middleware, limits.middleware),
     )
     if source is not None:
         proxy.reloader = Reloader(source, functools.partial(apply_config, app), config)
@@ -283,9 +304,13 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     app[ADMISSION] = admission
     app[ADMIN] = admin
     app[FORWARDER] = forwarder
+    app[INVENTORY] = inventory
     app[JOBS] = jobs
     app.on_response_prepare.append(_drop_server_header)
-    app.cleanup_ctx.append(_background)
+    app.on_response_prepare.append(cors.on_response_prepare)
+    app.cleanup_ctx.append(_upstream_session)
+    # The metrics port before the nodes: if it cannot be bound, start-up fails before any probe.
     app.cleanup_ctx.append(_metrics_listener)
+    app.cleanup_ctx.append(_background)
     app.router.add_route("*", "/{tail:.*}", handler.__call__)
     return app

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ import yaml
 from sollol_proxy import __version__
 from sollol_proxy.config import Config, ConfigError, parse_node_list
 from sollol_proxy.lifecycle.reload import ConfigSource
+from sollol_proxy.lifecycle.startup import StartupError
 from sollol_proxy.observe.logformat import setup_logging
 
 _F = Callable[..., Any]
@@ -78,6 +80,16 @@ def _setup_logging(level: str, log_format: str = "plain") -> None:
     setup_logging(level, log_format)
 
 
+@contextlib.contextmanager
+def _startup_errors() -> Iterator[None]:
+    """A process that cannot start says why in one line and exits with 2, as a bad config does."""
+    try:
+        yield
+    except StartupError as exc:
+        click.echo(f"sollol-proxy: {exc}", err=True)
+        sys.exit(2)
+
+
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @_config_options
 @click.version_option(__version__, prog_name="sollol-proxy")
@@ -90,7 +102,8 @@ def main(ctx: click.Context, **params: Any) -> None:
         _setup_logging(config.log_level, config.log_format)
         from sollol_proxy.server import run
 
-        run(config, _source(params))  # SIGHUP reloads from the same file, environment and flags
+        with _startup_errors():
+            run(config, _source(params))  # SIGHUP reloads from the same file, environment, flags
 
 
 @main.command("check-config")
@@ -106,15 +119,17 @@ def check_config(ctx: click.Context, **params: Any) -> None:
 
 @main.command()
 @click.option("--nodes", "count", default=3, show_default=True, help="Simulated nodes to start.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address of the proxy.")
 @click.option("--port", default=11434, show_default=True, help="Port for the proxy.")
 @click.option("--token-delay", default=0.05, show_default=True, help="Seconds per simulated token.")
 @click.option("--load-delay", default=1.5, show_default=True, help="Seconds to load a model.")
-def demo(count: int, port: int, token_delay: float, load_delay: float) -> None:
+def demo(count: int, host: str, port: int, token_delay: float, load_delay: float) -> None:
     """Start simulated Ollama nodes and the proxy in front of them (no Ollama needed)."""
     from sollol_proxy.demo import run_demo
 
     _setup_logging("info")
-    run_demo(count=count, port=port, token_delay=token_delay, load_delay=load_delay)
+    with _startup_errors():
+        run_demo(count=count, host=host, port=port, token_delay=token_delay, load_delay=load_delay)
 
 
 @main.command()
@@ -141,14 +156,15 @@ def simulate(
     from sollol_proxy.demo import run_simulated_node
 
     _setup_logging("info")
-    run_simulated_node(
-        host=host,
-        port=port,
-        models=list(models) or None,
-        num_parallel=num_parallel,
-        token_delay=token_delay,
-        load_delay=load_delay,
-    )
+    with _startup_errors():
+        run_simulated_node(
+            host=host,
+            port=port,
+            models=list(models) or None,
+            num_parallel=num_parallel,
+            token_delay=token_delay,
+            load_delay=load_delay,
+        )
 
 
 @main.group()

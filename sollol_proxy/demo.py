@@ -7,6 +7,7 @@ import contextlib
 import signal
 
 from sollol_proxy.config import load_config
+from sollol_proxy.lifecycle.startup import cannot_listen
 from sollol_proxy.server import start_proxy
 from sollol_proxy.simulator import SimulatedNode
 
@@ -26,7 +27,7 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-async def _demo(count: int, port: int, token_delay: float, load_delay: float) -> None:
+async def _demo(count: int, host: str, port: int, token_delay: float, load_delay: float) -> None:
     nodes = [
         SimulatedNode(
             name=f"sim-{i + 1}",
@@ -37,44 +38,50 @@ async def _demo(count: int, port: int, token_delay: float, load_delay: float) ->
         )
         for i in range(count)
     ]
-    for node in nodes:
-        await node.start(port=0)
-    config = load_config(
-        None,
-        env={},
-        overrides={
-            "listen.host": "127.0.0.1",
-            "listen.port": port,
-            "nodes": [{"url": n.url, "name": n.name, "num_parallel": 2} for n in nodes],
-        },
-    )
-    proxy = await start_proxy(config)
-    print(f"\nsollol-proxy demo: {count} simulated Ollama nodes behind {proxy.url}")
-    for node in nodes:
-        print(f"  {node.name}: {node.url}  models: {', '.join(node.model_names())}")
-    print(
-        f"\nTry:\n  curl {proxy.url}/api/tags\n"
-        f"  curl -i {proxy.url}/api/chat -d "
-        '\'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}\'\n'
-        f"  OLLAMA_HOST={proxy.url} ollama run llama3.2   (if you have the ollama CLI)\n"
-        "Ctrl-C stops everything.\n",
-        flush=True,
-    )
     try:
-        await _wait_for_signal()
-    finally:
-        await proxy.stop()
+        for node in nodes:
+            await node.start(port=0)
+        config = load_config(
+            None,
+            env={},
+            overrides={
+                "listen.host": host,
+                "listen.port": port,
+                "nodes": [{"url": n.url, "name": n.name, "num_parallel": 2} for n in nodes],
+            },
+        )
+        proxy = await start_proxy(config)
+        try:
+            print(f"\nsollol-proxy demo: {count} simulated Ollama nodes behind {proxy.url}")
+            for node in nodes:
+                print(f"  {node.name}: {node.url}  models: {', '.join(node.model_names())}")
+            print(
+                f"\nTry:\n  curl {proxy.url}/api/tags\n"
+                f"  curl -i {proxy.url}/api/chat -d "
+                '\'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}\'\n'
+                f"  OLLAMA_HOST={proxy.url} ollama run llama3.2   (if you have the ollama CLI)\n"
+                "Ctrl-C stops everything.\n",
+                flush=True,
+            )
+            await _wait_for_signal()
+        finally:
+            await proxy.stop()
+    finally:  # also when the proxy could not start: nothing is left running
         for node in nodes:
             await node.stop()
 
 
-def run_demo(count: int, port: int, token_delay: float, load_delay: float) -> None:
+def run_demo(count: int, host: str, port: int, token_delay: float, load_delay: float) -> None:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_demo(count, port, token_delay, load_delay))
+        asyncio.run(_demo(count, host, port, token_delay, load_delay))
 
 
 async def _simulate(host: str, port: int, node: SimulatedNode) -> None:
-    url = await node.start(port=port, host=host)
+    try:
+        url = await node.start(port=port, host=host)
+    except OSError as exc:
+        await node.stop()
+        raise cannot_listen(host, port, exc, "choose another with --port") from None
     print(
         f"simulated Ollama node {node.name} on {url}: {', '.join(node.model_names())}", flush=True
     )

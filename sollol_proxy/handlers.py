@@ -30,10 +30,10 @@ from sollol_proxy.observe.admin import Admin
 from sollol_proxy.routing import Reason
 from sollol_proxy.routing.analysis import RequestProfile, analyze
 from sollol_proxy.wire.errors import error_response
-from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER
+from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER
 from sollol_proxy.wire.names import normalize_model
 from sollol_proxy.wire.peek import BodyTooLarge, peek, read_body
-from sollol_proxy.wire.routes import Kind, classify, endpoint_label
+from sollol_proxy.wire.routes import FLEET_VIEWS, Kind, classify, endpoint_label, routed_path
 
 _MANAGEMENT = {
     Kind.PULL: "pull",
@@ -63,6 +63,7 @@ class OllamaHandler:
     prompt_cache: PromptCache
     admin: Admin
     admission: Admission
+    views: views.FleetViews
     sinks: Sequence[RecordSink]
     embeddings: Embeddings
     batches: BatchApi
@@ -130,10 +131,7 @@ class OllamaHandler:
 
     async def _dispatch(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         request_id = record.request_id
-        # aiohttp resolves `..` and `//` in request.path; Ollama redirects those, so an unclean
-        # path goes to a node untouched instead of matching a fleet view.
-        raw = request.raw_path.split("?", 1)[0]
-        route, param = classify(request.method, request.path if raw == request.path else raw)
+        route, param = classify(request.method, routed_path(request.path, request.raw_path))
         kind = route.kind
         pinned = request.headers.get(NODE_HEADER)
         if kind is Kind.ROOT:
@@ -142,16 +140,10 @@ class OllamaHandler:
             if self.batches.owns(request.path):
                 return await self.batches.handle(request)
             return self.admin.handle(request)
-        if kind in (Kind.VERSION, Kind.TAGS, Kind.PS, Kind.V1_MODELS) and not pinned:
-            if kind is Kind.PS:
-                await self.fleet.refresh_residency()
-            nodes = list(self.fleet.nodes.values())
-            return {
-                Kind.VERSION: views.version,
-                Kind.TAGS: views.tags,
-                Kind.PS: views.ps,
-                Kind.V1_MODELS: views.v1_models,
-            }[kind](nodes)
+        if kind in FLEET_VIEWS and not pinned:
+            response = await self.views.answer(kind)
+            record.route = response.headers[ROUTE_HEADER]
+            return response
         if kind is Kind.BLOB:
             # Uploads can be gigabytes: streamed straight through, never held (so no failover).
             targets = self.selector.pinned(request, allow_all=False) or [self.selector.placement()]
@@ -171,9 +163,15 @@ class OllamaHandler:
         # whole generation is done, so it gets the longer non-streamed bound.
         first_byte = self.config.timeouts.first_byte_for(record.endpoint, seen.stream)
         if kind in (Kind.MODEL, Kind.MODEL_PATH):
-            priority = read_priority(request)
             model = normalize_model(seen.model) if seen.model.strip() else ""
-            record.model, record.priority = model, priority
+            record.model = model
+            if route.metadata:  # no load, no slot: nothing to queue for or learn from
+                targets = await self.selector.for_metadata(request, model, request_id)
+                return await self.forwarder.forward(
+                    request, forwarded_body, targets, record, first_byte=first_byte
+                )
+            priority = read_priority(request)
+            record.priority = priority
             profile = analyze(request.path, seen.payload, model, seen.stream)
             record.stream, record.task = seen.stream, profile.task
             # A large embedding call is spread over the fleet, small ones may share a call.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from aiohttp import web
 from sollol_proxy.app import PROXY, create_app, request_reload
 from sollol_proxy.config import Config
 from sollol_proxy.lifecycle.reload import ConfigSource
+from sollol_proxy.lifecycle.startup import cannot_listen
 
 log = logging.getLogger("sollol.server")
 
@@ -58,25 +60,42 @@ class RunningProxy:
 
 
 async def start_proxy(config: Config, source: ConfigSource | None = None) -> RunningProxy:
-    """Serve `config`; with `source`, the app can reload from it (SIGHUP, `reload.watch`)."""
+    """Serve `config`; with `source`, the app can reload from it (SIGHUP, `reload.watch`).
+    Raises StartupError, with nothing left open, when the port cannot be bound."""
+    loop = asyncio.get_running_loop()
+    # The listening socket is bound before anything else exists (no node probed, no session
+    # open): a port in use fails at once and leaves nothing behind. It accepts only once the
+    # app is ready. It is the proxy's own (not a TCPSite) so that every connection gets the
+    # proxy's protocol (limits.py); aiohttp's Server still tracks and shuts down connections.
+    accepts: list[Callable[[], asyncio.BaseProtocol]] = []
+    try:
+        listener = await loop.create_server(
+            lambda: accepts[0](), config.host, config.port, reuse_address=True, start_serving=False
+        )
+    except OSError as exc:
+        raise cannot_listen(config.host, config.port, exc, "choose another with --port") from None
     app = await create_app(config, source)
     # handler_cancellation: a client that disconnects cancels its handler at once, which closes
     # the upstream request and frees the node's slot (reference 1.4).
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=CLOSE_S)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        listener.close()
+        await runner.cleanup()  # what started before the failure: the upstream session
+        raise
     assert runner.server is not None
-    loop = asyncio.get_running_loop()
-    accept = app[PROXY].limits.protocol_factory(
-        runner.server,
-        loop,
-        # auto_decompress=False: a compressed request body is forwarded as the client's bytes,
-        # with its Content-Encoding, for the node to accept or refuse as Ollama does.
-        auto_decompress=False,
-        access_log=None,
+    accepts.append(
+        app[PROXY].limits.protocol_factory(
+            runner.server,
+            loop,
+            # auto_decompress=False: a compressed request body is forwarded as the client's
+            # bytes, with its Content-Encoding, for the node to accept or refuse as Ollama does.
+            auto_decompress=False,
+            access_log=None,
+        )
     )
-    # The listening socket is the proxy's own (not a TCPSite) so that every connection gets the
-    # proxy's protocol (limits.py); aiohttp's Server still tracks and shuts down connections.
-    listener = await loop.create_server(accept, config.host, config.port, reuse_address=True)
+    await listener.start_serving()
     port = listener.sockets[0].getsockname()[1] if listener.sockets else config.port
     host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
     return RunningProxy(runner, listener, f"http://{host}:{port}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -117,6 +119,19 @@ async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None
     while not condition():
         assert loop.time() < deadline, "condition never became true"
         await asyncio.sleep(0.05)
+
+
+def chromium() -> str:
+    """Debian's chromium, for the tests that run a page in a real browser. Without it they skip
+    and say why, so that the suite passes on any machine; in CI (`CI=true`, which `.ci/run` sets
+    after installing it) a missing browser is a failure instead."""
+    path = shutil.which("chromium")
+    if path is None:
+        reason = "chromium is not installed, so the browser tests cannot run (.ci/run installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI=true: that is a failure there")
+        pytest.skip(reason)
+    return path
 
 
 def free_port() -> int:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
+from collections.abc import Iterator
 
 import aiohttp
 import orjson
+import pytest
 
 from sollol_proxy.bench import nginx
 from sollol_proxy.bench.overhead import benchmark
@@ -45,7 +48,9 @@ async def _stop(process: asyncio.subprocess.Process) -> int:
 async def test_demo_serves_a_fleet_of_simulated_nodes() -> None:
     port = free_port()
     process = await _start(
-        "demo", "--port", str(port), "--nodes", "2", "--token-delay", "0", "--load-delay", "0"
+        "demo",
+        *("--host", "127.0.0.1", "--port", str(port), "--nodes", "2"),
+        *("--token-delay", "0", "--load-delay", "0"),
     )
     try:
         tags = orjson.loads(await _get_when_up(f"http://127.0.0.1:{port}/api/tags"))
@@ -86,3 +91,72 @@ async def test_overhead_benchmark_produces_its_table() -> None:
     else:
         assert "nginx is not installed" in table
     assert "per request" in table
+
+
+async def _run_to_end(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sollol_proxy",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that something else is listening on (an Ollama, typically)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["--host", "127.0.0.1", "--port", "{port}", "--node", "127.0.0.1:9"],
+        ["demo", "--host", "127.0.0.1", "--port", "{port}", "--nodes", "1"],
+        ["simulate", "--host", "127.0.0.1", "--port", "{port}"],
+    ],
+    ids=["proxy", "demo", "simulate"],
+)
+async def test_a_port_in_use_is_one_line_that_names_it(taken_port: int, command: list[str]) -> None:
+    code, stderr = await _run_to_end(*(arg.format(port=taken_port) for arg in command))
+    assert code == 2
+    assert stderr == (
+        f"sollol-proxy: cannot listen on 127.0.0.1:{taken_port}: address already in use "
+        "(is Ollama or another sollol-proxy running there?); choose another with --port\n"
+    )
+
+
+async def test_a_metrics_port_in_use_is_one_line_too(taken_port: int) -> None:
+    code, stderr = await _run_to_end(
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--node",
+        "127.0.0.1:9",
+        env={"SOLLOL_METRICS_PORT": str(taken_port)},
+    )
+    assert code == 2
+    assert stderr == (
+        f"sollol-proxy: cannot listen on 127.0.0.1:{taken_port}: address already in use "
+        "(is Ollama or another sollol-proxy running there?); "
+        "choose another with metrics.port (SOLLOL_METRICS_PORT)\n"
+    )
+
+
+async def test_an_address_that_is_not_this_machines_is_one_line_too() -> None:
+    code, stderr = await _run_to_end("--host", "192.0.2.1", "--port", "0", "--node", "a")
+    assert (code, stderr) == (
+        2,
+        "sollol-proxy: cannot listen on 192.0.2.1:0: that address is not one of this "
+        "machine's; check --host\n",
+    )

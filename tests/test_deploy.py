@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from sollol_proxy.config import load_config
+from sollol_proxy.config import ConfigError, load_config
 from tests.conftest import ClusterFactory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +49,98 @@ def test_dockerfile_copies_files_that_exist() -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (REPO / source).exists(), source
+
+
+# -- the image: nodes from SOLLOL_NODES, a health check ------------------------------------------
+
+
+def _dockerfile() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined."""
+    return (REPO / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+
+
+def _instruction(name: str) -> str:
+    (line,) = [line for line in _dockerfile() if line.startswith(name + " ")]
+    return line.removeprefix(name + " ")
+
+
+def _image_config() -> Path:
+    """The file the image's CMD reads, as the Dockerfile copies it there."""
+    config_path = json.loads(_instruction("CMD"))[1]
+    copies = [line.split()[1:] for line in _dockerfile() if line.startswith("COPY ")]
+    (source,) = [src for src, dest in (c for c in copies if len(c) == 2) if dest == config_path]
+    return REPO / source
+
+
+def test_the_image_takes_its_nodes_from_sollol_nodes() -> None:
+    path = _image_config()
+    config = load_config(path, env={"SOLLOL_NODES": "http://gpu1:11434,gpu2"})
+    assert [n.url for n in config.nodes] == ["http://gpu1:11434", "http://gpu2:11434"]
+    assert (config.host, config.port) == ("0.0.0.0", 11434)  # reachable from outside it
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+    assert str(error.value) == (
+        f"{path}: nodes: no Ollama nodes configured: set SOLLOL_NODES "
+        "(e.g. SOLLOL_NODES=http://gpu1:11434,http://gpu2:11434), 'nodes' or 'hosts_file'"
+    )
+
+
+async def test_the_image_refuses_to_start_without_nodes() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOLLOL_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sollol_proxy",
+        *json.loads(_instruction("CMD"))[:1],
+        str(_image_config()),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    lines = stderr.decode().splitlines()
+    assert len(lines) == 1 and "no Ollama nodes configured: set SOLLOL_NODES" in lines[0]
+
+
+def _healthcheck(command: list[str]) -> list[str]:
+    assert command[0] == "CMD" and command[1] == "python"
+    return [sys.executable, *command[2:]]
+
+
+async def _health_exit(command: list[str], port: int) -> int:
+    process = await asyncio.create_subprocess_exec(
+        *_healthcheck(command),
+        env={**os.environ, "SOLLOL_PORT": str(port)},
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await asyncio.wait_for(process.wait(), 30)
+
+
+async def test_the_health_checks_ask_sollol_health(cluster: ClusterFactory) -> None:
+    command = ["CMD", *json.loads(_instruction("HEALTHCHECK").split(" CMD ", 1)[1])]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["services"]["sollol"]["healthcheck"]["test"] == command  # they cannot drift
+    made = await cluster(dict(name="a", models=[]))
+    port = int(made.url.rsplit(":", 1)[1])
+    assert await _health_exit(command, port) == 0
+    await made.node("a").stop()
+    await made.fleet.refresh_all()
+    assert await _health_exit(command, port) != 0  # 503: no node is up
+    await made.proxy.stop()
+    assert await _health_exit(command, port) != 0  # nothing answers
+
+
+def test_compose_starts_the_proxy_once_its_nodes_are_healthy() -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    config = load_config(REPO / services["sollol"]["volumes"][0].split(":")[0], env={})
+    nodes = {urlsplit(n.url).hostname for n in config.nodes}
+    assert services["sollol"]["depends_on"] == {
+        name: {"condition": "service_healthy"} for name in nodes
+    }
+    for name in nodes:
+        assert services[name]["image"].startswith("ollama/ollama")
+        assert services[name]["healthcheck"]["test"] == ["CMD", "ollama", "list"]
+    assert config.port == 11434  # the port the health check asks when SOLLOL_PORT is unset
 
 
 # -- Prometheus and Grafana ------------------------------------------------------------------

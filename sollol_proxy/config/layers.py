@@ -40,6 +40,7 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_LOG_FORMAT": "log_format",
     "SOLLOL_METRICS_PORT": "metrics.port",
     "SOLLOL_DATA_DIR": "batch.data_dir",
+    "SOLLOL_ORIGINS": "cors.origins",
 }
 
 _SECTIONS: dict[str, set[str]] = {
@@ -48,7 +49,7 @@ _SECTIONS: dict[str, set[str]] = {
     "health": {"interval", "timeout", "backoff_max", "jitter"},
     "outlier": {"consecutive_failures", "base_ejection", "max_ejection", "busy_cooldown"},
     "retries": {"budget_ratio", "min_concurrent", "backoff_base", "backoff_max"},
-    "inventory": {"interval"},
+    "inventory": {"interval", "view_timeout"},
     "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
     "queue": {"enabled", "max_length", "max_wait", "ageing", "affinity_window", "bands"},
     "metrics": {"port"},
@@ -71,6 +72,7 @@ _SECTIONS: dict[str, set[str]] = {
         "max_batch",
         "retention",
     },
+    "cors": {"origins"},
 }
 _TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level", "log_format"}
 

@@ -27,6 +27,7 @@ from sollol_proxy.config.model import (
     normalize_node_url,
     read_hosts_file,
 )
+from sollol_proxy.config.origins import cors_origins
 from sollol_proxy.config.policies import Priors
 from sollol_proxy.config.queue import queue
 from sollol_proxy.config.values import boolean, headers, integer, seconds, size, string_map
@@ -180,8 +181,13 @@ def _nodes(layers: Layers, priors: Priors) -> tuple[NodeConfig, ...]:
                 )
             seen.add(value)
     if not nodes:
-        raise layers.error(
-            "nodes", "no Ollama nodes configured (set 'nodes', 'hosts_file' or SOLLOL_NODES)"
+        # Blame the file when nothing set `nodes` at all: it is the one that lacks them.
+        origin = layers.origins.get("nodes") or layers.file_origin or "defaults"
+        raise ConfigError(
+            origin,
+            "nodes",
+            "no Ollama nodes configured: set SOLLOL_NODES (e.g. "
+            "SOLLOL_NODES=http://gpu1:11434,http://gpu2:11434), 'nodes' or 'hosts_file'",
         )
     return tuple(nodes)
 
@@ -224,6 +230,9 @@ def _validate(layers: Layers) -> Config:
         outlier=resilience.outlier(layers),
         retries=resilience.retries(layers),
         inventory_interval=seconds(layers, "inventory.interval", defaults.inventory_interval),
+        inventory_view_timeout=seconds(
+            layers, "inventory.view_timeout", defaults.inventory_view_timeout
+        ),
         strategy=strategy,
         model_strategies=_model_strategies(layers),
         priors=priors,
@@ -247,6 +256,7 @@ def _validate(layers: Layers) -> Config:
         else integer(layers, "metrics.port", 0, 1, 65535, metrics_port),
         embed=embed.embed(layers),
         batch=embed.batch(layers),
+        cors_origins=cors_origins(layers),
     )
 
 

@@ -108,6 +108,8 @@ class Config:
     outlier: OutlierPolicy = field(default_factory=OutlierPolicy)
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     inventory_interval: float = 15.0
+    # How long a fleet view (/api/tags, /api/ps, /v1/models) waits for each node's own list.
+    inventory_view_timeout: float = 1.0
     strategy: str = "performance"
     model_strategies: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     priors: Priors = field(default_factory=Priors)
@@ -126,6 +128,7 @@ class Config:
     metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
     embed: EmbedPolicy = field(default_factory=EmbedPolicy)
     batch: BatchPolicy = field(default_factory=BatchPolicy)
+    cors_origins: tuple[str, ...] = ()  # as OLLAMA_ORIGINS; Ollama's defaults are always added
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration in the YAML layout (for `check-config`); secrets redacted."""
@@ -159,7 +162,10 @@ class Config:
             },
             "outlier": asdict(self.outlier),
             "retries": asdict(self.retries),
-            "inventory": {"interval": self.inventory_interval},
+            "inventory": {
+                "interval": self.inventory_interval,
+                "view_timeout": self.inventory_view_timeout,
+            },
             "routing": {
                 "strategy": self.strategy,
                 "models": dict(self.model_strategies),
@@ -190,6 +196,7 @@ class Config:
             "metrics": {"port": self.metrics_port},
             "embed": asdict(self.embed),
             "batch": asdict(self.batch),
+            "cors": {"origins": list(self.cors_origins)},
         }
 
 

@@ -53,7 +53,8 @@ class NodeState:
     loading: dict[str, int] = field(default_factory=dict)
     # model -> loads under way here that will unload it to make room
     evicting: dict[str, int] = field(default_factory=dict)
-    inventory_at: float = 0.0
+    # when /api/tags was last read (monotonic); None: never, or known to be out of date
+    inventory_at: float | None = None
     failed_probes: int = 0  # in a row: spaces the probes out while the node is down
 
     def __post_init__(self) -> None:
@@ -214,12 +215,15 @@ class Fleet:
         """The node answered "model not found" for a model its inventory listed: it is gone
         from there (deleted behind the proxy's back); the next watcher tick re-reads /api/tags."""
         node.models.pop(model, None)
-        node.inventory_at = 0.0
+        node.inventory_at = None
 
     # -- probing ------------------------------------------------------------------------------
 
-    async def _get_json(self, node: NodeState, path: str) -> Any:
-        timeout = aiohttp.ClientTimeout(total=self._config.health_timeout)
+    async def get_json(self, node: NodeState, path: str, timeout_s: float | None = None) -> Any:
+        """A node's JSON answer to GET `path` (a probe: `health.timeout` unless given)."""
+        timeout = aiohttp.ClientTimeout(
+            total=self._config.health_timeout if timeout_s is None else timeout_s
+        )
         try:
             async with self._session.get(
                 node.config.url + path, headers=upstream_probe_headers(node.config), timeout=timeout
@@ -237,10 +241,10 @@ class Fleet:
     async def refresh(self, node: NodeState, *, inventory: bool = True) -> None:
         """Probe one node; on failure it is marked unhealthy, never raised."""
         try:
-            version = await self._get_json(node, "/api/version")
+            version = await self.get_json(node, "/api/version")
             asked_at = time.monotonic()
-            ps = await self._get_json(node, "/api/ps")
-            tags = await self._get_json(node, "/api/tags") if inventory else None
+            ps = await self.get_json(node, "/api/ps")
+            tags = await self.get_json(node, "/api/tags") if inventory else None
         except ProbeError as exc:
             node.failed_probes += 1
             node.health.probe_failed(str(exc))
@@ -248,24 +252,18 @@ class Fleet:
         node.failed_probes = 0
         node.health.probe_ok()
         node.version = str(version.get("version", "")) or None
-        self._set_loaded(node, _index_models(ps), asked_at)
+        self.saw_ps(node, ps, asked_at)
         if tags is not None:
-            node.models = _index_models(tags)
-            node.inventory_at = time.monotonic()
+            self.saw_tags(node, tags)
 
-    async def refresh_residency(self) -> None:
-        """Re-read /api/ps of every healthy node: what is loaded changes with every request."""
+    def saw_tags(self, node: NodeState, tags: Any) -> None:
+        """The node's answer to /api/tags: its models on disk now."""
+        node.models = _index_models(tags)
+        node.inventory_at = time.monotonic()
 
-        async def one(node: NodeState) -> None:
-            try:
-                asked_at = time.monotonic()
-                self._set_loaded(
-                    node, _index_models(await self._get_json(node, "/api/ps")), asked_at
-                )
-            except ProbeError as exc:
-                node.health.probe_failed(str(exc))
-
-        await asyncio.gather(*(one(n) for n in self.nodes.values() if n.healthy))
+    def saw_ps(self, node: NodeState, ps: Any, asked_at: float) -> None:
+        """The node's answer to /api/ps, asked for at `asked_at`: its models loaded now."""
+        self._set_loaded(node, _index_models(ps), asked_at)
 
     async def refresh_all(self, *, inventory: bool = True) -> None:
         await asyncio.gather(*(self.refresh(n, inventory=inventory) for n in self.nodes.values()))
@@ -292,10 +290,19 @@ class Fleet:
             await asyncio.sleep(self.probe_delay(node))
             try:
                 node.health.current()  # an ejection that ran out is logged now, not at next use
-                due = time.monotonic() - node.inventory_at >= self._config.inventory_interval
+                due = inventory_due(
+                    node.inventory_at, time.monotonic(), self._config.inventory_interval
+                )
                 await self.refresh(node, inventory=due or not node.healthy)
             except Exception:  # a bug here must not silently stop the watcher
                 log.exception("watcher for node %s failed; retrying next tick", node.name)
+
+
+def inventory_due(read_at: float | None, now: float, interval: float) -> bool:
+    """Is a node's /api/tags due for a re-read? An inventory never read, or known to be out of
+    date, always is: "out of date" is not a time, since the monotonic clock starts near zero at
+    boot and any sentinel time could still look recent then."""
+    return read_at is None or now - read_at >= interval
 
 
 def _admitting(nodes: list[NodeState]) -> list[NodeState]:

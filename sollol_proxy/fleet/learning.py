@@ -196,6 +196,8 @@ class Learner:
         return self._node(node).success.get(1.0)
 
     def expected_output(self, model: str, task: str, max_output: int | None) -> float:
+        if max_output == 0:  # an embedding: nothing is generated
+            return 0.0
         learned = self._outputs.get((model, task))
         typical = learned.get(self._priors.output_tokens) if learned else self._priors.output_tokens
         return min(typical, max_output) if max_output else typical
@@ -230,6 +232,13 @@ class Learner:
         if estimated_prompt_tokens > 0 and timings.prompt_tokens > 0:
             ratio = timings.prompt_tokens / estimated_prompt_tokens
             self._token_ratio.setdefault(model, Average()).add(min(max(ratio, 0.25), 4.0))
+        if task == "embedding":
+            # /api/embed reports no prompt_eval_duration: after the load, the time is the
+            # embedding of its tokens. That speed is this model's, not the node's in general.
+            embed_s = timings.total_s - timings.load_s
+            if timings.prompt_tokens > 0 and embed_s > 0:
+                pair.prefill_tps.add(timings.prompt_tokens / embed_s)
+            return
         # Only a prompt the proxy expected to be evaluated in full gives a clean prefill speed
         # (reference 5.6: prompt_eval_duration covers the uncached part only). A much faster
         # sample means the node had it cached after all, and is not a speed.

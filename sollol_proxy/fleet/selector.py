@@ -122,20 +122,7 @@ class Selector:
 
     def any_node(self, request_id: str, why: str, reason: Reason) -> list[Target]:
         """Requests that do not depend on a model: any healthy node, least loaded first."""
-
-        def key(node: NodeState) -> tuple[float, int]:
-            return node.in_flight / node.config.num_parallel, zlib.crc32(
-                f"{request_id}/{node.name}".encode()
-            )
-
-        return [
-            Target(
-                node,
-                f"{why}; least loaded, {node.in_flight}/{node.config.num_parallel} slots busy",
-                reason,
-            )
-            for node in sorted(self._healthy(), key=key)
-        ]
+        return _least_loaded(self._healthy(), request_id, why, reason)
 
     def _rank(
         self, nodes: list[NodeState], profile: RequestProfile, request_id: str, priority: int
@@ -216,6 +203,22 @@ class Selector:
         # No node has it: a node answers with Ollama's own "not found" for this route, byte for byte.
         return Plan(self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL))
 
+    async def for_metadata(self, request: web.Request, model: str, request_id: str) -> list[Target]:
+        """/api/show and /v1/models/:model: Ollama reads them from the model's files, loading
+        nothing and taking no slot, so there is nothing to estimate or wait for: any node with
+        the model answers, the least loaded first."""
+        pinned = self.pinned_targets(request)
+        if pinned is not None:
+            return pinned
+        if not model:
+            return self.any_node(request_id, "no model named", Reason.NO_MODEL)
+        if not self._fleet.with_model(model, healthy_only=False):
+            await self._fleet.refresh_for_missing_model()
+        if not self._fleet.with_model(model, healthy_only=False):
+            return self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL)
+        why = "model metadata, nothing to load or generate"
+        return _least_loaded(self._holders(model), request_id, why, Reason.METADATA)
+
     def _holders(self, model: str) -> list[NodeState]:
         holders = self._fleet.with_model(model)
         if not holders:
@@ -273,6 +276,26 @@ class Selector:
         if holders:
             return [holders[0]], "create: first healthy node with the base model"
         return [self.placement()], "create: placement node (first healthy node)"
+
+
+def _least_loaded(
+    nodes: list[NodeState], request_id: str, why: str, reason: Reason
+) -> list[Target]:
+    """`nodes` least loaded first (ties spread by request), each saying `why` it could go."""
+
+    def key(node: NodeState) -> tuple[float, int]:
+        return node.in_flight / node.config.num_parallel, zlib.crc32(
+            f"{request_id}/{node.name}".encode()
+        )
+
+    return [
+        Target(
+            node,
+            f"{why}; least loaded, {node.in_flight}/{node.config.num_parallel} slots busy",
+            reason,
+        )
+        for node in sorted(nodes, key=key)
+    ]
 
 
 def _candidate(choice: Any, view: Any) -> dict[str, Any]:

@@ -21,7 +21,9 @@ from aiohttp import web
 import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.config import Config
 from sollol_proxy.fleet.fleet import Fleet, NodeState, describe_error
+from sollol_proxy.forward.inventory import LiveInventory
 from sollol_proxy.forward.upstream import Opened, UpstreamFailure, open_upstream
+from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.wire.headers import (
     NODE_HEADER,
     REQUEST_ID_HEADER,
@@ -59,9 +61,16 @@ def _is_ndjson(response: aiohttp.ClientResponse) -> bool:
 
 
 class Management:
-    def __init__(self, config: Config, session: aiohttp.ClientSession, fleet: Fleet) -> None:
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        fleet: Fleet,
+        inventory: LiveInventory,
+    ) -> None:
         self._session = session
         self._fleet = fleet
+        self._inventory = inventory
         # Progress lines come every few hundred milliseconds; silence this long means a hung node.
         # (No first-byte bound: a non-streamed pull or create answers only when done.)
         self.reconfigure(config)
@@ -135,8 +144,10 @@ class Management:
         self, background: list[asyncio.Task[Outcome]], nodes: Sequence[NodeState]
     ) -> list[Outcome]:
         outcomes = list(await asyncio.gather(*background))
-        # Re-read what the nodes now hold before the client hears the result.
+        # Re-read what the nodes now hold before the client hears the result; a fleet view
+        # read before that is not the one the client's next `ollama list` joins.
         await asyncio.gather(*(self._fleet.refresh(node) for node in nodes))
+        self._inventory.invalidate()
         return outcomes
 
     async def _collect(self, request: web.Request, body: bytes, node: NodeState) -> Outcome:
@@ -195,6 +206,7 @@ class Management:
     ) -> web.StreamResponse:
         upstream = opened.response
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response[FROM_NODE] = True
         response.headers.extend(downstream_response_headers(upstream.headers))
         response.headers.update(routing)
         await response.prepare(request)
@@ -249,6 +261,7 @@ class Management:
         if upstream is not None and (not failed or (len(outcomes) == 1)):
             # One node, or every node agreed on success: the primary's answer, unchanged.
             response = web.Response(status=upstream.status, reason=upstream.reason, body=body)
+            response[FROM_NODE] = True
             response.headers.extend(downstream_response_headers(upstream.headers))
         else:
             status = failed[0].status if failed else 502

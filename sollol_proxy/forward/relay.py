@@ -22,6 +22,7 @@ from sollol_proxy.fleet.health import Failure
 from sollol_proxy.fleet.learning import parse_timings
 from sollol_proxy.forward.record import Outcome, RequestRecord
 from sollol_proxy.forward.upstream import Opened
+from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.lifecycle.drain import CUT_MESSAGE, is_cut
 from sollol_proxy.wire.errors import stream_error_bytes
 from sollol_proxy.wire.headers import REQUEST_ID_HEADER, downstream_response_headers
@@ -49,6 +50,7 @@ async def relay(
     is called when the node has sent its last byte."""
     upstream = opened.response
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response[FROM_NODE] = True
     response.headers.extend(downstream_response_headers(upstream.headers))
     response.headers.update(routing)
     length = upstream.headers.get("Content-Length")

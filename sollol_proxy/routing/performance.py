@@ -73,7 +73,10 @@ class Performance:
         runner_up = ordered[1][0].total if len(ordered) > 1 else None
         return [
             Choice(
-                view.name, describe(view, est, runner_up if i == 0 else best), category(view), est
+                view.name,
+                describe(view, est, runner_up if i == 0 else best, request.expected_output > 0),
+                category(view),
+                est,
             )
             for i, (est, view) in enumerate(ordered)
         ]
@@ -91,24 +94,34 @@ def _tokens(count: float) -> str:
     return f"{count / 1000:.1f}k" if count >= 1000 else f"{count:.0f}"
 
 
-def describe(view: NodeView, est: Estimate, other: float | None) -> str:
-    """E.g. `resident, 1.8k cached tokens, est 0.9s vs 4.2s`."""
+def duration(seconds: float) -> str:
+    """`1.5s`, or `12ms` under a tenth of a second (an embedding is estimated in milliseconds)."""
+    return f"{seconds:.1f}s" if seconds >= 0.1 else f"{seconds * 1000:.0f}ms"
+
+
+def describe(view: NodeView, est: Estimate, other: float | None, generates: bool = True) -> str:
+    """E.g. `resident, 1.8k cached tokens, est 0.9s vs 4.2s`; an embedding, which generates
+    nothing, is `resident, input only, est 12ms vs 15ms`."""
     if view.resident and view.options_match:
         parts = ["resident"]
     elif view.resident:
-        parts = [f"reload for options {est.load:.1f}s"]
+        parts = [f"reload for options {duration(est.load)}"]
     elif view.loading:
-        parts = [f"loading, up to {est.load:.1f}s"]
+        parts = [f"loading, up to {duration(est.load)}"]
     else:
-        parts = [f"cold load {est.load:.1f}s"]
+        parts = [f"cold load {duration(est.load)}"]
+    if not generates:
+        parts.append("input only")
     if view.cached_tokens:
         parts.append(f"{_tokens(view.cached_tokens)} cached tokens")
     if est.wait:
-        parts.append(f"slot wait {est.wait:.1f}s")
+        parts.append(f"slot wait {duration(est.wait)}")
     if est.evict:
-        parts.append(f"evicts {est.evict:.1f}s")
+        parts.append(f"evicts {duration(est.evict)}")
     if view.success < 0.99:
         parts.append(f"success {view.success:.0%}")
-    comparison = f"est {est.total:.1f}s" + (f" vs {other:.1f}s" if other is not None else "")
+    comparison = f"est {duration(est.total)}" + (
+        f" vs {duration(other)}" if other is not None else ""
+    )
     parts.append(comparison)
     return ", ".join(parts)

@@ -72,6 +72,7 @@ class Reason(StrEnum):
     NO_NODE_HAS_MODEL = "no_node_has_model"  # a node answers Ollama's own "not found"
     NOT_MODEL_SPECIFIC = "not_model_specific"  # any healthy node can answer
     PLACEMENT = "placement"  # blob uploads: the placement node
+    METADATA = "metadata"  # /api/show, /v1/models/:model: read from the model's files, no load
     RETRY = "retry"  # the ranked nodes failed; a node that became available meanwhile took it
 
 

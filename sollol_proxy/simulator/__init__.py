@@ -3,7 +3,8 @@
 It reproduces what a transparent proxy can observe of an Ollama server (v0.33, see
 /work/shared/reference/ollama-api.md): routes, exact content types (including the charset
 differences), Go JSON field order and omitempty, NDJSON one object per write, SSE for /v1,
-Ollama's error strings, gin's 404/405/redirects, the Host check, no Server header, and the
+Ollama's error strings, gin's 404/405/redirects, CORS (``node.cors``: the node's
+OLLAMA_ORIGINS, see ``wire/cors.py``), the Host check, no Server header, and the
 scheduler's physics (slots, one load at a time, eviction, keep_alive, num_ctx reloads).
 
 Framing is net/http's (see ``framing``): a non-streamed body of at most 2048 bytes goes out
@@ -14,8 +15,8 @@ is invalid JSON (400, ``invalid character '\\x1f' looking for beginning of value
 
 Not simulated: /v1/responses, /v1/messages, /v1/audio/transcriptions, /api/me,
 /api/signout and /api/experimental/* answer ``404 page not found`` like an older Ollama;
-CORS (Origin handling) is not implemented; thinking, tool calls, images, logprobs and
-structured output are accepted but ignored; ``:cloud`` models are unknown models.
+thinking, tool calls, images, logprobs and structured output are accepted but ignored;
+``:cloud`` models are unknown models.
 
 Fault knobs live on ``node.faults`` (a mutable dataclass):
 

@@ -21,8 +21,10 @@ from sollol_proxy.simulator.wire import (
     error_response,
     respond,
 )
+from sollol_proxy.wire.cors import OLLAMA_DEFAULT, CorsPolicy, Verdict
 
 _RECORDED = web.RequestKey("sim_recorded", bool)
+_CORS_HEADERS = web.RequestKey("sim_cors_headers", list[tuple[str, str]])
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -122,9 +124,14 @@ class SimulatedNode(NodeCore):
 
     # ------------------------------------------------------------------ HTTP plumbing
 
+    # The node's OLLAMA_ORIGINS (reference 1.6): e.g. `node.cors = CorsPolicy.from_origins(...)`.
+    cors: CorsPolicy = OLLAMA_DEFAULT
+
     @staticmethod
     async def _strip_server_header(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.pop("Server", None)  # Go's net/http sends none
+        # gin's CORS middleware wrote these before the handler ran, streams included.
+        response.headers.extend(request.get(_CORS_HEADERS, ()))
 
     def record_response(
         self, request: web.Request, resp: web.StreamResponse | None, complete: bool
@@ -174,15 +181,28 @@ class SimulatedNode(NodeCore):
             target = routing.trailing_slash_target(path, request.method)
             if target is not None:
                 return routing.redirect(request, target, 301 if request.method == "GET" else 307)
-        allowed_as = routing.host_check(request.headers.get("Host", ""), self.bind_host)
+        allow = [m for m in routing.METHOD_ORDER if m in table] if entry is None else []
+        # gin sets a 405's Allow before its middleware runs: CORS answers keep it.
+        allow_header = {"Allow": ", ".join(allow)} if allow else {}
+        host = request.headers.get("Host", "")
+        origin = request.headers.get("Origin")
+        verdict = self.cors.verdict(origin, host)
+        if verdict is Verdict.FORBIDDEN:
+            return respond(403, headers=allow_header)
+        if verdict is Verdict.ALLOWED:
+            assert origin is not None
+            preflight = request.method == "OPTIONS"
+            request[_CORS_HEADERS] = self.cors.headers(origin, preflight=preflight)
+            if preflight:
+                return respond(204, headers=allow_header)
+        allowed_as = routing.host_check(host, self.bind_host)
         if allowed_as is None:
-            return respond(403)
+            return respond(403, headers=allow_header)
         if entry is None:
             if request.method == "OPTIONS" and allowed_as == "name":
                 return respond(204)
-            allow = [m for m in routing.METHOD_ORDER if m in table]
             if allow:
-                return respond(405, b"405 method not allowed", TEXT, {"Allow": ", ".join(allow)})
+                return respond(405, b"405 method not allowed", TEXT, allow_header)
             return respond(404, b"404 page not found", TEXT)
         handler, params = entry
         request.match_info.update(params)

@@ -49,6 +49,7 @@ NODE_HEADER = "X-Sollol-Node"  # request: pin a node (or `all`); response: the n
 ROUTE_HEADER = "X-Sollol-Route"  # response: strategy and reason
 REQUEST_ID_HEADER = "X-Sollol-Request-Id"  # response: the id that names this request in the logs
 QUEUE_HEADER = "X-Sollol-Queue-Ms"  # response: how long the request waited for a free slot
+STALE_HEADER = "X-Sollol-Stale"  # response: nodes whose last known list stands in a fleet view
 SOLLOL_PREFIX = "x-sollol-"
 
 
@@ -66,6 +67,11 @@ def upstream_request_headers(
 ) -> CIMultiDict[str]:
     """The client's headers as the node should see them."""
     dropped = _connection_tokens(incoming)
+    if same_origin(incoming):
+        # A page calling its own address sends an Origin that Ollama ignores (reference 1.6).
+        # Under the node's address it would look cross-origin and could be refused: without
+        # it the node, like Ollama at the proxy's address, sees no CORS request.
+        dropped.add("origin")
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
@@ -84,6 +90,12 @@ def upstream_request_headers(
     for name, value in node.headers.items():
         out[name] = value
     return out
+
+
+def same_origin(incoming: Mapping[str, str] | CIMultiDictProxy[str]) -> bool:
+    """gin-contrib/cors: an Origin of `http://` or `https://` plus the Host is no CORS request."""
+    origin, host = incoming.get("Origin"), incoming.get("Host", "")
+    return origin is not None and origin in (f"http://{host}", f"https://{host}")
 
 
 def upstream_probe_headers(node: Upstream) -> dict[str, str]:

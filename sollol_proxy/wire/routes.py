@@ -36,6 +36,8 @@ class Route:
     model_fields: tuple[str, ...] = ()
     streams_by_default: bool = False
     path_param: str = ""
+    # Answered from the model's files: Ollama loads nothing and takes no slot for it.
+    metadata: bool = False
 
 
 _MODEL = ("model", "name")
@@ -50,7 +52,7 @@ EXACT: dict[str, tuple[frozenset[str], Route]] = {
     "/api/chat": (frozenset({"POST"}), Route(Kind.MODEL, ("model",), True)),
     "/api/embed": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
     "/api/embeddings": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
-    "/api/show": (frozenset({"POST"}), Route(Kind.MODEL, _MODEL)),
+    "/api/show": (frozenset({"POST"}), Route(Kind.MODEL, _MODEL, metadata=True)),
     "/v1/chat/completions": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
     "/v1/completions": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
     "/v1/embeddings": (frozenset({"POST"}), Route(Kind.MODEL, ("model",))),
@@ -66,11 +68,26 @@ EXACT: dict[str, tuple[frozenset[str], Route]] = {
 
 # One path segment after the prefix, like gin's `:param`.
 PREFIXED: dict[str, tuple[frozenset[str], Route]] = {
-    "/v1/models/": (frozenset({"GET"}), Route(Kind.MODEL_PATH, path_param="model")),
+    "/v1/models/": (
+        frozenset({"GET"}),
+        Route(Kind.MODEL_PATH, path_param="model", metadata=True),
+    ),
     "/api/blobs/": (frozenset({"HEAD", "POST"}), Route(Kind.BLOB, path_param="digest")),
 }
 
 FORWARD_AS_IS = Route(Kind.ANY)
+
+# Answered by the proxy for the whole fleet, unless X-Sollol-Node pins them to one node.
+FLEET_VIEWS = frozenset({Kind.VERSION, Kind.TAGS, Kind.PS, Kind.V1_MODELS})
+# gin's `Allow` on the paths the proxy answers, as its 405 (and a CORS answer to another method)
+# carries it: the methods in the order Ollama first registers them (HEAD routes before GET).
+ALLOW = {
+    "/": "HEAD, GET",
+    "/api/version": "HEAD, GET",
+    "/api/tags": "HEAD, GET",
+    "/api/ps": "GET",
+    "/v1/models": "GET",
+}
 
 
 SOLLOL_PREFIX = "/sollol/"
@@ -102,6 +119,13 @@ def endpoint_label(path: str) -> str:
         if path.startswith(prefix):
             return f"{prefix}:{route.path_param}"
     return "other"
+
+
+def routed_path(path: str, raw_path: str) -> str:
+    """The path to classify. aiohttp resolves `..` and `//` in `path`; Ollama redirects those,
+    so an unclean path is classified raw and goes to a node untouched."""
+    raw = raw_path.split("?", 1)[0]
+    return path if raw == path else raw
 
 
 def classify(method: str, path: str) -> tuple[Route, str]:

@@ -186,3 +186,29 @@ def test_token_ratio_and_cut_answers() -> None:
         elapsed_s=1,
     )
     assert learner.expected_output("m", "summarization", None) == 100  # a cut answer is no length
+
+
+# Reference 3.14: /api/embed's answer has no prompt_eval_duration.
+EMBED_BODY = (
+    b'{"model":"all-minilm","embeddings":[[0.010071029,-0.0017594862]],'
+    b'"total_duration":14143917,"load_duration":1019500,"prompt_eval_count":8}'
+)
+
+
+def test_embedding_speed_is_learned_from_embed_answers() -> None:
+    learner = Learner(Priors())
+    assert learner.expected_output("all-minilm", "embedding", 0) == 0  # nothing is generated
+    learner.observe_success(
+        "a",
+        "all-minilm",
+        "embedding",
+        parse_timings(EMBED_BODY),
+        clean_load=True,
+        cached_tokens=0,
+        ttft_s=None,
+        elapsed_s=0.015,
+    )
+    assert learner.prefill_tps("a", "all-minilm") == pytest.approx(8 / (0.014143917 - 0.0010195))
+    # An embedding model's speed says nothing of the node's chat models.
+    assert learner.prefill_tps("a", "llama3.2") == Priors().prefill_tokens_per_s
+    assert learner.expected_output("all-minilm", "embedding", 0) == 0

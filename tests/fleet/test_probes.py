@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sollol_proxy.config import load_config
-from sollol_proxy.fleet.fleet import Fleet
+from sollol_proxy.fleet.fleet import Fleet, inventory_due
 from sollol_proxy.fleet.prompt_cache import PromptCache
 
 
@@ -39,3 +39,12 @@ def test_backoff_never_shortens_the_interval() -> None:
     node = made.nodes["a:11434"]
     node.failed_probes = 3
     assert made.probe_delay(node) == 60
+
+
+def test_an_out_of_date_inventory_is_due_even_with_the_clock_near_zero() -> None:
+    # time.monotonic() starts near zero at boot: an inventory marked out of date must be re-read
+    # at the next probe whatever the clock says, not once the clock passes some sentinel time.
+    for now in (0.0, 0.3, 59.0):
+        assert inventory_due(None, now, interval=3600)
+    assert not inventory_due(0.2, 0.3, interval=3600)  # read a moment ago: not yet
+    assert inventory_due(0.2, 3600.2, interval=3600)

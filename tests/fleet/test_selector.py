@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import aiohttp
 import orjson
 import pytest
@@ -207,3 +209,56 @@ async def test_decisions_kept_bounds_the_log(
     ]
     decisions = (await get_json(http, made.url + "/sollol/decisions"))["decisions"]
     assert [d["request_id"] for d in decisions] == ids[:0:-1]
+
+
+async def test_show_loads_nothing_and_waits_for_no_slot(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=["llama3.2:latest"], token_delay=0.1))
+    generate = b'{"model":"llama3.2","prompt":"x","options":{"num_predict":30}}'
+    async with http.post(made.url + "/api/generate", data=generate) as streaming:
+        await streaming.content.readline()  # the only slot is taken for about 3 s
+        for method, path, body in (
+            ("POST", "/api/show", b'{"model":"llama3.2"}'),
+            ("GET", "/v1/models/llama3.2", None),
+        ):
+            async with http.request(method, made.url + path, data=body) as response:
+                assert response.status == 200
+                assert response.headers["X-Sollol-Route"] == (
+                    "model metadata, nothing to load or generate; least loaded, 1/1 slots busy"
+                )
+                assert "X-Sollol-Queue-Ms" not in response.headers  # not queued behind it
+            assert made.node("a").in_flight() == 1  # answered while the generation runs
+        await streaming.read()
+    decisions = (await get_json(http, made.url + "/sollol/decisions"))["decisions"]
+    assert [d["endpoint"] for d in decisions] == ["generate"]  # no strategy was asked
+
+
+async def test_show_does_not_make_the_proxy_think_the_model_is_loaded(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=["llama3.2:latest", "qwen2.5:7b"]))
+    async with http.post(made.url + "/api/show", data=b'{"model":"qwen2.5:7b"}') as response:
+        assert response.status == 200
+    node = made.fleet.nodes["a"]
+    assert not node.is_resident("qwen2.5:7b") and not node.loading
+    assert made.node("a").loaded_models() == []
+
+
+async def test_embedding_route_says_what_was_estimated(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(name="a", models=["all-minilm:latest"]))
+    routes = []
+    for _ in range(2):
+        async with http.post(
+            made.url + "/api/embed", data=b'{"model":"all-minilm","input":"hello there"}'
+        ) as response:
+            assert response.status == 200
+            routes.append(response.headers["X-Sollol-Route"])
+    assert routes[0].startswith("performance: cold load ")
+    assert ", input only, est " in routes[0]
+    assert re.fullmatch(r"performance: resident, input only, est \d+ms", routes[1]), routes[1]
+    decisions = (await get_json(http, made.url + "/sollol/decisions"))["decisions"]
+    assert {d["expected_output_tokens"] for d in decisions} == {0}
+    assert all(c["estimate_s"]["decode"] == 0 for d in decisions for c in d["candidates"])

@@ -8,6 +8,7 @@ and on the nodes, and that the node is used again once it recovers.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -327,14 +328,18 @@ async def test_all_nodes_down(cluster: ClusterFactory, http: aiohttp.ClientSessi
 async def test_a_model_deleted_behind_the_proxys_back(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
-    made = await cluster(*two_nodes(), **FAST, inventory__interval=3600)
+    # An interval longer than any machine's uptime: the monotonic clock counts from boot, so
+    # this is the clock near zero that once kept a stale inventory from ever being re-read.
+    made = await cluster(*two_nodes(), **FAST, inventory__interval=10**9)
     made.node("a").remove_model(MODEL)  # the inventory still lists it on a
     for _ in range(2):  # round robin: one of them goes to a first
         response, _ = await chat(http, made)
         assert response.status == 200 and response.headers["X-Sollol-Node"] == "b"
     assert MODEL not in made.fleet.nodes["a"].models  # that node's inventory was corrected
     assert state(made, "a") == "up"  # it answered: nothing wrong with the node itself
-    await eventually(lambda: made.fleet.nodes["a"].inventory_at > 0)  # re-read by the watcher
+    # Marked out of date, then re-read by the watcher at its next probe.
+    corrected_at = time.monotonic()
+    await eventually(lambda: (made.fleet.nodes["a"].inventory_at or 0.0) > corrected_at)
     assert MODEL not in made.fleet.nodes["a"].models
     await settled(made)
 

@@ -7,16 +7,19 @@ assertions are on what the script rendered from /sollol/dashboard, not on the pa
 from __future__ import annotations
 
 import asyncio
-import shutil
+import os
+import sys
 import tempfile
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import ClusterFactory, eventually
+from tests.conftest import ClusterFactory, chromium, eventually
 
 MODEL = "llama3.2:latest"
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -32,12 +35,10 @@ CHROMIUM_FLAGS = (
 
 
 async def rendered_dom(url: str) -> str:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
+    browser = chromium()
     with tempfile.TemporaryDirectory() as profile:
         process = await asyncio.create_subprocess_exec(
-            chromium,
+            browser,
             *CHROMIUM_FLAGS,
             f"--user-data-dir={profile}",
             "--virtual-time-budget=8000",
@@ -82,3 +83,21 @@ async def test_dashboard_renders_nodes_decisions_and_alerts(
     assert f'<td>{served}</td><td class="cat">cold_load</td>' in dom
     assert "<tr><td>5</td><td>0</td>" in dom  # the queue: priority 5 seen, nobody waiting
     assert '<span id="error"></span>' in dom  # every refresh succeeded
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("", "1 skipped"), ("true", "1 failed")])
+async def test_without_chromium_the_browser_test_skips_except_in_ci(
+    tmp_path: Path, ci: str, outcome: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider", __file__),
+        *("-k", "renders_nodes"),
+        env={**os.environ, "PATH": str(tmp_path), "CI": ci},  # no chromium on this PATH
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), 120)
+    report = stdout.decode()
+    assert outcome in report, report
+    assert "chromium is not installed, so the browser tests cannot run" in report

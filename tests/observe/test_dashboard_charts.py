@@ -69,7 +69,6 @@ async def test_charts_plot_requests_ttft_and_every_node(
             assert response.status == 200
             await response.read()
     kept = made.proxy.runner.app[PROXY].history
-    assert kept is not None
     await eventually(lambda: sum(v or 0 for v in kept.to_json(60)["requests_per_s"]["ok"]) >= 4)
 
     dom = await rendered_dom(made.url + "/dashboard")

@@ -44,7 +44,6 @@ async def test_requests_latency_tokens_and_slots_are_charted(
 
     # The bucket of the last request is charted once it is over.
     made_history = made.proxy.runner.app[PROXY].history
-    assert made_history is not None
     await eventually(
         lambda: sum(v or 0 for v in made_history.to_json(60)["requests_per_s"]["ok"]) >= 3
     )
@@ -67,7 +66,6 @@ async def test_a_node_state_change_is_marked(
     made.node("b").faults.refuse = True
     await eventually(lambda: not made.fleet.nodes["b"].healthy)
     kept = made.proxy.runner.app[PROXY].history
-    assert kept is not None
     await eventually(lambda: bool(kept.to_json(60)["marks"]), within=3)  # once its bucket is over
     data = await series(http, made.url)
     assert {(m["node"], m["from"], m["to"]) for m in data["marks"]} >= {("b", "up", "down")}

@@ -108,3 +108,15 @@ def test_victims_follow_ollamas_order_and_cost_follows_demand() -> None:
     assert eviction_cost(runners, 12, 12, max_loaded=5) == 5 + (3 + 5) + 0.5
     assert victims(runners, 0, None, max_loaded=4) == []
     assert [r.model for r in victims(runners, 0, None, max_loaded=3)] == ["b"]
+
+
+def test_an_embedding_is_estimated_without_output_and_in_milliseconds() -> None:
+    embedding = RouteRequest(model="all-minilm", request_id="r", prompt_tokens=20)
+    choices = make_strategy("performance").rank(
+        embedding, [node("a", prefill_tps=2000), node("b", prefill_tps=1000)]
+    )
+    assert choices[0].estimate is not None and choices[0].estimate.decode == 0
+    assert choices[0].reason == "resident, input only, est 10ms vs 20ms"
+    assert choices[1].reason == "resident, input only, est 20ms vs 10ms"
+    cold = make_strategy("performance").rank(embedding, [node("c", resident=False, load_s=0.5)])
+    assert cold[0].reason == "cold load 0.5s, input only, est 0.5s"
