@@ -27,6 +27,7 @@ from sollol_proxy.embed.merge import apportion, merged
 from sollol_proxy.embed.subcall import Done, SubCalls, from_client
 from sollol_proxy.fleet.capacity import model_room
 from sollol_proxy.forward.record import RequestRecord
+from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.wire.headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, SOLLOL_PREFIX
 from sollol_proxy.wire.names import normalize_model
 
@@ -203,6 +204,7 @@ def _respond(
     headers[ROUTE_HEADER] = route
     headers[REQUEST_ID_HEADER] = member.record.request_id
     response = web.Response(status=source.status, body=body, headers=headers)
+    response[FROM_NODE] = True  # a node's headers, CORS included: the node saw the Origin
     if len(body) > GO_WRITE_BUFFER and member.request.version >= HttpVersion11:
         response.enable_chunked_encoding()
     record = member.record
@@ -220,6 +222,7 @@ def _reframed(source: web.Response, member: _Member) -> web.Response:
     headers[NODE_HEADER], headers[ROUTE_HEADER] = node, route
     headers[REQUEST_ID_HEADER] = member.record.request_id
     response = web.Response(status=source.status, body=body, headers=headers)
+    response[FROM_NODE] = True  # a node's headers, CORS included: the node saw the Origin
     if len(body) > GO_WRITE_BUFFER and member.request.version >= HttpVersion11:
         response.enable_chunked_encoding()
     member.record.node, member.record.route, member.record.status = node, route, source.status

@@ -29,6 +29,7 @@ from sollol_proxy.embed.split import Partition
 from sollol_proxy.embed.subcall import Done, SubCalls, from_client
 from sollol_proxy.fleet.capacity import model_room
 from sollol_proxy.forward.record import RequestRecord
+from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.wire.headers import NODE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER, SOLLOL_PREFIX
 from sollol_proxy.wire.names import normalize_model
 
@@ -123,6 +124,7 @@ def _answer(
     headers[ROUTE_HEADER] = route
     headers[REQUEST_ID_HEADER] = record.request_id
     response = web.Response(status=200, body=body, headers=headers)
+    response[FROM_NODE] = True  # a node's headers, CORS included: the nodes saw the Origin
     if len(body) > GO_WRITE_BUFFER and request.version >= HttpVersion11:
         response.enable_chunked_encoding()
     record.node, record.route, record.reason, record.status = headers[NODE_HEADER], route, "", 200

@@ -21,6 +21,7 @@ from sollol_proxy.fleet.learning import parse_timings
 from sollol_proxy.forward.forwarder import Failed
 from sollol_proxy.forward.record import RequestRecord
 from sollol_proxy.forward.upstream import Opened, Outgoing
+from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.wire.headers import downstream_response_headers
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ async def collect(
     response = web.Response(status=upstream.status, reason=upstream.reason, body=body)
     response.headers.extend(downstream_response_headers(upstream.headers))
     response.headers.update(routing)
+    response[FROM_NODE] = True  # its CORS headers are the node's
     return response
 
 

@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 
 from sollol_proxy.simulator import SimulatedNode
+from sollol_proxy.wire.cors import CorsPolicy
 from tests.conftest import ClusterFactory, eventually
 
 MODEL = "all-minilm"
@@ -203,3 +204,20 @@ async def test_what_the_proxy_cannot_read_as_ollama_does_goes_whole_and_untouche
         assert all(
             not [r for r in n.requests[before[n.name] :] if r.path == "/api/embed"] for n in others
         )
+
+
+async def test_a_split_answer_carries_the_nodes_cors_verdict(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    """The nodes saw the client's Origin on every sub-batch and allowed it: the answer has
+    their CORS headers once, as one node's answer would (the proxy's own list is not asked)."""
+    c = await _fleet(cluster)
+    for node in c.nodes:
+        node.cors = CorsPolicy.from_origins(["https://app.example"])
+    origin = {"Origin": "https://app.example"}
+    request = {"model": MODEL, "input": _docs(100)}
+    status, _, response = await _post(http, c.url + "/api/embed", request, origin)
+    _, _, direct = await _post(http, c.nodes[0].url + "/api/embed", request, origin)
+    assert status == 200 and "," in response.headers["X-Sollol-Node"]
+    for name in ("Access-Control-Allow-Origin", "Vary"):
+        assert response.headers.getall(name) == direct.headers.getall(name), name
