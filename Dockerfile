@@ -9,6 +9,10 @@ RUN pip install --no-cache-dir . && rm -rf /root/.cache
 # without them the proxy refuses to start with a message saying so. SOLLOL_* variables override
 # the file; mount your own at /etc/sollol/sollol.yaml for more.
 COPY deploy/sollol.container.yaml /etc/sollol/sollol.yaml
+# Batch jobs are stored here (batches.sqlite3); mount a volume to keep them across containers.
+RUN mkdir -p /var/lib/sollol-proxy && chown nobody /var/lib/sollol-proxy
+ENV SOLLOL_DATA_DIR=/var/lib/sollol-proxy
+VOLUME /var/lib/sollol-proxy
 USER nobody
 EXPOSE 11434
 # Healthy while the proxy answers and at least one node is up (GET /sollol/health: 200, else 503).

@@ -15,6 +15,11 @@ from aiohttp import web
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config import Config
 from sollol_proxy.config.policies import Priors
+from sollol_proxy.embed.api import BatchApi
+from sollol_proxy.embed.jobs import JobRunner
+from sollol_proxy.embed.service import Embeddings
+from sollol_proxy.embed.speed import EmbedSpeed
+from sollol_proxy.embed.subcall import SubCalls
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
@@ -36,6 +41,7 @@ from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, ke
 from sollol_proxy.lifecycle.startup import cannot_listen
 from sollol_proxy.observe.accesslog import log_request
 from sollol_proxy.observe.admin import Admin
+from sollol_proxy.observe.batches import BatchCollector, Batches
 from sollol_proxy.observe.dashboard import Dashboard
 from sollol_proxy.observe.history import History
 from sollol_proxy.observe.metrics import Metrics
@@ -54,6 +60,7 @@ ADMISSION = web.AppKey("admission", Admission)
 ADMIN = web.AppKey("admin", Admin)
 FORWARDER = web.AppKey("forwarder", Forwarder)  # its retry budget, for the soak and metrics
 INVENTORY = web.AppKey("inventory", LiveInventory)
+JOBS = web.AppKey("jobs", JobRunner)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -170,6 +177,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     for node in fleet.nodes.values():
         _watch(proxy, node, probe_first=False)
     proxy.tasks.start("admission", app[ADMISSION].run())
+    proxy.tasks.start("batch-jobs", app[JOBS].run())
     proxy.tasks.start("history", proxy.history.run())
     if proxy.reloader is not None and proxy.live.config.reload_watch:
         proxy.tasks.start(
@@ -231,8 +239,15 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     admission = Admission(config.queue)
     guard = Guard(config)
     hosts = HostCheck(config)
+    speed = EmbedSpeed()
+    calls = SubCalls(config, fleet, selector, admission, forwarder, learner, prompt_cache, speed)
+    embeddings = Embeddings(calls)
+    jobs = JobRunner(calls, config)
+    batches = BatchApi(jobs, config)
     metrics = Metrics(fleet, learner, admission, forwarder.budget)
     metrics.registry.register(KeyCollector(guard))
+    shown = Batches(jobs, speed, fleet)
+    metrics.registry.register(BatchCollector(shown))
     stats = Stats(fleet, learner)
     history = History(fleet, admission)
     admin = Admin(
@@ -243,7 +258,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         admission,
         metrics,
         stats,
-        Dashboard(fleet, learner, decisions, stats, admission),
+        Dashboard(fleet, learner, decisions, stats, admission, shown),
         history,
     )
     handler = OllamaHandler(
@@ -258,6 +273,8 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         admission=admission,
         views=FleetViews(fleet, inventory),
         sinks=(log_request, metrics.observe, stats.observe, history.observe, guard.observe),
+        embeddings=embeddings,
+        batches=batches,
     )
     limits = Limits(config)
     cors = Cors(config)
@@ -279,6 +296,9 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
             inventory,
             guard,
             hosts,
+            embeddings,
+            jobs,
+            batches,
         ),
         tasks=tasks,
         history=history,
@@ -306,6 +326,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     app[ADMIN] = admin
     app[FORWARDER] = forwarder
     app[INVENTORY] = inventory
+    app[JOBS] = jobs
     app.on_response_prepare.append(_drop_server_header)
     app.on_response_prepare.append(cors.on_response_prepare)
     app.cleanup_ctx.append(_upstream_session)

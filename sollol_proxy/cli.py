@@ -262,6 +262,16 @@ def bench_queue(seed: int, duration: float, load: float) -> None:
     run(seed=seed, duration=duration, load=load)
 
 
+@bench.command("embed")
+@click.option("--scale", default=1.0, show_default=True, help="Multiply the document counts.")
+@click.option("--rounds", default=3, show_default=True, help="Rounds of (a)-(c); medians.")
+def bench_embed(scale: float, rounds: int) -> None:
+    """Embedding throughput: split, baselines, coalescing, a batch job and its kill -9."""
+    from sollol_proxy.bench.embed import run
+
+    run(scale=scale, rounds=rounds)
+
+
 @main.command()
 @click.option("--duration", default=60.0, show_default=True, help="Seconds of load.")
 @click.option("--nodes", default=4, show_default=True, help="Simulated nodes.")

@@ -15,6 +15,8 @@ from sollol_proxy.admission.priority import BadPriority, read_priority
 from sollol_proxy.admission.tickets import QueueRejected, Slot
 from sollol_proxy.config import Config
 from sollol_proxy.config.access import MAX_PRIORITY
+from sollol_proxy.embed.api import BatchApi
+from sollol_proxy.embed.service import Embeddings
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.prompt_cache import PromptCache
@@ -73,6 +75,8 @@ class OllamaHandler:
     admission: Admission
     views: views.FleetViews
     sinks: Sequence[RecordSink]
+    embeddings: Embeddings
+    batches: BatchApi
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -153,6 +157,8 @@ class OllamaHandler:
         if kind is Kind.ROOT:
             return views.root()
         if kind is Kind.SOLLOL:
+            if self.batches.owns(request.path):
+                return await self.batches.handle(request)
             return self.admin.handle(request)
         if kind in FLEET_VIEWS and not pinned:
             response = await self.views.answer(kind)
@@ -202,6 +208,12 @@ class OllamaHandler:
             # A large body's analysis runs off the event loop, like its peek.
             profile = await asyncio.to_thread(analyze, *args) if seen.large else analyze(*args)
             record.stream, record.task = seen.stream, profile.task
+            # A large embedding call is spread over the fleet, small ones may share a call.
+            answered = await self.embeddings.answer(
+                request, body, seen.payload, model, priority, record
+            )
+            if answered is not None:
+                return answered
             routed = await self.selector.for_model(request, profile, request_id, priority)
             if isinstance(routed, Plan):
                 return await self._forward_model(

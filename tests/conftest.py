@@ -6,8 +6,9 @@ import asyncio
 import os
 import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,15 @@ TEST_SETTINGS: dict[str, Any] = {
     "inventory.interval": 0.5,
     "timeouts.connect": 1.0,
 }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Batch jobs are stored under $XDG_STATE_HOME by default: a temporary one for the whole
+    run (proxy processes the tests start inherit it), never the developer's own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
 
 
 @dataclass
@@ -54,8 +64,9 @@ ClusterFactory = Callable[..., Awaitable[Cluster]]
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[ClusterFactory]:
-    """`await cluster(dict(name="a", models=[...]), ..., **config_overrides)`."""
+async def cluster(tmp_path: Path) -> AsyncIterator[ClusterFactory]:
+    """`await cluster(dict(name="a", models=[...]), ..., **config_overrides)`; the proxies of
+    one test share a batch-job store."""
     started: list[Cluster] = []
 
     async def make(*node_specs: dict[str, Any], **settings: Any) -> Cluster:
@@ -67,6 +78,7 @@ async def cluster() -> AsyncIterator[ClusterFactory]:
             nodes.append(node)
         overrides = {
             **TEST_SETTINGS,
+            "batch.data_dir": str(tmp_path / "sollol-data"),
             "nodes": [_node_config(n, spec) for n, spec in zip(nodes, node_specs, strict=True)],
             **{k.replace("__", "."): v for k, v in settings.items()},
         }

@@ -35,6 +35,18 @@ def test_compose_mounts_a_valid_config_that_names_its_services() -> None:
     assert config.auth.open_management and not config.auth.keys
 
 
+def test_batch_jobs_are_kept_on_a_volume() -> None:
+    """The image stores batch jobs in SOLLOL_DATA_DIR, a directory its user owns, and compose
+    mounts a named volume there."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    data_dir = re.search(r"^ENV SOLLOL_DATA_DIR=(\S+)$", dockerfile, re.MULTILINE)
+    assert data_dir is not None
+    assert f"chown nobody {data_dir[1]}" in dockerfile and "USER nobody" in dockerfile
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    mounts = dict(v.split(":")[:2][::-1] for v in compose["services"]["sollol"]["volumes"])
+    assert mounts[data_dir[1]] in compose["volumes"]
+
+
 def test_dockerfile_copies_files_that_exist() -> None:
     for line in (REPO / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):

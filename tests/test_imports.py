@@ -24,8 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     "fleet": {"config", "wire", "routing"},
     "admission": {"config", "wire", "routing", "lifecycle", "fleet"},
     "forward": {"config", "wire", "routing", "lifecycle", "fleet", "admission"},
-    "observe": {"config", "wire", "routing", "lifecycle", "fleet", "admission", "forward"},
     "guard": {"config", "wire", "lifecycle"},
+    "embed": {"config", "wire", "routing", "lifecycle", "fleet", "admission", "forward"},
+    "observe": {"config", "wire", "routing", "lifecycle", "fleet", "admission", "forward", "embed"},
     "simulator": {"wire"},
 }
 

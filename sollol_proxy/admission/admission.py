@@ -48,6 +48,9 @@ log = logging.getLogger("sollol.admission")
 # coming back. Slot releases and arrivals are handled at once.
 TICK_S = 0.25
 PRIORITIES = range(0, 11)
+# The cancel message of a waiter the proxy itself no longer needs (a spare worker of a split
+# embedding call): it is not a client that left.
+WITHDRAWN = "sollol-proxy: no longer needed"
 
 
 class Admission:
@@ -184,7 +187,7 @@ class Admission:
             elif not waiter.future.done():
                 self._remove(waiter)
                 waiter.future.cancel()
-                stats.left += not is_cut(exc)
+                stats.left += not is_cut(exc) and exc.args[:1] != (WITHDRAWN,)
             raise
         slot.waited_s = time.monotonic() - waiter.enqueued
         stats.admitted += 1

@@ -39,6 +39,7 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_QUEUE_MAX_WAIT": "queue.max_wait",
     "SOLLOL_LOG_FORMAT": "log_format",
     "SOLLOL_METRICS_PORT": "metrics.port",
+    "SOLLOL_DATA_DIR": "batch.data_dir",
     "SOLLOL_ORIGINS": "cors.origins",
     "SOLLOL_ALLOWED_HOSTS": "listen.allowed_hosts",
     "SOLLOL_TLS_CERT": "listen.tls_cert",
@@ -71,6 +72,22 @@ _SECTIONS: dict[str, set[str]] = {
     "auth": {"keys", "open_management", "forward_authorization"},
     "shutdown": {"grace"},
     "reload": {"watch", "interval"},
+    "embed": {
+        "split",
+        "split_min_inputs",
+        "min_batch",
+        "max_batch",
+        "coalesce",
+        "coalesce_max_inputs",
+    },
+    "batch": {
+        "data_dir",
+        "max_docs_per_job",
+        "max_docs_total",
+        "min_batch",
+        "max_batch",
+        "retention",
+    },
     "cors": {"origins"},
 }
 _TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level", "log_format"}

@@ -16,7 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sollol_proxy.config.access import AuthConfig, ClientLimits
-from sollol_proxy.config.policies import OutlierPolicy, Priors, RetryPolicy
+from sollol_proxy.config.policies import (
+    BatchPolicy,
+    EmbedPolicy,
+    OutlierPolicy,
+    Priors,
+    RetryPolicy,
+)
 
 DEFAULT_OLLAMA_PORT = 11434
 LOG_FORMATS = ("plain", "json")
@@ -122,6 +128,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "plain"  # plain (key=value) or json, for every log line
     metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
+    embed: EmbedPolicy = field(default_factory=EmbedPolicy)
+    batch: BatchPolicy = field(default_factory=BatchPolicy)
     cors_origins: tuple[str, ...] = ()  # as OLLAMA_ORIGINS; Ollama's defaults are always added
     auth: AuthConfig = field(default_factory=AuthConfig)
     client_limits: ClientLimits = field(default_factory=ClientLimits)
@@ -216,6 +224,8 @@ class Config:
             "log_level": self.log_level,
             "log_format": self.log_format,
             "metrics": {"port": self.metrics_port},
+            "embed": asdict(self.embed),
+            "batch": asdict(self.batch),
             "cors": {"origins": list(self.cors_origins)},
         }
 

@@ -39,3 +39,28 @@ class RetryPolicy:
         """Seconds to wait before retry number `retry` (1-based): full jitter (AWS, Envoy)."""
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (retry - 1))
         return rng.uniform(0, ceiling)
+
+
+@dataclass(frozen=True)
+class EmbedPolicy:
+    """Embedding calls: when one is cut into sub-batches for several nodes, and when small
+    concurrent ones are merged into one upstream call (see `embed/`)."""
+
+    split: bool = True
+    split_min_inputs: int = 32  # a call with fewer inputs goes whole to one node
+    min_batch: int = 8  # a split's sub-batches hold at least this many inputs ...
+    max_batch: int = 256  # ... and at most this many
+    coalesce: bool = False
+    coalesce_max_inputs: int = 256  # inputs of one merged upstream call
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Batch embedding jobs (`POST /api/embed/batch`), stored on disk until done."""
+
+    data_dir: str = ""  # where the job database lives; "" is the user's state directory
+    max_docs_per_job: int = 100_000
+    max_docs_total: int = 1_000_000  # documents stored over all jobs, finished ones included
+    min_batch: int = 16  # documents per upstream call, at least (unless fewer are left) ...
+    max_batch: int = 256  # ... and at most
+    retention: float = 7 * 86400.0  # a finished job and its results are deleted after this

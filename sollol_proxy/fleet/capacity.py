@@ -14,19 +14,21 @@ from sollol_proxy.fleet.fleet import NodeState
 from sollol_proxy.wire.slots import SINGLE_SLOT_FAMILIES
 
 
-def _single_slot(item: dict[str, Any] | None) -> bool:
-    if not item:
-        return False
-    details = item.get("details")
-    family = details.get("family") if isinstance(details, dict) else None
-    if family in SINGLE_SLOT_FAMILIES:
-        return True
-    capabilities = item.get("capabilities")  # newer Ollama lists them in /api/tags
+def _embedding_only(item: dict[str, Any] | None) -> bool:
+    capabilities = item.get("capabilities") if item else None  # newer Ollama lists them
     return (
         isinstance(capabilities, list)
         and "embedding" in capabilities
         and "completion" not in capabilities
     )
+
+
+def _single_slot(item: dict[str, Any] | None) -> bool:
+    if not item:
+        return False
+    details = item.get("details")
+    family = details.get("family") if isinstance(details, dict) else None
+    return family in SINGLE_SLOT_FAMILIES or _embedding_only(item)
 
 
 def model_size(item: Mapping[str, Any] | None) -> int:
@@ -47,6 +49,17 @@ def model_slots(node: NodeState, model: str) -> int:
     if node.config.num_parallel > 1 and _single_slot(node.models.get(model)):
         return 1
     return node.config.num_parallel
+
+
+def model_room(node: NodeState, model: str) -> int:
+    """Requests the proxy may have on `node` for `model`: its slots, plus one waiting inside
+    Ollama for an embedding model. An embedding request is short (milliseconds per input), so
+    the proxy's own dispatch between one answer and the next request would leave the node idle
+    for a noticeable share of its time; with one request queued behind the running one the node
+    starts the next at once. That request has left the proxy's priority queue, so a more urgent
+    one may wait behind it: one embedding call at most. A generation, which can run for
+    minutes, waits in the proxy instead."""
+    return model_slots(node, model) + (1 if _embedding_only(node.models.get(model)) else 0)
 
 
 def slots_believed(node: NodeState) -> int:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,7 @@ from sollol_proxy.fleet.selector import Target
 from sollol_proxy.forward.record import RequestRecord
 from sollol_proxy.forward.relay import relay
 from sollol_proxy.forward.retry import Permit, RetryBudget, Verdict, judge
-from sollol_proxy.forward.upstream import Body, UpstreamFailure, open_upstream
+from sollol_proxy.forward.upstream import Body, Outgoing, UpstreamFailure, open_upstream
 from sollol_proxy.routing.types import Reason
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER
@@ -46,6 +46,12 @@ class Failed:
     node: str
     reason: str
     status: int  # what the client gets if this is the last word: the node's 5xx, or 502/504
+
+
+# What is done with the answer of the node that took the request: `relay` streams it to the
+# client; the proxy's own sub-requests read it whole (`collect.py`), and may give it up as a
+# Failed while the client has received nothing, so that another node tries.
+Deliver = Callable[..., Awaitable["web.StreamResponse | Failed"]]
 
 
 class Forwarder:
@@ -73,7 +79,7 @@ class Forwarder:
 
     async def forward(
         self,
-        request: web.Request,
+        request: Outgoing,
         body: Body,
         targets: Sequence[Target],
         record: RequestRecord,
@@ -81,26 +87,31 @@ class Forwarder:
         *,
         first_byte: float | None,
         slot: Slot | None = None,
+        deliver: Deliver = relay,
     ) -> web.StreamResponse:
         """Try `targets` in order until one answers; see retry.py for what is retried.
 
         `slot`, when admission control admitted the request, moves with each retry; a node
-        without a free slot for it is skipped."""
+        without a free slot for it is skipped. With `relay` (the default) `request` is the
+        client's `web.Request`."""
         self.budget.requests += 1
         try:
-            return await self._forward(request, body, targets, record, observer, first_byte, slot)
+            return await self._forward(
+                request, body, targets, record, observer, first_byte, slot, deliver
+            )
         finally:
             self.budget.requests -= 1
 
     async def _forward(
         self,
-        request: web.Request,
+        request: Outgoing,
         body: Body,
         targets: Sequence[Target],
         record: RequestRecord,
         observer: DispatchObserver | None,
         first_byte: float | None,
         slot: Slot | None,
+        deliver: Deliver,
     ) -> web.StreamResponse:
         # A streamed upload cannot be sent twice.
         cap = self._config.max_attempts if isinstance(body, bytes | None) else 1
@@ -168,6 +179,7 @@ class Forwarder:
                     last_chance,
                     permit,
                     slot,
+                    deliver,
                 )
             finally:
                 if permit is not None:
@@ -192,7 +204,7 @@ class Forwarder:
 
     async def _try(
         self,
-        request: web.Request,
+        request: Outgoing,
         body: Body,
         target: Target,
         record: RequestRecord,
@@ -202,6 +214,7 @@ class Forwarder:
         last_chance: bool,
         permit: Permit | None,
         slot: Slot | None,
+        deliver: Deliver,
     ) -> web.StreamResponse | Failed:
         """One attempt on one node: its answer relayed, or why it was given up. A retry's
         `permit` is given back as soon as the node has answered or failed."""
@@ -252,7 +265,7 @@ class Forwarder:
                     attempt.first_byte(status)
                 record.node, record.route, record.status = node.name, route, status
                 record.reason = target.reason.value
-                return await relay(
+                return await deliver(
                     request,
                     opened,
                     node,
@@ -292,7 +305,7 @@ class Forwarder:
 
     def _all_failed(
         self,
-        request: web.Request,
+        request: Outgoing,
         failures: list[Failed],
         skipped: list[str],
         record: RequestRecord,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import yarl
-from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from sollol_proxy.fleet.fleet import NodeState, describe_error
 from sollol_proxy.fleet.health import Failure
@@ -38,20 +39,38 @@ class UpstreamFailure(Exception):
         return self.kind is Failure.TIMEOUT
 
 
+class Outgoing(Protocol):
+    """What opening an upstream request needs of the request it forwards: a client's
+    `web.Request`, or a request the proxy makes itself (an embedding sub-batch)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def transport(self) -> asyncio.BaseTransport | None: ...
+
+
 @dataclass(slots=True)
 class Opened:
     response: aiohttp.ClientResponse
     first_chunk: bytes
 
 
-def client_ip(request: web.Request) -> str | None:
+def client_ip(request: Outgoing) -> str | None:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return peer[0] if peer else None
 
 
 async def open_upstream(
     session: aiohttp.ClientSession,
-    request: web.Request,
+    request: Outgoing,
     node: NodeState,
     body: Body,
     first_byte: float | None,

@@ -2,7 +2,8 @@
 
 A `user` key may use what the list below names, by path (any method: a wrong method still gets
 Ollama's own 405): inference, embeddings and the fleet views, and read the proxy's own pages.
-Everything else needs an `admin` key: the management routes, pinning a node with
+A `user` key may also submit a batch
+embedding job. Everything else needs an `admin` key: the management routes, pinning a node with
 `X-Sollol-Node`, a `/sollol/` request that is not a read, and any path this list does not name
 (routes added by a newer Ollama included), so that a new route is never open by accident.
 
@@ -51,6 +52,9 @@ MANAGEMENT_PATHS = frozenset(
     {"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/me", "/api/signout"}
 )
 MANAGEMENT_PREFIXES = ("/api/blobs/", "/api/user/keys/")
+# Submitting a batch embedding job is inference, like /api/embed; cancelling or deleting a job
+# (DELETE /sollol/batches/{id}) is not a read, so it stays an admin's.
+USER_SUBMITS = frozenset({"/api/embed/batch"})
 # Answered without a key: the liveness line a load balancer can probe.
 OPEN_PATHS = frozenset({"/"})
 
@@ -60,7 +64,7 @@ def need(method: str, path: str) -> Need:
     if bare in MANAGEMENT_PATHS or path.startswith(MANAGEMENT_PREFIXES):
         return Need.MANAGEMENT
     if proxy_owned(path):
-        return Need.USER if method in ("GET", "HEAD") else Need.ADMIN
+        return Need.USER if method in ("GET", "HEAD") or bare in USER_SUBMITS else Need.ADMIN
     if bare in USER_PATHS or path.startswith(USER_PREFIXES):
         return Need.USER
     return Need.ADMIN

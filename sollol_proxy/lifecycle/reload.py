@@ -28,6 +28,7 @@ RESTART_ONLY: dict[str, Callable[[Config], object]] = {
     "metrics.port": lambda c: c.metrics_port,  # its listener is bound at startup
     "log_format": lambda c: c.log_format,  # the log handlers are set up at startup
     "reload.watch": lambda c: c.reload_watch,  # the watcher is started (or not) at startup
+    "batch.data_dir": lambda c: c.batch.data_dir,  # the job store resumes its jobs at startup
 }
 
 
@@ -79,6 +80,7 @@ def keep_restart_only(running: Config, new: Config) -> Config:
         metrics_port=running.metrics_port,
         log_format=running.log_format,
         reload_watch=running.reload_watch,
+        batch=replace(new.batch, data_dir=running.batch.data_dir),
     )
 
 

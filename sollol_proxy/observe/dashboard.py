@@ -15,6 +15,7 @@ from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.health import State
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.observe.batches import Batches
 from sollol_proxy.observe.stats import Stats, percentile
 
 DECISIONS_SHOWN = 20
@@ -56,7 +57,9 @@ class Dashboard:
         decisions: DecisionLog,
         stats: Stats,
         admission: Admission,
+        batches: Batches | None = None,
     ) -> None:
+        self._batches = batches
         self._admission = admission
         self._fleet = fleet
         self._learner = learner
@@ -78,6 +81,7 @@ class Dashboard:
             "decisions": [_decision(d) for d in self._decisions.recent(DECISIONS_SHOWN)],
             "alerts": self.alerts(),
             "queue": self._queue(),
+            "batches": self._batches.to_json() if self._batches is not None else [],
         }
 
     def _queue(self) -> dict[str, Any]:

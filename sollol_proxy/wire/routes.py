@@ -92,8 +92,19 @@ ALLOW = {
 
 SOLLOL_PREFIX = "/sollol/"
 # The proxy's own pages outside /sollol/ (canonical prefix): the seed's paths, kept as aliases,
-# and the usual Prometheus and dashboard paths. Ollama has none of them (reference section 2).
-PROXY_OWNED = frozenset({"/metrics", "/dashboard", "/api/health", "/api/stats", "/api/dashboard"})
+# the seed's batch embedding API, and the usual Prometheus and dashboard paths. Ollama has none
+# of them (reference section 2).
+PROXY_OWNED = frozenset(
+    {
+        "/metrics",
+        "/dashboard",
+        "/api/health",
+        "/api/stats",
+        "/api/dashboard",
+        "/api/embed/batch",
+        "/api/batch-status",
+    }
+)
 
 
 def proxy_owned(path: str) -> bool:

@@ -615,7 +615,8 @@ async def test_an_embedding_model_gets_one_slot_whatever_num_parallel_says(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
     # Ollama forces embedding-only models to one slot (reference 5.1): the proxy reads that from
-    # /api/tags, for admission and for what the dashboard shows.
+    # /api/tags, for admission and for what the dashboard shows. One more embedding request may
+    # wait inside Ollama behind the running one (capacity.model_room); a third waits here.
     made = await cluster(dict(name="a", models=["all-minilm"], num_parallel=4))
     made.node("a").faults.first_byte_delay = 0.5
     body = orjson.dumps({"model": "all-minilm", "input": "hello"})
@@ -628,8 +629,11 @@ async def test_an_embedding_model_gets_one_slot_whatever_num_parallel_says(
     first = asyncio.create_task(embed())
     await eventually(lambda: admission(made).slots.in_use("a") == {"all-minilm:latest": 1})
     second = asyncio.create_task(embed())
+    await eventually(lambda: admission(made).slots.in_use("a") == {"all-minilm:latest": 2})
+    third = asyncio.create_task(embed())
     await eventually(lambda: admission(made).snapshot()["depth"] == 1)
-    assert await asyncio.gather(first, second) == [200, 200]
+    assert made.node("a").in_flight() == 2
+    assert await asyncio.gather(first, second, third) == [200, 200, 200]
     async with http.get(made.url + "/sollol/dashboard") as response:
         node = orjson.loads(await response.read())["nodes"][0]
     assert node["slots_per_model"] == 4

@@ -39,6 +39,9 @@ def test_how_a_key_is_presented() -> None:
         ("GET", "/v1/models/llama3.2", Need.USER),
         ("GET", "/sollol/nodes", Need.USER),
         ("POST", "/sollol/nodes", Need.ADMIN),
+        ("POST", "/api/embed/batch", Need.USER),  # a batch job is inference
+        ("GET", "/api/batch-status", Need.USER),
+        ("DELETE", "/sollol/batches/0123", Need.ADMIN),
         ("DELETE", "/api/delete", Need.MANAGEMENT),
         ("POST", "/api/pull/", Need.MANAGEMENT),
         ("POST", "/api/blobs/sha256:00", Need.MANAGEMENT),

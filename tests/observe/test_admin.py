@@ -107,6 +107,24 @@ STATS = {
         }
     },
 }
+BATCH_JOB = {
+    "id": str,
+    "model": str,
+    "status": str,
+    "created": NUM,
+    "started": OPT_NUM,
+    "finished": OPT_NUM,
+    "total": int,
+    "done": int,
+    "failed": int,
+    "pending": int,
+    "progress": NUM,
+    "docs_per_s": OPT_NUM,
+    "eta_s": OPT_NUM,
+    "error": OPT_STR,
+    "waiting": OPT_STR,
+    "results_url": str,
+}
 DASHBOARD = {
     "time": NUM,
     "proxy": {"version": str, "uptime_s": NUM, "requests": int, "in_flight": int},
@@ -157,6 +175,7 @@ DASHBOARD = {
         "turned_away": int,
         "next": [{"model": str, "priority": int, "effective_priority": NUM, "waited_s": NUM}],
     },
+    "batches": [BATCH_JOB],
 }
 
 
