@@ -219,6 +219,10 @@ class MemoryBelief:
         self._loaded_cap: int | None = None
         self._resident: dict[str, int] | None = None  # name -> size_vram, last snapshot
 
+    def configure(self, *, vram_bytes: int | None, max_loaded: int | None) -> None:
+        """New overrides from a reload; what was observed stays."""
+        self._vram_fixed, self._loaded_fixed = vram_bytes, max_loaded
+
     @property
     def vram_bytes(self) -> int | None:
         """Usable VRAM: configured, or the cap an eviction showed; None while unknown."""

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.capacity import model_slots
+from sollol_proxy.fleet.capacity import believed_total, model_slots
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
@@ -124,14 +124,14 @@ class Selector:
         """Requests that do not depend on a model: any healthy node, least loaded first."""
 
         def key(node: NodeState) -> tuple[float, int]:
-            return node.in_flight / node.config.num_parallel, zlib.crc32(
+            return node.in_flight / believed_total(node), zlib.crc32(
                 f"{request_id}/{node.name}".encode()
             )
 
         return [
             Target(
                 node,
-                f"{why}; least loaded, {node.in_flight}/{node.config.num_parallel} slots busy",
+                f"{why}; least loaded, {node.in_flight}/{believed_total(node)} slots busy",
                 reason,
             )
             for node in sorted(self._healthy(), key=key)

@@ -89,7 +89,7 @@ def test_hosts_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
         (
             "nodes: [{url: a, num_parallel: 0}]\n",
             {},
-            "sollol.yaml: nodes[0].num_parallel: expected an integer",
+            "sollol.yaml: nodes[0].num_parallel: expected auto or an integer from 1 to 1024",
         ),
         ("nodes: [{url: a, colour: red}]\n", {}, "sollol.yaml: nodes[0].colour: unknown key"),
         ("nodes: [a, a]\n", {}, "sollol.yaml: nodes[1].name: duplicate node name"),
