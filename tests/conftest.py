@@ -53,10 +53,13 @@ ClusterFactory = Callable[..., Awaitable[Cluster]]
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[ClusterFactory]:
-    """`await cluster(dict(name="a", models=[...]), ..., **config_overrides)`."""
+    """`await cluster(dict(name="a", models=[...]), ..., **config_overrides)`; with
+    `urls_only=True` the proxy is given the nodes' URLs and nothing else (zero configuration)."""
     started: list[Cluster] = []
 
-    async def make(*node_specs: dict[str, Any], **settings: Any) -> Cluster:
+    async def make(
+        *node_specs: dict[str, Any], urls_only: bool = False, **settings: Any
+    ) -> Cluster:
         nodes = []
         for spec in node_specs:
             spec = {"deterministic": True, **spec}
@@ -65,7 +68,10 @@ async def cluster() -> AsyncIterator[ClusterFactory]:
             nodes.append(node)
         overrides = {
             **TEST_SETTINGS,
-            "nodes": [_node_config(n, spec) for n, spec in zip(nodes, node_specs, strict=True)],
+            "nodes": [
+                n.url if urls_only else _node_config(n, spec)
+                for n, spec in zip(nodes, node_specs, strict=True)
+            ],
             **{k.replace("__", "."): v for k, v in settings.items()},
         }
         config = load_config(None, env={}, overrides=overrides)

@@ -49,16 +49,18 @@ class SlotBelief:
         """Does this belief say something about the node's OLLAMA_NUM_PARALLEL?"""
         return not self.forced and (self.estimator.fixed is not None or not self.fresh)
 
-    def dispatched(self, now: float) -> int:
-        """A request was sent: returns how many are in flight, itself included."""
+    def dispatched(self, now: float) -> tuple[int, bool]:
+        """A request was sent: how many are in flight, itself included, and whether it is a
+        probe for one more slot than believed."""
         self.running += 1
-        self.estimator.dispatched(self.running, now)
-        return self.running
+        return self.running, self.estimator.dispatched(self.running, now)
 
-    def ended(self, now: float) -> None:
+    def ended(self, now: float, probe: bool) -> None:
         """The node is done with one of them (its last byte, or a failure)."""
         self.running -= 1
         self._ends.append(now)
+        if probe:
+            self.estimator.probe_ended()
 
     def overlap(self, k: int, dispatched_at: float, slot_at: float) -> int:
         """Of the `k` requests in flight at `dispatched_at` (one included), how many were still in

@@ -155,6 +155,10 @@ def learn(
             return  # a load without a prompt, or embeddings: no slot wait in these timings
         wait = slot_wait(timings.total_s, timings.load_s, timings.prompt_s, timings.output_s)
         slot_at = dispatched_at + timings.load_s + wait + SLOT_MARGIN_S
+        if streamed and first_byte_at is not None:
+            # The first token comes after the slot: a later bound, but one that holds even if
+            # the node's timings left the wait out.
+            slot_at = min(slot_at, first_byte_at)
         overlap = belief.overlap(k, dispatched_at, slot_at)
         change = estimator.finished(k, wait, now, total_s=timings.total_s, overlap=overlap)
     elif streamed and first_byte_at is not None:

@@ -38,11 +38,12 @@ class Attempt:
         self.holding = False  # counted in node.loading / node.evicting
         self.slots: SlotBelief | None = None  # the belief it counts in, until the node is done
         self.k = 0  # the proxy's requests in flight for the model there when sent, itself included
+        self.probe = False  # sent to see whether the node has one more slot than believed
 
     def node_done(self) -> None:
         """The node is done with the request (its last byte, or the attempt ended otherwise)."""
         if self.slots is not None:
-            self.slots.ended(time.monotonic())
+            self.slots.ended(time.monotonic(), self.probe)
             self.slots = None
 
     def first_byte(self, status: int) -> None:
@@ -55,6 +56,8 @@ class Attempt:
 
     def failed(self) -> None:
         self._observer.learner.observe_failure(self.node.name)
+        if self.slots is not None:  # the node may have restarted: a probe will soon tell
+            self.slots.estimator.finished(self.k, None, time.monotonic())
 
 
 class DispatchObserver:
@@ -91,7 +94,7 @@ class DispatchObserver:
         async with self.fleet.lease(node, model):
             attempt.slots = slot_belief(node, model)
             if attempt.slots is not None:
-                attempt.k = attempt.slots.dispatched(attempt.started)
+                attempt.k, attempt.probe = attempt.slots.dispatched(attempt.started)
             try:
                 yield attempt
             finally:
@@ -130,7 +133,9 @@ class DispatchObserver:
         belief = attempt.slots
         if belief is not None:
             attempt.node_done()
-            if status == 200:
+            if status >= 500:
+                belief.estimator.finished(attempt.k, None, time.monotonic())
+            elif status == 200:
                 learn(
                     node,
                     profile.model,
