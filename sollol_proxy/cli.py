@@ -214,13 +214,21 @@ def bench_queue(seed: int, duration: float, load: float) -> None:
 @click.option("--duration", default=60.0, show_default=True, help="Seconds of arrivals per run.")
 @click.option("--warmup", default=30.0, show_default=True, help="Steady figures start here.")
 @click.option("--load", default=0.9, show_default=True, help="Offered load / fleet capacity.")
+@click.option("--repeat", default=1, show_default=True, help="Runs of auto and told, pooled.")
 def bench_capacity(
-    seed: int, fleets: tuple[str, ...], duration: float, warmup: float, load: float
+    seed: int, fleets: tuple[str, ...], duration: float, warmup: float, load: float, repeat: int
 ) -> None:
     """Slots learned from URLs only, against the proxy told them, no queue and least-conn."""
     from sollol_proxy.bench.capacity import run
 
-    run(seed=seed, fleets=list(fleets) or None, duration=duration, warmup=warmup, load=load)
+    run(
+        seed=seed,
+        fleets=list(fleets) or None,
+        duration=duration,
+        warmup=warmup,
+        load=load,
+        repeat=repeat,
+    )
 
 
 @main.command()

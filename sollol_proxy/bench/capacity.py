@@ -85,10 +85,30 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
     waited_in_ollama: float = 0.0
     beliefs: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)
+    repeats: list[Run] = field(default_factory=list)  # a pooled run: the runs it pools
+
+    @classmethod
+    def pooled(cls, runs: list[Run]) -> Run:
+        """Several runs of one mode (other seeds) as one: percentiles over all their requests,
+        throughput and time waited in Ollama averaged."""
+        if len(runs) == 1:
+            return runs[0]
+        return cls(
+            [s for r in runs for s in r.samples],
+            sum(r.waited_in_ollama for r in runs) / len(runs),
+            repeats=runs,
+        )
 
     def throughput(self, since: float = 0.0) -> float:
+        if self.repeats:
+            return sum(r.throughput(since) for r in self.repeats) / len(self.repeats)
         done = [s.arrived + s.total for s in self.samples if s.ok and s.arrived >= since]
         return len(done) / (max(done) - since) if done else 0.0
+
+    def converged(self, truth: tuple[int, ...], start: float, end: float) -> float | None:
+        """Seconds from `start` until the beliefs were `truth` for good; the slowest run's."""
+        times = [converged(r.beliefs, truth, start, end) for r in self.repeats or [self]]
+        return None if None in times else max(t for t in times if t is not None)
 
     def of(self, since: float) -> list[Sample]:
         return [s for s in self.samples if s.arrived >= since]
@@ -247,6 +267,7 @@ def converged(
 
 
 MODES = ("auto", "told", "no queue", "least conn")
+REPEATED = ("auto", "told")  # the close comparison: run `repeat` times with other seeds
 
 
 def _row(mode: str, run: Run, told: Run, since: float) -> str:
@@ -268,12 +289,13 @@ def _row(mode: str, run: Run, told: Run, since: float) -> str:
     )
 
 
-def report(fleet: Fleet, workload: Workload, runs: dict[str, Run]) -> list[str]:
+def report(fleet: Fleet, workload: Workload, runs: dict[str, Run], seeds: str) -> list[str]:
     baseline = "nginx least_conn" if nginx.available() else "the proxy's least_loaded, no queue"
     rate = workload.capacity(fleet.slots) * workload.load
     lines = [
         f"\n**{fleet.name}**: {fleet.description}; {rate:.1f} req/s offered "
-        f"({workload.load:g}x capacity) for {workload.duration:g} s; least conn = {baseline}\n",
+        f"({workload.load:g}x capacity) for {workload.duration:g} s; auto and told pool "
+        f"{len(runs['auto'].repeats) or 1} runs (seeds {seeds}); least conn = {baseline}\n",
     ]
     auto = runs["auto"]
     truth, end = fleet.slots, workload.duration
@@ -281,14 +303,15 @@ def report(fleet: Fleet, workload: Workload, runs: dict[str, Run]) -> list[str]:
         index, slots = fleet.restart
         end = workload.duration / 2
         after = tuple(slots if i == index else s for i, s in enumerate(fleet.slots))
-    learned = auto.beliefs[-1][1] if auto.beliefs else ()
-    took = converged(auto.beliefs, truth, 0.0, end)
+    last = (auto.repeats or [auto])[-1].beliefs
+    learned = last[-1][1] if last else ()
+    took = auto.converged(truth, 0.0, end)
     lines.append(
         f"Slots learned (auto) at the end: {list(learned)}; truth {list(truth)}"
         + (f" -> {list(after)} after the restart" if fleet.restart else "")
-        + f". Right for good after {_seconds(took)}"
+        + f". Right for good after {_seconds(took)} (the slowest run)"
         + (
-            f"; after the restart, relearned in {_seconds(converged(auto.beliefs, after, end, 1e9))}."
+            f"; after the restart, relearned in {_seconds(auto.converged(after, end, 1e9))}."
             if fleet.restart
             else "."
         )
@@ -308,14 +331,21 @@ def _seconds(value: float | None) -> str:
 
 
 async def benchmark(
-    seed: int = 7, fleets: list[str] | None = None, workload: Workload | None = None
+    seed: int = 7,
+    fleets: list[str] | None = None,
+    workload: Workload | None = None,
+    repeat: int = 1,
 ) -> str:
     workload = workload or Workload()
     out: list[str] = []
     for name in fleets or list(FLEETS):
         fleet = FLEETS[name]
-        runs = {mode: await run_mode(mode, fleet, workload, seed) for mode in MODES}
-        out += report(fleet, workload, runs)
+        runs = {}
+        for mode in MODES:
+            seeds = range(seed, seed + (repeat if mode in REPEATED else 1))
+            runs[mode] = Run.pooled([await run_mode(mode, fleet, workload, s) for s in seeds])
+        named = f"{seed}-{seed + repeat - 1}" if repeat > 1 else str(seed)
+        out += report(fleet, workload, runs, named)
     return "\n".join(out)
 
 
@@ -325,6 +355,7 @@ def run(
     duration: float = 60.0,
     warmup: float = 30.0,
     load: float = 0.9,
+    repeat: int = 1,
 ) -> None:
     workload = Workload(duration=duration, warmup=warmup, load=load)
-    print(asyncio.run(benchmark(seed, fleets, workload)))
+    print(asyncio.run(benchmark(seed, fleets, workload, repeat)))

@@ -24,13 +24,13 @@ latency gradients; here the queueing is measured, so the window can follow proof
   wait. Then every proof is forgotten.
 - Until the first wait the limit grows like TCP slow start, belief + max(1, proven): it doubles
   per round of requests. After it, the limit is belief + 1 while probing, one probe at a time
-  (until it ends, the limit is the belief: a burst of probes would all wait). A probe that waits stops
-  probing for a number of full-window dispatches (there was demand) that doubles up to
-  `max_backoff`, or for `probe_every` seconds if that comes first, so a saturated node sees its
-  limit alternate between the truth and one more, rarely: every probe that waits costs one
+  (until it ends, the limit is the belief: a burst of probes would all wait). A probe that
+  waits stops probing for a number of full-window dispatches (there was demand) that doubles up
+  to `max_backoff`, or for `probe_every` seconds if that comes first, so a saturated node sees
+  its limit alternate between the truth and one more, rarely: every probe that waits costs one
   request a wait inside Ollama. A failed or cut request makes the next probe due (a restart cuts
-  streams). A wait-free run at a concurrency that used to wait means the node gained slots: slow
-  start again.
+  streams). A wait-free run at a concurrency that used to wait means the node gained slots:
+  slow start again.
 - A configured or forced value (`fixed`: num_parallel from the config, 1 for embedding models and
   single-slot families) is used as is and never changed by observation.
 
