@@ -7,7 +7,8 @@ requests running there, and when the recent ones ended) and a `MemoryBelief` fed
 A node not measured yet for a model is believed to be like what is known (`Peers`): its own
 other models first (OLLAMA_NUM_PARALLEL is one setting per node), else the same model on the
 other nodes, else any model there, else one slot. Such beliefs follow the others as they are
-learned, until the node's own answers say more.
+learned, until the node's own answers say more. So do memory bounds: a node that has shown no
+eviction yet is believed to hold what its peers were seen to hold, or more if it showed more.
 
 Restarts. A node's slots change only when its `ollama serve` restarts (or a runner is loaded
 anew), so the estimators of a node are reset, keeping their value but no longer trusting it
@@ -141,6 +142,8 @@ class NodeBeliefs:
             self.restarted("its runner unloaded; the next load may have other slots", gone)
         before = (self.memory.vram_bytes, self.memory.max_loaded)
         if self.memory.observe({**item, "name": m} for m, item in loaded.items()):
+            if self.peers is not None:
+                self.peers.memory_learned()
             log.info(
                 "node %s: memory believed: max_loaded_models %s -> %s, vram %s -> %s (%s)",
                 self.name,
@@ -160,17 +163,22 @@ class Peers:
         self._by_model: dict[str, int] = {}  # model -> what the nodes measured, lower median
         self._by_node: dict[str, int] = {}  # node -> what its models measured, lower median
         self._overall: int | None = None
+        # What the nodes that know their memory hold, for those that do not yet (lower median).
+        self.max_loaded: int | None = None
+        self.vram_bytes: int | None = None
 
     def join(self, node: NodeBeliefs) -> None:
         node.peers = self
         self._members[node.name] = node
         self.learned()
+        self.memory_learned()
 
     def leave(self, node: NodeBeliefs) -> None:
         if self._members.get(node.name) is node:
             del self._members[node.name]
             node.peers = None
             self.learned()
+            self.memory_learned()
 
     def prior(self, node: NodeBeliefs, model: str) -> int:
         own = self._by_node.get(node.name)
@@ -200,6 +208,14 @@ class Peers:
                         change = belief.estimator.reset("believed like its peers", prior)
                         if change is not None:
                             log.info("node %s, model %s: %s", node.name, model, change)
+
+    def memory_learned(self) -> None:
+        """A node's memory bounds changed: recount what the others are believed to hold."""
+        memories = [node.memory for node in self._members.values()]
+        loaded = [m.max_loaded for m in memories if m.max_loaded is not None]
+        vram = [m.vram_bytes for m in memories if m.vram_bytes is not None]
+        self.max_loaded = _lower_median(loaded) if loaded else None
+        self.vram_bytes = _lower_median(vram) if vram else None
 
 
 def _lower_median(values: list[int]) -> int:

@@ -4,9 +4,9 @@ how many models and how much memory it holds: the one place the rest of the prox
 Ollama gives every loaded model `OLLAMA_NUM_PARALLEL` slots, except embedding models and a few
 families that it forces to one (read from the node's own `/api/tags`). Unless the operator gave
 `num_parallel`, the slots are learned from the proxy's own requests (estimator.py, beliefs.py):
-`model_slots` is the belief (what the scorer, the prompt-cache map and the views use) and
-`slot_limit` how many requests admission control lets run there (the belief, plus one while it
-probes for more). Memory bounds come from the configuration, else from /api/ps and evictions.
+`model_slots` is the belief (what the views show), `slot_limit` how many requests admission
+control lets run there (the belief, plus one while it probes for more, twice what is proven while
+it is still growing), and `routing_slots` what the scorer and the prompt-cache map plan with. Memory bounds come from the configuration, else from /api/ps and evictions.
 """
 
 from __future__ import annotations
@@ -96,6 +96,19 @@ def model_slots(node: NodeState, model: str) -> int:
     return node.beliefs.prior(model)
 
 
+def routing_slots(node: NodeState, model: str) -> int:
+    """The slots routing plans with (the scorer, the prompt-cache map): the belief, or, while
+    it is still growing (slow start), what admission control lets in, so that a node whose
+    slots are not known yet is tried as it would be admitted rather than priced as full."""
+    belief = node.beliefs.slots.get(model)
+    if belief is not None:
+        estimator = belief.estimator
+        return estimator.limit if estimator.source in ("default", "probing") else estimator.believed
+    if node.config.num_parallel is not None or _single_slot(node.models.get(model)):
+        return model_slots(node, model)
+    return node.beliefs.prior(model) + 1  # a fresh estimator's first limit
+
+
 def slot_source(node: NodeState, model: str) -> str:
     """Where the belief about `model`'s slots on `node` comes from (one of SOURCES)."""
     belief = node.beliefs.slots.get(model)
@@ -125,15 +138,23 @@ def believed_total(node: NodeState) -> int:
 
 
 def max_loaded(node: NodeState) -> int:
-    """How many models `node` holds at once: configured, else learned from /api/ps."""
-    memory = node.beliefs.memory
-    learned = memory.max_loaded
-    return learned if learned is not None else max(DEFAULT_MAX_LOADED, memory.loaded_seen)
+    """How many models `node` holds at once: configured, else learned from /api/ps (its own
+    evictions, else its peers', never fewer than it was seen to hold)."""
+    memory, peers = node.beliefs.memory, node.beliefs.peers
+    if memory.max_loaded is not None:
+        return memory.max_loaded
+    like = peers.max_loaded if peers is not None else None
+    return max(DEFAULT_MAX_LOADED if like is None else like, memory.loaded_seen)
 
 
 def vram_bytes(node: NodeState) -> int | None:
-    """Memory `node` has for models: configured, else what an eviction showed; None: unknown."""
-    return node.beliefs.memory.vram_bytes
+    """Memory `node` has for models: configured, else what an eviction showed there, else on
+    its peers (never less than it was seen to use); None: unknown."""
+    memory, peers = node.beliefs.memory, node.beliefs.peers
+    if memory.vram_bytes is not None:
+        return memory.vram_bytes
+    like = peers.vram_bytes if peers is not None else None
+    return None if like is None else max(like, memory.vram_seen)
 
 
 def learn(

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.capacity import believed_total, model_slots
+from sollol_proxy.fleet.capacity import believed_total, routing_slots
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
@@ -141,7 +141,7 @@ class Selector:
         self, nodes: list[NodeState], profile: RequestProfile, request_id: str, priority: int
     ) -> Plan:
         model = profile.model
-        slots = {n.name: model_slots(n, model) for n in nodes}
+        slots = {n.name: routing_slots(n, model) for n in nodes}
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
         # this model's tokens, the unit of Ollama's counts and of the learned speeds.
         ratio = self._learner.token_ratio(model)

@@ -9,7 +9,7 @@ from sollol_proxy.fleet.capacity import (
     max_loaded,
     model_memory,
     model_size,
-    model_slots,
+    routing_slots,
     vram_bytes,
 )
 from sollol_proxy.fleet.fleet import NodeState
@@ -45,7 +45,7 @@ def runners(
                 in_flight=in_flight,
                 expires_ns=expires - now_ns if expires else 0,
                 load_s=learner.load_s(node.name, model, size),
-                drain_s=in_flight / model_slots(node, model) * learner.service_s(node.name, model)
+                drain_s=in_flight / routing_slots(node, model) * learner.service_s(node.name, model)
                 if in_flight
                 else 0.0,
                 demand=1.0 if demand is None else demand.get(model, 0.0),
@@ -101,7 +101,7 @@ def node_view(
             max_loaded(node),
         )
     busy = node.model_in_flight.get(model, 0)
-    slots = model_slots(node, model)
+    slots = routing_slots(node, model)
     ready = resident and options_match
     return NodeView(
         name=name,

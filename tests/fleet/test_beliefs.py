@@ -96,3 +96,16 @@ def test_a_reload_that_sets_num_parallel_replaces_the_learned_beliefs() -> None:
     beliefs.reconfigure(NodeConfig(url="http://a:1", name="a"))
     assert beliefs.slot("m", forced=False).estimator.source == "default"
     assert beliefs.memory.max_loaded is None
+
+
+def test_a_node_that_showed_no_eviction_holds_what_its_peers_hold() -> None:
+    peers = Peers()
+    a, b = node("a"), node("b")
+    peers.join(a)
+    peers.join(b)
+    assert (peers.max_loaded, peers.vram_bytes) == (None, None)
+    a.observe_ps({"x": {"size_vram": 4}, "y": {"size_vram": 4}})
+    a.observe_ps({"y": {"size_vram": 4}, "z": {"size_vram": 4}})  # x evicted for z
+    assert (a.memory.max_loaded, a.memory.vram_bytes) == (2, 12)
+    assert (peers.max_loaded, peers.vram_bytes) == (2, 12)
+    assert b.memory.max_loaded is None  # b's own belief stays unknown; capacity.py reads peers

@@ -207,3 +207,20 @@ async def test_memory_bounds_are_learned_from_evictions_without_vram(
     await eventually(lambda: len(node.loaded) == 2)
     missing = next(m for m in node.models if m not in node.loaded)
     assert planned_victims(node, missing, made.proxy.runner.app[LEARNER])
+
+
+async def test_a_node_without_evictions_is_believed_to_hold_what_its_peers_hold(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    spec = dict(models=["llama3.2", "qwen2.5:7b", "mistral"], max_loaded_models=2)
+    made = await cluster(dict(spec, name="a"), dict(spec, name="b"), urls_only=True)
+    first, second = (made.fleet.nodes[name] for name in node_names(made))
+    for model in ("llama3.2", "qwen2.5:7b", "mistral"):
+        headers = {"X-Sollol-Node": first.name}
+        body = orjson.dumps({"model": model, "prompt": "x", "options": {"num_predict": 2}})
+        async with http.post(made.url + "/api/generate", data=body, headers=headers) as r:
+            assert r.status == 200
+            await r.read()
+        await eventually(lambda m=model: any(k.startswith(m) for k in first.loaded))
+    await eventually(lambda: capacity.max_loaded(first) == 2)
+    assert capacity.max_loaded(second) == 2 and second.beliefs.memory.max_loaded is None
