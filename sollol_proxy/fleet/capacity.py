@@ -5,8 +5,10 @@ Ollama gives every loaded model `OLLAMA_NUM_PARALLEL` slots, except embedding mo
 families that it forces to one (read from the node's own `/api/tags`). Unless the operator gave
 `num_parallel`, the slots are learned from the proxy's own requests (estimator.py, beliefs.py):
 `model_slots` is the belief (what the views show), `slot_limit` how many requests admission
-control lets run there (the belief, plus one while it probes for more, twice what is proven while
-it is still growing), and `routing_slots` what the scorer and the prompt-cache map plan with. Memory bounds come from the configuration, else from /api/ps and evictions.
+control lets run there (the belief, plus one while it probes for more, twice what is proven
+while it is still growing), and `routing_slots` what the scorer and the prompt-cache map plan
+with. Memory bounds come from the configuration, else from /api/ps and evictions, the node's
+own or its peers'.
 """
 
 from __future__ import annotations
@@ -157,6 +159,16 @@ def vram_bytes(node: NodeState) -> int | None:
     return None if like is None else max(like, memory.vram_seen)
 
 
+def memory_source(node: NodeState) -> str:
+    """Where the memory bounds come from: configured, evictions (seen on the node), peers
+    (seen on other nodes), resident (only a lower bound seen), default."""
+    memory, peers = node.beliefs.memory, node.beliefs.peers
+    own = memory.source
+    if own in ("configured", "evictions") or peers is None:
+        return own
+    return "peers" if peers.max_loaded is not None or peers.vram_bytes is not None else own
+
+
 def learn(
     node: NodeState,
     model: str,
@@ -215,7 +227,7 @@ def snapshot(node: NodeState, in_use: Mapping[str, int]) -> dict[str, Any]:
         "memory": {
             "vram": vram_bytes(node),
             "max_loaded_models": max_loaded(node),
-            "source": memory.source,
+            "source": memory_source(node),
             "most_resident_together": memory.loaded_seen,
             "most_vram_together": memory.vram_seen,
         },
