@@ -272,6 +272,35 @@ def bench_embed(scale: float, rounds: int) -> None:
     run(scale=scale, rounds=rounds)
 
 
+@bench.command("capacity")
+@click.option("--seed", default=7, show_default=True, help="Seed of the arrivals.")
+@click.option(
+    "--fleet",
+    "fleets",
+    multiple=True,
+    type=click.Choice(["mixed", "all4", "restart"]),
+    help="Run only these fleets (default: all).",
+)
+@click.option("--duration", default=60.0, show_default=True, help="Seconds of arrivals per run.")
+@click.option("--warmup", default=30.0, show_default=True, help="Steady figures start here.")
+@click.option("--load", default=0.9, show_default=True, help="Offered load / fleet capacity.")
+@click.option("--repeat", default=1, show_default=True, help="Runs of auto and told, pooled.")
+def bench_capacity(
+    seed: int, fleets: tuple[str, ...], duration: float, warmup: float, load: float, repeat: int
+) -> None:
+    """Slots learned from URLs only, against the proxy told them, no queue and least-conn."""
+    from sollol_proxy.bench.capacity import run
+
+    run(
+        seed=seed,
+        fleets=list(fleets) or None,
+        duration=duration,
+        warmup=warmup,
+        load=load,
+        repeat=repeat,
+    )
+
+
 @main.command()
 @click.option("--duration", default=60.0, show_default=True, help="Seconds of load.")
 @click.option("--nodes", default=4, show_default=True, help="Simulated nodes.")

@@ -47,7 +47,8 @@ async def _demo(count: int, host: str, port: int, token_delay: float, load_delay
             overrides={
                 "listen.host": host,
                 "listen.port": port,
-                "nodes": [{"url": n.url, "name": n.name, "num_parallel": 2} for n in nodes],
+                # Names for readable headers; slots and memory are learned, as in real use.
+                "nodes": [{"url": n.url, "name": n.name} for n in nodes],
             },
         )
         proxy = await start_proxy(config)

@@ -65,11 +65,14 @@ ClusterFactory = Callable[..., Awaitable[Cluster]]
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[ClusterFactory]:
-    """`await cluster(dict(name="a", models=[...]), ..., **config_overrides)`; the proxies of
-    one test share a batch-job store."""
+    """`await cluster(dict(name="a", models=[...]), ..., **config_overrides)`; with
+    `urls_only=True` the proxy is given the nodes' URLs and nothing else (zero configuration);
+    the proxies of one test share a batch-job store."""
     started: list[Cluster] = []
 
-    async def make(*node_specs: dict[str, Any], **settings: Any) -> Cluster:
+    async def make(
+        *node_specs: dict[str, Any], urls_only: bool = False, **settings: Any
+    ) -> Cluster:
         nodes = []
         for spec in node_specs:
             spec = {"deterministic": True, **spec}
@@ -79,7 +82,10 @@ async def cluster(tmp_path: Path) -> AsyncIterator[ClusterFactory]:
         overrides = {
             **TEST_SETTINGS,
             "batch.data_dir": str(tmp_path / "sollol-data"),
-            "nodes": [_node_config(n, spec) for n, spec in zip(nodes, node_specs, strict=True)],
+            "nodes": [
+                n.url if urls_only else _node_config(n, spec)
+                for n, spec in zip(nodes, node_specs, strict=True)
+            ],
             **{k.replace("__", "."): v for k, v in settings.items()},
         }
         config = load_config(None, env={}, overrides=overrides)

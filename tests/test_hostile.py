@@ -343,7 +343,9 @@ async def test_slowloris_2000_silent_sockets_do_not_lock_clients_out(
         assert await _served_within(made.url, header_timeout + 2.0) < header_timeout + 2.0
         for writer in attackers:
             writer.close()
-    assert lag[0] < 0.5
+    # The attacker's 2,000 sockets are opened from this same event loop, so the lag includes
+    # their cost on a shared machine; a blocked loop (the proxy waiting on one client) is seconds.
+    assert lag[0] < 2.0
     no_traceback(caplog)
     async with aiohttp.ClientSession() as http:
         await still_serving(made, http)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sollol_proxy.fleet.capacity import model_memory, model_room
+from sollol_proxy.fleet.capacity import max_loaded, model_memory, model_room, vram_bytes
 from sollol_proxy.fleet.fleet import NodeState
 
 
@@ -14,17 +14,18 @@ class SlotTable:
 
     def is_free(self, node: NodeState, model: str) -> bool:
         """A request for `model` can start on `node` now without waiting inside Ollama: a slot
-        of the model's runner is free (for an embedding model, one request may also wait there:
-        see capacity.model_room), or the model can get a runner without unloading a busy one
-        (fewer than max_loaded_models models running and, when the node's `vram` is configured,
-        room for it beside them)."""
+        of the model's runner is free (or, while the slots are being learned, one more than
+        known is tried; for an embedding model one request may also wait there: see
+        capacity.model_room), or the model can get a runner without unloading a busy one (fewer
+        than max_loaded_models models running and, when the node's memory is known, room for it
+        beside them)."""
         running = self._held.get(node.name, {})
         held = running.get(model, 0)
         if held:
             return held < model_room(node, model)
-        if len(running) >= node.config.max_loaded_models:
+        if len(running) >= max_loaded(node):
             return False
-        vram = node.config.vram_bytes
+        vram = vram_bytes(node)
         if vram is None or not running:
             return True  # alone on the node, a model is Ollama's to fit
         busy = sum(model_memory(node, m) for m in running)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -42,6 +43,7 @@ http {{
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_read_timeout 3600s;
+            proxy_next_upstream off;  # a request is sent once, as a client would
             client_max_body_size 64m;
         }}
     }}
@@ -95,3 +97,13 @@ async def _wait_listening(port: int, process: asyncio.subprocess.Process) -> Non
         await writer.wait_closed()
         return
     raise RuntimeError("nginx did not start listening")
+
+
+@asynccontextmanager
+async def least_conn(nodes: Sequence[str]) -> AsyncIterator[str]:
+    """nginx balancing `nodes` with least_conn on a free port; yields its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with nginx(nodes, port):
+        yield f"http://127.0.0.1:{port}"

@@ -119,9 +119,7 @@ async def run_mode(
             "listen.port": 0,
             "log_level": "warning",
             "queue.enabled": queue,
-            "nodes": [
-                {"url": n.url, "name": n.name, "num_parallel": workload.num_parallel} for n in nodes
-            ],
+            "nodes": [n.url for n in nodes],  # zero configuration: the slots are learned
         },
     )
     proxy = await start_proxy(config)

@@ -2,8 +2,9 @@
 
 The simulated nodes follow Ollama's scheduler physics (slots per model, one load at a time,
 eviction under VRAM, a per-slot prompt prefix cache, prefill and decode speed), time-scaled so
-that a run takes seconds. Every strategy runs every workload with fresh nodes and a fresh proxy;
-results are reported as ratios to round_robin.
+that a run takes seconds. Every strategy runs every workload with fresh nodes and a fresh proxy,
+given only the nodes' URLs (their slots and memory are learned); results are reported as ratios
+to round_robin.
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ class Result:
     loads: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
-
-
-_CONFIG_ONLY = ("vram",)
 
 
 async def _send(http: aiohttp.ClientSession, url: str, call: Call, result: Result) -> str:
@@ -91,10 +89,7 @@ async def _timed(
 
 
 async def run_scenario(scenario: Scenario, strategy: str) -> Result:
-    nodes = [
-        SimulatedNode(**{k: v for k, v in spec.items() if k not in _CONFIG_ONLY})
-        for spec in scenario.nodes
-    ]
+    nodes = [SimulatedNode(**spec) for spec in scenario.nodes]
     for node in nodes:
         await node.start(port=0)
     if scenario.preload:
@@ -114,19 +109,9 @@ async def run_scenario(scenario: Scenario, strategy: str) -> Result:
             "health.interval": 0.5,
             "inventory.interval": 5,
             "log_level": "warning",
-            "nodes": [
-                {
-                    "url": n.url,
-                    "name": n.name,
-                    "num_parallel": spec["num_parallel"],
-                    **(
-                        {"vram": spec["vram"], "max_loaded_models": spec["max_loaded_models"]}
-                        if "vram" in spec
-                        else {}
-                    ),
-                }
-                for n, spec in zip(nodes, scenario.nodes, strict=True)
-            ],
+            # Zero configuration: the nodes' slots and memory are theirs to know, the proxy's
+            # to learn.
+            "nodes": [n.url for n in nodes],
         },
     )
     proxy = await start_proxy(config)

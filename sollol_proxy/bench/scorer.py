@@ -67,6 +67,7 @@ def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
     computed, then ranked, as Selector does for every request."""
     from sollol_proxy.config import load_config
     from sollol_proxy.config.policies import Priors
+    from sollol_proxy.fleet.capacity import model_slots
     from sollol_proxy.fleet.fleet import Fleet
     from sollol_proxy.fleet.learning import Learner
     from sollol_proxy.fleet.prompt_cache import PromptCache
@@ -112,7 +113,7 @@ def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
     cache.record(models[0], "n0", profile.prefix_keys)
     strategy = make_strategy("performance")
     candidates = list(fleet.nodes.values())
-    slots = {n.name: n.config.num_parallel for n in candidates}
+    slots = {n.name: model_slots(n, models[0]) for n in candidates}
     request = RouteRequest(
         model=models[0], request_id="r", prompt_tokens=profile.prompt_tokens, expected_output=200
     )

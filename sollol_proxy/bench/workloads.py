@@ -38,7 +38,7 @@ class Session:
 class Scenario:
     name: str
     description: str
-    nodes: list[dict[str, Any]]  # SimulatedNode arguments plus num_parallel/vram for the config
+    nodes: list[dict[str, Any]]  # SimulatedNode arguments (the proxy is given only the URLs)
     sessions: list[Session] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     preload: bool = False  # load the model on every node before the run (a warm fleet)
@@ -145,7 +145,6 @@ def many_models(seed: int) -> Scenario:
         load_bytes_per_s=8 * GiB,
         prompt_tokens_per_s=20000,
         token_delay=0.004,
-        vram=9 * GiB,
     )
     return Scenario(
         "many_models",

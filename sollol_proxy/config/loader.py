@@ -20,6 +20,7 @@ import sollol_proxy.config.embed as embed  # the embed.* and batch.* validators
 import sollol_proxy.config.resilience as resilience  # its validators share the value parsers
 from sollol_proxy.config.layers import Layers, load_env, load_file
 from sollol_proxy.config.model import (
+    AUTO,
     LOG_FORMATS,
     Config,
     ConfigError,
@@ -93,30 +94,36 @@ def _node(layers: Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
             f"{key}.name",
             f"must be letters, digits, '.', '_', ':', '-' and not 'all', got {name!r}",
         )
-    num_parallel = entry.get("num_parallel", 1)
-    if (
-        isinstance(num_parallel, bool)
-        or not isinstance(num_parallel, int)
-        or not 1 <= num_parallel <= 1024
-    ):
-        raise layers.error(
-            f"{key}.num_parallel", f"expected an integer from 1 to 1024, got {num_parallel!r}"
-        )
     vram = entry.get("vram")
     return NodeConfig(
         url=url,
         name=name,
-        num_parallel=num_parallel,
+        num_parallel=_auto_int(layers, f"{key}.num_parallel", entry.get("num_parallel")),
         labels=string_map(layers, f"{key}.labels", entry.get("labels")),
         headers=headers(layers, f"{key}.headers", entry.get("headers")),
-        vram_bytes=None if vram is None else size(layers, f"{key}.vram", 0, vram),
-        max_loaded_models=integer(
-            layers, f"{key}.max_loaded_models", 3, 1, 1024, entry.get("max_loaded_models")
+        vram_bytes=None if _is_auto(vram) else size(layers, f"{key}.vram", 0, vram),
+        max_loaded_models=_auto_int(
+            layers, f"{key}.max_loaded_models", entry.get("max_loaded_models")
         ),
         priors=_priors(layers, f"{key}.priors", entry["priors"], priors)
         if "priors" in entry
         else None,
     )
+
+
+def _auto_int(layers: Layers, key: str, value: Any) -> int | None:
+    """A node setting the proxy can learn: absent or `auto` (None), or an integer it is told."""
+    if _is_auto(value):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise layers.error(key, f"expected auto or an integer from 1 to 1024, got {value!r}")
+    return value
+
+
+def _is_auto(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() == AUTO)
 
 
 def _priors(layers: Layers, key: str, value: Any, base: Priors) -> Priors:

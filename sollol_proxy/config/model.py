@@ -26,6 +26,7 @@ from sollol_proxy.config.policies import (
 
 DEFAULT_OLLAMA_PORT = 11434
 LOG_FORMATS = ("plain", "json")
+AUTO = "auto"  # a node setting the proxy learns from the node itself
 
 
 class ConfigError(Exception):
@@ -40,11 +41,12 @@ class ConfigError(Exception):
 class NodeConfig:
     url: str
     name: str
-    num_parallel: int = 1
+    num_parallel: int | None = None  # the node's OLLAMA_NUM_PARALLEL; None: learned (`auto`)
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    vram_bytes: int | None = None  # memory for models; None: only max_loaded_models limits them
-    max_loaded_models: int = 3  # the node's OLLAMA_MAX_LOADED_MODELS (Ollama's auto value is 3)
+    vram_bytes: int | None = None  # memory for models; None: learned from /api/ps and evictions
+    # the node's OLLAMA_MAX_LOADED_MODELS; None: learned from /api/ps (Ollama's auto value is 3)
+    max_loaded_models: int | None = None
     priors: Priors | None = None  # this node's starting speeds, instead of routing.priors
 
 
@@ -153,11 +155,13 @@ class Config:
                 {
                     "url": n.url,
                     "name": n.name,
-                    "num_parallel": n.num_parallel,
+                    "num_parallel": AUTO if n.num_parallel is None else n.num_parallel,
                     "labels": dict(n.labels),
                     "headers": {k: "<redacted>" for k in n.headers},
-                    "vram": n.vram_bytes,
-                    "max_loaded_models": n.max_loaded_models,
+                    "vram": AUTO if n.vram_bytes is None else n.vram_bytes,
+                    "max_loaded_models": AUTO
+                    if n.max_loaded_models is None
+                    else n.max_loaded_models,
                     "priors": asdict(n.priors) if n.priors else None,
                 }
                 for n in self.nodes

@@ -23,10 +23,14 @@ latency gradients; here the queueing is measured, so the window can follow proof
   belief in a row: one request of another client makes about one round of the proxy's requests
   wait. Then every proof is forgotten.
 - Until the first wait the limit grows like TCP slow start, belief + max(1, proven): it doubles
-  per round of requests. After it, the limit is belief + 1 while probing. A probe that waits stops
-  probing for a number of full-window dispatches (there was demand) that doubles up to
-  `max_backoff`, so a saturated node sees its limit alternate between the truth and one more. A
-  wait-free run at a concurrency that used to wait means the node gained slots: slow start again.
+  per round of requests. After it, the limit is belief + 1 while probing, one probe at a time
+  (until it ends, the limit is the belief: a burst of probes would all wait). A probe that
+  waits stops probing for a number of full-window dispatches (there was demand) that doubles up
+  to `max_backoff`, or for `probe_every` seconds if that comes first, so a saturated node sees
+  its limit alternate between the truth and one more, rarely: every probe that waits costs one
+  request a wait inside Ollama. A failed or cut request makes the next probe due (a restart cuts
+  streams). A wait-free run at a concurrency that used to wait means the node gained slots:
+  slow start again.
 - A configured or forced value (`fixed`: num_parallel from the config, 1 for embedding models and
   single-slot families) is used as is and never changed by observation.
 
@@ -78,7 +82,8 @@ class CapacityEstimator:
         strikes: int = 2,
         restart_rounds: int = 3,
         proof_ttl: float = 600.0,
-        max_backoff: int = 32,
+        max_backoff: int = 512,
+        probe_every: float = 30.0,
     ) -> None:
         self.cap = max(1, cap)
         self.fixed = None if fixed is None else max(1, fixed)
@@ -86,6 +91,7 @@ class CapacityEstimator:
         self.restart_rounds = restart_rounds
         self.proof_ttl = proof_ttl
         self.max_backoff = max_backoff
+        self.probe_every = probe_every
         self._restart(prior)
 
     def _restart(self, prior: int) -> None:
@@ -96,6 +102,8 @@ class CapacityEstimator:
         self._strike_ks: list[int] = []  # K of recent waits at or under the belief
         self._slow_start = True
         self._until_probe = 0  # full-window dispatches before the next probe
+        self._probes = 0  # probes sent and not ended: one at a time, so a probe means one wait
+        self._probed_at = -math.inf
         self._backoff = 1
         self._observed = False
 
@@ -110,7 +118,7 @@ class CapacityEstimator:
             return self.fixed
         if self._slow_start:
             return min(self.cap, self._believed + max(1, self._proven))
-        return min(self.cap, self._believed + (self._until_probe <= 0))
+        return min(self.cap, self._believed + (self._until_probe <= 0 and not self._probes))
 
     @property
     def source(self) -> str:
@@ -120,13 +128,26 @@ class CapacityEstimator:
             return "default"
         return "probing" if self._slow_start else "learned"
 
-    def dispatched(self, in_flight_after: int, now: float) -> None:
-        """The proxy sent a request; `in_flight_after` counts it."""
+    def dispatched(self, in_flight_after: int, now: float) -> bool:
+        """The proxy sent a request; `in_flight_after` counts it. True when it is a probe (more
+        than believed, after slow start): the caller reports its end with `probe_ended()`, and
+        until then no other probe is let in."""
         if self.fixed:
-            return
+            return False
         self._age(now)
+        if in_flight_after > self._believed and not self._slow_start:
+            self._probes += 1
+            self._probed_at = now
+            return True
+        if self._until_probe > 0 and now - self._probed_at >= self.probe_every:
+            self._until_probe = 0  # however long the backoff, a node that gained slots is seen
         if in_flight_after >= self._believed and self._until_probe > 0:
             self._until_probe -= 1
+        return False
+
+    def probe_ended(self) -> None:
+        """A probe is over (answered, failed or cut): the next one may go when due."""
+        self._probes = max(0, self._probes - 1)
 
     def finished(
         self,
@@ -140,7 +161,10 @@ class CapacityEstimator:
         cut stream); `total_s` is its total_duration, to scale the noise threshold. `overlap`:
         how many of the requests in flight at its dispatch (itself included) were still in
         flight when its first byte came; a run without a wait proves only that many slots."""
-        if self.fixed or slot_wait_s is None:
+        if self.fixed:
+            return None
+        if slot_wait_s is None:
+            self._until_probe = 0  # a failure: if the node restarted, a probe soon tells
             return None
         self._age(now)
         before, source = self._believed, self.source
@@ -218,6 +242,10 @@ class MemoryBelief:
         self._vram_cap: int | None = None
         self._loaded_cap: int | None = None
         self._resident: dict[str, int] | None = None  # name -> size_vram, last snapshot
+
+    def configure(self, *, vram_bytes: int | None, max_loaded: int | None) -> None:
+        """New overrides from a reload; what was observed stays."""
+        self._vram_fixed, self._loaded_fixed = vram_bytes, max_loaded
 
     @property
     def vram_bytes(self) -> int | None:

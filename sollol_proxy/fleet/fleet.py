@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from sollol_proxy.config import Config, NodeConfig
+from sollol_proxy.fleet.beliefs import NodeBeliefs, Peers
 from sollol_proxy.fleet.health import Failure, NodeHealth, State
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.wire.gojson import timestamp_ns
@@ -36,6 +37,7 @@ ON_DEMAND_REFRESH_MIN_AGE = 1.0
 class NodeState:
     config: NodeConfig
     health: NodeHealth = field(init=False)
+    beliefs: NodeBeliefs = field(init=False)  # its slots and memory: read through capacity.py
     version: str | None = None
     # normalized model name -> the node's own /api/tags item (kept for the fleet-wide views)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -59,6 +61,7 @@ class NodeState:
 
     def __post_init__(self) -> None:
         self.health = NodeHealth(self.config.name)
+        self.beliefs = NodeBeliefs(self.config)
 
     @property
     def name(self) -> str:
@@ -111,8 +114,10 @@ class Fleet:
         self._session = session
         self._prompt_cache = prompt_cache
         self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in config.nodes}
+        self.peers = Peers()  # what an unmeasured node's capacity is believed to be
         for node in self.nodes.values():
             node.health.policy = config.outlier
+            self.peers.join(node.beliefs)
         self._refresh_lock = asyncio.Lock()
         self._last_on_demand = 0.0
         self._rng = random.Random()
@@ -130,14 +135,17 @@ class Fleet:
             state = old.get(node_config.name)
             if state is not None and state.config.url == node_config.url:
                 state.config = node_config
+                state.beliefs.reconfigure(node_config)
             else:
                 state = NodeState(node_config)
                 added.append(state)
+                self.peers.join(state.beliefs)
             state.health.policy = config.outlier
             nodes[node_config.name] = state
         removed = [state for name, state in old.items() if nodes.get(name) is not state]
         for state in removed:  # should it come back, nothing it had cached is assumed
             self._prompt_cache.forget(state.name, state.models.keys() | state.loaded.keys())
+            self.peers.leave(state.beliefs)
         self.nodes = nodes
         return added, removed
 
@@ -192,6 +200,7 @@ class Fleet:
             for model in gone:
                 node.runner_options.pop(model, None)
         node.loaded = loaded
+        node.beliefs.observe_ps(loaded)
         node.expires_ns = {m: timestamp_ns(item.get("expires_at")) for m, item in loaded.items()}
         # Loads that completed while the answer was on its way are not in it yet.
         node.recent = {
@@ -249,9 +258,13 @@ class Fleet:
             node.failed_probes += 1
             node.health.probe_failed(str(exc))
             return
-        node.failed_probes = 0
+        failed, node.failed_probes = node.failed_probes, 0
         node.health.probe_ok()
-        node.version = str(version.get("version", "")) or None
+        previous, node.version = node.version, str(version.get("version", "")) or None
+        if failed and previous is not None:
+            node.beliefs.restarted(f"the node answers again after {failed} failed probes")
+        elif previous is not None and node.version != previous:
+            node.beliefs.restarted(f"the node now runs version {node.version}")
         self.saw_ps(node, ps, asked_at)
         if tags is not None:
             self.saw_tags(node, tags)

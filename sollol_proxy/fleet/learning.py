@@ -3,8 +3,9 @@
 The final object of every /api/chat and /api/generate answer carries `load_duration`,
 `prompt_eval_count`, `prompt_eval_duration`, `eval_count`, `eval_duration` and `total_duration`
 (nanoseconds). They are read from the last bytes of the response as it passes (the client's bytes
-are untouched) and folded into decayed averages per node and model. Until a node has samples,
-its configured priors stand in.
+are untouched) and folded into decayed averages per node and model. Until a node has samples for
+a model, what other nodes measured for it stands in, then the node's other models, and the
+configured priors only for a fleet that has measured nothing.
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ class Learner:
         self._nodes: dict[str, NodeStats] = {}
         self._outputs: dict[tuple[str, str], Average] = {}
         self._model_load: dict[str, Average] = {}  # load time of a model on any node
+        # (model, "prefill_tps" | "decode_tps") -> that speed of the model on any node
+        self._model_speeds: dict[tuple[str, str], Average] = {}
         self._token_ratio: dict[str, Average] = {}  # Ollama's prompt tokens / the estimate
         self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
 
@@ -136,13 +139,23 @@ class Learner:
         pair = self._pairs.get((node, model))
         if pair is not None and pair.prefill_tps.samples:
             return pair.prefill_tps.value
-        return self._node(node).prefill_tps.get(self.priors(node).prefill_tokens_per_s)
+        return self._unmeasured(node, model, "prefill_tps", self.priors(node).prefill_tokens_per_s)
 
     def decode_tps(self, node: str, model: str) -> float:
         pair = self._pairs.get((node, model))
         if pair is not None and pair.decode_tps.samples:
             return pair.decode_tps.value
-        return self._node(node).decode_tps.get(self.priors(node).decode_tokens_per_s)
+        return self._unmeasured(node, model, "decode_tps", self.priors(node).decode_tokens_per_s)
+
+    def _unmeasured(self, node: str, model: str, speed: str, prior: float) -> float:
+        """A node not measured for `model` is as fast as its peers measured it (unmeasured is
+        not faster), else as its own other models, else the priors. A node given `priors` of
+        its own is told to differ from its peers: its own models, then those priors."""
+        peers = self._model_speeds.get((model, speed))
+        if peers is not None and node not in self._node_priors:
+            return peers.value
+        own: Average = getattr(self._node(node), speed)
+        return own.get(prior)
 
     def load_s(self, node: str, model: str, size_bytes: int) -> float:
         """Learned on this node; else as long as it took on other nodes; else the prior."""
@@ -248,10 +261,12 @@ class Learner:
             if current.samples < 3 or speed < 3 * current.value:
                 current.add(speed)
                 stats.prefill_tps.add(speed)
+                self._model_speeds.setdefault((model, "prefill_tps"), Average()).add(speed)
         if timings.output_tokens >= 4 and timings.output_s > 0:
             speed = timings.output_tokens / timings.output_s
             pair.decode_tps.add(speed)
             stats.decode_tps.add(speed)
+            self._model_speeds.setdefault((model, "decode_tps"), Average()).add(speed)
         if timings.output_tokens and not timings.hit_limit:  # a cut answer says little of length
             self._outputs.setdefault((model, task), Average()).add(timings.output_tokens)
 

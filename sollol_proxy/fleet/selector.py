@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.capacity import model_slots
+from sollol_proxy.fleet.capacity import believed_total, routing_slots
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
@@ -134,7 +134,7 @@ class Selector:
         self, nodes: list[NodeState], profile: RequestProfile, request_id: str, priority: int
     ) -> Plan:
         model = profile.model
-        slots = {n.name: model_slots(n, model) for n in nodes}
+        slots = {n.name: routing_slots(n, model) for n in nodes}
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
         # this model's tokens, the unit of Ollama's counts and of the learned speeds.
         ratio = self._learner.token_ratio(model)
@@ -290,14 +290,14 @@ def _least_loaded(
     """`nodes` least loaded first (ties spread by request), each saying `why` it could go."""
 
     def key(node: NodeState) -> tuple[float, int]:
-        return node.in_flight / node.config.num_parallel, zlib.crc32(
+        return node.in_flight / believed_total(node), zlib.crc32(
             f"{request_id}/{node.name}".encode()
         )
 
     return [
         Target(
             node,
-            f"{why}; least loaded, {node.in_flight}/{node.config.num_parallel} slots busy",
+            f"{why}; least loaded, {node.in_flight}/{believed_total(node)} slots busy",
             reason,
         )
         for node in sorted(nodes, key=key)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from sollol_proxy.fleet.capacity import model_memory, model_size, model_slots
+from sollol_proxy.fleet.capacity import (
+    max_loaded,
+    model_memory,
+    model_size,
+    routing_slots,
+    vram_bytes,
+)
 from sollol_proxy.fleet.fleet import NodeState
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.routing import NodeView
@@ -39,7 +45,7 @@ def runners(
                 in_flight=in_flight,
                 expires_ns=expires - now_ns if expires else 0,
                 load_s=learner.load_s(node.name, model, size),
-                drain_s=in_flight / model_slots(node, model) * learner.service_s(node.name, model)
+                drain_s=in_flight / routing_slots(node, model) * learner.service_s(node.name, model)
                 if in_flight
                 else 0.0,
                 demand=1.0 if demand is None else demand.get(model, 0.0),
@@ -55,9 +61,9 @@ def _might_evict(node: NodeState, model: str) -> bool:
         - node.evicting.keys()
         - {model}
     )
-    if len(present) >= node.config.max_loaded_models:
+    if len(present) >= max_loaded(node):
         return True
-    vram = node.config.vram_bytes
+    vram = vram_bytes(node)
     return (
         vram is not None
         and sum(model_memory(node, m) for m in present) + model_size(node.models.get(model)) > vram
@@ -91,11 +97,11 @@ def node_view(
         evict = eviction_cost(
             runners(node, learner, exclude=model, demand=demand),
             size,
-            node.config.vram_bytes,
-            node.config.max_loaded_models,
+            vram_bytes(node),
+            max_loaded(node),
         )
     busy = node.model_in_flight.get(model, 0)
-    slots = model_slots(node, model)
+    slots = routing_slots(node, model)
     ready = resident and options_match
     return NodeView(
         name=name,
@@ -137,6 +143,6 @@ def planned_victims(node: NodeState, model: str, learner: Learner) -> list[Runne
     return victims(
         runners(node, learner, exclude=model),
         model_size(node.models.get(model)),
-        node.config.vram_bytes,
-        node.config.max_loaded_models,
+        vram_bytes(node),
+        max_loaded(node),
     )

@@ -1,7 +1,9 @@
 """One request's attempts, fed back into the live state of the fleet and into the learner.
 
 Dispatches update the node state at once (in flight per model, loads under way, residency,
-runner options, prompt-cache affinity); the background refresh corrects it later.
+runner options, prompt-cache affinity); the background refresh corrects it later. Each attempt
+also teaches the node's slot belief (capacity.py): how many were in flight when it was sent,
+and, from its answer, whether it waited for a slot and how many ran beside it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from sollol_proxy.fleet.beliefs import SlotBelief
+from sollol_proxy.fleet.capacity import learn, slot_belief
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner, Timings
 from sollol_proxy.fleet.prompt_cache import PromptCache
@@ -32,6 +36,15 @@ class Attempt:
         # drain: only a load with neither measures the load itself.
         self.clean_load = False
         self.holding = False  # counted in node.loading / node.evicting
+        self.slots: SlotBelief | None = None  # the belief it counts in, until the node is done
+        self.k = 0  # the proxy's requests in flight for the model there when sent, itself included
+        self.probe = False  # sent to see whether the node has one more slot than believed
+
+    def node_done(self) -> None:
+        """The node is done with the request (its last byte, or the attempt ended otherwise)."""
+        if self.slots is not None:
+            self.slots.ended(time.monotonic(), self.probe)
+            self.slots = None
 
     def first_byte(self, status: int) -> None:
         self.first_byte_at = time.monotonic()
@@ -43,6 +56,8 @@ class Attempt:
 
     def failed(self) -> None:
         self._observer.learner.observe_failure(self.node.name)
+        if self.slots is not None:  # the node may have restarted: a probe will soon tell
+            self.slots.estimator.finished(self.k, None, time.monotonic())
 
 
 class DispatchObserver:
@@ -77,10 +92,14 @@ class DispatchObserver:
             # out: no other request is routed to them as if they were still loaded.
             self._hold(attempt, 1)
         async with self.fleet.lease(node, model):
+            attempt.slots = slot_belief(node, model)
+            if attempt.slots is not None:
+                attempt.k, attempt.probe = attempt.slots.dispatched(attempt.started)
             try:
                 yield attempt
             finally:
                 self._hold(attempt, -1)
+                attempt.node_done()
 
     def _hold(self, attempt: Attempt, step: int) -> None:
         if attempt.holding == (step > 0):
@@ -111,6 +130,23 @@ class DispatchObserver:
 
     def finished(self, attempt: Attempt, status: int, timings: Timings | None) -> None:
         node, profile = attempt.node, self.profile
+        belief = attempt.slots
+        if belief is not None:
+            attempt.node_done()
+            if status >= 500:
+                belief.estimator.finished(attempt.k, None, time.monotonic())
+            elif status == 200:
+                learn(
+                    node,
+                    profile.model,
+                    belief,
+                    attempt.k,
+                    attempt.started,
+                    attempt.first_byte_at,
+                    timings,
+                    profile.stream,
+                    time.monotonic(),
+                )
         if status >= 500:
             self.learner.observe_failure(node.name)
             return

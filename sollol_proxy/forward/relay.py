@@ -81,20 +81,22 @@ async def relay(
                 record.outcome = Outcome.MIDSTREAM_FAILURE
                 await _broken_stream(request, response, upstream, node, exc, tail, fleet, config)
                 return response
+        tail = b"".join(recent)
+        timings = parse_timings(tail)
+        if attempt is not None:
+            # Before the slot is released: what the answer taught (a node with more slots than
+            # believed) applies to the request that gets the slot next.
+            attempt.finished(upstream.status, timings)
         if upstream_done is not None:
             upstream_done()
         await response.write_eof()
         complete = True
         if upstream.status < 500:  # a relayed 5xx was already counted as the node's failure
             node.health.succeeded()
-        tail = b"".join(recent)
-        timings = parse_timings(tail)
         if timings is not None:
             record.tokens_in, record.tokens_out = timings.prompt_tokens, timings.output_tokens
         elif (counted := usage_counts(tail)) is not None:
             record.tokens_in, record.tokens_out = counted
-        if attempt is not None:
-            attempt.finished(upstream.status, timings)
         return response
     except asyncio.CancelledError as exc:
         if not (is_cut(exc) and response.prepared):

@@ -12,8 +12,10 @@ from importlib import resources
 
 from aiohttp import web
 
+import sollol_proxy.fleet.capacity as capacity
 import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.admission.admission import Admission
+from sollol_proxy.config.model import AUTO
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
@@ -124,6 +126,7 @@ class Admin:
         return response
 
     def _node(self, node: NodeState) -> dict[str, object]:
+        in_use = self._admission.slots.in_use(node.name)
         return {
             "name": node.name,
             "url": node.config.url,
@@ -131,10 +134,10 @@ class Admin:
             "last_error": node.last_error or None,
             "health": node.health.snapshot(),
             "version": node.version,
-            "num_parallel": node.config.num_parallel,
+            "num_parallel": AUTO if node.config.num_parallel is None else node.config.num_parallel,
             "in_flight": node.in_flight,
             "in_flight_by_model": dict(node.model_in_flight),
-            "slots_in_use": self._admission.slots.in_use(node.name),
+            "slots_in_use": in_use,
             "loading": dict(node.loading),
             "evicting": dict(node.evicting),
             "models": sorted(node.models),
@@ -145,8 +148,10 @@ class Admin:
                 for item in node.loaded.values()
                 if isinstance(item.get("size_vram"), int)
             ),
-            "vram": node.config.vram_bytes,
-            "max_loaded_models": node.config.max_loaded_models,
+            "vram": capacity.vram_bytes(node),
+            "max_loaded_models": capacity.max_loaded(node),
+            # slots per model: in use, believed, the admission limit, and where the belief comes from
+            "capacity": capacity.snapshot(node, in_use),
             "labels": dict(node.config.labels),
             "learned": self._learner.snapshot(node.name),
         }

@@ -10,7 +10,7 @@ from typing import Any
 
 from sollol_proxy import __version__
 from sollol_proxy.admission.admission import Admission
-from sollol_proxy.fleet.capacity import model_slots
+from sollol_proxy.fleet.capacity import model_slots, slot_source
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.health import State
@@ -116,12 +116,15 @@ class Dashboard:
             "last_error": node.last_error or None,
             "version": node.version,
             "in_flight": node.in_flight,
-            "slots_per_model": node.config.num_parallel,  # embedding models get one (below)
+            # what a model gets there (embedding models get one, below), and why it is believed
+            "slots_per_model": node.beliefs.prior(""),
+            "slots_source": "configured" if node.config.num_parallel is not None else "auto",
             "loaded": [
                 {
                     "model": m,
                     "in_flight": node.model_in_flight.get(m, 0),
                     "slots": model_slots(node, m),
+                    "slots_source": slot_source(node, m),
                 }
                 for m in sorted(node.loaded.keys() | node.recent.keys())
             ],

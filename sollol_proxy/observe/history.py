@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sollol_proxy.admission.admission import Admission
-from sollol_proxy.fleet.capacity import slots_believed
+from sollol_proxy.fleet.capacity import believed_total
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.health import State
 from sollol_proxy.forward.record import Outcome, RequestRecord
@@ -48,7 +48,7 @@ class History:
 
     def sample(self) -> None:
         nodes = {
-            name: (sum(self._admission.slots.in_use(name).values()), slots_believed(node))
+            name: (sum(self._admission.slots.in_use(name).values()), believed_total(node))
             for name, node in self._fleet.nodes.items()
         }
         self.series.sample(self._clock(), self._admission.waiting, nodes)

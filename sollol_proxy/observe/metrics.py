@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+import sollol_proxy.fleet.capacity as capacity
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.health import State
@@ -144,7 +145,35 @@ class FleetCollector(Collector):
         )
         slots = GaugeMetricFamily(
             "sollol_node_slots",
-            "Parallel requests per loaded model (the node's OLLAMA_NUM_PARALLEL).",
+            "Parallel requests a model gets on the node (its OLLAMA_NUM_PARALLEL, configured or "
+            "learned).",
+            labels=node_labels,
+        )
+        believed = GaugeMetricFamily(
+            "sollol_node_slots_believed",
+            "Slots the node is believed to have for the model.",
+            labels=pair_labels,
+        )
+        limit = GaugeMetricFamily(
+            "sollol_node_slots_limit",
+            "Requests admission control lets run on the node for the model (the belief, one "
+            "more while probing for more).",
+            labels=pair_labels,
+        )
+        source = GaugeMetricFamily(
+            "sollol_node_slots_source",
+            "1 for where the slot belief comes from: configured, default, probing or learned.",
+            labels=[*pair_labels, "source"],
+        )
+        max_loaded = GaugeMetricFamily(
+            "sollol_node_max_loaded_models",
+            "Models the node is believed to hold at once (configured, or learned from /api/ps).",
+            labels=node_labels,
+        )
+        vram = GaugeMetricFamily(
+            "sollol_node_vram_bytes",
+            "Memory the node is believed to have for models, when known (configured, or "
+            "learned from evictions).",
             labels=node_labels,
         )
         slots_used = GaugeMetricFamily(
@@ -179,7 +208,20 @@ class FleetCollector(Collector):
             name = node.name
             up.add_metric([name], 1.0 if node.healthy else 0.0)
             in_flight.add_metric([name], node.in_flight)
-            slots.add_metric([name], node.config.num_parallel)
+            slots.add_metric([name], node.beliefs.prior(""))
+            for model, belief in node.beliefs.slots.items():
+                if model not in node.models:  # no longer listed: its label would be "other"
+                    continue
+                labels = [name, model]
+                estimator = belief.estimator
+                believed.add_metric(labels, estimator.believed)
+                limit.add_metric(labels, estimator.limit)
+                for value in capacity.SOURCES:
+                    source.add_metric([*labels, value], float(value == estimator.source))
+            max_loaded.add_metric([name], capacity.max_loaded(node))
+            memory = capacity.vram_bytes(node)
+            if memory is not None:
+                vram.add_metric([name], memory)
             for model, count in node.model_in_flight.items():
                 if model:
                     slots_used.add_metric([name, model], count)
@@ -197,6 +239,7 @@ class FleetCollector(Collector):
                     if values[key] > 0:  # 0: never measured (e.g. no load seen yet)
                         family.add_metric([name, model], values[key])
         yield from (up, in_flight, slots, slots_used, loaded_count, loaded, available, success)
+        yield from (believed, limit, source, max_loaded, vram)
         yield from learned.values()
 
 

@@ -355,7 +355,7 @@ async def test_a_reload_changes_the_queue_bounds_and_keeps_who_waits(
     await eventually(lambda: admission(made).snapshot()["depth"] == 1)
     overrides = {
         **TEST_SETTINGS,
-        "nodes": [{"url": made.node("a").url, "name": "a"}],
+        "nodes": [{"url": made.node("a").url, "name": "a", "num_parallel": 1}],
         "queue.max_length": 1,
     }
     apply_config(app, load_config(None, env={}, overrides=overrides))
@@ -637,7 +637,9 @@ async def test_an_embedding_model_gets_one_slot_whatever_num_parallel_says(
     async with http.get(made.url + "/sollol/dashboard") as response:
         node = orjson.loads(await response.read())["nodes"][0]
     assert node["slots_per_model"] == 4
-    assert node["loaded"] == [{"model": "all-minilm:latest", "in_flight": 0, "slots": 1}]
+    assert node["loaded"] == [
+        {"model": "all-minilm:latest", "in_flight": 0, "slots": 1, "slots_source": "configured"}
+    ]
 
 
 async def test_the_queue_endpoint_named_priorities_and_slots_in_nodes(

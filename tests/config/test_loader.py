@@ -89,7 +89,7 @@ def test_hosts_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
         (
             "nodes: [{url: a, num_parallel: 0}]\n",
             {},
-            "sollol.yaml: nodes[0].num_parallel: expected an integer",
+            "sollol.yaml: nodes[0].num_parallel: expected auto or an integer from 1 to 1024",
         ),
         ("nodes: [{url: a, colour: red}]\n", {}, "sollol.yaml: nodes[0].colour: unknown key"),
         ("nodes: [a, a]\n", {}, "sollol.yaml: nodes[1].name: duplicate node name"),
@@ -427,3 +427,26 @@ def test_resilience_errors_name_origin_key_and_problem(
 def test_non_streamed_timeout_from_the_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="environment SOLLOL_NON_STREAMED_TIMEOUT: timeouts"):
         load_config(None, env={"SOLLOL_NODES": "x", "SOLLOL_NON_STREAMED_TIMEOUT": "never"})
+
+
+def test_node_capacity_settings_default_to_auto(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+nodes:
+  - a
+  - {url: b, num_parallel: auto, max_loaded_models: auto, vram: auto}
+  - {url: c, num_parallel: "4", max_loaded_models: 2}
+""",
+    )
+    config = load_config(path, env={})
+    a, b, c = config.nodes
+    assert (a.num_parallel, a.max_loaded_models, a.vram_bytes) == (None, None, None)
+    assert (b.num_parallel, b.max_loaded_models, b.vram_bytes) == (None, None, None)
+    assert (c.num_parallel, c.max_loaded_models) == (4, 2)
+    shown = config.to_dict()["nodes"]
+    assert [(n["num_parallel"], n["max_loaded_models"], n["vram"]) for n in shown] == [
+        ("auto", "auto", "auto"),
+        ("auto", "auto", "auto"),
+        (4, 2, "auto"),
+    ]

@@ -20,6 +20,7 @@ class Request:
     dispatched_at: float
     k: int  # in flight at dispatch, itself included
     others: list[Request] = field(default_factory=list)  # the proxy's, in flight at dispatch
+    probe: bool = False  # the estimator called it a probe: its end is reported
     started_at: float | None = None  # got a slot; its first byte comes then
     duration: float | None = None  # service time; None: the simulated node's usual
     ended_at: float | None = None
@@ -71,7 +72,7 @@ class Sim:
         while len(self.ours) < self.est.limit:
             req = Request(self.now, len(self.ours) + 1, list(self.ours.values()))
             self.ours[id(req)] = req
-            self.est.dispatched(req.k, self.now)
+            req.probe = self.est.dispatched(req.k, self.now)
             self._arrive(req)
 
     def foreign(self, duration: float | None = None) -> None:
@@ -93,6 +94,8 @@ class Sim:
             wait = req.started_at - req.dispatched_at + self.rng.uniform(0.0, 0.008)
             total = self.now - req.dispatched_at
             self.est.finished(req.k, wait, self.now, total_s=total, overlap=req.overlap())
+            if req.probe:
+                self.est.probe_ended()
             self.finished += 1
             self.limits.append(self.est.limit)
             self.believed.append(self.est.believed)
@@ -100,12 +103,11 @@ class Sim:
 
     def restart(self, slots: int) -> None:
         """The node restarts with another OLLAMA_NUM_PARALLEL: in-flight answers are cut."""
-        for _, _, req in self.events:
+        for req in [r for _, _, r in self.events] + list(self.waiting):
             if id(req) in self.ours:
                 self.est.finished(req.k, None, self.now)
-        for req in self.waiting:
-            if id(req) in self.ours:
-                self.est.finished(req.k, None, self.now)
+                if req.probe:
+                    self.est.probe_ended()
         self.events.clear()
         self.waiting.clear()
         self.ours.clear()

@@ -50,12 +50,30 @@ def test_speeds_and_load_are_learned_per_node_and_model() -> None:
     assert learner.decode_tps("a", "m") == pytest.approx(259 / 4.23271)
     assert learner.prefill_tps("a", "m") == pytest.approx(2600 / 1.3)
     assert learner.load_s("a", "m", 10**9) == pytest.approx(6.338219291)
-    # What a node showed for one model is its best guess for another; other nodes keep priors,
-    # except for the load time of the same model, which is a property of the model.
+    # What a node showed for one model is its best guess for another; another node is priced
+    # as the peers measured the same model (unmeasured is not faster), and the priors stand in
+    # only where nothing was measured.
     assert learner.decode_tps("a", "other") == pytest.approx(259 / 4.23271)
-    assert learner.decode_tps("b", "m") == Priors().decode_tokens_per_s
+    assert learner.decode_tps("b", "m") == pytest.approx(259 / 4.23271)
+    assert learner.prefill_tps("b", "m") == pytest.approx(2600 / 1.3)
+    assert learner.decode_tps("b", "other") == Priors().decode_tokens_per_s
     assert learner.load_s("b", "m", 10**9) == pytest.approx(6.338219291)
     assert learner.load_s("b", "other", 3 * 10**9) == pytest.approx(2.0 + 2.0)
+
+
+def test_a_node_told_its_own_priors_is_not_priced_like_its_peers() -> None:
+    learner = Learner(Priors(), {"fast": Priors(decode_tokens_per_s=90)})
+    learner.observe_success(
+        "a",
+        "m",
+        "chat",
+        parse_timings(GENERATE_BODY),
+        clean_load=True,
+        cached_tokens=0,
+        ttft_s=None,
+        elapsed_s=11.0,
+    )
+    assert learner.decode_tps("fast", "m") == 90
 
 
 def test_decay_weights_recent_samples() -> None:

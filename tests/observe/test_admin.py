@@ -138,7 +138,8 @@ DASHBOARD = {
             "version": OPT_STR,
             "in_flight": int,
             "slots_per_model": int,
-            "loaded": [{"model": str, "in_flight": int, "slots": int}],
+            "slots_source": str,
+            "loaded": [{"model": str, "in_flight": int, "slots": int, "slots_source": str}],
             "loading": [str],
             "models_available": int,
             "decode_tokens_per_s": NUM,
@@ -278,7 +279,15 @@ async def test_dashboard_json_shows_nodes_decisions_and_alerts(
     assert len(served) == 2
     assert sum(nodes[n]["requests"] for n in nodes) == 2
     assert all(
-        n["loaded"] == [{"model": MODEL, "in_flight": 0, "slots": n["slots_per_model"]}]
+        n["loaded"]
+        == [
+            {
+                "model": MODEL,
+                "in_flight": 0,
+                "slots": n["slots_per_model"],
+                "slots_source": "configured",
+            }
+        ]
         for n in nodes.values()
         if n["requests"]
     )

@@ -1,0 +1,223 @@
+"""What the proxy believes each node can run at once: slots per model and memory, with the
+evidence kept for them (the estimators are in estimator.py; capacity.py is what the rest reads).
+
+A `NodeBeliefs` per node holds a `SlotBelief` per model (a `CapacityEstimator`, the proxy's
+requests running there, and when the recent ones ended) and a `MemoryBelief` fed from /api/ps.
+
+A node not measured yet for a model is believed to be like what is known (`Peers`): its own
+other models first (OLLAMA_NUM_PARALLEL is one setting per node), else the same model on the
+other nodes, else any model there, else one slot. Such beliefs follow the others as they are
+learned, until the node's own answers say more. So do memory bounds: a node that has shown no
+eviction yet is believed to hold what its peers were seen to hold, or more if it showed more.
+
+Restarts. A node's slots change only when its `ollama serve` restarts (or a runner is loaded
+anew), so the estimators of a node are reset, keeping their value but no longer trusting it
+(slow start again), when a node answers its probes again after failing them or reports another
+version, and the estimator of a model when its runner leaves /api/ps. A restart between two
+probes is caught by the estimator itself: waits where it had proofs, or free runs above it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sollol_proxy.config import NodeConfig
+from sollol_proxy.fleet.estimator import CapacityEstimator, Change, MemoryBelief
+
+log = logging.getLogger("sollol.capacity")
+
+# End times kept per node and model, to tell how many requests ran beside one (see `overlap`).
+ENDS_KEPT = 64
+
+
+class SlotBelief:
+    """One node's slots for one model, and the proxy's requests there."""
+
+    __slots__ = ("_ends", "estimator", "forced", "fresh", "running")
+
+    def __init__(self, estimator: CapacityEstimator, *, forced: bool) -> None:
+        self.estimator = estimator
+        self.forced = forced  # one slot whatever OLLAMA_NUM_PARALLEL says (embedding models, ...)
+        self.fresh = True  # nothing observed here yet: it follows what its peers learned
+        self.running = 0  # the proxy's requests on the node for this model, until its last byte
+        self._ends: deque[float] = deque(maxlen=ENDS_KEPT)
+
+    @property
+    def evidence(self) -> bool:
+        """Does this belief say something about the node's OLLAMA_NUM_PARALLEL?"""
+        return not self.forced and (self.estimator.fixed is not None or not self.fresh)
+
+    def dispatched(self, now: float) -> tuple[int, bool]:
+        """A request was sent: how many are in flight, itself included, and whether it is a
+        probe for one more slot than believed."""
+        self.running += 1
+        return self.running, self.estimator.dispatched(self.running, now)
+
+    def ended(self, now: float, probe: bool) -> None:
+        """The node is done with one of them (its last byte, or a failure)."""
+        self.running -= 1
+        self._ends.append(now)
+        if probe:
+            self.estimator.probe_ended()
+
+    def overlap(self, k: int, dispatched_at: float, slot_at: float) -> int:
+        """Of the `k` requests in flight at `dispatched_at` (one included), how many were still in
+        flight at `slot_at`. Ends of requests sent later count too, so it errs low: a proof
+        from it never overstates. With too short a history it proves nothing beyond one."""
+        ended = 0
+        for at in reversed(self._ends):
+            if at <= dispatched_at:
+                break
+            ended += at <= slot_at
+        else:
+            if len(self._ends) == ENDS_KEPT:
+                return 1
+        return max(1, k - ended)
+
+
+class NodeBeliefs:
+    """Everything believed about one node's capacity."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.name = config.name
+        self.configured = config.num_parallel
+        self.slots: dict[str, SlotBelief] = {}
+        self.memory = MemoryBelief(
+            vram_bytes=config.vram_bytes, max_loaded=config.max_loaded_models
+        )
+        self.peers: Peers | None = None
+        self._resident: set[str] = set()  # models in the last /api/ps
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """A reload: settings now given (or no longer given) replace the beliefs they cover."""
+        self.memory.configure(vram_bytes=config.vram_bytes, max_loaded=config.max_loaded_models)
+        if config.num_parallel != self.configured:
+            self.configured = config.num_parallel
+            self.slots = {m: b for m, b in self.slots.items() if b.forced}
+            self.changed()
+
+    def slot(self, model: str, *, forced: bool) -> SlotBelief:
+        """The belief for `model`, made on first use (`forced`: a single-slot model)."""
+        belief = self.slots.get(model)
+        if belief is None:
+            if forced or self.configured is not None:
+                estimator = CapacityEstimator(fixed=1 if forced else self.configured)
+            else:
+                estimator = CapacityEstimator(prior=self.prior(model))
+            belief = self.slots[model] = SlotBelief(estimator, forced=forced)
+        return belief
+
+    def prior(self, model: str) -> int:
+        """What a model not measured here is believed to get."""
+        if self.configured is not None:
+            return self.configured
+        return 1 if self.peers is None else self.peers.prior(self, model)
+
+    def note(self, model: str, change: Change | None) -> None:
+        """Log a change of belief, and let the unmeasured beliefs follow it."""
+        if change is None:
+            return
+        log.info("node %s, model %s: %s", self.name, model, change)
+        self.changed()
+
+    def changed(self) -> None:
+        if self.peers is not None:
+            self.peers.learned()
+
+    def restarted(self, reason: str, models: Iterable[str] | None = None) -> None:
+        """The node (or the runners of `models`) started anew: what was proven may be wrong."""
+        for model in self.slots if models is None else models:
+            belief = self.slots.get(model)
+            if belief is not None:
+                self.note(model, belief.estimator.reset(reason))
+
+    def observe_ps(self, loaded: Mapping[str, Mapping[str, Any]]) -> None:
+        """A fresh /api/ps (normalized name -> item): runners that left, memory bounds."""
+        gone = self._resident - loaded.keys()
+        self._resident = set(loaded)
+        if gone:
+            self.restarted("its runner unloaded; the next load may have other slots", gone)
+        before = (self.memory.vram_bytes, self.memory.max_loaded)
+        if self.memory.observe({**item, "name": m} for m, item in loaded.items()):
+            if self.peers is not None:
+                self.peers.memory_learned()
+            log.info(
+                "node %s: memory believed: max_loaded_models %s -> %s, vram %s -> %s (%s)",
+                self.name,
+                before[1],
+                self.memory.max_loaded,
+                before[0],
+                self.memory.vram_bytes,
+                self.memory.source,
+            )
+
+
+class Peers:
+    """The nodes of one fleet, for what a node not measured yet is believed to be."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, NodeBeliefs] = {}
+        self._by_model: dict[str, int] = {}  # model -> what the nodes measured, lower median
+        self._by_node: dict[str, int] = {}  # node -> what its models measured, lower median
+        self._overall: int | None = None
+        # What the nodes that know their memory hold, for those that do not yet (lower median).
+        self.max_loaded: int | None = None
+        self.vram_bytes: int | None = None
+
+    def join(self, node: NodeBeliefs) -> None:
+        node.peers = self
+        self._members[node.name] = node
+        self.learned()
+        self.memory_learned()
+
+    def leave(self, node: NodeBeliefs) -> None:
+        if self._members.get(node.name) is node:
+            del self._members[node.name]
+            node.peers = None
+            self.learned()
+            self.memory_learned()
+
+    def prior(self, node: NodeBeliefs, model: str) -> int:
+        own = self._by_node.get(node.name)
+        if own is not None:
+            return own
+        return self._by_model.get(model) or self._overall or 1
+
+    def learned(self) -> None:
+        """A belief changed: recount, and move the unmeasured beliefs along."""
+        by_model: dict[str, list[int]] = {}
+        by_node: dict[str, list[int]] = {}
+        for node in self._members.values():
+            for model, belief in node.slots.items():
+                if belief.evidence:
+                    value = belief.estimator.believed
+                    by_model.setdefault(model, []).append(value)
+                    by_node.setdefault(node.name, []).append(value)
+        self._by_model = {m: _lower_median(v) for m, v in by_model.items()}
+        self._by_node = {n: _lower_median(v) for n, v in by_node.items()}
+        everything = [v for values in by_node.values() for v in values]
+        self._overall = _lower_median(everything) if everything else None
+        for node in self._members.values():
+            for model, belief in node.slots.items():
+                if belief.fresh and belief.estimator.fixed is None:
+                    prior = self.prior(node, model)
+                    if prior != belief.estimator.believed:
+                        change = belief.estimator.reset("believed like its peers", prior)
+                        if change is not None:
+                            log.info("node %s, model %s: %s", node.name, model, change)
+
+    def memory_learned(self) -> None:
+        """A node's memory bounds changed: recount what the others are believed to hold."""
+        memories = [node.memory for node in self._members.values()]
+        loaded = [m.max_loaded for m in memories if m.max_loaded is not None]
+        vram = [m.vram_bytes for m in memories if m.vram_bytes is not None]
+        self.max_loaded = _lower_median(loaded) if loaded else None
+        self.vram_bytes = _lower_median(vram) if vram else None
+
+
+def _lower_median(values: list[int]) -> int:
+    values = sorted(values)
+    return values[(len(values) - 1) // 2]

@@ -1,0 +1,111 @@
+"""What a node is believed to run: ends and overlap, peers' priors, resets, reconfiguration."""
+
+from __future__ import annotations
+
+from sollol_proxy.config import NodeConfig
+from sollol_proxy.fleet.beliefs import ENDS_KEPT, NodeBeliefs, Peers, SlotBelief
+from sollol_proxy.fleet.estimator import CapacityEstimator
+
+
+def node(name: str, **settings: object) -> NodeBeliefs:
+    return NodeBeliefs(NodeConfig(url=f"http://{name}:1", name=name, **settings))  # type: ignore[arg-type]
+
+
+def learn(belief: SlotBelief, slots: int) -> None:
+    """Observations that prove `slots` and end slow start with a wait above them."""
+    belief.fresh = False
+    belief.estimator.reset("a test starts from one slot", 1)
+    belief.estimator.finished(slots, 0.0, now=0.0)
+    belief.estimator.finished(slots + 1, 1.0, now=0.0, total_s=2.0)
+
+
+def test_overlap_counts_the_requests_that_ended_before_the_slot() -> None:
+    belief = SlotBelief(CapacityEstimator(), forced=False)
+    for _ in range(4):
+        belief.dispatched(now=0.0)
+    belief.ended(1.0, probe=False)  # before the slot: it did not run beside the new one
+    belief.ended(3.0, probe=False)  # after it: it did
+    assert belief.running == 2
+    assert belief.overlap(4, dispatched_at=0.5, slot_at=2.0) == 3
+    assert belief.overlap(4, dispatched_at=0.5, slot_at=0.6) == 4
+    assert belief.overlap(1, dispatched_at=0.5, slot_at=5.0) == 1  # never below itself
+
+
+def test_with_too_short_a_history_the_overlap_proves_nothing() -> None:
+    belief = SlotBelief(CapacityEstimator(), forced=False)
+    for i in range(ENDS_KEPT):
+        belief.dispatched(now=0.0)
+        belief.ended(10.0 + i, probe=False)
+    assert belief.overlap(8, dispatched_at=5.0, slot_at=9.0) == 1
+
+
+def test_a_probe_lets_no_other_probe_in_until_it_ends() -> None:
+    belief = SlotBelief(CapacityEstimator(prior=1), forced=False)
+    learn(belief, 2)
+    estimator = belief.estimator
+    assert (estimator.believed, estimator.limit) == (2, 2)  # the failed probe backed off
+    for _ in range(2):
+        belief.dispatched(now=1.0)  # full-window dispatches: the backoff runs out
+    assert estimator.limit == 3
+    in_flight, probe = belief.dispatched(now=1.0)
+    assert (in_flight, probe, estimator.limit) == (3, True, 2)
+    belief.ended(2.0, probe=True)
+    assert estimator.limit == 3
+
+
+def test_an_unmeasured_model_is_believed_like_what_is_known() -> None:
+    peers = Peers()
+    a, b, c = node("a"), node("b"), node("c")
+    for member in (a, b, c):
+        peers.join(member)
+    assert a.prior("m") == 1  # nothing measured anywhere
+    learn(a.slot("m", forced=False), 4)
+    a.note("m", None)
+    a.changed()
+    assert b.prior("m") == 4 and b.prior("other") == 4  # the same model, then any model
+    learn(b.slot("other", forced=False), 2)
+    b.changed()
+    assert b.prior("m") == 2  # its own other models first: OLLAMA_NUM_PARALLEL is per node
+    fresh = c.slot("m", forced=False)
+    assert fresh.estimator.believed == 4 and fresh.estimator.source == "default"
+    learn(a.slot("m", forced=False), 8)  # a learns more: the unmeasured belief follows
+    a.changed()
+    assert fresh.estimator.believed == 8
+    assert c.slot("embed", forced=True).estimator.believed == 1  # forced: never a peer's
+    peers.leave(a)
+    assert c.prior("x") == 2
+
+
+def test_a_runner_leaving_ps_resets_its_belief_but_keeps_the_value() -> None:
+    beliefs = node("a")
+    learn(beliefs.slot("m", forced=False), 4)
+    assert beliefs.slots["m"].estimator.source == "learned"
+    beliefs.observe_ps({"m": {"size_vram": 10}})
+    beliefs.observe_ps({})
+    estimator = beliefs.slots["m"].estimator
+    assert (estimator.believed, estimator.source, estimator.limit) == (4, "default", 5)
+
+
+def test_a_reload_that_sets_num_parallel_replaces_the_learned_beliefs() -> None:
+    beliefs = node("a")
+    learn(beliefs.slot("m", forced=False), 4)
+    beliefs.reconfigure(NodeConfig(url="http://a:1", name="a", num_parallel=2, max_loaded_models=1))
+    estimator = beliefs.slot("m", forced=False).estimator
+    assert (estimator.believed, estimator.limit, estimator.source) == (2, 2, "configured")
+    assert beliefs.memory.max_loaded == 1
+    beliefs.reconfigure(NodeConfig(url="http://a:1", name="a"))
+    assert beliefs.slot("m", forced=False).estimator.source == "default"
+    assert beliefs.memory.max_loaded is None
+
+
+def test_a_node_that_showed_no_eviction_holds_what_its_peers_hold() -> None:
+    peers = Peers()
+    a, b = node("a"), node("b")
+    peers.join(a)
+    peers.join(b)
+    assert (peers.max_loaded, peers.vram_bytes) == (None, None)
+    a.observe_ps({"x": {"size_vram": 4}, "y": {"size_vram": 4}})
+    a.observe_ps({"y": {"size_vram": 4}, "z": {"size_vram": 4}})  # x evicted for z
+    assert (a.memory.max_loaded, a.memory.vram_bytes) == (2, 12)
+    assert (peers.max_loaded, peers.vram_bytes) == (2, 12)
+    assert b.memory.max_loaded is None  # b's own belief stays unknown; capacity.py reads peers
