@@ -267,7 +267,6 @@ def converged(
 
 
 MODES = ("auto", "told", "no queue", "least conn")
-REPEATED = ("auto", "told")  # the close comparison: run `repeat` times with other seeds
 
 
 def _row(mode: str, run: Run, told: Run, since: float) -> str:
@@ -294,7 +293,7 @@ def report(fleet: Fleet, workload: Workload, runs: dict[str, Run], seeds: str) -
     rate = workload.capacity(fleet.slots) * workload.load
     lines = [
         f"\n**{fleet.name}**: {fleet.description}; {rate:.1f} req/s offered "
-        f"({workload.load:g}x capacity) for {workload.duration:g} s; auto and told pool "
+        f"({workload.load:g}x capacity) for {workload.duration:g} s; each mode pools "
         f"{len(runs['auto'].repeats) or 1} runs (seeds {seeds}); least conn = {baseline}\n",
     ]
     auto = runs["auto"]
@@ -342,7 +341,7 @@ async def benchmark(
         fleet = FLEETS[name]
         runs = {}
         for mode in MODES:
-            seeds = range(seed, seed + (repeat if mode in REPEATED else 1))
+            seeds = range(seed, seed + repeat)
             runs[mode] = Run.pooled([await run_mode(mode, fleet, workload, s) for s in seeds])
         named = f"{seed}-{seed + repeat - 1}" if repeat > 1 else str(seed)
         out += report(fleet, workload, runs, named)
