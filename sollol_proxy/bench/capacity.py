@@ -1,13 +1,15 @@
 """Zero configuration against the truth: simulated fleets whose slot counts are hidden from the
 proxy, which is given only their URLs.
 
-Each fleet gets the same seeded Poisson arrivals of streamed chats, near its capacity, four
-times: the proxy given only URLs (`auto`), the same proxy told every node's num_parallel
-(`told`; when a node restarts with another value it is told that too, by a reload), the proxy
-given only URLs with `queue.enabled: false` (`no queue`), and a least-connections balancer
-(nginx `least_conn` when nginx is installed, else the proxy's own `least_loaded` with the queue
-off). The auto run also records what the proxy believes each node has, to report the learned
-slots against the truth and when they were right for good.
+Each fleet gets the same seeded Poisson arrivals of streamed chats, near its capacity, in four
+modes: the proxy given only URLs (`auto`), the same proxy told every node's num_parallel
+(`told`; when a node restarts with another value it is told that too, by a reload at that
+instant: an oracle), the proxy given only URLs with `queue.enabled: false` (`no queue`), and a
+least-connections balancer (nginx `least_conn` when nginx is installed, else the proxy's own
+`least_loaded` with the queue off). Decode slows by 10 % per extra busy slot (the simulator's
+`batch_slowdown`), as batched decoding does on a GPU. With `repeat`, every mode runs the same
+seeds and their requests are pooled. The auto runs also record what the proxy believes each
+node has, to report the learned slots against the truth and when they were right for good.
 """
 
 from __future__ import annotations
