@@ -284,7 +284,7 @@ def bench_embed(scale: float, rounds: int) -> None:
 @click.option("--duration", default=60.0, show_default=True, help="Seconds of arrivals per run.")
 @click.option("--warmup", default=30.0, show_default=True, help="Steady figures start here.")
 @click.option("--load", default=0.9, show_default=True, help="Offered load / fleet capacity.")
-@click.option("--repeat", default=1, show_default=True, help="Runs of auto and told, pooled.")
+@click.option("--repeat", default=1, show_default=True, help="Runs per mode (seeds), pooled.")
 def bench_capacity(
     seed: int, fleets: tuple[str, ...], duration: float, warmup: float, load: float, repeat: int
 ) -> None:

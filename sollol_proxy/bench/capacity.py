@@ -1,13 +1,15 @@
 """Zero configuration against the truth: simulated fleets whose slot counts are hidden from the
 proxy, which is given only their URLs.
 
-Each fleet gets the same seeded Poisson arrivals of streamed chats, near its capacity, four
-times: the proxy given only URLs (`auto`), the same proxy told every node's num_parallel
-(`told`; when a node restarts with another value it is told that too, by a reload), the proxy
-given only URLs with `queue.enabled: false` (`no queue`), and a least-connections balancer
-(nginx `least_conn` when nginx is installed, else the proxy's own `least_loaded` with the queue
-off). The auto run also records what the proxy believes each node has, to report the learned
-slots against the truth and when they were right for good.
+Each fleet gets the same seeded Poisson arrivals of streamed chats, near its capacity, in four
+modes: the proxy given only URLs (`auto`), the same proxy told every node's num_parallel
+(`told`; when a node restarts with another value it is told that too, by a reload at that
+instant: an oracle), the proxy given only URLs with `queue.enabled: false` (`no queue`), and a
+least-connections balancer (nginx `least_conn` when nginx is installed, else the proxy's own
+`least_loaded` with the queue off). Decode slows by 10 % per extra busy slot (the simulator's
+`batch_slowdown`), as batched decoding does on a GPU. With `repeat`, every mode runs the same
+seeds and their requests are pooled. The auto runs also record what the proxy believes each
+node has, to report the learned slots against the truth and when they were right for good.
 """
 
 from __future__ import annotations
@@ -267,7 +269,6 @@ def converged(
 
 
 MODES = ("auto", "told", "no queue", "least conn")
-REPEATED = ("auto", "told")  # the close comparison: run `repeat` times with other seeds
 
 
 def _row(mode: str, run: Run, told: Run, since: float) -> str:
@@ -294,7 +295,7 @@ def report(fleet: Fleet, workload: Workload, runs: dict[str, Run], seeds: str) -
     rate = workload.capacity(fleet.slots) * workload.load
     lines = [
         f"\n**{fleet.name}**: {fleet.description}; {rate:.1f} req/s offered "
-        f"({workload.load:g}x capacity) for {workload.duration:g} s; auto and told pool "
+        f"({workload.load:g}x capacity) for {workload.duration:g} s; each mode pools "
         f"{len(runs['auto'].repeats) or 1} runs (seeds {seeds}); least conn = {baseline}\n",
     ]
     auto = runs["auto"]
@@ -342,7 +343,7 @@ async def benchmark(
         fleet = FLEETS[name]
         runs = {}
         for mode in MODES:
-            seeds = range(seed, seed + (repeat if mode in REPEATED else 1))
+            seeds = range(seed, seed + repeat)
             runs[mode] = Run.pooled([await run_mode(mode, fleet, workload, s) for s in seeds])
         named = f"{seed}-{seed + repeat - 1}" if repeat > 1 else str(seed)
         out += report(fleet, workload, runs, named)

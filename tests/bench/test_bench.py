@@ -93,7 +93,7 @@ async def test_bodies_benchmark_reports_every_shape() -> None:
 async def test_capacity_benchmark_reports_learned_slots_and_every_mode() -> None:
     workload = capacity.Workload(tokens=3, token_delay=0.002, duration=0.6, warmup=0.3)
     report = await capacity.benchmark(seed=1, fleets=["mixed"], workload=workload, repeat=2)
-    assert "truth [1, 2, 4]" in report and "pool 2 runs (seeds 1-2)" in report
+    assert "truth [1, 2, 4]" in report and "pools 2 runs (seeds 1-2)" in report
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
     runs = [row[0].lstrip("| ") for row in rows if not row[0].startswith("| run")]
     assert runs == [*capacity.MODES, *capacity.MODES]  # whole run, then after the warm-up
