@@ -69,7 +69,7 @@ def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
     from sollol_proxy.config.policies import Priors
     from sollol_proxy.fleet.fleet import Fleet
     from sollol_proxy.fleet.learning import Learner
-    from sollol_proxy.fleet.prompt_cache import PromptCache
+    from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
     from sollol_proxy.fleet.snapshot import demand_by_model, node_view
     from sollol_proxy.routing.analysis import analyze
 
@@ -109,7 +109,7 @@ def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
         ],
     }
     profile = analyze("/api/chat", payload, models[0], True)
-    cache.record(models[0], "n0", profile.prefix_keys)
+    cache.record(models[0], "n0", profile.prefix_keys, slots=2)
     strategy = make_strategy("performance")
     candidates = list(fleet.nodes.values())
     slots = {n.name: n.config.num_parallel for n in candidates}
@@ -118,8 +118,11 @@ def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
     )
     start = time.perf_counter()
     for _ in range(decisions):
-        cached = cache.cached_tokens(profile.model, profile.prefix_keys, slots)
+        probes = cache.probe(profile.model, profile.prefix_keys, slots)
         demand = demand_by_model(candidates, learner)
-        views = [node_view(n, profile, learner, cached.get(n.name, 0), demand) for n in candidates]
+        views = [
+            node_view(n, profile, learner, probes.get(n.name, NO_PROBE).cached, demand)
+            for n in candidates
+        ]
         strategy.rank(request, views)
     return (time.perf_counter() - start) / decisions * 1e6

@@ -6,15 +6,25 @@ For each candidate the expected completion time is
     + prefill of the prompt tokens the node does not have cached + decode of the expected output,
 
 divided by the node's recent success rate (a node that fails half the time costs twice as much).
-Every input comes from the snapshot: in-flight counts, residency and runner options from
-/api/ps and the proxy's own dispatches, speeds learned from Ollama's timing fields, cached tokens
-from the prompt-cache affinity map. Estimates within a near-tie band are ordered by load, so that
-a conversation's cache affinity never piles work onto a saturated node.
+What it evicts includes the prefill other requests will repeat for the shared prefixes (system
+prompts, preambles) the request's slot would push out of that node's cache. Every input comes from the snapshot:
+in-flight counts, residency and runner options from /api/ps and the proxy's own dispatches,
+speeds learned from Ollama's timing fields, cached and displaced tokens from the model of the
+nodes' slots. Estimates within a near-tie band are ordered by load, so that a conversation's
+cache affinity never piles work onto a saturated node.
+
+`worth_waiting` weighs going now against waiting for a busy slot that holds the prompt: the
+wait is worth it when the prefill it saves is larger than the expected wait, within a load
+bound in the spirit of consistent hashing with bounded loads (Mirrokni et al.) and SGLang's
+cache-aware router, whose balance threshold overrides cache affinity for a worker too far ahead
+of the least loaded one: at most `BALANCE_QUEUE` requests per slot wait for a node while another
+node has a free slot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from sollol_proxy.routing.types import Choice, Estimate, NodeView, Reason, RouteRequest
@@ -23,6 +33,8 @@ from sollol_proxy.routing.types import Choice, Estimate, NodeView, Reason, Route
 NEAR_TIE_RATIO = 1.10
 NEAR_TIE_SLACK_S = 0.05
 MIN_SUCCESS = 0.05
+# Requests per slot that may wait for one node's busy slots while another node has a free one.
+BALANCE_QUEUE = 1.0
 
 
 def estimate(view: NodeView, request: RouteRequest) -> Estimate:
@@ -30,6 +42,8 @@ def estimate(view: NodeView, request: RouteRequest) -> Estimate:
     busy = view.model_in_flight
     # Requests already sent for this model here take its slots first.
     queue = (busy - slots + 1) / slots * view.service_s if busy >= slots else 0.0
+    if view.slot_wait_s is not None:  # the wait for one known slot
+        queue = view.slot_wait_s
     wait = load = evict = 0.0
     if view.resident and view.options_match:
         wait = queue
@@ -48,8 +62,41 @@ def estimate(view: NodeView, request: RouteRequest) -> Estimate:
     prefill = uncached / view.prefill_tps
     # The learned decode speed already reflects the concurrency the node usually runs at.
     decode = request.expected_output / view.decode_tps
+    # Pushing shared prefixes out of the node's cache is an eviction too: others will pay it.
+    evict += view.displaced_tokens / view.prefill_tps
     total = (wait + load + evict + prefill + decode) / max(view.success, MIN_SUCCESS)
     return Estimate(total, wait, load, evict, prefill, decode)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Wait for a busy slot of `node` rather than go to a free node now."""
+
+    node: str
+    budget_s: float  # longer than this and going now would have been faster
+    estimate: Estimate
+
+
+def worth_waiting(
+    request: RouteRequest, best_free: Estimate, waiting: Sequence[NodeView]
+) -> Wait | None:
+    """The busy slot worth waiting for, if any. `waiting` are views of busy slots that hold more
+    of the prompt than the free nodes (`slot_wait_s` set; `model_in_flight` counts the requests
+    already waiting there); `best_free` is the estimate of the best node free now."""
+    best: tuple[NodeView, Estimate] | None = None
+    for view in waiting:
+        queue = (view.model_in_flight + 1 - view.num_parallel) / view.num_parallel
+        if queue > BALANCE_QUEUE:
+            continue  # too far ahead: its cache affinity no longer counts
+        est = estimate(view, request)
+        if est.total * NEAR_TIE_RATIO + NEAR_TIE_SLACK_S >= best_free.total:
+            continue
+        if best is None or est.total < best[1].total:
+            best = (view, est)
+    if best is None:
+        return None
+    view, est = best
+    return Wait(view.name, best_free.total - (est.total - est.wait), est)
 
 
 def _load(view: NodeView) -> float:
@@ -107,6 +154,8 @@ def describe(view: NodeView, est: Estimate, other: float | None) -> str:
         parts.append(f"slot wait {est.wait:.1f}s")
     if est.evict:
         parts.append(f"evicts {est.evict:.1f}s")
+    if view.displaced_tokens:
+        parts.append(f"pushes out {_tokens(view.displaced_tokens)} shared tokens")
     if view.success < 0.99:
         parts.append(f"success {view.success:.0%}")
     comparison = f"est {est.total:.1f}s" + (f" vs {other:.1f}s" if other is not None else "")

@@ -69,6 +69,8 @@ class Take:
     slot: Slot | None = None  # None while it waits on the runner's semaphore
     cached: int = 0  # prompt tokens expected to be reused (predicted when it took the slot)
     done: bool = False
+    # What the slot held before, should the request never reach the node.
+    previous: tuple[tuple[bytes, ...], tuple[int, ...], int] = ((), (), 0)
 
 
 def _common_keys(held: Sequence[bytes], keys: PrefixKeys) -> int:
@@ -106,6 +108,13 @@ def _between_slots(a: Slot, b: Slot) -> int:
     """Prompt tokens two slots both hold."""
     matched = _common_keys(a.keys, tuple(zip(b.keys, b.tokens, strict=True)))
     return a.tokens[matched - 1] if matched else 0
+
+
+def _fill(slot: Slot, keys: PrefixKeys, answer: int) -> None:
+    kept = keys[:MAX_KEYS]
+    slot.keys = tuple(key for key, _ in kept)
+    slot.tokens = tuple(tokens for _, tokens in kept)
+    slot.answer = answer if len(kept) == len(keys) else 0
 
 
 class SlotCache:
@@ -179,6 +188,10 @@ class SlotCache:
         prompt = take.keys[-1][1] if take.keys else 0
         slot.busy, slot.started = True, now
         take.slot, take.cached = slot, max(0, min(tokens, prompt - 1))
+        take.previous = (slot.keys, slot.tokens, slot.answer)
+        # From now on the slot holds this prompt (llama-server keeps the common prefix and
+        # evaluates the rest into it): what a request waiting for this slot will find.
+        _fill(slot, take.keys, 0)
         return True
 
     def release(self, take: Take, now: float, answer: int = 0, *, served: bool = True) -> None:
@@ -194,16 +207,16 @@ class SlotCache:
             return
         slot.busy = False
         if served:
-            keys = take.keys[:MAX_KEYS]
-            slot.keys = tuple(key for key, _ in keys)
-            slot.tokens = tuple(tokens for _, tokens in keys)
-            slot.answer = answer if len(keys) == len(take.keys) else 0
+            _fill(slot, take.keys, answer)
             slot.last_used = next(self._clock)
+        else:
+            slot.keys, slot.tokens, slot.answer = take.previous
         while self.waiting and self._assign(self.waiting[0], now):
             self.waiting.popleft()
 
-    def clear(self, keep: Slot | None = None) -> None:
-        """Forget what the idle slots hold (the runner evidently lost its cache)."""
+    def clear(self, keep: Slot | None = None, *, busy_too: bool = False) -> None:
+        """Forget what the slots hold (the runner lost its cache), but `keep`'s and, unless
+        `busy_too`, the busy ones' (their requests fill them when they end)."""
         for slot in self.slots:
-            if slot is not keep and not slot.busy:
+            if slot is not keep and (busy_too or not slot.busy):
                 slot.keys, slot.tokens, slot.answer = (), (), 0
