@@ -206,8 +206,8 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     forwarder = Forwarder(config, session, fleet)
     management = Management(config, session, fleet)
     admission = Admission(config.queue)
-    metrics = Metrics(fleet, learner, admission, forwarder.budget)
-    stats = Stats(fleet, learner)
+    metrics = Metrics(fleet, learner, admission, forwarder.budget, prompt_cache)
+    stats = Stats(fleet, learner, prompt_cache)
     history = History(fleet, admission)
     admin = Admin(
         fleet,

@@ -31,11 +31,15 @@ from sollol_proxy.routing.slot_cache import (
     Slot,
     SlotCache,
     Take,
+    common_tokens,
 )
 
 # Demand for a shared prefix is a count of the requests that started with it, decayed by this
 # factor per request of the model: it remembers about the last 1 / (1 - DECAY) requests.
 DECAY = 0.99
+# A slot reserved when the request was given its node, and never claimed by its dispatch (the
+# client went away in between), is given back after this long.
+RESERVATION_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,7 @@ class Probe:
     displaced: float = 0.0  # tokens of shared prefixes that slot would lose, weighted by demand
     waiting_cached: int = 0  # prompt tokens a busy slot holds: found by waiting for that slot
     waiting_since: float = 0.0  # when the request now in that busy slot started
+    waiting_slots: int = 0  # busy slots where the prompt would find a prefix worth reusing
 
 
 NO_PROBE = Probe()
@@ -72,6 +77,15 @@ class Accuracy:
     predicted_tokens: int = 0
     observed_tokens: int = 0
 
+    def add(self, other: Accuracy) -> None:
+        self.requests += other.requests
+        self.predicted_hits += other.predicted_hits
+        self.observed_hits += other.observed_hits
+        self.agreed += other.agreed
+        self.prompt_tokens += other.prompt_tokens
+        self.predicted_tokens += other.predicted_tokens
+        self.observed_tokens += other.observed_tokens
+
     def to_json(self) -> dict[str, float | int]:
         def ratio(part: int, whole: int) -> float:
             return round(part / whole, 3) if whole else 0.0
@@ -84,6 +98,8 @@ class Accuracy:
             "prompt_tokens": self.prompt_tokens,
             "predicted_cached_tokens": self.predicted_tokens,
             "observed_cached_tokens": self.observed_tokens,
+            "predicted_cached_ratio": ratio(self.predicted_tokens, self.prompt_tokens),
+            "observed_cached_ratio": ratio(self.observed_tokens, self.prompt_tokens),
         }
 
 
@@ -94,6 +110,8 @@ class PromptCache:
         # (model, first prefix key) -> (decayed count, the model's request number when counted)
         self._roots: OrderedDict[tuple[str, bytes], tuple[float, int]] = OrderedDict()
         self._requests: dict[str, int] = {}  # model -> requests counted
+        # id(keys) -> (the slot taken for them, when it is given back, the keys themselves)
+        self._reserved: dict[int, tuple[Ticket, float, PrefixKeys]] = {}
         self.accuracy: dict[tuple[str, str], Accuracy] = {}
 
     def _runner(self, node: str, model: str, slots: int) -> SlotCache:
@@ -130,14 +148,21 @@ class PromptCache:
                 if root:
                     displaced = root * self._worth(model, slot.keys[0], runners, slots)
             waiting, waiting_cached = runner.choose(keys, busy_too=True)
+            waiting_slots = 0
             if waiting is None or not waiting.busy or waiting_cached <= cached:
                 waiting_cached = 0
+            else:
+                threshold = SLOT_PROMPT_SIMILARITY * keys[-1][1]
+                waiting_slots = sum(
+                    s.busy and common_tokens(s, keys) > threshold for s in runner.slots
+                )
             if cached or displaced or waiting_cached:
                 found[node] = Probe(
                     cached,
                     displaced,
                     waiting_cached,
                     waiting.started if waiting is not None and waiting_cached else 0.0,
+                    waiting_slots,
                 )
         return found
 
@@ -161,6 +186,18 @@ class PromptCache:
 
     # -- dispatches ----------------------------------------------------------------------------
 
+    def reserve(
+        self, node: str, model: str, keys: PrefixKeys, slots: int, now: float | None = None
+    ) -> None:
+        """The request was just given `node`: its slot is taken now, before it is sent, so that
+        the requests ranked in the meantime do not count on that slot. Its dispatch claims it
+        (`take` with the same `keys` object)."""
+        now = time.monotonic() if now is None else now
+        self._expire(now)
+        if keys:
+            ticket = self._take(node, model, keys, slots, fresh=False, now=now)
+            self._reserved[id(keys)] = (ticket, now + RESERVATION_S, keys)
+
     def take(
         self,
         node: str,
@@ -172,14 +209,37 @@ class PromptCache:
         now: float | None = None,
     ) -> Ticket | None:
         """The request was sent to `node`: it takes the slot llama-server will give it (or
-        waits for one). `fresh`: the model is not loaded there yet, so its slots start empty."""
+        waits for one), or the one reserved for it there. `fresh`: the model is not loaded
+        there yet, so its slots start empty."""
         if not keys:
             return None
+        now = time.monotonic() if now is None else now
+        self._expire(now)
+        reserved = self._reserved.pop(id(keys), None)
+        if reserved is not None:
+            ticket = reserved[0]
+            if ticket.node == node and ticket.model == model:
+                if fresh:
+                    ticket.take.runner.clear(busy_too=True)
+                return ticket
+            self.finish(ticket, served=False)  # it went elsewhere (a failover)
+        return self._take(node, model, keys, slots, fresh=fresh, now=now)
+
+    def _take(
+        self, node: str, model: str, keys: PrefixKeys, slots: int, *, fresh: bool, now: float
+    ) -> Ticket:
         self._count(model, keys[0][0])
         runner = self._runner(node, model, slots)
         if fresh:
             runner.clear(busy_too=True)
-        return Ticket(node, model, runner.take(keys, time.monotonic() if now is None else now))
+        return Ticket(node, model, runner.take(keys, now))
+
+    def _expire(self, now: float) -> None:
+        if self._reserved:
+            for key, (ticket, until, _) in list(self._reserved.items()):
+                if until <= now:
+                    del self._reserved[key]
+                    self.finish(ticket, served=False)
 
     def _count(self, model: str, root: bytes) -> None:
         number = self._requests[model] = self._requests.get(model, 0) + 1

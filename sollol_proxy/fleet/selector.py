@@ -221,6 +221,9 @@ class Selector:
         targets = [
             Target(by_name[c.node], f"{strategy.name}: {c.reason}", c.category) for c in choices
         ]
+        if choices:
+            first = choices[0].node
+            self._prompt_cache.reserve(first, model, profile.prefix_keys, slots[first], now)
         by_view = {v.name: v for v in views}
         decision = {
             "request_id": request_id,

@@ -133,17 +133,21 @@ def waiting_view(
     already_waiting: int,
     now: float,
 ) -> NodeView:
-    """`view` as a request would find the node by waiting for the busy slot that holds more of
-    its prompt: that slot's request ends, then those already waiting for the node go first."""
+    """`view` as a request would find the node by waiting for its busy slots that hold a prefix
+    of the prompt: only those slots count (`num_parallel`), the requests already waiting for
+    the node go first, and the wait is what remains of the current request in the slot plus a
+    whole request for each round of those waiting ahead."""
     service = learner.service_s(node.name, profile.model, profile.prompt_tokens)
     remaining = max(service - (now - probe.waiting_since), 0.1 * service)
+    slots = max(probe.waiting_slots, 1)
     return replace(
         view,
         cached_tokens=round(probe.waiting_cached * ratio),
         displaced_tokens=0.0,
-        model_in_flight=max(view.model_in_flight, view.num_parallel) + already_waiting,
+        num_parallel=slots,
+        model_in_flight=slots + already_waiting,
         service_s=service,
-        slot_wait_s=remaining + already_waiting * service,
+        slot_wait_s=remaining + already_waiting // slots * service,
     )
 
 

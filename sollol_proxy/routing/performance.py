@@ -35,6 +35,9 @@ NEAR_TIE_SLACK_S = 0.05
 MIN_SUCCESS = 0.05
 # Requests per slot that may wait for one node's busy slots while another node has a free one.
 BALANCE_QUEUE = 1.0
+# A request waits at most this many times its expected wait for a busy slot: a slot that stays
+# busy much longer than expected is better given up early than at the break-even point.
+WAIT_PATIENCE = 2.0
 
 
 def estimate(view: NodeView, request: RouteRequest) -> Estimate:
@@ -73,7 +76,9 @@ class Wait:
     """Wait for a busy slot of `node` rather than go to a free node now."""
 
     node: str
-    budget_s: float  # longer than this and going now would have been faster
+    # Longer than this, and going now would have been faster (or the slot is busy for much
+    # longer than expected).
+    budget_s: float
     estimate: Estimate
 
 
@@ -96,7 +101,8 @@ def worth_waiting(
     if best is None:
         return None
     view, est = best
-    return Wait(view.name, best_free.total - (est.total - est.wait), est)
+    saving = best_free.total - (est.total - est.wait)
+    return Wait(view.name, min(saving, WAIT_PATIENCE * est.wait + NEAR_TIE_SLACK_S), est)
 
 
 def _load(view: NodeView) -> float:
