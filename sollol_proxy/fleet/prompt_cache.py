@@ -20,6 +20,7 @@ by `max_roots` demand counters.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,12 @@ from sollol_proxy.routing.slot_cache import (
 # Demand for a shared prefix is a count of the requests that started with it, decayed by this
 # factor per request of the model: it remembers about the last 1 / (1 - DECAY) requests.
 DECAY = 0.99
+# A conversation's own history (what its slot holds beyond the shared first prefix) is worth
+# this share of its tokens when it was just used, decaying with the time since over the mean
+# time conversations take to come back (learned from the follow-ups the proxy sees).
+HISTORY_WORTH = 0.5
+# Weight of a new sample in the mean time to come back.
+GAP_ALPHA = 0.2
 # A slot reserved when the request was given its node, and never claimed by its dispatch (the
 # client went away in between), is given back after this long.
 RESERVATION_S = 5.0
@@ -49,7 +56,7 @@ class Probe:
     cached: int = 0  # prompt tokens the slot it would get now holds (0: none, or no idle slot)
     displaced: float = 0.0  # tokens of shared prefixes that slot would lose, weighted by demand
     waiting_cached: int = 0  # prompt tokens a busy slot holds: found by waiting for that slot
-    waiting_since: float = 0.0  # when the request now in that busy slot started
+    waiting_since: float = 0.0  # when the oldest request in such a busy slot started
     waiting_slots: int = 0  # busy slots where the prompt would find a prefix worth reusing
 
 
@@ -110,6 +117,9 @@ class PromptCache:
         # (model, first prefix key) -> (decayed count, the model's request number when counted)
         self._roots: OrderedDict[tuple[str, bytes], tuple[float, int]] = OrderedDict()
         self._requests: dict[str, int] = {}  # model -> requests counted
+        # (model, last key of a prompt served) -> when it ended: a follow-up continues it
+        self._ends: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+        self._gaps: dict[str, float] = {}  # model -> mean time before a follow-up
         # id(keys) -> (the slot taken for them, when it is given back, the keys themselves)
         self._reserved: dict[int, tuple[Ticket, float, PrefixKeys]] = {}
         self.accuracy: dict[tuple[str, str], Accuracy] = {}
@@ -140,30 +150,30 @@ class PromptCache:
             if (node, model) in self._runners
         }
         found: dict[str, Probe] = {}
+        gap = self._gaps.get(model)
+        now = time.monotonic()
         for node, runner in runners.items():
             slot, cached = runner.choose(keys)
             displaced = 0.0
             if slot is not None and slot.keys:
-                root, _ = runner.displaced(slot, keys)
+                root, history = runner.displaced(slot, keys)
                 if root:
                     displaced = root * self._worth(model, slot.keys[0], runners, slots)
+                if history > 0 and gap:
+                    displaced += history * HISTORY_WORTH * math.exp(-(now - slot.ended) / gap)
             waiting, waiting_cached = runner.choose(keys, busy_too=True)
-            waiting_slots = 0
+            since, waiting_slots = 0.0, 0
             if waiting is None or not waiting.busy or waiting_cached <= cached:
                 waiting_cached = 0
             else:
+                # The first of the busy slots holding a prefix worth reusing to free up.
                 threshold = SLOT_PROMPT_SIMILARITY * keys[-1][1]
-                waiting_slots = sum(
-                    s.busy and common_tokens(s, keys) > threshold for s in runner.slots
-                )
+                starts = [
+                    s.started for s in runner.slots if s.busy and common_tokens(s, keys) > threshold
+                ]
+                since, waiting_slots = min(starts, default=waiting.started), len(starts)
             if cached or displaced or waiting_cached:
-                found[node] = Probe(
-                    cached,
-                    displaced,
-                    waiting_cached,
-                    waiting.started if waiting is not None and waiting_cached else 0.0,
-                    waiting_slots,
-                )
+                found[node] = Probe(cached, displaced, waiting_cached, since, waiting_slots)
         return found
 
     def _worth(
@@ -229,6 +239,12 @@ class PromptCache:
         self, node: str, model: str, keys: PrefixKeys, slots: int, *, fresh: bool, now: float
     ) -> Ticket:
         self._count(model, keys[0][0])
+        if len(keys) >= 3:  # a follow-up: the previous turn's prompt ended two messages back
+            ended = self._ends.pop((model, keys[-3][0]), None)
+            if ended is not None:
+                gap = self._gaps.get(model)
+                sample = now - ended
+                self._gaps[model] = sample if gap is None else gap + GAP_ALPHA * (sample - gap)
         runner = self._runner(node, model, slots)
         if fresh:
             runner.clear(busy_too=True)
@@ -281,7 +297,12 @@ class PromptCache:
             score.observed_tokens += observed
             if predicted_hit and not observed_hit:
                 runner.clear(keep=take.slot)
-        runner.release(take, time.monotonic(), answer, served=served)
+        now = time.monotonic()
+        runner.release(take, now, answer, served=served)
+        if served and take.keys:
+            self._ends[(ticket.model, take.keys[-1][0])] = now
+            while len(self._ends) > self._max_roots:
+                self._ends.popitem(last=False)
 
     def record(
         self, model: str, node: str, keys: PrefixKeys, slots: int = 1, answer: int = 0

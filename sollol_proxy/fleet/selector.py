@@ -211,8 +211,8 @@ class Selector:
                 for n in waitable
                 if probes.get(n.name, NO_PROBE).waiting_cached
             ]
-            best = min((c.estimate for c in choices if c.estimate), key=lambda e: e.total)
-            wait = worth_waiting(request, best, waiting)
+            free = [c.estimate for c in choices if c.estimate is not None]
+            wait = worth_waiting(request, free, waiting)
             if wait is not None:
                 until = hold.until if hold is not None else now + wait.budget_s
                 return Plan(hold=self._waits.hold(wait.node, until, replacing=hold))

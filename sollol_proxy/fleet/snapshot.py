@@ -134,9 +134,9 @@ def waiting_view(
     now: float,
 ) -> NodeView:
     """`view` as a request would find the node by waiting for its busy slots that hold a prefix
-    of the prompt: only those slots count (`num_parallel`), the requests already waiting for
-    the node go first, and the wait is what remains of the current request in the slot plus a
-    whole request for each round of those waiting ahead."""
+    of the prompt: the requests already waiting for the node go first (they count as in
+    flight), and the wait is what remains of the current request in the slot plus a whole
+    request for each round of those slots that the requests waiting ahead take."""
     service = learner.service_s(node.name, profile.model, profile.prompt_tokens)
     remaining = max(service - (now - probe.waiting_since), 0.1 * service)
     slots = max(probe.waiting_slots, 1)
@@ -144,8 +144,7 @@ def waiting_view(
         view,
         cached_tokens=round(probe.waiting_cached * ratio),
         displaced_tokens=0.0,
-        num_parallel=slots,
-        model_in_flight=slots + already_waiting,
+        model_in_flight=max(view.model_in_flight, view.num_parallel) + already_waiting,
         service_s=service,
         slot_wait_s=remaining + already_waiting // slots * service,
     )

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sollol_proxy.fleet.capacity import model_slots
-from sollol_proxy.fleet.fleet import Fleet, NodeState
+from sollol_proxy.fleet.fleet import Fleet, Lease, NodeState
 from sollol_proxy.fleet.learning import Learner, Timings
 from sollol_proxy.fleet.prompt_cache import PromptCache, Ticket
 from sollol_proxy.fleet.snapshot import planned_victims
@@ -35,6 +35,7 @@ class Attempt:
         self.clean_load = False
         self.holding = False  # counted in node.loading / node.evicting
         self.ticket: Ticket | None = None  # the slot its prompt takes in the node's cache
+        self.lease: Lease | None = None  # counted in the node's in-flight numbers
 
     def first_byte(self, status: int) -> None:
         self.first_byte_at = time.monotonic()
@@ -77,7 +78,7 @@ class DispatchObserver:
             # Until the node answers, the load is under way and its victims are on their way
             # out: no other request is routed to them as if they were still loaded.
             self._hold(attempt, 1)
-        async with self.fleet.lease(node, model):
+        async with self.fleet.lease(node, model) as attempt.lease:
             attempt.ticket = self.cache.take(
                 node.name,
                 model,
@@ -121,6 +122,8 @@ class DispatchObserver:
 
     def finished(self, attempt: Attempt, status: int, timings: Timings | None) -> None:
         node, profile = attempt.node, self.profile
+        if attempt.lease is not None:  # the node is done with it: others are routed on that
+            attempt.lease.end()
         ticket, attempt.ticket = attempt.ticket, None
         if status != 200:
             if ticket is not None:

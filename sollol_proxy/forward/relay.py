@@ -75,18 +75,19 @@ async def relay(
                 record.outcome = Outcome.MIDSTREAM_FAILURE
                 await _broken_stream(request, response, upstream, node, exc, tail, fleet, config)
                 return response
+        timings = parse_timings(b"".join(recent))
+        if attempt is not None:
+            # Before the slot is handed on: the next request is routed on what this one left
+            # in the node's cache.
+            attempt.finished(upstream.status, timings)
         if upstream_done is not None:
             upstream_done()
         await response.write_eof()
         complete = True
         if upstream.status < 500:  # a relayed 5xx was already counted as the node's failure
             node.health.succeeded()
-        tail = b"".join(recent)
-        timings = parse_timings(tail)
         if timings is not None:
             record.tokens_in, record.tokens_out = timings.prompt_tokens, timings.output_tokens
-        if attempt is not None:
-            attempt.finished(upstream.status, timings)
         return response
     except asyncio.CancelledError as exc:
         if not (is_cut(exc) and response.prepared):

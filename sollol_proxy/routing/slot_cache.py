@@ -53,6 +53,7 @@ class Slot:
     last_used: int = 0  # 0: never used; otherwise larger is more recent
     busy: bool = False
     started: float = 0.0  # when the request now in it took it (the caller's clock)
+    ended: float = 0.0  # when its last request left it
 
     @property
     def held(self) -> int:
@@ -208,7 +209,7 @@ class SlotCache:
         slot.busy = False
         if served:
             _fill(slot, take.keys, answer)
-            slot.last_used = next(self._clock)
+            slot.last_used, slot.ended = next(self._clock), now
         else:
             slot.keys, slot.tokens, slot.answer = take.previous
         while self.waiting and self._assign(self.waiting[0], now):
