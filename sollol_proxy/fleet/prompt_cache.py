@@ -139,7 +139,13 @@ class PromptCache:
 
     # -- routing -----------------------------------------------------------------------------
 
-    def probe(self, model: str, keys: PrefixKeys, slots: Mapping[str, int]) -> dict[str, Probe]:
+    def probe(
+        self,
+        model: str,
+        keys: PrefixKeys,
+        slots: Mapping[str, int],
+        now: float | None = None,
+    ) -> dict[str, Probe]:
         """For each node in `slots` (name -> slots of the model there), what this prompt would
         find. Nodes where the proxy believes nothing is cached are left out."""
         if not keys:
@@ -151,7 +157,7 @@ class PromptCache:
         }
         found: dict[str, Probe] = {}
         gap = self._gaps.get(model)
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         for node, runner in runners.items():
             slot, cached = runner.choose(keys)
             displaced = 0.0
@@ -273,6 +279,7 @@ class PromptCache:
         prompt_count: int = 0,
         observed: int | None = None,
         ratio: float = 1.0,
+        now: float | None = None,
     ) -> None:
         """The request left its slot; `served`: its prompt reached the node, which now holds it
         and `answer` more tokens (the proxy's units). `observed`: the prompt tokens Ollama's
@@ -297,7 +304,7 @@ class PromptCache:
             score.observed_tokens += observed
             if predicted_hit and not observed_hit:
                 runner.clear(keep=take.slot)
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         runner.release(take, now, answer, served=served)
         if served and take.keys:
             self._ends[(ticket.model, take.keys[-1][0])] = now

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sollol_proxy.fleet.prompt_cache import PromptCache
+from sollol_proxy.fleet.prompt_cache import RESERVATION_S, PromptCache
 from sollol_proxy.routing.analysis import analyze
 from sollol_proxy.routing.slot_cache import MAX_KEYS
 
@@ -130,3 +130,48 @@ def test_the_truth_scores_the_prediction_and_a_false_hit_clears_the_runner() -> 
     # The node had lost its cache: the other slot's prefix is not believed any more.
     assert cached(cache, chat("other system " * 80, "two"), {"a": 2}) == {}
     assert cached(cache, chat(SYSTEM, "four"), {"a": 2}) != {}  # what this request left there
+
+
+def test_a_slot_reserved_when_the_node_was_chosen_is_claimed_by_the_dispatch() -> None:
+    cache = PromptCache()
+    keys = chat(SYSTEM, "first")
+    cache.record("m", "a", keys, slots=2)
+    follow_up = chat(SYSTEM, "second")
+    cache.reserve("a", "m", follow_up, 2, now=0.0)
+    # Ranked meanwhile: that slot is taken, the other one is empty.
+    assert cached(cache, chat(SYSTEM, "third"), {"a": 2}) == {}
+    ticket = cache.take("a", "m", follow_up, 2, now=0.1)
+    assert ticket is not None and ticket.take.cached == keys[0][1]
+    assert sum(slot.busy for slot in cache.slots("a", "m")) == 1  # the same slot, not another
+    cache.finish(ticket)
+    # A reservation its request never claims (the client left) is given back.
+    cache.reserve("a", "m", chat(SYSTEM, "gone"), 2, now=1.0)
+    cache.reserve("a", "m", chat(SYSTEM, "later"), 2, now=1.0 + RESERVATION_S)
+    assert sum(slot.busy for slot in cache.slots("a", "m")) == 1
+    # A failover: the request went to another node; the reservation on the first is released.
+    moved = chat(SYSTEM, "moved")
+    cache.reserve("b", "m", moved, 2)
+    assert cache.take("c", "m", moved, 2) is not None
+    assert not any(slot.busy for slot in cache.slots("b", "m"))
+
+
+def test_a_conversations_own_history_is_worth_keeping_while_it_may_come_back() -> None:
+    cache = PromptCache()
+    question, answer = "pasted document. " * 300, "an answer"
+    first = cache.take("a", "m", chat("system one", question), 1, now=0.0)
+    assert first is not None
+    cache.finish(first, now=1.0)
+    # Its follow-up came 3 s later: the proxy learns how long conversations think.
+    follow_up = cache.take("a", "m", chat("system one", question, answer, "and then?"), 1, now=4.0)
+    assert follow_up is not None
+    cache.finish(follow_up, now=5.0)
+    newcomer = chat("system two", "hello")
+
+    def displaced(at: float) -> float:
+        return cache.probe("m", newcomer, {"a": 1}, now=at)["a"].displaced
+
+    # Pushing out a conversation that was just here costs about half its history; one whose
+    # follow-up would be long overdue, almost nothing.
+    assert 0.4 * 1300 < displaced(5.0) < 0.6 * 1300
+    assert displaced(5.0 + 3.0) < 0.4 * displaced(5.0)
+    assert displaced(5.0 + 30.0) < 1
