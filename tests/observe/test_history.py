@@ -48,6 +48,8 @@ async def test_requests_latency_tokens_and_slots_are_charted(
     await eventually(
         lambda: sum(v or 0 for v in made_history.to_json(60)["requests_per_s"]["ok"]) >= 3
     )
+    # Every node is charted once sampled (once a second), whether or not it served a request.
+    await eventually(lambda: len(made_history.to_json(60)["nodes"]) == 2)
     data = await series(http, made.url)
     assert data is not None
     assert data["bucket_s"] == 1
