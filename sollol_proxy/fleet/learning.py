@@ -107,6 +107,9 @@ class Learner:
         self._nodes: dict[str, NodeStats] = {}
         self._outputs: dict[tuple[str, str], Average] = {}
         self._model_load: dict[str, Average] = {}  # load time of a model on any node
+        # The same model on any node: what a node that never ran it is priced with.
+        self._model_prefill: dict[str, Average] = {}
+        self._model_decode: dict[str, Average] = {}
         self._token_ratio: dict[str, Average] = {}  # Ollama's prompt tokens / the estimate
         self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
 
@@ -136,7 +139,19 @@ class Learner:
         pair = self._pairs.get((node, model))
         if pair is not None and pair.prefill_tps.samples:
             return pair.prefill_tps.value
-        return self._node(node).prefill_tps.get(self.priors(node).prefill_tokens_per_s)
+        return self._fallback(
+            self._node(node).prefill_tps,
+            self._model_prefill.get(model),
+            self.priors(node).prefill_tokens_per_s,
+        )
+
+    @staticmethod
+    def _fallback(node: Average, model: Average | None, prior: float) -> float:
+        """What the node showed for other models, else what this model showed on other nodes,
+        else the prior."""
+        if node.samples:
+            return node.value
+        return model.value if model is not None and model.samples else prior
 
     def measured_prefill_tps(self, node: str, model: str) -> float | None:
         """The prefill speed measured for this model here, else for the node's other models;
@@ -151,7 +166,11 @@ class Learner:
         pair = self._pairs.get((node, model))
         if pair is not None and pair.decode_tps.samples:
             return pair.decode_tps.value
-        return self._node(node).decode_tps.get(self.priors(node).decode_tokens_per_s)
+        return self._fallback(
+            self._node(node).decode_tps,
+            self._model_decode.get(model),
+            self.priors(node).decode_tokens_per_s,
+        )
 
     def load_s(self, node: str, model: str, size_bytes: int) -> float:
         """Learned on this node; else as long as it took on other nodes; else the prior."""
@@ -248,10 +267,12 @@ class Learner:
             if current.samples < 3 or speed < 3 * current.value:
                 current.add(speed)
                 stats.prefill_tps.add(speed)
+                self._model_prefill.setdefault(model, Average()).add(speed)
         if timings.output_tokens >= 4 and timings.output_s > 0:
             speed = timings.output_tokens / timings.output_s
             pair.decode_tps.add(speed)
             stats.decode_tps.add(speed)
+            self._model_decode.setdefault(model, Average()).add(speed)
         if timings.output_tokens and not timings.hit_limit:  # a cut answer says little of length
             self._outputs.setdefault((model, task), Average()).add(timings.output_tokens)
 

@@ -131,7 +131,8 @@ class DispatchObserver:
             if status >= 500:
                 self.learner.observe_failure(node.name)
             return
-        predicted = ticket.take.cached if ticket is not None else 0
+        # A prompt some slot there held may have been cached after all: no clean prefill speed.
+        maybe_cached = max(ticket.take.cached, ticket.take.nearest) if ticket else 0
         if ticket is not None:
             self._finish_ticket(ticket, timings)
         now = time.monotonic()
@@ -141,7 +142,7 @@ class DispatchObserver:
             profile.task,
             timings,
             clean_load=attempt.clean_load,
-            cached_tokens=predicted,
+            cached_tokens=maybe_cached,
             ttft_s=(attempt.first_byte_at - attempt.started)
             if profile.stream and attempt.first_byte_at
             else None,

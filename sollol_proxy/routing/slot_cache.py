@@ -69,6 +69,9 @@ class Take:
     keys: PrefixKeys
     slot: Slot | None = None  # None while it waits on the runner's semaphore
     cached: int = 0  # prompt tokens expected to be reused (predicted when it took the slot)
+    # The most of the prompt any slot held when it was sent, busy ones included: a slot that
+    # frees just before the request reaches the node may serve it instead.
+    nearest: int = 0
     done: bool = False
     # What the slot held before, should the request never reach the node.
     previous: tuple[tuple[bytes, ...], tuple[int, ...], int] = ((), (), 0)
@@ -177,7 +180,7 @@ class SlotCache:
 
     def take(self, keys: PrefixKeys, now: float) -> Take:
         """A request reaches the runner: it takes the slot `choose` names, or waits for one."""
-        take = Take(self, keys)
+        take = Take(self, keys, nearest=max(common_tokens(s, keys) for s in self.slots))
         if not self._assign(take, now):
             self.waiting.append(take)
         return take

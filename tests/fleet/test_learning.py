@@ -50,10 +50,13 @@ def test_speeds_and_load_are_learned_per_node_and_model() -> None:
     assert learner.decode_tps("a", "m") == pytest.approx(259 / 4.23271)
     assert learner.prefill_tps("a", "m") == pytest.approx(2600 / 1.3)
     assert learner.load_s("a", "m", 10**9) == pytest.approx(6.338219291)
-    # What a node showed for one model is its best guess for another; other nodes keep priors,
-    # except for the load time of the same model, which is a property of the model.
+    # What a node showed for one model is its best guess for another; a node that never ran
+    # anything is priced like the nodes that ran the same model (as the README says), and only
+    # then with the priors.
     assert learner.decode_tps("a", "other") == pytest.approx(259 / 4.23271)
-    assert learner.decode_tps("b", "m") == Priors().decode_tokens_per_s
+    assert learner.decode_tps("b", "m") == pytest.approx(259 / 4.23271)
+    assert learner.prefill_tps("b", "m") == pytest.approx(2600 / 1.3)
+    assert learner.decode_tps("b", "other") == Priors().decode_tokens_per_s
     assert learner.load_s("b", "m", 10**9) == pytest.approx(6.338219291)
     assert learner.load_s("b", "other", 3 * 10**9) == pytest.approx(2.0 + 2.0)
 
