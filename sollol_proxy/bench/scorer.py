@@ -63,8 +63,9 @@ def run(decisions: int = 20000) -> None:
 
 def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
     """Microseconds per decision including the snapshot: live node state (20 models on disk,
-    3 loaded per node, requests in flight) turned into views, cached prefixes looked up, demand
-    computed, then ranked, as Selector does for every request."""
+    3 loaded per node, requests in flight, every node's slots holding a conversation) turned
+    into views, the slots probed for the prompt, demand computed, then ranked, as Selector
+    does for every request."""
     from sollol_proxy.config import load_config
     from sollol_proxy.config.policies import Priors
     from sollol_proxy.fleet.fleet import Fleet
@@ -109,7 +110,18 @@ def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
         ],
     }
     profile = analyze("/api/chat", payload, models[0], True)
-    cache.record(models[0], "n0", profile.prefix_keys, slots=2)
+    # Every node's two slots hold a conversation under one of five system prompts.
+    for state in fleet.nodes.values():
+        for _ in range(2):
+            held = {
+                **payload,
+                "messages": [
+                    {"role": "system", "content": f"{rng.randint(0, 4)}" * 4000},
+                    {"role": "user", "content": "earlier"},
+                ],
+            }
+            keys = analyze("/api/chat", held, models[0], True).prefix_keys
+            cache.record(models[0], state.name, keys, slots=2)
     strategy = make_strategy("performance")
     candidates = list(fleet.nodes.values())
     slots = {n.name: n.config.num_parallel for n in candidates}

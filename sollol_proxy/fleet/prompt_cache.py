@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -32,7 +32,7 @@ from sollol_proxy.routing.slot_cache import (
     Slot,
     SlotCache,
     Take,
-    common_tokens,
+    heads,
 )
 
 # Demand for a shared prefix is a count of the requests that started with it, decayed by this
@@ -55,9 +55,12 @@ class Probe:
 
     cached: int = 0  # prompt tokens the slot it would get now holds (0: none, or no idle slot)
     displaced: float = 0.0  # tokens of shared prefixes that slot would lose, weighted by demand
-    waiting_cached: int = 0  # prompt tokens a busy slot holds: found by waiting for that slot
-    waiting_since: float = 0.0  # when the oldest request in such a busy slot started
-    waiting_slots: int = 0  # busy slots where the prompt would find a prefix worth reusing
+    # By waiting for a busy slot instead: the most prompt tokens such a slot holds (0 when no
+    # busy slot holds more than the similarity threshold, or not more than `cached`), when the
+    # oldest request in those slots started, and how many they are.
+    waiting_cached: int = 0
+    waiting_since: float = 0.0
+    waiting_slots: int = 0
 
 
 NO_PROBE = Probe()
@@ -158,37 +161,31 @@ class PromptCache:
         found: dict[str, Probe] = {}
         gap = self._gaps.get(model)
         now = time.monotonic() if now is None else now
+        copies: Counter[bytes] | None = None  # nodes holding each first prefix, when needed
+        fleet_slots = sum(slots.values())
+        keys_only = heads(keys)
         for node, runner in runners.items():
-            slot, cached = runner.choose(keys)
+            slot, cached = runner.choose(keys, keys_only=keys_only)
             displaced = 0.0
             if slot is not None and slot.keys:
-                root, history = runner.displaced(slot, keys)
+                root, history = runner.displaced(slot, keys, keys_only)
                 if root:
-                    displaced = root * self._worth(model, slot.keys[0], runners, slots)
+                    if copies is None:
+                        copies = Counter(
+                            first for r in runners.values() for first in r.first_keys()
+                        )
+                    first = slot.keys[0]
+                    displaced = root * self._worth(model, first, copies[first], fleet_slots)
                 if history > 0 and gap:
                     displaced += history * HISTORY_WORTH * math.exp(-(now - slot.ended) / gap)
-            waiting, waiting_cached = runner.choose(keys, busy_too=True)
-            since, waiting_slots = 0.0, 0
-            if waiting is None or not waiting.busy or waiting_cached <= cached:
-                waiting_cached = 0
-            else:
-                # The first of the busy slots holding a prefix worth reusing to free up.
-                threshold = SLOT_PROMPT_SIMILARITY * keys[-1][1]
-                starts = [
-                    s.started for s in runner.slots if s.busy and common_tokens(s, keys) > threshold
-                ]
-                since, waiting_slots = min(starts, default=waiting.started), len(starts)
-            if cached or displaced or waiting_cached:
-                found[node] = Probe(cached, displaced, waiting_cached, since, waiting_slots)
+            waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
+            if waiting <= cached:
+                waiting, waiting_slots, since = 0, 0, 0.0
+            if cached or displaced or waiting:
+                found[node] = Probe(cached, displaced, waiting, since, waiting_slots)
         return found
 
-    def _worth(
-        self,
-        model: str,
-        root: bytes,
-        runners: Mapping[str, SlotCache],
-        slots: Mapping[str, int],
-    ) -> float:
+    def _worth(self, model: str, root: bytes, copies: int, fleet_slots: int) -> float:
         """How much losing one node's copy of a shared prefix costs, per token: its share of
         the model's recent requests times the fleet's slots for it (a prefix asked for about
         once per round of the slots is worth keeping), capped at 1, divided by the nodes that
@@ -197,8 +194,7 @@ class PromptCache:
         if not count:
             return 0.0
         share = count * DECAY ** (self._requests.get(model, 0) - seen) * (1 - DECAY)
-        copies = sum(any(s.keys and s.keys[0] == root for s in r.slots) for r in runners.values())
-        return min(1.0, share * sum(slots.values())) / max(copies, 1)
+        return min(1.0, share * fleet_slots) / max(copies, 1)
 
     # -- dispatches ----------------------------------------------------------------------------
 

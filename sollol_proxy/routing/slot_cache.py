@@ -77,31 +77,37 @@ class Take:
     previous: tuple[tuple[bytes, ...], tuple[int, ...], int] = ((), (), 0)
 
 
-def _common_keys(held: Sequence[bytes], keys: PrefixKeys) -> int:
+def _common_keys(held: Sequence[bytes], keys: Sequence[bytes]) -> int:
     """How many leading keys are equal (chained keys: equal at i means equal before i)."""
     n = min(len(held), len(keys))
-    if not n or held[0] != keys[0][0]:
+    if not n or held[0] != keys[0]:
         return 0
-    if held[n - 1] == keys[n - 1][0]:
+    if held[n - 1] == keys[n - 1]:
         return n
     lo, hi = 0, n - 1  # held[lo] matches, held[hi] does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if held[mid] == keys[mid][0]:
+        if held[mid] == keys[mid]:
             lo = mid
         else:
             hi = mid
     return lo + 1
 
 
-def common_tokens(slot: Slot, keys: PrefixKeys) -> int:
+def heads(keys: PrefixKeys) -> tuple[bytes, ...]:
+    """The keys alone, for `common_tokens` (computed once per request, not per slot)."""
+    return tuple(key for key, _ in keys)
+
+
+def common_tokens(slot: Slot, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None) -> int:
     """Prompt tokens of `keys` that `slot` holds: the common prefix, plus the slot's answer when
-    the request goes on with a message of about its length."""
-    matched = _common_keys(slot.keys, keys)
-    if not matched:
-        return 0
+    the request goes on with a message of about its length. `keys_only`: `heads(keys)`."""
+    held = slot.keys
+    if not held or not keys or held[0] != keys[0][0]:
+        return 0  # the common case: another conversation, another system prompt
+    matched = _common_keys(held, heads(keys) if keys_only is None else keys_only)
     tokens = keys[matched - 1][1]
-    if matched == len(slot.keys) and slot.answer and matched < len(keys):
+    if matched == len(held) and slot.answer and matched < len(keys):
         message = keys[matched][1] - tokens - MESSAGE_TOKENS
         if slot.answer // 2 - MESSAGE_TOKENS <= message <= 2 * slot.answer + MESSAGE_TOKENS:
             tokens = keys[matched][1]
@@ -110,7 +116,7 @@ def common_tokens(slot: Slot, keys: PrefixKeys) -> int:
 
 def _between_slots(a: Slot, b: Slot) -> int:
     """Prompt tokens two slots both hold."""
-    matched = _common_keys(a.keys, tuple(zip(b.keys, b.tokens, strict=True)))
+    matched = _common_keys(a.keys, b.keys)
     return a.tokens[matched - 1] if matched else 0
 
 
@@ -142,16 +148,23 @@ class SlotCache:
             for index, slot in enumerate(self.slots):
                 slot.index = index
 
-    def choose(self, keys: PrefixKeys, *, busy_too: bool = False) -> tuple[Slot | None, int]:
+    def choose(
+        self,
+        keys: PrefixKeys,
+        *,
+        busy_too: bool = False,
+        keys_only: Sequence[bytes] | None = None,
+    ) -> tuple[Slot | None, int]:
         """The slot llama-server would give this prompt now, and the prompt tokens found in it
         (None when every slot is busy). `busy_too`: as if every slot were idle, i.e. the slot
         the request would get by waiting for it."""
+        keys_only = heads(keys) if keys_only is None else keys_only
         best: Slot | None = None
         best_tokens = -1
         for slot in self.slots:
             if slot.busy and not busy_too:
                 continue
-            tokens = common_tokens(slot, keys)
+            tokens = common_tokens(slot, keys, keys_only)
             if tokens > best_tokens:  # strictly longer: the lowest index wins among equals
                 best, best_tokens = slot, tokens
         if best is None:
@@ -162,16 +175,35 @@ class SlotCache:
                 (s for s in self.slots if busy_too or not s.busy),
                 key=lambda s: (s.last_used, s.index),
             )
-            best_tokens = common_tokens(best, keys)
+            best_tokens = common_tokens(best, keys, keys_only)
         return best, best_tokens
 
-    def displaced(self, victim: Slot, keys: PrefixKeys) -> tuple[int, int]:
+    def busy_holding(
+        self, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None
+    ) -> tuple[int, int, float]:
+        """The busy slots where this prompt would find a prefix worth reusing (more than the
+        similarity threshold): the most tokens one of them holds, how many they are, and when
+        the oldest request in them started (the first likely to free it)."""
+        keys_only = heads(keys) if keys_only is None else keys_only
+        threshold = SLOT_PROMPT_SIMILARITY * (keys[-1][1] if keys else 0)
+        most, count, since = 0, 0, 0.0
+        for slot in self.slots:
+            if slot.busy:
+                tokens = common_tokens(slot, keys, keys_only)
+                if tokens > threshold:
+                    since = slot.started if not count else min(since, slot.started)
+                    most, count = max(most, tokens), count + 1
+        return most, count, since
+
+    def displaced(
+        self, victim: Slot, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None
+    ) -> tuple[int, int]:
         """What giving `victim` to this prompt pushes out of the runner: the tokens of its
         first prefix (a system prompt, a shared preamble) and of the rest that no other slot
         holds and the new prompt does not keep."""
         if not victim.tokens:
             return 0, 0
-        kept = common_tokens(victim, keys)
+        kept = common_tokens(victim, keys, keys_only)
         for slot in self.slots:
             if slot is not victim and slot.tokens:
                 kept = max(kept, _between_slots(victim, slot))
@@ -180,7 +212,8 @@ class SlotCache:
 
     def take(self, keys: PrefixKeys, now: float) -> Take:
         """A request reaches the runner: it takes the slot `choose` names, or waits for one."""
-        take = Take(self, keys, nearest=max(common_tokens(s, keys) for s in self.slots))
+        keys_only = heads(keys)
+        take = Take(self, keys, nearest=max(common_tokens(s, keys, keys_only) for s in self.slots))
         if not self._assign(take, now):
             self.waiting.append(take)
         return take
@@ -217,6 +250,10 @@ class SlotCache:
             slot.keys, slot.tokens, slot.answer = take.previous
         while self.waiting and self._assign(self.waiting[0], now):
             self.waiting.popleft()
+
+    def first_keys(self) -> set[bytes]:
+        """The first prefix key of what each slot holds (a system prompt, a preamble)."""
+        return {slot.keys[0] for slot in self.slots if slot.keys}
 
     def clear(self, keep: Slot | None = None, *, busy_too: bool = False) -> None:
         """Forget what the slots hold (the runner lost its cache), but `keep`'s and, unless
