@@ -219,6 +219,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         stats,
         Dashboard(fleet, learner, decisions, stats, admission),
         history,
+        prompt_cache,
     )
     handler = OllamaHandler(
         config=config,

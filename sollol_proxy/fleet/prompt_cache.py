@@ -136,9 +136,20 @@ class PromptCache:
         return runner
 
     def slots(self, node: str, model: str) -> list[Slot]:
-        """What the proxy believes each slot of `model` on `node` holds (for tests and views)."""
+        """What the proxy believes each slot of `model` on `node` holds."""
         runner = self._runners.get((node, model))
         return list(runner.slots) if runner else []
+
+    def describe(self, node: str) -> dict[str, list[dict[str, object]]]:
+        """For /sollol/nodes: per model, each slot's tokens (prompt and answer) and state."""
+        return {
+            model: [
+                {"tokens": slot.held + slot.answer, "busy": slot.busy}
+                for slot in self.slots(node, model)
+            ]
+            for (name, model) in self._runners
+            if name == node
+        }
 
     # -- routing -----------------------------------------------------------------------------
 

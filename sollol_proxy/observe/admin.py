@@ -17,6 +17,7 @@ from sollol_proxy.admission.admission import Admission
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.lifecycle.reload import LiveConfig
 from sollol_proxy.observe.dashboard import Dashboard, health
 from sollol_proxy.observe.history import HORIZON_S, History
@@ -57,8 +58,10 @@ class Admin:
         stats: Stats,
         dashboard: Dashboard,
         history: History,
+        prompt_cache: PromptCache,
     ) -> None:
         self._fleet = fleet
+        self._prompt_cache = prompt_cache
         self._learner = learner
         self._decisions = decisions
         self._live = live
@@ -149,4 +152,6 @@ class Admin:
             "max_loaded_models": node.config.max_loaded_models,
             "labels": dict(node.config.labels),
             "learned": self._learner.snapshot(node.name),
+            # per model, what the proxy believes each slot holds (see README, Routing)
+            "cache_slots": self._prompt_cache.describe(node.name),
         }

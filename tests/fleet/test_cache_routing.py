@@ -44,6 +44,13 @@ async def test_every_conversation_of_a_group_finds_the_shared_system_prompt(
         assert node == home
     uses = made.node(home).slot_uses
     assert len(uses) == 4 and all(use.cached_tokens > 2500 for use in uses[1:])
+    # /sollol/nodes shows what the proxy believes the slots hold: the last prompt and answer.
+    async with http.get(made.url + "/sollol/nodes") as response:
+        nodes = {n["name"]: n for n in orjson.loads(await response.read())["nodes"]}
+    believed = nodes[home]["cache_slots"][MODEL]
+    assert [slot["busy"] for slot in believed] == [False]
+    assert abs(believed[0]["tokens"] - uses[-1].prompt_tokens) < 0.05 * uses[-1].prompt_tokens
+    assert all(not nodes[name]["cache_slots"] for name in nodes if name != home)
 
 
 async def test_a_request_waits_for_the_busy_slot_that_holds_its_prompt(
