@@ -244,11 +244,11 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     embeddings = Embeddings(calls)
     jobs = JobRunner(calls, config)
     batches = BatchApi(jobs, config)
-    metrics = Metrics(fleet, learner, admission, forwarder.budget)
+    metrics = Metrics(fleet, learner, admission, forwarder.budget, prompt_cache)
     metrics.registry.register(KeyCollector(guard))
     shown = Batches(jobs, speed, fleet)
     metrics.registry.register(BatchCollector(shown))
-    stats = Stats(fleet, learner)
+    stats = Stats(fleet, learner, prompt_cache)
     history = History(fleet, admission)
     admin = Admin(
         fleet,
@@ -260,6 +260,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         stats,
         Dashboard(fleet, learner, decisions, stats, admission, shown),
         history,
+        prompt_cache,
     )
     handler = OllamaHandler(
         config=config,

@@ -218,14 +218,23 @@ def bench_overhead(rounds: int, scale: float) -> None:
     "--scenario",
     "scenarios",
     multiple=True,
-    type=click.Choice(["chat_sessions", "many_models", "mixed_speed"]),
+    type=click.Choice(
+        ["chat_sessions", "many_models", "mixed_speed", "shared_prompts", "crowded", "pairs"]
+    ),
     help="Run only these workloads (default: all).",
 )
-def bench_routing(seed: int, scenarios: tuple[str, ...]) -> None:
+@click.option(
+    "--strategy",
+    "strategies",
+    multiple=True,
+    type=click.Choice(["round_robin", "random", "least_loaded", "pin_groups", "performance"]),
+    help="Run only these strategies (default: all; ratios are to the first one run).",
+)
+def bench_routing(seed: int, scenarios: tuple[str, ...], strategies: tuple[str, ...]) -> None:
     """Every strategy on the same seeded workloads; ratios to round_robin."""
     from sollol_proxy.bench.routing import run
 
-    run(seed=seed, scenarios=list(scenarios) or None)
+    run(seed=seed, scenarios=list(scenarios) or None, strategies=strategies or None)
 
 
 @bench.command("scorer")

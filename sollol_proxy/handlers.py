@@ -138,7 +138,7 @@ class OllamaHandler:
         slot: Slot | None = None,
     ) -> web.StreamResponse:
         observer = DispatchObserver(
-            self.fleet, self.learner, self.prompt_cache, profile, plan.cached_tokens, plan.decision
+            self.fleet, self.learner, self.prompt_cache, profile, plan.decision
         )
         if plan.decision is not None:
             record.strategy = plan.decision["strategy"]

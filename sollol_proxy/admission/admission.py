@@ -11,7 +11,9 @@ only while that node has a free slot for the model, and keeps the excess here:
 - waiting requests are served by effective priority (priority plus one level per `ageing`
   seconds waited), oldest first among equals;
 - the node is chosen when the request leaves the queue (late binding), by the routing engine,
-  among the nodes free at that moment;
+  among the nodes free at that moment; the engine may answer that the request had better wait
+  a little for a busy slot holding its prompt (`Plan.hold`), and it is asked again when that
+  node has a free slot or the wait's deadline passes;
 - when a slot frees, a waiting request whose model is loaded on a free node goes first, if its
   effective priority is within `affinity_window` of the most urgent one (no model swap for it);
 - bounds: a queue length (the least urgent waiter is shed for a more urgent newcomer) and a
@@ -247,16 +249,24 @@ class Admission:
                 del self._keys[waiter.key]
 
     def _grant(self, waiter: Waiter, nodes: list[NodeState]) -> None:
-        self._remove(waiter)
         try:
             if waiter.slot is not None:  # a retry: its slot moves to the first free node
+                self._remove(waiter)
                 self.take(nodes[0], waiter.model)
                 waiter.slot.node = nodes[0]
                 waiter.future.set_result(waiter.slot)
                 return
             plan = waiter.choose(nodes)
+            if plan.hold is not None:  # it stays in the queue, asked again at the deadline
+                if waiter.hold is None or waiter.hold.until != plan.hold.until:
+                    delay = plan.hold.until - time.monotonic()
+                    asyncio.get_running_loop().call_later(max(delay, 0.0), self._pump)
+                waiter.hold = plan.hold
+                return
+            self._remove(waiter)
             waiter.future.set_result(Slot(self, waiter, plan, plan.targets[0].node))
         except Exception as exc:  # a routing failure answers this request, never the pump
+            self._remove(waiter)
             waiter.future.set_exception(exc)
 
     def _pump(self) -> None:
@@ -278,7 +288,7 @@ class Admission:
                     self._fail_key(waiter.key, exc)
                     nodes = []
                 free[waiter.key] = [n for n in nodes if self.is_free(n, waiter.model)]
-            return free[waiter.key]
+            return waiter.offered(free[waiter.key], now)
 
         def exhausted() -> bool:  # no waiting request can be served by any node now
             return all(key in free and not free[key] for key in self._keys)

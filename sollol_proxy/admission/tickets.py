@@ -14,6 +14,7 @@ from typing import Protocol
 from sollol_proxy.config import QueueBand
 from sollol_proxy.fleet.fleet import NodeState
 from sollol_proxy.fleet.selector import Plan
+from sollol_proxy.fleet.waiting import Hold
 
 
 class Keeper(Protocol):
@@ -49,9 +50,17 @@ class Waiter:
     band: QueueBand | None
     future: asyncio.Future[Slot]
     slot: Slot | None = None  # a retry: the request's own slot, moved to the node granted
+    hold: Hold | None = None  # it chose to wait for a busy slot of this node, until then
 
     def effective(self, now: float, ageing: float) -> float:
         return self.priority + (now - self.enqueued) / ageing
+
+    def offered(self, free: list[NodeState], now: float) -> list[NodeState]:
+        """The free nodes worth asking it about: none while it waits for a node not among them."""
+        hold = self.hold
+        if hold is None or now >= hold.until or any(n.name == hold.node for n in free):
+            return free
+        return []
 
 
 class Slot:

@@ -4,7 +4,9 @@ The simulated nodes follow Ollama's scheduler physics (slots per model, one load
 eviction under VRAM, a per-slot prompt prefix cache, prefill and decode speed), time-scaled so
 that a run takes seconds. Every strategy runs every workload with fresh nodes and a fresh proxy,
 given only the nodes' URLs (their slots and memory are learned); results are reported as ratios
-to round_robin.
+to round_robin. `pin_groups` is a baseline, not a strategy: each group of conversations is
+pinned to one node with `X-Sollol-Node` (group i to node i mod n), the rest goes to the least
+loaded node.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from sollol_proxy.bench.workloads import SCENARIOS, Call, Scenario, Session
 from sollol_proxy.config import load_config
 from sollol_proxy.server import start_proxy
 from sollol_proxy.simulator import SimulatedNode
+from sollol_proxy.wire.headers import NODE_HEADER
 
-STRATEGIES = ("round_robin", "random", "least_loaded", "performance")
+STRATEGIES = ("round_robin", "random", "least_loaded", "pin_groups", "performance")
+PIN_GROUPS = "pin_groups"
 
 
 @dataclass
@@ -33,9 +37,16 @@ class Result:
     loads: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    elapsed: float = 0.0  # from the first request to the last answer
 
 
-async def _send(http: aiohttp.ClientSession, url: str, call: Call, result: Result) -> str:
+async def _send(
+    http: aiohttp.ClientSession,
+    url: str,
+    call: Call,
+    result: Result,
+    headers: dict[str, str] | None = None,
+) -> str:
     body = orjson.dumps(
         {
             "model": call.model,
@@ -49,7 +60,7 @@ async def _send(http: aiohttp.ClientSession, url: str, call: Call, result: Resul
     parts: list[str] = []
     failed = False
     try:
-        async with http.post(url + "/api/chat", data=body) as response:
+        async with http.post(url + "/api/chat", data=body, headers=headers) as response:
             async for line in response.content:
                 if first is None:
                     first = time.perf_counter() - start
@@ -69,16 +80,24 @@ async def _send(http: aiohttp.ClientSession, url: str, call: Call, result: Resul
     return "" if failed else "".join(parts)
 
 
-async def _session(http: aiohttp.ClientSession, url: str, session: Session, result: Result) -> None:
+async def _session(
+    http: aiohttp.ClientSession,
+    url: str,
+    session: Session,
+    result: Result,
+    pin: str | None,
+) -> None:
     await asyncio.sleep(session.start)
     messages = [{"role": "system", "content": session.system}]
-    for question in session.questions:
+    headers = {NODE_HEADER: pin} if pin else None
+    for turn, question in enumerate(session.questions):
         messages.append({"role": "user", "content": question})
         answer = await _send(
-            http, url, Call(session.model, list(messages), session.num_predict), result
+            http, url, Call(session.model, list(messages), session.num_predict), result, headers
         )
         messages.append({"role": "assistant", "content": answer})
-        await asyncio.sleep(session.think)
+        think = session.think
+        await asyncio.sleep(think if isinstance(think, float | int) else think[turn])
 
 
 async def _timed(
@@ -105,13 +124,13 @@ async def run_scenario(scenario: Scenario, strategy: str) -> Result:
         overrides={
             "listen.host": "127.0.0.1",
             "listen.port": 0,
-            "routing.strategy": strategy,
+            "routing.strategy": "least_loaded" if strategy == PIN_GROUPS else strategy,
             "health.interval": 0.5,
             "inventory.interval": 5,
             "log_level": "warning",
             # Zero configuration: the nodes' slots and memory are theirs to know, the proxy's
-            # to learn.
-            "nodes": [n.url for n in nodes],
+            # to learn. Names only label them (pin_groups pins by name).
+            "nodes": [{"url": n.url, "name": n.name} for n in nodes],
         },
     )
     proxy = await start_proxy(config)
@@ -120,9 +139,13 @@ async def run_scenario(scenario: Scenario, strategy: str) -> Result:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             t0 = time.perf_counter()
             await asyncio.gather(
-                *(_session(http, proxy.url, s, result) for s in scenario.sessions),
+                *(
+                    _session(http, proxy.url, s, result, _pin(strategy, s, nodes))
+                    for s in scenario.sessions
+                ),
                 *(_timed(http, proxy.url, c, result, t0) for c in scenario.calls),
             )
+            result.elapsed = time.perf_counter() - t0
     finally:
         await proxy.stop()
         for node in nodes:
@@ -131,6 +154,10 @@ async def run_scenario(scenario: Scenario, strategy: str) -> Result:
             result.cached_tokens += node.stats.cached_tokens
             await node.stop()
     return result
+
+
+def _pin(strategy: str, session: Session, nodes: list[SimulatedNode]) -> str | None:
+    return nodes[session.group % len(nodes)].name if strategy == PIN_GROUPS else None
 
 
 def _q(values: list[float], q: int) -> float:
@@ -143,11 +170,17 @@ def _q(values: list[float], q: int) -> float:
     )
 
 
+def _rate(result: Result) -> float:
+    """Requests answered per second of the run."""
+    return len(result.total) / result.elapsed if result.elapsed else 0.0
+
+
 def _row(strategy: str, result: Result, base: Result) -> str:
     def ratio(value: float, reference: float) -> str:
         return f"{value / reference:.2f}" if reference else "-"
 
     hit = result.cached_tokens / result.prompt_tokens if result.prompt_tokens else 0.0
+    rate, base_rate = _rate(result), _rate(base)
     cells = [
         f"{_q(result.ttft, 50):.3f} ({ratio(_q(result.ttft, 50), _q(base.ttft, 50))})",
         f"{_q(result.ttft, 95):.3f} ({ratio(_q(result.ttft, 95), _q(base.ttft, 95))})",
@@ -155,6 +188,7 @@ def _row(strategy: str, result: Result, base: Result) -> str:
         f"{_q(result.total, 95):.3f} ({ratio(_q(result.total, 95), _q(base.total, 95))})",
         f"{result.loads} ({ratio(result.loads, base.loads)})",
         f"{hit:.0%}",
+        f"{rate:.2f} ({ratio(rate, base_rate)})",
         str(result.errors),
     ]
     return f"| {strategy} | " + " | ".join(cells) + " |"
@@ -172,12 +206,15 @@ async def benchmark(
             f"\n**{scenario.name}**: {scenario.description} (seconds; ratio to round_robin)\n"
         )
         out.append(
-            "| strategy | TTFT p50 | TTFT p95 | total p50 | total p95 | model loads | prompt cache hits | errors |"
+            "| strategy | TTFT p50 | TTFT p95 | total p50 | total p95 | model loads "
+            "| prompt cache hits | requests/s | errors |"
         )
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|")
         out.extend(_row(strategy, result, base) for strategy, result in results.items())
     return "\n".join(out)
 
 
-def run(seed: int = 7, scenarios: list[str] | None = None) -> None:
-    print(asyncio.run(benchmark(seed, scenarios or list(SCENARIOS))))
+def run(
+    seed: int = 7, scenarios: list[str] | None = None, strategies: tuple[str, ...] | None = None
+) -> None:
+    print(asyncio.run(benchmark(seed, scenarios or list(SCENARIOS), strategies or STRATEGIES)))

@@ -63,14 +63,15 @@ def run(decisions: int = 20000) -> None:
 
 def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
     """Microseconds per decision including the snapshot: live node state (20 models on disk,
-    3 loaded per node, requests in flight) turned into views, cached prefixes looked up, demand
-    computed, then ranked, as Selector does for every request."""
+    3 loaded per node, requests in flight, every node's slots holding a conversation) turned
+    into views, the slots probed for the prompt, demand computed, then ranked, as Selector
+    does for every request."""
     from sollol_proxy.config import load_config
     from sollol_proxy.config.policies import Priors
     from sollol_proxy.fleet.capacity import model_slots
     from sollol_proxy.fleet.fleet import Fleet
     from sollol_proxy.fleet.learning import Learner
-    from sollol_proxy.fleet.prompt_cache import PromptCache
+    from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
     from sollol_proxy.fleet.snapshot import demand_by_model, node_view
     from sollol_proxy.routing.analysis import analyze
 
@@ -110,7 +111,18 @@ def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
         ],
     }
     profile = analyze("/api/chat", payload, models[0], True)
-    cache.record(models[0], "n0", profile.prefix_keys)
+    # Every node's two slots hold a conversation under one of five system prompts.
+    for state in fleet.nodes.values():
+        for _ in range(2):
+            held = {
+                **payload,
+                "messages": [
+                    {"role": "system", "content": f"{rng.randint(0, 4)}" * 4000},
+                    {"role": "user", "content": "earlier"},
+                ],
+            }
+            keys = analyze("/api/chat", held, models[0], True).prefix_keys
+            cache.record(models[0], state.name, keys, slots=2)
     strategy = make_strategy("performance")
     candidates = list(fleet.nodes.values())
     slots = {n.name: model_slots(n, models[0]) for n in candidates}
@@ -119,8 +131,11 @@ def measure_selection(nodes: int, decisions: int, seed: int = 1) -> float:
     )
     start = time.perf_counter()
     for _ in range(decisions):
-        cached = cache.cached_tokens(profile.model, profile.prefix_keys, slots)
+        probes = cache.probe(profile.model, profile.prefix_keys, slots)
         demand = demand_by_model(candidates, learner)
-        views = [node_view(n, profile, learner, cached.get(n.name, 0), demand) for n in candidates]
+        views = [
+            node_view(n, profile, learner, probes.get(n.name, NO_PROBE).cached, demand)
+            for n in candidates
+        ]
         strategy.rank(request, views)
     return (time.perf_counter() - start) / decisions * 1e6

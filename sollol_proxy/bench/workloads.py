@@ -31,7 +31,8 @@ class Session:
     model: str
     num_predict: int
     start: float
-    think: float
+    think: float | list[float]  # seconds between an answer and the next question (per turn)
+    group: int = 0  # sessions of one group share their system prompt (a team, an agent)
 
 
 @dataclass
@@ -175,8 +176,96 @@ def mixed_speed(seed: int) -> Scenario:
     )
 
 
+def _question(rng: random.Random, long_share: float) -> str:
+    """Mostly a short question; sometimes a pasted document or log (300-650 tokens)."""
+    return _text(rng, rng.randint(180, 400) if rng.random() < long_share else rng.randint(6, 30))
+
+
+def _groups(
+    rng: random.Random,
+    groups: int,
+    conversations: int,
+    turns: tuple[int, int],
+    think: tuple[float, float],
+    long_share: float,
+    arrivals: float,
+) -> list[Session]:
+    """Conversations in `groups` sharing a 2-3k-token system prompt each, starting over the
+    first `arrivals` seconds; each group's conversations interleave with every other group's."""
+    systems = [_text(rng, rng.randint(1150, 1750)) for _ in range(groups)]
+    sessions = []
+    for i in range(conversations):
+        count = rng.randint(*turns)
+        sessions.append(
+            Session(
+                system=systems[i % groups],
+                questions=[_question(rng, long_share) for _ in range(count)],
+                model="llama3.2:latest",
+                num_predict=rng.randint(16, 48),
+                start=rng.uniform(0, arrivals),
+                think=[rng.uniform(*think) for _ in range(count)],
+                group=i % groups,
+            )
+        )
+    return sessions
+
+
+def _crowded_nodes(count: int) -> list[dict[str, Any]]:
+    node = dict(
+        models=[model("llama3.2:latest", 2)],
+        num_parallel=2,
+        prompt_tokens_per_s=6000,
+        token_delay=0.004,
+    )
+    return [dict(node, name=f"n{i}") for i in range(count)]
+
+
+def shared_prompts(seed: int) -> Scenario:
+    """(d) Four times more conversations than slots, in teams sharing long system prompts, with
+    think times long enough for other conversations to take the slots in between."""
+    rng = random.Random(seed)
+    return Scenario(
+        "shared_prompts",
+        "24 conversations (4x the slots) of 6-10 turns in 4 groups sharing 2-3k-token system "
+        "prompts, arriving over 12 s, think 2-5 s, 20% long questions, 3 nodes x 2 slots",
+        _crowded_nodes(3),
+        sessions=_groups(rng, 4, 24, (6, 10), (2.0, 5.0), 0.2, 12.0),
+        preload=True,
+    )
+
+
+def crowded(seed: int) -> Scenario:
+    """(e) Five times more conversations than slots, three groups, shorter think times."""
+    rng = random.Random(seed)
+    return Scenario(
+        "crowded",
+        "30 conversations (5x the slots) of 4-8 turns in 3 groups sharing 2-3k-token system "
+        "prompts, arriving over 12 s, think 1-4 s, 10% long questions, 3 nodes x 2 slots",
+        _crowded_nodes(3),
+        sessions=_groups(rng, 3, 30, (4, 8), (1.0, 4.0), 0.1, 12.0),
+        preload=True,
+    )
+
+
+def pairs(seed: int) -> Scenario:
+    """(f) Twice as many conversations as slots and growing histories: six groups of agents
+    on four nodes, each turn adding a tool result to the history."""
+    rng = random.Random(seed)
+    return Scenario(
+        "pairs",
+        "16 conversations (2x the slots) of 6-10 turns in 6 groups sharing 2-3k-token system "
+        "prompts, arriving over 8 s, think 1-3 s, 40% long questions, 4 nodes x 2 slots",
+        _crowded_nodes(4),
+        sessions=_groups(rng, 6, 16, (6, 10), (1.0, 3.0), 0.4, 8.0),
+        preload=True,
+    )
+
+
 SCENARIOS: dict[str, Callable[[int], Scenario]] = {
     "chat_sessions": chat_sessions,
     "many_models": many_models,
     "mixed_speed": mixed_speed,
+    "shared_prompts": shared_prompts,
+    "crowded": crowded,
+    "pairs": pairs,
 }

@@ -154,7 +154,6 @@ class SubCalls:
             self._learner,
             self._prompt_cache,
             profile,
-            plan.cached_tokens,
             plan.decision,
         )
         started = time.monotonic()

@@ -33,6 +33,25 @@ log = logging.getLogger("sollol.fleet")
 ON_DEMAND_REFRESH_MIN_AGE = 1.0
 
 
+class Lease:
+    """One request counted in a node's in-flight numbers."""
+
+    def __init__(self, node: NodeState, model: str) -> None:
+        self._node: NodeState | None = node
+        self._model = model
+        node.in_flight += 1
+        node.model_in_flight[model] = node.model_in_flight.get(model, 0) + 1
+
+    def end(self) -> None:
+        """The node is done with the request (at its last byte, or when it failed)."""
+        node, self._node = self._node, None
+        if node is not None:
+            node.in_flight -= 1
+            node.model_in_flight[self._model] -= 1
+            if not node.model_in_flight[self._model]:
+                del node.model_in_flight[self._model]
+
+
 @dataclass
 class NodeState:
     config: NodeConfig
@@ -177,17 +196,14 @@ class Fleet:
     # -- in-flight accounting -----------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def lease(self, node: NodeState, model: str = "") -> AsyncIterator[NodeState]:
-        """Counts a request against the node (and its model's slots) for as long as it runs."""
-        node.in_flight += 1
-        node.model_in_flight[model] = node.model_in_flight.get(model, 0) + 1
+    async def lease(self, node: NodeState, model: str = "") -> AsyncIterator[Lease]:
+        """Counts a request against the node (and its model's slots) for as long as it runs,
+        or until `Lease.end()`."""
+        lease = Lease(node, model)
         try:
-            yield node
+            yield lease
         finally:
-            node.in_flight -= 1
-            node.model_in_flight[model] -= 1
-            if not node.model_in_flight[model]:
-                del node.model_in_flight[model]
+            lease.end()
 
     def _set_loaded(
         self, node: NodeState, loaded: dict[str, dict[str, Any]], asked_at: float

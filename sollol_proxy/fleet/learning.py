@@ -141,6 +141,15 @@ class Learner:
             return pair.prefill_tps.value
         return self._unmeasured(node, model, "prefill_tps", self.priors(node).prefill_tokens_per_s)
 
+    def measured_prefill_tps(self, node: str, model: str) -> float | None:
+        """The prefill speed measured for this model here, else for the node's other models;
+        None before any measurement (the priors are no yardstick for judging a cache hit)."""
+        pair = self._pairs.get((node, model))
+        if pair is not None and pair.prefill_tps.samples:
+            return pair.prefill_tps.value
+        stats = self._nodes.get(node)
+        return stats.prefill_tps.value if stats and stats.prefill_tps.samples else None
+
     def decode_tps(self, node: str, model: str) -> float:
         pair = self._pairs.get((node, model))
         if pair is not None and pair.decode_tps.samples:

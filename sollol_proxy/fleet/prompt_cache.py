@@ -1,80 +1,335 @@
-"""Which node still holds which conversation's prompt in its KV cache (reference 5.7).
+"""What every node's slots hold, per model, and how often that belief was right (reference 5.7).
 
-Ollama reuses a slot's cache for a matching prompt prefix on the same node and model. For every
-request the analysis yields keys for each prefix (message boundaries, or prompt blocks) with the
-tokens up to it. After a node served the request, its keys point at that node. A later request
-asks: for each node, what is the longest of my prefixes it served?
+Each loaded model on each node is a `routing.slot_cache.SlotCache`: its slots and the prefix keys
+of the prompt each last served, filled by the proxy's own dispatches in the order llama-server
+would fill them (longest common prefix above 10% of the prompt, else least recently used). For a
+new request, `probe` tells per node how many prompt tokens the slot it would get holds, what that
+slot would push out (the prefixes other conversations share, weighted by how often they are
+asked for and how many nodes hold them), and what a busy slot holds that the request would find
+by waiting for it. A shared system prompt counts for every conversation that starts with it.
 
-A node only keeps so many prefixes: it has `num_parallel` slots per model, and a slot is
-overwritten by the next conversation that lands in it. So an entry counts only while fewer than
-`num_parallel` other conversations took a slot of that model there since. A request that found
-its prefix on the node reuses its own slot and takes none from the others. A model that unloads or
-reloads loses everything: its generation number moves on and older entries stop counting.
-Memory is bounded: the map is an LRU of at most `max_entries` prefix keys.
+The truth comes back with the answer: Ollama's `prompt_eval_count` is the whole prompt and its
+`prompt_eval_duration` covers only what was evaluated (reference 5.6), so at the node's learned
+prefill speed the cached part is `count - duration * speed`. `finish` compares it with the
+prediction and keeps the score per node and model (`accuracy`); a predicted hit that was a miss
+means the runner lost what the proxy believed it held (an unload or restart it did not see,
+another client's requests), and its idle slots are forgotten. A model that unloads or reloads
+loses everything (`forget`). Memory is bounded by nodes x models x slots x `MAX_KEYS` keys, and
+by `max_roots` demand counters.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-PrefixKeys = Sequence[tuple[bytes, int]]
+from sollol_proxy.routing.slot_cache import (
+    SLOT_PROMPT_SIMILARITY,
+    PrefixKeys,
+    Slot,
+    SlotCache,
+    Take,
+    heads,
+)
+
+# Demand for a shared prefix is a count of the requests that started with it, decayed by this
+# factor per request of the model: it remembers about the last 1 / (1 - DECAY) requests.
+DECAY = 0.99
+# A conversation's own history (what its slot holds beyond the shared first prefix) is worth
+# this share of its tokens when it was just used, decaying with the time since over the mean
+# time conversations take to come back (learned from the follow-ups the proxy sees).
+HISTORY_WORTH = 0.5
+# Weight of a new sample in the mean time to come back.
+GAP_ALPHA = 0.2
+# A slot reserved when the request was given its node, and never claimed by its dispatch (the
+# client went away in between), is given back after this long.
+RESERVATION_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One node's cache as one request would find it."""
+
+    cached: int = 0  # prompt tokens the slot it would get now holds (0: none, or no idle slot)
+    displaced: float = 0.0  # tokens of shared prefixes that slot would lose, weighted by demand
+    # By waiting for a busy slot instead: the most prompt tokens such a slot holds (0 when no
+    # busy slot holds more than the similarity threshold, or not more than `cached`), when the
+    # oldest request in those slots started, and how many they are.
+    waiting_cached: int = 0
+    waiting_since: float = 0.0
+    waiting_slots: int = 0
+
+
+NO_PROBE = Probe()
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request's slot on one node, from dispatch to its last byte."""
+
+    node: str
+    model: str
+    take: Take
+
+
+@dataclass(slots=True)
+class Accuracy:
+    """Predicted against observed, for the requests whose prompt the node evaluated."""
+
+    requests: int = 0
+    predicted_hits: int = 0  # predicted to reuse more than 10% of the prompt
+    observed_hits: int = 0  # the timing fields say they did
+    agreed: int = 0  # both said the same
+    prompt_tokens: int = 0  # Ollama's prompt_eval_count, summed
+    predicted_tokens: int = 0
+    observed_tokens: int = 0
+
+    def add(self, other: Accuracy) -> None:
+        self.requests += other.requests
+        self.predicted_hits += other.predicted_hits
+        self.observed_hits += other.observed_hits
+        self.agreed += other.agreed
+        self.prompt_tokens += other.prompt_tokens
+        self.predicted_tokens += other.predicted_tokens
+        self.observed_tokens += other.observed_tokens
+
+    def to_json(self) -> dict[str, float | int]:
+        def ratio(part: int, whole: int) -> float:
+            return round(part / whole, 3) if whole else 0.0
+
+        return {
+            "requests": self.requests,
+            "predicted_hit_ratio": ratio(self.predicted_hits, self.requests),
+            "observed_hit_ratio": ratio(self.observed_hits, self.requests),
+            "agreement": ratio(self.agreed, self.requests),
+            "prompt_tokens": self.prompt_tokens,
+            "predicted_cached_tokens": self.predicted_tokens,
+            "observed_cached_tokens": self.observed_tokens,
+            "predicted_cached_ratio": ratio(self.predicted_tokens, self.prompt_tokens),
+            "observed_cached_ratio": ratio(self.observed_tokens, self.prompt_tokens),
+        }
 
 
 class PromptCache:
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self._max_entries = max_entries
-        # (model, prefix key) -> {node: (generation, sequence number, tokens)}
-        self._entries: OrderedDict[tuple[str, bytes], dict[str, tuple[int, int, int]]] = (
-            OrderedDict()
-        )
-        self._sequence: dict[tuple[str, str], int] = {}  # (node, model) -> conversations served
-        self._generation: dict[tuple[str, str], int] = {}  # (node, model) -> loads seen
+    def __init__(self, max_roots: int = 10_000) -> None:
+        self._runners: dict[tuple[str, str], SlotCache] = {}  # (node, model)
+        self._max_roots = max_roots
+        # (model, first prefix key) -> (decayed count, the model's request number when counted)
+        self._roots: OrderedDict[tuple[str, bytes], tuple[float, int]] = OrderedDict()
+        self._requests: dict[str, int] = {}  # model -> requests counted
+        # (model, last key of a prompt served) -> when it ended: a follow-up continues it
+        self._ends: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+        self._gaps: dict[str, float] = {}  # model -> mean time before a follow-up
+        # id(keys) -> (the slot taken for them, when it is given back, the keys themselves)
+        self._reserved: dict[int, tuple[Ticket, float, PrefixKeys]] = {}
+        self.accuracy: dict[tuple[str, str], Accuracy] = {}
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    def _runner(self, node: str, model: str, slots: int) -> SlotCache:
+        runner = self._runners.get((node, model))
+        if runner is None:
+            runner = self._runners[(node, model)] = SlotCache(slots)
+        elif len(runner.slots) != slots:
+            runner.resize(slots)
+        return runner
 
-    def cached_tokens(self, model: str, keys: PrefixKeys, slots: dict[str, int]) -> dict[str, int]:
-        """For each node in `slots` (name -> num_parallel), the prompt tokens it likely holds."""
-        found: dict[str, int] = {}
-        for key, tokens in reversed(keys):
-            entry = self._entries.get((model, key))
-            if not entry:
-                continue
-            for node, (generation, sequence, _) in entry.items():
-                if node in found or node not in slots:
-                    continue
-                pair = (node, model)
-                if generation != self._generation.get(pair, 0):
-                    continue
-                if self._sequence.get(pair, 0) - sequence >= slots[node]:
-                    continue
-                found[node] = tokens
-            if len(found) == len(slots):
-                break
+    def slots(self, node: str, model: str) -> list[Slot]:
+        """What the proxy believes each slot of `model` on `node` holds."""
+        runner = self._runners.get((node, model))
+        return list(runner.slots) if runner else []
+
+    def describe(self, node: str) -> dict[str, list[dict[str, object]]]:
+        """For /sollol/nodes: per model, each slot's tokens (prompt and answer) and state."""
+        return {
+            model: [
+                {"tokens": slot.held + slot.answer, "busy": slot.busy}
+                for slot in self.slots(node, model)
+            ]
+            for (name, model) in self._runners
+            if name == node
+        }
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def probe(
+        self,
+        model: str,
+        keys: PrefixKeys,
+        slots: Mapping[str, int],
+        now: float | None = None,
+    ) -> dict[str, Probe]:
+        """For each node in `slots` (name -> slots of the model there), what this prompt would
+        find. Nodes where the proxy believes nothing is cached are left out."""
+        if not keys:
+            return {}
+        runners = {
+            node: self._runner(node, model, count)
+            for node, count in slots.items()
+            if (node, model) in self._runners
+        }
+        found: dict[str, Probe] = {}
+        gap = self._gaps.get(model)
+        now = time.monotonic() if now is None else now
+        copies: Counter[bytes] | None = None  # nodes holding each first prefix, when needed
+        fleet_slots = sum(slots.values())
+        keys_only = heads(keys)
+        for node, runner in runners.items():
+            slot, cached = runner.choose(keys, keys_only=keys_only)
+            displaced = 0.0
+            if slot is not None and slot.keys:
+                root, history = runner.displaced(slot, keys, keys_only)
+                if root:
+                    if copies is None:
+                        copies = Counter(
+                            first for r in runners.values() for first in r.first_keys()
+                        )
+                    first = slot.keys[0]
+                    displaced = root * self._worth(model, first, copies[first], fleet_slots)
+                if history > 0 and gap:
+                    displaced += history * HISTORY_WORTH * math.exp(-(now - slot.ended) / gap)
+            waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
+            if waiting <= cached:
+                waiting, waiting_slots, since = 0, 0, 0.0
+            if cached or displaced or waiting:
+                found[node] = Probe(cached, displaced, waiting, since, waiting_slots)
         return found
 
-    def record(self, model: str, node: str, keys: PrefixKeys, *, new_slot: bool = True) -> None:
-        """`node` just served a prompt with these prefixes; `new_slot` when none of them was
-        cached there, so that it took a slot from another conversation."""
+    def _worth(self, model: str, root: bytes, copies: int, fleet_slots: int) -> float:
+        """How much losing one node's copy of a shared prefix costs, per token: its share of
+        the model's recent requests times the fleet's slots for it (a prefix asked for about
+        once per round of the slots is worth keeping), capped at 1, divided by the nodes that
+        hold it (the others can serve it)."""
+        count, seen = self._roots.get((model, root), (0.0, 0))
+        if not count:
+            return 0.0
+        share = count * DECAY ** (self._requests.get(model, 0) - seen) * (1 - DECAY)
+        return min(1.0, share * fleet_slots) / max(copies, 1)
+
+    # -- dispatches ----------------------------------------------------------------------------
+
+    def reserve(
+        self, node: str, model: str, keys: PrefixKeys, slots: int, now: float | None = None
+    ) -> None:
+        """The request was just given `node`: its slot is taken now, before it is sent, so that
+        the requests ranked in the meantime do not count on that slot. Its dispatch claims it
+        (`take` with the same `keys` object)."""
+        now = time.monotonic() if now is None else now
+        self._expire(now)
+        if keys:
+            ticket = self._take(node, model, keys, slots, fresh=False, now=now)
+            self._reserved[id(keys)] = (ticket, now + RESERVATION_S, keys)
+
+    def take(
+        self,
+        node: str,
+        model: str,
+        keys: PrefixKeys,
+        slots: int,
+        *,
+        fresh: bool = False,
+        now: float | None = None,
+    ) -> Ticket | None:
+        """The request was sent to `node`: it takes the slot llama-server will give it (or
+        waits for one), or the one reserved for it there. `fresh`: the model is not loaded
+        there yet, so its slots start empty."""
         if not keys:
-            return
-        pair = (node, model)
-        sequence = self._sequence.get(pair, 0) + (1 if new_slot else 0)
-        self._sequence[pair] = sequence
-        generation = self._generation.get(pair, 0)
-        for key, tokens in keys:
-            entry = self._entries.get((model, key))
-            if entry is None:
-                entry = self._entries[(model, key)] = {}
-            else:
-                self._entries.move_to_end((model, key))
-            entry[node] = (generation, sequence, tokens)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+            return None
+        now = time.monotonic() if now is None else now
+        self._expire(now)
+        reserved = self._reserved.pop(id(keys), None)
+        if reserved is not None:
+            ticket = reserved[0]
+            if ticket.node == node and ticket.model == model:
+                if fresh:
+                    ticket.take.runner.clear(busy_too=True)
+                return ticket
+            self.finish(ticket, served=False)  # it went elsewhere (a failover)
+        return self._take(node, model, keys, slots, fresh=fresh, now=now)
+
+    def _take(
+        self, node: str, model: str, keys: PrefixKeys, slots: int, *, fresh: bool, now: float
+    ) -> Ticket:
+        self._count(model, keys[0][0])
+        if len(keys) >= 3:  # a follow-up: the previous turn's prompt ended two messages back
+            ended = self._ends.pop((model, keys[-3][0]), None)
+            if ended is not None:
+                gap = self._gaps.get(model)
+                sample = now - ended
+                self._gaps[model] = sample if gap is None else gap + GAP_ALPHA * (sample - gap)
+        runner = self._runner(node, model, slots)
+        if fresh:
+            runner.clear(busy_too=True)
+        return Ticket(node, model, runner.take(keys, now))
+
+    def _expire(self, now: float) -> None:
+        if self._reserved:
+            for key, (ticket, until, _) in list(self._reserved.items()):
+                if until <= now:
+                    del self._reserved[key]
+                    self.finish(ticket, served=False)
+
+    def _count(self, model: str, root: bytes) -> None:
+        number = self._requests[model] = self._requests.get(model, 0) + 1
+        count, seen = self._roots.pop((model, root), (0.0, number))
+        self._roots[(model, root)] = (count * DECAY ** (number - seen) + 1.0, number)
+        while len(self._roots) > self._max_roots:
+            self._roots.popitem(last=False)
+
+    def finish(
+        self,
+        ticket: Ticket,
+        *,
+        answer: int = 0,
+        served: bool = True,
+        prompt_count: int = 0,
+        observed: int | None = None,
+        ratio: float = 1.0,
+        now: float | None = None,
+    ) -> None:
+        """The request left its slot; `served`: its prompt reached the node, which now holds it
+        and `answer` more tokens (the proxy's units). `observed`: the prompt tokens Ollama's
+        timing fields say were cached, out of `prompt_count` (Ollama's units, `ratio` of the
+        proxy's), to score the prediction against."""
+        take = ticket.take
+        runner = take.runner
+        if observed is not None and prompt_count > 0 and take.slot is not None:
+            predicted = min(round(take.cached * ratio), prompt_count - 1)
+            observed = max(0, min(observed, prompt_count - 1))
+            threshold = SLOT_PROMPT_SIMILARITY * prompt_count
+            predicted_hit, observed_hit = predicted > threshold, observed > threshold
+            score = self.accuracy.get((ticket.node, ticket.model))
+            if score is None:
+                score = self.accuracy[(ticket.node, ticket.model)] = Accuracy()
+            score.requests += 1
+            score.predicted_hits += predicted_hit
+            score.observed_hits += observed_hit
+            score.agreed += predicted_hit == observed_hit
+            score.prompt_tokens += prompt_count
+            score.predicted_tokens += predicted
+            score.observed_tokens += observed
+            if predicted_hit and not observed_hit:
+                runner.clear(keep=take.slot)
+        now = time.monotonic() if now is None else now
+        runner.release(take, now, answer, served=served)
+        if served and take.keys:
+            self._ends[(ticket.model, take.keys[-1][0])] = now
+            while len(self._ends) > self._max_roots:
+                self._ends.popitem(last=False)
+
+    def record(
+        self, model: str, node: str, keys: PrefixKeys, slots: int = 1, answer: int = 0
+    ) -> None:
+        """`node` served this prompt (a dispatch and its end at once)."""
+        ticket = self.take(node, model, keys, slots)
+        if ticket is not None:
+            self.finish(ticket, answer=answer)
 
     def forget(self, node: str, models: Iterable[str]) -> None:
-        """These models were unloaded or reloaded on `node`: their cache is gone."""
+        """These models were unloaded or reloaded on `node`: their slots are empty. Requests
+        in flight there keep their slot, and fill it when they end."""
         for model in models:
-            pair = (node, model)
-            self._generation[pair] = self._generation.get(pair, 0) + 1
+            runner = self._runners.get((node, model))
+            if runner is not None:
+                runner.clear(busy_too=True)

@@ -11,14 +11,16 @@ from typing import Any
 from aiohttp import web
 
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.capacity import believed_total, routing_slots
-from sollol_proxy.fleet.decisions import DecisionLog
+from sollol_proxy.fleet.capacity import believed_total, model_slots, routing_slots
+from sollol_proxy.fleet.decisions import DecisionLog, candidate_entry
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
-from sollol_proxy.fleet.prompt_cache import PromptCache
-from sollol_proxy.fleet.snapshot import demand_by_model, node_view
+from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
+from sollol_proxy.fleet.snapshot import demand_by_model, node_view, waiting_view
+from sollol_proxy.fleet.waiting import Hold, Waits
 from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from sollol_proxy.routing.analysis import RequestProfile
+from sollol_proxy.routing.performance import Performance, worth_waiting
 from sollol_proxy.wire.headers import NODE_HEADER
 from sollol_proxy.wire.logsafe import loggable
 
@@ -44,11 +46,12 @@ class NoTarget(Exception):
 
 @dataclass
 class Plan:
-    """Where a model request goes, and what the proxy believed when it chose."""
+    """Where a model request goes, and what the proxy believed when it chose; or, with `hold`,
+    that it had better wait for a busy slot a little longer (admission keeps it queued)."""
 
-    targets: list[Target]
-    cached_tokens: dict[str, int] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
     decision: dict[str, Any] | None = None
+    hold: Hold | None = None
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,16 @@ class Selector:
         self._learner = learner
         self._prompt_cache = prompt_cache
         self._decisions = decisions
+        self._waits = Waits()
         self._strategies = {name: make_strategy(name) for name in STRATEGIES}
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded configuration: strategies keep their state (e.g. round_robin's position)."""
         self._default = self._strategies[config.strategy]
+        # Without the proxy's queue a request waits in the node's own queue, which the
+        # estimate prices: nothing is held back here for a busy slot.
+        self._may_hold = config.queue.enabled
         self._per_model = {m: self._strategies[s] for m, s in config.model_strategies.items()}
 
     def strategy_for(self, model: str) -> Strategy:
@@ -131,19 +138,50 @@ class Selector:
         return _least_loaded(self._healthy(), request_id, why, reason)
 
     def _rank(
-        self, nodes: list[NodeState], profile: RequestProfile, request_id: str, priority: int
+        self,
+        nodes: list[NodeState],
+        profile: RequestProfile,
+        request_id: str,
+        priority: int,
+        hold: Hold | None = None,
     ) -> Plan:
+        """Rank the free `nodes`; a request that may still wait (`hold`: its earlier decision to,
+        or a new one) can prefer a busy slot that holds its prompt."""
         model = profile.model
+        strategy = self.strategy_for(model)
         slots = {n.name: routing_slots(n, model) for n in nodes}
+        now = time.monotonic()
+        waitable = (
+            self._waitable(model)
+            if self._may_hold
+            and isinstance(strategy, Performance)
+            and (hold is None or now < hold.until)
+            else []
+        )
+        probes = self._prompt_cache.probe(
+            model,
+            profile.prefix_keys,
+            {**slots, **{n.name: model_slots(n, model) for n in waitable}},
+        )
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
         # this model's tokens, the unit of Ollama's counts and of the learned speeds.
         ratio = self._learner.token_ratio(model)
-        found = self._prompt_cache.cached_tokens(model, profile.prefix_keys, slots)
-        cached = {node: round(tokens * ratio) for node, tokens in found.items()}
-        self._learner.observe_request(model)
+        if hold is None:
+            self._learner.observe_request(model)
         demand = demand_by_model(self._fleet.healthy(), self._learner)
-        views = [node_view(n, profile, self._learner, cached.get(n.name, 0), demand) for n in nodes]
-        strategy = self.strategy_for(model)
+        views = []
+        for n in nodes:
+            probe = probes.get(n.name, NO_PROBE)
+            views.append(
+                node_view(
+                    n,
+                    profile,
+                    self._learner,
+                    round(probe.cached * ratio),
+                    demand,
+                    probe.displaced * ratio,
+                )
+            )
         request = RouteRequest(
             model=model,
             request_id=request_id,
@@ -151,10 +189,34 @@ class Selector:
             expected_output=self._learner.expected_output(model, profile.task, profile.max_output),
         )
         choices = strategy.rank(request, views)
+        if waitable and choices:
+            waiting = [
+                waiting_view(
+                    node_view(n, profile, self._learner, 0, demand),
+                    n,
+                    profile,
+                    self._learner,
+                    probes[n.name],
+                    ratio,
+                    self._waits.count(n.name, now, but=hold),
+                    now,
+                )
+                for n in waitable
+                if probes.get(n.name, NO_PROBE).waiting_cached
+            ]
+            free = [c.estimate for c in choices if c.estimate is not None]
+            wait = worth_waiting(request, free, waiting)
+            if wait is not None:
+                until = hold.until if hold is not None else now + wait.budget_s
+                return Plan(hold=self._waits.hold(wait.node, until, replacing=hold))
+        self._waits.release(hold)
         by_name = {n.name: n for n in nodes}
         targets = [
             Target(by_name[c.node], f"{strategy.name}: {c.reason}", c.category) for c in choices
         ]
+        if choices:
+            first = choices[0].node
+            self._prompt_cache.reserve(first, model, profile.prefix_keys, slots[first], now)
         by_view = {v.name: v for v in views}
         decision = {
             "request_id": request_id,
@@ -172,10 +234,14 @@ class Selector:
             "served_by": None,
             "reason": choices[0].reason if choices else "",
             "category": choices[0].category.value if choices else "",
-            "candidates": [_candidate(c, by_view[c.node]) for c in choices],
+            "candidates": [candidate_entry(c, by_view[c.node]) for c in choices],
         }
         self._decisions.add(decision)
-        return Plan(targets, cached, decision)
+        return Plan(targets, decision)
+
+    def _waitable(self, model: str) -> list[NodeState]:
+        """Nodes whose busy slots a request for `model` could wait for: resident holders."""
+        return [n for n in self._fleet.with_model(model) if n.is_resident(model)]
 
     async def for_model(
         self, request: web.Request, profile: RequestProfile, request_id: str, priority: int
@@ -201,11 +267,14 @@ class Selector:
         if not self._fleet.with_model(model, healthy_only=False):
             await self._fleet.refresh_for_missing_model()
         if self._fleet.with_model(model, healthy_only=False):
-            return Candidates(
-                (model,),
-                lambda: self._holders(model),
-                lambda free: self._rank(free, profile, request_id, priority),
-            )
+            held: list[Hold | None] = [None]  # the request's latest decision to wait
+
+            def choose(free: list[NodeState]) -> Plan:
+                plan = self._rank(free, profile, request_id, priority, held[0])
+                held[0] = plan.hold or held[0]
+                return plan
+
+            return Candidates((model,), lambda: self._holders(model), choose)
         # No node has it: a node answers with Ollama's own "not found" for this route, byte for byte.
         return Plan(self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL))
 
@@ -302,27 +371,3 @@ def _least_loaded(
         )
         for node in sorted(nodes, key=key)
     ]
-
-
-def _candidate(choice: Any, view: Any) -> dict[str, Any]:
-    """One candidate of a decision, as /sollol/decisions shows it."""
-    entry: dict[str, Any] = {
-        "node": choice.node,
-        "reason": choice.reason,
-        "category": choice.category.value,
-        "resident": view.resident,
-        "cached_tokens": view.cached_tokens,
-        "in_flight": view.in_flight,
-        "slots": view.num_parallel,
-    }
-    if choice.estimate is not None:
-        est = choice.estimate
-        entry["estimate_s"] = {
-            "total": round(est.total, 4),
-            "wait": round(est.wait, 4),
-            "load": round(est.load, 4),
-            "evict": round(est.evict, 4),
-            "prefill": round(est.prefill, 4),
-            "decode": round(est.decode, 4),
-        }
-    return entry

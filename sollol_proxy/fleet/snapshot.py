@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from sollol_proxy.fleet.capacity import (
     max_loaded,
@@ -14,6 +15,7 @@ from sollol_proxy.fleet.capacity import (
 )
 from sollol_proxy.fleet.fleet import NodeState
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.prompt_cache import Probe
 from sollol_proxy.routing import NodeView
 from sollol_proxy.routing.analysis import RequestProfile
 from sollol_proxy.routing.eviction import Runner, eviction_cost, victims
@@ -87,6 +89,7 @@ def node_view(
     learner: Learner,
     cached_tokens: int,
     demand: Mapping[str, float],
+    displaced_tokens: float = 0.0,
 ) -> NodeView:
     model, name = profile.model, node.name
     resident = node.is_resident(model)
@@ -122,6 +125,34 @@ def node_view(
         else 0.0,
         evict_s=evict,
         success=learner.success(name),
+        displaced_tokens=displaced_tokens,
+    )
+
+
+def waiting_view(
+    view: NodeView,
+    node: NodeState,
+    profile: RequestProfile,
+    learner: Learner,
+    probe: Probe,
+    ratio: float,
+    already_waiting: int,
+    now: float,
+) -> NodeView:
+    """`view` as a request would find the node by waiting for its busy slots that hold a prefix
+    of the prompt: the requests already waiting for the node go first (they count as in
+    flight), and the wait is what remains of the current request in the slot plus a whole
+    request for each round of those slots that the requests waiting ahead take."""
+    service = learner.service_s(node.name, profile.model, profile.prompt_tokens)
+    remaining = max(service - (now - probe.waiting_since), 0.1 * service)
+    slots = max(probe.waiting_slots, 1)
+    return replace(
+        view,
+        cached_tokens=round(probe.waiting_cached * ratio),
+        displaced_tokens=0.0,
+        model_in_flight=max(view.model_in_flight, view.num_parallel) + already_waiting,
+        service_s=service,
+        slot_wait_s=remaining + already_waiting // slots * service,
     )
 
 

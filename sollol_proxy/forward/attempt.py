@@ -1,23 +1,24 @@
 """One request's attempts, fed back into the live state of the fleet and into the learner.
 
 Dispatches update the node state at once (in flight per model, loads under way, residency,
-runner options, prompt-cache affinity); the background refresh corrects it later. Each attempt
-also teaches the node's slot belief (capacity.py): how many were in flight when it was sent,
-and, from its answer, whether it waited for a slot and how many ran beside it.
+runner options, the slot the prompt takes in the node's cache); the background refresh corrects
+it later. The final object's timing fields tell whether the prompt really was cached there. Each
+attempt also teaches the node's slot belief (capacity.py): how many were in flight when it was
+sent, and, from its answer, whether it waited for a slot and how many ran beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sollol_proxy.fleet.beliefs import SlotBelief
-from sollol_proxy.fleet.capacity import learn, slot_belief
-from sollol_proxy.fleet.fleet import Fleet, NodeState
+from sollol_proxy.fleet.capacity import learn, model_slots, slot_belief
+from sollol_proxy.fleet.fleet import Fleet, Lease, NodeState
 from sollol_proxy.fleet.learning import Learner, Timings
-from sollol_proxy.fleet.prompt_cache import PromptCache
+from sollol_proxy.fleet.prompt_cache import PromptCache, Ticket
 from sollol_proxy.fleet.snapshot import planned_victims
 from sollol_proxy.routing.analysis import RequestProfile
 
@@ -36,6 +37,8 @@ class Attempt:
         # drain: only a load with neither measures the load itself.
         self.clean_load = False
         self.holding = False  # counted in node.loading / node.evicting
+        self.ticket: Ticket | None = None  # the slot its prompt takes in the node's cache
+        self.lease: Lease | None = None  # counted in the node's in-flight numbers
         self.slots: SlotBelief | None = None  # the belief it counts in, until the node is done
         self.k = 0  # the proxy's requests in flight for the model there when sent, itself included
         self.probe = False  # sent to see whether the node has one more slot than believed
@@ -67,14 +70,12 @@ class DispatchObserver:
         learner: Learner,
         cache: PromptCache,
         profile: RequestProfile,
-        cached_tokens: Mapping[str, int],
         decision: dict[str, Any] | None = None,
     ) -> None:
         self.fleet = fleet
         self.learner = learner
         self.cache = cache
         self.profile = profile
-        self.cached_tokens = cached_tokens
         self.decision = decision
 
     @contextlib.asynccontextmanager
@@ -91,15 +92,24 @@ class DispatchObserver:
             # Until the node answers, the load is under way and its victims are on their way
             # out: no other request is routed to them as if they were still loaded.
             self._hold(attempt, 1)
-        async with self.fleet.lease(node, model):
+        async with self.fleet.lease(node, model) as attempt.lease:
             attempt.slots = slot_belief(node, model)
             if attempt.slots is not None:
                 attempt.k, attempt.probe = attempt.slots.dispatched(attempt.started)
+            attempt.ticket = self.cache.take(
+                node.name,
+                model,
+                self.profile.prefix_keys,
+                model_slots(node, model),
+                fresh=attempt.cold,
+            )
             try:
                 yield attempt
             finally:
                 self._hold(attempt, -1)
                 attempt.node_done()
+                if attempt.ticket is not None:  # not finished: failed, or cut short
+                    self.cache.finish(attempt.ticket, served=attempt.first_byte_at is not None)
 
     def _hold(self, attempt: Attempt, step: int) -> None:
         if attempt.holding == (step > 0):
@@ -147,11 +157,19 @@ class DispatchObserver:
                     profile.stream,
                     time.monotonic(),
                 )
-        if status >= 500:
-            self.learner.observe_failure(node.name)
-            return
+        if attempt.lease is not None:  # the node is done with it: others are routed on that
+            attempt.lease.end()
+        ticket, attempt.ticket = attempt.ticket, None
         if status != 200:
+            if ticket is not None:
+                self.cache.finish(ticket, served=False)
+            if status >= 500:
+                self.learner.observe_failure(node.name)
             return
+        # A prompt some slot there held may have been cached after all: no clean prefill speed.
+        maybe_cached = max(ticket.take.cached, ticket.take.nearest) if ticket else 0
+        if ticket is not None:
+            self._finish_ticket(ticket, timings)
         now = time.monotonic()
         self.learner.observe_success(
             node.name,
@@ -159,17 +177,29 @@ class DispatchObserver:
             profile.task,
             timings,
             clean_load=attempt.clean_load,
-            cached_tokens=self.cached_tokens.get(node.name, 0),
+            cached_tokens=maybe_cached,
             ttft_s=(attempt.first_byte_at - attempt.started)
             if profile.stream and attempt.first_byte_at
             else None,
             elapsed_s=now - attempt.started,
             estimated_prompt_tokens=profile.prompt_tokens,
         )
-        # A request that found none of its prefix here took a slot from another conversation.
-        self.cache.record(
-            profile.model,
-            node.name,
-            profile.prefix_keys,
-            new_slot=not self.cached_tokens.get(node.name),
+
+    def _finish_ticket(self, ticket: Ticket, timings: Timings | None) -> None:
+        """The prompt and its answer are in the slot now; the timing fields say whether the
+        prediction was right (judged at the speed learned before this answer)."""
+        model = self.profile.model
+        ratio = self.learner.token_ratio(model)
+        if timings is None or not timings.prompt_tokens:
+            self.cache.finish(ticket)
+            return
+        speed = self.learner.measured_prefill_tps(ticket.node, model)
+        self.cache.finish(
+            ticket,
+            answer=round(timings.output_tokens / ratio),
+            prompt_count=timings.prompt_tokens,
+            observed=None
+            if speed is None
+            else round(timings.prompt_tokens - timings.prompt_s * speed),
+            ratio=ratio,
         )

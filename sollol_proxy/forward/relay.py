@@ -84,8 +84,8 @@ async def relay(
         tail = b"".join(recent)
         timings = parse_timings(tail)
         if attempt is not None:
-            # Before the slot is released: what the answer taught (a node with more slots than
-            # believed) applies to the request that gets the slot next.
+            # Before the slot is handed on: what the answer taught (a node with more slots than
+            # believed, what this one left in the node's cache) applies to the next request.
             attempt.finished(upstream.status, timings)
         if upstream_done is not None:
             upstream_done()

@@ -19,6 +19,7 @@ from sollol_proxy.config.model import AUTO
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.lifecycle.reload import LiveConfig
 from sollol_proxy.observe.dashboard import Dashboard, health
 from sollol_proxy.observe.history import HORIZON_S, History
@@ -59,8 +60,10 @@ class Admin:
         stats: Stats,
         dashboard: Dashboard,
         history: History,
+        prompt_cache: PromptCache,
     ) -> None:
         self._fleet = fleet
+        self._prompt_cache = prompt_cache
         self._learner = learner
         self._decisions = decisions
         self._live = live
@@ -154,4 +157,6 @@ class Admin:
             "capacity": capacity.snapshot(node, in_use),
             "labels": dict(node.config.labels),
             "learned": self._learner.snapshot(node.name),
+            # per model, what the proxy believes each slot holds (see README, Routing)
+            "cache_slots": self._prompt_cache.describe(node.name),
         }

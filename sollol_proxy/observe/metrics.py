@@ -20,6 +20,7 @@ from sollol_proxy.admission.admission import Admission
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.health import State
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.prompt_cache import Accuracy, PromptCache
 from sollol_proxy.forward.record import Outcome, RequestRecord
 from sollol_proxy.forward.retry import RetryBudget
 from sollol_proxy.observe.labels import model_label, node_label
@@ -35,7 +36,12 @@ NO_STRATEGY = "none"  # pinned requests, requests without a model, fleet views
 
 class Metrics:
     def __init__(
-        self, fleet: Fleet, learner: Learner, admission: Admission, budget: RetryBudget
+        self,
+        fleet: Fleet,
+        learner: Learner,
+        admission: Admission,
+        budget: RetryBudget,
+        prompt_cache: PromptCache,
     ) -> None:
         self._fleet = fleet
         self.registry = CollectorRegistry()
@@ -101,6 +107,7 @@ class Metrics:
         r.register(FleetCollector(fleet, learner))
         r.register(HealthCollector(fleet, budget))
         r.register(QueueCollector(admission))
+        r.register(PromptCacheCollector(fleet, prompt_cache))
 
     def observe(self, record: RequestRecord) -> None:
         """The RequestRecord sink."""
@@ -313,3 +320,56 @@ class HealthCollector(Collector):
         yield state
         yield from counters.values()
         yield refused
+
+
+class PromptCacheCollector(Collector):
+    """The prompt-cache model's predictions against what Ollama's timing fields showed, per
+    node and model (labels bounded like the request series'): hit ratios are
+    `rate(sollol_prompt_cache_hits_total{source="observed"}[5m])
+    / rate(sollol_prompt_cache_judged_requests_total[5m])`."""
+
+    def __init__(self, fleet: Fleet, prompt_cache: PromptCache) -> None:
+        self._fleet = fleet
+        self._prompt_cache = prompt_cache
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["node", "model"]
+        judged = CounterMetricFamily(
+            "sollol_prompt_cache_judged_requests",
+            "Answers whose timing fields told whether the prompt was cached.",
+            labels=labels,
+        )
+        hits = CounterMetricFamily(
+            "sollol_prompt_cache_hits",
+            "Of those, the ones that reused more than 10% of the prompt: as the proxy predicted "
+            "when it sent them (source=predicted), as prompt_eval_duration showed (observed).",
+            labels=[*labels, "source"],
+        )
+        agreed = CounterMetricFamily(
+            "sollol_prompt_cache_agreements",
+            "Judged answers whose hit or miss the proxy predicted right.",
+            labels=labels,
+        )
+        prompt = CounterMetricFamily(
+            "sollol_prompt_cache_prompt_tokens",
+            "Prompt tokens of the judged answers (prompt_eval_count).",
+            labels=labels,
+        )
+        cached = CounterMetricFamily(
+            "sollol_prompt_cache_cached_tokens",
+            "Prompt tokens reused from a slot, predicted and observed.",
+            labels=[*labels, "source"],
+        )
+        scores: dict[tuple[str, str], Accuracy] = {}
+        for (node, model), score in self._prompt_cache.accuracy.items():
+            key = (node_label(self._fleet, node), model_label(self._fleet, model))
+            scores.setdefault(key, Accuracy()).add(score)
+        for (node, model), score in sorted(scores.items()):
+            judged.add_metric([node, model], score.requests)
+            hits.add_metric([node, model, "predicted"], score.predicted_hits)
+            hits.add_metric([node, model, "observed"], score.observed_hits)
+            agreed.add_metric([node, model], score.agreed)
+            prompt.add_metric([node, model], score.prompt_tokens)
+            cached.add_metric([node, model, "predicted"], score.predicted_tokens)
+            cached.add_metric([node, model, "observed"], score.observed_tokens)
+        yield from (judged, hits, agreed, prompt, cached)

@@ -1,8 +1,9 @@
 """Per node and model counters for GET /sollol/stats, fed by finished requests.
 
 Prometheus keeps the long history; this is what a person (or the dashboard) asks the proxy
-directly: counts, recent latency percentiles, tokens, cache-affinity hits, and which routing
-reasons each task type ends up with. Keys are bounded like metric labels (labels.py).
+directly: counts, recent latency percentiles, tokens, cache-affinity hits, the prompt cache's
+predicted against observed hit ratio, and which routing reasons each task type ends up with.
+Keys are bounded like metric labels (labels.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.prompt_cache import Accuracy, PromptCache
 from sollol_proxy.forward.record import Outcome, RequestRecord
 from sollol_proxy.observe.labels import model_label
 from sollol_proxy.routing import Reason
@@ -65,9 +67,10 @@ def _summary(values: list[float]) -> dict[str, float | None]:
 
 
 class Stats:
-    def __init__(self, fleet: Fleet, learner: Learner) -> None:
+    def __init__(self, fleet: Fleet, learner: Learner, prompt_cache: PromptCache) -> None:
         self._fleet = fleet
         self._learner = learner
+        self._prompt_cache = prompt_cache
         self._started = time.time()
         self.total = 0
         self._pairs: dict[tuple[str, str], PairCounts] = {}
@@ -130,5 +133,23 @@ class Stats:
             "routing": {
                 "by_strategy": {s: dict(c) for s, c in sorted(self._reasons.items())},
                 "by_task": {t: dict(c) for t, c in sorted(self._tasks.items())},
+            },
+            "prompt_cache": self._prompt_cache_json(),
+        }
+
+    def _prompt_cache_json(self) -> dict[str, object]:
+        """Predicted against observed prompt-cache hits, fleet-wide and per node and model."""
+        total = Accuracy()
+        by_node: dict[str, dict[str, Accuracy]] = {}
+        for (node, model), score in sorted(self._prompt_cache.accuracy.items()):
+            label = model_label(self._fleet, model)
+            if node in self._fleet.nodes and label:
+                total.add(score)
+                by_node.setdefault(node, {}).setdefault(label, Accuracy()).add(score)
+        return {
+            **total.to_json(),
+            "nodes": {
+                node: {model: score.to_json() for model, score in models.items()}
+                for node, models in by_node.items()
             },
         }

@@ -40,6 +40,12 @@ class NodeView:
     service_s: float = 5.0  # typical time one request of this model holds a slot here
     evict_s: float = 0.0  # cost of what loading this model here would evict
     success: float = 1.0  # recent success rate of this node
+    # Prompt tokens of prefixes other conversations share that the slot this request would get
+    # holds and would lose, weighted by how likely they are to be asked for here again.
+    displaced_tokens: float = 0.0
+    # Set for a busy slot the request could wait for: the expected wait until it is its turn
+    # there (the slot's current request ends, then the ones already waiting for it).
+    slot_wait_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +55,7 @@ class Estimate:
     total: float
     wait: float
     load: float
-    evict: float
+    evict: float  # models a load pushes out, and shared prefixes its slot would lose
     prefill: float
     decode: float
 

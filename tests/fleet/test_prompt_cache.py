@@ -1,15 +1,24 @@
-"""Prompt-cache affinity: which node still holds a conversation's prefix."""
+"""What each node's slots hold: found by later requests, pushed out, forgotten, and scored."""
 
 from __future__ import annotations
 
-from sollol_proxy.fleet.prompt_cache import PromptCache
+from sollol_proxy.fleet.prompt_cache import RESERVATION_S, PromptCache
 from sollol_proxy.routing.analysis import analyze
+from sollol_proxy.routing.slot_cache import MAX_KEYS
 
 
 def chat(*contents: str):  # type: ignore[no-untyped-def]
     roles = ["system"] + ["user", "assistant"] * len(contents)
     messages = [{"role": r, "content": c} for r, c in zip(roles, contents, strict=False)]
     return analyze("/api/chat", {"model": "m", "messages": messages}, "m", True).prefix_keys
+
+
+def cached(cache: PromptCache, keys, slots: dict[str, int], model: str = "m") -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return {
+        node: probe.cached
+        for node, probe in cache.probe(model, keys, slots).items()
+        if probe.cached
+    }
 
 
 SYSTEM = "You are a careful assistant. " * 50
@@ -20,19 +29,20 @@ def test_the_node_that_served_a_conversation_holds_its_prefix() -> None:
     first = chat(SYSTEM, "hello")
     cache.record("m", "a", first)
     follow_up = chat(SYSTEM, "hello", "hi there", "and then?")
-    found = cache.cached_tokens("m", follow_up, {"a": 1, "b": 1})
-    assert found == {"a": first[-1][1]}  # up to the longest prefix `a` saw
-    assert cache.cached_tokens("other-model", follow_up, {"a": 1}) == {}
+    assert cached(cache, follow_up, {"a": 1, "b": 1}) == {"a": first[-1][1]}
+    assert cached(cache, follow_up, {"a": 1}, model="other-model") == {}
 
 
 def test_a_slot_is_overwritten_by_another_conversation() -> None:
-    cache = PromptCache()
-    cache.record("m", "a", chat("system one", "question one"))
-    cache.record("m", "a", chat("system two", "question two"))
+    # Slots are fixed when a runner loads (reference 5.1): one cache per slot count.
+    one, two = PromptCache(), PromptCache()
+    for cache, slots in ((one, 1), (two, 2)):
+        cache.record("m", "a", chat("system one", "question one"), slots)
+        cache.record("m", "a", chat("system two", "question two"), slots)
     # One slot: the second conversation took it.
-    assert cache.cached_tokens("m", chat("system one", "question one"), {"a": 1}) == {}
+    assert cached(one, chat("system one", "question one"), {"a": 1}) == {}
     # Two slots: both are kept.
-    assert cache.cached_tokens("m", chat("system one", "question one"), {"a": 2}) != {}
+    assert cached(two, chat("system one", "question one"), {"a": 2}) != {}
 
 
 def test_an_unload_forgets_everything_on_that_node() -> None:
@@ -41,27 +51,127 @@ def test_an_unload_forgets_everything_on_that_node() -> None:
     cache.record("m", "a", keys)
     cache.record("m", "b", keys)
     cache.forget("a", ["m"])
-    assert set(cache.cached_tokens("m", keys, {"a": 1, "b": 1})) == {"b"}
+    assert set(cached(cache, keys, {"a": 1, "b": 1})) == {"b"}
     cache.record("m", "a", keys)  # served again after the reload: cached again
-    assert set(cache.cached_tokens("m", keys, {"a": 1, "b": 1})) == {"a", "b"}
+    assert set(cached(cache, keys, {"a": 1, "b": 1})) == {"a", "b"}
 
 
 def test_memory_is_bounded() -> None:
-    cache = PromptCache(max_entries=50)
+    cache = PromptCache(max_roots=50)
     for i in range(100):
-        cache.record("m", "a", chat(f"system {i}", "q"))
-    assert len(cache) == 50
-    assert cache.cached_tokens("m", chat("system 99", "q"), {"a": 1000}) != {}
-    assert cache.cached_tokens("m", chat("system 0", "q"), {"a": 1000}) == {}
+        cache.record("m", "a", chat(f"system {i}", "q"), slots=4)
+    assert len(cache._roots) == 50
+    assert cached(cache, chat("system 99", "q"), {"a": 4}) != {}
+    assert cached(cache, chat("system 0", "q"), {"a": 4}) == {}
+    long = analyze(
+        "/api/chat",
+        {"model": "m", "messages": [{"role": "user", "content": "x"}] * (3 * MAX_KEYS)},
+        "m",
+        True,
+    ).prefix_keys
+    cache.record("m", "a", long, slots=4)
+    assert max(len(slot.keys) for slot in cache.slots("a", "m")) == MAX_KEYS
 
 
 def test_a_conversation_reusing_its_slot_does_not_push_others_out() -> None:
     cache = PromptCache()
     a1, b1 = chat(SYSTEM, "from a"), chat(SYSTEM + " b", "from b")
     b2 = chat(SYSTEM + " b", "from b", "answer", "more from b")
-    cache.record("m", "n", a1, new_slot=True)
-    cache.record("m", "n", b1, new_slot=True)
-    cache.record("m", "n", b2, new_slot=False)  # b's follow-up found its prefix: same slot
-    assert cache.cached_tokens("m", a1, {"n": 2}) == {"n": a1[-1][1]}
-    cache.record("m", "n", chat("third", "conversation"), new_slot=True)
-    assert cache.cached_tokens("m", a1, {"n": 2}) == {}  # now two others took slots since
+    cache.record("m", "n", a1, slots=2)
+    cache.record("m", "n", b1, slots=2)
+    cache.record("m", "n", b2, slots=2)  # b's follow-up found its prefix: same slot
+    assert cached(cache, a1, {"n": 2}) == {"n": a1[-1][1]}
+    cache.record("m", "n", chat("third", "conversation"), slots=2)
+    assert cached(cache, a1, {"n": 2}) == {}  # now two others took slots since
+
+
+def test_a_shared_system_prompt_counts_for_every_conversation() -> None:
+    cache = PromptCache()
+    cache.record("m", "a", chat(SYSTEM, "from the first user"), slots=2)
+    newcomer = chat(SYSTEM, "from a new user")
+    assert cached(cache, newcomer, {"a": 2, "b": 2}) == {"a": newcomer[0][1]}
+
+
+def test_a_busy_slot_is_found_by_waiting_for_it() -> None:
+    cache = PromptCache()
+    ticket = cache.take("a", "m", chat(SYSTEM, "first"), slots=1, now=10.0)
+    assert ticket is not None
+    probe = cache.probe("m", chat(SYSTEM, "second"), {"a": 1})["a"]
+    assert probe.cached == 0 and probe.waiting_cached == chat(SYSTEM)[0][1]
+    assert probe.waiting_since == 10.0
+    cache.finish(ticket)
+    probe = cache.probe("m", chat(SYSTEM, "second"), {"a": 1})["a"]
+    assert probe.cached == chat(SYSTEM)[0][1] and probe.waiting_cached == 0
+
+
+def test_pushing_out_a_popular_shared_prefix_costs_more_than_a_rare_one() -> None:
+    cache = PromptCache()
+    popular, rare = "popular team " * 80, "rare team " * 80
+    for i in range(30):  # requests of the popular team, served on node b
+        cache.record("m", "b", chat(popular, f"question {i}"), slots=1)
+    cache.record("m", "a", chat(popular, "here too"), slots=1)
+    cache.record("m", "c", chat(rare, "once"), slots=1)
+    probes = cache.probe("m", chat("a third team " * 80, "hello"), {"a": 1, "b": 1, "c": 1})
+    # a and b both hold the popular prefix: each copy is worth half of it; c's is rarely asked for
+    assert probes["a"].displaced == probes["b"].displaced > probes["c"].displaced > 0
+
+
+def test_the_truth_scores_the_prediction_and_a_false_hit_clears_the_runner() -> None:
+    cache = PromptCache()
+    cache.record("m", "a", chat(SYSTEM, "one"), slots=2)
+    cache.record("m", "a", chat("other system " * 80, "two"), slots=2)
+    ticket = cache.take("a", "m", chat(SYSTEM, "three"), slots=2)
+    assert ticket is not None and ticket.take.cached > 0  # predicted: the system prompt
+    prompt = chat(SYSTEM, "three")[-1][1]
+    cache.finish(ticket, prompt_count=prompt, observed=3)  # the node evaluated nearly all of it
+    score = cache.accuracy[("a", "m")].to_json()
+    assert score["requests"] == 1 and score["predicted_hit_ratio"] == 1.0
+    assert score["observed_hit_ratio"] == 0.0 and score["agreement"] == 0.0
+    # The node had lost its cache: the other slot's prefix is not believed any more.
+    assert cached(cache, chat("other system " * 80, "two"), {"a": 2}) == {}
+    assert cached(cache, chat(SYSTEM, "four"), {"a": 2}) != {}  # what this request left there
+
+
+def test_a_slot_reserved_when_the_node_was_chosen_is_claimed_by_the_dispatch() -> None:
+    cache = PromptCache()
+    keys = chat(SYSTEM, "first")
+    cache.record("m", "a", keys, slots=2)
+    follow_up = chat(SYSTEM, "second")
+    cache.reserve("a", "m", follow_up, 2, now=0.0)
+    # Ranked meanwhile: that slot is taken, the other one is empty.
+    assert cached(cache, chat(SYSTEM, "third"), {"a": 2}) == {}
+    ticket = cache.take("a", "m", follow_up, 2, now=0.1)
+    assert ticket is not None and ticket.take.cached == keys[0][1]
+    assert sum(slot.busy for slot in cache.slots("a", "m")) == 1  # the same slot, not another
+    cache.finish(ticket)
+    # A reservation its request never claims (the client left) is given back.
+    cache.reserve("a", "m", chat(SYSTEM, "gone"), 2, now=1.0)
+    cache.reserve("a", "m", chat(SYSTEM, "later"), 2, now=1.0 + RESERVATION_S)
+    assert sum(slot.busy for slot in cache.slots("a", "m")) == 1
+    # A failover: the request went to another node; the reservation on the first is released.
+    moved = chat(SYSTEM, "moved")
+    cache.reserve("b", "m", moved, 2)
+    assert cache.take("c", "m", moved, 2) is not None
+    assert not any(slot.busy for slot in cache.slots("b", "m"))
+
+
+def test_a_conversations_own_history_is_worth_keeping_while_it_may_come_back() -> None:
+    cache = PromptCache()
+    question, answer = "pasted document. " * 300, "an answer"
+    first = cache.take("a", "m", chat("system one", question), 1, now=0.0)
+    assert first is not None
+    cache.finish(first, now=1.0)
+    # Its follow-up came 3 s later: the proxy learns how long conversations think.
+    follow_up = cache.take("a", "m", chat("system one", question, answer, "and then?"), 1, now=4.0)
+    assert follow_up is not None
+    cache.finish(follow_up, now=5.0)
+    newcomer = chat("system two", "hello")
+
+    def displaced(at: float) -> float:
+        return cache.probe("m", newcomer, {"a": 1}, now=at)["a"].displaced
+
+    # Pushing out a conversation that was just here costs about half its history; one whose
+    # follow-up would be long overdue, almost nothing.
+    assert 0.4 * 1300 < displaced(5.0) < 0.6 * 1300
+    assert displaced(5.0 + 3.0) < 0.4 * displaced(5.0)
+    assert displaced(5.0 + 30.0) < 1

@@ -36,7 +36,7 @@ def observer(
         model,
         True,
     )
-    return DispatchObserver(fleet, learner, cache, profile, {})
+    return DispatchObserver(fleet, learner, cache, profile)
 
 
 def x_cached_on_a(cache: PromptCache) -> Any:
@@ -57,7 +57,7 @@ async def test_a_load_that_fails_evicts_nothing() -> None:
         assert not node.is_resident("x:latest") and node.loading == {"y:latest": 1}
         attempt.failed()  # e.g. the node refused: nothing happened there
     assert node.is_resident("x:latest") and node.loading == {} and node.evicting == {}
-    assert cache.cached_tokens("x:latest", keys, {"a": 1}) == {"a": keys[-1][1]}
+    assert cache.probe("x:latest", keys, {"a": 1})["a"].cached == keys[-1][1]
 
 
 async def test_a_load_that_happened_evicts_and_forgets_the_cache() -> None:
@@ -68,7 +68,7 @@ async def test_a_load_that_happened_evicts_and_forgets_the_cache() -> None:
         attempt.first_byte(200)
         assert node.is_resident("y:latest") and not node.is_resident("x:latest")
     assert "x:latest" not in node.loaded and node.in_flight == 0 and node.model_in_flight == {}
-    assert cache.cached_tokens("x:latest", keys, {"a": 1}) == {}
+    assert "a" not in cache.probe("x:latest", keys, {"a": 1})
 
 
 async def test_pending_loads_count_models_not_requests() -> None:

@@ -62,6 +62,17 @@ LEARNED_MODEL = {
     "service_s": NUM,
     "samples": int,
 }
+PROMPT_CACHE_SCORE = {
+    "requests": int,
+    "predicted_hit_ratio": NUM,
+    "observed_hit_ratio": NUM,
+    "agreement": NUM,
+    "prompt_tokens": int,
+    "predicted_cached_tokens": int,
+    "observed_cached_tokens": int,
+    "predicted_cached_ratio": NUM,
+    "observed_cached_ratio": NUM,
+}
 STATS = {
     "time": NUM,
     "since": NUM,
@@ -91,6 +102,8 @@ STATS = {
         }
     },
     "routing": {"by_strategy": {"*": {"*": int}}, "by_task": {"*": {"*": int}}},
+    # Predicted against observed prompt-cache hits, fleet-wide and per node and model.
+    "prompt_cache": {**PROMPT_CACHE_SCORE, "nodes": {"*": {"*": PROMPT_CACHE_SCORE}}},
     # The priority queue per priority, as GET /sollol/queue reports it.
     "queue_by_priority": {
         "*": {

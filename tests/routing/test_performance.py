@@ -6,7 +6,12 @@ from dataclasses import replace
 
 from sollol_proxy.routing import NodeView, RouteRequest, make_strategy
 from sollol_proxy.routing.eviction import Runner, eviction_cost, victims
-from sollol_proxy.routing.performance import estimate
+from sollol_proxy.routing.performance import (
+    NEAR_TIE_SLACK_S,
+    describe,
+    estimate,
+    worth_waiting,
+)
 
 REQUEST = RouteRequest(
     model="llama3.2:latest", request_id="r", prompt_tokens=3000, expected_output=200
@@ -120,3 +125,42 @@ def test_an_embedding_is_estimated_without_output_and_in_milliseconds() -> None:
     assert choices[1].reason == "resident, input only, est 20ms vs 10ms"
     cold = make_strategy("performance").rank(embedding, [node("c", resident=False, load_s=0.5)])
     assert cold[0].reason == "cold load 0.5s, input only, est 0.5s"
+
+
+def test_pushing_out_shared_prefixes_is_priced_as_an_eviction() -> None:
+    keeps = node("keeps")
+    pushes = node("pushes", displaced_tokens=2000)
+    assert ranked(pushes, keeps) == ["keeps", "pushes"]
+    assert estimate(pushes, REQUEST).evict == 2000 / 2000
+    assert "pushes out 2.0k shared tokens" in describe(pushes, estimate(pushes, REQUEST), None)
+
+
+def waiting(name: str, wait_s: float, waiting_ahead: int = 0) -> NodeView:
+    """A busy node (2 slots) whose busy slot holds 2800 tokens of the prompt."""
+    return node(name, cached_tokens=2800, model_in_flight=2 + waiting_ahead, slot_wait_s=wait_s)
+
+
+SHORT = replace(REQUEST, expected_output=20)  # 0.5 s of decode, 1.5 s of prefill uncached
+
+
+def test_waiting_for_a_busy_slot_when_the_prefill_it_saves_is_larger() -> None:
+    free = estimate(node("free"), SHORT)  # 2.0 s
+    wait = worth_waiting(SHORT, [free], [waiting("busy", 0.3)])  # 0.3 + 0.1 + 0.5 s
+    assert wait is not None and wait.node == "busy" and wait.estimate.wait == 0.3
+    # Never longer than twice the expected wait, nor than the time it saves.
+    assert wait.budget_s == 2 * 0.3 + NEAR_TIE_SLACK_S
+    far = worth_waiting(SHORT, [free], [waiting("busy", 1.0)])
+    assert far is not None and far.budget_s == free.total - (far.estimate.total - 1.0)
+    # Not when the wait eats the saving, nor with no free node to compare with.
+    assert worth_waiting(SHORT, [free], [waiting("busy", 1.4)]) is None
+    assert worth_waiting(SHORT, [], [waiting("busy", 0.3)]) is None
+
+
+def test_no_more_requests_wait_for_a_node_than_it_has_slots() -> None:
+    free = estimate(node("free"), SHORT)
+    assert worth_waiting(SHORT, [free], [waiting("busy", 0.3, waiting_ahead=1)]) is not None
+    assert worth_waiting(SHORT, [free], [waiting("busy", 0.3, waiting_ahead=2)]) is None
+    # The cheapest wait wins.
+    both = [waiting("later", 0.6), waiting("sooner", 0.2)]
+    wait = worth_waiting(SHORT, [free], both)
+    assert wait is not None and wait.node == "sooner"

@@ -1,0 +1,263 @@
+"""What one runner's slots hold, predicted the way llama-server fills them (reference 5.7).
+
+A loaded model has `num_parallel` slots. Each keeps the tokens of the last request it served: the
+prompt, then the answer. Ollama passes no slot id, so llama-server picks one for each request
+among the idle slots: the slot sharing the longest prefix with the prompt, when that prefix is
+more than `SLOT_PROMPT_SIMILARITY` of the prompt (lowest index among equals), else the least
+recently used slot. The shared prefix is reused, the rest evaluated, and the slot then holds the
+new prompt and its answer. A runner that loads or reloads starts with empty slots.
+
+The proxy cannot see tokens, only the request's prefix keys (`prefixes.py`: chained hashes of
+each message, or of each 1 KiB block of a prompt, with cumulative token estimates). So a slot is
+remembered as the keys of its last prompt plus the length of its answer, and a common prefix is
+measured in whole keys. Keys are chained (a key stands for everything before it), so the longest
+common prefix of two key lists is found by binary search. The answer is not hashed (that would
+mean parsing the relayed stream); a request continuing the slot's conversation is credited with
+it when its next message is within a factor of two of the answer's length (clients send the
+answer back as the assistant's turn; the band absorbs the difference between Ollama's token
+count and the proxy's four-characters-per-token estimate).
+
+Not modelled: the chat template's header, which every rendered prompt starts with. For a prompt
+of a few dozen tokens it alone can pass the similarity threshold, so that llama-server gives such
+a prompt the lowest idle slot holding anything rather than the least recently used one; which of
+two slots a short prompt overwrites is worth little either way.
+
+Requests beyond the slots wait on the runner's semaphore (reference 5.2) and take a slot, by
+the same rule, when one is released. Everything here is pure and synchronous: the caller owns
+the clock and the instances.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# llama.cpp common.h `slot_prompt_similarity`: reuse a slot only above this share of the prompt.
+SLOT_PROMPT_SIMILARITY = 0.1
+# routing/analysis.py counts four tokens per message for the role header the template adds.
+MESSAGE_TOKENS = 4
+# Keys remembered per slot: a prompt longer than this is matched on its first MAX_KEYS prefixes.
+MAX_KEYS = 1024
+
+PrefixKeys = Sequence[tuple[bytes, int]]
+
+
+@dataclass(slots=True, eq=False)
+class Slot:
+    index: int
+    keys: tuple[bytes, ...] = ()  # the prefix keys of the prompt it holds, shortest first
+    tokens: tuple[int, ...] = ()  # cumulative tokens at each key
+    answer: int = 0  # tokens generated after that prompt (0: unknown or none)
+    last_used: int = 0  # 0: never used; otherwise larger is more recent
+    busy: bool = False
+    started: float = 0.0  # when the request now in it took it (the caller's clock)
+    ended: float = 0.0  # when its last request left it
+
+    @property
+    def held(self) -> int:
+        """Prompt tokens this slot holds (its answer not counted)."""
+        return self.tokens[-1] if self.tokens else 0
+
+
+@dataclass(slots=True, eq=False)
+class Take:
+    """One request's use of a slot: which slot, and how much of its prompt was found there."""
+
+    runner: SlotCache
+    keys: PrefixKeys
+    slot: Slot | None = None  # None while it waits on the runner's semaphore
+    cached: int = 0  # prompt tokens expected to be reused (predicted when it took the slot)
+    # The most of the prompt any slot held when it was sent, busy ones included: a slot that
+    # frees just before the request reaches the node may serve it instead.
+    nearest: int = 0
+    done: bool = False
+    # What the slot held before, should the request never reach the node.
+    previous: tuple[tuple[bytes, ...], tuple[int, ...], int] = ((), (), 0)
+
+
+def _common_keys(held: Sequence[bytes], keys: Sequence[bytes]) -> int:
+    """How many leading keys are equal (chained keys: equal at i means equal before i)."""
+    n = min(len(held), len(keys))
+    if not n or held[0] != keys[0]:
+        return 0
+    if held[n - 1] == keys[n - 1]:
+        return n
+    lo, hi = 0, n - 1  # held[lo] matches, held[hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if held[mid] == keys[mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo + 1
+
+
+def heads(keys: PrefixKeys) -> tuple[bytes, ...]:
+    """The keys alone, for `common_tokens` (computed once per request, not per slot)."""
+    return tuple(key for key, _ in keys)
+
+
+def common_tokens(slot: Slot, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None) -> int:
+    """Prompt tokens of `keys` that `slot` holds: the common prefix, plus the slot's answer when
+    the request goes on with a message of about its length. `keys_only`: `heads(keys)`."""
+    held = slot.keys
+    if not held or not keys or held[0] != keys[0][0]:
+        return 0  # the common case: another conversation, another system prompt
+    matched = _common_keys(held, heads(keys) if keys_only is None else keys_only)
+    tokens = keys[matched - 1][1]
+    if matched == len(held) and slot.answer and matched < len(keys):
+        message = keys[matched][1] - tokens - MESSAGE_TOKENS
+        if slot.answer // 2 - MESSAGE_TOKENS <= message <= 2 * slot.answer + MESSAGE_TOKENS:
+            tokens = keys[matched][1]
+    return tokens
+
+
+def _between_slots(a: Slot, b: Slot) -> int:
+    """Prompt tokens two slots both hold."""
+    matched = _common_keys(a.keys, b.keys)
+    return a.tokens[matched - 1] if matched else 0
+
+
+def _fill(slot: Slot, keys: PrefixKeys, answer: int) -> None:
+    kept = keys[:MAX_KEYS]
+    slot.keys = tuple(key for key, _ in kept)
+    slot.tokens = tuple(tokens for _, tokens in kept)
+    slot.answer = answer if len(kept) == len(keys) else 0
+
+
+class SlotCache:
+    """The slots of one runner (one model on one node), as the proxy believes them."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = [Slot(i) for i in range(max(slots, 1))]
+        self.waiting: deque[Take] = deque()  # requests beyond the slots, in arrival order
+        self._clock = itertools.count(1)
+
+    def resize(self, slots: int) -> None:
+        """The belief about the runner's slot count changed: add empty slots, or drop the
+        least recently used idle ones."""
+        slots = max(slots, 1)
+        if slots > len(self.slots):
+            self.slots += [Slot(i) for i in range(len(self.slots), slots)]
+        elif slots < len(self.slots):
+            idle = sorted((s for s in self.slots if not s.busy), key=lambda s: s.last_used)
+            dropped = {id(s) for s in idle[: len(self.slots) - slots]}
+            self.slots = [s for s in self.slots if id(s) not in dropped]
+            for index, slot in enumerate(self.slots):
+                slot.index = index
+
+    def choose(
+        self,
+        keys: PrefixKeys,
+        *,
+        busy_too: bool = False,
+        keys_only: Sequence[bytes] | None = None,
+    ) -> tuple[Slot | None, int]:
+        """The slot llama-server would give this prompt now, and the prompt tokens found in it
+        (None when every slot is busy). `busy_too`: as if every slot were idle, i.e. the slot
+        the request would get by waiting for it."""
+        keys_only = heads(keys) if keys_only is None else keys_only
+        best: Slot | None = None
+        best_tokens = -1
+        for slot in self.slots:
+            if slot.busy and not busy_too:
+                continue
+            tokens = common_tokens(slot, keys, keys_only)
+            if tokens > best_tokens:  # strictly longer: the lowest index wins among equals
+                best, best_tokens = slot, tokens
+        if best is None:
+            return None, 0
+        prompt = keys[-1][1] if keys else 0
+        if best_tokens <= SLOT_PROMPT_SIMILARITY * prompt:
+            best = min(
+                (s for s in self.slots if busy_too or not s.busy),
+                key=lambda s: (s.last_used, s.index),
+            )
+            best_tokens = common_tokens(best, keys, keys_only)
+        return best, best_tokens
+
+    def busy_holding(
+        self, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None
+    ) -> tuple[int, int, float]:
+        """The busy slots where this prompt would find a prefix worth reusing (more than the
+        similarity threshold): the most tokens one of them holds, how many they are, and when
+        the oldest request in them started (the first likely to free it)."""
+        keys_only = heads(keys) if keys_only is None else keys_only
+        threshold = SLOT_PROMPT_SIMILARITY * (keys[-1][1] if keys else 0)
+        most, count, since = 0, 0, 0.0
+        for slot in self.slots:
+            if slot.busy:
+                tokens = common_tokens(slot, keys, keys_only)
+                if tokens > threshold:
+                    since = slot.started if not count else min(since, slot.started)
+                    most, count = max(most, tokens), count + 1
+        return most, count, since
+
+    def displaced(
+        self, victim: Slot, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None
+    ) -> tuple[int, int]:
+        """What giving `victim` to this prompt pushes out of the runner: the tokens of its
+        first prefix (a system prompt, a shared preamble) and of the rest that no other slot
+        holds and the new prompt does not keep."""
+        if not victim.tokens:
+            return 0, 0
+        kept = common_tokens(victim, keys, keys_only)
+        for slot in self.slots:
+            if slot is not victim and slot.tokens:
+                kept = max(kept, _between_slots(victim, slot))
+        root = victim.tokens[0]
+        return max(root - kept, 0), victim.held + victim.answer - max(kept, root)
+
+    def take(self, keys: PrefixKeys, now: float) -> Take:
+        """A request reaches the runner: it takes the slot `choose` names, or waits for one."""
+        keys_only = heads(keys)
+        take = Take(self, keys, nearest=max(common_tokens(s, keys, keys_only) for s in self.slots))
+        if not self._assign(take, now):
+            self.waiting.append(take)
+        return take
+
+    def _assign(self, take: Take, now: float) -> bool:
+        slot, tokens = self.choose(take.keys)
+        if slot is None:
+            return False
+        prompt = take.keys[-1][1] if take.keys else 0
+        slot.busy, slot.started = True, now
+        take.slot, take.cached = slot, max(0, min(tokens, prompt - 1))
+        take.previous = (slot.keys, slot.tokens, slot.answer)
+        # From now on the slot holds this prompt (llama-server keeps the common prefix and
+        # evaluates the rest into it): what a request waiting for this slot will find.
+        _fill(slot, take.keys, 0)
+        return True
+
+    def release(self, take: Take, now: float, answer: int = 0, *, served: bool = True) -> None:
+        """The request left its slot. `served`: its prompt reached the slot (it now holds that
+        prompt and `answer` tokens after it); otherwise the slot keeps what it held."""
+        if take.done:
+            return
+        take.done = True
+        slot = take.slot
+        if slot is None:
+            if take in self.waiting:
+                self.waiting.remove(take)
+            return
+        slot.busy = False
+        if served:
+            _fill(slot, take.keys, answer)
+            slot.last_used, slot.ended = next(self._clock), now
+        else:
+            slot.keys, slot.tokens, slot.answer = take.previous
+        while self.waiting and self._assign(self.waiting[0], now):
+            self.waiting.popleft()
+
+    def first_keys(self) -> set[bytes]:
+        """The first prefix key of what each slot holds (a system prompt, a preamble)."""
+        return {slot.keys[0] for slot in self.slots if slot.keys}
+
+    def clear(self, keep: Slot | None = None, *, busy_too: bool = False) -> None:
+        """Forget what the slots hold (the runner lost its cache), but `keep`'s and, unless
+        `busy_too`, the busy ones' (their requests fill them when they end)."""
+        for slot in self.slots:
+            if slot is not keep and (busy_too or not slot.busy):
+                slot.keys, slot.tokens, slot.answer = (), (), 0
