@@ -78,7 +78,7 @@ class Stats:
         """The RequestRecord sink."""
         self.total += 1
         node = record.node  # management fan-outs ("a,b") are not one node's work
-        model = model_label(self._fleet, record.model)
+        model = model_label(self._fleet, record.model, node)
         if node in self._fleet.nodes and model:
             pair = self._pairs.get((node, model))
             if pair is None:
