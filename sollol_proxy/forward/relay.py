@@ -22,6 +22,7 @@ from sollol_proxy.fleet.health import Failure
 from sollol_proxy.fleet.learning import parse_timings
 from sollol_proxy.forward.record import Outcome, RequestRecord
 from sollol_proxy.forward.upstream import Opened
+from sollol_proxy.forward.watchdog import IdleWatch
 from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.lifecycle.drain import CUT_MESSAGE, is_cut
 from sollol_proxy.wire.errors import stream_error_bytes
@@ -59,6 +60,7 @@ async def relay(
         response.content_length = int(length)
     complete = False
     recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
+    idle = IdleWatch(upstream.content, config.timeouts.idle_read)  # one timer, not one per read
     try:
         await response.prepare(request)
         chunk = opened.first_chunk
@@ -68,8 +70,9 @@ async def relay(
             if record.ttft_s is None:
                 record.ttft_s = time.monotonic() - record.started
             try:
-                async with asyncio.timeout(config.timeouts.idle_read):
-                    chunk = await upstream.content.readany()
+                idle.reading()
+                chunk = await upstream.content.readany()
+                idle.done()
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 if attempt is not None:
                     attempt.failed()
@@ -99,6 +102,7 @@ async def relay(
         await _end_stream(request, response, upstream, CUT_MESSAGE, b"".join(recent)[-2:])
         return response
     finally:
+        idle.close()
         if complete:
             upstream.release()
         else:
