@@ -285,9 +285,14 @@ class Fleet:
         return delay * (1 + config.health_jitter * self._rng.uniform(-1, 1))
 
     async def watch(self, node: NodeState) -> None:
-        """Background loop for one node: health and residency every tick, disk inventory less often."""
+        """Background loop for one node: health and residency every tick, disk inventory less often.
+
+        The first tick comes at a random point of the interval: the watchers of a large fleet
+        all start together, and would otherwise probe together every interval."""
+        delay = self._config.health_interval * self._rng.random()
         while True:
-            await asyncio.sleep(self.probe_delay(node))
+            await asyncio.sleep(delay)
+            delay = self.probe_delay(node)
             try:
                 node.health.current()  # an ejection that ran out is logged now, not at next use
                 due = inventory_due(

@@ -100,6 +100,10 @@ CHAT = {
 }
 
 
+def _text(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
 async def _start(config: Path, log: Path, url: str) -> asyncio.subprocess.Process:
     with log.open("wb") as out:  # a file: a pipe nobody reads would fill and block the proxy
         process = await asyncio.create_subprocess_exec(
@@ -115,7 +119,7 @@ async def _start(config: Path, log: Path, url: str) -> asyncio.subprocess.Proces
                 pass
             await asyncio.sleep(0.05)
     process.kill()
-    raise AssertionError(log.read_text())
+    raise AssertionError(_text(log))
 
 
 async def test_every_request_is_counted_after_a_burst_and_after_sigterm(tmp_path: Path) -> None:
@@ -143,7 +147,7 @@ async def test_every_request_is_counted_after_a_burst_and_after_sigterm(tmp_path
             ids.append(response.headers["X-Sollol-Request-Id"])
 
     def access() -> list[dict]:
-        lines = [orjson.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        lines = [orjson.loads(x) for x in _text(log).splitlines() if x.startswith("{")]
         return [line for line in lines if line["logger"] == "sollol.access"]
 
     try:
