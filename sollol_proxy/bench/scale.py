@@ -5,8 +5,9 @@
   proxy's memory then, its CPU per probe interval while idle, how evenly the probes spread over
   the interval (the busiest tenth of it against a tenth of the nodes), and the whole per-request
   selection of `performance` over that many nodes (`bench scorer`'s measure).
-- **Idle streams**: that many `/api/generate` streams open at once through one proxy process,
-  each with its first line received and the node silent after it; the proxy's memory growth per
+- **Idle streams**: that many `/api/generate` streams open at once through one proxy process
+  (to nodes of 1,000 slots each), each with its first line received and the node silent after
+  it; the proxy's memory growth per
   stream (RSS from /proc), and nginx's in front of the same node when it is installed. Each
   stream holds two sockets in the proxy (client and node), so the open-files limit bounds the
   count: the soft limit is raised to the hard one, and fewer streams than asked are opened when
@@ -36,8 +37,9 @@ from sollol_proxy.bench import nginx
 from sollol_proxy.bench.scorer import measure_selection
 
 GENERATE = b'{"model":"llama3.2","prompt":"hello","stream":true}'
-OPENING = 200  # streams being opened at once
+OPENING = 50  # streams being opened at once: within the proxy's listen backlog (100)
 FD_RESERVE = 64  # descriptors a proxy needs beside its streams' sockets
+SLOTS_PER_NODE = 1000  # idle streams go to as many nodes of this many slots as they need
 
 
 def raise_open_files_limit() -> int:
@@ -134,7 +136,8 @@ async def proxy_process(settings: dict[str, Any]) -> AsyncIterator[tuple[int, st
                     raise RuntimeError("the proxy did not start")
             yield process.pid, url
         finally:
-            process.terminate()
+            if process.returncode is None:
+                process.terminate()
             await asyncio.wait_for(process.wait(), 60)
 
 
@@ -251,10 +254,14 @@ async def idle_streams(count: int) -> StreamResult:
     hard = raise_open_files_limit()
     opened = max(2, min(count, (hard - FD_RESERVE) // 2))
     warm = max(1, min(100, opened // 10))
-    async with stub_fleet(1) as stub:
+    nodes = -(-opened // SLOTS_PER_NODE)
+    async with stub_fleet(nodes) as stub:
         settings = {
-            # The node has a slot for every stream: admission control lets them all through.
-            "nodes": [{"url": stub.url, "num_parallel": opened}],
+            # A slot for every stream: admission control lets them all through.
+            "nodes": [
+                {"url": f"http://127.0.0.1:{port}", "num_parallel": SLOTS_PER_NODE}
+                for port in stub.ports
+            ],
             "limits": {"max_connections": opened + FD_RESERVE},
         }
         async with proxy_process(settings) as (pid, url):
@@ -266,7 +273,8 @@ async def idle_streams(count: int) -> StreamResult:
         nginx_per_stream = None
         if nginx.available():
             port = _free_port()
-            async with nginx.nginx([stub.url], port) as process:
+            urls = [f"http://127.0.0.1:{node}" for node in stub.ports]
+            async with nginx.nginx(urls, port) as process:
                 assert process.pid is not None
                 nginx_per_stream = await _measure_streams(stub, process.pid, port, opened, warm)
     return StreamResult(count, opened, hard, idle, full, per_stream, nginx_per_stream)

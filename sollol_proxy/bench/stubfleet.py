@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import sys
 import time
@@ -88,8 +89,9 @@ class StubFleet:
             await self._release.wait()
         finally:
             self.held -= 1
-        await response.write(LAST)
-        await response.write_eof()
+        with contextlib.suppress(ConnectionError):  # the client may be gone by then
+            await response.write(LAST)
+            await response.write_eof()
         return response
 
     async def _probes(self, request: web.Request) -> web.Response:
