@@ -2,16 +2,16 @@
 
 - **Fleets of 100 and 1,000 nodes** given as URLs only (stubfleet.py answers as that many
   nodes): the time from launching `sollol-proxy` until every node is up in `/sollol/nodes`, the
-  proxy's memory then, its CPU per probe interval while idle, how evenly the probes spread over
-  the interval (the busiest tenth of it against a tenth of the nodes), and the whole per-request
-  selection of `performance` over that many nodes (`bench scorer`'s measure).
+  proxy's memory then, its CPU per probe while idle (and the share of a core that makes at
+  `health.interval`), how evenly the probes spread over the interval (the busiest tenth of it
+  against a tenth of the nodes), and the whole per-request selection of `performance` over
+  that many nodes (`bench scorer`'s measure).
 - **Idle streams**: that many `/api/generate` streams open at once through one proxy process
   (to nodes of 1,000 slots each), each with its first line received and the node silent after
-  it; the proxy's memory growth per
-  stream (RSS from /proc), and nginx's in front of the same node when it is installed. Each
-  stream holds two sockets in the proxy (client and node), so the open-files limit bounds the
-  count: the soft limit is raised to the hard one, and fewer streams than asked are opened when
-  the hard limit allows no more (the report says so).
+  it; the proxy's memory growth per stream (RSS from /proc), and nginx's in front of the same
+  nodes when it is installed. Each stream holds two sockets in the proxy (client and node), so
+  the open-files limit bounds the count: the soft limit is raised to the hard one, and fewer
+  streams than asked are opened when the hard limit allows no more (the report says so).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class FleetResult:
     nodes: int
     startup_s: float
     rss_mib: float
-    cpu_ms_per_interval: float
+    cpu_ms_per_probe: float  # the proxy's CPU while idle, over the probes it sent meanwhile
     busiest_tenth: int  # probes in the busiest tenth of an interval
     selection_us: float
 
@@ -177,7 +177,8 @@ async def fleet_scale(nodes: int, interval: float = 5.0, intervals: float = 2.0)
             cpu = _cpu_seconds(pid)
             await asyncio.sleep(interval * intervals)
             cpu = _cpu_seconds(pid) - cpu
-            probes = [at for at, _ in await stub.get("/stub/probes") if at > ready]
+            watched = time.monotonic()
+            probes = [at for at, _ in await stub.get("/stub/probes") if ready < at <= watched]
     tenth = interval / 10
     counts: dict[int, int] = {}
     for at in probes:
@@ -186,7 +187,7 @@ async def fleet_scale(nodes: int, interval: float = 5.0, intervals: float = 2.0)
         nodes,
         ready - launched,
         rss,
-        cpu / intervals * 1000,
+        cpu / max(1, len(probes)) * 1000,
         max(counts.values(), default=0),
         measure_selection(nodes, max(3, 20_000 // nodes)),
     )
@@ -288,7 +289,7 @@ async def _release(stub: Stub) -> None:
 async def benchmark(streams: int, fleets: list[int], interval: float) -> str:
     lines = [
         "| configured nodes (URLs only) | start-up until all up (s) | proxy RSS (MiB) "
-        "| proxy CPU per probe interval (ms) | probes in the busiest tenth of an interval "
+        "| proxy CPU per probe (ms; share of a core) | probes in the busiest tenth of an interval "
         "(a tenth of the nodes if even) | selection per request, performance (us) |",
         "|---|---|---|---|---|---|",
     ]
@@ -296,7 +297,8 @@ async def benchmark(streams: int, fleets: list[int], interval: float) -> str:
         fleet = await fleet_scale(count, interval)
         lines.append(
             f"| {count} | {fleet.startup_s:.2f} | {fleet.rss_mib:.0f} "
-            f"| {fleet.cpu_ms_per_interval:.0f} | {fleet.busiest_tenth} ({count / 10:g}) "
+            f"| {fleet.cpu_ms_per_probe:.2f} ({fleet.cpu_ms_per_probe * count / interval / 10:.1f}%) "
+            f"| {fleet.busiest_tenth} ({count / 10:g}) "
             f"| {fleet.selection_us:.0f} |"
         )
     result = await idle_streams(streams)
