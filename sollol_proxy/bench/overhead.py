@@ -286,10 +286,10 @@ def access_log_cost(requests: int = 20_000) -> tuple[float, float]:
         logger.setLevel(logging.INFO)
         logger.propagate = False
         try:
-            cpu, start = time.process_time(), time.perf_counter()
+            cpu, start = time.process_time(), time.thread_time()
             for _ in range(requests):
                 log_request(record)
-            on_loop = time.perf_counter() - start
+            on_loop = time.thread_time() - start  # this thread's CPU: the writer's is not in it
             handler.close()  # the writer thread writes the rest
             in_all = time.process_time() - cpu
         finally:
