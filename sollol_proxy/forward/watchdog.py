@@ -28,7 +28,9 @@ class IdleWatch:
     def reading(self) -> None:
         """A read of the node's stream starts now."""
         self._since = now = self._loop.time()
-        if self._handle is None:
+        # A stream whose end has arrived is read without waiting: no timer for that read (the
+        # common case of a small answer, read whole before it is relayed).
+        if self._handle is None and not self._stream.is_eof():
             self._handle = self._loop.call_at(now + self._limit, self._check)
 
     def done(self) -> None:

@@ -64,6 +64,13 @@ def _summary(values: list[float]) -> dict[str, float | None]:
     }
 
 
+def _count(table: dict[str, Counter[str]], key: str, reason: str) -> None:
+    counts = table.get(key)
+    if counts is None:  # (setdefault would build a Counter for every request)
+        counts = table[key] = Counter()
+    counts[reason] += 1
+
+
 class Stats:
     def __init__(self, fleet: Fleet, learner: Learner) -> None:
         self._fleet = fleet
@@ -93,9 +100,9 @@ class Stats:
             if record.stream and record.status == 200 and record.ttft_s is not None:
                 pair.ttfts.append(record.ttft_s)
         if record.reason:
-            self._reasons.setdefault(record.strategy or "none", Counter())[record.reason] += 1
+            _count(self._reasons, record.strategy or "none", record.reason)
             if record.task:
-                self._tasks.setdefault(record.task, Counter())[record.reason] += 1
+                _count(self._tasks, record.task, record.reason)
 
     def node_requests(self, node: str) -> tuple[int, int]:
         """Requests and errors counted for a node, over all its models."""
