@@ -10,7 +10,9 @@ from sollol_proxy.bench import scale
 
 async def test_a_thousand_idle_streams_through_the_proxy_cost_little_memory_each() -> None:
     result = await scale.idle_streams(1000)
-    assert result.opened == 1000  # every stream reached the node and got its first line
+    # Every stream reached the node and got its first line (idle_streams checks), as many as
+    # the open-files limit allows: 1,000 wherever the hard limit is above about 2,100.
+    assert result.opened == min(1000, (result.hard_limit - scale.FD_RESERVE) // 2)
     # Issue #12's target is 10,000 streams in 500 MB, 50 KiB each; this machine measures ~35.
     assert 0 < result.proxy_kib_per_stream < 100
 
