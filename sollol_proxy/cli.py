@@ -212,6 +212,19 @@ def bench_overhead(rounds: int, scale: float) -> None:
     run(rounds=rounds, scale=scale)
 
 
+@bench.command("scale")
+@click.option("--streams", default=10_000, show_default=True, help="Idle streams held at once.")
+@click.option(
+    "--nodes", "fleets", multiple=True, type=int, help="Configured nodes (default: 100, 1000)."
+)
+@click.option("--interval", default=5.0, show_default=True, help="health.interval, seconds.")
+def bench_scale(streams: int, fleets: tuple[int, ...], interval: float) -> None:
+    """The proxy with many configured nodes and many idle streams."""
+    from sollol_proxy.bench.scale import run
+
+    run(streams=streams, fleets=fleets or (100, 1000), interval=interval)
+
+
 @bench.command("routing")
 @click.option("--seed", default=7, show_default=True, help="Seed of the generated workloads.")
 @click.option(

@@ -29,13 +29,13 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from sollol_proxy.admission.bounds import over_bounds
 from sollol_proxy.admission.queue_stats import PriorityStats, queue_snapshot
 from sollol_proxy.admission.slot_table import SlotTable
-from sollol_proxy.admission.tickets import QueueRejected, Slot, Waiter
+from sollol_proxy.admission.tickets import Held, QueueRejected, Slot, Waiter
 from sollol_proxy.config import Config, QueueConfig
 from sollol_proxy.fleet.fleet import NodeState
 from sollol_proxy.fleet.health import State
@@ -90,17 +90,51 @@ class Admission:
 
     # -- the queue ----------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def admit(
+    def admit(
         self,
         priority: int,
         model: str,
         key: tuple[str, ...],
         candidates: Callable[[], list[NodeState]],
         choose: Callable[[list[NodeState]], Plan],
-    ) -> AsyncIterator[Slot]:
+    ) -> Held:
         """Wait for a slot (or raise QueueRejected), hold it for the block, release it after."""
+        return Held(self._acquire(priority, model, key, candidates, choose))
+
+    async def _acquire(
+        self,
+        priority: int,
+        model: str,
+        key: tuple[str, ...],
+        candidates: Callable[[], list[NodeState]],
+        choose: Callable[[list[NodeState]], Plan],
+    ) -> Slot:
         band = self.config.band(priority)
+        plan: Plan | None = None
+        if not self._keys:
+            # Nobody waits (the common case): a free slot is granted here, as the pump would,
+            # with no Waiter and no Future; an exception is the request's, as from the pump.
+            nodes = [n for n in candidates() if self.is_free(n, model)]
+            plan = choose(nodes) if nodes else None
+            # A plan that holds the request for a busy node (its prompt's slot) waits in the
+            # queue like any other: the pump asks again when that node frees or the hold ends.
+            if plan is not None and plan.hold is None:
+                slot = Slot(
+                    self,
+                    plan,
+                    plan.targets[0].node,
+                    priority,
+                    model,
+                    key,
+                    time.monotonic(),
+                    candidates,
+                    choose,
+                    band,
+                )
+                stats = self.stats[priority]
+                stats.admitted += 1
+                stats.waits.append(0.0)
+                return slot
         future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         waiter = Waiter(
             priority,
@@ -115,6 +149,10 @@ class Admission:
         )
         self._queues[waiter.priority].append(waiter)
         self._keys[waiter.key] += 1
+        if plan is not None and plan.hold is not None:  # asked already: held, as the pump holds
+            waiter.hold = plan.hold
+            delay = plan.hold.until - time.monotonic()
+            asyncio.get_running_loop().call_later(max(delay, 0.0), self._pump)
         self._pump()
         immediate = future.done()
         if not immediate:  # it has to wait: the bounds apply
@@ -124,10 +162,7 @@ class Admission:
             slot.waited_s = 0.0
         else:
             self.stats[priority].queued += 1
-        try:
-            yield slot
-        finally:
-            slot.release()
+        return slot
 
     def _bound(self, waiter: Waiter) -> None:
         """A newcomer that must wait: past a length bound it is refused, or the least urgent
@@ -154,7 +189,7 @@ class Admission:
             key=lambda w: (-w.effective(now, ageing), w.seq),
         )
 
-    def _max_wait(self, waiter: Waiter) -> float:
+    def _max_wait(self, waiter: Waiter | Slot) -> float:
         if waiter.band is not None and waiter.band.max_wait is not None:
             return waiter.band.max_wait
         return self.config.max_wait
@@ -198,7 +233,7 @@ class Admission:
 
     async def retry_elsewhere(self, slot: Slot, tried: frozenset[str]) -> NodeState | None:
         slot.release()
-        origin = slot.origin
+        origin = slot  # it keeps how the request asked for a slot
         remaining = origin.enqueued + self._max_wait(origin) - time.monotonic()
 
         def others() -> list[NodeState]:
@@ -264,7 +299,7 @@ class Admission:
                 waiter.hold = plan.hold
                 return
             self._remove(waiter)
-            waiter.future.set_result(Slot(self, waiter, plan, plan.targets[0].node))
+            waiter.future.set_result(waiter.granted(self, plan))
         except Exception as exc:  # a routing failure answers this request, never the pump
             self._remove(waiter)
             waiter.future.set_exception(exc)

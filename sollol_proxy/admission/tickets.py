@@ -1,15 +1,17 @@
 """What a request holds in admission control: its place in the queue, then its slot.
 
 A `Waiter` is a request waiting for a slot; once granted, a `Slot` holds one slot on one node
-for the request until its last byte, moving with it when it is retried on another node.
+for the request until its last byte, moving with it when it is retried on another node. A
+request that finds a slot free and nobody waiting gets its `Slot` at once, with no `Waiter`.
+Nothing refers back from a slot to its waiter, so a request leaves no reference cycle behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sollol_proxy.config import QueueBand
 from sollol_proxy.fleet.fleet import NodeState
@@ -62,24 +64,70 @@ class Waiter:
             return free
         return []
 
+    def granted(self, admission: Keeper, plan: Plan) -> Slot:
+        return Slot(
+            admission,
+            plan,
+            plan.targets[0].node,
+            self.priority,
+            self.model,
+            self.key,
+            self.enqueued,
+            self.candidates,
+            self.choose,
+            self.band,
+        )
+
 
 class Slot:
-    """The slot one request holds: on one node at a time, from admission to its last byte."""
+    """The slot one request holds: on one node at a time, from admission to its last byte. It
+    keeps how the request asked for a slot: a retry waits for one elsewhere the same way."""
 
-    def __init__(self, admission: Keeper, origin: Waiter, plan: Plan, node: NodeState) -> None:
+    __slots__ = (
+        "_admission",
+        "band",
+        "candidates",
+        "choose",
+        "enqueued",
+        "key",
+        "model",
+        "node",
+        "plan",
+        "priority",
+        "waited_s",
+    )
+
+    def __init__(
+        self,
+        admission: Keeper,
+        plan: Plan,
+        node: NodeState,
+        priority: int,
+        model: str,
+        key: tuple[str, ...],
+        enqueued: float,
+        candidates: Callable[[], list[NodeState]],
+        choose: Callable[[list[NodeState]], Plan],
+        band: QueueBand | None,
+    ) -> None:
         self._admission = admission
-        self.origin = origin  # how the request waited: a retry waits the same way
-        self.model = origin.model
+        self.priority = priority
+        self.model = model
+        self.key = key
+        self.enqueued = enqueued  # when the request asked: its maximum wait counts from then
+        self.candidates = candidates
+        self.choose = choose
+        self.band = band
         self.plan = plan
         self.node: NodeState | None = None
         self.waited_s = 0.0
-        admission.take(node, self.model)
+        admission.take(node, model)
         self.node = node
 
     def alternatives(self, tried: frozenset[str]) -> list[NodeState]:
         """The nodes a retry could wait for a slot on."""
         try:
-            return [n for n in self.origin.candidates() if n.name not in tried]
+            return [n for n in self.candidates() if n.name not in tried]
         except Exception:  # the candidates are gone (every node with the model is down)
             return []
 
@@ -108,3 +156,22 @@ class Slot:
         if self.node is not None:
             node, self.node = self.node, None
             self._admission.give(node, self.model)
+
+
+class Held:
+    """`async with admission.admit(...) as slot`: the slot is held for the block and given
+    back after it, whatever ends it (a plain class: no generator per request)."""
+
+    __slots__ = ("_acquiring", "_slot")
+
+    def __init__(self, acquiring: Coroutine[Any, Any, Slot]) -> None:
+        self._acquiring = acquiring
+        self._slot: Slot | None = None
+
+    async def __aenter__(self) -> Slot:
+        self._slot = await self._acquiring
+        return self._slot
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._slot is not None:
+            self._slot.release()

@@ -19,7 +19,7 @@ master_process off;
 daemon off;
 error_log stderr error;
 pid {dir}/nginx.pid;
-events {{ worker_connections 16384; }}
+events {{ worker_connections 65536; }}
 http {{
     access_log off;
     client_body_temp_path {dir}/body;

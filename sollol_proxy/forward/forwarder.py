@@ -31,7 +31,7 @@ from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEAD
 
 if TYPE_CHECKING:
     from sollol_proxy.admission.tickets import Slot
-    from sollol_proxy.forward.attempt import Attempt, DispatchObserver
+    from sollol_proxy.forward.attempt import DispatchObserver
 
 log = logging.getLogger("sollol.proxy")
 # Waits for a slot elsewhere, per request: bounds a request whose granted nodes keep turning
@@ -67,15 +67,10 @@ class Forwarder:
         self.budget.policy = config.retries
 
     @contextlib.asynccontextmanager
-    async def _attempt(
-        self, node: NodeState, observer: DispatchObserver | None
-    ) -> AsyncIterator[Attempt | None]:
-        if observer is None:
-            async with self._fleet.lease(node):
-                yield None
-        else:
-            async with observer.attempt(node) as attempt:
-                yield attempt
+    async def _unobserved(self, node: NodeState) -> AsyncIterator[None]:
+        """An attempt nothing learns from (no model): only the node's in-flight count."""
+        async with self._fleet.lease(node):
+            yield None
 
     async def forward(
         self,
@@ -221,8 +216,10 @@ class Forwarder:
         node, health = target.node, target.node.health
         took_trial = health.begin() and health.state is State.HALF_OPEN
         judged = False
+        # The observer's context directly, not wrapped in another: a model request's path.
+        accounting = observer.attempt(node) if observer is not None else self._unobserved(node)
         try:
-            async with self._attempt(node, observer) as attempt:
+            async with accounting as attempt:
                 try:
                     opened = await open_upstream(self._session, request, node, body, first_byte)
                 except UpstreamFailure as exc:

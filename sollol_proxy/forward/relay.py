@@ -22,6 +22,7 @@ from sollol_proxy.fleet.health import Failure
 from sollol_proxy.fleet.learning import parse_timings
 from sollol_proxy.forward.record import Outcome, RequestRecord
 from sollol_proxy.forward.upstream import Opened
+from sollol_proxy.forward.watchdog import IdleWatch
 from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.lifecycle.drain import CUT_MESSAGE, is_cut
 from sollol_proxy.wire.errors import stream_error_bytes
@@ -61,6 +62,7 @@ async def relay(
     complete = False
     recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
     watch = WriteWatch(request, record, config.client_limits.write_timeout)
+    idle = IdleWatch(upstream.content, config.timeouts.idle_read)  # one timer, not one per read
     try:
         await response.prepare(request)
         chunk = opened.first_chunk
@@ -72,8 +74,9 @@ async def relay(
             if record.ttft_s is None:
                 record.ttft_s = time.monotonic() - record.started
             try:
-                async with asyncio.timeout(config.timeouts.idle_read):
-                    chunk = await upstream.content.readany()
+                idle.reading()
+                chunk = await upstream.content.readany()
+                idle.done()
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 if attempt is not None:
                     attempt.failed()
@@ -108,6 +111,7 @@ async def relay(
         return response
     finally:
         watch.close()
+        idle.close()
         if complete:
             upstream.release()
         else:

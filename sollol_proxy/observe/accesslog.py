@@ -3,7 +3,9 @@
 The same fields in both formats: `key=value` text, or top-level keys of a JSON line (see
 logformat.py). Times are milliseconds; absent values are `-` in text and null in JSON. A value
 the client chose (the model name) is truncated, and every value is escaped in the text format
-(`wire/logsafe.py`), so that none can break the line or make it huge.
+(`wire/logsafe.py`), so that none can break the line or make it huge. The line is built once, as
+one string, and only when `sollol.access` logs at INFO (`log_level` `info` or `debug`); writing
+it is the log writer's, off the event loop (logwriter.py).
 """
 
 from __future__ import annotations
@@ -52,5 +54,11 @@ def _text(value: object) -> str:
 
 
 def log_request(record: RequestRecord) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
     fields = access_fields(record)
-    log.info(" ".join(f"{k}={_text(v)}" for k, v in fields.items()), extra={"fields": fields})
+    line = " ".join(f"{k}={_text(v)}" for k, v in fields.items())
+    # Made directly: Logger.info would look up the caller's file and line, which no format shows.
+    log.handle(
+        log.makeRecord(log.name, logging.INFO, "", 0, line, None, None, extra={"fields": fields})
+    )

@@ -11,9 +11,14 @@ from sollol_proxy.fleet.fleet import Fleet
 OTHER = "other"
 
 
-def model_label(fleet: Fleet, model: str) -> str:
+def model_label(fleet: Fleet, model: str, served_by: str = "") -> str:
+    """`model` when some node lists it, else OTHER. `served_by`, the node that answered, is
+    asked first: it nearly always lists the model, which spares a walk of the whole fleet."""
     if not model:
         return ""
+    served = fleet.nodes.get(served_by)
+    if served is not None and model in served.models:
+        return model
     return model if any(model in node.models for node in fleet.nodes.values()) else OTHER
 
 

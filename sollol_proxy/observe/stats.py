@@ -66,6 +66,13 @@ def _summary(values: list[float]) -> dict[str, float | None]:
     }
 
 
+def _count(table: dict[str, Counter[str]], key: str, reason: str) -> None:
+    counts = table.get(key)
+    if counts is None:  # (setdefault would build a Counter for every request)
+        counts = table[key] = Counter()
+    counts[reason] += 1
+
+
 class Stats:
     def __init__(self, fleet: Fleet, learner: Learner, prompt_cache: PromptCache) -> None:
         self._fleet = fleet
@@ -81,7 +88,7 @@ class Stats:
         """The RequestRecord sink."""
         self.total += 1
         node = record.node  # management fan-outs ("a,b") are not one node's work
-        model = model_label(self._fleet, record.model)
+        model = model_label(self._fleet, record.model, node)
         if node in self._fleet.nodes and model:
             pair = self._pairs.get((node, model))
             if pair is None:
@@ -96,9 +103,9 @@ class Stats:
             if record.stream and record.status == 200 and record.ttft_s is not None:
                 pair.ttfts.append(record.ttft_s)
         if record.reason:
-            self._reasons.setdefault(record.strategy or "none", Counter())[record.reason] += 1
+            _count(self._reasons, record.strategy or "none", record.reason)
             if record.task:
-                self._tasks.setdefault(record.task, Counter())[record.reason] += 1
+                _count(self._tasks, record.task, record.reason)
 
     def node_requests(self, node: str) -> tuple[int, int]:
         """Requests and errors counted for a node, over all its models."""

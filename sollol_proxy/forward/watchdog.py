@@ -1,0 +1,53 @@
+"""The idle-read bound of a relayed answer, with one timer per answer instead of one per chunk.
+
+`timeouts.idle_read` bounds the silence between two chunks of a node's answer. An
+`asyncio.timeout` around every read would create, schedule and cancel a timer per chunk, most of
+what relaying a chunk costs. Instead the relay notes when each read starts and ends, and one
+timer per answer checks on it: fired early (the read under way began after the timer was set),
+it is set again for that read's deadline; fired when a read has waited the whole bound, it puts
+a TimeoutError into the node's stream, which the waiting read raises, as the timeout would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+
+class IdleWatch:
+    __slots__ = ("_handle", "_limit", "_loop", "_since", "_stream")
+
+    def __init__(self, stream: aiohttp.StreamReader, limit: float) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._loop = asyncio.get_running_loop()
+        self._since: float | None = None  # when the read under way began; None: not reading
+        self._handle: asyncio.TimerHandle | None = None
+
+    def reading(self) -> None:
+        """A read of the node's stream starts now."""
+        self._since = now = self._loop.time()
+        # A stream whose end has arrived is read without waiting: no timer for that read (the
+        # common case of a small answer, read whole before it is relayed).
+        if self._handle is None and not self._stream.is_eof():
+            self._handle = self._loop.call_at(now + self._limit, self._check)
+
+    def done(self) -> None:
+        """The read returned: the time until the next one (writing to the client) is not idle."""
+        self._since = None
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self._since is None:
+            return  # between reads: the next read sets the timer again
+        deadline = self._since + self._limit
+        if self._loop.time() < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
+            return
+        self._stream.set_exception(TimeoutError(f"no data for {self._limit:g}s"))
