@@ -111,6 +111,7 @@ def chat_sessions(seed: int) -> Scenario:
             num_predict=24,
             start=i * 0.05,
             think=rng.uniform(0.02, 0.1),
+            group=i,  # each conversation its own system prompt: pin_groups pins each one
         )
         for i in range(8)
     ]

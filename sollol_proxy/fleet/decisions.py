@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from sollol_proxy.routing import Choice, NodeView
+from sollol_proxy.routing.analysis import RequestProfile
 
 
 class DecisionLog:
@@ -48,3 +51,34 @@ def candidate_entry(choice: Choice, view: NodeView) -> dict[str, Any]:
             "decode": round(est.decode, 4),
         }
     return entry
+
+
+def decision_entry(
+    request_id: str,
+    profile: RequestProfile,
+    priority: int,
+    strategy: str,
+    expected_output: float,
+    choices: Sequence[Choice],
+    views: Sequence[NodeView],
+) -> dict[str, Any]:
+    """One routing decision, as /sollol/decisions shows it (`served_by` is filled in later)."""
+    by_view = {v.name: v for v in views}
+    return {
+        "request_id": request_id,
+        "time": time.time(),
+        "model": profile.model,
+        "endpoint": profile.endpoint,
+        "task": profile.task,
+        "complexity": profile.complexity,
+        "prompt_tokens": profile.prompt_tokens,
+        "expected_output_tokens": round(expected_output),
+        "stream": profile.stream,
+        "priority": priority,
+        "strategy": strategy,
+        "node": choices[0].node if choices else None,
+        "served_by": None,
+        "reason": choices[0].reason if choices else "",
+        "category": choices[0].category.value if choices else "",
+        "candidates": [candidate_entry(c, by_view[c.node]) for c in choices],
+    }

@@ -11,12 +11,12 @@ from typing import Any
 from aiohttp import web
 
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.capacity import believed_total, model_slots, routing_slots
-from sollol_proxy.fleet.decisions import DecisionLog, candidate_entry
+from sollol_proxy.fleet.capacity import believed_total, model_slots
+from sollol_proxy.fleet.decisions import DecisionLog, decision_entry
 from sollol_proxy.fleet.fleet import Fleet, NodeState
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
-from sollol_proxy.fleet.snapshot import demand_by_model, node_view, waiting_view
+from sollol_proxy.fleet.snapshot import demand_by_model, probed_view, waiting_view
 from sollol_proxy.fleet.waiting import Hold, Waits
 from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from sollol_proxy.routing.analysis import RequestProfile
@@ -149,7 +149,6 @@ class Selector:
         or a new one) can prefer a busy slot that holds its prompt."""
         model = profile.model
         strategy = self.strategy_for(model)
-        slots = {n.name: routing_slots(n, model) for n in nodes}
         now = time.monotonic()
         waitable = (
             self._waitable(model)
@@ -158,10 +157,12 @@ class Selector:
             and (hold is None or now < hold.until)
             else []
         )
+        # The cache model mirrors the runners' real slots: the belief, not the admission limit
+        # of a node still in slow start (resizing it would forget what the slots hold).
         probes = self._prompt_cache.probe(
             model,
             profile.prefix_keys,
-            {**slots, **{n.name: model_slots(n, model) for n in waitable}},
+            {n.name: model_slots(n, model) for n in (*nodes, *waitable)},
         )
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
         # this model's tokens, the unit of Ollama's counts and of the learned speeds.
@@ -169,19 +170,10 @@ class Selector:
         if hold is None:
             self._learner.observe_request(model)
         demand = demand_by_model(self._fleet.healthy(), self._learner)
-        views = []
-        for n in nodes:
-            probe = probes.get(n.name, NO_PROBE)
-            views.append(
-                node_view(
-                    n,
-                    profile,
-                    self._learner,
-                    round(probe.cached * ratio),
-                    demand,
-                    probe.displaced * ratio,
-                )
-            )
+        views = [
+            probed_view(n, profile, self._learner, probes.get(n.name, NO_PROBE), ratio, demand)
+            for n in nodes
+        ]
         request = RouteRequest(
             model=model,
             request_id=request_id,
@@ -192,12 +184,12 @@ class Selector:
         if waitable and choices:
             waiting = [
                 waiting_view(
-                    node_view(n, profile, self._learner, 0, demand),
                     n,
                     profile,
                     self._learner,
                     probes[n.name],
                     ratio,
+                    demand,
                     self._waits.count(n.name, now, but=hold),
                     now,
                 )
@@ -216,26 +208,12 @@ class Selector:
         ]
         if choices:
             first = choices[0].node
-            self._prompt_cache.reserve(first, model, profile.prefix_keys, slots[first], now)
-        by_view = {v.name: v for v in views}
-        decision = {
-            "request_id": request_id,
-            "time": time.time(),
-            "model": model,
-            "endpoint": profile.endpoint,
-            "task": profile.task,
-            "complexity": profile.complexity,
-            "prompt_tokens": profile.prompt_tokens,
-            "expected_output_tokens": round(request.expected_output),
-            "stream": profile.stream,
-            "priority": priority,
-            "strategy": strategy.name,
-            "node": choices[0].node if choices else None,
-            "served_by": None,
-            "reason": choices[0].reason if choices else "",
-            "category": choices[0].category.value if choices else "",
-            "candidates": [candidate_entry(c, by_view[c.node]) for c in choices],
-        }
+            self._prompt_cache.reserve(
+                first, model, profile.prefix_keys, model_slots(by_name[first], model), now
+            )
+        decision = decision_entry(
+            request_id, profile, priority, strategy.name, request.expected_output, choices, views
+        )
         self._decisions.add(decision)
         return Plan(targets, decision)
 

@@ -129,20 +129,35 @@ def node_view(
     )
 
 
-def waiting_view(
-    view: NodeView,
+def probed_view(
     node: NodeState,
     profile: RequestProfile,
     learner: Learner,
     probe: Probe,
     ratio: float,
+    demand: Mapping[str, float],
+) -> NodeView:
+    """`node_view` with what the prompt finds in the node's slots and what its slot pushes out
+    (`ratio`: Ollama's tokens per estimated token)."""
+    cached = round(probe.cached * ratio)
+    return node_view(node, profile, learner, cached, demand, probe.displaced * ratio)
+
+
+def waiting_view(
+    node: NodeState,
+    profile: RequestProfile,
+    learner: Learner,
+    probe: Probe,
+    ratio: float,
+    demand: Mapping[str, float],
     already_waiting: int,
     now: float,
 ) -> NodeView:
-    """`view` as a request would find the node by waiting for its busy slots that hold a prefix
+    """The node as a request would find it by waiting for its busy slots that hold a prefix
     of the prompt: the requests already waiting for the node go first (they count as in
     flight), and the wait is what remains of the current request in the slot plus a whole
     request for each round of those slots that the requests waiting ahead take."""
+    view = node_view(node, profile, learner, 0, demand)
     service = learner.service_s(node.name, profile.model, profile.prompt_tokens)
     remaining = max(service - (now - probe.waiting_since), 0.1 * service)
     slots = max(probe.waiting_slots, 1)
