@@ -21,8 +21,9 @@ from sollol_proxy.embed.service import Embeddings
 from sollol_proxy.embed.speed import EmbedSpeed
 from sollol_proxy.embed.subcall import SubCalls
 from sollol_proxy.fleet.decisions import DecisionLog
-from sollol_proxy.fleet.fleet import Fleet, NodeState
+from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.forward.forwarder import Forwarder

@@ -19,8 +19,9 @@ from sollol_proxy.embed.api import BatchApi
 from sollol_proxy.embed.service import Embeddings
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.plan import NoTarget, Plan, Target
 from sollol_proxy.fleet.prompt_cache import PromptCache
-from sollol_proxy.fleet.selector import NoTarget, Plan, Selector, Target
+from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.forward.attempt import DispatchObserver
 from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.management import Management

@@ -37,12 +37,12 @@ from sollol_proxy.admission.queue_stats import PriorityStats, queue_snapshot
 from sollol_proxy.admission.slot_table import SlotTable
 from sollol_proxy.admission.tickets import Held, QueueRejected, Slot, Waiter
 from sollol_proxy.config import Config, QueueConfig
-from sollol_proxy.fleet.fleet import NodeState
 from sollol_proxy.fleet.health import State
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.lifecycle.drain import is_cut
 
 if TYPE_CHECKING:
-    from sollol_proxy.fleet.selector import Plan
+    from sollol_proxy.fleet.plan import Plan
 
 log = logging.getLogger("sollol.admission")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sollol_proxy.fleet.capacity import max_loaded, model_memory, model_room, vram_bytes
-from sollol_proxy.fleet.fleet import NodeState
+from sollol_proxy.fleet.node import NodeState
 
 
 class SlotTable:

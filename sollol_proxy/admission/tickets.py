@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sollol_proxy.config import QueueBand
-from sollol_proxy.fleet.fleet import NodeState
-from sollol_proxy.fleet.selector import Plan
+from sollol_proxy.fleet.node import NodeState
+from sollol_proxy.fleet.plan import Plan
 from sollol_proxy.fleet.waiting import Hold
 
 

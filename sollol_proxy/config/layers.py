@@ -45,6 +45,8 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_TLS_CERT": "listen.tls_cert",
     "SOLLOL_TLS_KEY": "listen.tls_key",
     "SOLLOL_OPEN_MANAGEMENT": "auth.open_management",
+    "SOLLOL_STATE_BACKEND": "state.backend",
+    "SOLLOL_REDIS_URL": "state.redis_url",
 }
 
 _SECTIONS: dict[str, set[str]] = {
@@ -89,6 +91,7 @@ _SECTIONS: dict[str, set[str]] = {
         "retention",
     },
     "cors": {"origins"},
+    "state": {"backend", "redis_url", "key_prefix", "lease_ttl", "timeout"},
 }
 _TOP_LEVEL = {*_SECTIONS, "nodes", "hosts_file", "log_level", "log_format"}
 

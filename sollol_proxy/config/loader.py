@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import sollol_proxy.config.access_loader as access  # its validators share the value parsers
 import sollol_proxy.config.embed as embed  # the embed.* and batch.* validators
 import sollol_proxy.config.resilience as resilience  # its validators share the value parsers
+import sollol_proxy.config.state as state  # the state.* validator
 from sollol_proxy.config.layers import Layers, load_env, load_file
 from sollol_proxy.config.model import (
     AUTO,
@@ -265,6 +266,7 @@ def _validate(layers: Layers) -> Config:
         else integer(layers, "metrics.port", 0, 1, 65535, metrics_port),
         embed=embed.embed(layers),
         batch=embed.batch(layers),
+        state=state.state(layers),
         cors_origins=cors_origins(layers),
         auth=access.auth(layers),
         client_limits=access.client_limits(layers),

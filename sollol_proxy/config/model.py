@@ -22,6 +22,7 @@ from sollol_proxy.config.policies import (
     OutlierPolicy,
     Priors,
     RetryPolicy,
+    StatePolicy,
 )
 
 DEFAULT_OLLAMA_PORT = 11434
@@ -132,6 +133,7 @@ class Config:
     metrics_port: int | None = None  # /metrics also on this port (it is always on the main one)
     embed: EmbedPolicy = field(default_factory=EmbedPolicy)
     batch: BatchPolicy = field(default_factory=BatchPolicy)
+    state: StatePolicy = field(default_factory=StatePolicy)
     cors_origins: tuple[str, ...] = ()  # as OLLAMA_ORIGINS; Ollama's defaults are always added
     auth: AuthConfig = field(default_factory=AuthConfig)
     client_limits: ClientLimits = field(default_factory=ClientLimits)
@@ -231,6 +233,7 @@ class Config:
             "embed": asdict(self.embed),
             "batch": asdict(self.batch),
             "cors": {"origins": list(self.cors_origins)},
+            "state": {**asdict(self.state), "redis_url": redact_password(self.state.redis_url)},
         }
 
 
@@ -256,6 +259,11 @@ def read_hosts_file(path: Path, origin: str) -> list[tuple[int, str]]:
 _USERINFO = re.compile(r"(://[^/@:]*):[^/@]*@")
 
 
+def redact_password(url: str) -> str:
+    """`url` with the password of its user info replaced: it is printed and logged."""
+    return _USERINFO.sub(r"\1:<redacted>@", url)
+
+
 def normalize_node_url(raw: str) -> str:
     """Parse a node address the way OLLAMA_HOST is parsed: `host`, `host:port` or a URL.
 
@@ -263,7 +271,7 @@ def normalize_node_url(raw: str) -> str:
     try:
         return _normalize_node_url(raw)
     except ValueError as exc:
-        raise ValueError(_USERINFO.sub(r"\1:<redacted>@", str(exc))) from None
+        raise ValueError(redact_password(str(exc))) from None
 
 
 def _normalize_node_url(raw: str) -> str:

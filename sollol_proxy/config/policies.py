@@ -64,3 +64,15 @@ class BatchPolicy:
     min_batch: int = 16  # documents per upstream call, at least (unless fewer are left) ...
     max_batch: int = 256  # ... and at most
     retention: float = 7 * 86400.0  # a finished job and its results are deleted after this
+
+
+@dataclass(frozen=True)
+class StatePolicy:
+    """Where the state that replicas of the proxy share lives: in this process only (`local`),
+    or in Redis, so that several replicas behave as one (slots, queue order, health, learning)."""
+
+    backend: str = "local"  # local or redis
+    redis_url: str = ""  # redis://, rediss:// or unix://; required with backend redis
+    key_prefix: str = "sollol:"  # every key the proxy writes starts with this
+    lease_ttl: float = 10.0  # a slot lease not renewed for this long is given back
+    timeout: float = 0.25  # one Redis operation; beyond it the replica uses local state

@@ -33,7 +33,7 @@ from sollol_proxy.embed.inputs import API_EMBED, EmbedCall
 from sollol_proxy.embed.split import job_batch_size
 from sollol_proxy.embed.store import Job, Store
 from sollol_proxy.embed.subcall import Done, SubCalls, for_job
-from sollol_proxy.fleet.selector import NoTarget
+from sollol_proxy.fleet.plan import NoTarget
 from sollol_proxy.wire.names import normalize_model
 
 BATCH_PRIORITY = NAMED["batch"]

@@ -27,8 +27,9 @@ from sollol_proxy.embed.merge import Answer, BadAnswer, read_answer
 from sollol_proxy.embed.speed import EmbedSpeed
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.plan import Plan
 from sollol_proxy.fleet.prompt_cache import PromptCache
-from sollol_proxy.fleet.selector import Plan, Selector
+from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.forward.attempt import DispatchObserver
 from sollol_proxy.forward.collect import collect
 from sollol_proxy.forward.forwarder import Forwarder

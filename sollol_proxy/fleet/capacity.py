@@ -18,8 +18,8 @@ from typing import Any
 
 from sollol_proxy.fleet.beliefs import SlotBelief
 from sollol_proxy.fleet.estimator import slot_wait
-from sollol_proxy.fleet.fleet import NodeState
 from sollol_proxy.fleet.learning import Timings
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.wire.slots import SINGLE_SLOT_FAMILIES
 
 # Ollama's automatic OLLAMA_MAX_LOADED_MODELS is 3 per GPU (reference 5.1): until a node shows

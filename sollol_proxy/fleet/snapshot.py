@@ -13,8 +13,8 @@ from sollol_proxy.fleet.capacity import (
     routing_slots,
     vram_bytes,
 )
-from sollol_proxy.fleet.fleet import NodeState
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.prompt_cache import Probe
 from sollol_proxy.routing import NodeView
 from sollol_proxy.routing.analysis import RequestProfile

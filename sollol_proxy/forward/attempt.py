@@ -16,8 +16,9 @@ from typing import Any
 
 from sollol_proxy.fleet.beliefs import SlotBelief
 from sollol_proxy.fleet.capacity import learn, model_slots, slot_belief
-from sollol_proxy.fleet.fleet import Fleet, Lease, NodeState
+from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner, Timings
+from sollol_proxy.fleet.node import Lease, NodeState
 from sollol_proxy.fleet.prompt_cache import PromptCache, Ticket
 from sollol_proxy.fleet.snapshot import planned_victims
 from sollol_proxy.routing.analysis import RequestProfile

@@ -18,9 +18,10 @@ import aiohttp
 from aiohttp import web
 
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.fleet import Fleet, NodeState
+from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.health import Failure, State
-from sollol_proxy.fleet.selector import Target
+from sollol_proxy.fleet.node import NodeState
+from sollol_proxy.fleet.plan import Target
 from sollol_proxy.forward.record import RequestRecord
 from sollol_proxy.forward.relay import relay
 from sollol_proxy.forward.retry import Permit, RetryBudget, Verdict, judge

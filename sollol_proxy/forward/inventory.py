@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.fleet import Fleet, NodeState, ProbeError
+from sollol_proxy.fleet.fleet import Fleet, ProbeError
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.lifecycle.background import Background
 
 TAGS = "/api/tags"

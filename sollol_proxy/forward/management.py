@@ -20,7 +20,8 @@ from aiohttp import web
 
 import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.fleet import Fleet, NodeState, describe_error
+from sollol_proxy.fleet.fleet import Fleet, describe_error
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.forward.inventory import LiveInventory
 from sollol_proxy.forward.upstream import Opened, UpstreamFailure, open_upstream
 from sollol_proxy.lifecycle.cors import FROM_NODE

@@ -17,9 +17,10 @@ import aiohttp
 from aiohttp import web
 
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.fleet import Fleet, NodeState, describe_error
+from sollol_proxy.fleet.fleet import Fleet, describe_error
 from sollol_proxy.fleet.health import Failure
 from sollol_proxy.fleet.learning import parse_timings
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.forward.record import Outcome, RequestRecord
 from sollol_proxy.forward.upstream import Opened
 from sollol_proxy.forward.watchdog import IdleWatch

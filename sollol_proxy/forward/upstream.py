@@ -11,8 +11,9 @@ import aiohttp
 import yarl
 from multidict import CIMultiDictProxy
 
-from sollol_proxy.fleet.fleet import NodeState, describe_error
+from sollol_proxy.fleet.fleet import describe_error
 from sollol_proxy.fleet.health import Failure
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.wire.headers import upstream_request_headers
 from sollol_proxy.wire.peek import BodyTimeout
 

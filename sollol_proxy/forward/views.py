@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 
 import sollol_proxy.wire.gojson as gojson
-from sollol_proxy.fleet.fleet import Fleet, NodeState
+from sollol_proxy.fleet.fleet import Fleet
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.forward.inventory import PS, TAGS, Gathered, LiveInventory
 from sollol_proxy.wire.errors import JSON_CHARSET, JSON_PLAIN
 from sollol_proxy.wire.gojson import timestamp_ns

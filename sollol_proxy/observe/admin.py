@@ -17,8 +17,9 @@ import sollol_proxy.wire.gojson as gojson
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config.model import AUTO
 from sollol_proxy.fleet.decisions import DecisionLog
-from sollol_proxy.fleet.fleet import Fleet, NodeState
+from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.lifecycle.reload import LiveConfig
 from sollol_proxy.observe.dashboard import Dashboard, health

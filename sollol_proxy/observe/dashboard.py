@@ -12,9 +12,10 @@ from sollol_proxy import __version__
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.fleet.capacity import model_slots, slot_source
 from sollol_proxy.fleet.decisions import DecisionLog
-from sollol_proxy.fleet.fleet import Fleet, NodeState
+from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.health import State
 from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.observe.batches import Batches
 from sollol_proxy.observe.stats import Stats, percentile
 

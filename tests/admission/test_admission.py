@@ -14,9 +14,9 @@ import pytest
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.app import ADMISSION, apply_config
 from sollol_proxy.config import ConfigError, NodeConfig, QueueBand, QueueConfig, load_config
-from sollol_proxy.fleet.fleet import NodeState
 from sollol_proxy.fleet.health import Failure, State
-from sollol_proxy.fleet.selector import Plan, Target
+from sollol_proxy.fleet.node import NodeState
+from sollol_proxy.fleet.plan import Plan, Target
 from sollol_proxy.routing import Reason
 from sollol_proxy.simulator import SimModel
 from tests.conftest import TEST_SETTINGS, Cluster, ClusterFactory, eventually

@@ -7,8 +7,8 @@ import time
 
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config import NodeConfig, QueueConfig
-from sollol_proxy.fleet.fleet import NodeState
-from sollol_proxy.fleet.selector import Plan, Target
+from sollol_proxy.fleet.node import NodeState
+from sollol_proxy.fleet.plan import Plan, Target
 from sollol_proxy.fleet.waiting import Hold
 from sollol_proxy.routing import Reason
 from tests.conftest import eventually

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from sollol_proxy.config import load_config
-from sollol_proxy.fleet.fleet import PROBE_TICK_S, Fleet, NodeState, inventory_due
+from sollol_proxy.fleet.fleet import PROBE_TICK_S, Fleet, inventory_due
+from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.prompt_cache import PromptCache
 
 
