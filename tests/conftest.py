@@ -17,6 +17,7 @@ import pytest
 from sollol_proxy.config import Config, load_config
 from sollol_proxy.server import RunningProxy, start_proxy
 from sollol_proxy.simulator import SimulatedNode
+from tests.redisd import RedisServer
 
 # Fast background loops so tests see health changes quickly; still long enough not to spin.
 TEST_SETTINGS: dict[str, Any] = {
@@ -145,3 +146,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server for this test alone (see tests/redisd.py)."""
+    server = RedisServer(tmp_path, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
