@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from sollol_proxy.bench import bodies, capacity, overhead, queue, routing, scorer, workloads
+from sollol_proxy.bench import (
+    bodies,
+    capacity,
+    capacity_runs,
+    overhead,
+    queue,
+    routing,
+    scorer,
+    workloads,
+)
 
 
 def tiny(seed: int) -> workloads.Scenario:
@@ -91,17 +100,17 @@ async def test_bodies_benchmark_reports_every_shape() -> None:
 
 
 async def test_capacity_benchmark_reports_learned_slots_and_every_mode() -> None:
-    workload = capacity.Workload(tokens=3, token_delay=0.002, duration=0.6, warmup=0.3)
+    workload = capacity_runs.Workload(tokens=3, token_delay=0.002, duration=0.6, warmup=0.3)
     report = await capacity.benchmark(seed=1, fleets=["mixed"], workload=workload, repeat=2)
     assert "truth [1, 2, 4]" in report and "pools 2 runs (seeds 1-2)" in report
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
     runs = [row[0].lstrip("| ") for row in rows if not row[0].startswith("| run")]
-    assert runs == [*capacity.MODES, *capacity.MODES]  # whole run, then after the warm-up
+    assert runs == [*capacity_runs.MODES, *capacity_runs.MODES]  # whole run, then after the warm-up
     told = next(row for row in rows if row[0] == "| told")
     assert told[3].endswith("(1.00)")  # the reference
 
 
 def test_convergence_is_when_the_beliefs_stay_right() -> None:
     beliefs = [(0.0, (1, 1)), (0.5, (1, 2)), (1.0, (1, 1)), (1.5, (1, 2)), (2.0, (1, 2))]
-    assert capacity.converged(beliefs, (1, 2), 0.0, 10.0) == 1.5
-    assert capacity.converged(beliefs, (1, 3), 0.0, 10.0) is None
+    assert capacity_runs.converged(beliefs, (1, 2), 0.0, 10.0) == 1.5
+    assert capacity_runs.converged(beliefs, (1, 3), 0.0, 10.0) is None
