@@ -34,7 +34,7 @@ import orjson
 import yaml
 
 from sollol_proxy.bench import nginx
-from sollol_proxy.bench.scorer import measure_selection
+from sollol_proxy.bench.selection import measure_selection
 
 GENERATE = b'{"model":"llama3.2","prompt":"hello","stream":true}'
 OPENING = 50  # streams being opened at once: within the proxy's listen backlog (100)
