@@ -1,4 +1,9 @@
-"""The most recent routing decisions, kept for GET /sollol/decisions."""
+"""The most recent routing decisions, kept for GET /sollol/decisions and the dashboard.
+
+A decision is kept as what was decided (the request's profile, the ranked choices, the views
+they were ranked on: objects the selection made anyway) in a ring of `keep`, and written out as
+JSON only when someone reads it: a request pays for a reference, not for a document.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +16,85 @@ from sollol_proxy.routing import Choice, NodeView
 from sollol_proxy.routing.analysis import RequestProfile
 
 
+class Decision:
+    """One routing decision; `served_by` and `queue_s` are filled in later."""
+
+    __slots__ = (
+        "choices",
+        "expected_output",
+        "priority",
+        "profile",
+        "queue_s",
+        "request_id",
+        "served_by",
+        "strategy",
+        "time",
+        "views",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        profile: RequestProfile,
+        priority: int,
+        strategy: str,
+        expected_output: float,
+        choices: Sequence[Choice],
+        views: Sequence[NodeView],
+    ) -> None:
+        self.request_id = request_id
+        self.time = time.time()
+        self.profile = profile
+        self.priority = priority
+        self.strategy = strategy
+        self.expected_output = expected_output
+        self.choices = choices
+        self.views = views
+        self.served_by: str | None = None
+        self.queue_s: float | None = None  # how long it waited in the queue, when it did
+
+    def to_json(self) -> dict[str, Any]:
+        """As /sollol/decisions shows it."""
+        profile, choices = self.profile, self.choices
+        by_view = {v.name: v for v in self.views}
+        entry = {
+            "request_id": self.request_id,
+            "time": self.time,
+            "model": profile.model,
+            "endpoint": profile.endpoint,
+            "task": profile.task,
+            "complexity": profile.complexity,
+            "prompt_tokens": profile.prompt_tokens,
+            "expected_output_tokens": round(self.expected_output),
+            "stream": profile.stream,
+            "priority": self.priority,
+            "strategy": self.strategy,
+            "node": choices[0].node if choices else None,
+            "served_by": self.served_by,
+            "reason": choices[0].reason if choices else "",
+            "category": choices[0].category.value if choices else "",
+            "candidates": [candidate_entry(c, by_view[c.node]) for c in choices],
+        }
+        if self.queue_s is not None:
+            entry["queue_s"] = round(self.queue_s, 4)
+        return entry
+
+
 class DecisionLog:
     def __init__(self, keep: int) -> None:
-        self._entries: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._entries: deque[Decision] = deque(maxlen=keep)
 
     def resize(self, keep: int) -> None:
         self._entries = deque(self._entries, maxlen=keep)
 
-    def add(self, decision: dict[str, Any]) -> None:
+    def add(self, decision: Decision) -> None:
         if self._entries.maxlen:
             self._entries.append(decision)
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
-        """Newest first."""
+        """Newest first, as JSON."""
         entries = list(self._entries)[-limit:] if limit > 0 else []
-        return entries[::-1]
+        return [decision.to_json() for decision in reversed(entries)]
 
 
 def candidate_entry(choice: Choice, view: NodeView) -> dict[str, Any]:
@@ -51,34 +120,3 @@ def candidate_entry(choice: Choice, view: NodeView) -> dict[str, Any]:
             "decode": round(est.decode, 4),
         }
     return entry
-
-
-def decision_entry(
-    request_id: str,
-    profile: RequestProfile,
-    priority: int,
-    strategy: str,
-    expected_output: float,
-    choices: Sequence[Choice],
-    views: Sequence[NodeView],
-) -> dict[str, Any]:
-    """One routing decision, as /sollol/decisions shows it (`served_by` is filled in later)."""
-    by_view = {v.name: v for v in views}
-    return {
-        "request_id": request_id,
-        "time": time.time(),
-        "model": profile.model,
-        "endpoint": profile.endpoint,
-        "task": profile.task,
-        "complexity": profile.complexity,
-        "prompt_tokens": profile.prompt_tokens,
-        "expected_output_tokens": round(expected_output),
-        "stream": profile.stream,
-        "priority": priority,
-        "strategy": strategy,
-        "node": choices[0].node if choices else None,
-        "served_by": None,
-        "reason": choices[0].reason if choices else "",
-        "category": choices[0].category.value if choices else "",
-        "candidates": [candidate_entry(c, by_view[c.node]) for c in choices],
-    }

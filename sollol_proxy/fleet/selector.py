@@ -9,7 +9,7 @@ from aiohttp import web
 
 from sollol_proxy.config import Config
 from sollol_proxy.fleet.capacity import believed_total, model_slots
-from sollol_proxy.fleet.decisions import DecisionLog, decision_entry
+from sollol_proxy.fleet.decisions import Decision, DecisionLog
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import NodeState
@@ -165,15 +165,13 @@ class Selector:
                 return Plan(hold=self._waits.hold(wait.node, until, replacing=hold))
         self._waits.release(hold)
         by_name = {n.name: n for n in nodes}
-        targets = [
-            Target(by_name[c.node], f"{strategy.name}: {c.reason}", c.category) for c in choices
-        ]
+        targets = [Target.ranked(by_name[c.node], strategy.name, c) for c in choices]
         if choices:
             first = choices[0].node
             self._prompt_cache.reserve(
                 first, model, profile.prefix_keys, model_slots(by_name[first], model), now
             )
-        decision = decision_entry(
+        decision = Decision(
             request_id, profile, priority, strategy.name, request.expected_output, choices, views
         )
         self._decisions.add(decision)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from sollol_proxy.fleet.beliefs import SlotBelief
 from sollol_proxy.fleet.capacity import learn, model_slots, slot_belief
+from sollol_proxy.fleet.decisions import Decision
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner, Timings
 from sollol_proxy.fleet.node import Lease, NodeState
@@ -71,7 +71,7 @@ class DispatchObserver:
         learner: Learner,
         cache: PromptCache,
         profile: RequestProfile,
-        decision: dict[str, Any] | None = None,
+        decision: Decision | None = None,
     ) -> None:
         self.fleet = fleet
         self.learner = learner
@@ -124,7 +124,7 @@ class DispatchObserver:
         node, model = attempt.node, self.profile.model
         self._hold(attempt, -1)
         if self.decision is not None:
-            self.decision["served_by"] = node.name
+            self.decision.served_by = node.name
         if status != 200:
             return
         if attempt.victims:  # the load happened: its victims are gone, and their caches

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 from sollol_proxy.routing.types import Choice, Estimate, NodeView, Reason, RouteRequest
@@ -130,10 +131,11 @@ class Performance:
         near.sort(key=lambda pair: (pair[1].in_flight / pair[1].num_parallel, pair[0].total))
         ordered = near + [pair for pair in scored if pair[0].total > band]
         runner_up = ordered[1][0].total if len(ordered) > 1 else None
+        generates = request.expected_output > 0
         return [
             Choice(
                 view.name,
-                describe(view, est, runner_up if i == 0 else best, request.expected_output > 0),
+                partial(describe, view, est, runner_up if i == 0 else best, generates),
                 category(view),
                 est,
             )
