@@ -49,9 +49,10 @@ GAP_ALPHA = 0.2
 RESERVATION_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Probe:
-    """One node's cache as one request would find it."""
+    """One node's cache as one request would find it (never changed once made; not frozen,
+    which would make it several times slower to make, once per node per request)."""
 
     cached: int = 0  # prompt tokens the slot it would get now holds (0: none, or no idle slot)
     displaced: float = 0.0  # tokens of shared prefixes that slot would lose, weighted by demand
@@ -175,16 +176,38 @@ class PromptCache:
         copies: Counter[bytes] | None = None  # nodes holding each first prefix, when needed
         fleet_slots = sum(slots.values())
         keys_only = heads(keys)
+        first_key = keys_only[0]
+        worth: dict[bytes, float] = {}  # first prefix -> what losing a node's copy costs
         for node, runner in runners.items():
+            outsider = runner.outsider()
+            if first_key not in outsider.firsts:  # most runners: worked out once per change
+                victim = outsider.victim
+                if victim is None or not victim.keys:
+                    continue
+                displaced = 0.0
+                if outsider.root:
+                    first = victim.keys[0]
+                    if first not in worth:
+                        if copies is None:
+                            copies = Counter(
+                                f for r in runners.values() for f in r.outsider().firsts
+                            )
+                        worth[first] = self._worth(model, first, copies[first], fleet_slots)
+                    displaced = outsider.root * worth[first]
+                if outsider.history > 0 and gap:
+                    displaced += (
+                        outsider.history * HISTORY_WORTH * math.exp(-(now - victim.ended) / gap)
+                    )
+                if displaced:
+                    found[node] = Probe(0, displaced)
+                continue
             slot, cached = runner.choose(keys, keys_only=keys_only)
             displaced = 0.0
             if slot is not None and slot.keys:
                 root, history = runner.displaced(slot, keys, keys_only)
                 if root:
                     if copies is None:
-                        copies = Counter(
-                            first for r in runners.values() for first in r.first_keys()
-                        )
+                        copies = Counter(f for r in runners.values() for f in r.outsider().firsts)
                     first = slot.keys[0]
                     displaced = root * self._worth(model, first, copies[first], fleet_slots)
                 if history > 0 and gap:

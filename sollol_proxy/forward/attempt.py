@@ -97,6 +97,7 @@ class DispatchObserver:
             attempt.slots = slot_belief(node, model)
             if attempt.slots is not None:
                 attempt.k, attempt.probe = attempt.slots.dispatched(attempt.started)
+                node.changes += 1  # the slots routing plans with may have moved
             attempt.ticket = self.cache.take(
                 node.name,
                 model,
@@ -138,6 +139,7 @@ class DispatchObserver:
             self.cache.forget(node.name, [model])  # Ollama reloaded the runner: its cache is gone
         node.runner_options[model] = self.profile.runner_options
         node.recent[model] = time.monotonic()
+        node.changes += 1
 
     def finished(self, attempt: Attempt, status: int, timings: Timings | None) -> None:
         node, profile = attempt.node, self.profile

@@ -143,12 +143,18 @@ class Performance:
         ]
 
 
+# Read once: an enum member read through its class is a descriptor call, and this runs for
+# every candidate of every request.
+_CACHE_AFFINITY, _RESIDENT, _RELOAD = Reason.CACHE_AFFINITY, Reason.RESIDENT, Reason.RELOAD
+_LOADING, _COLD_LOAD = Reason.LOADING, Reason.COLD_LOAD
+
+
 def category(view: NodeView) -> Reason:
     if view.resident and view.options_match:
-        return Reason.CACHE_AFFINITY if view.cached_tokens else Reason.RESIDENT
+        return _CACHE_AFFINITY if view.cached_tokens else _RESIDENT
     if view.resident:
-        return Reason.RELOAD
-    return Reason.LOADING if view.loading else Reason.COLD_LOAD
+        return _RELOAD
+    return _LOADING if view.loading else _COLD_LOAD
 
 
 def _tokens(count: float) -> str:
