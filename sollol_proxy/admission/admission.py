@@ -77,7 +77,7 @@ class Admission:
             return False
         if not self.config.enabled:
             return True
-        if node.health.current() is State.HALF_OPEN and self.slots.in_use(node.name):
+        if self.slots.holds(node.name) and node.health.current() is State.HALF_OPEN:
             return False  # on trial: one request at a time until it has answered
         return self.slots.is_free(node, model)
 

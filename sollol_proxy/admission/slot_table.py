@@ -43,6 +43,10 @@ class SlotTable:
         if not running[model]:
             del running[model]
 
+    def holds(self, node: str) -> bool:
+        """Does a request of the proxy's hold a slot on `node`?"""
+        return bool(self._held.get(node))
+
     def in_use(self, node: str) -> dict[str, int]:
         return dict(self._held.get(node, {}))
 

@@ -1,8 +1,9 @@
 """The most recent routing decisions, kept for GET /sollol/decisions and the dashboard.
 
-A decision is kept as what was decided (the request's profile, the ranked choices, the views
-they were ranked on: objects the selection made anyway) in a ring of `keep`, and written out as
-JSON only when someone reads it: a request pays for a reference, not for a document.
+A decision is kept in a ring of `keep` as what was decided, in plain values (a tuple per
+candidate: its view's and estimate's fields, its reason or what to write it from), and written
+out as JSON only when someone reads it: a request pays for a few tuples, not for a document,
+and nothing it keeps is walked by the garbage collector.
 """
 
 from __future__ import annotations
@@ -10,17 +11,58 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import fields
+from operator import attrgetter
 from typing import Any
 
-from sollol_proxy.routing import Choice, NodeView
+from sollol_proxy.routing import Choice, Estimate, NodeView, Reason
 from sollol_proxy.routing.analysis import RequestProfile
+from sollol_proxy.routing.performance import Described, describe
+
+_VIEW = attrgetter(*(f.name for f in fields(NodeView)))
+_ESTIMATE = attrgetter(*(f.name for f in fields(Estimate)))
+
+# One candidate, in plain values only: the collector stops tracking a tuple of those, so the
+# decisions kept cost it nothing (objects kept per candidate would be walked at every full
+# collection). (node, category, reason or "" when `describe` writes it, what it was compared
+# with, whether the request generates, the view's fields, the estimate's or None)
+Compact = tuple[str, str, str, float | None, bool, tuple[Any, ...], tuple[float, ...] | None]
+
+
+_VALUES = {reason: reason.value for reason in Reason}
+
+
+def _compact(choice: Choice, view: NodeView) -> Compact:
+    est = None if choice.estimate is None else _ESTIMATE(choice.estimate)
+    if isinstance(choice, Described):
+        compared, generates = choice.compared, choice.generates
+        return (
+            choice.node,
+            _VALUES[choice.category],
+            choice.written,
+            compared,
+            generates,
+            _VIEW(view),
+            est,
+        )
+    return (choice.node, _VALUES[choice.category], choice.reason, None, True, _VIEW(view), est)
+
+
+def _entry(compact: Compact) -> dict[str, Any]:
+    """One candidate of a decision, as /sollol/decisions shows it."""
+    node, category, reason, compared, generates, values, est_values = compact
+    view = NodeView(*values)
+    est = None if est_values is None else Estimate(*est_values)
+    if not reason and est is not None:
+        reason = describe(view, est, compared, generates)
+    return candidate_entry(Choice(node, reason, Reason(category), est), view)
 
 
 class Decision:
     """One routing decision; `served_by` and `queue_s` are filled in later."""
 
     __slots__ = (
-        "choices",
+        "candidates",
         "expected_output",
         "priority",
         "profile",
@@ -29,7 +71,6 @@ class Decision:
         "served_by",
         "strategy",
         "time",
-        "views",
     )
 
     def __init__(
@@ -44,36 +85,48 @@ class Decision:
     ) -> None:
         self.request_id = request_id
         self.time = time.time()
-        self.profile = profile
+        # What is shown of the request (not the profile itself, which holds its prefix keys).
+        self.profile = (
+            profile.model,
+            profile.endpoint,
+            profile.task,
+            profile.complexity,
+            profile.prompt_tokens,
+            profile.stream,
+        )
         self.priority = priority
         self.strategy = strategy
         self.expected_output = expected_output
-        self.choices = choices
-        self.views = views
+        if all(isinstance(c, Described) for c in choices):
+            self.candidates = tuple(_compact(c, c.view) for c in choices)  # type: ignore[attr-defined]
+        else:
+            by_view = {v.name: v for v in views}
+            self.candidates = tuple(_compact(c, by_view[c.node]) for c in choices)
         self.served_by: str | None = None
         self.queue_s: float | None = None  # how long it waited in the queue, when it did
 
     def to_json(self) -> dict[str, Any]:
         """As /sollol/decisions shows it."""
-        profile, choices = self.profile, self.choices
-        by_view = {v.name: v for v in self.views}
+        model, endpoint, task, complexity, prompt_tokens, stream = self.profile
+        candidates = [_entry(c) for c in self.candidates]
+        first = candidates[0] if candidates else None
         entry = {
             "request_id": self.request_id,
             "time": self.time,
-            "model": profile.model,
-            "endpoint": profile.endpoint,
-            "task": profile.task,
-            "complexity": profile.complexity,
-            "prompt_tokens": profile.prompt_tokens,
+            "model": model,
+            "endpoint": endpoint,
+            "task": task,
+            "complexity": complexity,
+            "prompt_tokens": prompt_tokens,
             "expected_output_tokens": round(self.expected_output),
-            "stream": profile.stream,
+            "stream": stream,
             "priority": self.priority,
             "strategy": self.strategy,
-            "node": choices[0].node if choices else None,
+            "node": first["node"] if first else None,
             "served_by": self.served_by,
-            "reason": choices[0].reason if choices else "",
-            "category": choices[0].category.value if choices else "",
-            "candidates": [candidate_entry(c, by_view[c.node]) for c in choices],
+            "reason": first["reason"] if first else "",
+            "category": first["category"] if first else "",
+            "candidates": candidates,
         }
         if self.queue_s is not None:
             entry["queue_s"] = round(self.queue_s, 4)

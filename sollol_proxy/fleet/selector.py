@@ -200,9 +200,11 @@ class Selector:
         if not model:
             # No model to route by: the node answers with Ollama's own error for that.
             return Plan(self.any_node(request_id, "no model named", Reason.NO_MODEL))
-        if not self._fleet.with_model(model, healthy_only=False):
+        listed = self._fleet.with_model(model, healthy_only=False)
+        if not listed:
             await self._fleet.refresh_for_missing_model()
-        if self._fleet.with_model(model, healthy_only=False):
+            listed = self._fleet.with_model(model, healthy_only=False)
+        if listed:
             held: list[Hold | None] = [None]  # the request's latest decision to wait
 
             def choose(free: list[NodeState]) -> Plan:

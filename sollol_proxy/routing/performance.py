@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import ClassVar
 
 from sollol_proxy.routing.types import Choice, Estimate, NodeView, Reason, RouteRequest
@@ -133,14 +132,39 @@ class Performance:
         runner_up = ordered[1][0].total if len(ordered) > 1 else None
         generates = request.expected_output > 0
         return [
-            Choice(
-                view.name,
-                partial(describe, view, est, runner_up if i == 0 else best, generates),
-                category(view),
-                est,
-            )
+            Described(view, est, runner_up if i == 0 else best, generates)
             for i, (est, view) in enumerate(ordered)
         ]
+
+
+class Described(Choice):
+    """A ranked node whose reason `describe` writes from its view and estimate, `compared`
+    with the best other estimate, when first read: a request's few reasons read (its route
+    header) are written, not one per candidate."""
+
+    __slots__ = ("compared", "generates", "view")
+
+    def __init__(
+        self, view: NodeView, est: Estimate, compared: float | None, generates: bool
+    ) -> None:
+        self.node = view.name
+        self._reason = ""
+        self.category = category(view)
+        self.estimate = est
+        self.view = view
+        self.compared = compared
+        self.generates = generates
+
+    @property
+    def reason(self) -> str:
+        if not self._reason:
+            self._reason = describe(self.view, self.estimate, self.compared, self.generates)
+        return self._reason
+
+    @property
+    def written(self) -> str:
+        """The reason if it was read already, else ""."""
+        return self._reason
 
 
 # Read once: an enum member read through its class is a descriptor call, and this runs for

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Protocol
@@ -88,14 +88,14 @@ class Reason(StrEnum):
 
 class Choice:
     """One ranked node. Its `reason` is for people (X-Sollol-Route, /sollol/decisions), who
-    read a few of them: a strategy may give it as a function that writes it when first read."""
+    read a few of them: a strategy's subclass may write it only when it is first read."""
 
     __slots__ = ("_reason", "category", "estimate", "node")
 
     def __init__(
         self,
         node: str,
-        reason: str | Callable[[], str],
+        reason: str,
         category: Reason,  # for metrics and dashboards
         estimate: Estimate | None = None,
     ) -> None:
@@ -106,8 +106,6 @@ class Choice:
 
     @property
     def reason(self) -> str:
-        if not isinstance(self._reason, str):
-            self._reason = self._reason()
         return self._reason
 
     def _fields(self) -> tuple[str, str, Reason, Estimate | None]:
