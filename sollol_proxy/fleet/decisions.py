@@ -11,48 +11,61 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import fields
-from operator import attrgetter
 from typing import Any
 
 from sollol_proxy.routing import Choice, Estimate, NodeView, Reason
 from sollol_proxy.routing.analysis import RequestProfile
 from sollol_proxy.routing.performance import Described, describe
 
-_VIEW = attrgetter(*(f.name for f in fields(NodeView)))
-_ESTIMATE = attrgetter(*(f.name for f in fields(Estimate)))
-
-# One candidate, in plain values only: the collector stops tracking a tuple of those, so the
-# decisions kept cost it nothing (objects kept per candidate would be walked at every full
-# collection). (node, category, reason or "" when `describe` writes it, what it was compared
-# with, whether the request generates, the view's fields, the estimate's or None)
-Compact = tuple[str, str, str, float | None, bool, tuple[Any, ...], tuple[float, ...] | None]
-
-
+# One candidate, in plain values only (the estimate's as a plain tuple: the collector stops
+# tracking a tuple of plain values, not a named one), so the decisions kept cost it nothing,
+# where objects kept for every candidate would be walked at every full collection. (node, category, reason or "" when
+# `describe` writes it from the rest, what it was compared with, whether the request
+# generates, the view's resident, options_match, loading, cached_tokens, displaced_tokens,
+# in_flight, num_parallel and success, the estimate or None)
+Compact = tuple[Any, ...]
 _VALUES = {reason: reason.value for reason in Reason}
 
 
-def _compact(choice: Choice, view: NodeView) -> Compact:
-    est = None if choice.estimate is None else _ESTIMATE(choice.estimate)
+def _compact(choice: Choice, v: NodeView) -> Compact:
     if isinstance(choice, Described):
-        compared, generates = choice.compared, choice.generates
-        return (
-            choice.node,
-            _VALUES[choice.category],
-            choice.written,
-            compared,
-            generates,
-            _VIEW(view),
-            est,
-        )
-    return (choice.node, _VALUES[choice.category], choice.reason, None, True, _VIEW(view), est)
+        reason, compared, generates = choice.written, choice.compared, choice.generates
+    else:
+        reason, compared, generates = choice.reason, None, True
+    return (
+        choice.node,
+        _VALUES[choice.category],
+        reason,
+        compared,
+        generates,
+        v.resident,
+        v.options_match,
+        v.loading,
+        v.cached_tokens,
+        v.displaced_tokens,
+        v.in_flight,
+        v.num_parallel,
+        v.success,
+        None if choice.estimate is None else tuple(choice.estimate),  # a plain tuple: see above
+    )
 
 
 def _entry(compact: Compact) -> dict[str, Any]:
     """One candidate of a decision, as /sollol/decisions shows it."""
-    node, category, reason, compared, generates, values, est_values = compact
-    view = NodeView(*values)
-    est = None if est_values is None else Estimate(*est_values)
+    node, category, reason, compared, generates, *shown, values = compact
+    est = None if values is None else Estimate(*values)
+    resident, options_match, loading, cached, displaced, in_flight, slots, success = shown
+    view = NodeView(
+        node,
+        in_flight,
+        slots,
+        resident,
+        options_match=options_match,
+        cached_tokens=cached,
+        loading=loading,
+        success=success,
+        displaced_tokens=displaced,
+    )
     if not reason and est is not None:
         reason = describe(view, est, compared, generates)
     return candidate_entry(Choice(node, reason, Reason(category), est), view)

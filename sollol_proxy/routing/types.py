@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar, Protocol
+from typing import ClassVar, NamedTuple, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +51,9 @@ class NodeView:
     slot_wait_s: float | None = None
 
 
-@dataclass(slots=True)
-class Estimate:
-    """Expected completion time of the request on one node, and what it is made of (never
-    changed once made: see NodeView)."""
+class Estimate(NamedTuple):
+    """Expected completion time of the request on one node, and what it is made of (a named
+    tuple: several times cheaper to make than a dataclass, once per candidate per request)."""
 
     total: float
     wait: float
