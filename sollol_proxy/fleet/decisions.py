@@ -46,7 +46,9 @@ def _compact(choice: Choice, v: NodeView) -> Compact:
         v.in_flight,
         v.num_parallel,
         v.success,
-        None if choice.estimate is None else tuple(choice.estimate),  # a plain tuple: see above
+        None
+        if (e := choice.estimate) is None
+        else (e.total, e.wait, e.load, e.evict, e.prefill, e.decode),
     )
 
 

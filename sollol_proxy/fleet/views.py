@@ -42,8 +42,20 @@ _FIELDS = [f.name for f in fields(NodeView)]
 _values = attrgetter(*_FIELDS)
 _CACHED, _DISPLACED = _FIELDS.index("cached_tokens"), _FIELDS.index("displaced_tokens")
 
-# (epoch, node changes, learner version, runner options)
-Stamp = tuple[float, int, int, object]
+
+class Kept:
+    """A node's view for a model, and what it was made from (updated in place: a request that
+    finds it current allocates nothing for it)."""
+
+    __slots__ = ("changes", "epoch", "learned", "options", "prompt", "slots", "view")
+
+    def __init__(self) -> None:
+        self.epoch = -1.0
+        self.changes = self.learned = -1
+        self.options: object = None
+        self.prompt = -1  # the prompt tokens it was priced for; -1: it is the same for any
+        self.view: NodeView | None = None
+        self.slots = 0  # model_slots: what the probe sizes the node's cache with
 
 
 def _prompt_priced(view: NodeView) -> bool:
@@ -65,9 +77,7 @@ class Views:
     def __init__(self, learner: Learner, healthy: Callable[[], list[NodeState]]) -> None:
         self._learner = learner
         self._healthy = healthy
-        # (node, model) -> (stamp, the prompt tokens it was priced for or -1: any, the view,
-        # the node's slots for the model)
-        self._entries: dict[tuple[str, str], tuple[Stamp, int, NodeView, int]] = {}
+        self._entries: dict[str, dict[str, Kept]] = {}  # model -> node -> its view
         self._epoch = -1.0
         self._demand: dict[str, float] | None = None
 
@@ -90,37 +100,49 @@ class Views:
 
     def bases(
         self, nodes: list[NodeState], profile: RequestProfile, now: float | None = None
-    ) -> list[tuple[NodeView, int]]:
+    ) -> list[Kept]:
         """The views of `nodes` for this request before its prompt is looked up, each with the
-        slots the node is believed to have for the model (`model_slots`, for the probe)."""
+        slots the node is believed to have for the model (for the probe)."""
         epoch = self._tick(time.monotonic() if now is None else now)
-        learner, entries = self._learner, self._entries
+        learner = self._learner
         model, options, prompt = profile.model, profile.runner_options, profile.prompt_tokens
+        kept = self._entries.get(model)
+        if kept is None:
+            kept = self._entries[model] = {}
         result = []
         for node in nodes:
-            key = (node.name, model)
-            stamp = (epoch, node.changes, learner.version(node.name), options)
-            entry = entries.get(key)
-            if entry is None or entry[0] != stamp or entry[1] not in (-1, prompt):
+            name = node.name
+            entry = kept.get(name)
+            if entry is None:
+                entry = kept[name] = Kept()
+            changes, learned = node.changes, learner.version(name)
+            if (
+                entry.changes != changes
+                or entry.learned != learned
+                or entry.epoch != epoch
+                or (entry.prompt != -1 and entry.prompt != prompt)
+                or entry.options != options
+            ):
                 view = node_view(node, profile, learner, 0, self.demand())
-                entry = (
-                    stamp,
-                    prompt if _prompt_priced(view) else -1,
-                    view,
-                    model_slots(node, model),
+                entry.epoch, entry.changes, entry.learned, entry.options = (
+                    epoch,
+                    changes,
+                    learned,
+                    options,
                 )
-                entries[key] = entry
-            result.append((entry[2], entry[3]))
+                entry.prompt = prompt if _prompt_priced(view) else -1
+                entry.view, entry.slots = view, model_slots(node, model)
+            result.append(entry)
         return result
 
 
-def probed(
-    bases: list[tuple[NodeView, int]], probes: Mapping[str, Probe], ratio: float
-) -> list[NodeView]:
+def probed(bases: list[Kept], probes: Mapping[str, Probe], ratio: float) -> list[NodeView]:
     """The views with what the probe found for this prompt (`ratio`: Ollama's tokens per
     estimated token)."""
     views = []
-    for view, _ in bases:
+    for entry in bases:
+        view = entry.view
+        assert view is not None  # made by `bases`
         probe = probes.get(view.name)
         if probe is not None:
             view = with_probe(view, round(probe.cached * ratio), probe.displaced * ratio)

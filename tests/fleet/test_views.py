@@ -86,11 +86,11 @@ def test_a_kept_view_is_what_a_fresh_snapshot_gives_after_the_nodes_own_events()
         event(rng, fleet, learner, leases)
         wanted = rng.choice(profiles)
         nodes = list(fleet.nodes.values())
-        before = {id(v) for v, _ in views.bases(nodes, wanted, now=1.0)} if step % 2 else set()
+        before = {id(k.view) for k in views.bases(nodes, wanted, now=1.0)} if step % 2 else set()
         bases = views.bases(nodes, wanted, now=1.0)  # one epoch throughout
         fresh = [node_view(n, wanted, learner, 0, views.demand()) for n in nodes]
-        assert [view for view, _ in bases] == fresh, step
-        reused += sum(id(view) in before for view, _ in bases)
+        assert [kept.view for kept in bases] == fresh, step
+        reused += sum(id(kept.view) in before for kept in bases)
     assert reused > 0  # nothing changed between the two looks: the views were kept
 
 
@@ -103,17 +103,17 @@ def test_what_other_nodes_teach_shows_at_the_next_epoch() -> None:
         learner.observe_request(MODELS[0], now=at)
     cold, wanted = fleet.nodes["n1"], profile(MODELS[4])
     views = Views(learner, fleet.healthy)
-    first = views.bases([cold], wanted, now=3.0)[0][0]
+    first = views.bases([cold], wanted, now=3.0)[0].view
     demand = dict(views.demand())
     assert first.evict_s > 0
     for at in (3.1, 3.2, 3.3):  # another model becomes popular: a fleet-wide figure
         learner.observe_request(MODELS[1], now=at)
-    assert views.bases([cold], wanted, now=3.0 + EPOCH_S / 2)[0][0] is first
+    assert views.bases([cold], wanted, now=3.0 + EPOCH_S / 2)[0].view is first
     lease = Lease(cold, MODELS[0])  # n1's own change shows at once
-    busy = views.bases([cold], wanted, now=3.0 + EPOCH_S / 2)[0][0]
+    busy = views.bases([cold], wanted, now=3.0 + EPOCH_S / 2)[0].view
     assert busy is not first and busy.in_flight == 1
     lease.end()
-    later = views.bases([cold], wanted, now=3.0 + EPOCH_S)[0][0]
+    later = views.bases([cold], wanted, now=3.0 + EPOCH_S)[0].view
     assert later == node_view(cold, wanted, learner, 0, views.demand())
     assert views.demand() != demand and later.evict_s != first.evict_s
 
@@ -124,8 +124,8 @@ def test_the_table_holds_one_view_per_node_and_model_whatever_the_options() -> N
     nodes = list(fleet.nodes.values())
     for num_ctx in range(100, 200):  # a client trying many load-time options
         views.bases(nodes, profile(MODELS[0], num_ctx=num_ctx), now=1.0)
-    entries: dict[Any, Any] = views._entries
-    assert len(entries) == len(nodes)
+    entries: dict[str, dict[str, Any]] = views._entries
+    assert [len(kept) for kept in entries.values()] == [len(nodes)]
 
 
 def test_the_probe_is_put_on_a_copy_of_the_kept_view() -> None:
@@ -133,6 +133,6 @@ def test_the_probe_is_put_on_a_copy_of_the_kept_view() -> None:
     views = Views(learner, fleet.healthy)
     bases = views.bases(list(fleet.nodes.values()), profile(MODELS[0]), now=1.0)
     result = probed(bases, {"n1": Probe(cached=100, displaced=40.0)}, ratio=1.5)
-    assert result[0] is bases[0][0]
+    assert result[0] is bases[0].view
     assert (result[1].cached_tokens, result[1].displaced_tokens) == (150, 60.0)
-    assert bases[1][0].cached_tokens == 0  # the kept view is unchanged
+    assert bases[1].view is not None and bases[1].view.cached_tokens == 0  # kept unchanged
