@@ -189,7 +189,7 @@ async def fleet_scale(nodes: int, interval: float = 5.0, intervals: float = 2.0)
         rss,
         cpu / max(1, len(probes)) * 1000,
         max(counts.values(), default=0),
-        measure_selection(nodes, max(3, 20_000 // nodes)).selection,
+        (await measure_selection(nodes, max(3, 20_000 // nodes))).selection,
     )
 
 

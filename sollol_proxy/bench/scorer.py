@@ -3,6 +3,7 @@ whole selection of `performance` for one request (selection.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -56,8 +57,8 @@ def run(decisions: int = 20000) -> None:
         ten = baseline if name == "least_loaded" else measure(name, 10, decisions)
         hundred = measure(name, 100, max(1, decisions // 10))
         print(f"| {name} | {ten:.1f} | {hundred:.1f} | {ten / baseline:.2f}x |")
-    ten = measure_selection(10, max(1, decisions // 10))
-    hundred = measure_selection(100, max(1, decisions // 100))
+    ten = asyncio.run(measure_selection(10, max(1, decisions // 10)))
+    hundred = asyncio.run(measure_selection(100, max(1, decisions // 100)))
     for label, field in (("whole selection", 0), ("its dispatch and end, bookkeeping", 1)):
         print(
             f"| performance, {label} | {ten[field]:.1f} | {hundred[field]:.1f} "

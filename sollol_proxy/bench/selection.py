@@ -12,7 +12,6 @@ incrementally pays for.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import random
 import time
@@ -58,11 +57,7 @@ class Cost(NamedTuple):
     bookkeeping: float  # its dispatch and its end, as they update what selection reads
 
 
-def measure_selection(nodes: int, decisions: int, seed: int = 1) -> Cost:
-    return asyncio.run(_measure(nodes, decisions, seed))
-
-
-async def _measure(nodes: int, decisions: int, seed: int) -> Cost:
+async def measure_selection(nodes: int, decisions: int, seed: int = 1) -> Cost:
     rng = random.Random(seed)
     config = load_config(
         None,
