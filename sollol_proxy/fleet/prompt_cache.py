@@ -25,6 +25,8 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter
 
 from sollol_proxy.routing.slot_cache import (
     SLOT_PROMPT_SIMILARITY,
@@ -189,9 +191,7 @@ class PromptCache:
                     first = victim.keys[0]
                     if first not in worth:
                         if copies is None:
-                            copies = Counter(
-                                f for r in runners.values() for f in r.outsider().firsts
-                            )
+                            copies = _copies(runners.values())
                         worth[first] = self._worth(model, first, copies[first], fleet_slots)
                     displaced = outsider.root * worth[first]
                 if outsider.history > 0 and gap:
@@ -207,7 +207,7 @@ class PromptCache:
                 root, history = runner.displaced(slot, keys, keys_only)
                 if root:
                     if copies is None:
-                        copies = Counter(f for r in runners.values() for f in r.outsider().firsts)
+                        copies = _copies(runners.values())
                     first = slot.keys[0]
                     displaced = root * self._worth(model, first, copies[first], fleet_slots)
                 if history > 0 and gap:
@@ -356,3 +356,12 @@ class PromptCache:
             runner = self._runners.get((node, model))
             if runner is not None:
                 runner.clear(busy_too=True)
+
+
+def _copies(runners: Iterable[SlotCache]) -> Counter[bytes]:
+    """How many of `runners` hold each first prefix (counted without a Python-level loop: this
+    runs for every request whose slot would push a shared prefix out)."""
+    return Counter(chain.from_iterable(map(_firsts, map(SlotCache.outsider, runners))))
+
+
+_firsts = attrgetter("firsts")
