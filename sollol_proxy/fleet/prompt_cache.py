@@ -25,8 +25,6 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from itertools import chain
-from operator import attrgetter
 
 from sollol_proxy.routing.slot_cache import (
     SLOT_PROMPT_SIMILARITY,
@@ -34,6 +32,7 @@ from sollol_proxy.routing.slot_cache import (
     Slot,
     SlotCache,
     Take,
+    first_key_copies,
     heads,
 )
 
@@ -183,38 +182,27 @@ class PromptCache:
         for node, runner in runners.items():
             outsider = runner.outsider()
             if first_key not in outsider.firsts:  # most runners: worked out once per change
-                victim = outsider.victim
-                if victim is None or not victim.keys:
-                    continue
-                displaced = 0.0
-                if outsider.root:
-                    first = victim.keys[0]
-                    if first not in worth:
-                        if copies is None:
-                            copies = _copies(runners.values())
-                        worth[first] = self._worth(model, first, copies[first], fleet_slots)
-                    displaced = outsider.root * worth[first]
-                if outsider.history > 0 and gap:
-                    displaced += (
-                        outsider.history * HISTORY_WORTH * math.exp(-(now - victim.ended) / gap)
-                    )
-                if displaced:
-                    found[node] = Probe(0, displaced)
-                continue
-            slot, cached = runner.choose(keys, keys_only=keys_only)
+                slot, cached, root, history = outsider.victim, 0, outsider.root, outsider.history
+                waiting, waiting_slots, since = 0, 0, 0.0
+            else:
+                slot, cached = runner.choose(keys, keys_only=keys_only)
+                root, history = 0, 0
+                if slot is not None and slot.keys:
+                    root, history = runner.displaced(slot, keys, keys_only)
+                waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
+                if waiting <= cached:
+                    waiting, waiting_slots, since = 0, 0, 0.0
             displaced = 0.0
             if slot is not None and slot.keys:
-                root, history = runner.displaced(slot, keys, keys_only)
                 if root:
-                    if copies is None:
-                        copies = _copies(runners.values())
                     first = slot.keys[0]
-                    displaced = root * self._worth(model, first, copies[first], fleet_slots)
+                    if first not in worth:
+                        if copies is None:
+                            copies = first_key_copies(runners.values())
+                        worth[first] = self._worth(model, first, copies[first], fleet_slots)
+                    displaced = root * worth[first]
                 if history > 0 and gap:
                     displaced += history * HISTORY_WORTH * math.exp(-(now - slot.ended) / gap)
-            waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
-            if waiting <= cached:
-                waiting, waiting_slots, since = 0, 0, 0.0
             if cached or displaced or waiting:
                 found[node] = Probe(cached, displaced, waiting, since, waiting_slots)
         return found
@@ -356,12 +344,3 @@ class PromptCache:
             runner = self._runners.get((node, model))
             if runner is not None:
                 runner.clear(busy_too=True)
-
-
-def _copies(runners: Iterable[SlotCache]) -> Counter[bytes]:
-    """How many of `runners` hold each first prefix (counted without a Python-level loop: this
-    runs for every request whose slot would push a shared prefix out)."""
-    return Counter(chain.from_iterable(map(_firsts, map(SlotCache.outsider, runners))))
-
-
-_firsts = attrgetter("firsts")

@@ -30,9 +30,10 @@ the clock and the instances.
 from __future__ import annotations
 
 import itertools
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 # llama.cpp common.h `slot_prompt_similarity`: reuse a slot only above this share of the prompt.
 SLOT_PROMPT_SIMILARITY = 0.1
@@ -291,3 +292,12 @@ class SlotCache:
         for slot in self.slots:
             if slot is not keep and (busy_too or not slot.busy):
                 slot.keys, slot.tokens, slot.answer = (), (), 0
+
+
+def first_key_copies(runners: Iterable[SlotCache]) -> Counter[bytes]:
+    """How many of `runners` hold each first prefix (counted without a Python-level loop: this
+    runs for every request whose slot would push a shared prefix out)."""
+    return Counter(itertools.chain.from_iterable(map(_firsts, map(SlotCache.outsider, runners))))
+
+
+_firsts = attrgetter("firsts")
