@@ -13,8 +13,10 @@ candidate instead of a snapshot.
 What other nodes' events change is refreshed once per `EPOCH_S` instead of at every event:
 how popular each model is and how many nodes hold it (which prices evictions), the speeds and
 load times other nodes measured (which stand in for a node that has not run the model), the
-memory limits learned from peers. Within an epoch a view may thus lag those fleet-wide figures
-by up to a second; the node's own changes show at once.
+memory limits and slots learned from peers. Within an epoch a view may thus lag those
+fleet-wide figures by up to a second; the node's own changes show at once. Each node's epoch
+turns at its own point of the second (`epoch_offset`, from its name), so that the views of a
+large fleet are made again a few per request rather than all by one request each second.
 
 The prompt cache's findings (cached and displaced tokens) are per request: they are put on a
 copy of the view for the nodes where the probe found something. Entries are kept per node and
@@ -24,6 +26,7 @@ model (the models a node lists), so a client's options or prompts cannot grow th
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from operator import attrgetter
@@ -43,13 +46,19 @@ _values = attrgetter(*_FIELDS)
 _CACHED, _DISPLACED = _FIELDS.index("cached_tokens"), _FIELDS.index("displaced_tokens")
 
 
+def epoch_offset(name: str) -> float:
+    """Where in the epoch the views of node `name` turn over (seconds)."""
+    return zlib.crc32(name.encode()) / 2**32 * EPOCH_S
+
+
 class Kept:
     """A node's view for a model, and what it was made from (updated in place: a request that
     finds it current allocates nothing for it)."""
 
-    __slots__ = ("changes", "epoch", "learned", "options", "prompt", "slots", "view")
+    __slots__ = ("changes", "epoch", "learned", "offset", "options", "prompt", "slots", "view")
 
-    def __init__(self) -> None:
+    def __init__(self, offset: float) -> None:
+        self.offset = offset  # epoch_offset of its node
         self.epoch = -1.0
         self.changes = self.learned = -1
         self.options: object = None
@@ -86,11 +95,11 @@ class Views:
         self._entries.clear()
         self._demand = None
 
-    def _tick(self, now: float) -> float:
+    def _tick(self, now: float) -> None:
+        """A new epoch: the fleet-wide demand is worked out again when next needed."""
         epoch = now // EPOCH_S
         if epoch != self._epoch:
             self._epoch, self._demand = epoch, None
-        return epoch
 
     def demand(self) -> Mapping[str, float]:
         """Model -> how costly losing a loaded copy is (snapshot.demand_by_model), this epoch's."""
@@ -103,7 +112,8 @@ class Views:
     ) -> list[Kept]:
         """The views of `nodes` for this request before its prompt is looked up, each with the
         slots the node is believed to have for the model (for the probe)."""
-        epoch = self._tick(time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        self._tick(now)
         learner = self._learner
         model, options, prompt = profile.model, profile.runner_options, profile.prompt_tokens
         kept = self._entries.get(model)
@@ -114,8 +124,9 @@ class Views:
             name = node.name
             entry = kept.get(name)
             if entry is None:
-                entry = kept[name] = Kept()
+                entry = kept[name] = Kept(epoch_offset(name))
             changes, learned = node.changes, learner.version(name)
+            epoch = (now + entry.offset) // EPOCH_S
             if (
                 entry.changes != changes
                 or entry.learned != learned

@@ -14,7 +14,7 @@ from sollol_proxy.fleet.learning import Learner, Timings
 from sollol_proxy.fleet.node import Lease, NodeState
 from sollol_proxy.fleet.prompt_cache import Probe, PromptCache
 from sollol_proxy.fleet.snapshot import node_view
-from sollol_proxy.fleet.views import EPOCH_S, Views, probed
+from sollol_proxy.fleet.views import EPOCH_S, Views, epoch_offset, probed
 from sollol_proxy.routing.analysis import RequestProfile, analyze
 
 GiB = 2**30
@@ -103,17 +103,18 @@ def test_what_other_nodes_teach_shows_at_the_next_epoch() -> None:
         learner.observe_request(MODELS[0], now=at)
     cold, wanted = fleet.nodes["n1"], profile(MODELS[4])
     views = Views(learner, fleet.healthy)
-    first = views.bases([cold], wanted, now=3.0)[0].view
+    start = 3.01 - epoch_offset("n1")  # just after n1's epoch turned
+    first = views.bases([cold], wanted, now=start)[0].view
     demand = dict(views.demand())
     assert first.evict_s > 0
     for at in (3.1, 3.2, 3.3):  # another model becomes popular: a fleet-wide figure
         learner.observe_request(MODELS[1], now=at)
-    assert views.bases([cold], wanted, now=3.0 + EPOCH_S / 2)[0].view is first
+    assert views.bases([cold], wanted, now=start + EPOCH_S / 2)[0].view is first
     lease = Lease(cold, MODELS[0])  # n1's own change shows at once
-    busy = views.bases([cold], wanted, now=3.0 + EPOCH_S / 2)[0].view
+    busy = views.bases([cold], wanted, now=start + EPOCH_S / 2)[0].view
     assert busy is not first and busy.in_flight == 1
     lease.end()
-    later = views.bases([cold], wanted, now=3.0 + EPOCH_S)[0].view
+    later = views.bases([cold], wanted, now=start + EPOCH_S)[0].view
     assert later == node_view(cold, wanted, learner, 0, views.demand())
     assert views.demand() != demand and later.evict_s != first.evict_s
 
@@ -136,3 +137,17 @@ def test_the_probe_is_put_on_a_copy_of_the_kept_view() -> None:
     assert result[0] is bases[0].view
     assert (result[1].cached_tokens, result[1].displaced_tokens) == (150, 60.0)
     assert bases[1].view is not None and bases[1].view.cached_tokens == 0  # kept unchanged
+
+
+def test_a_large_fleets_views_turn_over_a_few_at_a_time() -> None:
+    fleet, learner = fleet_of(100)
+    views = Views(learner, fleet.healthy)
+    nodes, wanted = list(fleet.nodes.values()), profile(MODELS[0])
+    seen = [kept.view for kept in views.bases(nodes, wanted, now=5.0)]
+    remade = []
+    for step in range(1, 11):  # a second, in tenths: each tenth remakes about a tenth of them
+        now = 5.0 + step * EPOCH_S / 10
+        views_now = [kept.view for kept in views.bases(nodes, wanted, now=now)]
+        remade.append(sum(a is not b for a, b in zip(seen, views_now, strict=True)))
+        seen = views_now
+    assert sum(remade) == len(nodes) and max(remade) <= 25
