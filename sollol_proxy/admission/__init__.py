@@ -1,7 +1,8 @@
 """Admission control: which request may start on which node now, and who waits.
 
 Owns: the slot table per node and model (`slot_table`), what a request holds while it waits and
-runs (`tickets`: `Waiter`, `Slot`), the priority queue with late binding (`admission`), its bounds
-(`bounds`, pure) and statistics (`queue_stats`), and the client's priority (`priority`).
+runs (`tickets`: `Waiter`, `Slot`), the priority queue with late binding (`admission`), its heap
+(`waitqueue`), who gets a freed slot (`pump`), its bounds (`bounds`, pure) and statistics
+(`queue_stats`), and the client's priority (`priority`).
 Imports `config`, `wire`, `lifecycle` and `fleet`.
 """

@@ -112,6 +112,8 @@ class Learner:
         self._model_speeds: dict[tuple[str, str], Average] = {}
         self._token_ratio: dict[str, Average] = {}  # Ollama's prompt tokens / the estimate
         self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
+        # node -> observations of it so far: what was learned of it changed (fleet/views.py)
+        self._versions: dict[str, int] = {}
 
     def reconfigure(self, priors: Priors, node_priors: dict[str, Priors]) -> None:
         """Reloaded priors: what is already learned stays, the new priors stand in for the rest."""
@@ -129,6 +131,9 @@ class Learner:
         if stats is None:
             stats = self._nodes[node] = NodeStats()
         return stats
+
+    def version(self, node: str) -> int:
+        return self._versions.get(node, 0)
 
     def priors(self, node: str) -> Priors:
         return self._node_priors.get(node, self._priors)
@@ -240,6 +245,7 @@ class Learner:
         estimated_prompt_tokens: int = 0,
     ) -> None:
         pair, stats = self._pair(node, model), self._node(node)
+        self._versions[node] = self._versions.get(node, 0) + 1
         stats.success.add(1.0)
         if ttft_s is not None:
             pair.ttft_s.add(ttft_s)
@@ -280,6 +286,7 @@ class Learner:
             self._outputs.setdefault((model, task), Average()).add(timings.output_tokens)
 
     def observe_failure(self, node: str) -> None:
+        self._versions[node] = self._versions.get(node, 0) + 1
         self._node(node).success.add(0.0)
 
     def snapshot(self, node: str) -> dict[str, object]:
