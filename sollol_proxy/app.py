@@ -15,6 +15,7 @@ from aiohttp import web
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config import Config
 from sollol_proxy.config.policies import Priors
+from sollol_proxy.dataplane.plane import DataPlane
 from sollol_proxy.embed.api import BatchApi
 from sollol_proxy.embed.jobs import JobRunner
 from sollol_proxy.embed.service import Embeddings
@@ -62,6 +63,7 @@ ADMIN = web.AppKey("admin", Admin)
 FORWARDER = web.AppKey("forwarder", Forwarder)  # its retry budget, for the soak and metrics
 INVENTORY = web.AppKey("inventory", LiveInventory)
 JOBS = web.AppKey("jobs", JobRunner)
+DATAPLANE = web.AppKey("dataplane", DataPlane)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -329,6 +331,10 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     app[FORWARDER] = forwarder
     app[INVENTORY] = inventory
     app[JOBS] = jobs
+    # The hot routes' front-end (listen.engine: fast): the same handler, the middlewares' checks.
+    app[DATAPLANE] = DataPlane(
+        handler.__call__, limits, proxy.drain, hosts, guard, app.on_response_prepare.send
+    )
     app.on_response_prepare.append(_drop_server_header)
     app.on_response_prepare.append(cors.on_response_prepare)
     app.cleanup_ctx.append(_upstream_session)
