@@ -345,9 +345,9 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     app[FORWARDER] = forwarder
     app[INVENTORY] = inventory
     app[JOBS] = jobs
-    # The hot routes' front-end (listen.engine: fast): the same handler, the middlewares' checks.
+    # The hot routes' front-end (listen.engine: fast): the same middlewares and handler.
     app[DATAPLANE] = DataPlane(
-        handler.__call__, limits, proxy.drain, hosts, guard, app.on_response_prepare.send
+        handler.__call__, app.middlewares, limits, app.on_response_prepare.send
     )
     app.on_response_prepare.append(_drop_server_header)
     app.on_response_prepare.append(cors.on_response_prepare)

@@ -2,10 +2,10 @@
 
 The data plane serves only the plain case of the hot routes: `POST` of a model request over
 HTTP/1.1, the target exactly the route's path, a `Content-Length` body within the body limit,
-no `Transfer-Encoding`, `Expect`, `Upgrade`, `Origin` or `Connection: close`, the whole head
-within the header limits. Everything else (and anything the parser refuses) goes to the aiohttp
-application, which answers it as it always has: its 4xx for a bad request, CORS, 100-continue,
-query strings. Handing over is therefore always safe; what is served here is what both
+no `Transfer-Encoding`, `Expect`, `Upgrade` or `Connection: close`, the whole head within the
+header limits. Everything else (and anything the parser refuses) goes to the aiohttp
+application, which answers it as it always has: its 4xx for a bad request, 100-continue, query
+strings. Handing over is therefore always safe; what is served here is what both
 front-ends answer alike.
 
 The parser is the one aiohttp's server uses, with the same limits, fed one head at a time: the
@@ -38,8 +38,8 @@ HOT_TARGETS = frozenset(
     }
 )
 HEAD_END = b"\r\n\r\n"
-# Headers the aiohttp application answers itself (CORS, 100-continue), and framing it reads.
-_HANDED_OVER = ("Expect", "Origin", "Transfer-Encoding")
+# 100-continue is aiohttp's to answer; a body framed otherwise than by its length is aiohttp's.
+_HANDED_OVER = ("Expect", "Transfer-Encoding")
 
 
 @dataclass(frozen=True, slots=True)

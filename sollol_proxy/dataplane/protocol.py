@@ -22,11 +22,10 @@ from typing import Protocol
 
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
-from multidict import CIMultiDictProxy
+from aiohttp.http_writer import StreamWriter
 
 from sollol_proxy.dataplane.head import HEAD_END, read_head
 from sollol_proxy.dataplane.request import FastRequest, Prepare
-from sollol_proxy.lifecycle.drain import Drain
 from sollol_proxy.lifecycle.limits import MAX_HEADER_FIELDS, Limits, peer_address, set_keepalive
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.logsafe import loggable
@@ -41,12 +40,9 @@ class Plane(Protocol):
 
     loop: asyncio.AbstractEventLoop
     limits: Limits
-    drain: Drain
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    serve: Callable[[web.Request], Awaitable[web.StreamResponse]]  # middlewares and handler
     prepare: Prepare
     server: web.Server | None
-
-    def serves(self, headers: CIMultiDictProxy[str]) -> bool: ...
 
     def hand_over(
         self, transport: asyncio.BaseTransport, client: str, over_limit: str | None, data: bytes
@@ -150,7 +146,7 @@ class FastProtocol(BaseProtocol):
             max_fields=MAX_HEADER_FIELDS,
             max_body_bytes=config.max_body_bytes,
         )
-        if head is None or not plane.serves(head.headers):
+        if head is None:
             self._hand_over()
             return
         self._disarm()
@@ -164,7 +160,7 @@ class FastProtocol(BaseProtocol):
             head.body,
             self.client,
             plane.prepare,
-            plane.loop,
+            StreamWriter(self, plane.loop),
         )
         self._request = request
         self._body_left = head.content_length
@@ -192,7 +188,7 @@ class FastProtocol(BaseProtocol):
         plane = self._plane
         try:
             try:
-                response = await plane.drain.track(request, plane.handler)  # type: ignore[arg-type]
+                response = await plane.serve(request)  # type: ignore[arg-type]
                 if not response.prepared:
                     await response.prepare(request)  # type: ignore[arg-type]
                     await response.write_eof()

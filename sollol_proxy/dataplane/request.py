@@ -17,7 +17,7 @@ from aiohttp import StreamReader, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import HttpVersion11
 from aiohttp.http_writer import StreamWriter
-from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 Prepare = Callable[["FastRequest", web.StreamResponse], Awaitable[None]]
 _NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
@@ -50,7 +50,7 @@ class FastRequest:
         content: StreamReader,
         remote: str,
         prepare: Prepare,
-        loop: asyncio.AbstractEventLoop,
+        writer: StreamWriter,
     ) -> None:
         self._protocol = protocol
         self.path = target  # a hot route's target is a plain path: raw and decoded are equal
@@ -60,11 +60,17 @@ class FastRequest:
         self._prepare = prepare
         self._values: dict[Any, Any] = {}
         self.content = content
-        self._payload_writer = StreamWriter(protocol, loop)
+        self._payload_writer = writer
 
     @property
     def raw_path(self) -> str:
         return self.path
+
+    @property
+    def protocol(self) -> BaseProtocol:
+        """Not aiohttp's: the limits middleware leaves the checks of its protocol to the data
+        plane's (over-limit connections and oversized heads are handed to aiohttp)."""
+        return self._protocol
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -73,6 +79,22 @@ class FastRequest:
     @property
     def writer(self) -> StreamWriter:
         return self._payload_writer
+
+    def clone(self, *, headers: Any) -> FastRequest:
+        """The same request with other headers (the guard drops the API key's), sharing the
+        connection, body and writer; its values are a copy, as aiohttp's clone has."""
+        clone = FastRequest(
+            self._protocol,
+            self.path,
+            CIMultiDictProxy(CIMultiDict(headers)),
+            self.content_length,
+            self.content,
+            self.remote,
+            self._prepare,
+            self._payload_writer,
+        )
+        clone._values = dict(self._values)
+        return clone
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self._values.get(key, default)

@@ -44,10 +44,6 @@ class Drain:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await self.track(request, handler)
-
-    async def track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Run `handler` as a request in flight (the data plane's requests come here too)."""
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)

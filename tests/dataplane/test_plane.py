@@ -13,6 +13,7 @@ from sollol_proxy.app import POOL
 from sollol_proxy.config.loader import load_config
 from sollol_proxy.config.model import ConfigError
 from sollol_proxy.dataplane.protocol import FastProtocol
+from sollol_proxy.guard.keys import new_key
 from sollol_proxy.lifecycle.limits import ProxyProtocol
 from tests.conftest import ClusterFactory, eventually
 
@@ -93,14 +94,7 @@ async def test_pipelined_requests_and_heads_and_bodies_in_pieces_are_answered_in
     writer.close()
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [
-        b"Origin: http://example.com\r\n",  # CORS: aiohttp's middleware answers it
-        b"Expect: 100-continue\r\n",
-        b"Connection: close\r\n",
-    ],
-)
+@pytest.mark.parametrize("extra", [b"Expect: 100-continue\r\n", b"Connection: close\r\n"])
 async def test_requests_the_data_plane_does_not_serve_are_answered_by_aiohttp(
     cluster: ClusterFactory, extra: bytes
 ) -> None:
@@ -108,12 +102,36 @@ async def test_requests_the_data_plane_does_not_serve_are_answered_by_aiohttp(
     reader, writer = await _open(made.url)
     writer.write(_post("/api/chat", CHAT, extra))
     status, _, body = await _read_answer(reader)
-    if extra.startswith(b"Origin"):
-        assert status == 403 and body == b""  # Ollama's answer to a foreign Origin
-    else:
-        assert status == 200 and orjson.loads(body)["done"] is True
-    if not extra.startswith(b"Connection"):
+    assert status == 200 and orjson.loads(body)["done"] is True
+    if extra.startswith(b"Expect"):
         assert _protocols(made) == [ProxyProtocol]
+    else:
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after its answer
+    writer.close()
+
+
+async def test_the_app_middlewares_run_on_the_data_plane(cluster: ClusterFactory) -> None:
+    """CORS, the Host check and API keys answer on the data plane as on aiohttp's path."""
+    key, sha256 = new_key()
+    made = await cluster(
+        dict(name="a", models=[MODEL]), auth__keys=[{"name": "app", "sha256": sha256}]
+    )
+    reader, writer = await _open(made.url)
+    writer.write(_post("/api/chat", CHAT))
+    status, headers, body = await _read_answer(reader)
+    assert status == 401 and headers["www-authenticate"] == 'Bearer realm="sollol-proxy"'
+    assert "API key is required" in orjson.loads(body)["error"]
+    writer.write(_post("/api/chat", CHAT, b"Origin: http://example.com\r\n"))
+    status, _, body = await _read_answer(reader)
+    assert (status, body) == (403, b"")  # Ollama's answer to a foreign Origin
+    writer.write(_post("/api/chat", CHAT).replace(b"Host: 127.0.0.1", b"Host: evil.example"))
+    status, _, body = await _read_answer(reader)
+    assert (status, body) == (403, b"")  # the Host check (the proxy listens on loopback)
+    writer.write(_post("/api/chat", CHAT, f"Authorization: Bearer {key}\r\n".encode()))
+    status, _, body = await _read_answer(reader)
+    assert status == 200 and orjson.loads(body)["done"] is True
+    assert made.node("a").requests[-1].headers.get("Authorization") is None  # not forwarded
+    assert _protocols(made) == [FastProtocol]
     writer.close()
 
 
