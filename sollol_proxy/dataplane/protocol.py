@@ -20,7 +20,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_writer import StreamWriter
 
@@ -51,6 +51,7 @@ class Plane(Protocol):
 
 class FastProtocol(BaseProtocol):
     __slots__ = (
+        "_body",
         "_body_left",
         "_buffer",
         "_head_started",
@@ -68,7 +69,10 @@ class FastProtocol(BaseProtocol):
         self._plane = plane
         self._buffer = bytearray()
         self._request: FastRequest | None = None  # the request being served
-        self._body_left = 0  # bytes of its body still to come
+        # Its body's reader; None once the request was answered without reading all of it
+        # (a refusal): the rest is then read and dropped, as aiohttp does, not left unread.
+        self._body: StreamReader | None = None
+        self._body_left = 0  # bytes of that body still to come
         self._head_started = False  # part of a next request's head has come
         self._task: asyncio.Task[None] | None = None
         self._task_handler = None  # what aiohttp's Server looks at when a connection ends
@@ -108,8 +112,8 @@ class FastProtocol(BaseProtocol):
         self._disarm()
         self._untrack()
         self._plane.limits.book.close(self.client, False)
-        if self._request is not None and self._body_left:
-            self._request.content.set_exception(ConnectionResetError("client disconnected"))
+        if self._body is not None and self._body_left:
+            self._body.set_exception(ConnectionResetError("client disconnected"))
         if self._task is not None:
             self._task.cancel()  # as aiohttp's handler_cancellation: the node's request closes
         super().connection_lost(exc)
@@ -162,7 +166,7 @@ class FastProtocol(BaseProtocol):
             plane.prepare,
             StreamWriter(self, plane.loop),
         )
-        self._request = request
+        self._request, self._body = request, head.body
         self._body_left = head.content_length
         if rest and self._body_left:
             rest = self._feed_body(rest)
@@ -172,16 +176,19 @@ class FastProtocol(BaseProtocol):
 
     def _feed_body(self, data: bytes) -> bytes:
         """Give the request its body bytes; what follows them belongs to the next request."""
-        assert self._request is not None
         take = self._body_left
-        content = self._request.content
+        content = self._body
         if len(data) < take:
             self._body_left -= len(data)
-            content.feed_data(data)
+            if content is not None:
+                content.feed_data(data)
             return b""
-        content.feed_data(data[:take] if len(data) > take else data)
         self._body_left = 0
-        content.feed_eof()
+        if content is not None:
+            content.feed_data(data[:take] if len(data) > take else data)
+            content.feed_eof()
+        elif self._task is None:  # the dropped rest is in: the next request may come
+            self._arm(self._plane.limits.config.client_limits.idle_timeout)
         return data[take:]
 
     async def _serve(self, request: FastRequest) -> None:
@@ -198,14 +205,16 @@ class FastProtocol(BaseProtocol):
             except Exception as exc:  # as aiohttp's handle_error: a bug answered 500
                 self._failed(request, exc)
                 return
-            keep = response.keep_alive and not self._body_left and not self.closing
+            keep = response.keep_alive and not self.closing
         finally:
             self._task = None
-            self._request = None
+            self._request = self._body = None
         if not keep:
             self._close()
             return
-        self._arm(plane.limits.config.client_limits.idle_timeout)
+        config = plane.limits.config.client_limits
+        # The rest of an unread body must come at the pace a header would.
+        self._arm(config.header_timeout if self._body_left else config.idle_timeout)
         if self._buffer:
             self._resume_transport_reading()
             self._next_request()

@@ -135,6 +135,26 @@ async def test_the_app_middlewares_run_on_the_data_plane(cluster: ClusterFactory
     writer.close()
 
 
+async def test_a_refusal_before_the_body_reads_the_rest_and_keeps_the_connection(
+    cluster: ClusterFactory,
+) -> None:
+    _, sha256 = new_key()
+    made = await cluster(
+        dict(name="a", models=[MODEL]), auth__keys=[{"name": "app", "sha256": sha256}]
+    )
+    reader, writer = await _open(made.url)
+    request = _post("/api/chat", CHAT)
+    head, body = request[: -len(CHAT)], CHAT
+    writer.write(head)  # no key: refused before the body is read
+    status, _, _ = await _read_answer(reader)
+    assert status == 401
+    writer.write(body + _post("/api/chat", CHAT))  # the rest of the body, then a next request
+    status, _, _ = await _read_answer(reader)
+    assert status == 401  # the body was not taken for a request
+    assert _protocols(made) == [FastProtocol]
+    writer.close()
+
+
 async def test_a_head_that_never_completes_is_closed_after_the_header_timeout(
     cluster: ClusterFactory,
 ) -> None:
