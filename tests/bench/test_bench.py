@@ -114,3 +114,13 @@ def test_convergence_is_when_the_beliefs_stay_right() -> None:
     beliefs = [(0.0, (1, 1)), (0.5, (1, 2)), (1.0, (1, 1)), (1.5, (1, 2)), (2.0, (1, 2))]
     assert capacity_runs.converged(beliefs, (1, 2), 0.0, 10.0) == 1.5
     assert capacity_runs.converged(beliefs, (1, 3), 0.0, 10.0) is None
+
+
+async def test_overhead_compares_both_engines_in_one_run() -> None:
+    table = await overhead.benchmark(rounds=1, scale=0.02, engines=("fast", "aiohttp"))
+    rows = [row for row in table.splitlines() if row.startswith("|")]
+    header = rows[0]
+    assert "sollol-proxy (fast) p50 / p99 ms" in header
+    assert "sollol-proxy (aiohttp) p50 / p99 ms" in header
+    assert "fast CPU" in header and "aiohttp CPU" in header
+    assert len(rows) == 2 + 4 and len({row.count("|") for row in rows}) == 1
