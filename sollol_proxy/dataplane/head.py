@@ -3,7 +3,7 @@
 The data plane serves only the plain case of the hot routes: `POST` of a model request over
 HTTP/1.1, the target exactly the route's path, a `Content-Length` body within the body limit,
 no `Transfer-Encoding`, `Expect`, `Upgrade` or `Connection: close`, the whole head within the
-header limits. Everything else (and anything the parser refuses) goes to the aiohttp
+header limits; and a `GET` of a fleet view, without a body, on the same terms. Everything else (and anything the parser refuses) goes to the aiohttp
 application, which answers it as it always has: its 4xx for a bad request, 100-continue, query
 strings. Handing over is therefore always safe; what is served here is what both
 front-ends answer alike.
@@ -37,6 +37,9 @@ HOT_TARGETS = frozenset(
         b"/v1/embeddings",
     }
 )
+# The fleet views clients poll between model requests (Open WebUI, the ollama CLI): served
+# here too, so that such a client's connection stays on the data plane.
+VIEW_TARGETS = frozenset({b"/api/version", b"/api/tags", b"/api/ps", b"/v1/models"})
 HEAD_END = b"\r\n\r\n"
 # 100-continue is aiohttp's to answer; a body framed otherwise than by its length is aiohttp's.
 _HANDED_OVER = ("Expect", "Transfer-Encoding")
@@ -44,9 +47,10 @@ _HANDED_OVER = ("Expect", "Transfer-Encoding")
 
 @dataclass(frozen=True, slots=True)
 class Head:
+    method: str
     target: str
     headers: CIMultiDictProxy[str]
-    content_length: int
+    content_length: int | None  # None: a GET without a body
     body: StreamReader  # fed by the connection as the body's bytes arrive
 
 
@@ -62,13 +66,11 @@ def read_head(
     """The head (request line to the blank line, included) of a request this plane serves, or
     None when the aiohttp application should answer it."""
     parts = head[: head.find(b"\r\n")].split(b" ")
-    if (
-        len(parts) != 3
-        or parts[0] != b"POST"
-        or parts[1] not in HOT_TARGETS
-        or parts[2] != b"HTTP/1.1"
-        or len(head) > max_header_bytes
-    ):
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or len(head) > max_header_bytes:
+        return None
+    method, target = parts[0], parts[1]
+    post = method == b"POST" and target in HOT_TARGETS
+    if not post and not (method == b"GET" and target in VIEW_TARGETS):
         return None
     parser = HttpRequestParser(
         protocol,
@@ -95,6 +97,8 @@ def read_head(
     ):
         return None
     length = headers.get("Content-Length")
+    if not post:  # a view: a GET with a body is aiohttp's to answer
+        return None if length is not None else Head("GET", message.path, headers, None, body)
     if length is None or int(length) > max_body_bytes:
         return None  # the aiohttp path answers 413 for a body over the limit
-    return Head(message.path, headers, int(length), body)
+    return Head("POST", message.path, headers, int(length), body)

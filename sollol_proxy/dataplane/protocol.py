@@ -158,6 +158,7 @@ class FastProtocol(BaseProtocol):
         self._buffer.clear()
         request = FastRequest(
             self,
+            head.method,
             head.target,
             head.headers,
             head.content_length,
@@ -167,7 +168,7 @@ class FastProtocol(BaseProtocol):
             StreamWriter(self, plane.loop),
         )
         self._request, self._body = request, head.body
-        self._body_left = head.content_length
+        self._body_left = head.content_length or 0
         if rest and self._body_left:
             rest = self._feed_body(rest)
         if rest:

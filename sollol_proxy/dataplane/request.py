@@ -32,11 +32,11 @@ class FastRequest:
         "content",
         "content_length",
         "headers",
+        "method",
         "path",
         "remote",
     )
 
-    method = "POST"
     version = HttpVersion11
     keep_alive = True
     query = _NO_QUERY
@@ -44,15 +44,17 @@ class FastRequest:
     def __init__(
         self,
         protocol: BaseProtocol,
+        method: str,
         target: str,
         headers: CIMultiDictProxy[str],
-        content_length: int,
+        content_length: int | None,
         content: StreamReader,
         remote: str,
         prepare: Prepare,
         writer: StreamWriter,
     ) -> None:
         self._protocol = protocol
+        self.method = method
         self.path = target  # a hot route's target is a plain path: raw and decoded are equal
         self.headers = headers
         self.content_length = content_length
@@ -85,6 +87,7 @@ class FastRequest:
         connection, body and writer; its values are a copy, as aiohttp's clone has."""
         clone = FastRequest(
             self._protocol,
+            self.method,
             self.path,
             CIMultiDictProxy(CIMultiDict(headers)),
             self.content_length,

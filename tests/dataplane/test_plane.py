@@ -52,7 +52,7 @@ def _protocols(made: object) -> list[type]:
     return [type(c) for c in made.proxy.runner.server.connections]  # type: ignore[attr-defined]
 
 
-async def test_a_chat_is_served_by_the_data_plane_and_a_fleet_view_hands_the_connection_over(
+async def test_a_chat_and_a_fleet_view_are_served_by_the_data_plane_and_another_route_hands_over(
     cluster: ClusterFactory,
 ) -> None:
     made = await cluster(dict(name="a", models=[MODEL]))
@@ -62,11 +62,18 @@ async def test_a_chat_is_served_by_the_data_plane_and_a_fleet_view_hands_the_con
     assert status == 200 and headers["x-sollol-node"] == "a"
     assert orjson.loads(body)["done"] is True
     assert _protocols(made) == [FastProtocol]
-    # A route the data plane does not serve: the connection goes to aiohttp, with its bytes,
-    # and stays there (the chat after it is answered there too).
-    writer.write(b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + _post("/api/chat", CHAT))
+    # A fleet view, as clients poll it between chats: served here too.
+    writer.write(b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     status, _, body = await _read_answer(reader)
     assert status == 200 and orjson.loads(body)["models"][0]["name"] == MODEL
+    assert _protocols(made) == [FastProtocol]
+    # A route the data plane does not serve: the connection goes to aiohttp, with its bytes,
+    # and stays there (the chat after it is answered there too).
+    writer.write(
+        b"GET /sollol/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + _post("/api/chat", CHAT)
+    )
+    status, _, body = await _read_answer(reader)
+    assert status == 200 and orjson.loads(body)["nodes"][0]["name"] == "a"
     status, _, body = await _read_answer(reader)
     assert status == 200 and orjson.loads(body)["done"] is True
     assert _protocols(made) == [ProxyProtocol]
