@@ -167,12 +167,9 @@ async def _measure(
                 process = await stack.enter_async_context(nginx.nginx([node.url], nginx_port))
                 targets.insert(1, Target("nginx", f"http://127.0.0.1:{nginx_port}", process.pid))
             connector = aiohttp.TCPConnector(limit=0)
-            # Readiness on connections of its own: a pooled connection that asked for /api/tags
-            # would stay with the proxy's aiohttp front-end (dataplane/) for the requests timed.
-            async with aiohttp.ClientSession() as ready:
-                for (proxy, _), target in zip(proxies, targets[-len(proxies) :], strict=True):
-                    await _wait_ready(ready, target.url, proxy)
             async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as http:
+                for (proxy, _), target in zip(proxies, targets[-len(proxies) :], strict=True):
+                    await _wait_ready(http, target.url, proxy)
                 for load in loads:
                     requests = max(load.concurrency, int(load.requests * scale))
                     for target in targets:  # warm connections and the model
