@@ -57,6 +57,7 @@ class FastProtocol(BaseProtocol):
         "_head_started",
         "_plane",
         "_request",
+        "_scanned",
         "_task",
         "_task_handler",
         "_timer",
@@ -74,6 +75,7 @@ class FastProtocol(BaseProtocol):
         self._body: StreamReader | None = None
         self._body_left = 0  # bytes of that body still to come
         self._head_started = False  # part of a next request's head has come
+        self._scanned = 0  # how far the buffer is known not to hold the end of a head
         self._task: asyncio.Task[None] | None = None
         self._task_handler = None  # what aiohttp's Server looks at when a connection ends
         self._timer: asyncio.TimerHandle | None = None
@@ -132,8 +134,10 @@ class FastProtocol(BaseProtocol):
     def _next_request(self) -> None:
         plane = self._plane
         config = plane.limits.config
-        end = self._buffer.find(HEAD_END)
+        # From where the last search stopped: a head sent a byte at a time costs linear time.
+        end = self._buffer.find(HEAD_END, self._scanned)
         if end < 0:
+            self._scanned = max(0, len(self._buffer) - len(HEAD_END) + 1)
             if len(self._buffer) > config.max_header_bytes:
                 self._hand_over()  # aiohttp answers the oversized head (431)
             elif not self._head_started:  # the header deadline runs from the first byte
@@ -141,6 +145,7 @@ class FastProtocol(BaseProtocol):
                 self._arm(config.client_limits.header_timeout)
             return
         self._head_started = False
+        self._scanned = 0
         head_bytes = bytes(self._buffer[: end + 4])
         head = read_head(
             head_bytes,
