@@ -208,8 +208,11 @@ class FastProtocol(BaseProtocol):
             except asyncio.CancelledError:
                 self._close()
                 raise
+            except ConnectionError:  # the client is gone (a write to it failed)
+                self._close()
+                return
             except Exception as exc:  # as aiohttp's handle_error: a bug answered 500
-                self._failed(request, exc)
+                await self._failed(request, exc)
                 return
             keep = response.keep_alive and not self.closing
         finally:
@@ -225,27 +228,18 @@ class FastProtocol(BaseProtocol):
             self._resume_transport_reading()
             self._next_request()
 
-    def _failed(self, request: FastRequest, exc: Exception) -> None:
+    async def _failed(self, request: FastRequest, exc: Exception) -> None:
+        log.error(
+            "unhandled error answering %s %s", request.method, loggable(request.path), exc_info=exc
+        )
         if request.writer.output_size == 0 and self.transport is not None:
-            log.error(
-                "unhandled error answering %s %s",
-                request.method,
-                loggable(request.path),
-                exc_info=exc,
-            )
             response = error_response(request.path, 500, "internal error in sollol-proxy")
-            response.force_close()
-            self._plane.loop.create_task(self._write_and_close(request, response))
-            return
-        self._close()  # the answer had started: the connection ends instead
-
-    async def _write_and_close(self, request: FastRequest, response: web.Response) -> None:
-        try:
-            await response.prepare(request)  # type: ignore[arg-type]
-            await response.write_eof()
-        except (ConnectionError, RuntimeError):
-            pass
-        self._close()
+            try:
+                await response.prepare(request)  # type: ignore[arg-type]
+                await response.write_eof()
+            except ConnectionError:
+                pass
+        self._close()  # after a 500, or when the answer had started: the connection ends
 
     def _hand_over(self) -> None:
         assert self.transport is not None
