@@ -222,9 +222,9 @@ class JobRunner:
         if not self._store_down:
             self._store_down = True
             log.error(
-                "batch jobs stopped: %s; trying again every %gs",
-                exc.message,
+                "batch jobs wait for their store (trying again every %gs): %s",
                 self.store.retry_after,
+                exc.message,
             )
 
     def _store_back(self) -> None:

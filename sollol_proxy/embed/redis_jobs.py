@@ -86,7 +86,7 @@ class RedisJobs:
             raise StoreError(
                 503,
                 f"batch jobs are kept in Redis at {self.where} (state.redis_url), which does "
-                f"not answer: {exc}; try again later",
+                f"not answer ({str(exc).rstrip('.')}); try again later",
             ) from exc
 
     async def create(
