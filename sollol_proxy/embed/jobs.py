@@ -58,6 +58,8 @@ class JobRunner:
         self.done = 0  # documents embedded since start
         self.failed = 0  # documents that got an error since start
         self._store_down = False  # logged once per outage
+        # A shared job's lease is renewed well within its expiry.
+        self._renew_every = min(SHARED_POLL_S, config.state.lease_ttl / 3)
 
     def reconfigure(self, config: Config) -> None:
         """Bounds and sizes apply from now on (`batch.data_dir` needs a restart: a reload
@@ -271,7 +273,7 @@ class JobRunner:
         job was cancelled (on any replica)."""
         job_id = run.job.id
         while True:
-            await asyncio.sleep(SHARED_POLL_S)
+            await asyncio.sleep(self._renew_every)
             try:
                 held = await self.store.keep(job_id)
                 stored = await self.store.job(job_id)
