@@ -58,6 +58,13 @@ async def test_two_replicas_share_the_jobs(
         assert status == 200 and [j["id"] for j in listing["jobs"]] == [job["id"]]
     status, detail = await _json(http, "GET", f"{first.url}/sollol/batches/{job['id']}")
     assert status == 200 and detail["errors"] == []
+    # The other replica's dashboard shows the job it did not run, as it ended.
+    shown = second.runner.app[JOBS]
+    await eventually(lambda: job["id"] in shown.jobs and shown.jobs[job["id"]].over)
+    status, page = await _json(http, "GET", second.url + "/sollol/dashboard")
+    assert [(b["id"], b["status"], b["done"]) for b in page["batches"]] == [
+        (job["id"], "done", 400)
+    ]
 
 
 async def test_a_replica_cancels_the_job_another_runs(
