@@ -120,6 +120,7 @@ async def test_a_job_outlives_the_replica_running_it(
                     break
                 await asyncio.sleep(0.02)
             assert status["status"] == "running" and status["done"] < len(DOCS)
+            assert (await _status(http, first.url, job))["total"] == len(DOCS)  # either replica
             assert "resumes" not in second.log()  # the first replica holds the job
             assert first.process is not None
             first.process.kill()  # SIGKILL: no cleanup, the lease is left to lapse
