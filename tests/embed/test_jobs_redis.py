@@ -116,3 +116,31 @@ async def test_redis_away_refuses_new_jobs_and_fails_no_other_request(
     assert status == 202
     final = await _finished(http, c.url, job["id"])
     assert (final["status"], final["done"]) == ("done", 50)
+
+
+async def test_a_replica_that_stops_hands_its_job_over_at_once(
+    cluster: ClusterFactory,
+    http: aiohttp.ClientSession,
+    redis_server: RedisServer,
+    replicas: list[RunningProxy],
+) -> None:
+    """SIGTERM's path gives the lease back: the other replica goes on within its next look,
+    long before the lease (a minute here) would have lapsed."""
+    first = await _fleet(
+        cluster, rate=2000.0, state__redis_url=redis_server.url, state__lease_ttl=60
+    )
+    second = await start_proxy(first.config)
+    replicas.append(second)
+    docs = _docs(1200)
+    status, job = await _json(
+        http, "POST", first.url + "/api/embed/batch", {"model": MODEL, "input": docs}
+    )
+    assert status == 202
+    runner = first.proxy.runner.app[JOBS]
+    await eventually(lambda: runner.jobs[job["id"]].done > 0)
+    await first.proxy.stop()
+    final = await _finished(http, second.url, job["id"], within=30)
+    assert (final["status"], final["done"], final["failed"]) == ("done", 1200, 0)
+    raw = await _raw_results(http, second.url, job["id"])
+    vectors = [orjson.loads(line)["embedding"] for line in raw.splitlines()]
+    assert vectors == await _direct(http, first.nodes[0].url, docs)
