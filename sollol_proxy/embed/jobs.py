@@ -34,6 +34,7 @@ log = logging.getLogger("sollol.batch")
 EXPIRY_EVERY_S = 60.0
 SHARED_POLL_S = 1.0  # how often a replica looks for shared jobs to take (and renews its lease)
 OPEN_READ = 1000  # unfinished jobs read at a time, oldest first
+RECENT_READ = 10  # shared jobs: the latest ones read with them, for the dashboard
 KEPT_IN_MEMORY = 100  # finished jobs kept in memory for the dashboard (unfinished: all)
 
 
@@ -205,9 +206,12 @@ class JobRunner:
 
     async def _refresh(self, open_jobs: list[Job]) -> None:
         """What the dashboard shows: the unfinished jobs as stored (other replicas change them
-        too), and the end of those that are no longer unfinished."""
+        too), the latest ones, and the end of those that are no longer unfinished."""
         for job in open_jobs:
             self._remember(job)
+        if self.store.shared:  # and the latest, which other replicas may have run from start to end
+            for job in await self.store.jobs(RECENT_READ):
+                self._remember(job)
         seen = {j.id for j in open_jobs}
         for job in [j for j in self.jobs.values() if not j.over and j.id not in seen]:
             now = await self.store.job(job.id)

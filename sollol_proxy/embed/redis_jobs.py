@@ -20,6 +20,7 @@ and a document's first result is its only one whichever replica stores it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -80,8 +81,14 @@ class RedisJobs:
 
     @contextlib.contextmanager
     def _answering(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
             yield
+            if task is not None and task.cancelling() > cancelling:
+                # redis-py may finish the command it was cancelled in instead of raising (seen:
+                # a worker withdrawn by its crew went on); the cancellation stands.
+                raise asyncio.CancelledError
         except (RedisError, OSError) as exc:
             raise StoreError(
                 503,
