@@ -215,7 +215,11 @@ class PromptCache:
         count, seen = self._roots.get((model, root), (0.0, 0))
         if not count:
             return 0.0
-        share = count * DECAY ** (self._requests.get(model, 0) - seen) * (1 - DECAY)
+        requests = self._requests.get(model, 0)
+        # Over the decayed count of all the model's requests, (1 - DECAY**n) / (1 - DECAY): a
+        # share of those seen so far, not of a full window (which undervalued every prefix
+        # over the first hundred requests).
+        share = count * DECAY ** (requests - seen) * (1 - DECAY) / (1 - DECAY**requests)
         return min(1.0, share * fleet_slots) / max(copies, 1)
 
     # -- dispatches ----------------------------------------------------------------------------

@@ -171,7 +171,21 @@ def test_a_conversations_own_history_is_worth_keeping_while_it_may_come_back() -
         return cache.probe("m", newcomer, {"a": 1}, now=at)["a"].displaced
 
     # Pushing out a conversation that was just here costs about half its history; one whose
-    # follow-up would be long overdue, almost nothing.
-    assert 0.4 * 1300 < displaced(5.0) < 0.6 * 1300
-    assert displaced(5.0 + 3.0) < 0.4 * displaced(5.0)
-    assert displaced(5.0 + 30.0) < 1
+    # follow-up would be long overdue, only its system prompt (the only one ever asked for).
+    root = chat("system one")[0][1]
+    assert 0.4 * 1300 < displaced(5.0) - root < 0.6 * 1300
+    assert displaced(5.0 + 3.0) - root < 0.4 * (displaced(5.0) - root)
+    assert displaced(5.0 + 30.0) < root + 1
+
+
+def test_a_prefix_shared_by_a_third_of_few_requests_is_worth_its_whole_length() -> None:
+    """Early in a run (far fewer requests than the demand counters remember), a prefix asked for
+    by one request in three, on a fleet of six slots, is as valuable as it is after many: it is
+    asked for about twice per round of the slots, so losing its only copy costs all its tokens."""
+    cache = PromptCache()
+    teams = ["first team " * 80, "second team " * 80, "third team " * 80]
+    for i in range(6):  # six requests: two per team, the third team's on node c
+        cache.record("m", "c" if i % 3 == 2 else "b", chat(teams[i % 3], f"question {i}"), slots=1)
+    probe = cache.probe("m", chat(teams[0], "again"), {"b": 1, "c": 1, "d": 4})["c"]
+    assert probe.cached == 0
+    assert probe.displaced == chat(teams[2])[0][1]
