@@ -255,6 +255,7 @@ def bench_scale(streams: int, fleets: tuple[int, ...], interval: float) -> None:
             "nginx_least_conn",
             "pin_groups",
             "performance",
+            "performance_told",
         ]
     ),
     help="Run only these strategies (default: all; ratios are to round_robin, else the first).",

@@ -8,6 +8,8 @@ to round_robin. `pin_groups` is a baseline, not a strategy: each group of conver
 pinned to one node with `X-Sollol-Node` (group i to node i mod n), the rest goes to the least
 loaded node. `nginx_least_conn` is nginx (least_conn, no buffering) in front of the same nodes,
 when Debian's nginx is installed: the least-connections balancer a proxy replaces.
+`performance_told` is `performance` told each node's `num_parallel`, the one row not given
+URLs only: beside `performance` it shows what learning the slots costs.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ STRATEGIES = (
     "nginx_least_conn",
     "pin_groups",
     "performance",
+    "performance_told",
 )
 PIN_GROUPS = "pin_groups"
 NGINX = "nginx_least_conn"
+TOLD = "performance_told"
 
 
 @dataclass
@@ -175,13 +179,15 @@ async def _front(strategy: str, nodes: list[SimulatedNode]) -> AsyncIterator[str
         overrides={
             "listen.host": "127.0.0.1",
             "listen.port": 0,
-            "routing.strategy": "least_loaded" if strategy == PIN_GROUPS else strategy,
+            "routing.strategy": {PIN_GROUPS: "least_loaded", TOLD: "performance"}.get(
+                strategy, strategy
+            ),
             "health.interval": 0.5,
             "inventory.interval": 5,
             "log_level": "warning",
             # Zero configuration: the nodes' slots and memory are theirs to know, the proxy's
             # to learn. Names only label them (pin_groups pins by name).
-            "nodes": [{"url": n.url, "name": n.name} for n in nodes],
+            "nodes": [_node_config(strategy, n) for n in nodes],
         },
     )
     proxy = await start_proxy(config)
@@ -189,6 +195,13 @@ async def _front(strategy: str, nodes: list[SimulatedNode]) -> AsyncIterator[str
         yield proxy.url
     finally:
         await proxy.stop()
+
+
+def _node_config(strategy: str, node: SimulatedNode) -> dict[str, object]:
+    """URL and name only, or for `performance_told` the node's slots too (what issue #11's
+    discovery has to learn, given: the comparison shows what learning them costs)."""
+    told = {"num_parallel": node.num_parallel} if strategy == TOLD else {}
+    return {"url": node.url, "name": node.name, **told}
 
 
 def _pin(strategy: str, session: Session, nodes: list[SimulatedNode]) -> str | None:
