@@ -138,10 +138,8 @@ class PromptCache:
         if runner is None:
             runner = self._runners[(node, model)] = SlotCache(slots)
         elif len(runner.slots) < slots:
-            # Only ever more: a belief that drops (a wait that another client caused, a proof
-            # that aged out) does not take slots from a running runner, and dropping one would
-            # forget what it holds, so that the node looked empty and drew a group there whose
-            # prompt overwrote another's. A runner loses its slots when it reloads (`forget`).
+            # Only ever more: a belief that drops takes no slot from a running runner, and
+            # dropping one forgot what it held (the node looked empty and drew a group there).
             runner.resize(slots)
         return runner
 
@@ -228,9 +226,8 @@ class PromptCache:
         if not count:
             return 0.0
         requests = self._requests.get(model, 0)
-        # Over the decayed count of all the model's requests, (1 - DECAY**n) / (1 - DECAY): a
-        # share of those seen so far, not of a full window (which undervalued every prefix
-        # over the first hundred requests).
+        # A share of the requests seen so far, (1 - DECAY**n) / (1 - DECAY) decayed: not of a
+        # full window, which undervalued every prefix over the first hundred requests.
         share = count * DECAY ** (requests - seen) * (1 - DECAY) / (1 - DECAY**requests)
         return min(1.0, share * fleet_slots) / max(copies, 1)
 
