@@ -247,8 +247,18 @@ def bench_scale(streams: int, fleets: tuple[int, ...], interval: float) -> None:
     "--strategy",
     "strategies",
     multiple=True,
-    type=click.Choice(["round_robin", "random", "least_loaded", "pin_groups", "performance"]),
-    help="Run only these strategies (default: all; ratios are to the first one run).",
+    type=click.Choice(
+        [
+            "round_robin",
+            "random",
+            "least_loaded",
+            "nginx_least_conn",
+            "pin_groups",
+            "performance",
+            "performance_told",
+        ]
+    ),
+    help="Run only these strategies (default: all; ratios are to round_robin, else the first).",
 )
 def bench_routing(seed: int, scenarios: tuple[str, ...], strategies: tuple[str, ...]) -> None:
     """Every strategy on the same seeded workloads; ratios to round_robin."""

@@ -6,7 +6,10 @@ that a run takes seconds. Every strategy runs every workload with fresh nodes an
 given only the nodes' URLs (their slots and memory are learned); results are reported as ratios
 to round_robin. `pin_groups` is a baseline, not a strategy: each group of conversations is
 pinned to one node with `X-Sollol-Node` (group i to node i mod n), the rest goes to the least
-loaded node.
+loaded node. `nginx_least_conn` is nginx (least_conn, no buffering) in front of the same nodes,
+when Debian's nginx is installed: the least-connections balancer a proxy replaces.
+`performance_told` is `performance` told each node's `num_parallel`, the one row not given
+URLs only: beside `performance` it shows what learning the slots costs.
 """
 
 from __future__ import annotations
@@ -14,19 +17,33 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
 
+from sollol_proxy.bench import nginx
 from sollol_proxy.bench.workloads import SCENARIOS, Call, Scenario, Session
 from sollol_proxy.config import load_config
 from sollol_proxy.server import start_proxy
 from sollol_proxy.simulator import SimulatedNode
+from sollol_proxy.simulator.kvcache import SLOT_PROMPT_SIMILARITY
 from sollol_proxy.wire.headers import NODE_HEADER
 
-STRATEGIES = ("round_robin", "random", "least_loaded", "pin_groups", "performance")
+STRATEGIES = (
+    "round_robin",
+    "random",
+    "least_loaded",
+    "nginx_least_conn",
+    "pin_groups",
+    "performance",
+    "performance_told",
+)
 PIN_GROUPS = "pin_groups"
+NGINX = "nginx_least_conn"
+TOLD = "performance_told"
 
 
 @dataclass
@@ -37,6 +54,8 @@ class Result:
     loads: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    requests: int = 0  # chat requests the nodes served
+    hits: int = 0  # of those, the ones that reused more than 10% of their prompt from a slot
     elapsed: float = 0.0  # from the first request to the last answer
 
 
@@ -118,42 +137,71 @@ async def run_scenario(scenario: Scenario, strategy: str) -> Result:
                     async with http.post(node.url + "/api/generate", json={"model": name}) as r:
                         await r.read()
                 node.stats.reset()
+    result = Result()
+    try:
+        async with (
+            _front(strategy, nodes) as url,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+        ):
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    _session(http, url, s, result, _pin(strategy, s, nodes))
+                    for s in scenario.sessions
+                ),
+                *(_timed(http, url, c, result, t0) for c in scenario.calls),
+            )
+            result.elapsed = time.perf_counter() - t0
+    finally:
+        for node in nodes:
+            result.loads += node.stats.loads
+            result.prompt_tokens += node.stats.prompt_tokens
+            result.cached_tokens += node.stats.cached_tokens
+            result.requests += len(node.slot_uses)
+            result.hits += sum(
+                use.cached_tokens > SLOT_PROMPT_SIMILARITY * use.prompt_tokens
+                for use in node.slot_uses
+            )
+            await node.stop()
+    return result
+
+
+@asynccontextmanager
+async def _front(strategy: str, nodes: list[SimulatedNode]) -> AsyncIterator[str]:
+    """The URL the clients use: nginx, or a fresh proxy given only the nodes' URLs."""
+    if strategy == NGINX:
+        async with nginx.least_conn([n.url for n in nodes]) as url:
+            yield url
+        return
     config = load_config(
         None,
         env={},
         overrides={
             "listen.host": "127.0.0.1",
             "listen.port": 0,
-            "routing.strategy": "least_loaded" if strategy == PIN_GROUPS else strategy,
+            "routing.strategy": {PIN_GROUPS: "least_loaded", TOLD: "performance"}.get(
+                strategy, strategy
+            ),
             "health.interval": 0.5,
             "inventory.interval": 5,
             "log_level": "warning",
             # Zero configuration: the nodes' slots and memory are theirs to know, the proxy's
             # to learn. Names only label them (pin_groups pins by name).
-            "nodes": [{"url": n.url, "name": n.name} for n in nodes],
+            "nodes": [_node_config(strategy, n) for n in nodes],
         },
     )
     proxy = await start_proxy(config)
-    result = Result()
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-            t0 = time.perf_counter()
-            await asyncio.gather(
-                *(
-                    _session(http, proxy.url, s, result, _pin(strategy, s, nodes))
-                    for s in scenario.sessions
-                ),
-                *(_timed(http, proxy.url, c, result, t0) for c in scenario.calls),
-            )
-            result.elapsed = time.perf_counter() - t0
+        yield proxy.url
     finally:
         await proxy.stop()
-        for node in nodes:
-            result.loads += node.stats.loads
-            result.prompt_tokens += node.stats.prompt_tokens
-            result.cached_tokens += node.stats.cached_tokens
-            await node.stop()
-    return result
+
+
+def _node_config(strategy: str, node: SimulatedNode) -> dict[str, object]:
+    """URL and name only, or for `performance_told` the node's slots too (what issue #11's
+    discovery has to learn, given: the comparison shows what learning them costs)."""
+    told = {"num_parallel": node.num_parallel} if strategy == TOLD else {}
+    return {"url": node.url, "name": node.name, **told}
 
 
 def _pin(strategy: str, session: Session, nodes: list[SimulatedNode]) -> str | None:
@@ -188,6 +236,7 @@ def _row(strategy: str, result: Result, base: Result) -> str:
         f"{_q(result.total, 95):.3f} ({ratio(_q(result.total, 95), _q(base.total, 95))})",
         f"{result.loads} ({ratio(result.loads, base.loads)})",
         f"{hit:.0%}",
+        f"{result.hits / result.requests:.0%}" if result.requests else "-",
         f"{rate:.2f} ({ratio(rate, base_rate)})",
         str(result.errors),
     ]
@@ -198,6 +247,9 @@ async def benchmark(
     seed: int, scenarios: list[str], strategies: tuple[str, ...] = STRATEGIES
 ) -> str:
     out = []
+    if NGINX in strategies and not nginx.available():
+        strategies = tuple(s for s in strategies if s != NGINX)
+        out.append(f"({NGINX} left out: nginx is not installed)")
     for name in scenarios:
         scenario = SCENARIOS[name](seed)
         results = {strategy: await run_scenario(scenario, strategy) for strategy in strategies}
@@ -207,9 +259,9 @@ async def benchmark(
         )
         out.append(
             "| strategy | TTFT p50 | TTFT p95 | total p50 | total p95 | model loads "
-            "| prompt cache hits | requests/s | errors |"
+            "| prompt tokens cached | requests hitting | requests/s | errors |"
         )
-        out.append("|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
         out.extend(_row(strategy, result, base) for strategy, result in results.items())
     return "\n".join(out)
 

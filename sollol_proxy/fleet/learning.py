@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from sollol_proxy.config.policies import Priors
 
 # Weight of a new sample in the moving averages: recent behaviour dominates within ~5 samples.
 ALPHA = 0.3
+# Prefill speed samples kept per node and model; the speed is their lower median.
+PREFILL_WINDOW = 9
 # A load_duration under this is Ollama's bookkeeping for a resident model, not a load.
 LOAD_THRESHOLD_S = 0.25
 
@@ -80,11 +83,35 @@ class Average:
         return self.value if self.samples else default
 
 
+class LowerMedian:
+    """The lower median of the last `PREFILL_WINDOW` samples, for the prefill speed. Its samples
+    err one way only: a prompt the node had cached after all looks many times faster (its
+    prompt_eval_duration covers the uncached part), never slower. A decayed average that took
+    such a sample as its first value kept most of the error for ten samples; a median drops it
+    at the second. Same interface as `Average`."""
+
+    __slots__ = ("_window", "samples", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.samples = 0
+        self._window: deque[float] = deque(maxlen=PREFILL_WINDOW)
+
+    def add(self, sample: float) -> None:
+        self._window.append(sample)
+        self.samples += 1
+        ordered = sorted(self._window)
+        self.value = ordered[(len(ordered) - 1) // 2]
+
+    def get(self, default: float) -> float:
+        return self.value if self.samples else default
+
+
 @dataclass
 class PairStats:
     """One model on one node."""
 
-    prefill_tps: Average = field(default_factory=Average)
+    prefill_tps: LowerMedian = field(default_factory=LowerMedian)
     decode_tps: Average = field(default_factory=Average)
     load_s: Average = field(default_factory=Average)
     ttft_s: Average = field(default_factory=Average)
@@ -95,7 +122,7 @@ class PairStats:
 class NodeStats:
     """What a node's models have in common: the GPU's speed, and its reliability."""
 
-    prefill_tps: Average = field(default_factory=Average)
+    prefill_tps: LowerMedian = field(default_factory=LowerMedian)
     decode_tps: Average = field(default_factory=Average)
     success: Average = field(default_factory=Average)
 
@@ -109,7 +136,7 @@ class Learner:
         self._outputs: dict[tuple[str, str], Average] = {}
         self._model_load: dict[str, Average] = {}  # load time of a model on any node
         # (model, "prefill_tps" | "decode_tps") -> that speed of the model on any node
-        self._model_speeds: dict[tuple[str, str], Average] = {}
+        self._model_speeds: dict[tuple[str, str], Average | LowerMedian] = {}
         self._token_ratio: dict[str, Average] = {}  # Ollama's prompt tokens / the estimate
         self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
         # node -> observations of it so far: what was learned of it changed (fleet/views.py)
@@ -276,7 +303,7 @@ class Learner:
             if current.samples < 3 or speed < 3 * current.value:
                 current.add(speed)
                 stats.prefill_tps.add(speed)
-                self._model_speeds.setdefault((model, "prefill_tps"), Average()).add(speed)
+                self._model_speeds.setdefault((model, "prefill_tps"), LowerMedian()).add(speed)
         if timings.output_tokens >= 4 and timings.output_s > 0:
             speed = timings.output_tokens / timings.output_s
             pair.decode_tps.add(speed)

@@ -32,6 +32,7 @@ from sollol_proxy.routing.slot_cache import (
     Slot,
     SlotCache,
     Take,
+    common_tokens,
     first_key_copies,
     heads,
 )
@@ -63,6 +64,9 @@ class Probe:
     waiting_cached: int = 0
     waiting_since: float = 0.0
     waiting_slots: int = 0
+    # Every slot the node is believed to have is busy: when the oldest request in them started
+    # (None: a slot is idle). Admission may let more in while it probes for more slots.
+    full_since: float | None = None
 
 
 NO_PROBE = Probe()
@@ -133,7 +137,9 @@ class PromptCache:
         runner = self._runners.get((node, model))
         if runner is None:
             runner = self._runners[(node, model)] = SlotCache(slots)
-        elif len(runner.slots) != slots:
+        elif len(runner.slots) < slots:
+            # Only ever more: a belief that drops takes no slot from a running runner, and
+            # dropping one forgot what it held (the node looked empty and drew a group there).
             runner.resize(slots)
         return runner
 
@@ -181,19 +187,23 @@ class PromptCache:
         worth: dict[bytes, float] = {}  # first prefix -> what losing a node's copy costs
         for node, runner in runners.items():
             outsider = runner.outsider()
-            if first_key not in outsider.firsts:  # most runners: worked out once per change
+            full = None
+            waiting, waiting_slots, since = 0, 0, 0.0
+            if first_key not in outsider.firsts and outsider.victim is not None:
+                # Most runners: worked out once per change of their slots.
                 slot, cached, root, history = outsider.victim, 0, outsider.root, outsider.history
-                waiting, waiting_slots, since = 0, 0, 0.0
             else:
                 slot, cached = runner.choose(keys, keys_only=keys_only)
-                root, history = 0, 0
-                if slot is not None and slot.keys:
-                    root, history = runner.displaced(slot, keys, keys_only)
-                waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
-                if waiting <= cached:
-                    waiting, waiting_slots, since = 0, 0, 0.0
+                if slot is None:  # all busy: sent now, it waits there for the first slot to free
+                    slot = min(runner.slots, key=lambda s: s.started)
+                    full, cached = slot.started, common_tokens(slot, keys, keys_only)
+                root, history = runner.displaced(slot, keys, keys_only) if slot.keys else (0, 0)
+                if first_key in outsider.firsts:
+                    waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
+                    if full is None and waiting <= cached:  # an idle slot has as much
+                        waiting, waiting_slots, since = 0, 0, 0.0
             displaced = 0.0
-            if slot is not None and slot.keys:
+            if slot.keys:
                 if root:
                     first = slot.keys[0]
                     if first not in worth:
@@ -203,8 +213,8 @@ class PromptCache:
                     displaced = root * worth[first]
                 if history > 0 and gap:
                     displaced += history * HISTORY_WORTH * math.exp(-(now - slot.ended) / gap)
-            if cached or displaced or waiting:
-                found[node] = Probe(cached, displaced, waiting, since, waiting_slots)
+            if cached or displaced or waiting or full is not None:
+                found[node] = Probe(cached, displaced, waiting, since, waiting_slots, full)
         return found
 
     def _worth(self, model: str, root: bytes, copies: int, fleet_slots: int) -> float:
@@ -215,7 +225,10 @@ class PromptCache:
         count, seen = self._roots.get((model, root), (0.0, 0))
         if not count:
             return 0.0
-        share = count * DECAY ** (self._requests.get(model, 0) - seen) * (1 - DECAY)
+        requests = self._requests.get(model, 0)
+        # A share of the requests seen so far, (1 - DECAY**n) / (1 - DECAY) decayed: not of a
+        # full window, which undervalued every prefix over the first hundred requests.
+        share = count * DECAY ** (requests - seen) * (1 - DECAY) / (1 - DECAY**requests)
         return min(1.0, share * fleet_slots) / max(copies, 1)
 
     # -- dispatches ----------------------------------------------------------------------------

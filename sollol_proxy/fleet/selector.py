@@ -127,13 +127,13 @@ class Selector:
         bases = self._views.bases(nodes, profile, now)
         slots = {node.name: entry.slots for node, entry in zip(nodes, bases, strict=True)}
         slots.update((n.name, model_slots(n, model)) for n in waitable)
-        probes = self._prompt_cache.probe(model, profile.prefix_keys, slots)
+        probes = self._prompt_cache.probe(model, profile.prefix_keys, slots, now)
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
         # this model's tokens, the unit of Ollama's counts and of the learned speeds.
         ratio = self._learner.token_ratio(model)
         if hold is None:
             self._learner.observe_request(model)
-        views = probed(bases, probes, ratio)
+        views = probed(bases, probes, ratio, now, self._learner, profile)
         request = RouteRequest(
             model=model,
             request_id=request_id,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from operator import attrgetter
 
 from sollol_proxy.fleet.capacity import model_slots
@@ -147,9 +147,19 @@ class Views:
         return result
 
 
-def probed(bases: list[Kept], probes: Mapping[str, Probe], ratio: float) -> list[NodeView]:
+def probed(
+    bases: list[Kept],
+    probes: Mapping[str, Probe],
+    ratio: float,
+    now: float,
+    learner: Learner,
+    profile: RequestProfile,
+) -> list[NodeView]:
     """The views with what the probe found for this prompt (`ratio`: Ollama's tokens per
-    estimated token)."""
+    estimated token). When every slot a node is believed to have is busy but admission lets
+    more in (it probes for more slots), the request is priced as waiting there for the first
+    of them to free, as it will if the belief is right: otherwise the node looks free and its
+    cache empty, and draws the misses of a whole burst."""
     views = []
     for entry in bases:
         view = entry.view
@@ -157,5 +167,9 @@ def probed(bases: list[Kept], probes: Mapping[str, Probe], ratio: float) -> list
         probe = probes.get(view.name)
         if probe is not None:
             view = with_probe(view, round(probe.cached * ratio), probe.displaced * ratio)
+            if probe.full_since is not None and view.model_in_flight < view.num_parallel:
+                service = learner.service_s(view.name, profile.model, profile.prompt_tokens)
+                remaining = max(service - (now - probe.full_since), 0.1 * service)
+                view = replace(view, service_s=service, slot_wait_s=remaining)
         views.append(view)
     return views

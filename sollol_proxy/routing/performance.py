@@ -112,7 +112,11 @@ def worth_waiting(
         return None
     view, est = best
     saving = best_free.total - (est.total - est.wait)
-    return Wait(view.name, min(saving, WAIT_PATIENCE * est.wait + NEAR_TIE_SLACK_S), est)
+    # Patience is counted in whole requests too: a slot whose request has run longer than
+    # usual is expected to free any moment, but how long it goes on is unknown, and a hold
+    # that expires just before the slot frees pays both the wait and the prefill it avoided.
+    patience = WAIT_PATIENCE * max(est.wait, view.service_s) + NEAR_TIE_SLACK_S
+    return Wait(view.name, min(saving, patience), est)
 
 
 class Performance:

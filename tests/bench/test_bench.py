@@ -8,6 +8,7 @@ from sollol_proxy.bench import (
     bodies,
     capacity,
     capacity_runs,
+    nginx,
     overhead,
     queue,
     routing,
@@ -53,7 +54,8 @@ async def test_routing_benchmark_runs_every_strategy_on_the_same_workload(
         for line in table.splitlines()
         if line.startswith("| ") and not line.startswith("| strategy")
     ]
-    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == list(routing.STRATEGIES)
+    expected = [s for s in routing.STRATEGIES if s != routing.NGINX or nginx.available()]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == expected
     assert all(row.endswith("| 0 |") for row in rows)  # no errors
     assert rows[0].split(" | ")[1].endswith("(1.00)")  # round_robin is the baseline
 
@@ -62,6 +64,14 @@ async def test_a_scenario_counts_latencies_loads_and_cache() -> None:
     result = await routing.run_scenario(tiny(1), "performance")
     assert len(result.ttft) == len(result.total) == 6 and result.errors == 0
     assert result.loads >= 1 and result.prompt_tokens > result.cached_tokens > 0
+    # The conversation's second turn finds its first turn's slot; the one-word calls cannot.
+    assert result.requests == 6 and 1 <= result.hits < 6
+
+
+@pytest.mark.skipif(not nginx.available(), reason="nginx is not installed")
+async def test_nginx_least_conn_is_measured_in_front_of_the_same_nodes() -> None:
+    result = await routing.run_scenario(tiny(1), routing.NGINX)
+    assert len(result.ttft) == 6 and result.errors == 0 and result.requests == 6
 
 
 def test_scorer_benchmark_measures_each_strategy() -> None:

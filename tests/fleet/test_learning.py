@@ -230,3 +230,26 @@ def test_embedding_speed_is_learned_from_embed_answers() -> None:
     # An embedding model's speed says nothing of the node's chat models.
     assert learner.prefill_tps("a", "llama3.2") == Priors().prefill_tokens_per_s
     assert learner.expected_output("all-minilm", "embedding", 0) == 0
+
+
+def test_a_cached_prompt_among_the_first_samples_does_not_set_the_prefill_speed() -> None:
+    """The first answer was cached after all (ten times faster than a full prefill): the speed
+    is back to the node's own from the second clean sample, not ten samples later."""
+    learner = Learner(Priors())
+    hit = GENERATE_BODY.replace(
+        b'"prompt_eval_duration":1300000000', b'"prompt_eval_duration":130000000'
+    )
+    for body in (hit, GENERATE_BODY, GENERATE_BODY):
+        learner.observe_success(
+            "a",
+            "m",
+            "chat",
+            parse_timings(body),
+            clean_load=False,
+            cached_tokens=0,
+            ttft_s=None,
+            elapsed_s=1,
+        )
+    assert learner.prefill_tps("a", "m") == pytest.approx(2000)
+    assert learner.measured_prefill_tps("a", "m") == pytest.approx(2000)
+    assert learner.prefill_tps("b", "m") == pytest.approx(2000)  # what its peers measured

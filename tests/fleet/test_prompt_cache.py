@@ -97,8 +97,9 @@ def test_a_busy_slot_is_found_by_waiting_for_it() -> None:
     ticket = cache.take("a", "m", chat(SYSTEM, "first"), slots=1, now=10.0)
     assert ticket is not None
     probe = cache.probe("m", chat(SYSTEM, "second"), {"a": 1})["a"]
-    assert probe.cached == 0 and probe.waiting_cached == chat(SYSTEM)[0][1]
-    assert probe.waiting_since == 10.0
+    assert probe.waiting_cached == chat(SYSTEM)[0][1] and probe.waiting_since == 10.0
+    # Sent there now, it would wait on the node for the first slot to free, this one.
+    assert probe.full_since == 10.0 and probe.cached == chat(SYSTEM)[0][1]
     cache.finish(ticket)
     probe = cache.probe("m", chat(SYSTEM, "second"), {"a": 1})["a"]
     assert probe.cached == chat(SYSTEM)[0][1] and probe.waiting_cached == 0
@@ -171,7 +172,45 @@ def test_a_conversations_own_history_is_worth_keeping_while_it_may_come_back() -
         return cache.probe("m", newcomer, {"a": 1}, now=at)["a"].displaced
 
     # Pushing out a conversation that was just here costs about half its history; one whose
-    # follow-up would be long overdue, almost nothing.
-    assert 0.4 * 1300 < displaced(5.0) < 0.6 * 1300
-    assert displaced(5.0 + 3.0) < 0.4 * displaced(5.0)
-    assert displaced(5.0 + 30.0) < 1
+    # follow-up would be long overdue, only its system prompt (the only one ever asked for).
+    root = chat("system one")[0][1]
+    assert 0.4 * 1300 < displaced(5.0) - root < 0.6 * 1300
+    assert displaced(5.0 + 3.0) - root < 0.4 * (displaced(5.0) - root)
+    assert displaced(5.0 + 30.0) < root + 1
+
+
+def test_a_prefix_shared_by_a_third_of_few_requests_is_worth_its_whole_length() -> None:
+    """Early in a run (far fewer requests than the demand counters remember), a prefix asked for
+    by one request in three, on a fleet of six slots, is as valuable as it is after many: it is
+    asked for about twice per round of the slots, so losing its only copy costs all its tokens."""
+    cache = PromptCache()
+    teams = ["first team " * 80, "second team " * 80, "third team " * 80]
+    for i in range(6):  # six requests: two per team, the third team's on node c
+        cache.record("m", "c" if i % 3 == 2 else "b", chat(teams[i % 3], f"question {i}"), slots=1)
+    probe = cache.probe("m", chat(teams[0], "again"), {"b": 1, "c": 1, "d": 4})["c"]
+    assert probe.cached == 0
+    assert probe.displaced == chat(teams[2])[0][1]
+
+
+def test_a_full_node_is_priced_by_the_slot_that_frees_first() -> None:
+    """Every believed slot is busy: a request sent there now takes the slot whose request
+    started first, and pushes out what that slot holds (a group's only copy)."""
+    cache = PromptCache()
+    teams = ["first team " * 80, "second team " * 80]
+    older = cache.take("a", "m", chat(teams[0], "old"), slots=2, now=1.0)
+    newer = cache.take("a", "m", chat(teams[1], "new"), slots=2, now=2.0)
+    assert older is not None and newer is not None
+    probe = cache.probe("m", chat("third team " * 80, "hi"), {"a": 2}, now=3.0)["a"]
+    assert probe.full_since == 1.0 and probe.cached == 0
+    # Half the requests on a fleet of two slots: worth about all its tokens.
+    assert 0.95 * chat(teams[0])[0][1] < probe.displaced <= chat(teams[0])[0][1]
+
+
+def test_a_belief_that_drops_does_not_forget_what_the_slots_hold() -> None:
+    cache = PromptCache()
+    for team in ("first team " * 80, "second team " * 80):
+        cache.record("m", "a", chat(team, "hello"), slots=2)
+    # The slot belief fell to one (a wait another client caused): the runner still has both.
+    found = cached(cache, chat("first team " * 80, "again"), {"a": 1})
+    assert found == {"a": chat("first team " * 80)[0][1]}
+    assert len(cache.slots("a", "m")) == 2

@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
 from sollol_proxy.config import load_config
 from sollol_proxy.config.policies import Priors
 from sollol_proxy.fleet.fleet import Fleet
@@ -133,10 +135,32 @@ def test_the_probe_is_put_on_a_copy_of_the_kept_view() -> None:
     fleet, learner = fleet_of(2)
     views = Views(learner, fleet.healthy)
     bases = views.bases(list(fleet.nodes.values()), profile(MODELS[0]), now=1.0)
-    result = probed(bases, {"n1": Probe(cached=100, displaced=40.0)}, ratio=1.5)
+    result = probed(
+        bases, {"n1": Probe(cached=100, displaced=40.0)}, 1.5, 1.0, learner, profile(MODELS[0])
+    )
     assert result[0] is bases[0].view
     assert (result[1].cached_tokens, result[1].displaced_tokens) == (150, 60.0)
     assert bases[1].view is not None and bases[1].view.cached_tokens == 0  # kept unchanged
+
+
+def test_a_node_whose_believed_slots_are_all_busy_is_priced_as_a_wait() -> None:
+    """Admission lets more in than the believed slots (it probes for more): sent there now, a
+    request waits for the first slot to free, what remains of its request, never nothing."""
+    fleet, learner = fleet_of(2)
+    views = Views(learner, fleet.healthy)
+    wanted = profile(MODELS[0])
+    bases = views.bases(list(fleet.nodes.values()), wanted, now=1.0)
+    service = learner.service_s("n1", MODELS[0], wanted.prompt_tokens)
+    assert bases[1].view is not None and bases[1].view.num_parallel > 0
+
+    def wait_at(now: float) -> float | None:
+        full = {"n1": Probe(displaced=40.0, full_since=10.0)}
+        return probed(bases, full, 1.0, now, learner, wanted)[1].slot_wait_s
+
+    assert wait_at(10.0 + service / 4) == pytest.approx(service * 3 / 4)
+    assert wait_at(10.0 + 5 * service) == pytest.approx(0.1 * service)  # overdue: soon
+    free = probed(bases, {"n1": Probe(displaced=40.0)}, 1.0, 12.0, learner, wanted)
+    assert free[1].slot_wait_s is None
 
 
 def test_a_large_fleets_views_turn_over_a_few_at_a_time() -> None:

@@ -135,9 +135,16 @@ def test_pushing_out_shared_prefixes_is_priced_as_an_eviction() -> None:
     assert "pushes out 2.0k shared tokens" in describe(pushes, estimate(pushes, REQUEST), None)
 
 
-def waiting(name: str, wait_s: float, waiting_ahead: int = 0) -> NodeView:
-    """A busy node (2 slots) whose busy slot holds 2800 tokens of the prompt."""
-    return node(name, cached_tokens=2800, model_in_flight=2 + waiting_ahead, slot_wait_s=wait_s)
+def waiting(name: str, wait_s: float, waiting_ahead: int = 0, service_s: float = 0.25) -> NodeView:
+    """A busy node (2 slots) whose busy slot holds 2800 tokens of the prompt, where a request
+    usually holds a slot for `service_s`."""
+    return node(
+        name,
+        cached_tokens=2800,
+        model_in_flight=2 + waiting_ahead,
+        slot_wait_s=wait_s,
+        service_s=service_s,
+    )
 
 
 SHORT = replace(REQUEST, expected_output=20)  # 0.5 s of decode, 1.5 s of prefill uncached
@@ -154,6 +161,15 @@ def test_waiting_for_a_busy_slot_when_the_prefill_it_saves_is_larger() -> None:
     # Not when the wait eats the saving, nor with no free node to compare with.
     assert worth_waiting(SHORT, [free], [waiting("busy", 1.4)]) is None
     assert worth_waiting(SHORT, [], [waiting("busy", 0.3)]) is None
+
+
+def test_a_slot_busy_longer_than_usual_is_waited_for_a_whole_request_or_two() -> None:
+    """Its request is expected to end any moment (0.05 s), but it has overrun: the patience is
+    counted in whole requests (0.4 s each), not in what the expected wait says, so the hold
+    does not give up just before the slot frees and pay the prefill after all."""
+    free = estimate(node("free"), SHORT)
+    wait = worth_waiting(SHORT, [free], [waiting("overrun", 0.05, service_s=0.4)])
+    assert wait is not None and wait.budget_s == 2 * 0.4 + NEAR_TIE_SLACK_S
 
 
 def test_no_more_requests_wait_for_a_node_than_it_has_slots() -> None:
