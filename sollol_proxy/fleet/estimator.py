@@ -36,7 +36,8 @@ latency gradients; here the queueing is measured, so the window can follow proof
 
 Memory (`MemoryBelief`) is bounded from /api/ps snapshots: models resident together prove the
 node holds that many and that much size_vram; a model that left when another loaded (an
-eviction) caps both at what was resident plus the newcomer. A later co-residency above a cap
+eviction) caps both: fewer models than were resident plus the newcomer, and less memory than
+their sum. A later co-residency above a cap
 drops the cap: that departure was an expiry or an explicit unload, not an eviction.
 """
 
@@ -291,6 +292,8 @@ class MemoryBelief:
     def _evicted(self, previous: dict[str, int], incoming: int) -> None:
         count = len(previous)
         self._loaded_cap = count if self._loaded_cap is None else min(self._loaded_cap, count)
-        ceiling = sum(previous.values()) + incoming
-        if ceiling:  # CPU-only runners report no size_vram: nothing to learn about VRAM
+        # The newcomer did not fit beside them: the memory is less than their sum, so the
+        # same set priced against the cap must come out as not fitting (`used + need > vram`).
+        ceiling = sum(previous.values()) + incoming - 1
+        if ceiling > 0:  # CPU-only runners report no size_vram: nothing to learn about VRAM
             self._vram_cap = ceiling if self._vram_cap is None else min(self._vram_cap, ceiling)

@@ -106,6 +106,6 @@ def test_a_node_that_showed_no_eviction_holds_what_its_peers_hold() -> None:
     assert (peers.max_loaded, peers.vram_bytes) == (None, None)
     a.observe_ps({"x": {"size_vram": 4}, "y": {"size_vram": 4}})
     a.observe_ps({"y": {"size_vram": 4}, "z": {"size_vram": 4}})  # x evicted for z
-    assert (a.memory.max_loaded, a.memory.vram_bytes) == (2, 12)
-    assert (peers.max_loaded, peers.vram_bytes) == (2, 12)
+    assert (a.memory.max_loaded, a.memory.vram_bytes) == (2, 11)
+    assert (peers.max_loaded, peers.vram_bytes) == (2, 11)
     assert b.memory.max_loaded is None  # b's own belief stays unknown; capacity.py reads peers

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from sollol_proxy.fleet.estimator import CapacityEstimator, MemoryBelief, slot_wait
+from sollol_proxy.routing.eviction import Runner, victims
 
 
 @dataclass
@@ -287,6 +288,10 @@ def _ps(*models: tuple[str, int]) -> list[dict[str, object]]:
     return [{"name": name, "size": vram, "size_vram": vram} for name, vram in models]
 
 
+def _runners(*models: tuple[str, int]) -> list[Runner]:
+    return [Runner(name, size, 0, 0, 1.0, 0.0) for name, size in models]
+
+
 def test_memory_bounds_from_residency_and_evictions() -> None:
     gib = 1 << 30
     mem = MemoryBelief()
@@ -296,10 +301,12 @@ def test_memory_bounds_from_residency_and_evictions() -> None:
     assert (mem.loaded_seen, mem.vram_seen, mem.source) == (2, 10 * gib, "resident")
     # c loads and a leaves: with 2 resident, 10 GiB + 8 GiB did not fit.
     assert mem.observe(_ps(("b", 6 * gib), ("c", 8 * gib))) is True
-    assert (mem.max_loaded, mem.vram_bytes, mem.source) == (2, 18 * gib, "evictions")
+    assert (mem.max_loaded, mem.vram_bytes, mem.source) == (2, 18 * gib - 1, "evictions")
+    # Priced against the learned memory, the same set does not fit: the eviction is foreseen.
+    assert victims(_runners(("a", 4 * gib), ("b", 6 * gib)), 8 * gib, mem.vram_bytes, 3)
     # Three together later: that departure was an expiry, not a limit on the count.
     assert mem.observe(_ps(("b", 6 * gib), ("c", 8 * gib), ("d", 1 * gib))) is True
-    assert (mem.max_loaded, mem.vram_bytes, mem.loaded_seen) == (None, 18 * gib, 3)
+    assert (mem.max_loaded, mem.vram_bytes, mem.loaded_seen) == (None, 18 * gib - 1, 3)
 
 
 def test_configured_memory_is_kept() -> None:
