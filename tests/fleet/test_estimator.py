@@ -44,6 +44,7 @@ class Sim:
     finished: int = 0
     limits: list[int] = field(default_factory=list)  # the limit after each finish
     believed: list[int] = field(default_factory=list)
+    probes: int = 0  # requests the estimator sent as probes
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -74,6 +75,7 @@ class Sim:
             req = Request(self.now, len(self.ours) + 1, list(self.ours.values()))
             self.ours[id(req)] = req
             req.probe = self.est.dispatched(req.k, self.now)
+            self.probes += req.probe
             self._arrive(req)
 
     def foreign(self, duration: float | None = None) -> None:
@@ -135,6 +137,21 @@ def test_under_steady_waits_the_limit_stays_within_one_of_the_truth() -> None:
     assert set(sim.believed) == {4}
     assert set(sim.limits) == {4, 5}  # it keeps probing, but only one above
     assert sim.limits.count(5) < len(sim.limits) / 4  # and backs off after failed probes
+
+
+def test_once_bracketed_the_truth_is_probed_only_every_probe_every_seconds() -> None:
+    for truth in (1, 2, 4):
+        sim = Sim(CapacityEstimator(prior=1, probe_every=30.0), slots=truth)
+        while sim.est.source != "learned":  # slow start ends with a probe that waited
+            sim.run(1)
+        assert sim.est.believed == truth
+        learned_at, probes = sim.now, sim.probes
+        while sim.now < learned_at + 25.0:  # each request holds a slot about a second
+            sim.run(1)
+        assert sim.probes == probes  # a probe would cost a request a wait in Ollama
+        while sim.now < learned_at + 40.0:
+            sim.run(1)
+        assert sim.probes > probes  # but a node that gained slots is still found
 
 
 def test_a_wrong_prior_from_peers_is_lowered() -> None:
