@@ -185,10 +185,13 @@ async def benchmark(
     out: list[str] = []
     for name in fleets or list(FLEETS):
         fleet = FLEETS[name]
-        runs = {}
-        for mode in MODES:
-            seeds = range(seed, seed + repeat)
-            runs[mode] = Run.pooled([await run_mode(mode, fleet, workload, s) for s in seeds])
+        each: dict[str, list[Run]] = {mode: [] for mode in MODES}
+        # Seed by seed, every mode in turn: the load of a shared machine drifts over minutes,
+        # and the modes compared should see the same drift.
+        for s in range(seed, seed + repeat):
+            for mode in MODES:
+                each[mode].append(await run_mode(mode, fleet, workload, s))
+        runs = {mode: Run.pooled(each[mode]) for mode in MODES}
         named = f"{seed}-{seed + repeat - 1}" if repeat > 1 else str(seed)
         out += report(fleet, workload, runs, named)
     return "\n".join(out)

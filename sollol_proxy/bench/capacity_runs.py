@@ -168,7 +168,26 @@ def report(fleet: Fleet, workload: Workload, runs: dict[str, Run], seeds: str) -
     for title, since in (("whole run", 0.0), (f"after {workload.warmup:g} s", workload.warmup)):
         lines += ["", f"{title}:", "", header, "|---|---|---|---|---|---|---|---|---|"]
         lines += [_row(mode, runs[mode], runs["told"], since) for mode in MODES if mode in runs]
+    if runs["told"].repeats:
+        lines += [
+            "",
+            f"Total p95 after {workload.warmup:g} s over told's, run by run (seed by seed):",
+        ]
+        lines += [
+            f"{mode} {_per_run(runs[mode], runs['told'], workload.warmup)}"
+            for mode in MODES
+            if mode in runs and mode != "told"
+        ]
     return lines
+
+
+def _per_run(run: Run, told: Run, since: float) -> str:
+    """Each run's ratio, to show how much of a pooled ratio one run makes."""
+    ratios = []
+    for mine, theirs in zip(run.repeats, told.repeats, strict=True):
+        ref = _q([s.total for s in theirs.of(since)], 95)
+        ratios.append(_q([s.total for s in mine.of(since)], 95) / ref if ref else 0.0)
+    return ", ".join(f"{r:.2f}" for r in ratios)
 
 
 def _seconds(value: float | None) -> str:

@@ -13,8 +13,10 @@ eviction yet is believed to hold what its peers were seen to hold, or more if it
 Restarts. A node's slots change only when its `ollama serve` restarts (or a runner is loaded
 anew), so the estimators of a node are reset, keeping their value but no longer trusting it
 (slow start again), when a node answers its probes again after failing them or reports another
-version, and the estimator of a model when its runner leaves /api/ps. A restart between two
-probes is caught by the estimator itself: waits where it had proofs, or free runs above it.
+version, and the estimator of a model when its runner leaves /api/ps or an answer shows a load
+(load_duration) where the model was believed loaded (capacity.learn). A restart between two
+probes that no load shows (the node was busy: streams were cut) is caught by the estimator
+itself: a cut makes its next probe due; waits where it had proofs, or free runs above it.
 """
 
 from __future__ import annotations

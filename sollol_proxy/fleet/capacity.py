@@ -18,7 +18,7 @@ from typing import Any
 
 from sollol_proxy.fleet.beliefs import SlotBelief
 from sollol_proxy.fleet.estimator import slot_wait
-from sollol_proxy.fleet.learning import Timings
+from sollol_proxy.fleet.learning import LOAD_THRESHOLD_S, Timings
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.wire.slots import SINGLE_SLOT_FAMILIES
 
@@ -165,11 +165,16 @@ def learn(
     timings: Timings | None,
     streamed: bool,
     now: float,
+    cold: bool = False,
 ) -> None:
     """Fold one answered request (HTTP 200, whole) into the belief; `k` was in flight when it
-    was sent, itself included."""
+    was sent, itself included; `cold`: the model was not believed loaded there then."""
     estimator = belief.estimator
     if timings is not None:
+        if not cold and timings.load_s >= LOAD_THRESHOLD_S:
+            # A load where the model was loaded: a new runner (the node restarted between two
+            # probes, or the model was unloaded behind the proxy's back), maybe with other slots.
+            node.beliefs.restarted("a load where the model was loaded: a new runner", [model])
         if not (timings.prompt_s or timings.output_s):
             return  # a load without a prompt, or embeddings: no slot wait in these timings
         wait = slot_wait(timings.total_s, timings.load_s, timings.prompt_s, timings.output_s)

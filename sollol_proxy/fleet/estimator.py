@@ -28,15 +28,18 @@ latency gradients; here the queueing is measured, so the window can follow proof
   waits stops probing for a number of full-window dispatches (there was demand) that doubles up
   to `max_backoff`, or for `probe_every` seconds if that comes first, so a saturated node sees
   its limit alternate between the truth and one more, rarely: every probe that waits costs one
-  request a wait inside Ollama. A failed or cut request makes the next probe due (a restart cuts
-  streams). A wait-free run at a concurrency that used to wait means the node gained slots:
+  request a wait inside Ollama. Once the truth is bracketed (a wait-free run at the belief, a
+  wait at one more) the backoff is `max_backoff` at once: a runner's slots are fixed for its
+  life, and a new runner shows itself (see beliefs.py). A failed or cut request makes the next
+  probe due (a restart cuts streams). A wait-free run at a concurrency that used to wait means the node gained slots:
   slow start again.
 - A configured or forced value (`fixed`: num_parallel from the config, 1 for embedding models and
   single-slot families) is used as is and never changed by observation.
 
 Memory (`MemoryBelief`) is bounded from /api/ps snapshots: models resident together prove the
 node holds that many and that much size_vram; a model that left when another loaded (an
-eviction) caps both at what was resident plus the newcomer. A later co-residency above a cap
+eviction) caps both: fewer models than were resident plus the newcomer, and less memory than
+their sum. A later co-residency above a cap
 drops the cap: that departure was an expiry or an explicit unload, not an eviction.
 """
 
@@ -173,7 +176,7 @@ class CapacityEstimator:
         if slot_wait_s <= max(NOISE_S, NOISE_SHARE * total_s):
             reason = self._ran_free(max(1, min(k, overlap or k)), now)
         else:
-            reason = self._waited(k)
+            reason = self._waited(k, now)
         if (self._believed, self.source) == (before, source):
             return None
         return Change(before, self._believed, self.source, reason)
@@ -207,12 +210,16 @@ class CapacityEstimator:
             self._slow_start = False
         return f"{k} in flight ran without a slot wait"
 
-    def _waited(self, k: int) -> str:
+    def _waited(self, k: int, now: float) -> str:
         self._slow_start = False
         if k > self._believed:
             self._ceiling = k if self._ceiling is None else min(self._ceiling, k)
             if self._until_probe <= 0:  # the probe failed: back off
-                self._until_probe = self._backoff
+                if self._proven >= self._believed and self._ceiling == self._believed + 1:
+                    # Bracketed: the truth is the belief. Only a new runner changes it, and that
+                    # shows (cut streams, failed probes, /api/ps, a load): probe rarely.
+                    self._backoff = self.max_backoff
+                self._until_probe, self._probed_at = self._backoff, now
                 self._backoff = min(2 * self._backoff, self.max_backoff)
             return f"a probe at {k} in flight waited for a slot"
         self._strike_ks.append(k)
@@ -291,6 +298,8 @@ class MemoryBelief:
     def _evicted(self, previous: dict[str, int], incoming: int) -> None:
         count = len(previous)
         self._loaded_cap = count if self._loaded_cap is None else min(self._loaded_cap, count)
-        ceiling = sum(previous.values()) + incoming
-        if ceiling:  # CPU-only runners report no size_vram: nothing to learn about VRAM
+        # The newcomer did not fit beside them: the memory is less than their sum, so the
+        # same set priced against the cap must come out as not fitting (`used + need > vram`).
+        ceiling = sum(previous.values()) + incoming - 1
+        if ceiling > 0:  # CPU-only runners report no size_vram: nothing to learn about VRAM
             self._vram_cap = ceiling if self._vram_cap is None else min(self._vram_cap, ceiling)

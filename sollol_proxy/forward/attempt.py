@@ -159,6 +159,7 @@ class DispatchObserver:
                     timings,
                     profile.stream,
                     time.monotonic(),
+                    cold=attempt.cold,
                 )
         if attempt.lease is not None:  # the node is done with it: others are routed on that
             attempt.lease.end()

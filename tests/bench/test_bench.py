@@ -119,6 +119,8 @@ async def test_capacity_benchmark_reports_learned_slots_and_every_mode() -> None
     assert runs == [*capacity_runs.MODES, *capacity_runs.MODES]  # whole run, then after the warm-up
     told = next(row for row in rows if row[0] == "| told")
     assert told[3].endswith("(1.00)")  # the reference
+    per_run = [line for line in report.splitlines() if line.startswith("no queue ")]
+    assert len(per_run) == 1 and per_run[0].count(", ") == 1  # one ratio per seed
 
 
 def test_convergence_is_when_the_beliefs_stay_right() -> None:

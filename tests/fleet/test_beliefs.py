@@ -1,10 +1,14 @@
-"""What a node is believed to run: ends and overlap, peers' priors, resets, reconfiguration."""
+"""What a node is believed to run: ends and overlap, peers' priors, resets (a new runner),
+reconfiguration."""
 
 from __future__ import annotations
 
 from sollol_proxy.config import NodeConfig
+from sollol_proxy.fleet import capacity
 from sollol_proxy.fleet.beliefs import ENDS_KEPT, NodeBeliefs, Peers, SlotBelief
 from sollol_proxy.fleet.estimator import CapacityEstimator
+from sollol_proxy.fleet.learning import Timings
+from sollol_proxy.fleet.node import NodeState
 
 
 def node(name: str, **settings: object) -> NodeBeliefs:
@@ -45,9 +49,9 @@ def test_a_probe_lets_no_other_probe_in_until_it_ends() -> None:
     estimator = belief.estimator
     assert (estimator.believed, estimator.limit) == (2, 2)  # the failed probe backed off
     for _ in range(2):
-        belief.dispatched(now=1.0)  # full-window dispatches: the backoff runs out
+        belief.dispatched(now=31.0)  # probe_every seconds after the failed probe
     assert estimator.limit == 3
-    in_flight, probe = belief.dispatched(now=1.0)
+    in_flight, probe = belief.dispatched(now=31.0)
     assert (in_flight, probe, estimator.limit) == (3, True, 2)
     belief.ended(2.0, probe=True)
     assert estimator.limit == 3
@@ -106,6 +110,23 @@ def test_a_node_that_showed_no_eviction_holds_what_its_peers_hold() -> None:
     assert (peers.max_loaded, peers.vram_bytes) == (None, None)
     a.observe_ps({"x": {"size_vram": 4}, "y": {"size_vram": 4}})
     a.observe_ps({"y": {"size_vram": 4}, "z": {"size_vram": 4}})  # x evicted for z
-    assert (a.memory.max_loaded, a.memory.vram_bytes) == (2, 12)
-    assert (peers.max_loaded, peers.vram_bytes) == (2, 12)
+    assert (a.memory.max_loaded, a.memory.vram_bytes) == (2, 11)
+    assert (peers.max_loaded, peers.vram_bytes) == (2, 11)
     assert b.memory.max_loaded is None  # b's own belief stays unknown; capacity.py reads peers
+
+
+def test_a_load_where_the_model_was_loaded_restarts_slow_start() -> None:
+    state = NodeState(NodeConfig(url="http://a:1", name="a"))
+    belief = state.beliefs.slot("m", forced=False)
+    learn(belief, 4)
+    assert (belief.estimator.source, belief.estimator.limit) == ("learned", 4)
+    loaded = Timings(
+        total_s=1.5, load_s=1.0, prompt_tokens=5, prompt_s=0.1, output_tokens=9, output_s=0.4
+    )
+    # Sent while the model was not loaded there: the load was expected, the runner known.
+    capacity.learn(state, "m", belief, 1, 0.0, None, loaded, False, 2.0, cold=True)
+    assert (belief.estimator.source, belief.estimator.believed) == ("learned", 4)
+    # Sent to a loaded model, and it loaded: a new runner, whose slots are found again.
+    capacity.learn(state, "m", belief, 1, 3.0, None, loaded, False, 5.0, cold=False)
+    assert (belief.estimator.source, belief.estimator.believed) == ("probing", 4)
+    assert belief.estimator.limit == 5

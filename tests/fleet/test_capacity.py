@@ -120,9 +120,12 @@ async def test_a_node_restarted_with_more_slots_is_relearned(
             models=["llama3.2"],
             num_parallel=1,
             token_delay=TOKEN_DELAY,
+            load_delay=0.3,  # a real load takes at least that: its load_duration shows it
             deterministic=False,
         ),
         urls_only=True,
+        # No /api/ps between the restart and the next request: only its load shows the new runner.
+        health__interval=30.0,
     )
     (name,) = node_names(made)
     await load(http, made, clients=4, each=6)

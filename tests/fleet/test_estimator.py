@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from sollol_proxy.fleet.estimator import CapacityEstimator, MemoryBelief, slot_wait
+from sollol_proxy.routing.eviction import Runner, victims
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Sim:
     finished: int = 0
     limits: list[int] = field(default_factory=list)  # the limit after each finish
     believed: list[int] = field(default_factory=list)
+    probes: int = 0  # requests the estimator sent as probes
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -73,6 +75,7 @@ class Sim:
             req = Request(self.now, len(self.ours) + 1, list(self.ours.values()))
             self.ours[id(req)] = req
             req.probe = self.est.dispatched(req.k, self.now)
+            self.probes += req.probe
             self._arrive(req)
 
     def foreign(self, duration: float | None = None) -> None:
@@ -134,6 +137,21 @@ def test_under_steady_waits_the_limit_stays_within_one_of_the_truth() -> None:
     assert set(sim.believed) == {4}
     assert set(sim.limits) == {4, 5}  # it keeps probing, but only one above
     assert sim.limits.count(5) < len(sim.limits) / 4  # and backs off after failed probes
+
+
+def test_once_bracketed_the_truth_is_probed_only_every_probe_every_seconds() -> None:
+    for truth in (1, 2, 4):
+        sim = Sim(CapacityEstimator(prior=1, probe_every=30.0), slots=truth)
+        while sim.est.source != "learned":  # slow start ends with a probe that waited
+            sim.run(1)
+        assert sim.est.believed == truth
+        learned_at, probes = sim.now, sim.probes
+        while sim.now < learned_at + 25.0:  # each request holds a slot about a second
+            sim.run(1)
+        assert sim.probes == probes  # a probe would cost a request a wait in Ollama
+        while sim.now < learned_at + 40.0:
+            sim.run(1)
+        assert sim.probes > probes  # but a node that gained slots is still found
 
 
 def test_a_wrong_prior_from_peers_is_lowered() -> None:
@@ -287,6 +305,10 @@ def _ps(*models: tuple[str, int]) -> list[dict[str, object]]:
     return [{"name": name, "size": vram, "size_vram": vram} for name, vram in models]
 
 
+def _runners(*models: tuple[str, int]) -> list[Runner]:
+    return [Runner(name, size, 0, 0, 1.0, 0.0) for name, size in models]
+
+
 def test_memory_bounds_from_residency_and_evictions() -> None:
     gib = 1 << 30
     mem = MemoryBelief()
@@ -296,10 +318,12 @@ def test_memory_bounds_from_residency_and_evictions() -> None:
     assert (mem.loaded_seen, mem.vram_seen, mem.source) == (2, 10 * gib, "resident")
     # c loads and a leaves: with 2 resident, 10 GiB + 8 GiB did not fit.
     assert mem.observe(_ps(("b", 6 * gib), ("c", 8 * gib))) is True
-    assert (mem.max_loaded, mem.vram_bytes, mem.source) == (2, 18 * gib, "evictions")
+    assert (mem.max_loaded, mem.vram_bytes, mem.source) == (2, 18 * gib - 1, "evictions")
+    # Priced against the learned memory, the same set does not fit: the eviction is foreseen.
+    assert victims(_runners(("a", 4 * gib), ("b", 6 * gib)), 8 * gib, mem.vram_bytes, 3)
     # Three together later: that departure was an expiry, not a limit on the count.
     assert mem.observe(_ps(("b", 6 * gib), ("c", 8 * gib), ("d", 1 * gib))) is True
-    assert (mem.max_loaded, mem.vram_bytes, mem.loaded_seen) == (None, 18 * gib, 3)
+    assert (mem.max_loaded, mem.vram_bytes, mem.loaded_seen) == (None, 18 * gib - 1, 3)
 
 
 def test_configured_memory_is_kept() -> None:
