@@ -30,9 +30,11 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from sollol_proxy.admission.bounds import over_bounds
+from sollol_proxy.admission.gate import Gate
 from sollol_proxy.admission.queue_stats import PriorityStats, queue_snapshot
 from sollol_proxy.admission.slot_table import SlotTable
 from sollol_proxy.admission.tickets import Held, QueueRejected, Slot, Waiter
@@ -64,6 +66,7 @@ class Admission:
         self._keys: Counter[tuple[str, ...]] = Counter()  # of the waiting requests
         self._seq = itertools.count()
         self.stats = {p: PriorityStats() for p in PRIORITIES}
+        self.gate: Gate | None = None  # replicas sharing slots in Redis (shared/slots.py)
 
     def reconfigure(self, config: Config) -> None:
         """A reload: new bounds apply to new arrivals and to the next pump; waiters stay."""
@@ -97,9 +100,20 @@ class Admission:
         key: tuple[str, ...],
         candidates: Callable[[], list[NodeState]],
         choose: Callable[[list[NodeState]], Plan],
-    ) -> Held:
+    ) -> AbstractAsyncContextManager[Slot]:
         """Wait for a slot (or raise QueueRejected), hold it for the block, release it after."""
+        if self.gate is not None:
+            return self.gate.admit(
+                lambda nodes: Held(self._acquire(priority, model, key, nodes, choose)),
+                priority,
+                model,
+                candidates,
+            )
         return Held(self._acquire(priority, model, key, candidates, choose))
+
+    def wake(self) -> None:
+        """A slot freed elsewhere (another replica): hand it out now rather than at the tick."""
+        self._pump()
 
     async def _acquire(
         self,

@@ -1,0 +1,25 @@
+"""What admission control asks of a gate in front of it (state shared by replicas in Redis:
+`shared/slots.py`); without one, nothing changes. The gate wraps the local acquisition, which
+it is handed with the candidate nodes it allows, and may refuse a slot the local table grants."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from sollol_proxy.admission.tickets import Held, Slot
+from sollol_proxy.fleet.node import NodeState
+
+# The local acquisition, given the candidates to choose among.
+LocalAdmit = Callable[[Callable[[], list[NodeState]]], Held]
+
+
+class Gate(Protocol):
+    def admit(
+        self,
+        local: LocalAdmit,
+        priority: int,
+        model: str,
+        candidates: Callable[[], list[NodeState]],
+    ) -> AbstractAsyncContextManager[Slot]: ...

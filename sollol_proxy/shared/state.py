@@ -1,0 +1,47 @@
+"""The shared state of one replica, as the app wires it: the link to Redis and the parts that
+share through it, with their background tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sollol_proxy.admission.admission import Admission
+from sollol_proxy.config.policies import StatePolicy
+from sollol_proxy.fleet.fleet import Fleet
+from sollol_proxy.shared.health import Listener, SharedHealth
+from sollol_proxy.shared.link import Link
+from sollol_proxy.shared.report import SharedCollector, alerts
+from sollol_proxy.shared.slots import SharedSlots
+
+
+class SharedState:
+    def __init__(
+        self,
+        policy: StatePolicy,
+        fleet: Fleet,
+        admission: Admission,
+        probe_interval: Callable[[], float],
+    ) -> None:
+        self.link = Link(policy)
+        self.slots = SharedSlots(self.link, admission)
+        self.health = SharedHealth(self.link, fleet, probe_interval)
+        self.collector = SharedCollector(self.link, self.slots, self.health)
+
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        return {
+            "shared:link": self.link.run(),
+            "shared:events": self.link.listen(),
+            "shared:slots": self.slots.run(),
+            "shared:keep": self.slots.keep(),
+            "shared:health": self.health.run(),
+        }
+
+    def listening(self, inner: Listener) -> Listener:
+        return self.health.listening(inner)
+
+    def alerts(self) -> list[dict[str, str]]:
+        return alerts(self.link)
+
+    async def close(self) -> None:
+        await self.link.close()
