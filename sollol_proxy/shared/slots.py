@@ -163,7 +163,7 @@ class SharedSlots:
             return [n for n in nodes if self._room(n, model)] or nodes
 
         try:
-            if self._link.up and self._admission.waiting:
+            if self._link.up and self._will_wait(free, model):
                 # It will wait in the local queue: it takes its place in the shared order first.
                 await self._enqueue(waiter, model, urgency)
             while True:
@@ -195,6 +195,16 @@ class SharedSlots:
             if self._waiters.pop(waiter, None) is not None:
                 self._forget(waiter, model)
             raise
+
+    def _will_wait(self, free: Callable[[], list[NodeState]], model: str) -> bool:
+        """Whether the local queue is about to hold the request: others wait there, or this
+        replica's own slots on the candidate nodes are all taken."""
+        if self._admission.waiting:
+            return True
+        try:
+            return not any(self._admission.is_free(n, model) for n in free())
+        except Exception:  # no candidates at all: admission answers that itself
+            return False
 
     def _room_elsewhere(
         self, candidates: Callable[[], list[NodeState]], full: NodeState, model: str
