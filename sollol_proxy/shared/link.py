@@ -115,6 +115,8 @@ class Link:
     async def _connect(self) -> bool:
         try:
             async with asyncio.timeout(self.policy.timeout * 4):
+                # Connections to a Redis that went away are dead even if they look idle.
+                await self.client.connection_pool.disconnect()
                 pipe = self.client.pipeline(transaction=False)
                 for text in SCRIPTS.values():
                     pipe.script_load(text)
