@@ -89,6 +89,8 @@ class Admission:
 
     def give(self, node: NodeState, model: str) -> None:
         self.slots.give(node, model)
+        if self.gate is not None:  # before the pump: the slot is free in Redis for the next
+            self.gate.give(node, model)
         self._pump()
 
     # -- the queue ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """What admission control asks of a gate in front of it (state shared by replicas in Redis:
 `shared/slots.py`); without one, nothing changes. The gate wraps the local acquisition, which
-it is handed with the candidate nodes it allows, and may refuse a slot the local table grants."""
+it is handed with the candidate nodes it allows, and may refuse a slot the local table grants;
+it is told when a slot is given back."""
 
 from __future__ import annotations
 
@@ -23,3 +24,6 @@ class Gate(Protocol):
         model: str,
         candidates: Callable[[], list[NodeState]],
     ) -> AbstractAsyncContextManager[Slot]: ...
+
+    def give(self, node: NodeState, model: str) -> None:
+        """A slot the gate let through is given back (its last byte, or a move)."""

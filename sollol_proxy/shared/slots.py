@@ -74,7 +74,7 @@ class _Forget:
 class SharedHeld:
     """`async with admission.admit(...)` with Redis on: the local slot, then the lease."""
 
-    __slots__ = ("_candidates", "_lease", "_local", "_model", "_priority", "_shared", "held")
+    __slots__ = ("_candidates", "_local", "_model", "_priority", "_shared", "held")
 
     def __init__(
         self,
@@ -90,19 +90,16 @@ class SharedHeld:
         self._model = model
         self._candidates = candidates
         self.held: Held | None = None
-        self._lease: tuple[str, str] | None = None
 
     async def __aenter__(self) -> Slot:
-        slot, self.held, self._lease = await self._shared.acquire(
+        slot, self.held = await self._shared.acquire(
             self._local, self._priority, self._model, self._candidates
         )
         return slot
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self.held is not None:
+        if self.held is not None:  # its lease is given back with the slot (`give`)
             await self.held.__aexit__(*exc_info)
-        if self._lease is not None:
-            self._shared.release(*self._lease)
 
 
 class SharedSlots:
@@ -119,6 +116,8 @@ class SharedSlots:
         # Refused requests, per model, most urgent first: (urgency, seq, woken when).
         self._parked: dict[str, list[tuple[float, int, asyncio.Future[None]]]] = {}
         self._seq = itertools.count()
+        self._leases: Counter[tuple[str, str]] = Counter()  # local slots holding a lease
+        self._unleased: Counter[tuple[str, str]] = Counter()  # gives that carry no lease
         self._remote_free: dict[str, bool] = {}  # refused waiters that saw a free slot
         self.granted = self.refused = self.alone = 0
         link.on_rejoin.append(self._rejoined)
@@ -151,7 +150,7 @@ class SharedSlots:
         priority: int,
         model: str,
         candidates: Callable[[], list[NodeState]],
-    ) -> tuple[Slot, Held, tuple[str, str]]:
+    ) -> tuple[Slot, Held]:
         waiter = f"{self._link.replica}:{next(self._seq)}"
         urgency = time.time() - priority * self._admission.config.ageing
         deadline = time.monotonic() + self._admission.config.max_wait
@@ -171,13 +170,19 @@ class SharedSlots:
                 slot = await held.__aenter__()
                 node = slot.node
                 assert node is not None
-                verdict = await self._grant(node, model, waiter, urgency)
+                try:
+                    verdict = await self._grant(node, model, waiter, urgency)
+                except BaseException:
+                    self._unleased[(node.name, model)] += 1
+                    await held.__aexit__(None, None, None)
+                    raise
                 if verdict != REFUSED:
                     if verdict == ALONE and waiter in self._waiters:
                         self._forget(waiter, model)
                     self._waiters.pop(waiter, None)
-                    return slot, held, (node.name, model)
+                    return slot, held
                 self._waiters[waiter] = model
+                self._unleased[(node.name, model)] += 1
                 await held.__aexit__(None, None, None)
                 ahead_only = self._remote_free.pop(waiter, False)
                 if not ahead_only and self._room_elsewhere(candidates, node, model):
@@ -256,11 +261,23 @@ class SharedSlots:
     async def _grant(self, node: NodeState, model: str, waiter: str, urgency: float) -> int:
         if not self._link.up:
             self.mine[(node.name, model)] += 1
+            self._leases[(node.name, model)] += 1
             self.alone += 1
             return ALONE
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._push(_Grant(node.name, model, waiter, urgency, model_room(node, model), future))
         return await future
+
+    def give(self, node: NodeState, model: str) -> None:
+        """Admission control gave a slot back: its lease goes with it, in the same step, so
+        that the next request granted the slot here finds it free in Redis too. A slot that
+        never got a lease (refused, or moved to this node by a retry) gives none back."""
+        key = (node.name, model)
+        if self._unleased[key]:
+            self._unleased[key] -= 1
+        elif self._leases[key]:
+            self._leases[key] -= 1
+            self.release(node.name, model)
 
     def release(self, node: str, model: str) -> None:
         if self._link.up:
@@ -392,6 +409,7 @@ class SharedSlots:
             if op.future.cancelled():  # the request left meanwhile: its slot is not held
                 self.mine[(op.node, op.model)] -= 1
             else:
+                self._leases[(op.node, op.model)] += 1
                 op.future.set_result(ALONE)
         elif isinstance(op, _Release):
             self.mine[(op.node, op.model)] -= 1
@@ -414,6 +432,7 @@ class SharedSlots:
             if op.future.cancelled():
                 self.release(op.node, op.model)
                 return
+            self._leases[key] += 1
             self._remote[key] = (max(total - self.mine[key], 0), time.monotonic())
             if total < op.capacity:  # room left: the next refused request may have it
                 self._unpark(op.model)
