@@ -106,7 +106,9 @@ class Admission:
         """Wait for a slot (or raise QueueRejected), hold it for the block, release it after."""
         if self.gate is not None:
             return self.gate.admit(
-                lambda nodes: Held(self._acquire(priority, model, key, nodes, choose)),
+                lambda nodes, since: Held(
+                    self._acquire(priority, model, key, nodes, choose, since)
+                ),
                 priority,
                 model,
                 candidates,
@@ -124,8 +126,10 @@ class Admission:
         key: tuple[str, ...],
         candidates: Callable[[], list[NodeState]],
         choose: Callable[[list[NodeState]], Plan],
+        since: float | None = None,  # asked before (the gate's refusal): keeps its place
     ) -> Slot:
         band = self.config.band(priority)
+        enqueued = time.monotonic() if since is None else since
         plan: Plan | None = None
         if not self._keys:
             # Nobody waits (the common case): a free slot is granted here, as the pump would,
@@ -142,7 +146,7 @@ class Admission:
                     priority,
                     model,
                     key,
-                    time.monotonic(),
+                    enqueued,
                     candidates,
                     choose,
                     band,
@@ -157,7 +161,7 @@ class Admission:
             model,
             key,
             next(self._seq),
-            time.monotonic(),
+            enqueued,
             candidates,
             choose,
             band,

@@ -12,8 +12,9 @@ from typing import Protocol
 from sollol_proxy.admission.tickets import Held, Slot
 from sollol_proxy.fleet.node import NodeState
 
-# The local acquisition, given the candidates to choose among.
-LocalAdmit = Callable[[Callable[[], list[NodeState]]], Held]
+# The local acquisition, given the candidates to choose among and, for a request asking again,
+# when it first asked (time.monotonic()), so that it keeps its place in the local queue.
+LocalAdmit = Callable[[Callable[[], list[NodeState]], float | None], Held]
 
 
 class Gate(Protocol):

@@ -42,6 +42,7 @@ from sollol_proxy.simulator import SimulatedNode
 
 ROUND_TRIPS = re.compile(rb"^sollol_shared_round_trips_total ([0-9.e+]+)$", re.M)
 ROUND_TRIP_S = re.compile(rb"^sollol_shared_round_trip_seconds_total ([0-9.e+]+)$", re.M)
+REFUSED = re.compile(rb'^sollol_shared_leases_total\{result="refused"\} ([0-9.e+]+)$', re.M)
 
 
 @contextlib.contextmanager
@@ -69,6 +70,7 @@ class Run:
     peak: int  # most requests a node ran at once
     round_trips: float  # to Redis, per request
     round_trip_ms: float  # time in them, per request
+    refused: float  # leases Redis refused, per request (a request then waits and asks again)
 
 
 async def _peak(nodes: list[SimulatedNode], seen: list[int]) -> None:
@@ -77,8 +79,8 @@ async def _peak(nodes: list[SimulatedNode], seen: list[int]) -> None:
         await asyncio.sleep(0.002)
 
 
-async def _redis_cost(urls: list[str]) -> tuple[float, float]:
-    trips = seconds = 0.0
+async def _redis_cost(urls: list[str]) -> tuple[float, float, float]:
+    trips = seconds = refused = 0.0
     async with aiohttp.ClientSession() as http:
         for url in urls:
             async with http.get(url + "/metrics") as response:
@@ -87,7 +89,9 @@ async def _redis_cost(urls: list[str]) -> tuple[float, float]:
                 trips += float(match.group(1))
             if match := ROUND_TRIP_S.search(text):
                 seconds += float(match.group(1))
-    return trips, seconds
+            if match := REFUSED.search(text):
+                refused += float(match.group(1))
+    return trips, seconds, refused
 
 
 @contextlib.asynccontextmanager
@@ -151,6 +155,7 @@ async def run_once(label: str, count: int, redis: str | None, workload: Workload
         seen[0],
         (after[0] - before[0]) / requests,
         (after[1] - before[1]) * 1000 / requests,
+        (after[2] - before[2]) / requests,
     )
 
 
@@ -181,8 +186,8 @@ async def benchmark(seed: int = 7, duration: float = 10.0, replicas: int = 3) ->
                 "",
                 "| run | errors | latency p50 | latency p95 | completed/s | high wait p95 | "
                 "low wait p95 | high/low | node peak / slots | Redis trips/request | "
-                "Redis ms/request |",
-                "|---|---|---|---|---|---|---|---|---|---|---|",
+                "Redis ms/request | refused/request |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             base = _all(runs[0])
             for run in runs:
@@ -194,7 +199,8 @@ async def benchmark(seed: int = 7, duration: float = 10.0, replicas: int = 3) ->
                     f"{_q(merged.totals, 95):.3f} ({_q(merged.totals, 95) / _q(base.totals, 95):.2f}x) "
                     f"| {_throughput(merged):.1f} ({_throughput(merged) / _throughput(base):.2f}x) "
                     f"| {high:.3f} | {low:.3f} | {high / low:.2f} | {run.peak} / "
-                    f"{workload.num_parallel} | {run.round_trips:.2f} | {run.round_trip_ms:.2f} |"
+                    f"{workload.num_parallel} | {run.round_trips:.2f} | {run.round_trip_ms:.2f} | "
+                    f"{run.refused:.2f} |"
                 )
             lines.append("")
     return "\n".join(lines)

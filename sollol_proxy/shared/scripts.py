@@ -17,8 +17,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS: slots hash, alive, wait, wexp. ARGV: replica, capacity, waiter id, urgency, ttl ms.
-# Returns {1, total} granted, {0, total, waiters ahead} refused (the waiter is then registered),
-# or {-1, 0}
+# Returns {1, total} granted, {0, total, other replicas' waiters ahead (counted up to the free
+# slots)} refused (the waiter is then registered), or {-1, 0}
 # when this replica is unknown to Redis (restarted, or the replica was away past its lease).
 GRANT = (
     _NOW
@@ -41,8 +41,21 @@ for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZREM', KEYS[4], id)
 end
-local ahead = redis.call('ZCOUNT', KEYS[3], '-inf', '(' .. ARGV[4])
-if total + ahead < tonumber(ARGV[2]) then
+-- Waiters of other replicas more urgent than this request, counted only as far as the free
+-- slots go (this replica's own waiters are ordered by its local queue, holds included).
+local free = tonumber(ARGV[2]) - total
+local ahead = 0
+local offset = 0
+local own = ARGV[1] .. ':'
+while ahead < free and offset < 1024 do
+  local batch = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4], 'LIMIT', offset, 64)
+  if #batch == 0 then break end
+  for _, id in ipairs(batch) do
+    if string.sub(id, 1, #own) ~= own then ahead = ahead + 1 end
+  end
+  offset = offset + #batch
+end
+if ahead < free then
   redis.call('HINCRBY', KEYS[1], me, 1)
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])

@@ -153,7 +153,9 @@ class SharedSlots:
     ) -> tuple[Slot, Held]:
         waiter = f"{self._link.replica}:{next(self._seq)}"
         urgency = time.time() - priority * self._admission.config.ageing
-        deadline = time.monotonic() + self._admission.config.max_wait
+        asked = time.monotonic()
+        deadline = asked + self._admission.config.max_wait
+        again: float | None = None  # a refused request keeps its place in the local queue
 
         def free() -> list[NodeState]:
             # The nodes other replicas, as last heard, leave room on; all of them when none
@@ -166,7 +168,7 @@ class SharedSlots:
                 # It will wait in the local queue: it takes its place in the shared order first.
                 await self._enqueue(waiter, model, urgency)
             while True:
-                held = local(free)
+                held = local(free, again)
                 slot = await held.__aenter__()
                 node = slot.node
                 assert node is not None
@@ -180,8 +182,10 @@ class SharedSlots:
                     if verdict == ALONE and waiter in self._waiters:
                         self._forget(waiter, model)
                     self._waiters.pop(waiter, None)
+                    slot.waited_s = time.monotonic() - asked
                     return slot, held
                 self._waiters[waiter] = model
+                again = asked
                 self._unleased[(node.name, model)] += 1
                 await held.__aexit__(None, None, None)
                 ahead_only = self._remote_free.pop(waiter, False)
