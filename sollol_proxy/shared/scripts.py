@@ -67,20 +67,29 @@ return {0, total, ahead}
 """
 )
 
-# KEYS: slots hash, wait. ARGV: replica, channel, node, model. A release is announced only
-# while someone waits for the model: otherwise nobody needs to hear of it.
-RELEASE = """
+# KEYS: slots hash, wait, wexp. ARGV: replica, channel, node, model. A release is announced only
+# while someone waits for the model, naming the most urgent waiter: its replica asks first.
+RELEASE = (
+    _NOW
+    + """
 local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 if left <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-if redis.call('ZCARD', KEYS[2]) > 0 then
+local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 32)
+for _, id in ipairs(stale) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+end
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+if #head > 0 then
   local total = 0
   local held = redis.call('HVALS', KEYS[1])
   for _, n in ipairs(held) do total = total + tonumber(n) end
   redis.call('PUBLISH', ARGV[2], cjson.encode({kind = 'freed', node = ARGV[3],
-    model = ARGV[4], total = total}))
+    model = ARGV[4], total = total, head = head[1]}))
 end
 return left
 """
+)
 
 # KEYS: wait, wexp. ARGV: waiter id, urgency, ttl ms. A request about to wait takes its place.
 ENQUEUE = (

@@ -231,9 +231,14 @@ class SharedSlots:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         parked = self._parked.setdefault(model, [])
         heapq.heappush(parked, (urgency, next(self._seq), future))
-        head = parked[0][2] is future
+        # Only the most urgent asks again by itself (a lost announcement, a waiter that died);
+        # the others are woken in turn.
+        if parked[0][2] is not future:
+            timeout = self._link.policy.lease_ttl
+        else:
+            timeout = RECHECK_S if ahead_only else FRESH_S
         try:
-            async with asyncio.timeout(RECHECK_S if ahead_only and head else FRESH_S):
+            async with asyncio.timeout(timeout):
                 await future
         except TimeoutError:
             pass
@@ -308,6 +313,9 @@ class SharedSlots:
         if not isinstance(node, str) or not isinstance(model, str) or not isinstance(total, int):
             return
         self._remote[(node, model)] = (max(total - self.mine[(node, model)], 0), time.monotonic())
+        head = event.get("head")
+        if isinstance(head, str) and not head.startswith(self._link.replica + ":"):
+            return  # the most urgent waiter is another replica's: that one asks first
         self._unpark(model)
         self._admission.wake()
 
@@ -394,9 +402,10 @@ class SharedSlots:
             elif isinstance(op, _Release):
                 pipe.evalsha(
                     SHA["release"],
-                    2,
+                    3,
                     link.key("slots", f"{op.node}|{op.model}"),
                     link.key("wait", op.model),
+                    link.key("wexp", op.model),
                     link.replica,
                     link.channel,
                     op.node,
