@@ -68,7 +68,7 @@ return {0, total, ahead}
 )
 
 # KEYS: slots hash, wait, wexp. ARGV: replica, channel, node, model. A release is announced only
-# while someone waits for the model, naming the most urgent waiter: its replica asks first.
+# while someone (alive) waits for the model.
 RELEASE = (
     _NOW
     + """
@@ -79,13 +79,12 @@ for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
 end
-local head = redis.call('ZRANGE', KEYS[2], 0, 0)
-if #head > 0 then
+if redis.call('ZCARD', KEYS[2]) > 0 then
   local total = 0
   local held = redis.call('HVALS', KEYS[1])
   for _, n in ipairs(held) do total = total + tonumber(n) end
   redis.call('PUBLISH', ARGV[2], cjson.encode({kind = 'freed', node = ARGV[3],
-    model = ARGV[4], total = total, head = head[1]}))
+    model = ARGV[4], total = total}))
 end
 return left
 """

@@ -313,9 +313,6 @@ class SharedSlots:
         if not isinstance(node, str) or not isinstance(model, str) or not isinstance(total, int):
             return
         self._remote[(node, model)] = (max(total - self.mine[(node, model)], 0), time.monotonic())
-        head = event.get("head")
-        if isinstance(head, str) and not head.startswith(self._link.replica + ":"):
-            return  # the most urgent waiter is another replica's: that one asks first
         self._unpark(model)
         self._admission.wake()
 

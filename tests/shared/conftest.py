@@ -68,6 +68,9 @@ async def replicas(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[R
             **TEST_SETTINGS,
             "batch.data_dir": str(tmp_path / "sollol-data"),
             "state.redis_url": redis_server.url,
+            # The replicas share this test's one event loop: a slow turn of it is not Redis
+            # failing (tests/shared/test_failures.py stops Redis itself).
+            "state.timeout": 2.0,
             "nodes": [node_entry(n, s) for n, s in zip(nodes, node_specs, strict=True)],
             **{k.replace("__", "."): v for k, v in settings.items()},
         }
