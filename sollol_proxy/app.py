@@ -238,17 +238,23 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     prompt_cache = PromptCache()
     fleet = Fleet(config, session, prompt_cache)
     learner = Learner(config.priors, _node_priors(config))
-    decisions = DecisionLog(config.decisions_kept)
     live = LiveConfig(config)
+    admission = Admission(config.queue)
+    shared = None
+    if config.state.backend == "redis":
+        shared = SharedState(
+            config.state,
+            fleet,
+            admission,
+            lambda: live.config.health_interval,
+            config.decisions_kept,
+        )
+    decisions = shared.decisions if shared is not None else DecisionLog(config.decisions_kept)
     selector = Selector(config, fleet, learner, prompt_cache, decisions)
     forwarder = Forwarder(config, session, fleet)
     tasks = Background()
     inventory = LiveInventory(config, fleet, tasks)
     management = Management(config, session, fleet, inventory)
-    admission = Admission(config.queue)
-    shared = None
-    if config.state.backend == "redis":
-        shared = SharedState(config.state, fleet, admission, lambda: live.config.health_interval)
     guard = Guard(config)
     hosts = HostCheck(config)
     speed = EmbedSpeed()

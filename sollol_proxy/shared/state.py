@@ -9,6 +9,7 @@ from typing import Any
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config.policies import StatePolicy
 from sollol_proxy.fleet.fleet import Fleet
+from sollol_proxy.shared.decisions import SharedDecisionLog
 from sollol_proxy.shared.health import Listener, SharedHealth
 from sollol_proxy.shared.link import Link
 from sollol_proxy.shared.report import SharedCollector, alerts
@@ -22,8 +23,10 @@ class SharedState:
         fleet: Fleet,
         admission: Admission,
         probe_interval: Callable[[], float],
+        decisions_kept: int,
     ) -> None:
         self.link = Link(policy)
+        self.decisions = SharedDecisionLog(decisions_kept, self.link)
         self.slots = SharedSlots(self.link, admission)
         self.health = SharedHealth(self.link, fleet, probe_interval)
         self.collector = SharedCollector(self.link, self.slots, self.health)
@@ -35,6 +38,7 @@ class SharedState:
             "shared:slots": self.slots.run(),
             "shared:keep": self.slots.keep(),
             "shared:health": self.health.run(),
+            "shared:decisions": self.decisions.run(),
         }
 
     def listening(self, inner: Listener) -> Listener:

@@ -1,0 +1,64 @@
+"""The decision log behind /sollol/decisions, shared by replicas: any replica shows the latest
+decisions of all of them.
+
+Each replica keeps its own log as before and, once a second, pushes the decisions it made
+since (as they stand then: `served_by` and `queue_s` are filled in by then for most requests)
+to one Redis list, trimmed to `routing.decisions_kept`, and reads the list back; each entry
+says which `replica` made it. While Redis does not answer, the log is this replica's own.
+The cost is one round trip per replica per second, none per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from redis.asyncio.client import Pipeline
+
+from sollol_proxy.fleet.decisions import DecisionLog
+from sollol_proxy.shared.link import Link
+
+PUSH_S = 1.0
+
+
+class SharedDecisionLog(DecisionLog):
+    def __init__(self, keep: int, link: Link) -> None:
+        super().__init__(keep)
+        self._link = link
+        self._keep = keep
+        self._new: list[dict[str, Any]] = []
+        self._merged: list[dict[str, Any]] | None = None  # newest first, as last read
+
+    def resize(self, keep: int) -> None:
+        super().resize(keep)
+        self._keep = keep
+
+    def add(self, decision: dict[str, Any]) -> None:
+        super().add(decision)
+        if self._keep:
+            self._new.append(decision)
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        if not self._link.up or self._merged is None:
+            return super().recent(limit)
+        return self._merged[:limit] if limit > 0 else []
+
+    def _push(self, pipe: Pipeline, new: list[dict[str, Any]]) -> None:
+        key = self._link.key("decisions")
+        if new:
+            replica = self._link.replica
+            pipe.lpush(key, *(orjson.dumps({**d, "replica": replica}) for d in new))
+            pipe.ltrim(key, 0, max(self._keep - 1, 0))
+        pipe.lrange(key, 0, max(self._keep - 1, 0))
+
+    async def run(self) -> None:
+        """Background: push this replica's new decisions, read everyone's."""
+        while True:
+            await asyncio.sleep(PUSH_S)
+            new, self._new = self._new[-self._keep :] if self._keep else [], []
+            replies = await self._link.pipeline(lambda pipe, n=new: self._push(pipe, n))
+            if replies is None:
+                self._merged = None
+                continue
+            self._merged = [orjson.loads(raw) for raw in replies[-1]]
