@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 
 import aiohttp
@@ -120,3 +122,33 @@ async def test_a_replica_starts_and_serves_without_redis_and_joins_when_it_comes
         await proxy.stop()
         await node.stop()
         server.stop()
+
+
+async def test_a_redis_that_stops_answering_costs_at_most_the_timeout(
+    replicas: ReplicasFactory,
+) -> None:
+    # SIGSTOP: connections stay open and nothing answers, the case only state.timeout catches.
+    made = await replicas(
+        2, dict(name="a", models=[MODEL], num_parallel=2, token_delay=0.01), state__timeout=0.25
+    )
+    assert made.redis.process is not None
+    pid = made.redis.process.pid
+    async with aiohttp.ClientSession() as http:
+        assert await generate(http, made.urls[0], "before") == 200
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            statuses = await asyncio.gather(
+                *(generate(http, made.urls[i % 2], f"paused {i}") for i in range(20))
+            )
+            took = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert set(statuses) == {200}
+        # Each replica waited out one timeout, then decided alone: 20 requests of 50 ms on
+        # two nodes of two slots each, well under a second beside the 0.25 s.
+        assert took < 2.0, took
+        assert not made.shared(0).link.up or made.shared(0).link.outages == 1
+        await until(lambda: made.shared(0).link.up and made.shared(1).link.up)
+        assert await generate(http, made.urls[1], "after") == 200
+    assert made.shared(0).link.outages == 1 and made.shared(1).link.outages == 1
