@@ -248,6 +248,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
             admission,
             lambda: live.config.health_interval,
             config.decisions_kept,
+            learner,
         )
     decisions = shared.decisions if shared is not None else DecisionLog(config.decisions_kept)
     selector = Selector(config, fleet, learner, prompt_cache, decisions)

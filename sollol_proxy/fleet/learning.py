@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from sollol_proxy.config.policies import Priors
 
@@ -112,6 +112,7 @@ class Learner:
         self._model_speeds: dict[tuple[str, str], Average] = {}
         self._token_ratio: dict[str, Average] = {}  # Ollama's prompt tokens / the estimate
         self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
+        self._adopted: set[tuple[str, str, str]] = set()  # (node, model, speed) from other replicas
 
     def reconfigure(self, priors: Priors, node_priors: dict[str, Priors]) -> None:
         """Reloaded priors: what is already learned stays, the new priors stand in for the rest."""
@@ -278,6 +279,32 @@ class Learner:
             self._model_speeds.setdefault((model, "decode_tps"), Average()).add(speed)
         if timings.output_tokens and not timings.hit_limit:  # a cut answer says little of length
             self._outputs.setdefault((model, task), Average()).add(timings.output_tokens)
+
+    def measured(self) -> dict[tuple[str, str], dict[str, float]]:
+        """What this replica measured itself, per (node, model): PairStats field -> value (for
+        replicas sharing what they learn: shared/learning.py)."""
+        out: dict[tuple[str, str], dict[str, float]] = {}
+        for (node, model), pair in self._pairs.items():
+            values = {
+                f.name: average.value
+                for f in fields(pair)
+                if (average := getattr(pair, f.name)).samples
+                > ((node, model, f.name) in self._adopted)
+            }
+            if values:
+                out[(node, model)] = values
+        return out
+
+    def adopt(self, node: str, model: str, name: str, value: float) -> bool:
+        """Another replica measured this: taken as one sample while this one has measured
+        nothing of it (a fresh replica routes as the fleet learned; its own samples follow).
+        True when taken."""
+        average = getattr(self._pair(node, model), name, None)
+        if not isinstance(average, Average) or average.samples or value <= 0:
+            return False
+        average.add(value)
+        self._adopted.add((node, model, name))
+        return True
 
     def observe_failure(self, node: str) -> None:
         self._node(node).success.add(0.0)

@@ -9,8 +9,10 @@ from typing import Any
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config.policies import StatePolicy
 from sollol_proxy.fleet.fleet import Fleet
+from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.shared.decisions import SharedDecisionLog
 from sollol_proxy.shared.health import Listener, SharedHealth
+from sollol_proxy.shared.learning import SharedLearning
 from sollol_proxy.shared.link import Link
 from sollol_proxy.shared.report import SharedCollector, alerts
 from sollol_proxy.shared.slots import SharedSlots
@@ -24,11 +26,13 @@ class SharedState:
         admission: Admission,
         probe_interval: Callable[[], float],
         decisions_kept: int,
+        learner: Learner,
     ) -> None:
         self.link = Link(policy)
         self.decisions = SharedDecisionLog(decisions_kept, self.link)
         self.slots = SharedSlots(self.link, admission)
         self.health = SharedHealth(self.link, fleet, probe_interval)
+        self.learning = SharedLearning(self.link, learner)
         self.collector = SharedCollector(self.link, self.slots, self.health)
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
@@ -39,6 +43,7 @@ class SharedState:
             "shared:keep": self.slots.keep(),
             "shared:health": self.health.run(),
             "shared:decisions": self.decisions.run(),
+            "shared:learning": self.learning.run(),
         }
 
     def listening(self, inner: Listener) -> Listener:
