@@ -47,6 +47,7 @@ from sollol_proxy.observe.dashboard import Dashboard
 from sollol_proxy.observe.history import History
 from sollol_proxy.observe.metrics import Metrics
 from sollol_proxy.observe.stats import Stats
+from sollol_proxy.shared.prompt_cache import SharedPromptCache
 from sollol_proxy.shared.state import SharedState
 
 log = logging.getLogger("sollol.app")
@@ -235,13 +236,14 @@ def _node_priors(config: Config) -> dict[str, Priors]:
 
 async def create_app(config: Config, source: ConfigSource | None = None) -> web.Application:
     session = new_upstream_session(config)
-    prompt_cache = PromptCache()
+    shares = config.state.backend == "redis"
+    prompt_cache = SharedPromptCache() if shares else PromptCache()  # replicas share its map
     fleet = Fleet(config, session, prompt_cache)
     learner = Learner(config.priors, _node_priors(config))
     live = LiveConfig(config)
     admission = Admission(config.queue)
     shared = None
-    if config.state.backend == "redis":
+    if isinstance(prompt_cache, SharedPromptCache):
         shared = SharedState(
             config.state,
             fleet,
@@ -249,6 +251,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
             lambda: live.config.health_interval,
             config.decisions_kept,
             learner,
+            prompt_cache,
         )
     decisions = shared.decisions if shared is not None else DecisionLog(config.decisions_kept)
     selector = Selector(config, fleet, learner, prompt_cache, decisions)

@@ -14,6 +14,7 @@ from sollol_proxy.shared.decisions import SharedDecisionLog
 from sollol_proxy.shared.health import Listener, SharedHealth
 from sollol_proxy.shared.learning import SharedLearning
 from sollol_proxy.shared.link import Link
+from sollol_proxy.shared.prompt_cache import SharedPromptCache
 from sollol_proxy.shared.report import SharedCollector, alerts
 from sollol_proxy.shared.slots import SharedSlots
 
@@ -27,12 +28,15 @@ class SharedState:
         probe_interval: Callable[[], float],
         decisions_kept: int,
         learner: Learner,
+        prompt_cache: SharedPromptCache,
     ) -> None:
         self.link = Link(policy)
         self.decisions = SharedDecisionLog(decisions_kept, self.link)
         self.slots = SharedSlots(self.link, admission)
         self.health = SharedHealth(self.link, fleet, probe_interval)
         self.learning = SharedLearning(self.link, learner)
+        self.prompt_cache = prompt_cache
+        prompt_cache.connect(self.link)
         self.collector = SharedCollector(self.link, self.slots, self.health)
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
@@ -44,6 +48,7 @@ class SharedState:
             "shared:health": self.health.run(),
             "shared:decisions": self.decisions.run(),
             "shared:learning": self.learning.run(),
+            "shared:prompt-cache": self.prompt_cache.run(),
         }
 
     def listening(self, inner: Listener) -> Listener:
