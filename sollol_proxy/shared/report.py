@@ -47,9 +47,9 @@ class SharedCollector(Collector):
             "the replicas), or taken alone while Redis did not answer.",
             labels=["result"],
         )
-        leases.add_metric(["granted"], slots.granted)
-        leases.add_metric(["refused"], slots.refused)
-        leases.add_metric(["alone"], slots.alone)
+        leases.add_metric(["granted"], slots.leases.granted)
+        leases.add_metric(["refused"], slots.leases.refused)
+        leases.add_metric(["alone"], slots.leases.alone)
         yield leases
         yield CounterMetricFamily(
             "sollol_shared_ejections_applied",

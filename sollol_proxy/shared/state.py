@@ -43,8 +43,8 @@ class SharedState:
         return {
             "shared:link": self.link.run(),
             "shared:events": self.link.listen(),
-            "shared:slots": self.slots.run(),
-            "shared:keep": self.slots.keep(),
+            "shared:leases": self.slots.leases.run(),
+            "shared:keep": self.slots.leases.keep(),
             "shared:health": self.health.run(),
             "shared:decisions": self.decisions.run(),
             "shared:learning": self.learning.run(),

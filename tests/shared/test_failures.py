@@ -79,7 +79,7 @@ async def test_redis_stopped_and_restarted_mid_run_fails_no_request(
     for index in range(2):
         shared = made.shared(index)
         assert shared.link.outages == 1
-        assert shared.slots.alone > 0  # it served alone while Redis was away
+        assert shared.slots.leases.alone > 0  # it served alone while Redis was away
     # Logged once per replica when Redis went, once when it came back.
     failed = [r for r in caplog.records if "decides alone" in r.getMessage()]
     rejoined = [r for r in caplog.records if r.getMessage().endswith("rejoined")]
@@ -117,7 +117,7 @@ async def test_a_replica_starts_and_serves_without_redis_and_joins_when_it_comes
         server.start()
         await until(lambda: shared.link.up)
         assert await generate(http, proxy.url, "shared now") == 200
-        assert shared.slots.granted == 1
+        assert shared.slots.leases.granted == 1
     finally:
         await proxy.stop()
         await node.stop()

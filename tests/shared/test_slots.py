@@ -42,7 +42,7 @@ async def test_in_flight_per_node_never_exceeds_the_shared_slots(
     assert sum(len(n.requests) for n in made.nodes) >= 90
     for index in range(3):
         slots = made.shared(index).slots
-        assert slots.granted >= 1 and slots.alone == 0
+        assert slots.leases.granted >= 1 and slots.leases.alone == 0
     # Every lease came back: nothing is held in Redis once the requests are over.
     client = made.shared(0).link.client
     for node in ("a", "b"):
@@ -61,7 +61,7 @@ async def test_a_more_urgent_request_at_one_replica_takes_the_freed_slot_first(
         # The low-priority request arrives first, at the other replica: in one FIFO it would
         # go next.
         low = asyncio.create_task(generate(http, made.urls[1], "low", priority=1))
-        await until(lambda: made.shared(1).slots.refused >= 1)
+        await until(lambda: made.shared(1).slots.leases.refused >= 1)
         high = asyncio.create_task(generate(http, made.urls[0], "high", priority=9))
         await until(lambda: made.admission(0).waiting == 1)
         await asyncio.gather(busy, low, high)
