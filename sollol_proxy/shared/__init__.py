@@ -4,7 +4,8 @@ replicas, node ejections, learned speeds, the prompt-cache map, the decision log
 connection with its fallback to local state.
 
 Owns: the one Redis client of the process and whether Redis answers (`link`), the Lua scripts
-(`scripts`), slot leases and the cross-replica queue order behind admission control (`slots`),
+(`scripts`), the admission gate and the cross-replica queue order (`slots`), the slot leases
+and their ordered writer (`leases`),
 shared ejections (`health`), learned speeds (`learning`), the prompt-cache map
 (`prompt_cache`), the decision log (`decisions`), what `/metrics` and the dashboard show of it
 (`report`), and the wiring of one replica's parts (`state`).
