@@ -102,8 +102,12 @@ class SharedHealth:
                 continue
             now = time.time()
             for name, raw in replies[-1].items():
-                event = orjson.loads(raw)
-                if event["until"] <= now:
+                try:
+                    event = orjson.loads(raw)
+                    over = float(event["until"]) <= now
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    over = True  # not ours to read: dropped
+                if over:
                     await self._link.pipeline(lambda pipe, n=name: pipe.hdel(key, n))
                 else:
                     self._apply(event)

@@ -12,6 +12,7 @@ minute (a replica gone) are ignored. One round trip per replica per period, none
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import time
 from typing import Any
@@ -21,6 +22,8 @@ from redis.asyncio.client import Pipeline
 
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.shared.link import Link
+
+log = logging.getLogger("sollol.shared")
 
 PUSH_S = 2.0
 STALE_S = 60.0
@@ -59,5 +62,9 @@ class SharedLearning:
         while True:
             await asyncio.sleep(PUSH_S)
             replies = await self._link.pipeline(self._exchange)
-            if replies is not None:
+            if replies is None:
+                continue
+            try:
                 self.merge(replies[-1])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                log.warning("shared state: learned speeds in Redis not understood; ignored")

@@ -160,7 +160,10 @@ class Leases:
         held = {k: v for k, v in self.mine.items()} if resync else {}
         replies = None
         if link.up and (ops or resync):
-            replies = await link.pipeline(lambda pipe: self._build(pipe, ops, resync, held))
+            try:
+                replies = await link.pipeline(lambda pipe: self._build(pipe, ops, resync, held))
+            except Exception:  # a bug here must not leave requests waiting for an answer
+                log.exception("shared state: lease operations not sent; decided alone")
         if replies is None:
             if resync or ops:
                 self._resync = True  # whatever reached Redis is rewritten when it is back
@@ -171,7 +174,13 @@ class Leases:
             self._resync = False
             replies = replies[len(held) + 1 :]
         for op, reply in zip(ops, replies, strict=True):
-            self._done(op, reply)
+            try:
+                self._done(op, reply)
+            except Exception:  # an answer not understood: this one is decided alone
+                log.exception("shared state: unexpected answer %r; decided alone", reply)
+                self._resync = True
+                if not isinstance(op, _Grant) or not op.future.done():
+                    self._alone(op)
 
     def _build(
         self,

@@ -33,7 +33,10 @@ from sollol_proxy.shared.scripts import SCRIPTS, SHA
 log = logging.getLogger("sollol.shared")
 
 RETRY_S = 0.5  # while Redis is down, how often it is asked again
-FAILURES = (RedisError, OSError, TimeoutError)
+# Besides Redis's own errors, the client raises RuntimeError on a transport closed under it
+# (seen when a pooled connection was closed while in use): every exception of the client is
+# Redis failing, never a reason for a background task to die.
+FAILURES = (RedisError, OSError, TimeoutError, RuntimeError, ValueError)
 
 
 def replica_id() -> str:
@@ -115,8 +118,9 @@ class Link:
     async def _connect(self) -> bool:
         try:
             async with asyncio.timeout(self.policy.timeout * 4):
-                # Connections to a Redis that went away are dead even if they look idle.
-                await self.client.connection_pool.disconnect()
+                # Idle connections to a Redis that went away are dead even if they look fine;
+                # those in use fail by themselves (closing them under a user breaks it).
+                await self.client.connection_pool.disconnect(inuse_connections=False)
                 pipe = self.client.pipeline(transaction=False)
                 for text in SCRIPTS.values():
                     pipe.script_load(text)
@@ -181,7 +185,10 @@ class Link:
         except (orjson.JSONDecodeError, AttributeError, TypeError):
             return
         if handler is not None:
-            handler(event)
+            try:
+                handler(event)
+            except Exception:  # one event not understood must not end the listening
+                log.exception("shared state: event %.200r not understood", message["data"])
 
     def publish(self, pipe: Pipeline, event: dict[str, Any]) -> None:
         pipe.publish(self.channel, orjson.dumps(event))

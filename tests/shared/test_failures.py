@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
+from sollol_proxy.app import PROXY
 from sollol_proxy.config import load_config
 from sollol_proxy.server import start_proxy
 from tests.conftest import TEST_SETTINGS, free_port
@@ -152,3 +153,29 @@ async def test_a_redis_that_stops_answering_costs_at_most_the_timeout(
         await until(lambda: made.shared(0).link.up and made.shared(1).link.up)
         assert await generate(http, made.urls[1], "after") == 200
     assert made.shared(0).link.outages == 1 and made.shared(1).link.outages == 1
+
+
+async def test_what_redis_holds_that_is_not_understood_stops_nothing(
+    replicas: ReplicasFactory,
+) -> None:
+    # Another version's or a stranger's writes under the same prefix: events and entries that
+    # do not parse are dropped; the listening, ejections and leases go on.
+    made = await replicas(2, dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.01))
+    client = made.shared(0).link.client
+    for junk in (b"{", b'{"kind": "served", "served": [1, 2]}', b'{"kind": "freed"}'):
+        await client.publish("sollol:events", junk)
+    await client.hset("sollol:ejections", "a", b"not json")
+    await client.hset("sollol:learned", "someone", b'{"at": "soon"}')
+    await asyncio.sleep(2.5)  # a learned-speeds exchange and a few probe intervals
+    async with aiohttp.ClientSession() as http:
+        statuses = await asyncio.gather(
+            *(generate(http, made.urls[i % 2], f"after junk {i}") for i in range(6))
+        )
+    assert set(statuses) == {200}
+    for index in range(2):
+        shared = made.shared(index)
+        assert shared.link.subscribed and shared.link.outages == 0
+        assert shared.slots.leases.granted >= 3 and shared.slots.leases.alone == 0
+        tasks = made.proxies[index].runner.app[PROXY].tasks._tasks
+        alive = {t.get_name() for t in tasks if not t.done()}
+        assert {"shared:events", "shared:leases", "shared:health", "shared:learning"} <= alive
