@@ -15,6 +15,7 @@ from aiohttp import web
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config import Config
 from sollol_proxy.config.policies import Priors
+from sollol_proxy.dataplane.plane import DataPlane
 from sollol_proxy.embed.api import BatchApi
 from sollol_proxy.embed.jobs import JobRunner
 from sollol_proxy.embed.service import Embeddings
@@ -29,6 +30,7 @@ from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.inventory import LiveInventory
 from sollol_proxy.forward.management import Management
+from sollol_proxy.forward.pool import NodePool
 from sollol_proxy.forward.views import FleetViews
 from sollol_proxy.guard.guard import Guard
 from sollol_proxy.guard.hosts import HostCheck
@@ -64,6 +66,8 @@ ADMIN = web.AppKey("admin", Admin)
 FORWARDER = web.AppKey("forwarder", Forwarder)  # its retry budget, for the soak and metrics
 INVENTORY = web.AppKey("inventory", LiveInventory)
 JOBS = web.AppKey("jobs", JobRunner)
+DATAPLANE = web.AppKey("dataplane", DataPlane)
+POOL = web.AppKey("pool", NodePool)  # with listen.engine: fast
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -186,6 +190,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         _watch(proxy, node, probe_first=False)
     proxy.tasks.start("admission", app[ADMISSION].run())
     proxy.tasks.start("batch-jobs", app[JOBS].run())
+    if (pool := app.get(POOL)) is not None:
+        proxy.tasks.start("node-pool", pool.run())
     proxy.tasks.start("history", proxy.history.run())
     if proxy.reloader is not None and proxy.live.config.reload_watch:
         proxy.tasks.start(
@@ -201,6 +207,8 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     """The session to the nodes is closed last, once nothing uses it, and also when start-up
     fails after it was made."""
     yield
+    if (pool := app.get(POOL)) is not None:
+        pool.close()
     await app[SESSION].close()
 
 
@@ -255,7 +263,13 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         )
     decisions = shared.decisions if shared is not None else DecisionLog(config.decisions_kept)
     selector = Selector(config, fleet, learner, prompt_cache, decisions)
-    forwarder = Forwarder(config, session, fleet)
+    # listen.engine: fast also relays on the lean client's pooled connections (forward/pool.py).
+    pool = (
+        NodePool(config.timeouts.connect, config.client_limits.tcp_keepalive)
+        if config.engine == "fast"
+        else None
+    )
+    forwarder = Forwarder(config, session, fleet, pool)
     tasks = Background()
     inventory = LiveInventory(config, fleet, tasks)
     management = Management(config, session, fleet, inventory)
@@ -350,11 +364,17 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     app[FLEET] = fleet
     app[LEARNER] = learner
     app[SESSION] = session
+    if pool is not None:
+        app[POOL] = pool
     app[ADMISSION] = admission
     app[ADMIN] = admin
     app[FORWARDER] = forwarder
     app[INVENTORY] = inventory
     app[JOBS] = jobs
+    # The hot routes' front-end (listen.engine: fast): the same middlewares and handler.
+    app[DATAPLANE] = DataPlane(
+        handler.__call__, app.middlewares, limits, app.on_response_prepare.send
+    )
     app.on_response_prepare.append(_drop_server_header)
     app.on_response_prepare.append(cors.on_response_prepare)
     app.cleanup_ctx.append(_upstream_session)

@@ -205,11 +205,18 @@ def bench() -> None:
 @bench.command("overhead")
 @click.option("--rounds", default=3, show_default=True, help="Alternating direct/proxy rounds.")
 @click.option("--scale", default=1.0, show_default=True, help="Multiply the request counts.")
-def bench_overhead(rounds: int, scale: float) -> None:
+@click.option(
+    "--engine",
+    "engines",
+    multiple=True,
+    type=click.Choice(["fast", "aiohttp"]),
+    help="listen.engine of the proxy measured; given twice, both side by side (default: fast).",
+)
+def bench_overhead(rounds: int, scale: float, engines: tuple[str, ...]) -> None:
     """Latency and CPU the proxy adds, against the same node reached directly."""
     from sollol_proxy.bench.overhead import run
 
-    run(rounds=rounds, scale=scale)
+    run(rounds=rounds, scale=scale, engines=engines or ("fast",))
 
 
 @bench.command("scale")

@@ -142,7 +142,7 @@ class OllamaHandler:
             self.fleet, self.learner, self.prompt_cache, profile, plan.decision
         )
         if plan.decision is not None:
-            record.strategy = plan.decision["strategy"]
+            record.strategy = plan.decision.strategy
         return await self.forwarder.forward(
             request, body, plan.targets, record, observer, first_byte=first_byte, slot=slot
         )
@@ -225,7 +225,7 @@ class OllamaHandler:
             ) as slot:
                 record.admitted, record.queue_s = True, slot.waited_s
                 if slot.plan.decision is not None:
-                    slot.plan.decision["queue_s"] = round(slot.waited_s, 4)
+                    slot.plan.decision.queue_s = slot.waited_s
                 return await self._forward_model(
                     request, forwarded_body, slot.plan, profile, record, first_byte, slot
                 )

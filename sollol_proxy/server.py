@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from sollol_proxy.app import PROXY, create_app, request_reload
+from sollol_proxy.app import DATAPLANE, PROXY, create_app, request_reload
 from sollol_proxy.config import Config
 from sollol_proxy.lifecycle.reload import ConfigSource
 from sollol_proxy.lifecycle.startup import cannot_listen
@@ -96,16 +96,18 @@ async def start_proxy(config: Config, source: ConfigSource | None = None) -> Run
         await runner.cleanup()  # what started before the failure: the upstream session
         raise
     assert runner.server is not None
-    accepts.append(
-        app[PROXY].limits.protocol_factory(
-            runner.server,
-            loop,
-            # auto_decompress=False: a compressed request body is forwarded as the client's
-            # bytes, with its Content-Encoding, for the node to accept or refuse as Ollama does.
-            auto_decompress=False,
-            access_log=None,
-        )
+    aiohttp_protocol = app[PROXY].limits.protocol_factory(
+        runner.server,
+        loop,
+        # auto_decompress=False: a compressed request body is forwarded as the client's
+        # bytes, with its Content-Encoding, for the node to accept or refuse as Ollama does.
+        auto_decompress=False,
+        access_log=None,
     )
+    if config.engine == "fast":
+        accepts.append(app[DATAPLANE].protocol_factory(runner.server, aiohttp_protocol))
+    else:
+        accepts.append(aiohttp_protocol)
     await listener.start_serving()
     port = listener.sockets[0].getsockname()[1] if listener.sockets else config.port
     host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host

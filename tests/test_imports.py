@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "embed": {"config", "wire", "routing", "lifecycle", "fleet", "admission", "forward"},
     "observe": {"config", "wire", "routing", "lifecycle", "fleet", "admission", "forward", "embed"},
     "simulator": {"wire"},
+    "dataplane": {"config", "wire", "routing", "lifecycle", "guard"},
     "shared": {"config", "wire", "routing", "lifecycle", "fleet", "admission"},
 }
 

@@ -9,13 +9,15 @@ only while that node has a free slot for the model, and keeps the excess here:
   models are running there and M fits in the node's configured `vram` beside them (otherwise
   Ollama would have to wait for a busy model to unload);
 - waiting requests are served by effective priority (priority plus one level per `ageing`
-  seconds waited), oldest first among equals;
+  seconds waited), oldest first among equals (`waitqueue.py`: one heap whose order does not
+  change as they age);
 - the node is chosen when the request leaves the queue (late binding), by the routing engine,
   among the nodes free at that moment; the engine may answer that the request had better wait
   a little for a busy slot holding its prompt (`Plan.hold`), and it is asked again when that
   node has a free slot or the wait's deadline passes;
 - when a slot frees, a waiting request whose model is loaded on a free node goes first, if its
-  effective priority is within `affinity_window` of the most urgent one (no model swap for it);
+  effective priority is within `affinity_window` of the most urgent one (no model swap for it:
+  `pump.py`);
 - bounds: a queue length (the least urgent waiter is shed for a more urgent newcomer) and a
   maximum wait, both also per priority band; beyond them the client gets a 503 saying why.
 """
@@ -23,21 +25,20 @@ only while that node has a free slot for the model, and keeps the excess here:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
 import itertools
 import logging
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from sollol_proxy.admission.bounds import over_bounds
 from sollol_proxy.admission.gate import Gate
+from sollol_proxy.admission.pump import pump
 from sollol_proxy.admission.queue_stats import PriorityStats, queue_snapshot
 from sollol_proxy.admission.slot_table import SlotTable
 from sollol_proxy.admission.tickets import Held, QueueRejected, Slot, Waiter
+from sollol_proxy.admission.waitqueue import WaitQueue
 from sollol_proxy.config import Config, QueueConfig
 from sollol_proxy.fleet.health import State
 from sollol_proxy.fleet.node import NodeState
@@ -61,9 +62,7 @@ class Admission:
     def __init__(self, config: QueueConfig) -> None:
         self.config = config
         self.slots = SlotTable()
-        # One FIFO per priority: within one, the oldest is always the most urgent (same ageing).
-        self._queues: dict[int, deque[Waiter]] = {p: deque() for p in PRIORITIES}
-        self._keys: Counter[tuple[str, ...]] = Counter()  # of the waiting requests
+        self._queue = WaitQueue(config.ageing)
         self._seq = itertools.count()
         self.stats = {p: PriorityStats() for p in PRIORITIES}
         self.gate: Gate | None = None  # replicas sharing slots in Redis (shared/slots.py)
@@ -71,6 +70,7 @@ class Admission:
     def reconfigure(self, config: Config) -> None:
         """A reload: new bounds apply to new arrivals and to the next pump; waiters stay."""
         self.config = config.queue
+        self._queue.rekey(config.queue.ageing)
         self._pump()
 
     # -- slots --------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ class Admission:
             return False
         if not self.config.enabled:
             return True
-        if node.health.current() is State.HALF_OPEN and self.slots.in_use(node.name):
+        if self.slots.holds(node.name) and node.health.current() is State.HALF_OPEN:
             return False  # on trial: one request at a time until it has answered
         return self.slots.is_free(node, model)
 
@@ -131,7 +131,7 @@ class Admission:
         band = self.config.band(priority)
         enqueued = time.monotonic() if since is None else since
         plan: Plan | None = None
-        if not self._keys:
+        if not self._queue.keys:
             # Nobody waits (the common case): a free slot is granted here, as the pump would,
             # with no Waiter and no Future; an exception is the request's, as from the pump.
             nodes = [n for n in candidates() if self.is_free(n, model)]
@@ -167,8 +167,7 @@ class Admission:
             band,
             future,
         )
-        self._queues[waiter.priority].append(waiter)
-        self._keys[waiter.key] += 1
+        self._queue.push(waiter)
         if plan is not None and plan.hold is not None:  # asked already: held, as the pump holds
             waiter.hold = plan.hold
             delay = plan.hold.until - time.monotonic()
@@ -187,7 +186,9 @@ class Admission:
     def _bound(self, waiter: Waiter) -> None:
         """A newcomer that must wait: past a length bound it is refused, or the least urgent
         waiter makes room for it (see bounds.py)."""
-        others = [w for q in self._queues.values() for w in q if w is not waiter]
+        if self._queue.fits(waiter, self.config):
+            return
+        others = [w for w in self._queue.live() if w is not waiter]
         for victim, rejection in over_bounds(self.config, waiter, others, time.monotonic()):
             if victim is None:
                 self._remove(waiter)
@@ -199,15 +200,7 @@ class Admission:
 
     @property
     def waiting(self) -> int:
-        return sum(self._keys.values())
-
-    def _ordered(self, now: float) -> Iterator[Waiter]:
-        """The waiting requests, most urgent first (a lazy merge of the per-priority FIFOs)."""
-        ageing = self.config.ageing
-        return heapq.merge(
-            *(list(q) for q in self._queues.values() if q),
-            key=lambda w: (-w.effective(now, ageing), w.seq),
-        )
+        return len(self._queue)
 
     def _max_wait(self, waiter: Waiter | Slot) -> float:
         if waiter.band is not None and waiter.band.max_wait is not None:
@@ -277,8 +270,7 @@ class Admission:
             future,
             slot,
         )
-        self._queues[waiter.priority].append(waiter)  # admitted already: bounds do not apply
-        self._keys[waiter.key] += 1
+        self._queue.push(waiter)  # admitted already: bounds do not apply
         self._pump()
         try:
             async with asyncio.timeout(remaining):
@@ -297,11 +289,7 @@ class Admission:
             raise
 
     def _remove(self, waiter: Waiter) -> None:
-        with contextlib.suppress(ValueError):
-            self._queues[waiter.priority].remove(waiter)
-            self._keys[waiter.key] -= 1
-            if not self._keys[waiter.key]:
-                del self._keys[waiter.key]
+        self._queue.remove(waiter)
 
     def _grant(self, waiter: Waiter, nodes: list[NodeState]) -> None:
         try:
@@ -325,49 +313,12 @@ class Admission:
             waiter.future.set_exception(exc)
 
     def _pump(self) -> None:
-        """Hand free slots to waiting requests: affinity within the fairness window, then order.
-
-        Free nodes are worked out once per candidate set (`key`) and again only after a grant,
-        so a pump costs little more than a walk of the queue, even a long one.
-        """
-        if not self._keys:
-            return
-        now = time.monotonic()
-        free: dict[tuple[str, ...], list[NodeState]] = {}
-
-        def free_for(waiter: Waiter) -> list[NodeState]:
-            if waiter.key not in free:
-                try:
-                    nodes = waiter.candidates()
-                except Exception as exc:  # e.g. every node with the model went down meanwhile
-                    self._fail_key(waiter.key, exc)
-                    nodes = []
-                free[waiter.key] = [n for n in nodes if self.is_free(n, waiter.model)]
-            return waiter.offered(free[waiter.key], now)
-
-        def exhausted() -> bool:  # no waiting request can be served by any node now
-            return all(key in free and not free[key] for key in self._keys)
-
-        ordered = list(self._ordered(now))
-        floor = ordered[0].effective(now, self.config.ageing) - self.config.affinity_window
-        for waiter in ordered:  # pass 1: requests whose model is loaded on a free node
-            if waiter.effective(now, self.config.ageing) < floor or exhausted():
-                break
-            nodes = free_for(waiter)
-            if not waiter.future.done() and any(n.is_resident(waiter.model) for n in nodes):
-                self._grant(waiter, nodes)
-                free.clear()
-        for waiter in ordered:  # pass 2: the rest, most urgent first
-            if exhausted():
-                break
-            nodes = free_for(waiter)
-            if nodes and not waiter.future.done():
-                self._grant(waiter, nodes)
-                free.clear()
+        """Hand free slots to waiting requests (see pump.py)."""
+        pump(self._queue, self.config, self.is_free, self._grant, self._fail_key)
 
     def _fail_key(self, key: tuple[str, ...], exc: Exception) -> None:
-        for queue in self._queues.values():
-            for waiter in [w for w in queue if w.key == key]:
+        for waiter in self._queue.live():
+            if waiter.key == key:
                 self._remove(waiter)
                 waiter.future.set_exception(exc)
 
@@ -383,15 +334,14 @@ class Admission:
     # -- what the stats endpoint and the metrics read ----------------------------------------
 
     def depth(self) -> dict[int, int]:
-        return {p: len(q) for p, q in self._queues.items()}
+        return self._queue.depth(PRIORITIES)
 
     def snapshot(self, limit: int = 50) -> dict[str, Any]:
         """What GET /sollol/queue shows: settings, per-priority counts, slots, the next waiters."""
         now = time.monotonic()
         ageing = self.config.ageing
-        oldest = {p: q[0].enqueued for p, q in self._queues.items() if q}
         return {
-            **queue_snapshot(self.config, self.stats, self.depth(), oldest, now),
+            **queue_snapshot(self.config, self.stats, self.depth(), self._queue.oldest(), now),
             "depth": self.waiting,
             "slots_in_use": self.slots.all_in_use(),
             "waiting": [
@@ -401,6 +351,6 @@ class Admission:
                     "effective_priority": round(w.effective(now, ageing), 2),
                     "waited_s": round(now - w.enqueued, 3),
                 }
-                for w in itertools.islice(self._ordered(now), limit)
+                for w in itertools.islice(self._queue.ordered(), limit)
             ],
         }

@@ -19,15 +19,17 @@ class SlotTable:
         capacity.model_room), or the model can get a runner without unloading a busy one (fewer
         than max_loaded_models models running and, when the node's memory is known, room for it
         beside them)."""
-        running = self._held.get(node.name, {})
+        running = self._held.get(node.name)
+        if not running:
+            return True  # nothing of the proxy's runs there (and max_loaded is at least 1)
         held = running.get(model, 0)
         if held:
             return held < model_room(node, model)
         if len(running) >= max_loaded(node):
             return False
         vram = vram_bytes(node)
-        if vram is None or not running:
-            return True  # alone on the node, a model is Ollama's to fit
+        if vram is None:
+            return True
         busy = sum(model_memory(node, m) for m in running)
         return busy + model_memory(node, model) <= vram
 
@@ -40,6 +42,10 @@ class SlotTable:
         running[model] -= 1
         if not running[model]:
             del running[model]
+
+    def holds(self, node: str) -> bool:
+        """Does a request of the proxy's hold a slot on `node`?"""
+        return bool(self._held.get(node))
 
     def in_use(self, node: str) -> dict[str, int]:
         return dict(self._held.get(node, {}))

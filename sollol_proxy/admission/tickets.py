@@ -53,6 +53,7 @@ class Waiter:
     future: asyncio.Future[Slot]
     slot: Slot | None = None  # a retry: the request's own slot, moved to the node granted
     hold: Hold | None = None  # it chose to wait for a busy slot of this node, until then
+    queued: bool = False  # in the queue now (see waitqueue.py)
 
     def effective(self, now: float, ageing: float) -> float:
         return self.priority + (now - self.enqueued) / ageing

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,23 +137,29 @@ class Target:
     samples: dict[str, Sample] = field(default_factory=dict)
 
 
+def proxy_name(engine: str, engines: Sequence[str]) -> str:
+    return "sollol-proxy" if len(engines) == 1 else f"sollol-proxy ({engine})"
+
+
 async def _measure(
-    node: SimulatedNode, loads: list[Workload], rounds: int, scale: float
+    node: SimulatedNode, loads: list[Workload], rounds: int, scale: float, engines: Sequence[str]
 ) -> list[Target]:
-    port = _free_port()
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as config:
-        # Zero configuration: the node's URL and nothing else, as people run it.
-        config.write(
-            f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-            f"nodes: ['{node.url}']\nlog_level: warning\n"
+    targets = [Target("direct", node.url, None)]
+    proxies: list[tuple[asyncio.subprocess.Process, str]] = []
+    for engine in engines:
+        port = _free_port()
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as config:
+            # Zero configuration: the node's URL and nothing else, as people run it.
+            config.write(
+                f"listen: {{host: 127.0.0.1, port: {port}, engine: {engine}}}\n"
+                f"nodes: ['{node.url}']\nlog_level: warning\n"
+            )
+        proxy = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sollol_proxy", "-c", config.name
         )
-    proxy = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sollol_proxy", "-c", config.name
-    )
-    targets = [
-        Target("direct", node.url, None),
-        Target("sollol-proxy", f"http://127.0.0.1:{port}", proxy.pid),
-    ]
+        proxies.append((proxy, config.name))
+        url = f"http://127.0.0.1:{port}"
+        targets.append(Target(proxy_name(engine, engines), url, proxy.pid))
     try:
         async with contextlib.AsyncExitStack() as stack:
             if nginx.available():
@@ -161,7 +168,8 @@ async def _measure(
                 targets.insert(1, Target("nginx", f"http://127.0.0.1:{nginx_port}", process.pid))
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as http:
-                await _wait_ready(http, targets[-1].url, proxy)
+                for (proxy, _), target in zip(proxies, targets[-len(proxies) :], strict=True):
+                    await _wait_ready(http, target.url, proxy)
                 for load in loads:
                     requests = max(load.concurrency, int(load.requests * scale))
                     for target in targets:  # warm connections and the model
@@ -176,13 +184,14 @@ async def _measure(
                             sample.wall += result.wall
                             sample.cpu += _cpu_seconds(target.pid) - cpu_before
     finally:
-        proxy.terminate()
-        await asyncio.wait_for(proxy.wait(), 10)
-        os.unlink(config.name)
+        for proxy, config_name in proxies:
+            proxy.terminate()
+            await asyncio.wait_for(proxy.wait(), 10)
+            os.unlink(config_name)
     return targets
 
 
-async def benchmark(rounds: int, scale: float) -> str:
+async def benchmark(rounds: int, scale: float, engines: Sequence[str] = ("fast",)) -> str:
     fast = SimulatedNode(name="bench", models=["llama3.2:latest"], num_parallel=16)
     paced = SimulatedNode(
         name="paced", models=["llama3.2:latest"], num_parallel=16, token_delay=PACED_TOKEN_S
@@ -191,20 +200,22 @@ async def benchmark(rounds: int, scale: float) -> str:
     for node, loads in ((fast, SMALL), (paced, STREAMS)):
         await node.start(port=0)
         try:
-            targets = await _measure(node, loads, rounds, scale)
+            targets = await _measure(node, loads, rounds, scale, engines)
         finally:
             await node.stop()
         results += [(load, targets) for load in loads]
     names = [t.name for t in results[0][1] if t.name != "direct"]
-    header = (
-        "| workload | "
-        + " | ".join(f"{n} p50 / p99 ms" for n in ["direct", *names])
-        + " | added p50 ms (proxy) | proxy CPU | "
-        + ("nginx CPU | CPU ratio to nginx |" if "nginx" in names else "")
-    )
+    proxies = [proxy_name(e, engines) for e in engines]
+    header = "| workload | " + " | ".join(f"{n} p50 / p99 ms" for n in ["direct", *names])
+    for engine in engines:
+        label = "proxy" if len(engines) == 1 else engine
+        header += f" | added p50 ms ({label}) | {label} CPU"
+        if "nginx" in names:
+            header += " | CPU ratio to nginx" if len(engines) == 1 else f" | {label} / nginx"
+    header += " | nginx CPU |" if "nginx" in names else " |"
     columns = header.count("|") - 1
     lines = [header, "|" + "---|" * columns]
-    lines += [_report(load, {t.name: t for t in targets}) for load, targets in results]
+    lines += [_report(load, {t.name: t for t in targets}, proxies) for load, targets in results]
     us, allocated = series_cost()
     lines.append(
         f"\nKeeping the dashboard's time series (in process): {us:.2f} us and "
@@ -226,20 +237,23 @@ def _cpu_unit(load: Workload, sample: Sample) -> float:
     return sample.cpu / count * 1e6
 
 
-def _report(load: Workload, targets: dict[str, Target]) -> str:
+def _report(load: Workload, targets: dict[str, Target], proxies: Sequence[str]) -> str:
     unit = "chunk" if load.chunks_per_request > 1 else "request"
     cells = [load.name]
     for target in targets.values():
         sample = target.samples[load.name]
         cells.append(f"{_ms(sample.latencies, 50):.2f} / {_ms(sample.latencies, 99):.2f}")
-    direct, proxy = targets["direct"].samples[load.name], targets["sollol-proxy"].samples[load.name]
-    cells.append(f"{_ms(proxy.latencies, 50) - _ms(direct.latencies, 50):+.2f}")
-    proxy_cpu = _cpu_unit(load, proxy)
-    cells.append(f"{proxy_cpu:.1f} us/{unit}")
+    direct = targets["direct"].samples[load.name]
+    nginx_cpu = _cpu_unit(load, targets["nginx"].samples[load.name]) if "nginx" in targets else 0
+    for name in proxies:
+        proxy = targets[name].samples[load.name]
+        cells.append(f"{_ms(proxy.latencies, 50) - _ms(direct.latencies, 50):+.2f}")
+        proxy_cpu = _cpu_unit(load, proxy)
+        cells.append(f"{proxy_cpu:.1f} us/{unit}")
+        if "nginx" in targets:
+            cells.append(f"{proxy_cpu / nginx_cpu:.1f}x" if nginx_cpu else "-")
     if "nginx" in targets:
-        nginx_cpu = _cpu_unit(load, targets["nginx"].samples[load.name])
         cells.append(f"{nginx_cpu:.1f} us/{unit}")
-        cells.append(f"{proxy_cpu / nginx_cpu:.1f}x" if nginx_cpu else "-")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -299,5 +313,5 @@ def access_log_cost(requests: int = 20_000) -> tuple[float, float]:
     return on_loop / requests * 1e6, in_all / requests * 1e6
 
 
-def run(rounds: int = 3, scale: float = 1.0) -> None:
-    print(asyncio.run(benchmark(rounds, scale)))
+def run(rounds: int = 3, scale: float = 1.0, engines: Sequence[str] = ("fast",)) -> None:
+    print(asyncio.run(benchmark(rounds, scale, engines)))

@@ -34,7 +34,7 @@ import orjson
 import yaml
 
 from sollol_proxy.bench import nginx
-from sollol_proxy.bench.scorer import measure_selection
+from sollol_proxy.bench.selection import measure_selection
 
 GENERATE = b'{"model":"llama3.2","prompt":"hello","stream":true}'
 OPENING = 50  # streams being opened at once: within the proxy's listen backlog (100)
@@ -189,7 +189,7 @@ async def fleet_scale(nodes: int, interval: float = 5.0, intervals: float = 2.0)
         rss,
         cpu / max(1, len(probes)) * 1000,
         max(counts.values(), default=0),
-        measure_selection(nodes, max(3, 20_000 // nodes)),
+        (await measure_selection(nodes, max(3, 20_000 // nodes))).selection,
     )
 
 

@@ -44,13 +44,14 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_ALLOWED_HOSTS": "listen.allowed_hosts",
     "SOLLOL_TLS_CERT": "listen.tls_cert",
     "SOLLOL_TLS_KEY": "listen.tls_key",
+    "SOLLOL_ENGINE": "listen.engine",
     "SOLLOL_OPEN_MANAGEMENT": "auth.open_management",
     "SOLLOL_STATE_BACKEND": "state.backend",
     "SOLLOL_REDIS_URL": "state.redis_url",
 }
 
 _SECTIONS: dict[str, set[str]] = {
-    "listen": {"host", "port", "allowed_hosts", "tls_cert", "tls_key"},
+    "listen": {"host", "port", "allowed_hosts", "tls_cert", "tls_key", "engine"},
     "timeouts": {"connect", "first_byte", "idle_read", "non_streamed", "routes"},
     "health": {"interval", "timeout", "backoff_max", "jitter"},
     "outlier": {"consecutive_failures", "base_ejection", "max_ejection", "busy_cooldown"},

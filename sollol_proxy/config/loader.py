@@ -22,6 +22,7 @@ import sollol_proxy.config.state as state  # the state.* validator
 from sollol_proxy.config.layers import Layers, load_env, load_file
 from sollol_proxy.config.model import (
     AUTO,
+    ENGINES,
     LOG_FORMATS,
     Config,
     ConfigError,
@@ -222,6 +223,9 @@ def _validate(layers: Layers) -> Config:
     metrics_port = layers.values.get("metrics.port")
     priors = _priors(layers, "routing.priors", layers.values.get("routing.priors") or {}, Priors())
     tls_cert, tls_key = access.tls(layers)
+    engine = str(layers.values.get("listen.engine", defaults.engine)).lower()
+    if engine not in ENGINES:
+        raise layers.error("listen.engine", f"expected fast or aiohttp, got {engine!r}")
     return Config(
         host=host,
         port=integer(layers, "listen.port", defaults.port, 0, 65535),
@@ -273,6 +277,7 @@ def _validate(layers: Layers) -> Config:
         allowed_hosts=access.allowed_hosts(layers),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        engine=engine,
     )
 
 

@@ -27,6 +27,7 @@ from sollol_proxy.config.policies import (
 
 DEFAULT_OLLAMA_PORT = 11434
 LOG_FORMATS = ("plain", "json")
+ENGINES = ("fast", "aiohttp")  # listen.engine
 AUTO = "auto"  # a node setting the proxy learns from the node itself
 
 
@@ -142,6 +143,8 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()
     tls_cert: str | None = None  # PEM certificate chain: the listener speaks HTTPS
     tls_key: str | None = None
+    # fast: the hot routes on the data plane (dataplane/); aiohttp: every request through aiohttp
+    engine: str = "fast"
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration in the YAML layout (for `check-config`); secrets redacted."""
@@ -152,6 +155,7 @@ class Config:
                 "allowed_hosts": list(self.allowed_hosts),
                 "tls_cert": self.tls_cert,
                 "tls_key": self.tls_key,
+                "engine": self.engine,
             },
             "nodes": [
                 {

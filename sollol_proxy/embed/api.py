@@ -13,6 +13,7 @@ a client sends is checked and bounded before it is stored.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -21,10 +22,12 @@ from aiohttp import web
 
 from sollol_proxy.config import Config
 from sollol_proxy.embed.jobs import JobRunner, Refused
-from sollol_proxy.embed.store import Job
+from sollol_proxy.embed.store import Job, StoreError
 from sollol_proxy.wire import gojson
 from sollol_proxy.wire.errors import JSON_PLAIN, error_response
 from sollol_proxy.wire.peek import read_body
+
+log = logging.getLogger("sollol.batch")
 
 SUBMIT = "/api/embed/batch"
 STATUS = "/api/batch-status"
@@ -173,6 +176,12 @@ class BatchApi:
         return path in (SUBMIT, STATUS, PREFIX) or path.startswith(PREFIX + "/")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except StoreError as exc:  # before an answer started; after, the connection ends
+            return error_response(request.path, exc.status, exc.message)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         path, method = request.path, request.method
         if path == SUBMIT:
             return await self._submit(request) if method == "POST" else _not_allowed("POST")
@@ -214,14 +223,14 @@ class BatchApi:
         limit = _query_int(request, "limit", LIST_LIMIT, 1, 10_000)
         if limit is None:
             return _json({"error": "limit must be an integer from 1 to 10000"}, 400)
-        jobs = await runner.store.call(runner.store.jobs, limit) if runner.store.exists() else []
+        jobs = await runner.store.jobs(limit)
         running = {j.id: j for j in runner.jobs.values() if j.status == "running"}
         shown = [running.get(j.id, j) for j in jobs]
         return _json({"jobs": [job_json(j, runner.rate(j), runner.note(j.id)) for j in shown]})
 
     async def _detail(self, job: Job) -> dict[str, Any]:
         runner = self.runner
-        errors = await runner.store.call(runner.store.errors, job.id, ERRORS_SHOWN)
+        errors = await runner.store.errors(job.id, ERRORS_SHOWN)
         return {
             **job_json(job, runner.rate(job), runner.note(job.id)),
             "errors": [{"error": e, "documents": n} for e, n in errors],
@@ -232,12 +241,13 @@ class BatchApi:
         limit = _query_int(request, "limit", job.total, 1, 10**9)
         if offset is None or limit is None:
             return _json({"error": "offset and limit must be non-negative integers"}, 400)
+        store = self.runner.store
+        page = await store.results(job.id, offset, min(PAGE, limit))  # fails as a 503 here
         response = web.StreamResponse()
         response.headers["Content-Type"] = "application/x-ndjson"
         await response.prepare(request)
-        store, sent = self.runner.store, 0
-        while sent < limit:
-            page = await store.call(store.results, job.id, offset + sent, min(PAGE, limit - sent))
+        sent = 0
+        while True:
             lines = [
                 b'{"index":%d,"id":%s,%s}\n'
                 % (
@@ -252,8 +262,16 @@ class BatchApi:
             if lines:
                 await response.write(b"".join(lines))
             sent += len(page)
-            if len(page) < PAGE:
+            if len(page) < PAGE or sent >= limit:
                 break
+            try:
+                page = await store.results(job.id, offset + sent, min(PAGE, limit - sent))
+            except StoreError as exc:
+                # The status is sent: the answer is cut, so that it cannot pass for a whole one.
+                log.warning("results of batch job %s cut: %s", job.id, exc.message)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
         await response.write_eof()
         return response
 

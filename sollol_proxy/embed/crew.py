@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from sollol_proxy.admission.admission import WITHDRAWN
 
+WITHDRAW_AGAIN_S = 0.5  # a worker still running this long after its cancellation gets another
+
 
 async def run_crew(
     worker: Callable[[int], Awaitable[None]], count: int, finished: asyncio.Event
@@ -35,7 +37,19 @@ async def run_crew(
                 if error is not None:
                     raise error
     finally:
-        for task in (*tasks, done_waiter):
-            if not task.done():
-                task.cancel(WITHDRAWN)
-        await asyncio.gather(*tasks, done_waiter, return_exceptions=True)
+        await _withdraw([*tasks, done_waiter])
+
+
+async def _withdraw(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks until every one is over. Once is not always enough: a worker was seen to
+    go on after its cancellation was swallowed somewhere below `SubCalls.run` (where timers of
+    asyncio, aiohttp and Redis turn cancellations into their own errors), then wait for the
+    others' results forever, and the shutdown with it."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel(WITHDRAWN)
+        _, pending = await asyncio.wait(pending, timeout=WITHDRAW_AGAIN_S)
+    for task in tasks:  # retrieved: an error after the cancellation is not worth a warning
+        if not task.cancelled():
+            task.exception()

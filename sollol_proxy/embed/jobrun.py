@@ -30,8 +30,9 @@ from sollol_proxy.admission.priority import NAMED
 from sollol_proxy.admission.tickets import QueueRejected
 from sollol_proxy.config.policies import BatchPolicy
 from sollol_proxy.embed.inputs import API_EMBED, EmbedCall
+from sollol_proxy.embed.jobstore import JobStore
 from sollol_proxy.embed.split import job_batch_size
-from sollol_proxy.embed.store import Job, Store
+from sollol_proxy.embed.store import Job
 from sollol_proxy.embed.subcall import Done, SubCalls, for_job
 from sollol_proxy.fleet.plan import NoTarget
 from sollol_proxy.wire.names import normalize_model
@@ -55,7 +56,7 @@ class JobRun:
 
     job: Job
     calls: SubCalls
-    store: Store
+    store: JobStore
     policy: BatchPolicy
     counted: Callable[[Job, int, int], None]  # (job as now, newly done, newly failed)
     left: int = 0  # documents without a result
@@ -123,7 +124,7 @@ class JobRun:
         async with self.reading:
             if self.read_all or len(self.buffer) >= self.policy.max_batch * 4:
                 return
-            page = await self.store.call(self.store.pending, self.job.id, self.next_index, PAGE)
+            page = await self.store.pending(self.job.id, self.next_index, PAGE)
             self.buffer.extend(page)
             if page:
                 self.next_index = page[-1][0] + 1
@@ -160,7 +161,7 @@ class JobRun:
                 results = [
                     (i, v) for (i, _), v in zip(piece.docs, done.answer.vectors, strict=True)
                 ]
-                await self.store.call(self.store.store, self.job.id, results)
+                await self.store.store(self.job.id, results)
                 self._count(done=len(results))
                 self.note = None
                 return
@@ -173,7 +174,7 @@ class JobRun:
                 self.again.extendleft([Piece(piece.docs[half:]), Piece(piece.docs[:half])])
             elif 400 <= status < 500 or piece.tries + 1 >= MAX_TRIES:
                 errors = [(i, message) for i, _ in piece.docs]
-                await self.store.call(self.store.store, self.job.id, [], errors)
+                await self.store.store(self.job.id, [], errors)
                 self._count(failed=len(errors))
             else:
                 self.note = f"sub-batch failed ({status}: {message}); trying again"

@@ -1,19 +1,20 @@
-"""Batch embedding jobs: accepted at once, stored on disk, embedded in the background at the
-`batch` priority, resumed after a restart.
+"""Batch embedding jobs: accepted at once, stored (jobstore.py), embedded in the background at
+the `batch` priority, resumed after a restart.
 
-Jobs run one after the other, oldest first; a job runs one worker per place its model has in
-the fleet (see jobrun.py for what a worker does). Finished jobs are deleted `batch.retention`
-after they finish, or by `DELETE`.
+A replica runs one job at a time, the oldest unfinished one it may take; a job runs one worker
+per place its model has in the fleet (see jobrun.py for what a worker does). With the jobs in
+Redis, replicas take jobs under a lease, so several jobs run at once on several replicas, and a
+job whose replica died is taken up by another once its lease lapses. Finished jobs are deleted
+`batch.retention` after they finish, or by `DELETE`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
-import sqlite3
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -21,7 +22,8 @@ from typing import Any
 from sollol_proxy.config import Config
 from sollol_proxy.embed.crew import run_crew
 from sollol_proxy.embed.jobrun import JobRun
-from sollol_proxy.embed.store import Job, Store, StoreFull
+from sollol_proxy.embed.jobstore import open_store
+from sollol_proxy.embed.store import Job, StoreError, StoreFull
 from sollol_proxy.embed.subcall import SubCalls
 from sollol_proxy.fleet.capacity import model_room
 from sollol_proxy.wire import gojson
@@ -30,7 +32,9 @@ from sollol_proxy.wire.names import normalize_model
 log = logging.getLogger("sollol.batch")
 
 EXPIRY_EVERY_S = 60.0
-STORE_PAUSE_S = 30.0  # after the store failed (disk full, say), before the job is taken up again
+SHARED_POLL_S = 1.0  # how often a replica looks for shared jobs to take (and renews its lease)
+OPEN_READ = 1000  # unfinished jobs read at a time, oldest first
+RECENT_READ = 10  # shared jobs: the latest ones read with them, for the dashboard
 KEPT_IN_MEMORY = 100  # finished jobs kept in memory for the dashboard (unfinished: all)
 
 
@@ -47,14 +51,16 @@ class JobRunner:
     def __init__(self, calls: SubCalls, config: Config) -> None:
         self.calls = calls
         self.policy = config.batch
-        self.store = Store(self.policy.data_dir)
+        self.store = open_store(config)
         self.jobs: dict[str, Job] = {}  # unfinished and recent jobs, as last known
-        self._queue: deque[str] = deque()  # jobs to run, the running one first
         self._cancelled: set[str] = set()  # jobs cancelled before their run began
         self._wake = asyncio.Event()
         self._run: JobRun | None = None
         self.done = 0  # documents embedded since start
         self.failed = 0  # documents that got an error since start
+        self._store_down = False  # logged once per outage
+        # A shared job's lease is renewed well within its expiry.
+        self._renew_every = min(SHARED_POLL_S, config.state.lease_ttl / 3)
 
     def reconfigure(self, config: Config) -> None:
         """Bounds and sizes apply from now on (`batch.data_dir` needs a restart: a reload
@@ -87,12 +93,10 @@ class JobRunner:
             error=None,
         )
         try:
-            await self.store.call(self.store.create, job, docs, policy.max_docs_total)
-        except (OSError, sqlite3.Error) as exc:
-            log.error("cannot store batch job in %s: %s", self.store.path, exc)
-            raise Refused(
-                500, f"sollol-proxy cannot store batch jobs in {self.store.path}: {exc}"
-            ) from None
+            await self.store.create(job, docs, policy.max_docs_total)
+        except StoreError as exc:
+            log.error("batch job not accepted: %s", exc.message)
+            raise Refused(exc.status, exc.message) from None
         except StoreFull as full:
             raise Refused(
                 429,
@@ -101,7 +105,6 @@ class JobRunner:
                 "and delete them, or retry later",
             ) from None
         self._remember(job)
-        self._queue.append(job.id)
         self._wake.set()
         log.info("batch job %s accepted: %d documents for %s", job.id, job.total, model)
         return job
@@ -109,9 +112,7 @@ class JobRunner:
     async def job(self, job_id: str) -> Job | None:
         if self._run is not None and self._run.job.id == job_id:
             return self._run.job
-        if not self.store.exists():
-            return None
-        return await self.store.call(self.store.job, job_id)
+        return await self.store.job(job_id)
 
     def note(self, job_id: str) -> str | None:
         """Why the running job waits, if it does."""
@@ -133,7 +134,7 @@ class JobRunner:
         if job is None:
             return None
         if job.over:
-            await self.store.call(self.store.delete, job_id)
+            await self.store.delete(job_id)
             self.jobs.pop(job_id, None)
             return job
         run = self._run
@@ -141,7 +142,7 @@ class JobRunner:
             run.stop()
         else:
             self._cancelled.add(job_id)
-        await self.store.call(self.store.set_status, job_id, "cancelled", time.time())
+        await self.store.set_status(job_id, "cancelled", time.time())
         cancelled = replace(job, status="cancelled", finished=time.time())
         self._remember(cancelled)
         return cancelled
@@ -152,52 +153,94 @@ class JobRunner:
     # -- the background worker ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Resume the unfinished jobs, then run jobs as they come; expire old ones."""
+        """Run jobs as they come, oldest first, taking up the unfinished ones; expire old ones."""
         try:
-            if self.store.exists():
-                for job in await self.store.call(self.store.unfinished):
-                    self._remember(job)
-                    self._queue.append(job.id)
-                    log.info(
-                        "batch job %s resumes: %d of %d documents left",
-                        job.id,
-                        job.total - job.done - job.failed,
-                        job.total,
-                    )
             expired_at = 0.0
             while True:
-                if time.monotonic() - expired_at > EXPIRY_EVERY_S:
-                    expired_at = time.monotonic()
-                    await self._expire()
-                if not self._queue:
-                    self._wake.clear()
-                    try:
-                        async with asyncio.timeout(EXPIRY_EVERY_S):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
-                    continue
-                job_id = self._queue[0]
                 try:
-                    job = await self.store.call(self.store.job, job_id)
-                    if job is not None and not job.over and job_id not in self._cancelled:
+                    if time.monotonic() - expired_at > EXPIRY_EVERY_S:
+                        expired_at = time.monotonic()
+                        await self._expire()
+                    self._wake.clear()  # before looking: a job submitted meanwhile wakes us
+                    job = await self._next()
+                    self._store_back()
+                    if job is None:
+                        await self._idle()
+                        continue
+                    try:
                         await self._process(job)
-                except (OSError, sqlite3.Error):  # the disk: full, gone, read-only
-                    log.exception(
-                        "batch job %s stopped; trying again in %gs", job_id, STORE_PAUSE_S
-                    )
-                    await asyncio.sleep(STORE_PAUSE_S)
-                    continue
-                self._queue.popleft()
-                self._cancelled.discard(job_id)
+                    finally:
+                        await self._release(job.id)
+                except StoreError as exc:
+                    self._store_failed(exc)
+                    await asyncio.sleep(self.store.retry_after)
         finally:
             await self.store.close()
 
+    async def _idle(self) -> None:
+        """Until a job is submitted here, or (shared jobs) it is time to look again."""
+        wait = SHARED_POLL_S if self.store.shared else EXPIRY_EVERY_S
+        try:
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _next(self) -> Job | None:
+        """The oldest unfinished job this replica may run now (it takes its lease)."""
+        open_jobs = await self.store.unfinished(OPEN_READ)
+        await self._refresh(open_jobs)
+        self._cancelled &= {j.id for j in open_jobs}  # the others are stored as cancelled
+        for job in open_jobs:
+            if job.id in self._cancelled or not await self.store.take(job.id):
+                continue
+            if job.status == "running":
+                log.info(
+                    "batch job %s resumes: %d of %d documents left",
+                    job.id,
+                    job.total - job.done - job.failed,
+                    job.total,
+                )
+            return job
+        return None
+
+    async def _refresh(self, open_jobs: list[Job]) -> None:
+        """What the dashboard shows: the unfinished jobs as stored (other replicas change them
+        too), the latest ones, and the end of those that are no longer unfinished."""
+        for job in open_jobs:
+            self._remember(job)
+        if self.store.shared:  # and the latest, which other replicas may have run from start to end
+            for job in await self.store.jobs(RECENT_READ):
+                self._remember(job)
+        seen = {j.id for j in open_jobs}
+        for job in [j for j in self.jobs.values() if not j.over and j.id not in seen]:
+            now = await self.store.job(job.id)
+            if now is None:
+                self.jobs.pop(job.id, None)
+            else:
+                self._remember(now)
+
+    async def _release(self, job_id: str) -> None:
+        with contextlib.suppress(StoreError):  # else the lease lapses by itself
+            await self.store.release(job_id)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        if not self._store_down:
+            self._store_down = True
+            log.error(
+                "batch jobs wait for their store (trying again every %gs): %s",
+                self.store.retry_after,
+                exc.message,
+            )
+
+    def _store_back(self) -> None:
+        if self._store_down:
+            self._store_down = False
+            log.info("batch jobs go on: %s answers again", self.store.where)
+
     async def _expire(self) -> None:
-        if not self.store.exists():
-            return
         before = time.time() - self.policy.retention
-        for job_id in await self.store.call(self.store.expire, before):
+        for job_id in await self.store.expire(before):
             self.jobs.pop(job_id, None)
             log.info("batch job %s expired (finished over %gs ago)", job_id, self.policy.retention)
 
@@ -209,7 +252,7 @@ class JobRunner:
 
     async def _process(self, job: Job) -> None:
         now = time.time()
-        await self.store.call(self.store.set_status, job.id, "running", now)
+        await self.store.set_status(job.id, "running", now)
         if job.id in self._cancelled:  # cancelled while that was written
             return
         running = replace(job, status="running", started=job.started or now)
@@ -219,11 +262,35 @@ class JobRunner:
         model = normalize_model(job.model)
         room = sum(model_room(n, model) for n in self.calls.fleet.with_model(model))
         try:
-            if run.left:
+            if run.left and self.store.shared:  # worker 0 keeps the lease
+                await run_crew(
+                    lambda k: run.work() if k else self._keep(run), 1 + max(1, room), run.finished
+                )
+            elif run.left:
                 await run_crew(lambda _: run.work(), max(1, room), run.finished)
         finally:
             self._run = None
         await self._finish(run)
+
+    async def _keep(self, run: JobRun) -> None:
+        """While the job runs: renew its lease, and stop when another replica holds it or the
+        job was cancelled (on any replica)."""
+        job_id = run.job.id
+        while True:
+            await asyncio.sleep(self._renew_every)
+            try:
+                held = await self.store.keep(job_id)
+                stored = await self.store.job(job_id)
+            except StoreError:
+                continue  # the workers' next write fails too, and the run stops there
+            if not held or stored is None or stored.status == "cancelled":
+                log.info(
+                    "batch job %s stops here: %s",
+                    job_id,
+                    "cancelled" if held else "taken up elsewhere",
+                )
+                run.stop()
+                return
 
     def _counted(self, job: Job, done: int, failed: int) -> None:
         self.done += done
@@ -233,16 +300,16 @@ class JobRunner:
     async def _finish(self, run: JobRun) -> None:
         job, now = run.job, time.time()
         if run.cancelled:
-            return  # cancel() stored it
+            return  # cancel() stored it, or another replica runs it now
         if run.fatal is not None:
-            await self.store.call(self.store.fail_pending, job.id, run.fatal, now)
+            await self.store.fail_pending(job.id, run.fatal, now)
             self.failed += run.left
             final = replace(
                 job, status="failed", finished=now, error=run.fatal, failed=job.failed + run.left
             )
             log.warning("batch job %s failed: %s", job.id, run.fatal)
         else:
-            await self.store.call(self.store.set_status, job.id, "done", now)
+            await self.store.set_status(job.id, "done", now)
             final = replace(job, status="done", finished=now)
             log.info("batch job %s done: %d embedded, %d failed", job.id, job.done, job.failed)
         self._remember(final)

@@ -57,6 +57,15 @@ class StoreFull(Exception):
         self.stored = stored  # documents the store holds
 
 
+class StoreError(Exception):
+    """A store failed (this one, or Redis): `status` and `message` go to the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
@@ -182,7 +191,8 @@ class Store:
         with self.db as db:
             db.execute(
                 f"UPDATE jobs SET status = ?, {column} = COALESCE({column}, ?), "
-                "error = COALESCE(?, error) WHERE id = ?",
+                "error = COALESCE(?, error) "
+                "WHERE id = ? AND status NOT IN ('done', 'failed', 'cancelled')",
                 (status, at, error, job_id),
             )
 

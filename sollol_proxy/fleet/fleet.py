@@ -137,6 +137,7 @@ class Fleet:
         node.recent = {
             m: seen for m, seen in node.recent.items() if seen >= asked_at and m not in loaded
         }
+        node.changes += 1
 
     def mark_failed(self, node: NodeState, reason: str, kind: Failure = Failure.CONNECT) -> None:
         """A request to the node failed (the health state machine decides what that means)."""
@@ -156,6 +157,7 @@ class Fleet:
         from there (deleted behind the proxy's back); the next watcher tick re-reads /api/tags."""
         node.models.pop(model, None)
         node.inventory_at = None
+        node.changes += 1
 
     # -- probing ------------------------------------------------------------------------------
 
@@ -204,6 +206,7 @@ class Fleet:
         """The node's answer to /api/tags: its models on disk now."""
         node.models = _index_models(tags)
         node.inventory_at = time.monotonic()
+        node.changes += 1
 
     def saw_ps(self, node: NodeState, ps: Any, asked_at: float) -> None:
         """The node's answer to /api/ps, asked for at `asked_at`: its models loaded now."""

@@ -113,6 +113,8 @@ class Learner:
         self._token_ratio: dict[str, Average] = {}  # Ollama's prompt tokens / the estimate
         self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
         self._adopted: set[tuple[str, str, str]] = set()  # (node, model, speed) from other replicas
+        # node -> observations of it so far: what was learned of it changed (fleet/views.py)
+        self._versions: dict[str, int] = {}
 
     def reconfigure(self, priors: Priors, node_priors: dict[str, Priors]) -> None:
         """Reloaded priors: what is already learned stays, the new priors stand in for the rest."""
@@ -130,6 +132,9 @@ class Learner:
         if stats is None:
             stats = self._nodes[node] = NodeStats()
         return stats
+
+    def version(self, node: str) -> int:
+        return self._versions.get(node, 0)
 
     def priors(self, node: str) -> Priors:
         return self._node_priors.get(node, self._priors)
@@ -241,6 +246,7 @@ class Learner:
         estimated_prompt_tokens: int = 0,
     ) -> None:
         pair, stats = self._pair(node, model), self._node(node)
+        self._versions[node] = self._versions.get(node, 0) + 1
         stats.success.add(1.0)
         if ttft_s is not None:
             pair.ttft_s.add(ttft_s)
@@ -304,9 +310,11 @@ class Learner:
             return False
         average.add(value)
         self._adopted.add((node, model, name))
+        self._versions[node] = self._versions.get(node, 0) + 1  # its views are made again
         return True
 
     def observe_failure(self, node: str) -> None:
+        self._versions[node] = self._versions.get(node, 0) + 1
         self._node(node).success.add(0.0)
 
     def snapshot(self, node: str) -> dict[str, object]:

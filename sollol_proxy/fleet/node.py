@@ -22,6 +22,7 @@ class Lease:
         self._model = model
         node.in_flight += 1
         node.model_in_flight[model] = node.model_in_flight.get(model, 0) + 1
+        node.changes += 1
 
     def end(self) -> None:
         """The node is done with the request (at its last byte, or when it failed)."""
@@ -31,6 +32,7 @@ class Lease:
             node.model_in_flight[self._model] -= 1
             if not node.model_in_flight[self._model]:
                 del node.model_in_flight[self._model]
+            node.changes += 1
 
 
 @dataclass
@@ -58,6 +60,9 @@ class NodeState:
     # when /api/tags was last read (monotonic); None: never, or known to be out of date
     inventory_at: float | None = None
     failed_probes: int = 0  # in a row: spaces the probes out while the node is down
+    # Counts the changes to what routing sees of the node (in flight, loaded, loading, options,
+    # models, slots): views of it made before a change are out of date (fleet/views.py).
+    changes: int = 0
 
     def __post_init__(self) -> None:
         self.health = NodeHealth(self.config.name)
@@ -94,6 +99,7 @@ class NodeState:
 
     def hold(self, counts: dict[str, int], models: list[str], step: int) -> None:
         """Add `step` (1 or -1) to `counts` for `models`, dropping keys that reach zero."""
+        self.changes += 1
         for model in models:
             value = counts.get(model, 0) + step
             if value > 0:

@@ -5,19 +5,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from sollol_proxy.fleet.decisions import Decision
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.waiting import Hold
-from sollol_proxy.routing import Reason
+from sollol_proxy.routing import Choice, Reason
 
 
-@dataclass(frozen=True, slots=True)
 class Target:
-    node: NodeState
-    route: str  # strategy and reason, for X-Sollol-Route
-    reason: Reason  # the bounded category of `route`, for metrics and the access log
-    pinned: bool = False  # named by the operator: tried even when its health says no
+    """A node to try: `route` (strategy and reason, for X-Sollol-Route) says why, `reason` is
+    its bounded category (metrics, the access log), `pinned`: named by the operator, tried even
+    when its health says no. A ranked target writes its route when it is first read: only the
+    nodes tried are."""
+
+    __slots__ = ("_choice", "_route", "node", "pinned", "reason")
+
+    def __init__(self, node: NodeState, route: str, reason: Reason, pinned: bool = False) -> None:
+        self.node = node
+        self._route = route
+        self._choice: Choice | None = None
+        self.reason = reason
+        self.pinned = pinned
+
+    @classmethod
+    def ranked(cls, node: NodeState, strategy: str, choice: Choice) -> Target:
+        target = cls(node, strategy, choice.category)
+        target._choice = choice
+        return target
+
+    @property
+    def route(self) -> str:
+        if self._choice is not None:
+            self._route = f"{self._route}: {self._choice.reason}"
+            self._choice = None
+        return self._route
 
 
 class NoTarget(Exception):
@@ -35,7 +56,7 @@ class Plan:
     that it had better wait for a busy slot a little longer (admission keeps it queued)."""
 
     targets: list[Target] = field(default_factory=list)
-    decision: dict[str, Any] | None = None
+    decision: Decision | None = None
     hold: Hold | None = None
 
 

@@ -32,6 +32,7 @@ from sollol_proxy.routing.slot_cache import (
     Slot,
     SlotCache,
     Take,
+    first_key_copies,
     heads,
 )
 
@@ -49,9 +50,10 @@ GAP_ALPHA = 0.2
 RESERVATION_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Probe:
-    """One node's cache as one request would find it."""
+    """One node's cache as one request would find it (never changed once made; not frozen,
+    which would make it several times slower to make, once per node per request)."""
 
     cached: int = 0  # prompt tokens the slot it would get now holds (0: none, or no idle slot)
     displaced: float = 0.0  # tokens of shared prefixes that slot would lose, weighted by demand
@@ -175,23 +177,32 @@ class PromptCache:
         copies: Counter[bytes] | None = None  # nodes holding each first prefix, when needed
         fleet_slots = sum(slots.values())
         keys_only = heads(keys)
+        first_key = keys_only[0]
+        worth: dict[bytes, float] = {}  # first prefix -> what losing a node's copy costs
         for node, runner in runners.items():
-            slot, cached = runner.choose(keys, keys_only=keys_only)
+            outsider = runner.outsider()
+            if first_key not in outsider.firsts:  # most runners: worked out once per change
+                slot, cached, root, history = outsider.victim, 0, outsider.root, outsider.history
+                waiting, waiting_slots, since = 0, 0, 0.0
+            else:
+                slot, cached = runner.choose(keys, keys_only=keys_only)
+                root, history = 0, 0
+                if slot is not None and slot.keys:
+                    root, history = runner.displaced(slot, keys, keys_only)
+                waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
+                if waiting <= cached:
+                    waiting, waiting_slots, since = 0, 0, 0.0
             displaced = 0.0
             if slot is not None and slot.keys:
-                root, history = runner.displaced(slot, keys, keys_only)
                 if root:
-                    if copies is None:
-                        copies = Counter(
-                            first for r in runners.values() for first in r.first_keys()
-                        )
                     first = slot.keys[0]
-                    displaced = root * self._worth(model, first, copies[first], fleet_slots)
+                    if first not in worth:
+                        if copies is None:
+                            copies = first_key_copies(runners.values())
+                        worth[first] = self._worth(model, first, copies[first], fleet_slots)
+                    displaced = root * worth[first]
                 if history > 0 and gap:
                     displaced += history * HISTORY_WORTH * math.exp(-(now - slot.ended) / gap)
-            waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
-            if waiting <= cached:
-                waiting, waiting_slots, since = 0, 0, 0.0
             if cached or displaced or waiting:
                 found[node] = Probe(cached, displaced, waiting, since, waiting_slots)
         return found

@@ -9,13 +9,14 @@ from aiohttp import web
 
 from sollol_proxy.config import Config
 from sollol_proxy.fleet.capacity import believed_total, model_slots
-from sollol_proxy.fleet.decisions import DecisionLog, decision_entry
+from sollol_proxy.fleet.decisions import Decision, DecisionLog
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.plan import Candidates, NoTarget, Plan, Target
 from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
-from sollol_proxy.fleet.snapshot import demand_by_model, probed_view, waiting_view
+from sollol_proxy.fleet.snapshot import waiting_view
+from sollol_proxy.fleet.views import Views, probed
 from sollol_proxy.fleet.waiting import Hold, Waits
 from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from sollol_proxy.routing.analysis import RequestProfile
@@ -40,11 +41,13 @@ class Selector:
         self._prompt_cache = prompt_cache
         self._decisions = decisions
         self._waits = Waits()
+        self._views = Views(learner, fleet.healthy)
         self._strategies = {name: make_strategy(name) for name in STRATEGIES}
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded configuration: strategies keep their state (e.g. round_robin's position)."""
+        self._views.clear()
         self._default = self._strategies[config.strategy]
         # Without the proxy's queue a request waits in the node's own queue, which the
         # estimate prices: nothing is held back here for a busy slot.
@@ -121,21 +124,16 @@ class Selector:
         )
         # The cache model mirrors the runners' real slots: the belief, not the admission limit
         # of a node still in slow start (resizing it would forget what the slots hold).
-        probes = self._prompt_cache.probe(
-            model,
-            profile.prefix_keys,
-            {n.name: model_slots(n, model) for n in (*nodes, *waitable)},
-        )
+        bases = self._views.bases(nodes, profile, now)
+        slots = {node.name: entry.slots for node, entry in zip(nodes, bases, strict=True)}
+        slots.update((n.name, model_slots(n, model)) for n in waitable)
+        probes = self._prompt_cache.probe(model, profile.prefix_keys, slots)
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
         # this model's tokens, the unit of Ollama's counts and of the learned speeds.
         ratio = self._learner.token_ratio(model)
         if hold is None:
             self._learner.observe_request(model)
-        demand = demand_by_model(self._fleet.healthy(), self._learner)
-        views = [
-            probed_view(n, profile, self._learner, probes.get(n.name, NO_PROBE), ratio, demand)
-            for n in nodes
-        ]
+        views = probed(bases, probes, ratio)
         request = RouteRequest(
             model=model,
             request_id=request_id,
@@ -151,7 +149,7 @@ class Selector:
                     self._learner,
                     probes[n.name],
                     ratio,
-                    demand,
+                    self._views.demand(),
                     self._waits.count(n.name, now, but=hold),
                     now,
                 )
@@ -165,15 +163,13 @@ class Selector:
                 return Plan(hold=self._waits.hold(wait.node, until, replacing=hold))
         self._waits.release(hold)
         by_name = {n.name: n for n in nodes}
-        targets = [
-            Target(by_name[c.node], f"{strategy.name}: {c.reason}", c.category) for c in choices
-        ]
+        targets = [Target.ranked(by_name[c.node], strategy.name, c) for c in choices]
         if choices:
             first = choices[0].node
             self._prompt_cache.reserve(
                 first, model, profile.prefix_keys, model_slots(by_name[first], model), now
             )
-        decision = decision_entry(
+        decision = Decision(
             request_id, profile, priority, strategy.name, request.expected_output, choices, views
         )
         self._decisions.add(decision)
@@ -204,9 +200,11 @@ class Selector:
         if not model:
             # No model to route by: the node answers with Ollama's own error for that.
             return Plan(self.any_node(request_id, "no model named", Reason.NO_MODEL))
-        if not self._fleet.with_model(model, healthy_only=False):
+        listed = self._fleet.with_model(model, healthy_only=False)
+        if not listed:
             await self._fleet.refresh_for_missing_model()
-        if self._fleet.with_model(model, healthy_only=False):
+            listed = self._fleet.with_model(model, healthy_only=False)
+        if listed:
             held: list[Hold | None] = [None]  # the request's latest decision to wait
 
             def choose(free: list[NodeState]) -> Plan:

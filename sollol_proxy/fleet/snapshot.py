@@ -106,6 +106,7 @@ def node_view(
     busy = node.model_in_flight.get(model, 0)
     slots = routing_slots(node, model)
     ready = resident and options_match
+    loading = model in node.loading
     return NodeView(
         name=name,
         in_flight=node.in_flight,
@@ -114,33 +115,21 @@ def node_view(
         model_in_flight=busy,
         options_match=options_match,
         cached_tokens=cached_tokens,
-        loading=model in node.loading,
+        loading=loading,
         loads_pending=node.loads_pending(model),
         prefill_tps=learner.prefill_tps(name, model),
         decode_tps=learner.decode_tps(name, model),
-        # Only what the estimate will use is looked up: this runs for every candidate.
+        # Only what the estimate will use is looked up: a load where there is none, the time
+        # a request holds a slot where the model's requests queue (busy, or a reload behind
+        # them). That time depends on the prompt until it is measured: views.py keys on it.
         load_s=0.0 if ready else learner.load_s(name, model, size),
         service_s=learner.service_s(name, model, profile.prompt_tokens)
-        if busy >= slots or not ready
+        if (resident or loading) and (busy >= slots or not options_match)
         else 0.0,
         evict_s=evict,
         success=learner.success(name),
         displaced_tokens=displaced_tokens,
     )
-
-
-def probed_view(
-    node: NodeState,
-    profile: RequestProfile,
-    learner: Learner,
-    probe: Probe,
-    ratio: float,
-    demand: Mapping[str, float],
-) -> NodeView:
-    """`node_view` with what the prompt finds in the node's slots and what its slot pushes out
-    (`ratio`: Ollama's tokens per estimated token)."""
-    cached = round(probe.cached * ratio)
-    return node_view(node, profile, learner, cached, demand, probe.displaced * ratio)
 
 
 def waiting_view(

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from sollol_proxy.fleet.beliefs import SlotBelief
 from sollol_proxy.fleet.capacity import learn, model_slots, slot_belief
+from sollol_proxy.fleet.decisions import Decision
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner, Timings
 from sollol_proxy.fleet.node import Lease, NodeState
@@ -71,7 +71,7 @@ class DispatchObserver:
         learner: Learner,
         cache: PromptCache,
         profile: RequestProfile,
-        decision: dict[str, Any] | None = None,
+        decision: Decision | None = None,
     ) -> None:
         self.fleet = fleet
         self.learner = learner
@@ -97,6 +97,7 @@ class DispatchObserver:
             attempt.slots = slot_belief(node, model)
             if attempt.slots is not None:
                 attempt.k, attempt.probe = attempt.slots.dispatched(attempt.started)
+                node.changes += 1  # the slots routing plans with may have moved
             attempt.ticket = self.cache.take(
                 node.name,
                 model,
@@ -124,7 +125,7 @@ class DispatchObserver:
         node, model = attempt.node, self.profile.model
         self._hold(attempt, -1)
         if self.decision is not None:
-            self.decision["served_by"] = node.name
+            self.decision.served_by = node.name
         if status != 200:
             return
         if attempt.victims:  # the load happened: its victims are gone, and their caches
@@ -138,6 +139,7 @@ class DispatchObserver:
             self.cache.forget(node.name, [model])  # Ollama reloaded the runner: its cache is gone
         node.runner_options[model] = self.profile.runner_options
         node.recent[model] = time.monotonic()
+        node.changes += 1
 
     def finished(self, attempt: Attempt, status: int, timings: Timings | None) -> None:
         node, profile = attempt.node, self.profile

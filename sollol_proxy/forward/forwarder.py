@@ -22,6 +22,7 @@ from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.health import Failure, State
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.plan import Target
+from sollol_proxy.forward.pool import NodePool
 from sollol_proxy.forward.record import RequestRecord
 from sollol_proxy.forward.relay import relay
 from sollol_proxy.forward.retry import Permit, RetryBudget, Verdict, judge
@@ -56,9 +57,16 @@ Deliver = Callable[..., Awaitable["web.StreamResponse | Failed"]]
 
 
 class Forwarder:
-    def __init__(self, config: Config, session: aiohttp.ClientSession, fleet: Fleet) -> None:
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        fleet: Fleet,
+        pool: NodePool | None = None,
+    ) -> None:
         self._config = config
         self._session = session
+        self._pool = pool  # the lean client (pool.py); the session for what it does not send
         self._fleet = fleet
         self.budget = RetryBudget(config.retries)
         self._rng = random.Random()
@@ -222,7 +230,9 @@ class Forwarder:
         try:
             async with accounting as attempt:
                 try:
-                    opened = await open_upstream(self._session, request, node, body, first_byte)
+                    opened = await open_upstream(
+                        self._session, request, node, body, first_byte, self._pool
+                    )
                 except UpstreamFailure as exc:
                     judged = True
                     if permit is not None:

@@ -14,6 +14,7 @@ from multidict import CIMultiDictProxy
 from sollol_proxy.fleet.fleet import describe_error
 from sollol_proxy.fleet.health import Failure
 from sollol_proxy.fleet.node import NodeState
+from sollol_proxy.forward.pool import ConnectFailed, NodePool, PooledResponse
 from sollol_proxy.wire.headers import upstream_request_headers
 from sollol_proxy.wire.peek import BodyTimeout
 
@@ -60,7 +61,7 @@ class Outgoing(Protocol):
 
 @dataclass(slots=True)
 class Opened:
-    response: aiohttp.ClientResponse
+    response: aiohttp.ClientResponse | PooledResponse
     first_chunk: bytes
 
 
@@ -75,6 +76,7 @@ async def open_upstream(
     node: NodeState,
     body: Body,
     first_byte: float | None,
+    pool: NodePool | None = None,
 ) -> Opened:
     """Send the request and wait for the first body bytes (Ollama sends headers with them).
 
@@ -83,10 +85,13 @@ async def open_upstream(
 
     Waiting for the first chunk before answering the client is what makes failover safe: until
     then the client has received nothing, so another node can still take the request.
+
+    With `pool`, a request whose body is bytes goes on the pool's connections (pool.py).
     """
     headers = upstream_request_headers(request.headers, node.config, client_ip(request))
     data: Body = body
-    if isinstance(body, bytes) and len(body) > UPLOAD_SLICE:
+    pooled = pool is not None and isinstance(body, bytes | None) and request.method != "HEAD"
+    if not pooled and isinstance(body, bytes) and len(body) > UPLOAD_SLICE:
         # Written whole, a large body is copied into the transport's buffer in one callback
         # and shifted down after every send: slices with backpressure keep the loop free.
         headers["Content-Length"] = str(len(body))
@@ -95,13 +100,21 @@ async def open_upstream(
         headers["Content-Length"] = str(request.content_length)
     # encoded=True: the path goes out exactly as the client wrote it (yarl would resolve `..`).
     url = yarl.URL(node.config.url + request.raw_path, encoded=True)
-    response: aiohttp.ClientResponse | None = None
+    response: aiohttp.ClientResponse | PooledResponse | None = None
     try:
         async with asyncio.timeout(first_byte):
-            response = await session.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False
-            )
+            if pooled:
+                assert pool is not None and isinstance(body, bytes | None)
+                response = await pool.request(
+                    request.method, node.config.url, request.raw_path, headers, body
+                )
+            else:
+                response = await session.request(
+                    request.method, url, headers=headers, data=data, allow_redirects=False
+                )
             first = await response.content.readany()
+    except ConnectFailed as exc:
+        raise UpstreamFailure(str(exc), Failure.CONNECT) from exc
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         # Before the TimeoutError branch: a connect timeout is also a TimeoutError.
         raise UpstreamFailure(_connect_reason(exc), Failure.CONNECT) from exc

@@ -72,6 +72,11 @@ def keepalive_socket_factory(idle: float) -> Callable[[Any], socket.socket]:
     return new_socket
 
 
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+
+
 class ConnectionBook:
     """The connections accepted, in all and per client address; the ones refused are answered
     with a 503 (or closed) and counted apart, so that they never hold a slot themselves."""
@@ -124,10 +129,14 @@ class ProxyProtocol(web.RequestHandler):
         self.over_limit: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        self.client = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+        client = peer_address(transport)
+        self.adopt(transport, client, self._limits.book.open(client, self._limits.config))
+
+    def adopt(self, transport: asyncio.BaseTransport, client: str, over_limit: str | None) -> None:
+        """Serve a connection already counted in the book (by the data plane, which hands
+        over the connections whose requests it does not serve itself)."""
         config = self._limits.config
-        self.over_limit = self._limits.book.open(self.client, config)
+        self.client, self.over_limit = client, over_limit
         self._opened = True
         if self.over_limit is not None:
             self.skip_lingering()  # its 503 closes the connection

@@ -24,6 +24,7 @@ RESTART_ONLY: dict[str, Callable[[Config], object]] = {
     "listen.port": lambda c: c.port,
     "listen.tls_cert": lambda c: c.tls_cert,  # loaded when the socket is bound
     "listen.tls_key": lambda c: c.tls_key,
+    "listen.engine": lambda c: c.engine,  # the listener's protocol is chosen at startup
     "timeouts.connect": lambda c: c.timeouts.connect,  # the upstream session's, made at startup
     "metrics.port": lambda c: c.metrics_port,  # its listener is bound at startup
     "log_format": lambda c: c.log_format,  # the log handlers are set up at startup

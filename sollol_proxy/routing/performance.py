@@ -130,23 +130,55 @@ class Performance:
         near.sort(key=lambda pair: (pair[1].in_flight / pair[1].num_parallel, pair[0].total))
         ordered = near + [pair for pair in scored if pair[0].total > band]
         runner_up = ordered[1][0].total if len(ordered) > 1 else None
+        generates = request.expected_output > 0
         return [
-            Choice(
-                view.name,
-                describe(view, est, runner_up if i == 0 else best, request.expected_output > 0),
-                category(view),
-                est,
-            )
+            Described(view, est, runner_up if i == 0 else best, generates)
             for i, (est, view) in enumerate(ordered)
         ]
 
 
+class Described(Choice):
+    """A ranked node whose reason `describe` writes from its view and estimate, `compared`
+    with the best other estimate, when first read: a request's few reasons read (its route
+    header) are written, not one per candidate."""
+
+    __slots__ = ("compared", "generates", "view")
+
+    def __init__(
+        self, view: NodeView, est: Estimate, compared: float | None, generates: bool
+    ) -> None:
+        self.node = view.name
+        self._reason = ""
+        self.category = category(view)
+        self.estimate = est
+        self.view = view
+        self.compared = compared
+        self.generates = generates
+
+    @property
+    def reason(self) -> str:
+        if not self._reason:
+            self._reason = describe(self.view, self.estimate, self.compared, self.generates)
+        return self._reason
+
+    @property
+    def written(self) -> str:
+        """The reason if it was read already, else ""."""
+        return self._reason
+
+
+# Read once: an enum member read through its class is a descriptor call, and this runs for
+# every candidate of every request.
+_CACHE_AFFINITY, _RESIDENT, _RELOAD = Reason.CACHE_AFFINITY, Reason.RESIDENT, Reason.RELOAD
+_LOADING, _COLD_LOAD = Reason.LOADING, Reason.COLD_LOAD
+
+
 def category(view: NodeView) -> Reason:
     if view.resident and view.options_match:
-        return Reason.CACHE_AFFINITY if view.cached_tokens else Reason.RESIDENT
+        return _CACHE_AFFINITY if view.cached_tokens else _RESIDENT
     if view.resident:
-        return Reason.RELOAD
-    return Reason.LOADING if view.loading else Reason.COLD_LOAD
+        return _RELOAD
+    return _LOADING if view.loading else _COLD_LOAD
 
 
 def _tokens(count: float) -> str:

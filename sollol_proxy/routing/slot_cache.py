@@ -30,9 +30,10 @@ the clock and the instances.
 from __future__ import annotations
 
 import itertools
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 # llama.cpp common.h `slot_prompt_similarity`: reuse a slot only above this share of the prompt.
 SLOT_PROMPT_SIMILARITY = 0.1
@@ -127,6 +128,20 @@ def _fill(slot: Slot, keys: PrefixKeys, answer: int) -> None:
     slot.answer = answer if len(kept) == len(keys) else 0
 
 
+@dataclass(frozen=True, slots=True)
+class Outsider:
+    """What a prompt that shares its first key with no slot finds in a runner: nothing cached,
+    no busy slot worth waiting for, and the least recently used idle slot (`victim`, None when
+    all are busy), whose first prefix and own history it would push out (`root` and `history`
+    tokens, as `SlotCache.displaced` counts them). The same for every such prompt, so it is
+    worked out once per change of the slots: most prompts are outsiders to most runners."""
+
+    firsts: frozenset[bytes]  # the first key of what each slot holds
+    victim: Slot | None
+    root: int
+    history: int
+
+
 class SlotCache:
     """The slots of one runner (one model on one node), as the proxy believes them."""
 
@@ -134,10 +149,20 @@ class SlotCache:
         self.slots = [Slot(i) for i in range(max(slots, 1))]
         self.waiting: deque[Take] = deque()  # requests beyond the slots, in arrival order
         self._clock = itertools.count(1)
+        self._outsider: Outsider | None = None  # None: the slots changed since it was made
+
+    def outsider(self) -> Outsider:
+        if self._outsider is None:
+            idle = [s for s in self.slots if not s.busy]
+            victim = min(idle, key=lambda s: (s.last_used, s.index)) if idle else None
+            root, history = self._pushed_out(victim, 0) if victim and victim.tokens else (0, 0)
+            self._outsider = Outsider(frozenset(self.first_keys()), victim, root, history)
+        return self._outsider
 
     def resize(self, slots: int) -> None:
         """The belief about the runner's slot count changed: add empty slots, or drop the
         least recently used idle ones."""
+        self._outsider = None
         slots = max(slots, 1)
         if slots > len(self.slots):
             self.slots += [Slot(i) for i in range(len(self.slots), slots)]
@@ -203,7 +228,10 @@ class SlotCache:
         holds and the new prompt does not keep."""
         if not victim.tokens:
             return 0, 0
-        kept = common_tokens(victim, keys, keys_only)
+        return self._pushed_out(victim, common_tokens(victim, keys, keys_only))
+
+    def _pushed_out(self, victim: Slot, kept: int) -> tuple[int, int]:
+        """`displaced`, given the tokens of `victim` the new prompt keeps."""
         for slot in self.slots:
             if slot is not victim and slot.tokens:
                 kept = max(kept, _between_slots(victim, slot))
@@ -213,6 +241,7 @@ class SlotCache:
     def take(self, keys: PrefixKeys, now: float) -> Take:
         """A request reaches the runner: it takes the slot `choose` names, or waits for one."""
         keys_only = heads(keys)
+        self._outsider = None
         take = Take(self, keys, nearest=max(common_tokens(s, keys, keys_only) for s in self.slots))
         if not self._assign(take, now):
             self.waiting.append(take)
@@ -237,6 +266,7 @@ class SlotCache:
         if take.done:
             return
         take.done = True
+        self._outsider = None
         slot = take.slot
         if slot is None:
             if take in self.waiting:
@@ -258,6 +288,16 @@ class SlotCache:
     def clear(self, keep: Slot | None = None, *, busy_too: bool = False) -> None:
         """Forget what the slots hold (the runner lost its cache), but `keep`'s and, unless
         `busy_too`, the busy ones' (their requests fill them when they end)."""
+        self._outsider = None
         for slot in self.slots:
             if slot is not keep and (busy_too or not slot.busy):
                 slot.keys, slot.tokens, slot.answer = (), (), 0
+
+
+def first_key_copies(runners: Iterable[SlotCache]) -> Counter[bytes]:
+    """How many of `runners` hold each first prefix (counted without a Python-level loop: this
+    runs for every request whose slot would push a shared prefix out)."""
+    return Counter(itertools.chain.from_iterable(map(_firsts, map(SlotCache.outsider, runners))))
+
+
+_firsts = attrgetter("firsts")

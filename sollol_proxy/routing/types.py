@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar, Protocol
+from typing import ClassVar, NamedTuple, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,11 +18,14 @@ class RouteRequest:
     expected_output: float = 0.0  # tokens the answer is expected to have
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NodeView:
     """One candidate node, for the requested model, as the proxy saw it when the request arrived.
 
     Times are seconds, speeds tokens per second; all of it is learned or configured outside.
+    Never changed once made (a view is kept from one request to the next and in the decisions
+    shown); not `frozen` only because a frozen dataclass takes several times longer to make,
+    and views are made for every candidate of every request.
     """
 
     name: str
@@ -48,9 +51,9 @@ class NodeView:
     slot_wait_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """Expected completion time of the request on one node, and what it is made of."""
+class Estimate(NamedTuple):
+    """Expected completion time of the request on one node, and what it is made of (a named
+    tuple: several times cheaper to make than a dataclass, once per candidate per request)."""
 
     total: float
     wait: float
@@ -82,12 +85,39 @@ class Reason(StrEnum):
     RETRY = "retry"  # the ranked nodes failed; a node that became available meanwhile took it
 
 
-@dataclass(frozen=True, slots=True)
 class Choice:
-    node: str
-    reason: str  # for people: X-Sollol-Route, /sollol/decisions
-    category: Reason  # for metrics and dashboards
-    estimate: Estimate | None = None
+    """One ranked node. Its `reason` is for people (X-Sollol-Route, /sollol/decisions), who
+    read a few of them: a strategy's subclass may write it only when it is first read."""
+
+    __slots__ = ("_reason", "category", "estimate", "node")
+
+    def __init__(
+        self,
+        node: str,
+        reason: str,
+        category: Reason,  # for metrics and dashboards
+        estimate: Estimate | None = None,
+    ) -> None:
+        self.node = node
+        self._reason = reason
+        self.category = category
+        self.estimate = estimate
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    def _fields(self) -> tuple[str, str, Reason, Estimate | None]:
+        return (self.node, self.reason, self.category, self.estimate)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Choice) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and not immutable
+
+    def __repr__(self) -> str:
+        node, reason, category, estimate = self._fields()
+        return f"Choice({node!r}, {reason!r}, {category!r}, {estimate!r})"
 
 
 class Strategy(Protocol):

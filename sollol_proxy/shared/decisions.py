@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from redis.asyncio.client import Pipeline
 
-from sollol_proxy.fleet.decisions import DecisionLog
+from sollol_proxy.fleet.decisions import Decision, DecisionLog
 from sollol_proxy.shared.link import Link
 
 PUSH_S = 1.0
@@ -32,7 +32,7 @@ class SharedDecisionLog(DecisionLog):
         super().__init__(keep)
         self._link = link
         self._keep = keep
-        self._new: list[dict[str, Any]] = []
+        self._new: list[Decision] = []
         self._merged: list[bytes] | None = None  # newest first, as last read, still encoded
         self._watched = -WATCHED_S
 
@@ -40,7 +40,7 @@ class SharedDecisionLog(DecisionLog):
         super().resize(keep)
         self._keep = keep
 
-    def add(self, decision: dict[str, Any]) -> None:
+    def add(self, decision: Decision) -> None:
         super().add(decision)
         if self._keep:
             self._new.append(decision)
@@ -51,11 +51,11 @@ class SharedDecisionLog(DecisionLog):
             return super().recent(limit)
         return [orjson.loads(raw) for raw in self._merged[:limit]] if limit > 0 else []
 
-    def _push(self, pipe: Pipeline, new: list[dict[str, Any]], read: bool) -> None:
+    def _push(self, pipe: Pipeline, new: list[Decision], read: bool) -> None:
         key = self._link.key("decisions")
         if new:
             replica = self._link.replica
-            pipe.lpush(key, *(orjson.dumps({**d, "replica": replica}) for d in new))
+            pipe.lpush(key, *(orjson.dumps({**d.to_json(), "replica": replica}) for d in new))
             pipe.ltrim(key, 0, max(self._keep - 1, 0))
         if read:
             pipe.lrange(key, 0, max(self._keep - 1, 0))

@@ -83,6 +83,10 @@ class _Pace:
         return min(self.stall, max(0.0, due - self._loop.time()))
 
     async def next_chunk(self, stream: StreamReader) -> bytes:
+        if stream.is_eof():  # the whole body has arrived (a small body, with its head): no wait
+            chunk = await stream.readany()
+            self.size += len(chunk)
+            return chunk
         try:
             async with asyncio.timeout(self.wait()):
                 chunk = await stream.readany()

@@ -348,4 +348,4 @@ async def test_a_reload_applies_new_bounds_and_keeps_the_store(
     )
     assert status == 413 and "at most 5 documents" in body["error"]
     assert app[PROXY].live.config.batch.data_dir == running.batch.data_dir
-    assert app[JOBS].store.path.parent == Path(running.batch.data_dir)
+    assert Path(app[JOBS].store.where).parent == Path(running.batch.data_dir)

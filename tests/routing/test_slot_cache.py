@@ -185,3 +185,31 @@ def test_resize_keeps_the_most_recently_used_slots() -> None:
     assert cache.choose(chat("system 0 " * 50, "q"))[1] == 0 or cache.slots[0].last_used > 1
     cache.resize(4)
     assert len(cache.slots) == 4 and not cache.slots[3].keys
+
+
+def test_an_outsider_finds_what_choose_and_displaced_say_after_any_change() -> None:
+    """The summary for prompts sharing no first key with any slot (made once per change of
+    the slots) is what the slot-by-slot rules give for such a prompt."""
+    rng = random.Random(11)
+    cache = SlotCache(3)
+    systems = [f"team {i} " * 60 for i in range(4)]
+    takes: list[Take] = []
+    for step in range(300):
+        kind = rng.randrange(5)
+        if kind <= 1:
+            takes.append(cache.take(chat(rng.choice(systems), f"q{step}"), now=step))
+        elif kind == 2 and takes:
+            served = rng.random() < 0.8
+            cache.release(takes.pop(rng.randrange(len(takes))), now=step, answer=5, served=served)
+        elif kind == 3:
+            cache.resize(rng.randint(1, 4))
+        elif rng.random() < 0.2:
+            cache.clear(busy_too=rng.random() < 0.5)
+        outsider = cache.outsider()
+        stranger = chat(f"stranger {step} " * 60, "hello")
+        victim, tokens = cache.choose(stranger)
+        assert outsider.victim is victim and tokens == 0, step
+        assert outsider.firsts == cache.first_keys()
+        if victim is not None and victim.tokens:
+            assert (outsider.root, outsider.history) == cache.displaced(victim, stranger)
+        assert cache.busy_holding(stranger) == (0, 0, 0.0)

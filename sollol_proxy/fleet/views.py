@@ -1,0 +1,161 @@
+"""Each candidate's view, kept from one request to the next and made again only when what it
+was made from changed.
+
+A view (`snapshot.node_view`) prices a node for a model: its state, what was learned of it, the
+evictions a load there would cost. Most of that changes with the node's own events, which the
+proxy sees: a dispatch and its end (leases), loads starting and finishing, probes' /api/ps and
+/api/tags, first bytes, what a dispatch or an answer teaches of its slots, each counted in
+`NodeState.changes`; answers and failures, counted in `Learner.version`. A view is kept with
+those counts and the load-time options it was priced for, and is reused while they are
+unchanged, so a request that finds the fleet as the previous one left it costs a lookup per
+candidate instead of a snapshot.
+
+What other nodes' events change is refreshed once per `EPOCH_S` instead of at every event:
+how popular each model is and how many nodes hold it (which prices evictions), the speeds and
+load times other nodes measured (which stand in for a node that has not run the model), the
+memory limits and slots learned from peers. Within an epoch a view may thus lag those
+fleet-wide figures by up to a second; the node's own changes show at once. Each node's epoch
+turns at its own point of the second (`epoch_offset`, from its name), so that the views of a
+large fleet are made again a few per request rather than all by one request each second.
+
+The prompt cache's findings (cached and displaced tokens) are per request: they are put on a
+copy of the view for the nodes where the probe found something. Entries are kept per node and
+model (the models a node lists), so a client's options or prompts cannot grow the table.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from operator import attrgetter
+
+from sollol_proxy.fleet.capacity import model_slots
+from sollol_proxy.fleet.learning import Learner
+from sollol_proxy.fleet.node import NodeState
+from sollol_proxy.fleet.prompt_cache import Probe
+from sollol_proxy.fleet.snapshot import demand_by_model, node_view
+from sollol_proxy.routing import NodeView
+from sollol_proxy.routing.analysis import RequestProfile
+
+EPOCH_S = 1.0
+
+_FIELDS = [f.name for f in fields(NodeView)]
+_values = attrgetter(*_FIELDS)
+_CACHED, _DISPLACED = _FIELDS.index("cached_tokens"), _FIELDS.index("displaced_tokens")
+
+
+def epoch_offset(name: str) -> float:
+    """Where in the epoch the views of node `name` turn over (seconds)."""
+    return zlib.crc32(name.encode()) / 2**32 * EPOCH_S
+
+
+class Kept:
+    """A node's view for a model, and what it was made from (updated in place: a request that
+    finds it current allocates nothing for it)."""
+
+    __slots__ = ("changes", "epoch", "learned", "offset", "options", "prompt", "slots", "view")
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset  # epoch_offset of its node
+        self.epoch = -1.0
+        self.changes = self.learned = -1
+        self.options: object = None
+        self.prompt = -1  # the prompt tokens it was priced for; -1: it is the same for any
+        self.view: NodeView | None = None
+        self.slots = 0  # model_slots: what the probe sizes the node's cache with
+
+
+def _prompt_priced(view: NodeView) -> bool:
+    """Does the view's estimate use its service time, which (until one is measured) depends on
+    the request's prompt length? A busy model's queue, or a reload behind its requests."""
+    return (view.resident or view.loading) and (
+        view.model_in_flight >= view.num_parallel or not view.options_match
+    )
+
+
+def with_probe(view: NodeView, cached: int, displaced: float) -> NodeView:
+    """`view` with what the prompt finds in the node's slots and what its slot pushes out."""
+    values = list(_values(view))
+    values[_CACHED], values[_DISPLACED] = cached, displaced
+    return NodeView(*values)
+
+
+class Views:
+    def __init__(self, learner: Learner, healthy: Callable[[], list[NodeState]]) -> None:
+        self._learner = learner
+        self._healthy = healthy
+        self._entries: dict[str, dict[str, Kept]] = {}  # model -> node -> its view
+        self._epoch = -1.0
+        self._demand: dict[str, float] | None = None
+
+    def clear(self) -> None:
+        """A reload: priors, limits and nodes may all have changed."""
+        self._entries.clear()
+        self._demand = None
+
+    def _tick(self, now: float) -> None:
+        """A new epoch: the fleet-wide demand is worked out again when next needed."""
+        epoch = now // EPOCH_S
+        if epoch != self._epoch:
+            self._epoch, self._demand = epoch, None
+
+    def demand(self) -> Mapping[str, float]:
+        """Model -> how costly losing a loaded copy is (snapshot.demand_by_model), this epoch's."""
+        if self._demand is None:
+            self._demand = demand_by_model(self._healthy(), self._learner)
+        return self._demand
+
+    def bases(
+        self, nodes: list[NodeState], profile: RequestProfile, now: float | None = None
+    ) -> list[Kept]:
+        """The views of `nodes` for this request before its prompt is looked up, each with the
+        slots the node is believed to have for the model (for the probe)."""
+        now = time.monotonic() if now is None else now
+        self._tick(now)
+        learner = self._learner
+        model, options, prompt = profile.model, profile.runner_options, profile.prompt_tokens
+        kept = self._entries.get(model)
+        if kept is None:
+            kept = self._entries[model] = {}
+        result = []
+        for node in nodes:
+            name = node.name
+            entry = kept.get(name)
+            if entry is None:
+                entry = kept[name] = Kept(epoch_offset(name))
+            changes, learned = node.changes, learner.version(name)
+            epoch = (now + entry.offset) // EPOCH_S
+            if (
+                entry.changes != changes
+                or entry.learned != learned
+                or entry.epoch != epoch
+                or (entry.prompt != -1 and entry.prompt != prompt)
+                or entry.options != options
+            ):
+                view = node_view(node, profile, learner, 0, self.demand())
+                entry.epoch, entry.changes, entry.learned, entry.options = (
+                    epoch,
+                    changes,
+                    learned,
+                    options,
+                )
+                entry.prompt = prompt if _prompt_priced(view) else -1
+                entry.view, entry.slots = view, model_slots(node, model)
+            result.append(entry)
+        return result
+
+
+def probed(bases: list[Kept], probes: Mapping[str, Probe], ratio: float) -> list[NodeView]:
+    """The views with what the probe found for this prompt (`ratio`: Ollama's tokens per
+    estimated token)."""
+    views = []
+    for entry in bases:
+        view = entry.view
+        assert view is not None  # made by `bases`
+        probe = probes.get(view.name)
+        if probe is not None:
+            view = with_probe(view, round(probe.cached * ratio), probe.displaced * ratio)
+        views.append(view)
+    return views
