@@ -123,6 +123,20 @@ class Leases:
         self._ops.append(op)
         self._wake.set()
 
+    async def leave(self) -> None:
+        """A replica that stops gives back at once what it still holds in Redis (its slots, its
+        waiters, its entry among the living) instead of letting it lapse after the lease."""
+        link = self._link
+
+        def build(pipe: Pipeline) -> None:
+            for node, model in self.mine:
+                pipe.hdel(link.key("slots", f"{node}|{model}"), link.replica)
+            for waiter, model in self.waiters.items():
+                pipe.zrem(link.key("wait", model), waiter)
+            pipe.zrem(link.key("alive"), link.replica)
+
+        await link.pipeline(build)
+
     def rejoined(self) -> None:
         self._resync = True
         self._wake.set()

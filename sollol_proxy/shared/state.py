@@ -58,4 +58,5 @@ class SharedState:
         return alerts(self.link)
 
     async def close(self) -> None:
+        await self.slots.leases.leave()
         await self.link.close()
