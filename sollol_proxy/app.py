@@ -49,6 +49,8 @@ from sollol_proxy.observe.dashboard import Dashboard
 from sollol_proxy.observe.history import History
 from sollol_proxy.observe.metrics import Metrics
 from sollol_proxy.observe.stats import Stats
+from sollol_proxy.shared.prompt_cache import SharedPromptCache
+from sollol_proxy.shared.state import SharedState
 
 log = logging.getLogger("sollol.app")
 
@@ -102,6 +104,7 @@ class Proxy:
     parts: tuple[Reconfigurable, ...]
     history: History
     reloader: Reloader | None = None
+    shared: SharedState | None = None  # state.backend: redis
     tasks: Background = field(default_factory=Background)
     watchers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # node name -> task
 
@@ -111,7 +114,8 @@ class Reconfigurable(Protocol):
 
 
 def _watch(proxy: Proxy, node: NodeState, *, probe_first: bool) -> None:
-    node.health.listener = proxy.history.state_changed
+    listener = proxy.history.state_changed
+    node.health.listener = listener if proxy.shared is None else proxy.shared.listening(listener)
 
     async def watch() -> None:
         if probe_first:  # a node added by a reload: usable as soon as its first probe answers
@@ -176,6 +180,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     cancelled and awaited here."""
     proxy = app[PROXY]
     fleet = proxy.fleet
+    if proxy.shared is not None:
+        for name, task in proxy.shared.tasks().items():
+            proxy.tasks.start(name, task)
     await fleet.refresh_all()
     healthy = [n.name for n in fleet.healthy()]
     log.info("fleet ready: %d/%d nodes healthy %s", len(healthy), len(fleet.nodes), healthy)
@@ -192,6 +199,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         )
     yield
     await proxy.tasks.close()
+    if proxy.shared is not None:
+        await proxy.shared.close()
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
@@ -235,11 +244,24 @@ def _node_priors(config: Config) -> dict[str, Priors]:
 
 async def create_app(config: Config, source: ConfigSource | None = None) -> web.Application:
     session = new_upstream_session(config)
-    prompt_cache = PromptCache()
+    shares = config.state.backend == "redis"
+    prompt_cache = SharedPromptCache() if shares else PromptCache()  # replicas share its map
     fleet = Fleet(config, session, prompt_cache)
     learner = Learner(config.priors, _node_priors(config))
-    decisions = DecisionLog(config.decisions_kept)
     live = LiveConfig(config)
+    admission = Admission(config.queue)
+    shared = None
+    if isinstance(prompt_cache, SharedPromptCache):
+        shared = SharedState(
+            config.state,
+            fleet,
+            admission,
+            lambda: live.config.health_interval,
+            config.decisions_kept,
+            learner,
+            prompt_cache,
+        )
+    decisions = shared.decisions if shared is not None else DecisionLog(config.decisions_kept)
     selector = Selector(config, fleet, learner, prompt_cache, decisions)
     # listen.engine: fast also relays on the lean client's pooled connections (forward/pool.py).
     pool = (
@@ -251,7 +273,6 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     tasks = Background()
     inventory = LiveInventory(config, fleet, tasks)
     management = Management(config, session, fleet, inventory)
-    admission = Admission(config.queue)
     guard = Guard(config)
     hosts = HostCheck(config)
     speed = EmbedSpeed()
@@ -263,6 +284,8 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     metrics.registry.register(KeyCollector(guard))
     shown = Batches(jobs, speed, fleet)
     metrics.registry.register(BatchCollector(shown))
+    if shared is not None:
+        metrics.registry.register(shared.collector)
     stats = Stats(fleet, learner, prompt_cache)
     history = History(fleet, admission)
     admin = Admin(
@@ -273,7 +296,9 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         admission,
         metrics,
         stats,
-        Dashboard(fleet, learner, decisions, stats, admission, shown),
+        Dashboard(
+            fleet, learner, decisions, stats, admission, shown, shared.alerts if shared else None
+        ),
         history,
         prompt_cache,
     )
@@ -318,6 +343,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         ),
         tasks=tasks,
         history=history,
+        shared=shared,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,

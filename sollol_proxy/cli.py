@@ -301,6 +301,17 @@ def bench_queue(seed: int, duration: float, load: float) -> None:
     run(seed=seed, duration=duration, load=load)
 
 
+@bench.command("replicas")
+@click.option("--seed", default=7, show_default=True, help="Seed of the arrivals.")
+@click.option("--duration", default=10.0, show_default=True, help="Seconds of arrivals per run.")
+@click.option("--replicas", default=3, show_default=True, help="Up to this many replicas.")
+def bench_replicas(seed: int, duration: float, replicas: int) -> None:
+    """1, 2, 3 replicas sharing state in Redis against one: latency, priorities, Redis cost."""
+    from sollol_proxy.bench.replicas import run
+
+    run(seed=seed, duration=duration, replicas=replicas)
+
+
 @bench.command("embed")
 @click.option("--scale", default=1.0, show_default=True, help="Multiply the document counts.")
 @click.option("--rounds", default=3, show_default=True, help="Rounds of (a)-(c); medians.")

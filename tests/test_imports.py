@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "observe": {"config", "wire", "routing", "lifecycle", "fleet", "admission", "forward", "embed"},
     "simulator": {"wire"},
     "dataplane": {"config", "wire", "routing", "lifecycle", "guard"},
+    "shared": {"config", "wire", "routing", "lifecycle", "fleet", "admission"},
 }
 
 

@@ -29,9 +29,11 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from sollol_proxy.admission.bounds import over_bounds
+from sollol_proxy.admission.gate import Gate
 from sollol_proxy.admission.pump import pump
 from sollol_proxy.admission.queue_stats import PriorityStats, queue_snapshot
 from sollol_proxy.admission.slot_table import SlotTable
@@ -63,6 +65,7 @@ class Admission:
         self._queue = WaitQueue(config.ageing)
         self._seq = itertools.count()
         self.stats = {p: PriorityStats() for p in PRIORITIES}
+        self.gate: Gate | None = None  # replicas sharing slots in Redis (shared/slots.py)
 
     def reconfigure(self, config: Config) -> None:
         """A reload: new bounds apply to new arrivals and to the next pump; waiters stay."""
@@ -86,6 +89,8 @@ class Admission:
 
     def give(self, node: NodeState, model: str) -> None:
         self.slots.give(node, model)
+        if self.gate is not None:  # before the pump: the slot is free in Redis for the next
+            self.gate.give(node, model)
         self._pump()
 
     # -- the queue ----------------------------------------------------------------------------
@@ -97,9 +102,22 @@ class Admission:
         key: tuple[str, ...],
         candidates: Callable[[], list[NodeState]],
         choose: Callable[[list[NodeState]], Plan],
-    ) -> Held:
+    ) -> AbstractAsyncContextManager[Slot]:
         """Wait for a slot (or raise QueueRejected), hold it for the block, release it after."""
+        if self.gate is not None:
+            return self.gate.admit(
+                lambda nodes, since: Held(
+                    self._acquire(priority, model, key, nodes, choose, since)
+                ),
+                priority,
+                model,
+                candidates,
+            )
         return Held(self._acquire(priority, model, key, candidates, choose))
+
+    def wake(self) -> None:
+        """A slot freed elsewhere (another replica): hand it out now rather than at the tick."""
+        self._pump()
 
     async def _acquire(
         self,
@@ -108,8 +126,10 @@ class Admission:
         key: tuple[str, ...],
         candidates: Callable[[], list[NodeState]],
         choose: Callable[[list[NodeState]], Plan],
+        since: float | None = None,  # asked before (the gate's refusal): keeps its place
     ) -> Slot:
         band = self.config.band(priority)
+        enqueued = time.monotonic() if since is None else since
         plan: Plan | None = None
         if not self._queue.keys:
             # Nobody waits (the common case): a free slot is granted here, as the pump would,
@@ -126,7 +146,7 @@ class Admission:
                     priority,
                     model,
                     key,
-                    time.monotonic(),
+                    enqueued,
                     candidates,
                     choose,
                     band,
@@ -141,7 +161,7 @@ class Admission:
             model,
             key,
             next(self._seq),
-            time.monotonic(),
+            enqueued,
             candidates,
             choose,
             band,

@@ -170,6 +170,16 @@ class NodeHealth:
         self.until = self.clock() + self.policy.busy_cooldown
         self._enter(State.BUSY, f"{reason}; no new work for {self.policy.busy_cooldown:g}s")
 
+    def ejected_elsewhere(self, remaining: float, reason: str) -> None:
+        """Another replica of the proxy ejected the node (state shared in Redis): out here
+        too for what is left of that ejection, then one trial as after an ejection of ours."""
+        state = self.current()
+        if remaining <= 0 or state in (State.EJECTED, State.DOWN):
+            return
+        self.trial = False
+        self.until = self.clock() + remaining
+        self._enter(State.EJECTED, reason)
+
     # -- probes -------------------------------------------------------------------------------
 
     def probe_ok(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from sollol_proxy.config.policies import Priors
 
@@ -139,6 +139,7 @@ class Learner:
         self._model_speeds: dict[tuple[str, str], Average | LowerMedian] = {}
         self._token_ratio: dict[str, Average] = {}  # Ollama's prompt tokens / the estimate
         self._arrivals: dict[str, tuple[float, Average]] = {}  # model -> (last request, interval)
+        self._adopted: set[tuple[str, str, str]] = set()  # (node, model, speed) from other replicas
         # node -> observations of it so far: what was learned of it changed (fleet/views.py)
         self._versions: dict[str, int] = {}
 
@@ -311,6 +312,33 @@ class Learner:
             self._model_speeds.setdefault((model, "decode_tps"), Average()).add(speed)
         if timings.output_tokens and not timings.hit_limit:  # a cut answer says little of length
             self._outputs.setdefault((model, task), Average()).add(timings.output_tokens)
+
+    def measured(self) -> dict[tuple[str, str], dict[str, float]]:
+        """What this replica measured itself, per (node, model): PairStats field -> value (for
+        replicas sharing what they learn: shared/learning.py)."""
+        out: dict[tuple[str, str], dict[str, float]] = {}
+        for (node, model), pair in self._pairs.items():
+            values = {
+                f.name: average.value
+                for f in fields(pair)
+                if (average := getattr(pair, f.name)).samples
+                > ((node, model, f.name) in self._adopted)
+            }
+            if values:
+                out[(node, model)] = values
+        return out
+
+    def adopt(self, node: str, model: str, name: str, value: float) -> bool:
+        """Another replica measured this: taken as one sample while this one has measured
+        nothing of it (a fresh replica routes as the fleet learned; its own samples follow).
+        True when taken."""
+        average = getattr(self._pair(node, model), name, None)
+        if not isinstance(average, Average | LowerMedian) or average.samples or value <= 0:
+            return False
+        average.add(value)
+        self._adopted.add((node, model, name))
+        self._versions[node] = self._versions.get(node, 0) + 1  # its views are made again
+        return True
 
     def observe_failure(self, node: str) -> None:
         self._versions[node] = self._versions.get(node, 0) + 1

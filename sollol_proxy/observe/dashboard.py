@@ -6,6 +6,7 @@ The page (`static/dashboard.html`) renders exactly the /sollol/dashboard JSON an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sollol_proxy import __version__
@@ -59,8 +60,10 @@ class Dashboard:
         stats: Stats,
         admission: Admission,
         batches: Batches | None = None,
+        more_alerts: Callable[[], list[dict[str, str]]] | None = None,
     ) -> None:
         self._batches = batches
+        self._more_alerts = more_alerts  # the shared state's (Redis unreachable)
         self._admission = admission
         self._fleet = fleet
         self._learner = learner
@@ -166,6 +169,8 @@ class Dashboard:
                     )
                 )
         alerts.extend(self._slow())
+        if self._more_alerts is not None:
+            alerts.extend(self._more_alerts())
         return alerts
 
     def _slow(self) -> list[dict[str, str]]:

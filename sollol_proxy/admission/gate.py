@@ -1,0 +1,30 @@
+"""What admission control asks of a gate in front of it (state shared by replicas in Redis:
+`shared/slots.py`); without one, nothing changes. The gate wraps the local acquisition, which
+it is handed with the candidate nodes it allows, and may refuse a slot the local table grants;
+it is told when a slot is given back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from sollol_proxy.admission.tickets import Held, Slot
+from sollol_proxy.fleet.node import NodeState
+
+# The local acquisition, given the candidates to choose among and, for a request asking again,
+# when it first asked (time.monotonic()), so that it keeps its place in the local queue.
+LocalAdmit = Callable[[Callable[[], list[NodeState]], float | None], Held]
+
+
+class Gate(Protocol):
+    def admit(
+        self,
+        local: LocalAdmit,
+        priority: int,
+        model: str,
+        candidates: Callable[[], list[NodeState]],
+    ) -> AbstractAsyncContextManager[Slot]: ...
+
+    def give(self, node: NodeState, model: str) -> None:
+        """A slot the gate let through is given back (its last byte, or a move)."""

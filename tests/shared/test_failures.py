@@ -1,0 +1,181 @@
+"""Redis failing is not the proxy failing: replicas decide alone while it is away, say so, and
+rejoin when it is back, with what they hold written back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+import aiohttp
+import orjson
+import pytest
+
+from sollol_proxy.app import PROXY
+from sollol_proxy.config import load_config
+from sollol_proxy.server import start_proxy
+from tests.conftest import TEST_SETTINGS, free_port
+from tests.redisd import RedisServer
+from tests.shared.conftest import Peak, ReplicasFactory, until
+
+MODEL = "llama3.2"
+
+
+async def generate(http: aiohttp.ClientSession, url: str, prompt: str) -> int:
+    async with http.post(
+        url + "/api/generate",
+        json={"model": MODEL, "prompt": prompt, "options": {"num_predict": 5}},
+    ) as response:
+        await response.read()
+        return response.status
+
+
+async def test_redis_stopped_and_restarted_mid_run_fails_no_request(
+    replicas: ReplicasFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = await replicas(
+        2,
+        dict(name="a", models=[MODEL], num_parallel=2, token_delay=0.01),
+        dict(name="b", models=[MODEL], num_parallel=2, token_delay=0.01),
+    )
+    statuses: list[int] = []
+    seen_down: list[bool] = []
+
+    async def load(http: aiohttp.ClientSession, client: int) -> None:
+        deadline = time.monotonic() + 3.0
+        i = 0
+        while time.monotonic() < deadline:
+            statuses.append(await generate(http, made.urls[(client + i) % 2], f"c{client} {i}"))
+            i += 1
+
+    async def outage() -> None:
+        await asyncio.sleep(0.7)
+        made.redis.stop()
+        await until(lambda: not made.shared(0).link.up and not made.shared(1).link.up)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(made.urls[0] + "/metrics") as response:
+                text = await response.text()
+            seen_down.append("sollol_shared_state_up 0.0" in text)
+            async with http.get(made.urls[0] + "/sollol/dashboard") as response:
+                alerts = orjson.loads(await response.read())["alerts"]
+            seen_down.append(any(a["kind"] == "shared_state" for a in alerts))
+        await asyncio.sleep(0.7)
+        made.redis.start()
+
+    caplog.set_level(logging.WARNING, logger="sollol.shared")
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(outage(), *(load(http, c) for c in range(8)))
+        await until(lambda: made.shared(0).link.up and made.shared(1).link.up)
+        # Shared again: the slot bound holds across the replicas after the rejoin.
+        async with Peak(made.nodes) as peak:
+            await asyncio.gather(
+                *(generate(http, made.urls[i % 2], f"after {i}") for i in range(40))
+            )
+    assert statuses and set(statuses) == {200}, statuses
+    assert len(statuses) > 50
+    assert seen_down == [True, True]
+    assert max(peak.peak.values()) <= 2, peak.peak
+    for index in range(2):
+        shared = made.shared(index)
+        assert shared.link.outages == 1
+        assert shared.slots.leases.alone > 0  # it served alone while Redis was away
+    # Logged once per replica when Redis went, once when it came back.
+    failed = [r for r in caplog.records if "decides alone" in r.getMessage()]
+    rejoined = [r for r in caplog.records if r.getMessage().endswith("rejoined")]
+    assert len(failed) == 2 and len(rejoined) == 2, [r.getMessage() for r in caplog.records]
+    # What the replicas hold was written back: once idle, Redis counts nothing held.
+    await asyncio.sleep(0.2)
+    for node in ("a", "b"):
+        held = await made.shared(0).link.client.hgetall(f"sollol:slots:{node}|{MODEL}:latest")
+        assert sum(int(v) for v in held.values()) == 0, held
+
+
+async def test_a_replica_starts_and_serves_without_redis_and_joins_when_it_comes(
+    tmp_path: object, http: aiohttp.ClientSession
+) -> None:
+    from sollol_proxy.simulator import SimulatedNode
+
+    port = free_port()
+    node = SimulatedNode(models=[MODEL], deterministic=True)
+    await node.start(port=0)
+    config = load_config(
+        None,
+        env={"SOLLOL_REDIS_URL": f"redis://127.0.0.1:{port}/0"},
+        overrides={**TEST_SETTINGS, "nodes": [node.url]},
+    )
+    proxy = await start_proxy(config)
+    server = RedisServer(tmp_path, port)  # type: ignore[arg-type]
+    try:
+        from sollol_proxy.app import PROXY
+
+        shared = proxy.runner.app[PROXY].shared
+        assert shared is not None and not shared.link.up
+        assert await generate(http, proxy.url, "no redis yet") == 200
+        async with http.get(proxy.url + "/metrics") as response:
+            assert "sollol_shared_state_up 0.0" in await response.text()
+        server.start()
+        await until(lambda: shared.link.up)
+        assert await generate(http, proxy.url, "shared now") == 200
+        assert shared.slots.leases.granted == 1
+    finally:
+        await proxy.stop()
+        await node.stop()
+        server.stop()
+
+
+async def test_a_redis_that_stops_answering_costs_at_most_the_timeout(
+    replicas: ReplicasFactory,
+) -> None:
+    # SIGSTOP: connections stay open and nothing answers, the case only state.timeout catches.
+    made = await replicas(
+        2, dict(name="a", models=[MODEL], num_parallel=2, token_delay=0.01), state__timeout=0.25
+    )
+    assert made.redis.process is not None
+    pid = made.redis.process.pid
+    async with aiohttp.ClientSession() as http:
+        assert await generate(http, made.urls[0], "before") == 200
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            statuses = await asyncio.gather(
+                *(generate(http, made.urls[i % 2], f"paused {i}") for i in range(20))
+            )
+            took = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert set(statuses) == {200}
+        # Each replica waited out one timeout, then decided alone: 20 requests of 50 ms on
+        # two nodes of two slots each, well under a second beside the 0.25 s.
+        assert took < 2.0, took
+        assert not made.shared(0).link.up or made.shared(0).link.outages == 1
+        await until(lambda: made.shared(0).link.up and made.shared(1).link.up)
+        assert await generate(http, made.urls[1], "after") == 200
+    assert made.shared(0).link.outages == 1 and made.shared(1).link.outages == 1
+
+
+async def test_what_redis_holds_that_is_not_understood_stops_nothing(
+    replicas: ReplicasFactory,
+) -> None:
+    # Another version's or a stranger's writes under the same prefix: events and entries that
+    # do not parse are dropped; the listening, ejections and leases go on.
+    made = await replicas(2, dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.01))
+    client = made.shared(0).link.client
+    for junk in (b"{", b'{"kind": "served", "served": [1, 2]}', b'{"kind": "freed"}'):
+        await client.publish("sollol:events", junk)
+    await client.hset("sollol:ejections", "a", b"not json")
+    await client.hset("sollol:learned", "someone", b'{"at": "soon"}')
+    await asyncio.sleep(2.5)  # a learned-speeds exchange and a few probe intervals
+    async with aiohttp.ClientSession() as http:
+        statuses = await asyncio.gather(
+            *(generate(http, made.urls[i % 2], f"after junk {i}") for i in range(6))
+        )
+    assert set(statuses) == {200}
+    for index in range(2):
+        shared = made.shared(index)
+        assert shared.link.subscribed and shared.link.outages == 0
+        assert shared.slots.leases.granted >= 3 and shared.slots.leases.alone == 0
+        tasks = made.proxies[index].runner.app[PROXY].tasks._tasks
+        alive = {t.get_name() for t in tasks if not t.done()}
+        assert {"shared:events", "shared:leases", "shared:health", "shared:learning"} <= alive

@@ -1,0 +1,88 @@
+"""Slots and queue order shared by replicas in Redis: real redis-server, real sockets, several
+proxies in front of the same simulated nodes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+
+from tests.shared.conftest import Peak, Replicas, ReplicasFactory, until
+
+MODEL = "llama3.2"
+
+
+async def generate(
+    http: aiohttp.ClientSession, url: str, prompt: str, *, priority: int = 5, tokens: int = 5
+) -> bytes:
+    async with http.post(
+        url + "/api/generate",
+        json={"model": MODEL, "prompt": prompt, "options": {"num_predict": tokens}},
+        headers={"X-Sollol-Priority": str(priority)},
+    ) as response:
+        body = await response.read()
+        assert response.status == 200, body
+        return body
+
+
+async def test_in_flight_per_node_never_exceeds_the_shared_slots(
+    replicas: ReplicasFactory,
+) -> None:
+    # Each replica alone believes it owns both slots of each node: without sharing, three
+    # replicas would run up to six requests on a node.
+    made: Replicas = await replicas(
+        3,
+        dict(name="a", models=[MODEL], num_parallel=2, token_delay=0.01),
+        dict(name="b", models=[MODEL], num_parallel=2, token_delay=0.01),
+    )
+    async with aiohttp.ClientSession() as http, Peak(made.nodes) as peak:
+        await asyncio.gather(*(generate(http, made.urls[i % 3], f"request {i}") for i in range(90)))
+    assert 1 <= peak.peak["a"] <= 2 and 1 <= peak.peak["b"] <= 2, peak.peak
+    assert sum(len(n.requests) for n in made.nodes) >= 90
+    for index in range(3):
+        slots = made.shared(index).slots
+        assert slots.leases.granted >= 1 and slots.leases.alone == 0
+    # Every lease came back: nothing is held in Redis once the requests are over.
+    client = made.shared(0).link.client
+    for node in ("a", "b"):
+        held = await client.hgetall(f"sollol:slots:{node}|{MODEL}:latest")
+        assert sum(int(v) for v in held.values()) == 0, held
+
+
+async def test_a_more_urgent_request_at_one_replica_takes_the_freed_slot_first(
+    replicas: ReplicasFactory,
+) -> None:
+    made = await replicas(2, dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.02))
+    node = made.nodes[0]
+    async with aiohttp.ClientSession() as http:
+        busy = asyncio.create_task(generate(http, made.urls[0], "first", tokens=20))
+        await until(lambda: node.in_flight() == 1)
+        # The low-priority request arrives first, at the other replica: in one FIFO it would
+        # go next.
+        low = asyncio.create_task(generate(http, made.urls[1], "low", priority=1))
+        await until(lambda: made.shared(1).slots.leases.refused >= 1)
+        high = asyncio.create_task(generate(http, made.urls[0], "high", priority=9))
+        await until(lambda: made.admission(0).waiting == 1)
+        await asyncio.gather(busy, low, high)
+    prompts = [orjson.loads(r.body)["prompt"] for r in node.requests if r.path == "/api/generate"]
+    assert prompts == ["first", "high", "low"], prompts
+
+
+async def test_ageing_orders_waiters_across_replicas_as_in_one_queue(
+    replicas: ReplicasFactory,
+) -> None:
+    # queue.ageing 0.2 s: a priority-1 request that waited 2 s outranks a fresh priority-9 one.
+    made = await replicas(
+        2, dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.05), queue__ageing=0.2
+    )
+    node = made.nodes[0]
+    async with aiohttp.ClientSession() as http:
+        busy = asyncio.create_task(generate(http, made.urls[0], "first", tokens=50))
+        await until(lambda: node.in_flight() == 1)
+        old = asyncio.create_task(generate(http, made.urls[1], "old", priority=1))
+        await asyncio.sleep(2.0)
+        fresh = asyncio.create_task(generate(http, made.urls[0], "fresh", priority=9))
+        await asyncio.gather(busy, old, fresh)
+    prompts = [orjson.loads(r.body)["prompt"] for r in node.requests if r.path == "/api/generate"]
+    assert prompts == ["first", "old", "fresh"], prompts
