@@ -12,6 +12,7 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
+import sollol_proxy.observe.metrics_port as metrics_port
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config import Config
 from sollol_proxy.config.policies import Priors
@@ -31,6 +32,7 @@ from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.inventory import LiveInventory
 from sollol_proxy.forward.management import Management
 from sollol_proxy.forward.pool import NodePool
+from sollol_proxy.forward.session import upstream_session
 from sollol_proxy.forward.views import FleetViews
 from sollol_proxy.guard.guard import Guard
 from sollol_proxy.guard.hosts import HostCheck
@@ -39,9 +41,8 @@ from sollol_proxy.handlers import OllamaHandler
 from sollol_proxy.lifecycle.background import Background
 from sollol_proxy.lifecycle.cors import Cors
 from sollol_proxy.lifecycle.drain import Drain
-from sollol_proxy.lifecycle.limits import Limits, keepalive_socket_factory
+from sollol_proxy.lifecycle.limits import Limits
 from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
-from sollol_proxy.lifecycle.startup import cannot_listen
 from sollol_proxy.observe.accesslog import log_request
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.observe.batches import BatchCollector, Batches
@@ -73,22 +74,6 @@ POOL = web.AppKey("pool", NodePool)  # with listen.engine: fast
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
     # Ollama sends no Server header (reference 1.1); aiohttp would add its own.
     response.headers.popall("Server", None)
-
-
-def new_upstream_session(config: Config) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        # Streams are long-lived; a pool limit would queue requests inside the proxy, unseen.
-        connector=aiohttp.TCPConnector(
-            limit=0,
-            enable_cleanup_closed=True,
-            socket_factory=keepalive_socket_factory(config.client_limits.tcp_keepalive),
-        ),
-        # Timeouts are applied per phase by the proxy (first byte, idle read), not per request.
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.timeouts.connect),
-        auto_decompress=False,  # bytes pass through exactly as the node sent them
-        # Only the client's own headers go to the node: aiohttp would add these by itself.
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-    )
 
 
 @dataclass
@@ -168,11 +153,7 @@ def request_reload(app: web.Application, why: str) -> None:
     if proxy.reloader is None:
         log.warning("%s: no configuration source to reload from", why)
         return
-    proxy.tasks.start(f"reload:{why}", _reload(proxy.reloader, why))
-
-
-async def _reload(reloader: Reloader, why: str) -> None:
-    await reloader.reload(why)
+    proxy.tasks.start(f"reload:{why}", proxy.reloader.reload(why))
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -218,24 +199,8 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     if config.metrics_port is None:
         yield
         return
-    admin = app[ADMIN]
-
-    async def metrics(request: web.Request) -> web.Response:
-        return admin.metrics()
-
-    metrics_app = web.Application()
-    metrics_app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(metrics_app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, config.host, config.metrics_port, reuse_address=True).start()
-    except OSError as exc:
-        await runner.cleanup()
-        fix = "choose another with metrics.port (SOLLOL_METRICS_PORT)"
-        raise cannot_listen(config.host, config.metrics_port, exc, fix) from None
-    log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
-    yield
-    await runner.cleanup()
+    async with metrics_port.serve(config.host, config.metrics_port, app[ADMIN].metrics):
+        yield
 
 
 def _node_priors(config: Config) -> dict[str, Priors]:
@@ -243,7 +208,7 @@ def _node_priors(config: Config) -> dict[str, Priors]:
 
 
 async def create_app(config: Config, source: ConfigSource | None = None) -> web.Application:
-    session = new_upstream_session(config)
+    session = upstream_session(config)
     shares = config.state.backend == "redis"
     prompt_cache = SharedPromptCache() if shares else PromptCache()  # replicas share its map
     fleet = Fleet(config, session, prompt_cache)

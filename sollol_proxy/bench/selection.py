@@ -25,12 +25,13 @@ from sollol_proxy.config.policies import Priors
 from sollol_proxy.fleet.capacity import model_slots
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet
-from sollol_proxy.fleet.learning import Learner, Timings
+from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import Lease
 from sollol_proxy.fleet.plan import Candidates
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.routing.analysis import RequestProfile, analyze
+from sollol_proxy.wire.timings import Timings
 
 MODELS = [f"model-{i}:latest" for i in range(20)]
 

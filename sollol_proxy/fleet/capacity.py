@@ -18,9 +18,9 @@ from typing import Any
 
 from sollol_proxy.fleet.beliefs import SlotBelief
 from sollol_proxy.fleet.estimator import slot_wait
-from sollol_proxy.fleet.learning import LOAD_THRESHOLD_S, Timings
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.wire.slots import SINGLE_SLOT_FAMILIES
+from sollol_proxy.wire.timings import LOAD_THRESHOLD_S, Timings
 
 # Ollama's automatic OLLAMA_MAX_LOADED_MODELS is 3 per GPU (reference 5.1): until a node shows
 # more models resident together, or an eviction shows fewer, it is assumed to have one GPU.

@@ -17,11 +17,12 @@ from sollol_proxy.fleet.beliefs import SlotBelief
 from sollol_proxy.fleet.capacity import learn, model_slots, slot_belief
 from sollol_proxy.fleet.decisions import Decision
 from sollol_proxy.fleet.fleet import Fleet
-from sollol_proxy.fleet.learning import Learner, Timings
+from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import Lease, NodeState
 from sollol_proxy.fleet.prompt_cache import PromptCache, Ticket
 from sollol_proxy.fleet.snapshot import planned_victims
 from sollol_proxy.routing.analysis import RequestProfile
+from sollol_proxy.wire.timings import Timings
 
 
 class Attempt:

@@ -17,13 +17,13 @@ from aiohttp import web
 from sollol_proxy.config import Config
 from sollol_proxy.fleet.fleet import Fleet, describe_error
 from sollol_proxy.fleet.health import Failure
-from sollol_proxy.fleet.learning import parse_timings
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.forward.forwarder import Failed
 from sollol_proxy.forward.record import RequestRecord
 from sollol_proxy.forward.upstream import Opened, Outgoing
 from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.wire.headers import downstream_response_headers
+from sollol_proxy.wire.timings import parse_timings
 
 if TYPE_CHECKING:
     from sollol_proxy.forward.attempt import Attempt

@@ -19,7 +19,6 @@ from aiohttp import web
 from sollol_proxy.config import Config
 from sollol_proxy.fleet.fleet import Fleet, describe_error
 from sollol_proxy.fleet.health import Failure
-from sollol_proxy.fleet.learning import parse_timings
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.forward.record import Outcome, RequestRecord
 from sollol_proxy.forward.upstream import Opened
@@ -28,6 +27,7 @@ from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.lifecycle.drain import CUT_MESSAGE, is_cut
 from sollol_proxy.wire.errors import stream_error_bytes
 from sollol_proxy.wire.headers import REQUEST_ID_HEADER, downstream_response_headers
+from sollol_proxy.wire.timings import parse_timings
 from sollol_proxy.wire.usage import usage_counts
 
 if TYPE_CHECKING:

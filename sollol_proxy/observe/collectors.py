@@ -10,10 +10,11 @@ from prometheus_client.registry import Collector
 
 import sollol_proxy.fleet.capacity as capacity
 from sollol_proxy.admission.admission import Admission
+from sollol_proxy.fleet.accuracy import Accuracy
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.health import State
 from sollol_proxy.fleet.learning import Learner
-from sollol_proxy.fleet.prompt_cache import Accuracy, PromptCache
+from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.forward.retry import RetryBudget
 from sollol_proxy.observe.labels import model_label, node_label
 

@@ -12,9 +12,10 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from sollol_proxy.fleet.accuracy import Accuracy
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
-from sollol_proxy.fleet.prompt_cache import Accuracy, PromptCache
+from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.forward.record import Outcome, RequestRecord
 from sollol_proxy.observe.labels import model_label
 from sollol_proxy.routing import Reason

@@ -1,7 +1,7 @@
 """Token counts in the OpenAI- and Anthropic-style answers of Ollama's `/v1` routes.
 
 Native answers carry `prompt_eval_count` and `eval_count` in their final object (read by
-`fleet/learning.parse_timings`); `/v1` answers carry the same counts as `usage`:
+`wire/timings.parse_timings`); `/v1` answers carry the same counts as `usage`:
 `prompt_tokens`/`completion_tokens` (chat, completions, embeddings) or
 `input_tokens`/`output_tokens` (responses, messages). A streamed `/v1` answer has them only when
 the client asked (`stream_options.include_usage`); Anthropic streams give the input count in

@@ -7,8 +7,8 @@ from sollol_proxy.config import NodeConfig
 from sollol_proxy.fleet import capacity
 from sollol_proxy.fleet.beliefs import ENDS_KEPT, NodeBeliefs, Peers, SlotBelief
 from sollol_proxy.fleet.estimator import CapacityEstimator
-from sollol_proxy.fleet.learning import Timings
 from sollol_proxy.fleet.node import NodeState
+from sollol_proxy.wire.timings import Timings
 
 
 def node(name: str, **settings: object) -> NodeBeliefs:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sollol_proxy.config.policies import Priors
-from sollol_proxy.fleet.learning import ALPHA, Learner, parse_timings
+from sollol_proxy.fleet.learning import ALPHA, Learner
+from sollol_proxy.wire.timings import parse_timings
 
 # Reference 3.13: the last line of a streamed /api/chat answer.
 CHAT_STREAM_TAIL = (

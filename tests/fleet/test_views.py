@@ -12,12 +12,13 @@ import pytest
 from sollol_proxy.config import load_config
 from sollol_proxy.config.policies import Priors
 from sollol_proxy.fleet.fleet import Fleet
-from sollol_proxy.fleet.learning import Learner, Timings
+from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import Lease, NodeState
 from sollol_proxy.fleet.prompt_cache import Probe, PromptCache
 from sollol_proxy.fleet.snapshot import node_view
 from sollol_proxy.fleet.views import EPOCH_S, Views, epoch_offset, probed
 from sollol_proxy.routing.analysis import RequestProfile, analyze
+from sollol_proxy.wire.timings import Timings
 
 GiB = 2**30
 MODELS = [f"m{i}:latest" for i in range(5)]

@@ -1,0 +1,44 @@
+"""How often the prompt-cache model was right: predicted against observed hits and cached
+tokens, per node and model, for /sollol/stats and /metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Accuracy:
+    """Predicted against observed, for the requests whose prompt the node evaluated."""
+
+    requests: int = 0
+    predicted_hits: int = 0  # predicted to reuse more than 10% of the prompt
+    observed_hits: int = 0  # the timing fields say they did
+    agreed: int = 0  # both said the same
+    prompt_tokens: int = 0  # Ollama's prompt_eval_count, summed
+    predicted_tokens: int = 0
+    observed_tokens: int = 0
+
+    def add(self, other: Accuracy) -> None:
+        self.requests += other.requests
+        self.predicted_hits += other.predicted_hits
+        self.observed_hits += other.observed_hits
+        self.agreed += other.agreed
+        self.prompt_tokens += other.prompt_tokens
+        self.predicted_tokens += other.predicted_tokens
+        self.observed_tokens += other.observed_tokens
+
+    def to_json(self) -> dict[str, float | int]:
+        def ratio(part: int, whole: int) -> float:
+            return round(part / whole, 3) if whole else 0.0
+
+        return {
+            "requests": self.requests,
+            "predicted_hit_ratio": ratio(self.predicted_hits, self.requests),
+            "observed_hit_ratio": ratio(self.observed_hits, self.requests),
+            "agreement": ratio(self.agreed, self.requests),
+            "prompt_tokens": self.prompt_tokens,
+            "predicted_cached_tokens": self.predicted_tokens,
+            "observed_cached_tokens": self.observed_tokens,
+            "predicted_cached_ratio": ratio(self.predicted_tokens, self.prompt_tokens),
+            "observed_cached_ratio": ratio(self.observed_tokens, self.prompt_tokens),
+        }
