@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sollol_proxy.admission.bounds import over_bounds
 from sollol_proxy.admission.gate import Gate
 from sollol_proxy.admission.pump import pump
-from sollol_proxy.admission.queue_stats import PriorityStats, queue_snapshot
+from sollol_proxy.admission.queue_stats import PriorityStats, next_waiters, queue_snapshot
 from sollol_proxy.admission.slot_table import SlotTable
 from sollol_proxy.admission.tickets import Held, QueueRejected, Slot, Waiter
 from sollol_proxy.admission.waitqueue import WaitQueue
@@ -344,13 +344,5 @@ class Admission:
             **queue_snapshot(self.config, self.stats, self.depth(), self._queue.oldest(), now),
             "depth": self.waiting,
             "slots_in_use": self.slots.all_in_use(),
-            "waiting": [
-                {
-                    "model": w.model,
-                    "priority": w.priority,
-                    "effective_priority": round(w.effective(now, ageing), 2),
-                    "waited_s": round(now - w.enqueued, 3),
-                }
-                for w in itertools.islice(self._queue.ordered(), limit)
-            ],
+            "waiting": next_waiters(itertools.islice(self._queue.ordered(), limit), now, ageing),
         }

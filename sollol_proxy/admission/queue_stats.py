@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sollol_proxy.config import QueueConfig
+
+if TYPE_CHECKING:
+    from sollol_proxy.admission.tickets import Waiter
 
 RECENT_WAITS = 1000  # waits kept per priority for the percentiles
 
@@ -57,3 +61,16 @@ def _percentile(ordered: list[float], q: float) -> float | None:
     if not ordered:
         return None
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+
+def next_waiters(waiters: Iterable[Waiter], now: float, ageing: float) -> list[dict[str, Any]]:
+    """The waiting requests GET /sollol/queue lists, in the order they will be served."""
+    return [
+        {
+            "model": w.model,
+            "priority": w.priority,
+            "effective_priority": round(w.effective(now, ageing), 2),
+            "waited_s": round(now - w.enqueued, 3),
+        }
+        for w in waiters
+    ]
