@@ -225,7 +225,7 @@ async def soak(
             if errors:
                 raise errors[0]
             await run.clear_all()
-            await _quiesce(fleet, sims, http, proxy.url)
+            await _quiesce(fleet, sims, http, proxy.url, app[SESSION])
         gc.collect()
         report.rss_end_mib = rss_mib()
         _final_counts(report, fleet, sims, app[SESSION], forwarder)
@@ -243,9 +243,14 @@ async def soak(
 
 
 async def _quiesce(
-    fleet: Any, sims: list[SimulatedNode], http: aiohttp.ClientSession, url: str
+    fleet: Any,
+    sims: list[SimulatedNode],
+    http: aiohttp.ClientSession,
+    url: str,
+    upstream: aiohttp.ClientSession,
 ) -> None:
-    """Wait until nothing is in flight and every node is back up, for at most 20 s.
+    """Wait until nothing is in flight (a health probe in flight holds a node connection for a
+    moment: not a leak) and every node is back up, for at most 20 s.
 
     An ejected node comes back through a trial request, so while one is not up yet a small
     request goes through the proxy every tick (their answers are not part of the report)."""
@@ -254,6 +259,7 @@ async def _quiesce(
     while time.monotonic() < deadline:
         busy = any(n.in_flight or n.model_in_flight for n in fleet.nodes.values())
         busy = busy or any(s.in_flight() for s in sims)
+        busy = busy or bool(getattr(upstream.connector, "_acquired", ()))
         down = [n for n in fleet.nodes.values() if n.health.current() != "up"]
         if not busy and not down:
             return

@@ -11,6 +11,12 @@ T = TypeVar("T")
 
 log = logging.getLogger("sollol.background")
 
+# A task still running this long after being cancelled is cancelled again: some libraries (the
+# Redis client among them, seen in tests) can finish the call a cancellation arrived in and go on.
+RECANCEL_S = 0.5
+# Beyond this the stop goes on without the task, and says which one would not stop.
+CLOSE_PATIENCE_S = 10.0
+
 
 class Background:
     """Every background task of the app: tracked here, cancelled and awaited at cleanup, and a
@@ -30,8 +36,16 @@ class Background:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def close(self, patience: float = CLOSE_PATIENCE_S) -> None:
+        """Cancel every task and wait for them; a stop never hangs on one that will not end."""
+        pending = set(self._tasks)
+        deadline = asyncio.get_running_loop().time() + patience
+        while pending:
+            for task in pending:
+                task.cancel()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                names = ", ".join(sorted(t.get_name() for t in pending))
+                log.error("background tasks still running %gs after cancel: %s", patience, names)
+                return
+            _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_S, left))

@@ -71,6 +71,12 @@ async def test_charts_plot_requests_ttft_and_every_node(
     kept = made.proxy.runner.app[PROXY].history
     await eventually(lambda: sum(v or 0 for v in kept.to_json(60)["requests_per_s"]["ok"]) >= 4)
 
+    def believed_everywhere() -> bool:  # each node's belief sampled at least once
+        nodes = kept.to_json(60)["nodes"]
+        return len(nodes) == 2 and all(any(n["slots_believed"]) for n in nodes)
+
+    await eventually(believed_everywhere)
+
     dom = await rendered_dom(made.url + "/dashboard")
     assert points(dom, "requests") > 0
     assert points(dom, "ttft") > 0
