@@ -86,3 +86,19 @@ async def test_ageing_orders_waiters_across_replicas_as_in_one_queue(
         await asyncio.gather(busy, old, fresh)
     prompts = [orjson.loads(r.body)["prompt"] for r in node.requests if r.path == "/api/generate"]
     assert prompts == ["first", "old", "fresh"], prompts
+
+
+async def test_every_key_is_under_the_configured_prefix(replicas: ReplicasFactory) -> None:
+    # Two teams may share one Redis: each fleet's keys and events stay under its own prefix.
+    made: Replicas = await replicas(
+        2,
+        dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.01),
+        state__key_prefix="team-a:",
+    )
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(generate(http, made.urls[i % 2], f"request {i}") for i in range(6)))
+    link = made.shared(0).link
+    assert link.channel == "team-a:events"
+    keys = [key async for key in link.client.scan_iter("*")]
+    assert keys, "the replicas wrote nothing to Redis"
+    assert all(key.startswith(b"team-a:") for key in keys), keys
