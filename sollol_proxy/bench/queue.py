@@ -93,9 +93,8 @@ async def _send(
         result.last_done = time.perf_counter()
 
 
-async def run_mode(
-    workload: Workload, seed: int, queue: bool
-) -> tuple[dict[str, ClassResult], float]:
+async def start_nodes(workload: Workload) -> list[SimulatedNode]:
+    """The workload's simulated fleet, started on free ports."""
     nodes = [
         SimulatedNode(
             name=f"n{i}",
@@ -107,6 +106,13 @@ async def run_mode(
     ]
     for node in nodes:
         await node.start(port=0)
+    return nodes
+
+
+async def run_mode(
+    workload: Workload, seed: int, queue: bool
+) -> tuple[dict[str, ClassResult], float]:
+    nodes = await start_nodes(workload)
     async with aiohttp.ClientSession() as http:
         for node in nodes:  # a warm fleet: the model is loaded everywhere
             async with http.post(node.url + "/api/generate", json={"model": MODEL}) as r:

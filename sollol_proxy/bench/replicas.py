@@ -35,6 +35,7 @@ from sollol_proxy.bench.queue import (
     _send,
     _throughput,
     arrivals,
+    start_nodes,
 )
 from sollol_proxy.bench.routing import _q
 from sollol_proxy.bench.scale import _free_port, proxy_process
@@ -110,17 +111,7 @@ async def _replicas(count: int, settings: dict[str, object]) -> AsyncIterator[li
 
 
 async def run_once(label: str, count: int, redis: str | None, workload: Workload, seed: int) -> Run:
-    nodes = [
-        SimulatedNode(
-            name=f"n{i}",
-            models=[MODEL],
-            num_parallel=workload.num_parallel,
-            token_delay=workload.token_delay,
-        )
-        for i in range(workload.nodes)
-    ]
-    for node in nodes:
-        await node.start(port=0)
+    nodes = await start_nodes(workload)
     # Every client is this process: its requests waiting in an overload are many connections.
     settings: dict[str, object] = {
         "nodes": [n.url for n in nodes],
