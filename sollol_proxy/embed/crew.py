@@ -12,8 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from sollol_proxy.admission.admission import WITHDRAWN
-
-WITHDRAW_AGAIN_S = 0.5  # a worker still running this long after its cancellation gets another
+from sollol_proxy.lifecycle.cancel import cancel_until_done
 
 
 async def run_crew(
@@ -41,15 +40,10 @@ async def run_crew(
 
 
 async def _withdraw(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel the tasks until every one is over. Once is not always enough: a worker was seen to
-    go on after its cancellation was swallowed somewhere below `SubCalls.run` (where timers of
-    asyncio, aiohttp and Redis turn cancellations into their own errors), then wait for the
-    others' results forever, and the shutdown with it."""
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for task in pending:
-            task.cancel(WITHDRAWN)
-        _, pending = await asyncio.wait(pending, timeout=WITHDRAW_AGAIN_S)
+    """Cancel the workers until every one is over: a worker was seen to go on after its
+    cancellation was swallowed below `SubCalls.run`, then wait for the others' results forever,
+    and the shutdown with it."""
+    await cancel_until_done(tasks, WITHDRAWN)
     for task in tasks:  # retrieved: an error after the cancellation is not worth a warning
         if not task.cancelled():
             task.exception()

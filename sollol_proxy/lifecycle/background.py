@@ -7,14 +7,13 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from sollol_proxy.lifecycle.cancel import cancel_until_done
+
 T = TypeVar("T")
 
 log = logging.getLogger("sollol.background")
 
-# A task still running this long after being cancelled is cancelled again: some libraries (the
-# Redis client among them, seen in tests) can finish the call a cancellation arrived in and go on.
-RECANCEL_S = 0.5
-# Beyond this the stop goes on without the task, and says which one would not stop.
+# Beyond this a stop goes on without a task that will not end, and says which one.
 CLOSE_PATIENCE_S = 10.0
 
 
@@ -38,14 +37,6 @@ class Background:
 
     async def close(self, patience: float = CLOSE_PATIENCE_S) -> None:
         """Cancel every task and wait for them; a stop never hangs on one that will not end."""
-        pending = set(self._tasks)
-        deadline = asyncio.get_running_loop().time() + patience
-        while pending:
-            for task in pending:
-                task.cancel()
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                names = ", ".join(sorted(t.get_name() for t in pending))
-                log.error("background tasks still running %gs after cancel: %s", patience, names)
-                return
-            _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_S, left))
+        if left := await cancel_until_done(self._tasks, patience=patience):
+            names = ", ".join(sorted(t.get_name() for t in left))
+            log.error("background tasks still running %gs after cancel: %s", patience, names)
