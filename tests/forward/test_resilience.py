@@ -19,10 +19,14 @@ async def test_failover_before_the_first_byte(
     cluster: ClusterFactory, http: aiohttp.ClientSession, fault: str
 ) -> None:
     # least_loaded, so that the test can put the broken node first by loading the other one.
+    # The fault breaks the probes too: with the tests' 0.2 s probes one could land between two
+    # requests and take `a` down before the third, so only the requests' failures count here.
     made = await cluster(
         dict(name="a", models=["llama3.2:latest"]),
         dict(name="b", models=["llama3.2:latest"]),
         routing__strategy="least_loaded",
+        health__interval=60,
+        inventory__interval=60,
     )
     setattr(made.node("a").faults, fault, True)
     for _ in range(3):
