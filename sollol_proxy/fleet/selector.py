@@ -200,10 +200,10 @@ class Selector:
         if not model:
             # No model to route by: the node answers with Ollama's own error for that.
             return Plan(self.any_node(request_id, "no model named", Reason.NO_MODEL))
-        listed = self._fleet.with_model(model, healthy_only=False)
+        listed = self._fleet.has_model(model)
         if not listed:
             await self._fleet.refresh_for_missing_model()
-            listed = self._fleet.with_model(model, healthy_only=False)
+            listed = self._fleet.has_model(model)
         if listed:
             held: list[Hold | None] = [None]  # the request's latest decision to wait
 
@@ -225,9 +225,9 @@ class Selector:
             return pinned
         if not model:
             return self.any_node(request_id, "no model named", Reason.NO_MODEL)
-        if not self._fleet.with_model(model, healthy_only=False):
+        if not self._fleet.has_model(model):
             await self._fleet.refresh_for_missing_model()
-        if not self._fleet.with_model(model, healthy_only=False):
+        if not self._fleet.has_model(model):
             return self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL)
         why = "model metadata, nothing to load or generate"
         return _least_loaded(self._holders(model), request_id, why, Reason.METADATA)
