@@ -125,7 +125,7 @@ class Selector:
         # The cache model mirrors the runners' real slots: the belief, not the admission limit
         # of a node still in slow start (resizing it would forget what the slots hold).
         bases = self._views.bases(nodes, profile, now)
-        slots = {node.name: entry.slots for node, entry in zip(nodes, bases, strict=True)}
+        slots = {entry.name: entry.slots for entry in bases}
         slots.update((n.name, model_slots(n, model)) for n in waitable)
         probes = self._prompt_cache.probe(model, profile.prefix_keys, slots, now)
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into

@@ -55,10 +55,21 @@ class Kept:
     """A node's view for a model, and what it was made from (updated in place: a request that
     finds it current allocates nothing for it)."""
 
-    __slots__ = ("changes", "epoch", "learned", "offset", "options", "prompt", "slots", "view")
+    __slots__ = (
+        "changes",
+        "epoch",
+        "learned",
+        "name",
+        "offset",
+        "options",
+        "prompt",
+        "slots",
+        "view",
+    )
 
-    def __init__(self, offset: float) -> None:
-        self.offset = offset  # epoch_offset of its node
+    def __init__(self, name: str) -> None:
+        self.name = name  # its node's (read here, not through NodeState's property)
+        self.offset = epoch_offset(name)
         self.epoch = -1.0
         self.changes = self.learned = -1
         self.options: object = None
@@ -120,12 +131,13 @@ class Views:
         if kept is None:
             kept = self._entries[model] = {}
         result = []
+        version = learner.version
         for node in nodes:
-            name = node.name
+            name = node.config.name
             entry = kept.get(name)
             if entry is None:
-                entry = kept[name] = Kept(epoch_offset(name))
-            changes, learned = node.changes, learner.version(name)
+                entry = kept[name] = Kept(name)
+            changes, learned = node.changes, version(name)
             epoch = (now + entry.offset) // EPOCH_S
             if (
                 entry.changes != changes
