@@ -40,7 +40,8 @@ class State(StrEnum):
 
 # Read once: an enum member read through its class is a descriptor call, and admits() runs for
 # every node of every request's candidates.
-_UP, _EJECTED, _BUSY, _HALF_OPEN = State.UP, State.EJECTED, State.BUSY, State.HALF_OPEN
+_UP, _DOWN, _EJECTED, _BUSY = State.UP, State.DOWN, State.EJECTED, State.BUSY
+_HALF_OPEN = State.HALF_OPEN
 
 
 class Failure(StrEnum):
@@ -113,7 +114,7 @@ class NodeHealth:
     @property
     def reachable(self) -> bool:
         """Answers at all (for the fleet views): anything but down."""
-        return self.state is not State.DOWN
+        return self.state is not _DOWN
 
     # -- attempts -----------------------------------------------------------------------------
 
