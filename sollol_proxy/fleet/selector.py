@@ -162,8 +162,9 @@ class Selector:
                 until = hold.until if hold is not None else now + wait.budget_s
                 return Plan(hold=self._waits.hold(wait.node, until, replacing=hold))
         self._waits.release(hold)
-        by_name = {n.name: n for n in nodes}
-        targets = [Target.ranked(by_name[c.node], strategy.name, c) for c in choices]
+        by_name = {entry.name: node for entry, node in zip(bases, nodes, strict=True)}
+        ranked, name = Target.ranked, strategy.name  # read once: this runs per candidate
+        targets = [ranked(by_name[c.node], name, c) for c in choices]
         if choices:
             first = choices[0].node
             self._prompt_cache.reserve(
