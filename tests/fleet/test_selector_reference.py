@@ -23,7 +23,7 @@ from sollol_proxy.fleet.decisions import DecisionLog, candidate_entry
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import Lease, NodeState
-from sollol_proxy.fleet.plan import Candidates, Plan
+from sollol_proxy.fleet.plan import Candidates, NoTarget, Plan
 from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
 from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.fleet.snapshot import demand_by_model, node_view, waiting_view
@@ -183,7 +183,8 @@ def timing(rng: random.Random) -> Timings:
     )
 
 
-async def one_fleet(seed: int, monkeypatch: pytest.MonkeyPatch) -> int:
+async def one_fleet(seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """(selections compared, of which holds for a busy slot)"""
     rng = random.Random(seed)
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
@@ -225,7 +226,7 @@ async def one_fleet(seed: int, monkeypatch: pytest.MonkeyPatch) -> int:
                 continue
             try:
                 nodes = routed.nodes()
-            except Exception:  # only on nodes that are down: nothing to rank
+            except NoTarget:  # only on nodes that are down: nothing to rank
                 continue
             free = [n for n in nodes if admission.is_free(n, profile.model)]
             if not free:
@@ -256,13 +257,14 @@ async def one_fleet(seed: int, monkeypatch: pytest.MonkeyPatch) -> int:
                 node.name, profile.model, profile.prefix_keys, model_slots(node, profile.model)
             )
             running.append((Lease(node, profile.model), ticket, node, profile.model))
-    return compared
+    return compared, len(holds)
 
 
 async def test_the_selector_decides_as_the_straightforward_ranking(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    compared = 0
+    compared = held = 0
     for seed in range(40):
-        compared += await one_fleet(seed, monkeypatch)
-    assert compared > 1000
+        ranked, holds = await one_fleet(seed, monkeypatch)
+        compared, held = compared + ranked, held + holds
+    assert compared > 1000 and held > 100  # both ways out of the selector were compared
