@@ -80,7 +80,9 @@ class Admission:
             return False
         if not self.config.enabled:
             return True
-        if self.slots.holds(node.name) and node.health.current() is State.HALF_OPEN:
+        if not self.slots.holds(node.name):
+            return True  # nothing of the proxy's runs there (and max_loaded is at least 1)
+        if node.health.current() is State.HALF_OPEN:
             return False  # on trial: one request at a time until it has answered
         return self.slots.is_free(node, model)
 

@@ -5,7 +5,7 @@
   proxy's memory then, its CPU per probe while idle (and the share of a core that makes at
   `health.interval`), how evenly the probes spread over the interval (the busiest tenth of it
   against a tenth of the nodes), and the whole per-request selection of `performance` over
-  that many nodes (`bench scorer`'s measure).
+  that many nodes given as URLs only (`bench scorer`'s measure).
 - **Idle streams**: that many `/api/generate` streams open at once through one proxy process
   (to nodes of 1,000 slots each), each with its first line received and the node silent after
   it; the proxy's memory growth per stream (RSS from /proc), and nginx's in front of the same

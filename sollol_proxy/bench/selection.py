@@ -1,7 +1,8 @@
 """How long the whole per-request selection takes: `Selector` and admission over a live fleet.
 
-A fleet of `nodes` nodes given as URLs (20 models on disk and 3 loaded per node, requests in
-flight, every node's two slots holding a conversation under one of five system prompts), and
+A fleet of `nodes` nodes given as URLs only, as the product is used (`configured`: with their
+slots and memory told; 20 models on disk and 3 loaded per node, requests in flight, every
+node's two slots holding a conversation under one of five system prompts), and
 for each request what the proxy does between reading its body and sending it: the candidates
 (`Selector.for_model`), those with a free slot (`Admission.is_free`), the choice (`_rank`: the
 views, the prompt-cache probe, the ranking, the decision record), then the dispatch and its end
@@ -58,17 +59,15 @@ class Cost(NamedTuple):
     bookkeeping: float  # its dispatch and its end, as they update what selection reads
 
 
-async def measure_selection(nodes: int, decisions: int, seed: int = 1) -> Cost:
+async def measure_selection(
+    nodes: int, decisions: int, seed: int = 1, *, configured: bool = False
+) -> Cost:
     rng = random.Random(seed)
+    told = {"num_parallel": 2, "vram": "24GiB"} if configured else {}
     config = load_config(
         None,
         env={},
-        overrides={
-            "nodes": [
-                {"url": f"n{i}", "name": f"n{i}", "num_parallel": 2, "vram": "24GiB"}
-                for i in range(nodes)
-            ],
-        },
+        overrides={"nodes": [{"url": f"n{i}", "name": f"n{i}", **told} for i in range(nodes)]},
     )
     cache, learner = PromptCache(), Learner(Priors())
     fleet = Fleet(config, None, cache)  # type: ignore[arg-type]  # no probes here

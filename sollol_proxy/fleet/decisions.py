@@ -1,7 +1,7 @@
 """The most recent routing decisions, kept for GET /sollol/decisions and the dashboard.
 
-A decision is kept in a ring of `keep` as what was decided, in plain values (a tuple per
-candidate: its view's and estimate's fields, its reason or what to write it from), and written
+A decision is kept in a ring of `keep` as what was decided, in plain values (one flat tuple of
+each candidate's view's and estimate's fields, its reason or what to write it from), and written
 out as JSON only when someone reads it: a request pays for a few tuples, not for a document,
 and nothing it keeps is walked by the garbage collector.
 """
@@ -17,45 +17,60 @@ from sollol_proxy.routing import Choice, Estimate, NodeView, Reason
 from sollol_proxy.routing.analysis import RequestProfile
 from sollol_proxy.routing.performance import Described, describe
 
-# One candidate, in plain values only (the estimate's as a plain tuple: the collector stops
-# tracking a tuple of plain values, not a named one), so the decisions kept cost it nothing,
-# where objects kept for every candidate would be walked at every full collection. (node, category, reason or "" when
+# The candidates of a decision, in plain values only, one after another in a single flat
+# tuple (STRIDE values each): the collector stops tracking a tuple of plain values, and a
+# single one per decision is a single object allocated, where one per candidate (and one per
+# estimate) made the young generation fill and be collected about once per request of a
+# 100-node fleet while the ring filled. Each candidate is: node, category, reason or "" when
 # `describe` writes it from the rest, what it was compared with, whether the request
 # generates, the view's resident, options_match, loading, cached_tokens, displaced_tokens,
-# in_flight, num_parallel and success, the estimate or None)
+# in_flight, num_parallel and success, then the estimate's six fields (None for each when
+# there is none).
 Compact = tuple[Any, ...]
+STRIDE = 19
 _VALUES = {reason: reason.value for reason in Reason}
+_NO_ESTIMATE = (None,) * len(Estimate._fields)
 
 
-def _compact(choice: Choice, v: NodeView) -> Compact:
-    if isinstance(choice, Described):
-        reason, compared, generates = choice.written, choice.compared, choice.generates
-    else:
-        reason, compared, generates = choice.reason, None, True
-    return (
-        choice.node,
-        _VALUES[choice.category],
-        reason,
-        compared,
-        generates,
-        v.resident,
-        v.options_match,
-        v.loading,
-        v.cached_tokens,
-        v.displaced_tokens,
-        v.in_flight,
-        v.num_parallel,
-        v.success,
-        None
-        if (e := choice.estimate) is None
-        else (e.total, e.wait, e.load, e.evict, e.prefill, e.decode),
-    )
+def _compact(choices: Sequence[Choice], views: Sequence[NodeView]) -> Compact:
+    flat: list[Any] = []
+    extend = flat.extend
+    by_view = None
+    for choice in choices:
+        if isinstance(choice, Described):
+            v = choice.view
+            reason, compared, generates = choice.written, choice.compared, choice.generates
+        else:
+            if by_view is None:
+                by_view = {v.name: v for v in views}
+            v = by_view[choice.node]
+            reason, compared, generates = choice.reason, None, True
+        extend(
+            (
+                choice.node,
+                _VALUES[choice.category],
+                reason,
+                compared,
+                generates,
+                v.resident,
+                v.options_match,
+                v.loading,
+                v.cached_tokens,
+                v.displaced_tokens,
+                v.in_flight,
+                v.num_parallel,
+                v.success,
+            )
+        )
+        extend(_NO_ESTIMATE if (e := choice.estimate) is None else e)
+    return tuple(flat)
 
 
 def _entry(compact: Compact) -> dict[str, Any]:
-    """One candidate of a decision, as /sollol/decisions shows it."""
-    node, category, reason, compared, generates, *shown, values = compact
-    est = None if values is None else Estimate(*values)
+    """One candidate of a decision (its STRIDE values), as /sollol/decisions shows it."""
+    node, category, reason, compared, generates, *shown = compact[:13]
+    values = compact[13:]
+    est = None if values[0] is None else Estimate(*values)
     resident, options_match, loading, cached, displaced, in_flight, slots, success = shown
     view = NodeView(
         node,
@@ -112,18 +127,15 @@ class Decision:
         self.priority = priority
         self.strategy = strategy
         self.expected_output = expected_output
-        if all(isinstance(c, Described) for c in choices):
-            self.candidates = tuple(_compact(c, c.view) for c in choices)  # type: ignore[attr-defined]
-        else:
-            by_view = {v.name: v for v in views}
-            self.candidates = tuple(_compact(c, by_view[c.node]) for c in choices)
+        self.candidates = _compact(choices, views)
         self.served_by: str | None = None
         self.queue_s: float | None = None  # how long it waited in the queue, when it did
 
     def to_json(self) -> dict[str, Any]:
         """As /sollol/decisions shows it."""
         model, endpoint, task, complexity, prompt_tokens, stream = self.profile
-        candidates = [_entry(c) for c in self.candidates]
+        flat = self.candidates
+        candidates = [_entry(flat[i : i + STRIDE]) for i in range(0, len(flat), STRIDE)]
         first = candidates[0] if candidates else None
         entry = {
             "request_id": self.request_id,

@@ -97,8 +97,18 @@ class Fleet:
 
     def with_model(self, model: str, *, healthy_only: bool = True) -> list[NodeState]:
         key = normalize_model(model)
+        if healthy_only:  # in one pass when some node admits work (the usual case)
+            admitted = [n for n in self.nodes.values() if key in n.models and n.health.admits()]
+            if admitted:
+                return admitted
         holders = [n for n in self.nodes.values() if key in n.models]
         return _admitting(holders) if healthy_only else holders
+
+    def has_model(self, model: str) -> bool:
+        """Does any node list `model`, up or not (`with_model(healthy_only=False)` is not
+        empty)?"""
+        key = normalize_model(model)
+        return any(key in n.models for n in self.nodes.values())
 
     def unhealthy_summary(self, nodes: Sequence[NodeState] | None = None) -> str:
         chosen = (

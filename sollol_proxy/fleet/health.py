@@ -38,6 +38,12 @@ class State(StrEnum):
     HALF_OPEN = "half_open"
 
 
+# Read once: an enum member read through its class is a descriptor call, and admits() runs for
+# every node of every request's candidates.
+_UP, _DOWN, _EJECTED, _BUSY = State.UP, State.DOWN, State.EJECTED, State.BUSY
+_HALF_OPEN = State.HALF_OPEN
+
+
 class Failure(StrEnum):
     """What went wrong on one attempt; decides how the node's state changes."""
 
@@ -79,8 +85,9 @@ class NodeHealth:
 
     def current(self) -> State:
         """The state now: ejections and cool-downs end by themselves."""
-        if self.state in (State.EJECTED, State.BUSY) and self.clock() >= self.until:
-            if self.state is State.EJECTED:
+        state = self.state
+        if (state is _EJECTED or state is _BUSY) and self.clock() >= self.until:
+            if state is _EJECTED:
                 self._enter(State.HALF_OPEN, "ejection over: one trial request allowed")
             else:
                 self._enter(State.UP, "busy cool-down over")
@@ -88,8 +95,10 @@ class NodeHealth:
 
     def admits(self) -> bool:
         """May the node take a new request now (the half-open node: only if no trial runs)."""
+        if self.state is _UP:  # the common case; only an ejection or a cool-down ends by itself
+            return True
         state = self.current()
-        return state is State.UP or (state is State.HALF_OPEN and not self.trial)
+        return state is _UP or (state is _HALF_OPEN and not self.trial)
 
     def cut_short(self) -> bool:
         """No other node can take the work: an ejection ends now (one trial, as when it runs
@@ -105,7 +114,7 @@ class NodeHealth:
     @property
     def reachable(self) -> bool:
         """Answers at all (for the fleet views): anything but down."""
-        return self.state is not State.DOWN
+        return self.state is not _DOWN
 
     # -- attempts -----------------------------------------------------------------------------
 

@@ -135,11 +135,14 @@ class PromptCache:
         find. Nodes where the proxy believes nothing is cached are left out."""
         if not keys:
             return {}
-        runners = {
-            node: self._runner(node, model, count)
-            for node, count in slots.items()
-            if (node, model) in self._runners
-        }
+        known = self._runners
+        runners: dict[str, SlotCache] = {}
+        for node, count in slots.items():  # as _runner, in one lookup per node
+            runner = known.get((node, model))
+            if runner is not None:
+                if len(runner.slots) < count:
+                    runner.resize(count)
+                runners[node] = runner
         found: dict[str, Probe] = {}
         gap = self._gaps.get(model)
         now = time.monotonic() if now is None else now

@@ -125,7 +125,7 @@ class Selector:
         # The cache model mirrors the runners' real slots: the belief, not the admission limit
         # of a node still in slow start (resizing it would forget what the slots hold).
         bases = self._views.bases(nodes, profile, now)
-        slots = {node.name: entry.slots for node, entry in zip(nodes, bases, strict=True)}
+        slots = {entry.name: entry.slots for entry in bases}
         slots.update((n.name, model_slots(n, model)) for n in waitable)
         probes = self._prompt_cache.probe(model, profile.prefix_keys, slots, now)
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
@@ -162,8 +162,9 @@ class Selector:
                 until = hold.until if hold is not None else now + wait.budget_s
                 return Plan(hold=self._waits.hold(wait.node, until, replacing=hold))
         self._waits.release(hold)
-        by_name = {n.name: n for n in nodes}
-        targets = [Target.ranked(by_name[c.node], strategy.name, c) for c in choices]
+        by_name = {entry.name: node for entry, node in zip(bases, nodes, strict=True)}
+        ranked, name = Target.ranked, strategy.name  # read once: this runs per candidate
+        targets = [ranked(by_name[c.node], name, c) for c in choices]
         if choices:
             first = choices[0].node
             self._prompt_cache.reserve(
@@ -200,10 +201,10 @@ class Selector:
         if not model:
             # No model to route by: the node answers with Ollama's own error for that.
             return Plan(self.any_node(request_id, "no model named", Reason.NO_MODEL))
-        listed = self._fleet.with_model(model, healthy_only=False)
+        listed = self._fleet.has_model(model)
         if not listed:
             await self._fleet.refresh_for_missing_model()
-            listed = self._fleet.with_model(model, healthy_only=False)
+            listed = self._fleet.has_model(model)
         if listed:
             held: list[Hold | None] = [None]  # the request's latest decision to wait
 
@@ -225,9 +226,9 @@ class Selector:
             return pinned
         if not model:
             return self.any_node(request_id, "no model named", Reason.NO_MODEL)
-        if not self._fleet.with_model(model, healthy_only=False):
+        if not self._fleet.has_model(model):
             await self._fleet.refresh_for_missing_model()
-        if not self._fleet.with_model(model, healthy_only=False):
+        if not self._fleet.has_model(model):
             return self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL)
         why = "model metadata, nothing to load or generate"
         return _least_loaded(self._holders(model), request_id, why, Reason.METADATA)

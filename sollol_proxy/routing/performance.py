@@ -75,7 +75,9 @@ def estimate(view: NodeView, request: RouteRequest) -> Estimate:
     # Pushing shared prefixes out of the node's cache is an eviction too: others will pay it.
     evict += view.displaced_tokens / view.prefill_tps
     total = (wait + load + evict + prefill + decode) / max(view.success, MIN_SUCCESS)
-    return Estimate(total, wait, load, evict, prefill, decode)
+    # The same as Estimate(...), without the named tuple's Python-level __new__ (this runs
+    # once per candidate per request).
+    return tuple.__new__(Estimate, (total, wait, load, evict, prefill, decode))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,22 +125,31 @@ class Performance:
     name: ClassVar[str] = "performance"
 
     def rank(self, request: RouteRequest, candidates: Sequence[NodeView]) -> list[Choice]:
-        scored = sorted(
-            ((estimate(view, request), view) for view in candidates), key=lambda pair: pair[0].total
-        )
-        if not scored:
+        if not candidates:
             return []
-        best = scored[0][0].total
+        # Candidates by estimate (stable: equal estimates keep the candidates' order), as
+        # indices sorted on a list of totals: no pair or key function per candidate.
+        estimates = [estimate(view, request) for view in candidates]
+        totals = [est[0] for est in estimates]
+        order = sorted(range(len(totals)), key=totals.__getitem__)
+        best = totals[order[0]]
         band = best * NEAR_TIE_RATIO + NEAR_TIE_SLACK_S
-        near = [pair for pair in scored if pair[0].total <= band]
-        near.sort(key=lambda pair: (pair[1].in_flight / pair[1].num_parallel, pair[0].total))
-        ordered = near + [pair for pair in scored if pair[0].total > band]
-        runner_up = ordered[1][0].total if len(ordered) > 1 else None
+        near = 1
+        while near < len(order) and totals[order[near]] <= band:
+            near += 1
+        if near > 1:
+            order[:near] = sorted(
+                order[:near],
+                key=lambda i: (candidates[i].in_flight / candidates[i].num_parallel, totals[i]),
+            )
+        first = order[0]
+        runner_up = totals[order[1]] if len(order) > 1 else None
         generates = request.expected_output > 0
-        return [
-            Described(view, est, runner_up if i == 0 else best, generates)
-            for i, (est, view) in enumerate(ordered)
+        ranked: list[Choice] = [
+            Described(candidates[first], estimates[first], runner_up, generates)
         ]
+        ranked += [Described(candidates[i], estimates[i], best, generates) for i in order[1:]]
+        return ranked
 
 
 class Described(Choice):

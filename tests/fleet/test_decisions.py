@@ -39,9 +39,8 @@ def test_what_a_decision_keeps_is_not_tracked_by_the_collector() -> None:
     choices = make_strategy("performance").rank(REQUEST, VIEWS)
     decision = Decision("r1", PROFILE, 5, "performance", 120, choices, VIEWS)
     del choices
-    for _ in range(3):  # a tuple of untracked values is untracked when a collection sees it:
-        gc.collect()  # the innermost at the first, the tuples holding them at the next ones
-    assert not any(gc.is_tracked(candidate) for candidate in decision.candidates)
+    gc.collect()  # a tuple of untracked values is untracked when a collection sees it
+    assert not any(gc.is_tracked(value) for value in decision.candidates)
     assert not gc.is_tracked(decision.candidates) and not gc.is_tracked(decision.profile)
     decision.served_by, decision.queue_s = "hot", 0.123456
     shown = decision.to_json()

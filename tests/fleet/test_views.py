@@ -5,6 +5,7 @@ bounded by nodes x models."""
 from __future__ import annotations
 
 import random
+from dataclasses import fields, replace
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import Lease, NodeState
 from sollol_proxy.fleet.prompt_cache import Probe, PromptCache
 from sollol_proxy.fleet.snapshot import node_view
-from sollol_proxy.fleet.views import EPOCH_S, Views, epoch_offset, probed
+from sollol_proxy.fleet.views import EPOCH_S, Views, epoch_offset, probed, with_probe
+from sollol_proxy.routing import NodeView
 from sollol_proxy.routing.analysis import RequestProfile, analyze
 from sollol_proxy.wire.timings import Timings
 
@@ -142,6 +144,14 @@ def test_the_probe_is_put_on_a_copy_of_the_kept_view() -> None:
     assert result[0] is bases[0].view
     assert (result[1].cached_tokens, result[1].displaced_tokens) == (150, 60.0)
     assert bases[1].view is not None and bases[1].view.cached_tokens == 0  # kept unchanged
+
+
+def test_the_copy_with_the_probe_keeps_every_other_field() -> None:
+    values = {f.name: f"{f.name}!" for f in fields(NodeView)}  # each field its own value
+    view = NodeView(**values)  # type: ignore[arg-type]  # compared, never priced
+    copy = with_probe(view, 7, 8.5)
+    assert copy == replace(view, cached_tokens=7, displaced_tokens=8.5) and copy is not view
+    assert view == NodeView(**values)  # type: ignore[arg-type]  # unchanged
 
 
 def test_a_node_whose_believed_slots_are_all_busy_is_priced_as_a_wait() -> None:
