@@ -86,7 +86,9 @@ class NodeBody:
             data = b"".join(self._chunks)
             self._chunks.clear()
             self._protocol.resume()
-            self._held = sink(data)
+            if sink(data):
+                self._held = True
+                self._protocol.hold()
 
     async def pushed(self) -> bool:
         """Wait until the body is all pushed (True) or the sink asked to hold (False: call
