@@ -28,6 +28,7 @@ MAX_LINE = 2**12
 # Bytes read but not yet taken by a reader before the node's socket stops being read.
 READ_AHEAD = 2**18
 _HEAD_END = b"\r\n\r\n"
+_HEX = b"0123456789abcdefABCDEF"
 _NO_BODY_STATUS = frozenset({204, 304})
 # Body framings.
 _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DONE = range(5)
@@ -315,6 +316,16 @@ class NodeProtocol(asyncio.Protocol):
     def _read_chunked(self, data: bytes) -> None:
         if self._buffer:
             data, self._buffer = self._buffer + data, b""
+        elif not (self._left or self._crlf or self._trailers):
+            # The common read of a stream: exactly one whole chunk (a token as the node
+            # flushed it), taken in one step.
+            eol = data.find(b"\r\n", 0, MAX_LINE)
+            digits = data[:eol]
+            if eol > 0 and not digits.strip(_HEX) and data[-2:] == b"\r\n":
+                size = int(digits, 16)
+                if size and eol + size + 4 == len(data):
+                    self._feed(data[eol + 2 : -2])
+                    return
         pieces: list[bytes] = []
         pos, size = 0, len(data)
         while pos < size:
@@ -348,7 +359,7 @@ class NodeProtocol(asyncio.Protocol):
                     return
             else:
                 digits = line.split(b";", 1)[0].strip()
-                if not digits or digits.strip(b"0123456789abcdefABCDEF"):
+                if not digits or digits.strip(_HEX):
                     raise BadAnswer("400, message='Invalid chunk size'")
                 self._left = int(digits, 16)
                 self._trailers = not self._left

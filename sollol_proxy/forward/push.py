@@ -29,7 +29,17 @@ if TYPE_CHECKING:
 
 
 class Pusher:
-    __slots__ = ("_body", "_chunked", "_idle", "_recent", "_request", "_watch", "gone")
+    __slots__ = (
+        "_body",
+        "_chunked",
+        "_client",
+        "_idle",
+        "_recent",
+        "_request",
+        "_transport",
+        "_watch",
+        "gone",
+    )
 
     def __init__(
         self,
@@ -42,6 +52,8 @@ class Pusher:
         self._request, self._body, self._recent = request, body, recent
         self._watch, self._idle = watch, idle
         self._chunked = False
+        self._transport = request.transport
+        self._client = request.protocol
         self.gone: ConnectionError | None = None  # the client went away while pushing
 
     async def rest(self) -> bytes:
@@ -68,8 +80,7 @@ class Pusher:
     def __call__(self, data: bytes) -> bool:
         """One read's body bytes, written to the client now; True when the client's buffer is
         full (the node's socket is then not read until it drained)."""
-        request = self._request
-        transport = request.transport
+        transport = self._transport  # a closed one says so: is_closing()
         if transport is None or transport.is_closing():
             self.gone = ClientConnectionResetError("Cannot write to closing transport")
             return True
@@ -79,4 +90,4 @@ class Pusher:
         else:
             transport.write(data)
         self._idle.reading()  # the silence bound runs from this read
-        return request.protocol.writing_paused
+        return self._client.writing_paused
