@@ -91,6 +91,10 @@ class NodeBody:
                 self._held = True
                 self._protocol.hold()
 
+    def unpush(self) -> None:
+        """No more pushing: what still arrives is kept (and dropped with the connection)."""
+        self._sink = None
+
     async def pushed(self) -> bool:
         """Wait until the body is all pushed (True) or the sink asked to hold (False: call
         `go_on` once its client has drained); raises what broke the body."""

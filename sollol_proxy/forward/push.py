@@ -62,20 +62,25 @@ class Pusher:
         request, body = self._request, self._body
         self._chunked = request.writer.chunked  # type: ignore[attr-defined]
         body.push(self)
-        while not await body.pushed():
-            if self.gone is not None:
-                return b""
-            self._idle.done()  # waiting for the client, not for the node
-            self._watch.writing()
-            try:
-                await request.writer.drain()
-            except ConnectionError as exc:
-                self.gone = exc
-                return b""
-            self._watch.written()
-            self._idle.reading()
-            body.go_on()
-        return b""
+        try:
+            while not await body.pushed():
+                if self.gone is not None:
+                    return b""
+                self._idle.done()  # waiting for the client, not for the node
+                self._watch.writing()
+                try:
+                    await request.writer.drain()
+                except ConnectionError as exc:
+                    self.gone = exc
+                    return b""
+                self._watch.written()
+                self._idle.reading()
+                body.go_on()
+            return b""
+        finally:
+            # Whatever ends the answer (an in-stream error, the shutdown's cut) is written by
+            # the relay after this: no later read of the node may be written after it.
+            body.unpush()
 
     def __call__(self, data: bytes) -> bool:
         """One read's body bytes, written to the client now; True when the client's buffer is
