@@ -17,15 +17,19 @@ by the connection, which cancels the task; either way the node's request is clos
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import ClientConnectionResetError, web
 
 from sollol_proxy.forward.nodewire import NodeBody
 from sollol_proxy.forward.watchdog import IdleWatch
 
-if TYPE_CHECKING:
-    from sollol_proxy.forward.relay import WriteWatch
+
+class WriteWatch(Protocol):
+    """The relay's bound on a blocked write to the client (relay.py)."""
+
+    def writing(self) -> None: ...
+    def written(self) -> None: ...
 
 
 class Pusher:
