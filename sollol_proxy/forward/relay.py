@@ -71,10 +71,11 @@ async def relay(
     idle = IdleWatch(upstream.content, config.timeouts.idle_read)  # one timer, not one per read
     content = upstream.content
     # On a pooled connection, the reads after the first go from the node's socket to the
-    # client's in the callback that brings them (push.py); otherwise each is awaited here.
-    pusher = (
-        Pusher(request, content, recent, watch, idle) if isinstance(content, NodeBody) else None
-    )
+    # client's in the callback that brings them (push.py); otherwise each is awaited here, as
+    # is the end of an answer that came whole with its first bytes (a small one).
+    pusher = None
+    if isinstance(content, NodeBody) and not content.is_eof():
+        pusher = Pusher(request, content, recent, watch, idle)
     try:
         await response.prepare(request)
         chunk = opened.first_chunk
