@@ -4,9 +4,10 @@ body's bytes handed on as each read of the node's socket brings them.
 aiohttp's `ResponseHandler` feeds every read to its parser, which feeds a `StreamReader`, which
 wakes the relaying task, which writes the bytes to the client: per streamed chunk, a future and
 a task switch on top of the two socket calls, most of what the proxy spent per chunk beyond
-nginx. Here the body is either read (`NodeBody.readany`, for the first bytes, a collected
-answer, a small answer) or pushed: `NodeBody.push` calls the relay's sink from `data_received`
-itself, so a chunk goes from the node's socket to the client's in one callback (relay.py).
+nginx. Here the body (nodebody.py) is either read (`NodeBody.readany`, for the first bytes, a
+collected answer, a small answer) or pushed: `NodeBody.push` calls the relay's sink from
+`data_received` itself, so a chunk goes from the node's socket to the client's in one callback
+(push.py).
 
 Only framing is read: the body's bytes are never parsed, merged across reads or re-serialized.
 The errors are those aiohttp raises for the same faults (reference 1.4: a node that closes
@@ -16,131 +17,25 @@ before its head, a body cut off), so that the reasons the proxy reports do not c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from sollol_proxy.forward.nodebody import NodeBody
 
 # A head (status line and fields) longer than this is refused, as aiohttp's parser refuses
 # lines and fields over 8 KiB; a chunk-size line longer than MAX_LINE likewise.
 MAX_HEAD = 2**16
 MAX_LINE = 2**12
-# Bytes read but not yet taken by a reader before the node's socket stops being read.
-READ_AHEAD = 2**18
 _HEAD_END = b"\r\n\r\n"
 _HEX = b"0123456789abcdefABCDEF"
 _NO_BODY_STATUS = frozenset({204, 304})
 # Body framings.
 _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DONE = range(5)
 
-# What a sink does with a read's body bytes; True when the client's buffer is full (the node's
-# socket then stops being read until the client drained it).
-Sink = Callable[[bytes], bool]
-
 
 class BadAnswer(aiohttp.ClientError):
     """The node's answer is not valid HTTP/1.1 framing."""
-
-
-class NodeBody:
-    """One answer's body as it arrives: read it, or have it pushed to a sink."""
-
-    __slots__ = ("_chunks", "_eof", "_exc", "_held", "_loop", "_protocol", "_sink", "_waiter")
-
-    def __init__(self, protocol: NodeProtocol) -> None:
-        self._protocol = protocol
-        self._loop = protocol.loop
-        self._chunks: list[bytes] = []
-        self._eof = False
-        self._exc: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._sink: Sink | None = None
-        self._held = False  # pushing paused: the sink's client is not reading
-
-    def is_eof(self) -> bool:
-        """The whole body has arrived."""
-        return self._eof
-
-    def set_exception(self, exc: BaseException) -> None:
-        """The read under way (or the next) raises `exc` (the idle watchdog's timeout)."""
-        self._exc = exc
-        self._wake()
-
-    async def readany(self) -> bytes:
-        """What has arrived since the last read (waiting for something), b"" at the end."""
-        while not self._chunks:
-            if self._exc is not None:
-                raise self._exc
-            if self._eof:
-                return b""
-            await self._wait()
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._protocol.resume()
-        return data
-
-    def push(self, sink: Sink) -> None:
-        """From now on each read's bytes go to `sink` as they arrive (see `pushed`)."""
-        self._sink = sink
-        if self._chunks:  # arrived before: sent first, in order
-            data = b"".join(self._chunks)
-            self._chunks.clear()
-            self._protocol.resume()
-            if sink(data):
-                self._held = True
-                self._protocol.hold()
-
-    def unpush(self) -> None:
-        """No more pushing: what still arrives is kept (and dropped with the connection)."""
-        self._sink = None
-
-    async def pushed(self) -> bool:
-        """Wait until the body is all pushed (True) or the sink asked to hold (False: call
-        `go_on` once its client has drained); raises what broke the body."""
-        while True:
-            if self._exc is not None:
-                raise self._exc
-            if self._eof:
-                return True
-            if self._held:
-                return False
-            await self._wait()
-
-    def go_on(self) -> None:
-        self._held = False
-        self._protocol.resume()
-
-    # fed by the protocol
-
-    def feed(self, data: bytes) -> None:
-        sink = self._sink
-        if sink is not None:
-            if sink(data):
-                self._held = True
-                self._protocol.hold()
-                self._wake()
-            return
-        self._chunks.append(data)
-        self._wake()
-        if len(self._chunks) > 1 and sum(map(len, self._chunks)) > READ_AHEAD:
-            self._protocol.hold()
-
-    def finish(self) -> None:
-        self._eof = True
-        self._wake()
-
-    async def _wait(self) -> None:
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
 
 class NodeProtocol(asyncio.Protocol):

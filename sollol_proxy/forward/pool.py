@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDictProxy
 
-from sollol_proxy.forward.nodewire import NodeBody, NodeProtocol
+from sollol_proxy.forward.nodebody import NodeBody
+from sollol_proxy.forward.nodewire import NodeProtocol
 from sollol_proxy.lifecycle.limits import set_keepalive
 
 # aiohttp's connector closes a pooled connection idle for this long; so does the pool.

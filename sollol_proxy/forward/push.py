@@ -21,7 +21,7 @@ from typing import Protocol
 
 from aiohttp import ClientConnectionResetError, web
 
-from sollol_proxy.forward.nodewire import NodeBody
+from sollol_proxy.forward.nodebody import NodeBody
 from sollol_proxy.forward.watchdog import IdleWatch
 
 

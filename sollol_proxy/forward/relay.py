@@ -20,7 +20,7 @@ from sollol_proxy.config import Config
 from sollol_proxy.fleet.fleet import Fleet, describe_error
 from sollol_proxy.fleet.health import Failure
 from sollol_proxy.fleet.node import NodeState
-from sollol_proxy.forward.nodewire import NodeBody
+from sollol_proxy.forward.nodebody import NodeBody
 from sollol_proxy.forward.push import Pusher
 from sollol_proxy.forward.record import Outcome, RequestRecord
 from sollol_proxy.forward.upstream import Opened

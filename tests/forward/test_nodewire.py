@@ -217,26 +217,3 @@ async def test_a_malformed_chunk_breaks_the_body(scripted: list[ScriptedNode]) -
         while await response.content.readany():
             pass
     response.close()
-
-
-async def test_a_pushed_body_reaches_the_sink_one_piece_per_read(
-    scripted: list[ScriptedNode],
-) -> None:
-    pieces = [HEAD + b"Transfer-Encoding: chunked\r\n\r\n", b"3\r\nabc\r\n", b"2\r\nde\r\n"]
-    pieces += [b"1\r\nf\r\n1\r\ng\r\n", b"0\r\n\r\n"]
-    node = await start(scripted, pieces)
-    pool = NodePool(1.0, 15.0)
-    response = await pool.request("POST", node.url, "/api/chat", {}, b"{}")
-    seen: list[bytes] = []
-
-    def sink(data: bytes) -> bool:
-        seen.append(data)
-        return False
-
-    response.content.push(sink)
-    assert await response.content.pushed()
-    # Each socket read is one piece; the two chunks of one read are one piece, not merged
-    # with another read's and not split.
-    assert seen == [b"abc", b"de", b"fg"]
-    response.release()
-    pool.close()

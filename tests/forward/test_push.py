@@ -10,7 +10,8 @@ import socket
 import aiohttp
 import pytest
 
-from sollol_proxy.forward.nodewire import NodeBody, NodeProtocol
+from sollol_proxy.forward.nodebody import NodeBody
+from sollol_proxy.forward.nodewire import NodeProtocol
 from tests.conftest import ClusterFactory, eventually
 
 MODEL = "llama3.2:latest"
