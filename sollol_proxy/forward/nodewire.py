@@ -87,6 +87,7 @@ class NodeProtocol(asyncio.Protocol):
         self._head = self.loop.create_future()
         self._mode, self._buffer = _HEAD, b""
         self._crlf = self._trailers = False
+        self.resume()  # the last answer may have ended held for a slow client
         return self._head
 
     async def drain(self) -> None:

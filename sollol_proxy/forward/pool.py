@@ -135,6 +135,9 @@ class NodePool:
         if not complete or protocol.should_close or not protocol.is_connected():
             protocol.close()
             return
+        # Read while idle, so that a node closing it is seen before the next request takes it
+        # (an answer pushed to a slow client may end with the node's socket paused).
+        protocol.resume()
         now = time.monotonic()
         connection.idle_since = now
         idle = self._idle.setdefault(connection.origin, deque())

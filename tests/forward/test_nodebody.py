@@ -3,6 +3,8 @@ socket read, or read with the node's socket paused while too much waits unread."
 
 from __future__ import annotations
 
+import asyncio
+
 from sollol_proxy.forward.nodebody import READ_AHEAD
 from sollol_proxy.forward.pool import NodePool
 from tests.conftest import eventually
@@ -53,4 +55,23 @@ async def test_an_unread_body_pauses_the_node_socket_and_reads_on_whole(
     assert received == body
     response.release()
     assert sum(len(idle) for idle in pool._idle.values()) == 1
+    pool.close()
+
+
+async def test_a_connection_held_for_a_slow_client_at_its_last_bytes_is_pooled_reading(
+    scripted: list[ScriptedNode],
+) -> None:
+    # The last piece fills the client's buffer (the sink says so) in the read that also ends
+    # the body: the connection goes back to the pool, and must be read again for the next.
+    answer = [HEAD + b"Transfer-Encoding: chunked\r\n\r\n", b"3\r\nabc\r\n0\r\n\r\n"]
+    node = await start(scripted, answer, answer)
+    pool = NodePool(1.0, 15.0)
+    response = await pool.request("POST", node.url, "/api/chat", {}, b"{}")
+    response.content.push(lambda data: True)
+    assert await response.content.pushed()
+    response.release()
+    async with asyncio.timeout(5):
+        response = await pool.request("POST", node.url, "/api/chat", {}, b"{}")
+        assert await response.content.readany() == b"abc"
+    assert node.connections == 1
     pool.close()
