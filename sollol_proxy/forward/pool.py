@@ -1,14 +1,14 @@
 """A lean client for the requests relayed to the nodes: keep-alive connections per node, each
-running aiohttp's own response protocol (its llhttp parser, its body reader and flow control).
+running the proxy's own node protocol (nodewire.py: the answer's head and framing, its body
+read or pushed as it arrives).
 
 `ClientSession.request` builds a `ClientRequest`, a `ClientResponse`, a yarl URL, a connector
 key, traces and timers for every request: about a tenth of the proxy's CPU per small request.
 The forwarder's requests need none of it: their headers are already computed (wire/headers.py),
 their body is bytes, they never follow redirects nor decompress. Here a request is its head and
-body written to a pooled connection, and its answer is the `(message, payload)` that aiohttp's
-`ResponseHandler` reads, so bodies, framing and the errors a broken answer raises (a node that
-disconnects, a body cut off) are exactly those of the session. Streamed uploads and HEAD still
-go through the session (upstream.py).
+body written to a pooled connection, and its answer is the head and body the node protocol
+reads, with the errors aiohttp raises for the same faults (a node that disconnects, a body cut
+off). Streamed uploads and HEAD still go through the session (upstream.py).
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import StreamReader
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 
+from sollol_proxy.forward.nodebody import NodeBody
+from sollol_proxy.forward.nodewire import NodeProtocol
 from sollol_proxy.lifecycle.limits import set_keepalive
 
 # aiohttp's connector closes a pooled connection idle for this long; so does the pool.
@@ -60,7 +58,7 @@ class PooledResponse:
         status: int,
         reason: str,
         headers: CIMultiDictProxy[str],
-        content: StreamReader,
+        content: NodeBody,
     ) -> None:
         self._pool, self._connection = pool, connection
         self.status, self.reason, self.headers, self.content = status, reason, headers, content
@@ -81,7 +79,7 @@ class PooledResponse:
 @dataclass(slots=True)
 class _Connection:
     origin: _Origin
-    protocol: ResponseHandler
+    protocol: NodeProtocol
     idle_since: float = 0.0
 
 
@@ -101,26 +99,25 @@ class NodePool:
         origin, base = self._origin(url)
         connection = self._take(origin) or await self._connect(origin)
         protocol = connection.protocol
-        protocol.set_response_params(read_until_eof=True, auto_decompress=False)
         lines = [f"{method} {base}{path} HTTP/1.1"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         if body or method not in _NO_BODY_METHODS:
             lines.append(f"Content-Length: {len(body) if body else 0}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        answer = protocol.expect()
         try:
             await self._write(protocol, head, body or b"")
-            message, payload = await protocol.read()
-        except HttpProcessingError as exc:  # as ClientResponse.start words it, without the URL
-            protocol.close()
-            raise aiohttp.ClientError(f"{exc.code}, message={exc.message!r}") from exc
+            status, reason, fields, content = await answer
         except BaseException:
             protocol.close()
+            if not answer.done():
+                answer.cancel()
+            elif not answer.cancelled():
+                answer.exception()  # retrieved: the error raised is the write's
             raise
-        return PooledResponse(
-            self, connection, message.code, message.reason, message.headers, payload
-        )
+        return PooledResponse(self, connection, status, reason, fields, content)
 
-    async def _write(self, protocol: ResponseHandler, head: bytes, body: bytes) -> None:
+    async def _write(self, protocol: NodeProtocol, head: bytes, body: bytes) -> None:
         transport = protocol.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("connection to the node closed")
@@ -130,7 +127,7 @@ class NodePool:
         transport.write(head)
         view = memoryview(body)
         for start in range(0, len(body), WRITE_SLICE):
-            await protocol._drain_helper()
+            await protocol.drain()
             transport.write(view[start : start + WRITE_SLICE])
 
     def release(self, connection: _Connection, complete: bool) -> None:
@@ -138,6 +135,9 @@ class NodePool:
         if not complete or protocol.should_close or not protocol.is_connected():
             protocol.close()
             return
+        # Read while idle, so that a node closing it is seen before the next request takes it
+        # (an answer pushed to a slow client may end with the node's socket paused).
+        protocol.resume()
         now = time.monotonic()
         connection.idle_since = now
         idle = self._idle.setdefault(connection.origin, deque())
@@ -177,7 +177,7 @@ class NodePool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 transport, protocol = await loop.create_connection(
-                    lambda: ResponseHandler(loop), origin.host, origin.port, ssl=context
+                    lambda: NodeProtocol(loop), origin.host, origin.port, ssl=context
                 )
         except TimeoutError:
             raise ConnectFailed("cannot connect (timed out)") from None

@@ -20,6 +20,8 @@ from sollol_proxy.config import Config
 from sollol_proxy.fleet.fleet import Fleet, describe_error
 from sollol_proxy.fleet.health import Failure
 from sollol_proxy.fleet.node import NodeState
+from sollol_proxy.forward.nodebody import NodeBody
+from sollol_proxy.forward.push import Pusher
 from sollol_proxy.forward.record import Outcome, RequestRecord
 from sollol_proxy.forward.upstream import Opened
 from sollol_proxy.forward.watchdog import IdleWatch
@@ -53,6 +55,9 @@ async def relay(
     is called when the node has sent its last byte."""
     upstream = opened.response
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    # The head goes out with the first bytes, which are at hand (as web.Response does): one
+    # socket write fewer per answer, and a small answer in one segment.
+    response._send_headers_immediately = False
     response[FROM_NODE] = True
     response.headers.extend(downstream_response_headers(upstream.headers))
     response.headers.update(routing)
@@ -64,6 +69,13 @@ async def relay(
     recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
     watch = WriteWatch(request, record, config.client_limits.write_timeout)
     idle = IdleWatch(upstream.content, config.timeouts.idle_read)  # one timer, not one per read
+    content = upstream.content
+    # On a pooled connection, the reads after the first go from the node's socket to the
+    # client's in the callback that brings them (push.py); otherwise each is awaited here, as
+    # is the end of an answer that came whole with its first bytes (a small one).
+    pusher = None
+    if isinstance(content, NodeBody) and not content.is_eof():
+        pusher = Pusher(request, content, recent, watch, idle)
     try:
         await response.prepare(request)
         chunk = opened.first_chunk
@@ -76,7 +88,10 @@ async def relay(
                 record.ttft_s = time.monotonic() - record.started
             try:
                 idle.reading()
-                chunk = await upstream.content.readany()
+                if pusher is not None:
+                    chunk = await pusher.rest()  # b"": all pushed, or the client left
+                else:
+                    chunk = await content.readany()
                 idle.done()
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 if attempt is not None:
@@ -85,6 +100,8 @@ async def relay(
                 record.outcome = Outcome.MIDSTREAM_FAILURE
                 await _broken_stream(request, response, upstream, node, exc, tail, fleet, config)
                 return response
+        if pusher is not None and pusher.gone is not None:
+            raise pusher.gone  # as a failed write to the client would
         tail = b"".join(recent)
         timings = parse_timings(tail)
         if attempt is not None:

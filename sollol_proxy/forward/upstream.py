@@ -98,8 +98,6 @@ async def open_upstream(
         data = _slices(body)
     elif not isinstance(body, bytes | None) and request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)
-    # encoded=True: the path goes out exactly as the client wrote it (yarl would resolve `..`).
-    url = yarl.URL(node.config.url + request.raw_path, encoded=True)
     response: aiohttp.ClientResponse | PooledResponse | None = None
     try:
         async with asyncio.timeout(first_byte):
@@ -109,6 +107,8 @@ async def open_upstream(
                     request.method, node.config.url, request.raw_path, headers, body
                 )
             else:
+                # encoded=True: the path goes out as the client wrote it (yarl resolves `..`).
+                url = yarl.URL(node.config.url + request.raw_path, encoded=True)
                 response = await session.request(
                     request.method, url, headers=headers, data=data, allow_redirects=False
                 )

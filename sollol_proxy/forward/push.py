@@ -1,0 +1,102 @@
+"""Relaying a streamed answer in the callback that reads it: node socket to client socket.
+
+Awaited, each chunk of a stream costs a future, a wake-up of the relaying task and a pass
+through aiohttp's writer on top of the two socket calls. Pushed, the node protocol's
+`data_received` (nodewire.py) hands the read's body bytes to `Pusher`, which writes them to the
+client's transport at once, framed as aiohttp's writer frames a write (one chunk per read when
+the answer is chunked, the bytes as they are when it is sized): the bytes, their order and
+their grouping are those of the awaited relay, and the relaying task wakes only at the end, when
+the body breaks, or when the client stops reading.
+
+Backpressure: once the client's transport is over its high-water mark, the node's socket stops
+being read and the task waits for the client to drain (the write watchdog bounds that wait, the
+idle watchdog is paused meanwhile: the silence is the client's). A client gone is seen here or
+by the connection, which cancels the task; either way the node's request is closed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from aiohttp import ClientConnectionResetError, web
+
+from sollol_proxy.forward.nodebody import NodeBody
+from sollol_proxy.forward.watchdog import IdleWatch
+
+
+class WriteWatch(Protocol):
+    """The relay's bound on a blocked write to the client (relay.py)."""
+
+    def writing(self) -> None: ...
+    def written(self) -> None: ...
+
+
+class Pusher:
+    __slots__ = (
+        "_body",
+        "_chunked",
+        "_client",
+        "_idle",
+        "_recent",
+        "_request",
+        "_transport",
+        "_watch",
+        "gone",
+    )
+
+    def __init__(
+        self,
+        request: web.Request,
+        body: NodeBody,
+        recent: deque[bytes],
+        watch: WriteWatch,
+        idle: IdleWatch,
+    ) -> None:
+        self._request, self._body, self._recent = request, body, recent
+        self._watch, self._idle = watch, idle
+        self._chunked = False
+        self._transport = request.transport
+        self._client = request.protocol
+        self.gone: ConnectionError | None = None  # the client went away while pushing
+
+    async def rest(self) -> bytes:
+        """Push the rest of the body (after the first bytes, written by the relay); b"" once
+        it is all written or the client is gone (`gone`). Raises what broke the node's body."""
+        request, body = self._request, self._body
+        self._chunked = request.writer.chunked  # type: ignore[attr-defined]
+        body.push(self)
+        try:
+            while not await body.pushed():
+                if self.gone is not None:
+                    return b""
+                self._idle.done()  # waiting for the client, not for the node
+                self._watch.writing()
+                try:
+                    await request.writer.drain()
+                except ConnectionError as exc:
+                    self.gone = exc
+                    return b""
+                self._watch.written()
+                self._idle.reading()
+                body.go_on()
+            return b""
+        finally:
+            # Whatever ends the answer (an in-stream error, the shutdown's cut) is written by
+            # the relay after this: no later read of the node may be written after it.
+            body.unpush()
+
+    def __call__(self, data: bytes) -> bool:
+        """One read's body bytes, written to the client now; True when the client's buffer is
+        full (the node's socket is then not read until it drained)."""
+        transport = self._transport  # a closed one says so: is_closing()
+        if transport is None or transport.is_closing():
+            self.gone = ClientConnectionResetError("Cannot write to closing transport")
+            return True
+        self._recent.append(data)
+        if self._chunked:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+        self._idle.reading()  # the silence bound runs from this read
+        return self._client.writing_paused
