@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from sollol_proxy.fleet.accuracy import Accuracy
@@ -130,9 +130,12 @@ class PromptCache:
         keys: PrefixKeys,
         slots: Mapping[str, int],
         now: float | None = None,
+        only: Collection[str] | None = None,
     ) -> dict[str, Probe]:
-        """For each node in `slots` (name -> slots of the model there), what this prompt would
-        find. Nodes where the proxy believes nothing is cached are left out."""
+        """For each node in `slots` (name -> slots of the model there), or only those in
+        `only`, what this prompt would find. Nodes where the proxy believes nothing is cached
+        are left out. What a displaced prefix is worth counts every node in `slots`, so a
+        node's probe is the same whichever others are in `only`."""
         if not keys:
             return {}
         known = self._runners
@@ -151,7 +154,12 @@ class PromptCache:
         keys_only = heads(keys)
         first_key = keys_only[0]
         worth: dict[bytes, float] = {}  # first prefix -> what losing a node's copy costs
-        for node, runner in runners.items():
+        probed = (
+            runners.items()
+            if only is None
+            else [(node, runners[node]) for node in only if node in runners]
+        )
+        for node, runner in probed:
             outsider = runner.outsider()
             full = None
             waiting, waiting_slots, since = 0, 0, 0.0
