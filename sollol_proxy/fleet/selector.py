@@ -129,7 +129,8 @@ class Selector:
         # of a node still in slow start (resizing it would forget what the slots hold).
         bases = self._views.bases(nodes, profile, now)
         slots = {entry.name: entry.slots for entry in bases}
-        slots.update((n.name, model_slots(n, model)) for n in waitable)
+        # A free node's is its kept view's, made from the same belief (a change counts).
+        slots.update((n.name, model_slots(n, model)) for n in waitable if n.name not in slots)
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
         # this model's tokens, the unit of Ollama's counts and of the learned speeds.
         ratio = self._learner.token_ratio(model)
@@ -192,9 +193,7 @@ class Selector:
             targets += [Target(by_name[e.name], route, category(e.view)) for e in others]
         if choices:
             first = choices[0].node
-            self._prompt_cache.reserve(
-                first, model, profile.prefix_keys, model_slots(by_name[first], model), now
-            )
+            self._prompt_cache.reserve(first, model, profile.prefix_keys, slots[first], now)
         # Exact estimates are shown for the top; the others by name, in the order tried.
         shown = choices[: self._top] if only_top else choices
         unpriced = (*(c.node for c in choices[len(shown) :]), *(e.name for e in others))
