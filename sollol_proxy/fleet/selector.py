@@ -15,7 +15,7 @@ from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.plan import Candidates, NoTarget, Plan, Target
 from sollol_proxy.fleet.pricing import bounded, price, top_size
-from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
+from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache, Rounds
 from sollol_proxy.fleet.snapshot import waiting_view
 from sollol_proxy.fleet.views import Kept, Views, probed
 from sollol_proxy.fleet.waiting import Hold, Waits
@@ -146,12 +146,13 @@ class Selector:
         only_top = isinstance(strategy, Performance) and bounded(len(bases), self._top)
         if only_top:
             # Only the candidates that can be in the top are probed and estimated (pricing.py).
+            rounds = Rounds()
             priced = price(
                 bases,
                 request,
                 self._top,
                 lambda names: self._prompt_cache.probe(
-                    model, profile.prefix_keys, slots, now, only=names
+                    model, profile.prefix_keys, slots, now, only=names, rounds=rounds
                 ),
                 lambda entries, found: probed(entries, found, ratio, now, self._learner, profile),
                 [n.name for n in waitable],
