@@ -94,6 +94,7 @@ class Decision:
     __slots__ = (
         "candidates",
         "expected_output",
+        "others",
         "priority",
         "profile",
         "queue_s",
@@ -112,6 +113,7 @@ class Decision:
         expected_output: float,
         choices: Sequence[Choice],
         views: Sequence[NodeView],
+        others: tuple[str, ...] = (),
     ) -> None:
         self.request_id = request_id
         self.time = time.time()
@@ -128,6 +130,9 @@ class Decision:
         self.strategy = strategy
         self.expected_output = expected_output
         self.candidates = _compact(choices, views)
+        # The candidates after the top, by name only, in the order failover tries them
+        # (performance prices only the top exactly: fleet/pricing.py).
+        self.others = others
         self.served_by: str | None = None
         self.queue_s: float | None = None  # how long it waited in the queue, when it did
 
@@ -154,6 +159,7 @@ class Decision:
             "reason": first["reason"] if first else "",
             "category": first["category"] if first else "",
             "candidates": candidates,
+            "others": list(self.others),
         }
         if self.queue_s is not None:
             entry["queue_s"] = round(self.queue_s, 4)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from sollol_proxy.fleet.accuracy import Accuracy
@@ -71,6 +71,17 @@ class Probe:
 
 
 NO_PROBE = Probe()
+
+
+class Rounds:
+    """What one request's probes in rounds (fleet/pricing.py) share, worked out once: the
+    runners of every node given and how many hold each first prefix."""
+
+    __slots__ = ("copies", "runners")
+
+    def __init__(self) -> None:
+        self.runners: dict[str, SlotCache] | None = None
+        self.copies: Counter[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -130,28 +141,41 @@ class PromptCache:
         keys: PrefixKeys,
         slots: Mapping[str, int],
         now: float | None = None,
+        only: Collection[str] | None = None,
+        rounds: Rounds | None = None,
     ) -> dict[str, Probe]:
-        """For each node in `slots` (name -> slots of the model there), what this prompt would
-        find. Nodes where the proxy believes nothing is cached are left out."""
+        """For each node in `slots` (name -> slots of the model there), or only those in
+        `only` (`rounds`: shared by one request's probes in rounds, same `slots`), what this
+        prompt would find; nodes where nothing is believed cached are left out. A displaced
+        prefix's worth counts every node in `slots`, whichever are in `only`."""
         if not keys:
             return {}
-        known = self._runners
-        runners: dict[str, SlotCache] = {}
-        for node, count in slots.items():  # as _runner, in one lookup per node
-            runner = known.get((node, model))
-            if runner is not None:
-                if len(runner.slots) < count:
-                    runner.resize(count)
-                runners[node] = runner
+        runners = None if rounds is None else rounds.runners
+        if runners is None:
+            known = self._runners
+            runners = {}
+            for node, count in slots.items():  # as _runner, in one lookup per node
+                runner = known.get((node, model))
+                if runner is not None:
+                    if len(runner.slots) < count:
+                        runner.resize(count)
+                    runners[node] = runner
+            if rounds is not None:
+                rounds.runners = runners
         found: dict[str, Probe] = {}
         gap = self._gaps.get(model)
         now = time.monotonic() if now is None else now
-        copies: Counter[bytes] | None = None  # nodes holding each first prefix, when needed
+        copies = None if rounds is None else rounds.copies  # nodes holding each first prefix
         fleet_slots = sum(slots.values())
         keys_only = heads(keys)
         first_key = keys_only[0]
         worth: dict[bytes, float] = {}  # first prefix -> what losing a node's copy costs
-        for node, runner in runners.items():
+        probed = (
+            runners.items()
+            if only is None
+            else [(node, runners[node]) for node in only if node in runners]
+        )
+        for node, runner in probed:
             outsider = runner.outsider()
             full = None
             waiting, waiting_slots, since = 0, 0, 0.0
@@ -175,6 +199,8 @@ class PromptCache:
                     if first not in worth:
                         if copies is None:
                             copies = first_key_copies(runners.values())
+                            if rounds is not None:
+                                rounds.copies = copies
                         worth[first] = self._worth(model, first, copies[first], fleet_slots)
                     displaced = root * worth[first]
                 if history > 0 and gap:

@@ -14,13 +14,14 @@ from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.plan import Candidates, NoTarget, Plan, Target
-from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
+from sollol_proxy.fleet.pricing import bounded, price, top_size
+from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache, Rounds
 from sollol_proxy.fleet.snapshot import waiting_view
-from sollol_proxy.fleet.views import Views, probed
+from sollol_proxy.fleet.views import Kept, Views, probed
 from sollol_proxy.fleet.waiting import Hold, Waits
 from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from sollol_proxy.routing.analysis import RequestProfile
-from sollol_proxy.routing.performance import Performance, worth_waiting
+from sollol_proxy.routing.performance import Performance, category, ranked, worth_waiting
 from sollol_proxy.wire.headers import NODE_HEADER
 from sollol_proxy.wire.logsafe import loggable
 
@@ -53,6 +54,8 @@ class Selector:
         # estimate prices: nothing is held back here for a busy slot.
         self._may_hold = config.queue.enabled
         self._per_model = {m: self._strategies[s] for m, s in config.model_strategies.items()}
+        self._top = top_size(config.max_attempts)
+        self._beyond = f"{Performance.name}: not in the top {self._top}, by a lower bound"
 
     def strategy_for(self, model: str) -> Strategy:
         return self._per_model.get(model, self._default)
@@ -126,21 +129,40 @@ class Selector:
         # of a node still in slow start (resizing it would forget what the slots hold).
         bases = self._views.bases(nodes, profile, now)
         slots = {entry.name: entry.slots for entry in bases}
-        slots.update((n.name, model_slots(n, model)) for n in waitable)
-        probes = self._prompt_cache.probe(model, profile.prefix_keys, slots, now)
+        # A free node's is its kept view's, made from the same belief (a change counts).
+        slots.update((n.name, model_slots(n, model)) for n in waitable if n.name not in slots)
         # The analysis estimates tokens at 4 characters each; the learned ratio turns that into
         # this model's tokens, the unit of Ollama's counts and of the learned speeds.
         ratio = self._learner.token_ratio(model)
         if hold is None:
             self._learner.observe_request(model)
-        views = probed(bases, probes, ratio, now, self._learner, profile)
         request = RouteRequest(
             model=model,
             request_id=request_id,
             prompt_tokens=round(profile.prompt_tokens * ratio),
             expected_output=self._learner.expected_output(model, profile.task, profile.max_output),
         )
-        choices = strategy.rank(request, views)
+        others: list[Kept] = []
+        only_top = isinstance(strategy, Performance) and bounded(len(bases), self._top)
+        if only_top:
+            # Only the candidates that can be in the top are probed and estimated (pricing.py).
+            rounds = Rounds()
+            priced = price(
+                bases,
+                request,
+                self._top,
+                lambda names: self._prompt_cache.probe(
+                    model, profile.prefix_keys, slots, now, only=names, rounds=rounds
+                ),
+                lambda entries, found: probed(entries, found, ratio, now, self._learner, profile),
+                [n.name for n in waitable],
+            )
+            views, probes, others = priced.views, priced.probes, priced.others
+            choices = ranked(request, views, priced.estimates)
+        else:
+            probes = self._prompt_cache.probe(model, profile.prefix_keys, slots, now)
+            views = probed(bases, probes, ratio, now, self._learner, profile)
+            choices = strategy.rank(request, views)
         if waitable and choices:
             waiting = [
                 waiting_view(
@@ -163,15 +185,28 @@ class Selector:
                 return Plan(hold=self._waits.hold(wait.node, until, replacing=hold))
         self._waits.release(hold)
         by_name = {entry.name: node for entry, node in zip(bases, nodes, strict=True)}
-        ranked, name = Target.ranked, strategy.name  # read once: this runs per candidate
-        targets = [ranked(by_name[c.node], name, c) for c in choices]
+        ranked_target, name = Target.ranked, strategy.name  # read once: this runs per candidate
+        targets = [ranked_target(by_name[c.node], name, c) for c in choices]
+        if others:
+            # By lower bound, after the priced ones: failover reaches them only when the
+            # nodes before them are all skipped or failed.
+            route = self._beyond
+            targets += [Target(by_name[e.name], route, category(e.view)) for e in others]
         if choices:
             first = choices[0].node
-            self._prompt_cache.reserve(
-                first, model, profile.prefix_keys, model_slots(by_name[first], model), now
-            )
+            self._prompt_cache.reserve(first, model, profile.prefix_keys, slots[first], now)
+        # Exact estimates are shown for the top; the others by name, in the order tried.
+        shown = choices[: self._top] if only_top else choices
+        unpriced = (*(c.node for c in choices[len(shown) :]), *(e.name for e in others))
         decision = Decision(
-            request_id, profile, priority, strategy.name, request.expected_output, choices, views
+            request_id,
+            profile,
+            priority,
+            strategy.name,
+            request.expected_output,
+            shown,
+            views,
+            unpriced,
         )
         self._decisions.add(decision)
         return Plan(targets, decision)

@@ -213,5 +213,6 @@ def _decision(decision: dict[str, Any]) -> dict[str, Any]:
         **{k: decision.get(k) for k in keys},
         "category": decision.get("category"),
         "reason": decision.get("reason"),
-        "candidates": len(decision.get("candidates", ())),
+        # Those priced exactly and the others (performance prices only the top of a large fleet).
+        "candidates": len(decision.get("candidates", ())) + len(decision.get("others", ())),
     }

@@ -80,6 +80,36 @@ def estimate(view: NodeView, request: RouteRequest) -> Estimate:
     return tuple.__new__(Estimate, (total, wait, load, evict, prefill, decode))
 
 
+def lower_bound(view: NodeView, request: RouteRequest) -> float:
+    """At most `estimate(v, request).total` for every `v` the prompt cache's probe can make of
+    `view` (fleet/views.py `probed`), and cheaper: the whole prompt cached but one token and
+    nothing displaced (the probe only adds cached and displaced tokens), no wait where the
+    probe may put one, a reload without the drain of the requests ahead (the probe may price
+    their service time afresh). The same sums in the same order as `estimate`, each term no
+    larger, so that floating-point rounding keeps it a bound too."""
+    slots = view.num_parallel
+    busy = view.model_in_flight
+    queue = (
+        (busy - slots + 1) / slots * view.service_s
+        if busy >= slots and view.slot_wait_s is None
+        else 0.0
+    )
+    wait = load = evict = 0.0
+    if view.resident and view.options_match:
+        wait = queue
+    elif view.resident:
+        load = view.load_s
+        evict = view.evict_s
+    elif view.loading:
+        load, wait = view.load_s, queue
+    else:
+        load = view.load_s * (1 + view.loads_pending)
+        evict = view.evict_s
+    prefill = 1 / view.prefill_tps
+    decode = request.expected_output / view.decode_tps
+    return (wait + load + evict + prefill + decode) / max(view.success, MIN_SUCCESS)
+
+
 @dataclass(frozen=True, slots=True)
 class Wait:
     """Wait for a busy slot of `node` rather than go to a free node now."""
@@ -125,31 +155,36 @@ class Performance:
     name: ClassVar[str] = "performance"
 
     def rank(self, request: RouteRequest, candidates: Sequence[NodeView]) -> list[Choice]:
-        if not candidates:
-            return []
-        # Candidates by estimate (stable: equal estimates keep the candidates' order), as
-        # indices sorted on a list of totals: no pair or key function per candidate.
-        estimates = [estimate(view, request) for view in candidates]
-        totals = [est[0] for est in estimates]
-        order = sorted(range(len(totals)), key=totals.__getitem__)
-        best = totals[order[0]]
-        band = best * NEAR_TIE_RATIO + NEAR_TIE_SLACK_S
-        near = 1
-        while near < len(order) and totals[order[near]] <= band:
-            near += 1
-        if near > 1:
-            order[:near] = sorted(
-                order[:near],
-                key=lambda i: (candidates[i].in_flight / candidates[i].num_parallel, totals[i]),
-            )
-        first = order[0]
-        runner_up = totals[order[1]] if len(order) > 1 else None
-        generates = request.expected_output > 0
-        ranked: list[Choice] = [
-            Described(candidates[first], estimates[first], runner_up, generates)
-        ]
-        ranked += [Described(candidates[i], estimates[i], best, generates) for i in order[1:]]
-        return ranked
+        return ranked(request, candidates, [estimate(view, request) for view in candidates])
+
+
+def ranked(
+    request: RouteRequest, candidates: Sequence[NodeView], estimates: Sequence[Estimate]
+) -> list[Choice]:
+    """`candidates` ranked by their `estimates` (made already: the selector's bounded
+    pricing, fleet/pricing.py, makes them to know which candidates to price)."""
+    if not candidates:
+        return []
+    # Candidates by estimate (stable: equal estimates keep the candidates' order), as
+    # indices sorted on a list of totals: no pair or key function per candidate.
+    totals = [est[0] for est in estimates]
+    order = sorted(range(len(totals)), key=totals.__getitem__)
+    best = totals[order[0]]
+    band = best * NEAR_TIE_RATIO + NEAR_TIE_SLACK_S
+    near = 1
+    while near < len(order) and totals[order[near]] <= band:
+        near += 1
+    if near > 1:
+        order[:near] = sorted(
+            order[:near],
+            key=lambda i: (candidates[i].in_flight / candidates[i].num_parallel, totals[i]),
+        )
+    first = order[0]
+    runner_up = totals[order[1]] if len(order) > 1 else None
+    generates = request.expected_output > 0
+    result: list[Choice] = [Described(candidates[first], estimates[first], runner_up, generates)]
+    result += [Described(candidates[i], estimates[i], best, generates) for i in order[1:]]
+    return result
 
 
 class Described(Choice):

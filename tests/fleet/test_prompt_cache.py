@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sollol_proxy.fleet.prompt_cache import RESERVATION_S, PromptCache
+from sollol_proxy.fleet.prompt_cache import RESERVATION_S, PromptCache, Rounds
 from sollol_proxy.routing.analysis import analyze
 from sollol_proxy.routing.slot_cache import MAX_KEYS
 
@@ -115,6 +115,16 @@ def test_pushing_out_a_popular_shared_prefix_costs_more_than_a_rare_one() -> Non
     probes = cache.probe("m", chat("a third team " * 80, "hello"), {"a": 1, "b": 1, "c": 1})
     # a and b both hold the popular prefix: each copy is worth half of it; c's is rarely asked for
     assert probes["a"].displaced == probes["b"].displaced > probes["c"].displaced > 0
+    # Probing only some nodes (the selector prices only its top) finds the same on them: a
+    # copy's worth still counts every node given.
+    only = cache.probe(
+        "m", chat("a third team " * 80, "hello"), {"a": 1, "b": 1, "c": 1}, only=["a"]
+    )
+    assert only == {"a": probes["a"]}
+    rounds, keys = Rounds(), chat("a third team " * 80, "hello")
+    first = cache.probe("m", keys, {"a": 1, "b": 1, "c": 1}, only=["c"], rounds=rounds)
+    second = cache.probe("m", keys, {"a": 1, "b": 1, "c": 1}, only=["a", "b"], rounds=rounds)
+    assert {**first, **second} == probes and rounds.copies is not None
 
 
 def test_the_truth_scores_the_prediction_and_a_false_hit_clears_the_runner() -> None:

@@ -24,6 +24,7 @@ from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import Lease, NodeState
 from sollol_proxy.fleet.plan import Candidates, NoTarget, Plan
+from sollol_proxy.fleet.pricing import bounded, top_size
 from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
 from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.fleet.snapshot import demand_by_model, node_view, waiting_view
@@ -43,6 +44,7 @@ from sollol_proxy.wire.timings import Timings
 GiB = 2**30
 MODELS = [f"m{i}:latest" for i in range(6)]
 SYSTEMS = [str(i) * 3000 for i in range(4)]
+TOP = top_size(3)  # max_attempts' default: the candidates priced exactly
 
 
 def reference_rank(request: RouteRequest, views: list[NodeView]) -> list[tuple[Choice, NodeView]]:
@@ -183,8 +185,9 @@ def timing(rng: random.Random) -> Timings:
     )
 
 
-async def one_fleet(seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
-    """(selections compared, of which holds for a busy slot)"""
+async def one_fleet(seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int, int]:
+    """(selections compared, of which holds for a busy slot, and with candidates beyond the
+    top)"""
     rng = random.Random(seed)
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
@@ -196,7 +199,7 @@ async def one_fleet(seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, in
     admission = Admission(config.queue)
     mocked = make_mocked_request("POST", "/api/chat")
     running: list[tuple[Lease, Any, NodeState, str]] = []
-    compared = 0
+    compared = beyond = 0
     holds: list[Hold] = []
     for step in range(30):
         # Between steps: the fleet learns (which moves other nodes' stand-in figures, shown at
@@ -244,27 +247,33 @@ async def one_fleet(seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, in
                 continue
             assert held is None, (seed, step, i)
             assert plan.decision is not None
+            # The top is priced exactly, as the reference does; beyond it only who is there.
             shown = plan.decision.to_json()
-            assert shown["candidates"] == expected, (seed, step, i)
-            assert [t.node.name for t in plan.targets] == [c["node"] for c in expected]
-            assert [t.route for t in plan.targets] == [
-                f"performance: {c['reason']}" for c in expected
-            ]
-            assert [t.reason.value for t in plan.targets] == [c["category"] for c in expected]
+            shown_exactly = TOP if bounded(len(free), TOP) else len(free)
+            top, rest = expected[:shown_exactly], expected[shown_exactly:]
+            assert shown["candidates"] == top, (seed, step, i)
+            assert sorted(shown["others"]) == sorted(c["node"] for c in rest), (seed, step, i)
+            first, after = plan.targets[:shown_exactly], plan.targets[shown_exactly:]
+            assert [t.node.name for t in first] == [c["node"] for c in top]
+            assert [t.route for t in first] == [f"performance: {c['reason']}" for c in top]
+            assert [t.reason.value for t in first] == [c["category"] for c in top]
+            assert [t.node.name for t in after] == shown["others"]  # failover's order
+            beyond += len(rest) > 0
             node = plan.targets[0].node
             admission.take(node, profile.model)
             ticket = cache.take(
                 node.name, profile.model, profile.prefix_keys, model_slots(node, profile.model)
             )
             running.append((Lease(node, profile.model), ticket, node, profile.model))
-    return compared, len(holds)
+    return compared, len(holds), beyond
 
 
 async def test_the_selector_decides_as_the_straightforward_ranking(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    compared = held = 0
+    compared = held = beyond = 0
     for seed in range(40):
-        ranked, holds = await one_fleet(seed, monkeypatch)
-        compared, held = compared + ranked, held + holds
+        ranked, holds, more = await one_fleet(seed, monkeypatch)
+        compared, held, beyond = compared + ranked, held + holds, beyond + more
     assert compared > 1000 and held > 100  # both ways out of the selector were compared
+    assert beyond > 300  # and fleets larger than the top: a ranking by bounds beyond it

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
+from sollol_proxy.observe.dashboard import _decision
 from tests.conftest import ClusterFactory, chromium, eventually
 
 MODEL = "llama3.2:latest"
@@ -101,3 +102,9 @@ async def test_without_chromium_the_browser_test_skips_except_in_ci(
     report = stdout.decode()
     assert outcome in report, report
     assert "chromium is not installed, so the browser tests cannot run" in report
+
+
+def test_a_decision_counts_the_candidates_not_priced_exactly_too() -> None:
+    shown = {"candidates": [{"node": "a"}, {"node": "b"}], "others": ["c", "d", "e"]}
+    assert _decision(shown)["candidates"] == 5
+    assert _decision({"candidates": [{"node": "a"}]})["candidates"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 from sollol_proxy.routing import NodeView, RouteRequest, make_strategy
@@ -10,6 +11,7 @@ from sollol_proxy.routing.performance import (
     NEAR_TIE_SLACK_S,
     describe,
     estimate,
+    lower_bound,
     worth_waiting,
 )
 
@@ -180,3 +182,42 @@ def test_no_more_requests_wait_for_a_node_than_it_has_slots() -> None:
     both = [waiting("later", 0.6), waiting("sooner", 0.2)]
     wait = worth_waiting(SHORT, [free], both)
     assert wait is not None and wait.node == "sooner"
+
+
+def test_the_lower_bound_is_below_every_estimate_the_probe_can_make() -> None:
+    """What the prompt cache's probe puts on a view (fleet/views.py `probed`): cached and
+    displaced tokens, and where every slot is busy a wait for one with the service time
+    priced afresh. The bound of the view without them is at most any such estimate."""
+    rng = random.Random(7)
+    for _ in range(20_000):
+        slots = rng.choice((1, 2, 4))
+        busy = rng.randint(0, 6)
+        view = replace(
+            BASE,
+            num_parallel=slots,
+            model_in_flight=busy,
+            resident=rng.random() < 0.6,
+            options_match=rng.random() < 0.8,
+            loading=rng.random() < 0.2,
+            loads_pending=rng.randint(0, 2),
+            prefill_tps=rng.uniform(50, 5000),
+            decode_tps=rng.uniform(5, 150),
+            load_s=rng.uniform(0, 30),
+            service_s=rng.uniform(0, 10),
+            evict_s=rng.choice((0.0, rng.uniform(0, 20))),
+            success=rng.uniform(0, 1),
+        )
+        request = replace(
+            REQUEST,
+            prompt_tokens=rng.randint(0, 9000),
+            expected_output=rng.choice((0, rng.uniform(1, 900))),
+        )
+        probed = replace(
+            view,
+            cached_tokens=rng.randint(0, request.prompt_tokens + 10),
+            displaced_tokens=rng.choice((0.0, rng.uniform(0, 5000))),
+        )
+        if busy < slots and rng.random() < 0.3:  # every slot busy, as the probe found
+            service = rng.uniform(0, 10)
+            probed = replace(probed, service_s=service, slot_wait_s=rng.uniform(0.1, 1) * service)
+        assert lower_bound(view, request) <= estimate(probed, request).total, (view, probed)
