@@ -1,8 +1,10 @@
 """The Lua scripts that make each shared decision atomic inside Redis.
 
 Keys (all under `state.key_prefix`): `alive` (sorted set: replica -> expiry in ms, Redis's
-clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `wait:<model>` (sorted
-set: waiter -> urgency, lower first) and `wexp:<model>` (sorted set: waiter -> expiry in ms).
+clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `hand:<node>|<model>`
+(hash: waiter -> 1 for the slots a release handed to that waiter, counted in its replica's
+slots, and not yet taken by one of that replica's requests), `wait:<model>` (sorted set: waiter -> urgency, lower first; a waiter is
+`<replica>:<n>`) and `wexp:<model>` (sorted set: waiter -> expiry in ms).
 Slots of a replica whose `alive` entry has expired are dropped by the next grant, so a killed
 replica's slots come back within `state.lease_ttl`; its waiters expire the same way.
 """
@@ -11,22 +13,119 @@ from __future__ import annotations
 
 import hashlib
 
+# A slot handed to a waiter is taken back after this if its replica has not taken it (it missed
+# the event, or died): the replica takes or gives back its handed slots within
+# `leases.RESERVE_S`, and tells Redis within `leases.LAZY_S`.
+HAND_TTL_MS = 3000
+# A shared slot belief no replica has proven again for this long is dropped (a node restarted
+# with fewer slots is then learned anew, from each replica's own belief).
+BELIEF_TTL_S = 600
+
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: slots hash, alive, wait, wexp. ARGV: replica, capacity, waiter id, urgency, ttl ms.
-# Returns {1, total} granted, {0, total, other replicas' waiters ahead (counted up to the free
-# slots)} refused (the waiter is then registered), or {-1, 0}
-# when this replica is unknown to Redis (restarted, or the replica was away past its lease).
+# Hands up to `free` slots of SLOTS to the most urgent waiters of WAIT (their replicas alive),
+# those with an urgency below `below` only, skipping the waiters of replica `skip` (nil: none):
+# each is counted as its replica's slot at once and noted in HAND (handed, not yet taken), and
+# the waiter leaves the order. A waiter of another replica than ME is told through the channel;
+# those of ME are returned. Dead replicas' waiters are left to their expiry.
+_BOUND = (
+    f"""
+local BELIEF_TTL_S = {BELIEF_TTL_S}
+"""
+    + """
+local function bound(BELIEF, capacity, learn)
+  if learn ~= '1' then return tonumber(capacity) end
+  return tonumber(redis.call('GET', BELIEF) or capacity) + 1
+end
+"""
+)
+
+_HAND_OVER = (
+    f"""
+local HAND_TTL_MS = {HAND_TTL_MS}
+"""
+    + """
+local function owner(id) return string.match(id, '^(.*):[^:]*$') end
+-- A slot handed to a waiter whose replica never took it (it missed the event): back to the
+-- pool. A replica that took it after all counts it anew (`TAKE`).
+local function expire_hand(SLOTS, HAND)
+  local entries = redis.call('HGETALL', HAND)
+  for i = 1, #entries, 2 do
+    if tonumber(entries[i + 1]) < now then
+      redis.call('HDEL', HAND, entries[i])
+      local r = owner(entries[i])
+      if r and redis.call('HINCRBY', SLOTS, r, -1) <= 0 then redis.call('HDEL', SLOTS, r) end
+    end
+  end
+end
+local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, model, free, below, skip)
+  local mine = {}
+  local offset = 0
+  local looked = 0
+  while free > 0 and looked < 256 do
+    local batch = redis.call('ZRANGEBYSCORE', WAIT, '-inf', below, 'LIMIT', offset, 16)
+    if #batch == 0 then break end
+    local kept = 0
+    for _, id in ipairs(batch) do
+      looked = looked + 1
+      local r = owner(id)
+      local alive = r and r ~= skip and redis.call('ZSCORE', ALIVE, r)
+      if free > 0 and alive and tonumber(alive) >= now then
+        redis.call('HINCRBY', SLOTS, r, 1)
+        redis.call('HSET', HAND, id, now + HAND_TTL_MS)
+        redis.call('ZREM', WAIT, id)
+        redis.call('ZREM', WEXP, id)
+        free = free - 1
+        if r == ME then
+          mine[#mine + 1] = id
+        else
+          redis.call('PUBLISH', channel, cjson.encode({kind = 'handed', to = r, waiter = id,
+            node = node, model = model}))
+        end
+      else
+        kept = kept + 1
+      end
+    end
+    offset = offset + kept
+  end
+  return mine
+end
+"""
+)
+
+# KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, capacity, waiter id, urgency,
+# ttl ms, channel, node, model, the asker's new belief (or ""; kept if it is the highest: a slot
+# proven by any replica is there), learn (1: the bound is the shared
+# belief, or `capacity` (the asker's belief) while none is shared, plus one probe margin; else
+# `capacity`, configured). Each answer ends with the shared belief ("" if
+# none). Returns {1, total} granted, {2, total} granted from a slot handed to
+# this waiter earlier (not yet taken by one of its replica's requests), {0, total} refused (the waiter
+# is then registered), {3, total} refused while others wait too (a slot freed anywhere will be
+# handed to the most urgent of them: no use asking another node), or {-1, 0} when this replica is unknown to Redis (restarted, or the
+# replica was away past its lease). Free slots that more urgent waiters of other replicas are
+# waiting for are handed to them first.
 GRANT = (
     _NOW
+    + _BOUND
+    + _HAND_OVER
     + """
 local me = ARGV[1]
 local mine = redis.call('ZSCORE', KEYS[2], me)
-if not mine or tonumber(mine) < now then return {-1, 0} end
+if not mine or tonumber(mine) < now then return {-1, 0, ''} end
+if ARGV[10] == '1' and ARGV[9] ~= '' then
+  local was = redis.call('GET', KEYS[6])
+  if not was or tonumber(ARGV[9]) >= tonumber(was) then
+    redis.call('SET', KEYS[6], ARGV[9], 'EX', BELIEF_TTL_S)
+  end
+end
+local capacity = bound(KEYS[6], ARGV[2], ARGV[10])
+local shared = redis.call('GET', KEYS[6]) or ''
+if ARGV[10] ~= '1' then shared = '' end
 local total = 0
+local dead = false
 local held = redis.call('HGETALL', KEYS[1])
 for i = 1, #held, 2 do
   local alive = redis.call('ZSCORE', KEYS[2], held[i])
@@ -34,6 +133,14 @@ for i = 1, #held, 2 do
     total = total + tonumber(held[i + 1])
   else
     redis.call('HDEL', KEYS[1], held[i])
+    dead = true
+  end
+end
+expire_hand(KEYS[1], KEYS[5])
+if dead then  -- the slots handed to a dead replica's waiters went with its slots
+  for _, id in ipairs(redis.call('HKEYS', KEYS[5])) do
+    local alive = redis.call('ZSCORE', KEYS[2], owner(id) or '')
+    if not alive or tonumber(alive) < now then redis.call('HDEL', KEYS[5], id) end
   end
 end
 local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 32)
@@ -41,54 +148,72 @@ for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZREM', KEYS[4], id)
 end
--- Waiters of other replicas more urgent than this request, counted only as far as the free
--- slots go (this replica's own waiters are ordered by its local queue, holds included).
-local free = tonumber(ARGV[2]) - total
-local ahead = 0
-local offset = 0
-local own = ARGV[1] .. ':'
-while ahead < free and offset < 1024 do
-  local batch = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4], 'LIMIT', offset, 64)
-  if #batch == 0 then break end
-  for _, id in ipairs(batch) do
-    if string.sub(id, 1, #own) ~= own then ahead = ahead + 1 end
-  end
-  offset = offset + #batch
+if redis.call('HDEL', KEYS[5], ARGV[3]) == 1 then  -- handed to this very waiter already
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  return {2, total, shared}
 end
-if ahead < free then
+local free = capacity - total
+if free > 0 then
+  -- Waiters of other replicas more urgent than this request get the free slots first (this
+  -- replica's own waiters are ordered by its local queue, holds included).
+  hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[6], ARGV[7], ARGV[8], free,
+    '(' .. ARGV[4], me)
+  total = 0
+  for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
+end
+if total < capacity then
   redis.call('HINCRBY', KEYS[1], me, 1)
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  return {1, total + 1}
+  return {1, total + 1, shared}
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[3])
-return {0, total, ahead}
+if redis.call('ZCARD', KEYS[3]) > 1 then return {3, total, shared} end
+return {0, total, shared}
 """
 )
 
-# KEYS: slots hash, wait, wexp. ARGV: replica, channel, node, model. A release is announced only
-# while someone (alive) waits for the model.
+# KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, channel, node, model,
+# capacity, reserve (a waiter: the slot given back is one handed to it and never taken, else ""),
+# learn (as for GRANT). The freed
+# slot goes at once to the most urgent waiter of any replica (no waiter races for it).
+# Returns {1, waiters of this replica handed the slot} or {0} (that waiter's grant took it).
 RELEASE = (
     _NOW
+    + _BOUND
+    + _HAND_OVER
     + """
-local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if left <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 32)
+local me = ARGV[1]
+if ARGV[6] ~= '' and redis.call('HDEL', KEYS[5], ARGV[6]) == 0 then return {0} end
+local left = redis.call('HINCRBY', KEYS[1], me, -1)
+if left <= 0 then redis.call('HDEL', KEYS[1], me) end
+expire_hand(KEYS[1], KEYS[5])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 32)
 for _, id in ipairs(stale) do
-  redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
 end
-if redis.call('ZCARD', KEYS[2]) > 0 then
-  local total = 0
-  local held = redis.call('HVALS', KEYS[1])
-  for _, n in ipairs(held) do total = total + tonumber(n) end
-  redis.call('PUBLISH', ARGV[2], cjson.encode({kind = 'freed', node = ARGV[3],
-    model = ARGV[4], total = total}))
-end
-return left
+if redis.call('ZCARD', KEYS[3]) == 0 then return {1} end
+local total = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
+local free = bound(KEYS[6], ARGV[5], ARGV[7]) - total
+if free <= 0 then return {1} end
+local given = hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[2], ARGV[3],
+  ARGV[4], free, '+inf', nil)
+return {1, unpack(given)}
 """
 )
+
+# KEYS: hand, slots. ARGV: replica, waiter. A request of this replica took the slot handed to
+# that waiter without asking (`Leases.take`): 1. If the waiter's grant had taken it meanwhile,
+# the request's lease is counted anew: 0.
+TAKE = """
+if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then return 1 end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+return 0
+"""
 
 # KEYS: wait, wexp. ARGV: waiter id, urgency, ttl ms. A request about to wait takes its place.
 ENQUEUE = (
@@ -127,6 +252,7 @@ return 1
 SCRIPTS = {
     "grant": GRANT,
     "release": RELEASE,
+    "take": TAKE,
     "enqueue": ENQUEUE,
     "renew": RENEW,
     "keep_waiters": KEEP_WAITERS,

@@ -42,7 +42,8 @@ async def test_in_flight_per_node_never_exceeds_the_shared_slots(
     assert sum(len(n.requests) for n in made.nodes) >= 90
     for index in range(3):
         slots = made.shared(index).slots
-        assert slots.leases.granted >= 1 and slots.leases.alone == 0
+        leases = slots.leases
+        assert leases.granted + leases.taken >= 1 and leases.alone == 0
     # Every lease came back: nothing is held in Redis once the requests are over.
     client = made.shared(0).link.client
     for node in ("a", "b"):
@@ -102,3 +103,30 @@ async def test_every_key_is_under_the_configured_prefix(replicas: ReplicasFactor
     keys = [key async for key in link.client.scan_iter("*")]
     assert keys, "the replicas wrote nothing to Redis"
     assert all(key.startswith(b"team-a:") for key in keys), keys
+
+
+async def test_learned_slots_are_shared_and_bound_every_replica(replicas: ReplicasFactory) -> None:
+    # Nodes given as URLs only: the slots are learned. One replica's belief is everyone's (in
+    # Redis), and all of them together run at most one request more than it on a node (one
+    # probe), where three replicas each learning alone and probing would run up to three more.
+    made: Replicas = await replicas(
+        3,
+        dict(name="a", models=[MODEL], num_parallel=2, token_delay=0.01, told=False),
+        dict(name="b", models=[MODEL], num_parallel=2, token_delay=0.01, told=False),
+    )
+    async with aiohttp.ClientSession() as http, Peak(made.nodes) as peak:
+        for _ in range(3):
+            await asyncio.gather(
+                *(generate(http, made.urls[i % 3], f"request {i}", tokens=10) for i in range(60))
+            )
+    client = made.shared(0).link.client
+    for simulated in made.nodes:
+        node = next(n.name for n in made.fleet(0).nodes.values() if n.config.url == simulated.url)
+        shared = int(await client.get(f"sollol:belief:{node}|{MODEL}:latest") or 0)
+        assert shared >= 2, (node, shared)
+        for index in range(3):  # everyone's belief is at least the shared one
+            belief = made.fleet(index).nodes[node].beliefs.slots[f"{MODEL}:latest"]
+            assert belief.estimator.believed >= shared, (index, node, belief.estimator.source)
+        assert peak.peak[simulated.name] <= shared + 1, peak.peak
+        held = await client.hgetall(f"sollol:slots:{node}|{MODEL}:latest")
+        assert sum(int(v) for v in held.values()) == 0, held
