@@ -51,12 +51,18 @@ Handed = Callable[[str, str, str], None]
 
 class Leases:
     def __init__(
-        self, link: Link, heard: Heard, handed: Handed, room: Callable[[str, str], Bound]
+        self,
+        link: Link,
+        heard: Heard,
+        handed: Handed,
+        room: Callable[[str, str], Bound],
+        own: Callable[[str], None],
     ) -> None:
         self._link = link
         self._room = room  # the capacity bound of a node and model
         self._heard = heard
         self._handed = handed
+        self._own = own  # a release left its slot for this replica's own waiters of a model
         # The slots this replica holds per (node, model), as Redis should count them.
         self.mine: Counter[tuple[str, str]] = Counter()
         self._held: Counter[tuple[str, str]] = Counter()  # local slots holding a lease
@@ -313,6 +319,8 @@ class Leases:
         if isinstance(op, Release):
             if int(reply[0]) == 0:  # a handed slot its waiter's grant took: nothing given back
                 return
+            if int(reply[0]) == 2:
+                self._own(op.model)
             self.mine[(op.node, op.model)] -= 1
             for waiter in reply[1:]:  # handed to this replica's own waiters
                 self.handed_in(op.node, op.model, waiter.decode())
@@ -342,6 +350,8 @@ class Leases:
                 self.release(op.node, op.model)
                 return
             self._held[key] += 1
+            if verdict == GRANTED and len(reply) > 3 and int(reply[3]) > 0:
+                self._own(op.model)  # room left (slots of a dead replica came back): next one
         else:
             self.refused += 1
         # Slots held elsewhere: until a release hands one here, the node is full for this replica.

@@ -30,7 +30,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # those with an urgency below `below` only, skipping the waiters of replica `skip` (nil: none):
 # each is counted as its replica's slot at once and noted in HAND (handed, not yet taken), and
 # the waiter leaves the order. A waiter of another replica than ME is told through the channel;
-# those of ME are returned. Dead replicas' waiters are left to their expiry.
+# those of ME are returned. Dead replicas' waiters are left to their expiry. With `stop`, it stops
+# at the first waiter of that replica (more urgent than any left): returns true then.
 _BOUND = (
     f"""
 local BELIEF_TTL_S = {BELIEF_TTL_S}
@@ -61,7 +62,8 @@ local function expire_hand(SLOTS, HAND)
     end
   end
 end
-local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, model, free, below, skip)
+local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, model, free, below,
+    skip, stop)
   local mine = {}
   local offset = 0
   local looked = 0
@@ -72,7 +74,10 @@ local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, mode
     for _, id in ipairs(batch) do
       looked = looked + 1
       local r = owner(id)
-      local alive = r and r ~= skip and redis.call('ZSCORE', ALIVE, r)
+      if stop and r == stop then return mine, true end
+      -- (a waiter already handed a slot here is waiting to take it: not a second one)
+      local alive = r and r ~= skip and redis.call('HEXISTS', HAND, id) == 0
+        and redis.call('ZSCORE', ALIVE, r)
       if free > 0 and alive and tonumber(alive) >= now then
         redis.call('HINCRBY', SLOTS, r, 1)
         redis.call('HSET', HAND, id, now + HAND_TTL_MS)
@@ -91,7 +96,7 @@ local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, mode
     end
     offset = offset + kept
   end
-  return mine
+  return mine, false
 end
 """
 )
@@ -101,7 +106,7 @@ end
 # proven by any replica is there), learn (1: the bound is the shared
 # belief, or `capacity` (the asker's belief) while none is shared, plus one probe margin; else
 # `capacity`, configured). Each answer ends with the shared belief ("" if
-# none). Returns {1, total} granted, {2, total} granted from a slot handed to
+# none). Returns {1, total, shared, free slots left} granted, {2, total} granted from a slot handed to
 # this waiter earlier (not yet taken by one of its replica's requests), {0, total} refused (the waiter
 # is then registered), {3, total} refused while others wait too (a slot freed anywhere will be
 # handed to the most urgent of them: no use asking another node), or {-1, 0} when this replica is unknown to Redis (restarted, or the
@@ -166,7 +171,7 @@ if total < capacity then
   redis.call('HINCRBY', KEYS[1], me, 1)
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  return {1, total + 1, shared}
+  return {1, total + 1, shared, capacity - total - 1}
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[3])
@@ -177,9 +182,11 @@ return {0, total, shared}
 
 # KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, channel, node, model,
 # capacity, reserve (a waiter: the slot given back is one handed to it and never taken, else ""),
-# learn (as for GRANT). The freed
-# slot goes at once to the most urgent waiter of any replica (no waiter races for it).
-# Returns {1, waiters of this replica handed the slot} or {0} (that waiter's grant took it).
+# learn (as for GRANT). The freed slot goes at once to the most urgent waiter of any other
+# replica (no waiter races for it), unless one of the releaser's own is more urgent: then it
+# stays free for the releaser, whose own queue orders its waiters (its next request asks for it
+# at once). Returns {1} (handed on, or nobody waits), {2} (left for the releaser's own waiters)
+# or {0} (a reserve that its waiter's grant took).
 RELEASE = (
     _NOW
     + _BOUND
@@ -200,8 +207,9 @@ local total = 0
 for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
 local free = bound(KEYS[6], ARGV[5], ARGV[7]) - total
 if free <= 0 then return {1} end
-local given = hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[2], ARGV[3],
-  ARGV[4], free, '+inf', nil)
+local given, own = hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[2],
+  ARGV[3], ARGV[4], free, '+inf', nil, me)
+if own then return {2} end
 return {1, unpack(given)}
 """
 )

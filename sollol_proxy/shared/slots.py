@@ -70,12 +70,12 @@ class SharedSlots:
     def __init__(self, link: Link, admission: Admission) -> None:
         self._link = link
         self._admission = admission
-        self.leases = Leases(link, self._heard, self._handed, self._capacity)
+        self.leases = Leases(link, self._heard, self._handed, self._capacity, self._own_turn)
         self._remote: dict[tuple[str, str], tuple[int, float]] = {}  # others' slots, when heard
         # Refused requests, per model, most urgent first: (urgency, seq, woken when, with the
         # node whose slot was handed here), and by waiter.
-        self._parked: dict[str, list[tuple[float, int, str, asyncio.Future[str]]]] = {}
-        self._waiting: dict[str, asyncio.Future[str]] = {}
+        self._parked: dict[str, list[tuple[float, int, str, asyncio.Future[str | None]]]] = {}
+        self._waiting: dict[str, asyncio.Future[str | None]] = {}
         self._live: set[str] = set()  # waiters of requests still asking for a slot here
         self._nodes: dict[str, NodeState] = {}  # the nodes this replica's requests went to
         self._told: dict[tuple[str, str], int] = {}  # the belief Redis has, as last exchanged
@@ -169,6 +169,9 @@ class SharedSlots:
                 if self.leases.take(node.name, model, waiter):
                     slot.waited_s = time.monotonic() - asked
                     return slot, held
+                # Handed a slot it could not take (taken meanwhile): it waits for the next one
+                # rather than for that one again.
+                claim = handed is None
                 try:
                     verdict = await self.leases.grant(
                         node.name,
@@ -204,7 +207,7 @@ class SharedSlots:
                         "timeout",
                         self._admission.config.max_wait,
                     )
-                handed = await self._park(model, urgency, waiter)
+                handed = await self._park(model, urgency, waiter, deadline, claim)
                 tried.clear()
         except BaseException:
             self.leases.forget(waiter, model)
@@ -231,19 +234,25 @@ class SharedSlots:
         except Exception:  # no candidates left: the next local admission answers that
             return False
 
-    async def _park(self, model: str, urgency: float, waiter: str) -> str | None:
+    async def _park(
+        self, model: str, urgency: float, waiter: str, until: float, claim: bool
+    ) -> str | None:
         """A refused request waits here, registered in Redis, until a release hands it (or,
         its own having left, this replica) a slot: the node's name. Only this replica's most
         urgent refused request asks again by itself, after a while (a lost event, a slot freed
         by a replica that died)."""
-        unclaimed = self.leases.unclaimed(model, waiter)
+        unclaimed = self.leases.unclaimed(model, waiter) if claim else None
         if unclaimed is not None:  # handed here while this request was asking elsewhere
             return unclaimed
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         parked = self._parked.setdefault(model, [])
         heapq.heappush(parked, (urgency, next(self._seq), waiter, future))
+        while parked[0][3].done():  # those that left: gone from the top
+            heapq.heappop(parked)
         self._waiting[waiter] = future
-        timeout = FRESH_S if parked[0][3] is future else self._link.policy.lease_ttl
+        # The others wait for their turn, however long: their registration is kept in Redis,
+        # and a slot handed to one that never heard of it goes back to the pool (HAND_TTL_MS).
+        timeout = FRESH_S if parked[0][3] is future else max(until - time.monotonic(), 0.0)
         try:
             async with asyncio.timeout(timeout):
                 return await future
@@ -276,6 +285,21 @@ class SharedSlots:
             future.set_result(node)
         else:
             self._admission.wake()
+
+    def _own_turn(self, model: str) -> None:
+        """A release left its slot free for this replica's own most urgent waiter of `model`:
+        the local queue gets it (its next request asks Redis), else the most urgent refused
+        request asks again."""
+        self._admission.wake()
+        if self._admission.waiting:
+            return
+        parked = self._parked.get(model)
+        while parked:
+            future = heapq.heappop(parked)[3]
+            if not future.done():
+                future.set_result(None)
+                return
+        self._parked.pop(model, None)
 
     def reserved(self, node: NodeState, model: str) -> bool:
         promised = set(self.leases.promised.values())

@@ -8,7 +8,7 @@ import asyncio
 import aiohttp
 import orjson
 
-from tests.shared.conftest import Peak, Replicas, ReplicasFactory, until
+from tests.shared.conftest import Peak, Replicas, ReplicasFactory, idle, until
 
 MODEL = "llama3.2"
 
@@ -44,11 +44,9 @@ async def test_in_flight_per_node_never_exceeds_the_shared_slots(
         slots = made.shared(index).slots
         leases = slots.leases
         assert leases.granted + leases.taken >= 1 and leases.alone == 0
-    # Every lease came back: nothing is held in Redis once the requests are over.
-    client = made.shared(0).link.client
-    for node in ("a", "b"):
-        held = await client.hgetall(f"sollol:slots:{node}|{MODEL}:latest")
-        assert sum(int(v) for v in held.values()) == 0, held
+    # Every lease came back: nothing is held in Redis once the requests are over (a slot handed
+    # to a request that had found another goes back within leases.RESERVE_S).
+    await idle(made)
 
 
 async def test_a_more_urgent_request_at_one_replica_takes_the_freed_slot_first(
@@ -128,5 +126,4 @@ async def test_learned_slots_are_shared_and_bound_every_replica(replicas: Replic
             belief = made.fleet(index).nodes[node].beliefs.slots[f"{MODEL}:latest"]
             assert belief.estimator.believed >= shared, (index, node, belief.estimator.source)
         assert peak.peak[simulated.name] <= shared + 1, peak.peak
-        held = await client.hgetall(f"sollol:slots:{node}|{MODEL}:latest")
-        assert sum(int(v) for v in held.values()) == 0, held
+    await idle(made)
