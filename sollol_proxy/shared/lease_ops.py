@@ -11,6 +11,7 @@ most one request more than believed. A grant also carries the asker's own belief
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio.client import Pipeline
@@ -140,3 +141,34 @@ def build(
             pipe.evalsha(SHA["enqueue"], 2, wait, wexp, op.waiter, repr(op.urgency), ttl_ms)
         else:  # its expiry entry goes at the next grant's clean-up
             pipe.zrem(link.key("wait", op.model), op.waiter)
+
+
+def renew(pipe: Pipeline, link: Link, waiters: dict[str, str]) -> None:
+    """One renewal of this replica's entry among the living (so of all its leases) and of the
+    waiters it registered (waiter -> model)."""
+    ttl_ms = int(link.policy.lease_ttl * 1000)
+    pipe.evalsha(SHA["renew"], 1, link.key("alive"), link.replica, ttl_ms)
+    by_model: dict[str, list[str]] = {}
+    for waiter, model in waiters.items():
+        by_model.setdefault(model, []).append(waiter)
+    for model, ids in by_model.items():
+        pipe.evalsha(SHA["keep_waiters"], 1, link.key("wexp", model), ttl_ms, *ids)
+
+
+def leave(
+    pipe: Pipeline,
+    link: Link,
+    mine: Mapping[tuple[str, str], int],
+    reserved: Mapping[tuple[str, str], list[str]],
+    waiters: Mapping[str, str],
+) -> None:
+    """Everything a stopping replica holds in Redis, given back at once: its slots, the slots
+    handed to it, its waiters and its entry among the living."""
+    for node, model in mine:
+        pipe.hdel(link.key("slots", f"{node}|{model}"), link.replica)
+    for (node, model), ids in reserved.items():
+        if ids:
+            pipe.hdel(link.key("hand", f"{node}|{model}"), *ids)
+    for waiter, model in waiters.items():
+        pipe.zrem(link.key("wait", model), waiter)
+    pipe.zrem(link.key("alive"), link.replica)

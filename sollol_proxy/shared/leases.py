@@ -24,11 +24,18 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio.client import Pipeline
-
-from sollol_proxy.shared.lease_ops import Enqueue, Forget, Grant, Op, Release, Take, build
+from sollol_proxy.shared.lease_ops import (
+    Enqueue,
+    Forget,
+    Grant,
+    Op,
+    Release,
+    Take,
+    build,
+    leave,
+    renew,
+)
 from sollol_proxy.shared.link import Link
-from sollol_proxy.shared.scripts import SHA
 
 log = logging.getLogger("sollol.shared")
 
@@ -216,18 +223,7 @@ class Leases:
         """A replica that stops gives back at once what it still holds in Redis (its slots, its
         waiters, its entry among the living) instead of letting it lapse after the lease."""
         link = self._link
-
-        def build(pipe: Pipeline) -> None:
-            for node, model in self.mine:
-                pipe.hdel(link.key("slots", f"{node}|{model}"), link.replica)
-            for (node, model), ids in self.reserved.items():
-                if ids:
-                    pipe.hdel(link.key("hand", f"{node}|{model}"), *ids)
-            for waiter, model in self.waiters.items():
-                pipe.zrem(link.key("wait", model), waiter)
-            pipe.zrem(link.key("alive"), link.replica)
-
-        await link.pipeline(build)
+        await link.pipeline(lambda pipe: leave(pipe, link, self.mine, self.reserved, self.waiters))
 
     def rejoined(self) -> None:
         self._resync = True
@@ -248,20 +244,10 @@ class Leases:
         """Background: one renewal per replica for all its slots and waiters."""
         while True:
             await asyncio.sleep(self._link.policy.lease_ttl / 3)
-            replies = await self._link.pipeline(self._renew)
+            replies = await self._link.pipeline(lambda pipe: renew(pipe, self._link, self.waiters))
             if replies is not None and replies[0] == 0:
                 log.warning("shared state: Redis had lost this replica's slots; writing them back")
                 self.rejoined()
-
-    def _renew(self, pipe: Pipeline) -> None:
-        link = self._link
-        ttl_ms = int(link.policy.lease_ttl * 1000)
-        pipe.evalsha(SHA["renew"], 1, link.key("alive"), link.replica, ttl_ms)
-        waiters: dict[str, list[str]] = {}
-        for waiter, model in self.waiters.items():
-            waiters.setdefault(model, []).append(waiter)
-        for model, ids in waiters.items():
-            pipe.evalsha(SHA["keep_waiters"], 1, link.key("wexp", model), ttl_ms, *ids)
 
     async def _flush(self, ops: list[Op]) -> None:
         link = self._link

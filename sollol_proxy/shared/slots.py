@@ -3,14 +3,15 @@
 A request first gets a slot from this replica's admission control as always (local queue,
 priority, late binding, holds); then one script in Redis (`scripts.GRANT`, through the ordered
 writer of `leases.py`) grants the lease only if the slots all replicas hold on that node for
-that model, plus the more urgent waiters of other replicas, stay under the capacity belief
-(`model_room`: the learned slots plus the probe margin). Refused, the request gives its local
-slot back, is registered among the model's waiters (by urgency: arrival minus priority times
-`queue.ageing`, so ageing orders replicas as it orders one queue), and waits here (`_park`),
-most urgent first, for a release to be announced; it then asks again, keeping its place in
-the local queue. A request about to wait in the local queue registers first, so that a freed
-slot goes to the most urgent request of any replica. What the other replicas hold on each node,
-as last heard, steers the choice of node (`_room`); Redis always decides.
+that model stay under the bound (the configured slots, or the learned belief all replicas share
+plus one probe: `_capacity`). Refused, the request gives its local slot back, is registered
+among the model's waiters by that same call (by urgency: arrival minus priority times
+`queue.ageing`, so ageing orders replicas as it orders one queue), and waits here (`_park`)
+until a release hands it a slot inside its script (`_handed`): it then takes that slot at once,
+ahead of the local queue, with no round trip. A request about to wait in the local queue
+registers first (lazily), so that a freed slot goes to the most urgent request of any replica.
+What the other replicas hold on each node, as last heard, steers the choice of node (`_room`);
+Redis always decides.
 """
 
 from __future__ import annotations
