@@ -127,3 +127,19 @@ async def test_learned_slots_are_shared_and_bound_every_replica(replicas: Replic
             assert belief.estimator.believed >= shared, (index, node, belief.estimator.source)
         assert peak.peak[simulated.name] <= shared + 1, peak.peak
     await idle(made)
+
+
+async def test_a_freed_slot_is_handed_to_a_waiter_not_raced_for(replicas: ReplicasFactory) -> None:
+    # One slot, three replicas, twelve requests at once: a waiting request is refused about
+    # once (the refusal registers it; the most urgent of a replica also asks again after a
+    # second) and then handed a slot by a release. Before the hand-over, every replica's most
+    # urgent waiter asked again at each release and all but one were refused: 12 + 11 x 2.
+    made: Replicas = await replicas(
+        3, dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.01)
+    )
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(generate(http, made.urls[i % 3], f"request {i}") for i in range(12)))
+    leases = [made.shared(i).slots.leases for i in range(3)]
+    assert sum(lease.taken for lease in leases) >= 6, [lease.taken for lease in leases]
+    assert sum(lease.refused for lease in leases) <= 2 * 12, [lease.refused for lease in leases]
+    await idle(made)
