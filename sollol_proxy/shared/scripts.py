@@ -1,7 +1,7 @@
 """The Lua scripts that make each shared decision atomic inside Redis.
 
 Keys (all under `state.key_prefix`): `alive` (sorted set: replica -> expiry in ms, Redis's
-clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `hand:<node>|<model>`
+clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `belief:<node>|<model>` (hash: replica -> its own learned belief of the slots), `hand:<node>|<model>`
 (hash: waiter -> 1 for the slots a release handed to that waiter, counted in its replica's
 slots, and not yet taken by one of that replica's requests), `wait:<model>` (sorted set: waiter -> urgency, lower first; a waiter is
 `<replica>:<n>`) and `wexp:<model>` (sorted set: waiter -> expiry in ms).
@@ -17,9 +17,6 @@ import hashlib
 # the event, or died): the replica takes or gives back its handed slots within
 # `leases.RESERVE_S`, and tells Redis within `leases.LAZY_S`.
 HAND_TTL_MS = 3000
-# A shared slot belief no replica has proven again for this long is dropped (a node restarted
-# with fewer slots is then learned anew, from each replica's own belief).
-BELIEF_TTL_S = 600
 
 _NOW = """
 local t = redis.call('TIME')
@@ -32,17 +29,30 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # the waiter leaves the order. A waiter of another replica than ME is told through the channel;
 # those of ME are returned. Dead replicas' waiters are left to their expiry. With `stop`, it stops
 # at the first waiter of that replica (more urgent than any left): returns true then.
-_BOUND = (
-    f"""
-local BELIEF_TTL_S = {BELIEF_TTL_S}
-"""
-    + """
-local function bound(BELIEF, capacity, learn)
+# The shared belief of a node's slots for a model: the lower median of the live replicas' own
+# beliefs (one replica's proof that was not one, or its waits that were another's requests,
+# move nothing alone); nil while none told one.
+_BOUND = """
+local function shared_belief(BELIEF, ALIVE)
+  local values = {}
+  local entries = redis.call('HGETALL', BELIEF)
+  for i = 1, #entries, 2 do
+    local alive = redis.call('ZSCORE', ALIVE, entries[i])
+    if alive and tonumber(alive) >= now then
+      values[#values + 1] = tonumber(entries[i + 1])
+    else
+      redis.call('HDEL', BELIEF, entries[i])
+    end
+  end
+  if #values == 0 then return nil end
+  table.sort(values)
+  return values[math.floor((#values + 1) / 2)]
+end
+local function bound(BELIEF, ALIVE, capacity, learn)
   if learn ~= '1' then return tonumber(capacity) end
-  return tonumber(redis.call('GET', BELIEF) or capacity) + 1
+  return (shared_belief(BELIEF, ALIVE) or tonumber(capacity)) + 1
 end
 """
-)
 
 _HAND_OVER = (
     f"""
@@ -102,8 +112,7 @@ end
 )
 
 # KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, capacity, waiter id, urgency,
-# ttl ms, channel, node, model, the asker's new belief (or ""; kept if it is the highest: a slot
-# proven by any replica is there), learn (1: the bound is the shared
+# ttl ms, channel, node, model, the asker's own belief when it changed (or ""), learn (1: the bound is the shared
 # belief, or `capacity` (the asker's belief) while none is shared, plus one probe margin; else
 # `capacity`, configured). Each answer ends with the shared belief ("" if
 # none). Returns {1, total, shared, free slots left} granted, {2, total} granted from a slot handed to
@@ -120,15 +129,10 @@ GRANT = (
 local me = ARGV[1]
 local mine = redis.call('ZSCORE', KEYS[2], me)
 if not mine or tonumber(mine) < now then return {-1, 0, ''} end
-if ARGV[10] == '1' and ARGV[9] ~= '' then
-  local was = redis.call('GET', KEYS[6])
-  if not was or tonumber(ARGV[9]) >= tonumber(was) then
-    redis.call('SET', KEYS[6], ARGV[9], 'EX', BELIEF_TTL_S)
-  end
-end
-local capacity = bound(KEYS[6], ARGV[2], ARGV[10])
-local shared = redis.call('GET', KEYS[6]) or ''
-if ARGV[10] ~= '1' then shared = '' end
+if ARGV[10] == '1' and ARGV[9] ~= '' then redis.call('HSET', KEYS[6], me, ARGV[9]) end
+local capacity = bound(KEYS[6], KEYS[2], ARGV[2], ARGV[10])
+local shared = ''
+if ARGV[10] == '1' then shared = tostring(shared_belief(KEYS[6], KEYS[2]) or '') end
 local total = 0
 local dead = false
 local held = redis.call('HGETALL', KEYS[1])
@@ -205,7 +209,7 @@ end
 if redis.call('ZCARD', KEYS[3]) == 0 then return {1} end
 local total = 0
 for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
-local free = bound(KEYS[6], ARGV[5], ARGV[7]) - total
+local free = bound(KEYS[6], KEYS[2], ARGV[5], ARGV[7]) - total
 if free <= 0 then return {1} end
 local given, own = hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[2],
   ARGV[3], ARGV[4], free, '+inf', nil, me)

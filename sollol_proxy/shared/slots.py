@@ -79,7 +79,8 @@ class SharedSlots:
         self._waiting: dict[str, asyncio.Future[str | None]] = {}
         self._live: set[str] = set()  # waiters of requests still asking for a slot here
         self._nodes: dict[str, NodeState] = {}  # the nodes this replica's requests went to
-        self._told: dict[tuple[str, str], int] = {}  # the belief Redis has, as last exchanged
+        self._told: dict[tuple[str, str], int] = {}  # this replica's own belief, as Redis has it
+        self._shared: dict[tuple[str, str], int] = {}  # the replicas' shared one, as last heard
         self._seq = itertools.count()
         link.handlers["handed"] = self._heard_handed
         admission.gate = self
@@ -103,7 +104,7 @@ class SharedSlots:
             return True
         local = self._admission.slots.in_use(node.name).get(model, 0)
         capacity, learn = self._capacity(node.name, model)
-        bound = self._told.get((node.name, model), capacity) + 1 if learn else capacity
+        bound = self._shared.get((node.name, model), capacity) + 1 if learn else capacity
         return heard[0] + local < bound
 
     def _capacity(self, node: str, model: str) -> Bound:
@@ -119,12 +120,12 @@ class SharedSlots:
 
     def _tell(self, node: NodeState, model: str) -> str:
         """This replica's belief of `node`'s slots for `model` if it learned it (not its start
-        value) above what Redis has, as last heard, else ""."""
+        value) and it changed since Redis last had it, else ""."""
         belief = slot_belief(node, model)
         if belief is None or belief.estimator.source in ("configured", "default"):
             return ""
         believed = belief.estimator.believed
-        if self._told.get((node.name, model), 0) >= believed:
+        if self._told.get((node.name, model)) == believed:
             return ""
         self._told[(node.name, model)] = believed
         return str(believed)
@@ -326,10 +327,9 @@ class SharedSlots:
         belief = None if known is None or not shared.isdigit() else slot_belief(known, model)
         if known is None or belief is None or belief.estimator.fixed is not None:
             return
-        self._told[(node, model)] = int(shared)
-        # Only upwards: a slot one replica proved is there. Its waits lower this replica's own
-        # belief but not the shared one: they count only its own requests in flight, while the
-        # node runs everyone's (a wait at 1 of its own may be the third of two slots).
+        self._shared[(node, model)] = int(shared)
+        # Only upwards: this replica's own waits and proofs (its own requests in flight only)
+        # keep counting in the median through its own belief.
         if belief.estimator.believed < int(shared):
             belief.fresh = False
             change = belief.estimator.adopt(int(shared), "learned by another replica")
