@@ -84,7 +84,9 @@ class Admission:
             return True  # nothing of the proxy's runs there (and max_loaded is at least 1)
         if node.health.current() is State.HALF_OPEN:
             return False  # on trial: one request at a time until it has answered
-        return self.slots.is_free(node, model)
+        return self.slots.is_free(node, model) or (
+            self.gate is not None and self.gate.reserved(node, model)
+        )
 
     def take(self, node: NodeState, model: str) -> None:
         self.slots.take(node, model)
@@ -108,8 +110,8 @@ class Admission:
         """Wait for a slot (or raise QueueRejected), hold it for the block, release it after."""
         if self.gate is not None:
             return self.gate.admit(
-                lambda nodes, since: Held(
-                    self._acquire(priority, model, key, nodes, choose, since)
+                lambda nodes, since, jump: Held(
+                    self._acquire(priority, model, key, nodes, choose, since, jump)
                 ),
                 priority,
                 model,
@@ -129,14 +131,16 @@ class Admission:
         candidates: Callable[[], list[NodeState]],
         choose: Callable[[list[NodeState]], Plan],
         since: float | None = None,  # asked before (the gate's refusal): keeps its place
+        jump: bool = False,  # the gate holds a slot for it on its candidates: no queue
     ) -> Slot:
         band = self.config.band(priority)
         enqueued = time.monotonic() if since is None else since
         plan: Plan | None = None
-        if not self._queue.keys:
+        if not self._queue.keys or jump:
             # Nobody waits (the common case): a free slot is granted here, as the pump would,
             # with no Waiter and no Future; an exception is the request's, as from the pump.
-            nodes = [n for n in candidates() if self.is_free(n, model)]
+            free = (lambda n: n.healthy) if jump else (lambda n: self.is_free(n, model))
+            nodes = [n for n in candidates() if free(n)]
             plan = choose(nodes) if nodes else None
             # A plan that holds the request for a busy node (its prompt's slot) waits in the
             # queue like any other: the pump asks again when that node frees or the hold ends.

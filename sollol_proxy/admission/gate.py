@@ -13,8 +13,9 @@ from sollol_proxy.admission.tickets import Held, Slot
 from sollol_proxy.fleet.node import NodeState
 
 # The local acquisition, given the candidates to choose among and, for a request asking again,
-# when it first asked (time.monotonic()), so that it keeps its place in the local queue.
-LocalAdmit = Callable[[Callable[[], list[NodeState]], float | None], Held]
+# when it first asked (time.monotonic()), so that it keeps its place in the local queue; and
+# whether it skips the local queue and table (the gate holds a slot for it on the candidates).
+LocalAdmit = Callable[[Callable[[], list[NodeState]], float | None, bool], Held]
 
 
 class Gate(Protocol):
@@ -28,3 +29,8 @@ class Gate(Protocol):
 
     def give(self, node: NodeState, model: str) -> None:
         """A slot the gate let through is given back (its last byte, or a move)."""
+
+    def reserved(self, node: NodeState, model: str) -> bool:
+        """A slot of `node` that the other replicas gave this one waits to be taken here: the
+        node is free for `model` whatever this replica's own table says (its slots are the
+        fleet's, shared; the gate's bound holds)."""

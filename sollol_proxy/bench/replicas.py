@@ -43,7 +43,9 @@ from sollol_proxy.simulator import SimulatedNode
 
 ROUND_TRIPS = re.compile(rb"^sollol_shared_round_trips_total ([0-9.e+]+)$", re.M)
 ROUND_TRIP_S = re.compile(rb"^sollol_shared_round_trip_seconds_total ([0-9.e+]+)$", re.M)
+REQUEST_TRIPS = re.compile(rb"^sollol_shared_request_round_trips_total ([0-9.e+]+)$", re.M)
 REFUSED = re.compile(rb'^sollol_shared_leases_total\{result="refused"\} ([0-9.e+]+)$', re.M)
+HANDED = re.compile(rb'^sollol_shared_leases_total\{result="handed"\} ([0-9.e+]+)$', re.M)
 
 
 @contextlib.contextmanager
@@ -70,8 +72,10 @@ class Run:
     results: dict[str, ClassResult]
     peak: int  # most requests a node ran at once
     round_trips: float  # to Redis, per request
+    request_trips: float  # of them, those of the requests' path (not the periodic exchanges)
     round_trip_ms: float  # time in them, per request
     refused: float  # leases Redis refused, per request (a request then waits and asks again)
+    handed: float  # slots a release handed to a waiting request, per request
 
 
 async def _peak(nodes: list[SimulatedNode], seen: list[int]) -> None:
@@ -80,19 +84,18 @@ async def _peak(nodes: list[SimulatedNode], seen: list[int]) -> None:
         await asyncio.sleep(0.002)
 
 
-async def _redis_cost(urls: list[str]) -> tuple[float, float, float]:
-    trips = seconds = refused = 0.0
+async def _redis_cost(urls: list[str]) -> list[float]:
+    totals = [0.0] * 5
     async with aiohttp.ClientSession() as http:
         for url in urls:
             async with http.get(url + "/metrics") as response:
                 text = await response.read()
-            if match := ROUND_TRIPS.search(text):
-                trips += float(match.group(1))
-            if match := ROUND_TRIP_S.search(text):
-                seconds += float(match.group(1))
-            if match := REFUSED.search(text):
-                refused += float(match.group(1))
-    return trips, seconds, refused
+            for index, pattern in enumerate(
+                (ROUND_TRIPS, ROUND_TRIP_S, REQUEST_TRIPS, REFUSED, HANDED)
+            ):
+                if match := pattern.search(text):
+                    totals[index] += float(match.group(1))
+    return totals
 
 
 @contextlib.asynccontextmanager
@@ -149,8 +152,10 @@ async def run_once(label: str, count: int, redis: str | None, workload: Workload
         results,
         seen[0],
         (after[0] - before[0]) / requests,
-        (after[1] - before[1]) * 1000 / requests,
         (after[2] - before[2]) / requests,
+        (after[1] - before[1]) * 1000 / requests,
+        (after[3] - before[3]) / requests,
+        (after[4] - before[4]) / requests,
     )
 
 
@@ -180,9 +185,9 @@ async def benchmark(seed: int = 7, duration: float = 10.0, replicas: int = 3) ->
                 f"({len(arrivals(workload, seed))} requests); seconds",
                 "",
                 "| run | errors | latency p50 | latency p95 | completed/s | high wait p95 | "
-                "low wait p95 | high/low | node peak / slots | Redis trips/request | "
-                "Redis ms/request | refused/request |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "low wait p95 | high/low | node peak / slots | Redis trips/request (requests' "
+                "path) | Redis ms/request | refused/request | handed/request |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             base = _all(runs[0])
             for run in runs:
@@ -194,8 +199,8 @@ async def benchmark(seed: int = 7, duration: float = 10.0, replicas: int = 3) ->
                     f"{_q(merged.totals, 95):.3f} ({_q(merged.totals, 95) / _q(base.totals, 95):.2f}x) "
                     f"| {_throughput(merged):.1f} ({_throughput(merged) / _throughput(base):.2f}x) "
                     f"| {high:.3f} | {low:.3f} | {high / low:.2f} | {run.peak} / "
-                    f"{workload.num_parallel} | {run.round_trips:.2f} | {run.round_trip_ms:.2f} | "
-                    f"{run.refused:.2f} |"
+                    f"{workload.num_parallel} | {run.round_trips:.2f} ({run.request_trips:.2f}) | "
+                    f"{run.round_trip_ms:.2f} | {run.refused:.2f} | {run.handed:.2f} |"
                 )
             lines.append("")
     return "\n".join(lines)

@@ -192,6 +192,24 @@ class CapacityEstimator:
             return None
         return Change(before, self._believed, self.source, reason)
 
+    def adopt(self, believed: int, reason: str) -> Change | None:
+        """Take a belief learned elsewhere (another replica of the proxy, sharing its beliefs
+        in Redis) as this one's: it counts as learned; probing goes on from it as usual. What
+        was proven above it is forgotten (the other replica saw waits there, or a restart)."""
+        if self.fixed:
+            return None
+        before, source = self._believed, self.source
+        self._believed = min(max(1, believed), self.cap)
+        self._observed, self._slow_start = True, False
+        self._strike_ks.clear()
+        if self._proven > self._believed:
+            self._proven, self._proven_at = self._believed, -math.inf
+        if self._ceiling is not None and self._ceiling <= self._believed:
+            self._ceiling = None
+        if (self._believed, self.source) == (before, source):
+            return None
+        return Change(before, self._believed, self.source, reason)
+
     def _age(self, now: float) -> None:
         if self._proven and now - self._proven_at > self.proof_ttl:
             self._proven = 0  # not seen for a while: the node may have restarted since

@@ -2,11 +2,18 @@
 
 All of the replica's lease operations go through one ordered writer (`Leases.run`): grants and
 releases that arrive together share one pipelined round trip, and a write-back after Redis comes
-back (absolute counts, `_build`) is ordered before them, so what Redis counts for this replica
+back (absolute counts, `lease_ops.build`) is ordered before them, so what Redis counts for this replica
 is what it holds. Each lease is a count per replica in a hash per node and model; one renewal
 per replica (`RENEW`, every third of `state.lease_ttl`: `keep`) keeps them all, and the waiters
 it registered, so the slots of a killed replica are dropped by the next grant once its entry
 has expired. While Redis does not answer, every operation is decided here alone (`ALONE`).
+
+A release hands the freed slot, inside the same script, to the most urgent waiter of any replica
+(`scripts.RELEASE`): the slot is counted as that replica's at once and the replica is told (the
+release's answer, or the event channel), so waiters never race for it. Such a slot is `reserved`
+here until one of this replica's requests takes it without asking Redis (`take`; Redis hears of
+it with the next operation that goes anyway), or a grant of this replica takes it in Redis; one
+nobody takes within `RESERVE_S` is given back (and handed on).
 """
 
 from __future__ import annotations
@@ -15,84 +22,166 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio.client import Pipeline
-
+from sollol_proxy.shared.lease_ops import (
+    Enqueue,
+    Forget,
+    Grant,
+    Op,
+    Release,
+    Take,
+    build,
+    leave,
+    renew,
+)
 from sollol_proxy.shared.link import Link
-from sollol_proxy.shared.scripts import SHA
 
 log = logging.getLogger("sollol.shared")
 
-GRANTED, REFUSED, ALONE = 1, 0, -1
+GRANTED, REFUSED, ALONE, TAKEN, BEHIND = 1, 0, -1, 2, 3
+# A slot handed to this replica that none of its requests took within this is given back.
+RESERVE_S = 0.5
+# Operations nobody waits for (a waiter's registration, a handed slot taken, a waiter leaving)
+# go with the next round trip, or after this at the latest.
+LAZY_S = 0.02
 
 
-@dataclass(eq=False)
-class _Grant:
-    node: str
-    model: str
-    waiter: str
-    urgency: float
-    capacity: int
-    future: asyncio.Future[int] = field(repr=False)
-
-
-@dataclass(eq=False)
-class _Release:
-    node: str
-    model: str
-
-
-@dataclass(eq=False)
-class _Forget:
-    waiter: str
-    model: str
-
-
-Op = _Grant | _Release | _Forget
-# Told what a grant's answer says of the other replicas: node, model, the slots they hold, and
-# those promised to their more urgent waiters (0 when granted).
-Heard = Callable[[str, str, int, int], None]
+# Told what a grant's answer says: node, model, the slots the other replicas hold, and the slots
+# all replicas believe the node has ("" when they are not learned).
+Heard = Callable[[str, str, int, str], None]
+# The capacity a node and model are asked with, and whether it is learned (see `lease_ops`).
+Bound = tuple[int, bool]
+# Told that a slot of node, model was handed to this replica for its waiter.
+Handed = Callable[[str, str, str], None]
 
 
 class Leases:
-    def __init__(self, link: Link, heard: Heard, room_left: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        link: Link,
+        heard: Heard,
+        handed: Handed,
+        room: Callable[[str, str], Bound],
+        own: Callable[[str], None],
+    ) -> None:
         self._link = link
+        self._room = room  # the capacity bound of a node and model
         self._heard = heard
-        self._room_left = room_left  # a grant left a slot free for the model: wake a waiter
+        self._handed = handed
+        self._own = own  # a release left its slot for this replica's own waiters of a model
         # The slots this replica holds per (node, model), as Redis should count them.
         self.mine: Counter[tuple[str, str]] = Counter()
         self._held: Counter[tuple[str, str]] = Counter()  # local slots holding a lease
         self._unleased: Counter[tuple[str, str]] = Counter()  # gives that carry no lease
+        # Slots handed to this replica (counted in `mine`) that no request holds yet: the
+        # waiters they were handed for, per node and model.
+        self.reserved: dict[tuple[str, str], list[str]] = {}
+        self._asking: set[str] = set()  # waiters whose grant is on its way (it takes theirs)
+        self._taken: set[str] = set()  # waiters whose grant took theirs before it was heard of
+        self.promised: dict[str, str] = {}  # a woken request -> the waiter whose slot it takes
         self.waiters: dict[str, str] = {}  # registered waiter -> model
-        self.saw_free: dict[str, bool] = {}  # refused waiters that saw a free slot
         self._ops: list[Op] = []
         self._wake = asyncio.Event()
+        self._lazy: asyncio.TimerHandle | None = None
         self._resync = True
-        self.granted = self.refused = self.alone = 0
+        self.granted = self.refused = self.alone = self.handed = self.taken = self.returned = 0
+        self.overbooked = 0  # handed slots taken twice (one over the bound until released)
+        self.trips = 0  # round trips of the request path (grants, releases, registrations)
         link.on_rejoin.append(self.rejoined)
 
-    async def grant(self, node: str, model: str, waiter: str, urgency: float, capacity: int) -> int:
+    def take(self, node: str, model: str, waiter: str) -> bool:
+        """A request with a local slot on `node` takes a slot handed to this replica there, if
+        there is one (its own, the one promised to it, or one nobody else was promised): no
+        round trip (Redis hears of it with the next one)."""
+        key = (node, model)
+        ids = self.reserved.get(key)
+        promised = self.promised.pop(waiter, None)
+        if not ids:
+            return False
+        rid = promised if promised in ids else waiter if waiter in ids else None
+        if rid is None:
+            spoken = set(self.promised.values()) | self._asking
+            rid = next((r for r in ids if r not in spoken), None)
+            if rid is None:
+                return False
+        self._reserve_gone(key, rid)
+        self._held[key] += 1
+        self.taken += 1
+        if self._link.up:
+            self._push(Take(node, model, rid), lazy=True)
+        self.forget(waiter, model)
+        return True
+
+    def _reserve_gone(self, key: tuple[str, str], rid: str) -> None:
+        ids = self.reserved[key]
+        ids.remove(rid)
+        if not ids:
+            del self.reserved[key]
+
+    def unclaimed(self, model: str, waiter: str) -> str | None:
+        """A node where a slot handed to this replica for `model` waits, that `waiter` may take
+        (handed for it, or for nobody waiting any more): promised to it."""
+        spoken = set(self.promised.values()) | self._asking
+        for (node, m), ids in self.reserved.items():
+            if m == model and waiter in ids:
+                return node
+        for (node, m), ids in self.reserved.items():
+            rid = next((r for r in ids if r not in spoken), None) if m == model else None
+            if rid is not None:
+                self.promised[waiter] = rid
+                return node
+        return None
+
+    def handed_in(self, node: str, model: str, waiter: str) -> None:
+        """Redis counted a slot of `node` as this replica's, for `waiter`."""
+        key = (node, model)
+        self.mine[key] += 1
+        self.handed += 1
+        self.waiters.pop(waiter, None)
+        if waiter in self._taken:  # its own grant took it already
+            self._taken.discard(waiter)
+            return
+        self.reserved.setdefault(key, []).append(waiter)
+        asyncio.get_running_loop().call_later(RESERVE_S, self._unclaimed, node, model, waiter)
+        self._handed(node, model, waiter)
+
+    def _unclaimed(self, node: str, model: str, rid: str) -> None:
+        key = (node, model)
+        if rid not in self.reserved.get(key, ()):
+            return
+        if rid in self._asking:  # its grant may take it in Redis: see again after that
+            asyncio.get_running_loop().call_later(RESERVE_S, self._unclaimed, node, model, rid)
+            return
+        self._reserve_gone(key, rid)
+        self.returned += 1
+        for woken in [w for w, r in self.promised.items() if r == rid]:
+            del self.promised[woken]  # it asks Redis when it comes
+        self.release(node, model, reserve=rid)
+
+    async def grant(
+        self, node: str, model: str, waiter: str, urgency: float, bound: Bound, belief: str
+    ) -> int:
+        """Asks Redis for a lease (`bound`: see `lease_ops`; `belief`: this replica's own, if it
+        changed since it last told Redis, else "")."""
         if not self._link.up:
             self.mine[(node, model)] += 1
             self._held[(node, model)] += 1
             self.alone += 1
             return ALONE
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._push(_Grant(node, model, waiter, urgency, capacity, future))
-        return await future
+        self._push(Grant(node, model, waiter, urgency, bound[0], bound[1], belief, future))
+        self._asking.add(waiter)
+        try:
+            return await future
+        finally:
+            self._asking.discard(waiter)
 
-    async def enqueue(self, waiter: str, model: str, urgency: float) -> None:
+    def enqueue(self, waiter: str, model: str, urgency: float) -> None:
         """A request about to wait takes its place among the model's waiters."""
-        ttl_ms = int(self._link.policy.lease_ttl * 1000)
-        wait, wexp = self._link.key("wait", model), self._link.key("wexp", model)
-
-        def build(pipe: Pipeline) -> None:
-            pipe.evalsha(SHA["enqueue"], 2, wait, wexp, waiter, repr(urgency), ttl_ms)
-
-        if await self._link.pipeline(build) is not None:
+        if self._link.up:
             self.waiters[waiter] = model
+            self._push(Enqueue(waiter, model, urgency), lazy=True)
 
     def unleased(self, node: str, model: str) -> None:
         """The next give of this slot carries no lease (refused, or its grant was cancelled)."""
@@ -109,33 +198,32 @@ class Leases:
             self._held[key] -= 1
             self.release(node, model)
 
-    def release(self, node: str, model: str) -> None:
+    def release(self, node: str, model: str, reserve: str = "") -> None:
+        """Gives a lease back (`reserve`: one handed for that waiter, never taken)."""
         if self._link.up:
-            self._push(_Release(node, model))
+            capacity, learn = self._room(node, model)
+            self._push(Release(node, model, capacity, learn, reserve))
         else:
             self.mine[(node, model)] -= 1
 
     def forget(self, waiter: str, model: str) -> None:
         if self.waiters.pop(waiter, None) is not None and self._link.up:
-            self._push(_Forget(waiter, model))
+            self._push(Forget(waiter, model), lazy=True)
 
-    def _push(self, op: Op) -> None:
+    def _push(self, op: Op, lazy: bool = False) -> None:
+        """`lazy`: nobody waits for the answer: it goes with the next round trip, or after
+        LAZY_S at the latest."""
         self._ops.append(op)
-        self._wake.set()
+        if not lazy:
+            self._wake.set()
+        elif self._lazy is None:
+            self._lazy = asyncio.get_running_loop().call_later(LAZY_S, self._wake.set)
 
     async def leave(self) -> None:
         """A replica that stops gives back at once what it still holds in Redis (its slots, its
         waiters, its entry among the living) instead of letting it lapse after the lease."""
         link = self._link
-
-        def build(pipe: Pipeline) -> None:
-            for node, model in self.mine:
-                pipe.hdel(link.key("slots", f"{node}|{model}"), link.replica)
-            for waiter, model in self.waiters.items():
-                pipe.zrem(link.key("wait", model), waiter)
-            pipe.zrem(link.key("alive"), link.replica)
-
-        await link.pipeline(build)
+        await link.pipeline(lambda pipe: leave(pipe, link, self.mine, self.reserved, self.waiters))
 
     def rejoined(self) -> None:
         self._resync = True
@@ -146,6 +234,9 @@ class Leases:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._lazy is not None:
+                self._lazy.cancel()
+                self._lazy = None
             ops, self._ops = self._ops, []
             await self._flush(ops)
 
@@ -153,29 +244,30 @@ class Leases:
         """Background: one renewal per replica for all its slots and waiters."""
         while True:
             await asyncio.sleep(self._link.policy.lease_ttl / 3)
-            replies = await self._link.pipeline(self._renew)
+            replies = await self._link.pipeline(lambda pipe: renew(pipe, self._link, self.waiters))
             if replies is not None and replies[0] == 0:
                 log.warning("shared state: Redis had lost this replica's slots; writing them back")
                 self.rejoined()
 
-    def _renew(self, pipe: Pipeline) -> None:
-        link = self._link
-        ttl_ms = int(link.policy.lease_ttl * 1000)
-        pipe.evalsha(SHA["renew"], 1, link.key("alive"), link.replica, ttl_ms)
-        waiters: dict[str, list[str]] = {}
-        for waiter, model in self.waiters.items():
-            waiters.setdefault(model, []).append(waiter)
-        for model, ids in waiters.items():
-            pipe.evalsha(SHA["keep_waiters"], 1, link.key("wexp", model), ttl_ms, *ids)
-
     async def _flush(self, ops: list[Op]) -> None:
         link = self._link
         resync = self._resync and link.up
+        dropped: list[tuple[str, str, str]] = []
+        if resync:  # slots handed and not taken are not written back: they go with the outage
+            for key, ids in self.reserved.items():
+                self.mine[key] -= len(ids)
+                dropped += [(*key, rid) for rid in ids]
+            self.reserved.clear()
+            self.promised.clear()
+            self._taken.clear()
         held = {k: v for k, v in self.mine.items()} if resync else {}
         replies = None
         if link.up and (ops or resync):
+            self.trips += 1
             try:
-                replies = await link.pipeline(lambda pipe: self._build(pipe, ops, resync, held))
+                replies = await link.pipeline(
+                    lambda pipe: build(pipe, link, ops, resync, held, dropped)
+                )
             except Exception:  # a bug here must not leave requests waiting for an answer
                 log.exception("shared state: lease operations not sent; decided alone")
         if replies is None:
@@ -186,66 +278,19 @@ class Leases:
             return
         if resync:
             self._resync = False
-            replies = replies[len(held) + 1 :]
+            replies = replies[len(held) + len(dropped) + 1 :]
         for op, reply in zip(ops, replies, strict=True):
             try:
                 self._done(op, reply)
             except Exception:  # an answer not understood: this one is decided alone
                 log.exception("shared state: unexpected answer %r; decided alone", reply)
                 self._resync = True
-                if not isinstance(op, _Grant) or not op.future.done():
+                if not isinstance(op, Grant) or not op.future.done():
                     self._alone(op)
 
-    def _build(
-        self,
-        pipe: Pipeline,
-        ops: list[Op],
-        resync: bool,
-        held: dict[tuple[str, str], int],
-    ) -> None:
-        link = self._link
-        ttl_ms = int(link.policy.lease_ttl * 1000)
-        if resync:
-            pipe.evalsha(SHA["renew"], 1, link.key("alive"), link.replica, ttl_ms)
-            for (node, model), count in held.items():
-                key = link.key("slots", f"{node}|{model}")
-                if count > 0:
-                    pipe.hset(key, link.replica, count)
-                else:
-                    pipe.hdel(key, link.replica)
-        for op in ops:
-            if isinstance(op, _Grant):
-                pipe.evalsha(
-                    SHA["grant"],
-                    4,
-                    link.key("slots", f"{op.node}|{op.model}"),
-                    link.key("alive"),
-                    link.key("wait", op.model),
-                    link.key("wexp", op.model),
-                    link.replica,
-                    op.capacity,
-                    op.waiter,
-                    repr(op.urgency),
-                    ttl_ms,
-                )
-            elif isinstance(op, _Release):
-                pipe.evalsha(
-                    SHA["release"],
-                    3,
-                    link.key("slots", f"{op.node}|{op.model}"),
-                    link.key("wait", op.model),
-                    link.key("wexp", op.model),
-                    link.replica,
-                    link.channel,
-                    op.node,
-                    op.model,
-                )
-            else:  # its expiry entry goes at the next grant's clean-up
-                pipe.zrem(link.key("wait", op.model), op.waiter)
-
-    def _alone(self, op: _Grant | _Release | _Forget) -> None:
+    def _alone(self, op: Op) -> None:
         """Redis did not take the operation: this replica decides alone."""
-        if isinstance(op, _Grant):
+        if isinstance(op, Grant):
             self.mine[(op.node, op.model)] += 1
             self.alone += 1
             if op.future.cancelled():  # the request left meanwhile: its slot is not held
@@ -253,14 +298,25 @@ class Leases:
             else:
                 self._held[(op.node, op.model)] += 1
                 op.future.set_result(ALONE)
-        elif isinstance(op, _Release):
+        elif isinstance(op, Release):
             self.mine[(op.node, op.model)] -= 1
 
-    def _done(self, op: _Grant | _Release | _Forget, reply: Any) -> None:
-        if isinstance(op, _Release):
+    def _done(self, op: Op, reply: Any) -> None:
+        if isinstance(op, Release):
+            if int(reply[0]) == 0:  # a handed slot its waiter's grant took: nothing given back
+                return
+            if int(reply[0]) == 2:
+                self._own(op.model)
             self.mine[(op.node, op.model)] -= 1
+            for waiter in reply[1:]:  # handed to this replica's own waiters
+                self.handed_in(op.node, op.model, waiter.decode())
             return
-        if not isinstance(op, _Grant):
+        if isinstance(op, Take):
+            if int(reply) == 0:  # its waiter's grant took it: this request's lease is counted anew
+                self.overbooked += 1
+                self.mine[(op.node, op.model)] += 1
+            return
+        if not isinstance(op, Grant):
             return
         verdict, total = int(reply[0]), int(reply[1])
         if verdict == ALONE:  # Redis does not know this replica: write back, then share
@@ -268,22 +324,24 @@ class Leases:
             self._alone(op)
             return
         key = (op.node, op.model)
-        if verdict == GRANTED:
-            self.mine[key] += 1
+        if verdict in (GRANTED, TAKEN):
+            if verdict == GRANTED:
+                self.mine[key] += 1
+            elif op.waiter in self.reserved.get(key, ()):  # handed to it, taken in Redis
+                self._reserve_gone(key, op.waiter)
+            else:  # handed to it, taken before the hand-over was heard of here
+                self._taken.add(op.waiter)
             self.granted += 1
             if op.future.cancelled():
                 self.release(op.node, op.model)
                 return
             self._held[key] += 1
-            self._heard(op.node, op.model, max(total - self.mine[key], 0), 0)
-            if total < op.capacity:  # room left: the next refused request may have it
-                self._room_left(op.model)
+            if verdict == GRANTED and len(reply) > 3 and int(reply[3]) > 0:
+                self._own(op.model)  # room left (slots of a dead replica came back): next one
         else:
-            # Slots held elsewhere and those promised to more urgent waiters: until a release
-            # is announced, the node is full for this replica.
             self.refused += 1
-            self._heard(op.node, op.model, max(total - self.mine[key], 0), int(reply[2]))
-            if total < op.capacity:  # free, but promised to more urgent requests
-                self.saw_free[op.waiter] = True
+        # Slots held elsewhere: until a release hands one here, the node is full for this replica.
+        shared = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+        self._heard(op.node, op.model, max(total - self.mine[key], 0), shared)
         if not op.future.cancelled():
             op.future.set_result(verdict)

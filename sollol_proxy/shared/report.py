@@ -37,20 +37,40 @@ class SharedCollector(Collector):
             value=link.round_trips,
         )
         yield CounterMetricFamily(
+            "sollol_shared_request_round_trips",
+            "Round trips to Redis of the requests' path (grants, releases, registrations of "
+            "waiters; several requests' operations share one), the rest being periodic.",
+            value=slots.leases.trips,
+        )
+        yield CounterMetricFamily(
             "sollol_shared_round_trip_seconds",
             "Time spent in round trips to Redis.",
             value=link.round_trip_s,
         )
         leases = CounterMetricFamily(
             "sollol_shared_leases",
-            "Slot leases: granted by Redis, refused (a more urgent waiter or no slot left among "
-            "the replicas), or taken alone while Redis did not answer.",
+            "Slot leases: granted by Redis when asked, handed by another request's release to "
+            "a request waiting here (no asking), refused (a more urgent waiter or no slot left "
+            "among the replicas), or taken alone while Redis did not answer.",
             labels=["result"],
         )
         leases.add_metric(["granted"], slots.leases.granted)
+        leases.add_metric(["handed"], slots.leases.taken)
         leases.add_metric(["refused"], slots.leases.refused)
         leases.add_metric(["alone"], slots.leases.alone)
         yield leases
+        yield CounterMetricFamily(
+            "sollol_shared_handed_returned",
+            "Slots a release handed to this replica that none of its requests took in time: "
+            "given back (and handed on).",
+            value=slots.leases.returned,
+        )
+        yield CounterMetricFamily(
+            "sollol_shared_handed_overbooked",
+            "Slots handed to this replica that two of its requests took (one through Redis, one "
+            "without asking): one request over the bound until either ends.",
+            value=slots.leases.overbooked,
+        )
         yield CounterMetricFamily(
             "sollol_shared_ejections_applied",
             "Node ejections made by another replica and applied here.",

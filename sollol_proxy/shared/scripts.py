@@ -1,8 +1,10 @@
 """The Lua scripts that make each shared decision atomic inside Redis.
 
 Keys (all under `state.key_prefix`): `alive` (sorted set: replica -> expiry in ms, Redis's
-clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `wait:<model>` (sorted
-set: waiter -> urgency, lower first) and `wexp:<model>` (sorted set: waiter -> expiry in ms).
+clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `belief:<node>|<model>` (hash: replica -> its own learned belief of the slots), `hand:<node>|<model>`
+(hash: waiter -> 1 for the slots a release handed to that waiter, counted in its replica's
+slots, and not yet taken by one of that replica's requests), `wait:<model>` (sorted set: waiter -> urgency, lower first; a waiter is
+`<replica>:<n>`) and `wexp:<model>` (sorted set: waiter -> expiry in ms).
 Slots of a replica whose `alive` entry has expired are dropped by the next grant, so a killed
 replica's slots come back within `state.lease_ttl`; its waiters expire the same way.
 """
@@ -11,22 +13,128 @@ from __future__ import annotations
 
 import hashlib
 
+# A slot handed to a waiter is taken back after this if its replica has not taken it (it missed
+# the event, or died): the replica takes or gives back its handed slots within
+# `leases.RESERVE_S`, and tells Redis within `leases.LAZY_S`.
+HAND_TTL_MS = 3000
+
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: slots hash, alive, wait, wexp. ARGV: replica, capacity, waiter id, urgency, ttl ms.
-# Returns {1, total} granted, {0, total, other replicas' waiters ahead (counted up to the free
-# slots)} refused (the waiter is then registered), or {-1, 0}
-# when this replica is unknown to Redis (restarted, or the replica was away past its lease).
+# Hands up to `free` slots of SLOTS to the most urgent waiters of WAIT (their replicas alive),
+# those with an urgency below `below` only, skipping the waiters of replica `skip` (nil: none):
+# each is counted as its replica's slot at once and noted in HAND (handed, not yet taken), and
+# the waiter leaves the order. A waiter of another replica than ME is told through the channel;
+# those of ME are returned. Dead replicas' waiters are left to their expiry. With `stop`, it stops
+# at the first waiter of that replica (more urgent than any left): returns true then.
+# The shared belief of a node's slots for a model: the lower median of the live replicas' own
+# beliefs (one replica's proof that was not one, or its waits that were another's requests,
+# move nothing alone); nil while none told one.
+_BOUND = """
+local function shared_belief(BELIEF, ALIVE)
+  local values = {}
+  local entries = redis.call('HGETALL', BELIEF)
+  for i = 1, #entries, 2 do
+    local alive = redis.call('ZSCORE', ALIVE, entries[i])
+    if alive and tonumber(alive) >= now then
+      values[#values + 1] = tonumber(entries[i + 1])
+    else
+      redis.call('HDEL', BELIEF, entries[i])
+    end
+  end
+  if #values == 0 then return nil end
+  table.sort(values)
+  return values[math.floor((#values + 1) / 2)]
+end
+local function bound(BELIEF, ALIVE, capacity, learn)
+  if learn ~= '1' then return tonumber(capacity) end
+  return (shared_belief(BELIEF, ALIVE) or tonumber(capacity)) + 1
+end
+"""
+
+_HAND_OVER = (
+    f"""
+local HAND_TTL_MS = {HAND_TTL_MS}
+"""
+    + """
+local function owner(id) return string.match(id, '^(.*):[^:]*$') end
+-- A slot handed to a waiter whose replica never took it (it missed the event): back to the
+-- pool. A replica that took it after all counts it anew (`TAKE`).
+local function expire_hand(SLOTS, HAND)
+  local entries = redis.call('HGETALL', HAND)
+  for i = 1, #entries, 2 do
+    if tonumber(entries[i + 1]) < now then
+      redis.call('HDEL', HAND, entries[i])
+      local r = owner(entries[i])
+      if r and redis.call('HINCRBY', SLOTS, r, -1) <= 0 then redis.call('HDEL', SLOTS, r) end
+    end
+  end
+end
+local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, model, free, below,
+    skip, stop)
+  local mine = {}
+  local offset = 0
+  local looked = 0
+  while free > 0 and looked < 256 do
+    local batch = redis.call('ZRANGEBYSCORE', WAIT, '-inf', below, 'LIMIT', offset, 16)
+    if #batch == 0 then break end
+    local kept = 0
+    for _, id in ipairs(batch) do
+      looked = looked + 1
+      local r = owner(id)
+      if stop and r == stop then return mine, true end
+      -- (a waiter already handed a slot here is waiting to take it: not a second one)
+      local alive = r and r ~= skip and redis.call('HEXISTS', HAND, id) == 0
+        and redis.call('ZSCORE', ALIVE, r)
+      if free > 0 and alive and tonumber(alive) >= now then
+        redis.call('HINCRBY', SLOTS, r, 1)
+        redis.call('HSET', HAND, id, now + HAND_TTL_MS)
+        redis.call('ZREM', WAIT, id)
+        redis.call('ZREM', WEXP, id)
+        free = free - 1
+        if r == ME then
+          mine[#mine + 1] = id
+        else
+          redis.call('PUBLISH', channel, cjson.encode({kind = 'handed', to = r, waiter = id,
+            node = node, model = model}))
+        end
+      else
+        kept = kept + 1
+      end
+    end
+    offset = offset + kept
+  end
+  return mine, false
+end
+"""
+)
+
+# KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, capacity, waiter id, urgency,
+# ttl ms, channel, node, model, the asker's own belief when it changed (or ""), learn (1: the bound is the shared
+# belief, or `capacity` (the asker's belief) while none is shared, plus one probe margin; else
+# `capacity`, configured). Each answer ends with the shared belief ("" if
+# none). Returns {1, total, shared, free slots left} granted, {2, total} granted from a slot handed to
+# this waiter earlier (not yet taken by one of its replica's requests), {0, total} refused (the waiter
+# is then registered), {3, total} refused while others wait too (a slot freed anywhere will be
+# handed to the most urgent of them: no use asking another node), or {-1, 0} when this replica is unknown to Redis (restarted, or the
+# replica was away past its lease). Free slots that more urgent waiters of other replicas are
+# waiting for are handed to them first.
 GRANT = (
     _NOW
+    + _BOUND
+    + _HAND_OVER
     + """
 local me = ARGV[1]
 local mine = redis.call('ZSCORE', KEYS[2], me)
-if not mine or tonumber(mine) < now then return {-1, 0} end
+if not mine or tonumber(mine) < now then return {-1, 0, ''} end
+if ARGV[10] == '1' and ARGV[9] ~= '' then redis.call('HSET', KEYS[6], me, ARGV[9]) end
+local capacity = bound(KEYS[6], KEYS[2], ARGV[2], ARGV[10])
+local shared = ''
+if ARGV[10] == '1' then shared = tostring(shared_belief(KEYS[6], KEYS[2]) or '') end
 local total = 0
+local dead = false
 local held = redis.call('HGETALL', KEYS[1])
 for i = 1, #held, 2 do
   local alive = redis.call('ZSCORE', KEYS[2], held[i])
@@ -34,6 +142,14 @@ for i = 1, #held, 2 do
     total = total + tonumber(held[i + 1])
   else
     redis.call('HDEL', KEYS[1], held[i])
+    dead = true
+  end
+end
+expire_hand(KEYS[1], KEYS[5])
+if dead then  -- the slots handed to a dead replica's waiters went with its slots
+  for _, id in ipairs(redis.call('HKEYS', KEYS[5])) do
+    local alive = redis.call('ZSCORE', KEYS[2], owner(id) or '')
+    if not alive or tonumber(alive) < now then redis.call('HDEL', KEYS[5], id) end
   end
 end
 local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 32)
@@ -41,54 +157,75 @@ for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZREM', KEYS[4], id)
 end
--- Waiters of other replicas more urgent than this request, counted only as far as the free
--- slots go (this replica's own waiters are ordered by its local queue, holds included).
-local free = tonumber(ARGV[2]) - total
-local ahead = 0
-local offset = 0
-local own = ARGV[1] .. ':'
-while ahead < free and offset < 1024 do
-  local batch = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4], 'LIMIT', offset, 64)
-  if #batch == 0 then break end
-  for _, id in ipairs(batch) do
-    if string.sub(id, 1, #own) ~= own then ahead = ahead + 1 end
-  end
-  offset = offset + #batch
+if redis.call('HDEL', KEYS[5], ARGV[3]) == 1 then  -- handed to this very waiter already
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  return {2, total, shared}
 end
-if ahead < free then
+local free = capacity - total
+if free > 0 then
+  -- Waiters of other replicas more urgent than this request get the free slots first (this
+  -- replica's own waiters are ordered by its local queue, holds included).
+  hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[6], ARGV[7], ARGV[8], free,
+    '(' .. ARGV[4], me)
+  total = 0
+  for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
+end
+if total < capacity then
   redis.call('HINCRBY', KEYS[1], me, 1)
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  return {1, total + 1}
+  return {1, total + 1, shared, capacity - total - 1}
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[3])
-return {0, total, ahead}
+if redis.call('ZCARD', KEYS[3]) > 1 then return {3, total, shared} end
+return {0, total, shared}
 """
 )
 
-# KEYS: slots hash, wait, wexp. ARGV: replica, channel, node, model. A release is announced only
-# while someone (alive) waits for the model.
+# KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, channel, node, model,
+# capacity, reserve (a waiter: the slot given back is one handed to it and never taken, else ""),
+# learn (as for GRANT). The freed slot goes at once to the most urgent waiter of any other
+# replica (no waiter races for it), unless one of the releaser's own is more urgent: then it
+# stays free for the releaser, whose own queue orders its waiters (its next request asks for it
+# at once). Returns {1} (handed on, or nobody waits), {2} (left for the releaser's own waiters)
+# or {0} (a reserve that its waiter's grant took).
 RELEASE = (
     _NOW
+    + _BOUND
+    + _HAND_OVER
     + """
-local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if left <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 32)
+local me = ARGV[1]
+if ARGV[6] ~= '' and redis.call('HDEL', KEYS[5], ARGV[6]) == 0 then return {0} end
+local left = redis.call('HINCRBY', KEYS[1], me, -1)
+if left <= 0 then redis.call('HDEL', KEYS[1], me) end
+expire_hand(KEYS[1], KEYS[5])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 32)
 for _, id in ipairs(stale) do
-  redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
 end
-if redis.call('ZCARD', KEYS[2]) > 0 then
-  local total = 0
-  local held = redis.call('HVALS', KEYS[1])
-  for _, n in ipairs(held) do total = total + tonumber(n) end
-  redis.call('PUBLISH', ARGV[2], cjson.encode({kind = 'freed', node = ARGV[3],
-    model = ARGV[4], total = total}))
-end
-return left
+if redis.call('ZCARD', KEYS[3]) == 0 then return {1} end
+local total = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
+local free = bound(KEYS[6], KEYS[2], ARGV[5], ARGV[7]) - total
+if free <= 0 then return {1} end
+local given, own = hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[2],
+  ARGV[3], ARGV[4], free, '+inf', nil, me)
+if own then return {2} end
+return {1, unpack(given)}
 """
 )
+
+# KEYS: hand, slots. ARGV: replica, waiter. A request of this replica took the slot handed to
+# that waiter without asking (`Leases.take`): 1. If the waiter's grant had taken it meanwhile,
+# the request's lease is counted anew: 0.
+TAKE = """
+if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then return 1 end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+return 0
+"""
 
 # KEYS: wait, wexp. ARGV: waiter id, urgency, ttl ms. A request about to wait takes its place.
 ENQUEUE = (
@@ -127,6 +264,7 @@ return 1
 SCRIPTS = {
     "grant": GRANT,
     "release": RELEASE,
+    "take": TAKE,
     "enqueue": ENQUEUE,
     "renew": RENEW,
     "keep_waiters": KEEP_WAITERS,

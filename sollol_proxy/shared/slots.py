@@ -3,14 +3,15 @@
 A request first gets a slot from this replica's admission control as always (local queue,
 priority, late binding, holds); then one script in Redis (`scripts.GRANT`, through the ordered
 writer of `leases.py`) grants the lease only if the slots all replicas hold on that node for
-that model, plus the more urgent waiters of other replicas, stay under the capacity belief
-(`model_room`: the learned slots plus the probe margin). Refused, the request gives its local
-slot back, is registered among the model's waiters (by urgency: arrival minus priority times
-`queue.ageing`, so ageing orders replicas as it orders one queue), and waits here (`_park`),
-most urgent first, for a release to be announced; it then asks again, keeping its place in
-the local queue. A request about to wait in the local queue registers first, so that a freed
-slot goes to the most urgent request of any replica. What the other replicas hold on each node,
-as last heard, steers the choice of node (`_room`); Redis always decides.
+that model stay under the bound (the configured slots, or the learned belief all replicas share
+plus one probe: `_capacity`). Refused, the request gives its local slot back, is registered
+among the model's waiters by that same call (by urgency: arrival minus priority times
+`queue.ageing`, so ageing orders replicas as it orders one queue), and waits here (`_park`)
+until a release hands it a slot inside its script (`_handed`): it then takes that slot at once,
+ahead of the local queue, with no round trip. A request about to wait in the local queue
+registers first (lazily), so that a freed slot goes to the most urgent request of any replica.
+What the other replicas hold on each node, as last heard, steers the choice of node (`_room`);
+Redis always decides.
 """
 
 from __future__ import annotations
@@ -25,16 +26,14 @@ from typing import Any
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.admission.gate import LocalAdmit
 from sollol_proxy.admission.tickets import Held, QueueRejected, Slot
-from sollol_proxy.fleet.capacity import model_room
+from sollol_proxy.fleet.capacity import model_room, slot_belief
 from sollol_proxy.fleet.node import NodeState
-from sollol_proxy.shared.leases import ALONE, REFUSED, Leases
+from sollol_proxy.shared.leases import ALONE, BEHIND, REFUSED, Bound, Leases
 from sollol_proxy.shared.link import Link
 
 # How long what another replica holds on a node, as last heard, is trusted; past it the
 # grant script, which always knows, decides.
 FRESH_S = 1.0
-# A refused request asks again at the next announced release of its model, or after this.
-RECHECK_S = 0.25
 
 
 class SharedHeld:
@@ -72,12 +71,18 @@ class SharedSlots:
     def __init__(self, link: Link, admission: Admission) -> None:
         self._link = link
         self._admission = admission
-        self.leases = Leases(link, self._heard, self._unpark)
+        self.leases = Leases(link, self._heard, self._handed, self._capacity, self._own_turn)
         self._remote: dict[tuple[str, str], tuple[int, float]] = {}  # others' slots, when heard
-        # Refused requests, per model, most urgent first: (urgency, seq, woken when).
-        self._parked: dict[str, list[tuple[float, int, asyncio.Future[None]]]] = {}
+        # Refused requests, per model, most urgent first: (urgency, seq, woken when, with the
+        # node whose slot was handed here), and by waiter.
+        self._parked: dict[str, list[tuple[float, int, str, asyncio.Future[str | None]]]] = {}
+        self._waiting: dict[str, asyncio.Future[str | None]] = {}
+        self._live: set[str] = set()  # waiters of requests still asking for a slot here
+        self._nodes: dict[str, NodeState] = {}  # the nodes this replica's requests went to
+        self._told: dict[tuple[str, str], int] = {}  # this replica's own belief, as Redis has it
+        self._shared: dict[tuple[str, str], int] = {}  # the replicas' shared one, as last heard
         self._seq = itertools.count()
-        link.handlers["freed"] = self._freed
+        link.handlers["handed"] = self._heard_handed
         admission.gate = self
 
     # -- the admission gate -------------------------------------------------------------------
@@ -98,7 +103,32 @@ class SharedSlots:
         if heard is None or time.monotonic() - heard[1] > FRESH_S:
             return True
         local = self._admission.slots.in_use(node.name).get(model, 0)
-        return heard[0] + local < model_room(node, model)
+        capacity, learn = self._capacity(node.name, model)
+        bound = self._shared.get((node.name, model), capacity) + 1 if learn else capacity
+        return heard[0] + local < bound
+
+    def _capacity(self, node: str, model: str) -> Bound:
+        """The bound Redis applies: the node's configured slots, or (learned) the belief all
+        replicas share (this replica's own until one is shared) plus one probe margin."""
+        known = self._nodes.get(node)
+        if known is None:  # handed a slot of a node this replica never sent to: Redis knows
+            return 0, True
+        belief = slot_belief(known, model)
+        if belief is None or belief.estimator.fixed is not None:
+            return model_room(known, model), False
+        return belief.estimator.believed, True
+
+    def _tell(self, node: NodeState, model: str) -> str:
+        """This replica's belief of `node`'s slots for `model` if it learned it (not its start
+        value) and it changed since Redis last had it, else ""."""
+        belief = slot_belief(node, model)
+        if belief is None or belief.estimator.source in ("configured", "default"):
+            return ""
+        believed = belief.estimator.believed
+        if self._told.get((node.name, model)) == believed:
+            return ""
+        self._told[(node.name, model)] = believed
+        return str(believed)
 
     async def acquire(
         self,
@@ -112,31 +142,52 @@ class SharedSlots:
         asked = time.monotonic()
         deadline = asked + self._admission.config.max_wait
         again: float | None = None  # a refused request keeps its place in the local queue
+        handed: str | None = None  # the node whose slot a release handed to this request
+
+        tried: set[str] = set()  # nodes Redis found full for it since it last waited
 
         def free() -> list[NodeState]:
             # The nodes other replicas, as last heard, leave room on; all of them when none
             # does: then Redis decides, and a refused request waits in `_park`, in order.
             nodes = candidates()
-            return [n for n in nodes if self._room(n, model)] or nodes
+            return [n for n in nodes if n.name not in tried and self._room(n, model)] or nodes
 
+        def there() -> list[NodeState]:
+            return [n for n in candidates() if n.name == handed] or free()
+
+        self._live.add(waiter)
         try:
             if self._link.up and self._will_wait(free, model):
                 # It will wait in the local queue: it takes its place in the shared order first.
-                await self.leases.enqueue(waiter, model, urgency)
+                self.leases.enqueue(waiter, model, urgency)
             while True:
-                held = local(free, again)
+                # A request handed a slot takes it at once, ahead of this replica's own queue:
+                # Redis chose it as the most urgent, or this replica as its most urgent parked.
+                held = local(free if handed is None else there, again, handed is not None)
                 slot = await held.__aenter__()
                 node = slot.node
                 assert node is not None
+                self._nodes[node.name] = node
+                if self.leases.take(node.name, model, waiter):
+                    slot.waited_s = time.monotonic() - asked
+                    return slot, held
+                # Handed a slot it could not take (taken meanwhile): it waits for the next one
+                # rather than for that one again.
+                claim = handed is None
                 try:
                     verdict = await self.leases.grant(
-                        node.name, model, waiter, urgency, model_room(node, model)
+                        node.name,
+                        model,
+                        waiter,
+                        urgency,
+                        self._capacity(node.name, model),
+                        self._tell(node, model),
                     )
                 except BaseException:
                     self.leases.unleased(node.name, model)
                     await held.__aexit__(None, None, None)
                     raise
-                if verdict != REFUSED:
+                if verdict not in (REFUSED, BEHIND):
                     if verdict == ALONE:
                         self.leases.forget(waiter, model)
                     self.leases.waiters.pop(waiter, None)
@@ -146,8 +197,9 @@ class SharedSlots:
                 again = asked
                 self.leases.unleased(node.name, model)
                 await held.__aexit__(None, None, None)
-                ahead_only = self.leases.saw_free.pop(waiter, False)
-                if not ahead_only and self._room_elsewhere(candidates, node, model):
+                tried.add(node.name)
+                if verdict == REFUSED and self._room_elsewhere(candidates, tried, model):
+                    handed = None
                     continue
                 if time.monotonic() >= deadline:
                     raise QueueRejected(
@@ -157,10 +209,13 @@ class SharedSlots:
                         "timeout",
                         self._admission.config.max_wait,
                     )
-                await self._park(model, urgency, ahead_only)
+                handed = await self._park(model, urgency, waiter, deadline, claim)
+                tried.clear()
         except BaseException:
             self.leases.forget(waiter, model)
             raise
+        finally:
+            self._live.discard(waiter)
 
     def _will_wait(self, free: Callable[[], list[NodeState]], model: str) -> bool:
         """Whether the local queue is about to hold the request: others wait there, or this
@@ -173,59 +228,117 @@ class SharedSlots:
             return False
 
     def _room_elsewhere(
-        self, candidates: Callable[[], list[NodeState]], full: NodeState, model: str
+        self, candidates: Callable[[], list[NodeState]], tried: set[str], model: str
     ) -> bool:
-        """Refused because `full` is full: another node may still have room."""
+        """Refused because the nodes `tried` are full: another node may still have room."""
         try:
-            return any(n is not full and self._room(n, model) for n in candidates())
+            return any(n.name not in tried and self._room(n, model) for n in candidates())
         except Exception:  # no candidates left: the next local admission answers that
             return False
 
-    async def _park(self, model: str, urgency: float, ahead_only: bool) -> None:
-        """A refused request waits here, in urgency order, until a release of its model is
-        announced (or, when a slot was free but promised to more urgent requests, briefly:
-        those may be gone). Only this replica's most urgent refused requests then ask again."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def _park(
+        self, model: str, urgency: float, waiter: str, until: float, claim: bool
+    ) -> str | None:
+        """A refused request waits here, registered in Redis, until a release hands it (or,
+        its own having left, this replica) a slot: the node's name. Only this replica's most
+        urgent refused request asks again by itself, after a while (a lost event, a slot freed
+        by a replica that died)."""
+        unclaimed = self.leases.unclaimed(model, waiter) if claim else None
+        if unclaimed is not None:  # handed here while this request was asking elsewhere
+            return unclaimed
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         parked = self._parked.setdefault(model, [])
-        heapq.heappush(parked, (urgency, next(self._seq), future))
-        # Only the most urgent asks again by itself (a lost announcement, a waiter that died);
-        # the others are woken in turn.
-        if parked[0][2] is not future:
-            timeout = self._link.policy.lease_ttl
-        else:
-            timeout = RECHECK_S if ahead_only else FRESH_S
+        heapq.heappush(parked, (urgency, next(self._seq), waiter, future))
+        while parked[0][3].done():  # those that left: gone from the top
+            heapq.heappop(parked)
+        self._waiting[waiter] = future
+        # The others wait for their turn, however long: their registration is kept in Redis,
+        # and a slot handed to one that never heard of it goes back to the pool (HAND_TTL_MS).
+        timeout = FRESH_S if parked[0][3] is future else max(until - time.monotonic(), 0.0)
         try:
             async with asyncio.timeout(timeout):
-                await future
+                return await future
         except TimeoutError:
-            pass
+            return None
         finally:
             future.cancel()  # left in the heap, skipped when popped
+            del self._waiting[waiter]
 
-    def _unpark(self, model: str) -> None:
-        """The most urgent refused request of `model` asks again now."""
+    def _handed(self, node: str, model: str, waiter: str) -> None:
+        """A slot of `node` was handed to this replica for `waiter`: that request takes it if it
+        is still parked, else the most urgent one parked for the model, else the local queue
+        (`Leases.take`); nobody taking it, it goes back after `leases.RESERVE_S`."""
+        future = self._waiting.get(waiter)
+        if (future is None or future.done()) and waiter in self._live:
+            # Asking Redis or on its way to wait: it finds it (`unclaimed`, `take`, or its
+            # grant takes it in Redis); the local queue may have a request for it meanwhile.
+            future = None
+        elif future is None or future.done():
+            future = None
+            parked = self._parked.get(model)
+            while parked and future is None:
+                _, _, woken, candidate = heapq.heappop(parked)
+                future = None if candidate.done() else candidate
+            if not parked:
+                self._parked.pop(model, None)
+            if future is not None:
+                self.leases.promised[woken] = waiter  # no other request takes it
+        if future is not None:
+            future.set_result(node)
+        else:
+            self._admission.wake()
+
+    def _own_turn(self, model: str) -> None:
+        """A release left its slot free for this replica's own most urgent waiter of `model`:
+        the local queue gets it (its next request asks Redis), else the most urgent refused
+        request asks again."""
+        self._admission.wake()
+        if self._admission.waiting:
+            return
         parked = self._parked.get(model)
         while parked:
-            _, _, future = heapq.heappop(parked)
+            future = heapq.heappop(parked)[3]
             if not future.done():
                 future.set_result(None)
-                for key in [k for k in self._remote if k[1] == model]:
-                    del self._remote[key]  # it asks Redis, which knows better
                 return
         self._parked.pop(model, None)
 
+    def reserved(self, node: NodeState, model: str) -> bool:
+        promised = set(self.leases.promised.values())
+        ids = self.leases.reserved.get((node.name, model), ())
+        handed = sum(rid not in promised for rid in ids)
+        # Each handed slot nobody was promised lets one more request of the local queue in here
+        # (until it takes it), not every one.
+        return (
+            handed > 0
+            and self._admission.slots.in_use(node.name).get(model, 0)
+            < model_room(node, model) + handed
+        )
+
     def give(self, node: NodeState, model: str) -> None:
+        self._nodes[node.name] = node
         self.leases.give(node.name, model)
 
-    def _heard(self, node: str, model: str, others: int, promised: int) -> None:
-        """What the other replicas hold on `node` for `model`, and the slots promised to their
-        more urgent waiters: until a release is announced, that much is not free here."""
-        self._remote[(node, model)] = (others + promised, time.monotonic())
-
-    def _freed(self, event: dict[str, Any]) -> None:
-        node, model, total = event.get("node"), event.get("model"), event.get("total")
-        if not isinstance(node, str) or not isinstance(model, str) or not isinstance(total, int):
+    def _heard(self, node: str, model: str, others: int, shared: str) -> None:
+        """What the other replicas hold on `node` for `model` (until a release hands a slot
+        here, that much is not free here), and the slots they all believe it has: adopted."""
+        self._remote[(node, model)] = (others, time.monotonic())
+        known = self._nodes.get(node)
+        belief = None if known is None or not shared.isdigit() else slot_belief(known, model)
+        if known is None or belief is None or belief.estimator.fixed is not None:
             return
-        self._heard(node, model, max(total - self.leases.mine[(node, model)], 0), 0)
-        self._unpark(model)
-        self._admission.wake()
+        self._shared[(node, model)] = int(shared)
+        # Only upwards: this replica's own waits and proofs (its own requests in flight only)
+        # keep counting in the median through its own belief.
+        if belief.estimator.believed < int(shared):
+            belief.fresh = False
+            change = belief.estimator.adopt(int(shared), "learned by another replica")
+            known.beliefs.note(model, change)
+
+    def _heard_handed(self, event: dict[str, Any]) -> None:
+        node, model, waiter = event.get("node"), event.get("model"), event.get("waiter")
+        if event.get("to") != self._link.replica:
+            return
+        if not isinstance(node, str) or not isinstance(model, str) or not isinstance(waiter, str):
+            return
+        self.leases.handed_in(node, model, waiter)

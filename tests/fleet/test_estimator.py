@@ -331,3 +331,18 @@ def test_configured_memory_is_kept() -> None:
     mem.observe(_ps(("a", 1)))
     assert mem.observe(_ps(("b", 1))) is False
     assert (mem.vram_bytes, mem.max_loaded, mem.source) == (24 << 30, 2, "configured")
+
+
+def test_a_belief_adopted_from_another_replica_is_learned_and_probed_from() -> None:
+    estimator = CapacityEstimator(prior=1)
+    change = estimator.adopt(4, "learned by another replica")
+    assert change is not None and (change.before, change.after) == (1, 4)
+    assert estimator.believed == 4 and estimator.source == "learned"
+    assert estimator.limit == 5  # one probe above it, not slow start's doubling
+    assert estimator.adopt(4, "again") is None
+    # Adopting lower forgets what was proven above it: waits there are no longer contradictions.
+    for _ in range(3):
+        estimator.finished(4, 0.0, 1.0)
+    estimator.adopt(2, "a restart seen elsewhere")
+    assert estimator.believed == 2
+    assert CapacityEstimator(fixed=3).adopt(5, "configured") is None

@@ -118,3 +118,26 @@ class Peak:
             for node in self.nodes:
                 self.peak[node.name] = max(self.peak[node.name], node.in_flight())
             await asyncio.sleep(0.002)
+
+
+async def idle(made: Replicas, within: float = 3.0) -> None:
+    """Once the requests are over, Redis counts no slot held on any node (every lease back)."""
+    client = made.shared(0).link.client
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        held = [
+            int(v)
+            for key in [k async for k in client.scan_iter("*slots:*")]
+            for v in (await client.hgetall(key)).values()
+        ]
+        if sum(held) == 0:
+            return
+        if asyncio.get_running_loop().time() >= deadline:
+            state = {
+                key.decode(): await client.hgetall(key)
+                async for key in client.scan_iter("*")
+                if b"slots:" in key or b"hand:" in key
+            }
+            mine = [made.shared(i).slots.leases.mine for i in range(len(made.proxies))]
+            raise AssertionError(f"leases left in Redis: {state}; the replicas count {mine}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,174 @@
+"""The lease operations of one replica (`leases.py`), and how a batch of them is written to Redis
+as one pipeline (`build`): the scripts of `scripts.py`, with their keys.
+
+Grants and releases carry the capacity bound: the node's configured slots (`learn` false), or,
+learned, the belief every replica shares in Redis (`belief:<node>|<model>`; the asker's own
+until one is shared) plus one probe margin: however many replicas probe, together they run at
+most one request more than believed. A grant also carries the asker's own belief when it changed since it last told Redis
+(else ""): the latest belief learned by any replica is everyone's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from redis.asyncio.client import Pipeline
+
+from sollol_proxy.shared.link import Link
+from sollol_proxy.shared.scripts import SHA
+
+
+@dataclass(eq=False)
+class Grant:
+    node: str
+    model: str
+    waiter: str
+    urgency: float
+    capacity: int
+    learn: bool  # the bound is the shared belief (learned), not `capacity` (configured)
+    belief: str  # the asker's own belief when it changed since it last told Redis, else ""
+    future: asyncio.Future[int] = field(repr=False)
+
+
+@dataclass(eq=False)
+class Release:
+    node: str
+    model: str
+    capacity: int
+    learn: bool
+    reserve: str = ""  # a slot handed for this waiter that nobody took
+
+
+@dataclass(eq=False)
+class Take:
+    node: str
+    model: str
+    rid: str  # the waiter it was handed for
+
+
+@dataclass(eq=False)
+class Enqueue:
+    waiter: str
+    model: str
+    urgency: float
+
+
+@dataclass(eq=False)
+class Forget:
+    waiter: str
+    model: str
+
+
+Op = Grant | Release | Take | Enqueue | Forget
+
+
+def build(
+    pipe: Pipeline,
+    link: Link,
+    ops: list[Op],
+    resync: bool,
+    held: dict[tuple[str, str], int],
+    dropped: list[tuple[str, str, str]],
+) -> None:
+    """One pipeline: the write-back of what this replica holds (after Redis came back: its
+    slots, and the handed slots it no longer counts as reserved, `dropped`), then the operations
+    in order."""
+    ttl_ms = int(link.policy.lease_ttl * 1000)
+    if resync:
+        pipe.evalsha(SHA["renew"], 1, link.key("alive"), link.replica, ttl_ms)
+        for node, model, rid in dropped:
+            pipe.hdel(link.key("hand", f"{node}|{model}"), rid)
+        for (node, model), count in held.items():
+            key = link.key("slots", f"{node}|{model}")
+            if count > 0:
+                pipe.hset(key, link.replica, count)
+            else:
+                pipe.hdel(key, link.replica)
+    for op in ops:
+        if isinstance(op, Grant | Release):
+            pair = f"{op.node}|{op.model}"
+            keys = [
+                link.key("slots", pair),
+                link.key("alive"),
+                link.key("wait", op.model),
+                link.key("wexp", op.model),
+                link.key("hand", pair),
+                link.key("belief", pair),
+            ]
+            if isinstance(op, Grant):
+                pipe.evalsha(
+                    SHA["grant"],
+                    len(keys),
+                    *keys,
+                    link.replica,
+                    op.capacity,
+                    op.waiter,
+                    repr(op.urgency),
+                    ttl_ms,
+                    link.channel,
+                    op.node,
+                    op.model,
+                    op.belief,
+                    int(op.learn),
+                )
+            else:
+                pipe.evalsha(
+                    SHA["release"],
+                    len(keys),
+                    *keys,
+                    link.replica,
+                    link.channel,
+                    op.node,
+                    op.model,
+                    op.capacity,
+                    op.reserve,
+                    int(op.learn),
+                )
+        elif isinstance(op, Take):
+            pair = f"{op.node}|{op.model}"
+            pipe.evalsha(
+                SHA["take"],
+                2,
+                link.key("hand", pair),
+                link.key("slots", pair),
+                link.replica,
+                op.rid,
+            )
+        elif isinstance(op, Enqueue):
+            wait, wexp = link.key("wait", op.model), link.key("wexp", op.model)
+            pipe.evalsha(SHA["enqueue"], 2, wait, wexp, op.waiter, repr(op.urgency), ttl_ms)
+        else:  # its expiry entry goes at the next grant's clean-up
+            pipe.zrem(link.key("wait", op.model), op.waiter)
+
+
+def renew(pipe: Pipeline, link: Link, waiters: dict[str, str]) -> None:
+    """One renewal of this replica's entry among the living (so of all its leases) and of the
+    waiters it registered (waiter -> model)."""
+    ttl_ms = int(link.policy.lease_ttl * 1000)
+    pipe.evalsha(SHA["renew"], 1, link.key("alive"), link.replica, ttl_ms)
+    by_model: dict[str, list[str]] = {}
+    for waiter, model in waiters.items():
+        by_model.setdefault(model, []).append(waiter)
+    for model, ids in by_model.items():
+        pipe.evalsha(SHA["keep_waiters"], 1, link.key("wexp", model), ttl_ms, *ids)
+
+
+def leave(
+    pipe: Pipeline,
+    link: Link,
+    mine: Mapping[tuple[str, str], int],
+    reserved: Mapping[tuple[str, str], list[str]],
+    waiters: Mapping[str, str],
+) -> None:
+    """Everything a stopping replica holds in Redis, given back at once: its slots, the slots
+    handed to it, its waiters and its entry among the living."""
+    for node, model in mine:
+        pipe.hdel(link.key("slots", f"{node}|{model}"), link.replica)
+    for (node, model), ids in reserved.items():
+        if ids:
+            pipe.hdel(link.key("hand", f"{node}|{model}"), *ids)
+    for waiter, model in waiters.items():
+        pipe.zrem(link.key("wait", model), waiter)
+    pipe.zrem(link.key("alive"), link.replica)
