@@ -7,7 +7,9 @@ requests running there, and when the recent ones ended) and a `MemoryBelief` fed
 A node not measured yet for a model is believed to be like what is known (`Peers`): its own
 other models first (OLLAMA_NUM_PARALLEL is one setting per node), else the same model on the
 other nodes, else any model there, else one slot. Such beliefs follow the others as they are
-learned, until the node's own answers say more. So do memory bounds: a node that has shown no
+learned, until the node's own answers say more. A belief that is still growing (proofs, no wait
+yet: only a lower bound) is raised to the most a peer proved for the model, and lowered again by
+the node's own waits. So do memory bounds: a node that has shown no
 eviction yet is believed to hold what its peers were seen to hold, or more if it showed more.
 
 Restarts. A node's slots change only when its `ollama serve` restarts (or a runner is loaded
@@ -202,14 +204,25 @@ class Peers:
         self._by_node = {n: _lower_median(v) for n, v in by_node.items()}
         everything = [v for values in by_node.values() for v in values]
         self._overall = _lower_median(everything) if everything else None
+        # A belief still growing (no wait seen) is a lower bound: one below what a peer proved
+        # for the model is raised to it at once rather than waiting for this node's own proof,
+        # which needs its own bursts (on a node that routing keeps at one request, never):
+        # OLLAMA_NUM_PARALLEL is one setting, mostly the same across a fleet. A node that has
+        # fewer shows it by `strikes` waits, and is not raised again.
+        highest = {m: max(v) for m, v in by_model.items()}
         for node in self._members.values():
             for model, belief in node.slots.items():
-                if belief.fresh and belief.estimator.fixed is None:
+                estimator = belief.estimator
+                if belief.fresh and estimator.fixed is None:
                     prior = self.prior(node, model)
-                    if prior != belief.estimator.believed:
-                        change = belief.estimator.reset("believed like its peers", prior)
+                    if prior != estimator.believed:
+                        change = estimator.reset("believed like its peers", prior)
                         if change is not None:
                             log.info("node %s, model %s: %s", node.name, model, change)
+                elif not belief.forced and model in highest:
+                    change = estimator.lift(highest[model], "a peer proved more")
+                    if change is not None:
+                        log.info("node %s, model %s: %s", node.name, model, change)
 
     def memory_learned(self) -> None:
         """A node's memory bounds changed: recount what the others are believed to hold."""

@@ -33,6 +33,8 @@ latency gradients; here the queueing is measured, so the window can follow proof
   life, and a new runner shows itself (see beliefs.py). A failed or cut request makes the next
   probe due (a restart cuts streams). A wait-free run at a concurrency that used to wait means the node gained slots:
   slow start again.
+- While it grows, the belief is a lower bound: `lift` raises it to what another node proved
+  (beliefs.Peers), a guess that `strikes` waits at it take back like any other belief.
 - A configured or forced value (`fixed`: num_parallel from the config, 1 for embedding models and
   single-slot families) is used as is and never changed by observation.
 
@@ -130,6 +132,20 @@ class CapacityEstimator:
         if not self._observed:
             return "default"
         return "probing" if self._slow_start else "learned"
+
+    @property
+    def growing(self) -> bool:
+        """Learned, and no wait seen yet (slow start): the belief is only a lower bound."""
+        return not self.fixed and self._observed and self._slow_start
+
+    def lift(self, value: int, reason: str) -> Change | None:
+        """Believe at least `value` (what a peer proved) while still growing: a guess, not a
+        proof, which waits at it take back as usual (`strikes` of them)."""
+        value = min(value, self.cap)
+        if not self.growing or value <= self._believed:
+            return None
+        before, self._believed = self._believed, value
+        return Change(before, value, self.source, reason)
 
     def dispatched(self, in_flight_after: int, now: float) -> bool:
         """The proxy sent a request; `in_flight_after` counts it. True when it is a probe (more

@@ -122,7 +122,7 @@ class Selector:
             self._waitable(model)
             if self._may_hold
             and isinstance(strategy, Performance)
-            and (hold is None or now < hold.until)
+            and (hold is None or now < hold.until or not hold.extended)
             else []
         )
         # The cache model mirrors the runners' real slots: the belief, not the admission limit
@@ -181,8 +181,14 @@ class Selector:
             free = [c.estimate for c in choices if c.estimate is not None]
             wait = worth_waiting(request, free, waiting)
             if wait is not None:
-                until = hold.until if hold is not None else now + wait.budget_s
-                return Plan(hold=self._waits.hold(wait.node, until, replacing=hold))
+                # A hold that ran out is weighed again once, from now: what it waited is spent,
+                # and a miss now would pay the wait and the prefill both.
+                extend = hold is not None and now >= hold.until
+                until = now + wait.budget_s if hold is None or extend else hold.until
+                extended = hold is not None and (extend or hold.extended)
+                return Plan(
+                    hold=self._waits.hold(wait.node, until, replacing=hold, extended=extended)
+                )
         self._waits.release(hold)
         by_name = {entry.name: node for entry, node in zip(bases, nodes, strict=True)}
         ranked_target, name = Target.ranked, strategy.name  # read once: this runs per candidate

@@ -130,3 +130,26 @@ def test_a_load_where_the_model_was_loaded_restarts_slow_start() -> None:
     capacity.learn(state, "m", belief, 1, 3.0, None, loaded, False, 5.0, cold=False)
     assert (belief.estimator.source, belief.estimator.believed) == ("probing", 4)
     assert belief.estimator.limit == 5
+
+
+def test_a_growing_belief_is_raised_to_what_a_peer_proved() -> None:
+    peers = Peers()
+    a, b, c = node("a"), node("b"), node("c")
+    for member in (a, b, c):
+        peers.join(member)
+    growing, settled = b.slot("m", forced=False), c.slot("m", forced=False)
+    for belief in (growing, settled):
+        belief.fresh = False
+        belief.estimator.finished(1, 0.0, now=0.0)  # ran alone: proves one slot, a lower bound
+    settled.estimator.finished(2, 1.0, now=0.0, total_s=2.0)  # waited at two: not growing
+    assert growing.estimator.growing and not settled.estimator.growing
+    proof = a.slot("m", forced=False)
+    proof.fresh = False
+    a.note("m", proof.estimator.finished(2, 0.0, now=0.0))  # a ran two at once
+    assert growing.estimator.believed == 2 and growing.estimator.source == "probing"
+    assert settled.estimator.believed == 1  # its own wait says fewer
+    # A guess: two waits at it take it back, and it is not raised again.
+    for _ in range(2):
+        growing.estimator.finished(2, 1.0, now=1.0, total_s=2.0)
+    a.changed()
+    assert growing.estimator.believed == 1 and not growing.estimator.growing

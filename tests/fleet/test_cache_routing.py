@@ -59,7 +59,7 @@ async def test_a_request_waits_for_the_busy_slot_that_holds_its_prompt(
     made = await cluster(dict(NODE, name="a"), dict(NODE, name="b"))
     home, _ = await chat(http, made.url, "first user: how do I rotate the keys?")
     other = "b" if home == "a" else "a"
-    long = asyncio.create_task(chat(http, made.url, "second user: explain it all", tokens=30))
+    long = asyncio.create_task(chat(http, made.url, "second user: explain it all", tokens=220))
     fleet = made.proxy.runner.app[FLEET]
     await eventually(lambda: fleet.nodes[home].model_in_flight.get(MODEL) == 1)
     # The home node's only slot is busy and the other node is idle, but a full prefill there
@@ -69,6 +69,21 @@ async def test_a_request_waits_for_the_busy_slot_that_holds_its_prompt(
     assert made.node(home).slot_uses[-1].cached_tokens > 2500
     assert final["prompt_eval_duration"] < 0.1 * final["prompt_eval_count"] / 4000 * 1e9
     assert not made.node(other).slot_uses  # nothing went there
+
+
+async def test_a_hold_that_runs_out_is_weighed_again_once(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(NODE, name="a"), dict(NODE, name="b"))
+    home, _ = await chat(http, made.url, "first user: how do I rotate the keys?")
+    # The home slot stays busy 2.2 s: longer than one hold (it ran out at 1.5-1.8 s, and the
+    # request then went to the other node), not than two.
+    long = asyncio.create_task(chat(http, made.url, "second user: explain it all", tokens=220))
+    fleet = made.proxy.runner.app[FLEET]
+    await eventually(lambda: fleet.nodes[home].model_in_flight.get(MODEL) == 1)
+    node, _ = await chat(http, made.url, "third user: and the certificates?")
+    assert node == home and (await long)[0] == home
+    assert made.node(home).slot_uses[-1].cached_tokens > 2500
 
 
 async def test_the_prediction_is_scored_and_a_restart_behind_the_proxys_back_is_noticed(
