@@ -201,8 +201,10 @@ class NodeProtocol(asyncio.Protocol):
         elif coding is not None:
             if coding.rsplit(",", 1)[-1].strip().lower() != "chunked":
                 raise BadAnswer("400, message='Transfer-Encoding without chunked'")
-            if length:  # both: the length is ignored, and the connection not trusted after
-                self.should_close = True
+            if length:  # which framing the node meant is unknown: refused, as aiohttp does
+                raise BadAnswer(
+                    "400, message='Transfer-Encoding can't be present with Content-Length'"
+                )
             self._mode, self._left = _CHUNKED, 0
         elif length:
             if len(set(length)) != 1 or not length[0].isdigit() or not length[0].isascii():

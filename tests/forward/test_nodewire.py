@@ -197,6 +197,9 @@ async def test_a_body_cut_off_raises_after_the_bytes_that_came(
         HEAD + b" X-Folded: value\r\n\r\n",
         HEAD + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
         HEAD + b"Transfer-Encoding: gzip\r\n\r\n",
+        # Both framings: which one the node meant is unknown, and the relay would copy the
+        # length onto bytes framed by the chunks (aiohttp refuses it too).
+        HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     ],
 )
 async def test_a_malformed_head_is_a_client_error(
