@@ -291,6 +291,11 @@ class NodeProtocol(asyncio.Protocol):
 
 def _parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
     lines = head.split(b"\r\n")
+    # A lone CR or LF, or a NUL, anywhere in the head: refused, as aiohttp's parser refuses
+    # them in a field (and its server would refuse to write them back to the client).
+    ends = len(lines) - 1
+    if head.count(b"\r") != ends or head.count(b"\n") != ends or b"\x00" in head:
+        raise BadAnswer(f"400, message='Invalid character in head {lines[0][:80]!r}'")
     parts = lines[0].split(b" ", 2)
     if (
         len(parts) < 2

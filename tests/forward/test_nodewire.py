@@ -200,6 +200,12 @@ async def test_a_body_cut_off_raises_after_the_bytes_that_came(
         # Both framings: which one the node meant is unknown, and the relay would copy the
         # length onto bytes framed by the chunks (aiohttp refuses it too).
         HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        # A lone CR or LF, or a NUL, in the status line or a field: aiohttp's server refuses to
+        # write them back, after the head was taken as good (a 500 instead of a failover).
+        b"HTTP/1.1 200 OK\rX\r\nContent-Length: 0\r\n\r\n",
+        HEAD + b"X-Bad: a\rb\r\nContent-Length: 0\r\n\r\n",
+        HEAD + b"X-Bad: a\nb\r\nContent-Length: 0\r\n\r\n",
+        HEAD + b"X-Bad: a\x00b\r\nContent-Length: 0\r\n\r\n",
     ],
 )
 async def test_a_malformed_head_is_a_client_error(
