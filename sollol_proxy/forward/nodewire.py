@@ -196,6 +196,9 @@ class NodeProtocol(asyncio.Protocol):
             self.should_close = True
         coding = headers.get("Transfer-Encoding")
         length = headers.getall("Content-Length", ())
+        # Checked whatever the status: the relay copies the length onto the client's answer.
+        if length and (len(set(length)) != 1 or not length[0].isdigit() or not length[0].isascii()):
+            raise BadAnswer("400, message='Invalid Content-Length'")
         if status in _NO_BODY_STATUS:
             self._mode = _DONE
         elif coding is not None:
@@ -207,8 +210,6 @@ class NodeProtocol(asyncio.Protocol):
                 )
             self._mode, self._left = _CHUNKED, 0
         elif length:
-            if len(set(length)) != 1 or not length[0].isdigit() or not length[0].isascii():
-                raise BadAnswer("400, message='Invalid Content-Length'")
             self._left = int(length[0])
             self._mode = _LENGTH if self._left else _DONE
         else:
