@@ -165,17 +165,20 @@ class NodeProtocol(asyncio.Protocol):
     def _read_head(self, data: bytes) -> bytes:
         """Bytes after the head, once it is whole; b"" while it is not."""
         buffer = self._buffer + data if self._buffer else data
-        end = buffer.find(_HEAD_END)
-        if end < 0:
-            if len(buffer) > MAX_HEAD:
-                raise BadAnswer("400, message='Header section is too large'")
-            self._buffer = buffer
-            return b""
+        start = 0
+        while True:  # interim answers (1xx) are skipped: the real one follows
+            end = buffer.find(_HEAD_END, start)
+            if end < 0:
+                self._buffer = buffer[start:] if start else buffer
+                if len(self._buffer) > MAX_HEAD:
+                    raise BadAnswer("400, message='Header section is too large'")
+                return b""
+            status, reason, headers, http10 = _parse_head(buffer[start:end])
+            start = end + 4
+            if not 100 <= status < 200:
+                break
         self._buffer = b""
-        status, reason, headers, http10 = _parse_head(buffer[:end])
-        rest = buffer[end + 4 :]
-        if 100 <= status < 200:  # an interim answer: the real one follows
-            return self._read_head(rest) if rest else b""
+        rest = buffer[start:]
         self._frame(status, headers)
         if http10 and "keep-alive" not in headers.get("Connection", "").lower():
             self.should_close = True

@@ -142,6 +142,20 @@ async def test_sized_interim_empty_and_until_close_answers(scripted: list[Script
     pool.close()
 
 
+async def test_interim_answers_in_any_number_before_the_head(
+    scripted: list[ScriptedNode],
+) -> None:
+    # Thousands in one read: each is skipped in turn, not by a call deeper each (a
+    # RecursionError in data_received, which the loop logs and answers by closing).
+    sized = HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+    node = await start(scripted, [b"HTTP/1.1 100 Continue\r\n\r\n" * 5000 + sized])
+    pool = NodePool(1.0, 15.0)
+    response = await pool.request("POST", node.url, "/api/chat", {}, b"{}")
+    assert response.status == 200
+    assert await read_all(response) == BODY
+    pool.close()
+
+
 async def test_a_node_that_sends_more_than_its_length_is_not_reused(
     scripted: list[ScriptedNode],
 ) -> None:
