@@ -165,17 +165,20 @@ class NodeProtocol(asyncio.Protocol):
     def _read_head(self, data: bytes) -> bytes:
         """Bytes after the head, once it is whole; b"" while it is not."""
         buffer = self._buffer + data if self._buffer else data
-        end = buffer.find(_HEAD_END)
-        if end < 0:
-            if len(buffer) > MAX_HEAD:
-                raise BadAnswer("400, message='Header section is too large'")
-            self._buffer = buffer
-            return b""
+        start = 0
+        while True:  # interim answers (1xx) are skipped: the real one follows
+            end = buffer.find(_HEAD_END, start)
+            if end < 0:
+                self._buffer = buffer[start:] if start else buffer
+                if len(self._buffer) > MAX_HEAD:
+                    raise BadAnswer("400, message='Header section is too large'")
+                return b""
+            status, reason, headers, http10 = _parse_head(buffer[start:end])
+            start = end + 4
+            if not 100 <= status < 200:
+                break
         self._buffer = b""
-        status, reason, headers, http10 = _parse_head(buffer[:end])
-        rest = buffer[end + 4 :]
-        if 100 <= status < 200:  # an interim answer: the real one follows
-            return self._read_head(rest) if rest else b""
+        rest = buffer[start:]
         self._frame(status, headers)
         if http10 and "keep-alive" not in headers.get("Connection", "").lower():
             self.should_close = True
@@ -196,17 +199,20 @@ class NodeProtocol(asyncio.Protocol):
             self.should_close = True
         coding = headers.get("Transfer-Encoding")
         length = headers.getall("Content-Length", ())
+        # Checked whatever the status: the relay copies the length onto the client's answer.
+        if length and (len(set(length)) != 1 or not length[0].isdigit() or not length[0].isascii()):
+            raise BadAnswer("400, message='Invalid Content-Length'")
         if status in _NO_BODY_STATUS:
             self._mode = _DONE
         elif coding is not None:
             if coding.rsplit(",", 1)[-1].strip().lower() != "chunked":
                 raise BadAnswer("400, message='Transfer-Encoding without chunked'")
-            if length:  # both: the length is ignored, and the connection not trusted after
-                self.should_close = True
+            if length:  # which framing the node meant is unknown: refused, as aiohttp does
+                raise BadAnswer(
+                    "400, message='Transfer-Encoding can't be present with Content-Length'"
+                )
             self._mode, self._left = _CHUNKED, 0
         elif length:
-            if len(set(length)) != 1 or not length[0].isdigit() or not length[0].isascii():
-                raise BadAnswer("400, message='Invalid Content-Length'")
             self._left = int(length[0])
             self._mode = _LENGTH if self._left else _DONE
         else:
@@ -289,6 +295,11 @@ class NodeProtocol(asyncio.Protocol):
 
 def _parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
     lines = head.split(b"\r\n")
+    # A lone CR or LF, or a NUL, anywhere in the head: refused, as aiohttp's parser refuses
+    # them in a field (and its server would refuse to write them back to the client).
+    ends = len(lines) - 1
+    if head.count(b"\r") != ends or head.count(b"\n") != ends or b"\x00" in head:
+        raise BadAnswer(f"400, message='Invalid character in head {lines[0][:80]!r}'")
     parts = lines[0].split(b" ", 2)
     if (
         len(parts) < 2

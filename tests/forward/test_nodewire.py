@@ -142,6 +142,20 @@ async def test_sized_interim_empty_and_until_close_answers(scripted: list[Script
     pool.close()
 
 
+async def test_interim_answers_in_any_number_before_the_head(
+    scripted: list[ScriptedNode],
+) -> None:
+    # Thousands in one read: each is skipped in turn, not by a call deeper each (a
+    # RecursionError in data_received, which the loop logs and answers by closing).
+    sized = HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+    node = await start(scripted, [b"HTTP/1.1 100 Continue\r\n\r\n" * 5000 + sized])
+    pool = NodePool(1.0, 15.0)
+    response = await pool.request("POST", node.url, "/api/chat", {}, b"{}")
+    assert response.status == 200
+    assert await read_all(response) == BODY
+    pool.close()
+
+
 async def test_a_node_that_sends_more_than_its_length_is_not_reused(
     scripted: list[ScriptedNode],
 ) -> None:
@@ -197,6 +211,17 @@ async def test_a_body_cut_off_raises_after_the_bytes_that_came(
         HEAD + b" X-Folded: value\r\n\r\n",
         HEAD + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
         HEAD + b"Transfer-Encoding: gzip\r\n\r\n",
+        # Both framings: which one the node meant is unknown, and the relay would copy the
+        # length onto bytes framed by the chunks (aiohttp refuses it too).
+        HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        # A lone CR or LF, or a NUL, in the status line or a field: aiohttp's server refuses to
+        # write them back, after the head was taken as good (a 500 instead of a failover).
+        b"HTTP/1.1 200 OK\rX\r\nContent-Length: 0\r\n\r\n",
+        HEAD + b"X-Bad: a\rb\r\nContent-Length: 0\r\n\r\n",
+        HEAD + b"X-Bad: a\nb\r\nContent-Length: 0\r\n\r\n",
+        HEAD + b"X-Bad: a\x00b\r\nContent-Length: 0\r\n\r\n",
+        # A length that is no number, on an answer without a body: the relay reads it still.
+        "HTTP/1.1 204 No Content\r\nContent-Length: \u00b2\r\n\r\n".encode(),
     ],
 )
 async def test_a_malformed_head_is_a_client_error(
