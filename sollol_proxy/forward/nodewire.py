@@ -164,17 +164,22 @@ class NodeProtocol(asyncio.Protocol):
 
     def _read_head(self, data: bytes) -> bytes:
         """Bytes after the head, once it is whole; b"" while it is not."""
-        buffer = self._buffer + data if self._buffer else data
-        start = 0
+        kept = len(self._buffer)
+        buffer = self._buffer + data if kept else data
+        # A head sent a few bytes per read is searched only where its end can be (the new bytes
+        # and the three before them), not from its start on every read.
+        start, search = 0, max(0, kept - 3)
         while True:  # interim answers (1xx) are skipped: the real one follows
-            end = buffer.find(_HEAD_END, start)
+            end = buffer.find(_HEAD_END, search)
             if end < 0:
                 self._buffer = buffer[start:] if start else buffer
                 if len(self._buffer) > MAX_HEAD:
                     raise BadAnswer("400, message='Header section is too large'")
                 return b""
+            if end - start > MAX_HEAD:  # however it arrived: whole in one read too
+                raise BadAnswer("400, message='Header section is too large'")
             status, reason, headers, http10 = _parse_head(buffer[start:end])
-            start = end + 4
+            start = search = end + 4
             if not 100 <= status < 200:
                 break
         self._buffer = b""

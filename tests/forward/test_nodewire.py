@@ -222,6 +222,8 @@ async def test_a_body_cut_off_raises_after_the_bytes_that_came(
         HEAD + b"X-Bad: a\x00b\r\nContent-Length: 0\r\n\r\n",
         # A length that is no number, on an answer without a body: the relay reads it still.
         "HTTP/1.1 204 No Content\r\nContent-Length: \u00b2\r\n\r\n".encode(),
+        # A head over the bound, arriving whole in one read (it is refused piece by piece too).
+        HEAD + b"X-Long: " + b"a" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n",
     ],
 )
 async def test_a_malformed_head_is_a_client_error(
