@@ -34,6 +34,7 @@ from sollol_proxy.wire.usage import usage_counts
 
 if TYPE_CHECKING:
     from sollol_proxy.forward.attempt import Attempt
+    from sollol_proxy.forward.pool import PooledResponse
 
 log = logging.getLogger("sollol.proxy")
 # The final object of a response (where Ollama's timing fields are) is in its last few writes.
@@ -54,17 +55,13 @@ async def relay(
     """Stream the node's answer to the client, one write per upstream read; `upstream_done`
     is called when the node has sent its last byte."""
     upstream = opened.response
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    # The head goes out with the first bytes, which are at hand (as web.Response does): one
-    # socket write fewer per answer, and a small answer in one segment.
-    response._send_headers_immediately = False
-    response[FROM_NODE] = True
-    response.headers.extend(downstream_response_headers(upstream.headers))
-    response.headers.update(routing)
-    length = upstream.headers.get("Content-Length")
-    if length is not None and length.isdigit():
-        # Same framing as the node: a sized body stays sized, a chunked stream stays chunked.
-        response.content_length = int(length)
+    try:
+        response = _response_to(upstream, routing)
+    except Exception:
+        # A pooled connection is nobody's garbage: not closed here, it and the node's slot
+        # would stay taken.
+        upstream.close()
+        raise
     complete = False
     recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
     watch = WriteWatch(request, record, config.client_limits.write_timeout)
@@ -182,6 +179,25 @@ class WriteWatch:
         if self._request.transport is not None:
             # The blocked write fails, the handler ends, and the node's request is closed.
             self._request.transport.abort()
+
+
+def _response_to(
+    upstream: aiohttp.ClientResponse | PooledResponse, routing: dict[str, str]
+) -> web.StreamResponse:
+    """The client's answer head: the node's status, reason and end-to-end headers, and the
+    routing headers."""
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    # The head goes out with the first bytes, which are at hand (as web.Response does): one
+    # socket write fewer per answer, and a small answer in one segment.
+    response._send_headers_immediately = False
+    response[FROM_NODE] = True
+    response.headers.extend(downstream_response_headers(upstream.headers))
+    response.headers.update(routing)
+    length = upstream.headers.get("Content-Length")
+    if length is not None and length.isdigit():
+        # Same framing as the node: a sized body stays sized, a chunked stream stays chunked.
+        response.content_length = int(length)
+    return response
 
 
 async def _broken_stream(
