@@ -29,7 +29,8 @@ class Grant:
     capacity: int
     learn: bool  # the bound is the shared belief (learned), not `capacity` (configured)
     belief: str  # the asker's own belief when it changed since it last told Redis, else ""
-    future: asyncio.Future[int] = field(repr=False)
+    # The verdict, and the slots the other replicas hold on the node for the model.
+    future: asyncio.Future[tuple[int, int]] = field(repr=False)
 
 
 @dataclass(eq=False)

@@ -161,15 +161,16 @@ class Leases:
 
     async def grant(
         self, node: str, model: str, waiter: str, urgency: float, bound: Bound, belief: str
-    ) -> int:
+    ) -> tuple[int, int]:
         """Asks Redis for a lease (`bound`: see `lease_ops`; `belief`: this replica's own, if it
-        changed since it last told Redis, else "")."""
+        changed since it last told Redis, else ""): the verdict, and the slots the other
+        replicas held on the node for the model then (0 when decided alone)."""
         if not self._link.up:
             self.mine[(node, model)] += 1
             self._held[(node, model)] += 1
             self.alone += 1
-            return ALONE
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            return ALONE, 0
+        future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         self._push(Grant(node, model, waiter, urgency, bound[0], bound[1], belief, future))
         self._asking.add(waiter)
         try:
@@ -297,7 +298,7 @@ class Leases:
                 self.mine[(op.node, op.model)] -= 1
             else:
                 self._held[(op.node, op.model)] += 1
-                op.future.set_result(ALONE)
+                op.future.set_result((ALONE, 0))
         elif isinstance(op, Release):
             self.mine[(op.node, op.model)] -= 1
 
@@ -342,6 +343,7 @@ class Leases:
             self.refused += 1
         # Slots held elsewhere: until a release hands one here, the node is full for this replica.
         shared = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
-        self._heard(op.node, op.model, max(total - self.mine[key], 0), shared)
+        others = max(total - self.mine[key], 0)
+        self._heard(op.node, op.model, others, shared)
         if not op.future.cancelled():
-            op.future.set_result(verdict)
+            op.future.set_result((verdict, others))

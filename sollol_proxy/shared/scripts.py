@@ -190,7 +190,9 @@ return {0, total, shared}
 # replica (no waiter races for it), unless one of the releaser's own is more urgent: then it
 # stays free for the releaser, whose own queue orders its waiters (its next request asks for it
 # at once). Returns {1} (handed on, or nobody waits), {2} (left for the releaser's own waiters)
-# or {0} (a reserve that its waiter's grant took).
+# or {0} (a reserve that its waiter's grant took). A learned bound's release of a request that
+# ran is told to the other replicas ('ended'): their proofs count the slots held at their
+# grants, less those that ended before their requests took a slot (fleet/beliefs.py).
 RELEASE = (
     _NOW
     + _BOUND
@@ -200,6 +202,11 @@ local me = ARGV[1]
 if ARGV[6] ~= '' and redis.call('HDEL', KEYS[5], ARGV[6]) == 0 then return {0} end
 local left = redis.call('HINCRBY', KEYS[1], me, -1)
 if left <= 0 then redis.call('HDEL', KEYS[1], me) end
+if ARGV[6] == '' and ARGV[7] == '1' then
+  -- A request ended there: the others no longer count it as running beside theirs.
+  redis.call('PUBLISH', ARGV[2], cjson.encode({kind = 'ended', by = me, node = ARGV[3],
+    model = ARGV[4]}))
+end
 expire_hand(KEYS[1], KEYS[5])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 32)
 for _, id in ipairs(stale) do

@@ -83,6 +83,7 @@ class SharedSlots:
         self._shared: dict[tuple[str, str], int] = {}  # the replicas' shared one, as last heard
         self._seq = itertools.count()
         link.handlers["handed"] = self._heard_handed
+        link.handlers["ended"] = self._heard_ended
         admission.gate = self
 
     # -- the admission gate -------------------------------------------------------------------
@@ -174,8 +175,9 @@ class SharedSlots:
                 # Handed a slot it could not take (taken meanwhile): it waits for the next one
                 # rather than for that one again.
                 claim = handed is None
+                sent = time.monotonic()
                 try:
-                    verdict = await self.leases.grant(
+                    verdict, others = await self.leases.grant(
                         node.name,
                         model,
                         waiter,
@@ -192,6 +194,10 @@ class SharedSlots:
                         self.leases.forget(waiter, model)
                     self.leases.waiters.pop(waiter, None)
                     slot.waited_s = time.monotonic() - asked
+                    # Beside this replica's own requests there, the other replicas' ran too,
+                    # less those heard to end since it asked: a run without a slot wait
+                    # proves them all (fleet/beliefs.py).
+                    slot.beside = (node.name, others, sent)
                     return slot, held
                 self.leases.waiters[waiter] = model
                 again = asked
@@ -334,6 +340,17 @@ class SharedSlots:
             belief.fresh = False
             change = belief.estimator.adopt(int(shared), "learned by another replica")
             known.beliefs.note(model, change)
+
+    def _heard_ended(self, event: dict[str, Any]) -> None:
+        """Another replica's request on a node ended: this replica's proofs stop counting it
+        among the slots held beside theirs (fleet/beliefs.py, `overlap`)."""
+        node, model = event.get("node"), event.get("model")
+        if event.get("by") == self._link.replica or not isinstance(model, str):
+            return
+        known = self._nodes.get(node) if isinstance(node, str) else None
+        belief = None if known is None else slot_belief(known, model)
+        if belief is not None:
+            belief.heard_ended(time.monotonic())
 
     def _heard_handed(self, event: dict[str, Any]) -> None:
         node, model, waiter = event.get("node"), event.get("model"), event.get("waiter")
