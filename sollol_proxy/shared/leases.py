@@ -164,7 +164,8 @@ class Leases:
     ) -> tuple[int, int]:
         """Asks Redis for a lease (`bound`: see `lease_ops`; `belief`: this replica's own, if it
         changed since it last told Redis, else ""): the verdict, and the slots the other
-        replicas held on the node for the model then (0 when decided alone)."""
+        replicas held on the node for the model then, less those handed to their waiters and
+        not taken yet (0 when decided alone)."""
         if not self._link.up:
             self.mine[(node, model)] += 1
             self._held[(node, model)] += 1
@@ -345,5 +346,7 @@ class Leases:
         shared = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
         others = max(total - self.mine[key], 0)
         self._heard(op.node, op.model, others, shared)
+        # Of those, the slots handed to other replicas' waiters are not running yet.
+        running = others - int(reply[4]) if len(reply) > 4 else others
         if not op.future.cancelled():
-            op.future.set_result((verdict, others))
+            op.future.set_result((verdict, max(running, 0)))

@@ -114,9 +114,10 @@ end
 # KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, capacity, waiter id, urgency,
 # ttl ms, channel, node, model, the asker's own belief when it changed (or ""), learn (1: the bound is the shared
 # belief, or `capacity` (the asker's belief) while none is shared, plus one probe margin; else
-# `capacity`, configured). Each answer ends with the shared belief ("" if
-# none). Returns {1, total, shared, free slots left} granted, {2, total} granted from a slot handed to
-# this waiter earlier (not yet taken by one of its replica's requests), {0, total} refused (the waiter
+# `capacity`, configured). Each answer carries the shared belief third ("" if
+# none). Returns {1, total, shared, free slots left, pending} granted, {2, total, shared, 0,
+# pending} granted from a slot handed to this waiter earlier (not yet taken by one of its
+# replica's requests); `pending`: slots handed to other replicas' waiters, not taken yet; {0, total} refused (the waiter
 # is then registered), {3, total} refused while others wait too (a slot freed anywhere will be
 # handed to the most urgent of them: no use asking another node), or {-1, 0} when this replica is unknown to Redis (restarted, or the
 # replica was away past its lease). Free slots that more urgent waiters of other replicas are
@@ -157,10 +158,15 @@ for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZREM', KEYS[4], id)
 end
+-- Slots handed to other replicas' waiters and not taken yet: counted, but not running yet.
+local pending = 0
+for _, id in ipairs(redis.call('HKEYS', KEYS[5])) do
+  if owner(id) ~= me then pending = pending + 1 end
+end
 if redis.call('HDEL', KEYS[5], ARGV[3]) == 1 then  -- handed to this very waiter already
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  return {2, total, shared}
+  return {2, total, shared, 0, pending}
 end
 local free = capacity - total
 if free > 0 then
@@ -175,7 +181,7 @@ if total < capacity then
   redis.call('HINCRBY', KEYS[1], me, 1)
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  return {1, total + 1, shared, capacity - total - 1}
+  return {1, total + 1, shared, capacity - total - 1, pending}
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[3])
