@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -81,6 +82,8 @@ class Leases:
         self._taken: set[str] = set()  # waiters whose grant took theirs before it was heard of
         self.promised: dict[str, str] = {}  # a woken request -> the waiter whose slot it takes
         self.waiters: dict[str, str] = {}  # registered waiter -> model
+        # Handed slots not taken yet -> the other replicas' slots beside them, and since when.
+        self.beside: dict[str, tuple[int, float]] = {}
         self._ops: list[Op] = []
         self._wake = asyncio.Event()
         self._lazy: asyncio.TimerHandle | None = None
@@ -90,32 +93,35 @@ class Leases:
         self.trips = 0  # round trips of the request path (grants, releases, registrations)
         link.on_rejoin.append(self.rejoined)
 
-    def take(self, node: str, model: str, waiter: str) -> bool:
+    def take(self, node: str, model: str, waiter: str) -> tuple[int, float] | None:
         """A request with a local slot on `node` takes a slot handed to this replica there, if
         there is one (its own, the one promised to it, or one nobody else was promised): no
-        round trip (Redis hears of it with the next one)."""
+        round trip (Redis hears of it with the next one). Returns the other replicas' slots
+        beside it when it was handed, and when (None: no slot to take)."""
         key = (node, model)
         ids = self.reserved.get(key)
         promised = self.promised.pop(waiter, None)
         if not ids:
-            return False
+            return None
         rid = promised if promised in ids else waiter if waiter in ids else None
         if rid is None:
             spoken = set(self.promised.values()) | self._asking
             rid = next((r for r in ids if r not in spoken), None)
             if rid is None:
-                return False
+                return None
+        beside = self.beside.pop(rid, (0, time.monotonic()))
         self._reserve_gone(key, rid)
         self._held[key] += 1
         self.taken += 1
         if self._link.up:
             self._push(Take(node, model, rid), lazy=True)
         self.forget(waiter, model)
-        return True
+        return beside
 
     def _reserve_gone(self, key: tuple[str, str], rid: str) -> None:
         ids = self.reserved[key]
         ids.remove(rid)
+        self.beside.pop(rid, None)
         if not ids:
             del self.reserved[key]
 
@@ -133,8 +139,9 @@ class Leases:
                 return node
         return None
 
-    def handed_in(self, node: str, model: str, waiter: str) -> None:
-        """Redis counted a slot of `node` as this replica's, for `waiter`."""
+    def handed_in(self, node: str, model: str, waiter: str, held: int = 0, hand: int = 0) -> None:
+        """Redis counted a slot of `node` as this replica's, for `waiter`, when all replicas
+        held `held` slots there, `hand` of them handed and not taken yet."""
         key = (node, model)
         self.mine[key] += 1
         self.handed += 1
@@ -142,6 +149,10 @@ class Leases:
         if waiter in self._taken:  # its own grant took it already
             self._taken.discard(waiter)
             return
+        # The other replicas' slots, less those handed to their waiters, ran beside the request
+        # that takes it (its proof: fleet/beliefs.py), as far as this replica can tell now.
+        own = len(self.reserved.get(key, ())) + 1
+        self.beside[waiter] = (max(held - self.mine[key] - (hand - own), 0), time.monotonic())
         self.reserved.setdefault(key, []).append(waiter)
         asyncio.get_running_loop().call_later(RESERVE_S, self._unclaimed, node, model, waiter)
         self._handed(node, model, waiter)
@@ -260,6 +271,7 @@ class Leases:
                 self.mine[key] -= len(ids)
                 dropped += [(*key, rid) for rid in ids]
             self.reserved.clear()
+            self.beside.clear()
             self.promised.clear()
             self._taken.clear()
         held = {k: v for k, v in self.mine.items()} if resync else {}
@@ -310,8 +322,9 @@ class Leases:
             if int(reply[0]) == 2:
                 self._own(op.model)
             self.mine[(op.node, op.model)] -= 1
-            for waiter in reply[1:]:  # handed to this replica's own waiters
-                self.handed_in(op.node, op.model, waiter.decode())
+            for handed in reply[1:]:  # handed to this replica's own waiters
+                waiter, held, hand = handed.decode().split("|")
+                self.handed_in(op.node, op.model, waiter, int(held), int(hand))
             return
         if isinstance(op, Take):
             if int(reply) == 0:  # its waiter's grant took it: this request's lease is counted anew

@@ -94,11 +94,16 @@ local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, mode
         redis.call('ZREM', WAIT, id)
         redis.call('ZREM', WEXP, id)
         free = free - 1
+        -- With the slots all replicas hold there now and those handed and not taken (for the
+        -- taker's proof of the slots that ran beside it: leases.py).
+        local held = 0
+        for _, n in ipairs(redis.call('HVALS', SLOTS)) do held = held + tonumber(n) end
+        local hand = redis.call('HLEN', HAND)
         if r == ME then
-          mine[#mine + 1] = id
+          mine[#mine + 1] = id .. '|' .. held .. '|' .. hand
         else
           redis.call('PUBLISH', channel, cjson.encode({kind = 'handed', to = r, waiter = id,
-            node = node, model = model}))
+            node = node, model = model, held = held, hand = hand}))
         end
       else
         kept = kept + 1

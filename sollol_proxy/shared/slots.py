@@ -169,8 +169,10 @@ class SharedSlots:
                 node = slot.node
                 assert node is not None
                 self._nodes[node.name] = node
-                if self.leases.take(node.name, model, waiter):
+                taken = self.leases.take(node.name, model, waiter)
+                if taken is not None:
                     slot.waited_s = time.monotonic() - asked
+                    slot.beside = (node.name, *taken)
                     return slot, held
                 # Handed a slot it could not take (taken meanwhile): it waits for the next one
                 # rather than for that one again.
@@ -358,4 +360,6 @@ class SharedSlots:
             return
         if not isinstance(node, str) or not isinstance(model, str) or not isinstance(waiter, str):
             return
-        self.leases.handed_in(node, model, waiter)
+        held, hand = event.get("held"), event.get("hand")
+        counts = (held, hand) if isinstance(held, int) and isinstance(hand, int) else (0, 0)
+        self.leases.handed_in(node, model, waiter, *counts)
