@@ -26,9 +26,15 @@ from collections.abc import Callable
 from typing import Any
 
 from sollol_proxy.shared.lease_ops import (
+    ALONE,
+    GRANTED,
+    TAKEN,
+    Bound,
     Enqueue,
     Forget,
     Grant,
+    Handed,
+    Heard,
     Op,
     Release,
     Take,
@@ -40,21 +46,11 @@ from sollol_proxy.shared.link import Link
 
 log = logging.getLogger("sollol.shared")
 
-GRANTED, REFUSED, ALONE, TAKEN, BEHIND = 1, 0, -1, 2, 3
 # A slot handed to this replica that none of its requests took within this is given back.
 RESERVE_S = 0.5
 # Operations nobody waits for (a waiter's registration, a handed slot taken, a waiter leaving)
 # go with the next round trip, or after this at the latest.
 LAZY_S = 0.02
-
-
-# Told what a grant's answer says: node, model, the slots the other replicas hold, and the slots
-# all replicas believe the node has ("" when they are not learned).
-Heard = Callable[[str, str, int, str], None]
-# The capacity a node and model are asked with, and whether it is learned (see `lease_ops`).
-Bound = tuple[int, bool]
-# Told that a slot of node, model was handed to this replica for its waiter.
-Handed = Callable[[str, str, str], None]
 
 
 class Leases:

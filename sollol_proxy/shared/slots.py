@@ -28,43 +28,14 @@ from sollol_proxy.admission.gate import LocalAdmit
 from sollol_proxy.admission.tickets import Held, QueueRejected, Slot
 from sollol_proxy.fleet.capacity import model_room, slot_belief
 from sollol_proxy.fleet.node import NodeState
-from sollol_proxy.shared.leases import ALONE, BEHIND, REFUSED, Bound, Leases
+from sollol_proxy.shared.held import SharedHeld
+from sollol_proxy.shared.lease_ops import ALONE, BEHIND, REFUSED, Bound
+from sollol_proxy.shared.leases import Leases
 from sollol_proxy.shared.link import Link
 
 # How long what another replica holds on a node, as last heard, is trusted; past it the
 # grant script, which always knows, decides.
 FRESH_S = 1.0
-
-
-class SharedHeld:
-    """`async with admission.admit(...)` with Redis on: the local slot, then the lease."""
-
-    __slots__ = ("_candidates", "_local", "_model", "_priority", "_shared", "held")
-
-    def __init__(
-        self,
-        shared: SharedSlots,
-        local: LocalAdmit,
-        priority: int,
-        model: str,
-        candidates: Callable[[], list[NodeState]],
-    ) -> None:
-        self._shared = shared
-        self._local = local
-        self._priority = priority
-        self._model = model
-        self._candidates = candidates
-        self.held: Held | None = None
-
-    async def __aenter__(self) -> Slot:
-        slot, self.held = await self._shared.acquire(
-            self._local, self._priority, self._model, self._candidates
-        )
-        return slot
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self.held is not None:  # its lease is given back with the slot (`give`)
-            await self.held.__aexit__(*exc_info)
 
 
 class SharedSlots:
@@ -95,7 +66,7 @@ class SharedSlots:
         model: str,
         candidates: Callable[[], list[NodeState]],
     ) -> SharedHeld:
-        return SharedHeld(self, local, priority, model, candidates)
+        return SharedHeld(self.acquire, local, priority, model, candidates)
 
     def _room(self, node: NodeState, model: str) -> bool:
         """Whether the other replicas, as last heard, leave this replica a slot there (beside
