@@ -87,6 +87,7 @@ class Slot:
     __slots__ = (
         "_admission",
         "band",
+        "beside",
         "candidates",
         "choose",
         "enqueued",
@@ -122,8 +123,17 @@ class Slot:
         self.plan = plan
         self.node: NodeState | None = None
         self.waited_s = 0.0
+        # Replicas sharing slots (shared/slots.py): the node, how many slots the other replicas
+        # held there for the model when this one was granted, and when it asked (monotonic).
+        self.beside: tuple[str, int, float] = ("", 0, 0.0)
         admission.take(node, model)
         self.node = node
+
+    def beside_on(self, node: NodeState) -> tuple[int, float | None]:
+        """How many slots the other replicas held on `node` when this one was granted there,
+        and when it asked for it ((0, None): not known, or granted elsewhere)."""
+        name, count, asked = self.beside
+        return (count, asked) if self.node is node and name == node.name else (0, None)
 
     def alternatives(self, tried: frozenset[str]) -> list[NodeState]:
         """The nodes a retry could wait for a slot on."""

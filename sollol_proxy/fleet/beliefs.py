@@ -35,12 +35,15 @@ log = logging.getLogger("sollol.capacity")
 
 # End times kept per node and model, to tell how many requests ran beside one (see `overlap`).
 ENDS_KEPT = 64
+# How much later than its end at the node another replica's request is heard to have ended (its
+# release through Redis): such ends up to this after a slot count as before it (errs low).
+HEARD_LAG_S = 0.05
 
 
 class SlotBelief:
     """One node's slots for one model, and the proxy's requests there."""
 
-    __slots__ = ("_ends", "estimator", "forced", "fresh", "running")
+    __slots__ = ("_ends", "_heard", "estimator", "forced", "fresh", "running")
 
     def __init__(self, estimator: CapacityEstimator, *, forced: bool) -> None:
         self.estimator = estimator
@@ -48,17 +51,21 @@ class SlotBelief:
         self.fresh = True  # nothing observed here yet: it follows what its peers learned
         self.running = 0  # the proxy's requests on the node for this model, until its last byte
         self._ends: deque[float] = deque(maxlen=ENDS_KEPT)
+        self._heard: deque[float] = deque(maxlen=ENDS_KEPT)  # other replicas' ends, when heard
 
     @property
     def evidence(self) -> bool:
         """Does this belief say something about the node's OLLAMA_NUM_PARALLEL?"""
         return not self.forced and (self.estimator.fixed is not None or not self.fresh)
 
-    def dispatched(self, now: float) -> tuple[int, bool]:
+    def dispatched(self, now: float, beside: int = 0) -> tuple[int, bool]:
         """A request was sent: how many are in flight, itself included, and whether it is a
-        probe for one more slot than believed."""
+        probe for one more slot than believed. `beside`: the slots the other replicas of the
+        proxy held there when its was granted (shared/slots.py): a run without a wait proves,
+        and a wait disproves, what the node ran for all of them, not for this replica alone."""
         self.running += 1
-        return self.running, self.estimator.dispatched(self.running, now)
+        k = self.running + beside
+        return k, self.estimator.dispatched(k, now)
 
     def ended(self, now: float, probe: bool) -> None:
         """The node is done with one of them (its last byte, or a failure)."""
@@ -67,18 +74,32 @@ class SlotBelief:
         if probe:
             self.estimator.probe_ended()
 
-    def overlap(self, k: int, dispatched_at: float, slot_at: float) -> int:
+    def heard_ended(self, now: float) -> None:
+        """Another replica of the proxy released a slot here (shared/slots.py)."""
+        self._heard.append(now)
+
+    def overlap(
+        self, k: int, dispatched_at: float, slot_at: float, asked: float | None = None
+    ) -> int:
         """Of the `k` requests in flight at `dispatched_at` (one included), how many were still in
         flight at `slot_at`. Ends of requests sent later count too, so it errs low: a proof
-        from it never overstates. With too short a history it proves nothing beyond one."""
+        from it never overstates. With too short a history it proves nothing beyond one. The
+        other replicas' slots were counted by Redis when this one's was `asked` for, and their
+        ends are heard late: those heard from `asked` to HEARD_LAG_S after the slot count."""
         ended = 0
-        for at in reversed(self._ends):
-            if at <= dispatched_at:
-                break
-            ended += at <= slot_at
-        else:
-            if len(self._ends) == ENDS_KEPT:
-                return 1
+        heard_from = dispatched_at if asked is None else min(asked, dispatched_at)
+        windows = (
+            (self._ends, dispatched_at, slot_at),
+            (self._heard, heard_from, slot_at + HEARD_LAG_S),
+        )
+        for ends, since, until in windows:
+            for at in reversed(ends):
+                if at <= since:
+                    break
+                ended += at <= until
+            else:
+                if len(ends) == ENDS_KEPT:
+                    return 1
         return max(1, k - ended)
 
 

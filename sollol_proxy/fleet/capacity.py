@@ -166,9 +166,11 @@ def learn(
     streamed: bool,
     now: float,
     cold: bool = False,
+    asked: float | None = None,
 ) -> None:
     """Fold one answered request (HTTP 200, whole) into the belief; `k` was in flight when it
-    was sent, itself included; `cold`: the model was not believed loaded there then."""
+    was sent, itself included; `cold`: the model was not believed loaded there then; `asked`:
+    when its slot shared with other replicas was asked for (`SlotBelief.overlap`)."""
     estimator = belief.estimator
     if timings is not None:
         if not cold and timings.load_s >= LOAD_THRESHOLD_S:
@@ -183,12 +185,12 @@ def learn(
             # The first token comes after the slot: a later bound, but one that holds even if
             # the node's timings left the wait out.
             slot_at = min(slot_at, first_byte_at)
-        overlap = belief.overlap(k, dispatched_at, slot_at)
+        overlap = belief.overlap(k, dispatched_at, slot_at, asked)
         change = estimator.finished(k, wait, now, total_s=timings.total_s, overlap=overlap)
     elif streamed and first_byte_at is not None:
         # No timings (the OpenAI routes): a streamed first byte means the request held a slot,
         # beside those sent before it that were still in flight (the semaphore is FIFO).
-        overlap = belief.overlap(k, dispatched_at, first_byte_at)
+        overlap = belief.overlap(k, dispatched_at, first_byte_at, asked)
         change = estimator.finished(k, 0.0, now, overlap=overlap)
     else:
         return

@@ -42,8 +42,11 @@ class Attempt:
         self.ticket: Ticket | None = None  # the slot its prompt takes in the node's cache
         self.lease: Lease | None = None  # counted in the node's in-flight numbers
         self.slots: SlotBelief | None = None  # the belief it counts in, until the node is done
-        self.k = 0  # the proxy's requests in flight for the model there when sent, itself included
+        # The proxy's requests in flight for the model there when sent, itself included (with
+        # replicas, those of the others too, as Redis counted them at its grant).
+        self.k = 0
         self.probe = False  # sent to see whether the node has one more slot than believed
+        self.asked: float | None = None  # when its shared slot was asked for (replicas)
 
     def node_done(self) -> None:
         """The node is done with the request (its last byte, or the attempt ended otherwise)."""
@@ -81,9 +84,15 @@ class DispatchObserver:
         self.decision = decision
 
     @contextlib.asynccontextmanager
-    async def attempt(self, node: NodeState) -> AsyncIterator[Attempt]:
+    async def attempt(
+        self, node: NodeState, beside: int = 0, asked: float | None = None
+    ) -> AsyncIterator[Attempt]:
+        """`beside`: the slots the other replicas of the proxy held on `node` for the model when
+        this request's was granted (0: none, or not known), asked for at `asked`; they count as
+        in flight, less those heard to end after `asked` (`SlotBelief.overlap`)."""
         model = self.profile.model
         attempt = Attempt(self, node)
+        attempt.asked = asked
         if not node.is_resident(model):
             attempt.cold = True
             runners = {r.model: r for r in planned_victims(node, model, self.learner)}
@@ -97,7 +106,7 @@ class DispatchObserver:
         async with self.fleet.lease(node, model) as attempt.lease:
             attempt.slots = slot_belief(node, model)
             if attempt.slots is not None:
-                attempt.k, attempt.probe = attempt.slots.dispatched(attempt.started)
+                attempt.k, attempt.probe = attempt.slots.dispatched(attempt.started, beside)
                 node.changes += 1  # the slots routing plans with may have moved
             attempt.ticket = self.cache.take(
                 node.name,
@@ -161,6 +170,7 @@ class DispatchObserver:
                     profile.stream,
                     time.monotonic(),
                     cold=attempt.cold,
+                    asked=attempt.asked,
                 )
         if attempt.lease is not None:  # the node is done with it: others are routed on that
             attempt.lease.end()

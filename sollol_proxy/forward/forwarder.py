@@ -226,7 +226,10 @@ class Forwarder:
         took_trial = health.begin() and health.state is State.HALF_OPEN
         judged = False
         # The observer's context directly, not wrapped in another: a model request's path.
-        accounting = observer.attempt(node) if observer is not None else self._unobserved(node)
+        beside = (0, None) if slot is None else slot.beside_on(node)
+        accounting = (
+            observer.attempt(node, *beside) if observer is not None else self._unobserved(node)
+        )
         try:
             async with accounting as attempt:
                 try:

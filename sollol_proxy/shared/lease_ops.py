@@ -11,13 +11,25 @@ most one request more than believed. A grant also carries the asker's own belief
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio.client import Pipeline
 
 from sollol_proxy.shared.link import Link
 from sollol_proxy.shared.scripts import SHA
+
+# A grant's verdicts (`scripts.GRANT`; ALONE: decided here, Redis not answering).
+GRANTED, REFUSED, ALONE, TAKEN, BEHIND = 1, 0, -1, 2, 3
+
+
+# Told what a grant's answer says: node, model, the slots the other replicas hold, and the slots
+# all replicas believe the node has ("" when they are not learned).
+Heard = Callable[[str, str, int, str], None]
+# The capacity a node and model are asked with, and whether it is learned (see `lease_ops`).
+Bound = tuple[int, bool]
+# Told that a slot of node, model was handed to this replica for its waiter.
+Handed = Callable[[str, str, str], None]
 
 
 @dataclass(eq=False)
@@ -29,7 +41,8 @@ class Grant:
     capacity: int
     learn: bool  # the bound is the shared belief (learned), not `capacity` (configured)
     belief: str  # the asker's own belief when it changed since it last told Redis, else ""
-    future: asyncio.Future[int] = field(repr=False)
+    # The verdict, and the slots the other replicas hold on the node for the model.
+    future: asyncio.Future[tuple[int, int]] = field(repr=False)
 
 
 @dataclass(eq=False)

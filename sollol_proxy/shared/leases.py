@@ -20,14 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from sollol_proxy.shared.lease_ops import (
+    ALONE,
+    GRANTED,
+    TAKEN,
+    Bound,
     Enqueue,
     Forget,
     Grant,
+    Handed,
+    Heard,
     Op,
     Release,
     Take,
@@ -39,21 +46,11 @@ from sollol_proxy.shared.link import Link
 
 log = logging.getLogger("sollol.shared")
 
-GRANTED, REFUSED, ALONE, TAKEN, BEHIND = 1, 0, -1, 2, 3
 # A slot handed to this replica that none of its requests took within this is given back.
 RESERVE_S = 0.5
 # Operations nobody waits for (a waiter's registration, a handed slot taken, a waiter leaving)
 # go with the next round trip, or after this at the latest.
 LAZY_S = 0.02
-
-
-# Told what a grant's answer says: node, model, the slots the other replicas hold, and the slots
-# all replicas believe the node has ("" when they are not learned).
-Heard = Callable[[str, str, int, str], None]
-# The capacity a node and model are asked with, and whether it is learned (see `lease_ops`).
-Bound = tuple[int, bool]
-# Told that a slot of node, model was handed to this replica for its waiter.
-Handed = Callable[[str, str, str], None]
 
 
 class Leases:
@@ -81,6 +78,8 @@ class Leases:
         self._taken: set[str] = set()  # waiters whose grant took theirs before it was heard of
         self.promised: dict[str, str] = {}  # a woken request -> the waiter whose slot it takes
         self.waiters: dict[str, str] = {}  # registered waiter -> model
+        # Handed slots not taken yet -> the other replicas' slots beside them, and since when.
+        self.beside: dict[str, tuple[int, float]] = {}
         self._ops: list[Op] = []
         self._wake = asyncio.Event()
         self._lazy: asyncio.TimerHandle | None = None
@@ -90,32 +89,35 @@ class Leases:
         self.trips = 0  # round trips of the request path (grants, releases, registrations)
         link.on_rejoin.append(self.rejoined)
 
-    def take(self, node: str, model: str, waiter: str) -> bool:
+    def take(self, node: str, model: str, waiter: str) -> tuple[int, float] | None:
         """A request with a local slot on `node` takes a slot handed to this replica there, if
         there is one (its own, the one promised to it, or one nobody else was promised): no
-        round trip (Redis hears of it with the next one)."""
+        round trip (Redis hears of it with the next one). Returns the other replicas' slots
+        beside it when it was handed, and when (None: no slot to take)."""
         key = (node, model)
         ids = self.reserved.get(key)
         promised = self.promised.pop(waiter, None)
         if not ids:
-            return False
+            return None
         rid = promised if promised in ids else waiter if waiter in ids else None
         if rid is None:
             spoken = set(self.promised.values()) | self._asking
             rid = next((r for r in ids if r not in spoken), None)
             if rid is None:
-                return False
+                return None
+        beside = self.beside.pop(rid, (0, time.monotonic()))
         self._reserve_gone(key, rid)
         self._held[key] += 1
         self.taken += 1
         if self._link.up:
             self._push(Take(node, model, rid), lazy=True)
         self.forget(waiter, model)
-        return True
+        return beside
 
     def _reserve_gone(self, key: tuple[str, str], rid: str) -> None:
         ids = self.reserved[key]
         ids.remove(rid)
+        self.beside.pop(rid, None)
         if not ids:
             del self.reserved[key]
 
@@ -133,8 +135,9 @@ class Leases:
                 return node
         return None
 
-    def handed_in(self, node: str, model: str, waiter: str) -> None:
-        """Redis counted a slot of `node` as this replica's, for `waiter`."""
+    def handed_in(self, node: str, model: str, waiter: str, held: int = 0, hand: int = 0) -> None:
+        """Redis counted a slot of `node` as this replica's, for `waiter`, when all replicas
+        held `held` slots there, `hand` of them handed and not taken yet."""
         key = (node, model)
         self.mine[key] += 1
         self.handed += 1
@@ -142,6 +145,10 @@ class Leases:
         if waiter in self._taken:  # its own grant took it already
             self._taken.discard(waiter)
             return
+        # The other replicas' slots, less those handed to their waiters, ran beside the request
+        # that takes it (its proof: fleet/beliefs.py), as far as this replica can tell now.
+        own = len(self.reserved.get(key, ())) + 1
+        self.beside[waiter] = (max(held - self.mine[key] - (hand - own), 0), time.monotonic())
         self.reserved.setdefault(key, []).append(waiter)
         asyncio.get_running_loop().call_later(RESERVE_S, self._unclaimed, node, model, waiter)
         self._handed(node, model, waiter)
@@ -161,15 +168,17 @@ class Leases:
 
     async def grant(
         self, node: str, model: str, waiter: str, urgency: float, bound: Bound, belief: str
-    ) -> int:
+    ) -> tuple[int, int]:
         """Asks Redis for a lease (`bound`: see `lease_ops`; `belief`: this replica's own, if it
-        changed since it last told Redis, else "")."""
+        changed since it last told Redis, else ""): the verdict, and the slots the other
+        replicas held on the node for the model then, less those handed to their waiters and
+        not taken yet (0 when decided alone)."""
         if not self._link.up:
             self.mine[(node, model)] += 1
             self._held[(node, model)] += 1
             self.alone += 1
-            return ALONE
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            return ALONE, 0
+        future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         self._push(Grant(node, model, waiter, urgency, bound[0], bound[1], belief, future))
         self._asking.add(waiter)
         try:
@@ -258,6 +267,7 @@ class Leases:
                 self.mine[key] -= len(ids)
                 dropped += [(*key, rid) for rid in ids]
             self.reserved.clear()
+            self.beside.clear()
             self.promised.clear()
             self._taken.clear()
         held = {k: v for k, v in self.mine.items()} if resync else {}
@@ -297,7 +307,7 @@ class Leases:
                 self.mine[(op.node, op.model)] -= 1
             else:
                 self._held[(op.node, op.model)] += 1
-                op.future.set_result(ALONE)
+                op.future.set_result((ALONE, 0))
         elif isinstance(op, Release):
             self.mine[(op.node, op.model)] -= 1
 
@@ -308,8 +318,9 @@ class Leases:
             if int(reply[0]) == 2:
                 self._own(op.model)
             self.mine[(op.node, op.model)] -= 1
-            for waiter in reply[1:]:  # handed to this replica's own waiters
-                self.handed_in(op.node, op.model, waiter.decode())
+            for handed in reply[1:]:  # handed to this replica's own waiters
+                waiter, held, hand = handed.decode().split("|")
+                self.handed_in(op.node, op.model, waiter, int(held), int(hand))
             return
         if isinstance(op, Take):
             if int(reply) == 0:  # its waiter's grant took it: this request's lease is counted anew
@@ -342,6 +353,9 @@ class Leases:
             self.refused += 1
         # Slots held elsewhere: until a release hands one here, the node is full for this replica.
         shared = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
-        self._heard(op.node, op.model, max(total - self.mine[key], 0), shared)
+        others = max(total - self.mine[key], 0)
+        self._heard(op.node, op.model, others, shared)
+        # Of those, the slots handed to other replicas' waiters are not running yet.
+        running = others - int(reply[4]) if len(reply) > 4 else others
         if not op.future.cancelled():
-            op.future.set_result(verdict)
+            op.future.set_result((verdict, max(running, 0)))

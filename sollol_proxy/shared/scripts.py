@@ -94,11 +94,16 @@ local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, mode
         redis.call('ZREM', WAIT, id)
         redis.call('ZREM', WEXP, id)
         free = free - 1
+        -- With the slots all replicas hold there now and those handed and not taken (for the
+        -- taker's proof of the slots that ran beside it: leases.py).
+        local held = 0
+        for _, n in ipairs(redis.call('HVALS', SLOTS)) do held = held + tonumber(n) end
+        local hand = redis.call('HLEN', HAND)
         if r == ME then
-          mine[#mine + 1] = id
+          mine[#mine + 1] = id .. '|' .. held .. '|' .. hand
         else
           redis.call('PUBLISH', channel, cjson.encode({kind = 'handed', to = r, waiter = id,
-            node = node, model = model}))
+            node = node, model = model, held = held, hand = hand}))
         end
       else
         kept = kept + 1
@@ -114,9 +119,10 @@ end
 # KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, capacity, waiter id, urgency,
 # ttl ms, channel, node, model, the asker's own belief when it changed (or ""), learn (1: the bound is the shared
 # belief, or `capacity` (the asker's belief) while none is shared, plus one probe margin; else
-# `capacity`, configured). Each answer ends with the shared belief ("" if
-# none). Returns {1, total, shared, free slots left} granted, {2, total} granted from a slot handed to
-# this waiter earlier (not yet taken by one of its replica's requests), {0, total} refused (the waiter
+# `capacity`, configured). Each answer carries the shared belief third ("" if
+# none). Returns {1, total, shared, free slots left, pending} granted, {2, total, shared, 0,
+# pending} granted from a slot handed to this waiter earlier (not yet taken by one of its
+# replica's requests); `pending`: slots handed to other replicas' waiters, not taken yet; {0, total} refused (the waiter
 # is then registered), {3, total} refused while others wait too (a slot freed anywhere will be
 # handed to the most urgent of them: no use asking another node), or {-1, 0} when this replica is unknown to Redis (restarted, or the
 # replica was away past its lease). Free slots that more urgent waiters of other replicas are
@@ -157,10 +163,15 @@ for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZREM', KEYS[4], id)
 end
+-- Slots handed to other replicas' waiters and not taken yet: counted, but not running yet.
+local pending = 0
+for _, id in ipairs(redis.call('HKEYS', KEYS[5])) do
+  if owner(id) ~= me then pending = pending + 1 end
+end
 if redis.call('HDEL', KEYS[5], ARGV[3]) == 1 then  -- handed to this very waiter already
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  return {2, total, shared}
+  return {2, total, shared, 0, pending}
 end
 local free = capacity - total
 if free > 0 then
@@ -175,7 +186,7 @@ if total < capacity then
   redis.call('HINCRBY', KEYS[1], me, 1)
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  return {1, total + 1, shared, capacity - total - 1}
+  return {1, total + 1, shared, capacity - total - 1, pending}
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[3])
@@ -190,7 +201,9 @@ return {0, total, shared}
 # replica (no waiter races for it), unless one of the releaser's own is more urgent: then it
 # stays free for the releaser, whose own queue orders its waiters (its next request asks for it
 # at once). Returns {1} (handed on, or nobody waits), {2} (left for the releaser's own waiters)
-# or {0} (a reserve that its waiter's grant took).
+# or {0} (a reserve that its waiter's grant took). A learned bound's release of a request that
+# ran is told to the other replicas ('ended'): their proofs count the slots held at their
+# grants, less those that ended before their requests took a slot (fleet/beliefs.py).
 RELEASE = (
     _NOW
     + _BOUND
@@ -200,6 +213,11 @@ local me = ARGV[1]
 if ARGV[6] ~= '' and redis.call('HDEL', KEYS[5], ARGV[6]) == 0 then return {0} end
 local left = redis.call('HINCRBY', KEYS[1], me, -1)
 if left <= 0 then redis.call('HDEL', KEYS[1], me) end
+if ARGV[6] == '' and ARGV[7] == '1' then
+  -- A request ended there: the others no longer count it as running beside theirs.
+  redis.call('PUBLISH', ARGV[2], cjson.encode({kind = 'ended', by = me, node = ARGV[3],
+    model = ARGV[4]}))
+end
 expire_hand(KEYS[1], KEYS[5])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 32)
 for _, id in ipairs(stale) do

@@ -28,43 +28,14 @@ from sollol_proxy.admission.gate import LocalAdmit
 from sollol_proxy.admission.tickets import Held, QueueRejected, Slot
 from sollol_proxy.fleet.capacity import model_room, slot_belief
 from sollol_proxy.fleet.node import NodeState
-from sollol_proxy.shared.leases import ALONE, BEHIND, REFUSED, Bound, Leases
+from sollol_proxy.shared.held import SharedHeld
+from sollol_proxy.shared.lease_ops import ALONE, BEHIND, REFUSED, Bound
+from sollol_proxy.shared.leases import Leases
 from sollol_proxy.shared.link import Link
 
 # How long what another replica holds on a node, as last heard, is trusted; past it the
 # grant script, which always knows, decides.
 FRESH_S = 1.0
-
-
-class SharedHeld:
-    """`async with admission.admit(...)` with Redis on: the local slot, then the lease."""
-
-    __slots__ = ("_candidates", "_local", "_model", "_priority", "_shared", "held")
-
-    def __init__(
-        self,
-        shared: SharedSlots,
-        local: LocalAdmit,
-        priority: int,
-        model: str,
-        candidates: Callable[[], list[NodeState]],
-    ) -> None:
-        self._shared = shared
-        self._local = local
-        self._priority = priority
-        self._model = model
-        self._candidates = candidates
-        self.held: Held | None = None
-
-    async def __aenter__(self) -> Slot:
-        slot, self.held = await self._shared.acquire(
-            self._local, self._priority, self._model, self._candidates
-        )
-        return slot
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self.held is not None:  # its lease is given back with the slot (`give`)
-            await self.held.__aexit__(*exc_info)
 
 
 class SharedSlots:
@@ -83,6 +54,7 @@ class SharedSlots:
         self._shared: dict[tuple[str, str], int] = {}  # the replicas' shared one, as last heard
         self._seq = itertools.count()
         link.handlers["handed"] = self._heard_handed
+        link.handlers["ended"] = self._heard_ended
         admission.gate = self
 
     # -- the admission gate -------------------------------------------------------------------
@@ -94,7 +66,7 @@ class SharedSlots:
         model: str,
         candidates: Callable[[], list[NodeState]],
     ) -> SharedHeld:
-        return SharedHeld(self, local, priority, model, candidates)
+        return SharedHeld(self.acquire, local, priority, model, candidates)
 
     def _room(self, node: NodeState, model: str) -> bool:
         """Whether the other replicas, as last heard, leave this replica a slot there (beside
@@ -168,14 +140,17 @@ class SharedSlots:
                 node = slot.node
                 assert node is not None
                 self._nodes[node.name] = node
-                if self.leases.take(node.name, model, waiter):
+                taken = self.leases.take(node.name, model, waiter)
+                if taken is not None:
                     slot.waited_s = time.monotonic() - asked
+                    slot.beside = (node.name, *taken)
                     return slot, held
                 # Handed a slot it could not take (taken meanwhile): it waits for the next one
                 # rather than for that one again.
                 claim = handed is None
+                sent = time.monotonic()
                 try:
-                    verdict = await self.leases.grant(
+                    verdict, others = await self.leases.grant(
                         node.name,
                         model,
                         waiter,
@@ -192,6 +167,10 @@ class SharedSlots:
                         self.leases.forget(waiter, model)
                     self.leases.waiters.pop(waiter, None)
                     slot.waited_s = time.monotonic() - asked
+                    # Beside this replica's own requests there, the other replicas' ran too,
+                    # less those heard to end since it asked: a run without a slot wait
+                    # proves them all (fleet/beliefs.py).
+                    slot.beside = (node.name, others, sent)
                     return slot, held
                 self.leases.waiters[waiter] = model
                 again = asked
@@ -335,10 +314,23 @@ class SharedSlots:
             change = belief.estimator.adopt(int(shared), "learned by another replica")
             known.beliefs.note(model, change)
 
+    def _heard_ended(self, event: dict[str, Any]) -> None:
+        """Another replica's request on a node ended: this replica's proofs stop counting it
+        among the slots held beside theirs (fleet/beliefs.py, `overlap`)."""
+        node, model = event.get("node"), event.get("model")
+        if event.get("by") == self._link.replica or not isinstance(model, str):
+            return
+        known = self._nodes.get(node) if isinstance(node, str) else None
+        belief = None if known is None else slot_belief(known, model)
+        if belief is not None:
+            belief.heard_ended(time.monotonic())
+
     def _heard_handed(self, event: dict[str, Any]) -> None:
         node, model, waiter = event.get("node"), event.get("model"), event.get("waiter")
         if event.get("to") != self._link.replica:
             return
         if not isinstance(node, str) or not isinstance(model, str) or not isinstance(waiter, str):
             return
-        self.leases.handed_in(node, model, waiter)
+        held, hand = event.get("held"), event.get("hand")
+        counts = (held, hand) if isinstance(held, int) and isinstance(hand, int) else (0, 0)
+        self.leases.handed_in(node, model, waiter, *counts)

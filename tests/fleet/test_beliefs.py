@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sollol_proxy.config import NodeConfig
 from sollol_proxy.fleet import capacity
-from sollol_proxy.fleet.beliefs import ENDS_KEPT, NodeBeliefs, Peers, SlotBelief
+from sollol_proxy.fleet.beliefs import ENDS_KEPT, HEARD_LAG_S, NodeBeliefs, Peers, SlotBelief
 from sollol_proxy.fleet.estimator import CapacityEstimator
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.wire.timings import Timings
@@ -55,6 +55,31 @@ def test_a_probe_lets_no_other_probe_in_until_it_ends() -> None:
     assert (in_flight, probe, estimator.limit) == (3, True, 2)
     belief.ended(2.0, probe=True)
     assert estimator.limit == 3
+
+
+def test_the_other_replicas_slots_count_as_in_flight() -> None:
+    # Replicas sharing slots: one request of this replica, granted while the others held two
+    # slots there, ran with three in flight; a wait-free run proves three, a probe is one.
+    belief = SlotBelief(CapacityEstimator(prior=1), forced=False)
+    learn(belief, 2)
+    estimator = belief.estimator
+    in_flight, probe = belief.dispatched(now=31.0, beside=2)
+    assert (in_flight, probe, belief.running) == (3, True, 1)
+    belief.ended(31.1, probe=True)
+    estimator.finished(in_flight, 0.0, now=31.2)
+    assert estimator.believed == 3
+
+
+def test_other_replicas_ends_heard_since_the_slot_was_asked_for_count_as_before_it() -> None:
+    # Redis counted three slots of other replicas when this one's was asked for (at 0.4); one
+    # ended before the request was sent, one is heard to end just after its slot (its release
+    # reached Redis late), one long after: only one of the three surely ran beside it.
+    belief = SlotBelief(CapacityEstimator(), forced=False)
+    belief.dispatched(now=0.5, beside=3)
+    for at in (0.45, 2.0 + HEARD_LAG_S / 2, 5.0):
+        belief.heard_ended(at)
+    assert belief.overlap(4, dispatched_at=0.5, slot_at=2.0, asked=0.4) == 2
+    assert belief.overlap(4, dispatched_at=0.5, slot_at=2.0) == 3  # no grant: from dispatch
 
 
 def test_an_unmeasured_model_is_believed_like_what_is_known() -> None:

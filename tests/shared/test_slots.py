@@ -110,8 +110,22 @@ async def test_learned_slots_are_shared_and_bound_every_replica(replicas: Replic
     # probing would run up to three more.
     made: Replicas = await replicas(
         3,
-        dict(name="a", models=[MODEL], num_parallel=2, token_delay=0.01, told=False),
-        dict(name="b", models=[MODEL], num_parallel=2, token_delay=0.01, told=False),
+        dict(
+            name="a",
+            models=[MODEL],
+            num_parallel=2,
+            token_delay=0.01,
+            told=False,
+            deterministic=False,
+        ),
+        dict(
+            name="b",
+            models=[MODEL],
+            num_parallel=2,
+            token_delay=0.01,
+            told=False,
+            deterministic=False,
+        ),
     )
     async with aiohttp.ClientSession() as http, Peak(made.nodes) as peak:
         for _ in range(3):
@@ -127,6 +141,42 @@ async def test_learned_slots_are_shared_and_bound_every_replica(replicas: Replic
         shared = values[(len(values) - 1) // 2]  # the lower median: the bound's base
         assert 2 <= shared <= 3, told
         assert peak.peak[simulated.name] <= shared + 1, peak.peak
+    await idle(made)
+
+
+async def test_replicas_learn_from_the_slots_all_of_them_hold(replicas: ReplicasFactory) -> None:
+    # One node of 4 slots given as a URL (real timings), three replicas, waves of 12 requests:
+    # each replica has about a third of a node's requests in flight. A run without a slot wait
+    # proves the slots all replicas held there at its grant (Redis's count), so the shared
+    # belief climbs as one replica's would (the lower median of three beliefs, each proven
+    # with the others' slots, moves when two replicas proved one more). Proving only a
+    # replica's own requests, it was still 2 or 3 after eight waves.
+    made: Replicas = await replicas(
+        3,
+        dict(
+            name="a",
+            models=[MODEL],
+            num_parallel=4,
+            token_delay=0.01,
+            told=False,
+            deterministic=False,
+        ),
+    )
+    client = made.shared(0).link.client
+    node = next(iter(made.fleet(0).nodes.values())).name
+    async with aiohttp.ClientSession() as http, Peak(made.nodes) as peak:
+        for wave in range(8):
+            await asyncio.gather(
+                *(generate(http, made.urls[i % 3], f"{wave}.{i}", tokens=20) for i in range(12))
+            )
+    told = await client.hgetall(f"sollol:belief:{node}|{MODEL}:latest")
+    values = sorted(int(v) for v in told.values())
+    shared = values[(len(values) - 1) // 2]
+    assert len(told) == 3 and shared == 4, told
+    for index in range(3):  # every replica believes at least the shared belief (adopted)
+        estimator = made.fleet(index).nodes[node].beliefs.slots[MODEL + ":latest"].estimator
+        assert estimator.believed >= 4, (index, estimator.believed)
+    assert peak.peak["a"] <= shared + 1, peak.peak
     await idle(made)
 
 
