@@ -57,3 +57,13 @@ def _refusal(newcomer: Waiter, limit: int, scope: str) -> QueueRejected:
         f"(priority {newcomer.priority}) is not more urgent than any of them; retry later",
         "full",
     )
+
+
+def timed_out(waiter: Waiter, max_wait: float, now: float) -> QueueRejected:
+    """The error of a waiter whose maximum wait is over with no slot for it."""
+    return QueueRejected(
+        f"sollol-proxy: no free slot for model '{waiter.model}' within "
+        f"{max_wait:g}s (priority {waiter.priority}); the fleet is at capacity",
+        "timeout",
+        now - waiter.enqueued,
+    )

@@ -204,6 +204,7 @@ def run(
     warmup: float = 30.0,
     load: float = 0.9,
     repeat: int = 1,
+    tokens: int = 20,
 ) -> None:
-    workload = Workload(duration=duration, warmup=warmup, load=load)
+    workload = Workload(tokens=tokens, duration=duration, warmup=warmup, load=load)
     print(asyncio.run(benchmark(seed, fleets, workload, repeat)))

@@ -139,7 +139,8 @@ def report(fleet: Fleet, workload: Workload, runs: dict[str, Run], seeds: str) -
     rate = workload.capacity(fleet.slots) * workload.load
     lines = [
         f"\n**{fleet.name}**: {fleet.description}; {rate:.1f} req/s offered "
-        f"({workload.load:g}x capacity) for {workload.duration:g} s; each mode pools "
+        f"({workload.load:g}x capacity) for {workload.duration:g} s, {workload.tokens} tokens "
+        f"at {workload.token_delay * 1000:g} ms per answer; each mode pools "
         f"{len(runs['auto'].repeats) or 1} runs (seeds {seeds}); least conn = {baseline}\n",
     ]
     auto = runs["auto"]

@@ -144,8 +144,20 @@ def bench_embed(scale: float, rounds: int) -> None:
 @click.option("--warmup", default=30.0, show_default=True, help="Steady figures start here.")
 @click.option("--load", default=0.9, show_default=True, help="Offered load / fleet capacity.")
 @click.option("--repeat", default=1, show_default=True, help="Runs per mode (seeds), pooled.")
+@click.option(
+    "--tokens",
+    default=20,
+    show_default=True,
+    help="Tokens per answer at 10 ms each: a slot is held about tokens x 10 ms (100: ~1 s).",
+)
 def bench_capacity(
-    seed: int, fleets: tuple[str, ...], duration: float, warmup: float, load: float, repeat: int
+    seed: int,
+    fleets: tuple[str, ...],
+    duration: float,
+    warmup: float,
+    load: float,
+    repeat: int,
+    tokens: int,
 ) -> None:
     """Slots learned from URLs only, against the proxy told them, no queue and least-conn."""
     from sollol_proxy.bench.capacity import run
@@ -157,4 +169,5 @@ def bench_capacity(
         warmup=warmup,
         load=load,
         repeat=repeat,
+        tokens=tokens,
     )

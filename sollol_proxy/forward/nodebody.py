@@ -5,9 +5,11 @@ the protocol's callback (`push`, for push.py)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
+log = logging.getLogger("sollol.proxy")
 # Bytes read but not yet taken by a reader before the node's socket stops being read.
 READ_AHEAD = 2**18
 # What a sink does with a read's body bytes; True when the client's buffer is full (the node's
@@ -27,7 +29,17 @@ class Reading(Protocol):
 class NodeBody:
     """One answer's body as it arrives: read it, or have it pushed to a sink."""
 
-    __slots__ = ("_chunks", "_eof", "_exc", "_held", "_loop", "_protocol", "_sink", "_waiter")
+    __slots__ = (
+        "_chunks",
+        "_eof",
+        "_exc",
+        "_held",
+        "_loop",
+        "_on_eof",
+        "_protocol",
+        "_sink",
+        "_waiter",
+    )
 
     def __init__(self, protocol: Reading) -> None:
         self._protocol = protocol
@@ -38,10 +50,23 @@ class NodeBody:
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Sink | None = None
         self._held = False  # pushing paused: the sink's client is not reading
+        self._on_eof: Callable[[], None] | None = None
 
     def is_eof(self) -> bool:
         """The whole body has arrived."""
         return self._eof
+
+    def on_eof(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the whole body has arrived (now if it has), from the callback
+        that read its end (as aiohttp's `StreamReader.on_eof`)."""
+        if self._eof:
+            callback()
+        else:
+            self._on_eof = callback
+
+    def unread(self) -> list[bytes]:
+        """What has arrived and was neither read nor pushed yet."""
+        return self._chunks
 
     def set_exception(self, exc: BaseException) -> None:
         """The read under way (or the next) raises `exc` (the idle watchdog's timeout)."""
@@ -111,6 +136,12 @@ class NodeBody:
     def finish(self) -> None:
         self._eof = True
         self._wake()
+        callback, self._on_eof = self._on_eof, None
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # the node's connection reads on (as aiohttp's reader does)
+                log.exception("end-of-answer callback failed")
 
     async def _wait(self) -> None:
         self._waiter = self._loop.create_future()

@@ -29,7 +29,7 @@ from sollol_proxy.lifecycle.cors import FROM_NODE
 from sollol_proxy.lifecycle.drain import CUT_MESSAGE, is_cut
 from sollol_proxy.wire.errors import stream_error_bytes
 from sollol_proxy.wire.headers import REQUEST_ID_HEADER, downstream_response_headers
-from sollol_proxy.wire.timings import parse_timings
+from sollol_proxy.wire.timings import Timings, parse_timings
 from sollol_proxy.wire.usage import usage_counts
 
 if TYPE_CHECKING:
@@ -64,15 +64,42 @@ async def relay(
         raise
     complete = False
     recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
-    watch = WriteWatch(request, record, config.client_limits.write_timeout)
-    idle = IdleWatch(upstream.content, config.timeouts.idle_read)  # one timer, not one per read
     content = upstream.content
+    watch = WriteWatch(request, record, config.client_limits.write_timeout)
+    idle = IdleWatch(content, config.timeouts.idle_read)  # one timer, not one per read
     # On a pooled connection, the reads after the first go from the node's socket to the
     # client's in the callback that brings them (push.py); otherwise each is awaited here, as
     # is the end of an answer that came whole with its first bytes (a small one).
     pusher = None
     if isinstance(content, NodeBody) and not content.is_eof():
         pusher = Pusher(request, content, recent, watch, idle)
+    timings: Timings | None = None
+    ended = False  # the node has sent its last byte, and the node's side is done
+
+    def node_done() -> None:
+        # Called by the upstream's reader the moment it has the node's last byte (at once
+        # when it had it already): the slot goes on now, not when the relay has written the
+        # answer out to the client (a slow client holds no slot, and no task is woken first).
+        nonlocal timings, ended
+        ended = True
+        # What was neither relayed nor pushed yet (aiohttp's reader: its buffer, 3.14 pinned;
+        # an empty body's reader has none).
+        if isinstance(content, NodeBody):
+            unread = content.unread()
+        else:
+            unread = getattr(content, "_buffer", ())
+        tail = [*(recent or (opened.first_chunk,)), *unread][-TAIL_CHUNKS:]
+        timings = parse_timings(b"".join(tail))
+        try:
+            if attempt is not None:
+                # Before the slot is handed on: what the answer taught (a node with more slots
+                # than believed, what this one left in the node's cache) applies to the next.
+                attempt.finished(upstream.status, timings)
+        finally:  # the reader only logs what a callback raises: the slot is given back anyway
+            if upstream_done is not None:
+                upstream_done()
+
+    content.on_eof(node_done)
     try:
         await response.prepare(request)
         chunk = opened.first_chunk
@@ -99,14 +126,7 @@ async def relay(
                 return response
         if pusher is not None and pusher.gone is not None:
             raise pusher.gone  # as a failed write to the client would
-        tail = b"".join(recent)
-        timings = parse_timings(tail)
-        if attempt is not None:
-            # Before the slot is handed on: what the answer taught (a node with more slots than
-            # believed, what this one left in the node's cache) applies to the next request.
-            attempt.finished(upstream.status, timings)
-        if upstream_done is not None:
-            upstream_done()
+        tail = b"".join(recent)  # the end was read: node_done() has run
         await response.write_eof()
         complete = True
         if upstream.status < 500:  # a relayed 5xx was already counted as the node's failure
@@ -127,7 +147,7 @@ async def relay(
     finally:
         watch.close()
         idle.close()
-        if complete:
+        if complete or ended:  # the node sent it all: its connection can serve again
             upstream.release()
         else:
             # The client left or the stream broke: closing makes Ollama cancel the generation

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from sollol_proxy.admission.admission import Admission
+from sollol_proxy.admission.tickets import QueueRejected
 from sollol_proxy.app import ADMISSION, apply_config
 from sollol_proxy.config import ConfigError, NodeConfig, QueueBand, QueueConfig, load_config
 from sollol_proxy.fleet.health import Failure, State
@@ -661,3 +662,48 @@ async def test_the_queue_endpoint_named_priorities_and_slots_in_nodes(
         nodes = orjson.loads(await response.read())["nodes"]
     assert nodes[0]["slots_in_use"] == {"llama3.2:latest": 1}
     assert [r[0] for r in await asyncio.gather(busy, queued)] == [200, 200]
+
+
+async def test_a_request_cancelled_as_its_slot_frees_leaves_the_slot_to_the_next() -> None:
+    # The waiter's future is awaited bare (no shield): cancelling the request cancels it at
+    # once, and a slot freed before the request has left the queue goes to the next waiter,
+    # not to the cancelled one (whose Slot nobody would give back).
+    queue = Admission(QueueConfig())
+    a = bare_node("a")
+
+    def least(free: list[NodeState]) -> Plan:
+        return Plan([Target(n, "test", Reason.LEAST_LOADED) for n in free])
+
+    async def wait_for_slot() -> str:
+        async with queue.admit(5, "m", ("m",), lambda: [a], least) as slot:
+            assert slot.node is not None
+            return slot.node.name
+
+    async with queue.admit(5, "m", ("m",), lambda: [a], least):
+        first = asyncio.create_task(wait_for_slot())
+        await eventually(lambda: queue.waiting == 1)
+        second = asyncio.create_task(wait_for_slot())
+        await eventually(lambda: queue.waiting == 2)
+        first.cancel()  # its future is cancelled now; the task has not run its handler yet
+    # The block's end gave the slot back (and pumped) before the first task ran again.
+    assert await asyncio.wait_for(second, 5) == "a"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert queue.slots.all_in_use() == {} and queue.waiting == 0
+    assert queue.stats[5].left == 1 and queue.stats[5].admitted == 2
+
+
+async def test_the_maximum_wait_answers_the_waiter_without_cancelling_it() -> None:
+    queue = Admission(QueueConfig(max_wait=0.05))
+    a = bare_node("a")
+
+    def least(free: list[NodeState]) -> Plan:
+        return Plan([Target(n, "test", Reason.LEAST_LOADED) for n in free])
+
+    async with queue.admit(5, "m", ("m",), lambda: [a], least):
+        with pytest.raises(QueueRejected) as refused:
+            async with queue.admit(5, "m", ("m",), lambda: [a], least):
+                pass
+    assert refused.value.reason == "timeout" and "within 0.05s" in refused.value.message
+    assert queue.stats[5].timed_out == 1 and queue.waiting == 0
+    assert queue.slots.all_in_use() == {}

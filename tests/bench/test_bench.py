@@ -114,6 +114,7 @@ async def test_capacity_benchmark_reports_learned_slots_and_every_mode() -> None
     workload = capacity_runs.Workload(tokens=3, token_delay=0.002, duration=0.6, warmup=0.3)
     report = await capacity.benchmark(seed=1, fleets=["mixed"], workload=workload, repeat=2)
     assert "truth [1, 2, 4]" in report and "pools 2 runs (seeds 1-2)" in report
+    assert "3 tokens at 2 ms per answer" in report
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ")]
     runs = [row[0].lstrip("| ") for row in rows if not row[0].startswith("| run")]
     assert runs == [*capacity_runs.MODES, *capacity_runs.MODES]  # whole run, then after the warm-up
@@ -121,6 +122,18 @@ async def test_capacity_benchmark_reports_learned_slots_and_every_mode() -> None
     assert told[3].endswith("(1.00)")  # the reference
     per_run = [line for line in report.splitlines() if line.startswith("no queue ")]
     assert len(per_run) == 1 and per_run[0].count(", ") == 1  # one ratio per seed
+
+
+def test_capacity_command_sets_the_tokens_per_answer() -> None:
+    # --tokens sets how long a request holds its slot (tokens x 10 ms).
+    from click.testing import CliRunner
+
+    from sollol_proxy.bench.cli import bench
+
+    args = ["capacity", "--fleet", "all4", "--tokens", "2", "--duration", "0.4", "--warmup", "0.2"]
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 0, result.output
+    assert "2 tokens at 10 ms per answer" in result.output
 
 
 def test_convergence_is_when_the_beliefs_stay_right() -> None:
