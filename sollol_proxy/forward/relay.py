@@ -79,7 +79,8 @@ async def relay(
     def node_done() -> None:
         # Called by the upstream's reader the moment it has the node's last byte (at once
         # when it had it already): the slot goes on now, not when the relay has written the
-        # answer out to the client (a slow client holds no slot, and no task is woken first).
+        # answer out to the client, and no task is woken first. (A client too slow to take the
+        # pushed bytes still delays the last one: push.py stops reading the node meanwhile.)
         nonlocal timings, ended
         ended = True
         # What was neither relayed nor pushed yet (aiohttp's reader: its buffer, 3.14 pinned;

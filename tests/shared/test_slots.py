@@ -13,6 +13,19 @@ from tests.shared.conftest import Peak, Replicas, ReplicasFactory, idle, until
 MODEL = "llama3.2"
 
 
+def unknown_node(name: str, *, slots: int) -> dict[str, object]:
+    """A node given as a URL only, with real timings (a slot wait shows in them), so that the
+    replicas learn its slots."""
+    return dict(
+        name=name,
+        models=[MODEL],
+        num_parallel=slots,
+        token_delay=0.01,
+        told=False,
+        deterministic=False,
+    )
+
+
 async def generate(
     http: aiohttp.ClientSession, url: str, prompt: str, *, priority: int = 5, tokens: int = 5
 ) -> bytes:
@@ -110,22 +123,8 @@ async def test_learned_slots_are_shared_and_bound_every_replica(replicas: Replic
     # probing would run up to three more.
     made: Replicas = await replicas(
         3,
-        dict(
-            name="a",
-            models=[MODEL],
-            num_parallel=2,
-            token_delay=0.01,
-            told=False,
-            deterministic=False,
-        ),
-        dict(
-            name="b",
-            models=[MODEL],
-            num_parallel=2,
-            token_delay=0.01,
-            told=False,
-            deterministic=False,
-        ),
+        unknown_node("a", slots=2),
+        unknown_node("b", slots=2),
     )
     async with aiohttp.ClientSession() as http, Peak(made.nodes) as peak:
         for _ in range(3):
@@ -153,14 +152,7 @@ async def test_replicas_learn_from_the_slots_all_of_them_hold(replicas: Replicas
     # replica's own requests, it was still 2 or 3 after eight waves.
     made: Replicas = await replicas(
         3,
-        dict(
-            name="a",
-            models=[MODEL],
-            num_parallel=4,
-            token_delay=0.01,
-            told=False,
-            deterministic=False,
-        ),
+        unknown_node("a", slots=4),
     )
     client = made.shared(0).link.client
     node = next(iter(made.fleet(0).nodes.values())).name
