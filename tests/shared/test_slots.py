@@ -185,4 +185,15 @@ async def test_a_freed_slot_is_handed_to_a_waiter_not_raced_for(replicas: Replic
     leases = [made.shared(i).slots.leases for i in range(3)]
     assert sum(lease.taken for lease in leases) >= 6, [lease.taken for lease in leases]
     assert sum(lease.refused for lease in leases) <= 2 * 12, [lease.refused for lease in leases]
-    await idle(made)
+    await idle(made)  # every release written: the counters stand still
+    # /metrics says the same: slots handed, the requests' round trips, handed slots given back
+    # or taken twice.
+    async with aiohttp.ClientSession() as http:
+        for i, lease in enumerate(leases):
+            async with http.get(made.urls[i] + "/metrics") as response:
+                text = await response.text()
+            assert f'sollol_shared_leases_total{{result="handed"}} {float(lease.taken)}' in text
+            assert f"sollol_shared_request_round_trips_total {float(lease.trips)}" in text
+            assert lease.trips >= 1
+            assert f"sollol_shared_handed_returned_total {float(lease.returned)}" in text
+            assert f"sollol_shared_handed_overbooked_total {float(lease.overbooked)}" in text
