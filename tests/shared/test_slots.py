@@ -149,7 +149,9 @@ async def test_replicas_learn_from_the_slots_all_of_them_hold(replicas: Replicas
     # proves the slots all replicas held there at its grant (Redis's count), so the shared
     # belief climbs as one replica's would (the lower median of three beliefs, each proven
     # with the others' slots, moves when two replicas proved one more). Proving only a
-    # replica's own requests, it was still 2 or 3 after eight waves.
+    # replica's own requests, it was still 2 or 3 after eight waves. Eight waves reached it in
+    # about three runs of five on the 2-core CI machine; up to twelve are sent, stopping once
+    # it is reached.
     made: Replicas = await replicas(
         3,
         unknown_node("a", slots=4),
@@ -157,13 +159,15 @@ async def test_replicas_learn_from_the_slots_all_of_them_hold(replicas: Replicas
     client = made.shared(0).link.client
     node = next(iter(made.fleet(0).nodes.values())).name
     async with aiohttp.ClientSession() as http, Peak(made.nodes) as peak:
-        for wave in range(8):
+        for wave in range(12):
             await asyncio.gather(
                 *(generate(http, made.urls[i % 3], f"{wave}.{i}", tokens=20) for i in range(12))
             )
-    told = await client.hgetall(f"sollol:belief:{node}|{MODEL}:latest")
-    values = sorted(int(v) for v in told.values())
-    shared = values[(len(values) - 1) // 2]
+            told = await client.hgetall(f"sollol:belief:{node}|{MODEL}:latest")
+            values = sorted(int(v) for v in told.values())
+            shared = values[(len(values) - 1) // 2]
+            if wave >= 7 and len(told) == 3 and shared >= 4:
+                break
     assert len(told) == 3 and shared == 4, told
     for index in range(3):  # every replica believes at least the shared belief (adopted)
         estimator = made.fleet(index).nodes[node].beliefs.slots[MODEL + ":latest"].estimator
