@@ -332,13 +332,14 @@ async def test_a_model_deleted_behind_the_proxys_back(
     # this is the clock near zero that once kept a stale inventory from ever being re-read.
     made = await cluster(*two_nodes(), **FAST, inventory__interval=10**9)
     made.node("a").remove_model(MODEL)  # the inventory still lists it on a
+    # Before the requests: the watcher may re-read the inventory while they are still going.
+    corrected_at = time.monotonic()
     for _ in range(2):  # round robin: one of them goes to a first
         response, _ = await chat(http, made)
         assert response.status == 200 and response.headers["X-Sollol-Node"] == "b"
     assert MODEL not in made.fleet.nodes["a"].models  # that node's inventory was corrected
     assert state(made, "a") == "up"  # it answered: nothing wrong with the node itself
     # Marked out of date, then re-read by the watcher at its next probe.
-    corrected_at = time.monotonic()
     await eventually(lambda: (made.fleet.nodes["a"].inventory_at or 0.0) > corrected_at)
     assert MODEL not in made.fleet.nodes["a"].models
     await settled(made)
