@@ -23,7 +23,9 @@ itself: a cut makes its next probe due; waits where it had proofs, or free runs 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -38,12 +40,25 @@ ENDS_KEPT = 64
 # How much later than its end at the node another replica's request is heard to have ended (its
 # release through Redis): such ends up to this after a slot count as before it (errs low).
 HEARD_LAG_S = 0.05
+# How long a wait-free run's proof waits for the requests sent before it to show whether they
+# waited; those still unknown then count as waiting (errs low).
+PROOF_WAIT_S = 30.0
 
 
 class SlotBelief:
     """One node's slots for one model, and the proxy's requests there."""
 
-    __slots__ = ("_ends", "_heard", "estimator", "forced", "fresh", "running")
+    __slots__ = (
+        "_ends",
+        "_heard",
+        "_late",
+        "_open",
+        "_proofs",
+        "estimator",
+        "forced",
+        "fresh",
+        "running",
+    )
 
     def __init__(self, estimator: CapacityEstimator, *, forced: bool) -> None:
         self.estimator = estimator
@@ -52,6 +67,9 @@ class SlotBelief:
         self.running = 0  # the proxy's requests on the node for this model, until its last byte
         self._ends: deque[float] = deque(maxlen=ENDS_KEPT)
         self._heard: deque[float] = deque(maxlen=ENDS_KEPT)  # other replicas' ends, when heard
+        self._open: list[float] = []  # when the requests whose wait is not known yet were sent
+        self._late: deque[tuple[float, float]] = deque(maxlen=ENDS_KEPT)  # (sent, slot) of waiters
+        self._proofs: list[tuple[float, int, float]] = []  # wait-free runs: (sent, overlap, at)
 
     @property
     def evidence(self) -> bool:
@@ -64,6 +82,7 @@ class SlotBelief:
         proxy held there when its was granted (shared/slots.py): a run without a wait proves,
         and a wait disproves, what the node ran for all of them, not for this replica alone."""
         self.running += 1
+        self._open.append(now)
         k = self.running + beside
         return k, self.estimator.dispatched(k, now)
 
@@ -77,6 +96,50 @@ class SlotBelief:
     def heard_ended(self, now: float) -> None:
         """Another replica of the proxy released a slot here (shared/slots.py)."""
         self._heard.append(now)
+
+    def settled(self, sent: float, late_until: float | None, now: float) -> Change | None:
+        """The request sent at `sent` is known to have had its slot from dispatch on
+        (`late_until` None) or only from `late_until` (it waited, or it failed and nobody
+        knows). The wait-free runs waiting on it are proven when nothing sent before them is
+        unknown any more; what their proofs changed is returned."""
+        with contextlib.suppress(ValueError):
+            self._open.remove(sent)
+        if late_until is not None and late_until > sent:
+            self._late.append((sent, late_until))
+        return self._prove(now) if self._proofs else None
+
+    def ran_free(self, sent: float, overlap: int, now: float) -> Change | None:
+        """The request sent at `sent` got its slot at once, beside `overlap` requests (itself
+        included). Why not prove `overlap` slots now: requests sent together reach Ollama in
+        any order, and its semaphore serves them in arrival order, so a later one can run at
+        once while an earlier one, counted in its overlap, waits. The proof is made when the
+        requests sent before it are settled, less those of them still waiting when it was sent."""
+        with contextlib.suppress(ValueError):
+            self._open.remove(sent)
+        self._proofs.append((sent, overlap, now))
+        return self._prove(now)
+
+    def _prove(self, now: float) -> Change | None:
+        first_open = min(self._open, default=math.inf)
+        kept: list[tuple[float, int, float]] = []
+        first: Change | None = None
+        last: Change | None = None
+        for proof in self._proofs:
+            sent, overlap, at = proof
+            if sent > first_open and now - at < PROOF_WAIT_S:
+                kept.append(proof)
+                continue
+            unknown = sum(1 for s in self._open if s < sent)
+            late = sum(1 for s, slot in self._late if s < sent < slot)
+            k = max(1, overlap - unknown - late)
+            change = self.estimator.finished(k, 0.0, now, overlap=k)
+            if change is not None:
+                first = first or change
+                last = change
+        self._proofs = kept
+        if first is None or last is None or first is last:
+            return first
+        return Change(first.before, last.after, last.source, last.reason)
 
     def overlap(
         self, k: int, dispatched_at: float, slot_at: float, asked: float | None = None

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sollol_proxy.fleet.beliefs import SlotBelief
-from sollol_proxy.fleet.estimator import slot_wait
+from sollol_proxy.fleet.estimator import slot_wait, waited
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.wire.slots import SINGLE_SLOT_FAMILIES
 from sollol_proxy.wire.timings import LOAD_THRESHOLD_S, Timings
@@ -28,6 +28,8 @@ DEFAULT_MAX_LOADED = 3
 # Ollama's total_duration starts when its handler runs, a little after the proxy sent the
 # request: the slot was taken at most this much later than the timings alone say.
 SLOT_MARGIN_S = 0.05
+# How long after another request's first byte the end of the one that freed its slot may be heard.
+END_LAG_S = 0.05
 # Where a belief comes from (bounded: a metric label).
 SOURCES = ("configured", "default", "probing", "learned")
 
@@ -172,28 +174,39 @@ def learn(
     was sent, itself included; `cold`: the model was not believed loaded there then; `asked`:
     when its slot shared with other replicas was asked for (`SlotBelief.overlap`)."""
     estimator = belief.estimator
+    if timings is not None and not cold and timings.load_s >= LOAD_THRESHOLD_S:
+        # A load where the model was loaded: a new runner (the node restarted between two
+        # probes, or the model was unloaded behind the proxy's back), maybe with other slots.
+        node.beliefs.restarted("a load where the model was loaded: a new runner", [model])
+    if timings is not None and not (timings.prompt_s or timings.output_s):
+        timings = None  # a load without a prompt, or embeddings: no slot wait in these timings
     if timings is not None:
-        if not cold and timings.load_s >= LOAD_THRESHOLD_S:
-            # A load where the model was loaded: a new runner (the node restarted between two
-            # probes, or the model was unloaded behind the proxy's back), maybe with other slots.
-            node.beliefs.restarted("a load where the model was loaded: a new runner", [model])
-        if not (timings.prompt_s or timings.output_s):
-            return  # a load without a prompt, or embeddings: no slot wait in these timings
         wait = slot_wait(timings.total_s, timings.load_s, timings.prompt_s, timings.output_s)
         slot_at = dispatched_at + timings.load_s + wait + SLOT_MARGIN_S
         if streamed and first_byte_at is not None:
             # The first token comes after the slot: a later bound, but one that holds even if
-            # the node's timings left the wait out.
-            slot_at = min(slot_at, first_byte_at)
-        overlap = belief.overlap(k, dispatched_at, slot_at, asked)
-        change = estimator.finished(k, wait, now, total_s=timings.total_s, overlap=overlap)
+            # the node's timings left the wait out. The request that gave the slot up may be
+            # heard to end a little after it (its last bytes follow the release).
+            slot_at = min(slot_at, first_byte_at + END_LAG_S)
+        if waited(wait, timings.total_s):
+            note = belief.settled(dispatched_at, slot_at, now)
+            change = estimator.finished(k, wait, now, total_s=timings.total_s)
+        else:
+            note = belief.ran_free(
+                dispatched_at, belief.overlap(k, dispatched_at, slot_at, asked), now
+            )
+            change = None
     elif streamed and first_byte_at is not None:
         # No timings (the OpenAI routes): a streamed first byte means the request held a slot,
-        # beside those sent before it that were still in flight (the semaphore is FIFO).
-        overlap = belief.overlap(k, dispatched_at, first_byte_at, asked)
-        change = estimator.finished(k, 0.0, now, overlap=overlap)
+        # beside those sent before it that were still in flight.
+        overlap = belief.overlap(k, dispatched_at, first_byte_at + END_LAG_S, asked)
+        note, change = belief.ran_free(dispatched_at, overlap, now), None
     else:
+        # Nothing tells when it had its slot: the proofs of those sent after it count it as
+        # waiting until its end.
+        node.beliefs.note(model, belief.settled(dispatched_at, now, now))
         return
+    node.beliefs.note(model, note)
     was_fresh, belief.fresh = belief.fresh, False
     node.beliefs.note(model, change)
     if was_fresh and change is None:

@@ -62,6 +62,11 @@ def slot_wait(total_s: float, load_s: float, prompt_eval_s: float, eval_s: float
     return max(0.0, total_s - load_s - prompt_eval_s - eval_s)
 
 
+def waited(slot_wait_s: float, total_s: float) -> bool:
+    """Is that a wait for a slot, or rendering and parsing?"""
+    return slot_wait_s > max(NOISE_S, NOISE_SHARE * total_s)
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """A change of belief, for the caller's log line."""
@@ -189,7 +194,7 @@ class CapacityEstimator:
         before, source = self._believed, self.source
         k = max(1, in_flight_at_dispatch)
         self._observed = True
-        if slot_wait_s <= max(NOISE_S, NOISE_SHARE * total_s):
+        if not waited(slot_wait_s, total_s):
             reason = self._ran_free(max(1, min(k, overlap or k)), now)
         else:
             reason = self._waited(k, now)

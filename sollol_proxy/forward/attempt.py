@@ -46,6 +46,8 @@ class Attempt:
         # replicas, those of the others too, as Redis counted them at its grant).
         self.k = 0
         self.probe = False  # sent to see whether the node has one more slot than believed
+        # The belief it counts in among the requests whose wait is not known yet.
+        self.unsettled: SlotBelief | None = None
         self.asked: float | None = None  # when its shared slot was asked for (replicas)
 
     def node_done(self) -> None:
@@ -53,6 +55,15 @@ class Attempt:
         if self.slots is not None:
             self.slots.ended(time.monotonic(), self.probe)
             self.slots = None
+
+    def settle(self, model: str) -> None:
+        """Its answer told nothing of when it had its slot (a failure, an error, a cut): the
+        proofs waiting on it count it as waiting until now."""
+        belief, self.unsettled = self.unsettled, None
+        if belief is not None:
+            now = time.monotonic()
+            late_until = now if self.first_byte_at is None else self.first_byte_at
+            self.node.beliefs.note(model, belief.settled(self.started, late_until, now))
 
     def first_byte(self, status: int) -> None:
         self.first_byte_at = time.monotonic()
@@ -107,6 +118,7 @@ class DispatchObserver:
             attempt.slots = slot_belief(node, model)
             if attempt.slots is not None:
                 attempt.k, attempt.probe = attempt.slots.dispatched(attempt.started, beside)
+                attempt.unsettled = attempt.slots
                 node.changes += 1  # the slots routing plans with may have moved
             attempt.ticket = self.cache.take(
                 node.name,
@@ -120,6 +132,7 @@ class DispatchObserver:
             finally:
                 self._hold(attempt, -1)
                 attempt.node_done()
+                attempt.settle(model)
                 if attempt.ticket is not None:  # not finished: failed, or cut short
                     self.cache.finish(attempt.ticket, served=attempt.first_byte_at is not None)
 
@@ -159,6 +172,7 @@ class DispatchObserver:
             if status >= 500:
                 belief.estimator.finished(attempt.k, None, time.monotonic())
             elif status == 200:
+                attempt.unsettled = None
                 learn(
                     node,
                     profile.model,

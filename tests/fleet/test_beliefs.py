@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from sollol_proxy.config import NodeConfig
 from sollol_proxy.fleet import capacity
-from sollol_proxy.fleet.beliefs import ENDS_KEPT, HEARD_LAG_S, NodeBeliefs, Peers, SlotBelief
+from sollol_proxy.fleet.beliefs import (
+    ENDS_KEPT,
+    HEARD_LAG_S,
+    PROOF_WAIT_S,
+    NodeBeliefs,
+    Peers,
+    SlotBelief,
+)
 from sollol_proxy.fleet.estimator import CapacityEstimator
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.wire.timings import Timings
@@ -178,3 +185,70 @@ def test_a_growing_belief_is_raised_to_what_a_peer_proved() -> None:
         growing.estimator.finished(2, 1.0, now=1.0, total_s=2.0)
     a.changed()
     assert growing.estimator.believed == 1 and not growing.estimator.growing
+
+
+def burst(state: NodeState, slots: int, sent: int, first: list[int]) -> SlotBelief:
+    """`sent` requests sent within a millisecond to a node with `slots` slots; they reached it
+    in another order: those numbered in `first` (1-based, as sent) took the slots, the others
+    waited 0.1 s for them. Answers come in the order the node finished them."""
+    belief = state.beliefs.slot("m", forced=False)
+    belief.fresh = False
+    sent_at = [i * 0.0001 for i in range(sent)]
+    for at in sent_at:
+        belief.dispatched(at)
+    order = first + [i for i in range(1, sent + 1) if i not in first]
+    for position, number in enumerate(order):
+        wait = 0.0 if position < slots else 0.1
+        end = 0.1 + wait + position * 0.0001
+        timings = Timings(
+            total_s=end - sent_at[number - 1],
+            load_s=0.0,
+            prompt_tokens=5,
+            prompt_s=0.01,
+            output_tokens=9,
+            output_s=end - sent_at[number - 1] - 0.01 - wait,
+        )
+        belief.ended(end, probe=False)
+        capacity.learn(state, "m", belief, number, sent_at[number - 1], None, timings, False, end)
+    return belief
+
+
+def test_a_burst_that_reached_the_node_out_of_order_proves_only_its_slots() -> None:
+    # The last four sent ran at once while the first four waited: the eighth counted seven
+    # before it, but four of them were not in a slot when it ran.
+    state = NodeState(NodeConfig(url="http://a:1", name="a"))
+    assert burst(state, slots=4, sent=8, first=[5, 6, 7, 8]).estimator.believed == 4
+    state = NodeState(NodeConfig(url="http://a:1", name="a"))
+    assert burst(state, slots=4, sent=8, first=[8, 2, 6, 1]).estimator.believed == 4
+
+
+def test_a_burst_that_all_ran_at_once_proves_all_of_it() -> None:
+    state = NodeState(NodeConfig(url="http://a:1", name="a"))
+    belief = burst(state, slots=8, sent=8, first=[8, 7, 6, 5, 4, 3, 2, 1])
+    assert belief.estimator.believed == 8
+
+
+def test_a_proof_waits_for_those_sent_before_it_then_counts_the_unknown_as_waiting() -> None:
+    belief = SlotBelief(CapacityEstimator(), forced=False)
+    belief.fresh = False
+    for at in (0.0, 0.001, 0.002):
+        belief.dispatched(at)
+    assert belief.ran_free(0.002, 3, now=0.5) is None  # two sent before it are not settled
+    assert belief.estimator.believed == 1
+    assert belief.settled(0.0, None, now=0.6) is None  # one of them is still unknown
+    change = belief.ran_free(0.001, 2, now=0.7)  # ... now known: both proofs are made
+    assert change is not None and belief.estimator.believed == 3
+    belief = SlotBelief(CapacityEstimator(), forced=False)
+    for at in (0.0, 0.001):
+        belief.dispatched(at)
+    belief.ran_free(0.001, 2, now=0.5)
+    assert belief.estimator.believed == 1
+    belief.settled(0.0, 0.3, now=0.9)  # it waited past the proof's dispatch: one slot proven
+    assert belief.estimator.believed == 1
+    for at in (1.0, 1.001, 1.002):
+        belief.dispatched(at)
+    belief.ran_free(1.001, 2, now=1.5)
+    # The one sent before it is still unknown when another one settles, too long after: it
+    # counted as waiting.
+    belief.settled(1.002, None, now=1.5 + PROOF_WAIT_S)
+    assert belief.estimator.believed == 1 and not belief._proofs
