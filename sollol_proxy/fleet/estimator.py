@@ -29,8 +29,10 @@ latency gradients; here the queueing is measured, so the window can follow proof
   to `max_backoff`, or for `probe_every` seconds if that comes first, so a saturated node sees
   its limit alternate between the truth and one more, rarely: every probe that waits costs one
   request a wait inside Ollama. Once the truth is bracketed (a wait-free run at the belief, a
-  wait at one more) the backoff is `max_backoff` at once: a runner's slots are fixed for its
-  life, and a new runner shows itself (see beliefs.py). A failed or cut request makes the next
+  wait at one more) the backoff is `max_backoff` at once, and the time between probes doubles
+  with every probe that waits again, from `probe_every` up to `probe_every_max`: a runner's
+  slots are fixed for its life, and a new runner shows itself (see beliefs.py), so the timed
+  probe is only a safety net, and each one costs a request a slot's time inside Ollama. A failed or cut request makes the next
   probe due (a restart cuts streams). A wait-free run at a concurrency that used to wait means the node gained slots:
   slow start again.
 - While it grows, the belief is a lower bound: `lift` raises it to what another node proved
@@ -94,6 +96,7 @@ class CapacityEstimator:
         proof_ttl: float = 600.0,
         max_backoff: int = 512,
         probe_every: float = 30.0,
+        probe_every_max: float = 480.0,
     ) -> None:
         self.cap = max(1, cap)
         self.fixed = None if fixed is None else max(1, fixed)
@@ -102,6 +105,7 @@ class CapacityEstimator:
         self.proof_ttl = proof_ttl
         self.max_backoff = max_backoff
         self.probe_every = probe_every
+        self.probe_every_max = max(probe_every, probe_every_max)
         self._restart(prior)
 
     def _restart(self, prior: int) -> None:
@@ -115,6 +119,8 @@ class CapacityEstimator:
         self._probes = 0  # probes sent and not ended: one at a time, so a probe means one wait
         self._probed_at = -math.inf
         self._backoff = 1
+        self._probe_interval = self.probe_every  # seconds after which a backed-off probe is due
+        self._bracketed = False  # the last probe that waited was one above a proven belief
         self._observed = False
 
     @property
@@ -163,7 +169,7 @@ class CapacityEstimator:
             self._probes += 1
             self._probed_at = now
             return True
-        if self._until_probe > 0 and now - self._probed_at >= self.probe_every:
+        if self._until_probe > 0 and now - self._probed_at >= self._probe_interval:
             self._until_probe = 0  # however long the backoff, a node that gained slots is seen
         if in_flight_after >= self._believed and self._until_probe > 0:
             self._until_probe -= 1
@@ -245,6 +251,7 @@ class CapacityEstimator:
             self._ceiling, self._slow_start = None, True
         if k > self._believed:
             self._believed, self._until_probe, self._backoff = k, 0, 1
+            self._probe_interval, self._bracketed = self.probe_every, False
         if self._believed >= self.cap:
             self._slow_start = False
         return f"{k} in flight ran without a slot wait"
@@ -256,8 +263,11 @@ class CapacityEstimator:
             if self._until_probe <= 0:  # the probe failed: back off
                 if self._proven >= self._believed and self._ceiling == self._believed + 1:
                     # Bracketed: the truth is the belief. Only a new runner changes it, and that
-                    # shows (cut streams, failed probes, /api/ps, a load): probe rarely.
-                    self._backoff = self.max_backoff
+                    # shows (cut streams, failed probes, /api/ps, a load): probe rarely, and
+                    # more rarely each time the bracket holds.
+                    if self._bracketed:
+                        self._probe_interval = min(2 * self._probe_interval, self.probe_every_max)
+                    self._backoff, self._bracketed = self.max_backoff, True
                 self._until_probe, self._probed_at = self._backoff, now
                 self._backoff = min(2 * self._backoff, self.max_backoff)
             return f"a probe at {k} in flight waited for a slot"
@@ -271,6 +281,7 @@ class CapacityEstimator:
         self._ceiling = low
         self._strike_ks.clear()
         self._until_probe = self._backoff
+        self._probe_interval, self._bracketed = self.probe_every, False
         if contradicts:
             self._proven, self._proven_at = 0, -math.inf
             return f"repeated slot waits at {low} in flight, which used to run at once"

@@ -154,6 +154,40 @@ def test_once_bracketed_the_truth_is_probed_only_every_probe_every_seconds() -> 
         assert sim.probes > probes  # but a node that gained slots is still found
 
 
+def _probe_times(sim: Sim, until: float) -> list[float]:
+    times = []
+    while sim.now < until:
+        probes = sim.probes
+        sim.run(1)
+        if sim.probes > probes:
+            times.append(sim.now)
+    return times
+
+
+def _timed_gaps(times: list[float]) -> list[float]:
+    """The gaps between probes that were due by time (the quick ones before a bracket are not)."""
+    return [b - a for a, b in itertools.pairwise(times) if b - a > 10.0]
+
+
+def test_while_the_bracket_holds_the_time_between_probes_doubles_up_to_a_bound() -> None:
+    sim = Sim(CapacityEstimator(prior=1, probe_every=30.0, probe_every_max=120.0), slots=2)
+    while sim.est.source != "learned":
+        sim.run(1)
+    times = [sim.now, *_probe_times(sim, sim.now + 600.0)]  # from the wait that bracketed it
+    # Each probe waits a request's time (about 1 s) before it counts, so a gap runs a little over.
+    assert [round(g / 30) * 30 for g in _timed_gaps(times)] == [30, 60, 120, 120, 120, 120]
+    assert sim.est.believed == 2
+
+
+def test_a_node_that_gained_slots_is_probed_every_probe_every_seconds_again() -> None:
+    sim = Sim(CapacityEstimator(prior=1, probe_every=30.0, probe_every_max=480.0), slots=2)
+    assert max(_timed_gaps(_probe_times(sim, 400.0))) > 110.0  # the bracket held: minutes apart
+    sim.restart(4)  # cut streams make a probe due at once; it runs free and slow start resumes
+    times = _probe_times(sim, sim.now + 100.0)
+    assert sim.est.believed == 4
+    assert [round(g / 30) * 30 for g in _timed_gaps(times)] == [30.0, 60.0]
+
+
 def test_a_wrong_prior_from_peers_is_lowered() -> None:
     sim = Sim(CapacityEstimator(prior=4), slots=1)
     sim.run(20)
