@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sollol_proxy.fleet.decisions import Decision
@@ -55,7 +55,8 @@ class Plan:
     """Where a model request goes, and what the proxy believed when it chose; or, with `hold`,
     that it had better wait for a busy slot a little longer (admission keeps it queued)."""
 
-    targets: list[Target] = field(default_factory=list)
+    # In order; a selector's ranking makes each Target when first read (routing/ranking.py).
+    targets: Sequence[Target] = field(default_factory=list)
     decision: Decision | None = None
     hold: Hold | None = None
 

@@ -19,9 +19,10 @@ from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache, Rounds
 from sollol_proxy.fleet.snapshot import waiting_view
 from sollol_proxy.fleet.views import Kept, Views, probed
 from sollol_proxy.fleet.waiting import Hold, Waits
-from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
+from sollol_proxy.routing import STRATEGIES, Choice, Reason, RouteRequest, Strategy, make_strategy
 from sollol_proxy.routing.analysis import RequestProfile
 from sollol_proxy.routing.performance import Performance, category, ranked, worth_waiting
+from sollol_proxy.routing.ranking import Ranking
 from sollol_proxy.wire.headers import NODE_HEADER
 from sollol_proxy.wire.logsafe import loggable
 
@@ -190,14 +191,7 @@ class Selector:
                     hold=self._waits.hold(wait.node, until, replacing=hold, extended=extended)
                 )
         self._waits.release(hold)
-        by_name = {entry.name: node for entry, node in zip(bases, nodes, strict=True)}
-        ranked_target, name = Target.ranked, strategy.name  # read once: this runs per candidate
-        targets = [ranked_target(by_name[c.node], name, c) for c in choices]
-        if others:
-            # By lower bound, after the priced ones: failover reaches them only when the
-            # nodes before them are all skipped or failed.
-            route = self._beyond
-            targets += [Target(by_name[e.name], route, category(e.view)) for e in others]
+        targets = _targets(nodes, bases, choices, strategy.name, others, self._beyond)
         if choices:
             first = choices[0].node
             self._prompt_cache.reserve(first, model, profile.prefix_keys, slots[first], now)
@@ -331,6 +325,33 @@ class Selector:
         if holders:
             return [holders[0]], "create: first healthy node with the base model"
         return [self.placement()], "create: placement node (first healthy node)"
+
+
+def _targets(
+    nodes: list[NodeState],
+    bases: list[Kept],
+    choices: list[Choice],
+    strategy: str,
+    others: list[Kept],
+    beyond: str,
+) -> Ranking[Target]:
+    """The failover list: the ranked `choices`, then (by lower bound, after the priced ones:
+    failover reaches them only when the nodes before them are all skipped or failed) the
+    `others`; each `Target` made when the forwarder first reads it, which is mostly the first
+    one or two."""
+    priced = len(choices)
+    by_name: dict[str, NodeState] = {}
+
+    def target(i: int) -> Target:
+        if not by_name:
+            by_name.update(zip([entry.name for entry in bases], nodes, strict=True))
+        if i < priced:
+            choice = choices[i]
+            return Target.ranked(by_name[choice.node], strategy, choice)
+        entry = others[i - priced]
+        return Target(by_name[entry.name], beyond, category(entry.view))  # type: ignore[arg-type]
+
+    return Ranking(priced + len(others), target)
 
 
 def _least_loaded(
