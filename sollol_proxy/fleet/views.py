@@ -29,7 +29,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any
 
 from sollol_proxy.fleet.capacity import model_slots
@@ -215,6 +215,7 @@ def probed(
             if probe.full_since is not None and view.model_in_flight < view.num_parallel:
                 service = learner.service_s(view.name, profile.model, profile.prompt_tokens)
                 remaining = max(service - (now - probe.full_since), 0.1 * service)
-                view = replace(view, service_s=service, slot_wait_s=remaining)
+                # On the copy just made, which nothing else holds: no second copy.
+                view.service_s, view.slot_wait_s = service, remaining
         views.append(view)
     return views
