@@ -23,7 +23,7 @@ Key = tuple[str, ...]
 def pump(
     queue: WaitQueue,
     config: QueueConfig,
-    is_free: Callable[[NodeState, str], bool],
+    free_of: Callable[[list[NodeState], str], list[NodeState]],
     grant: Callable[[Waiter, list[NodeState]], None],
     fail: Callable[[Key, Exception], None],
 ) -> None:
@@ -44,7 +44,7 @@ def pump(
             except Exception as exc:  # e.g. every node with the model went down meanwhile
                 fail(key, exc)
                 nodes = []
-            free[key] = [n for n in nodes if is_free(n, waiter.model)]
+            free[key] = free_of(nodes, waiter.model)
             if not free[key] and key in queue.keys:
                 empty += 1
         return waiter.offered(free[key], now)

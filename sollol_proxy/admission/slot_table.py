@@ -10,7 +10,8 @@ class SlotTable:
     """The slots the proxy's requests hold, per node and model."""
 
     def __init__(self) -> None:
-        self._held: dict[str, dict[str, int]] = {}  # node -> model -> slots held
+        # node -> model -> slots held; a node appears only while a request holds a slot there
+        self.held: dict[str, dict[str, int]] = {}
 
     def is_free(self, node: NodeState, model: str) -> bool:
         """A request for `model` can start on `node` now without waiting inside Ollama: a slot
@@ -19,7 +20,7 @@ class SlotTable:
         capacity.model_room), or the model can get a runner without unloading a busy one (fewer
         than max_loaded_models models running and, when the node's memory is known, room for it
         beside them)."""
-        running = self._held.get(node.name)
+        running = self.held.get(node.name)
         if not running:
             return True  # nothing of the proxy's runs there (and max_loaded is at least 1)
         held = running.get(model, 0)
@@ -34,21 +35,23 @@ class SlotTable:
         return busy + model_memory(node, model) <= vram
 
     def take(self, node: NodeState, model: str) -> None:
-        running = self._held.setdefault(node.name, {})
+        running = self.held.setdefault(node.name, {})
         running[model] = running.get(model, 0) + 1
 
     def give(self, node: NodeState, model: str) -> None:
-        running = self._held[node.name]
+        running = self.held[node.name]
         running[model] -= 1
         if not running[model]:
             del running[model]
+            if not running:  # `held` lists only the nodes where a slot is held
+                del self.held[node.name]
 
     def holds(self, node: str) -> bool:
         """Does a request of the proxy's hold a slot on `node`?"""
-        return bool(self._held.get(node))
+        return bool(self.held.get(node))
 
     def in_use(self, node: str) -> dict[str, int]:
-        return dict(self._held.get(node, {}))
+        return dict(self.held.get(node, {}))
 
     def all_in_use(self) -> dict[str, dict[str, int]]:
-        return {node: dict(models) for node, models in self._held.items() if models}
+        return {node: dict(models) for node, models in self.held.items() if models}

@@ -4,7 +4,7 @@ A fleet of `nodes` nodes given as URLs only, as the product is used (`configured
 slots and memory told; 20 models on disk and 3 loaded per node, requests in flight, every
 node's two slots holding a conversation under one of five system prompts), and
 for each request what the proxy does between reading its body and sending it: the candidates
-(`Selector.for_model`), those with a free slot (`Admission.is_free`), the choice (`_rank`: the
+(`Selector.for_model`), those with a free slot (`Admission.free`), the choice (`_rank`: the
 views, the prompt-cache probe, the ranking, the decision record), then the dispatch and its end
 as they update the fleet's state (`Admission.take`, a lease, the prompt cache's `take` and
 `finish`, the learner's `observe_success`, `give`), which is what a selection kept up to date
@@ -100,7 +100,7 @@ async def measure_selection(
         profile = profiles[i % len(profiles)]
         routed = await selector.for_model(request, profile, f"r{i}", 5)
         assert isinstance(routed, Candidates)
-        free = [n for n in routed.nodes() if admission.is_free(n, profile.model)]
+        free = admission.free(routed.nodes(), profile.model)
         plan = routed.choose(free)
         node = plan.targets[0].node
         chosen = time.thread_time()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from sollol_proxy.config.policies import Priors
@@ -119,6 +120,12 @@ class Learner:
 
     def version(self, node: str) -> int:
         return self._versions.get(node, 0)
+
+    @property
+    def versions(self) -> Mapping[str, int]:
+        """Node -> `version(node)` for the nodes learned from (read-only): `.get(name, 0)` on
+        it is one C call per candidate where `version` is a Python one."""
+        return self._versions
 
     def priors(self, node: str) -> Priors:
         return self._node_priors.get(node, self._priors)

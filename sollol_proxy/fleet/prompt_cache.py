@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -105,6 +105,10 @@ class PromptCache:
         self._gaps: dict[str, float] = {}  # model -> mean time before a follow-up
         # id(keys) -> (the slot taken for them, when it is given back, the keys themselves)
         self._reserved: dict[int, tuple[Ticket, float, PrefixKeys]] = {}
+        # The reservations in the order made, so in the order they run out (every one lasts
+        # RESERVATION_S): (until, id(keys), ticket). A claimed one stays until it runs out or
+        # no reservation is left, and is then passed over.
+        self._expiring: deque[tuple[float, int, Ticket]] = deque()
         self.accuracy: dict[tuple[str, str], Accuracy] = {}
 
     def _runner(self, node: str, model: str, slots: int) -> SlotCache:
@@ -236,6 +240,7 @@ class PromptCache:
         if keys:
             ticket = self._take(node, model, keys, slots, fresh=False, now=now)
             self._reserved[id(keys)] = (ticket, now + RESERVATION_S, keys)
+            self._expiring.append((now + RESERVATION_S, id(keys), ticket))
 
     def take(
         self,
@@ -280,11 +285,18 @@ class PromptCache:
         return Ticket(node, model, runner.take(keys, now))
 
     def _expire(self, now: float) -> None:
-        if self._reserved:
-            for key, (ticket, until, _) in list(self._reserved.items()):
-                if until <= now:
-                    del self._reserved[key]
-                    self.finish(ticket, served=False)
+        """Give back the reservations that ran out: the oldest first, up to the first that has
+        not (no walk of them all per request)."""
+        expiring, reserved = self._expiring, self._reserved
+        if not reserved:
+            expiring.clear()  # every one left was claimed
+            return
+        while expiring and expiring[0][0] <= now:
+            _, key, ticket = expiring.popleft()
+            held = reserved.get(key)
+            if held is not None and held[0] is ticket:  # not claimed, nor another's since
+                del reserved[key]
+                self.finish(ticket, served=False)
 
     def _count(self, model: str, root: bytes) -> None:
         number = self._requests[model] = self._requests.get(model, 0) + 1

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import time
-import zlib
 
 from aiohttp import web
 
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.capacity import believed_total, model_slots
+from sollol_proxy.fleet.capacity import model_slots
 from sollol_proxy.fleet.decisions import Decision, DecisionLog
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import NodeState
-from sollol_proxy.fleet.plan import Candidates, NoTarget, Plan, Target
+from sollol_proxy.fleet.plan import Candidates, NoTarget, Plan, Target, failover, least_loaded
 from sollol_proxy.fleet.pricing import bounded, price, top_size
 from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache, Rounds
 from sollol_proxy.fleet.snapshot import waiting_view
@@ -21,7 +20,7 @@ from sollol_proxy.fleet.views import Kept, Views, probed
 from sollol_proxy.fleet.waiting import Hold, Waits
 from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from sollol_proxy.routing.analysis import RequestProfile
-from sollol_proxy.routing.performance import Performance, category, ranked, worth_waiting
+from sollol_proxy.routing.performance import Performance, ranked, worth_waiting
 from sollol_proxy.wire.headers import NODE_HEADER
 from sollol_proxy.wire.logsafe import loggable
 
@@ -103,7 +102,7 @@ class Selector:
 
     def any_node(self, request_id: str, why: str, reason: Reason) -> list[Target]:
         """Requests that do not depend on a model: any healthy node, least loaded first."""
-        return _least_loaded(self._healthy(), request_id, why, reason)
+        return least_loaded(self._healthy(), request_id, why, reason)
 
     def _rank(
         self,
@@ -190,14 +189,8 @@ class Selector:
                     hold=self._waits.hold(wait.node, until, replacing=hold, extended=extended)
                 )
         self._waits.release(hold)
-        by_name = {entry.name: node for entry, node in zip(bases, nodes, strict=True)}
-        ranked_target, name = Target.ranked, strategy.name  # read once: this runs per candidate
-        targets = [ranked_target(by_name[c.node], name, c) for c in choices]
-        if others:
-            # By lower bound, after the priced ones: failover reaches them only when the
-            # nodes before them are all skipped or failed.
-            route = self._beyond
-            targets += [Target(by_name[e.name], route, category(e.view)) for e in others]
+        kept = self._views.kept(model)
+        targets = failover(kept, choices, strategy.name, others, self._beyond)
         if choices:
             first = choices[0].node
             self._prompt_cache.reserve(first, model, profile.prefix_keys, slots[first], now)
@@ -272,7 +265,7 @@ class Selector:
         if not self._fleet.has_model(model):
             return self.any_node(request_id, "no node has the model", Reason.NO_NODE_HAS_MODEL)
         why = "model metadata, nothing to load or generate"
-        return _least_loaded(self._holders(model), request_id, why, Reason.METADATA)
+        return least_loaded(self._holders(model), request_id, why, Reason.METADATA)
 
     def _holders(self, model: str) -> list[NodeState]:
         holders = self._fleet.with_model(model)
@@ -331,23 +324,3 @@ class Selector:
         if holders:
             return [holders[0]], "create: first healthy node with the base model"
         return [self.placement()], "create: placement node (first healthy node)"
-
-
-def _least_loaded(
-    nodes: list[NodeState], request_id: str, why: str, reason: Reason
-) -> list[Target]:
-    """`nodes` least loaded first (ties spread by request), each saying `why` it could go."""
-
-    def key(node: NodeState) -> tuple[float, int]:
-        return node.in_flight / believed_total(node), zlib.crc32(
-            f"{request_id}/{node.name}".encode()
-        )
-
-    return [
-        Target(
-            node,
-            f"{why}; least loaded, {node.in_flight}/{believed_total(node)} slots busy",
-            reason,
-        )
-        for node in sorted(nodes, key=key)
-    ]

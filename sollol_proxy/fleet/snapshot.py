@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 
 from sollol_proxy.fleet.capacity import (
     max_loaded,
@@ -150,14 +149,14 @@ def waiting_view(
     service = learner.service_s(node.name, profile.model, profile.prompt_tokens)
     remaining = max(service - (now - probe.waiting_since), 0.1 * service)
     slots = max(probe.waiting_slots, 1)
-    return replace(
-        view,
-        cached_tokens=round(probe.waiting_cached * ratio),
-        displaced_tokens=0.0,
-        model_in_flight=max(view.model_in_flight, view.num_parallel) + already_waiting,
-        service_s=service,
-        slot_wait_s=remaining + already_waiting // slots * service,
-    )
+    # Set on the view just made, which nothing else holds (dataclasses.replace made a second
+    # one, field by field through __init__, per waitable node per request).
+    view.cached_tokens = round(probe.waiting_cached * ratio)
+    view.displaced_tokens = 0.0
+    view.model_in_flight = max(view.model_in_flight, view.num_parallel) + already_waiting
+    view.service_s = service
+    view.slot_wait_s = remaining + already_waiting // slots * service
+    return view
 
 
 def demand_by_model(nodes: list[NodeState], learner: Learner) -> dict[str, float]:

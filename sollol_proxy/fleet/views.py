@@ -25,10 +25,11 @@ model (the models a node lists), so a client's options or prompts cannot grow th
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any
 
 from sollol_proxy.fleet.capacity import model_slots
@@ -38,6 +39,7 @@ from sollol_proxy.fleet.prompt_cache import Probe
 from sollol_proxy.fleet.snapshot import demand_by_model, node_view
 from sollol_proxy.routing import NodeView
 from sollol_proxy.routing.analysis import RequestProfile
+from sollol_proxy.routing.performance import bound_parts
 
 EPOCH_S = 1.0
 
@@ -78,10 +80,12 @@ class Kept:
     finds it current allocates nothing for it)."""
 
     __slots__ = (
+        "bound",
         "changes",
         "epoch",
         "learned",
         "name",
+        "node",
         "offset",
         "options",
         "prompt",
@@ -98,6 +102,15 @@ class Kept:
         self.prompt = -1  # the prompt tokens it was priced for; -1: it is the same for any
         self.view: NodeView | None = None
         self.slots = 0  # model_slots: what the probe sizes the node's cache with
+        # The node it was last made or found for: a selector's failover list reaches the node
+        # from its entry (one node per name: a reload that replaces a node clears the views).
+        self.node: NodeState | None = None
+        # performance.bound_parts of the view: its lower bound for any request, but the output
+        self.bound: tuple[float, float, float] = (0.0, math.inf, 1.0)
+
+    def made(self, view: NodeView, slots: int) -> None:
+        """Its view is `view` now, for a node of `slots` slots (`bound` goes with the view)."""
+        self.view, self.slots, self.bound = view, slots, bound_parts(view)
 
 
 def _prompt_priced(view: NodeView) -> bool:
@@ -133,6 +146,10 @@ class Views:
             self._demand = demand_by_model(self._healthy(), self._learner)
         return self._demand
 
+    def kept(self, model: str) -> Mapping[str, Kept]:
+        """Node name -> the entry `bases` last returned for it, for `model`."""
+        return self._entries.get(model, {})
+
     def bases(
         self, nodes: list[NodeState], profile: RequestProfile, now: float | None = None
     ) -> list[Kept]:
@@ -146,13 +163,14 @@ class Views:
         if kept is None:
             kept = self._entries[model] = {}
         result = []
-        version = learner.version
+        version = learner.versions.get
         for node in nodes:
             name = node.config.name
             entry = kept.get(name)
             if entry is None:
                 entry = kept[name] = Kept(name)
-            changes, learned = node.changes, version(name)
+            entry.node = node
+            changes, learned = node.changes, version(name, 0)
             epoch = (now + entry.offset) // EPOCH_S
             if (
                 entry.changes != changes
@@ -169,7 +187,7 @@ class Views:
                     options,
                 )
                 entry.prompt = prompt if _prompt_priced(view) else -1
-                entry.view, entry.slots = view, model_slots(node, model)
+                entry.made(view, model_slots(node, model))
             result.append(entry)
         return result
 
@@ -197,6 +215,7 @@ def probed(
             if probe.full_since is not None and view.model_in_flight < view.num_parallel:
                 service = learner.service_s(view.name, profile.model, profile.prompt_tokens)
                 remaining = max(service - (now - probe.full_since), 0.1 * service)
-                view = replace(view, service_s=service, slot_wait_s=remaining)
+                # On the copy just made, which nothing else holds: no second copy.
+                view.service_s, view.slot_wait_s = service, remaining
         views.append(view)
     return views

@@ -56,6 +56,11 @@ class Failed:
 Deliver = Callable[..., Awaitable["web.StreamResponse | Failed"]]
 
 
+def _open(target: Target, fleet: Fleet) -> bool:
+    """May `target` be tried now (as the loop below decides)?"""
+    return target.pinned or fleet.may_take(target.node)
+
+
 class Forwarder:
     def __init__(
         self,
@@ -121,7 +126,7 @@ class Forwarder:
         cap = self._config.max_attempts if isinstance(body, bytes | None) else 1
         failures: list[Failed] = []
         skipped: list[str] = []
-        queue = list(targets)
+        queue: Sequence[Target] = targets  # a selector's ranking makes each entry when read
         index = moves = 0
         while len(failures) < cap:
             if index == len(queue):
@@ -135,7 +140,7 @@ class Forwarder:
                         more = [Target(moved, "next node with a free slot", Reason.RETRY)]
                 if not more:
                     break
-                queue.extend(more)
+                queue = [*queue, *more]  # a new list: the plan's is left as it was
             target = queue[index]
             index += 1
             node = target.node
@@ -158,11 +163,13 @@ class Forwarder:
                 )
                 log.warning("%s: %s", record.request_id, why)
                 return self._all_failed(request, failures, skipped, record, why)
-            later = [t for t in queue[index:] if t.pinned or self._fleet.may_take(t.node)]
+            # Read only up to the first node left to fail over to: a ranking's entries are made
+            # as they are read, and a request mostly reads two of them.
+            later = any(_open(queue[i], self._fleet) for i in range(index, len(queue)))
             if not later and not target.pinned:
-                later = self._others(queue, record)
+                later = bool(self._others(queue, record))
             if not later and slot is not None:  # a node it could wait for a slot on
-                later = slot.alternatives(frozenset({node.name, *(f.node for f in failures)}))
+                later = bool(slot.alternatives(frozenset({node.name, *(f.node for f in failures)})))
             last_chance = not later or len(failures) + 1 >= cap
             try:
                 if failures:
@@ -195,7 +202,7 @@ class Forwarder:
             return outcome
         return self._all_failed(request, failures, skipped, record, "")
 
-    def _others(self, listed: list[Target], record: RequestRecord) -> list[Target]:
+    def _others(self, listed: Sequence[Target], record: RequestRecord) -> list[Target]:
         """Nodes that can take the request now although the ranking did not list them (their
         state changed while the listed ones were tried)."""
         names = {t.node.name for t in listed}

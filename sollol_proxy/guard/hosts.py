@@ -27,6 +27,12 @@ _PRIVATE = tuple(
     ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 )
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
+# Every request is checked, and its Host is nearly always one of a few: the verdicts are
+# remembered, for at most MEMO_SIZE values of at most MEMO_LENGTH characters (a hostile client
+# can send any number of them: the memo then starts again when full, and a longer value is
+# checked each time).
+MEMO_SIZE = 256
+MEMO_LENGTH = 256
 
 
 def _bare_host(value: str) -> str:
@@ -67,8 +73,19 @@ class HostCheck:
     def reconfigure(self, config: Config) -> None:
         self._allowed = config.allowed_hosts
         self.active = listens_on_loopback(config.host) or bool(config.allowed_hosts)
+        self.verdicts: dict[str, bool] = {}  # Host header -> allowed, under these settings
 
     def allowed(self, host_header: str) -> bool:
+        verdict = self.verdicts.get(host_header)
+        if verdict is None:
+            verdict = self._check(host_header)
+            if len(host_header) <= MEMO_LENGTH:
+                if len(self.verdicts) >= MEMO_SIZE:
+                    self.verdicts.clear()
+                self.verdicts[host_header] = verdict
+        return verdict
+
+    def _check(self, host_header: str) -> bool:
         host = _bare_host(host_header).lower()
         try:
             address = ipaddress.ip_address(host)

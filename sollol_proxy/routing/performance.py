@@ -87,6 +87,19 @@ def lower_bound(view: NodeView, request: RouteRequest) -> float:
     probe may put one, a reload without the drain of the requests ahead (the probe may price
     their service time afresh). The same sums in the same order as `estimate`, each term no
     larger, so that floating-point rounding keeps it a bound too."""
+    head, decode_tps, success = bound_parts(view)
+    return bound(head, decode_tps, success, request.expected_output)
+
+
+def bound(head: float, decode_tps: float, success: float, output: float) -> float:
+    """`lower_bound` from a view's `bound_parts` and the request's expected output."""
+    return (head + output / decode_tps) / success
+
+
+def bound_parts(view: NodeView) -> tuple[float, float, float]:
+    """What `lower_bound` takes from the view alone, kept with it (fleet/views.py): the sum
+    before the decode term (`estimate` adds its terms left to right, so the same sum made
+    first rounds alike), the decode speed and the success divisor."""
     slots = view.num_parallel
     busy = view.model_in_flight
     queue = (
@@ -106,8 +119,7 @@ def lower_bound(view: NodeView, request: RouteRequest) -> float:
         load = view.load_s * (1 + view.loads_pending)
         evict = view.evict_s
     prefill = 1 / view.prefill_tps
-    decode = request.expected_output / view.decode_tps
-    return (wait + load + evict + prefill + decode) / max(view.success, MIN_SUCCESS)
+    return wait + load + evict + prefill, view.decode_tps, max(view.success, MIN_SUCCESS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ REQUEST = RouteRequest(model="m", request_id="r", prompt_tokens=2000, expected_o
 
 def kept(rng: random.Random, i: int) -> Kept:
     entry = Kept(f"n{i}")
-    entry.view = NodeView(
+    view = NodeView(
         name=entry.name,
         in_flight=rng.randint(0, 4),
         num_parallel=rng.choice((1, 2, 4)),
@@ -28,6 +28,7 @@ def kept(rng: random.Random, i: int) -> Kept:
         load_s=rng.uniform(2, 10),
         evict_s=rng.choice((0.0, 2.0)),
     )
+    entry.made(view, view.num_parallel)
     return entry
 
 

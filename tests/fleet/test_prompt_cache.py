@@ -166,6 +166,33 @@ def test_a_slot_reserved_when_the_node_was_chosen_is_claimed_by_the_dispatch() -
     assert not any(slot.busy for slot in cache.slots("b", "m"))
 
 
+def test_reservations_run_out_oldest_first_and_claimed_ones_are_passed_over() -> None:
+    cache = PromptCache()
+    first, claimed, last = (chat(SYSTEM, word) for word in ("one", "two", "three"))
+    for at, keys in enumerate((first, claimed, last)):
+        cache.reserve("a", "m", keys, 8, now=float(at))
+    assert cache.take("a", "m", claimed, 8, now=1.5) is not None  # still busy: its request runs
+    assert sum(slot.busy for slot in cache.slots("a", "m")) == 3
+    # The first has run out, the claimed one is its request's, the last one has not run out.
+    cache.reserve("a", "m", chat(SYSTEM, "four"), 8, now=RESERVATION_S + 1.5)
+    assert sum(slot.busy for slot in cache.slots("a", "m")) == 3
+    ticket = cache.take("a", "m", last, 8, now=RESERVATION_S + 1.6)
+    assert ticket is not None and ticket.take.slot is not None and ticket.take.slot.busy
+
+
+def test_claimed_reservations_are_not_kept_once_none_is_left() -> None:
+    # Each request reserves its slot and claims it at once (the usual case): what is kept to
+    # run reservations out in order does not grow with the requests.
+    cache = PromptCache()
+    for i in range(1000):
+        keys = chat(SYSTEM, f"question {i}")
+        cache.reserve("a", "m", keys, 4, now=i * 0.001)
+        ticket = cache.take("a", "m", keys, 4, now=i * 0.001)
+        assert ticket is not None
+        cache.finish(ticket, now=i * 0.001)
+    assert len(cache._expiring) <= 1
+
+
 def test_a_conversations_own_history_is_worth_keeping_while_it_may_come_back() -> None:
     cache = PromptCache()
     question, answer = "pasted document. " * 300, "an answer"

@@ -8,7 +8,7 @@ import pytest
 
 from sollol_proxy.config import load_config
 from sollol_proxy.config.model import ConfigError
-from sollol_proxy.guard.hosts import HostCheck
+from sollol_proxy.guard.hosts import MEMO_LENGTH, MEMO_SIZE, HostCheck
 from sollol_proxy.guard.keys import new_key, presented_key
 from sollol_proxy.guard.quota import MinuteWindow
 from sollol_proxy.guard.scopes import Need, is_loopback, need
@@ -103,6 +103,24 @@ def test_allowed_hosts_turn_the_check_on_anywhere() -> None:
     assert check.active
     assert check.allowed("ai.example.com:443") and check.allowed("gpu.lan")
     assert not check.allowed("lan") and not check.allowed("example.com")
+
+
+def test_host_verdicts_are_remembered_within_bounds_and_forgotten_on_reload() -> None:
+    check = HostCheck(config_with(**{"listen.host": "127.0.0.1"}))
+    # A flood of distinct Host values: the memo never holds more than MEMO_SIZE, and a value
+    # longer than MEMO_LENGTH is checked each time, never kept.
+    for i in range(3 * MEMO_SIZE):
+        assert not check.allowed(f"evil{i}.example")
+        assert check.allowed(f"box{i}.local")
+        assert len(check.verdicts) <= MEMO_SIZE
+    long_host = "a" * MEMO_LENGTH + ".local"
+    assert check.allowed(long_host) and long_host not in check.verdicts
+    assert not check.allowed("ai.example.com") and check.verdicts["ai.example.com"] is False
+    # A reload that allows it: the remembered verdict is not reused.
+    check.reconfigure(
+        config_with(**{"listen.host": "127.0.0.1", "listen.allowed_hosts": "ai.example.com"})
+    )
+    assert check.allowed("ai.example.com")
 
 
 def test_key_configuration_errors_name_the_key() -> None:

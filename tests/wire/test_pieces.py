@@ -11,7 +11,7 @@ from sollol_proxy.forward.views import timestamp_ns
 from sollol_proxy.wire import gojson
 from sollol_proxy.wire.errors import error_response, stream_error_bytes
 from sollol_proxy.wire.headers import downstream_response_headers, upstream_request_headers
-from sollol_proxy.wire.names import normalize_model
+from sollol_proxy.wire.names import MEMO_LENGTH, MEMO_SIZE, normalize_model, remembered
 from sollol_proxy.wire.peek import multipart_field, peek, read_object
 from sollol_proxy.wire.routes import EXACT, Kind, classify
 
@@ -36,6 +36,20 @@ def test_gojson_escapes_like_go() -> None:
 )
 def test_model_names_normalise_like_ollama(name: str, normal: str) -> None:
     assert normalize_model(name) == normal
+
+
+def test_remembered_model_names_stay_bounded_under_a_flood_of_distinct_names() -> None:
+    # A hostile client sends a new name with every request: the memo keeps at most MEMO_SIZE
+    # of them, and never a name longer than MEMO_LENGTH, while answers stay right.
+    for i in range(3 * MEMO_SIZE):
+        assert normalize_model(f"Flood-{i}") == f"flood-{i}:latest"
+    assert remembered() <= MEMO_SIZE
+    long_name = "M" * (MEMO_LENGTH + 1)
+    before = remembered()
+    for _ in range(3):
+        assert normalize_model(long_name) == "m" * (MEMO_LENGTH + 1) + ":latest"
+    assert remembered() == before  # worked out each time, not kept
+    assert normalize_model("Llama3.2") == normalize_model("llama3.2") == "llama3.2:latest"
 
 
 def test_the_first_json_value_counts_and_trailing_bytes_are_ignored_like_go() -> None:
