@@ -24,6 +24,14 @@ from sollol_proxy.fleet.snapshot import planned_victims
 from sollol_proxy.routing.analysis import RequestProfile
 from sollol_proxy.wire.timings import Timings
 
+# A probe (one request more than the node's believed slots) that finds them all taken waits on
+# Ollama's semaphore for a whole generation, seconds to minutes, before its first byte: one with
+# no first byte this long after its prefill and first token should have come is given up, the
+# client having received nothing, and waits in the proxy's queue instead (forwarder.py). A
+# late first byte cut by mistake costs a prefill and one backed-off probe.
+PROBE_PATIENCE_S = 0.25
+PROBE_PATIENCE_FACTOR = 3.0
+
 
 class Attempt:
     """The request on one node, from dispatch to its last byte."""
@@ -135,6 +143,27 @@ class DispatchObserver:
                 attempt.settle(model)
                 if attempt.ticket is not None:  # not finished: failed, or cut short
                     self.cache.finish(attempt.ticket, served=attempt.first_byte_at is not None)
+
+    def probe_patience(self, attempt: Attempt) -> float | None:
+        """How long a streamed probe may go without a first byte before it counts as waiting
+        for a slot (None: not such a probe). Its prefill is priced as routing prices it
+        (measured here, else on its peers, else the priors), its cached prefix ignored."""
+        if not attempt.probe or attempt.cold or not self.profile.stream:
+            return None
+        node, model, learner = attempt.node.name, self.profile.model, self.learner
+        tokens = self.profile.prompt_tokens * learner.token_ratio(model)
+        expected = tokens / learner.prefill_tps(node, model) + 1.0 / learner.decode_tps(node, model)
+        return PROBE_PATIENCE_S + PROBE_PATIENCE_FACTOR * expected
+
+    def probe_waited(self, attempt: Attempt, waited_s: float) -> None:
+        """The probe had no first byte within its patience: it is waiting for a slot, so the
+        node has no more than believed (the probe is cut by the caller)."""
+        belief = attempt.slots
+        if belief is not None:
+            change = belief.estimator.finished(
+                attempt.k, waited_s, time.monotonic(), total_s=waited_s
+            )
+            attempt.node.beliefs.note(self.profile.model, change)
 
     def _hold(self, attempt: Attempt, step: int) -> None:
         if attempt.holding == (step > 0):

@@ -50,6 +50,15 @@ class Failed:
     status: int  # what the client gets if this is the last word: the node's 5xx, or 502/504
 
 
+@dataclass(frozen=True, slots=True)
+class Unserved:
+    """A probe given up before its first byte: it was waiting for a slot (not a failure). The
+    request waits in the proxy's queue for the next free slot, the same node's included."""
+
+    node: str
+    waited_s: float
+
+
 # What is done with the answer of the node that took the request: `relay` streams it to the
 # client; the proxy's own sub-requests read it whole (`collect.py`), and may give it up as a
 # Failed while the client has received nothing, so that another node tries.
@@ -128,6 +137,7 @@ class Forwarder:
         skipped: list[str] = []
         queue: Sequence[Target] = targets  # a selector's ranking makes each entry when read
         index = moves = 0
+        requeued = False  # a probe given up once: the request does not probe again
         while len(failures) < cap:
             if index == len(queue):
                 # The ranked nodes are used up: nodes that became available meanwhile may try,
@@ -191,10 +201,26 @@ class Forwarder:
                     permit,
                     slot,
                     deliver,
+                    may_requeue=slot is not None and not requeued,
                 )
             finally:
                 if permit is not None:
                     permit.release()
+            if isinstance(outcome, Unserved):
+                assert slot is not None
+                requeued = True
+                moved = await slot.elsewhere(frozenset(f.node for f in failures))
+                if moved is None:
+                    why = "its probe found no free slot, and none came within its maximum wait"
+                    failures.append(Failed(outcome.node, why, 503))
+                    break
+                route = (
+                    f"next node with a free slot (a probe on {outcome.node} had none within "
+                    f"{outcome.waited_s:.2f}s)"
+                )
+                queue = [*queue, Target(moved, route, Reason.RETRY)]
+                index = len(queue) - 1
+                continue
             if isinstance(outcome, Failed):
                 failures.append(outcome)
                 record.failed_attempts.append((outcome.node, outcome.reason))
@@ -226,9 +252,12 @@ class Forwarder:
         permit: Permit | None,
         slot: Slot | None,
         deliver: Deliver,
-    ) -> web.StreamResponse | Failed:
+        *,
+        may_requeue: bool,
+    ) -> web.StreamResponse | Failed | Unserved:
         """One attempt on one node: its answer relayed, or why it was given up. A retry's
-        `permit` is given back as soon as the node has answered or failed."""
+        `permit` is given back as soon as the node has answered or failed. With `may_requeue`
+        a streamed probe is given up (`Unserved`) when its first byte is later than its patience."""
         node, health = target.node, target.node.health
         took_trial = health.begin() and health.state is State.HALF_OPEN
         judged = False
@@ -239,11 +268,32 @@ class Forwarder:
         )
         try:
             async with accounting as attempt:
+                patience = None
+                if may_requeue and observer is not None and attempt is not None:
+                    patience = observer.probe_patience(attempt)
+                    if first_byte is not None and patience is not None and patience >= first_byte:
+                        patience = None
                 try:
                     opened = await open_upstream(
-                        self._session, request, node, body, first_byte, self._pool
+                        self._session,
+                        request,
+                        node,
+                        body,
+                        first_byte if patience is None else patience,
+                        self._pool,
                     )
                 except UpstreamFailure as exc:
+                    if patience is not None and exc.timed_out:
+                        assert observer is not None and attempt is not None
+                        observer.probe_waited(attempt, patience)
+                        log.info(
+                            "%s: probe on %s had no first byte within %.2fs: waiting for a "
+                            "slot there; back to the queue",
+                            record.request_id,
+                            node.name,
+                            patience,
+                        )
+                        return Unserved(node.name, patience)
                     judged = True
                     if permit is not None:
                         permit.release()

@@ -227,3 +227,41 @@ async def test_a_node_without_evictions_is_believed_to_hold_what_its_peers_hold(
         await eventually(lambda m=model: any(k.startswith(m) for k in first.loaded))
     await eventually(lambda: capacity.max_loaded(first) == 2)
     assert capacity.max_loaded(second) == 2 and second.beliefs.memory.max_loaded is None
+
+
+async def test_a_probe_that_finds_no_free_slot_waits_in_the_proxy_not_in_ollama(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(
+        dict(
+            name="a",
+            models=["llama3.2"],
+            num_parallel=1,
+            token_delay=TOKEN_DELAY,
+            deterministic=False,
+        ),
+        urls_only=True,
+    )
+    (name,) = node_names(made)
+    await load(http, made, clients=3, each=4)  # learns the one slot and its prefill speed
+    assert believed(made) == {name: 1}
+    state = made.fleet.nodes[name]
+    belief = capacity.slot_belief(state, MODEL)
+    assert belief is not None
+    belief.estimator.finished(1, None, asyncio.get_running_loop().time())  # a failure: probe due
+    node = made.nodes[0]
+    cancelled, waited = node.cancelled, node.stats.queue_wait
+
+    long = orjson.dumps({"model": "llama3.2", "prompt": "hi", "options": {"num_predict": 150}})
+    async with http.post(made.url + "/api/generate", data=long) as first:
+        await first.content.readline()  # it holds the node's one slot for 1.5 s
+        async with http.post(made.url + "/api/generate", data=long) as probe:
+            lines = (await probe.read()).splitlines()
+            route = probe.headers["X-Sollol-Route"]
+            assert probe.status == 200
+        assert first.content.at_eof() or await first.read()
+    assert orjson.loads(lines[-1])["done"] is True and len(lines) == 151
+    assert f"a probe on {name} had none within" in route
+    assert node.cancelled == cancelled + 1  # the probe's request left Ollama's semaphore
+    assert node.stats.queue_wait - waited < 0.5  # where it would have waited about 1.5 s
+    assert believed(made) == {name: 1}
