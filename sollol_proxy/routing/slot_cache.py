@@ -153,13 +153,14 @@ class Outsider:
     history: int
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass is several times slower to make, and two are made per request.
+@dataclass(slots=True)
 class _Dispatch:
     take: Take
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _End:
     take: Take
     answer: int
@@ -167,7 +168,7 @@ class _End:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Clear:
     keep: Take | None
     busy_too: bool
