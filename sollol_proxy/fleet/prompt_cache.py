@@ -111,14 +111,14 @@ class PromptCache:
         self._expiring: deque[tuple[float, int, Ticket]] = deque()
         self.accuracy: dict[tuple[str, str], Accuracy] = {}
 
-    def _runner(self, node: str, model: str, slots: int) -> SlotCache:
+    def _runner(self, node: str, model: str, slots: int, now: float) -> SlotCache:
         runner = self._runners.get((node, model))
         if runner is None:
             runner = self._runners[(node, model)] = SlotCache(slots)
         elif len(runner.slots) < slots:
             # Only ever more: a belief that drops takes no slot from a running runner, and
             # dropping one forgot what it held (the node looked empty and drew a group there).
-            runner.resize(slots)
+            runner.resize(slots, now)
         return runner
 
     def slots(self, node: str, model: str) -> list[Slot]:
@@ -154,6 +154,7 @@ class PromptCache:
         prefix's worth counts every node in `slots`, whichever are in `only`."""
         if not keys:
             return {}
+        now = time.monotonic() if now is None else now
         runners = None if rounds is None else rounds.runners
         if runners is None:
             known = self._runners
@@ -162,13 +163,12 @@ class PromptCache:
                 runner = known.get((node, model))
                 if runner is not None:
                     if len(runner.slots) < count:
-                        runner.resize(count)
+                        runner.resize(count, now)
                     runners[node] = runner
             if rounds is not None:
                 rounds.runners = runners
         found: dict[str, Probe] = {}
         gap = self._gaps.get(model)
-        now = time.monotonic() if now is None else now
         copies = None if rounds is None else rounds.copies  # nodes holding each first prefix
         fleet_slots = sum(slots.values())
         keys_only = heads(keys)
@@ -279,7 +279,7 @@ class PromptCache:
                 gap = self._gaps.get(model)
                 sample = now - ended
                 self._gaps[model] = sample if gap is None else gap + GAP_ALPHA * (sample - gap)
-        runner = self._runner(node, model, slots)
+        runner = self._runner(node, model, slots, now)
         if fresh:
             runner.clear(busy_too=True)
         return Ticket(node, model, runner.take(keys, now))
@@ -338,7 +338,7 @@ class PromptCache:
             score.predicted_tokens += predicted
             score.observed_tokens += observed
             if predicted_hit and not observed_hit:
-                runner.clear(keep=take.slot)
+                runner.clear(keep=take)
         now = time.monotonic() if now is None else now
         runner.release(take, now, answer, served=served)
         if served and take.keys:

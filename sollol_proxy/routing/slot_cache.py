@@ -25,6 +25,14 @@ two slots a short prompt overwrites is worth little either way.
 Requests beyond the slots wait on the runner's semaphore (reference 5.2) and take a slot, by
 the same rule, when one is released. Everything here is pure and synchronous: the caller owns
 the clock and the instances.
+
+Given node URLs only, the proxy learns a runner's slot count while using it (issue #11), and the
+belief starts low: a runner believed to have one slot while it has two sees every request of the
+proxy go through that one slot, so the model pushes out prefixes that the node still holds in the
+slot the proxy did not know of. When the belief grows, the runner's recent requests (the last
+`HISTORY_EVENTS` dispatches and ends) are replayed on the new slot count, which gives what the
+node's slots have held all along, and the requests in flight are moved to the slots the replay
+gave them (those waiting beyond the old count were running on the node).
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ SLOT_PROMPT_SIMILARITY = 0.1
 MESSAGE_TOKENS = 4
 # Keys remembered per slot: a prompt longer than this is matched on its first MAX_KEYS prefixes.
 MAX_KEYS = 1024
+# Dispatches and ends remembered per runner, replayed when the belief about its slots grows:
+# 128 requests fill and refill a runner of up to dozens of slots.
+HISTORY_EVENTS = 256
 
 PrefixKeys = Sequence[tuple[bytes, int]]
 
@@ -142,6 +153,27 @@ class Outsider:
     history: int
 
 
+# Not frozen: a frozen dataclass is several times slower to make, and two are made per request.
+@dataclass(slots=True)
+class _Dispatch:
+    take: Take
+    at: float
+
+
+@dataclass(slots=True)
+class _End:
+    take: Take
+    answer: int
+    served: bool
+    at: float
+
+
+@dataclass(slots=True)
+class _Clear:
+    keep: Take | None
+    busy_too: bool
+
+
 class SlotCache:
     """The slots of one runner (one model on one node), as the proxy believes them."""
 
@@ -150,6 +182,8 @@ class SlotCache:
         self.waiting: deque[Take] = deque()  # requests beyond the slots, in arrival order
         self._clock = itertools.count(1)
         self._outsider: Outsider | None = None  # None: the slots changed since it was made
+        # What happened to the slots lately, in order, for `resize` to replay on more slots.
+        self._history: deque[_Dispatch | _End | _Clear] = deque(maxlen=HISTORY_EVENTS)
 
     def outsider(self) -> Outsider:
         if self._outsider is None:
@@ -159,19 +193,54 @@ class SlotCache:
             self._outsider = Outsider(frozenset(self.first_keys()), victim, root, history)
         return self._outsider
 
-    def resize(self, slots: int) -> None:
-        """The belief about the runner's slot count changed: add empty slots, or drop the
-        least recently used idle ones."""
+    def resize(self, slots: int, now: float) -> None:
+        """The belief about the runner's slot count changed. More slots: the node had them
+        while the proxy believed fewer, so they hold what the runner's recent requests would
+        have left in them (`_replay`), and requests waiting beyond the old count run in them.
+        Fewer: the least recently used idle slots are dropped."""
         self._outsider = None
         slots = max(slots, 1)
         if slots > len(self.slots):
-            self.slots += [Slot(i) for i in range(len(self.slots), slots)]
+            if not self._replay(slots):
+                # Some request in flight is older than the history: add empty slots.
+                self.slots += [Slot(i) for i in range(len(self.slots), slots)]
+            while self.waiting and self._assign(self.waiting[0], now):
+                self.waiting.popleft()
         elif slots < len(self.slots):
             idle = sorted((s for s in self.slots if not s.busy), key=lambda s: s.last_used)
             dropped = {id(s) for s in idle[: len(self.slots) - slots]}
             self.slots = [s for s in self.slots if id(s) not in dropped]
             for index, slot in enumerate(self.slots):
                 slot.index = index
+
+    def _replay(self, slots: int) -> bool:
+        """Replay the remembered dispatches and ends on `slots` slots (from empty slots: the
+        history starts at the runner's creation, or holds enough requests to refill them) and
+        take the result as what the slots hold, each request in flight in the slot the replay
+        gave it. False, changing nothing, when a request in flight is not in the history."""
+        shadow = SlotCache(slots)
+        shadow._history = deque(maxlen=0)  # the shadow's own history is never replayed
+        flying: dict[int, tuple[Take, Take]] = {}  # id(take) -> the take and its replayed twin
+        for event in self._history:
+            if isinstance(event, _Dispatch):
+                twin = shadow.take(event.take.keys, event.at)
+                flying[id(event.take)] = (event.take, twin)
+            elif isinstance(event, _End):
+                _, twin = flying.pop(id(event.take), (None, None))
+                if twin is not None:  # else dispatched before the history starts
+                    shadow.release(twin, event.at, event.answer, served=event.served)
+            else:
+                _, kept = flying.get(id(event.keep), (None, None))
+                shadow.clear(kept, busy_too=event.busy_too)
+        # Every request in flight (in a slot or waiting) was dispatched within the history.
+        if sum(slot.busy for slot in self.slots) + len(self.waiting) != len(flying):
+            return False
+        for take, twin in flying.values():
+            take.slot, take.previous = twin.slot, twin.previous
+        live = {id(twin): take for take, twin in flying.values()}
+        self.slots, self._clock = shadow.slots, shadow._clock  # the slots' recency with them
+        self.waiting = deque(live[id(twin)] for twin in shadow.waiting)
+        return True
 
     def choose(
         self,
@@ -243,6 +312,7 @@ class SlotCache:
         keys_only = heads(keys)
         self._outsider = None
         take = Take(self, keys, nearest=max(common_tokens(s, keys, keys_only) for s in self.slots))
+        self._history.append(_Dispatch(take, now))
         if not self._assign(take, now):
             self.waiting.append(take)
         return take
@@ -268,6 +338,9 @@ class SlotCache:
         take.done = True
         self._outsider = None
         slot = take.slot
+        # `served` as the caller says even for a request that never got one of the believed
+        # slots: it ran in one the proxy did not know of, which a replay on more slots gives it.
+        self._history.append(_End(take, answer, served, now))
         if slot is None:
             if take in self.waiting:
                 self.waiting.remove(take)
@@ -285,12 +358,14 @@ class SlotCache:
         """The first prefix key of what each slot holds (a system prompt, a preamble)."""
         return {slot.keys[0] for slot in self.slots if slot.keys}
 
-    def clear(self, keep: Slot | None = None, *, busy_too: bool = False) -> None:
-        """Forget what the slots hold (the runner lost its cache), but `keep`'s and, unless
-        `busy_too`, the busy ones' (their requests fill them when they end)."""
+    def clear(self, keep: Take | None = None, *, busy_too: bool = False) -> None:
+        """Forget what the slots hold (the runner lost its cache), but the slot of `keep` and,
+        unless `busy_too`, the busy ones (their requests fill them when they end)."""
         self._outsider = None
+        self._history.append(_Clear(keep, busy_too))
+        kept = None if keep is None else keep.slot
         for slot in self.slots:
-            if slot is not keep and (busy_too or not slot.busy):
+            if slot is not kept and (busy_too or not slot.busy):
                 slot.keys, slot.tokens, slot.answer = (), (), 0
 
 

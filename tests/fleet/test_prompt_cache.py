@@ -251,3 +251,26 @@ def test_a_belief_that_drops_does_not_forget_what_the_slots_hold() -> None:
     found = cached(cache, chat("first team " * 80, "again"), {"a": 1})
     assert found == {"a": chat("first team " * 80)[0][1]}
     assert len(cache.slots("a", "m")) == 2
+
+
+def test_a_belief_that_grows_finds_what_the_slots_it_did_not_know_of_hold() -> None:
+    """Zero configuration: the node has two slots while the proxy believes one. Two teams'
+    requests ran there at once (admission lets more in while it probes), so the node holds
+    both teams' prompts, where a one-slot model kept only the later one. Once the belief is
+    two, a probe finds both, and the request the model had waiting runs in the second slot."""
+    cache = PromptCache()
+    teams = ["first team " * 80, "second team " * 80, "third team " * 80]
+    first = cache.take("a", "m", chat(teams[0], "one"), slots=1, now=1.0)
+    second = cache.take("a", "m", chat(teams[1], "two"), slots=1, now=1.1)
+    assert first is not None and second is not None
+    cache.finish(first, now=1.5)
+    cache.finish(second, now=1.6)
+    assert cached(cache, chat(teams[0], "again"), {"a": 1}) == {}  # one slot: pushed out
+    assert cached(cache, chat(teams[0], "again"), {"a": 2}) == {"a": chat(teams[0])[0][1]}
+    assert cached(cache, chat(teams[1], "again"), {"a": 2}) == {"a": chat(teams[1])[0][1]}
+    # A request beyond the believed slot waits in the model until the belief grows.
+    running = cache.take("b", "m", chat(teams[0], "one"), slots=1, now=2.0)
+    waiting = cache.take("b", "m", chat(teams[2], "three"), slots=1, now=2.1)
+    assert running is not None and waiting is not None and waiting.take.slot is None
+    probe = cache.probe("m", chat(teams[1], "hi"), {"b": 2}, now=2.2)["b"]
+    assert waiting.take.slot is not None and probe.full_since == 2.0
