@@ -259,10 +259,13 @@ class Admission:
         self.stats[waiter.priority].timed_out += 1
         waiter.future.set_exception(timed_out(waiter, self._max_wait(waiter), time.monotonic()))
 
+    def wait_left(self, slot: Slot) -> float:
+        return slot.enqueued + self._max_wait(slot) - time.monotonic()
+
     async def retry_elsewhere(self, slot: Slot, tried: frozenset[str]) -> NodeState | None:
         slot.release()
         origin = slot  # it keeps how the request asked for a slot
-        remaining = origin.enqueued + self._max_wait(origin) - time.monotonic()
+        remaining = self.wait_left(origin)
 
         def others() -> list[NodeState]:
             nodes = [n for n in origin.candidates() if n.name not in tried]

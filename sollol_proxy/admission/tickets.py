@@ -26,6 +26,7 @@ class Keeper(Protocol):
     def take(self, node: NodeState, model: str) -> None: ...
     def give(self, node: NodeState, model: str) -> None: ...
     async def retry_elsewhere(self, slot: Slot, tried: frozenset[str]) -> NodeState | None: ...
+    def wait_left(self, slot: Slot) -> float: ...
 
 
 class QueueRejected(Exception):
@@ -147,6 +148,10 @@ class Slot:
         urgent as when the request arrived, for one on a node not tried yet (None: none came
         within the request's maximum wait)."""
         return await self._admission.retry_elsewhere(self, tried)
+
+    def wait_left(self) -> float:
+        """Seconds left of the request's maximum wait (`elsewhere` waits no longer)."""
+        return self._admission.wait_left(self)
 
     def hold(self, node: NodeState) -> bool:
         """Move the slot to `node` for a failover; False when `node` has no free slot."""

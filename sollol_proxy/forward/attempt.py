@@ -144,16 +144,28 @@ class DispatchObserver:
                 if attempt.ticket is not None:  # not finished: failed, or cut short
                     self.cache.finish(attempt.ticket, served=attempt.first_byte_at is not None)
 
-    def probe_patience(self, attempt: Attempt) -> float | None:
+    def probe_patience(self, attempt: Attempt, wait_left: float) -> float | None:
         """How long a streamed probe may go without a first byte before it counts as waiting
-        for a slot (None: not such a probe). Its prefill is priced as routing prices it
-        (measured here, else on its peers, else the priors), its cached prefix ignored."""
-        if not attempt.probe or attempt.cold or not self.profile.stream:
+        for a slot (None: not such a probe, or too little of the request's maximum wait,
+        `wait_left`, is left to wait for the next free slot: better served late inside Ollama
+        than answered 503). Its prefill is priced as routing prices it (measured here, else on
+        its peers, else the priors), its cached prefix ignored."""
+        profile = self.profile
+        if not attempt.probe or attempt.cold or not profile.stream:
             return None
-        node, model, learner = attempt.node.name, self.profile.model, self.learner
-        tokens = self.profile.prompt_tokens * learner.token_ratio(model)
+        if attempt.node.runner_options.get(profile.model) != profile.runner_options:
+            return None  # other load-time options: Ollama reloads the runner first
+        node, model, learner = attempt.node.name, profile.model, self.learner
+        tokens = profile.prompt_tokens * learner.token_ratio(model)
         expected = tokens / learner.prefill_tps(node, model) + 1.0 / learner.decode_tps(node, model)
-        return PROBE_PATIENCE_S + PROBE_PATIENCE_FACTOR * expected
+        # A node slower than priced (its prefill never measured clean) shows it in its streams'
+        # first bytes, waits included: a cut by mistake would take a slot it has for a wait.
+        expected = max(expected, learner.ttft_s(node, model) or 0.0)
+        patience = PROBE_PATIENCE_S + PROBE_PATIENCE_FACTOR * expected
+        # A slot there frees within about one request's hold: two of them, and the patience.
+        if wait_left < patience + 2 * learner.service_s(node, model, profile.prompt_tokens):
+            return None
+        return patience
 
     def probe_waited(self, attempt: Attempt, waited_s: float) -> None:
         """The probe had no first byte within its patience: it is waiting for a slot, so the

@@ -201,7 +201,7 @@ class Forwarder:
                     permit,
                     slot,
                     deliver,
-                    may_requeue=slot is not None and not requeued,
+                    may_requeue=self._may_requeue(slot, requeued, failures),
                 )
             finally:
                 if permit is not None:
@@ -227,6 +227,18 @@ class Forwarder:
                 continue
             return outcome
         return self._all_failed(request, failures, skipped, record, "")
+
+    def _may_requeue(self, slot: Slot | None, requeued: bool, failures: list[Failed]) -> bool:
+        """May a probe of this request that finds no free slot go back to the queue? Once, on
+        its first node (a retry's budget and backoff are spent already), only with this
+        process's own slots (a slot granted on the way back carries no Redis lease, which the
+        other replicas count)."""
+        return (
+            slot is not None
+            and not requeued
+            and not failures
+            and self._config.state.backend == "local"
+        )
 
     def _others(self, listed: Sequence[Target], record: RequestRecord) -> list[Target]:
         """Nodes that can take the request now although the ranking did not list them (their
@@ -270,7 +282,8 @@ class Forwarder:
             async with accounting as attempt:
                 patience = None
                 if may_requeue and observer is not None and attempt is not None:
-                    patience = observer.probe_patience(attempt)
+                    assert slot is not None
+                    patience = observer.probe_patience(attempt, slot.wait_left())
                     if first_byte is not None and patience is not None and patience >= first_byte:
                         patience = None
                 try:

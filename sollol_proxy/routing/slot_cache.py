@@ -106,6 +106,14 @@ def _common_keys(held: Sequence[bytes], keys: Sequence[bytes]) -> int:
     return lo + 1
 
 
+def bounded(keys: PrefixKeys) -> PrefixKeys:
+    """What a take keeps of a prompt's keys: the first MAX_KEYS, which are all a slot holds and
+    is matched on, and the last, whose count is the whole prompt's and which names the turn."""
+    if len(keys) <= MAX_KEYS + 1:
+        return keys
+    return (*keys[:MAX_KEYS], keys[-1])
+
+
 def heads(keys: PrefixKeys) -> tuple[bytes, ...]:
     """The keys alone, for `common_tokens` (computed once per request, not per slot)."""
     return tuple(key for key, _ in keys)
@@ -309,6 +317,7 @@ class SlotCache:
 
     def take(self, keys: PrefixKeys, now: float) -> Take:
         """A request reaches the runner: it takes the slot `choose` names, or waits for one."""
+        keys = bounded(keys)  # the history keeps its takes: a client's body must not stay whole
         keys_only = heads(keys)
         self._outsider = None
         take = Take(self, keys, nearest=max(common_tokens(s, keys, keys_only) for s in self.slots))

@@ -34,12 +34,17 @@ async def generate(
 
 
 async def load(
-    http: aiohttp.ClientSession, made: Cluster, clients: int, each: int, model: str = "llama3.2"
+    http: aiohttp.ClientSession,
+    made: Cluster,
+    clients: int,
+    each: int,
+    model: str = "llama3.2",
+    tokens: int = 10,
 ) -> list[tuple[int, str, str]]:
     """`clients` clients sending `each` requests back to back."""
 
     async def client() -> list[tuple[int, str, str]]:
-        return [await generate(http, made, model) for _ in range(each)]
+        return [await generate(http, made, model, tokens) for _ in range(each)]
 
     results = await asyncio.gather(*(client() for _ in range(clients)))
     return [r for rs in results for r in rs]
@@ -229,39 +234,59 @@ async def test_a_node_without_evictions_is_believed_to_hold_what_its_peers_hold(
     assert capacity.max_loaded(second) == 2 and second.beliefs.memory.max_loaded is None
 
 
-async def test_a_probe_that_finds_no_free_slot_waits_in_the_proxy_not_in_ollama(
-    cluster: ClusterFactory, http: aiohttp.ClientSession
-) -> None:
-    made = await cluster(
-        dict(
-            name="a",
-            models=["llama3.2"],
-            num_parallel=1,
-            token_delay=TOKEN_DELAY,
-            deterministic=False,
-        ),
-        urls_only=True,
-    )
+async def probe_into_a_full_node(
+    made: Cluster, http: aiohttp.ClientSession, priority: int = 5
+) -> tuple[int, list[bytes], str, int, float]:
+    """A node of one slot, learned; a probe made due; a long request holding the slot, and a
+    second one sent beside it (the probe). Returns the probe's status, lines and route, and how
+    many requests the node saw cancelled and how long they waited on its semaphore meanwhile."""
     (name,) = node_names(made)
-    await load(http, made, clients=3, each=4)  # learns the one slot and its prefill speed
+    await load(http, made, clients=3, each=4, tokens=30)  # learns the one slot, its speeds
     assert believed(made) == {name: 1}
-    state = made.fleet.nodes[name]
-    belief = capacity.slot_belief(state, MODEL)
+    belief = capacity.slot_belief(made.fleet.nodes[name], MODEL)
     assert belief is not None
     belief.estimator.finished(1, None, asyncio.get_running_loop().time())  # a failure: probe due
     node = made.nodes[0]
     cancelled, waited = node.cancelled, node.stats.queue_wait
-
     long = orjson.dumps({"model": "llama3.2", "prompt": "hi", "options": {"num_predict": 150}})
     async with http.post(made.url + "/api/generate", data=long) as first:
         await first.content.readline()  # it holds the node's one slot for 1.5 s
-        async with http.post(made.url + "/api/generate", data=long) as probe:
+        async with http.post(
+            made.url + "/api/generate", data=long, headers={"X-Sollol-Priority": str(priority)}
+        ) as probe:
             lines = (await probe.read()).splitlines()
-            route = probe.headers["X-Sollol-Route"]
-            assert probe.status == 200
-        assert first.content.at_eof() or await first.read()
+            route = probe.headers.get("X-Sollol-Route", "")
+        await first.read()
+    return probe.status, lines, route, node.cancelled - cancelled, node.stats.queue_wait - waited
+
+
+ONE_SLOT = dict(
+    name="a", models=["llama3.2"], num_parallel=1, token_delay=TOKEN_DELAY, deterministic=False
+)
+
+
+async def test_a_probe_that_finds_no_free_slot_waits_in_the_proxy_not_in_ollama(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(ONE_SLOT, urls_only=True)
+    status, lines, route, cancelled, waited = await probe_into_a_full_node(made, http)
+    assert status == 200
     assert orjson.loads(lines[-1])["done"] is True and len(lines) == 151
+    (name,) = node_names(made)
     assert f"a probe on {name} had none within" in route
-    assert node.cancelled == cancelled + 1  # the probe's request left Ollama's semaphore
-    assert node.stats.queue_wait - waited < 0.5  # where it would have waited about 1.5 s
+    assert cancelled == 1  # the probe's request left Ollama's semaphore
+    assert waited < 0.5  # where it would have waited about 1.5 s
     assert believed(made) == {name: 1}
+
+
+async def test_a_probe_near_the_end_of_its_maximum_wait_is_served_inside_ollama(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # Sent back to the queue, it could wait no longer than its last 0.8 s, less than the
+    # slot's holder has left: a 503, where waiting on the node's semaphore serves it.
+    band = {"priorities": "1-3", "max_wait": "800ms"}
+    made = await cluster(ONE_SLOT, urls_only=True, queue__bands=[band])
+    status, lines, route, cancelled, waited = await probe_into_a_full_node(made, http, 2)
+    assert status == 200 and len(lines) == 151
+    assert "a probe on" not in route and cancelled == 0
+    assert waited > 0.5

@@ -15,6 +15,7 @@ import pytest
 from sollol_proxy.routing.analysis import analyze
 from sollol_proxy.routing.slot_cache import (
     HISTORY_EVENTS,
+    MAX_KEYS,
     SLOT_PROMPT_SIMILARITY,
     SlotCache,
     Take,
@@ -261,3 +262,18 @@ def test_an_outsider_finds_what_choose_and_displaced_say_after_any_change() -> N
         if victim is not None and victim.tokens:
             assert (outsider.root, outsider.history) == cache.displaced(victim, stranger)
         assert cache.busy_holding(stranger) == (0, 0, 0.0)
+
+
+def test_a_take_keeps_a_bounded_part_of_a_huge_prompt() -> None:
+    # The runner's history keeps its takes for a replay: a hostile body of countless messages
+    # must not stay in memory whole, while what a slot holds and the turn's last key stay right.
+    keys = tuple((i.to_bytes(16, "big"), 10 * (i + 1)) for i in range(5 * MAX_KEYS))
+    runner = SlotCache(2)
+    take = runner.take(keys, 0.0)
+    assert len(take.keys) == MAX_KEYS + 1
+    assert take.keys[:MAX_KEYS] == keys[:MAX_KEYS] and take.keys[-1] == keys[-1]
+    runner.release(take, 1.0, answer=5)
+    assert take.slot is not None and len(take.slot.keys) == MAX_KEYS
+    assert take.slot.answer == 0  # a prompt longer than a slot keeps is not continued
+    again = runner.take(keys, 2.0)
+    assert again.slot is take.slot and again.cached == keys[MAX_KEYS - 1][1]

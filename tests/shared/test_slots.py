@@ -8,6 +8,7 @@ import asyncio
 import aiohttp
 import orjson
 
+from sollol_proxy.fleet import capacity
 from tests.shared.conftest import Peak, Replicas, ReplicasFactory, idle, until
 
 MODEL = "llama3.2"
@@ -201,3 +202,29 @@ async def test_a_freed_slot_is_handed_to_a_waiter_not_raced_for(replicas: Replic
             assert lease.trips >= 1
             assert f"sollol_shared_handed_returned_total {float(lease.returned)}" in text
             assert f"sollol_shared_handed_overbooked_total {float(lease.overbooked)}" in text
+
+
+async def test_a_probe_that_finds_no_free_slot_stays_with_its_lease(
+    replicas: ReplicasFactory,
+) -> None:
+    # Alone, a replica sends such a probe back to its queue; with Redis the slot it would be
+    # granted on the way back carries no lease, which the other replicas count: it waits on the
+    # node's semaphore instead, leased throughout.
+    made = await replicas(2, unknown_node("a", slots=1))
+    node = made.nodes[0]
+    state = next(iter(made.fleet(0).nodes.values()))
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(generate(http, made.urls[0], f"w{i}") for i in range(12)))
+        belief = capacity.slot_belief(state, MODEL + ":latest")
+        assert belief is not None and belief.estimator.believed == 1
+        belief.estimator.finished(1, None, asyncio.get_running_loop().time())  # a probe is due
+        cancelled = node.cancelled
+        first = asyncio.create_task(generate(http, made.urls[0], "A", tokens=100))
+        await until(lambda: node.in_flight() == 1)
+        body = {"model": MODEL, "prompt": "P", "options": {"num_predict": 100}}
+        async with http.post(made.urls[0] + "/api/generate", json=body) as probe:
+            assert probe.status == 200
+            assert "a probe on" not in probe.headers["X-Sollol-Route"]
+            await probe.read()
+        await first
+    assert node.cancelled == cancelled
