@@ -29,20 +29,25 @@ from sollol_proxy.admission.tickets import Held, QueueRejected, Slot
 from sollol_proxy.fleet.capacity import model_room, slot_belief
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.shared.held import SharedHeld
-from sollol_proxy.shared.lease_ops import ALONE, BEHIND, REFUSED, Bound
+from sollol_proxy.shared.lease_ops import ALONE, BEHIND, REFUSED, Ask, Bound
 from sollol_proxy.shared.leases import Leases
 from sollol_proxy.shared.link import Link
 
 # How long what another replica holds on a node, as last heard, is trusted; past it the
 # grant script, which always knows, decides.
 FRESH_S = 1.0
+# A grant asks for the local choice and, if it is full, up to this many other candidate nodes
+# in the same round trip.
+MORE_ASKED = 3
 
 
 class SharedSlots:
     def __init__(self, link: Link, admission: Admission) -> None:
         self._link = link
         self._admission = admission
-        self.leases = Leases(link, self._heard, self._handed, self._capacity, self._own_turn)
+        self.leases = Leases(
+            link, self._heard, self._handed, self._capacity, self._own_turn, self._ask_again
+        )
         self._remote: dict[tuple[str, str], tuple[int, float]] = {}  # others' slots, when heard
         # Refused requests, per model, most urgent first: (urgency, seq, woken when, with the
         # node whose slot was handed here), and by waiter.
@@ -55,6 +60,8 @@ class SharedSlots:
         self._seq = itertools.count()
         link.handlers["handed"] = self._heard_handed
         link.handlers["ended"] = self._heard_ended
+        link.on_down.append(self._unpark)
+        link.on_rejoin.append(self._unpark)
         admission.gate = self
 
     # -- the admission gate -------------------------------------------------------------------
@@ -149,19 +156,24 @@ class SharedSlots:
                 # rather than for that one again.
                 claim = handed is None
                 sent = time.monotonic()
+                asks = self._asks(slot, candidates, tried, model)
                 try:
-                    verdict, others = await self.leases.grant(
-                        node.name,
-                        model,
-                        waiter,
-                        urgency,
-                        self._capacity(node.name, model),
-                        self._tell(node, model),
-                    )
+                    verdict, others, granted = await self.leases.grant(model, waiter, urgency, asks)
                 except BaseException:
                     self.leases.unleased(node.name, model)
                     await held.__aexit__(None, None, None)
                     raise
+                if granted != node.name:
+                    # Granted on another candidate (its first choice was full): the local slot
+                    # moves there, past the local queue (the lease is held for it).
+                    self.leases.unleased(node.name, model)
+                    await held.__aexit__(None, None, None)
+                    moved = await self._move(local, candidates, granted, model, asked)
+                    if moved is None:  # gone from the candidates meanwhile: its lease too
+                        continue
+                    held, slot = moved
+                    node = slot.node
+                    assert node is not None
                 if verdict not in (REFUSED, BEHIND):
                     if verdict == ALONE:
                         self.leases.forget(waiter, model)
@@ -176,7 +188,7 @@ class SharedSlots:
                 again = asked
                 self.leases.unleased(node.name, model)
                 await held.__aexit__(None, None, None)
-                tried.add(node.name)
+                tried.update(ask.node for ask in asks)
                 if verdict == REFUSED and self._room_elsewhere(candidates, tried, model):
                     handed = None
                     continue
@@ -195,6 +207,58 @@ class SharedSlots:
             raise
         finally:
             self._live.discard(waiter)
+
+    def _asks(
+        self,
+        slot: Slot,
+        candidates: Callable[[], list[NodeState]],
+        tried: set[str],
+        model: str,
+    ) -> list[Ask]:
+        """The nodes a grant may take a slot on, in order: the local admission's choice, then
+        up to MORE_ASKED other candidates that the other replicas, as last heard, leave room on
+        (the local choice's plan's failover order first)."""
+        first = slot.node
+        assert first is not None
+        asks = [self._ask(first, model)]
+        try:
+            nodes = candidates()
+        except Exception:  # no candidates left: the local choice alone
+            return asks
+        rank = {t.node.name: i for i, t in enumerate(slot.plan.targets)}
+        for n in sorted(nodes, key=lambda n: rank.get(n.name, len(rank))):
+            if len(asks) > MORE_ASKED:
+                break
+            if n.name != first.name and n.name not in tried and n.healthy and self._room(n, model):
+                self._nodes[n.name] = n
+                asks.append(self._ask(n, model))
+        return asks
+
+    def _ask(self, node: NodeState, model: str) -> Ask:
+        capacity, learn = self._capacity(node.name, model)
+        return Ask(node.name, capacity, learn, self._tell(node, model))
+
+    async def _move(
+        self,
+        local: LocalAdmit,
+        candidates: Callable[[], list[NodeState]],
+        granted: str,
+        model: str,
+        asked: float,
+    ) -> tuple[Held, Slot] | None:
+        """The local slot of a request whose lease was granted on `granted`: taken there at
+        once (the gate holds it); its lease goes back with the slot. None when the node left
+        the candidates meanwhile (its lease given back)."""
+        if not any(n.name == granted for n in candidates()):
+            self.leases.release(granted, model)
+            return None
+        held = local(lambda: [n for n in candidates() if n.name == granted], asked, True)
+        try:
+            slot = await held.__aenter__()
+        except BaseException:
+            self.leases.release(granted, model)
+            raise
+        return held, slot
 
     def _will_wait(self, free: Callable[[], list[NodeState]], model: str) -> bool:
         """Whether the local queue is about to hold the request: others wait there, or this
@@ -267,10 +331,26 @@ class SharedSlots:
         else:
             self._admission.wake()
 
-    def _own_turn(self, model: str) -> None:
-        """A release left its slot free for this replica's own most urgent waiter of `model`:
-        the local queue gets it (its next request asks Redis), else the most urgent refused
-        request asks again."""
+    def _ask_again(self, waiter: str) -> None:
+        """The slot handed to `waiter` was taken by another request of this replica: if it is
+        parked, it asks again (and so takes its place among the waiters again) rather than
+        wait for a hand-over that will not come."""
+        future = self._waiting.get(waiter)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _unpark(self) -> None:
+        """Redis went away or came back: every refused request asks again at once (alone, or
+        registered anew). A restarted Redis forgot their registrations, and while it is away
+        no release hands them a slot: parked, they would wait out `queue.max_wait`."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(None)
+
+    def _own_turn(self, model: str, node: str) -> None:
+        """A grant found room left on `node` (slots of a dead replica came back): the local
+        queue gets it (its next request asks Redis), else the most urgent refused request asks
+        again, for that node first."""
         self._admission.wake()
         if self._admission.waiting:
             return
@@ -278,7 +358,7 @@ class SharedSlots:
         while parked:
             future = heapq.heappop(parked)[3]
             if not future.done():
-                future.set_result(None)
+                future.set_result(node)
                 return
         self._parked.pop(model, None)
 
