@@ -69,8 +69,8 @@ class Leases:
         self._room = room  # the capacity bound of a node and model
         self._heard = heard
         self._handed = handed
-        self._own = own  # a grant left room on (model, node) for this replica's waiters
-        self._lost = lost  # a waiter's handed slot went to another request here: it asks again
+        self._own = own  # a slot of (model, node) left free for this replica's own waiters
+        self._lost = lost  # a waiter Redis no longer counts (a lost hand-over): it asks again
         # The slots this replica holds per (node, model), as Redis should count them.
         self.mine: Counter[tuple[str, str]] = Counter()
         self._held: Counter[tuple[str, str]] = Counter()  # local slots holding a lease
@@ -313,16 +313,6 @@ class Leases:
                 if not isinstance(op, Grant) or not op.future.done():
                     self._alone(op)
 
-    def _took(self, key: tuple[str, str], rid: str) -> None:
-        """A grant took, in Redis, the slot handed here for waiter `rid` (its own, or another
-        of this replica's that comes later: it asks for its own)."""
-        for woken in [w for w, r in self.promised.items() if r == rid]:
-            del self.promised[woken]
-        if rid in self.reserved.get(key, ()):
-            self._reserve_gone(key, rid)
-        else:  # taken before the hand-over was heard of here
-            self._taken.add(rid)
-
     def _alone(self, op: Op) -> None:
         """Redis did not take the operation: this replica decides alone."""
         if isinstance(op, Grant):
@@ -340,6 +330,8 @@ class Leases:
         if isinstance(op, Release):
             if int(reply[0]) == 0:  # a handed slot its waiter's grant took: nothing given back
                 return
+            if int(reply[0]) == 2:
+                self._own(op.model, op.node)
             self.mine[(op.node, op.model)] -= 1
             for handed in reply[1:]:  # handed to this replica's own waiters
                 waiter, held, hand = handed.decode().split("|")
@@ -363,11 +355,10 @@ class Leases:
         if verdict in (GRANTED, TAKEN):
             if verdict == GRANTED:
                 self.mine[key] += 1
-            else:  # handed to it, or to another waiter here: taken in Redis
-                rid = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
-                self._took(key, rid)
-                if rid != op.waiter:  # Redis no longer counts that one among the waiters
-                    self._lost(rid)
+            elif op.waiter in self.reserved.get(key, ()):  # handed to it, taken in Redis
+                self._reserve_gone(key, op.waiter)
+            else:  # handed to it, taken before the hand-over was heard of here
+                self._taken.add(op.waiter)
             self.granted += 1
             if op.future.cancelled():
                 self.release(node, op.model)

@@ -27,7 +27,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # those with an urgency below `below` only, skipping the waiters of replica `skip` (nil: none):
 # each is counted as its replica's slot at once and noted in HAND (handed, not yet taken), and
 # the waiter leaves the order. A waiter of another replica than ME is told through the channel;
-# those of ME are returned. Dead replicas' waiters are left to their expiry.
+# those of ME are returned. Dead replicas' waiters are left to their expiry. With `stop`, it stops
+# at the first waiter of that replica (more urgent than any left): returns true then.
 # The shared belief of a node's slots for a model: the lower median of the live replicas' own
 # beliefs (one replica's proof that was not one, or its waits that were another's requests,
 # move nothing alone); nil while none told one.
@@ -72,7 +73,7 @@ local function expire_hand(SLOTS, HAND)
   end
 end
 local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, model, free, below,
-    skip)
+    skip, stop)
   local mine = {}
   local offset = 0
   local looked = 0
@@ -83,6 +84,7 @@ local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, mode
     for _, id in ipairs(batch) do
       looked = looked + 1
       local r = owner(id)
+      if stop and r == stop then return mine, true end
       -- (a waiter already handed a slot here is waiting to take it: not a second one)
       local alive = r and r ~= skip and redis.call('HEXISTS', HAND, id) == 0
         and redis.call('ZSCORE', ALIVE, r)
@@ -109,7 +111,7 @@ local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, mode
     end
     offset = offset + kept
   end
-  return mine
+  return mine, false
 end
 """
 )
@@ -125,8 +127,8 @@ end
 # replicas hold on each candidate looked at, and the shared belief there ("" if none); `k` is
 # the candidate granted (0: none), `left` the free slots left there, `pending` the slots there
 # handed to other replicas' waiters and not taken yet. Verdicts: 1 granted, 2 granted from a
-# slot handed earlier to this waiter or another of its replica's (not yet taken by one of its
-# requests: that candidate alone is looked at; `left` is then that waiter), 0 refused on every candidate (the waiter is then registered),
+# slot handed to this waiter earlier (not yet taken by one of its replica's requests: that
+# candidate alone is looked at), 0 refused on every candidate (the waiter is then registered),
 # 3 the same while others wait too (a slot freed anywhere will be handed to the most urgent of
 # them), -1 when this replica is unknown to Redis (restarted, or it was away past its lease).
 GRANT = (
@@ -148,16 +150,9 @@ for _, id in ipairs(stale) do
   redis.call('ZREM', WAIT, id)
   redis.call('ZREM', WEXP, id)
 end
--- A slot handed to this very waiter already, else to another waiter of this replica (its
--- local queue orders its own requests, this one first): that one.
-local first, last, rid = 1, count, nil
-for k = 1, count do
-  if redis.call('HEXISTS', KEYS[3 * k + 2], waiter) == 1 then first, last, rid = k, k, waiter end
-end
-for k = 1, count do
-  for _, id in ipairs(rid and {} or redis.call('HKEYS', KEYS[3 * k + 2])) do
-    if not rid and owner(id) == me then first, last, rid = k, k, id end
-  end
+local first, last = 1, count
+for k = 1, count do  -- a slot handed to this very waiter already: that one
+  if redis.call('HEXISTS', KEYS[3 * k + 2], waiter) == 1 then first, last = k, k end
 end
 local heard = {}
 for k = first, last do
@@ -190,12 +185,12 @@ for k = first, last do
   for _, id in ipairs(redis.call('HKEYS', HAND)) do
     if owner(id) ~= me then pending = pending + 1 end
   end
-  if rid and redis.call('HDEL', HAND, rid) == 1 then
+  if redis.call('HDEL', HAND, waiter) == 1 then
     redis.call('ZREM', WAIT, waiter)
     redis.call('ZREM', WEXP, waiter)
     heard[#heard + 1] = total
     heard[#heard + 1] = shared
-    return {2, k, rid, pending, unpack(heard)}
+    return {2, k, 0, pending, unpack(heard)}
   end
   local free = capacity - total
   if free > 0 then
@@ -226,13 +221,15 @@ return {0, 0, 0, 0, unpack(heard)}
 
 # KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, channel, node, model,
 # capacity, reserve (a waiter: the slot given back is one handed to it and never taken, else ""),
-# learn (as for GRANT). The freed slot goes at once to the most urgent waiter of any replica (no
-# waiter races for it), the releaser's own included: a slot handed to one of its own stays
-# counted as its lease, and whichever of its requests comes first takes it with no further
-# round trip (or with its grant, which takes any slot handed to its replica there: the local
-# queue orders the replica's own requests). Returns {1, handed...} (the releaser's own waiters
-# handed a slot: `id|held|hand`; none when handed elsewhere or nobody waits) or {0} (a reserve
-# that a grant of its replica took). A learned bound's release of a request that
+# learn (as for GRANT). The freed slot goes at once to the most urgent waiter of any other
+# replica (no waiter races for it), unless one of the releaser's own is more urgent: then it
+# stays free for the releaser, whose own queue orders its waiters (its next request asks for it
+# at once, on that node). Returns {1} (handed on, or nobody waits), {2} (left for the
+# releaser's own waiters) or {0} (a reserve that its waiter's grant took). Handing it to the
+# releaser's own waiter instead (kept as its lease, taken by its next request with no trip) was
+# tried and measured worse: the local queue's order is not Redis's, so the replica's next
+# request was refused the slot handed to another of its waiters, and letting any of its grants
+# take it made some slots taken twice (over the bound). A learned bound's release of a request that
 # ran is told to the other replicas ('ended'): their proofs count the slots held at their
 # grants, less those that ended before their requests took a slot (fleet/beliefs.py).
 RELEASE = (
@@ -260,8 +257,9 @@ local total = 0
 for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
 local free = bound(KEYS[6], KEYS[2], ARGV[5], ARGV[7]) - total
 if free <= 0 then return {1} end
-local given = hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[2],
-  ARGV[3], ARGV[4], free, '+inf', nil)
+local given, own = hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[2],
+  ARGV[3], ARGV[4], free, '+inf', nil, me)
+if own then return {2} end
 return {1, unpack(given)}
 """
 )

@@ -332,9 +332,9 @@ class SharedSlots:
             self._admission.wake()
 
     def _ask_again(self, waiter: str) -> None:
-        """The slot handed to `waiter` was taken by another request of this replica: if it is
-        parked, it asks again (and so takes its place among the waiters again) rather than
-        wait for a hand-over that will not come."""
+        """Redis no longer counts `waiter` among the waiters (a hand-over whose event was lost):
+        if it is parked, it asks again (and so takes its place again) rather than wait for a
+        hand-over that will not come."""
         future = self._waiting.get(waiter)
         if future is not None and not future.done():
             future.set_result(None)
@@ -348,9 +348,9 @@ class SharedSlots:
                 future.set_result(None)
 
     def _own_turn(self, model: str, node: str) -> None:
-        """A grant found room left on `node` (slots of a dead replica came back): the local
-        queue gets it (its next request asks Redis), else the most urgent refused request asks
-        again, for that node first."""
+        """A release left its slot of `node` free for this replica's own most urgent waiter of
+        `model` (or a grant found room left there): the local queue gets it (its next request
+        asks Redis), else the most urgent refused request asks again, for that node first."""
         self._admission.wake()
         if self._admission.waiting:
             return
