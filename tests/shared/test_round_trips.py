@@ -9,6 +9,7 @@ import re
 
 import aiohttp
 
+from sollol_proxy.shared.lease_ops import GRANTED, Ask
 from tests.shared.conftest import Replicas, ReplicasFactory, idle
 from tests.shared.test_slots import MODEL, generate, unknown_node
 
@@ -77,3 +78,38 @@ async def test_learned_slots_cost_no_more_trips_than_configured_ones(
     assert trips <= 2 * requests, trips
     assert sum(lease.operations["grant"] for lease in all_leases) == requests
     assert sum(lease.refused for lease in all_leases) == 0
+
+
+async def test_a_grant_takes_a_free_slot_on_another_candidate_in_the_same_trip(
+    replicas: ReplicasFactory,
+) -> None:
+    # Two nodes of one configured slot; a long request holds node a through replica 0. Replica
+    # 1 asks with a first (as a stale view would choose it) and b as the next candidate: one
+    # script call, one round trip, grants b instead of refusing a and asking again.
+    made = await replicas(
+        2,
+        dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.05),
+        dict(name="b", models=[MODEL], num_parallel=1, token_delay=0.05),
+    )
+    by_url = {n.config.url: n.name for n in made.fleet(1).nodes.values()}
+    node_a, node_b = by_url[made.nodes[0].url], by_url[made.nodes[1].url]
+    leases = made.shared(1).slots.leases
+    async with aiohttp.ClientSession() as http:
+        body = {"model": MODEL, "prompt": "busy", "options": {"num_predict": 40}}
+        async with http.post(made.urls[0] + "/api/generate", json=body) as response:
+            # Its first line: the request runs, its lease on a is in Redis.
+            await response.content.readline()
+            busy = sum(made.nodes[i].in_flight() for i in range(2))
+            assert busy == 1 and made.nodes[0].in_flight() == 1
+            trips = leases.trips
+            verdict, _, node = await leases.grant(
+                f"{MODEL}:latest",
+                "test:1",
+                0.0,
+                [Ask(node_a, 1, False, ""), Ask(node_b, 1, False, "")],
+            )
+            assert (verdict, node) == (GRANTED, node_b)
+            assert leases.trips == trips + 1 and leases.refused == 0
+            leases.give(node_b, f"{MODEL}:latest")
+            await response.read()
+    await idle(made)
