@@ -214,6 +214,11 @@ class Leases:
             self._held[key] -= 1
             self.release(node, model)
 
+    def let_go(self, node: str, model: str) -> None:
+        """A lease granted to a request that never took its local slot there goes back."""
+        self._held[(node, model)] -= 1
+        self.release(node, model)
+
     def release(self, node: str, model: str, reserve: str = "") -> None:
         """Gives a lease back (`reserve`: one handed for that waiter, never taken)."""
         if self._link.up:

@@ -250,13 +250,13 @@ class SharedSlots:
         once (the gate holds it); its lease goes back with the slot. None when the node left
         the candidates meanwhile (its lease given back)."""
         if not any(n.name == granted for n in candidates()):
-            self.leases.release(granted, model)
+            self.leases.let_go(granted, model)
             return None
         held = local(lambda: [n for n in candidates() if n.name == granted], asked, True)
         try:
             slot = await held.__aenter__()
         except BaseException:
-            self.leases.release(granted, model)
+            self.leases.let_go(granted, model)
             raise
         return held, slot
 
