@@ -23,7 +23,8 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import aiohttp
 
@@ -38,7 +39,7 @@ from sollol_proxy.bench.queue import (
     start_nodes,
 )
 from sollol_proxy.bench.routing import _q
-from sollol_proxy.bench.scale import _free_port, proxy_process
+from sollol_proxy.bench.scale import _cpu_seconds, _free_port, proxy_process
 from sollol_proxy.simulator import SimulatedNode
 
 ROUND_TRIPS = re.compile(rb"^sollol_shared_round_trips_total ([0-9.e+]+)$", re.M)
@@ -49,7 +50,7 @@ HANDED = re.compile(rb'^sollol_shared_leases_total\{result="handed"\} ([0-9.e+]+
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
+def redis_server() -> Iterator[tuple[str, int]]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("bench replicas needs redis-server (Debian: apt-get install redis-server)")
@@ -60,7 +61,7 @@ def redis_server() -> Iterator[str]:
             stdout=subprocess.DEVNULL,
         )
         try:
-            yield f"redis://127.0.0.1:{port}/0"
+            yield f"redis://127.0.0.1:{port}/0", process.pid
         finally:
             process.terminate()
             process.wait()
@@ -76,6 +77,10 @@ class Run:
     round_trip_ms: float  # time in them, per request
     refused: float  # leases Redis refused, per request (a request then waits and asks again)
     handed: float  # slots a release handed to a waiting request, per request
+    # CPU seconds per request of the proxies, of Redis and of this process (clients and
+    # simulated nodes), and the share of the machine's cores busy (everyone's work) in the run.
+    cpu_ms: tuple[float, float, float]
+    busy: float
 
 
 async def _peak(nodes: list[SimulatedNode], seen: list[int]) -> None:
@@ -99,9 +104,12 @@ async def _redis_cost(urls: list[str]) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def _replicas(count: int, settings: dict[str, object]) -> AsyncIterator[list[str]]:
+async def _replicas(
+    count: int, settings: dict[str, object]
+) -> AsyncIterator[list[tuple[int, str]]]:
     async with contextlib.AsyncExitStack() as stack:
-        urls = [(await stack.enter_async_context(proxy_process(settings)))[1] for _ in range(count)]
+        started = [await stack.enter_async_context(proxy_process(settings)) for _ in range(count)]
+        urls = [url for _, url in started]
         async with aiohttp.ClientSession() as http:  # every replica sees the model first
             for url in urls:
                 for _ in range(400):
@@ -110,27 +118,54 @@ async def _replicas(count: int, settings: dict[str, object]) -> AsyncIterator[li
                     if all(MODEL in n["models"] for n in nodes):
                         break
                     await asyncio.sleep(0.05)
-        yield urls
+        yield started
 
 
-async def run_once(label: str, count: int, redis: str | None, workload: Workload, seed: int) -> Run:
-    nodes = await start_nodes(workload)
+def _machine() -> tuple[int, int]:
+    """Busy and total jiffies of all the machine's cores since boot (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One row: how many replicas, whether they share Redis, and how they know the slots."""
+
+    label: str
+    count: int
+    redis: bool
+    told: int | None = None  # each replica is told the nodes have this many slots (else URLs)
+    real: int | None = None  # the simulated nodes' real slots, when not the workload's
+
+
+async def run_once(setup: Setup, redis: tuple[str, int], workload: Workload, seed: int) -> Run:
+    count = setup.count
+    real = workload if setup.real is None else replace(workload, num_parallel=setup.real)
+    nodes = await start_nodes(real)
+    entries: list[object] = [
+        n.url if setup.told is None else {"url": n.url, "num_parallel": setup.told} for n in nodes
+    ]
     # Every client is this process: its requests waiting in an overload are many connections.
     settings: dict[str, object] = {
-        "nodes": [n.url for n in nodes],
+        "nodes": entries,
         "limits": {"max_connections_per_client": 10_000},
     }
-    if redis is not None:
-        settings["state"] = {"redis_url": redis}
+    if setup.redis:
+        settings["state"] = {"redis_url": redis[0]}
     results = {cls: ClassResult() for cls in CLASSES}
     seen = [0]
     try:
         async with (
-            _replicas(count, settings) as urls,
+            _replicas(count, settings) as started,
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
         ):
+            urls = [url for _, url in started]
             before = await _redis_cost(urls)
             watcher = asyncio.create_task(_peak(nodes, seen))
+            pids = [pid for pid, _ in started]
+            cpu0 = (sum(map(_cpu_seconds, pids)), _cpu_seconds(redis[1]), time.process_time())
+            machine0 = _machine()
             t0 = time.perf_counter()
 
             async def timed(index: int, at: float, cls: str) -> None:
@@ -140,6 +175,8 @@ async def run_once(label: str, count: int, redis: str | None, workload: Workload
             calls = arrivals(workload, seed)
             await asyncio.gather(*(timed(i, at, cls) for i, (at, cls) in enumerate(calls)))
             watcher.cancel()
+            machine1 = _machine()
+            cpu1 = (sum(map(_cpu_seconds, pids)), _cpu_seconds(redis[1]), time.process_time())
             after = await _redis_cost(urls)
     finally:
         for node in nodes:
@@ -148,7 +185,7 @@ async def run_once(label: str, count: int, redis: str | None, workload: Workload
         result.last_done -= t0
     requests = len(calls)
     return Run(
-        label,
+        setup.label,
         results,
         seen[0],
         (after[0] - before[0]) / requests,
@@ -156,6 +193,12 @@ async def run_once(label: str, count: int, redis: str | None, workload: Workload
         (after[1] - before[1]) * 1000 / requests,
         (after[3] - before[3]) / requests,
         (after[4] - before[4]) / requests,
+        (
+            (cpu1[0] - cpu0[0]) * 1000 / requests,
+            (cpu1[1] - cpu0[1]) * 1000 / requests,
+            (cpu1[2] - cpu0[2]) * 1000 / requests,
+        ),
+        (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1),
     )
 
 
@@ -165,8 +208,33 @@ def _all(run: Run) -> ClassResult:
         merged.waits += result.waits
         merged.totals += result.totals
         merged.errors += result.errors
+        merged.queued_ms += result.queued_ms
         merged.last_done = max(merged.last_done, result.last_done)
     return merged
+
+
+def setups(replicas: int) -> list[Setup]:
+    """The rows: one replica without Redis (the baseline), 1..`replicas` sharing Redis with
+    the slots learned (zero configuration), then the same largest count with the slots
+    configured (no learning: what the sharing itself costs), and without Redis on nodes with
+    that many times the slots, each replica told its share (no sharing, no overcommit, nobody
+    waits longer than with the pooled slots: what the extra processes cost on this machine)."""
+    rows = [Setup("1 replica, no Redis", 1, False)]
+    for count in range(1, replicas + 1):
+        rows.append(Setup(f"{count} replica{'s' if count > 1 else ''}, Redis", count, True))
+    if replicas > 1:
+        slots = Workload().num_parallel
+        rows += [
+            Setup(f"{replicas} replicas, Redis, slots configured", replicas, True, told=slots),
+            Setup(
+                f"{replicas} replicas, no Redis, each told {slots} of a node's {slots * replicas}",
+                replicas,
+                False,
+                told=slots,
+                real=slots * replicas,
+            ),
+        ]
+    return rows
 
 
 async def benchmark(seed: int = 7, duration: float = 10.0, replicas: int = 3) -> str:
@@ -175,32 +243,33 @@ async def benchmark(seed: int = 7, duration: float = 10.0, replicas: int = 3) ->
     with redis_server() as redis:
         for name, load in workloads.items():
             workload = Workload(load=load, duration=duration)
-            runs = [await run_once("1 replica, no Redis", 1, None, workload, seed)]
-            for count in range(1, replicas + 1):
-                label = f"{count} replica{'s' if count > 1 else ''}, Redis"
-                runs.append(await run_once(label, count, redis, workload, seed))
+            runs = [await run_once(setup, redis, workload, seed) for setup in setups(replicas)]
             lines += [
-                f"**{name}**: {workload.nodes} nodes x {workload.num_parallel} slots (learned), "
+                f"**{name}**: {workload.nodes} nodes x {workload.num_parallel} slots, "
                 f"offered {workload.capacity * load:.0f} req/s for {duration:g}s "
                 f"({len(arrivals(workload, seed))} requests); seconds",
                 "",
                 "| run | errors | latency p50 | latency p95 | completed/s | high wait p95 | "
-                "low wait p95 | high/low | node peak / slots | Redis trips/request (requests' "
-                "path) | Redis ms/request | refused/request | handed/request |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "low wait p95 | high/low | queued p95 (ms) | node peak / slots | Redis "
+                "trips/request (requests' path) | Redis ms/request | refused/request | "
+                "handed/request | CPU ms/request: proxies, Redis, bench | machine busy |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             base = _all(runs[0])
             for run in runs:
                 merged = _all(run)
                 high = _q(run.results["high"].waits, 95)
                 low = _q(run.results["low"].waits, 95)
+                queued = _q(merged.queued_ms, 95) if merged.queued_ms else 0.0
+                proxies, redis_ms, bench = run.cpu_ms
                 lines.append(
                     f"| {run.label} | {merged.errors} | {_q(merged.totals, 50):.3f} | "
                     f"{_q(merged.totals, 95):.3f} ({_q(merged.totals, 95) / _q(base.totals, 95):.2f}x) "
                     f"| {_throughput(merged):.1f} ({_throughput(merged) / _throughput(base):.2f}x) "
-                    f"| {high:.3f} | {low:.3f} | {high / low:.2f} | {run.peak} / "
+                    f"| {high:.3f} | {low:.3f} | {high / low:.2f} | {queued:.0f} | {run.peak} / "
                     f"{workload.num_parallel} | {run.round_trips:.2f} ({run.request_trips:.2f}) | "
-                    f"{run.round_trip_ms:.2f} | {run.refused:.2f} | {run.handed:.2f} |"
+                    f"{run.round_trip_ms:.2f} | {run.refused:.2f} | {run.handed:.2f} | "
+                    f"{proxies:.1f}, {redis_ms:.1f}, {bench:.1f} | {run.busy:.0%} |"
                 )
             lines.append("")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The lease operations of one replica (`leases.py`), and how a batch of them is written to Redis
 as one pipeline (`build`): the scripts of `scripts.py`, with their keys.
 
-Grants and releases carry the capacity bound: the node's configured slots (`learn` false), or,
+Grants (for each candidate node, `Ask`) and releases carry the capacity bound: the node's configured slots (`learn` false), or,
 learned, the belief every replica shares in Redis (`belief:<node>|<model>`; the asker's own
 until one is shared) plus one probe margin: however many replicas probe, together they run at
 most one request more than believed. A grant also carries the asker's own belief when it changed since it last told Redis
@@ -32,17 +32,32 @@ Bound = tuple[int, bool]
 Handed = Callable[[str, str, str], None]
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One candidate node of a grant: its bound (`capacity`, and whether it is `learn`ed: the
+    bound is then the shared belief, not `capacity`) and the asker's own belief when it changed
+    since it last told Redis (else "")."""
+
+    node: str
+    capacity: int
+    learn: bool
+    belief: str
+
+
 @dataclass(eq=False)
 class Grant:
-    node: str
     model: str
     waiter: str
     urgency: float
-    capacity: int
-    learn: bool  # the bound is the shared belief (learned), not `capacity` (configured)
-    belief: str  # the asker's own belief when it changed since it last told Redis, else ""
-    # The verdict, and the slots the other replicas hold on the node for the model.
-    future: asyncio.Future[tuple[int, int]] = field(repr=False)
+    asks: list[Ask]  # the candidate nodes, the asker's first choice first
+    # The verdict, the slots the other replicas hold on the node granted (or the first choice)
+    # for the model, and that node.
+    future: asyncio.Future[tuple[int, int, str]] = field(repr=False)
+
+    @property
+    def node(self) -> str:
+        """The asker's first choice (where it holds its local slot)."""
+        return self.asks[0].node
 
 
 @dataclass(eq=False)
@@ -75,6 +90,15 @@ class Forget:
 
 
 Op = Grant | Release | Take | Enqueue | Forget
+# Each operation's name in `sollol_shared_lease_operations_total{operation}`; a write-back after
+# Redis came back is `write_back`.
+OPERATIONS: dict[type, str] = {
+    Grant: "grant",
+    Release: "release",
+    Take: "take",
+    Enqueue: "enqueue",
+    Forget: "forget",
+}
 
 
 def build(
@@ -100,7 +124,22 @@ def build(
             else:
                 pipe.hdel(key, link.replica)
     for op in ops:
-        if isinstance(op, Grant | Release):
+        if isinstance(op, Grant):
+            keys = [link.key("alive"), link.key("wait", op.model), link.key("wexp", op.model)]
+            args: list[object] = [
+                link.replica,
+                op.waiter,
+                repr(op.urgency),
+                ttl_ms,
+                link.channel,
+                op.model,
+            ]
+            for ask in op.asks:
+                pair = f"{ask.node}|{op.model}"
+                keys += [link.key("slots", pair), link.key("hand", pair), link.key("belief", pair)]
+                args += [ask.node, ask.capacity, int(ask.learn), ask.belief]
+            pipe.evalsha(SHA["grant"], len(keys), *keys, *args)
+        elif isinstance(op, Release):
             pair = f"{op.node}|{op.model}"
             keys = [
                 link.key("slots", pair),
@@ -110,35 +149,18 @@ def build(
                 link.key("hand", pair),
                 link.key("belief", pair),
             ]
-            if isinstance(op, Grant):
-                pipe.evalsha(
-                    SHA["grant"],
-                    len(keys),
-                    *keys,
-                    link.replica,
-                    op.capacity,
-                    op.waiter,
-                    repr(op.urgency),
-                    ttl_ms,
-                    link.channel,
-                    op.node,
-                    op.model,
-                    op.belief,
-                    int(op.learn),
-                )
-            else:
-                pipe.evalsha(
-                    SHA["release"],
-                    len(keys),
-                    *keys,
-                    link.replica,
-                    link.channel,
-                    op.node,
-                    op.model,
-                    op.capacity,
-                    op.reserve,
-                    int(op.learn),
-                )
+            pipe.evalsha(
+                SHA["release"],
+                len(keys),
+                *keys,
+                link.replica,
+                link.channel,
+                op.node,
+                op.model,
+                op.capacity,
+                op.reserve,
+                int(op.learn),
+            )
         elif isinstance(op, Take):
             pair = f"{op.node}|{op.model}"
             pipe.evalsha(
@@ -158,14 +180,16 @@ def build(
 
 def renew(pipe: Pipeline, link: Link, waiters: dict[str, str]) -> None:
     """One renewal of this replica's entry among the living (so of all its leases) and of the
-    waiters it registered (waiter -> model)."""
+    waiters it registered (waiter -> model); each model's answer lists those Redis no longer
+    counts among the waiters."""
     ttl_ms = int(link.policy.lease_ttl * 1000)
     pipe.evalsha(SHA["renew"], 1, link.key("alive"), link.replica, ttl_ms)
     by_model: dict[str, list[str]] = {}
     for waiter, model in waiters.items():
         by_model.setdefault(model, []).append(waiter)
     for model, ids in by_model.items():
-        pipe.evalsha(SHA["keep_waiters"], 1, link.key("wexp", model), ttl_ms, *ids)
+        wexp, wait = link.key("wexp", model), link.key("wait", model)
+        pipe.evalsha(SHA["keep_waiters"], 2, wexp, wait, ttl_ms, *ids)
 
 
 def leave(

@@ -28,7 +28,9 @@ from typing import Any
 from sollol_proxy.shared.lease_ops import (
     ALONE,
     GRANTED,
+    OPERATIONS,
     TAKEN,
+    Ask,
     Bound,
     Enqueue,
     Forget,
@@ -60,13 +62,15 @@ class Leases:
         heard: Heard,
         handed: Handed,
         room: Callable[[str, str], Bound],
-        own: Callable[[str], None],
+        own: Callable[[str, str], None],
+        lost: Callable[[str], None],
     ) -> None:
         self._link = link
         self._room = room  # the capacity bound of a node and model
         self._heard = heard
         self._handed = handed
-        self._own = own  # a release left its slot for this replica's own waiters of a model
+        self._own = own  # a slot of (model, node) left free for this replica's own waiters
+        self._lost = lost  # a waiter Redis no longer counts (a lost hand-over): it asks again
         # The slots this replica holds per (node, model), as Redis should count them.
         self.mine: Counter[tuple[str, str]] = Counter()
         self._held: Counter[tuple[str, str]] = Counter()  # local slots holding a lease
@@ -87,6 +91,8 @@ class Leases:
         self.granted = self.refused = self.alone = self.handed = self.taken = self.returned = 0
         self.overbooked = 0  # handed slots taken twice (one over the bound until released)
         self.trips = 0  # round trips of the request path (grants, releases, registrations)
+        # Operations sent to Redis, by kind (`lease_ops.OPERATIONS`): what the trips carried.
+        self.operations: Counter[str] = Counter()
         link.on_rejoin.append(self.rejoined)
 
     def take(self, node: str, model: str, waiter: str) -> tuple[int, float] | None:
@@ -167,19 +173,20 @@ class Leases:
         self.release(node, model, reserve=rid)
 
     async def grant(
-        self, node: str, model: str, waiter: str, urgency: float, bound: Bound, belief: str
-    ) -> tuple[int, int]:
-        """Asks Redis for a lease (`bound`: see `lease_ops`; `belief`: this replica's own, if it
-        changed since it last told Redis, else ""): the verdict, and the slots the other
-        replicas held on the node for the model then, less those handed to their waiters and
-        not taken yet (0 when decided alone)."""
+        self, model: str, waiter: str, urgency: float, asks: list[Ask]
+    ) -> tuple[int, int, str]:
+        """Asks Redis for a lease on the first of the candidate nodes `asks` with room (see
+        `lease_ops`): the verdict, the slots the other replicas held on the node granted (or
+        the first choice) for the model then, less those handed to their waiters and not taken
+        yet (0 when decided alone), and that node."""
+        node = asks[0].node
         if not self._link.up:
             self.mine[(node, model)] += 1
             self._held[(node, model)] += 1
             self.alone += 1
-            return ALONE, 0
-        future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        self._push(Grant(node, model, waiter, urgency, bound[0], bound[1], belief, future))
+            return ALONE, 0, node
+        future: asyncio.Future[tuple[int, int, str]] = asyncio.get_running_loop().create_future()
+        self._push(Grant(model, waiter, urgency, asks, future))
         self._asking.add(waiter)
         try:
             return await future
@@ -206,6 +213,11 @@ class Leases:
         elif self._held[key]:
             self._held[key] -= 1
             self.release(node, model)
+
+    def let_go(self, node: str, model: str) -> None:
+        """A lease granted to a request that never took its local slot there goes back."""
+        self._held[(node, model)] -= 1
+        self.release(node, model)
 
     def release(self, node: str, model: str, reserve: str = "") -> None:
         """Gives a lease back (`reserve`: one handed for that waiter, never taken)."""
@@ -254,9 +266,14 @@ class Leases:
         while True:
             await asyncio.sleep(self._link.policy.lease_ttl / 3)
             replies = await self._link.pipeline(lambda pipe: renew(pipe, self._link, self.waiters))
-            if replies is not None and replies[0] == 0:
+            if replies is None:
+                continue
+            if replies[0] == 0:
                 log.warning("shared state: Redis had lost this replica's slots; writing them back")
                 self.rejoined()
+            for missing in replies[1:]:  # a lost hand-over: those parked ask again
+                for waiter in missing:
+                    self._lost(waiter.decode() if isinstance(waiter, bytes) else str(waiter))
 
     async def _flush(self, ops: list[Op]) -> None:
         link = self._link
@@ -274,6 +291,9 @@ class Leases:
         replies = None
         if link.up and (ops or resync):
             self.trips += 1
+            self.operations.update(OPERATIONS[type(op)] for op in ops)
+            if resync:
+                self.operations["write_back"] += 1
             try:
                 replies = await link.pipeline(
                     lambda pipe: build(pipe, link, ops, resync, held, dropped)
@@ -307,7 +327,7 @@ class Leases:
                 self.mine[(op.node, op.model)] -= 1
             else:
                 self._held[(op.node, op.model)] += 1
-                op.future.set_result((ALONE, 0))
+                op.future.set_result((ALONE, 0, op.node))
         elif isinstance(op, Release):
             self.mine[(op.node, op.model)] -= 1
 
@@ -316,7 +336,7 @@ class Leases:
             if int(reply[0]) == 0:  # a handed slot its waiter's grant took: nothing given back
                 return
             if int(reply[0]) == 2:
-                self._own(op.model)
+                self._own(op.model, op.node)
             self.mine[(op.node, op.model)] -= 1
             for handed in reply[1:]:  # handed to this replica's own waiters
                 waiter, held, hand = handed.decode().split("|")
@@ -329,12 +349,14 @@ class Leases:
             return
         if not isinstance(op, Grant):
             return
-        verdict, total = int(reply[0]), int(reply[1])
+        verdict = int(reply[0])
         if verdict == ALONE:  # Redis does not know this replica: write back, then share
             self.rejoined()
             self._alone(op)
             return
-        key = (op.node, op.model)
+        chosen = int(reply[1])
+        node = op.asks[chosen - 1].node if chosen > 0 else op.node
+        key = (node, op.model)
         if verdict in (GRANTED, TAKEN):
             if verdict == GRANTED:
                 self.mine[key] += 1
@@ -344,18 +366,25 @@ class Leases:
                 self._taken.add(op.waiter)
             self.granted += 1
             if op.future.cancelled():
-                self.release(op.node, op.model)
+                self.release(node, op.model)
                 return
             self._held[key] += 1
-            if verdict == GRANTED and len(reply) > 3 and int(reply[3]) > 0:
-                self._own(op.model)  # room left (slots of a dead replica came back): next one
+            if verdict == GRANTED and int(reply[2]) > 0:
+                self._own(op.model, node)  # room left (slots of a dead replica came back): next one
         else:
             self.refused += 1
-        # Slots held elsewhere: until a release hands one here, the node is full for this replica.
-        shared = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
-        others = max(total - self.mine[key], 0)
-        self._heard(op.node, op.model, others, shared)
+        # What each candidate looked at holds: until a release hands a slot here, a full one
+        # is full for this replica.
+        looked = op.asks[chosen - 1 : chosen] if verdict == TAKEN else op.asks
+        others = 0
+        for ask, index in zip(looked, range(4, len(reply), 2), strict=False):
+            total, shared = int(reply[index]), reply[index + 1]
+            held = max(total - self.mine[(ask.node, op.model)], 0)
+            text = shared.decode() if isinstance(shared, bytes) else str(shared)
+            self._heard(ask.node, op.model, held, text)
+            if ask.node == node:
+                others = held
         # Of those, the slots handed to other replicas' waiters are not running yet.
-        running = others - int(reply[4]) if len(reply) > 4 else others
+        running = others - int(reply[3])
         if not op.future.cancelled():
-            op.future.set_result((verdict, max(running, 0)))
+            op.future.set_result((verdict, max(running, 0), node))

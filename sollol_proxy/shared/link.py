@@ -70,6 +70,7 @@ class Link:
         self.round_trips = 0
         self.round_trip_s = 0.0
         self.on_rejoin: list[Callable[[], None]] = []
+        self.on_down: list[Callable[[], None]] = []  # told once when Redis stops answering
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
 
     @property
@@ -114,6 +115,8 @@ class Link:
             self.where,
             self.reason,
         )
+        for hook in self.on_down:
+            hook()
 
     async def _connect(self) -> bool:
         try:

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sollol_proxy.shared.health import SharedHealth
+from sollol_proxy.shared.lease_ops import OPERATIONS
 from sollol_proxy.shared.link import Link
 from sollol_proxy.shared.slots import SharedSlots
 
@@ -47,6 +48,17 @@ class SharedCollector(Collector):
             "Time spent in round trips to Redis.",
             value=link.round_trip_s,
         )
+        operations = CounterMetricFamily(
+            "sollol_shared_lease_operations",
+            "Lease operations sent to Redis, by kind: grant (a request asks), release (a slot "
+            "given back, with its hand-over), take (a handed slot taken, sent lazily), enqueue "
+            "(a waiter registered lazily), forget (a waiter left), write_back (what this replica "
+            "holds, rewritten after Redis came back). Several share one round trip.",
+            labels=["operation"],
+        )
+        for name in (*OPERATIONS.values(), "write_back"):
+            operations.add_metric([name], slots.leases.operations[name])
+        yield operations
         leases = CounterMetricFamily(
             "sollol_shared_leases",
             "Slot leases: granted by Redis when asked, handed by another request's release to "

@@ -116,82 +116,106 @@ end
 """
 )
 
-# KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, capacity, waiter id, urgency,
-# ttl ms, channel, node, model, the asker's own belief when it changed (or ""), learn (1: the bound is the shared
-# belief, or `capacity` (the asker's belief) while none is shared, plus one probe margin; else
-# `capacity`, configured). Each answer carries the shared belief third ("" if
-# none). Returns {1, total, shared, free slots left, pending} granted, {2, total, shared, 0,
-# pending} granted from a slot handed to this waiter earlier (not yet taken by one of its
-# replica's requests); `pending`: slots handed to other replicas' waiters, not taken yet; {0, total} refused (the waiter
-# is then registered), {3, total} refused while others wait too (a slot freed anywhere will be
-# handed to the most urgent of them: no use asking another node), or {-1, 0} when this replica is unknown to Redis (restarted, or the
-# replica was away past its lease). Free slots that more urgent waiters of other replicas are
-# waiting for are handed to them first.
+# KEYS: alive, wait, wexp, then for each candidate node in the asker's order of preference its
+# slots hash, hand and belief. ARGV: replica, waiter id, urgency, ttl ms, channel, model, then
+# for each candidate its node, capacity, learn (1: the bound is the shared belief, or `capacity`
+# (the asker's belief) while none is shared, plus one probe margin; else `capacity`, configured)
+# and the asker's own belief when it changed (or ""). The first candidate with room grants: a
+# request whose first choice is full takes a slot elsewhere in the same round trip. Free slots
+# that more urgent waiters of other replicas are waiting for are handed to them first.
+# Returns {verdict, k, left, pending, total_1, shared_1, ..., total_k, shared_k}: the slots all
+# replicas hold on each candidate looked at, and the shared belief there ("" if none); `k` is
+# the candidate granted (0: none), `left` the free slots left there, `pending` the slots there
+# handed to other replicas' waiters and not taken yet. Verdicts: 1 granted, 2 granted from a
+# slot handed to this waiter earlier (not yet taken by one of its replica's requests: that
+# candidate alone is looked at), 0 refused on every candidate (the waiter is then registered),
+# 3 the same while others wait too (a slot freed anywhere will be handed to the most urgent of
+# them), -1 when this replica is unknown to Redis (restarted, or it was away past its lease).
 GRANT = (
     _NOW
     + _BOUND
     + _HAND_OVER
     + """
-local me = ARGV[1]
-local mine = redis.call('ZSCORE', KEYS[2], me)
-if not mine or tonumber(mine) < now then return {-1, 0, ''} end
-if ARGV[10] == '1' and ARGV[9] ~= '' then redis.call('HSET', KEYS[6], me, ARGV[9]) end
-local capacity = bound(KEYS[6], KEYS[2], ARGV[2], ARGV[10])
-local shared = ''
-if ARGV[10] == '1' then shared = tostring(shared_belief(KEYS[6], KEYS[2]) or '') end
-local total = 0
-local dead = false
-local held = redis.call('HGETALL', KEYS[1])
-for i = 1, #held, 2 do
-  local alive = redis.call('ZSCORE', KEYS[2], held[i])
-  if alive and tonumber(alive) >= now then
-    total = total + tonumber(held[i + 1])
-  else
-    redis.call('HDEL', KEYS[1], held[i])
-    dead = true
-  end
+local me, waiter, urgency = ARGV[1], ARGV[2], ARGV[3]
+local ALIVE, WAIT, WEXP = KEYS[1], KEYS[2], KEYS[3]
+local mine = redis.call('ZSCORE', ALIVE, me)
+if not mine or tonumber(mine) < now then return {-1, 0} end
+local count = (#KEYS - 3) / 3
+for k = 1, count do  -- every candidate's belief, looked at or not, is told
+  local told = ARGV[6 + 4 * k]
+  if ARGV[5 + 4 * k] == '1' and told ~= '' then redis.call('HSET', KEYS[3 * k + 3], me, told) end
 end
-expire_hand(KEYS[1], KEYS[5])
-if dead then  -- the slots handed to a dead replica's waiters went with its slots
-  for _, id in ipairs(redis.call('HKEYS', KEYS[5])) do
-    local alive = redis.call('ZSCORE', KEYS[2], owner(id) or '')
-    if not alive or tonumber(alive) < now then redis.call('HDEL', KEYS[5], id) end
-  end
-end
-local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 32)
+local stale = redis.call('ZRANGEBYSCORE', WEXP, '-inf', now, 'LIMIT', 0, 32)
 for _, id in ipairs(stale) do
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', WAIT, id)
+  redis.call('ZREM', WEXP, id)
 end
--- Slots handed to other replicas' waiters and not taken yet: counted, but not running yet.
-local pending = 0
-for _, id in ipairs(redis.call('HKEYS', KEYS[5])) do
-  if owner(id) ~= me then pending = pending + 1 end
+local first, last = 1, count
+for k = 1, count do  -- a slot handed to this very waiter already: that one
+  if redis.call('HEXISTS', KEYS[3 * k + 2], waiter) == 1 then first, last = k, k end
 end
-if redis.call('HDEL', KEYS[5], ARGV[3]) == 1 then  -- handed to this very waiter already
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('ZREM', KEYS[4], ARGV[3])
-  return {2, total, shared, 0, pending}
+local heard = {}
+for k = first, last do
+  local SLOTS, HAND, BELIEF = KEYS[3 * k + 1], KEYS[3 * k + 2], KEYS[3 * k + 3]
+  local node, learn = ARGV[3 + 4 * k], ARGV[5 + 4 * k]
+  local capacity = bound(BELIEF, ALIVE, ARGV[4 + 4 * k], learn)
+  local shared = ''
+  if learn == '1' then shared = tostring(shared_belief(BELIEF, ALIVE) or '') end
+  local total = 0
+  local dead = false
+  local held = redis.call('HGETALL', SLOTS)
+  for i = 1, #held, 2 do
+    local alive = redis.call('ZSCORE', ALIVE, held[i])
+    if alive and tonumber(alive) >= now then
+      total = total + tonumber(held[i + 1])
+    else
+      redis.call('HDEL', SLOTS, held[i])
+      dead = true
+    end
+  end
+  expire_hand(SLOTS, HAND)
+  if dead then  -- the slots handed to a dead replica's waiters went with its slots
+    for _, id in ipairs(redis.call('HKEYS', HAND)) do
+      local alive = redis.call('ZSCORE', ALIVE, owner(id) or '')
+      if not alive or tonumber(alive) < now then redis.call('HDEL', HAND, id) end
+    end
+  end
+  -- Slots handed to other replicas' waiters and not taken yet: counted, but not running yet.
+  local pending = 0
+  for _, id in ipairs(redis.call('HKEYS', HAND)) do
+    if owner(id) ~= me then pending = pending + 1 end
+  end
+  if redis.call('HDEL', HAND, waiter) == 1 then
+    redis.call('ZREM', WAIT, waiter)
+    redis.call('ZREM', WEXP, waiter)
+    heard[#heard + 1] = total
+    heard[#heard + 1] = shared
+    return {2, k, 0, pending, unpack(heard)}
+  end
+  local free = capacity - total
+  if free > 0 then
+    -- Waiters of other replicas more urgent than this request get the free slots first (this
+    -- replica's own waiters are ordered by its local queue, holds included).
+    hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, me, ARGV[5], node, ARGV[6], free,
+      '(' .. urgency, me)
+    total = 0
+    for _, n in ipairs(redis.call('HVALS', SLOTS)) do total = total + tonumber(n) end
+  end
+  if total < capacity then
+    redis.call('HINCRBY', SLOTS, me, 1)
+    redis.call('ZREM', WAIT, waiter)
+    redis.call('ZREM', WEXP, waiter)
+    heard[#heard + 1] = total + 1
+    heard[#heard + 1] = shared
+    return {1, k, capacity - total - 1, pending, unpack(heard)}
+  end
+  heard[#heard + 1] = total
+  heard[#heard + 1] = shared
 end
-local free = capacity - total
-if free > 0 then
-  -- Waiters of other replicas more urgent than this request get the free slots first (this
-  -- replica's own waiters are ordered by its local queue, holds included).
-  hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[6], ARGV[7], ARGV[8], free,
-    '(' .. ARGV[4], me)
-  total = 0
-  for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
-end
-if total < capacity then
-  redis.call('HINCRBY', KEYS[1], me, 1)
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('ZREM', KEYS[4], ARGV[3])
-  return {1, total + 1, shared, capacity - total - 1, pending}
-end
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[3])
-if redis.call('ZCARD', KEYS[3]) > 1 then return {3, total, shared} end
-return {0, total, shared}
+redis.call('ZADD', WAIT, urgency, waiter)
+redis.call('ZADD', WEXP, now + tonumber(ARGV[4]), waiter)
+if redis.call('ZCARD', WAIT) > 1 then return {3, 0, 0, 0, unpack(heard)} end
+return {0, 0, 0, 0, unpack(heard)}
 """
 )
 
@@ -200,8 +224,12 @@ return {0, total, shared}
 # learn (as for GRANT). The freed slot goes at once to the most urgent waiter of any other
 # replica (no waiter races for it), unless one of the releaser's own is more urgent: then it
 # stays free for the releaser, whose own queue orders its waiters (its next request asks for it
-# at once). Returns {1} (handed on, or nobody waits), {2} (left for the releaser's own waiters)
-# or {0} (a reserve that its waiter's grant took). A learned bound's release of a request that
+# at once, on that node). Returns {1} (handed on, or nobody waits), {2} (left for the
+# releaser's own waiters) or {0} (a reserve that its waiter's grant took). Handing it to the
+# releaser's own waiter instead (kept as its lease, taken by its next request with no trip) was
+# tried and measured worse: the local queue's order is not Redis's, so the replica's next
+# request was refused the slot handed to another of its waiters, and letting any of its grants
+# take it made some slots taken twice (over the bound). A learned bound's release of a request that
 # ran is told to the other replicas ('ended'): their proofs count the slots held at their
 # grants, less those that ended before their requests took a slot (fleet/beliefs.py).
 RELEASE = (
@@ -268,14 +296,18 @@ return 1
 """
 )
 
-# KEYS: wexp. ARGV: ttl ms, waiter ids. Waiters still waiting keep their place.
+# KEYS: wexp, wait. ARGV: ttl ms, waiter ids. Waiters still waiting keep their place. Returns
+# those not among the waiters (handed a slot since, or a slot handed to them went to another
+# request of their replica): a parked one asks again rather than wait for nothing.
 KEEP_WAITERS = (
     _NOW
     + """
+local missing = {}
 for i = 2, #ARGV do
   redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then missing[#missing + 1] = ARGV[i] end
 end
-return 1
+return missing
 """
 )
 

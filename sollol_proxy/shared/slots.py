@@ -4,10 +4,12 @@ A request first gets a slot from this replica's admission control as always (loc
 priority, late binding, holds); then one script in Redis (`scripts.GRANT`, through the ordered
 writer of `leases.py`) grants the lease only if the slots all replicas hold on that node for
 that model stay under the bound (the configured slots, or the learned belief all replicas share
-plus one probe: `_capacity`). Refused, the request gives its local slot back, is registered
-among the model's waiters by that same call (by urgency: arrival minus priority times
-`queue.ageing`, so ageing orders replicas as it orders one queue), and waits here (`_park`)
-until a release hands it a slot inside its script (`_handed`): it then takes that slot at once,
+plus one probe: `_capacity`); the same call asks for up to MORE_ASKED other candidate nodes when
+that one is full (`_asks`; the local slot then moves, `_move`). Refused on all, the request
+gives its local slot back, is registered among the model's waiters by that same call (by
+urgency: arrival minus priority times `queue.ageing`, so ageing orders replicas as it orders
+one queue), and waits (`parking.py`) until a release hands it a slot inside its script
+(`_handed`): it then takes that slot at once,
 ahead of the local queue, with no round trip. A request about to wait in the local queue
 registers first (lazily), so that a freed slot goes to the most urgent request of any replica.
 What the other replicas hold on each node, as last heard, steers the choice of node (`_room`);
@@ -17,7 +19,6 @@ Redis always decides.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import time
 from collections.abc import Callable
@@ -29,23 +30,25 @@ from sollol_proxy.admission.tickets import Held, QueueRejected, Slot
 from sollol_proxy.fleet.capacity import model_room, slot_belief
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.shared.held import SharedHeld
-from sollol_proxy.shared.lease_ops import ALONE, BEHIND, REFUSED, Bound
+from sollol_proxy.shared.lease_ops import ALONE, BEHIND, REFUSED, Ask, Bound
 from sollol_proxy.shared.leases import Leases
 from sollol_proxy.shared.link import Link
+from sollol_proxy.shared.parking import FRESH_S, Parking
 
-# How long what another replica holds on a node, as last heard, is trusted; past it the
-# grant script, which always knows, decides.
-FRESH_S = 1.0
+# A grant asks for the local choice and, if it is full, up to this many other candidate nodes
+# in the same round trip.
+MORE_ASKED = 3
 
 
-class SharedSlots:
+class SharedSlots(Parking):
     def __init__(self, link: Link, admission: Admission) -> None:
         self._link = link
         self._admission = admission
-        self.leases = Leases(link, self._heard, self._handed, self._capacity, self._own_turn)
+        self.leases = Leases(
+            link, self._heard, self._handed, self._capacity, self._own_turn, self._ask_again
+        )
         self._remote: dict[tuple[str, str], tuple[int, float]] = {}  # others' slots, when heard
-        # Refused requests, per model, most urgent first: (urgency, seq, woken when, with the
-        # node whose slot was handed here), and by waiter.
+        # Refused requests waiting for a slot (parking.Parking).
         self._parked: dict[str, list[tuple[float, int, str, asyncio.Future[str | None]]]] = {}
         self._waiting: dict[str, asyncio.Future[str | None]] = {}
         self._live: set[str] = set()  # waiters of requests still asking for a slot here
@@ -55,6 +58,8 @@ class SharedSlots:
         self._seq = itertools.count()
         link.handlers["handed"] = self._heard_handed
         link.handlers["ended"] = self._heard_ended
+        link.on_down.append(self._unpark)
+        link.on_rejoin.append(self._unpark)
         admission.gate = self
 
     # -- the admission gate -------------------------------------------------------------------
@@ -149,19 +154,24 @@ class SharedSlots:
                 # rather than for that one again.
                 claim = handed is None
                 sent = time.monotonic()
+                asks = self._asks(slot, candidates, tried, model)
                 try:
-                    verdict, others = await self.leases.grant(
-                        node.name,
-                        model,
-                        waiter,
-                        urgency,
-                        self._capacity(node.name, model),
-                        self._tell(node, model),
-                    )
+                    verdict, others, granted = await self.leases.grant(model, waiter, urgency, asks)
                 except BaseException:
                     self.leases.unleased(node.name, model)
                     await held.__aexit__(None, None, None)
                     raise
+                if granted != node.name:
+                    # Granted on another candidate (its first choice was full): the local slot
+                    # moves there, past the local queue (the lease is held for it).
+                    self.leases.unleased(node.name, model)
+                    await held.__aexit__(None, None, None)
+                    moved = await self._move(local, candidates, granted, model, asked)
+                    if moved is None:  # gone from the candidates meanwhile: its lease too
+                        continue
+                    held, slot = moved
+                    node = slot.node
+                    assert node is not None
                 if verdict not in (REFUSED, BEHIND):
                     if verdict == ALONE:
                         self.leases.forget(waiter, model)
@@ -176,7 +186,7 @@ class SharedSlots:
                 again = asked
                 self.leases.unleased(node.name, model)
                 await held.__aexit__(None, None, None)
-                tried.add(node.name)
+                tried.update(ask.node for ask in asks)
                 if verdict == REFUSED and self._room_elsewhere(candidates, tried, model):
                     handed = None
                     continue
@@ -196,6 +206,58 @@ class SharedSlots:
         finally:
             self._live.discard(waiter)
 
+    def _asks(
+        self,
+        slot: Slot,
+        candidates: Callable[[], list[NodeState]],
+        tried: set[str],
+        model: str,
+    ) -> list[Ask]:
+        """The nodes a grant may take a slot on, in order: the local admission's choice, then
+        up to MORE_ASKED other candidates that the other replicas, as last heard, leave room on
+        (the local choice's plan's failover order first)."""
+        first = slot.node
+        assert first is not None
+        asks = [self._ask(first, model)]
+        try:
+            nodes = candidates()
+        except Exception:  # no candidates left: the local choice alone
+            return asks
+        rank = {t.node.name: i for i, t in enumerate(slot.plan.targets)}
+        for n in sorted(nodes, key=lambda n: rank.get(n.name, len(rank))):
+            if len(asks) > MORE_ASKED:
+                break
+            if n.name != first.name and n.name not in tried and n.healthy and self._room(n, model):
+                self._nodes[n.name] = n
+                asks.append(self._ask(n, model))
+        return asks
+
+    def _ask(self, node: NodeState, model: str) -> Ask:
+        capacity, learn = self._capacity(node.name, model)
+        return Ask(node.name, capacity, learn, self._tell(node, model))
+
+    async def _move(
+        self,
+        local: LocalAdmit,
+        candidates: Callable[[], list[NodeState]],
+        granted: str,
+        model: str,
+        asked: float,
+    ) -> tuple[Held, Slot] | None:
+        """The local slot of a request whose lease was granted on `granted`: taken there at
+        once (the gate holds it); its lease goes back with the slot. None when the node left
+        the candidates meanwhile (its lease given back)."""
+        if not any(n.name == granted for n in candidates()):
+            self.leases.let_go(granted, model)
+            return None
+        held = local(lambda: [n for n in candidates() if n.name == granted], asked, True)
+        try:
+            slot = await held.__aenter__()
+        except BaseException:
+            self.leases.let_go(granted, model)
+            raise
+        return held, slot
+
     def _will_wait(self, free: Callable[[], list[NodeState]], model: str) -> bool:
         """Whether the local queue is about to hold the request: others wait there, or this
         replica's own slots on the candidate nodes are all taken."""
@@ -214,73 +276,6 @@ class SharedSlots:
             return any(n.name not in tried and self._room(n, model) for n in candidates())
         except Exception:  # no candidates left: the next local admission answers that
             return False
-
-    async def _park(
-        self, model: str, urgency: float, waiter: str, until: float, claim: bool
-    ) -> str | None:
-        """A refused request waits here, registered in Redis, until a release hands it (or,
-        its own having left, this replica) a slot: the node's name. Only this replica's most
-        urgent refused request asks again by itself, after a while (a lost event, a slot freed
-        by a replica that died)."""
-        unclaimed = self.leases.unclaimed(model, waiter) if claim else None
-        if unclaimed is not None:  # handed here while this request was asking elsewhere
-            return unclaimed
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        parked = self._parked.setdefault(model, [])
-        heapq.heappush(parked, (urgency, next(self._seq), waiter, future))
-        while parked[0][3].done():  # those that left: gone from the top
-            heapq.heappop(parked)
-        self._waiting[waiter] = future
-        # The others wait for their turn, however long: their registration is kept in Redis,
-        # and a slot handed to one that never heard of it goes back to the pool (HAND_TTL_MS).
-        timeout = FRESH_S if parked[0][3] is future else max(until - time.monotonic(), 0.0)
-        try:
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            return None
-        finally:
-            future.cancel()  # left in the heap, skipped when popped
-            del self._waiting[waiter]
-
-    def _handed(self, node: str, model: str, waiter: str) -> None:
-        """A slot of `node` was handed to this replica for `waiter`: that request takes it if it
-        is still parked, else the most urgent one parked for the model, else the local queue
-        (`Leases.take`); nobody taking it, it goes back after `leases.RESERVE_S`."""
-        future = self._waiting.get(waiter)
-        if (future is None or future.done()) and waiter in self._live:
-            # Asking Redis or on its way to wait: it finds it (`unclaimed`, `take`, or its
-            # grant takes it in Redis); the local queue may have a request for it meanwhile.
-            future = None
-        elif future is None or future.done():
-            future = None
-            parked = self._parked.get(model)
-            while parked and future is None:
-                _, _, woken, candidate = heapq.heappop(parked)
-                future = None if candidate.done() else candidate
-            if not parked:
-                self._parked.pop(model, None)
-            if future is not None:
-                self.leases.promised[woken] = waiter  # no other request takes it
-        if future is not None:
-            future.set_result(node)
-        else:
-            self._admission.wake()
-
-    def _own_turn(self, model: str) -> None:
-        """A release left its slot free for this replica's own most urgent waiter of `model`:
-        the local queue gets it (its next request asks Redis), else the most urgent refused
-        request asks again."""
-        self._admission.wake()
-        if self._admission.waiting:
-            return
-        parked = self._parked.get(model)
-        while parked:
-            future = heapq.heappop(parked)[3]
-            if not future.done():
-                future.set_result(None)
-                return
-        self._parked.pop(model, None)
 
     def reserved(self, node: NodeState, model: str) -> bool:
         promised = set(self.leases.promised.values())

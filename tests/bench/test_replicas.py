@@ -12,5 +12,7 @@ async def test_bench_replicas_reports_every_run() -> None:
     rows = [
         line for line in report.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")
     ]
-    assert len(rows) == 6, report  # baseline, 1 and 2 replicas, for both loads
+    # The baseline, 1 and 2 replicas, 2 with the slots configured and 2 without Redis, for
+    # both loads.
+    assert len(rows) == 10, report
     assert all(row.split("|")[2].strip() == "0" for row in rows), report  # no errors

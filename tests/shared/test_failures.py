@@ -178,3 +178,29 @@ async def test_what_redis_holds_that_is_not_understood_stops_nothing(
         tasks = made.proxies[index].runner.app[PROXY].tasks._tasks
         alive = {t.get_name() for t in tasks if not t.done()}
         assert {"shared:events", "shared:leases", "shared:health", "shared:learning"} <= alive
+
+
+async def test_requests_waiting_for_a_handed_slot_are_served_when_redis_goes_away(
+    replicas: ReplicasFactory,
+) -> None:
+    # One slot, two replicas: a long request holds it through one replica, three requests at
+    # the other are refused and wait for a release to hand them the slot. Redis stops: no
+    # release will hand them anything, so they ask again at once and are served alone, rather
+    # than after queue.max_wait (300 s; it was so, the cause of a run of tests/shared that
+    # took five minutes).
+    made = await replicas(2, dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.05))
+    slots = made.shared(1).slots
+    async with aiohttp.ClientSession() as http:
+        body = {"model": MODEL, "prompt": "busy", "options": {"num_predict": 40}}
+        busy = asyncio.create_task(http.post(made.urls[0] + "/api/generate", json=body))
+        await until(lambda: made.nodes[0].in_flight() == 1)
+        waiting = [asyncio.create_task(generate(http, made.urls[1], f"w{i}")) for i in range(3)]
+        await until(lambda: slots.leases.refused >= 3 and len(slots._waiting) >= 2)
+        made.redis.stop()
+        async with asyncio.timeout(15):
+            statuses = await asyncio.gather(*waiting)
+            async with await busy as response:
+                assert response.status == 200
+                await response.read()
+    assert statuses == [200, 200, 200]
+    assert slots.leases.alone >= 3

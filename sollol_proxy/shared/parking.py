@@ -1,0 +1,111 @@
+"""Where this replica's refused requests wait for a slot (`slots.SharedSlots`, which is one):
+parked per model, most urgent first, until a release hands one of them a slot, a release leaves
+one for this replica's own waiters, or Redis goes away or no longer counts them."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import Iterator
+
+from sollol_proxy.admission.admission import Admission
+from sollol_proxy.shared.leases import Leases
+
+# How long what another replica holds on a node, as last heard, is trusted; past it the
+# grant script, which always knows, decides.
+FRESH_S = 1.0
+
+
+class Parking:
+    _admission: Admission
+    leases: Leases
+    # Refused requests, per model, most urgent first: (urgency, seq, waiter, woken when, with
+    # the node whose slot was handed here), and by waiter.
+    _parked: dict[str, list[tuple[float, int, str, asyncio.Future[str | None]]]]
+    _waiting: dict[str, asyncio.Future[str | None]]
+    _live: set[str]  # waiters of requests still asking for a slot here
+    _seq: Iterator[int]
+
+    async def _park(
+        self, model: str, urgency: float, waiter: str, until: float, claim: bool
+    ) -> str | None:
+        """A refused request waits here, registered in Redis, until a release hands it (or,
+        its own having left, this replica) a slot: the node's name. Only this replica's most
+        urgent refused request asks again by itself, after a while (a lost event, a slot freed
+        by a replica that died)."""
+        unclaimed = self.leases.unclaimed(model, waiter) if claim else None
+        if unclaimed is not None:  # handed here while this request was asking elsewhere
+            return unclaimed
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        parked = self._parked.setdefault(model, [])
+        heapq.heappush(parked, (urgency, next(self._seq), waiter, future))
+        while parked[0][3].done():  # those that left: gone from the top
+            heapq.heappop(parked)
+        self._waiting[waiter] = future
+        # The others wait for their turn, however long: their registration is kept in Redis,
+        # and a slot handed to one that never heard of it goes back to the pool (HAND_TTL_MS).
+        timeout = FRESH_S if parked[0][3] is future else max(until - time.monotonic(), 0.0)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            future.cancel()  # left in the heap, skipped when popped
+            del self._waiting[waiter]
+
+    def _handed(self, node: str, model: str, waiter: str) -> None:
+        """A slot of `node` was handed to this replica for `waiter`: that request takes it if it
+        is still parked, else the most urgent one parked for the model, else the local queue
+        (`Leases.take`); nobody taking it, it goes back after `leases.RESERVE_S`."""
+        future = self._waiting.get(waiter)
+        if (future is None or future.done()) and waiter in self._live:
+            # Asking Redis or on its way to wait: it finds it (`unclaimed`, `take`, or its
+            # grant takes it in Redis); the local queue may have a request for it meanwhile.
+            future = None
+        elif future is None or future.done():
+            future = None
+            parked = self._parked.get(model)
+            while parked and future is None:
+                _, _, woken, candidate = heapq.heappop(parked)
+                future = None if candidate.done() else candidate
+            if not parked:
+                self._parked.pop(model, None)
+            if future is not None:
+                self.leases.promised[woken] = waiter  # no other request takes it
+        if future is not None:
+            future.set_result(node)
+        else:
+            self._admission.wake()
+
+    def _ask_again(self, waiter: str) -> None:
+        """Redis no longer counts `waiter` among the waiters (a hand-over whose event was lost):
+        if it is parked, it asks again (and so takes its place again) rather than wait for a
+        hand-over that will not come."""
+        future = self._waiting.get(waiter)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _unpark(self) -> None:
+        """Redis went away or came back: every refused request asks again at once (alone, or
+        registered anew). A restarted Redis forgot their registrations, and while it is away
+        no release hands them a slot: parked, they would wait out `queue.max_wait`."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(None)
+
+    def _own_turn(self, model: str, node: str) -> None:
+        """A release left its slot of `node` free for this replica's own most urgent waiter of
+        `model` (or a grant found room left there): the local queue gets it (its next request
+        asks Redis), else the most urgent refused request asks again, for that node first."""
+        self._admission.wake()
+        if self._admission.waiting:
+            return
+        parked = self._parked.get(model)
+        while parked:
+            future = heapq.heappop(parked)[3]
+            if not future.done():
+                future.set_result(node)
+                return
+        self._parked.pop(model, None)

@@ -1,0 +1,115 @@
+"""What the shared path costs per request in Redis: at most one round trip on the way in (the
+grant) and one on the way out (the release), counted by the replicas' own metrics and checked
+against the scripts Redis itself ran (INFO commandstats)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+
+from sollol_proxy.shared.lease_ops import GRANTED, Ask
+from tests.shared.conftest import Replicas, ReplicasFactory, idle
+from tests.shared.test_slots import MODEL, generate, unknown_node
+
+
+async def evalsha_calls(made: Replicas) -> int:
+    stats = await made.shared(0).link.client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def metric(url: str, pattern: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
+        text = await response.text()
+    found = re.search("^" + re.escape(pattern) + r" ([0-9.e+]+)$", text, re.M)
+    assert found is not None, pattern
+    return float(found.group(1))
+
+
+async def test_one_trip_in_and_one_out_per_request_with_configured_slots(
+    replicas: ReplicasFactory,
+) -> None:
+    # Two nodes of two configured slots, waves of four requests: below capacity, nobody waits.
+    made = await replicas(
+        1,
+        dict(name="a", models=[MODEL], num_parallel=2, token_delay=0.01),
+        dict(name="b", models=[MODEL], num_parallel=2, token_delay=0.01),
+    )
+    leases = made.shared(0).slots.leases
+    await idle(made)
+    scripts_before, trips_before = await evalsha_calls(made), leases.trips
+    async with aiohttp.ClientSession() as http:
+        for wave in range(6):
+            await asyncio.gather(*(generate(http, made.urls[0], f"{wave}.{i}") for i in range(4)))
+    await idle(made)
+    requests = 24
+    # One grant in and one release out per request, each a script Redis ran; pipelining
+    # concurrent requests' operations together can only lower the round trips below that.
+    assert leases.operations["grant"] == requests, leases.operations
+    assert leases.operations["release"] == requests, leases.operations
+    assert await evalsha_calls(made) - scripts_before >= 2 * requests
+    assert leases.trips - trips_before <= 2 * requests
+    assert leases.refused == 0
+    url = made.urls[0]
+    for name in ("grant", "release"):
+        sent = await metric(url, f'sollol_shared_lease_operations_total{{operation="{name}"}}')
+        assert sent == float(requests)
+    trips = await metric(url, "sollol_shared_request_round_trips_total")
+    assert trips == float(leases.trips)
+
+
+async def test_learned_slots_cost_no_more_trips_than_configured_ones(
+    replicas: ReplicasFactory,
+) -> None:
+    # Zero configuration (nodes given as URLs only), three replicas, requests one after another
+    # round-robin: a replica's belief, when it changed, rides on its grant; the shared belief
+    # comes back in the grant's answer. No trip of its own either way.
+    made = await replicas(3, unknown_node("a", slots=2), unknown_node("b", slots=2))
+    await idle(made)
+    all_leases = [made.shared(i).slots.leases for i in range(3)]
+    before = [lease.trips for lease in all_leases]
+    requests = 18
+    async with aiohttp.ClientSession() as http:
+        for i in range(requests):
+            await generate(http, made.urls[i % 3], f"request {i}")
+    await idle(made)
+    trips = sum(lease.trips for lease in all_leases) - sum(before)
+    assert trips <= 2 * requests, trips
+    assert sum(lease.operations["grant"] for lease in all_leases) == requests
+    assert sum(lease.refused for lease in all_leases) == 0
+
+
+async def test_a_grant_takes_a_free_slot_on_another_candidate_in_the_same_trip(
+    replicas: ReplicasFactory,
+) -> None:
+    # Two nodes of one configured slot; a long request holds node a through replica 0. Replica
+    # 1 asks with a first (as a stale view would choose it) and b as the next candidate: one
+    # script call, one round trip, grants b instead of refusing a and asking again.
+    made = await replicas(
+        2,
+        dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.05),
+        dict(name="b", models=[MODEL], num_parallel=1, token_delay=0.05),
+    )
+    by_url = {n.config.url: n.name for n in made.fleet(1).nodes.values()}
+    node_a, node_b = by_url[made.nodes[0].url], by_url[made.nodes[1].url]
+    leases = made.shared(1).slots.leases
+    async with aiohttp.ClientSession() as http:
+        body = {"model": MODEL, "prompt": "busy", "options": {"num_predict": 40}}
+        async with http.post(made.urls[0] + "/api/generate", json=body) as response:
+            # Its first line: the request runs, its lease on a is in Redis.
+            await response.content.readline()
+            busy = sum(made.nodes[i].in_flight() for i in range(2))
+            assert busy == 1 and made.nodes[0].in_flight() == 1
+            trips = leases.trips
+            verdict, _, node = await leases.grant(
+                f"{MODEL}:latest",
+                "test:1",
+                0.0,
+                [Ask(node_a, 1, False, ""), Ask(node_b, 1, False, "")],
+            )
+            assert (verdict, node) == (GRANTED, node_b)
+            assert leases.trips == trips + 1 and leases.refused == 0
+            leases.give(node_b, f"{MODEL}:latest")
+            await response.read()
+    await idle(made)
