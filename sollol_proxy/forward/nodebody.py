@@ -13,14 +13,19 @@ log = logging.getLogger("sollol.proxy")
 # Bytes read but not yet taken by a reader before the node's socket stops being read.
 READ_AHEAD = 2**18
 # What a sink does with a read's body bytes; True when the client's buffer is full (the node's
-# socket then stops being read until the client drained it).
-Sink = Callable[[bytes], bool]
+# socket then stops being read until the client drained it). The second argument is the read
+# itself when it is exactly one chunk of those bytes, framed as aiohttp frames a chunked write
+# (`%x` size, no extension), so that a chunked answer can pass it on as it came; else None.
+Sink = Callable[[bytes, bytes | None], bool]
 
 
 class Reading(Protocol):
-    """What the body asks of its connection: stop and resume reading the node's socket."""
+    """What the body asks of its connection: stop and resume reading the node's socket, and
+    the sink its reads go to while pushed (the protocol calls it itself for the common read of
+    a stream, one whole chunk, without passing through `feed`)."""
 
     loop: asyncio.AbstractEventLoop
+    sink: Sink | None
 
     def hold(self) -> None: ...
     def resume(self) -> None: ...
@@ -94,13 +99,14 @@ class NodeBody:
             data = b"".join(self._chunks)
             self._chunks.clear()
             self._protocol.resume()
-            if sink(data):
+            if sink(data, None):
                 self._held = True
                 self._protocol.hold()
+        self._protocol.sink = sink  # after what arrived before: no read can overtake it
 
     def unpush(self) -> None:
         """No more pushing: what still arrives is kept (and dropped with the connection)."""
-        self._sink = None
+        self._sink = self._protocol.sink = None
 
     async def pushed(self) -> bool:
         """Wait until the body is all pushed (True) or the sink asked to hold (False: call
@@ -123,15 +129,19 @@ class NodeBody:
     def feed(self, data: bytes) -> None:
         sink = self._sink
         if sink is not None:
-            if sink(data):
-                self._held = True
-                self._protocol.hold()
-                self._wake()
+            if sink(data, None):
+                self.full()
             return
         self._chunks.append(data)
         self._wake()
         if len(self._chunks) > 1 and sum(map(len, self._chunks)) > READ_AHEAD:
             self._protocol.hold()
+
+    def full(self) -> None:
+        """The sink's client is not reading: the node's socket is not read until it drained."""
+        self._held = True
+        self._protocol.hold()
+        self._wake()
 
     def finish(self) -> None:
         self._eof = True

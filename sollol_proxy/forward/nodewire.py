@@ -21,7 +21,7 @@ import asyncio
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from sollol_proxy.forward.nodebody import NodeBody
+from sollol_proxy.forward.nodebody import NodeBody, Sink
 
 # A head (status line and fields) longer than this is refused, as aiohttp's parser refuses
 # lines and fields over 8 KiB; a chunk-size line longer than MAX_LINE likewise.
@@ -29,6 +29,10 @@ MAX_HEAD = 2**16
 MAX_LINE = 2**12
 _HEAD_END = b"\r\n\r\n"
 _HEX = b"0123456789abcdefABCDEF"
+_LOWER_HEX = b"0123456789abcdef"
+# The size line of a read taken whole on the fast path (data_received) has at most this many
+# hex digits (chunks under 4 GiB); a longer one is read by the general path and its bounds.
+_SIZE_DIGITS = 8
 _NO_BODY_STATUS = frozenset({204, 304})
 # Body framings.
 _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DONE = range(5)
@@ -54,6 +58,7 @@ class NodeProtocol(asyncio.Protocol):
         "_write_paused",
         "loop",
         "should_close",
+        "sink",
         "transport",
     )
 
@@ -71,6 +76,8 @@ class NodeProtocol(asyncio.Protocol):
         self._reading = True
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
+        # Where the body's reads go while it is pushed (NodeBody.push sets it, unpush clears it).
+        self.sink: Sink | None = None
 
     # what pool.py uses
 
@@ -87,6 +94,7 @@ class NodeProtocol(asyncio.Protocol):
         self._head = self.loop.create_future()
         self._mode, self._buffer = _HEAD, b""
         self._crlf = self._trailers = False
+        self.sink = None
         self.resume()  # the last answer may have ended held for a slow client
         return self._head
 
@@ -136,6 +144,30 @@ class NodeProtocol(asyncio.Protocol):
         self._mode = _DONE
 
     def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if (
+            sink is not None
+            and self._mode == _CHUNKED
+            and not (self._buffer or self._left or self._crlf or self._trailers)
+        ):
+            # The common read of a pushed stream: exactly one whole chunk (a token as the node
+            # flushed it), its size in lowercase hex without leading zeros, as Ollama (Go)
+            # and aiohttp write it. Handed to the sink from here with the read itself, which a
+            # chunked answer passes on as it came: a stream's chunk costs this call and the
+            # sink's, not a pass through the framing's methods and the body's, nor a new frame.
+            # Any other read (the last chunk, a split or merged one) takes the general path.
+            eol = data.find(b"\r\n")
+            digits = data[:eol]
+            if (
+                0 < eol <= _SIZE_DIGITS
+                and digits[0] != 48  # b"0": a leading zero, or the last chunk
+                and not digits.strip(_LOWER_HEX)
+                and data[-2:] == b"\r\n"
+                and eol + int(digits, 16) + 4 == len(data)
+            ):
+                if sink(data[eol + 2 : -2], data) and self._body is not None:
+                    self._body.full()
+                return
         try:
             if self._mode == _HEAD:
                 data = self._read_head(data)

@@ -37,6 +37,7 @@ class Pusher:
         "_body",
         "_chunked",
         "_client",
+        "_clock",
         "_idle",
         "_recent",
         "_request",
@@ -58,6 +59,7 @@ class Pusher:
         self._chunked = False
         self._transport = request.transport
         self._client = request.protocol
+        self._clock = idle.clock
         self.gone: ConnectionError | None = None  # the client went away while pushing
 
     async def rest(self) -> bytes:
@@ -65,7 +67,7 @@ class Pusher:
         it is all written or the client is gone (`gone`). Raises what broke the node's body."""
         request, body = self._request, self._body
         self._chunked = request.writer.chunked  # type: ignore[attr-defined]
-        body.push(self)
+        body.push(self.write)
         try:
             while not await body.pushed():
                 if self.gone is not None:
@@ -86,17 +88,22 @@ class Pusher:
             # the relay after this: no later read of the node may be written after it.
             body.unpush()
 
-    def __call__(self, data: bytes) -> bool:
+    def write(self, data: bytes, framed: bytes | None) -> bool:
         """One read's body bytes, written to the client now; True when the client's buffer is
-        full (the node's socket is then not read until it drained)."""
+        full (the node's socket is then not read until it drained). `framed`: the node's read
+        itself, when it is `data` as one chunk framed as aiohttp frames it. Called once per
+        chunk of every stream: plain attribute reads and C calls only, no Python call below."""
         transport = self._transport  # a closed one says so: is_closing()
         if transport is None or transport.is_closing():
             self.gone = ClientConnectionResetError("Cannot write to closing transport")
             return True
         self._recent.append(data)
-        if self._chunked:
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if self._chunked:  # the node's own chunk when it is framed alike: the same bytes
+            transport.write(framed or b"%x\r\n%b\r\n" % (len(data), data))
         else:
             transport.write(data)
-        self._idle.reading()  # the silence bound runs from this read
-        return self._client.writing_paused
+        # The silence bound runs from this read. Its timer is armed while pushing (rest() calls
+        # reading() before each stretch of pushes), so the read's time is all it needs.
+        self._idle.since = self._clock()
+        # aiohttp's `writing_paused` is a property returning this slot: read without the call.
+        return self._client._paused

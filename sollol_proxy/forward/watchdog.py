@@ -14,20 +14,27 @@ import asyncio
 
 import aiohttp
 
+from sollol_proxy.forward.nodebody import NodeBody
+
 
 class IdleWatch:
-    __slots__ = ("_handle", "_limit", "_loop", "_since", "_stream")
+    __slots__ = ("_handle", "_limit", "_loop", "_stream", "clock", "since")
 
-    def __init__(self, stream: aiohttp.StreamReader, limit: float) -> None:
+    def __init__(self, stream: aiohttp.StreamReader | NodeBody, limit: float) -> None:
         self._stream = stream
         self._limit = limit
         self._loop = asyncio.get_running_loop()
-        self._since: float | None = None  # when the read under way began; None: not reading
+        self.clock = self._loop.time  # the timer's clock
+        # When the read under way began; None: not reading. Once `reading()` has armed the
+        # timer, it stays armed (re-armed by `_check`) until `done()`, so a caller may set this
+        # itself, from `clock()`, for each read that begins (push.py does, per pushed chunk,
+        # without a call here).
+        self.since: float | None = None
         self._handle: asyncio.TimerHandle | None = None
 
     def reading(self) -> None:
         """A read of the node's stream starts now."""
-        self._since = now = self._loop.time()
+        self.since = now = self._loop.time()
         # A stream whose end has arrived is read without waiting: no timer for that read (the
         # common case of a small answer, read whole before it is relayed).
         if self._handle is None and not self._stream.is_eof():
@@ -35,7 +42,7 @@ class IdleWatch:
 
     def done(self) -> None:
         """The read returned: the time until the next one (writing to the client) is not idle."""
-        self._since = None
+        self.since = None
 
     def close(self) -> None:
         if self._handle is not None:
@@ -44,9 +51,9 @@ class IdleWatch:
 
     def _check(self) -> None:
         self._handle = None
-        if self._since is None:
+        if self.since is None:
             return  # between reads: the next read sets the timer again
-        deadline = self._since + self._limit
+        deadline = self.since + self._limit
         if self._loop.time() < deadline:
             self._handle = self._loop.call_at(deadline, self._check)
             return

@@ -1,9 +1,12 @@
 """Log lines written off the event loop, in batches.
 
 A log call on the event loop only appends the record to a buffer. A writer thread formats what
-has accumulated and writes it with one `write()` every `FLUSH_S`, or sooner once `BATCH` lines
-wait, so that a slow stderr (a full pipe, a slow terminal, a logging daemon under load) never
-holds up a request, and a busy proxy makes one system call per batch instead of one per line.
+has accumulated and writes it with one `write()` `FLUSH_S` after the first line of a batch came,
+or sooner once `BATCH` lines wait, so that a slow stderr (a full pipe, a slow terminal, a logging
+daemon under load) never holds up a request, and a busy proxy makes one system call per batch
+instead of one per line. With nothing to write the thread sleeps until a line comes: a quiet
+proxy (at `log_level: warning`, say) wakes no thread ten times a second, and a streaming one
+does not hand the interpreter's lock to it.
 `flush()` and `close()` write what is left; `logging.shutdown()` calls them at exit, after the
 proxy has stopped, so a SIGTERM loses no line (a SIGKILL loses at most the last `FLUSH_S`).
 """
@@ -26,7 +29,8 @@ class BatchingHandler(logging.Handler):
         self.stream = stream
         self._interval = interval
         self._pending: deque[logging.LogRecord] = deque()  # append and popleft are thread-safe
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # a batch has begun (its first line came), or closing
+        self._full = threading.Event()  # BATCH lines wait, or closing: write them now
         self._writing = threading.Lock()  # one batch at a time: lines keep their order
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="sollol-log-writer", daemon=True)
@@ -36,9 +40,15 @@ class BatchingHandler(logging.Handler):
         if record.args:
             # Merged now: the arguments are the caller's objects and may change after the call.
             record.msg, record.args = record.getMessage(), None
-        self._pending.append(record)
-        if len(self._pending) >= BATCH:
+        pending = self._pending
+        pending.append(record)
+        # Only the first line of a batch wakes the writer (after a write the buffer is empty
+        # again), and the BATCH-th hurries it: one Event.set per batch, not per line.
+        waiting = len(pending)
+        if waiting == 1:
             self._wake.set()
+        elif waiting >= BATCH:
+            self._full.set()
 
     def flush(self) -> None:
         self._write()
@@ -46,6 +56,7 @@ class BatchingHandler(logging.Handler):
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+        self._full.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(JOIN_S)
         self._write()
@@ -53,8 +64,12 @@ class BatchingHandler(logging.Handler):
 
     def _run(self) -> None:
         while not self._closed:
-            self._wake.wait(self._interval)
+            self._wake.wait()  # no timeout: nothing is pending until a line sets it
             self._wake.clear()
+            self._full.wait(self._interval)  # the lines that come meanwhile: the same write
+            self._full.clear()
+            # Every line appended before this pass's last look at the buffer is written by it;
+            # one appended after finds the buffer empty and sets `_wake` for the next pass.
             self._write()
 
     def _write(self) -> None:

@@ -17,21 +17,34 @@ async def test_a_pushed_body_reaches_the_sink_one_piece_per_read(
     scripted: list[ScriptedNode],
 ) -> None:
     pieces = [HEAD + b"Transfer-Encoding: chunked\r\n\r\n", b"3\r\nabc\r\n", b"2\r\nde\r\n"]
-    pieces += [b"1\r\nf\r\n1\r\ng\r\n", b"0\r\n\r\n"]
+    pieces += [b"1\r\nf\r\n1\r\ng\r\n", b"B\r\nhello world\r\n", b"02\r\nhi\r\n"]
+    pieces += [b"1;x=y\r\n!\r\n", b"a\r\n0123456789\r\n", b"0\r\n\r\n"]
     node = await start(scripted, pieces)
     pool = NodePool(1.0, 15.0)
     response = await pool.request("POST", node.url, "/api/chat", {}, b"{}")
-    seen: list[bytes] = []
+    seen: list[tuple[bytes, bytes | None]] = []
 
-    def sink(data: bytes) -> bool:
-        seen.append(data)
+    def sink(data: bytes, framed: bytes | None) -> bool:
+        seen.append((data, framed))
         return False
 
     response.content.push(sink)
     assert await response.content.pushed()
     # Each socket read is one piece; the two chunks of one read are one piece, not merged
-    # with another read's and not split.
-    assert seen == [b"abc", b"de", b"fg"]
+    # with another read's and not split. A read that is one chunk framed as aiohttp frames one
+    # (lowercase hex size, no leading zero, no extension) comes with the read itself, to be
+    # passed on as it came; any other is framed again by the sink.
+    assert seen == [
+        (b"abc", b"3\r\nabc\r\n"),
+        (b"de", b"2\r\nde\r\n"),
+        (b"fg", None),
+        (b"hello world", None),
+        (b"hi", None),
+        (b"!", None),
+        (b"0123456789", b"a\r\n0123456789\r\n"),
+    ]
+    for data, framed in seen:
+        assert framed is None or framed == b"%x\r\n%b\r\n" % (len(data), data)
     response.release()
     pool.close()
 
@@ -67,7 +80,7 @@ async def test_a_connection_held_for_a_slow_client_at_its_last_bytes_is_pooled_r
     node = await start(scripted, answer, answer)
     pool = NodePool(1.0, 15.0)
     response = await pool.request("POST", node.url, "/api/chat", {}, b"{}")
-    response.content.push(lambda data: True)
+    response.content.push(lambda data, framed: True)
     assert await response.content.pushed()
     response.release()
     async with asyncio.timeout(5):

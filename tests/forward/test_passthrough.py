@@ -246,7 +246,8 @@ async def test_compressed_request_bodies_pass_through_untouched(
         # The proxy read the model for routing, but the node got the client's own bytes.
         assert response.headers["X-Sollol-Route"].startswith("performance: ")
         proxied = (response.status, await response.read())
-    seen = made.node("a").requests[-1]
+    # The chat, not a health probe that may have reached the node after it.
+    seen = [r for r in made.node("a").requests if r.path == "/api/chat"][-1]
     assert seen.body == packed and seen.headers["Content-Encoding"] == "gzip"
     async with http.post(made.node("a").url + "/api/chat", data=packed, headers=headers) as direct:
         assert (direct.status, await direct.read()) == proxied

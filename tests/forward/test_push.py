@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
 
 from sollol_proxy.forward.nodebody import NodeBody
 from sollol_proxy.forward.nodewire import NodeProtocol
+from sollol_proxy.forward.watchdog import IdleWatch
 from tests.conftest import ClusterFactory, eventually
 
 MODEL = "llama3.2:latest"
@@ -99,3 +102,40 @@ async def test_each_read_of_the_node_is_one_chunk_to_the_client(
     # token's read, as the node writes them back to back).
     assert len(chunks) in (10, 11) and all(chunk.endswith(b"\n") for chunk in chunks)
     writer.close()
+
+
+async def test_a_pushed_chunk_is_one_call_of_the_node_protocol_and_one_of_the_sink(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The common read of a stream (one whole chunk, as Ollama flushes a token) goes from the
+    # node protocol's callback straight to the pusher: not through the general framing, the
+    # body's feed or the idle watchdog's methods, whose calls stay the same however long the
+    # stream is.
+    calls = {"framing": 0, "feed": 0, "watchdog": 0}
+
+    def counting(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any) -> Any:
+            calls[name] += 1
+            return method(*args)
+
+        return counted
+
+    monkeypatch.setattr(
+        NodeProtocol, "_read_chunked", counting("framing", NodeProtocol._read_chunked)
+    )
+    monkeypatch.setattr(NodeBody, "feed", counting("feed", NodeBody.feed))
+    monkeypatch.setattr(IdleWatch, "reading", counting("watchdog", IdleWatch.reading))
+    made = await cluster(dict(name="a", models=[MODEL], token_delay=0.01))
+
+    async def stream(tokens: int) -> dict[str, int]:
+        for name in calls:
+            calls[name] = 0
+        body = b'{"model":"llama3.2","prompt":"x","options":{"num_predict":%d}}' % tokens
+        async with http.post(made.url + "/api/generate", data=body) as response:
+            lines = (await response.read()).splitlines()
+        assert len(lines) == tokens + 1
+        return dict(calls)
+
+    await stream(2)  # the connection pooled, the model loaded
+    short, long = await stream(5), await stream(40)
+    assert all(long[name] - short[name] <= 2 for name in calls), (short, long)

@@ -67,6 +67,36 @@ def test_lines_are_written_in_order_in_batches_by_the_writer_thread() -> None:
     assert threading.get_ident() not in stream.threads or len(stream.threads) == 1
 
 
+def test_the_writer_thread_sleeps_while_nothing_is_logged() -> None:
+    # A quiet proxy (log_level warning) wakes no thread on a timer: the writer makes a pass
+    # only for a batch that began.
+    passes = 0
+
+    class Counting(BatchingHandler):
+        def _write(self) -> None:
+            nonlocal passes
+            passes += 1
+            super()._write()
+
+    stream = Stream()
+    handler = Counting(stream, interval=0.01)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = _logger(handler)
+    pause = threading.Event()
+    pause.wait(0.2)  # twenty intervals
+    assert passes == 0
+    logger.info("one")
+    logger.info("two")
+    for _ in range(100):
+        if stream.writes:
+            break
+        pause.wait(0.02)
+    assert stream.writes == ["one\ntwo\n"]  # both lines in the batch the first one began
+    pause.wait(0.2)
+    assert passes == 1
+    handler.close()
+
+
 def test_close_writes_what_is_left_and_arguments_are_read_at_the_call() -> None:
     stream = Stream()
     handler = BatchingHandler(stream, interval=3600)  # type: ignore[arg-type]
