@@ -232,11 +232,13 @@ class Forwarder:
         """May a probe of this request that finds no free slot go back to the queue? Once, on
         its first node (a retry's budget and backoff are spent already), only with this
         process's own slots (a slot granted on the way back carries no Redis lease, which the
-        other replicas count)."""
+        other replicas count), and only when a queue holds what the slots do not take (without
+        one every node is free to the admission, so the probe would just be sent again)."""
         return (
             slot is not None
             and not requeued
             and not failures
+            and self._config.queue.enabled
             and self._config.state.backend == "local"
         )
 

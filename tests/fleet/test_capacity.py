@@ -235,7 +235,7 @@ async def test_a_node_without_evictions_is_believed_to_hold_what_its_peers_hold(
 
 
 async def probe_into_a_full_node(
-    made: Cluster, http: aiohttp.ClientSession, priority: int = 5
+    made: Cluster, http: aiohttp.ClientSession, priority: int = 5, tokens: int = 150
 ) -> tuple[int, list[bytes], str, int, float]:
     """A node of one slot, learned; a probe made due; a long request holding the slot, and a
     second one sent beside it (the probe). Returns the probe's status, lines and route, and how
@@ -248,9 +248,10 @@ async def probe_into_a_full_node(
     belief.estimator.finished(1, None, asyncio.get_running_loop().time())  # a failure: probe due
     node = made.nodes[0]
     cancelled, waited = node.cancelled, node.stats.queue_wait
-    long = orjson.dumps({"model": "llama3.2", "prompt": "hi", "options": {"num_predict": 150}})
+    options = {"num_predict": tokens}
+    long = orjson.dumps({"model": "llama3.2", "prompt": "hi", "options": options})
     async with http.post(made.url + "/api/generate", data=long) as first:
-        await first.content.readline()  # it holds the node's one slot for 1.5 s
+        await first.content.readline()  # it holds the node's one slot (1.5 s by default)
         async with http.post(
             made.url + "/api/generate", data=long, headers={"X-Sollol-Priority": str(priority)}
         ) as probe:
@@ -288,5 +289,18 @@ async def test_a_probe_near_the_end_of_its_maximum_wait_is_served_inside_ollama(
     made = await cluster(ONE_SLOT, urls_only=True, queue__bands=[band])
     status, lines, route, cancelled, waited = await probe_into_a_full_node(made, http, 2)
     assert status == 200 and len(lines) == 151
+    assert "a probe on" not in route and cancelled == 0
+    assert waited > 0.5
+
+
+async def test_without_a_queue_a_probe_that_finds_no_free_slot_waits_inside_ollama(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # With `queue.enabled: false` every node is free to the admission: a probe sent back would
+    # only be sent again (a bench of it cut every request beyond the belief, twice the work).
+    made = await cluster(ONE_SLOT, urls_only=True, queue__enabled=False)
+    # The slot is held long enough for a patience learned from first bytes that waited.
+    status, lines, route, cancelled, waited = await probe_into_a_full_node(made, http, tokens=400)
+    assert status == 200 and len(lines) == 401
     assert "a probe on" not in route and cancelled == 0
     assert waited > 0.5
