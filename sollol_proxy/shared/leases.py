@@ -190,6 +190,14 @@ class Leases:
         self._asking.add(waiter)
         try:
             return await future
+        except asyncio.CancelledError:
+            # Cancelled after its answer came (a client gone in the same turn): the lease was
+            # counted as held, and the caller gives back only its local slot.
+            if future.done() and not future.cancelled():
+                verdict, _, granted = future.result()
+                if verdict in (GRANTED, TAKEN, ALONE):
+                    self.let_go(granted, model)
+            raise
         finally:
             self._asking.discard(waiter)
 

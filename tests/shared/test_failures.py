@@ -4,6 +4,7 @@ rejoin when it is back, with what they hold written back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -16,6 +17,9 @@ import pytest
 from sollol_proxy.app import PROXY
 from sollol_proxy.config import load_config
 from sollol_proxy.server import start_proxy
+from sollol_proxy.shared import leases as leases_module
+from sollol_proxy.shared.lease_ops import Grant
+from sollol_proxy.shared.leases import Leases
 from tests.conftest import TEST_SETTINGS, free_port
 from tests.redisd import RedisServer
 from tests.shared.conftest import Peak, ReplicasFactory, idle, until
@@ -204,3 +208,43 @@ async def test_requests_waiting_for_a_handed_slot_are_served_when_redis_goes_awa
                 await response.read()
     assert statuses == [200, 200, 200]
     assert slots.leases.alone >= 3
+
+
+async def test_a_request_cancelled_as_its_grant_comes_gives_its_lease_back(
+    replicas: ReplicasFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client leaves in the very turn of the event loop that answers its grant: the lease is
+    # counted as held, and its task is cancelled before it can take its slot. It must go back
+    # to Redis, or the node's one slot stays leased for good and every later request waits.
+    made = await replicas(1, dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.01))
+    leases = made.shared(0).slots.leases
+    asking: dict[str, asyncio.Task[object]] = {}
+    grant, done = leases_module.Leases.grant, leases_module.Leases._done
+    cancelled: list[str] = []
+
+    async def grant_seen(self: Leases, model: str, waiter: str, *args: object) -> object:
+        task = asyncio.current_task()
+        assert task is not None
+        asking[waiter] = task
+        return await grant(self, model, waiter, *args)  # type: ignore[arg-type]
+
+    def done_then_cancel(self: Leases, op: object, reply: object) -> None:
+        done(self, op, reply)  # type: ignore[arg-type]
+        if isinstance(op, Grant) and not cancelled:
+            cancelled.append(op.waiter)
+            asking[op.waiter].cancel()
+
+    monkeypatch.setattr(leases_module.Leases, "grant", grant_seen)
+    monkeypatch.setattr(leases_module.Leases, "_done", done_then_cancel)
+    body = {"model": MODEL, "prompt": "x", "options": {"num_predict": 3}}
+    async with aiohttp.ClientSession() as http:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.post(made.urls[0] + "/api/generate", json=body) as first:
+                await first.read()
+        assert cancelled
+        await until(lambda: sum(leases.mine.values()) == 0)
+        async with asyncio.timeout(5):
+            async with http.post(made.urls[0] + "/api/generate", json=body) as second:
+                assert second.status == 200
+                await second.read()
+        await until(lambda: sum(leases.mine.values()) == 0)  # its release goes on the next trip
