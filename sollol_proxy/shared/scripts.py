@@ -161,6 +161,8 @@ for k = first, last do
   local capacity = bound(BELIEF, ALIVE, ARGV[4 + 4 * k], learn)
   local shared = ''
   if learn == '1' then shared = tostring(shared_belief(BELIEF, ALIVE) or '') end
+  -- Expired hand-overs first: the slots they free count as free in the sum below.
+  expire_hand(SLOTS, HAND)
   local total = 0
   local dead = false
   local held = redis.call('HGETALL', SLOTS)
@@ -173,7 +175,6 @@ for k = first, last do
       dead = true
     end
   end
-  expire_hand(SLOTS, HAND)
   if dead then  -- the slots handed to a dead replica's waiters went with its slots
     for _, id in ipairs(redis.call('HKEYS', HAND)) do
       local alive = redis.call('ZSCORE', ALIVE, owner(id) or '')
