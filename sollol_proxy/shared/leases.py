@@ -341,7 +341,12 @@ class Leases:
 
     def _done(self, op: Op, reply: Any) -> None:
         if isinstance(op, Release):
-            if int(reply[0]) == 0:  # a handed slot its waiter's grant took: nothing given back
+            if int(reply[0]) == 0:
+                # The slot handed for this replica's waiter was gone from Redis. Not taken by
+                # the waiter's grant: a reserve is given back only once no grant of its waiter
+                # is in flight and none took it (`_unclaimed`). So the hand-over expired, and
+                # the expiry took the slot off this replica's count there: here too.
+                self.mine[(op.node, op.model)] -= 1
                 return
             if int(reply[0]) == 2:
                 self._own(op.model, op.node)

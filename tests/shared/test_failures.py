@@ -18,7 +18,7 @@ from sollol_proxy.app import PROXY
 from sollol_proxy.config import load_config
 from sollol_proxy.server import start_proxy
 from sollol_proxy.shared import leases as leases_module
-from sollol_proxy.shared.lease_ops import Grant
+from sollol_proxy.shared.lease_ops import BEHIND, GRANTED, REFUSED, Ask, Grant
 from sollol_proxy.shared.leases import Leases
 from tests.conftest import TEST_SETTINGS, free_port
 from tests.redisd import RedisServer
@@ -248,3 +248,32 @@ async def test_a_request_cancelled_as_its_grant_comes_gives_its_lease_back(
                 assert second.status == 200
                 await second.read()
         await until(lambda: sum(leases.mine.values()) == 0)  # its release goes on the next trip
+
+
+async def test_a_slot_handed_over_and_expired_before_its_release_is_not_counted_twice(
+    replicas: ReplicasFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # B's release hands the node's one slot to A's waiter, which never takes it; A gives it
+    # back late (a loop stall, a late event: RESERVE_S stretched to 4 s stands in), after the
+    # hand-over expired in Redis (3 s), which took it off A's count there. A must not go on
+    # counting it, or its next write-back puts a phantom slot into Redis.
+    made = await replicas(2, dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.05))
+    node = next(iter(made.fleet(0).nodes))
+    model = f"{MODEL}:latest"
+    a, b = made.shared(0), made.shared(1)
+    ask = [Ask(node, 1, False, "")]
+    assert (await b.slots.leases.grant(model, f"{b.link.replica}:1", 0.0, ask))[0] == GRANTED
+    verdict, _, _ = await a.slots.leases.grant(model, f"{a.link.replica}:1", 1.0, ask)
+    assert verdict in (REFUSED, BEHIND)
+    a.slots.leases.waiters[f"{a.link.replica}:1"] = model
+    monkeypatch.setattr(leases_module, "RESERVE_S", 4.0)
+    b.slots.leases.give(node, model)  # handed to A's waiter
+    await until(lambda: bool(a.slots.leases.reserved))
+    await asyncio.sleep(3.2)  # the hand-over expires (HAND_TTL_MS)
+    assert (await b.slots.leases.grant(model, f"{b.link.replica}:2", 0.0, ask))[0] == GRANTED
+    await until(lambda: not a.slots.leases.reserved, within=3.0)  # A gives it back, late
+    await until(lambda: sum(a.slots.leases.mine.values()) == 0)
+    b.slots.leases.give(node, model)
+    a.slots.leases.rejoined()  # a write-back: what A counts goes into Redis
+    await asyncio.sleep(0.3)
+    assert (await b.slots.leases.grant(model, f"{b.link.replica}:3", 0.0, ask))[0] == GRANTED
