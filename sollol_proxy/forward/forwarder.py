@@ -283,7 +283,7 @@ class Forwarder:
         try:
             async with accounting as attempt:
                 patience = None
-                if may_requeue and observer is not None and attempt is not None:
+                if may_requeue and observer is not None and attempt is not None and attempt.probe:
                     assert slot is not None
                     patience = observer.probe_patience(attempt, slot.wait_left())
                     if first_byte is not None and patience is not None and patience >= first_byte:
