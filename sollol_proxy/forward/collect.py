@@ -18,7 +18,7 @@ from sollol_proxy.config import Config
 from sollol_proxy.fleet.fleet import Fleet, describe_error
 from sollol_proxy.fleet.health import Failure
 from sollol_proxy.fleet.node import NodeState
-from sollol_proxy.forward.forwarder import Failed
+from sollol_proxy.forward.failed import Failed
 from sollol_proxy.forward.record import RequestRecord
 from sollol_proxy.forward.upstream import Opened, Outgoing
 from sollol_proxy.lifecycle.cors import FROM_NODE

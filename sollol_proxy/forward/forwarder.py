@@ -11,7 +11,6 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -22,13 +21,15 @@ from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.health import Failure, State
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.plan import Target
+from sollol_proxy.forward import probe_cut
+from sollol_proxy.forward.failed import Failed, all_failed
 from sollol_proxy.forward.pool import NodePool
+from sollol_proxy.forward.probe_cut import Unserved
 from sollol_proxy.forward.record import RequestRecord
 from sollol_proxy.forward.relay import relay
 from sollol_proxy.forward.retry import Permit, RetryBudget, Verdict, judge
 from sollol_proxy.forward.upstream import Body, Outgoing, UpstreamFailure, open_upstream
 from sollol_proxy.routing.types import Reason
-from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER
 
 if TYPE_CHECKING:
@@ -39,24 +40,6 @@ log = logging.getLogger("sollol.proxy")
 # Waits for a slot elsewhere, per request: bounds a request whose granted nodes keep turning
 # unusable (their health changed) before it could try them.
 MAX_MOVES = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """One attempt that did not produce the answer, as the final error reports it."""
-
-    node: str
-    reason: str
-    status: int  # what the client gets if this is the last word: the node's 5xx, or 502/504
-
-
-@dataclass(frozen=True, slots=True)
-class Unserved:
-    """A probe given up before its first byte: it was waiting for a slot (not a failure). The
-    request waits in the proxy's queue for the next free slot, the same node's included."""
-
-    node: str
-    waited_s: float
 
 
 # What is done with the answer of the node that took the request: `relay` streams it to the
@@ -172,7 +155,7 @@ class Forwarder:
                     f"progress, limit {self.budget.limit()})"
                 )
                 log.warning("%s: %s", record.request_id, why)
-                return self._all_failed(request, failures, skipped, record, why)
+                return all_failed(request, failures, skipped, record, why)
             # Read only up to the first node left to fail over to: a ranking's entries are made
             # as they are read, and a request mostly reads two of them.
             later = any(_open(queue[i], self._fleet) for i in range(index, len(queue)))
@@ -201,7 +184,7 @@ class Forwarder:
                     permit,
                     slot,
                     deliver,
-                    may_requeue=self._may_requeue(slot, requeued, failures),
+                    may_cut=probe_cut.may_cut(self._config, slot, requeued, failures),
                 )
             finally:
                 if permit is not None:
@@ -211,14 +194,9 @@ class Forwarder:
                 requeued = True
                 moved = await slot.elsewhere(frozenset(f.node for f in failures))
                 if moved is None:
-                    why = "its probe found no free slot, and none came within its maximum wait"
-                    failures.append(Failed(outcome.node, why, 503))
+                    failures.append(Failed(outcome.node, probe_cut.NO_SLOT_CAME, 503))
                     break
-                route = (
-                    f"next node with a free slot (a probe on {outcome.node} had none within "
-                    f"{outcome.waited_s:.2f}s)"
-                )
-                queue = [*queue, Target(moved, route, Reason.RETRY)]
+                queue = [*queue, Target(moved, probe_cut.route(outcome), Reason.RETRY)]
                 index = len(queue) - 1
                 continue
             if isinstance(outcome, Failed):
@@ -226,21 +204,7 @@ class Forwarder:
                 record.failed_attempts.append((outcome.node, outcome.reason))
                 continue
             return outcome
-        return self._all_failed(request, failures, skipped, record, "")
-
-    def _may_requeue(self, slot: Slot | None, requeued: bool, failures: list[Failed]) -> bool:
-        """May a probe of this request that finds no free slot go back to the queue? Once, on
-        its first node (a retry's budget and backoff are spent already), only with this
-        process's own slots (a slot granted on the way back carries no Redis lease, which the
-        other replicas count), and only when a queue holds what the slots do not take (without
-        one every node is free to the admission, so the probe would just be sent again)."""
-        return (
-            slot is not None
-            and not requeued
-            and not failures
-            and self._config.queue.enabled
-            and self._config.state.backend == "local"
-        )
+        return all_failed(request, failures, skipped, record, "")
 
     def _others(self, listed: Sequence[Target], record: RequestRecord) -> list[Target]:
         """Nodes that can take the request now although the ranking did not list them (their
@@ -267,11 +231,11 @@ class Forwarder:
         slot: Slot | None,
         deliver: Deliver,
         *,
-        may_requeue: bool,
+        may_cut: bool,
     ) -> web.StreamResponse | Failed | Unserved:
         """One attempt on one node: its answer relayed, or why it was given up. A retry's
-        `permit` is given back as soon as the node has answered or failed. With `may_requeue`
-        a streamed probe is given up (`Unserved`) when its first byte is later than its patience."""
+        `permit` is given back as soon as the node has answered or failed. With `may_cut` a
+        streamed probe is given up (`Unserved`) when its first byte is later than its patience."""
         node, health = target.node, target.node.health
         took_trial = health.begin() and health.state is State.HALF_OPEN
         judged = False
@@ -283,11 +247,9 @@ class Forwarder:
         try:
             async with accounting as attempt:
                 patience = None
-                if may_requeue and observer is not None and attempt is not None and attempt.probe:
+                if may_cut:
                     assert slot is not None
-                    patience = observer.probe_patience(attempt, slot.wait_left())
-                    if first_byte is not None and patience is not None and patience >= first_byte:
-                        patience = None
+                    patience = probe_cut.patience(observer, attempt, slot, first_byte)
                 try:
                     opened = await open_upstream(
                         self._session,
@@ -300,15 +262,7 @@ class Forwarder:
                 except UpstreamFailure as exc:
                     if patience is not None and exc.timed_out:
                         assert observer is not None and attempt is not None
-                        observer.probe_waited(attempt, patience)
-                        log.info(
-                            "%s: probe on %s had no first byte within %.2fs: waiting for a "
-                            "slot there; back to the queue",
-                            record.request_id,
-                            node.name,
-                            patience,
-                        )
-                        return Unserved(node.name, patience)
+                        return probe_cut.cut(observer, attempt, patience, record.request_id)
                     judged = True
                     if permit is not None:
                         permit.release()
@@ -385,26 +339,3 @@ class Forwarder:
             reason = f"model '{model}' not found (inventory refreshed)"
         # With nowhere else to go, the node's own answer reaches the client unchanged.
         return None if last_chance else Failed(node.name, reason, status)
-
-    def _all_failed(
-        self,
-        request: Outgoing,
-        failures: list[Failed],
-        skipped: list[str],
-        record: RequestRecord,
-        why: str,
-    ) -> web.Response:
-        if failures:
-            status = failures[-1].status
-            if status >= 500 and status not in (502, 503, 504):
-                status = 502  # the node's own 500 was not relayed: the proxy is the gateway
-            detail = "; ".join(f"{f.node}: {f.reason}" for f in failures)
-            message = f"no Ollama node could answer ({detail})"
-        else:
-            status = 503
-            message = f"no Ollama node can take the request now ({'; '.join(skipped)})"
-        if why:
-            message += f"; {why}"
-        response = error_response(request.path, status, message)
-        response.headers[REQUEST_ID_HEADER] = record.request_id
-        return response
