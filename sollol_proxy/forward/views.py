@@ -36,8 +36,15 @@ def root() -> web.Response:
     return response
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version.split("-", 1)[0])[:3])
+def _version_key(version: str) -> tuple[tuple[int, ...], int, tuple[tuple[int, int, str], ...]]:
+    """Semantic versions' order: a pre-release comes before its release ("0.33.0-rc2" before
+    "0.33.0"), and its parts compare as numbers where they are numbers ("rc2" before "rc10")."""
+    core, _, pre = version.partition("-")
+    numbers = tuple(int(part) for part in re.findall(r"\d+", core)[:3])
+    if not pre:
+        return numbers, 1, ()
+    parts = re.findall(r"\d+|[^\d.]+", pre)
+    return numbers, 0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
 def version(nodes: Iterable[NodeState]) -> tuple[web.Response, list[str]]:

@@ -13,7 +13,9 @@ import pytest
 from aiohttp import web
 
 from sollol_proxy.app import INVENTORY
-from sollol_proxy.config import load_config
+from sollol_proxy.config import NodeConfig, load_config
+from sollol_proxy.fleet.node import NodeState
+from sollol_proxy.forward import views
 from sollol_proxy.forward.inventory import LiveInventory
 from sollol_proxy.server import start_proxy
 from sollol_proxy.simulator import SimulatedNode
@@ -198,3 +200,26 @@ async def test_version_and_root_say_where_they_come_from(
     async with http.get(made.url + "/") as response:
         assert response.headers["X-Sollol-Route"] == "answered by the proxy"
         assert "X-Sollol-Node" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("versions", "oldest"),
+    [
+        (("0.10.0", "0.9.6"), "0.9.6"),
+        (("0.33.0", "0.33.0-rc2"), "0.33.0-rc2"),
+        (("0.33.0-rc10", "0.33.0-rc2"), "0.33.0-rc2"),
+        (("0.5.1-beta", "0.5.1-alpha"), "0.5.1-alpha"),
+        (("0.5.1", "0.5.1-rc1", "0.5.0"), "0.5.0"),
+    ],
+)
+def test_the_oldest_version_counts_a_pre_release_before_its_release(
+    versions: tuple[str, ...], oldest: str
+) -> None:
+    for listed in (versions, versions[::-1]):  # not the first node listed on a tie
+        nodes = []
+        for i, number in enumerate(listed):
+            node = NodeState(NodeConfig(url=f"http://127.0.0.1:{i + 1}", name=f"n{i}"))
+            node.version = number
+            nodes.append(node)
+        response, _ = views.version(nodes)
+        assert response.body == b'{"version":"' + oldest.encode() + b'"}'
