@@ -7,7 +7,8 @@ proxy rewrites `Host` for the nodes, so the nodes can no longer check it: the pr
 Ollama's rule, when it listens on loopback, and whenever `listen.allowed_hosts` names hosts
 (which are then accepted besides Ollama's own list: `app.example.com`, or `*.example.com` for its
 subdomains). On another address without `allowed_hosts`, every Host is accepted, as in Ollama.
-Like Ollama, an `OPTIONS` request to an allowed host name (not an IP) is answered `204` at once.
+Like Ollama, an `OPTIONS` request to an allowed host name (not an IP) is answered `204` at once,
+unless it is a CORS preflight: Ollama's CORS answers those before its Host check.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from sollol_proxy.config import Config
+from sollol_proxy.lifecycle.cors import PREFLIGHT
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -108,8 +110,8 @@ class HostCheck:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.active:
-            return await handler(request)
+        if not self.active or request.get(PREFLIGHT):
+            return await handler(request)  # a preflight: CORS answers it first, as in Ollama
         host = request.headers.get("Host", "")
         if not self.allowed(host):
             return web.Response(status=403)  # Ollama's: no body

@@ -24,6 +24,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Set on a response whose headers are a node's own: its CORS headers are the node's.
 FROM_NODE = web.ResponseKey("sollol_from_node", bool)
 _ADD = web.RequestKey("sollol_cors_headers", list[tuple[str, str]])
+# Set on a CORS preflight passed on to a node: in Ollama CORS answers it before the Host check
+# (reference 1.6), so the Host check's own `204` for OPTIONS must not answer it instead.
+PREFLIGHT = web.RequestKey("sollol_cors_preflight", bool)
 
 
 def answered_here(request: web.Request) -> bool:
@@ -56,6 +59,8 @@ class Cors:
         forbidden = verdict is Verdict.FORBIDDEN
         if answered_here(request) and (forbidden or request.method == "OPTIONS"):
             return self._answer(request, origin, forbidden)
+        if request.method == "OPTIONS":
+            request[PREFLIGHT] = True
         if not forbidden:
             request[_ADD] = self.policy.headers(origin, preflight=False)
         response = await handler(request)

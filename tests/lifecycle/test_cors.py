@@ -188,3 +188,27 @@ async def test_the_proxys_cors_answers_carry_nothing_of_its_own_and_are_not_coun
             assert response.status in (403, 204)
             assert not [h for h in response.headers if h.lower().startswith("x-sollol-")]
     assert await requests_counted() == counted
+
+
+@pytest.mark.parametrize("origin", [ALLOWED, FORBIDDEN, None], ids=["allowed", "forbidden", "none"])
+@pytest.mark.parametrize("path", ["/api/chat", "/api/tags", "/api/nope"])
+async def test_a_preflight_to_a_host_name_is_answered_by_cors_before_the_host_check(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, origin: str | None, path: str
+) -> None:
+    # Both listen on loopback, where the Host check applies; a browser page on localhost:3000
+    # calls `localhost:11434`. Ollama's CORS answers the preflight before the Host check's own
+    # bare 204 for OPTIONS, which is what an OPTIONS without Origin gets.
+    direct_node = (await cluster(dict(name="direct", models=MODELS))).nodes[0]
+    proxied = await cluster(dict(name="behind", models=MODELS))
+    headers = {"Host": "localhost:11434", "Access-Control-Request-Method": "POST"}
+    if origin is not None:
+        headers["Origin"] = origin
+        headers["Access-Control-Request-Headers"] = "content-type"
+    direct = await answer(http, "OPTIONS", direct_node.url + path, None, headers)
+    through = await answer(http, "OPTIONS", proxied.url + path, None, headers)
+    assert through == direct
+    names = {name for name, _ in direct[1]}
+    if origin == ALLOWED:
+        assert direct[0] == 204 and "access-control-allow-headers" in names
+    else:
+        assert direct[0] == (403 if origin else 204) and "access-control-allow-headers" not in names
