@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,12 +28,18 @@ from sollol_proxy.forward.record import Outcome, RecordSink, RequestRecord
 from sollol_proxy.forward.upstream import client_ip
 from sollol_proxy.guard.guard import grant_of, refusal
 from sollol_proxy.guard.quota import Refused
-from sollol_proxy.lifecycle.drain import is_cut
+from sollol_proxy.lifecycle.drain import CUT_REQUEST_ID, is_cut
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.routing import Reason
 from sollol_proxy.routing.analysis import RequestProfile, analyze
 from sollol_proxy.wire.errors import error_response
-from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, REQUEST_ID_HEADER, ROUTE_HEADER
+from sollol_proxy.wire.headers import (
+    NODE_HEADER,
+    QUEUE_HEADER,
+    REQUEST_ID_HEADER,
+    ROUTE_HEADER,
+    new_request_id,
+)
 from sollol_proxy.wire.names import normalize_model
 from sollol_proxy.wire.peek import (
     BodyTimeout,
@@ -57,10 +62,6 @@ _MANAGEMENT = {
 
 # What a 503 from the queue suggests: long enough for a few generations to finish.
 RETRY_AFTER_S = 5
-
-
-def new_request_id() -> str:
-    return secrets.token_hex(8)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class OllamaHandler:
                 response.headers[QUEUE_HEADER] = f"{exc.waited_s * 1000:.0f}"
         except asyncio.CancelledError as exc:
             if is_cut(exc):  # the shutdown's grace period ended: the drain answers 503
+                request[CUT_REQUEST_ID] = record.request_id
                 record.outcome = Outcome.CUT_BY_SHUTDOWN
                 record.finish(503)
             elif record.outcome is not Outcome.CLIENT_STALLED:

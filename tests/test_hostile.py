@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import resource
 import time
 from collections.abc import AsyncIterator, Callable
@@ -154,6 +155,7 @@ async def test_absolute_form_and_connect_request_lines_get_400(
         " proxy)"
     }
     assert b"Connection: close" in answer
+    assert re.search(rb"\r\nX-Sollol-Request-Id: [0-9a-f]{16}\r\n", answer)
     no_traceback(caplog, body)
     await still_serving(made, http)
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from sollol_proxy.wire.errors import error_response
+from sollol_proxy.wire.headers import REQUEST_ID_HEADER, new_request_id
 
 log = logging.getLogger("sollol.drain")
 
@@ -22,6 +23,9 @@ log = logging.getLogger("sollol.drain")
 CUT = "sollol-proxy: shutting down"
 CUT_MESSAGE = "sollol-proxy is shutting down; the response is incomplete"  # in-stream
 CUT_BEFORE_ANSWER = "sollol-proxy is shutting down; try again"  # 503, nothing sent yet
+
+# The id of a request the shutdown cut, set by the handler, for the drain's 503 to carry.
+CUT_REQUEST_ID = web.RequestKey("sollol_cut_request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,7 +58,10 @@ class Drain:
             if not is_cut(exc) or request.writer.output_size > 0:
                 raise  # a client that left, or an answer that had started: the connection ends
             task.uncancel()
-            return error_response(request.path, 503, CUT_BEFORE_ANSWER)
+            response = error_response(request.path, 503, CUT_BEFORE_ANSWER)
+            response.headers[REQUEST_ID_HEADER] = request.get(CUT_REQUEST_ID) or new_request_id()
+            response.force_close()  # the server is closing: no next request on this connection
+            return response
         finally:
             self._tasks.discard(task)
             if not self._tasks:

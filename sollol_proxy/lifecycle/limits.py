@@ -29,6 +29,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from sollol_proxy.config import Config
 from sollol_proxy.wire.errors import error_response
+from sollol_proxy.wire.headers import REQUEST_ID_HEADER, new_request_id
 from sollol_proxy.wire.logsafe import loggable
 
 log = logging.getLogger("sollol.limits")
@@ -234,6 +235,7 @@ def header_bytes(request: web.BaseRequest) -> int:
 
 def _closing(path: str, status: int, message: str) -> web.Response:
     response = error_response(path, status, message)
+    response.headers[REQUEST_ID_HEADER] = new_request_id()
     response.force_close()
     return response
 

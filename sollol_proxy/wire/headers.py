@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -113,3 +114,8 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[
             continue
         out.add(name, value)
     return out
+
+
+def new_request_id() -> str:
+    """The value of `REQUEST_ID_HEADER` for a new request."""
+    return secrets.token_hex(8)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -400,6 +401,9 @@ async def test_a_request_without_an_answer_yet_when_the_grace_ends_gets_503(
     assert orjson.loads(await response.read()) == {
         "error": "sollol-proxy is shutting down; try again"
     }
+    # Named like every error the proxy makes, and the last answer on its connection.
+    assert re.fullmatch("[0-9a-f]{16}", response.headers["X-Sollol-Request-Id"])
+    assert response.headers["Connection"] == "close"
 
 
 async def test_a_request_still_queued_when_the_grace_ends_gets_503_and_is_recorded_as_cut(
