@@ -27,14 +27,12 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from sollol_proxy.fleet.accuracy import Accuracy
-from sollol_proxy.routing.slot_cache import (
+from sollol_proxy.routing.slot_cache import SlotCache, Take, first_key_copies
+from sollol_proxy.routing.slot_match import (
     SLOT_PROMPT_SIMILARITY,
     PrefixKeys,
     Slot,
-    SlotCache,
-    Take,
     common_tokens,
-    first_key_copies,
     heads,
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sollol_proxy.fleet.prompt_cache import RESERVATION_S, PromptCache, Rounds
 from sollol_proxy.routing.analysis import analyze
-from sollol_proxy.routing.slot_cache import MAX_KEYS
+from sollol_proxy.routing.slot_match import MAX_KEYS
 
 
 def chat(*contents: str):  # type: ignore[no-untyped-def]

@@ -13,13 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from sollol_proxy.routing.analysis import analyze
-from sollol_proxy.routing.slot_cache import (
-    HISTORY_EVENTS,
-    MAX_KEYS,
-    SLOT_PROMPT_SIMILARITY,
-    SlotCache,
-    Take,
-)
+from sollol_proxy.routing.slot_cache import HISTORY_EVENTS, SlotCache, Take
+from sollol_proxy.routing.slot_match import MAX_KEYS, SLOT_PROMPT_SIMILARITY
 from sollol_proxy.simulator.kvcache import ASSISTANT_TAG, PrefixCache, render_chat, token_count
 from sollol_proxy.simulator.text import tokens_for
 
