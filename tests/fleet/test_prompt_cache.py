@@ -60,7 +60,7 @@ def test_memory_is_bounded() -> None:
     cache = PromptCache(max_roots=50)
     for i in range(100):
         cache.record("m", "a", chat(f"system {i}", "q"), slots=4)
-    assert len(cache._roots) == 50
+    assert len(cache.demand) == 50
     assert cached(cache, chat("system 99", "q"), {"a": 4}) != {}
     assert cached(cache, chat("system 0", "q"), {"a": 4}) == {}
     long = analyze(
