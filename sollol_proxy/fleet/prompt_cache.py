@@ -32,7 +32,6 @@ from sollol_proxy.routing.slot_match import (
     SLOT_PROMPT_SIMILARITY,
     PrefixKeys,
     Slot,
-    common_tokens,
     heads,
 )
 
@@ -172,8 +171,8 @@ class PromptCache:
             else:
                 slot, cached = runner.choose(keys, keys_only=keys_only)
                 if slot is None:  # all busy: sent now, it waits there for the first slot to free
-                    slot = min(runner.slots, key=lambda s: s.started)
-                    full, cached = slot.started, common_tokens(slot, keys, keys_only)
+                    slot, cached = runner.when_full(keys, keys_only)
+                    full = slot.started
                 root, history = runner.displaced(slot, keys, keys_only) if slot.keys else (0, 0)
                 if first_key in outsider.firsts:
                     waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)

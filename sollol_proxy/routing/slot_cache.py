@@ -194,6 +194,19 @@ class SlotCache:
             best_tokens = common_tokens(best, keys, keys_only)
         return best, best_tokens
 
+    def when_full(
+        self, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None
+    ) -> tuple[Slot, int]:
+        """Every slot busy: the slot whose request started first (what the request sent now
+        would push out, if it frees first) and the prompt tokens the request can expect to find.
+        It takes whichever slot frees first (llama-server gives a waiting request the slot just
+        released, whatever it holds), and the oldest request is not always the first to end, so
+        the mean over the slots: priced as the oldest slot's, a group holding one slot of two
+        drew its requests to a full node, and those the other slot took missed."""
+        keys_only = heads(keys) if keys_only is None else keys_only
+        held = [common_tokens(slot, keys, keys_only) for slot in self.slots]
+        return min(self.slots, key=attrgetter("started")), sum(held) // len(held)
+
     def busy_holding(
         self, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None
     ) -> tuple[int, int, float]:
