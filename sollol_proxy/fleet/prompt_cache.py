@@ -5,7 +5,7 @@ of the prompt each last served, filled by the proxy's own dispatches in the orde
 would fill them (longest common prefix above 10% of the prompt, else least recently used). For a
 new request, `probe` tells per node how many prompt tokens the slot it would get holds, what that
 slot would push out (the prefixes other conversations share, weighted by how often they are
-asked for and how many nodes hold them), and what a busy slot holds that the request would find
+asked for and how many nodes hold them: prefix_demand.py), and what a busy slot holds that the request would find
 by waiting for it. A shared system prompt counts for every conversation that starts with it.
 
 The truth comes back with the answer: Ollama's `prompt_eval_count` is the whole prompt and its
@@ -20,33 +20,21 @@ by `max_roots` demand counters.
 
 from __future__ import annotations
 
-import math
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from sollol_proxy.fleet.accuracy import Accuracy
-from sollol_proxy.routing.slot_cache import (
+from sollol_proxy.fleet.prefix_demand import Demand
+from sollol_proxy.routing.slot_cache import SlotCache, Take, first_key_copies
+from sollol_proxy.routing.slot_match import (
     SLOT_PROMPT_SIMILARITY,
     PrefixKeys,
     Slot,
-    SlotCache,
-    Take,
-    common_tokens,
-    first_key_copies,
     heads,
 )
 
-# Demand for a shared prefix is a count of the requests that started with it, decayed by this
-# factor per request of the model: it remembers about the last 1 / (1 - DECAY) requests.
-DECAY = 0.99
-# A conversation's own history (what its slot holds beyond the shared first prefix) is worth
-# this share of its tokens when it was just used, decaying with the time since over the mean
-# time conversations take to come back (learned from the follow-ups the proxy sees).
-HISTORY_WORTH = 0.5
-# Weight of a new sample in the mean time to come back.
-GAP_ALPHA = 0.2
 # A slot reserved when the request was given its node, and never claimed by its dispatch (the
 # client went away in between), is given back after this long.
 RESERVATION_S = 5.0
@@ -96,13 +84,7 @@ class Ticket:
 class PromptCache:
     def __init__(self, max_roots: int = 10_000) -> None:
         self._runners: dict[tuple[str, str], SlotCache] = {}  # (node, model)
-        self._max_roots = max_roots
-        # (model, first prefix key) -> (decayed count, the model's request number when counted)
-        self._roots: OrderedDict[tuple[str, bytes], tuple[float, int]] = OrderedDict()
-        self._requests: dict[str, int] = {}  # model -> requests counted
-        # (model, last key of a prompt served) -> when it ended: a follow-up continues it
-        self._ends: OrderedDict[tuple[str, bytes], float] = OrderedDict()
-        self._gaps: dict[str, float] = {}  # model -> mean time before a follow-up
+        self.demand = Demand(max_roots)
         # id(keys) -> (the slot taken for them, when it is given back, the keys themselves)
         self._reserved: dict[int, tuple[Ticket, float, PrefixKeys]] = {}
         # The reservations in the order made, so in the order they run out (every one lasts
@@ -168,7 +150,7 @@ class PromptCache:
             if rounds is not None:
                 rounds.runners = runners
         found: dict[str, Probe] = {}
-        gap = self._gaps.get(model)
+        demand = self.demand
         copies = None if rounds is None else rounds.copies  # nodes holding each first prefix
         fleet_slots = sum(slots.values())
         keys_only = heads(keys)
@@ -189,8 +171,8 @@ class PromptCache:
             else:
                 slot, cached = runner.choose(keys, keys_only=keys_only)
                 if slot is None:  # all busy: sent now, it waits there for the first slot to free
-                    slot = min(runner.slots, key=lambda s: s.started)
-                    full, cached = slot.started, common_tokens(slot, keys, keys_only)
+                    slot, cached = runner.when_full(keys, keys_only)
+                    full = slot.started
                 root, history = runner.displaced(slot, keys, keys_only) if slot.keys else (0, 0)
                 if first_key in outsider.firsts:
                     waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
@@ -205,27 +187,13 @@ class PromptCache:
                             copies = first_key_copies(runners.values())
                             if rounds is not None:
                                 rounds.copies = copies
-                        worth[first] = self._worth(model, first, copies[first], fleet_slots)
+                        worth[first] = demand.worth(model, first, copies[first], fleet_slots)
                     displaced = root * worth[first]
-                if history > 0 and gap:
-                    displaced += history * HISTORY_WORTH * math.exp(-(now - slot.ended) / gap)
+                if history > 0:
+                    displaced += demand.history(model, history, now - slot.ended)
             if cached or displaced or waiting or full is not None:
                 found[node] = Probe(cached, displaced, waiting, since, waiting_slots, full)
         return found
-
-    def _worth(self, model: str, root: bytes, copies: int, fleet_slots: int) -> float:
-        """How much losing one node's copy of a shared prefix costs, per token: its share of
-        the model's recent requests times the fleet's slots for it (a prefix asked for about
-        once per round of the slots is worth keeping), capped at 1, divided by the nodes that
-        hold it (the others can serve it)."""
-        count, seen = self._roots.get((model, root), (0.0, 0))
-        if not count:
-            return 0.0
-        requests = self._requests.get(model, 0)
-        # A share of the requests seen so far, (1 - DECAY**n) / (1 - DECAY) decayed: not of a
-        # full window, which undervalued every prefix over the first hundred requests.
-        share = count * DECAY ** (requests - seen) * (1 - DECAY) / (1 - DECAY**requests)
-        return min(1.0, share * fleet_slots) / max(copies, 1)
 
     # -- dispatches ----------------------------------------------------------------------------
 
@@ -272,13 +240,7 @@ class PromptCache:
     def _take(
         self, node: str, model: str, keys: PrefixKeys, slots: int, *, fresh: bool, now: float
     ) -> Ticket:
-        self._count(model, keys[0][0])
-        if len(keys) >= 3:  # a follow-up: the previous turn's prompt ended two messages back
-            ended = self._ends.pop((model, keys[-3][0]), None)
-            if ended is not None:
-                gap = self._gaps.get(model)
-                sample = now - ended
-                self._gaps[model] = sample if gap is None else gap + GAP_ALPHA * (sample - gap)
+        self.demand.count(model, keys, now)
         runner = self._runner(node, model, slots, now)
         if fresh:
             runner.clear(busy_too=True)
@@ -297,13 +259,6 @@ class PromptCache:
             if held is not None and held[0] is ticket:  # not claimed, nor another's since
                 del reserved[key]
                 self.finish(ticket, served=False)
-
-    def _count(self, model: str, root: bytes) -> None:
-        number = self._requests[model] = self._requests.get(model, 0) + 1
-        count, seen = self._roots.pop((model, root), (0.0, number))
-        self._roots[(model, root)] = (count * DECAY ** (number - seen) + 1.0, number)
-        while len(self._roots) > self._max_roots:
-            self._roots.popitem(last=False)
 
     def finish(
         self,
@@ -342,9 +297,7 @@ class PromptCache:
         now = time.monotonic() if now is None else now
         runner.release(take, now, answer, served=served)
         if served and take.keys:
-            self._ends[(ticket.model, take.keys[-1][0])] = now
-            while len(self._ends) > self._max_roots:
-                self._ends.popitem(last=False)
+            self.demand.ended(ticket.model, take.keys, now)
 
     def record(
         self, model: str, node: str, keys: PrefixKeys, slots: int = 1, answer: int = 0

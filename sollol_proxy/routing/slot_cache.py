@@ -5,22 +5,8 @@ prompt, then the answer. Ollama passes no slot id, so llama-server picks one for
 among the idle slots: the slot sharing the longest prefix with the prompt, when that prefix is
 more than `SLOT_PROMPT_SIMILARITY` of the prompt (lowest index among equals), else the least
 recently used slot. The shared prefix is reused, the rest evaluated, and the slot then holds the
-new prompt and its answer. A runner that loads or reloads starts with empty slots.
-
-The proxy cannot see tokens, only the request's prefix keys (`prefixes.py`: chained hashes of
-each message, or of each 1 KiB block of a prompt, with cumulative token estimates). So a slot is
-remembered as the keys of its last prompt plus the length of its answer, and a common prefix is
-measured in whole keys. Keys are chained (a key stands for everything before it), so the longest
-common prefix of two key lists is found by binary search. The answer is not hashed (that would
-mean parsing the relayed stream); a request continuing the slot's conversation is credited with
-it when its next message is within a factor of two of the answer's length (clients send the
-answer back as the assistant's turn; the band absorbs the difference between Ollama's token
-count and the proxy's four-characters-per-token estimate).
-
-Not modelled: the chat template's header, which every rendered prompt starts with. For a prompt
-of a few dozen tokens it alone can pass the similarity threshold, so that llama-server gives such
-a prompt the lowest idle slot holding anything rather than the least recently used one; which of
-two slots a short prompt overwrites is worth little either way.
+new prompt and its answer. A runner that loads or reloads starts with empty slots. What a prompt
+finds in one slot, by its prefix keys, is `slot_match.py`.
 
 Requests beyond the slots wait on the runner's semaphore (reference 5.2) and take a slot, by
 the same rule, when one is released. Everything here is pure and synchronous: the caller owns
@@ -43,34 +29,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
-# llama.cpp common.h `slot_prompt_similarity`: reuse a slot only above this share of the prompt.
-SLOT_PROMPT_SIMILARITY = 0.1
-# routing/analysis.py counts four tokens per message for the role header the template adds.
-MESSAGE_TOKENS = 4
-# Keys remembered per slot: a prompt longer than this is matched on its first MAX_KEYS prefixes.
-MAX_KEYS = 1024
+from sollol_proxy.routing.slot_match import (
+    SLOT_PROMPT_SIMILARITY,
+    PrefixKeys,
+    Slot,
+    between_slots,
+    bounded,
+    common_tokens,
+    fill,
+    heads,
+)
+
 # Dispatches and ends remembered per runner, replayed when the belief about its slots grows:
 # 128 requests fill and refill a runner of up to dozens of slots.
 HISTORY_EVENTS = 256
-
-PrefixKeys = Sequence[tuple[bytes, int]]
-
-
-@dataclass(slots=True, eq=False)
-class Slot:
-    index: int
-    keys: tuple[bytes, ...] = ()  # the prefix keys of the prompt it holds, shortest first
-    tokens: tuple[int, ...] = ()  # cumulative tokens at each key
-    answer: int = 0  # tokens generated after that prompt (0: unknown or none)
-    last_used: int = 0  # 0: never used; otherwise larger is more recent
-    busy: bool = False
-    started: float = 0.0  # when the request now in it took it (the caller's clock)
-    ended: float = 0.0  # when its last request left it
-
-    @property
-    def held(self) -> int:
-        """Prompt tokens this slot holds (its answer not counted)."""
-        return self.tokens[-1] if self.tokens else 0
 
 
 @dataclass(slots=True, eq=False)
@@ -87,64 +59,6 @@ class Take:
     done: bool = False
     # What the slot held before, should the request never reach the node.
     previous: tuple[tuple[bytes, ...], tuple[int, ...], int] = ((), (), 0)
-
-
-def _common_keys(held: Sequence[bytes], keys: Sequence[bytes]) -> int:
-    """How many leading keys are equal (chained keys: equal at i means equal before i)."""
-    n = min(len(held), len(keys))
-    if not n or held[0] != keys[0]:
-        return 0
-    if held[n - 1] == keys[n - 1]:
-        return n
-    lo, hi = 0, n - 1  # held[lo] matches, held[hi] does not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if held[mid] == keys[mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo + 1
-
-
-def bounded(keys: PrefixKeys) -> PrefixKeys:
-    """What a take keeps of a prompt's keys: the first MAX_KEYS, which are all a slot holds and
-    is matched on, and the last, whose count is the whole prompt's and which names the turn."""
-    if len(keys) <= MAX_KEYS + 1:
-        return keys
-    return (*keys[:MAX_KEYS], keys[-1])
-
-
-def heads(keys: PrefixKeys) -> tuple[bytes, ...]:
-    """The keys alone, for `common_tokens` (computed once per request, not per slot)."""
-    return tuple(key for key, _ in keys)
-
-
-def common_tokens(slot: Slot, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None) -> int:
-    """Prompt tokens of `keys` that `slot` holds: the common prefix, plus the slot's answer when
-    the request goes on with a message of about its length. `keys_only`: `heads(keys)`."""
-    held = slot.keys
-    if not held or not keys or held[0] != keys[0][0]:
-        return 0  # the common case: another conversation, another system prompt
-    matched = _common_keys(held, heads(keys) if keys_only is None else keys_only)
-    tokens = keys[matched - 1][1]
-    if matched == len(held) and slot.answer and matched < len(keys):
-        message = keys[matched][1] - tokens - MESSAGE_TOKENS
-        if slot.answer // 2 - MESSAGE_TOKENS <= message <= 2 * slot.answer + MESSAGE_TOKENS:
-            tokens = keys[matched][1]
-    return tokens
-
-
-def _between_slots(a: Slot, b: Slot) -> int:
-    """Prompt tokens two slots both hold."""
-    matched = _common_keys(a.keys, b.keys)
-    return a.tokens[matched - 1] if matched else 0
-
-
-def _fill(slot: Slot, keys: PrefixKeys, answer: int) -> None:
-    kept = keys[:MAX_KEYS]
-    slot.keys = tuple(key for key, _ in kept)
-    slot.tokens = tuple(tokens for _, tokens in kept)
-    slot.answer = answer if len(kept) == len(keys) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +194,19 @@ class SlotCache:
             best_tokens = common_tokens(best, keys, keys_only)
         return best, best_tokens
 
+    def when_full(
+        self, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None
+    ) -> tuple[Slot, int]:
+        """Every slot busy: the slot whose request started first (what the request sent now
+        would push out, if it frees first) and the prompt tokens the request can expect to find.
+        It takes whichever slot frees first (llama-server gives a waiting request the slot just
+        released, whatever it holds), and the oldest request is not always the first to end, so
+        the mean over the slots: priced as the oldest slot's, a group holding one slot of two
+        drew its requests to a full node, and those the other slot took missed."""
+        keys_only = heads(keys) if keys_only is None else keys_only
+        held = [common_tokens(slot, keys, keys_only) for slot in self.slots]
+        return min(self.slots, key=attrgetter("started")), sum(held) // len(held)
+
     def busy_holding(
         self, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None
     ) -> tuple[int, int, float]:
@@ -311,7 +238,7 @@ class SlotCache:
         """`displaced`, given the tokens of `victim` the new prompt keeps."""
         for slot in self.slots:
             if slot is not victim and slot.tokens:
-                kept = max(kept, _between_slots(victim, slot))
+                kept = max(kept, between_slots(victim, slot))
         root = victim.tokens[0]
         return max(root - kept, 0), victim.held + victim.answer - max(kept, root)
 
@@ -336,7 +263,7 @@ class SlotCache:
         take.previous = (slot.keys, slot.tokens, slot.answer)
         # From now on the slot holds this prompt (llama-server keeps the common prefix and
         # evaluates the rest into it): what a request waiting for this slot will find.
-        _fill(slot, take.keys, 0)
+        fill(slot, take.keys, 0)
         return True
 
     def release(self, take: Take, now: float, answer: int = 0, *, served: bool = True) -> None:
@@ -356,7 +283,7 @@ class SlotCache:
             return
         slot.busy = False
         if served:
-            _fill(slot, take.keys, answer)
+            fill(slot, take.keys, answer)
             slot.last_used, slot.ended = next(self._clock), now
         else:
             slot.keys, slot.tokens, slot.answer = take.previous

@@ -4,6 +4,7 @@ the prediction scored against Ollama's timing fields (`/sollol/stats`, `/metrics
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import aiohttp
@@ -138,3 +139,33 @@ async def test_the_prediction_is_scored_and_a_restart_behind_the_proxys_back_is_
 async def stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     async with http.get(url + "/sollol/stats") as response:
         return orjson.loads(await response.read())
+
+
+async def test_a_node_full_by_a_growing_belief_is_priced_as_either_outcome(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    """Given its URL only, a node with two slots is believed to have one until it is seen
+    running two. With that one slot busy, holding the group's system prompt, the next request
+    of the group is priced as finding half of it: it may wait for that slot, or start at once
+    in one the proxy does not know of, as it does here, finding nothing (it was priced as
+    finding it all, a predicted hit that missed)."""
+    made = await cluster(dict(NODE, name="a", num_parallel=2), urls_only=True, queue__enabled=False)
+    await chat(http, made.url, "first user: how do I rotate the keys?")
+    long = asyncio.create_task(chat(http, made.url, "second user: explain it all", tokens=220))
+    fleet = made.proxy.runner.app[FLEET]
+    (node,) = fleet.nodes.values()  # named after its URL
+    await eventually(lambda: node.model_in_flight.get(MODEL) == 1)
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "third user: and the certificates?"},
+    ]
+    body = orjson.dumps({"model": MODEL, "messages": messages, "stream": False})
+    async with http.post(made.url + "/api/chat", data=body) as response:
+        route = response.headers["X-Sollol-Route"]
+        final = orjson.loads(await response.read())
+    shown = re.search(r"([\d.]+)k cached tokens, slot wait", route)
+    assert shown is not None, route
+    assert 0.4 < float(shown.group(1)) * 1000 / final["prompt_eval_count"] < 0.6
+    use = made.node("a").slot_uses[-1]
+    assert use.slot == 1 and use.cached_tokens == 0 and not long.done()
+    await long

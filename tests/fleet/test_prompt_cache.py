@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sollol_proxy.fleet.prompt_cache import RESERVATION_S, PromptCache, Rounds
 from sollol_proxy.routing.analysis import analyze
-from sollol_proxy.routing.slot_cache import MAX_KEYS
+from sollol_proxy.routing.slot_match import MAX_KEYS
 
 
 def chat(*contents: str):  # type: ignore[no-untyped-def]
@@ -60,7 +60,7 @@ def test_memory_is_bounded() -> None:
     cache = PromptCache(max_roots=50)
     for i in range(100):
         cache.record("m", "a", chat(f"system {i}", "q"), slots=4)
-    assert len(cache._roots) == 50
+    assert len(cache.demand) == 50
     assert cached(cache, chat("system 99", "q"), {"a": 4}) != {}
     assert cached(cache, chat("system 0", "q"), {"a": 4}) == {}
     long = analyze(

@@ -28,6 +28,7 @@ from sollol_proxy.fleet.pricing import bounded, top_size
 from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
 from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.fleet.snapshot import demand_by_model, node_view, waiting_view
+from sollol_proxy.fleet.views import GROWING_SHORT
 from sollol_proxy.fleet.waiting import Hold
 from sollol_proxy.routing import Choice, NodeView, RouteRequest
 from sollol_proxy.routing.analysis import RequestProfile, analyze
@@ -104,6 +105,14 @@ def reference(
                 service = learner.service_s(node.name, model, profile.prompt_tokens)
                 wait = max(service - (now - probe.full_since), 0.1 * service)
                 view = replace(view, service_s=service, slot_wait_s=wait)
+                if view.num_parallel > slots[node.name]:  # a growing belief: either outcome
+                    right = 1.0 - GROWING_SHORT
+                    view = replace(
+                        view,
+                        cached_tokens=round(view.cached_tokens * right),
+                        displaced_tokens=view.displaced_tokens * right,
+                        slot_wait_s=wait * right,
+                    )
         views.append(view)
     request = RouteRequest(
         model=model,

@@ -17,7 +17,14 @@ from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.node import Lease, NodeState
 from sollol_proxy.fleet.prompt_cache import Probe, PromptCache
 from sollol_proxy.fleet.snapshot import node_view
-from sollol_proxy.fleet.views import EPOCH_S, Views, epoch_offset, probed, with_probe
+from sollol_proxy.fleet.views import (
+    EPOCH_S,
+    GROWING_SHORT,
+    Views,
+    epoch_offset,
+    probed,
+    with_probe,
+)
 from sollol_proxy.routing import NodeView
 from sollol_proxy.routing.analysis import RequestProfile, analyze
 from sollol_proxy.wire.timings import Timings
@@ -26,8 +33,9 @@ GiB = 2**30
 MODELS = [f"m{i}:latest" for i in range(5)]
 
 
-def fleet_of(count: int) -> tuple[Fleet, Learner]:
-    nodes = [{"url": f"n{i}", "name": f"n{i}", "vram": "24GiB"} for i in range(count)]
+def fleet_of(count: int, num_parallel: int | None = None) -> tuple[Fleet, Learner]:
+    told = {} if num_parallel is None else {"num_parallel": num_parallel}
+    nodes = [{"url": f"n{i}", "name": f"n{i}", "vram": "24GiB", **told} for i in range(count)]
     config = load_config(None, env={}, overrides={"nodes": nodes})
     fleet = Fleet(config, None, PromptCache())  # type: ignore[arg-type]  # no probes here
     learner = Learner(Priors())
@@ -154,24 +162,43 @@ def test_the_copy_with_the_probe_keeps_every_other_field() -> None:
     assert view == NodeView(**values)  # type: ignore[arg-type]  # unchanged
 
 
-def test_a_node_whose_believed_slots_are_all_busy_is_priced_as_a_wait() -> None:
-    """Admission lets more in than the believed slots (it probes for more): sent there now, a
-    request waits for the first slot to free, what remains of its request, never nothing."""
+def test_a_node_whose_told_slots_are_all_busy_is_priced_as_a_wait() -> None:
+    """Every slot busy (reserved for requests on their way), and admission lets more in: sent
+    there now, a request waits for the first slot to free, what remains of its request, never
+    nothing, and finds what the probe says that slot holds."""
+    fleet, learner = fleet_of(2, num_parallel=2)
+    views = Views(learner, fleet.healthy)
+    wanted = profile(MODELS[0])
+    bases = views.bases(list(fleet.nodes.values()), wanted, now=1.0)
+    service = learner.service_s("n1", MODELS[0], wanted.prompt_tokens)
+    assert bases[1].view is not None and bases[1].view.num_parallel == bases[1].slots == 2
+
+    def at(now: float) -> NodeView:
+        full = {"n1": Probe(cached=100, displaced=40.0, full_since=10.0)}
+        return probed(bases, full, 1.0, now, learner, wanted)[1]
+
+    assert at(10.0 + service / 4).slot_wait_s == pytest.approx(service * 3 / 4)
+    assert (at(11.0).cached_tokens, at(11.0).displaced_tokens) == (100, 40.0)
+    assert at(10.0 + 5 * service).slot_wait_s == pytest.approx(0.1 * service)  # overdue: soon
+    free = probed(bases, {"n1": Probe(displaced=40.0)}, 1.0, 12.0, learner, wanted)
+    assert free[1].slot_wait_s is None
+
+
+def test_a_node_full_by_a_growing_belief_is_priced_as_either_outcome() -> None:
+    """Admission lets more in than the believed slots (it probes for more): the node may have
+    a slot the proxy does not know of, where the request starts at once and finds nothing the
+    proxy knows of, or not, and the request waits for the first slot to free."""
     fleet, learner = fleet_of(2)
     views = Views(learner, fleet.healthy)
     wanted = profile(MODELS[0])
     bases = views.bases(list(fleet.nodes.values()), wanted, now=1.0)
     service = learner.service_s("n1", MODELS[0], wanted.prompt_tokens)
-    assert bases[1].view is not None and bases[1].view.num_parallel > 0
-
-    def wait_at(now: float) -> float | None:
-        full = {"n1": Probe(displaced=40.0, full_since=10.0)}
-        return probed(bases, full, 1.0, now, learner, wanted)[1].slot_wait_s
-
-    assert wait_at(10.0 + service / 4) == pytest.approx(service * 3 / 4)
-    assert wait_at(10.0 + 5 * service) == pytest.approx(0.1 * service)  # overdue: soon
-    free = probed(bases, {"n1": Probe(displaced=40.0)}, 1.0, 12.0, learner, wanted)
-    assert free[1].slot_wait_s is None
+    assert bases[1].view is not None and bases[1].view.num_parallel > bases[1].slots
+    full = {"n1": Probe(cached=100, displaced=40.0, full_since=10.0)}
+    view = probed(bases, full, 1.0, 10.0 + service / 4, learner, wanted)[1]
+    right = 1 - GROWING_SHORT
+    assert view.slot_wait_s == pytest.approx(service * 3 / 4 * right)
+    assert (view.cached_tokens, view.displaced_tokens) == (round(100 * right), 40.0 * right)
 
 
 def test_a_large_fleets_views_turn_over_a_few_at_a_time() -> None:

@@ -13,13 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from sollol_proxy.routing.analysis import analyze
-from sollol_proxy.routing.slot_cache import (
-    HISTORY_EVENTS,
-    MAX_KEYS,
-    SLOT_PROMPT_SIMILARITY,
-    SlotCache,
-    Take,
-)
+from sollol_proxy.routing.slot_cache import HISTORY_EVENTS, SlotCache, Take
+from sollol_proxy.routing.slot_match import MAX_KEYS, SLOT_PROMPT_SIMILARITY
 from sollol_proxy.simulator.kvcache import ASSISTANT_TAG, PrefixCache, render_chat, token_count
 from sollol_proxy.simulator.text import tokens_for
 
@@ -277,3 +272,16 @@ def test_a_take_keeps_a_bounded_part_of_a_huge_prompt() -> None:
     assert take.slot.answer == 0  # a prompt longer than a slot keeps is not continued
     again = runner.take(keys, 2.0)
     assert again.slot is take.slot and again.cached == keys[MAX_KEYS - 1][1]
+
+
+def test_a_full_runner_offers_the_mean_of_what_its_slots_hold() -> None:
+    """Every slot busy: a request sent now takes whichever frees first, so it can expect the
+    mean of what they hold, and would push out the oldest request's slot if that frees first."""
+    cache = SlotCache(2)
+    team, other = "team prompt " * 80, "other team " * 80
+    older = cache.take(chat(team, "first"), now=1.0)
+    cache.take(chat(other, "second"), now=2.0)
+    asked = chat(team, "third")
+    slot, tokens = cache.when_full(asked)
+    assert slot is older.slot and tokens == asked[0][1] // 2
+    assert cache.when_full(chat("nobody's prompt " * 80, "q"))[1] == 0
