@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import IO
+
 import click
 
 
@@ -69,11 +71,24 @@ def bench_scale(streams: int, fleets: tuple[int, ...], interval: float) -> None:
     ),
     help="Run only these strategies (default: all; ratios are to round_robin, else the first).",
 )
-def bench_routing(seed: int, scenarios: tuple[str, ...], strategies: tuple[str, ...]) -> None:
+@click.option(
+    "--requests",
+    type=click.File("wb"),
+    default=None,
+    help="Also write one JSON line per request to this file (where each went, and why).",
+)
+def bench_routing(
+    seed: int, scenarios: tuple[str, ...], strategies: tuple[str, ...], requests: IO[bytes] | None
+) -> None:
     """Every strategy on the same seeded workloads; ratios to round_robin."""
     from sollol_proxy.bench.routing import run
 
-    run(seed=seed, scenarios=list(scenarios) or None, strategies=strategies or None)
+    run(
+        seed=seed,
+        scenarios=list(scenarios) or None,
+        strategies=strategies or None,
+        requests=requests,
+    )
 
 
 @bench.command("scorer")

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import IO
 
 import aiohttp
 import orjson
@@ -30,7 +31,7 @@ from sollol_proxy.config import load_config
 from sollol_proxy.server import start_proxy
 from sollol_proxy.simulator import SimulatedNode
 from sollol_proxy.simulator.kvcache import SLOT_PROMPT_SIMILARITY
-from sollol_proxy.wire.headers import NODE_HEADER
+from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, ROUTE_HEADER
 
 STRATEGIES = (
     "round_robin",
@@ -41,6 +42,8 @@ STRATEGIES = (
     "performance",
     "performance_told",
 )
+LOGGED_HEADERS = (NODE_HEADER, ROUTE_HEADER, QUEUE_HEADER)
+LOGGED_TIMINGS = ("prompt_eval_count", "prompt_eval_duration", "load_duration", "total_duration")
 PIN_GROUPS = "pin_groups"
 NGINX = "nginx_least_conn"
 TOLD = "performance_told"
@@ -57,6 +60,9 @@ class Result:
     requests: int = 0  # chat requests the nodes served
     hits: int = 0  # of those, the ones that reused more than 10% of their prompt from a slot
     elapsed: float = 0.0  # from the first request to the last answer
+    # With `--requests`: one record per request (what a tail is made of: where it went, why,
+    # how long it waited in the proxy, what its node says it prefilled).
+    log: list[dict[str, object]] | None = None
 
 
 async def _send(
@@ -78,8 +84,12 @@ async def _send(
     first: float | None = None
     parts: list[str] = []
     failed = False
+    routed: dict[str, str] = {}
+    final: dict[str, object] = {}
     try:
         async with http.post(url + "/api/chat", data=body, headers=headers) as response:
+            if result.log is not None:
+                routed = {h: response.headers.get(h, "") for h in LOGGED_HEADERS}
             async for line in response.content:
                 if first is None:
                     first = time.perf_counter() - start
@@ -88,14 +98,30 @@ async def _send(
                     failed = True
                     break
                 parts.append(obj["message"]["content"])
+                if obj.get("done"):
+                    final = obj
     except aiohttp.ClientError:
         failed = True
     # A failed request still counts, at the time it took to fail: failures must not make a
     # strategy's percentiles look better.
     elapsed = time.perf_counter() - start
+    ttft = elapsed if first is None else first
     result.errors += failed
-    result.ttft.append(elapsed if first is None else first)
+    result.ttft.append(ttft)
     result.total.append(elapsed)
+    if result.log is not None:
+        result.log.append(
+            {
+                "start": start,
+                "ttft": ttft,
+                "total": elapsed,
+                "failed": failed,
+                "turn": len(call.messages),
+                "system": str(call.messages[0]["content"])[:40],
+                **{h.lower(): v for h, v in routed.items()},
+                **{f: final.get(f) for f in LOGGED_TIMINGS},
+            }
+        )
     return "" if failed else "".join(parts)
 
 
@@ -126,7 +152,7 @@ async def _timed(
     await _send(http, url, call, result)
 
 
-async def run_scenario(scenario: Scenario, strategy: str) -> Result:
+async def run_scenario(scenario: Scenario, strategy: str, *, log: bool = False) -> Result:
     nodes = [SimulatedNode(**spec) for spec in scenario.nodes]
     for node in nodes:
         await node.start(port=0)
@@ -137,7 +163,7 @@ async def run_scenario(scenario: Scenario, strategy: str) -> Result:
                     async with http.post(node.url + "/api/generate", json={"model": name}) as r:
                         await r.read()
                 node.stats.reset()
-    result = Result()
+    result = Result(log=[] if log else None)
     try:
         async with (
             _front(strategy, nodes) as url,
@@ -244,15 +270,28 @@ def _row(strategy: str, result: Result, base: Result) -> str:
 
 
 async def benchmark(
-    seed: int, scenarios: list[str], strategies: tuple[str, ...] = STRATEGIES
+    seed: int,
+    scenarios: list[str],
+    strategies: tuple[str, ...] = STRATEGIES,
+    requests: IO[bytes] | None = None,
 ) -> str:
+    """The table; with `requests`, also one JSON line per request (its scenario, strategy,
+    timings, the routing headers it got and its final object's prefill counts)."""
     out = []
     if NGINX in strategies and not nginx.available():
         strategies = tuple(s for s in strategies if s != NGINX)
         out.append(f"({NGINX} left out: nginx is not installed)")
     for name in scenarios:
         scenario = SCENARIOS[name](seed)
-        results = {strategy: await run_scenario(scenario, strategy) for strategy in strategies}
+        results = {
+            strategy: await run_scenario(scenario, strategy, log=requests is not None)
+            for strategy in strategies
+        }
+        if requests is not None:
+            for strategy, result in results.items():
+                for record in result.log or ():
+                    line = {"scenario": name, "seed": seed, "strategy": strategy, **record}
+                    requests.write(orjson.dumps(line) + b"\n")
         base = results.get("round_robin") or next(iter(results.values()))
         out.append(
             f"\n**{scenario.name}**: {scenario.description} (seconds; ratio to round_robin)\n"
@@ -267,6 +306,10 @@ async def benchmark(
 
 
 def run(
-    seed: int = 7, scenarios: list[str] | None = None, strategies: tuple[str, ...] | None = None
+    seed: int = 7,
+    scenarios: list[str] | None = None,
+    strategies: tuple[str, ...] | None = None,
+    requests: IO[bytes] | None = None,
 ) -> None:
-    print(asyncio.run(benchmark(seed, scenarios or list(SCENARIOS), strategies or STRATEGIES)))
+    table = benchmark(seed, scenarios or list(SCENARIOS), strategies or STRATEGIES, requests)
+    print(asyncio.run(table))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+
+import orjson
 import pytest
 
 from sollol_proxy.bench import (
@@ -66,6 +69,19 @@ async def test_a_scenario_counts_latencies_loads_and_cache() -> None:
     assert result.loads >= 1 and result.prompt_tokens > result.cached_tokens > 0
     # The conversation's second turn finds its first turn's slot; the one-word calls cannot.
     assert result.requests == 6 and 1 <= result.hits < 6
+
+
+async def test_the_routing_benchmark_writes_each_request_where_it_went_and_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(workloads.SCENARIOS, "tiny", tiny)
+    out = io.BytesIO()
+    await routing.benchmark(seed=1, scenarios=["tiny"], strategies=("performance",), requests=out)
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert len(records) == 6 and {r["strategy"] for r in records} == {"performance"}
+    assert all(r["x-sollol-node"] in ("a", "b") and r["x-sollol-route"] for r in records)
+    second_turn = next(r for r in records if r["turn"] == 4)  # system, user, assistant, user
+    assert second_turn["prompt_eval_count"] > 0 and second_turn["ttft"] <= second_turn["total"]
 
 
 @pytest.mark.skipif(not nginx.available(), reason="nginx is not installed")
