@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sollol_proxy.fleet.accuracy import Accuracy
 from sollol_proxy.routing.slot_cache import (
@@ -52,10 +53,9 @@ GAP_ALPHA = 0.2
 RESERVATION_S = 5.0
 
 
-@dataclass(slots=True)
-class Probe:
-    """One node's cache as one request would find it (never changed once made; not frozen,
-    which would make it several times slower to make, once per node per request)."""
+class Probe(NamedTuple):
+    """One node's cache as one request would find it (a named tuple, made in `probe` without
+    its Python-level `__new__`: one is made per node per request)."""
 
     cached: int = 0  # prompt tokens the slot it would get now holds (0: none, or no idle slot)
     displaced: float = 0.0  # tokens of shared prefixes that slot would lose, weighted by demand
@@ -81,7 +81,7 @@ class Rounds:
 
     def __init__(self) -> None:
         self.runners: dict[str, SlotCache] | None = None
-        self.copies: Counter[bytes] | None = None
+        self.copies: dict[bytes, int] | None = None
 
 
 @dataclass(slots=True)
@@ -174,6 +174,7 @@ class PromptCache:
         keys_only = heads(keys)
         first_key = keys_only[0]
         worth: dict[bytes, float] = {}  # first prefix -> what losing a node's copy costs
+        new_probe = tuple.__new__
         probed = (
             runners.items()
             if only is None
@@ -210,7 +211,9 @@ class PromptCache:
                 if history > 0 and gap:
                     displaced += history * HISTORY_WORTH * math.exp(-(now - slot.ended) / gap)
             if cached or displaced or waiting or full is not None:
-                found[node] = Probe(cached, displaced, waiting, since, waiting_slots, full)
+                found[node] = new_probe(
+                    Probe, (cached, displaced, waiting, since, waiting_slots, full)
+                )
         return found
 
     def _worth(self, model: str, root: bytes, copies: int, fleet_slots: int) -> float:

@@ -38,10 +38,9 @@ gave them (those waiting beyond the old count were running on the node).
 from __future__ import annotations
 
 import itertools
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 
 # llama.cpp common.h `slot_prompt_similarity`: reuse a slot only above this share of the prompt.
 SLOT_PROMPT_SIMILARITY = 0.1
@@ -378,10 +377,13 @@ class SlotCache:
                 slot.keys, slot.tokens, slot.answer = (), (), 0
 
 
-def first_key_copies(runners: Iterable[SlotCache]) -> Counter[bytes]:
-    """How many of `runners` hold each first prefix (counted without a Python-level loop: this
-    runs for every request whose slot would push a shared prefix out)."""
-    return Counter(itertools.chain.from_iterable(map(_firsts, map(SlotCache.outsider, runners))))
-
-
-_firsts = attrgetter("firsts")
+def first_key_copies(runners: Iterable[SlotCache]) -> dict[bytes, int]:
+    """How many of `runners` hold each first prefix (this runs for every request whose slot
+    would push a shared prefix out: a plain loop over a few keys per runner is about twice as
+    fast as a `Counter` over a chain of them, whose construction dominates at small fleets)."""
+    copies: dict[bytes, int] = {}
+    get = copies.get
+    for runner in runners:
+        for first in runner.outsider().firsts:
+            copies[first] = get(first, 0) + 1
+    return copies
