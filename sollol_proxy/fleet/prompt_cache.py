@@ -192,7 +192,9 @@ class PromptCache:
                 if slot is None:  # all busy: sent now, it waits there for the first slot to free
                     slot = min(runner.slots, key=lambda s: s.started)
                     full, cached = slot.started, common_tokens(slot, keys, keys_only)
-                root, history = runner.displaced(slot, keys, keys_only) if slot.keys else (0, 0)
+                # `cached` is what the prompt keeps of `slot` (`choose`'s count, or the one
+                # just made): what `displaced` would count again.
+                root, history = runner.pushed_out(slot, cached) if slot.keys else (0, 0)
                 if first_key in outsider.firsts:
                     waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
                     if full is None and waiting <= cached:  # an idle slot has as much

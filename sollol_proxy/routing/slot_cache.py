@@ -196,7 +196,7 @@ class SlotCache:
         if self._outsider is None:
             idle = [s for s in self.slots if not s.busy]
             victim = min(idle, key=lambda s: (s.last_used, s.index)) if idle else None
-            root, history = self._pushed_out(victim, 0) if victim and victim.tokens else (0, 0)
+            root, history = self.pushed_out(victim, 0) if victim and victim.tokens else (0, 0)
             self._outsider = Outsider(frozenset(self.first_keys()), victim, root, history)
         return self._outsider
 
@@ -304,12 +304,15 @@ class SlotCache:
         holds and the new prompt does not keep."""
         if not victim.tokens:
             return 0, 0
-        return self._pushed_out(victim, common_tokens(victim, keys, keys_only))
+        return self.pushed_out(victim, common_tokens(victim, keys, keys_only))
 
-    def _pushed_out(self, victim: Slot, kept: int) -> tuple[int, int]:
-        """`displaced`, given the tokens of `victim` the new prompt keeps."""
+    def pushed_out(self, victim: Slot, kept: int) -> tuple[int, int]:
+        """`displaced`, given the tokens of `victim` (which holds a prompt) the new prompt
+        keeps: what `choose` found in the slot it names."""
+        first = victim.keys[0]
         for slot in self.slots:
-            if slot is not victim and slot.tokens:
+            # Only a slot that starts alike shares anything (the common case: it does not).
+            if slot is not victim and slot.keys and slot.keys[0] == first:
                 kept = max(kept, _between_slots(victim, slot))
         root = victim.tokens[0]
         return max(root - kept, 0), victim.held + victim.answer - max(kept, root)
