@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import NamedTuple
 
 from sollol_proxy.fleet.accuracy import Accuracy
@@ -71,6 +72,7 @@ class Probe(NamedTuple):
 
 
 NO_PROBE = Probe()
+_STARTED = attrgetter("started")  # a key read in C: no Python frame per slot
 
 
 class Rounds:
@@ -190,7 +192,7 @@ class PromptCache:
             else:
                 slot, cached = runner.choose(keys, keys_only=keys_only)
                 if slot is None:  # all busy: sent now, it waits there for the first slot to free
-                    slot = min(runner.slots, key=lambda s: s.started)
+                    slot = min(runner.slots, key=_STARTED)
                     full, cached = slot.started, common_tokens(slot, keys, keys_only)
                 # `cached` is what the prompt keeps of `slot` (`choose`'s count, or the one
                 # just made): what `displaced` would count again.

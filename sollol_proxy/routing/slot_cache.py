@@ -41,6 +41,7 @@ import itertools
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 # llama.cpp common.h `slot_prompt_similarity`: reuse a slot only above this share of the prompt.
 SLOT_PROMPT_SIMILARITY = 0.1
@@ -53,6 +54,11 @@ MAX_KEYS = 1024
 HISTORY_EVENTS = 256
 
 PrefixKeys = Sequence[tuple[bytes, int]]
+# The least recently used slot, the lowest index among equals: `min` keeps the first of equal
+# keys and a runner's slots are always in index order (`SlotCache.slots`), so the slot's
+# recency alone is the key, read in C (a key function of Python's was a frame and a tuple per
+# slot, for every slot of the chosen runner on every request).
+_LAST_USED = attrgetter("last_used")
 
 
 @dataclass(slots=True, eq=False)
@@ -185,6 +191,7 @@ class SlotCache:
     """The slots of one runner (one model on one node), as the proxy believes them."""
 
     def __init__(self, slots: int) -> None:
+        # In index order, always (slots[i].index == i): `_LAST_USED` relies on it.
         self.slots = [Slot(i) for i in range(max(slots, 1))]
         self.waiting: deque[Take] = deque()  # requests beyond the slots, in arrival order
         self._clock = itertools.count(1)
@@ -195,7 +202,7 @@ class SlotCache:
     def outsider(self) -> Outsider:
         if self._outsider is None:
             idle = [s for s in self.slots if not s.busy]
-            victim = min(idle, key=lambda s: (s.last_used, s.index)) if idle else None
+            victim = min(idle, key=_LAST_USED) if idle else None
             root, history = self.pushed_out(victim, 0) if victim and victim.tokens else (0, 0)
             self._outsider = Outsider(frozenset(self.first_keys()), victim, root, history)
         return self._outsider
@@ -272,10 +279,7 @@ class SlotCache:
             return None, 0
         prompt = keys[-1][1] if keys else 0
         if best_tokens <= SLOT_PROMPT_SIMILARITY * prompt:
-            best = min(
-                (s for s in self.slots if busy_too or not s.busy),
-                key=lambda s: (s.last_used, s.index),
-            )
+            best = min((s for s in self.slots if busy_too or not s.busy), key=_LAST_USED)
             best_tokens = common_tokens(best, keys, keys_only)
         return best, best_tokens
 
@@ -324,12 +328,13 @@ class SlotCache:
         self._outsider = None
         take = Take(self, keys, nearest=max(common_tokens(s, keys, keys_only) for s in self.slots))
         self._history.append(_Dispatch(take, now))
-        if not self._assign(take, now):
+        if not self._assign(take, now, keys_only):
             self.waiting.append(take)
         return take
 
-    def _assign(self, take: Take, now: float) -> bool:
-        slot, tokens = self.choose(take.keys)
+    def _assign(self, take: Take, now: float, keys_only: Sequence[bytes] | None = None) -> bool:
+        """`keys_only`: `heads(take.keys)`, when the caller has it."""
+        slot, tokens = self.choose(take.keys, keys_only=keys_only)
         if slot is None:
             return False
         prompt = take.keys[-1][1] if take.keys else 0
