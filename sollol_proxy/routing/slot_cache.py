@@ -262,17 +262,19 @@ class SlotCache:
         *,
         busy_too: bool = False,
         keys_only: Sequence[bytes] | None = None,
+        found: Sequence[int] | None = None,
     ) -> tuple[Slot | None, int]:
         """The slot llama-server would give this prompt now, and the prompt tokens found in it
         (None when every slot is busy). `busy_too`: as if every slot were idle, i.e. the slot
-        the request would get by waiting for it."""
+        the request would get by waiting for it. `found`: `common_tokens` of each slot, in
+        order, when the caller counted them already."""
         keys_only = heads(keys) if keys_only is None else keys_only
         best: Slot | None = None
         best_tokens = -1
-        for slot in self.slots:
+        for i, slot in enumerate(self.slots):
             if slot.busy and not busy_too:
                 continue
-            tokens = common_tokens(slot, keys, keys_only)
+            tokens = common_tokens(slot, keys, keys_only) if found is None else found[i]
             if tokens > best_tokens:  # strictly longer: the lowest index wins among equals
                 best, best_tokens = slot, tokens
         if best is None:
@@ -280,7 +282,9 @@ class SlotCache:
         prompt = keys[-1][1] if keys else 0
         if best_tokens <= SLOT_PROMPT_SIMILARITY * prompt:
             best = min((s for s in self.slots if busy_too or not s.busy), key=_LAST_USED)
-            best_tokens = common_tokens(best, keys, keys_only)
+            best_tokens = (
+                common_tokens(best, keys, keys_only) if found is None else found[best.index]
+            )
         return best, best_tokens
 
     def busy_holding(
@@ -326,15 +330,23 @@ class SlotCache:
         keys = bounded(keys)  # the history keeps its takes: a client's body must not stay whole
         keys_only = heads(keys)
         self._outsider = None
-        take = Take(self, keys, nearest=max(common_tokens(s, keys, keys_only) for s in self.slots))
+        # Each slot's common tokens, counted once: the nearest, then the slot it takes.
+        found = [common_tokens(s, keys, keys_only) for s in self.slots]
+        take = Take(self, keys, nearest=max(found))
         self._history.append(_Dispatch(take, now))
-        if not self._assign(take, now, keys_only):
+        if not self._assign(take, now, keys_only, found):
             self.waiting.append(take)
         return take
 
-    def _assign(self, take: Take, now: float, keys_only: Sequence[bytes] | None = None) -> bool:
-        """`keys_only`: `heads(take.keys)`, when the caller has it."""
-        slot, tokens = self.choose(take.keys, keys_only=keys_only)
+    def _assign(
+        self,
+        take: Take,
+        now: float,
+        keys_only: Sequence[bytes] | None = None,
+        found: Sequence[int] | None = None,
+    ) -> bool:
+        """`keys_only` and `found`: as `choose` takes them, when the caller has them."""
+        slot, tokens = self.choose(take.keys, keys_only=keys_only, found=found)
         if slot is None:
             return False
         prompt = take.keys[-1][1] if take.keys else 0
