@@ -98,6 +98,9 @@ class Ticket:
 class PromptCache:
     def __init__(self, max_roots: int = 10_000) -> None:
         self._runners: dict[tuple[str, str], SlotCache] = {}  # (node, model)
+        # The same runners by model, then node: a probe looks up every candidate's runner,
+        # and a pair key is a tuple made and hashed per node per request.
+        self._by_model: dict[str, dict[str, SlotCache]] = {}
         self._max_roots = max_roots
         # (model, first prefix key) -> (decayed count, the model's request number when counted)
         self._roots: OrderedDict[tuple[str, bytes], tuple[float, int]] = OrderedDict()
@@ -117,6 +120,7 @@ class PromptCache:
         runner = self._runners.get((node, model))
         if runner is None:
             runner = self._runners[(node, model)] = SlotCache(slots)
+            self._by_model.setdefault(model, {})[node] = runner
         elif len(runner.slots) < slots:
             # Only ever more: a belief that drops takes no slot from a running runner, and
             # dropping one forgot what it held (the node looked empty and drew a group there).
@@ -159,10 +163,10 @@ class PromptCache:
         now = time.monotonic() if now is None else now
         runners = None if rounds is None else rounds.runners
         if runners is None:
-            known = self._runners
+            known = self._by_model.get(model, {})
             runners = {}
             for node, count in slots.items():  # as _runner, in one lookup per node
-                runner = known.get((node, model))
+                runner = known.get(node)
                 if runner is not None:
                     if len(runner.slots) < count:
                         runner.resize(count, now)
