@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import gc
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from sollol_proxy.admission.admission import Admission
@@ -108,7 +109,7 @@ async def test_a_burst_of_selections_leaves_no_cyclic_garbage() -> None:
     assert not garbage, garbage.most_common(10)
 
 
-async def test_a_waiting_view_is_a_copy_of_the_kept_view(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_a_waiting_view_is_a_copy_of_the_kept_view(monkeypatch: pytest.MonkeyPatch) -> None:
     """A request that may wait for a busy slot holding its prompt prices that node from a copy
     of the node's kept view: a second such request, the fleet unchanged, makes no view."""
     selector, fleet, _ = selector_of(2)
