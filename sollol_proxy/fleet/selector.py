@@ -162,12 +162,18 @@ class Selector:
             probes = self._prompt_cache.probe(model, profile.prefix_keys, slots, now)
             views = probed(bases, probes, ratio, now, self._learner, profile)
             choices = strategy.rank(request, views)
-        if waitable and choices:
+        # The resident holders whose busy slots hold a prefix of the prompt: only then is
+        # waiting weighed (with none, `worth_waiting` finds nothing worth it).
+        held = (
+            [n for n in waitable if probes.get(n.name, NO_PROBE).waiting_cached]
+            if waitable and choices
+            else []
+        )
+        if held:
             # Each from a copy of the node's kept view (made again only if its node changed),
             # not a fresh snapshot per waitable node per request.
             waiting = []
-            held = [n for n in waitable if probes.get(n.name, NO_PROBE).waiting_cached]
-            for entry in self._views.bases(held, profile, now) if held else ():
+            for entry in self._views.bases(held, profile, now):
                 view = with_probe(entry.view, 0, 0.0)  # type: ignore[arg-type]  # made by bases
                 count = self._waits.count(entry.name, now, but=hold)
                 wait_on(view, profile, self._learner, probes[entry.name], ratio, count, now)
