@@ -21,9 +21,10 @@ by `max_roots` demand counters.
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sollol_proxy.fleet.accuracy import Accuracy
 from sollol_proxy.fleet.prefix_demand import Demand
@@ -32,6 +33,7 @@ from sollol_proxy.routing.slot_match import (
     SLOT_PROMPT_SIMILARITY,
     PrefixKeys,
     Slot,
+    common_tokens,
     heads,
 )
 
@@ -40,10 +42,9 @@ from sollol_proxy.routing.slot_match import (
 RESERVATION_S = 5.0
 
 
-@dataclass(slots=True)
-class Probe:
-    """One node's cache as one request would find it (never changed once made; not frozen,
-    which would make it several times slower to make, once per node per request)."""
+class Probe(NamedTuple):
+    """One node's cache as one request would find it (a named tuple, made in `probe` without
+    its Python-level `__new__`: one is made per node per request)."""
 
     cached: int = 0  # prompt tokens the slot it would get now holds (0: none, or no idle slot)
     displaced: float = 0.0  # tokens of shared prefixes that slot would lose, weighted by demand
@@ -69,7 +70,7 @@ class Rounds:
 
     def __init__(self) -> None:
         self.runners: dict[str, SlotCache] | None = None
-        self.copies: Counter[bytes] | None = None
+        self.copies: dict[bytes, int] | None = None
 
 
 @dataclass(slots=True)
@@ -84,6 +85,9 @@ class Ticket:
 class PromptCache:
     def __init__(self, max_roots: int = 10_000) -> None:
         self._runners: dict[tuple[str, str], SlotCache] = {}  # (node, model)
+        # The same runners by model, then node: a probe looks up every candidate's runner,
+        # and a pair key is a tuple made and hashed per node per request.
+        self._by_model: dict[str, dict[str, SlotCache]] = {}
         self.demand = Demand(max_roots)
         # id(keys) -> (the slot taken for them, when it is given back, the keys themselves)
         self._reserved: dict[int, tuple[Ticket, float, PrefixKeys]] = {}
@@ -97,6 +101,7 @@ class PromptCache:
         runner = self._runners.get((node, model))
         if runner is None:
             runner = self._runners[(node, model)] = SlotCache(slots)
+            self._by_model.setdefault(model, {})[node] = runner
         elif len(runner.slots) < slots:
             # Only ever more: a belief that drops takes no slot from a running runner, and
             # dropping one forgot what it held (the node looked empty and drew a group there).
@@ -139,10 +144,10 @@ class PromptCache:
         now = time.monotonic() if now is None else now
         runners = None if rounds is None else rounds.runners
         if runners is None:
-            known = self._runners
+            known = self._by_model.get(model, {})
             runners = {}
             for node, count in slots.items():  # as _runner, in one lookup per node
-                runner = known.get((node, model))
+                runner = known.get(node)
                 if runner is not None:
                     if len(runner.slots) < count:
                         runner.resize(count, now)
@@ -156,6 +161,7 @@ class PromptCache:
         keys_only = heads(keys)
         first_key = keys_only[0]
         worth: dict[bytes, float] = {}  # first prefix -> what losing a node's copy costs
+        new_probe = tuple.__new__
         probed = (
             runners.items()
             if only is None
@@ -172,8 +178,11 @@ class PromptCache:
                 slot, cached = runner.choose(keys, keys_only=keys_only)
                 if slot is None:  # all busy: sent now, it waits there for the first slot to free
                     slot, cached = runner.when_full(keys, keys_only)
-                    full = slot.started
-                root, history = runner.displaced(slot, keys, keys_only) if slot.keys else (0, 0)
+                    full, kept = slot.started, common_tokens(slot, keys, keys_only)
+                else:
+                    kept = cached
+                # `kept` is what the prompt keeps of `slot`: what `displaced` would count again.
+                root, history = runner.pushed_out(slot, kept) if slot.keys else (0, 0)
                 if first_key in outsider.firsts:
                     waiting, waiting_slots, since = runner.busy_holding(keys, keys_only)
                     if full is None and waiting <= cached:  # an idle slot has as much
@@ -192,7 +201,9 @@ class PromptCache:
                 if history > 0:
                     displaced += demand.history(model, history, now - slot.ended)
             if cached or displaced or waiting or full is not None:
-                found[node] = Probe(cached, displaced, waiting, since, waiting_slots, full)
+                found[node] = new_probe(
+                    Probe, (cached, displaced, waiting, since, waiting_slots, full)
+                )
         return found
 
     # -- dispatches ----------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.plan import Candidates, NoTarget, Plan, Target, failover, least_loaded
 from sollol_proxy.fleet.pricing import bounded, price, top_size
 from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache, Rounds
-from sollol_proxy.fleet.snapshot import waiting_view
-from sollol_proxy.fleet.views import Kept, Views, probed
+from sollol_proxy.fleet.snapshot import wait_on
+from sollol_proxy.fleet.views import Kept, Views, probed, with_probe
 from sollol_proxy.fleet.waiting import Hold, Waits
 from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from sollol_proxy.routing.analysis import RequestProfile
@@ -162,21 +162,22 @@ class Selector:
             probes = self._prompt_cache.probe(model, profile.prefix_keys, slots, now)
             views = probed(bases, probes, ratio, now, self._learner, profile)
             choices = strategy.rank(request, views)
-        if waitable and choices:
-            waiting = [
-                waiting_view(
-                    n,
-                    profile,
-                    self._learner,
-                    probes[n.name],
-                    ratio,
-                    self._views.demand(),
-                    self._waits.count(n.name, now, but=hold),
-                    now,
-                )
-                for n in waitable
-                if probes.get(n.name, NO_PROBE).waiting_cached
-            ]
+        # The resident holders whose busy slots hold a prefix of the prompt: only then is
+        # waiting weighed (with none, `worth_waiting` finds nothing worth it).
+        held = (
+            [n for n in waitable if probes.get(n.name, NO_PROBE).waiting_cached]
+            if waitable and choices
+            else []
+        )
+        if held:
+            # Each from a copy of the node's kept view (made again only if its node changed),
+            # not a fresh snapshot per waitable node per request.
+            waiting = []
+            for entry in self._views.bases(held, profile, now):
+                view = with_probe(entry.view, 0, 0.0)  # type: ignore[arg-type]  # made by bases
+                count = self._waits.count(entry.name, now, but=hold)
+                wait_on(view, profile, self._learner, probes[entry.name], ratio, count, now)
+                waiting.append(view)
             free = [c.estimate for c in choices if c.estimate is not None]
             wait = worth_waiting(request, free, waiting)
             if wait is not None:

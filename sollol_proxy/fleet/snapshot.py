@@ -131,32 +131,28 @@ def node_view(
     )
 
 
-def waiting_view(
-    node: NodeState,
+def wait_on(
+    view: NodeView,
     profile: RequestProfile,
     learner: Learner,
     probe: Probe,
     ratio: float,
-    demand: Mapping[str, float],
     already_waiting: int,
     now: float,
-) -> NodeView:
-    """The node as a request would find it by waiting for its busy slots that hold a prefix
-    of the prompt: the requests already waiting for the node go first (they count as in
-    flight), and the wait is what remains of the current request in the slot plus a whole
-    request for each round of those slots that the requests waiting ahead take."""
-    view = node_view(node, profile, learner, 0, demand)
-    service = learner.service_s(node.name, profile.model, profile.prompt_tokens)
+) -> None:
+    """Make `view` (the node's view for the request, a copy nothing else holds) the node as the
+    request would find it by waiting for its busy slots that hold a prefix of the prompt: the
+    requests already waiting for the node go first (they count as in flight), and the wait is
+    what remains of the current request in the slot plus a whole request for each round of
+    those slots that the requests waiting ahead take."""
+    service = learner.service_s(view.name, profile.model, profile.prompt_tokens)
     remaining = max(service - (now - probe.waiting_since), 0.1 * service)
     slots = max(probe.waiting_slots, 1)
-    # Set on the view just made, which nothing else holds (dataclasses.replace made a second
-    # one, field by field through __init__, per waitable node per request).
     view.cached_tokens = round(probe.waiting_cached * ratio)
     view.displaced_tokens = 0.0
     view.model_in_flight = max(view.model_in_flight, view.num_parallel) + already_waiting
     view.service_s = service
     view.slot_wait_s = remaining + already_waiting // slots * service
-    return view
 
 
 def demand_by_model(nodes: list[NodeState], learner: Learner) -> dict[str, float]:

@@ -8,11 +8,14 @@ from __future__ import annotations
 import collections
 import gc
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config import load_config
 from sollol_proxy.config.policies import Priors
+from sollol_proxy.fleet import selector as selector_module
+from sollol_proxy.fleet import views
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
@@ -104,3 +107,34 @@ async def test_a_burst_of_selections_leaves_no_cyclic_garbage() -> None:
         gc.set_debug(0)
         gc.garbage.clear()
     assert not garbage, garbage.most_common(10)
+
+
+async def test_a_waiting_view_is_a_copy_of_the_kept_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that may wait for a busy slot holding its prompt prices that node from a copy
+    of the node's kept view: a second such request, the fleet unchanged, makes no view."""
+    selector, fleet, _ = selector_of(2)
+    cache = selector._prompt_cache
+    asked = profile("a long conversation " * 200)
+    busy = cache.take("n0", MODEL, asked.prefix_keys, 1)  # n0's one slot holds it, busy
+    assert busy is not None
+    slots = {"n0": 1, "n1": 1}
+    assert cache.probe(MODEL, asked.prefix_keys, slots)["n0"].waiting_cached > 0
+    made = []
+    real = views.node_view
+    monkeypatch.setattr(views, "node_view", lambda *a: made.append(a[0].name) or real(*a))
+    waits: list[str] = []
+    wait_on = selector_module.wait_on
+    monkeypatch.setattr(
+        selector_module, "wait_on", lambda view, *a: waits.append(view.name) or wait_on(view, *a)
+    )
+    nodes = list(fleet.nodes.values())
+    first = selector._rank(nodes, asked, "r0", 5)
+    assert sorted(made) == ["n0", "n1"]  # the two kept views, made once
+    kept = selector._views.kept(MODEL)["n0"].view
+    made.clear()
+    second = selector._rank(nodes, asked, "r1", 5)
+    assert made == []  # neither candidate nor the waiting view made again
+    assert waits.count("n0") == 2  # each request priced the wait for n0's busy slot
+    assert kept is selector._views.kept(MODEL)["n0"].view  # the kept view is not the one changed
+    assert kept.slot_wait_s is None and kept.cached_tokens == 0
+    assert (first.hold is None) == (second.hold is None)

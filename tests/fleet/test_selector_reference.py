@@ -27,7 +27,7 @@ from sollol_proxy.fleet.plan import Candidates, NoTarget, Plan
 from sollol_proxy.fleet.pricing import bounded, top_size
 from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache
 from sollol_proxy.fleet.selector import Selector
-from sollol_proxy.fleet.snapshot import demand_by_model, node_view, waiting_view
+from sollol_proxy.fleet.snapshot import demand_by_model, node_view, wait_on
 from sollol_proxy.fleet.views import GROWING_SHORT
 from sollol_proxy.fleet.waiting import Hold
 from sollol_proxy.routing import Choice, NodeView, RouteRequest
@@ -122,20 +122,13 @@ def reference(
         expected_output=learner.expected_output(model, profile.task, profile.max_output),
     )
     ranked = reference_rank(request, views)
-    waiting = [
-        waiting_view(
-            n,
-            profile,
-            learner,
-            probes[n.name],
-            ratio,
-            demand,
-            sum(h.node == n.name and h.until > now for h in holds),
-            now,
-        )
-        for n in waitable
-        if probes.get(n.name, NO_PROBE).waiting_cached
-    ]
+    waiting = []
+    for n in waitable:
+        if probes.get(n.name, NO_PROBE).waiting_cached:
+            view = node_view(n, profile, learner, 0, demand)
+            already = sum(h.node == n.name and h.until > now for h in holds)
+            wait_on(view, profile, learner, probes[n.name], ratio, already, now)
+            waiting.append(view)
     hold = (
         worth_waiting(request, [c.estimate for c, _ in ranked if c.estimate], waiting)
         if ranked

@@ -249,6 +249,9 @@ def test_an_outsider_finds_what_choose_and_displaced_say_after_any_change() -> N
             cache.resize(rng.randint(1, 4), now=step)
         elif rng.random() < 0.2:
             cache.clear(busy_too=rng.random() < 0.5)
+        # In index order whatever happened (resizes both ways, replays): the least recently
+        # used slot is then the first of the least recent, the lowest index among equals.
+        assert [s.index for s in cache.slots] == list(range(len(cache.slots))), step
         outsider = cache.outsider()
         stranger = chat(f"stranger {step} " * 60, "hello")
         victim, tokens = cache.choose(stranger)
