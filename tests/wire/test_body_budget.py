@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sollol_proxy.config import ConfigError, load_config
+from sollol_proxy.wire.body_budget import BodyBudget
 from tests.conftest import ClusterFactory
 
 MODEL = "llama3.2"
@@ -201,3 +202,13 @@ def test_the_default_budget_is_sixteen_of_the_largest_bodies() -> None:
     assert config.to_dict()["limits"]["max_body_memory"] == 256 * 2**20
     with pytest.raises(ConfigError, match=r"limits\.max_body_memory.*at least limits\.max_body"):
         load_config(None, env={}, overrides={"nodes": ["a:1"], "limits.max_body_memory": "1MiB"})
+
+
+def test_a_client_gets_a_quarter_of_the_budget_and_never_less_than_one_largest_body() -> None:
+    mib = 2**20
+    assert BodyBudget(1024 * mib, 64 * mib).per_client == 256 * mib  # the defaults
+    assert BodyBudget(128 * mib, 64 * mib).per_client == 64 * mib
+    assert BodyBudget(64 * mib, 64 * mib).per_client == 64 * mib
+    budget = BodyBudget(128 * mib, 64 * mib)
+    budget.resize(1024 * mib, 64 * mib)  # a reload
+    assert (budget.total, budget.per_client) == (1024 * mib, 256 * mib)
