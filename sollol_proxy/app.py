@@ -52,6 +52,7 @@ from sollol_proxy.observe.metrics import Metrics
 from sollol_proxy.observe.stats import Stats
 from sollol_proxy.shared.prompt_cache import SharedPromptCache
 from sollol_proxy.shared.state import SharedState
+from sollol_proxy.wire.body_budget import BodyCollector
 
 log = logging.getLogger("sollol.app")
 
@@ -282,6 +283,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         embeddings=embeddings,
         batches=batches,
     )
+    metrics.registry.register(BodyCollector(handler.bodies))
     limits = Limits(config)
     cors = Cors(config)
     proxy = Proxy(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -29,9 +29,11 @@ from sollol_proxy.forward.upstream import client_ip
 from sollol_proxy.guard.guard import grant_of, refusal
 from sollol_proxy.guard.quota import Refused
 from sollol_proxy.lifecycle.drain import CUT_REQUEST_ID, is_cut
+from sollol_proxy.lifecycle.limits import ProxyProtocol
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.routing import Reason
 from sollol_proxy.routing.analysis import RequestProfile, analyze
+from sollol_proxy.wire.body_budget import BodyBudget, BodyBudgetFull, BodyHold
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.headers import (
     NODE_HEADER,
@@ -79,17 +81,26 @@ class OllamaHandler:
     sinks: Sequence[RecordSink]
     embeddings: Embeddings
     batches: BatchApi
+    bodies: BodyBudget = field(init=False)  # the request bodies held at once
+
+    def __post_init__(self) -> None:
+        self.bodies = BodyBudget(self.config.max_body_memory, self.config.max_body_bytes)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
+        self.bodies.resize(config.max_body_memory, config.max_body_bytes)
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
+        client = client_ip(request)
         record = RequestRecord(
-            new_request_id(), request.method, endpoint_label(request.path), client_ip(request)
+            new_request_id(), request.method, endpoint_label(request.path), client
         )
+        # Whatever the request's end (an answer, an error, its client gone, cancelled while
+        # queued), the body it held is given back when this returns or raises.
+        hold = self.bodies.hold(client or "-")
         try:
             try:
-                response = await self._dispatch(request, record)
+                response = await self._dispatch(request, record, hold)
             except NoTarget as exc:
                 response = error_response(request.path, exc.status, exc.message)
             except BodyTooLarge as exc:
@@ -99,6 +110,14 @@ class OllamaHandler:
             except BodyTimeout as exc:
                 response = error_response(request.path, 408, str(exc))
                 response.force_close()  # the rest of the body is not read
+            except BodyBudgetFull as exc:
+                # Not 413 (this body is not too large, there are too many at once): 503 and
+                # Retry-After, as Ollama's "server busy, please try again", which clients retry.
+                response = error_response(request.path, 503, str(exc))
+                response.headers["Retry-After"] = str(RETRY_AFTER_S)
+                response.force_close()  # the body is not read: the connection cannot go on
+                if isinstance(request.protocol, ProxyProtocol):  # aiohttp would read it first
+                    request.protocol.skip_lingering()
             except Refused as exc:
                 response = refusal(request.path, exc)
             except BadPriority as exc:
@@ -118,6 +137,8 @@ class OllamaHandler:
                 record.finish(499)  # nginx's "client closed request": no answer was completed
             self._done(record)
             raise
+        finally:
+            hold.release()
         if not response.prepared:
             response.headers.setdefault(REQUEST_ID_HEADER, record.request_id)
         record.finish(response.status)
@@ -149,7 +170,9 @@ class OllamaHandler:
             request, body, plan.targets, record, observer, first_byte=first_byte, slot=slot
         )
 
-    async def _dispatch(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
+    async def _dispatch(
+        self, request: web.Request, record: RequestRecord, hold: BodyHold
+    ) -> web.StreamResponse:
         request_id = record.request_id
         grant = grant_of(request)  # the API key's limits, when keys are configured
         if grant is not None:
@@ -190,6 +213,7 @@ class OllamaHandler:
             self.config.max_body_bytes,
             stall=limits.body_timeout,
             min_rate=limits.body_min_rate,
+            hold=hold,
         )
         seen = await peek_body(route, body, request.headers, param, self.config.max_body_bytes)
         forwarded_body = body or None

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +60,16 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], path: str) -> None:
     raise AssertionError(f"{url} did not come up")
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+@contextmanager
+def _stack(
+    directory: Path, nodes: list[str], token_delay: str = "0", extra: str = ""
+) -> Iterator[Proxy]:
+    """The proxy's process in front of simulated nodes' processes, one per entry of `nodes`
+    (the node's line of the configuration after its URL)."""
     started: list[subprocess.Popen[bytes]] = []
     try:
-        nodes = []
-        for _ in range(2):
+        urls = []
+        for _ in nodes:
             port = free_port()
             args = [
                 "--port",
@@ -73,23 +77,26 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
                 "--model",
                 MODEL,
                 "--token-delay",
-                "0",
+                token_delay,
                 "--load-delay",
                 "0",
             ]
             node = _start(["simulate", *args])
             started.append(node)
             _wait_ready(f"http://127.0.0.1:{port}", node, "/api/version")
-            nodes.append(f"http://127.0.0.1:{port}")
+            urls.append(f"http://127.0.0.1:{port}")
         port = free_port()
-        config: Path = tmp_path_factory.mktemp("hostile") / "sollol.yaml"
+        config = directory / "sollol.yaml"
+        listed = "".join(
+            f'  - {{url: "{url}"{more}}}\n' for url, more in zip(urls, nodes, strict=True)
+        )
         config.write_text(
             f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-            f"nodes: {orjson.dumps(nodes).decode()}\n"
+            f"nodes:\n{listed}"
             # Probes every half second that time out after one: a loop blocked for longer
             # would have its nodes marked down.
             "health: {interval: 0.5s, timeout: 3s}\n"
-            "log_level: warning\n"
+            "log_level: warning\n" + extra
         )
         process = _start(["-c", str(config)])
         started.append(process)
@@ -101,6 +108,12 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
             process.terminate()
         for process in started:
             process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    with _stack(tmp_path_factory.mktemp("hostile"), ["", ""]) as running:
+        yield running
 
 
 def _rss(pid: int) -> int:
@@ -233,3 +246,62 @@ async def test_a_61_kb_gzip_body_is_read_within_the_limit(
     assert watch.probes > 3 and watch.worst_latency < 2.0
     assert watch.peak_rss - watch.base_rss < 2 * SIZE
     await _nodes_never_left(proxy, http)
+
+
+async def _held(http: aiohttp.ClientSession, url: str) -> float:
+    async with http.get(url + "/metrics") as response:
+        text = (await response.read()).decode()
+    line = next(x for x in text.splitlines() if x.startswith("sollol_body_bytes_held "))
+    return float(line.split()[1])
+
+
+async def test_bodies_waiting_for_a_busy_node_hold_at_most_a_share_of_the_budget(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """The review's repro (notes/review7/bodymem.py) at the defaults: the node's one slot is
+    busy and one client sends 60 MiB bodies that wait for it. Unbounded, each took ~68 MB of the
+    proxy's memory; now the client's share (a quarter of limits.max_body_memory's 1 GiB) holds
+    four, and the rest are refused on their Content-Length, before their bodies are read."""
+    body = _one_string(SIZE)
+    with _stack(tmp_path, [", num_parallel: 1"], token_delay="0.01") as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        busy = await asyncio.open_connection("127.0.0.1", port)
+        stream = b'{"model":"llama3.2","prompt":"go","options":{"num_predict":100000}}'
+        busy[1].write(
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n"
+            % len(stream)
+            + stream
+        )
+        assert (await asyncio.wait_for(busy[0].readline(), 10)).startswith(b"HTTP/1.1 200")
+        base = _rss(running.pid)
+        head = b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % SIZE
+        waiting, refused = [], 0
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head)
+            try:  # refused on the head alone, or silence: the proxy reads the body
+                answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+            except TimeoutError:
+                view = memoryview(body)
+                for start in range(0, SIZE, 256 * 1024):
+                    writer.write(view[start : start + 256 * 1024])
+                    await writer.drain()
+                waiting.append(writer)
+                continue
+            assert answer.startswith(b"HTTP/1.1 503"), answer
+            refused += 1
+            writer.close()
+        assert len(waiting) == 4 and refused == 6
+        for _ in range(100):  # the four bodies arrive and wait, held
+            if await _held(http, running.url) >= 4 * SIZE:
+                break
+            await asyncio.sleep(0.05)
+        grown = _rss(running.pid) - base
+        assert grown < 6 * SIZE, grown / MIB  # ten unbounded: about 680 MB
+        for writer in (*waiting, busy[1]):
+            writer.close()
+        for _ in range(100):  # the clients left: everything they held is given back
+            if await _held(http, running.url) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await _held(http, running.url) == 0

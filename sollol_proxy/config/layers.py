@@ -29,6 +29,7 @@ _ENV_KEYS: dict[str, str] = {
     "SOLLOL_STRATEGY": "routing.strategy",
     "SOLLOL_MAX_ATTEMPTS": "routing.max_attempts",
     "SOLLOL_MAX_BODY_BYTES": "limits.max_body_bytes",
+    "SOLLOL_MAX_BODY_MEMORY": "limits.max_body_memory",
     "SOLLOL_MAX_HEADER_BYTES": "limits.max_header_bytes",
     "SOLLOL_MAX_CONNECTIONS": "limits.max_connections",
     "SOLLOL_SHUTDOWN_GRACE": "shutdown.grace",
@@ -62,6 +63,7 @@ _SECTIONS: dict[str, set[str]] = {
     "metrics": {"port"},
     "limits": {
         "max_body_bytes",
+        "max_body_memory",
         "max_header_bytes",
         "max_connections",
         "max_connections_per_client",

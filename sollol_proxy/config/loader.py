@@ -22,6 +22,7 @@ import sollol_proxy.config.state as state  # the state.* validator
 from sollol_proxy.config.layers import Layers, load_env, load_file
 from sollol_proxy.config.model import (
     AUTO,
+    BODIES_HELD,
     ENGINES,
     LOG_FORMATS,
     Config,
@@ -226,6 +227,13 @@ def _validate(layers: Layers) -> Config:
     engine = str(layers.values.get("listen.engine", defaults.engine)).lower()
     if engine not in ENGINES:
         raise layers.error("listen.engine", f"expected fast or aiohttp, got {engine!r}")
+    max_body = size(layers, "limits.max_body_bytes", defaults.max_body_bytes)
+    body_memory = size(layers, "limits.max_body_memory", BODIES_HELD * max_body)
+    if body_memory < max_body:  # a body the limit allows could then never be read
+        raise layers.error(
+            "limits.max_body_memory",
+            f"must be at least limits.max_body_bytes ({max_body}), got {body_memory}",
+        )
     return Config(
         host=host,
         port=integer(layers, "listen.port", defaults.port, 0, 65535),
@@ -254,7 +262,8 @@ def _validate(layers: Layers) -> Config:
             layers, "routing.decisions_kept", defaults.decisions_kept, 0, 100_000
         ),
         max_attempts=integer(layers, "routing.max_attempts", defaults.max_attempts, 1, 100),
-        max_body_bytes=size(layers, "limits.max_body_bytes", defaults.max_body_bytes),
+        max_body_bytes=max_body,
+        max_body_memory=body_memory,
         queue=queue(layers),
         max_header_bytes=size(layers, "limits.max_header_bytes", defaults.max_header_bytes),
         max_connections=integer(

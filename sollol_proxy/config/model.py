@@ -28,6 +28,7 @@ from sollol_proxy.config.policies import (
 DEFAULT_OLLAMA_PORT = 11434
 LOG_FORMATS = ("plain", "json")
 ENGINES = ("fast", "aiohttp")  # listen.engine
+BODIES_HELD = 16  # limits.max_body_memory's default, in bodies of limits.max_body_bytes
 AUTO = "auto"  # a node setting the proxy learns from the node itself
 
 
@@ -122,6 +123,9 @@ class Config:
     decisions_kept: int = 500
     max_attempts: int = 3
     max_body_bytes: int = 64 * 2**20
+    # Request-body bytes held at once, all requests together (wire/body_budget.py); by default
+    # BODIES_HELD bodies of the largest size.
+    max_body_memory: int = BODIES_HELD * 64 * 2**20
     queue: QueueConfig = QueueConfig()
     # The request line plus all header lines, as Go's http.Server.MaxHeaderBytes counts them.
     max_header_bytes: int = 64 * 2**10
@@ -211,6 +215,7 @@ class Config:
             },
             "limits": {
                 "max_body_bytes": self.max_body_bytes,
+                "max_body_memory": self.max_body_memory,
                 "max_header_bytes": self.max_header_bytes,
                 "max_connections": self.max_connections,
                 "max_connections_per_client": self.client_limits.max_per_client,

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import StreamReader, web
 
+from sollol_proxy.wire.body_budget import BodyHold
 from sollol_proxy.wire.jsonscan import GO_REPLACE, TooComplex, TooDeep, go_field_match, members
 from sollol_proxy.wire.routes import Route
 
@@ -101,17 +102,33 @@ class _Pace:
 
 
 async def read_body(
-    request: web.Request, limit: int, *, stall: float | None = None, min_rate: float = 0.0
+    request: web.Request,
+    limit: int,
+    *,
+    stall: float | None = None,
+    min_rate: float = 0.0,
+    hold: BodyHold | None = None,
 ) -> bytes:
     """The whole body, at most `limit` bytes, with no silence over `stall` seconds and, after
-    the first `stall` seconds, at least `min_rate` bytes per second on average."""
-    if request.content_length is not None and request.content_length > limit:
+    the first `stall` seconds, at least `min_rate` bytes per second on average.
+
+    With a `hold`, the body is counted against the body budget before it is read: its declared
+    length at once, a chunked body as it arrives (BodyBudgetFull when it does not fit). The
+    caller releases the hold when the request ends.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
         raise BodyTooLarge(limit)
+    if hold is not None and declared is not None:
+        hold.take(declared)
+    counting = hold if declared is None else None
     pace = _Pace(stall, min_rate)
     chunks: list[bytes] = []
     while chunk := await pace.next_chunk(request.content):
         if pace.size > limit:
             raise BodyTooLarge(limit)
+        if counting is not None:
+            counting.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
