@@ -67,6 +67,7 @@ class Release:
     capacity: int
     learn: bool
     reserve: str = ""  # a slot handed for this waiter that nobody took
+    woke: bool = False  # its slot went to a parked request of this replica already
 
 
 @dataclass(eq=False)

@@ -73,8 +73,6 @@ class Leases:
         self._lost = lost  # a waiter Redis no longer counts (a lost hand-over): it asks again
         # The slots this replica holds per (node, model), as Redis should count them.
         self.mine: Counter[tuple[str, str]] = Counter()
-        self._held: Counter[tuple[str, str]] = Counter()  # local slots holding a lease
-        self._unleased: Counter[tuple[str, str]] = Counter()  # gives that carry no lease
         # Slots handed to this replica (counted in `mine`) that no request holds yet: the
         # waiters they were handed for, per node and model.
         self.reserved: dict[tuple[str, str], list[str]] = {}
@@ -113,7 +111,6 @@ class Leases:
                 return None
         beside = self.beside.pop(rid, (0, time.monotonic()))
         self._reserve_gone(key, rid)
-        self._held[key] += 1
         self.taken += 1
         if self._link.up:
             self._push(Take(node, model, rid), lazy=True)
@@ -182,7 +179,6 @@ class Leases:
         node = asks[0].node
         if not self._link.up:
             self.mine[(node, model)] += 1
-            self._held[(node, model)] += 1
             self.alone += 1
             return ALONE, 0, node
         future: asyncio.Future[tuple[int, int, str]] = asyncio.get_running_loop().create_future()
@@ -196,7 +192,9 @@ class Leases:
             if future.done() and not future.cancelled():
                 verdict, _, granted = future.result()
                 if verdict in (GRANTED, TAKEN, ALONE):
-                    self.let_go(granted, model)
+                    self.release(granted, model)
+                else:  # refused: the grant registered it among the waiters
+                    self.gone(waiter, model)
             raise
         finally:
             self._asking.discard(waiter)
@@ -207,36 +205,23 @@ class Leases:
             self.waiters[waiter] = model
             self._push(Enqueue(waiter, model, urgency), lazy=True)
 
-    def unleased(self, node: str, model: str) -> None:
-        """The next give of this slot carries no lease (refused, or its grant was cancelled)."""
-        self._unleased[(node, model)] += 1
-
-    def give(self, node: str, model: str) -> None:
-        """Admission control gave a slot back: its lease goes with it, in the same step, so
-        that the next request granted the slot here finds it free in Redis too. A slot that
-        never got a lease (refused, or moved to this node by a retry) gives none back."""
-        key = (node, model)
-        if self._unleased[key]:
-            self._unleased[key] -= 1
-        elif self._held[key]:
-            self._held[key] -= 1
-            self.release(node, model)
-
-    def let_go(self, node: str, model: str) -> None:
-        """A lease granted to a request that never took its local slot there goes back."""
-        self._held[(node, model)] -= 1
-        self.release(node, model)
-
-    def release(self, node: str, model: str, reserve: str = "") -> None:
-        """Gives a lease back (`reserve`: one handed for that waiter, never taken)."""
+    def release(self, node: str, model: str, reserve: str = "", woke: bool = False) -> None:
+        """Gives a lease back (`reserve`: one handed for that waiter, never taken; `woke`: its
+        slot went to one of this replica's parked requests already, `parking.pass_on`)."""
         if self._link.up:
             capacity, learn = self._room(node, model)
-            self._push(Release(node, model, capacity, learn, reserve))
+            self._push(Release(node, model, capacity, learn, reserve, woke))
         else:
             self.mine[(node, model)] -= 1
 
     def forget(self, waiter: str, model: str) -> None:
         if self.waiters.pop(waiter, None) is not None and self._link.up:
+            self._push(Forget(waiter, model), lazy=True)
+
+    def gone(self, waiter: str, model: str) -> None:
+        """A request left as its refused grant registered it (not yet in `waiters`)."""
+        self.waiters.pop(waiter, None)
+        if self._link.up:
             self._push(Forget(waiter, model), lazy=True)
 
     def _push(self, op: Op, lazy: bool = False) -> None:
@@ -334,7 +319,6 @@ class Leases:
             if op.future.cancelled():  # the request left meanwhile: its slot is not held
                 self.mine[(op.node, op.model)] -= 1
             else:
-                self._held[(op.node, op.model)] += 1
                 op.future.set_result((ALONE, 0, op.node))
         elif isinstance(op, Release):
             self.mine[(op.node, op.model)] -= 1
@@ -348,7 +332,7 @@ class Leases:
                 # the expiry took the slot off this replica's count there: here too.
                 self.mine[(op.node, op.model)] -= 1
                 return
-            if int(reply[0]) == 2:
+            if int(reply[0]) == 2 and not op.woke:
                 self._own(op.model, op.node)
             self.mine[(op.node, op.model)] -= 1
             for handed in reply[1:]:  # handed to this replica's own waiters
@@ -381,11 +365,12 @@ class Leases:
             if op.future.cancelled():
                 self.release(node, op.model)
                 return
-            self._held[key] += 1
             if verdict == GRANTED and int(reply[2]) > 0:
                 self._own(op.model, node)  # room left (slots of a dead replica came back): next one
         else:
             self.refused += 1
+            if op.future.cancelled():  # the request left: registered by this refusal, it goes
+                self.gone(op.waiter, op.model)
         # What each candidate looked at holds: until a release hands a slot here, a full one
         # is full for this replica.
         looked = op.asks[chosen - 1 : chosen] if verdict == TAKEN else op.asks

@@ -267,13 +267,13 @@ async def test_a_slot_handed_over_and_expired_before_its_release_is_not_counted_
     assert verdict in (REFUSED, BEHIND)
     a.slots.leases.waiters[f"{a.link.replica}:1"] = model
     monkeypatch.setattr(leases_module, "RESERVE_S", 4.0)
-    b.slots.leases.give(node, model)  # handed to A's waiter
+    b.slots.leases.release(node, model)  # handed to A's waiter
     await until(lambda: bool(a.slots.leases.reserved))
     await asyncio.sleep(3.2)  # the hand-over expires (HAND_TTL_MS)
     assert (await b.slots.leases.grant(model, f"{b.link.replica}:2", 0.0, ask))[0] == GRANTED
     await until(lambda: not a.slots.leases.reserved, within=3.0)  # A gives it back, late
     await until(lambda: sum(a.slots.leases.mine.values()) == 0)
-    b.slots.leases.give(node, model)
+    b.slots.leases.release(node, model)
     a.slots.leases.rejoined()  # a write-back: what A counts goes into Redis
     await asyncio.sleep(0.3)
     assert (await b.slots.leases.grant(model, f"{b.link.replica}:3", 0.0, ask))[0] == GRANTED
