@@ -85,7 +85,7 @@ class Parking:
     def _handed(self, node: str, model: str, waiter: str) -> None:
         """A slot of `node` was handed to this replica for `waiter`: that request takes it if it
         is still parked, else the most urgent one parked for the model, else the local queue
-        (`Leases.take`); nobody taking it, it goes back after `leases.RESERVE_S`."""
+        (`Leases.take`); nobody taking it, it goes back after `handed.RESERVE_S`."""
         future = self._waiting.get(waiter)
         if (future is None or future.done()) and waiter in self._live:
             # Asking Redis or on its way to wait: it finds it (`unclaimed`, `take`, or its
