@@ -67,7 +67,7 @@ class Release:
     capacity: int
     learn: bool
     reserve: str = ""  # a slot handed for this waiter that nobody took
-    woke: bool = False  # its slot went to a parked request of this replica already
+    kept: bool = False  # its local slot is kept for a parked request if Redis leaves it here
 
 
 @dataclass(eq=False)

@@ -56,14 +56,16 @@ class Leases(HandedSlots):
         heard: Heard,
         handed: Handed,
         room: Callable[[str, str], Bound],
-        own: Callable[[str, str], None],
+        own: Callable[[str, str, bool, bool], None],
         lost: Callable[[str], None],
     ) -> None:
         self._link = link
         self._room = room  # the capacity bound of a node and model
         self._heard = heard
         self._handed = handed
-        self._own = own  # a slot of (model, node) left free for this replica's own waiters
+        # A slot of (model, node) left free for this replica's own waiters (or not, for a
+        # release whose local slot was kept for the answer: `Release.kept`).
+        self._own = own
         self._lost = lost  # a waiter Redis no longer counts (a lost hand-over): it asks again
         # The slots this replica holds per (node, model), as Redis should count them.
         self.mine: Counter[tuple[str, str]] = Counter()
@@ -123,12 +125,12 @@ class Leases(HandedSlots):
             self.waiters[waiter] = model
             self._push(Enqueue(waiter, model, urgency), lazy=True)
 
-    def release(self, node: str, model: str, reserve: str = "", woke: bool = False) -> None:
-        """Gives a lease back (`reserve`: one handed for that waiter, never taken; `woke`: its
-        slot went to one of this replica's parked requests already, `parking.pass_on`)."""
+    def release(self, node: str, model: str, reserve: str = "", kept: bool = False) -> None:
+        """Gives a lease back (`reserve`: one handed for that waiter, never taken; `kept`: its
+        local slot is kept until the answer tells whose it is, `parking._pass_on`)."""
         if self._link.up:
             capacity, learn = self._room(node, model)
-            self._push(Release(node, model, capacity, learn, reserve, woke))
+            self._push(Release(node, model, capacity, learn, reserve, kept))
         else:
             self.mine[(node, model)] -= 1
 
@@ -240,6 +242,8 @@ class Leases(HandedSlots):
                 op.future.set_result((ALONE, 0, op.node))
         elif isinstance(op, Release):
             self.mine[(op.node, op.model)] -= 1
+            if op.kept:  # nobody tells whose it is: the local queue's
+                self._own(op.model, op.node, False, True)
 
     def _done(self, op: Op, reply: Any) -> None:
         if isinstance(op, Release):
@@ -250,8 +254,8 @@ class Leases(HandedSlots):
                 # the expiry took the slot off this replica's count there: here too.
                 self.mine[(op.node, op.model)] -= 1
                 return
-            if int(reply[0]) == 2 and not op.woke:
-                self._own(op.model, op.node)
+            if int(reply[0]) == 2 or op.kept:
+                self._own(op.model, op.node, int(reply[0]) == 2, op.kept)
             self.mine[(op.node, op.model)] -= 1
             for handed in reply[1:]:  # handed to this replica's own waiters
                 waiter, held, hand = handed.decode().split("|")
@@ -284,7 +288,9 @@ class Leases(HandedSlots):
                 self.release(node, op.model)
                 return
             if verdict == GRANTED and int(reply[2]) > 0:
-                self._own(op.model, node)  # room left (slots of a dead replica came back): next one
+                self._own(
+                    op.model, node, True, False
+                )  # room left (slots of a dead replica came back): next one
         else:
             self.refused += 1
             if op.future.cancelled():  # the request left: registered by this refusal, it goes

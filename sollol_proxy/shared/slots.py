@@ -320,8 +320,8 @@ class SharedSlots(Parking):
             return
         slot.lease = ""
         self._nodes[node.name] = node
-        woke = self._link.up and self._pass_on(node, model)
-        self.leases.release(node.name, model, woke=woke)
+        kept = self._link.up and self._pass_on(node, model)
+        self.leases.release(node.name, model, kept=kept)
 
     def _heard(self, node: str, model: str, others: int, shared: str) -> None:
         """What the other replicas hold on `node` for `model` (until a release hands a slot
