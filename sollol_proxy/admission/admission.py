@@ -33,7 +33,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from sollol_proxy.admission.bounds import over_bounds, timed_out
-from sollol_proxy.admission.gate import Gate
+from sollol_proxy.admission.gate import Gate, NotPlaced
 from sollol_proxy.admission.pump import pump
 from sollol_proxy.admission.queue_stats import PriorityStats, next_waiters, queue_snapshot
 from sollol_proxy.admission.slot_table import SlotTable
@@ -99,10 +99,10 @@ class Admission:
     def take(self, node: NodeState, model: str) -> None:
         self.slots.take(node, model)
 
-    def give(self, node: NodeState, model: str) -> None:
+    def give(self, node: NodeState, model: str, slot: Slot | None = None) -> None:
         self.slots.give(node, model)
-        if self.gate is not None:  # before the pump: the slot is free in Redis for the next
-            self.gate.give(node, model)
+        if self.gate is not None and slot is not None:  # before the pump: free in Redis too
+            self.gate.give(node, model, slot)
         self._pump()
 
     # -- the queue ----------------------------------------------------------------------------
@@ -151,6 +151,9 @@ class Admission:
                 [n for n in candidates() if n.healthy] if jump else self.free(candidates(), model)
             )
             plan = choose(nodes) if nodes else None
+            if jump and (plan is None or plan.hold is not None):
+                # The gate holds a slot for it there: it must not wait in the queue holding it.
+                raise NotPlaced(model)
             # A plan that holds the request for a busy node (its prompt's slot) waits in the
             # queue like any other: the pump asks again when that node frees or the hold ends.
             if plan is not None and plan.hold is None:
@@ -217,6 +220,13 @@ class Admission:
     @property
     def waiting(self) -> int:
         return len(self._queue)
+
+    def first_place(self) -> float | None:
+        """The most urgent waiter's place in the queue (`enqueued - priority * ageing`, on the
+        monotonic clock: smaller goes first), None when nobody waits; the replicas' shared
+        order compares its parked requests with it (shared/parking.py)."""
+        first = next(self._queue.ordered(), None)
+        return None if first is None else first.enqueued - first.priority * self.config.ageing
 
     def _max_wait(self, waiter: Waiter | Slot) -> float:
         if waiter.band is not None and waiter.band.max_wait is not None:

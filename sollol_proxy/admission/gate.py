@@ -18,6 +18,12 @@ from sollol_proxy.fleet.node import NodeState
 LocalAdmit = Callable[[Callable[[], list[NodeState]], float | None, bool], Held]
 
 
+class NotPlaced(Exception):
+    """A request the gate holds a slot for (`jump`) could not take it at once (the node left
+    its candidates, or its plan would hold it for another node): the gate gives that slot back
+    rather than hold it while the request waits in the queue."""
+
+
 class Gate(Protocol):
     def admit(
         self,
@@ -27,8 +33,9 @@ class Gate(Protocol):
         candidates: Callable[[], list[NodeState]],
     ) -> AbstractAsyncContextManager[Slot]: ...
 
-    def give(self, node: NodeState, model: str) -> None:
-        """A slot the gate let through is given back (its last byte, or a move)."""
+    def give(self, node: NodeState, model: str, slot: Slot) -> None:
+        """A slot is given back on `node` (its last byte, or a move): its lease there goes
+        with it, if it holds one (`Slot.lease`)."""
 
     def reserved(self, node: NodeState, model: str) -> bool:
         """A slot of `node` that the other replicas gave this one waits to be taken here: the

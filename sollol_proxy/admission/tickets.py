@@ -24,7 +24,7 @@ class Keeper(Protocol):
 
     def is_free(self, node: NodeState, model: str) -> bool: ...
     def take(self, node: NodeState, model: str) -> None: ...
-    def give(self, node: NodeState, model: str) -> None: ...
+    def give(self, node: NodeState, model: str, slot: Slot | None = None) -> None: ...
     async def retry_elsewhere(self, slot: Slot, tried: frozenset[str]) -> NodeState | None: ...
     def wait_left(self, slot: Slot) -> float: ...
 
@@ -93,6 +93,7 @@ class Slot:
         "choose",
         "enqueued",
         "key",
+        "lease",
         "model",
         "node",
         "plan",
@@ -127,6 +128,9 @@ class Slot:
         # Replicas sharing slots (shared/slots.py): the node, how many slots the other replicas
         # held there for the model when this one was granted, and when it asked (monotonic).
         self.beside: tuple[str, int, float] = ("", 0, 0.0)
+        # The node where the gate holds a lease for this slot ("": none; a slot moved by a
+        # failover or a retry carries none there), given back with the slot on that node only.
+        self.lease = ""
         admission.take(node, model)
         self.node = node
 
@@ -165,13 +169,13 @@ class Slot:
         self._admission.take(node, self.model)
         self.node = node
         if previous is not None:
-            self._admission.give(previous, self.model)
+            self._admission.give(previous, self.model, self)
         return True
 
     def release(self) -> None:
         if self.node is not None:
             node, self.node = self.node, None
-            self._admission.give(node, self.model)
+            self._admission.give(node, self.model, self)
 
 
 class Held:

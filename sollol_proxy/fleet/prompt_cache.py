@@ -217,6 +217,10 @@ class PromptCache:
         now = time.monotonic() if now is None else now
         self._expire(now)
         if keys:
+            # Chosen again (a refusal by the replicas' shared slots): the earlier one goes back.
+            earlier = self._reserved.pop(id(keys), None)
+            if earlier is not None:
+                self.finish(earlier[0], served=False)
             ticket = self._take(node, model, keys, slots, fresh=False, now=now)
             self._reserved[id(keys)] = (ticket, now + RESERVATION_S, keys)
             self._expiring.append((now + RESERVATION_S, id(keys), ticket))

@@ -67,6 +67,7 @@ class Release:
     capacity: int
     learn: bool
     reserve: str = ""  # a slot handed for this waiter that nobody took
+    kept: bool = False  # its local slot is kept for a parked request if Redis leaves it here
 
 
 @dataclass(eq=False)

@@ -8,23 +8,19 @@ per replica (`RENEW`, every third of `state.lease_ttl`: `keep`) keeps them all, 
 it registered, so the slots of a killed replica are dropped by the next grant once its entry
 has expired. While Redis does not answer, every operation is decided here alone (`ALONE`).
 
-A release hands the freed slot, inside the same script, to the most urgent waiter of any replica
-(`scripts.RELEASE`): the slot is counted as that replica's at once and the replica is told (the
-release's answer, or the event channel), so waiters never race for it. Such a slot is `reserved`
-here until one of this replica's requests takes it without asking Redis (`take`; Redis hears of
-it with the next operation that goes anyway), or a grant of this replica takes it in Redis; one
-nobody takes within `RESERVE_S` is given back (and handed on).
+Slots a release handed to this replica wait in `handed.HandedSlots` (a mixin of this class)
+until one of its requests takes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from sollol_proxy.shared.handed import HandedSlots
 from sollol_proxy.shared.lease_ops import (
     ALONE,
     GRANTED,
@@ -48,33 +44,31 @@ from sollol_proxy.shared.link import Link
 
 log = logging.getLogger("sollol.shared")
 
-# A slot handed to this replica that none of its requests took within this is given back.
-RESERVE_S = 0.5
 # Operations nobody waits for (a waiter's registration, a handed slot taken, a waiter leaving)
 # go with the next round trip, or after this at the latest.
 LAZY_S = 0.02
 
 
-class Leases:
+class Leases(HandedSlots):
     def __init__(
         self,
         link: Link,
         heard: Heard,
         handed: Handed,
         room: Callable[[str, str], Bound],
-        own: Callable[[str, str], None],
+        own: Callable[[str, str, bool, bool], None],
         lost: Callable[[str], None],
     ) -> None:
         self._link = link
         self._room = room  # the capacity bound of a node and model
         self._heard = heard
         self._handed = handed
-        self._own = own  # a slot of (model, node) left free for this replica's own waiters
+        # A slot of (model, node) left free for this replica's own waiters (or not, for a
+        # release whose local slot was kept for the answer: `Release.kept`).
+        self._own = own
         self._lost = lost  # a waiter Redis no longer counts (a lost hand-over): it asks again
         # The slots this replica holds per (node, model), as Redis should count them.
         self.mine: Counter[tuple[str, str]] = Counter()
-        self._held: Counter[tuple[str, str]] = Counter()  # local slots holding a lease
-        self._unleased: Counter[tuple[str, str]] = Counter()  # gives that carry no lease
         # Slots handed to this replica (counted in `mine`) that no request holds yet: the
         # waiters they were handed for, per node and model.
         self.reserved: dict[tuple[str, str], list[str]] = {}
@@ -95,83 +89,6 @@ class Leases:
         self.operations: Counter[str] = Counter()
         link.on_rejoin.append(self.rejoined)
 
-    def take(self, node: str, model: str, waiter: str) -> tuple[int, float] | None:
-        """A request with a local slot on `node` takes a slot handed to this replica there, if
-        there is one (its own, the one promised to it, or one nobody else was promised): no
-        round trip (Redis hears of it with the next one). Returns the other replicas' slots
-        beside it when it was handed, and when (None: no slot to take)."""
-        key = (node, model)
-        ids = self.reserved.get(key)
-        promised = self.promised.pop(waiter, None)
-        if not ids:
-            return None
-        rid = promised if promised in ids else waiter if waiter in ids else None
-        if rid is None:
-            spoken = set(self.promised.values()) | self._asking
-            rid = next((r for r in ids if r not in spoken), None)
-            if rid is None:
-                return None
-        beside = self.beside.pop(rid, (0, time.monotonic()))
-        self._reserve_gone(key, rid)
-        self._held[key] += 1
-        self.taken += 1
-        if self._link.up:
-            self._push(Take(node, model, rid), lazy=True)
-        self.forget(waiter, model)
-        return beside
-
-    def _reserve_gone(self, key: tuple[str, str], rid: str) -> None:
-        ids = self.reserved[key]
-        ids.remove(rid)
-        self.beside.pop(rid, None)
-        if not ids:
-            del self.reserved[key]
-
-    def unclaimed(self, model: str, waiter: str) -> str | None:
-        """A node where a slot handed to this replica for `model` waits, that `waiter` may take
-        (handed for it, or for nobody waiting any more): promised to it."""
-        spoken = set(self.promised.values()) | self._asking
-        for (node, m), ids in self.reserved.items():
-            if m == model and waiter in ids:
-                return node
-        for (node, m), ids in self.reserved.items():
-            rid = next((r for r in ids if r not in spoken), None) if m == model else None
-            if rid is not None:
-                self.promised[waiter] = rid
-                return node
-        return None
-
-    def handed_in(self, node: str, model: str, waiter: str, held: int = 0, hand: int = 0) -> None:
-        """Redis counted a slot of `node` as this replica's, for `waiter`, when all replicas
-        held `held` slots there, `hand` of them handed and not taken yet."""
-        key = (node, model)
-        self.mine[key] += 1
-        self.handed += 1
-        self.waiters.pop(waiter, None)
-        if waiter in self._taken:  # its own grant took it already
-            self._taken.discard(waiter)
-            return
-        # The other replicas' slots, less those handed to their waiters, ran beside the request
-        # that takes it (its proof: fleet/beliefs.py), as far as this replica can tell now.
-        own = len(self.reserved.get(key, ())) + 1
-        self.beside[waiter] = (max(held - self.mine[key] - (hand - own), 0), time.monotonic())
-        self.reserved.setdefault(key, []).append(waiter)
-        asyncio.get_running_loop().call_later(RESERVE_S, self._unclaimed, node, model, waiter)
-        self._handed(node, model, waiter)
-
-    def _unclaimed(self, node: str, model: str, rid: str) -> None:
-        key = (node, model)
-        if rid not in self.reserved.get(key, ()):
-            return
-        if rid in self._asking:  # its grant may take it in Redis: see again after that
-            asyncio.get_running_loop().call_later(RESERVE_S, self._unclaimed, node, model, rid)
-            return
-        self._reserve_gone(key, rid)
-        self.returned += 1
-        for woken in [w for w, r in self.promised.items() if r == rid]:
-            del self.promised[woken]  # it asks Redis when it comes
-        self.release(node, model, reserve=rid)
-
     async def grant(
         self, model: str, waiter: str, urgency: float, asks: list[Ask]
     ) -> tuple[int, int, str]:
@@ -182,7 +99,6 @@ class Leases:
         node = asks[0].node
         if not self._link.up:
             self.mine[(node, model)] += 1
-            self._held[(node, model)] += 1
             self.alone += 1
             return ALONE, 0, node
         future: asyncio.Future[tuple[int, int, str]] = asyncio.get_running_loop().create_future()
@@ -196,7 +112,9 @@ class Leases:
             if future.done() and not future.cancelled():
                 verdict, _, granted = future.result()
                 if verdict in (GRANTED, TAKEN, ALONE):
-                    self.let_go(granted, model)
+                    self.release(granted, model)
+                else:  # refused: the grant registered it among the waiters
+                    self.gone(waiter, model)
             raise
         finally:
             self._asking.discard(waiter)
@@ -207,36 +125,23 @@ class Leases:
             self.waiters[waiter] = model
             self._push(Enqueue(waiter, model, urgency), lazy=True)
 
-    def unleased(self, node: str, model: str) -> None:
-        """The next give of this slot carries no lease (refused, or its grant was cancelled)."""
-        self._unleased[(node, model)] += 1
-
-    def give(self, node: str, model: str) -> None:
-        """Admission control gave a slot back: its lease goes with it, in the same step, so
-        that the next request granted the slot here finds it free in Redis too. A slot that
-        never got a lease (refused, or moved to this node by a retry) gives none back."""
-        key = (node, model)
-        if self._unleased[key]:
-            self._unleased[key] -= 1
-        elif self._held[key]:
-            self._held[key] -= 1
-            self.release(node, model)
-
-    def let_go(self, node: str, model: str) -> None:
-        """A lease granted to a request that never took its local slot there goes back."""
-        self._held[(node, model)] -= 1
-        self.release(node, model)
-
-    def release(self, node: str, model: str, reserve: str = "") -> None:
-        """Gives a lease back (`reserve`: one handed for that waiter, never taken)."""
+    def release(self, node: str, model: str, reserve: str = "", kept: bool = False) -> None:
+        """Gives a lease back (`reserve`: one handed for that waiter, never taken; `kept`: its
+        local slot is kept until the answer tells whose it is, `parking._pass_on`)."""
         if self._link.up:
             capacity, learn = self._room(node, model)
-            self._push(Release(node, model, capacity, learn, reserve))
+            self._push(Release(node, model, capacity, learn, reserve, kept))
         else:
             self.mine[(node, model)] -= 1
 
     def forget(self, waiter: str, model: str) -> None:
         if self.waiters.pop(waiter, None) is not None and self._link.up:
+            self._push(Forget(waiter, model), lazy=True)
+
+    def gone(self, waiter: str, model: str) -> None:
+        """A request left as its refused grant registered it (not yet in `waiters`)."""
+        self.waiters.pop(waiter, None)
+        if self._link.up:
             self._push(Forget(waiter, model), lazy=True)
 
     def _push(self, op: Op, lazy: bool = False) -> None:
@@ -334,10 +239,11 @@ class Leases:
             if op.future.cancelled():  # the request left meanwhile: its slot is not held
                 self.mine[(op.node, op.model)] -= 1
             else:
-                self._held[(op.node, op.model)] += 1
                 op.future.set_result((ALONE, 0, op.node))
         elif isinstance(op, Release):
             self.mine[(op.node, op.model)] -= 1
+            if op.kept:  # nobody tells whose it is: the local queue's
+                self._own(op.model, op.node, False, True)
 
     def _done(self, op: Op, reply: Any) -> None:
         if isinstance(op, Release):
@@ -348,8 +254,8 @@ class Leases:
                 # the expiry took the slot off this replica's count there: here too.
                 self.mine[(op.node, op.model)] -= 1
                 return
-            if int(reply[0]) == 2:
-                self._own(op.model, op.node)
+            if int(reply[0]) == 2 or op.kept:
+                self._own(op.model, op.node, int(reply[0]) == 2, op.kept)
             self.mine[(op.node, op.model)] -= 1
             for handed in reply[1:]:  # handed to this replica's own waiters
                 waiter, held, hand = handed.decode().split("|")
@@ -381,11 +287,14 @@ class Leases:
             if op.future.cancelled():
                 self.release(node, op.model)
                 return
-            self._held[key] += 1
             if verdict == GRANTED and int(reply[2]) > 0:
-                self._own(op.model, node)  # room left (slots of a dead replica came back): next one
+                self._own(
+                    op.model, node, True, False
+                )  # room left (slots of a dead replica came back): next one
         else:
             self.refused += 1
+            if op.future.cancelled():  # the request left: registered by this refusal, it goes
+                self.gone(op.waiter, op.model)
         # What each candidate looked at holds: until a release hands a slot here, a full one
         # is full for this replica.
         looked = op.asks[chosen - 1 : chosen] if verdict == TAKEN else op.asks

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sollol_proxy.admission.admission import Admission
-from sollol_proxy.admission.gate import LocalAdmit
+from sollol_proxy.admission.gate import LocalAdmit, NotPlaced
 from sollol_proxy.admission.tickets import Held, QueueRejected, Slot
 from sollol_proxy.fleet.capacity import model_room, slot_belief
 from sollol_proxy.fleet.node import NodeState
@@ -52,6 +52,8 @@ class SharedSlots(Parking):
         self._parked: dict[str, list[tuple[float, int, str, asyncio.Future[str | None]]]] = {}
         self._waiting: dict[str, asyncio.Future[str | None]] = {}
         self._live: set[str] = set()  # waiters of requests still asking for a slot here
+        self._timers: dict[str, asyncio.Timeout] = {}
+        self._kept: dict[str, NodeState] = {}  # parked waiter -> node of the slot kept for it
         self._nodes: dict[str, NodeState] = {}  # the nodes this replica's requests went to
         self._told: dict[tuple[str, str], int] = {}  # this replica's own belief, as Redis has it
         self._shared: dict[tuple[str, str], int] = {}  # the replicas' shared one, as last heard
@@ -134,14 +136,31 @@ class SharedSlots(Parking):
 
         self._live.add(waiter)
         try:
-            if self._link.up and self._will_wait(free, model):
+            if self._link.up and self._parked_for(model):
+                # Refused requests of this replica wait already: Redis is full for the model,
+                # as last heard. It takes its place behind them (its registration rides the
+                # next trip), rather than ask with a grant that is refused, or that takes the
+                # slot a release is freeing for them at the same moment.
+                self.leases.enqueue(waiter, model, urgency)
+                again = asked
+                handed = await self._park(model, urgency, waiter, deadline, True)
+                kept = self._kept.get(waiter)
+                handed = kept.name if kept is not None else handed
+            elif self._link.up and self._will_wait(free, model):
                 # It will wait in the local queue: it takes its place in the shared order first.
                 self.leases.enqueue(waiter, model, urgency)
             while True:
                 # A request handed a slot takes it at once, ahead of this replica's own queue:
-                # Redis chose it as the most urgent, or this replica as its most urgent parked.
+                # Redis chose it as the most urgent, or this replica as its most urgent parked
+                # (a slot kept for it in the local table: given back here, taken again below).
+                self._unkeep(waiter, model, wake=False)
                 held = local(free if handed is None else there, again, handed is not None)
-                slot = await held.__aenter__()
+                try:
+                    slot = await held.__aenter__()
+                except NotPlaced:  # that node is no longer its choice: it asks as any other
+                    self._admission.wake()
+                    handed = None
+                    continue
                 node = slot.node
                 assert node is not None
                 self._nodes[node.name] = node
@@ -149,6 +168,7 @@ class SharedSlots(Parking):
                 if taken is not None:
                     slot.waited_s = time.monotonic() - asked
                     slot.beside = (node.name, *taken)
+                    slot.lease = node.name
                     return slot, held
                 # Handed a slot it could not take (taken meanwhile): it waits for the next one
                 # rather than for that one again.
@@ -158,13 +178,11 @@ class SharedSlots(Parking):
                 try:
                     verdict, others, granted = await self.leases.grant(model, waiter, urgency, asks)
                 except BaseException:
-                    self.leases.unleased(node.name, model)
-                    await held.__aexit__(None, None, None)
+                    await held.__aexit__(None, None, None)  # its slot carries no lease
                     raise
                 if granted != node.name:
                     # Granted on another candidate (its first choice was full): the local slot
                     # moves there, past the local queue (the lease is held for it).
-                    self.leases.unleased(node.name, model)
                     await held.__aexit__(None, None, None)
                     moved = await self._move(local, candidates, granted, model, asked)
                     if moved is None:  # gone from the candidates meanwhile: its lease too
@@ -181,10 +199,10 @@ class SharedSlots(Parking):
                     # less those heard to end since it asked: a run without a slot wait
                     # proves them all (fleet/beliefs.py).
                     slot.beside = (node.name, others, sent)
+                    slot.lease = node.name
                     return slot, held
                 self.leases.waiters[waiter] = model
                 again = asked
-                self.leases.unleased(node.name, model)
                 await held.__aexit__(None, None, None)
                 tried.update(ask.node for ask in asks)
                 if verdict == REFUSED and self._room_elsewhere(candidates, tried, model):
@@ -199,8 +217,12 @@ class SharedSlots(Parking):
                         self._admission.config.max_wait,
                     )
                 handed = await self._park(model, urgency, waiter, deadline, claim)
+                kept = self._kept.get(waiter)
+                if kept is not None:  # kept for it as it stopped waiting (its time was up)
+                    handed = kept.name
                 tried.clear()
         except BaseException:
+            self._unkeep(waiter, model)
             self.leases.forget(waiter, model)
             raise
         finally:
@@ -245,16 +267,17 @@ class SharedSlots(Parking):
         asked: float,
     ) -> tuple[Held, Slot] | None:
         """The local slot of a request whose lease was granted on `granted`: taken there at
-        once (the gate holds it); its lease goes back with the slot. None when the node left
-        the candidates meanwhile (its lease given back)."""
-        if not any(n.name == granted for n in candidates()):
-            self.leases.let_go(granted, model)
-            return None
+        once, never queued (the lease is held for it: a slot held by a request that does not
+        run); its lease goes back with the slot. None when it cannot take it at once (the node
+        left the candidates, or its plan would hold it for another node): the lease goes back."""
         held = local(lambda: [n for n in candidates() if n.name == granted], asked, True)
         try:
             slot = await held.__aenter__()
+        except NotPlaced:
+            self.leases.release(granted, model)
+            return None
         except BaseException:
-            self.leases.let_go(granted, model)
+            self.leases.release(granted, model)
             raise
         return held, slot
 
@@ -289,9 +312,16 @@ class SharedSlots(Parking):
             < model_room(node, model) + handed
         )
 
-    def give(self, node: NodeState, model: str) -> None:
+    def give(self, node: NodeState, model: str, slot: Slot) -> None:
+        """A slot given back on `node`: its lease there goes with it, in the same step, so that
+        the next request granted the slot here finds it free in Redis too (a slot refused its
+        lease, or moved there by a failover or a retry, carries none: `Slot.lease`)."""
+        if slot.lease != node.name:
+            return
+        slot.lease = ""
         self._nodes[node.name] = node
-        self.leases.give(node.name, model)
+        kept = self._link.up and self._pass_on(node, model)
+        self.leases.release(node.name, model, kept=kept)
 
     def _heard(self, node: str, model: str, others: int, shared: str) -> None:
         """What the other replicas hold on `node` for `model` (until a release hands a slot

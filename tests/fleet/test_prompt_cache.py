@@ -166,6 +166,21 @@ def test_a_slot_reserved_when_the_node_was_chosen_is_claimed_by_the_dispatch() -
     assert not any(slot.busy for slot in cache.slots("b", "m"))
 
 
+def test_a_request_that_chooses_again_keeps_one_reservation() -> None:
+    # With replicas sharing slots in Redis, a request refused there is given a node again: a
+    # second reservation with the same keys object. The first one, overwritten, was never
+    # given back: a slot busy for good on that node.
+    cache = PromptCache()
+    keys = chat(SYSTEM, "asked twice")
+    cache.reserve("a", "m", keys, 2, now=0.0)
+    cache.reserve("b", "m", keys, 2, now=0.1)
+    ticket = cache.take("b", "m", keys, 2, now=0.2)
+    assert ticket is not None
+    cache.finish(ticket, now=0.3)
+    cache.reserve("c", "m", chat(SYSTEM, "later"), 2, now=RESERVATION_S + 1.0)  # expiries run
+    assert not any(slot.busy for node in "ab" for slot in cache.slots(node, "m"))
+
+
 def test_reservations_run_out_oldest_first_and_claimed_ones_are_passed_over() -> None:
     cache = PromptCache()
     first, claimed, last = (chat(SYSTEM, word) for word in ("one", "two", "three"))

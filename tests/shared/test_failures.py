@@ -17,6 +17,7 @@ import pytest
 from sollol_proxy.app import PROXY
 from sollol_proxy.config import load_config
 from sollol_proxy.server import start_proxy
+from sollol_proxy.shared import handed as handed_module
 from sollol_proxy.shared import leases as leases_module
 from sollol_proxy.shared.lease_ops import BEHIND, GRANTED, REFUSED, Ask, Grant
 from sollol_proxy.shared.leases import Leases
@@ -90,7 +91,7 @@ async def test_redis_stopped_and_restarted_mid_run_fails_no_request(
     rejoined = [r for r in caplog.records if r.getMessage().endswith("rejoined")]
     assert len(failed) == 2 and len(rejoined) == 2, [r.getMessage() for r in caplog.records]
     # What the replicas hold was written back: once idle, Redis counts nothing held (a slot
-    # handed to a request that had found another goes back within leases.RESERVE_S).
+    # handed to a request that had found another goes back within handed.RESERVE_S).
     await idle(made)
 
 
@@ -266,14 +267,14 @@ async def test_a_slot_handed_over_and_expired_before_its_release_is_not_counted_
     verdict, _, _ = await a.slots.leases.grant(model, f"{a.link.replica}:1", 1.0, ask)
     assert verdict in (REFUSED, BEHIND)
     a.slots.leases.waiters[f"{a.link.replica}:1"] = model
-    monkeypatch.setattr(leases_module, "RESERVE_S", 4.0)
-    b.slots.leases.give(node, model)  # handed to A's waiter
+    monkeypatch.setattr(handed_module, "RESERVE_S", 4.0)
+    b.slots.leases.release(node, model)  # handed to A's waiter
     await until(lambda: bool(a.slots.leases.reserved))
     await asyncio.sleep(3.2)  # the hand-over expires (HAND_TTL_MS)
     assert (await b.slots.leases.grant(model, f"{b.link.replica}:2", 0.0, ask))[0] == GRANTED
     await until(lambda: not a.slots.leases.reserved, within=3.0)  # A gives it back, late
     await until(lambda: sum(a.slots.leases.mine.values()) == 0)
-    b.slots.leases.give(node, model)
+    b.slots.leases.release(node, model)
     a.slots.leases.rejoined()  # a write-back: what A counts goes into Redis
     await asyncio.sleep(0.3)
     assert (await b.slots.leases.grant(model, f"{b.link.replica}:3", 0.0, ask))[0] == GRANTED

@@ -110,6 +110,6 @@ async def test_a_grant_takes_a_free_slot_on_another_candidate_in_the_same_trip(
             )
             assert (verdict, node) == (GRANTED, node_b)
             assert leases.trips == trips + 1 and leases.refused == 0
-            leases.give(node_b, f"{MODEL}:latest")
+            leases.release(node_b, f"{MODEL}:latest")
             await response.read()
     await idle(made)
