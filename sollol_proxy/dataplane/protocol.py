@@ -6,10 +6,11 @@ hands the connection, with the bytes of that request, to aiohttp's protocol for 
 that mixes fleet views with chats on one connection is then served by aiohttp alone).
 
 The limits of the aiohttp path hold here too: the connection book and its per-client cap (an
-over-limit connection is handed over at once, to be answered there), the header deadline from a
-request's first byte, the keep-alive idle bound between requests, TCP keep-alive; the body's pace
-is bounded where the handler reads it, a stalled reader where the relay writes. A client that
-disconnects cancels its request, which closes the node's request (reference 1.4).
+over-limit connection is handed over at once, to be answered there), the header deadline from the
+connection's opening and then from each next request's first byte, the keep-alive idle bound
+between requests, TCP keep-alive; the body's pace is bounded where the handler reads it, a
+stalled reader where the relay writes. A client that disconnects cancels its request, which
+closes the node's request (reference 1.4).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from sollol_proxy.wire.logsafe import loggable
 log = logging.getLogger("sollol.dataplane")
 # Bytes of a next request kept while one is answered (pipelining) before reading pauses.
 PIPELINED_BYTES = 2**16
+# The end of a head whose lines end in a bare LF, which llhttp refuses: aiohttp answers it (400).
+BARE_LF_END = b"\n\n"
 
 
 class Plane(Protocol):
@@ -97,6 +100,8 @@ class FastProtocol(BaseProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             set_keepalive(sock, plane.limits.config.client_limits.tcp_keepalive)
+        # The first head's deadline runs from now, not from its first byte (as on aiohttp).
+        self._head_started = True
         self._arm(plane.limits.config.client_limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -137,9 +142,11 @@ class FastProtocol(BaseProtocol):
         # From where the last search stopped: a head sent a byte at a time costs linear time.
         end = self._buffer.find(HEAD_END, self._scanned)
         if end < 0:
-            self._scanned = max(0, len(self._buffer) - len(HEAD_END) + 1)
+            scanned, self._scanned = self._scanned, max(0, len(self._buffer) - len(HEAD_END) + 1)
             if len(self._buffer) > config.max_header_bytes:
                 self._hand_over()  # aiohttp answers the oversized head (431)
+            elif self._buffer.find(BARE_LF_END, scanned) >= 0:
+                self._hand_over()  # aiohttp answers it at once, not at the header deadline
             elif not self._head_started:  # the header deadline runs from the first byte
                 self._head_started = True
                 self._arm(config.client_limits.header_timeout)
