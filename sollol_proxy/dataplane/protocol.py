@@ -8,9 +8,9 @@ that mixes fleet views with chats on one connection is then served by aiohttp al
 The limits of the aiohttp path hold here too: the connection book and its per-client cap (an
 over-limit connection is handed over at once, to be answered there), the header deadline from the
 connection's opening and then from each next request's first byte, the keep-alive idle bound
-between requests, TCP keep-alive; the body's pace is bounded where the handler reads it, a
-stalled reader where the relay writes. A client that disconnects cancels its request, which
-closes the node's request (reference 1.4).
+between requests, TCP keep-alive, the write bound of a client that stops reading (stall.py); the
+body's pace is bounded where the handler reads it. A client that disconnects cancels its
+request, which closes the node's request (reference 1.4).
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from aiohttp.http_writer import StreamWriter
 
 from sollol_proxy.dataplane.head import HEAD_END, read_head
 from sollol_proxy.dataplane.request import FastRequest, Prepare
-from sollol_proxy.lifecycle.limits import MAX_HEADER_FIELDS, Limits, peer_address, set_keepalive
+from sollol_proxy.lifecycle.limits import (
+    MAX_HEADER_FIELDS,
+    Limits,
+    ProxyProtocol,
+    peer_address,
+    set_keepalive,
+)
+from sollol_proxy.lifecycle.stall import arm_stall, bound_unsent
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.logsafe import loggable
 
@@ -49,7 +56,7 @@ class Plane(Protocol):
 
     def hand_over(
         self, transport: asyncio.BaseTransport, client: str, over_limit: str | None, data: bytes
-    ) -> None: ...
+    ) -> ProxyProtocol: ...
 
 
 class FastProtocol(BaseProtocol):
@@ -61,6 +68,7 @@ class FastProtocol(BaseProtocol):
         "_plane",
         "_request",
         "_scanned",
+        "_stall",
         "_task",
         "_task_handler",
         "_timer",
@@ -79,6 +87,7 @@ class FastProtocol(BaseProtocol):
         self._body_left = 0  # bytes of that body still to come
         self._head_started = False  # part of a next request's head has come
         self._scanned = 0  # how far the buffer is known not to hold the end of a head
+        self._stall: asyncio.TimerHandle | None = None  # armed while writing is paused
         self._task: asyncio.Task[None] | None = None
         self._task_handler = None  # what aiohttp's Server looks at when a connection ends
         self._timer: asyncio.TimerHandle | None = None
@@ -117,6 +126,7 @@ class FastProtocol(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self._unstall()
         self._untrack()
         self._plane.limits.book.close(self.client, False)
         if self._body is not None and self._body_left:
@@ -133,6 +143,17 @@ class FastProtocol(BaseProtocol):
     def resume_reading(self, resume_parser: bool = True) -> None:
         self._reading_paused = False
         self._resume_transport_reading()
+
+    def pause_writing(self) -> None:
+        """The client is not taking the bytes sent: it is cut if that lasts."""
+        super().pause_writing()
+        assert self.transport is not None
+        limit = self._plane.limits.config.client_limits.write_timeout
+        self._stall = arm_stall(self._plane.loop, self.transport, self.client, limit)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        super().resume_writing()
 
     # requests
 
@@ -253,10 +274,13 @@ class FastProtocol(BaseProtocol):
         self._resume_transport_reading()  # paused for pipelined bytes: aiohttp reads on
         transport, self.transport = self.transport, None
         self._disarm()
+        self._unstall()
         self._untrack()
         data = bytes(self._buffer)
         self._buffer.clear()
-        self._plane.hand_over(transport, self.client, None, data)
+        protocol = self._plane.hand_over(transport, self.client, None, data)
+        if self._paused:  # an answer of this protocol's is still unsent: the bound goes along
+            protocol.pause_writing()
 
     # shutdown (aiohttp's Server calls these as it does its own connections') and timers
 
@@ -283,6 +307,7 @@ class FastProtocol(BaseProtocol):
     def _close(self) -> None:
         self._disarm()
         if self.transport is not None:
+            bound_unsent(self.transport)
             self.transport.close()
 
     def _arm(self, seconds: float) -> None:
@@ -293,6 +318,11 @@ class FastProtocol(BaseProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def _timed_out(self) -> None:
         self._timer = None

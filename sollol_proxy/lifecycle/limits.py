@@ -12,7 +12,8 @@ overriding that method and the asyncio protocol callbacks; `protocol_factory()` 
 aiohttp's keep-alive timer also runs before a connection's first request, but it is one timer
 for two things: a request whose headers trickle in keeps it from firing only if it is long. The
 proxy keeps its own header timer (`limits.header_timeout`), armed when a connection opens and
-when the first byte of each next request arrives, disarmed when the request starts.
+when the first byte of each next request arrives, disarmed when the request starts. A client that
+stops reading is cut after `limits.write_timeout` (stall.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from sollol_proxy.config import Config
+from sollol_proxy.lifecycle.stall import arm_stall, bound_unsent
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.logsafe import loggable
 
@@ -114,14 +116,15 @@ class ConnectionBook:
 
 class ProxyProtocol(web.RequestHandler):
     """One client connection: aiohttp's, with Ollama-shaped answers to unparseable requests,
-    a header deadline, a per-client cap and TCP keep-alive."""
+    a header deadline, a per-client cap, TCP keep-alive and a write bound."""
 
-    __slots__ = ("_busy", "_head_timer", "_limits", "_opened", "client", "over_limit")
+    __slots__ = ("_busy", "_head_timer", "_limits", "_opened", "_stall", "client", "over_limit")
 
     def __init__(self, manager: web.Server, *, limits: Limits, **kwargs: object) -> None:
         super().__init__(manager, **kwargs)  # type: ignore[arg-type]
         self._limits = limits
         self._head_timer: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None  # armed while writing is paused
         self._busy = False
         self._opened = False
         self.client = "-"
@@ -157,10 +160,39 @@ class ProxyProtocol(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self._unstall()
         if self._opened:
             self._opened = False
             self._limits.book.close(self.client, self.over_limit is not None)
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client is not taking the bytes sent: it is cut if that lasts."""
+        super().pause_writing()
+        if self.transport is not None:
+            limit = self._limits.config.client_limits.write_timeout
+            self._stall = arm_stall(self._loop, self.transport, self.client, limit)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        super().resume_writing()
+
+    def force_close(self) -> None:
+        if self.transport is not None:
+            bound_unsent(self.transport)  # before aiohttp lets go of the transport
+        super().force_close()
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        finally:  # aiohttp has closed the transport, which waits for the unsent bytes
+            if self.transport is not None:
+                bound_unsent(self.transport)
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def skip_lingering(self) -> None:
         """No lingering read of the rest of a body the proxy will not use, after an answer
