@@ -27,17 +27,20 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sollol_proxy.config import Config
 from sollol_proxy.lifecycle.stall import arm_stall, bound_unsent
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.logsafe import loggable
+from sollol_proxy.wire.routes import Kind, classify, routed_path
 
 log = logging.getLogger("sollol.limits")
 
 HEADERS_TOO_LARGE = 431  # what Go's net/http (so Ollama) answers beyond MaxHeaderBytes
 BUSY = 503
 REQUEST_TIMEOUT = 408  # a request body too slow (wire/peek.read_body)
+PAYLOAD_TOO_LARGE = 413  # a request body over limits.max_body_bytes (wire/peek.read_body)
 # aiohttp's default; Go has no count limit, but its 1 MiB header budget bounds it in practice.
 MAX_HEADER_FIELDS = 128
 # A rejected connection that sends nothing is closed after this long.
@@ -337,4 +340,22 @@ class Limits:
         response = await handler(request)
         if response.status == REQUEST_TIMEOUT:
             protocol.skip_lingering()  # the body was too slow: waiting for the rest is pointless
+        elif (
+            response.status == PAYLOAD_TOO_LARGE
+            and not response.prepared  # the proxy's answer, not a node's
+            and not request.content.is_eof()
+        ):
+            # Refused by its declared size: reading the rest would take in what was refused.
+            response.force_close()
+            protocol.skip_lingering()
         return response
+
+    async def expect(self, request: web.Request) -> None:
+        """The catch-all route's answer to `Expect: 100-continue`: aiohttp's, except that a body
+        declared over the limit is not invited (the handler answers 413 and closes instead)."""
+        length = request.content_length
+        if length is not None and length > self.config.max_body_bytes:
+            route, _ = classify(request.method, routed_path(request.path, request.raw_path))
+            if route.kind is not Kind.BLOB:  # uploads are streamed, never held: no limit
+                return
+        await _default_expect_handler(request)
