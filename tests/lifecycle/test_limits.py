@@ -213,11 +213,16 @@ async def test_client_and_node_sockets_get_tcp_keepalive(cluster: ClusterFactory
         assert upstream.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
 
 
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
 async def test_a_client_that_stops_reading_is_cut_and_frees_the_node(
-    cluster: ClusterFactory, caplog: pytest.LogCaptureFixture
+    cluster: ClusterFactory, caplog: pytest.LogCaptureFixture, engine: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="sollol.access")
-    made = await cluster(dict(name="a", models=["llama3.2:latest"]), limits__write_timeout=0.5)
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]),
+        listen__engine=engine,
+        limits__write_timeout=0.5,
+    )
     host, port = made.url.removeprefix("http://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few lines
