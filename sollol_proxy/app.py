@@ -348,5 +348,5 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     # The metrics port before the nodes: if it cannot be bound, start-up fails before any probe.
     app.cleanup_ctx.append(_metrics_listener)
     app.cleanup_ctx.append(_background)
-    app.router.add_route("*", "/{tail:.*}", handler.__call__)
+    app.router.add_route("*", "/{tail:.*}", handler.__call__, expect_handler=limits.expect)
     return app

@@ -51,7 +51,7 @@ class DataPlane:
 
     def hand_over(
         self, transport: asyncio.BaseTransport, client: str, over_limit: str | None, data: bytes
-    ) -> None:
+    ) -> ProxyProtocol:
         """The connection goes to aiohttp's protocol, with what it has sent of its request."""
         assert self._fallback is not None
         protocol = self._fallback()
@@ -59,3 +59,4 @@ class DataPlane:
         protocol.adopt(transport, client, over_limit)
         if data:
             protocol.data_received(data)
+        return protocol

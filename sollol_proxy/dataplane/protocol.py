@@ -6,10 +6,11 @@ hands the connection, with the bytes of that request, to aiohttp's protocol for 
 that mixes fleet views with chats on one connection is then served by aiohttp alone).
 
 The limits of the aiohttp path hold here too: the connection book and its per-client cap (an
-over-limit connection is handed over at once, to be answered there), the header deadline from a
-request's first byte, the keep-alive idle bound between requests, TCP keep-alive; the body's pace
-is bounded where the handler reads it, a stalled reader where the relay writes. A client that
-disconnects cancels its request, which closes the node's request (reference 1.4).
+over-limit connection is handed over at once, to be answered there), the header deadline from the
+connection's opening and then from each next request's first byte, the keep-alive idle bound
+between requests, TCP keep-alive, the write bound of a client that stops reading (stall.py); the
+body's pace is bounded where the handler reads it. A client that disconnects cancels its
+request, which closes the node's request (reference 1.4).
 """
 
 from __future__ import annotations
@@ -26,13 +27,22 @@ from aiohttp.http_writer import StreamWriter
 
 from sollol_proxy.dataplane.head import HEAD_END, read_head
 from sollol_proxy.dataplane.request import FastRequest, Prepare
-from sollol_proxy.lifecycle.limits import MAX_HEADER_FIELDS, Limits, peer_address, set_keepalive
+from sollol_proxy.lifecycle.limits import (
+    MAX_HEADER_FIELDS,
+    Limits,
+    ProxyProtocol,
+    peer_address,
+    set_keepalive,
+)
+from sollol_proxy.lifecycle.stall import arm_stall, bound_unsent
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.logsafe import loggable
 
 log = logging.getLogger("sollol.dataplane")
 # Bytes of a next request kept while one is answered (pipelining) before reading pauses.
 PIPELINED_BYTES = 2**16
+# The end of a head whose lines end in a bare LF, which llhttp refuses: aiohttp answers it (400).
+BARE_LF_END = b"\n\n"
 
 
 class Plane(Protocol):
@@ -46,7 +56,7 @@ class Plane(Protocol):
 
     def hand_over(
         self, transport: asyncio.BaseTransport, client: str, over_limit: str | None, data: bytes
-    ) -> None: ...
+    ) -> ProxyProtocol: ...
 
 
 class FastProtocol(BaseProtocol):
@@ -58,6 +68,7 @@ class FastProtocol(BaseProtocol):
         "_plane",
         "_request",
         "_scanned",
+        "_stall",
         "_task",
         "_task_handler",
         "_timer",
@@ -76,6 +87,7 @@ class FastProtocol(BaseProtocol):
         self._body_left = 0  # bytes of that body still to come
         self._head_started = False  # part of a next request's head has come
         self._scanned = 0  # how far the buffer is known not to hold the end of a head
+        self._stall: asyncio.TimerHandle | None = None  # armed while writing is paused
         self._task: asyncio.Task[None] | None = None
         self._task_handler = None  # what aiohttp's Server looks at when a connection ends
         self._timer: asyncio.TimerHandle | None = None
@@ -97,6 +109,8 @@ class FastProtocol(BaseProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             set_keepalive(sock, plane.limits.config.client_limits.tcp_keepalive)
+        # The first head's deadline runs from now, not from its first byte (as on aiohttp).
+        self._head_started = True
         self._arm(plane.limits.config.client_limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -112,6 +126,7 @@ class FastProtocol(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self._unstall()
         self._untrack()
         self._plane.limits.book.close(self.client, False)
         if self._body is not None and self._body_left:
@@ -129,6 +144,17 @@ class FastProtocol(BaseProtocol):
         self._reading_paused = False
         self._resume_transport_reading()
 
+    def pause_writing(self) -> None:
+        """The client is not taking the bytes sent: it is cut if that lasts."""
+        super().pause_writing()
+        assert self.transport is not None
+        limit = self._plane.limits.config.client_limits.write_timeout
+        self._stall = arm_stall(self._plane.loop, self.transport, self.client, limit)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        super().resume_writing()
+
     # requests
 
     def _next_request(self) -> None:
@@ -137,9 +163,11 @@ class FastProtocol(BaseProtocol):
         # From where the last search stopped: a head sent a byte at a time costs linear time.
         end = self._buffer.find(HEAD_END, self._scanned)
         if end < 0:
-            self._scanned = max(0, len(self._buffer) - len(HEAD_END) + 1)
+            scanned, self._scanned = self._scanned, max(0, len(self._buffer) - len(HEAD_END) + 1)
             if len(self._buffer) > config.max_header_bytes:
                 self._hand_over()  # aiohttp answers the oversized head (431)
+            elif self._buffer.find(BARE_LF_END, scanned) >= 0:
+                self._hand_over()  # aiohttp answers it at once, not at the header deadline
             elif not self._head_started:  # the header deadline runs from the first byte
                 self._head_started = True
                 self._arm(config.client_limits.header_timeout)
@@ -246,10 +274,13 @@ class FastProtocol(BaseProtocol):
         self._resume_transport_reading()  # paused for pipelined bytes: aiohttp reads on
         transport, self.transport = self.transport, None
         self._disarm()
+        self._unstall()
         self._untrack()
         data = bytes(self._buffer)
         self._buffer.clear()
-        self._plane.hand_over(transport, self.client, None, data)
+        protocol = self._plane.hand_over(transport, self.client, None, data)
+        if self._paused:  # an answer of this protocol's is still unsent: the bound goes along
+            protocol.pause_writing()
 
     # shutdown (aiohttp's Server calls these as it does its own connections') and timers
 
@@ -276,6 +307,7 @@ class FastProtocol(BaseProtocol):
     def _close(self) -> None:
         self._disarm()
         if self.transport is not None:
+            bound_unsent(self.transport)
             self.transport.close()
 
     def _arm(self, seconds: float) -> None:
@@ -286,6 +318,11 @@ class FastProtocol(BaseProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def _timed_out(self) -> None:
         self._timer = None

@@ -12,7 +12,8 @@ overriding that method and the asyncio protocol callbacks; `protocol_factory()` 
 aiohttp's keep-alive timer also runs before a connection's first request, but it is one timer
 for two things: a request whose headers trickle in keeps it from firing only if it is long. The
 proxy keeps its own header timer (`limits.header_timeout`), armed when a connection opens and
-when the first byte of each next request arrives, disarmed when the request starts.
+when the first byte of each next request arrives, disarmed when the request starts. A client that
+stops reading is cut after `limits.write_timeout` (stall.py).
 """
 
 from __future__ import annotations
@@ -26,17 +27,21 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sollol_proxy.config import Config
+from sollol_proxy.lifecycle.stall import arm_stall, bound_unsent
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.headers import REQUEST_ID_HEADER, new_request_id
 from sollol_proxy.wire.logsafe import loggable
+from sollol_proxy.wire.routes import Kind, classify, routed_path
 
 log = logging.getLogger("sollol.limits")
 
 HEADERS_TOO_LARGE = 431  # what Go's net/http (so Ollama) answers beyond MaxHeaderBytes
 BUSY = 503
 REQUEST_TIMEOUT = 408  # a request body too slow (wire/peek.read_body)
+PAYLOAD_TOO_LARGE = 413  # a request body over limits.max_body_bytes (wire/peek.read_body)
 # aiohttp's default; Go has no count limit, but its 1 MiB header budget bounds it in practice.
 MAX_HEADER_FIELDS = 128
 # A rejected connection that sends nothing is closed after this long.
@@ -115,14 +120,15 @@ class ConnectionBook:
 
 class ProxyProtocol(web.RequestHandler):
     """One client connection: aiohttp's, with Ollama-shaped answers to unparseable requests,
-    a header deadline, a per-client cap and TCP keep-alive."""
+    a header deadline, a per-client cap, TCP keep-alive and a write bound."""
 
-    __slots__ = ("_busy", "_head_timer", "_limits", "_opened", "client", "over_limit")
+    __slots__ = ("_busy", "_head_timer", "_limits", "_opened", "_stall", "client", "over_limit")
 
     def __init__(self, manager: web.Server, *, limits: Limits, **kwargs: object) -> None:
         super().__init__(manager, **kwargs)  # type: ignore[arg-type]
         self._limits = limits
         self._head_timer: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None  # armed while writing is paused
         self._busy = False
         self._opened = False
         self.client = "-"
@@ -158,10 +164,39 @@ class ProxyProtocol(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self._unstall()
         if self._opened:
             self._opened = False
             self._limits.book.close(self.client, self.over_limit is not None)
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client is not taking the bytes sent: it is cut if that lasts."""
+        super().pause_writing()
+        if self.transport is not None:
+            limit = self._limits.config.client_limits.write_timeout
+            self._stall = arm_stall(self._loop, self.transport, self.client, limit)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        super().resume_writing()
+
+    def force_close(self) -> None:
+        if self.transport is not None:
+            bound_unsent(self.transport)  # before aiohttp lets go of the transport
+        super().force_close()
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        finally:  # aiohttp has closed the transport, which waits for the unsent bytes
+            if self.transport is not None:
+                bound_unsent(self.transport)
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def skip_lingering(self) -> None:
         """No lingering read of the rest of a body the proxy will not use, after an answer
@@ -307,4 +342,22 @@ class Limits:
         response = await handler(request)
         if response.status == REQUEST_TIMEOUT:
             protocol.skip_lingering()  # the body was too slow: waiting for the rest is pointless
+        elif (
+            response.status == PAYLOAD_TOO_LARGE
+            and not response.prepared  # the proxy's answer, not a node's
+            and not request.content.is_eof()
+        ):
+            # Refused by its declared size: reading the rest would take in what was refused.
+            response.force_close()
+            protocol.skip_lingering()
         return response
+
+    async def expect(self, request: web.Request) -> None:
+        """The catch-all route's answer to `Expect: 100-continue`: aiohttp's, except that a body
+        declared over the limit is not invited (the handler answers 413 and closes instead)."""
+        length = request.content_length
+        if length is not None and length > self.config.max_body_bytes:
+            route, _ = classify(request.method, routed_path(request.path, request.raw_path))
+            if route.kind is not Kind.BLOB:  # uploads are streamed, never held: no limit
+                return
+        await _default_expect_handler(request)

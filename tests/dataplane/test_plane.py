@@ -227,3 +227,41 @@ async def test_the_aiohttp_engine_serves_everything_through_aiohttp(
 def test_an_unknown_engine_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"listen\.engine.*expected fast or aiohttp"):
         load_config(None, env={}, overrides={"nodes": ["a:1"], "listen.engine": "nginx"})
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+async def test_the_first_heads_deadline_runs_from_the_connections_opening(
+    cluster: ClusterFactory, engine: str
+) -> None:
+    made = await cluster(
+        dict(name="a", models=[MODEL]), listen__engine=engine, limits__header_timeout=0.6
+    )
+    loop = asyncio.get_running_loop()
+    reader, writer = await _open(made.url)
+    opened = loop.time()
+    await asyncio.sleep(0.4)  # silent, then the head a byte at a time
+    head = b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 16\r\n\r\n"
+    for byte in head:
+        writer.write(bytes([byte]))
+        await asyncio.sleep(0.05)
+        if reader.at_eof() or writer.is_closing():
+            break
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing answered
+    assert loop.time() - opened < 0.9  # at the deadline from the opening, not the first byte
+    writer.close()
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+async def test_a_head_with_bare_lf_line_ends_is_answered_400_at_once(
+    cluster: ClusterFactory, engine: str
+) -> None:
+    made = await cluster(
+        dict(name="a", models=[MODEL]), listen__engine=engine, limits__header_timeout=10
+    )
+    reader, writer = await _open(made.url)
+    writer.write(b"POST /api/chat HTTP/1.1\nHost: 127.0.0.1\nContent-Length: 2\n\n{}")
+    answer = await asyncio.wait_for(reader.read(), 2)  # not the 10 s header deadline
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400 Bad Request")
+    assert orjson.loads(body)["error"].startswith("bad request: ")
+    writer.close()

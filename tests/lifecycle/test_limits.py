@@ -213,11 +213,16 @@ async def test_client_and_node_sockets_get_tcp_keepalive(cluster: ClusterFactory
         assert upstream.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
 
 
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
 async def test_a_client_that_stops_reading_is_cut_and_frees_the_node(
-    cluster: ClusterFactory, caplog: pytest.LogCaptureFixture
+    cluster: ClusterFactory, caplog: pytest.LogCaptureFixture, engine: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="sollol.access")
-    made = await cluster(dict(name="a", models=["llama3.2:latest"]), limits__write_timeout=0.5)
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]),
+        listen__engine=engine,
+        limits__write_timeout=0.5,
+    )
     host, port = made.url.removeprefix("http://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few lines
@@ -247,3 +252,41 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+@pytest.mark.parametrize("expect", [b"Expect: 100-continue\r\n", b""])
+async def test_a_body_declared_over_the_limit_is_refused_before_it_is_sent_and_not_read(
+    cluster: ClusterFactory, engine: str, expect: bytes
+) -> None:
+    made = await cluster(
+        dict(name="a", models=["llama3.2:latest"]),
+        listen__engine=engine,
+        limits__max_body_bytes=4096,
+    )
+    reader, writer = await _raw(
+        made.url,
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n"
+        + expect
+        + b"\r\n",
+    )
+    # No invitation to send it (100 Continue), and the connection ends with the 413: the
+    # body is not read.
+    status, headers, body = await _answer(reader)
+    assert status == 413 and headers["connection"] == "close"
+    assert orjson.loads(body) == {
+        "error": "request body is larger than the proxy's limit of 4096 bytes"
+    }
+    writer.close()
+    if not expect:
+        return
+    # A blob upload has no body limit: it is invited as before.
+    digest = "sha256:" + "0" * 64
+    reader, writer = await _raw(
+        made.url,
+        f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n"
+        "Expect: 100-continue\r\n\r\n".encode(),
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.close()
