@@ -22,8 +22,13 @@ latency gradients; here the queueing is measured, so the window can follow proof
   came back with fewer slots) must go on for `restart_rounds` rounds, i.e. that many times the
   belief in a row: one request of another client makes about one round of the proxy's requests
   wait. Then every proof is forgotten.
-- Until the first wait the limit grows like TCP slow start, belief + max(1, proven): it doubles
-  per round of requests. After it, the limit is belief + 1 while probing, one probe at a time
+- Until the first wait the limit is belief + 1, and each proof raises the belief: one request
+  beyond what is proven, a congestion window of one. Doubling per round (TCP's slow start) found
+  the truth in fewer rounds but sent up to twice the slots before the first wait, and every
+  request beyond the slots waits a whole generation inside Ollama, where no other node can take
+  it (measured: 15 to 19 s of such waits per benchmark run, most of the auto runs' cost); a
+  window of one costs one such wait per node. After the first wait the limit is belief + 1
+  while probing, one probe at a time
   (until it ends, the limit is the belief: a burst of probes would all wait). A probe that
   waits stops probing for a number of full-window dispatches (there was demand) that doubles up
   to `max_backoff`, or for `probe_every` seconds if that comes first, so a saturated node sees
@@ -133,7 +138,7 @@ class CapacityEstimator:
         if self.fixed:
             return self.fixed
         if self._slow_start:
-            return min(self.cap, self._believed + max(1, self._proven))
+            return min(self.cap, self._believed + 1)
         return min(self.cap, self._believed + (self._until_probe <= 0 and not self._probes))
 
     @property
