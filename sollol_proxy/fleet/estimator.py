@@ -266,7 +266,8 @@ class CapacityEstimator:
         if k > self._believed:
             self._ceiling = k if self._ceiling is None else min(self._ceiling, k)
             if self._until_probe <= 0:  # the probe failed: back off
-                if self._proven >= self._believed and self._ceiling == self._believed + 1:
+                # A runner has one slot at least: a belief of one needs no proof.
+                if max(1, self._proven) >= self._believed and self._ceiling == self._believed + 1:
                     # Bracketed: the truth is the belief. Only a new runner changes it, and that
                     # shows (cut streams, failed probes, /api/ps, a load): probe rarely, and
                     # more rarely each time the bracket holds.

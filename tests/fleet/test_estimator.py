@@ -142,6 +142,21 @@ def test_learning_the_slots_makes_one_request_wait_inside_ollama() -> None:
         assert sim.waited < 1.5
 
 
+def test_a_wait_at_two_brackets_one_slot_without_a_proof() -> None:
+    # Every runner has a slot: a wait at two (before any answer proved one) is the bracket, and
+    # the next probe waits for the timed re-probe, not for the next dispatch.
+    est = CapacityEstimator(prior=1, probe_every=30.0)
+    assert not est.dispatched(2, now=0.0)  # slow start: one beyond the belief
+    est.finished(2, 0.5, now=1.0, total_s=1.0)
+    assert (est.believed, est.source, est.limit) == (1, "learned", 1)
+    for i in range(20):
+        est.dispatched(1, now=1.0 + i)
+        est.finished(1, 0.0, now=1.5 + i, total_s=0.5)
+    assert est.limit == 1
+    est.dispatched(1, now=31.5)
+    assert est.limit == 2
+
+
 def test_under_steady_waits_the_limit_stays_within_one_of_the_truth() -> None:
     sim = Sim(CapacityEstimator(prior=1), slots=4)
     sim.run(100)
