@@ -1,5 +1,6 @@
 """What the proxy believes each node can run at once: slots per model and memory, with the
-evidence kept for them (the estimators are in estimator.py; capacity.py is what the rest reads).
+evidence kept for them (the estimators are in estimator.py and memory.py; capacity.py is what the
+rest reads).
 
 A `NodeBeliefs` per node holds a `SlotBelief` per model (a `CapacityEstimator`, the proxy's
 requests running there, and when the recent ones ended) and a `MemoryBelief` fed from /api/ps.
@@ -32,7 +33,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sollol_proxy.config import NodeConfig
-from sollol_proxy.fleet.estimator import CapacityEstimator, Change, MemoryBelief
+from sollol_proxy.fleet.estimator import CapacityEstimator, Change
+from sollol_proxy.fleet.memory import MemoryBelief
 
 log = logging.getLogger("sollol.capacity")
 
