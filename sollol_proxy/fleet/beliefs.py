@@ -9,8 +9,8 @@ A node not measured yet for a model is believed to be like what is known (`Peers
 other models first (OLLAMA_NUM_PARALLEL is one setting per node), else the fewest the other
 nodes have for the same model, else for any model, else one slot. Such beliefs follow the others
 as they are learned, until the node's own answers say more. A belief that is still growing
-(proofs, no wait yet: only a lower bound) is raised to what its peers learned for the model when
-they agree (else the nodes differ), and lowered again by the node's own waits.
+(proofs, no wait yet: only a lower bound) is raised to the most a peer proved for the model,
+unless a node has shown fewer (the nodes differ), and lowered again by the node's own waits.
 So do memory bounds: a node that has shown no
 eviction yet is believed to hold what its peers were seen to hold, or more if it showed more.
 
@@ -294,21 +294,24 @@ class Peers:
         self._by_node = {n: _lower_median(v) for n, v in by_node.items()}
         everything = [v for values in by_node.values() for v in values]
         self._overall = min(everything) if everything else None
-        # A belief still growing (no wait seen) is a lower bound: one below what its peers
-        # learned for the model is raised to it at once rather than waiting for this node's own
-        # proof, which needs its own bursts (on a node that routing keeps at one request,
-        # never): OLLAMA_NUM_PARALLEL is one setting, mostly the same across a fleet. Only to
-        # what every peer that saw a wait (or was configured) agrees on: a peer's proof alone is
-        # a lower bound too, and peers that differ say the fleet's nodes differ, where a node
-        # raised to another's slots sends all it has not got to wait inside Ollama (measured on
-        # the 1/2/4 fleet: the 1-slot node raised to 2, the 2-slot node to 4). A node raised
-        # and having fewer shows it by `strikes` waits.
-        settled: dict[str, set[int]] = {}
+        # A belief still growing (no wait seen) is a lower bound: one below what a peer proved
+        # for the model is raised to it at once rather than waiting for this node's own proof,
+        # which needs its own bursts (on a node that routing keeps at one request, never):
+        # OLLAMA_NUM_PARALLEL is one setting, mostly the same across a fleet. Not once a node
+        # has shown fewer (a wait below the highest proof, or a configured value below it):
+        # the fleet's nodes differ, and a node raised to a peer's slots would send all those it
+        # has not got to wait inside Ollama (measured on the 1/2/4 fleet: the 2-slot node raised
+        # to 4). A node raised and having fewer shows it by `strikes` waits.
+        highest = {m: max(v) for m, v in by_model.items()}
         for node in self._members.values():
             for model, belief in node.slots.items():
-                if belief.evidence and not belief.estimator.growing:
-                    settled.setdefault(model, set()).add(belief.estimator.believed)
-        agreed = {m: min(v) for m, v in settled.items() if len(v) == 1}
+                estimator = belief.estimator
+                if (
+                    belief.evidence
+                    and not estimator.growing
+                    and estimator.believed < highest.get(model, 0)
+                ):
+                    del highest[model]
         for node in self._members.values():
             for model, belief in node.slots.items():
                 estimator = belief.estimator
@@ -318,8 +321,8 @@ class Peers:
                         change = estimator.reset("believed like its peers", prior)
                         if change is not None:
                             log.info("node %s, model %s: %s", node.name, model, change)
-                elif not belief.forced and model in agreed:
-                    change = estimator.lift(agreed[model], "its peers learned more")
+                elif not belief.forced and model in highest:
+                    change = estimator.lift(highest[model], "a peer proved more")
                     if change is not None:
                         log.info("node %s, model %s: %s", node.name, model, change)
 

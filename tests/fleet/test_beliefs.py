@@ -182,14 +182,11 @@ def growing_peers(settle: bool) -> tuple[NodeBeliefs, SlotBelief, SlotBelief]:
     return a, growing, other
 
 
-def test_a_growing_belief_is_raised_to_what_its_peers_learned() -> None:
+def test_a_growing_belief_is_raised_to_what_a_peer_proved() -> None:
     a, growing, _ = growing_peers(settle=False)
     proof = a.slot("m", forced=False)
     proof.fresh = False
     a.note("m", proof.estimator.finished(2, 0.0, now=0.0))  # a ran two at once
-    # A proof alone is a lower bound too: the nodes may differ.
-    assert growing.estimator.believed == 1
-    a.note("m", proof.estimator.finished(3, 1.0, now=0.0, total_s=2.0))  # a waited at three
     assert growing.estimator.believed == 2 and growing.estimator.source == "probing"
     # A guess: two waits at it take it back, and it is not raised again.
     for _ in range(2):
@@ -199,11 +196,12 @@ def test_a_growing_belief_is_raised_to_what_its_peers_learned() -> None:
 
 
 def test_once_a_node_showed_fewer_slots_growing_beliefs_are_not_raised() -> None:
-    # c waited at two where a learned two: the nodes' OLLAMA_NUM_PARALLEL differ, and b raised
-    # to a's slots would send those it may not have to wait inside Ollama.
+    # c waited at two where a ran two: the nodes' OLLAMA_NUM_PARALLEL differ, and b raised to
+    # a's slots would send those it may not have to wait inside Ollama.
     a, growing, settled = growing_peers(settle=True)
-    learn(a.slot("m", forced=False), 2)
-    a.changed()
+    proof = a.slot("m", forced=False)
+    proof.fresh = False
+    a.note("m", proof.estimator.finished(2, 0.0, now=0.0))
     assert growing.estimator.believed == 1 and growing.estimator.limit == 2
     assert settled.estimator.believed == 1  # its own wait says fewer
 
