@@ -24,22 +24,22 @@ latency gradients; here the queueing is measured, so the window can follow proof
   wait. Then every proof is forgotten.
 - Until the first wait the limit is belief + 1, and each proof raises the belief: one request
   beyond what is proven, a congestion window of one. Doubling per round (TCP's slow start) found
-  the truth in fewer rounds but sent up to twice the slots before the first wait, and every
+  the truth in fewer rounds but let in up to twice the slots before the first wait, and every
   request beyond the slots waits a whole generation inside Ollama, where no other node can take
-  it (measured: 15 to 19 s of such waits per benchmark run, most of the auto runs' cost); a
-  window of one costs one such wait per node. After the first wait the limit is belief + 1
-  while probing, one probe at a time
+  it (`bench capacity --tokens 100`: 15 to 19 s of such waits per run, 6 to 13 s with a window
+  of one). After the first wait the limit is belief + 1 while probing, one probe at a time
   (until it ends, the limit is the belief: a burst of probes would all wait). A probe that
   waits stops probing for a number of full-window dispatches (there was demand) that doubles up
   to `max_backoff`, or for `probe_every` seconds if that comes first, so a saturated node sees
   its limit alternate between the truth and one more, rarely: every probe that waits costs one
   request a wait inside Ollama. Once the truth is bracketed (a wait-free run at the belief, a
-  wait at one more) the backoff is `max_backoff` at once, and the time between probes doubles
-  with every probe that waits again, from `probe_every` up to `probe_every_max`: a runner's
-  slots are fixed for its life, and a new runner shows itself (see beliefs.py), so the timed
-  probe is only a safety net, and each one costs a request a slot's time inside Ollama. A failed or cut request makes the next
-  probe due (a restart cuts streams). A wait-free run at a concurrency that used to wait means the node gained slots:
-  slow start again.
+  wait at one more; one slot needs no proof) the backoff is `max_backoff` at once, and the time
+  between probes doubles with every probe that waits again, from `probe_every` up to
+  `probe_every_max`: a runner's slots are fixed for its life, and a new runner shows itself (see
+  beliefs.py), so the timed probe is only a safety net, and each one costs a request a slot's
+  time inside Ollama. A failed or cut request makes the next probe due (a restart cuts streams).
+  A wait-free run at a concurrency that used to wait means the node gained slots: the window
+  grows again.
 - While it grows, the belief is a lower bound: `lift` raises it to what another node proved
   (beliefs.Peers), a guess that `strikes` waits at it take back like any other belief.
 - A configured or forced value (`fixed`: num_parallel from the config, 1 for embedding models and
