@@ -2,7 +2,7 @@
 
 Owns: each node's state and inventory (`fleet`), health (`health`), speeds learned from Ollama's
 timing fields (`learning`), slots and memory per model (`capacity`, learned by `estimator` and
-kept per node in `beliefs`), what every node's slots hold and how often that belief was right
+`memory`, kept per node in `beliefs`), what every node's slots hold and how often that belief was right
 (`prompt_cache`), the read-only views handed to routing (`snapshot`), and the `Selector` that
 feeds them to a `routing` strategy (pricing exactly only the candidates that can reach the top
 of a large fleet's ranking: `pricing`) and returns a `Plan` of `Target`s, recorded in `decisions`,

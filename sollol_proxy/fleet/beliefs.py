@@ -1,15 +1,17 @@
 """What the proxy believes each node can run at once: slots per model and memory, with the
-evidence kept for them (the estimators are in estimator.py; capacity.py is what the rest reads).
+evidence kept for them (the estimators are in estimator.py and memory.py; capacity.py is what the
+rest reads).
 
 A `NodeBeliefs` per node holds a `SlotBelief` per model (a `CapacityEstimator`, the proxy's
 requests running there, and when the recent ones ended) and a `MemoryBelief` fed from /api/ps.
 
 A node not measured yet for a model is believed to be like what is known (`Peers`): its own
-other models first (OLLAMA_NUM_PARALLEL is one setting per node), else the same model on the
-other nodes, else any model there, else one slot. Such beliefs follow the others as they are
-learned, until the node's own answers say more. A belief that is still growing (proofs, no wait
-yet: only a lower bound) is raised to the most a peer proved for the model, and lowered again by
-the node's own waits. So do memory bounds: a node that has shown no
+other models first (OLLAMA_NUM_PARALLEL is one setting per node), else the fewest the other
+nodes have for the same model, else for any model, else one slot. Such beliefs follow the others
+as they are learned, until the node's own answers say more. A belief that is still growing
+(proofs, no wait yet: only a lower bound) is raised to the most a peer proved for the model,
+unless a node has shown fewer (the nodes differ), and lowered again by the node's own waits.
+So do memory bounds: a node that has shown no
 eviction yet is believed to hold what its peers were seen to hold, or more if it showed more.
 
 Restarts. A node's slots change only when its `ollama serve` restarts (or a runner is loaded
@@ -31,7 +33,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sollol_proxy.config import NodeConfig
-from sollol_proxy.fleet.estimator import CapacityEstimator, Change, MemoryBelief
+from sollol_proxy.fleet.estimator import CapacityEstimator, Change
+from sollol_proxy.fleet.memory import MemoryBelief
 
 log = logging.getLogger("sollol.capacity")
 
@@ -284,16 +287,31 @@ class Peers:
                     value = belief.estimator.believed
                     by_model.setdefault(model, []).append(value)
                     by_node.setdefault(node.name, []).append(value)
-        self._by_model = {m: _lower_median(v) for m, v in by_model.items()}
+        # Other nodes may have other OLLAMA_NUM_PARALLEL: a node not measured yet is believed to
+        # have the fewest slots its peers have, since a belief too high makes a round of requests
+        # wait inside Ollama (one too low costs one round of the window of one, estimator.py).
+        self._by_model = {m: min(v) for m, v in by_model.items()}
         self._by_node = {n: _lower_median(v) for n, v in by_node.items()}
         everything = [v for values in by_node.values() for v in values]
-        self._overall = _lower_median(everything) if everything else None
+        self._overall = min(everything) if everything else None
         # A belief still growing (no wait seen) is a lower bound: one below what a peer proved
         # for the model is raised to it at once rather than waiting for this node's own proof,
         # which needs its own bursts (on a node that routing keeps at one request, never):
-        # OLLAMA_NUM_PARALLEL is one setting, mostly the same across a fleet. A node that has
-        # fewer shows it by `strikes` waits, and is not raised again.
+        # OLLAMA_NUM_PARALLEL is one setting, mostly the same across a fleet. Not once a node
+        # has shown fewer (a wait below the highest proof, or a configured value below it):
+        # the fleet's nodes differ, and a node raised to a peer's slots would send all those it
+        # has not got to wait inside Ollama (measured on the 1/2/4 fleet: the 2-slot node raised
+        # to 4). A node raised and having fewer shows it by `strikes` waits.
         highest = {m: max(v) for m, v in by_model.items()}
+        for node in self._members.values():
+            for model, belief in node.slots.items():
+                estimator = belief.estimator
+                if (
+                    belief.evidence
+                    and not estimator.growing
+                    and estimator.believed < highest.get(model, 0)
+                ):
+                    del highest[model]
         for node in self._members.values():
             for model, belief in node.slots.items():
                 estimator = belief.estimator

@@ -5,10 +5,9 @@ Ollama gives every loaded model `OLLAMA_NUM_PARALLEL` slots, except embedding mo
 families that it forces to one (read from the node's own `/api/tags`). Unless the operator gave
 `num_parallel`, the slots are learned from the proxy's own requests (estimator.py, beliefs.py):
 `model_slots` is the belief (what the views show), `slot_limit` how many requests admission
-control lets run there (the belief, plus one while it probes for more, twice what is proven
-while it is still growing), and `routing_slots` what the scorer and the prompt-cache map plan
-with. Memory bounds come from the configuration, else from /api/ps and evictions, the node's
-own or its peers'.
+control lets run there (the belief, plus one while it probes for more or is still growing), and
+`routing_slots` what the scorer and the prompt-cache map plan with. Memory bounds come from the
+configuration, else from /api/ps and evictions (memory.py), the node's own or its peers'.
 """
 
 from __future__ import annotations
@@ -111,8 +110,8 @@ def slot_source(node: NodeState, model: str) -> str:
 
 def slot_limit(node: NodeState, model: str) -> int:
     """How many of the proxy's requests for `model` may run on `node` now (admission control):
-    the belief, and one more while probing whether the node has more (twice the proven
-    number in slow start)."""
+    the belief, and one more while probing whether the node has more or while it is still
+    growing (slow start)."""
     belief = slot_belief(node, model)
     return model_slots(node, model) if belief is None else belief.estimator.limit
 

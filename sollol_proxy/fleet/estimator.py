@@ -1,5 +1,5 @@
-"""How many requests a node really runs at once for a model, and how much it can hold, learned
-from traffic instead of configuration.
+"""How many requests a node really runs at once for a model, learned from traffic instead of
+configuration (what it can hold in memory: memory.py).
 
 Why: Ollama gives each loaded model OLLAMA_NUM_PARALLEL slots (default 1, often set to 2-32) and
 never says how many. Requests beyond them wait on the runner's semaphore without a 503 (reference
@@ -22,37 +22,34 @@ latency gradients; here the queueing is measured, so the window can follow proof
   came back with fewer slots) must go on for `restart_rounds` rounds, i.e. that many times the
   belief in a row: one request of another client makes about one round of the proxy's requests
   wait. Then every proof is forgotten.
-- Until the first wait the limit grows like TCP slow start, belief + max(1, proven): it doubles
-  per round of requests. After it, the limit is belief + 1 while probing, one probe at a time
+- Until the first wait the limit is belief + 1, and each proof raises the belief: one request
+  beyond what is proven, a congestion window of one. Doubling per round (TCP's slow start) found
+  the truth in fewer rounds but let in up to twice the slots before the first wait, and every
+  request beyond the slots waits a whole generation inside Ollama, where no other node can take
+  it (`bench capacity --tokens 100`: 15 to 19 s of such waits per run, 6 to 13 s with a window
+  of one). After the first wait the limit is belief + 1 while probing, one probe at a time
   (until it ends, the limit is the belief: a burst of probes would all wait). A probe that
   waits stops probing for a number of full-window dispatches (there was demand) that doubles up
   to `max_backoff`, or for `probe_every` seconds if that comes first, so a saturated node sees
   its limit alternate between the truth and one more, rarely: every probe that waits costs one
   request a wait inside Ollama. Once the truth is bracketed (a wait-free run at the belief, a
-  wait at one more) the backoff is `max_backoff` at once, and the time between probes doubles
-  with every probe that waits again, from `probe_every` up to `probe_every_max`: a runner's
-  slots are fixed for its life, and a new runner shows itself (see beliefs.py), so the timed
-  probe is only a safety net, and each one costs a request a slot's time inside Ollama. A failed or cut request makes the next
-  probe due (a restart cuts streams). A wait-free run at a concurrency that used to wait means the node gained slots:
-  slow start again.
+  wait at one more; one slot needs no proof) the backoff is `max_backoff` at once, and the time
+  between probes doubles with every probe that waits again, from `probe_every` up to
+  `probe_every_max`: a runner's slots are fixed for its life, and a new runner shows itself (see
+  beliefs.py), so the timed probe is only a safety net, and each one costs a request a slot's
+  time inside Ollama. A failed or cut request makes the next probe due (a restart cuts streams).
+  A wait-free run at a concurrency that used to wait means the node gained slots: the window
+  grows again.
 - While it grows, the belief is a lower bound: `lift` raises it to what another node proved
   (beliefs.Peers), a guess that `strikes` waits at it take back like any other belief.
 - A configured or forced value (`fixed`: num_parallel from the config, 1 for embedding models and
   single-slot families) is used as is and never changed by observation.
-
-Memory (`MemoryBelief`) is bounded from /api/ps snapshots: models resident together prove the
-node holds that many and that much size_vram; a model that left when another loaded (an
-eviction) caps both: fewer models than were resident plus the newcomer, and less memory than
-their sum. A later co-residency above a cap
-drops the cap: that departure was an expiry or an explicit unload, not an eviction.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 # A slot wait shorter than this (or than NOISE_SHARE of the request) is rendering and parsing.
 NOISE_S = 0.020
@@ -133,7 +130,7 @@ class CapacityEstimator:
         if self.fixed:
             return self.fixed
         if self._slow_start:
-            return min(self.cap, self._believed + max(1, self._proven))
+            return min(self.cap, self._believed + 1)
         return min(self.cap, self._believed + (self._until_probe <= 0 and not self._probes))
 
     @property
@@ -261,7 +258,8 @@ class CapacityEstimator:
         if k > self._believed:
             self._ceiling = k if self._ceiling is None else min(self._ceiling, k)
             if self._until_probe <= 0:  # the probe failed: back off
-                if self._proven >= self._believed and self._ceiling == self._believed + 1:
+                # A runner has one slot at least: a belief of one needs no proof.
+                if max(1, self._proven) >= self._believed and self._ceiling == self._believed + 1:
                     # Bracketed: the truth is the belief. Only a new runner changes it, and that
                     # shows (cut streams, failed probes, /api/ps, a load): probe rarely, and
                     # more rarely each time the bracket holds.
@@ -286,70 +284,3 @@ class CapacityEstimator:
             self._proven, self._proven_at = 0, -math.inf
             return f"repeated slot waits at {low} in flight, which used to run at once"
         return f"repeated slot waits at {low} in flight"
-
-
-class MemoryBelief:
-    """How many models a node keeps loaded and how much VRAM they may use, from /api/ps."""
-
-    def __init__(self, *, vram_bytes: int | None = None, max_loaded: int | None = None) -> None:
-        self._vram_fixed = vram_bytes
-        self._loaded_fixed = max_loaded
-        self.vram_seen = 0  # largest size_vram sum resident together: a lower bound
-        self.loaded_seen = 0  # largest number of models resident together: a lower bound
-        self._vram_cap: int | None = None
-        self._loaded_cap: int | None = None
-        self._resident: dict[str, int] | None = None  # name -> size_vram, last snapshot
-
-    def configure(self, *, vram_bytes: int | None, max_loaded: int | None) -> None:
-        """New overrides from a reload; what was observed stays."""
-        self._vram_fixed, self._loaded_fixed = vram_bytes, max_loaded
-
-    @property
-    def vram_bytes(self) -> int | None:
-        """Usable VRAM: configured, or the cap an eviction showed; None while unknown."""
-        return self._vram_fixed if self._vram_fixed is not None else self._vram_cap
-
-    @property
-    def max_loaded(self) -> int | None:
-        """Models held at once: configured, or the cap an eviction showed; None while unknown
-        (`loaded_seen` is then a lower bound)."""
-        return self._loaded_fixed if self._loaded_fixed is not None else self._loaded_cap
-
-    @property
-    def source(self) -> str:
-        if self._vram_fixed is not None and self._loaded_fixed is not None:
-            return "configured"
-        if self._vram_cap is not None or self._loaded_cap is not None:
-            return "evictions"
-        return "resident" if self.loaded_seen else "default"
-
-    def observe(self, models: Iterable[Mapping[str, Any]]) -> bool:
-        """Fold in one /api/ps `models` list; True when `vram_bytes` or `max_loaded` changed."""
-        before = (self.vram_bytes, self.max_loaded)
-        resident: dict[str, int] = {}
-        for item in models:
-            name, size_vram = item.get("name"), item.get("size_vram")
-            if isinstance(name, str):
-                resident[name] = size_vram if isinstance(size_vram, int) else 0
-        previous, self._resident = self._resident, resident
-        if previous is not None:
-            loaded = resident.keys() - previous.keys()
-            if loaded and previous.keys() - resident.keys():
-                self._evicted(previous, sum(resident[m] for m in loaded))
-        self.loaded_seen = max(self.loaded_seen, len(resident))
-        self.vram_seen = max(self.vram_seen, sum(resident.values()))
-        # A cap below what was later resident together was not an eviction's.
-        if self._loaded_cap is not None and self._loaded_cap < self.loaded_seen:
-            self._loaded_cap = None
-        if self._vram_cap is not None and self._vram_cap < self.vram_seen:
-            self._vram_cap = None
-        return (self.vram_bytes, self.max_loaded) != before
-
-    def _evicted(self, previous: dict[str, int], incoming: int) -> None:
-        count = len(previous)
-        self._loaded_cap = count if self._loaded_cap is None else min(self._loaded_cap, count)
-        # The newcomer did not fit beside them: the memory is less than their sum, so the
-        # same set priced against the cap must come out as not fitting (`used + need > vram`).
-        ceiling = sum(previous.values()) + incoming - 1
-        if ceiling > 0:  # CPU-only runners report no size_vram: nothing to learn about VRAM
-            self._vram_cap = ceiling if self._vram_cap is None else min(self._vram_cap, ceiling)

@@ -164,27 +164,58 @@ def test_a_load_where_the_model_was_loaded_restarts_slow_start() -> None:
     assert belief.estimator.limit == 5
 
 
-def test_a_growing_belief_is_raised_to_what_a_peer_proved() -> None:
+def growing_peers(settle: bool) -> tuple[NodeBeliefs, SlotBelief, SlotBelief]:
+    """Nodes a, b, c of one fleet; b and c ran one request alone (proving one slot, a lower
+    bound); c then waited at two when `settle` (it has one slot: not growing any more)."""
     peers = Peers()
     a, b, c = node("a"), node("b"), node("c")
     for member in (a, b, c):
         peers.join(member)
-    growing, settled = b.slot("m", forced=False), c.slot("m", forced=False)
-    for belief in (growing, settled):
+    growing, other = b.slot("m", forced=False), c.slot("m", forced=False)
+    for belief in (growing, other):
         belief.fresh = False
-        belief.estimator.finished(1, 0.0, now=0.0)  # ran alone: proves one slot, a lower bound
-    settled.estimator.finished(2, 1.0, now=0.0, total_s=2.0)  # waited at two: not growing
-    assert growing.estimator.growing and not settled.estimator.growing
+        belief.estimator.finished(1, 0.0, now=0.0)
+    if settle:
+        other.estimator.finished(2, 1.0, now=0.0, total_s=2.0)
+        assert not other.estimator.growing
+    assert growing.estimator.growing
+    return a, growing, other
+
+
+def test_a_growing_belief_is_raised_to_what_a_peer_proved() -> None:
+    a, growing, _ = growing_peers(settle=False)
     proof = a.slot("m", forced=False)
     proof.fresh = False
     a.note("m", proof.estimator.finished(2, 0.0, now=0.0))  # a ran two at once
     assert growing.estimator.believed == 2 and growing.estimator.source == "probing"
-    assert settled.estimator.believed == 1  # its own wait says fewer
     # A guess: two waits at it take it back, and it is not raised again.
     for _ in range(2):
         growing.estimator.finished(2, 1.0, now=1.0, total_s=2.0)
     a.changed()
     assert growing.estimator.believed == 1 and not growing.estimator.growing
+
+
+def test_once_a_node_showed_fewer_slots_growing_beliefs_are_not_raised() -> None:
+    # c waited at two where a ran two: the nodes' OLLAMA_NUM_PARALLEL differ, and b raised to
+    # a's slots would send those it may not have to wait inside Ollama.
+    a, growing, settled = growing_peers(settle=True)
+    proof = a.slot("m", forced=False)
+    proof.fresh = False
+    a.note("m", proof.estimator.finished(2, 0.0, now=0.0))
+    assert growing.estimator.believed == 1 and growing.estimator.limit == 2
+    assert settled.estimator.believed == 1  # its own wait says fewer
+
+
+def test_an_unmeasured_node_is_believed_to_have_the_fewest_slots_of_its_peers() -> None:
+    peers = Peers()
+    members = [node(name) for name in "abcd"]
+    for member in members:
+        peers.join(member)
+    for member, slots in zip(members, (4, 1, 2), strict=False):
+        learn(member.slot("m", forced=False), slots)
+    peers.learned()
+    fresh = members[3].slot("m", forced=False).estimator
+    assert (fresh.believed, fresh.source) == (1, "default")
 
 
 def burst(state: NodeState, slots: int, sent: int, first: list[int]) -> SlotBelief:

@@ -79,6 +79,10 @@ async def test_each_nodes_slots_are_learned_from_urls_only(
     results = await load(http, made, clients=10, each=8)
     assert all(status == 200 for status, _, _ in results)
     assert believed(made) == {a: 1, b: 2, c: 4}  # within 80 requests
+    # Each node grew by one beyond what it proved, and none was raised to a peer's slots once
+    # another had shown fewer: about 1.0 s was waited on the semaphores in all, most of it by
+    # the 1-slot node raised to 2 by the first proof (doubling, raised further: 1.5 to 1.6 s).
+    assert sum(node.stats.queue_wait for node in made.nodes) < 1.25
     nodes = {
         n["name"]: n
         for n in orjson.loads(await (await http.get(made.url + "/sollol/nodes")).read())["nodes"]
@@ -114,6 +118,28 @@ async def test_after_learning_four_slots_four_clients_never_wait_in_the_proxy(
     results = await load(http, made, clients=4, each=5)
     assert {queued for _, _, queued in results} == {"0"}  # nobody waited in the proxy ...
     assert made.nodes[0].stats.queue_wait - waited < 0.05  # ... nor inside Ollama
+
+
+async def test_learning_the_slots_makes_about_one_request_wait_inside_ollama(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # Twice as many clients as slots, so that the window could grow past the truth: it grows by
+    # one, and one request at a time waits until the first wait is heard of (0.4 s in all, about
+    # two requests' time, 0.2 s each); doubling let in up to 8, and about 1.7 s was waited.
+    made = await cluster(
+        dict(
+            name="a",
+            models=["llama3.2"],
+            num_parallel=4,
+            token_delay=TOKEN_DELAY,
+            deterministic=False,
+        ),
+        urls_only=True,
+    )
+    (name,) = node_names(made)
+    await load(http, made, clients=8, each=6, tokens=20)
+    assert believed(made) == {name: 4}
+    assert made.nodes[0].stats.queue_wait < 0.9
 
 
 async def test_a_node_restarted_with_more_slots_is_relearned(

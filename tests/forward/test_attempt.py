@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from sollol_proxy.config import load_config
 from sollol_proxy.config.policies import Priors
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.snapshot import demand_by_model, node_view
-from sollol_proxy.forward.attempt import DispatchObserver
+from sollol_proxy.forward.attempt import (
+    PROBE_PATIENCE_FACTOR,
+    PROBE_PATIENCE_S,
+    Attempt,
+    DispatchObserver,
+)
 from sollol_proxy.routing.analysis import analyze
 
 GiB = 2**30
@@ -96,3 +103,37 @@ async def test_runner_options_match_uses_the_loaded_context_length() -> None:
     assert view().options_match  # no num_ctx asked for: nothing to compare
     assert view(num_ctx=8192).options_match  # /api/ps says the runner has 8192
     assert not view(num_ctx=4096).options_match
+
+
+def streamed_probe(**options: Any) -> tuple[DispatchObserver, Attempt]:
+    """A streamed chat probing node a, where x is loaded (warm: not a cold load)."""
+    fleet, cache, learner = setup()
+    chat = observer(fleet, cache, learner, "x:latest", options=options)
+    attempt = Attempt(chat, fleet.nodes["a"])
+    attempt.probe = True
+    return chat, attempt
+
+
+def test_a_probe_whose_runner_options_differ_gets_no_patience() -> None:
+    chat, attempt = streamed_probe(num_ctx=4096)
+    node, model = attempt.node, chat.profile.model
+    node.runner_options[model] = chat.profile.runner_options
+    assert chat.probe_patience(attempt, wait_left=60.0) is not None
+    # The runner there was loaded with other load-time options: Ollama reloads it first, so a
+    # late first byte is the load, not a wait for a slot.
+    node.runner_options[model] = (("num_ctx", 8192),)
+    assert chat.probe_patience(attempt, wait_left=60.0) is None
+
+
+def test_the_patience_is_at_least_three_times_the_measured_time_to_first_byte() -> None:
+    chat, attempt = streamed_probe()
+    node, model, learner = attempt.node, chat.profile.model, chat.learner
+    node.runner_options[model] = chat.profile.runner_options
+    priced = chat.probe_patience(attempt, wait_left=60.0)
+    assert priced is not None and priced < 1.0  # a short prompt and one token at the priors
+    # Its streams' first bytes came after 2 s (a node slower than priced, waits included).
+    learner.observe_success(
+        "a", model, "chat", None, clean_load=False, cached_tokens=0, ttft_s=2.0, elapsed_s=2.5
+    )
+    patience = chat.probe_patience(attempt, wait_left=60.0)
+    assert patience == pytest.approx(PROBE_PATIENCE_S + PROBE_PATIENCE_FACTOR * 2.0)
