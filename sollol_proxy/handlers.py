@@ -29,7 +29,6 @@ from sollol_proxy.forward.upstream import client_ip
 from sollol_proxy.guard.guard import grant_of, refusal
 from sollol_proxy.guard.quota import Refused
 from sollol_proxy.lifecycle.drain import CUT_REQUEST_ID, is_cut
-from sollol_proxy.lifecycle.limits import ProxyProtocol
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.routing import Reason
 from sollol_proxy.routing.analysis import RequestProfile, analyze
@@ -116,8 +115,6 @@ class OllamaHandler:
                 response = error_response(request.path, 503, str(exc))
                 response.headers["Retry-After"] = str(RETRY_AFTER_S)
                 response.force_close()  # the body is not read: the connection cannot go on
-                if isinstance(request.protocol, ProxyProtocol):  # aiohttp would read it first
-                    request.protocol.skip_lingering()
             except Refused as exc:
                 response = refusal(request.path, exc)
             except BadPriority as exc:

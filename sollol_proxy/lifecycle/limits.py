@@ -40,7 +40,6 @@ log = logging.getLogger("sollol.limits")
 
 HEADERS_TOO_LARGE = 431  # what Go's net/http (so Ollama) answers beyond MaxHeaderBytes
 BUSY = 503
-REQUEST_TIMEOUT = 408  # a request body too slow (wire/peek.read_body)
 PAYLOAD_TOO_LARGE = 413  # a request body over limits.max_body_bytes (wire/peek.read_body)
 # aiohttp's default; Go has no count limit, but its 1 MiB header budget bounds it in practice.
 MAX_HEADER_FIELDS = 128
@@ -340,16 +339,14 @@ class Limits:
                 f"request header too large (limit {config.max_header_bytes} bytes)",
             )
         response = await handler(request)
-        if response.status == REQUEST_TIMEOUT:
-            protocol.skip_lingering()  # the body was too slow: waiting for the rest is pointless
-        elif (
-            response.status == PAYLOAD_TOO_LARGE
-            and not response.prepared  # the proxy's answer, not a node's
-            and not request.content.is_eof()
-        ):
-            # Refused by its declared size: reading the rest would take in what was refused.
-            response.force_close()
-            protocol.skip_lingering()
+        if not response.prepared and not request.content.is_eof():  # the proxy's own answer
+            if response.status == PAYLOAD_TOO_LARGE:
+                # Refused by its declared size: reading the rest would take in what was refused.
+                response.force_close()
+            if response.keep_alive is False:
+                # It closes the connection (a body too large, too slow, or over the body budget):
+                # aiohttp's lingering read of the rest of the body would serve nobody.
+                protocol.skip_lingering()
         return response
 
     async def expect(self, request: web.Request) -> None:
