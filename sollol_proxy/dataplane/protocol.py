@@ -34,7 +34,7 @@ from sollol_proxy.lifecycle.limits import (
     peer_address,
     set_keepalive,
 )
-from sollol_proxy.lifecycle.stall import arm_stall, bound_unsent
+from sollol_proxy.lifecycle.stall import StallTimer, bound_unsent
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.logsafe import loggable
 
@@ -87,7 +87,7 @@ class FastProtocol(BaseProtocol):
         self._body_left = 0  # bytes of that body still to come
         self._head_started = False  # part of a next request's head has come
         self._scanned = 0  # how far the buffer is known not to hold the end of a head
-        self._stall: asyncio.TimerHandle | None = None  # armed while writing is paused
+        self._stall = StallTimer()  # armed while writing is paused
         self._task: asyncio.Task[None] | None = None
         self._task_handler = None  # what aiohttp's Server looks at when a connection ends
         self._timer: asyncio.TimerHandle | None = None
@@ -126,7 +126,7 @@ class FastProtocol(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
-        self._unstall()
+        self._stall.disarm()
         self._untrack()
         self._plane.limits.book.close(self.client, False)
         if self._body is not None and self._body_left:
@@ -149,10 +149,10 @@ class FastProtocol(BaseProtocol):
         super().pause_writing()
         assert self.transport is not None
         limit = self._plane.limits.config.client_limits.write_timeout
-        self._stall = arm_stall(self._plane.loop, self.transport, self.client, limit)
+        self._stall.arm(self._plane.loop, self.transport, self.client, limit)
 
     def resume_writing(self) -> None:
-        self._unstall()
+        self._stall.disarm()
         super().resume_writing()
 
     # requests
@@ -274,7 +274,7 @@ class FastProtocol(BaseProtocol):
         self._resume_transport_reading()  # paused for pipelined bytes: aiohttp reads on
         transport, self.transport = self.transport, None
         self._disarm()
-        self._unstall()
+        self._stall.disarm()
         self._untrack()
         data = bytes(self._buffer)
         self._buffer.clear()
@@ -318,11 +318,6 @@ class FastProtocol(BaseProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-    def _unstall(self) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
 
     def _timed_out(self) -> None:
         self._timer = None

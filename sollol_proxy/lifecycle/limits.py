@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sollol_proxy.config import Config
-from sollol_proxy.lifecycle.stall import arm_stall, bound_unsent
+from sollol_proxy.lifecycle.stall import StallTimer, bound_unsent
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.headers import REQUEST_ID_HEADER, new_request_id
 from sollol_proxy.wire.logsafe import loggable
@@ -127,7 +127,7 @@ class ProxyProtocol(web.RequestHandler):
         super().__init__(manager, **kwargs)  # type: ignore[arg-type]
         self._limits = limits
         self._head_timer: asyncio.TimerHandle | None = None
-        self._stall: asyncio.TimerHandle | None = None  # armed while writing is paused
+        self._stall = StallTimer()  # armed while writing is paused
         self._busy = False
         self._opened = False
         self.client = "-"
@@ -163,7 +163,7 @@ class ProxyProtocol(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
-        self._unstall()
+        self._stall.disarm()
         if self._opened:
             self._opened = False
             self._limits.book.close(self.client, self.over_limit is not None)
@@ -174,10 +174,10 @@ class ProxyProtocol(web.RequestHandler):
         super().pause_writing()
         if self.transport is not None:
             limit = self._limits.config.client_limits.write_timeout
-            self._stall = arm_stall(self._loop, self.transport, self.client, limit)
+            self._stall.arm(self._loop, self.transport, self.client, limit)
 
     def resume_writing(self) -> None:
-        self._unstall()
+        self._stall.disarm()
         super().resume_writing()
 
     def force_close(self) -> None:
@@ -191,11 +191,6 @@ class ProxyProtocol(web.RequestHandler):
         finally:  # aiohttp has closed the transport, which waits for the unsent bytes
             if self.transport is not None:
                 bound_unsent(self.transport)
-
-    def _unstall(self) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
 
     def skip_lingering(self) -> None:
         """No lingering read of the rest of a body the proxy will not use, after an answer

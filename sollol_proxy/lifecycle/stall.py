@@ -23,11 +23,29 @@ log = logging.getLogger("sollol.limits")
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
-def arm_stall(
-    loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport, client: str, limit: float
-) -> asyncio.TimerHandle:
-    """The timer of a write that has just blocked (called from `pause_writing`)."""
-    return loop.call_later(limit, _stalled, transport, client, limit)
+class StallTimer:
+    """One connection's write bound: armed by its protocol's `pause_writing`, disarmed by
+    `resume_writing` and when the connection ends."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self) -> None:
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.BaseTransport,
+        client: str,
+        limit: float,
+    ) -> None:
+        self.disarm()
+        self._handle = loop.call_later(limit, _stalled, transport, client, limit)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def bound_unsent(transport: asyncio.BaseTransport) -> None:
