@@ -98,10 +98,9 @@ async def test_each_nodes_slots_are_learned_from_urls_only(
     assert samples[("sollol_node_slots", frozenset({("node", b)}))] == 2
 
 
-async def test_after_learning_four_slots_four_clients_never_wait_in_the_proxy(
-    cluster: ClusterFactory, http: aiohttp.ClientSession
-) -> None:
-    made = await cluster(
+async def four_slots(cluster: ClusterFactory) -> Cluster:
+    """One node of 4 hidden slots, given to the proxy by URL only."""
+    return await cluster(
         dict(
             name="a",
             models=["llama3.2"],
@@ -111,6 +110,12 @@ async def test_after_learning_four_slots_four_clients_never_wait_in_the_proxy(
         ),
         urls_only=True,
     )
+
+
+async def test_after_learning_four_slots_four_clients_never_wait_in_the_proxy(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await four_slots(cluster)
     (name,) = node_names(made)
     await load(http, made, clients=6, each=6)  # more clients than slots: it has to find out
     assert believed(made) == {name: 4}
@@ -126,16 +131,7 @@ async def test_learning_the_slots_makes_about_one_request_wait_inside_ollama(
     # Twice as many clients as slots, so that the window could grow past the truth: it grows by
     # one, and one request at a time waits until the first wait is heard of (0.4 s in all, about
     # two requests' time, 0.2 s each); doubling let in up to 8, and about 1.7 s was waited.
-    made = await cluster(
-        dict(
-            name="a",
-            models=["llama3.2"],
-            num_parallel=4,
-            token_delay=TOKEN_DELAY,
-            deterministic=False,
-        ),
-        urls_only=True,
-    )
+    made = await four_slots(cluster)
     (name,) = node_names(made)
     await load(http, made, clients=8, each=6, tokens=20)
     assert believed(made) == {name: 4}

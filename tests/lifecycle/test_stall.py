@@ -21,6 +21,19 @@ REQUESTS = {
 }
 
 
+async def small_window_connection(
+    url: str,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client connection whose kernel receive buffer is small, so that what it does not read
+    soon stays on the proxy's side."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    return await asyncio.open_connection(sock=sock)
+
+
 @pytest.mark.parametrize("engine", ["fast", "aiohttp"])
 @pytest.mark.parametrize("route", ["view", "relayed"])
 async def test_a_pipelining_client_that_reads_nothing_is_cut_after_the_write_timeout(
@@ -34,12 +47,7 @@ async def test_a_pipelining_client_that_reads_nothing_is_cut_after_the_write_tim
         limits__idle_timeout=600,  # the write bound cuts it, not the idle one
     )
     server = made.proxy.runner.server
-    host, port = made.url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host, int(port)))
-    sock.setblocking(False)
-    reader, writer = await asyncio.open_connection(sock=sock)
+    reader, writer = await small_window_connection(made.url)
     writer.write(REQUESTS[route] * 4000)  # never read: the answers pile up on the proxy's side
     # Read nothing until the proxy has given up on it.
     await eventually(lambda: "cut a connection from" in caplog.text, within=30)
@@ -62,12 +70,7 @@ async def test_a_connection_closed_with_bytes_unsent_is_cut_after_the_write_time
         limits__idle_timeout=0.3,
     )
     server = made.proxy.runner.server
-    host, port = made.url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host, int(port)))
-    sock.setblocking(False)
-    reader, writer = await asyncio.open_connection(sock=sock)
+    reader, writer = await small_window_connection(made.url)
     await eventually(lambda: len(server.connections) == 1)
     # Small kernel buffers on both sides; answers, never read, until part of one stays in the
     # proxy's own buffer, under the mark at which a write counts as blocked.
