@@ -26,7 +26,7 @@ from multidict import CIMultiDictProxy
 
 from sollol_proxy.forward.nodebody import NodeBody
 from sollol_proxy.forward.nodewire import NodeProtocol
-from sollol_proxy.lifecycle.limits import set_keepalive
+from sollol_proxy.lifecycle.sockets import set_keepalive
 
 # aiohttp's connector closes a pooled connection idle for this long; so does the pool.
 KEEPALIVE_S = 15.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from sollol_proxy.config import Config
-from sollol_proxy.lifecycle.limits import keepalive_socket_factory
+from sollol_proxy.lifecycle.sockets import keepalive_socket_factory
 
 
 def upstream_session(config: Config) -> aiohttp.ClientSession:

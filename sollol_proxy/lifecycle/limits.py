@@ -21,15 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sollol_proxy.config import Config
+from sollol_proxy.lifecycle.connections import ConnectionBook
+from sollol_proxy.lifecycle.sockets import peer_address, set_keepalive
 from sollol_proxy.lifecycle.stall import StallTimer, bound_unsent
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.headers import REQUEST_ID_HEADER, new_request_id
@@ -45,89 +45,21 @@ PAYLOAD_TOO_LARGE = 413  # a request body over limits.max_body_bytes (wire/peek.
 MAX_HEADER_FIELDS = 128
 # A rejected connection that sends nothing is closed after this long.
 REJECTED_IDLE_S = 2.0
-# Go's net.ListenConfig and net.Dialer defaults (15 s idle, 15 s between probes, 9 probes).
-KEEPALIVE_PROBES = 9
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def set_keepalive(sock: Any, idle: float) -> None:
-    """TCP keep-alive probes after `idle` seconds of silence, so that a peer that vanished
-    (power loss, a NAT that forgot the flow) is noticed while a stream waits for its tokens."""
-    seconds = max(1, round(idle))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (
-        ("TCP_KEEPIDLE", seconds),
-        ("TCP_KEEPINTVL", seconds),
-        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
-    ):
-        if hasattr(socket, option):  # Linux; other platforms keep their system defaults
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-
-
-def keepalive_socket_factory(idle: float) -> Callable[[Any], socket.socket]:
-    """For aiohttp's TCPConnector: every connection to a node gets TCP keep-alive."""
-
-    def new_socket(addr_info: Any) -> socket.socket:
-        family, kind, proto, _, _ = addr_info
-        sock = socket.socket(family, kind, proto)
-        set_keepalive(sock, idle)
-        return sock
-
-    return new_socket
-
-
-def peer_address(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
-
-
-class ConnectionBook:
-    """The connections accepted, in all and per client address; the ones refused are answered
-    with a 503 (or closed) and counted apart, so that they never hold a slot themselves."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.refused = 0
-        self.by_client: Counter[str] = Counter()
-
-    def open(self, client: str, config: Config) -> str | None:
-        """Take a slot for a new connection; the limit it is over when none is left."""
-        if self.accepted >= config.max_connections:
-            over = f"too many open connections (limit {config.max_connections})"
-        elif self.by_client[client] >= config.client_limits.max_per_client:
-            over = (
-                "too many open connections from this client"
-                f" (limit {config.client_limits.max_per_client} per client)"
-            )
-        else:
-            self.accepted += 1
-            self.by_client[client] += 1
-            return None
-        self.refused += 1
-        return over
-
-    def close(self, client: str, refused: bool) -> None:
-        if refused:
-            self.refused -= 1
-            return
-        self.accepted -= 1
-        self.by_client[client] -= 1
-        if not self.by_client[client]:
-            del self.by_client[client]
 
 
 class ProxyProtocol(web.RequestHandler):
     """One client connection: aiohttp's, with Ollama-shaped answers to unparseable requests,
     a header deadline, a per-client cap, TCP keep-alive and a write bound."""
 
-    __slots__ = ("_busy", "_head_timer", "_limits", "_opened", "_stall", "client", "over_limit")
+    __slots__ = ("_busy", "_head_timer", "_limits", "_opened", "client", "over_limit", "stall")
 
     def __init__(self, manager: web.Server, *, limits: Limits, **kwargs: object) -> None:
         super().__init__(manager, **kwargs)  # type: ignore[arg-type]
         self._limits = limits
         self._head_timer: asyncio.TimerHandle | None = None
-        self._stall = StallTimer()  # armed while writing is paused
+        self.stall = StallTimer()  # armed while writing is paused
         self._busy = False
         self._opened = False
         self.client = "-"
@@ -163,7 +95,7 @@ class ProxyProtocol(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
-        self._stall.disarm()
+        self.stall.disarm()
         if self._opened:
             self._opened = False
             self._limits.book.close(self.client, self.over_limit is not None)
@@ -174,10 +106,10 @@ class ProxyProtocol(web.RequestHandler):
         super().pause_writing()
         if self.transport is not None:
             limit = self._limits.config.client_limits.write_timeout
-            self._stall.arm(self._loop, self.transport, self.client, limit)
+            self.stall.arm(self._loop, self.transport, self.client, limit)
 
     def resume_writing(self) -> None:
-        self._stall.disarm()
+        self.stall.disarm()
         super().resume_writing()
 
     def force_close(self) -> None:

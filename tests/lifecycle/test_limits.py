@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from sollol_proxy.app import PROXY
-from sollol_proxy.lifecycle.limits import keepalive_socket_factory
+from sollol_proxy.lifecycle.sockets import keepalive_socket_factory
 from sollol_proxy.server import raise_open_files_limit
 from tests.conftest import ClusterFactory, eventually
 
