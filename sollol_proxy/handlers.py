@@ -29,6 +29,7 @@ from sollol_proxy.forward.upstream import client_ip
 from sollol_proxy.guard.guard import grant_of, refusal
 from sollol_proxy.guard.quota import Refused
 from sollol_proxy.lifecycle.drain import CUT_REQUEST_ID, is_cut
+from sollol_proxy.lifecycle.stall import cut_for_stalling
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.routing import Reason
 from sollol_proxy.routing.analysis import RequestProfile, analyze
@@ -129,8 +130,10 @@ class OllamaHandler:
                 request[CUT_REQUEST_ID] = record.request_id
                 record.outcome = Outcome.CUT_BY_SHUTDOWN
                 record.finish(503)
-            elif record.outcome is not Outcome.CLIENT_STALLED:
-                record.outcome = Outcome.CLIENT_CLOSED
+            else:
+                # Cut by the write bound, or gone by itself.
+                stalled = cut_for_stalling(request.protocol)
+                record.outcome = Outcome.CLIENT_STALLED if stalled else Outcome.CLIENT_CLOSED
                 record.finish(499)  # nginx's "client closed request": no answer was completed
             self._done(record)
             raise

@@ -27,13 +27,8 @@ from aiohttp.http_writer import StreamWriter
 
 from sollol_proxy.dataplane.head import HEAD_END, read_head
 from sollol_proxy.dataplane.request import FastRequest, Prepare
-from sollol_proxy.lifecycle.limits import (
-    MAX_HEADER_FIELDS,
-    Limits,
-    ProxyProtocol,
-    peer_address,
-    set_keepalive,
-)
+from sollol_proxy.lifecycle.limits import MAX_HEADER_FIELDS, Limits, ProxyProtocol
+from sollol_proxy.lifecycle.sockets import peer_address, set_keepalive
 from sollol_proxy.lifecycle.stall import StallTimer, bound_unsent
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.logsafe import loggable
@@ -68,12 +63,12 @@ class FastProtocol(BaseProtocol):
         "_plane",
         "_request",
         "_scanned",
-        "_stall",
         "_task",
         "_task_handler",
         "_timer",
         "client",
         "closing",
+        "stall",
     )
 
     def __init__(self, plane: Plane) -> None:
@@ -87,7 +82,7 @@ class FastProtocol(BaseProtocol):
         self._body_left = 0  # bytes of that body still to come
         self._head_started = False  # part of a next request's head has come
         self._scanned = 0  # how far the buffer is known not to hold the end of a head
-        self._stall = StallTimer()  # armed while writing is paused
+        self.stall = StallTimer()  # armed while writing is paused
         self._task: asyncio.Task[None] | None = None
         self._task_handler = None  # what aiohttp's Server looks at when a connection ends
         self._timer: asyncio.TimerHandle | None = None
@@ -126,7 +121,7 @@ class FastProtocol(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
-        self._stall.disarm()
+        self.stall.disarm()
         self._untrack()
         self._plane.limits.book.close(self.client, False)
         if self._body is not None and self._body_left:
@@ -149,10 +144,10 @@ class FastProtocol(BaseProtocol):
         super().pause_writing()
         assert self.transport is not None
         limit = self._plane.limits.config.client_limits.write_timeout
-        self._stall.arm(self._plane.loop, self.transport, self.client, limit)
+        self.stall.arm(self._plane.loop, self.transport, self.client, limit)
 
     def resume_writing(self) -> None:
-        self._stall.disarm()
+        self.stall.disarm()
         super().resume_writing()
 
     # requests
@@ -274,7 +269,7 @@ class FastProtocol(BaseProtocol):
         self._resume_transport_reading()  # paused for pipelined bytes: aiohttp reads on
         transport, self.transport = self.transport, None
         self._disarm()
-        self._stall.disarm()
+        self.stall.disarm()
         self._untrack()
         data = bytes(self._buffer)
         self._buffer.clear()

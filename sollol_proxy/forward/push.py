@@ -9,27 +9,20 @@ their grouping are those of the awaited relay, and the relaying task wakes only 
 the body breaks, or when the client stops reading.
 
 Backpressure: once the client's transport is over its high-water mark, the node's socket stops
-being read and the task waits for the client to drain (the write watchdog bounds that wait, the
-idle watchdog is paused meanwhile: the silence is the client's). A client gone is seen here or
-by the connection, which cancels the task; either way the node's request is closed.
+being read and the task waits for the client to drain (the connection's write bound, stall.py,
+bounds that wait; the idle watchdog is paused meanwhile: the silence is the client's). A client
+gone is seen here or by the connection, which cancels the task; either way the node's request
+is closed.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
 
 from aiohttp import ClientConnectionResetError, web
 
 from sollol_proxy.forward.nodebody import NodeBody
 from sollol_proxy.forward.watchdog import IdleWatch
-
-
-class WriteWatch(Protocol):
-    """The relay's bound on a blocked write to the client (relay.py)."""
-
-    def writing(self) -> None: ...
-    def written(self) -> None: ...
 
 
 class Pusher:
@@ -42,7 +35,6 @@ class Pusher:
         "_recent",
         "_request",
         "_transport",
-        "_watch",
         "gone",
     )
 
@@ -51,11 +43,10 @@ class Pusher:
         request: web.Request,
         body: NodeBody,
         recent: deque[bytes],
-        watch: WriteWatch,
         idle: IdleWatch,
     ) -> None:
         self._request, self._body, self._recent = request, body, recent
-        self._watch, self._idle = watch, idle
+        self._idle = idle
         self._chunked = False
         self._transport = request.transport
         self._client = request.protocol
@@ -73,13 +64,11 @@ class Pusher:
                 if self.gone is not None:
                     return b""
                 self._idle.done()  # waiting for the client, not for the node
-                self._watch.writing()
                 try:
                     await request.writer.drain()
                 except ConnectionError as exc:
                     self.gone = exc
                     return b""
-                self._watch.written()
                 self._idle.reading()
                 body.go_on()
             return b""

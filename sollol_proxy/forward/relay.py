@@ -65,14 +65,13 @@ async def relay(
     complete = False
     recent: deque[bytes] = deque(maxlen=TAIL_CHUNKS)
     content = upstream.content
-    watch = WriteWatch(request, record, config.client_limits.write_timeout)
     idle = IdleWatch(content, config.timeouts.idle_read)  # one timer, not one per read
     # On a pooled connection, the reads after the first go from the node's socket to the
     # client's in the callback that brings them (push.py); otherwise each is awaited here, as
     # is the end of an answer that came whole with its first bytes (a small one).
     pusher = None
     if isinstance(content, NodeBody) and not content.is_eof():
-        pusher = Pusher(request, content, recent, watch, idle)
+        pusher = Pusher(request, content, recent, idle)
     timings: Timings | None = None
     ended = False  # the node has sent its last byte, and the node's side is done
 
@@ -106,9 +105,9 @@ async def relay(
         chunk = opened.first_chunk
         while chunk:
             recent.append(chunk)  # before the write: a cut during the write knows it
-            watch.writing()
-            await response.write(chunk)  # one write per upstream read: nothing is held back
-            watch.written()
+            # One write per upstream read: nothing is held back. A client that stops taking
+            # them is cut by its connection's write bound (lifecycle/stall.py).
+            await response.write(chunk)
             if record.ttft_s is None:
                 record.ttft_s = time.monotonic() - record.started
             try:
@@ -146,7 +145,6 @@ async def relay(
         await _end_stream(request, response, upstream, CUT_MESSAGE, b"".join(recent)[-2:])
         return response
     finally:
-        watch.close()
         idle.close()
         if complete or ended:  # the node sent it all: its connection can serve again
             upstream.release()
@@ -154,52 +152,6 @@ async def relay(
             # The client left or the stream broke: closing makes Ollama cancel the generation
             # and free its slot (reference 1.4).
             upstream.close()
-
-
-class WriteWatch:
-    """Cuts the client off when one write to it stays blocked for `limit` seconds: a client
-    that stops reading would otherwise hold the node's slot for ever. One timer per answer,
-    re-armed lazily, so that a write costs two assignments (an asyncio.timeout per write would
-    cost a third of the relay's time per chunk)."""
-
-    __slots__ = ("_handle", "_limit", "_loop", "_record", "_request", "_since")
-
-    def __init__(self, request: web.Request, record: RequestRecord, limit: float) -> None:
-        self._request, self._record, self._limit = request, record, limit
-        self._loop = asyncio.get_running_loop()
-        self._since: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
-
-    def writing(self) -> None:
-        self._since = self._loop.time()
-        if self._handle is None:
-            self._handle = self._loop.call_at(self._since + self._limit, self._check)
-
-    def written(self) -> None:
-        self._since = None
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _check(self) -> None:
-        self._handle = None
-        if self._since is None:
-            return  # not writing now: the next write arms the timer again
-        if self._loop.time() - self._since < self._limit:
-            self._handle = self._loop.call_at(self._since + self._limit, self._check)
-            return
-        self._record.outcome = Outcome.CLIENT_STALLED
-        log.warning(
-            "%s: client %s read nothing for %gs (limits.write_timeout); answer cut",
-            self._record.request_id,
-            self._record.client or "-",
-            self._limit,
-        )
-        if self._request.transport is not None:
-            # The blocked write fails, the handler ends, and the node's request is closed.
-            self._request.transport.abort()
 
 
 def _response_to(

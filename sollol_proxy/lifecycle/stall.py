@@ -25,12 +25,14 @@ RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 class StallTimer:
     """One connection's write bound: armed by its protocol's `pause_writing`, disarmed by
-    `resume_writing` and when the connection ends."""
+    `resume_writing` and when the connection ends. `fired`: the connection was cut by it (the
+    request being answered then ends as `client_stalled`, not `client_closed`)."""
 
-    __slots__ = ("_handle",)
+    __slots__ = ("_handle", "fired")
 
     def __init__(self) -> None:
         self._handle: asyncio.TimerHandle | None = None
+        self.fired = False
 
     def arm(
         self,
@@ -40,12 +42,24 @@ class StallTimer:
         limit: float,
     ) -> None:
         self.disarm()
-        self._handle = loop.call_later(limit, _stalled, transport, client, limit)
+        self._handle = loop.call_later(limit, self._fire, transport, client, limit)
 
     def disarm(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def _fire(self, transport: asyncio.BaseTransport, client: str, limit: float) -> None:
+        self._handle = None
+        self.fired = True
+        _cut(transport, client, limit)
+
+
+def cut_for_stalling(protocol: object) -> bool:
+    """Whether the connection `protocol` serves was cut by its write bound; a protocol of
+    neither engine (an app served without the limits) has none."""
+    stall = getattr(protocol, "stall", None)
+    return isinstance(stall, StallTimer) and stall.fired
 
 
 def bound_unsent(transport: asyncio.BaseTransport) -> None:
@@ -55,7 +69,7 @@ def bound_unsent(transport: asyncio.BaseTransport) -> None:
         transport.set_write_buffer_limits(high=0)  # calls pause_writing if any byte is left
 
 
-def _stalled(transport: asyncio.BaseTransport, client: str, limit: float) -> None:
+def _cut(transport: asyncio.BaseTransport, client: str, limit: float) -> None:
     log.warning(
         "cut a connection from %s: it read nothing for %gs (limits.write_timeout)", client, limit
     )
