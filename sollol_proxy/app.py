@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -15,7 +11,6 @@ from aiohttp import web
 import sollol_proxy.observe.metrics_port as metrics_port
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config import Config
-from sollol_proxy.config.policies import Priors
 from sollol_proxy.dataplane.plane import DataPlane
 from sollol_proxy.embed.api import BatchApi
 from sollol_proxy.embed.jobs import JobRunner
@@ -25,7 +20,6 @@ from sollol_proxy.embed.subcall import SubCalls
 from sollol_proxy.fleet.decisions import DecisionLog
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
-from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import Selector
 from sollol_proxy.forward.forwarder import Forwarder
@@ -42,7 +36,7 @@ from sollol_proxy.lifecycle.background import Background
 from sollol_proxy.lifecycle.cors import Cors
 from sollol_proxy.lifecycle.drain import Drain
 from sollol_proxy.lifecycle.limits import Limits
-from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader, keep_restart_only
+from sollol_proxy.lifecycle.reload import ConfigSource, LiveConfig, Reloader
 from sollol_proxy.observe.accesslog import log_request
 from sollol_proxy.observe.admin import Admin
 from sollol_proxy.observe.batches import BatchCollector, Batches
@@ -50,18 +44,16 @@ from sollol_proxy.observe.dashboard import Dashboard
 from sollol_proxy.observe.history import History
 from sollol_proxy.observe.metrics import Metrics
 from sollol_proxy.observe.stats import Stats
+from sollol_proxy.running import Proxy, node_priors
 from sollol_proxy.shared.prompt_cache import SharedPromptCache
 from sollol_proxy.shared.state import SharedState
 from sollol_proxy.wire.body_budget import BodyCollector
 
 log = logging.getLogger("sollol.app")
 
-# How often a removed node is checked for requests still in flight.
-RETIRE_POLL_S = 0.2
-
 FLEET = web.AppKey("fleet", Fleet)
 LEARNER = web.AppKey("learner", Learner)
-PROXY = web.AppKey("proxy", "Proxy")
+PROXY = web.AppKey("proxy", Proxy)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 ADMISSION = web.AppKey("admission", Admission)
 ADMIN = web.AppKey("admin", Admin)
@@ -77,86 +69,6 @@ async def _drop_server_header(request: web.Request, response: web.StreamResponse
     response.headers.popall("Server", None)
 
 
-@dataclass
-class Proxy:
-    """The parts that hold the configuration, and what reloads it."""
-
-    live: LiveConfig
-    fleet: Fleet
-    learner: Learner
-    decisions: DecisionLog
-    limits: Limits
-    drain: Drain
-    parts: tuple[Reconfigurable, ...]
-    history: History
-    reloader: Reloader | None = None
-    shared: SharedState | None = None  # state.backend: redis
-    tasks: Background = field(default_factory=Background)
-    watchers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # node name -> task
-
-
-class Reconfigurable(Protocol):
-    def reconfigure(self, config: Config) -> object: ...
-
-
-def _watch(proxy: Proxy, node: NodeState, *, probe_first: bool) -> None:
-    listener = proxy.history.state_changed
-    node.health.listener = listener if proxy.shared is None else proxy.shared.listening(listener)
-
-    async def watch() -> None:
-        if probe_first:  # a node added by a reload: usable as soon as its first probe answers
-            await proxy.fleet.refresh(node)
-        await proxy.fleet.watch(node)
-
-    proxy.watchers[node.name] = proxy.tasks.start(f"watch:{node.name}", watch())
-
-
-async def _retire(node: NodeState, watcher: asyncio.Task[None] | None) -> None:
-    """A removed node: its requests in flight finish, then its watcher stops."""
-    # fleet.lease() counts without an event to wait on; a poll this slow costs nothing.
-    while node.in_flight:  # noqa: ASYNC110
-        await asyncio.sleep(RETIRE_POLL_S)
-    if watcher is not None:
-        watcher.cancel()
-    log.info("node %s has left the fleet", node.name)
-
-
-def apply_config(app: web.Application, new: Config) -> None:
-    """The one way a new configuration takes effect in a running app (reload)."""
-    proxy = app[PROXY]
-    config = keep_restart_only(proxy.live.config, new)
-    added, removed = proxy.fleet.reconfigure(config)
-    for part in proxy.parts:
-        part.reconfigure(config)
-    proxy.learner.reconfigure(config.priors, _node_priors(config))
-    proxy.decisions.resize(config.decisions_kept)
-    if config.log_level != proxy.live.config.log_level:
-        logging.getLogger().setLevel(config.log_level.upper())
-    for node in removed:
-        log.info("node %s removed: no new requests, %d in flight finish", node.name, node.in_flight)
-        proxy.tasks.start(f"retire:{node.name}", _retire(node, proxy.watchers.pop(node.name, None)))
-    for node in added:
-        log.info("node %s added (%s)", node.name, node.config.url)
-        _watch(proxy, node, probe_first=True)
-    proxy.live.replace(config)
-    log.info(
-        "configuration generation %d in force: %d nodes (%d added, %d removed)",
-        proxy.live.generation,
-        len(proxy.fleet.nodes),
-        len(added),
-        len(removed),
-    )
-
-
-def request_reload(app: web.Application, why: str) -> None:
-    """Reload from the startup sources in the background (SIGHUP)."""
-    proxy = app[PROXY]
-    if proxy.reloader is None:
-        log.warning("%s: no configuration source to reload from", why)
-        return
-    proxy.tasks.start(f"reload:{why}", proxy.reloader.reload(why))
-
-
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """Every background task is started here, or by a reload through `proxy.tasks`; all are
     cancelled and awaited here."""
@@ -169,7 +81,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     healthy = [n.name for n in fleet.healthy()]
     log.info("fleet ready: %d/%d nodes healthy %s", len(healthy), len(fleet.nodes), healthy)
     for node in fleet.nodes.values():
-        _watch(proxy, node, probe_first=False)
+        proxy.watch(node, probe_first=False)
     proxy.tasks.start("admission", app[ADMISSION].run())
     proxy.tasks.start("batch-jobs", app[JOBS].run())
     if (pool := app.get(POOL)) is not None:
@@ -204,16 +116,12 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def _node_priors(config: Config) -> dict[str, Priors]:
-    return {n.name: n.priors for n in config.nodes if n.priors}
-
-
 async def create_app(config: Config, source: ConfigSource | None = None) -> web.Application:
     session = upstream_session(config)
     shares = config.state.backend == "redis"
     prompt_cache = SharedPromptCache() if shares else PromptCache()  # replicas share its map
     fleet = Fleet(config, session, prompt_cache)
-    learner = Learner(config.priors, _node_priors(config))
+    learner = Learner(config.priors, node_priors(config))
     live = LiveConfig(config)
     admission = Admission(config.queue)
     shared = None
@@ -326,7 +234,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         ),
     )
     if source is not None:
-        proxy.reloader = Reloader(source, functools.partial(apply_config, app), config)
+        proxy.reloader = Reloader(source, proxy.apply, config)
     app[PROXY] = proxy
     app[FLEET] = fleet
     app[LEARNER] = learner

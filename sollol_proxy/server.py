@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from sollol_proxy.app import DATAPLANE, PROXY, create_app, request_reload
+from sollol_proxy.app import DATAPLANE, PROXY, create_app
 from sollol_proxy.config import Config
 from sollol_proxy.lifecycle.reload import ConfigSource
 from sollol_proxy.lifecycle.startup import cannot_listen
@@ -144,7 +144,7 @@ async def serve_forever(config: Config, source: ConfigSource | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, request_reload, proxy.runner.app, "SIGHUP")
+    loop.add_signal_handler(signal.SIGHUP, proxy.runner.app[PROXY].request_reload, "SIGHUP")
     try:
         await stop.wait()
     finally:
