@@ -184,7 +184,7 @@ class OllamaHandler:
             return views.root()
         if kind is Kind.SOLLOL:
             if self.batches.owns(request.path):
-                return await self.batches.handle(request)
+                return await self.batches.handle(request, hold)
             return self.admin.handle(request)
         if kind in FLEET_VIEWS and not pinned:
             response = await self.views.answer(kind)

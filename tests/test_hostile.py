@@ -260,7 +260,14 @@ async def test_a_slow_body_is_cut_with_408(
     )
     status, blob = status_and_body(answer)
     assert status == 408 and orjson.loads(blob)["error"].startswith("request body too slow")
-    no_traceback(caplog, body, blob)
+    # A batch job's documents are read under the same bound.
+    answer = await raw(
+        made.url,
+        b"POST /api/embed/batch HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    status, batch = status_and_body(answer)
+    assert status == 408 and orjson.loads(batch)["error"].startswith("request body too slow")
+    no_traceback(caplog, body, blob, batch)
     await still_serving(made, http)
 
 

@@ -24,6 +24,7 @@ from sollol_proxy.config import Config
 from sollol_proxy.embed.jobs import JobRunner, Refused
 from sollol_proxy.embed.store import Job, StoreError
 from sollol_proxy.wire import gojson
+from sollol_proxy.wire.body_budget import BodyHold
 from sollol_proxy.wire.errors import JSON_PLAIN, error_response
 from sollol_proxy.wire.peek import read_body
 
@@ -166,25 +167,27 @@ def job_json(job: Job, rate: float | None, note: str | None = None) -> dict[str,
 class BatchApi:
     def __init__(self, runner: JobRunner, config: Config) -> None:
         self.runner = runner
-        self._max_body = config.max_body_bytes
+        self._config = config
 
     def reconfigure(self, config: Config) -> None:
-        self._max_body = config.max_body_bytes
+        self._config = config
 
     @staticmethod
     def owns(path: str) -> bool:
         return path in (SUBMIT, STATUS, PREFIX) or path.startswith(PREFIX + "/")
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request, hold: BodyHold) -> web.StreamResponse:
+        """`hold`: the request's share of the body budget; a job's documents are counted in it
+        while they are read, as a model request's body is."""
         try:
-            return await self._handle(request)
+            return await self._handle(request, hold)
         except StoreError as exc:  # before an answer started; after, the connection ends
             return error_response(request.path, exc.status, exc.message)
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, hold: BodyHold) -> web.StreamResponse:
         path, method = request.path, request.method
         if path == SUBMIT:
-            return await self._submit(request) if method == "POST" else _not_allowed("POST")
+            return await self._submit(request, hold) if method == "POST" else _not_allowed("POST")
         if path in (STATUS, PREFIX):
             return await self._list(request) if method in ("GET", "HEAD") else _not_allowed("GET")
         match = _JOB_PATH.match(path)
@@ -204,8 +207,15 @@ class BatchApi:
             return _not_allowed("DELETE, GET")
         return _json(await self._detail(job))
 
-    async def _submit(self, request: web.Request) -> web.Response:
-        body = await read_body(request, self._max_body)
+    async def _submit(self, request: web.Request, hold: BodyHold) -> web.Response:
+        config = self._config
+        body = await read_body(
+            request,
+            config.max_body_bytes,
+            stall=config.client_limits.body_timeout,
+            min_rate=config.client_limits.body_min_rate,
+            hold=hold,
+        )
         try:
             model, fields, docs = read_job(orjson.loads(body))
         except orjson.JSONDecodeError as exc:

@@ -180,13 +180,21 @@ async def test_one_client_holds_at_most_its_share_and_others_still_get_in(
     await other.send(request_head("/api/chat", BODY) + chat(BODY))
     await held_becomes(http, url, held + 2 * BODY)
 
+    # A batch job's documents count in the same share as a model request's body.
+    batch = await Client.open(url, "127.0.0.2")
+    await batch.send(request_head("/api/embed/batch", BODY))
+    status, _, body = await batch.answer()
+    assert status == 503
+    assert orjson.loads(body)["error"].startswith("too many request bodies from this client")
+    assert await batch.closed_by_proxy()
+
     busy.close()
     for client in (first, other):
         assert (await client.answer())[0] == 200
         client.close()
     await held_becomes(http, url, 0)
     counts = await budget(http, url)
-    assert counts["sollol_body_refused_total[client]"] == 2
+    assert counts["sollol_body_refused_total[client]"] == 3
     assert counts["sollol_body_refused_total[total]"] == 0
 
 
