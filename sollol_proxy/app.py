@@ -69,6 +69,11 @@ async def _drop_server_header(request: web.Request, response: web.StreamResponse
     response.headers.popall("Server", None)
 
 
+def apply_config(app: web.Application, new: Config) -> None:
+    """A new configuration takes effect in a running app (reload; tests and benchmarks)."""
+    app[PROXY].apply(new)
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """Every background task is started here, or by a reload through `proxy.tasks`; all are
     cancelled and awaited here."""

@@ -1,6 +1,6 @@
 """Hot reload: where the configuration comes from, which one is in force, and when to re-read it.
 
-`app.apply_config` applies a new configuration; this module loads it (the same file,
+`running.Proxy.apply` applies a new configuration; this module loads it (the same file,
 environment and command-line flags as at startup) and rejects an invalid one, keeping the old.
 """
 

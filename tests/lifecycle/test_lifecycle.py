@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from sollol_proxy.app import ADMIN, ADMISSION, PROXY
+from sollol_proxy.app import ADMIN, ADMISSION, PROXY, apply_config
 from sollol_proxy.config import load_config
 from sollol_proxy.simulator import SimulatedNode
 from tests.conftest import TEST_SETTINGS, ClusterFactory, eventually, free_port
@@ -307,7 +307,7 @@ async def test_a_kept_node_keeps_its_live_state_and_tunables_apply_to_new_reques
             env={},
             overrides={**TEST_SETTINGS, "nodes": [node_a], "routing.strategy": "least_loaded"},
         )
-        app[PROXY].apply(new)
+        apply_config(app, new)
         kept = made.fleet.nodes["a"]
         assert kept is state and kept.in_flight == 1 and kept.config.num_parallel == 4
         assert MODEL in kept.models
@@ -339,7 +339,7 @@ async def test_settings_that_need_a_restart_are_logged_and_kept(
     level = root.level
     try:
         with caplog.at_level(logging.INFO, logger="sollol"):
-            app[PROXY].apply(new)
+            apply_config(app, new)
         assert root.level == logging.DEBUG
     finally:
         root.setLevel(level)
@@ -373,7 +373,7 @@ async def test_metrics_port_log_format_and_reload_watch_need_a_restart(
         },
     )
     with caplog.at_level(logging.INFO, logger="sollol"):
-        app[PROXY].apply(new)
+        apply_config(app, new)
     live = app[PROXY].live.config
     assert (live.metrics_port, live.log_format, live.reload_watch) == (None, "plain", False)
     assert app[PROXY].live.generation == 2  # the rest of the reload was applied
