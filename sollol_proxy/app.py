@@ -47,7 +47,7 @@ from sollol_proxy.observe.stats import Stats
 from sollol_proxy.running import Proxy, node_priors
 from sollol_proxy.shared.prompt_cache import SharedPromptCache
 from sollol_proxy.shared.state import SharedState
-from sollol_proxy.wire.body_budget import BodyCollector
+from sollol_proxy.wire.body_budget import BodyBudget, BodyCollector
 
 log = logging.getLogger("sollol.app")
 
@@ -181,6 +181,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         history,
         prompt_cache,
     )
+    bodies = BodyBudget(config.max_body_memory, config.max_body_bytes)
     handler = OllamaHandler(
         config=config,
         fleet=fleet,
@@ -195,9 +196,10 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         sinks=(log_request, metrics.observe, stats.observe, history.observe, guard.observe),
         embeddings=embeddings,
         batches=batches,
+        bodies=bodies,
     )
-    metrics.registry.register(BodyCollector(handler.bodies))
-    limits = Limits(config)
+    metrics.registry.register(BodyCollector(bodies))
+    limits = Limits(config, bodies)
     cors = Cors(config)
     proxy = Proxy(
         live=live,
@@ -211,6 +213,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
             forwarder,
             management,
             handler,
+            bodies,
             limits,
             admission,
             cors,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -81,14 +81,10 @@ class OllamaHandler:
     sinks: Sequence[RecordSink]
     embeddings: Embeddings
     batches: BatchApi
-    bodies: BodyBudget = field(init=False)  # the request bodies held at once
-
-    def __post_init__(self) -> None:
-        self.bodies = BodyBudget(self.config.max_body_memory, self.config.max_body_bytes)
+    bodies: BodyBudget  # the request bodies held at once
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
-        self.bodies.resize(config.max_body_memory, config.max_body_bytes)
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         client = client_ip(request)

@@ -28,9 +28,11 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sollol_proxy.config import Config
+from sollol_proxy.forward.upstream import client_ip
 from sollol_proxy.lifecycle.connections import ConnectionBook
 from sollol_proxy.lifecycle.sockets import peer_address, set_keepalive
 from sollol_proxy.lifecycle.stall import StallTimer, bound_unsent
+from sollol_proxy.wire.body_budget import BodyBudget
 from sollol_proxy.wire.errors import error_response
 from sollol_proxy.wire.headers import REQUEST_ID_HEADER, new_request_id
 from sollol_proxy.wire.logsafe import loggable
@@ -202,9 +204,10 @@ def _closing(path: str, status: int, message: str) -> web.Response:
 
 
 class Limits:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, bodies: BodyBudget) -> None:
         self.config = config
         self.book = ConnectionBook()
+        self._bodies = bodies
 
     def reconfigure(self, config: Config) -> None:
         """New limits apply to connections opened from now on (the parser's) and to new requests."""
@@ -278,10 +281,14 @@ class Limits:
 
     async def expect(self, request: web.Request) -> None:
         """The catch-all route's answer to `Expect: 100-continue`: aiohttp's, except that a body
-        declared over the limit is not invited (the handler answers 413 and closes instead)."""
+        the handler will refuse by its declared length is not invited: over the body limit
+        (413) or over what the body budget has room for now (503); the handler answers and
+        closes the connection instead."""
         length = request.content_length
-        if length is not None and length > self.config.max_body_bytes:
+        if length is not None:
             route, _ = classify(request.method, routed_path(request.path, request.raw_path))
-            if route.kind is not Kind.BLOB:  # uploads are streamed, never held: no limit
+            held = route.kind is not Kind.BLOB  # uploads are streamed, never held: no limit
+            too_large = length > self.config.max_body_bytes
+            if held and (too_large or not self._bodies.fits(client_ip(request) or "-", length)):
                 return
         await _default_expect_handler(request)

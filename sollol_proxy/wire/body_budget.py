@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sollol_proxy.config import Config
+
 # One client address holds at most this share of the budget. Clients behind one NAT or one
 # reverse proxy share it; chat bodies are kilobytes, so it only binds on many large uploads.
 CLIENT_SHARE = 4
@@ -44,8 +46,16 @@ class BodyBudget:
         self.total = total
         self.per_client = min(total, max(total // CLIENT_SHARE, max_body))
 
+    def reconfigure(self, config: Config) -> None:
+        self.resize(config.max_body_memory, config.max_body_bytes)
+
     def hold(self, client: str) -> BodyHold:
         return BodyHold(self, client)
+
+    def fits(self, client: str, size: int) -> bool:
+        """Whether a body of `size` bytes from `client` would be taken now (an `Expect:
+        100-continue` is answered by this, before the body is sent)."""
+        return self.held + size <= self.total and self.by_client[client] + size <= self.per_client
 
     def _take(self, client: str, size: int) -> None:
         if self.held + size > self.total:

@@ -220,3 +220,35 @@ def test_a_client_gets_a_quarter_of_the_budget_and_never_less_than_one_largest_b
     budget = BodyBudget(128 * mib, 64 * mib)
     budget.resize(1024 * mib, 64 * mib)  # a reload
     assert (budget.total, budget.per_client) == (1024 * mib, 256 * mib)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_body_the_budget_has_no_room_for_is_not_invited_by_100_continue(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, engine: str
+) -> None:
+    made = await cluster(
+        dict(name="a", models=[MODEL], token_delay=0.01), listen__engine=engine, **SETTINGS
+    )
+    url = made.url
+    busy = await busy_slot(url)
+    held = (await budget(http, url))["sollol_body_bytes_held"]
+    first = await Client.open(url, "127.0.0.2")
+    await first.send(request_head("/api/chat", BODY) + chat(BODY))
+    await held_becomes(http, url, held + BODY)  # the client's whole share
+    expect = b"Expect: 100-continue\r\n\r\n"
+    # The same client's next body would be refused: it gets the 503 at once, no 100 Continue.
+    second = await Client.open(url, "127.0.0.2")
+    await second.send(request_head("/api/chat", BODY)[:-2] + expect)
+    status, _, body = await second.answer()
+    assert status == 503
+    assert orjson.loads(body)["error"].startswith("too many request bodies from this client")
+    assert await second.closed_by_proxy()
+    # Another client's body fits: it is invited.
+    other = await Client.open(url, "127.0.0.3")
+    await other.send(request_head("/api/chat", BODY)[:-2] + expect)
+    interim = await asyncio.wait_for(other.reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    other.close()
+    busy.close()
+    assert (await first.answer())[0] == 200
+    first.close()
