@@ -36,6 +36,7 @@ from sollol_proxy.admission.bounds import over_bounds, timed_out
 from sollol_proxy.admission.gate import Gate, NotPlaced
 from sollol_proxy.admission.pump import pump
 from sollol_proxy.admission.queue_stats import PriorityStats, next_waiters, queue_snapshot
+from sollol_proxy.admission.retry import wait_elsewhere
 from sollol_proxy.admission.slot_table import SlotTable
 from sollol_proxy.admission.tickets import Held, Slot, Waiter
 from sollol_proxy.admission.waitqueue import WaitQueue
@@ -274,47 +275,9 @@ class Admission:
 
     async def retry_elsewhere(self, slot: Slot, tried: frozenset[str]) -> NodeState | None:
         slot.release()
-        origin = slot  # it keeps how the request asked for a slot
-        remaining = self.wait_left(origin)
-
-        def others() -> list[NodeState]:
-            nodes = [n for n in origin.candidates() if n.name not in tried]
-            if not nodes:  # gone or down meanwhile: the retry stops waiting (see the pump)
-                raise LookupError("no node left to retry on")
-            return nodes
-
-        if remaining <= 0 or not slot.alternatives(tried):
-            return None
-        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(
-            origin.priority,
-            origin.model,
-            (*origin.key, "retry", *sorted(tried)),
-            next(self._seq),
-            origin.enqueued,
-            others,
-            origin.choose,
-            origin.band,
-            future,
-            slot,
+        return await wait_elsewhere(
+            slot, tried, self.wait_left(slot), self._queue, self._seq, self._pump
         )
-        self._queue.push(waiter)  # admitted already: bounds do not apply
-        self._pump()
-        try:
-            async with asyncio.timeout(remaining):
-                return (await asyncio.shield(future)).node
-        except TimeoutError:
-            if future.done() and not future.exception():
-                return future.result().node
-            self._remove(waiter)
-            return None
-        except Exception:  # no node left to wait for: the request's last failure is the answer
-            return None
-        except asyncio.CancelledError:
-            if not future.done():
-                self._remove(waiter)
-                future.cancel()
-            raise
 
     def _remove(self, waiter: Waiter) -> None:
         self._queue.remove(waiter)

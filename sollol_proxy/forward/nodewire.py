@@ -1,5 +1,5 @@
-"""A pooled node connection's protocol: the answer's head and its body's framing read here, the
-body's bytes handed on as each read of the node's socket brings them.
+"""A pooled node connection's protocol: the answer's head (parsed by nodehead.py) and its body's
+framing read here, the body's bytes handed on as each read of the node's socket brings them.
 
 aiohttp's `ResponseHandler` feeds every read to its parser, which feeds a `StreamReader`, which
 wakes the relaying task, which writes the bytes to the client: per streamed chunk, a future and
@@ -19,9 +19,19 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from sollol_proxy.forward.nodebody import NodeBody, Sink
+from sollol_proxy.forward.nodehead import (
+    CHUNKED,
+    DONE,
+    HEAD,
+    LENGTH,
+    UNTIL_CLOSE,
+    BadAnswer,
+    framing,
+    parse_head,
+)
 
 # A head (status line and fields) longer than this is refused, as aiohttp's parser refuses
 # lines and fields over 8 KiB; a chunk-size line longer than MAX_LINE likewise.
@@ -33,13 +43,6 @@ _LOWER_HEX = b"0123456789abcdef"
 # The size line of a read taken whole on the fast path (data_received) has at most this many
 # hex digits (chunks under 4 GiB); a longer one is read by the general path and its bounds.
 _SIZE_DIGITS = 8
-_NO_BODY_STATUS = frozenset({204, 304})
-# Body framings.
-_HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DONE = range(5)
-
-
-class BadAnswer(aiohttp.ClientError):
-    """The node's answer is not valid HTTP/1.1 framing."""
 
 
 class NodeProtocol(asyncio.Protocol):
@@ -69,7 +72,7 @@ class NodeProtocol(asyncio.Protocol):
         self._buffer = b""  # a head, or a chunk-size line, not yet whole
         self._head: asyncio.Future[tuple[int, str, CIMultiDictProxy[str], NodeBody]] | None = None
         self._body: NodeBody | None = None
-        self._mode = _DONE
+        self._mode = DONE
         self._left = 0  # bytes of the sized body, or of the current chunk, still to come
         self._crlf = False  # a chunk's data ended: its CRLF comes next
         self._trailers = False  # the last chunk came: trailer lines until a blank one
@@ -92,7 +95,7 @@ class NodeProtocol(asyncio.Protocol):
     def expect(self) -> asyncio.Future[tuple[int, str, CIMultiDictProxy[str], NodeBody]]:
         """The next answer's head (status, reason, fields) and body, once its head has come."""
         self._head = self.loop.create_future()
-        self._mode, self._buffer = _HEAD, b""
+        self._mode, self._buffer = HEAD, b""
         self._crlf = self._trailers = False
         self.sink = None
         self.resume()  # the last answer may have ended held for a slow client
@@ -131,23 +134,23 @@ class NodeProtocol(asyncio.Protocol):
         self.should_close = True
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("connection to the node closed"))
-        if self._mode == _HEAD and self._head is not None and not self._head.done():
+        if self._mode == HEAD and self._head is not None and not self._head.done():
             # As aiohttp words it: a clean close is "disconnected", a reset the OS error.
             lost = aiohttp.ClientOSError(*exc.args) if isinstance(exc, OSError) else None
             self._head.set_exception(lost or aiohttp.ServerDisconnectedError())
-        elif self._mode == _UNTIL_CLOSE and exc is None:
+        elif self._mode == UNTIL_CLOSE and exc is None:
             self._done()
-        elif self._mode != _DONE and self._body is not None:
+        elif self._mode != DONE and self._body is not None:
             self._body.set_exception(
                 aiohttp.ClientPayloadError("Response payload is not completed")
             )
-        self._mode = _DONE
+        self._mode = DONE
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink
         if (
             sink is not None
-            and self._mode == _CHUNKED
+            and self._mode == CHUNKED
             and not (self._buffer or self._left or self._crlf or self._trailers)
         ):
             # The common read of a pushed stream: exactly one whole chunk (a token as the node
@@ -169,14 +172,14 @@ class NodeProtocol(asyncio.Protocol):
                     self._body.full()
                 return
         try:
-            if self._mode == _HEAD:
+            if self._mode == HEAD:
                 data = self._read_head(data)
                 if not data:
                     return
             mode = self._mode
-            if mode == _CHUNKED:
+            if mode == CHUNKED:
                 self._read_chunked(data)
-            elif mode == _LENGTH:
+            elif mode == LENGTH:
                 left = self._left
                 if len(data) > left:  # more than the node announced: not reused
                     self.should_close = True
@@ -185,7 +188,7 @@ class NodeProtocol(asyncio.Protocol):
                 self._feed(data)
                 if not self._left:
                     self._done()
-            elif mode == _UNTIL_CLOSE:
+            elif mode == UNTIL_CLOSE:
                 self._feed(data)
             else:  # bytes with no request waiting for them: the connection is not reused
                 self.close()
@@ -210,51 +213,27 @@ class NodeProtocol(asyncio.Protocol):
                 return b""
             if end - start > MAX_HEAD:  # however it arrived: whole in one read too
                 raise BadAnswer("400, message='Header section is too large'")
-            status, reason, headers, http10 = _parse_head(buffer[start:end])
+            status, reason, headers, http10 = parse_head(buffer[start:end])
             start = search = end + 4
             if not 100 <= status < 200:
                 break
         self._buffer = b""
         rest = buffer[start:]
-        self._frame(status, headers)
+        self._mode, self._left, close = framing(status, headers)
+        if close:
+            self.should_close = True
         if http10 and "keep-alive" not in headers.get("Connection", "").lower():
             self.should_close = True
         body = self._body = NodeBody(self)
         head, self._head = self._head, None
         if head is not None and not head.done():
             head.set_result((status, reason, CIMultiDictProxy(headers), body))
-        if self._mode == _DONE:
+        if self._mode == DONE:
             body.finish()
             if rest:
                 self.should_close = True
             return b""
         return rest
-
-    def _frame(self, status: int, headers: CIMultiDict[str]) -> None:
-        connection = headers.get("Connection", "").lower()
-        if "close" in connection:
-            self.should_close = True
-        coding = headers.get("Transfer-Encoding")
-        length = headers.getall("Content-Length", ())
-        # Checked whatever the status: the relay copies the length onto the client's answer.
-        if length and (len(set(length)) != 1 or not length[0].isdigit() or not length[0].isascii()):
-            raise BadAnswer("400, message='Invalid Content-Length'")
-        if status in _NO_BODY_STATUS:
-            self._mode = _DONE
-        elif coding is not None:
-            if coding.rsplit(",", 1)[-1].strip().lower() != "chunked":
-                raise BadAnswer("400, message='Transfer-Encoding without chunked'")
-            if length:  # which framing the node meant is unknown: refused, as aiohttp does
-                raise BadAnswer(
-                    "400, message='Transfer-Encoding can't be present with Content-Length'"
-                )
-            self._mode, self._left = _CHUNKED, 0
-        elif length:
-            self._left = int(length[0])
-            self._mode = _LENGTH if self._left else _DONE
-        else:
-            self._mode = _UNTIL_CLOSE
-            self.should_close = True
 
     def _read_chunked(self, data: bytes) -> None:
         if self._buffer:
@@ -317,7 +296,7 @@ class NodeProtocol(asyncio.Protocol):
             self._body.feed(data)
 
     def _done(self) -> None:
-        self._mode = _DONE
+        self._mode = DONE
         if self._body is not None:
             self._body.finish()
 
@@ -326,34 +305,5 @@ class NodeProtocol(asyncio.Protocol):
             self._head.set_exception(exc)
         elif self._body is not None:
             self._body.set_exception(exc)
-        self._mode = _DONE
+        self._mode = DONE
         self.close()
-
-
-def _parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
-    lines = head.split(b"\r\n")
-    # A lone CR or LF, or a NUL, anywhere in the head: refused, as aiohttp's parser refuses
-    # them in a field (and its server would refuse to write them back to the client).
-    ends = len(lines) - 1
-    if head.count(b"\r") != ends or head.count(b"\n") != ends or b"\x00" in head:
-        raise BadAnswer(f"400, message='Invalid character in head {lines[0][:80]!r}'")
-    parts = lines[0].split(b" ", 2)
-    if (
-        len(parts) < 2
-        or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0")
-        or len(parts[1]) != 3
-        or not parts[1].isdigit()
-    ):
-        raise BadAnswer(f"400, message='Bad status line {lines[0][:80]!r}'")
-    headers: CIMultiDict[str] = CIMultiDict()
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name[-1] in b" \t" or name[0] in b" \t":
-            raise BadAnswer(f"400, message='Bad header line {line[:80]!r}'")
-        # Decoded as aiohttp's parser does, so that relayed values are written back unchanged.
-        headers.add(
-            name.decode("utf-8", "surrogateescape"),
-            value.strip(b" \t").decode("utf-8", "surrogateescape"),
-        )
-    reason = parts[2].decode("utf-8", "surrogateescape") if len(parts) == 3 else ""
-    return int(parts[1]), reason, headers, parts[0] == b"HTTP/1.0"

@@ -146,6 +146,7 @@ async def paced(
 NOT_BUILT = object()  # a member the proxy did not build
 # The top-level fields the proxy reads itself (the rest only feed the analysis).
 _FIELDS = ("model", "name", "source", "stream")
+_FIELD_SET = frozenset(_FIELDS)
 
 
 def _loads(raw: bytes) -> Any:
@@ -203,29 +204,37 @@ def read_object(text: bytes) -> tuple[dict[str, Any] | None, list[tuple[str, Any
     return payload, pairs
 
 
+def _field_named(key: str) -> str | None:
+    """The field of `_FIELDS` that `key` sets in Go, if any. An ASCII key sets a field (lower
+    case ASCII) exactly when its lower case is the field: one lookup per key, not a
+    `go_field_match` per field; other keys (Go's non-ASCII folds) are matched rune by rune."""
+    if key.isascii():
+        folded = key.lower()
+        return folded if folded in _FIELD_SET else None
+    return next((field for field in _FIELDS if go_field_match(key, field)), None)
+
+
 def _names_a_field(key: str) -> bool:
-    return any(go_field_match(key, field) for field in _FIELDS)
+    return _field_named(key) is not None
 
 
 def _ambiguous(value: dict[str, Any]) -> bool:
     """Whether two keys of a parsed object set the same field in Go (`model` and `Model`): the
     dict has lost their order, which decides the value."""
-    matching = [key for key in value if _names_a_field(key)]
-    return len(matching) > len({_field_of(key) for key in matching})
+    named = [field for field in map(_field_named, value) if field is not None]
+    return len(named) > len(set(named))
 
 
-def _field_of(key: str) -> str:
-    return next(field for field in _FIELDS if go_field_match(key, field))
-
-
-def go_field(pairs: Iterable[tuple[str, Any]], field: str) -> Any:
-    """The value Go's decoder leaves in the struct field tagged `field`: the last member whose
-    key matches it, exactly or case-insensitively; None if none does (or it was not built)."""
-    value = None
+def go_fields(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """The values Go's decoder leaves in the struct fields of `_FIELDS`: for each, the last
+    member whose key matches it, exactly or case-insensitively; a field no member sets (or
+    whose member was not built) is absent."""
+    values: dict[str, Any] = {}
     for key, member_value in pairs:
-        if go_field_match(key, field):
-            value = member_value
-    return None if value is NOT_BUILT else value
+        field = _field_named(key)
+        if field is not None:
+            values[field] = member_value
+    return {field: value for field, value in values.items() if value is not NOT_BUILT}
 
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
@@ -284,13 +293,14 @@ def peek(
         model = model or multipart_field(text or b"", content_type, "model")
     elif text:
         payload, pairs = read_object(text)
+    fields = go_fields(pairs)
     if not model:
         for field in route.model_fields:  # Ollama: cmp.Or(req.Model, req.Name)
-            candidate = go_field(pairs, field)
+            candidate = fields.get(field)
             if isinstance(candidate, str) and candidate.strip():
                 model = candidate
                 break
-    stream = go_field(pairs, "stream")
+    stream = fields.get("stream")
     return Peek(
         body=body,
         payload=payload,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import random
 import tracemalloc
 
+import orjson
 import pytest
 
 from sollol_proxy.wire.jsonscan import MAX_DEPTH, TooComplex, TooDeep, go_field_match, members
@@ -89,6 +91,28 @@ def test_peek_takes_the_last_matching_key_like_go() -> None:
     assert peek(CHAT, b'{"MODEL":"b","model":"a"}', {}).model == "a"
     assert peek(CHAT, b'{"Model":"x","Stream":false}', {}).stream is False
     assert peek(SHOW, b'{"model":"","name":"n"}', {}).model == "n"  # cmp.Or(Model, Name)
+
+
+def test_peek_finds_the_fields_go_finds_under_any_spelling_of_their_keys() -> None:
+    # Keys spelt every way (case, Go's non-ASCII folds, near misses), in random orders: peek
+    # reads the model and stream Go's field matching leaves, member by member.
+    rng = random.Random(7)
+    spellings = ["model", "MODEL", "mOdEl", "models", "mode", "name", "stream", "STREAM"]
+    spellings += ["\u017ftream", "\u017fTREAM", "stre\u0430m", "n\u0430me", "Name"]
+    for _ in range(300):
+        members_ = [(rng.choice(spellings), rng.choice(["a", "b", True, False])) for _ in range(4)]
+        body = (
+            b"{" + b",".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in members_) + b"}"
+        )
+        model = stream = None
+        for key, value in members_:
+            if go_field_match(key, "model"):
+                model = value
+            if go_field_match(key, "stream"):
+                stream = value
+        seen = peek(CHAT, body, {})
+        assert seen.model == (model if isinstance(model, str) else "")
+        assert seen.stream is (stream if isinstance(stream, bool) else True)
 
 
 def test_invalid_utf8_is_read_as_go_reads_it() -> None:
