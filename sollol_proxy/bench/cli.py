@@ -91,6 +91,19 @@ def bench_routing(
     )
 
 
+@bench.command("routing-tail")
+@click.argument("files", nargs=-1, required=True, type=click.File("rb"))
+@click.option(
+    "--strategy", default="performance", show_default=True, help="Whose slowest 5% to read."
+)
+def bench_routing_tail(files: tuple[IO[bytes], ...], strategy: str) -> None:
+    """Issue #18's targets per run, and what the slowest 5% are, from `bench routing
+    --requests` files."""
+    from sollol_proxy.bench.routing_tail import report
+
+    print(report((line for f in files for line in f), strategy))
+
+
 @bench.command("scorer")
 @click.option("--decisions", default=20000, show_default=True)
 def bench_scorer(decisions: int) -> None:
