@@ -213,7 +213,6 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
             forwarder,
             management,
             handler,
-            bodies,
             limits,
             admission,
             cors,

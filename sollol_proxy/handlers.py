@@ -85,6 +85,7 @@ class OllamaHandler:
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
+        self.bodies.resize(config.max_body_memory, config.max_body_bytes)
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         client = client_ip(request)

@@ -28,7 +28,6 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sollol_proxy.config import Config
-from sollol_proxy.forward.upstream import client_ip
 from sollol_proxy.lifecycle.connections import ConnectionBook
 from sollol_proxy.lifecycle.sockets import peer_address, set_keepalive
 from sollol_proxy.lifecycle.stall import StallTimer, bound_unsent
@@ -190,6 +189,11 @@ class ProxyProtocol(web.RequestHandler):
         return response
 
 
+def _client(request: web.BaseRequest) -> str:
+    """The address a request's body is counted under, as the handler counts it."""
+    return peer_address(request.transport) if request.transport is not None else "-"
+
+
 def header_bytes(request: web.BaseRequest) -> int:
     """The request line plus the header lines, as sent (the CRLFs counted)."""
     line = len(request.method) + len(request.raw_path) + len("  HTTP/1.1\r\n")
@@ -289,6 +293,6 @@ class Limits:
             route, _ = classify(request.method, routed_path(request.path, request.raw_path))
             held = route.kind is not Kind.BLOB  # uploads are streamed, never held: no limit
             too_large = length > self.config.max_body_bytes
-            if held and (too_large or not self._bodies.fits(client_ip(request) or "-", length)):
+            if held and (too_large or not self._bodies.fits(_client(request), length)):
                 return
         await _default_expect_handler(request)

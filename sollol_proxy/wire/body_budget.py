@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sollol_proxy.config import Config
-
 # One client address holds at most this share of the budget. Clients behind one NAT or one
 # reverse proxy share it; chat bodies are kilobytes, so it only binds on many large uploads.
 CLIENT_SHARE = 4
@@ -45,9 +43,6 @@ class BodyBudget:
         """A reload's new sizes; what is held stays held, and counts against them."""
         self.total = total
         self.per_client = min(total, max(total // CLIENT_SHARE, max_body))
-
-    def reconfigure(self, config: Config) -> None:
-        self.resize(config.max_body_memory, config.max_body_bytes)
 
     def hold(self, client: str) -> BodyHold:
         return BodyHold(self, client)
