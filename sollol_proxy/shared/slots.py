@@ -124,6 +124,7 @@ class SharedSlots(Parking):
         handed: str | None = None  # the node whose slot a release handed to this request
 
         tried: set[str] = set()  # nodes Redis found full for it since it last waited
+        grants = 0  # the grants it sent
 
         def free() -> list[NodeState]:
             # The nodes other replicas, as last heard, leave room on; all of them when none
@@ -176,7 +177,10 @@ class SharedSlots(Parking):
                 sent = time.monotonic()
                 asks = self._asks(slot, candidates, tried, model)
                 try:
-                    verdict, others, granted = await self.leases.grant(model, waiter, urgency, asks)
+                    grants += 1
+                    verdict, others, granted = await self.leases.grant(
+                        model, waiter, urgency, asks, grants > 1
+                    )
                 except BaseException:
                     await held.__aexit__(None, None, None)  # its slot carries no lease
                     raise
