@@ -125,6 +125,8 @@ class SharedSlots(Parking):
 
         tried: set[str] = set()  # nodes Redis found full for it since it last waited
         grants = 0  # the grants it sent
+        # Nodes whose handed slot it could not take (its plan holds it for another node).
+        declined: set[str] = set()
 
         def free() -> list[NodeState]:
             # The nodes other replicas, as last heard, leave room on; all of them when none
@@ -144,7 +146,7 @@ class SharedSlots(Parking):
                 # slot a release is freeing for them at the same moment.
                 self.leases.enqueue(waiter, model, urgency)
                 again = asked
-                handed = await self._park(model, urgency, waiter, deadline, True)
+                handed = await self._park(model, urgency, waiter, deadline, declined)
                 kept = self._kept.get(waiter)
                 handed = kept.name if kept is not None else handed
             elif self._link.up and self._will_wait(free, model):
@@ -159,6 +161,12 @@ class SharedSlots(Parking):
                 try:
                     slot = await held.__aenter__()
                 except NotPlaced:  # that node is no longer its choice: it asks as any other
+                    # Nor is the slot handed there: the local queue may take it, and this
+                    # request is not offered it again when it parks (`unclaimed`): each offer
+                    # was a grant refused and another wait, 4-5 per request in overload.
+                    if handed is not None:
+                        declined.add(handed)
+                    self.leases.promised.pop(waiter, None)
                     self._admission.wake()
                     handed = None
                     continue
@@ -220,7 +228,9 @@ class SharedSlots(Parking):
                         "timeout",
                         self._admission.config.max_wait,
                     )
-                handed = await self._park(model, urgency, waiter, deadline, claim)
+                handed = await self._park(
+                    model, urgency, waiter, deadline, declined if claim else None
+                )
                 kept = self._kept.get(waiter)
                 if kept is not None:  # kept for it as it stopped waiting (its time was up)
                     handed = kept.name
