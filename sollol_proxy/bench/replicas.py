@@ -47,6 +47,9 @@ ROUND_TRIP_S = re.compile(rb"^sollol_shared_round_trip_seconds_total ([0-9.e+]+)
 REQUEST_TRIPS = re.compile(rb"^sollol_shared_request_round_trips_total ([0-9.e+]+)$", re.M)
 REFUSED = re.compile(rb'^sollol_shared_leases_total\{result="refused"\} ([0-9.e+]+)$', re.M)
 HANDED = re.compile(rb'^sollol_shared_leases_total\{result="handed"\} ([0-9.e+]+)$', re.M)
+KINDS = re.compile(
+    rb'^sollol_shared_request_round_trips_by_kind_total\{carrying="([^"]*)"\} ([0-9.e+]+)$', re.M
+)
 
 
 @contextlib.contextmanager
@@ -77,6 +80,8 @@ class Run:
     round_trip_ms: float  # time in them, per request
     refused: float  # leases Redis refused, per request (a request then waits and asks again)
     handed: float  # slots a release handed to a waiting request, per request
+    # The requests' path's round trips per request, by what they carried (`lease_ops.carried`).
+    kinds: dict[str, float]
     # CPU seconds per request of the proxies, of Redis and of this process (clients and
     # simulated nodes), and the share of the machine's cores busy (everyone's work) in the run.
     cpu_ms: tuple[float, float, float]
@@ -89,8 +94,9 @@ async def _peak(nodes: list[SimulatedNode], seen: list[int]) -> None:
         await asyncio.sleep(0.002)
 
 
-async def _redis_cost(urls: list[str]) -> list[float]:
+async def _redis_cost(urls: list[str]) -> tuple[list[float], dict[str, float]]:
     totals = [0.0] * 5
+    kinds: dict[str, float] = {}
     async with aiohttp.ClientSession() as http:
         for url in urls:
             async with http.get(url + "/metrics") as response:
@@ -100,7 +106,9 @@ async def _redis_cost(urls: list[str]) -> list[float]:
             ):
                 if match := pattern.search(text):
                     totals[index] += float(match.group(1))
-    return totals
+            for kind, count in KINDS.findall(text):
+                kinds[kind.decode()] = kinds.get(kind.decode(), 0.0) + float(count)
+    return totals, kinds
 
 
 @contextlib.asynccontextmanager
@@ -161,7 +169,7 @@ async def run_once(setup: Setup, redis: tuple[str, int], workload: Workload, see
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
         ):
             urls = [url for _, url in started]
-            before = await _redis_cost(urls)
+            before, kinds0 = await _redis_cost(urls)
             watcher = asyncio.create_task(_peak(nodes, seen))
             pids = [pid for pid, _ in started]
             cpu0 = (sum(map(_cpu_seconds, pids)), _cpu_seconds(redis[1]), time.process_time())
@@ -177,7 +185,7 @@ async def run_once(setup: Setup, redis: tuple[str, int], workload: Workload, see
             watcher.cancel()
             machine1 = _machine()
             cpu1 = (sum(map(_cpu_seconds, pids)), _cpu_seconds(redis[1]), time.process_time())
-            after = await _redis_cost(urls)
+            after, kinds1 = await _redis_cost(urls)
     finally:
         for node in nodes:
             await node.stop()
@@ -193,6 +201,11 @@ async def run_once(setup: Setup, redis: tuple[str, int], workload: Workload, see
         (after[1] - before[1]) * 1000 / requests,
         (after[3] - before[3]) / requests,
         (after[4] - before[4]) / requests,
+        {
+            k: (n - kinds0.get(k, 0.0)) / requests
+            for k, n in kinds1.items()
+            if n > kinds0.get(k, 0.0)
+        },
         (
             (cpu1[0] - cpu0[0]) * 1000 / requests,
             (cpu1[1] - cpu0[1]) * 1000 / requests,
@@ -211,6 +224,21 @@ def _all(run: Run) -> ClassResult:
         merged.queued_ms += result.queued_ms
         merged.last_done = max(merged.last_done, result.last_done)
     return merged
+
+
+# A round trip is counted under the first of these its operations include (`lease_ops.carried`):
+# a request's first grant, a repeated one (after a refusal or a wait), a release, or only
+# operations sent lazily (a handed slot taken or given back, a waiter registered or leaving).
+GROUPS = ("grant", "regrant", "release")
+
+
+def _grouped(kinds: dict[str, float]) -> dict[str, float]:
+    groups = dict.fromkeys((*GROUPS, "lazy only"), 0.0)
+    for kind, count in kinds.items():
+        parts = kind.split("+")
+        group = next((g for g in GROUPS if g in parts), "lazy only")
+        groups[group] += count
+    return groups
 
 
 def setups(replicas: int) -> list[Setup]:
@@ -271,6 +299,19 @@ async def benchmark(seed: int = 7, duration: float = 10.0, replicas: int = 3) ->
                     f"{run.round_trip_ms:.2f} | {run.refused:.2f} | {run.handed:.2f} | "
                     f"{proxies:.1f}, {redis_ms:.1f}, {bench:.1f} | {run.busy:.0%} |"
                 )
+            lines.append("")
+            lines.append(
+                "Round trips of the requests' path per request, by what they carried (a trip "
+                "counts under the first of: a first grant, a repeated grant, a release, lazy "
+                "writes only):"
+            )
+            lines.append("")
+            for run in runs[1:]:
+                if run.kinds:
+                    groups = _grouped(run.kinds)
+                    lines.append(
+                        f"- {run.label}: " + ", ".join(f"{k} {n:.2f}" for k, n in groups.items())
+                    )
             lines.append("")
     return "\n".join(lines)
 

@@ -77,15 +77,18 @@ class HandedSlots:
         if not ids:
             del self.reserved[key]
 
-    def unclaimed(self, model: str, waiter: str) -> str | None:
+    def unclaimed(self, model: str, waiter: str, declined: set[str]) -> str | None:
         """A node where a slot handed to this replica for `model` waits, that `waiter` may take
-        (handed for it, or for nobody waiting any more): promised to it."""
+        (handed for it, or for nobody waiting any more), other than those it `declined`:
+        promised to it."""
         spoken = set(self.promised.values()) | self._asking
         for (node, m), ids in self.reserved.items():
-            if m == model and waiter in ids:
+            if m == model and waiter in ids and node not in declined:
                 return node
         for (node, m), ids in self.reserved.items():
-            rid = next((r for r in ids if r not in spoken), None) if m == model else None
+            if m != model or node in declined:
+                continue
+            rid = next((r for r in ids if r not in spoken), None)
             if rid is not None:
                 self.promised[waiter] = rid
                 return node

@@ -53,6 +53,7 @@ class Grant:
     # The verdict, the slots the other replicas hold on the node granted (or the first choice)
     # for the model, and that node.
     future: asyncio.Future[tuple[int, int, str]] = field(repr=False)
+    again: bool = False  # not the request's first grant (it was refused, or parked, before)
 
     @property
     def node(self) -> str:
@@ -100,6 +101,22 @@ OPERATIONS: dict[type, str] = {
     Enqueue: "enqueue",
     Forget: "forget",
 }
+
+
+def carried(ops: list[Op]) -> str:
+    """What one round trip carried, for `sollol_shared_request_round_trips_by_kind_total`: the
+    kinds of its operations, sorted and joined by "+", a request's repeated grant counted as
+    `regrant` and a handed slot nobody took given back as `return` (where the trips beyond one
+    in and one out per request come from)."""
+    kinds = set()
+    for op in ops:
+        if isinstance(op, Grant) and op.again:
+            kinds.add("regrant")
+        elif isinstance(op, Release) and op.reserve:
+            kinds.add("return")
+        else:
+            kinds.add(OPERATIONS[type(op)])
+    return "+".join(sorted(kinds)) or "write_back"
 
 
 def build(

@@ -32,13 +32,14 @@ class Parking:
     _seq: Iterator[int]
 
     async def _park(
-        self, model: str, urgency: float, waiter: str, until: float, claim: bool
+        self, model: str, urgency: float, waiter: str, until: float, claim: set[str] | None
     ) -> str | None:
         """A refused request waits here, registered in Redis, until a release hands it (or,
         its own having left, this replica) a slot: the node's name. Only this replica's most
         urgent refused request asks again by itself, after FRESH_S (a lost event, a slot freed
-        by a replica that died); the next one is the most urgent when it leaves."""
-        unclaimed = self.leases.unclaimed(model, waiter) if claim else None
+        by a replica that died); the next one is the most urgent when it leaves. `claim`: it
+        first takes a slot handed here and not taken, on any node but those (None: none)."""
+        unclaimed = None if claim is None else self.leases.unclaimed(model, waiter, claim)
         if unclaimed is not None:  # handed here while this request was asking elsewhere
             return unclaimed
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()

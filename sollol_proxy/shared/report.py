@@ -48,6 +48,16 @@ class SharedCollector(Collector):
             "Time spent in round trips to Redis.",
             value=link.round_trip_s,
         )
+        kinds = CounterMetricFamily(
+            "sollol_shared_request_round_trips_by_kind",
+            "Round trips of the requests' path by what they carried: their operations' kinds "
+            "joined by '+' (grant, regrant: a request's grant after a refusal or a wait, "
+            "release, return: a handed slot nobody took given back, take, enqueue, forget).",
+            labels=["carrying"],
+        )
+        for kind, count in sorted(slots.leases.trip_kinds.items()):
+            kinds.add_metric([kind], count)
+        yield kinds
         operations = CounterMetricFamily(
             "sollol_shared_lease_operations",
             "Lease operations sent to Redis, by kind: grant (a request asks), release (a slot "

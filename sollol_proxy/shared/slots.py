@@ -4,7 +4,7 @@ A request first gets a slot from this replica's admission control as always (loc
 priority, late binding, holds); then one script in Redis (`scripts.GRANT`, through the ordered
 writer of `leases.py`) grants the lease only if the slots all replicas hold on that node for
 that model stay under the bound (the configured slots, or the learned belief all replicas share
-plus one probe: `_capacity`); the same call asks for up to MORE_ASKED other candidate nodes when
+plus one probe: `others.Others._capacity`); the same call asks for up to MORE_ASKED other candidate nodes when
 that one is full (`_asks`; the local slot then moves, `_move`). Refused on all, the request
 gives its local slot back, is registered among the model's waiters by that same call (by
 urgency: arrival minus priority times `queue.ageing`, so ageing orders replicas as it orders
@@ -12,7 +12,7 @@ one queue), and waits (`parking.py`) until a release hands it a slot inside its 
 (`_handed`): it then takes that slot at once,
 ahead of the local queue, with no round trip. A request about to wait in the local queue
 registers first (lazily), so that a freed slot goes to the most urgent request of any replica.
-What the other replicas hold on each node, as last heard, steers the choice of node (`_room`);
+What the other replicas hold on each node, as last heard, steers the choice of node (`others.py`);
 Redis always decides.
 """
 
@@ -27,20 +27,21 @@ from typing import Any
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.admission.gate import LocalAdmit, NotPlaced
 from sollol_proxy.admission.tickets import Held, QueueRejected, Slot
-from sollol_proxy.fleet.capacity import model_room, slot_belief
+from sollol_proxy.fleet.capacity import model_room
 from sollol_proxy.fleet.node import NodeState
 from sollol_proxy.shared.held import SharedHeld
-from sollol_proxy.shared.lease_ops import ALONE, BEHIND, REFUSED, Ask, Bound
+from sollol_proxy.shared.lease_ops import ALONE, BEHIND, REFUSED, Ask
 from sollol_proxy.shared.leases import Leases
 from sollol_proxy.shared.link import Link
-from sollol_proxy.shared.parking import FRESH_S, Parking
+from sollol_proxy.shared.others import Others
+from sollol_proxy.shared.parking import Parking
 
 # A grant asks for the local choice and, if it is full, up to this many other candidate nodes
 # in the same round trip.
 MORE_ASKED = 3
 
 
-class SharedSlots(Parking):
+class SharedSlots(Parking, Others):
     def __init__(self, link: Link, admission: Admission) -> None:
         self._link = link
         self._admission = admission
@@ -75,40 +76,6 @@ class SharedSlots(Parking):
     ) -> SharedHeld:
         return SharedHeld(self.acquire, local, priority, model, candidates)
 
-    def _room(self, node: NodeState, model: str) -> bool:
-        """Whether the other replicas, as last heard, leave this replica a slot there (beside
-        the slots its own table holds, granted or about to be)."""
-        heard = self._remote.get((node.name, model))
-        if heard is None or time.monotonic() - heard[1] > FRESH_S:
-            return True
-        local = self._admission.slots.in_use(node.name).get(model, 0)
-        capacity, learn = self._capacity(node.name, model)
-        bound = self._shared.get((node.name, model), capacity) + 1 if learn else capacity
-        return heard[0] + local < bound
-
-    def _capacity(self, node: str, model: str) -> Bound:
-        """The bound Redis applies: the node's configured slots, or (learned) the belief all
-        replicas share (this replica's own until one is shared) plus one probe margin."""
-        known = self._nodes.get(node)
-        if known is None:  # handed a slot of a node this replica never sent to: Redis knows
-            return 0, True
-        belief = slot_belief(known, model)
-        if belief is None or belief.estimator.fixed is not None:
-            return model_room(known, model), False
-        return belief.estimator.believed, True
-
-    def _tell(self, node: NodeState, model: str) -> str:
-        """This replica's belief of `node`'s slots for `model` if it learned it (not its start
-        value) and it changed since Redis last had it, else ""."""
-        belief = slot_belief(node, model)
-        if belief is None or belief.estimator.source in ("configured", "default"):
-            return ""
-        believed = belief.estimator.believed
-        if self._told.get((node.name, model)) == believed:
-            return ""
-        self._told[(node.name, model)] = believed
-        return str(believed)
-
     async def acquire(
         self,
         local: LocalAdmit,
@@ -124,6 +91,9 @@ class SharedSlots(Parking):
         handed: str | None = None  # the node whose slot a release handed to this request
 
         tried: set[str] = set()  # nodes Redis found full for it since it last waited
+        grants = 0  # the grants it sent
+        # Nodes whose handed slot it could not take (its plan holds it for another node).
+        declined: set[str] = set()
 
         def free() -> list[NodeState]:
             # The nodes other replicas, as last heard, leave room on; all of them when none
@@ -143,7 +113,7 @@ class SharedSlots(Parking):
                 # slot a release is freeing for them at the same moment.
                 self.leases.enqueue(waiter, model, urgency)
                 again = asked
-                handed = await self._park(model, urgency, waiter, deadline, True)
+                handed = await self._park(model, urgency, waiter, deadline, declined)
                 kept = self._kept.get(waiter)
                 handed = kept.name if kept is not None else handed
             elif self._link.up and self._will_wait(free, model):
@@ -158,6 +128,12 @@ class SharedSlots(Parking):
                 try:
                     slot = await held.__aenter__()
                 except NotPlaced:  # that node is no longer its choice: it asks as any other
+                    # Nor is the slot handed there: the local queue may take it, and this
+                    # request is not offered it again when it parks (`unclaimed`): each offer
+                    # was a grant refused and another wait, 4-5 per request in overload.
+                    if handed is not None:
+                        declined.add(handed)
+                    self.leases.promised.pop(waiter, None)
                     self._admission.wake()
                     handed = None
                     continue
@@ -176,7 +152,10 @@ class SharedSlots(Parking):
                 sent = time.monotonic()
                 asks = self._asks(slot, candidates, tried, model)
                 try:
-                    verdict, others, granted = await self.leases.grant(model, waiter, urgency, asks)
+                    grants += 1
+                    verdict, others, granted = await self.leases.grant(
+                        model, waiter, urgency, asks, grants > 1
+                    )
                 except BaseException:
                     await held.__aexit__(None, None, None)  # its slot carries no lease
                     raise
@@ -216,7 +195,9 @@ class SharedSlots(Parking):
                         "timeout",
                         self._admission.config.max_wait,
                     )
-                handed = await self._park(model, urgency, waiter, deadline, claim)
+                handed = await self._park(
+                    model, urgency, waiter, deadline, declined if claim else None
+                )
                 kept = self._kept.get(waiter)
                 if kept is not None:  # kept for it as it stopped waiting (its time was up)
                     handed = kept.name
@@ -322,33 +303,6 @@ class SharedSlots(Parking):
         self._nodes[node.name] = node
         kept = self._link.up and self._pass_on(node, model)
         self.leases.release(node.name, model, kept=kept)
-
-    def _heard(self, node: str, model: str, others: int, shared: str) -> None:
-        """What the other replicas hold on `node` for `model` (until a release hands a slot
-        here, that much is not free here), and the slots they all believe it has: adopted."""
-        self._remote[(node, model)] = (others, time.monotonic())
-        known = self._nodes.get(node)
-        belief = None if known is None or not shared.isdigit() else slot_belief(known, model)
-        if known is None or belief is None or belief.estimator.fixed is not None:
-            return
-        self._shared[(node, model)] = int(shared)
-        # Only upwards: this replica's own waits and proofs (its own requests in flight only)
-        # keep counting in the median through its own belief.
-        if belief.estimator.believed < int(shared):
-            belief.fresh = False
-            change = belief.estimator.adopt(int(shared), "learned by another replica")
-            known.beliefs.note(model, change)
-
-    def _heard_ended(self, event: dict[str, Any]) -> None:
-        """Another replica's request on a node ended: this replica's proofs stop counting it
-        among the slots held beside theirs (fleet/beliefs.py, `overlap`)."""
-        node, model = event.get("node"), event.get("model")
-        if event.get("by") == self._link.replica or not isinstance(model, str):
-            return
-        known = self._nodes.get(node) if isinstance(node, str) else None
-        belief = None if known is None else slot_belief(known, model)
-        if belief is not None:
-            belief.heard_ended(time.monotonic())
 
     def _heard_handed(self, event: dict[str, Any]) -> None:
         node, model, waiter = event.get("node"), event.get("model"), event.get("waiter")

@@ -125,7 +125,7 @@ async def test_a_request_gone_while_its_grant_is_refused_leaves_no_waiter(
                 await response.read()
         assert asking and leases.refused == 1
         await until(lambda: not leases.waiters)
-        await asyncio.sleep(0.1)  # the lazy Forget rides the next trip, or LAZY_S after
+        await asyncio.sleep(leases_module.LAZY_S + 0.1)  # the lazy Forget: next trip or LAZY_S
         assert await client.zrange(f"sollol:wait:{MODEL}:latest", 0, -1) == []
         await busy
     await idle(made)

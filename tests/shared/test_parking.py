@@ -40,3 +40,23 @@ async def test_parked_requests_are_served_before_later_arrivals_of_their_replica
     assert sorted(mine) == sorted(f"r{i}" for i in range(20)) and max(ahead) <= 1, mine
     assert made.shared(0).slots.leases.refused >= 1  # they did park (the later ones unrefused)
     await idle(made)
+
+
+async def test_a_handed_slot_its_request_declined_is_not_offered_to_it_again(
+    replicas: ReplicasFactory,
+) -> None:
+    # A parked request offered a slot handed to its replica (`unclaimed`) whose plan would not
+    # take it (it holds for another node: `NotPlaced`) asked Redis again, was refused, parked,
+    # and was offered the same slot again: a refused grant per offer until the slot went back
+    # (4-5 per request in `bench replicas`' overload with three replicas).
+    made = await replicas(1, dict(name="a", models=[MODEL], num_parallel=2, token_delay=0.01))
+    leases = made.shared(0).slots.leases
+    model = f"{MODEL}:latest"
+    leases.reserved[("a", model)] = ["elsewhere:1"]  # handed for a waiter that left
+    assert leases.unclaimed(model, "here:1", {"a"}) is None
+    assert "here:1" not in leases.promised  # the local queue may still take it
+    assert leases.unclaimed(model, "here:1", set()) == "a"
+    assert leases.promised["here:1"] == "elsewhere:1"
+    leases.reserved.clear()
+    leases.promised.clear()
+    await idle(made)

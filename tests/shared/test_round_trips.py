@@ -57,6 +57,13 @@ async def test_one_trip_in_and_one_out_per_request_with_configured_slots(
         assert sent == float(requests)
     trips = await metric(url, "sollol_shared_request_round_trips_total")
     assert trips == float(leases.trips)
+    # Each trip counted once by what it carried: first grants and releases only, none repeated
+    # (and the write-back of the replica's start).
+    assert sum(leases.trip_kinds.values()) == leases.trips
+    expected = {"grant", "release", "write_back"}
+    assert all(set(kind.split("+")) <= expected for kind in leases.trip_kinds), leases.trip_kinds
+    carrying = 'sollol_shared_request_round_trips_by_kind_total{carrying="grant"}'
+    assert await metric(url, carrying) == float(leases.trip_kinds["grant"])
 
 
 async def test_learned_slots_cost_no_more_trips_than_configured_ones(
