@@ -6,8 +6,10 @@ round-robin over 1, 2 and 3 `sollol-proxy` processes sharing a real `redis-serve
 in this process and given as URLs only (zero configuration: each replica learns the slots).
 Two loads: below capacity (latency p50/p95, throughput: what sharing costs) and above it
 (priority separation: the high class's p95 wait against the low class's). Also per run: the
-most requests any node ran at once against its slots (sampled every 2 ms), and the Redis round
-trips and their time per request, read from each replica's `/metrics`.
+most requests any node had in flight at once and the most that held or waited for its slots
+(its slot demand: without the ones loading a model or writing their final object after their
+slot was freed), against its slots, sampled every 2 ms; and the Redis round trips and their
+time per request, read from each replica's `/metrics`.
 
 All processes share this machine's cores: the replicas add no CPU here, so the figures show what
 sharing costs and whether it keeps the fleet's limits and priorities, not a speed-up.
@@ -74,7 +76,7 @@ def redis_server() -> Iterator[tuple[str, int]]:
 class Run:
     label: str
     results: dict[str, ClassResult]
-    peak: int  # most requests a node ran at once
+    peak: tuple[int, int]  # most requests a node had in flight, and most of its slot demand
     round_trips: float  # to Redis, per request
     request_trips: float  # of them, those of the requests' path (not the periodic exchanges)
     round_trip_ms: float  # time in them, per request
@@ -91,6 +93,7 @@ class Run:
 async def _peak(nodes: list[SimulatedNode], seen: list[int]) -> None:
     while True:
         seen[0] = max(seen[0], *(n.in_flight() for n in nodes))
+        seen[1] = max(seen[1], *(n.slot_demand() for n in nodes))
         await asyncio.sleep(0.002)
 
 
@@ -162,7 +165,7 @@ async def run_once(setup: Setup, redis: tuple[str, int], workload: Workload, see
     if setup.redis:
         settings["state"] = {"redis_url": redis[0]}
     results = {cls: ClassResult() for cls in CLASSES}
-    seen = [0]
+    seen = [0, 0]
     try:
         async with (
             _replicas(count, settings) as started,
@@ -195,7 +198,7 @@ async def run_once(setup: Setup, redis: tuple[str, int], workload: Workload, see
     return Run(
         setup.label,
         results,
-        seen[0],
+        (seen[0], seen[1]),
         (after[0] - before[0]) / requests,
         (after[2] - before[2]) / requests,
         (after[1] - before[1]) * 1000 / requests,
@@ -278,7 +281,7 @@ async def benchmark(seed: int = 7, duration: float = 10.0, replicas: int = 3) ->
                 f"({len(arrivals(workload, seed))} requests); seconds",
                 "",
                 "| run | errors | latency p50 | latency p95 | completed/s | high wait p95 | "
-                "low wait p95 | high/low | queued p95 (ms) | node peak / slots | Redis "
+                "low wait p95 | high/low | queued p95 (ms) | node peak / slot demand / slots | Redis "
                 "trips/request (requests' path) | Redis ms/request | refused/request | "
                 "handed/request | CPU ms/request: proxies, Redis, bench | machine busy |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -294,7 +297,7 @@ async def benchmark(seed: int = 7, duration: float = 10.0, replicas: int = 3) ->
                     f"| {run.label} | {merged.errors} | {_q(merged.totals, 50):.3f} | "
                     f"{_q(merged.totals, 95):.3f} ({_q(merged.totals, 95) / _q(base.totals, 95):.2f}x) "
                     f"| {_throughput(merged):.1f} ({_throughput(merged) / _throughput(base):.2f}x) "
-                    f"| {high:.3f} | {low:.3f} | {high / low:.2f} | {queued:.0f} | {run.peak} / "
+                    f"| {high:.3f} | {low:.3f} | {high / low:.2f} | {queued:.0f} | {run.peak[0]} / {run.peak[1]} / "
                     f"{workload.num_parallel} | {run.round_trips:.2f} ({run.request_trips:.2f}) | "
                     f"{run.round_trip_ms:.2f} | {run.refused:.2f} | {run.handed:.2f} | "
                     f"{proxies:.1f}, {redis_ms:.1f}, {bench:.1f} | {run.busy:.0%} |"

@@ -117,6 +117,12 @@ class NodeCore:
     def in_flight(self) -> int:
         return self._sched.in_flight
 
+    def slot_demand(self) -> int:
+        """Requests holding or waiting for one loaded model's parallel slots, the most over the
+        models: what the slots were asked for, without the requests still loading a model or
+        writing out their final object after their slot was freed (both in `in_flight`)."""
+        return max((r.busy + r.waiting for r in self._sched.loaded()), default=0)
+
     @property
     def stats(self) -> NodeStats:
         return self._sched.stats

@@ -62,6 +62,7 @@ class Runner:
     timer: asyncio.TimerHandle | None = None
     evicting: bool = False  # chosen for eviction or reload: no new requests
     busy: int = 0  # slots held by requests (prefilling or decoding)
+    waiting: int = 0  # requests waiting on the semaphore for a slot
     cache: PrefixCache = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,7 +70,11 @@ class Runner:
 
     async def acquire_slot(self) -> None:
         """llama_server.go's ``s.sem.Acquire``: wait, without limit, for a free slot."""
-        await self.sem.acquire()
+        self.waiting += 1
+        try:
+            await self.sem.acquire()
+        finally:
+            self.waiting -= 1
         self.busy += 1
 
     def release_slot(self) -> None:

@@ -292,9 +292,10 @@ async def test_slot_limit_queues_second_request(session: aiohttp.ClientSession):
         b = asyncio.create_task(_first_line_time(session, url, req, loop))
         await asyncio.sleep(0.03)
         assert node.in_flight() == 2
+        assert node.slot_demand() == 2  # one holds the slot, one waits for it
         (_, a_end), (b_first, _) = await a, await b
         assert b_first >= a_end - 0.01  # b got its slot only when a finished
-        assert node.in_flight() == 0
+        assert node.in_flight() == node.slot_demand() == 0
 
 
 async def test_disconnect_cancels_and_frees_slot(session: aiohttp.ClientSession):
@@ -312,7 +313,7 @@ async def test_disconnect_cancels_and_frees_slot(session: aiohttp.ClientSession)
             if node.cancelled == 2 and node.in_flight() == 0:
                 break
             await asyncio.sleep(0.01)
-        assert (node.cancelled, node.in_flight()) == (2, 0)
+        assert (node.cancelled, node.in_flight(), node.slot_demand()) == (2, 0, 0)
         assert not node.responses[-1].complete
         quick = {"model": "llama3.2", "prompt": "x", "options": {"num_predict": 1}}
         status, _, _ = await asyncio.wait_for(
