@@ -100,6 +100,23 @@ async def held_becomes(http: aiohttp.ClientSession, url: str, expected: int) -> 
     raise AssertionError(f"held {(await budget(http, url))}, expected {expected}")
 
 
+async def share_held(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, engine: str
+) -> tuple[str, Client, Client, float]:
+    """A node's one slot busy, and client 127.0.0.2's whole share of the budget held by a body
+    waiting for it: the proxy's URL, the busy stream, that client, and what was held before."""
+    made = await cluster(
+        dict(name="a", models=[MODEL], token_delay=0.01), listen__engine=engine, **SETTINGS
+    )
+    url = made.url
+    busy = await busy_slot(url)
+    held = (await budget(http, url))["sollol_body_bytes_held"]
+    first = await Client.open(url, "127.0.0.2")
+    await first.send(request_head("/api/chat", BODY) + chat(BODY))
+    await held_becomes(http, url, held + BODY)
+    return url, busy, first, held
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_a_burst_over_the_budget_is_refused_and_the_budget_comes_back_whole(
     cluster: ClusterFactory, http: aiohttp.ClientSession, engine: str
@@ -150,16 +167,8 @@ async def test_a_burst_over_the_budget_is_refused_and_the_budget_comes_back_whol
 async def test_one_client_holds_at_most_its_share_and_others_still_get_in(
     cluster: ClusterFactory, http: aiohttp.ClientSession, engine: str
 ) -> None:
-    made = await cluster(
-        dict(name="a", models=[MODEL], token_delay=0.01), listen__engine=engine, **SETTINGS
-    )
-    url = made.url
-    busy = await busy_slot(url)
-    held = (await budget(http, url))["sollol_body_bytes_held"]
     # A quarter of 4 MiB is one 1 MiB body: the client's first body waits in the queue...
-    first = await Client.open(url, "127.0.0.2")
-    await first.send(request_head("/api/chat", BODY) + chat(BODY))
-    await held_becomes(http, url, held + BODY)
+    url, busy, first, held = await share_held(cluster, http, engine)
     # ...its second is refused on its length, its chunked third as it grows past the share...
     second = await Client.open(url, "127.0.0.2")
     await second.send(request_head("/api/chat", BODY))
@@ -226,15 +235,7 @@ def test_a_client_gets_a_quarter_of_the_budget_and_never_less_than_one_largest_b
 async def test_a_body_the_budget_has_no_room_for_is_not_invited_by_100_continue(
     cluster: ClusterFactory, http: aiohttp.ClientSession, engine: str
 ) -> None:
-    made = await cluster(
-        dict(name="a", models=[MODEL], token_delay=0.01), listen__engine=engine, **SETTINGS
-    )
-    url = made.url
-    busy = await busy_slot(url)
-    held = (await budget(http, url))["sollol_body_bytes_held"]
-    first = await Client.open(url, "127.0.0.2")
-    await first.send(request_head("/api/chat", BODY) + chat(BODY))
-    await held_becomes(http, url, held + BODY)  # the client's whole share
+    url, busy, first, _ = await share_held(cluster, http, engine)
     expect = b"Expect: 100-continue\r\n\r\n"
     # The same client's next body would be refused: it gets the 503 at once, no 100 Continue.
     second = await Client.open(url, "127.0.0.2")
