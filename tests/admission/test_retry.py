@@ -12,7 +12,9 @@ import pytest
 from sollol_proxy.app import apply_config
 from sollol_proxy.config import load_config
 from tests.admission.test_admission import TOKEN_DELAY, admission, call, generate, prompts_seen
-from tests.conftest import TEST_SETTINGS, ClusterFactory, eventually
+from tests.conftest import TEST_SETTINGS, Cluster, ClusterFactory, eventually
+
+Answer = tuple[int, bytes, aiohttp.typedefs.LooseHeaders]
 
 
 async def test_a_retry_waits_for_a_slot_on_another_node_instead_of_failing(
@@ -36,6 +38,21 @@ async def test_a_retry_waits_for_a_slot_on_another_node_instead_of_failing(
     assert admission(made).snapshot()["slots_in_use"] == {}
 
 
+async def retry_waiting_for_b(
+    http: aiohttp.ClientSession, made: Cluster, tokens: int, priority: int | None = None
+) -> tuple[asyncio.Task[Answer], asyncio.Task[Answer]]:
+    """A long request pinned to b, then one whose try on a fails (500) and that waits for b:
+    the two tasks, once the retry waits."""
+    on_b = asyncio.create_task(
+        call(http, made, generate("llama3.2", "on b", tokens), headers={"X-Sollol-Node": "b"})
+    )
+    await eventually(lambda: admission(made).slots.in_use("b") == {"llama3.2:latest": 1})
+    made.node("a").faults.status_error = (500, "llama runner process has terminated")
+    retried = asyncio.create_task(call(http, made, generate("llama3.2", "retried"), priority))
+    await eventually(lambda: admission(made).waiting == 1)  # after a's 500, waiting for b
+    return on_b, retried
+
+
 async def test_a_retry_waiting_elsewhere_is_neither_counted_in_the_queue_nor_shed(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -45,13 +62,7 @@ async def test_a_retry_waiting_elsewhere_is_neither_counted_in_the_queue_nor_she
         dict(name="b", models=["llama3.2"], token_delay=TOKEN_DELAY),
         queue__max_length=1,
     )
-    on_b = asyncio.create_task(
-        call(http, made, generate("llama3.2", "on b", 150), headers={"X-Sollol-Node": "b"})
-    )
-    await eventually(lambda: admission(made).slots.in_use("b") == {"llama3.2:latest": 1})
-    made.node("a").faults.status_error = (500, "llama runner process has terminated")
-    retried = asyncio.create_task(call(http, made, generate("llama3.2", "retried"), 2))
-    await eventually(lambda: admission(made).waiting == 1)  # after a's 500, waiting for b
+    on_b, retried = await retry_waiting_for_b(http, made, 150, 2)
     made.node("a").faults.status_error = None
     on_a = asyncio.create_task(
         call(http, made, generate("llama3.2", "on a", 150), headers={"X-Sollol-Node": "a"})
@@ -78,13 +89,7 @@ async def test_a_retry_stops_waiting_when_the_nodes_it_waits_for_are_gone(
         dict(name="b", models=["llama3.2"], token_delay=TOKEN_DELAY),
         queue__max_wait=60,
     )
-    on_b = asyncio.create_task(
-        call(http, made, generate("llama3.2", "on b", 1000), headers={"X-Sollol-Node": "b"})
-    )
-    await eventually(lambda: admission(made).slots.in_use("b") == {"llama3.2:latest": 1})
-    made.node("a").faults.status_error = (500, "llama runner process has terminated")
-    retried = asyncio.create_task(call(http, made, generate("llama3.2", "retried")))
-    await eventually(lambda: admission(made).waiting == 1)  # after a's 500, waiting for b
+    on_b, retried = await retry_waiting_for_b(http, made, 1000)
     if gone == "down":
         made.node("b").faults.refuse = True
     else:
