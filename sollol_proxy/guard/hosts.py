@@ -21,6 +21,7 @@ from aiohttp import web
 
 from sollol_proxy.config import Config
 from sollol_proxy.lifecycle.cors import PREFLIGHT
+from sollol_proxy.wire.routes import gin_allow
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -114,7 +115,11 @@ class HostCheck:
             return await handler(request)  # a preflight: CORS answers it first, as in Ollama
         host = request.headers.get("Host", "")
         if not self.allowed(host):
-            return web.Response(status=403)  # Ollama's: no body
+            refused = web.Response(status=403)  # Ollama's: no body
+            allow = gin_allow(request.method, request.path)
+            if allow is not None:
+                refused.headers["Allow"] = allow  # set by gin's 405 before the Host check ran
+            return refused
         if request.method == "OPTIONS" and not _is_ip(_bare_host(host)):
             return web.Response(status=204)  # as Ollama answers OPTIONS for an allowed name
         return await handler(request)
