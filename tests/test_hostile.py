@@ -265,6 +265,13 @@ async def test_a_foreign_hosts_403_carries_gins_allow_like_the_node_behind(
                 answers.append((r.status, r.headers.get("Allow"), await r.read()))
         assert answers[0] == answers[1], (method, path, answers)
         assert answers[0][0] == 403
+    # An allowed name's OPTIONS is answered 204 by the same check, after gin set the Allow.
+    for path, allow in (("/api/chat", "POST"), ("/api/tags", "HEAD, GET"), ("/nope", None)):
+        answers = []
+        for url in (made.url, node.url):
+            async with http.options(url + path, headers={"Host": "localhost"}) as r:
+                answers.append((r.status, r.headers.get("Allow"), await r.read()))
+        assert answers[0] == answers[1] == (204, allow, b""), (path, answers)
 
 
 async def test_a_slow_body_is_cut_with_408(
