@@ -239,6 +239,41 @@ async def test_a_foreign_host_gets_403_like_a_loopback_ollama(
     await still_serving(made, http)
 
 
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+async def test_a_foreign_hosts_403_carries_gins_allow_like_the_node_behind(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, engine: str
+) -> None:
+    # gin sets a 405's Allow before its middleware runs, so the Host check's 403 keeps it
+    # (reference 1.1, 1.7): the proxy's 403 is the loopback node's, header for header.
+    made = await cluster(dict(name="a", models=[MODEL]), listen__engine=engine)
+    node = made.nodes[0]
+    cases = [
+        ("GET", "/api/chat"),
+        ("PUT", "/api/tags"),
+        ("POST", "/"),
+        ("DELETE", "/api/ps"),
+        ("GET", "/api/blobs/sha256:" + "0" * 64),
+        ("GET", "/v1/models/llama3.2"),
+        ("POST", "/api/status"),
+        ("POST", "/api/chat"),
+        ("GET", "/api/nope"),
+    ]
+    for method, path in cases:
+        answers = []
+        for url in (made.url, node.url):
+            async with http.request(method, url + path, headers={"Host": "evil.example"}) as r:
+                answers.append((r.status, r.headers.get("Allow"), await r.read()))
+        assert answers[0] == answers[1], (method, path, answers)
+        assert answers[0][0] == 403
+    # An allowed name's OPTIONS is answered 204 by the same check, after gin set the Allow.
+    for path, allow in (("/api/chat", "POST"), ("/api/tags", "HEAD, GET"), ("/nope", None)):
+        answers = []
+        for url in (made.url, node.url):
+            async with http.options(url + path, headers={"Host": "localhost"}) as r:
+                answers.append((r.status, r.headers.get("Allow"), await r.read()))
+        assert answers[0] == answers[1] == (204, allow, b""), (path, answers)
+
+
 async def test_a_slow_body_is_cut_with_408(
     cluster: ClusterFactory, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from sollol_proxy.config import Config
 from sollol_proxy.lifecycle.cors import PREFLIGHT
+from sollol_proxy.wire.routes import gin_allow
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -114,10 +115,19 @@ class HostCheck:
             return await handler(request)  # a preflight: CORS answers it first, as in Ollama
         host = request.headers.get("Host", "")
         if not self.allowed(host):
-            return web.Response(status=403)  # Ollama's: no body
+            return _answer(403, request)  # Ollama's: no body
         if request.method == "OPTIONS" and not _is_ip(_bare_host(host)):
-            return web.Response(status=204)  # as Ollama answers OPTIONS for an allowed name
+            return _answer(204, request)  # as Ollama answers OPTIONS for an allowed name
         return await handler(request)
+
+
+def _answer(status: int, request: web.Request) -> web.Response:
+    """The Host check's bodiless answer, with the `Allow` gin set before the check ran."""
+    response = web.Response(status=status)
+    allow = gin_allow(request.method, request.path)
+    if allow is not None:
+        response.headers["Allow"] = allow
+    return response
 
 
 def _is_ip(host: str) -> bool:

@@ -17,7 +17,7 @@ from aiohttp import web
 from sollol_proxy.config import Config
 from sollol_proxy.wire.cors import CorsPolicy, Verdict
 from sollol_proxy.wire.headers import NODE_HEADER
-from sollol_proxy.wire.routes import ALLOW, FLEET_VIEWS, Kind, classify, routed_path
+from sollol_proxy.wire.routes import FLEET_VIEWS, Kind, classify, gin_allow, routed_path
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -71,8 +71,9 @@ class Cors:
     def _answer(self, request: web.Request, origin: str, forbidden: bool) -> web.Response:
         """Ollama's 403 for a forbidden Origin, or its 204 for an allowed preflight."""
         response = _empty(403 if forbidden else 204)
-        if request.method == "OPTIONS" and request.path in ALLOW:
-            response.headers["Allow"] = ALLOW[request.path]  # set by gin's 405 before CORS ran
+        allow = gin_allow(request.method, request.path)
+        if allow is not None:
+            response.headers["Allow"] = allow  # set by gin's 405 before CORS ran
         if not forbidden:
             response.headers.extend(self.policy.headers(origin, preflight=True))
         return response

@@ -50,6 +50,15 @@ REJECTED_IDLE_S = 2.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class _Unbranded(web.Response):
+    """An answer prepared outside the app (to a request the parser refused, or a bug): the app's
+    hook that drops aiohttp's Server header never runs for it, and Ollama sends none (1.1)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall("Server", None)
+
+
 class ProxyProtocol(web.RequestHandler):
     """One client connection: aiohttp's, with Ollama-shaped answers to unparseable requests,
     a header deadline, a per-client cap, TCP keep-alive and a write bound."""
@@ -184,7 +193,8 @@ class ProxyProtocol(web.RequestHandler):
                 exc_info=exc,
             )
         # A request the parser rejected has no path: it is answered in the /api shape.
-        response = error_response(request.path, status, text)
+        shaped = error_response(request.path, status, text)
+        response = _Unbranded(status=status, body=shaped.body, headers=shaped.headers)
         response.force_close()
         return response
 

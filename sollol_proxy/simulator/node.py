@@ -200,7 +200,7 @@ class SimulatedNode(NodeCore):
             return respond(403, headers=allow_header)
         if entry is None:
             if request.method == "OPTIONS" and allowed_as == "name":
-                return respond(204)
+                return respond(204, headers=allow_header)
             if allow:
                 return respond(405, b"405 method not allowed", TEXT, allow_header)
             return respond(404, b"404 page not found", TEXT)

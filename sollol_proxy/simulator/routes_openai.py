@@ -204,13 +204,13 @@ async def completions(node: NodeCore, request: web.Request) -> web.StreamRespons
                 )
             out = Stream(request, node.faults, SSE)
 
-            def chunk(text: str, finish: str | None) -> bytes:
+            def chunk(text: str, finish: str | None, model: str = name) -> bytes:
                 obj: dict[str, Any] = {
                     "id": cid,
                     "object": "text_completion",
                     "created": created,
                     "choices": [{"text": text, "index": 0, "finish_reason": finish}],
-                    "model": name,
+                    "model": model,
                     "system_fingerprint": "fp_ollama",
                 }
                 if usage_on:
@@ -224,7 +224,9 @@ async def completions(node: NodeCore, request: web.Request) -> web.StreamRespons
             if mid is not None:
                 if not out.started:
                     return v1_error(500, mid[1])
-                await out.send(chunk("", None))
+                # §4.2 (derived): the error line decodes as an empty GenerateResponse, whose
+                # empty Model ToCompleteChunk copies.
+                await out.send(chunk("", None, model=""))
                 return await out.finish()
             await out.send(chunk("", reason))
             if usage_on:

@@ -79,15 +79,27 @@ FORWARD_AS_IS = Route(Kind.ANY)
 
 # Answered by the proxy for the whole fleet, unless X-Sollol-Node pins them to one node.
 FLEET_VIEWS = frozenset({Kind.VERSION, Kind.TAGS, Kind.PS, Kind.V1_MODELS})
-# gin's `Allow` on the paths the proxy answers, as its 405 (and a CORS answer to another method)
-# carries it: the methods in the order Ollama first registers them (HEAD routes before GET).
-ALLOW = {
-    "/": "HEAD, GET",
-    "/api/version": "HEAD, GET",
-    "/api/tags": "HEAD, GET",
-    "/api/ps": "GET",
-    "/v1/models": "GET",
-}
+# gin keeps one route tree per method, made in the order GenerateRoutes first uses each method
+# (`r.HEAD("/")` first), and lists a 405's `Allow` in that order.
+_TREE_ORDER = ("HEAD", "GET", "POST", "DELETE")
+# Ollama routes the proxy otherwise forwards as they are: known here only for their `Allow`.
+_OTHER_ROUTES = {"/api/status": frozenset({"GET"})}
+
+
+def gin_allow(method: str, path: str) -> str | None:
+    """gin's `Allow` for `method` on `path`: the path's methods when Ollama has the path but not
+    that method (None otherwise). gin sets it before any middleware runs, so the Host check's
+    and CORS's 403, and CORS's 204 to a preflight, carry it as the 405 does (reference 1.7)."""
+    methods = EXACT[path][0] if path in EXACT else _OTHER_ROUTES.get(path)
+    if methods is None:
+        for prefix, (prefixed, _) in PREFIXED.items():
+            param = path[len(prefix) :] if path.startswith(prefix) else ""
+            if param and "/" not in param:
+                methods = prefixed
+                break
+    if methods is None or method in methods:
+        return None
+    return ", ".join(m for m in _TREE_ORDER if m in methods)
 
 
 SOLLOL_PREFIX = "/sollol/"

@@ -98,6 +98,27 @@ async def test_too_many_headers_and_garbage_get_ollama_shaped_errors(
     assert orjson.loads(body)["error"].startswith("bad request: ")
 
 
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+async def test_requests_the_parser_refuses_get_no_server_header(
+    cluster: ClusterFactory, engine: str
+) -> None:
+    # Ollama sends no Server header (reference 1.1); nor may the answers to requests aiohttp's
+    # parser refuses, which never reach the app's response hooks that drop it elsewhere.
+    made = await cluster(dict(name="a", models=[]), listen__engine=engine)
+    smuggle = b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    for request in (
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\n" + smuggle,
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"GET /api/version HTTP/1.1\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ):
+        reader, writer = await _raw(made.url, request)
+        status, headers, body = await _answer(reader)
+        writer.close()
+        assert status == 400 and orjson.loads(body)["error"].startswith("bad request: ")
+        assert "server" not in headers, (request, headers)
+
+
 async def test_connections_beyond_the_limit_get_503_and_are_closed(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:

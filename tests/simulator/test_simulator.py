@@ -808,6 +808,25 @@ async def test_fault_mid_stream_error(node: SimulatedNode, session: aiohttp.Clie
     assert (status, headers["Content-Type"], body) == (500, "application/json", b'{"error":"boom"}')
 
 
+async def test_fault_mid_stream_error_v1_completions(
+    node: SimulatedNode, session: aiohttp.ClientSession
+):
+    # §4.2 (derived): CompletionWriter decodes the error line as an empty GenerateResponse and
+    # ToCompleteChunk copies its empty Model, as ChatWriter does on /v1/chat/completions.
+    node.faults.mid_stream_error = (2, "boom")
+    for path, body in (
+        ("/v1/completions", {"prompt": "x"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+    ):
+        status, _, raw = await call(
+            session, node, "POST", path, {"model": "llama3.2", "stream": True, **body}
+        )
+        events = raw.split(b"\n\n")
+        assert status == 200 and events[-1] == b"" and b"[DONE]" not in raw
+        chunks = [json.loads(e.removeprefix(b"data: ")) for e in events[:-1]]
+        assert [c["model"] for c in chunks] == ["llama3.2", "llama3.2", ""], path
+
+
 # ------------------------------------------------------------------ /v1
 
 
