@@ -37,6 +37,7 @@ from sollol_proxy.bench.capacity_runs import (
 )
 from sollol_proxy.config import Config, load_config
 from sollol_proxy.fleet.capacity import model_slots
+from sollol_proxy.fleet.health import State
 from sollol_proxy.server import RunningProxy, start_proxy
 from sollol_proxy.simulator import SimulatedNode
 
@@ -110,6 +111,12 @@ def _beliefs(proxy: RunningProxy) -> tuple[int, ...]:
     return tuple(model_slots(n, MODEL) for n in proxy.runner.app[FLEET].nodes.values())
 
 
+def _out(proxy: RunningProxy, index: int) -> bool:
+    """Is node `index` out of the proxy's rotation (down, ejected, on trial)?"""
+    node = list(proxy.runner.app[FLEET].nodes.values())[index]
+    return node.health.current() is not State.UP
+
+
 async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Run:
     nodes = [
         SimulatedNode(
@@ -136,6 +143,7 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
         ):
             url = front if isinstance(front, str) else front.url
             t0 = time.perf_counter()
+            half = workload.duration / 2
 
             async def timed(index: int, at: float) -> None:
                 await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
@@ -146,7 +154,7 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
             async def restart() -> None:
                 assert fleet.restart is not None
                 index, slots = fleet.restart
-                await asyncio.sleep(workload.duration / 2)
+                await asyncio.sleep(half)
                 await nodes[index].restart(num_parallel=slots)
                 if mode == "told":  # the operator edits the config and reloads at once
                     truth = list(fleet.slots)
@@ -154,14 +162,23 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
                     apply_config(front.runner.app, _config(nodes, tuple(truth)))
 
             async def sample() -> None:
+                last = out = 0.0
+                if fleet.restart is not None:
+                    run.out_after_restart = out
                 while True:
-                    run.beliefs.append((time.perf_counter() - t0, _beliefs(front)))
+                    now = time.perf_counter() - t0
+                    if mode == "auto":
+                        run.beliefs.append((now, _beliefs(front)))
+                    if fleet.restart is not None and last >= half and _out(front, fleet.restart[0]):
+                        out += now - last
+                        run.out_after_restart = out
+                    last = now
                     await asyncio.sleep(SAMPLE_S)
 
             background = []
             if fleet.restart is not None:
                 background.append(asyncio.create_task(restart()))
-            if mode == "auto":
+            if not isinstance(front, str):
                 background.append(asyncio.create_task(sample()))
             times = arrivals(rate, workload.duration, seed)
             await asyncio.gather(*(timed(i, at) for i, at in enumerate(times)))

@@ -62,6 +62,9 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
     waited_in_ollama: float = 0.0
     beliefs: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)
+    # Seconds the restarted node was out of the proxy's rotation after the restart (down,
+    # ejected, on trial); None where nothing was sampled (nginx).
+    out_after_restart: float | None = None
     repeats: list[Run] = field(default_factory=list)  # a pooled run: the runs it pools
 
     @classmethod
@@ -179,7 +182,24 @@ def report(fleet: Fleet, workload: Workload, runs: dict[str, Run], seeds: str) -
             for mode in MODES
             if mode in runs and mode != "told"
         ]
+    if fleet.restart is not None:
+        # A connection that lands while the node is down ejects it for seconds: in some runs
+        # of a mode and not in others, whatever the mode. It moves the p95 after the restart
+        # more than anything the modes do, so it is shown beside the ratios.
+        lines += ["", "Seconds the restarted node was out of rotation, run by run:"]
+        lines += [
+            f"{mode} "
+            + ", ".join(
+                _seconds_or_na(r.out_after_restart) for r in runs[mode].repeats or [runs[mode]]
+            )
+            for mode in MODES
+            if mode in runs
+        ]
     return lines
+
+
+def _seconds_or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def _per_run(run: Run, told: Run, since: float) -> str:

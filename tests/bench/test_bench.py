@@ -140,6 +140,19 @@ async def test_capacity_benchmark_reports_learned_slots_and_every_mode() -> None
     assert len(per_run) == 1 and per_run[0].count(", ") == 1  # one ratio per seed
 
 
+async def test_capacity_benchmark_shows_how_long_the_restarted_node_was_out() -> None:
+    # Whether a connection lands while the node restarts (and ejects it for seconds) is chance,
+    # run by run: the report shows it beside the ratios.
+    workload = capacity_runs.Workload(tokens=3, token_delay=0.002, duration=1.0, warmup=0.5)
+    report = await capacity.benchmark(seed=1, fleets=["restart"], workload=workload)
+    lines = report.splitlines()
+    at = lines.index("Seconds the restarted node was out of rotation, run by run:")
+    rows = [line.rsplit(" ", 1) for line in lines[at + 1 : at + 1 + len(capacity_runs.MODES)]]
+    assert [mode for mode, _ in rows] == list(capacity_runs.MODES)
+    assert all(float(seconds) >= 0.0 for _, seconds in rows[:3])  # the proxy's modes
+    assert (rows[3][1] == "n/a") == nginx.available()  # nginx's own health is not read
+
+
 def test_capacity_command_sets_the_tokens_per_answer() -> None:
     # --tokens sets how long a request holds its slot (tokens x 10 ms).
     from click.testing import CliRunner
