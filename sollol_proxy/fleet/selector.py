@@ -17,7 +17,6 @@ from sollol_proxy.fleet.pricing import bounded, price, top_size
 from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache, Rounds
 from sollol_proxy.fleet.snapshot import wait_on
 from sollol_proxy.fleet.views import Kept, Views, probed, with_probe
-from sollol_proxy.fleet.wait_calibration import Calibration
 from sollol_proxy.fleet.waiting import Hold, Waits
 from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from sollol_proxy.routing.analysis import RequestProfile
@@ -42,7 +41,6 @@ class Selector:
         self._prompt_cache = prompt_cache
         self._decisions = decisions
         self._waits = Waits()
-        self.calibration = Calibration()
         self._views = Views(learner, fleet.healthy)
         self._strategies = {name: make_strategy(name) for name in STRATEGIES}
         self.reconfigure(config)
@@ -175,15 +173,10 @@ class Selector:
             # Each from a copy of the node's kept view (made again only if its node changed),
             # not a fresh snapshot per waitable node per request.
             waiting = []
-            expected: dict[str, float] = {}  # node -> its wait before calibration
-            calibrated = self.calibration.ratio(model)
             for entry in self._views.bases(held, profile, now):
                 view = with_probe(entry.view, 0, 0.0)  # type: ignore[arg-type]  # made by bases
                 count = self._waits.count(entry.name, now, but=hold)
                 wait_on(view, profile, self._learner, probes[entry.name], ratio, count, now)
-                expected[entry.name] = view.slot_wait_s or 0.0
-                # Priced as long as holds have really lasted (wait_calibration.py).
-                view.slot_wait_s = expected[entry.name] * calibrated
                 waiting.append(view)
             free = [c.estimate for c in choices if c.estimate is not None]
             wait = worth_waiting(request, free, waiting)
@@ -194,18 +187,8 @@ class Selector:
                 until = now + wait.budget_s if hold is None or extend else hold.until
                 extended = hold is not None and (extend or hold.extended)
                 return Plan(
-                    hold=self._waits.hold(
-                        wait.node,
-                        until,
-                        replacing=hold,
-                        extended=extended,
-                        now=now,
-                        expected_s=expected[wait.node],
-                    )
+                    hold=self._waits.hold(wait.node, until, replacing=hold, extended=extended)
                 )
-        if hold is not None and choices and (choices[0].node == hold.node or now >= hold.until):
-            # Its slot freed, or it waited all it was allowed (the wait was at least that).
-            self.calibration.observe(model, hold.expected_s, now - hold.since)
         self._waits.release(hold)
         kept = self._views.kept(model)
         targets = failover(kept, choices, strategy.name, others, self._beyond)

@@ -20,10 +20,6 @@ class Hold:
     node: str
     until: float  # time.monotonic() after which the request takes a free node
     extended: bool = False  # made again at its first deadline: the next one is final
-    # When the request first chose to wait for this node, and the wait expected then (before
-    # calibration): what `fleet/wait_calibration.py` compares the real wait with.
-    since: float = 0.0
-    expected_s: float = 0.0
 
 
 class Waits:
@@ -31,21 +27,11 @@ class Waits:
         self._holds: dict[str, set[Hold]] = {}
 
     def hold(
-        self,
-        node: str,
-        until: float,
-        *,
-        replacing: Hold | None,
-        extended: bool = False,
-        now: float = 0.0,
-        expected_s: float = 0.0,
+        self, node: str, until: float, *, replacing: Hold | None, extended: bool = False
     ) -> Hold:
-        """A request waits for `node` until `until` (instead of its earlier `replacing`); it
-        chose to at `now`, expecting to wait `expected_s`, unless it held for `node` already."""
+        """A request waits for `node` until `until` (instead of its earlier `replacing`)."""
         self.release(replacing)
-        if replacing is not None and replacing.node == node:
-            now, expected_s = replacing.since, replacing.expected_s
-        hold = Hold(node, until, extended, now, expected_s)
+        hold = Hold(node, until, extended)
         self._holds.setdefault(node, set()).add(hold)
         return hold
 
