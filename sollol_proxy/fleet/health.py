@@ -5,7 +5,8 @@ States (the names are a small, fixed set that metrics and dashboards may use as 
 - ``up``: takes work.
 - ``down``: unreachable, from a failed probe or a connection the node refused. Until the first
   good probe every node is down; that probe makes it ``up``. A node that drops out later is
-  ejected (below) as well, so a good probe brings it back through ``half_open``.
+  ejected (below) as well, so a good probe brings it back through ``half_open``: at once after
+  its first drop-out in a row (a restart), else once the ejection is over.
 - ``ejected``: reachable but failing (consecutive resets, 5xx, timeouts; or a failed trial).
   Out of rotation for an ejection time that doubles with every ejection in a row.
 - ``busy``: Ollama answered its queue-full 503. Overload, not death: a short cool-down, then
@@ -197,8 +198,13 @@ class NodeHealth:
         if self.streak == 0:
             self.consecutive = 0
             self._enter(State.UP, "probe answered")
-        elif self.clock() < self.until:
+        elif self.clock() < self.until and self.streak > 1:
             self._enter(State.EJECTED, "probe answered; ejection not over yet")
+        elif self.clock() < self.until:
+            # Out once, unreachable, and answering again: most often a restart (Ollama's takes
+            # a second). A trial now, not at the ejection's end; if it fails, the next ejection
+            # (twice as long) is served whole, so a flapping node still stays out.
+            self._enter(State.HALF_OPEN, "probe answered after one drop-out: one trial request")
         else:
             self._enter(State.HALF_OPEN, "probe answered: one trial request allowed")
 

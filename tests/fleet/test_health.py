@@ -88,15 +88,16 @@ def test_connection_failure_takes_the_node_down_and_a_trial_brings_it_back() -> 
     health, clock = make(base_ejection=10)
     health.failed(Failure.CONNECT, "cannot connect")
     assert health.current() is State.DOWN and not health.reachable
-    health.probe_ok()  # reachable again, but the ejection is not over
-    assert health.current() is State.EJECTED
-    clock.now += 10
-    assert health.current() is State.HALF_OPEN
-    health.probe_failed("timed out")  # out again, for longer
-    assert health.current() is State.DOWN and health.reason.startswith("timed out (out for 20s")
+    # Reachable again after one drop-out (a restart): a trial at once, not in 10 s.
     health.probe_ok()
+    assert health.current() is State.HALF_OPEN and health.begin()
+    health.failed(Failure.RESET, "connection reset")  # the trial fails: out for longer
+    clock.now += 1
+    health.probe_failed("timed out")
+    assert health.current() is State.DOWN
+    health.probe_ok()  # a second drop-out in a row: its ejection is served whole
     assert health.current() is State.EJECTED
-    clock.now += 20
+    clock.now += 19
     assert health.current() is State.HALF_OPEN
 
 
@@ -106,11 +107,15 @@ def test_a_node_that_drops_out_of_probes_comes_back_through_a_trial() -> None:
     health.probe_failed("cannot connect")
     assert health.current() is State.DOWN and health.counters.ejections == 1
     health.probe_ok()
-    assert health.current() is State.EJECTED
-    clock.now += 10
     assert health.current() is State.HALF_OPEN and health.begin()
     health.succeeded()
     assert health.current() is State.UP
+    # Dropping out again soon after (flapping): this time the ejection is served whole.
+    health.probe_failed("cannot connect")
+    health.probe_ok()
+    assert health.current() is State.EJECTED and health.reason.endswith("not over yet")
+    clock.now += 20
+    assert health.current() is State.HALF_OPEN
 
 
 def test_busy_is_a_short_cool_down_never_for_the_last_node() -> None:
