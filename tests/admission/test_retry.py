@@ -17,25 +17,13 @@ from tests.conftest import TEST_SETTINGS, Cluster, ClusterFactory, eventually
 Answer = tuple[int, bytes, aiohttp.typedefs.LooseHeaders]
 
 
-async def test_a_retry_waits_for_a_slot_on_another_node_instead_of_failing(
-    cluster: ClusterFactory, http: aiohttp.ClientSession
-) -> None:
-    made = await cluster(
+async def two_nodes(cluster: ClusterFactory, **settings: object) -> Cluster:
+    """Nodes a and b, both with llama3.2."""
+    return await cluster(
         dict(name="a", models=["llama3.2"], token_delay=TOKEN_DELAY),
         dict(name="b", models=["llama3.2"], token_delay=TOKEN_DELAY),
+        **settings,
     )
-    pinned = {"X-Sollol-Node": "b"}
-    busy = asyncio.create_task(call(http, made, generate("llama3.2", "on b", 40), headers=pinned))
-    await eventually(lambda: admission(made).slots.in_use("b") == {"llama3.2:latest": 1})
-    made.node("a").faults.status_error = (500, "llama runner process has terminated")
-    status, body, headers = await call(http, made, generate("llama3.2", "retried"))
-    assert status == 200, body
-    assert headers["X-Sollol-Node"] == "b"
-    assert headers["X-Sollol-Route"] == "next node with a free slot (after a: answered 500)"
-    assert prompts_seen(made.node("b")) == ["on b", "retried"]  # after it, not beside it
-    assert made.node("b").stats.queue_wait < 0.05
-    await busy
-    assert admission(made).snapshot()["slots_in_use"] == {}
 
 
 async def retry_waiting_for_b(
@@ -53,15 +41,26 @@ async def retry_waiting_for_b(
     return on_b, retried
 
 
+async def test_a_retry_waits_for_a_slot_on_another_node_instead_of_failing(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await two_nodes(cluster)
+    busy, retried = await retry_waiting_for_b(http, made, 40)
+    status, body, headers = await retried
+    assert status == 200, body
+    assert headers["X-Sollol-Node"] == "b"
+    assert headers["X-Sollol-Route"] == "next node with a free slot (after a: answered 500)"
+    assert prompts_seen(made.node("b")) == ["on b", "retried"]  # after it, not beside it
+    assert made.node("b").stats.queue_wait < 0.05
+    await busy
+    assert admission(made).snapshot()["slots_in_use"] == {}
+
+
 async def test_a_retry_waiting_elsewhere_is_neither_counted_in_the_queue_nor_shed(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
     # A retry was admitted already: not counted in max_length, never shed (was: both).
-    made = await cluster(
-        dict(name="a", models=["llama3.2"], token_delay=TOKEN_DELAY),
-        dict(name="b", models=["llama3.2"], token_delay=TOKEN_DELAY),
-        queue__max_length=1,
-    )
+    made = await two_nodes(cluster, queue__max_length=1)
     on_b, retried = await retry_waiting_for_b(http, made, 150, 2)
     made.node("a").faults.status_error = None
     on_a = asyncio.create_task(
@@ -84,11 +83,7 @@ async def test_a_retry_stops_waiting_when_the_nodes_it_waits_for_are_gone(
     cluster: ClusterFactory, http: aiohttp.ClientSession, gone: str
 ) -> None:
     # A retry waiting for b gives up when b is gone (was: it waited out queue.max_wait).
-    made = await cluster(
-        dict(name="a", models=["llama3.2"], token_delay=TOKEN_DELAY),
-        dict(name="b", models=["llama3.2"], token_delay=TOKEN_DELAY),
-        queue__max_wait=60,
-    )
+    made = await two_nodes(cluster, queue__max_wait=60)
     on_b, retried = await retry_waiting_for_b(http, made, 1000)
     if gone == "down":
         made.node("b").faults.refuse = True
