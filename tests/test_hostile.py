@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 import orjson
 import pytest
+import yarl
 
 from sollol_proxy.app import PROXY
 from tests.conftest import Cluster, ClusterFactory, eventually
@@ -272,6 +273,40 @@ async def test_a_foreign_hosts_403_carries_gins_allow_like_the_node_behind(
             async with http.options(url + path, headers={"Host": "localhost"}) as r:
                 answers.append((r.status, r.headers.get("Allow"), await r.read()))
         assert answers[0] == answers[1] == (204, allow, b""), (path, answers)
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+async def test_a_foreign_host_gets_the_redirect_ollama_sends_before_its_host_check(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, engine: str
+) -> None:
+    # net/http's ServeMux redirects an unclean path, and gin a trailing slash, before gin's
+    # middleware (CORS, the Host check) runs (reference 1.7): the redirect, not a 403.
+    made = await cluster(dict(name="a", models=[MODEL]), listen__engine=engine)
+    node = made.nodes[0]
+    cases = [
+        ("GET", "/api/tags/", 301),
+        ("POST", "/api/chat/", 307),
+        ("GET", "/api/../api/tags", 301),
+        ("POST", "/api/./chat", 301),
+        ("GET", "/api/tags//", 301),
+    ]
+    for method, path, status in cases:
+        answers = []
+        for url in (made.url, node.url):
+            target = yarl.URL(url + path, encoded=True)
+            async with http.request(
+                method, target, headers={"Host": "evil.example"}, allow_redirects=False
+            ) as r:
+                answers.append((r.status, r.headers.get("Location"), await r.read()))
+        assert answers[0] == answers[1], (method, path, answers)
+        assert answers[0][0] == status, (method, path, answers)
+    # Followed, the clean path meets the Host check.
+    async with http.get(
+        made.url + "/api/tags/", headers={"Host": "evil.example"}, allow_redirects=False
+    ) as r:
+        location = r.headers["Location"]
+    async with http.get(made.url + location, headers={"Host": "evil.example"}) as r:
+        assert r.status == 403
 
 
 async def test_a_slow_body_is_cut_with_408(

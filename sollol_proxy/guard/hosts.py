@@ -21,7 +21,7 @@ from aiohttp import web
 
 from sollol_proxy.config import Config
 from sollol_proxy.lifecycle.cors import PREFLIGHT
-from sollol_proxy.wire.routes import gin_allow
+from sollol_proxy.wire.routes import gin_allow, redirected_first
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -113,6 +113,8 @@ class HostCheck:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self.active or request.get(PREFLIGHT):
             return await handler(request)  # a preflight: CORS answers it first, as in Ollama
+        if redirected_first(request.method, request.raw_path):
+            return await handler(request)  # the node's redirect comes before its Host check
         host = request.headers.get("Host", "")
         if not self.allowed(host):
             return _answer(403, request)  # Ollama's: no body

@@ -22,6 +22,7 @@ from sollol_proxy.simulator.wire import (
     respond,
 )
 from sollol_proxy.wire.cors import OLLAMA_DEFAULT, CorsPolicy, Verdict
+from sollol_proxy.wire.routes import go_clean
 
 _RECORDED = web.RequestKey("sim_recorded", bool)
 _CORS_HEADERS = web.RequestKey("sim_cors_headers", list[tuple[str, str]])
@@ -172,7 +173,7 @@ class SimulatedNode(NodeCore):
                 await request.read()
             await abort_connection(request)
         path = request.path
-        clean = routing.clean_path(path)
+        clean = go_clean(path)
         if clean != path:
             return routing.redirect(request, clean, 301)
         table = routing.lookup(path)

@@ -82,25 +82,6 @@ def lookup(path: str) -> dict[str, tuple[Handler, dict[str, str]]]:
     return found
 
 
-def clean_path(path: str) -> str:
-    """Go's path.Clean as net/http's ServeMux applies it, keeping a trailing slash."""
-    if not path.startswith("/"):
-        path = "/" + path
-    stack: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if stack:
-                stack.pop()
-        else:
-            stack.append(part)
-    out = "/" + "/".join(stack)
-    if path.endswith("/") and out != "/":
-        out += "/"
-    return out
-
-
 def _html_escape(s: str) -> str:
     for a, b in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&#34;"), ("'", "&#39;")):
         s = s.replace(a, b)

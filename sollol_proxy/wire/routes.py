@@ -82,24 +82,69 @@ FLEET_VIEWS = frozenset({Kind.VERSION, Kind.TAGS, Kind.PS, Kind.V1_MODELS})
 # gin keeps one route tree per method, made in the order GenerateRoutes first uses each method
 # (`r.HEAD("/")` first), and lists a 405's `Allow` in that order.
 _TREE_ORDER = ("HEAD", "GET", "POST", "DELETE")
-# Ollama routes the proxy otherwise forwards as they are: known here only for their `Allow`.
-_OTHER_ROUTES = {"/api/status": frozenset({"GET"})}
+# Ollama routes the proxy otherwise forwards as they are: known here only for their `Allow`
+# and their trailing-slash redirect (reference section 2).
+_OTHER_ROUTES = {
+    "/api/status": frozenset({"GET"}),
+    "/api/me": frozenset({"POST"}),
+    "/api/signout": frozenset({"POST"}),
+    "/api/experimental/web_search": frozenset({"POST"}),
+    "/api/experimental/web_fetch": frozenset({"POST"}),
+    "/api/experimental/model-recommendations": frozenset({"GET"}),
+}
+_OTHER_PREFIXED = {"/api/user/keys/": frozenset({"DELETE"})}
+
+
+def _methods_at(path: str) -> frozenset[str] | None:
+    """The methods Ollama serves on `path`, or None when no route matches it."""
+    methods = EXACT[path][0] if path in EXACT else _OTHER_ROUTES.get(path)
+    if methods is not None:
+        return methods
+    for prefix, prefixed in (*((p, m) for p, (m, _) in PREFIXED.items()), *_OTHER_PREFIXED.items()):
+        param = path[len(prefix) :] if path.startswith(prefix) else ""
+        if param and "/" not in param:
+            return prefixed
+    return None
 
 
 def gin_allow(method: str, path: str) -> str | None:
     """gin's `Allow` for `method` on `path`: the path's methods when Ollama has the path but not
     that method (None otherwise). gin sets it before any middleware runs, so the Host check's
     and CORS's 403, and CORS's 204 to a preflight, carry it as the 405 does (reference 1.7)."""
-    methods = EXACT[path][0] if path in EXACT else _OTHER_ROUTES.get(path)
-    if methods is None:
-        for prefix, (prefixed, _) in PREFIXED.items():
-            param = path[len(prefix) :] if path.startswith(prefix) else ""
-            if param and "/" not in param:
-                methods = prefixed
-                break
+    methods = _methods_at(path)
     if methods is None or method in methods:
         return None
     return ", ".join(m for m in _TREE_ORDER if m in methods)
+
+
+def go_clean(path: str) -> str:
+    """Go's path.Clean as net/http's ServeMux applies it to a request's path: `.` and empty
+    segments dropped, `..` resolved, a trailing slash kept."""
+    stack: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if stack:
+                stack.pop()
+        elif part not in ("", "."):
+            stack.append(part)
+    clean = "/" + "/".join(stack)
+    return clean + "/" if path.endswith("/") and clean != "/" else clean
+
+
+def redirected_first(method: str, raw_path: str) -> bool:
+    """Whether Ollama answers this request with a redirect before its CORS and Host checks run:
+    net/http's ServeMux sends an unclean path (`//api/chat`, `/api/../api/chat`) to its clean
+    form, and gin a path with a slash too many or too few to the route that exists for the
+    method (reference 1.7). The proxy then forwards it for the node's own redirect."""
+    path = raw_path.split("?", 1)[0]
+    if go_clean(path) != path:
+        return True
+    methods = _methods_at(path)
+    if methods is not None and method in methods:
+        return False
+    other = path[:-1] if len(path) > 1 and path.endswith("/") else path + "/"
+    others = _methods_at(other)
+    return others is not None and method in others
 
 
 SOLLOL_PREFIX = "/sollol/"
