@@ -240,6 +240,19 @@ async def test_a_foreign_host_gets_403_like_a_loopback_ollama(
     await still_serving(made, http)
 
 
+async def proxy_and_node(
+    http: aiohttp.ClientSession, made: Cluster, method: str, path: str, host: str, header: str
+) -> list[tuple[int, str | None, bytes]]:
+    """The same request to the proxy and to its one node directly, with `path` sent as it is
+    (unclean paths included) and redirects not followed: status, `header` and body of each."""
+    answers = []
+    for url in (made.url, made.nodes[0].url):
+        target = yarl.URL(url + path, encoded=True)
+        async with http.request(method, target, headers={"Host": host}, allow_redirects=False) as r:
+            answers.append((r.status, r.headers.get(header), await r.read()))
+    return answers
+
+
 @pytest.mark.parametrize("engine", ["fast", "aiohttp"])
 async def test_a_foreign_hosts_403_carries_gins_allow_like_the_node_behind(
     cluster: ClusterFactory, http: aiohttp.ClientSession, engine: str
@@ -247,7 +260,6 @@ async def test_a_foreign_hosts_403_carries_gins_allow_like_the_node_behind(
     # gin sets a 405's Allow before its middleware runs, so the Host check's 403 keeps it
     # (reference 1.1, 1.7): the proxy's 403 is the loopback node's, header for header.
     made = await cluster(dict(name="a", models=[MODEL]), listen__engine=engine)
-    node = made.nodes[0]
     cases = [
         ("GET", "/api/chat"),
         ("PUT", "/api/tags"),
@@ -260,18 +272,12 @@ async def test_a_foreign_hosts_403_carries_gins_allow_like_the_node_behind(
         ("GET", "/api/nope"),
     ]
     for method, path in cases:
-        answers = []
-        for url in (made.url, node.url):
-            async with http.request(method, url + path, headers={"Host": "evil.example"}) as r:
-                answers.append((r.status, r.headers.get("Allow"), await r.read()))
+        answers = await proxy_and_node(http, made, method, path, "evil.example", "Allow")
         assert answers[0] == answers[1], (method, path, answers)
         assert answers[0][0] == 403
     # An allowed name's OPTIONS is answered 204 by the same check, after gin set the Allow.
     for path, allow in (("/api/chat", "POST"), ("/api/tags", "HEAD, GET"), ("/nope", None)):
-        answers = []
-        for url in (made.url, node.url):
-            async with http.options(url + path, headers={"Host": "localhost"}) as r:
-                answers.append((r.status, r.headers.get("Allow"), await r.read()))
+        answers = await proxy_and_node(http, made, "OPTIONS", path, "localhost", "Allow")
         assert answers[0] == answers[1] == (204, allow, b""), (path, answers)
 
 
@@ -282,7 +288,6 @@ async def test_a_foreign_host_gets_the_redirect_ollama_sends_before_its_host_che
     # net/http's ServeMux redirects an unclean path, and gin a trailing slash, before gin's
     # middleware (CORS, the Host check) runs (reference 1.7): the redirect, not a 403.
     made = await cluster(dict(name="a", models=[MODEL]), listen__engine=engine)
-    node = made.nodes[0]
     cases = [
         ("GET", "/api/tags/", 301),
         ("POST", "/api/chat/", 307),
@@ -291,13 +296,7 @@ async def test_a_foreign_host_gets_the_redirect_ollama_sends_before_its_host_che
         ("GET", "/api/tags//", 301),
     ]
     for method, path, status in cases:
-        answers = []
-        for url in (made.url, node.url):
-            target = yarl.URL(url + path, encoded=True)
-            async with http.request(
-                method, target, headers={"Host": "evil.example"}, allow_redirects=False
-            ) as r:
-                answers.append((r.status, r.headers.get("Location"), await r.read()))
+        answers = await proxy_and_node(http, made, method, path, "evil.example", "Location")
         assert answers[0] == answers[1], (method, path, answers)
         assert answers[0][0] == status, (method, path, answers)
     # Followed, the clean path meets the Host check.
