@@ -114,7 +114,8 @@ class PromptCache:
 
     def first_copies(self, model: str, nodes: Collection[str]) -> dict[bytes, int]:
         """How many runners of `model` on `nodes` (nodes that have one) hold each first prefix."""
-        return self._copies[model].over(self._by_model[model], nodes)
+        copies = self._copies.get(model)
+        return {} if copies is None else copies.over(self._by_model[model], nodes)
 
     def _changed(self, node: str, model: str) -> None:
         """The slots of `model` on `node` changed (or may have): count its first prefixes again."""

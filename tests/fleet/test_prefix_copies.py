@@ -70,6 +70,7 @@ def test_a_runner_found_to_have_more_slots_is_counted_again() -> None:
     for keys in (a, b):
         cache.record("m", "n0", keys, slots=1)  # b takes the one slot a held
     assert cache.first_copies("m", {"n0"}) == {b[0][0]: 1}
+    assert cache.first_copies("never asked for", {"n0"}) == {}
     # The belief grows to two slots: replayed, the runner held a all along as well.
     cache.probe("m", a, {"n0": 2})
     assert cache.first_copies("m", {"n0"}) == {a[0][0]: 1, b[0][0]: 1}
