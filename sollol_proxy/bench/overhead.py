@@ -4,7 +4,8 @@ pass-through: latency per request, CPU per request and CPU per streamed chunk.
 The same requests go straight to a simulated node, through nginx (one process, least_conn, no
 buffering; when Debian's nginx is installed) and through a real `sollol-proxy` process given the
 node's URL only, alternating in rounds so that machine noise hits all alike. CPU time is read
-from /proc for the proxy's process and for nginx's alone. Small requests run against a node
+from /proc for the proxy's process and for nginx's alone, and the ratio of the two is taken
+round by round (its median and range reported). Small requests run against a node
 that answers at once; streams against a node that paces its tokens, so that every chunk is a
 read and a write of its own, as with a real model.
 """
@@ -35,6 +36,8 @@ from sollol_proxy.observe.logwriter import BatchingHandler
 from sollol_proxy.observe.timeseries import TimeSeries
 from sollol_proxy.simulator import SimulatedNode
 
+MODEL = "llama3.2:latest"
+SLOTS = 16  # the simulated node's num_parallel
 TOKENS_PER_STREAM = 128
 PACED_TOKEN_S = 0.002  # 500 tokens/s per stream: chunks arrive one at a time
 CHAT = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}'
@@ -72,6 +75,9 @@ class Sample:
     latencies: list[float] = field(default_factory=list)
     wall: float = 0.0
     cpu: float = 0.0
+    # Each round's CPU seconds and what it served: a ratio to nginx is taken round by round,
+    # between rounds run one after the other (see `_report`).
+    rounds: list[tuple[float, int]] = field(default_factory=list)
 
 
 def _free_port() -> int:
@@ -135,6 +141,9 @@ class Target:
     url: str
     pid: int | None  # whose CPU is counted (None: the node itself, nothing in between)
     samples: dict[str, Sample] = field(default_factory=dict)
+    # A proxy's: the node's slots it believed after the workloads (`/sollol/nodes`). Below the
+    # node's own, the requests beyond them waited in the proxy's queue.
+    believed: int | None = None
 
 
 def proxy_name(engine: str, engines: Sequence[str]) -> str:
@@ -180,9 +189,15 @@ async def _measure(
                             sample = target.samples[load.name]
                             cpu_before = _cpu_seconds(target.pid)
                             result = await _run(http, target.url, load, requests)
+                            cpu = _cpu_seconds(target.pid) - cpu_before
                             sample.latencies += result.latencies
                             sample.wall += result.wall
-                            sample.cpu += _cpu_seconds(target.pid) - cpu_before
+                            sample.cpu += cpu
+                            sample.rounds.append((cpu, len(result.latencies)))
+                for target in targets[-len(proxies) :]:
+                    async with http.get(target.url + "/sollol/nodes") as response:
+                        (shown,) = (await response.json())["nodes"]
+                    target.believed = int(shown["capacity"]["models"][MODEL]["believed"])
     finally:
         for proxy, config_name in proxies:
             proxy.terminate()
@@ -192,11 +207,12 @@ async def _measure(
 
 
 async def benchmark(rounds: int, scale: float, engines: Sequence[str] = ("fast",)) -> str:
-    fast = SimulatedNode(name="bench", models=["llama3.2:latest"], num_parallel=16)
+    fast = SimulatedNode(name="bench", models=[MODEL], num_parallel=SLOTS)
     paced = SimulatedNode(
-        name="paced", models=["llama3.2:latest"], num_parallel=16, token_delay=PACED_TOKEN_S
+        name="paced", models=[MODEL], num_parallel=SLOTS, token_delay=PACED_TOKEN_S
     )
     results: list[tuple[Workload, list[Target]]] = []
+    beliefs = []
     for node, loads in ((fast, SMALL), (paced, STREAMS)):
         await node.start(port=0)
         try:
@@ -204,6 +220,7 @@ async def benchmark(rounds: int, scale: float, engines: Sequence[str] = ("fast",
         finally:
             await node.stop()
         results += [(load, targets) for load in loads]
+        beliefs += [f"{t.name} {t.believed} after {loads[-1].name}" for t in targets if t.believed]
     names = [t.name for t in results[0][1] if t.name != "direct"]
     proxies = [proxy_name(e, engines) for e in engines]
     header = "| workload | " + " | ".join(f"{n} p50 / p99 ms" for n in ["direct", *names])
@@ -211,14 +228,22 @@ async def benchmark(rounds: int, scale: float, engines: Sequence[str] = ("fast",
         label = "proxy" if len(engines) == 1 else engine
         header += f" | added p50 ms ({label}) | {label} CPU"
         if "nginx" in names:
-            header += " | CPU ratio to nginx" if len(engines) == 1 else f" | {label} / nginx"
+            header += (
+                " | CPU ratio to nginx, median of rounds (range)"
+                if len(engines) == 1
+                else f" | {label} / nginx, median of rounds (range)"
+            )
     header += " | nginx CPU |" if "nginx" in names else " |"
     columns = header.count("|") - 1
     lines = [header, "|" + "---|" * columns]
     lines += [_report(load, {t.name: t for t in targets}, proxies) for load, targets in results]
+    lines.append(
+        f"\nSlots of the node's {SLOTS} the proxy believed (given its URL only): "
+        + "; ".join(beliefs)
+    )
     us, allocated = series_cost()
     lines.append(
-        f"\nKeeping the dashboard's time series (in process): {us:.2f} us and "
+        f"Keeping the dashboard's time series (in process): {us:.2f} us and "
         f"{allocated:.2f} bytes kept per request"
     )
     on_loop, in_all = access_log_cost()
@@ -237,6 +262,22 @@ def _cpu_unit(load: Workload, sample: Sample) -> float:
     return sample.cpu / count * 1e6
 
 
+def _ratio(proxy: Sample, nginx: Sample) -> str:
+    """CPU per request of `proxy` over nginx's: the median of the rounds' ratios, and their
+    range. On a shared machine either process's CPU per request moves by 2x and more from one
+    round to the next (load on the other core, caches); a ratio of two rounds run one after
+    the other cancels what hits both, and the median leaves out a round that one alone met."""
+    ratios = [
+        (cpu / served) / (base / base_served)
+        for (cpu, served), (base, base_served) in zip(proxy.rounds, nginx.rounds, strict=True)
+        if base
+    ]
+    if not ratios:
+        return "-"
+    median = f"{statistics.median(ratios):.1f}x"
+    return median if len(ratios) < 2 else f"{median} ({min(ratios):.1f}-{max(ratios):.1f})"
+
+
 def _report(load: Workload, targets: dict[str, Target], proxies: Sequence[str]) -> str:
     unit = "chunk" if load.chunks_per_request > 1 else "request"
     cells = [load.name]
@@ -244,16 +285,16 @@ def _report(load: Workload, targets: dict[str, Target], proxies: Sequence[str]) 
         sample = target.samples[load.name]
         cells.append(f"{_ms(sample.latencies, 50):.2f} / {_ms(sample.latencies, 99):.2f}")
     direct = targets["direct"].samples[load.name]
-    nginx_cpu = _cpu_unit(load, targets["nginx"].samples[load.name]) if "nginx" in targets else 0
+    nginx = targets["nginx"].samples[load.name] if "nginx" in targets else None
     for name in proxies:
         proxy = targets[name].samples[load.name]
         cells.append(f"{_ms(proxy.latencies, 50) - _ms(direct.latencies, 50):+.2f}")
         proxy_cpu = _cpu_unit(load, proxy)
         cells.append(f"{proxy_cpu:.1f} us/{unit}")
-        if "nginx" in targets:
-            cells.append(f"{proxy_cpu / nginx_cpu:.1f}x" if nginx_cpu else "-")
-    if "nginx" in targets:
-        cells.append(f"{nginx_cpu:.1f} us/{unit}")
+        if nginx is not None:
+            cells.append(_ratio(proxy, nginx))
+    if nginx is not None:
+        cells.append(f"{_cpu_unit(load, nginx):.1f} us/{unit}")
     return "| " + " | ".join(cells) + " |"
 
 

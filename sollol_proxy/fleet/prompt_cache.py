@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from sollol_proxy.fleet.accuracy import Accuracy
+from sollol_proxy.fleet.prefix_copies import FirstCopies
 from sollol_proxy.fleet.prefix_demand import Demand
-from sollol_proxy.routing.slot_cache import SlotCache, Take, first_key_copies
+from sollol_proxy.routing.slot_cache import SlotCache, Take
 from sollol_proxy.routing.slot_match import (
     SLOT_PROMPT_SIMILARITY,
     PrefixKeys,
@@ -88,6 +89,7 @@ class PromptCache:
         # The same runners by model, then node: a probe looks up every candidate's runner,
         # and a pair key is a tuple made and hashed per node per request.
         self._by_model: dict[str, dict[str, SlotCache]] = {}
+        self._copies: dict[str, FirstCopies] = {}  # model -> its runners' first prefixes
         self.demand = Demand(max_roots)
         # id(keys) -> (the slot taken for them, when it is given back, the keys themselves)
         self._reserved: dict[int, tuple[Ticket, float, PrefixKeys]] = {}
@@ -102,11 +104,25 @@ class PromptCache:
         if runner is None:
             runner = self._runners[(node, model)] = SlotCache(slots)
             self._by_model.setdefault(model, {})[node] = runner
+            self._changed(node, model)
         elif len(runner.slots) < slots:
             # Only ever more: a belief that drops takes no slot from a running runner, and
             # dropping one forgot what it held (the node looked empty and drew a group there).
             runner.resize(slots, now)
+            self._changed(node, model)
         return runner
+
+    def first_copies(self, model: str, nodes: Collection[str]) -> dict[bytes, int]:
+        """How many runners of `model` on `nodes` (nodes that have one) hold each first prefix."""
+        copies = self._copies.get(model)
+        return {} if copies is None else copies.over(self._by_model[model], nodes)
+
+    def _changed(self, node: str, model: str) -> None:
+        """The slots of `model` on `node` changed (or may have): count its first prefixes again."""
+        copies = self._copies.get(model)
+        if copies is None:
+            copies = self._copies[model] = FirstCopies()
+        copies.stale.add(node)
 
     def slots(self, node: str, model: str) -> list[Slot]:
         """What the proxy believes each slot of `model` on `node` holds."""
@@ -142,15 +158,16 @@ class PromptCache:
         if not keys:
             return {}
         now = time.monotonic() if now is None else now
+        known = self._by_model.get(model, {})
         runners = None if rounds is None else rounds.runners
         if runners is None:
-            known = self._by_model.get(model, {})
             runners = {}
             for node, count in slots.items():  # as _runner, in one lookup per node
                 runner = known.get(node)
                 if runner is not None:
                     if len(runner.slots) < count:
                         runner.resize(count, now)
+                        self._changed(node, model)
                     runners[node] = runner
             if rounds is not None:
                 rounds.runners = runners
@@ -193,7 +210,7 @@ class PromptCache:
                     first = slot.keys[0]
                     if first not in worth:
                         if copies is None:
-                            copies = first_key_copies(runners.values())
+                            copies = self.first_copies(model, runners.keys())
                             if rounds is not None:
                                 rounds.copies = copies
                         worth[first] = demand.worth(model, first, copies[first], fleet_slots)
@@ -248,6 +265,7 @@ class PromptCache:
             if ticket.node == node and ticket.model == model:
                 if fresh:
                     ticket.take.runner.clear(busy_too=True)
+                    self._changed(node, model)
                 return ticket
             self.finish(ticket, served=False)  # it went elsewhere (a failover)
         return self._take(node, model, keys, slots, fresh=fresh, now=now)
@@ -259,6 +277,7 @@ class PromptCache:
         runner = self._runner(node, model, slots, now)
         if fresh:
             runner.clear(busy_too=True)
+        self._changed(node, model)
         return Ticket(node, model, runner.take(keys, now))
 
     def _expire(self, now: float) -> None:
@@ -311,6 +330,7 @@ class PromptCache:
                 runner.clear(keep=take)
         now = time.monotonic() if now is None else now
         runner.release(take, now, answer, served=served)
+        self._changed(ticket.node, ticket.model)
         if served and take.keys:
             self.demand.ended(ticket.model, take.keys, now)
 
@@ -329,3 +349,4 @@ class PromptCache:
             runner = self._runners.get((node, model))
             if runner is not None:
                 runner.clear(busy_too=True)
+                self._changed(node, model)

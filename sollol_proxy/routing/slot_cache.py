@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -323,15 +323,3 @@ class SlotCache:
         for slot in self.slots:
             if slot is not kept and (busy_too or not slot.busy):
                 slot.keys, slot.tokens, slot.answer = (), (), 0
-
-
-def first_key_copies(runners: Iterable[SlotCache]) -> dict[bytes, int]:
-    """How many of `runners` hold each first prefix (this runs for every request whose slot
-    would push a shared prefix out: a plain loop over a few keys per runner is about twice as
-    fast as a `Counter` over a chain of them, whose construction dominates at small fleets)."""
-    copies: dict[bytes, int] = {}
-    get = copies.get
-    for runner in runners:
-        for first in runner.outsider().firsts:
-            copies[first] = get(first, 0) + 1
-    return copies

@@ -75,7 +75,9 @@ def bounded(keys: PrefixKeys) -> PrefixKeys:
 
 def heads(keys: PrefixKeys) -> tuple[bytes, ...]:
     """The keys alone, for `common_tokens` (computed once per request, not per slot)."""
-    return tuple(key for key, _ in keys)
+    # One C call: `zip(*keys)` yields the keys, then the tokens (a generator into a tuple is a
+    # frame resumed per key).
+    return next(zip(*keys, strict=True), ())
 
 
 def common_tokens(slot: Slot, keys: PrefixKeys, keys_only: Sequence[bytes] | None = None) -> int:
@@ -101,6 +103,6 @@ def between_slots(a: Slot, b: Slot) -> int:
 
 def fill(slot: Slot, keys: PrefixKeys, answer: int) -> None:
     kept = keys[:MAX_KEYS]
-    slot.keys = tuple(key for key, _ in kept)
-    slot.tokens = tuple(tokens for _, tokens in kept)
+    # Both tuples from one C call (twice a request: its reservation and its end).
+    slot.keys, slot.tokens = zip(*kept, strict=True) if kept else ((), ())
     slot.answer = answer if len(kept) == len(keys) else 0

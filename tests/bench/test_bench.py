@@ -184,3 +184,18 @@ async def test_overhead_compares_both_engines_in_one_run() -> None:
     assert "sollol-proxy (aiohttp) p50 / p99 ms" in header
     assert "fast CPU" in header and "aiohttp CPU" in header
     assert len(rows) == 2 + 4 and len({row.count("|") for row in rows}) == 1
+    # What each proxy believed of the node's slots, which decides whether requests queue in it.
+    assert (
+        "Slots of the node's 16 the proxy believed (given its URL only): sollol-proxy (fast) "
+        in table
+    )
+
+
+def test_the_ratio_to_nginx_is_the_median_of_the_rounds_ratios() -> None:
+    proxy, nginx_ = overhead.Sample(), overhead.Sample()
+    # Round 2 was slow for both (a busy machine) and is still 10x; in round 3 nginx alone was
+    # fast, which the median leaves out.
+    proxy.rounds = [(0.4, 400), (1.2, 400), (0.6, 400)]
+    nginx_.rounds = [(0.04, 400), (0.12, 400), (0.02, 400)]
+    assert overhead._ratio(proxy, nginx_) == "10.0x (10.0-30.0)"
+    assert overhead._ratio(proxy, overhead.Sample(rounds=[(0.0, 400)] * 3)) == "-"
