@@ -26,7 +26,8 @@ def _config_options(func: _F) -> _F:
             "-c",
             "--config",
             "config_path",
-            type=click.Path(dir_okay=False),
+            # Not checked here: click would blame `--config` for what SOLLOL_CONFIG named; the
+            # loader names the file and what is wrong with it.
             envvar="SOLLOL_CONFIG",
             help="YAML config file (env SOLLOL_CONFIG).",
         ),

@@ -112,29 +112,35 @@ class Layers:
         self.values[key] = value
         self.origins[key] = origin
 
-    def error(self, key: str, problem: str) -> ConfigError:
-        """An error at `key`, blamed on whoever set it or the section it is in."""
-        origin = "defaults"
+    def error(self, key: str, problem: str, *related: str) -> ConfigError:
+        """An error at `key`, blamed on whoever set it or the section it is in; when `key` is
+        at its default, on whoever set the first of the `related` keys it must agree with."""
+        for candidate in (key, *related):
+            if (origin := self._origin(candidate)) is not None:
+                return ConfigError(origin, key, problem)
+        return ConfigError("defaults", key, problem)
+
+    def _origin(self, key: str) -> str | None:
         for end in range(len(key), 0, -1):
             if key[:end] in self.origins and (end == len(key) or key[end] in ".["):
-                origin = self.origins[key[:end]]
-                break
-        return ConfigError(origin, key, problem)
+                return self.origins[key[:end]]
+        return None
 
 
 def load_file(path: Path, layers: Layers) -> None:
     origin = str(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(origin, "", f"cannot read config file: {exc.strerror}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(origin, "", f"cannot read config file: {reason}") from exc
     except UnicodeDecodeError as exc:  # e.g. caught half-written by reload.watch
         raise ConfigError(origin, "", f"not UTF-8 text (byte {exc.start})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(
             origin, "", f"{where}invalid YAML: {getattr(exc, 'problem', exc)}"
         ) from exc
