@@ -131,11 +131,11 @@ def load_file(path: Path, layers: Layers) -> None:
     origin = str(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # e.g. caught half-written by reload.watch
+        raise ConfigError(origin, "", f"not UTF-8 text (byte {exc.start})") from exc
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(origin, "", f"cannot read config file: {reason}") from exc
-    except UnicodeDecodeError as exc:  # e.g. caught half-written by reload.watch
-        raise ConfigError(origin, "", f"not UTF-8 text (byte {exc.start})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -134,6 +134,19 @@ def test_a_pair_that_does_not_fit_blames_who_set_one_of_it(
     assert str(info.value).startswith(expected.format(path=path)), str(info.value)
 
 
+def test_a_config_or_hosts_file_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "hosts.txt").write_bytes(b"gpu1 # caf\xe9\n")  # raised UnicodeDecodeError
+    path = _file(tmp_path, {"hosts_file": "hosts.txt"})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == (
+        f"{path}: hosts_file: {tmp_path / 'hosts.txt'}: not UTF-8 text (byte 10)"
+    )
+    path.write_bytes(b"nodes: [gpu1] # caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"sollol.yaml: not UTF-8 text \(byte 19\)"):
+        load_config(path, env={})
+
+
 def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "sollol.yaml"
     path.write_text("nodes: [gpu1]\nlisten:\n  port: [1\n")
