@@ -167,7 +167,21 @@ def load_file(path: Path, layers: Layers) -> None:
             layers.set(key, value, origin)
 
 
+# Read by the command line itself (the file to load), not a setting.
+_CLI_ENV = {"SOLLOL_CONFIG"}
+
+
 def load_env(env: Mapping[str, str], layers: Layers) -> None:
+    # A misspelt or guessed variable (SOLLOL_PROT, SOLLOL_QUEUE_AGEING) is refused like an
+    # unknown key of the file: it never silently leaves the setting at its default.
+    for var in sorted(env):
+        if var.startswith("SOLLOL_") and var not in _ENV_KEYS and var not in _CLI_ENV:
+            known = ", ".join(sorted({*_ENV_KEYS, *_CLI_ENV}))
+            raise ConfigError(
+                f"environment {var}",
+                "",
+                f"unknown variable; other settings are keys of the config file (known: {known})",
+            )
     for var, key in _ENV_KEYS.items():
         if var in env:
             value: Any = env[var]

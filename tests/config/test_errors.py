@@ -134,6 +134,17 @@ def test_a_pair_that_does_not_fit_blames_who_set_one_of_it(
     assert str(info.value).startswith(expected.format(path=path)), str(info.value)
 
 
+def test_an_unknown_sollol_variable_is_an_error_as_an_unknown_key_is() -> None:
+    """It was ignored: a misspelt or guessed variable left its setting at the default."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"SOLLOL_NODES": "gpu1", "SOLLOL_QUEUE_AGEING": "5s"})
+    assert str(info.value).startswith(
+        "environment SOLLOL_QUEUE_AGEING: unknown variable; other settings are keys of the "
+        "config file (known: SOLLOL_ALLOWED_HOSTS, "
+    )
+    assert load_config(None, env={"SOLLOL_NODES": "gpu1", "SOLLOL_CONFIG": "x", "OTHER": "1"})
+
+
 def test_a_config_or_hosts_file_that_is_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "hosts.txt").write_bytes(b"gpu1 # caf\xe9\n")  # raised UnicodeDecodeError
     path = _file(tmp_path, {"hosts_file": "hosts.txt"})
