@@ -168,6 +168,20 @@ def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
         load_config(path, env={})
 
 
+def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path: Path) -> None:
+    path = tmp_path / "sollol.yaml"
+    path.write_text("nodes: [gpu1]\nlisten: {port: 1}\nlisten: {host: x}\n")
+    with pytest.raises(
+        ConfigError, match=r"sollol.yaml: line 3, column 1: invalid YAML: duplicate key 'listen'"
+    ):
+        load_config(path, env={})
+    path.write_text("nodes: [{url: gpu1, name: a, name: b}]\n")
+    with pytest.raises(ConfigError, match=r"line 1, column 30: invalid YAML: duplicate key 'name'"):
+        load_config(path, env={})
+    path.write_text("nodes: [gpu1]\nlisten: {<<: {port: 2}, host: 127.0.0.1}\n")
+    assert load_config(path, env={}).port == 2
+
+
 def test_a_config_file_named_by_sollol_config_that_is_a_directory(tmp_path: Path) -> None:
     """Named by the variable, the error names the file, not a `--config` flag never given."""
     result = subprocess.run(
