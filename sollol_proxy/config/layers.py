@@ -166,6 +166,8 @@ def load_file(path: Path, layers: Layers) -> None:
         raise ConfigError(
             origin, "", f"{where}invalid YAML: {getattr(exc, 'problem', exc)}"
         ) from exc
+    except RecursionError:  # PyYAML recurses once per level: `[[[[...` a thousand deep
+        raise ConfigError(origin, "", "invalid YAML: nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -168,6 +168,14 @@ def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
         load_config(path, env={})
 
 
+def test_yaml_nested_too_deeply_is_an_error_not_a_recursion_error(tmp_path: Path) -> None:
+    """RecursionError was a traceback at start-up, and ended the reload watcher."""
+    path = tmp_path / "sollol.yaml"
+    path.write_text("nodes: [gpu1]\nlabels: " + "[" * 2000 + "]" * 2000 + "\n")
+    with pytest.raises(ConfigError, match=r"sollol.yaml: invalid YAML: nested too deeply"):
+        load_config(path, env={})
+
+
 def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path: Path) -> None:
     path = tmp_path / "sollol.yaml"
     path.write_text("nodes: [gpu1]\nlisten: {port: 1}\nlisten: {host: x}\n")
