@@ -58,7 +58,9 @@ def _key(layers: Layers, index: int, raw: Any) -> ApiKey:
     scope = raw.get("scope", USER)
     if scope not in SCOPES:
         raise layers.error(f"{key}.scope", f"expected user or admin, got {scope!r}")
-    models = raw.get("models") or []
+    models = raw.get("models")
+    if models is None:
+        models = []
     if isinstance(models, str):
         models = [models]
     if not isinstance(models, list) or not all(isinstance(m, str) and m.strip() for m in models):

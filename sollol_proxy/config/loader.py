@@ -95,7 +95,9 @@ def _node(layers: Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
         url = normalize_node_url(str(entry["url"]))
     except ValueError as exc:
         raise layers.error(f"{key}.url", str(exc)) from exc
-    name = entry.get("name") or urlsplit(url).netloc
+    name = entry.get("name")
+    if name is None:
+        name = urlsplit(url).netloc
     if (
         not isinstance(name, str)
         or not re.fullmatch(r"[A-Za-z0-9._:\[\]-]+", name)

@@ -99,6 +99,12 @@ def test_a_wrong_value_of_any_key_is_a_config_error_naming_file_and_key(
         ({"auth": {"keys": {}}}, "auth.keys: must be a list"),
         ({"listen": {"allowed_hosts": 0}}, "listen.allowed_hosts: must be a list"),
         ({"nodes": {}}, "nodes: must be a list"),
+        ({"nodes": [{"url": "gpu1", "name": ""}]}, "nodes[0].name: must be letters"),
+        ({"nodes": [{"url": "gpu1", "name": 0}]}, "nodes[0].name: must be letters"),
+        (
+            {"auth": {"keys": [{"name": "k", "sha256": "a" * 64, "models": {}}]}},
+            "auth.keys[0].models: must be a list",
+        ),
         # Both bound on listen.host: under uvloop the proxy then said it listened, and did not.
         ({"metrics": {"port": 11434}}, "metrics.port: must differ from listen.port (11434)"),
     ],
