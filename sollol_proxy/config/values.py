@@ -102,6 +102,10 @@ def string_map(layers: Layers, key: str, value: Any) -> Mapping[str, str]:
         return MappingProxyType({})
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise layers.error(key, "must be a mapping of names to strings")
+    for name, text in value.items():
+        # `Authorization:` with its value forgotten is None: it was sent as "None".
+        if not isinstance(text, str | int | float):
+            raise layers.error(f"{key}.{name}", f"expected a string, got {text!r}")
     return MappingProxyType({k: str(v) for k, v in value.items()})
 
 

@@ -100,6 +100,12 @@ def test_a_wrong_value_of_any_key_is_a_config_error_naming_file_and_key(
         ({"listen": {"allowed_hosts": 0}}, "listen.allowed_hosts: must be a list"),
         ({"nodes": {}}, "nodes: must be a list"),
         ({"nodes": [{"url": "gpu1", "name": ""}]}, "nodes[0].name: must be letters"),
+        # A header whose value was forgotten went to the node as "None".
+        (
+            {"nodes": [{"url": "gpu1", "headers": {"Authorization": None}}]},
+            "nodes[0].headers.Authorization: expected a string, got None",
+        ),
+        ({"nodes": [{"url": "gpu1", "labels": {"gpu": []}}]}, "nodes[0].labels.gpu: expected a"),
         ({"nodes": [{"url": "gpu1", "name": 0}]}, "nodes[0].name: must be letters"),
         (
             {"auth": {"keys": [{"name": "k", "sha256": "a" * 64, "models": {}}]}},
