@@ -18,6 +18,10 @@ from sollol_proxy.lifecycle.startup import StartupError
 from sollol_proxy.observe.logformat import setup_logging
 
 _F = Callable[..., Any]
+# The demo's and the simulator's own flags are checked by click, so that a bad one is a usage
+# error (exit 2), not a traceback from the socket or the simulator.
+_PORT = click.IntRange(0, 65535)
+_DELAY = click.FloatRange(min=0)
 
 
 def _config_options(func: _F) -> _F:
@@ -26,7 +30,8 @@ def _config_options(func: _F) -> _F:
             "-c",
             "--config",
             "config_path",
-            type=click.Path(dir_okay=False),
+            # Not checked here: click would blame `--config` for what SOLLOL_CONFIG named; the
+            # loader names the file and what is wrong with it.
             envvar="SOLLOL_CONFIG",
             help="YAML config file (env SOLLOL_CONFIG).",
         ),
@@ -89,6 +94,9 @@ def _startup_errors() -> Iterator[None]:
     except StartupError as exc:
         click.echo(f"sollol-proxy: {exc}", err=True)
         sys.exit(2)
+    except ConfigError as exc:  # the demo's own configuration, from its flags
+        click.echo(f"sollol-proxy: configuration error: {exc}", err=True)
+        sys.exit(2)
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,11 +127,22 @@ def check_config(ctx: click.Context, **params: Any) -> None:
 
 
 @main.command()
-@click.option("--nodes", "count", default=3, show_default=True, help="Simulated nodes to start.")
+@click.option(
+    "--nodes",
+    "count",
+    type=click.IntRange(1, 64),
+    default=3,
+    show_default=True,
+    help="Simulated nodes to start.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address of the proxy.")
-@click.option("--port", default=11434, show_default=True, help="Port for the proxy.")
-@click.option("--token-delay", default=0.05, show_default=True, help="Seconds per simulated token.")
-@click.option("--load-delay", default=1.5, show_default=True, help="Seconds to load a model.")
+@click.option("--port", type=_PORT, default=11434, show_default=True, help="Port for the proxy.")
+@click.option(
+    "--token-delay", type=_DELAY, default=0.05, show_default=True, help="Seconds per token."
+)
+@click.option(
+    "--load-delay", type=_DELAY, default=1.5, show_default=True, help="Seconds to load a model."
+)
 def demo(count: int, host: str, port: int, token_delay: float, load_delay: float) -> None:
     """Start simulated Ollama nodes and the proxy in front of them (no Ollama needed)."""
     from sollol_proxy.demo import run_demo
@@ -135,16 +154,16 @@ def demo(count: int, host: str, port: int, token_delay: float, load_delay: float
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=11435, show_default=True)
+@click.option("--port", type=_PORT, default=11435, show_default=True)
 @click.option(
     "--model",
     "models",
     multiple=True,
     help="Model on disk (repeat); default llama3.2 and all-minilm.",
 )
-@click.option("--num-parallel", default=1, show_default=True)
-@click.option("--token-delay", default=0.05, show_default=True)
-@click.option("--load-delay", default=1.5, show_default=True)
+@click.option("--num-parallel", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option("--token-delay", type=_DELAY, default=0.05, show_default=True)
+@click.option("--load-delay", type=_DELAY, default=1.5, show_default=True)
 def simulate(
     host: str,
     port: int,

@@ -4,8 +4,10 @@ and the tests."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
+import os
 import resource
 import signal
 import ssl
@@ -108,11 +110,26 @@ async def start_proxy(config: Config, source: ConfigSource | None = None) -> Run
         accepts.append(app[DATAPLANE].protocol_factory(runner.server, aiohttp_protocol))
     else:
         accepts.append(aiohttp_protocol)
-    await listener.start_serving()
+    try:
+        await _listen(listener)
+    except OSError as exc:
+        listener.close()
+        await runner.cleanup()
+        raise cannot_listen(config.host, config.port, exc, "choose another with --port") from None
     port = listener.sockets[0].getsockname()[1] if listener.sockets else config.port
     host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
     scheme = "https" if tls else "http"
     return RunningProxy(runner, listener, f"{scheme}://{host}:{port}")
+
+
+async def _listen(listener: asyncio.Server) -> None:
+    """Start accepting on the bound socket. Bound but not yet listening, its port could be
+    taken in the meantime by another process binding with SO_REUSEADDR and listening first;
+    then listen() fails. asyncio raises that; uvloop swallows it and leaves no socket (None, or
+    one closed) while it says it is serving."""
+    await listener.start_serving()
+    if any(sock is None or sock.fileno() == -1 for sock in listener.sockets):
+        raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:

@@ -160,3 +160,22 @@ async def test_an_address_that_is_not_this_machines_is_one_line_too() -> None:
         "sollol-proxy: cannot listen on 192.0.2.1:0: that address is not one of this "
         "machine's; check --host\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (["simulate", "--port", "99999"], "Invalid value for '--port'"),
+        (["simulate", "--num-parallel", "0"], "Invalid value for '--num-parallel'"),
+        (["demo", "--port", "99999"], "Invalid value for '--port'"),
+        (["demo", "--nodes", "0"], "Invalid value for '--nodes'"),
+        (["demo", "--token-delay", "-1"], "Invalid value for '--token-delay'"),
+        (["demo", "--host", ""], "configuration error: command line: listen.host: expected"),
+    ],
+)
+async def test_a_bad_flag_of_demo_or_simulate_is_a_usage_error(
+    command: list[str], said: str
+) -> None:
+    """They were tracebacks (OverflowError from bind, ConfigError from the demo's config)."""
+    code, stderr = await _run_to_end(*command)
+    assert code == 2 and said in stderr and "Traceback" not in stderr, stderr

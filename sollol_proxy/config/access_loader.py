@@ -17,7 +17,7 @@ from sollol_proxy.config.access import (
     ClientLimits,
 )
 from sollol_proxy.config.layers import Layers
-from sollol_proxy.config.values import boolean, integer, seconds, size
+from sollol_proxy.config.values import absent_as, boolean, integer, seconds, size
 
 _KEY_FIELDS = {
     "name",
@@ -33,6 +33,9 @@ _KEY_FIELDS = {
 _KEY_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _HOST = re.compile(r"(\*\.)?[A-Za-z0-9._:-]+")
+# Linux's largest TCP_KEEPIDLE and TCP_KEEPINTVL: beyond it setsockopt fails, and with it every
+# connection to a node.
+MAX_KEEPALIVE_S = 32767
 
 
 def _key(layers: Layers, index: int, raw: Any) -> ApiKey:
@@ -55,7 +58,9 @@ def _key(layers: Layers, index: int, raw: Any) -> ApiKey:
     scope = raw.get("scope", USER)
     if scope not in SCOPES:
         raise layers.error(f"{key}.scope", f"expected user or admin, got {scope!r}")
-    models = raw.get("models") or []
+    models = raw.get("models")
+    if models is None:
+        models = []
     if isinstance(models, str):
         models = [models]
     if not isinstance(models, list) or not all(isinstance(m, str) and m.strip() for m in models):
@@ -80,7 +85,7 @@ def _key(layers: Layers, index: int, raw: Any) -> ApiKey:
 
 
 def auth(layers: Layers) -> AuthConfig:
-    raw = layers.values.get("auth.keys") or []
+    raw = absent_as(layers, "auth.keys", [])
     if not isinstance(raw, list):
         raise layers.error("auth.keys", "must be a list of {name, sha256, scope, ...}")
     keys = [_key(layers, i, entry) for i, entry in enumerate(raw)]
@@ -111,15 +116,17 @@ def client_limits(layers: Layers) -> ClientLimits:
         max_per_client=integer(
             layers, "limits.max_connections_per_client", d.max_per_client, 1, 1_000_000
         ),
-        tcp_keepalive=seconds(layers, "limits.tcp_keepalive", d.tcp_keepalive),
+        tcp_keepalive=seconds(
+            layers, "limits.tcp_keepalive", d.tcp_keepalive, most=MAX_KEEPALIVE_S
+        ),
         write_timeout=seconds(layers, "limits.write_timeout", d.write_timeout),
     )
 
 
 def allowed_hosts(layers: Layers) -> tuple[str, ...]:
     key = "listen.allowed_hosts"
-    value = layers.values.get(key) or []
-    if isinstance(value, str):
+    value = absent_as(layers, key, [])
+    if isinstance(value, str):  # SOLLOL_ALLOWED_HOSTS: a comma list
         value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, list):
         raise layers.error(key, "must be a list of host names (e.g. ollama.example.com, *.lan)")
@@ -147,12 +154,13 @@ def tls(layers: Layers) -> tuple[str | None, str | None]:
     cert, key = _path(layers, "listen.tls_cert"), _path(layers, "listen.tls_key")
     if (cert is None) != (key is None):
         missing = "listen.tls_key" if key is None else "listen.tls_cert"
-        raise layers.error(missing, "is required when the other of tls_cert/tls_key is set")
+        given = "listen.tls_cert" if key is None else "listen.tls_key"
+        raise layers.error(missing, "is required when the other of tls_cert/tls_key is set", given)
     if cert is None or key is None:
         return None, None
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a NUL in a path
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
         raise layers.error("listen.tls_cert", f"cannot load {cert} with {key}: {reason}") from exc
     return str(cert), str(key)

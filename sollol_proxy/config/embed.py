@@ -27,6 +27,7 @@ def _sizes(layers: Layers, prefix: str, low: int, high: int) -> tuple[int, int]:
         raise layers.error(
             f"{prefix}.max_batch",
             f"must be at least {prefix}.min_batch ({smallest}), got {largest}",
+            f"{prefix}.min_batch",
         )
     return smallest, largest
 
@@ -51,7 +52,9 @@ def embed(layers: Layers) -> EmbedPolicy:
 def batch(layers: Layers) -> BatchPolicy:
     defaults = BatchPolicy()
     raw_dir = layers.values.get("batch.data_dir")
-    if raw_dir is not None and (not isinstance(raw_dir, str) or not raw_dir.strip()):
+    if raw_dir is not None and (
+        not isinstance(raw_dir, str) or not raw_dir.strip() or "\0" in raw_dir
+    ):
         raise layers.error("batch.data_dir", f"expected a directory path, got {raw_dir!r}")
     data_dir = Path(raw_dir.strip()).expanduser() if raw_dir else Path(default_data_dir())
     if (
@@ -67,6 +70,7 @@ def batch(layers: Layers) -> BatchPolicy:
         raise layers.error(
             "batch.max_docs_total",
             f"must be at least batch.max_docs_per_job ({per_job}), got {total}",
+            "batch.max_docs_per_job",
         )
     return BatchPolicy(
         data_dir=str(data_dir),

@@ -112,32 +112,62 @@ class Layers:
         self.values[key] = value
         self.origins[key] = origin
 
-    def error(self, key: str, problem: str) -> ConfigError:
-        """An error at `key`, blamed on whoever set it or the section it is in."""
-        origin = "defaults"
+    def error(self, key: str, problem: str, *related: str) -> ConfigError:
+        """An error at `key`, blamed on whoever set it or the section it is in; when `key` is
+        at its default, on whoever set the first of the `related` keys it must agree with."""
+        for candidate in (key, *related):
+            if (origin := self._origin(candidate)) is not None:
+                return ConfigError(origin, key, problem)
+        return ConfigError("defaults", key, problem)
+
+    def _origin(self, key: str) -> str | None:
         for end in range(len(key), 0, -1):
             if key[:end] in self.origins and (end == len(key) or key[end] in ".["):
-                origin = self.origins[key[:end]]
-                break
-        return ConfigError(origin, key, problem)
+                return self.origins[key[:end]]
+        return None
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML
+    keeps the last silently, and `listen: {port: 1}` then `listen: {host: x}` lost the port."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may repeat keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:  # unhashable: the safe loader refuses it with its own message
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_file(path: Path, layers: Layers) -> None:
     origin = str(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(origin, "", f"cannot read config file: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:  # e.g. caught half-written by reload.watch
         raise ConfigError(origin, "", f"not UTF-8 text (byte {exc.start})") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(origin, "", f"cannot read config file: {reason}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(
             origin, "", f"{where}invalid YAML: {getattr(exc, 'problem', exc)}"
         ) from exc
+    except RecursionError:  # PyYAML recurses once per level: `[[[[...` a thousand deep
+        raise ConfigError(origin, "", "invalid YAML: nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -161,7 +191,21 @@ def load_file(path: Path, layers: Layers) -> None:
             layers.set(key, value, origin)
 
 
+# Read by the command line itself (the file to load), not a setting.
+_CLI_ENV = {"SOLLOL_CONFIG"}
+
+
 def load_env(env: Mapping[str, str], layers: Layers) -> None:
+    # A misspelt or guessed variable (SOLLOL_PROT, SOLLOL_QUEUE_AGEING) is refused like an
+    # unknown key of the file: it never silently leaves the setting at its default.
+    for var in sorted(env):
+        if var.startswith("SOLLOL_") and var not in _ENV_KEYS and var not in _CLI_ENV:
+            known = ", ".join(sorted({*_ENV_KEYS, *_CLI_ENV}))
+            raise ConfigError(
+                f"environment {var}",
+                "",
+                f"unknown variable; other settings are keys of the config file (known: {known})",
+            )
     for var, key in _ENV_KEYS.items():
         if var in env:
             value: Any = env[var]

@@ -35,7 +35,15 @@ from sollol_proxy.config.model import (
 from sollol_proxy.config.origins import cors_origins
 from sollol_proxy.config.policies import Priors
 from sollol_proxy.config.queue import queue
-from sollol_proxy.config.values import boolean, headers, integer, seconds, size, string_map
+from sollol_proxy.config.values import (
+    absent_as,
+    boolean,
+    headers,
+    integer,
+    seconds,
+    size,
+    string_map,
+)
 from sollol_proxy.routing import STRATEGIES
 from sollol_proxy.wire.names import normalize_model
 
@@ -87,7 +95,9 @@ def _node(layers: Layers, index: int, raw: Any, priors: Priors) -> NodeConfig:
         url = normalize_node_url(str(entry["url"]))
     except ValueError as exc:
         raise layers.error(f"{key}.url", str(exc)) from exc
-    name = entry.get("name") or urlsplit(url).netloc
+    name = entry.get("name")
+    if name is None:
+        name = urlsplit(url).netloc
     if (
         not isinstance(name, str)
         or not re.fullmatch(r"[A-Za-z0-9._:\[\]-]+", name)
@@ -148,11 +158,11 @@ def _priors(layers: Layers, key: str, value: Any, base: Priors) -> Priors:
 
 
 def _model_strategies(layers: Layers) -> Mapping[str, str]:
-    value = layers.values.get("routing.models") or {}
+    value = absent_as(layers, "routing.models", {})
     if not isinstance(value, dict):
         raise layers.error("routing.models", "must map model names to strategy names")
     for model, strategy in value.items():
-        if strategy not in STRATEGIES:
+        if not isinstance(strategy, str) or strategy not in STRATEGIES:
             raise layers.error(
                 f"routing.models.{model}",
                 f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})",
@@ -161,16 +171,18 @@ def _model_strategies(layers: Layers) -> Mapping[str, str]:
 
 
 def _nodes(layers: Layers, priors: Priors) -> tuple[NodeConfig, ...]:
-    raw_nodes = layers.values.get("nodes") or []
+    raw_nodes = absent_as(layers, "nodes", [])
     if not isinstance(raw_nodes, list):
         raise layers.error("nodes", "must be a list of node URLs or mappings")
     nodes = [_node(layers, i, raw, priors) for i, raw in enumerate(raw_nodes)]
     # Where each node was declared, so that a duplicate is reported at its own line.
     declared = [(layers.origins.get("nodes", "defaults"), f"nodes[{i}]") for i in range(len(nodes))]
-    hosts_file = layers.values.get("hosts_file")
-    if hosts_file:
+    hosts_file = absent_as(layers, "hosts_file", "")
+    if not isinstance(hosts_file, str):
+        raise layers.error("hosts_file", f"expected a file path, got {hosts_file!r}")
+    if hosts_file:  # SOLLOL_HOSTS_FILE= (empty) is not set
         origin = layers.origins["hosts_file"]
-        path = Path(str(hosts_file))
+        path = Path(hosts_file)
         if not path.is_absolute() and origin == layers.file_origin:
             path = layers.base_dir / path  # relative to the config file that names it
         for number, host in read_hosts_file(path, origin):
@@ -221,8 +233,14 @@ def _validate(layers: Layers) -> Config:
     log_format = str(layers.values.get("log_format", defaults.log_format)).lower()
     if log_format not in LOG_FORMATS:
         raise layers.error("log_format", f"expected plain or json, got {log_format!r}")
+    port = integer(layers, "listen.port", defaults.port, 0, 65535)
     metrics_port = layers.values.get("metrics.port")
-    priors = _priors(layers, "routing.priors", layers.values.get("routing.priors") or {}, Priors())
+    if metrics_port is not None:
+        metrics_port = integer(layers, "metrics.port", 0, 1, 65535, metrics_port)
+        # Both listen on listen.host: the second to bind would take the port from the first.
+        if metrics_port == port:
+            raise layers.error("metrics.port", f"must differ from listen.port ({port})")
+    priors = _priors(layers, "routing.priors", absent_as(layers, "routing.priors", {}), Priors())
     tls_cert, tls_key = access.tls(layers)
     engine = str(layers.values.get("listen.engine", defaults.engine)).lower()
     if engine not in ENGINES:
@@ -233,10 +251,11 @@ def _validate(layers: Layers) -> Config:
         raise layers.error(
             "limits.max_body_memory",
             f"must be at least limits.max_body_bytes ({max_body}), got {body_memory}",
+            "limits.max_body_bytes",
         )
     return Config(
         host=host,
-        port=integer(layers, "listen.port", defaults.port, 0, 65535),
+        port=port,
         nodes=_nodes(layers, priors),
         timeouts=Timeouts(
             connect=seconds(layers, "timeouts.connect", defaults.timeouts.connect),
@@ -274,9 +293,7 @@ def _validate(layers: Layers) -> Config:
         reload_interval=seconds(layers, "reload.interval", defaults.reload_interval),
         log_level=log_level,
         log_format=log_format,
-        metrics_port=None
-        if metrics_port is None
-        else integer(layers, "metrics.port", 0, 1, 65535, metrics_port),
+        metrics_port=metrics_port,
         embed=embed.embed(layers),
         batch=embed.batch(layers),
         state=state.state(layers),

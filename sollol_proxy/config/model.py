@@ -250,8 +250,13 @@ def read_hosts_file(path: Path, origin: str) -> list[tuple[int, str]]:
     """The seed's hosts.txt: one `host:port` (or URL) per line, `#` comments, blank lines ignored."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(origin, "hosts_file", f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            origin, "hosts_file", f"{path}: not UTF-8 text (byte {exc.start})"
+        ) from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(origin, "hosts_file", f"cannot read {path}: {reason}") from exc
     hosts = []
     for number, line in enumerate(lines, 1):
         entry = line.split("#", 1)[0].strip()

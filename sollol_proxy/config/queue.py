@@ -6,7 +6,7 @@ from typing import Any
 
 from sollol_proxy.config.layers import Layers
 from sollol_proxy.config.model import ConfigError, QueueBand, QueueConfig
-from sollol_proxy.config.values import boolean, integer, seconds
+from sollol_proxy.config.values import absent_as, boolean, integer, seconds
 
 
 def _priority_range(layers: Layers, key: str, value: Any) -> tuple[int, int]:
@@ -23,7 +23,7 @@ def _priority_range(layers: Layers, key: str, value: Any) -> tuple[int, int]:
 
 
 def _bands(layers: Layers, default_wait: float) -> tuple[QueueBand, ...]:
-    raw = layers.values.get("queue.bands") or []
+    raw = absent_as(layers, "queue.bands", [])
     if not isinstance(raw, list):
         raise layers.error("queue.bands", "must be a list of {priorities, max_wait, max_length}")
     bands: list[QueueBand] = []

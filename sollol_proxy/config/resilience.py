@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 from sollol_proxy.config.layers import Layers
 from sollol_proxy.config.policies import OutlierPolicy, RetryPolicy
-from sollol_proxy.config.values import integer, seconds
+from sollol_proxy.config.values import absent_as, integer, seconds
 from sollol_proxy.wire.routes import EXACT, Kind
 
 
@@ -24,7 +24,10 @@ def fraction(layers: Layers, key: str, default: float, high: float) -> float:
 
 def at_least(layers: Layers, key: str, value: float, low_key: str, low: float) -> float:
     if value < low:
-        raise layers.error(key, f"must be at least {low_key} ({low:g}s), got {value:g}s")
+        section = key.rpartition(".")[0]
+        raise layers.error(
+            key, f"must be at least {low_key} ({low:g}s), got {value:g}s", f"{section}.{low_key}"
+        )
     return value
 
 
@@ -34,7 +37,7 @@ _TIMED_ROUTES = sorted(path for path, (_, route) in EXACT.items() if route.kind 
 
 def route_timeouts(layers: Layers) -> Mapping[str, float]:
     key = "timeouts.routes"
-    value = layers.values.get(key) or {}
+    value = absent_as(layers, key, {})
     if not isinstance(value, dict):
         raise layers.error(key, "must map routes (e.g. /api/embed) to durations")
     bounds: dict[str, float] = {}

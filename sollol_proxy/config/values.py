@@ -3,6 +3,7 @@ each parsed with an error that names where the value came from, the key and the 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -22,9 +23,13 @@ _SIZE_UNITS = {
     "gib": 2**30,
 }
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Beyond any real memory or rate, and below what the C parsers and socket options the sizes go
+# to can hold (10**30 header bytes broke aiohttp's parser: every request was disconnected).
+MAX_SIZE = 2**50
 
 
-def seconds(layers: Layers, key: str, default: float) -> float:
+def seconds(layers: Layers, key: str, default: float, most: float = math.inf) -> float:
+    """A duration; `most` bounds it where what it is given to has a limit of its own."""
     value = layers.values.get(key, default)
     if isinstance(value, bool):
         raise layers.error(key, f"expected seconds, got {value!r}")
@@ -37,8 +42,14 @@ def seconds(layers: Layers, key: str, default: float) -> float:
                 key, f"expected seconds or a duration like '30s', '5m', got {value!r}"
             )
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    # inf and nan (YAML's .inf, .nan, or digits beyond a float) overflowed where a duration
+    # becomes an integer, at start-up once the port was bound.
+    if not math.isfinite(seconds):
+        raise layers.error(key, f"expected a finite duration, got {value!r}")
     if seconds <= 0:
         raise layers.error(key, f"must be greater than zero, got {value!r}")
+    if seconds > most:
+        raise layers.error(key, f"must be at most {most:g}s, got {value!r}")
     return seconds
 
 
@@ -62,7 +73,16 @@ def size(layers: Layers, key: str, default: int, value: Any = None) -> int:
         size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
     if size < 1024:
         raise layers.error(key, f"must be at least 1024 bytes, got {value!r}")
+    if size > MAX_SIZE:
+        raise layers.error(key, f"must be at most {MAX_SIZE} bytes (1048576GiB), got {value!r}")
     return size
+
+
+def absent_as(layers: Layers, key: str, empty: Any) -> Any:
+    """The value of `key`, `empty` when not set (or set to nothing, YAML's `key:`). A wrong type
+    that happens to be falsy (`0`, `''`, `{}` for a list) stays, to be refused as wrong."""
+    value = layers.values.get(key)
+    return empty if value is None else value
 
 
 def boolean(layers: Layers, key: str, default: bool) -> bool:
@@ -82,6 +102,10 @@ def string_map(layers: Layers, key: str, value: Any) -> Mapping[str, str]:
         return MappingProxyType({})
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise layers.error(key, "must be a mapping of names to strings")
+    for name, text in value.items():
+        # `Authorization:` with its value forgotten is None: it was sent as "None".
+        if not isinstance(text, str | int | float):
+            raise layers.error(f"{key}.{name}", f"expected a string, got {text!r}")
     return MappingProxyType({k: str(v) for k, v in value.items()})
 
 

@@ -115,7 +115,7 @@ def test_hosts_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
             "environment SOLLOL_PORT: listen.port: expected an integer",
         ),
         ("nodes: [a]\n", {"SOLLOL_NODES": "ftp://x"}, "environment SOLLOL_NODES: nodes[0].url"),
-        ("nodes: [a\n", {}, "sollol.yaml: line 2: invalid YAML"),
+        ("nodes: [a\n", {}, "sollol.yaml: line 2, column 1: invalid YAML"),
         ("- a\n", {}, "sollol.yaml: the top level must be a mapping"),
         ("nodes: [a]\nhosts_file: missing.txt\n", {}, "sollol.yaml: hosts_file: cannot read"),
         (
