@@ -6,6 +6,8 @@ from, so that validation can blame the right file, variable or flag.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -194,12 +196,48 @@ def load_file(path: Path, layers: Layers) -> None:
 # Read by the command line itself (the file to load), not a setting.
 _CLI_ENV = {"SOLLOL_CONFIG"}
 
+# The variables Kubernetes gives every pod for each Service of its namespace (service links):
+# the deployment's own `sollol-proxy` and `sollol-redis` Services make SOLLOL_PROXY_PORT,
+# SOLLOL_REDIS_SERVICE_HOST and the like. Recognized by name and value, so that a misspelt
+# setting is not taken for one.
+_SERVICE_LINK = re.compile(
+    r"SOLLOL_\w+?_(?:(?P<host>SERVICE_HOST)|(?P<port>SERVICE_PORT(?:_\w+)?)"
+    r"|(?P<url>PORT)|PORT_\d+_(?:TCP|UDP|SCTP)(?:_(?P<field>PROTO|PORT|ADDR))?)"
+)
+_LINK_URL = re.compile(r"(?:tcp|udp|sctp)://[0-9A-Fa-f.:\[\]]+:\d+")
+
+
+def _service_link(var: str, value: str) -> bool:
+    match = _SERVICE_LINK.fullmatch(var)
+    if match is None:
+        return False
+    if match["host"] or match["field"] == "ADDR":
+        return _is_ip(value)
+    if match["port"] or match["field"] == "PORT":
+        return value.isascii() and value.isdigit()
+    if match["field"] == "PROTO":
+        return value in ("tcp", "udp", "sctp")
+    return _LINK_URL.fullmatch(value) is not None  # X_PORT and X_PORT_n_TCP: tcp://ip:port
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
 
 def load_env(env: Mapping[str, str], layers: Layers) -> None:
     # A misspelt or guessed variable (SOLLOL_PROT, SOLLOL_QUEUE_AGEING) is refused like an
     # unknown key of the file: it never silently leaves the setting at its default.
     for var in sorted(env):
-        if var.startswith("SOLLOL_") and var not in _ENV_KEYS and var not in _CLI_ENV:
+        if (
+            var.startswith("SOLLOL_")
+            and var not in _ENV_KEYS
+            and var not in _CLI_ENV
+            and not _service_link(var, env[var])
+        ):
             known = ", ".join(sorted({*_ENV_KEYS, *_CLI_ENV}))
             raise ConfigError(
                 f"environment {var}",

@@ -157,6 +157,38 @@ def test_an_unknown_sollol_variable_is_an_error_as_an_unknown_key_is() -> None:
     assert load_config(None, env={"SOLLOL_NODES": "gpu1", "SOLLOL_CONFIG": "x", "OTHER": "1"})
 
 
+def kubernetes_service_links(service: str, ip: str, port: int) -> dict[str, str]:
+    """The variables Kubernetes gives every pod of the namespace for one Service (its
+    `enableServiceLinks` default), for a Service with one TCP port named `http`."""
+    name = service.upper().replace("-", "_")
+    url = f"tcp://{ip}:{port}"
+    tcp = f"{name}_PORT_{port}_TCP"
+    return {
+        f"{name}_SERVICE_HOST": ip,
+        f"{name}_SERVICE_PORT": str(port),
+        f"{name}_SERVICE_PORT_HTTP": str(port),
+        f"{name}_PORT": url,
+        tcp: url,
+        f"{tcp}_PROTO": "tcp",
+        f"{tcp}_PORT": str(port),
+        f"{tcp}_ADDR": ip,
+    }
+
+
+def test_the_deployments_own_service_links_are_not_unknown_settings() -> None:
+    """deploy/kubernetes's Services `sollol-proxy` and `sollol-redis` give every pod
+    SOLLOL_PROXY_PORT=tcp://..., SOLLOL_REDIS_SERVICE_HOST=... : refusing them would stop every
+    replica of the project's own deployment."""
+    env = {"SOLLOL_NODES": "gpu1"}
+    env |= kubernetes_service_links("sollol-proxy", "10.96.0.12", 11434)
+    env |= kubernetes_service_links("sollol-redis", "fd00::1", 6379)
+    assert load_config(None, env=env).port == 11434
+    # The shape alone is not enough: a misspelt setting with a setting's value is refused.
+    for var, value in (("SOLLOL_METRIC_PORT", "9100"), ("SOLLOL_PROXY_PORT", "11435")):
+        with pytest.raises(ConfigError, match=f"environment {var}: unknown variable"):
+            load_config(None, env={"SOLLOL_NODES": "gpu1", var: value})
+
+
 def test_a_config_or_hosts_file_that_is_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "hosts.txt").write_bytes(b"gpu1 # caf\xe9\n")  # raised UnicodeDecodeError
     path = _file(tmp_path, {"hosts_file": "hosts.txt"})
