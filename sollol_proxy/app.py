@@ -78,6 +78,16 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     """Every background task is started here, or by a reload through `proxy.tasks`; all are
     cancelled and awaited here."""
     proxy = app[PROXY]
+    try:
+        await _start_background(app, proxy)
+    except BaseException:  # start-up failed: the cleanup after `yield` will never run
+        await _stop_background(proxy)
+        raise
+    yield
+    await _stop_background(proxy)
+
+
+async def _start_background(app: web.Application, proxy: Proxy) -> None:
     fleet = proxy.fleet
     if proxy.shared is not None:
         for name, task in proxy.shared.tasks().items():
@@ -96,7 +106,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         proxy.tasks.start(
             "reload:watch", proxy.reloader.watch(lambda: proxy.live.config.reload_interval)
         )
-    yield
+
+
+async def _stop_background(proxy: Proxy) -> None:
     await proxy.tasks.close()
     if proxy.shared is not None:
         await proxy.shared.close()

@@ -87,7 +87,11 @@ async def start_proxy(config: Config, source: ConfigSource | None = None) -> Run
         )
     except OSError as exc:
         raise cannot_listen(config.host, config.port, exc, "choose another with --port") from None
-    app = await create_app(config, source)
+    try:
+        app = await create_app(config, source)
+    except BaseException:
+        listener.close()
+        raise
     # handler_cancellation: a client that disconnects cancels its handler at once, which closes
     # the upstream request and frees the node's slot (reference 1.4).
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=CLOSE_S)

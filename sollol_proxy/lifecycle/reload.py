@@ -121,6 +121,9 @@ class Reloader:
             loaded = str(exc)
         except (OSError, ValueError) as exc:  # anything else reading it: the watcher goes on
             loaded = f"cannot load the configuration: {exc}"
+        except Exception as exc:  # a defect of the loader, not of the file: keep its traceback
+            log.exception("reload (%s): loading the configuration failed", why)
+            loaded = f"cannot load the configuration: {exc!r}"
         if loaded != quiet_if:
             if isinstance(loaded, str):
                 log.error("reload (%s) rejected, the running configuration stays: %s", why, loaded)
