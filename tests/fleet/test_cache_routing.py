@@ -169,3 +169,41 @@ async def test_a_node_full_by_a_growing_belief_is_priced_as_either_outcome(
     use = made.node("a").slot_uses[-1]
     assert use.slot == 1 and use.cached_tokens == 0 and not long.done()
     await long
+
+
+async def test_a_group_short_of_its_share_of_the_slots_is_copied_early_by_a_cheap_request(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    """One group, two nodes of one slot: its share of the requests is worth both slots. Once
+    its share is known (4 requests per slot), a first turn, whose miss costs little more than
+    the system prompt, copies the prompt to the idle node rather than take the only copy; then,
+    with one copy busy, the next request finds the other at once, with no wait and no miss."""
+    made = await cluster(dict(NODE, name="a"), dict(NODE, name="b"))
+    fleet = made.proxy.runner.app[FLEET]
+    async with aiohttp.ClientSession() as direct:
+        for node in made.nodes:  # loaded everywhere, as the proxy learns from /api/ps
+            async with direct.post(node.url + "/api/generate", json={"model": MODEL}) as r:
+                await r.read()
+    await fleet.refresh_all()
+    home, _ = await chat(http, made.url, "user 0: how do I rotate the keys?")
+    other = "b" if home == "a" else "a"
+    for user in range(1, 8):
+        node, _ = await chat(http, made.url, f"user {user}: where are the backups?")
+        assert node == home
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "user 8: and the certificates?"},
+    ]
+    body = orjson.dumps({"model": MODEL, "messages": messages, "stream": False})
+    async with http.post(made.url + "/api/chat", data=body) as response:
+        assert response.headers["X-Sollol-Node"] == other
+        assert response.headers["X-Sollol-Route"].endswith("early copy of the shared prefix")
+        await response.read()
+    assert made.node(other).slot_uses[-1].cached_tokens == 0  # the copy's one prefill
+    long = asyncio.create_task(chat(http, made.url, "user 9: explain it all", tokens=220))
+    await eventually(lambda: sum(n.model_in_flight.get(MODEL, 0) for n in fleet.nodes.values()))
+    node, final = await chat(http, made.url, "user 10: and the certificates?")
+    busy, _ = await long
+    assert node != busy
+    assert made.node(node).slot_uses[-1].cached_tokens > 2500
+    assert final["prompt_eval_duration"] < 0.1 * final["prompt_eval_count"] / 4000 * 1e9
