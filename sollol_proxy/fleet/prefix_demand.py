@@ -68,21 +68,14 @@ class Demand:
         the model's recent requests times the fleet's slots for it (a prefix asked for about
         once per round of the slots is worth keeping), capped at 1, divided by the nodes that
         hold it (the others can serve it)."""
-        return min(1.0, self.share(model, root) * fleet_slots) / max(copies, 1)
-
-    def requests(self, model: str) -> int:
-        """Requests for `model` counted."""
-        return self._requests.get(model, 0)
-
-    def share(self, model: str, root: bytes) -> float:
-        """The share of the model's recent requests that started with this first prefix."""
         count, seen = self._roots.get((model, root), (0.0, 0))
         if not count:
             return 0.0
-        requests = self._requests[model]
+        requests = self._requests.get(model, 0)
         # A share of the requests seen so far, (1 - DECAY**n) / (1 - DECAY) decayed: not of a
         # full window, which undervalued every prefix over the first hundred requests.
-        return count * DECAY ** (requests - seen) * (1 - DECAY) / (1 - DECAY**requests)
+        share = count * DECAY ** (requests - seen) * (1 - DECAY) / (1 - DECAY**requests)
+        return min(1.0, share * fleet_slots) / max(copies, 1)
 
     def history(self, model: str, tokens: int, idle_s: float) -> float:
         """What losing `tokens` of a conversation's own history, unused for `idle_s`, costs:

@@ -36,10 +36,7 @@ from sollol_proxy.routing.slot_match import (
     common_tokens,
     heads,
 )
-from sollol_proxy.routing.spread import Copies
 
-# A group's share of the slots is known once the model has had this many requests per slot.
-SHARE_ROUNDS = 4
 # A slot reserved when the request was given its node, and never claimed by its dispatch (the
 # client went away in between), is given back after this long.
 RESERVATION_S = 5.0
@@ -208,23 +205,6 @@ class PromptCache:
                     Probe, (cached, displaced, waiting, since, waiting_slots, full)
                 )
         return found
-
-    def copies(self, model: str, keys: PrefixKeys, fleet_slots: int) -> Copies:
-        """The slots believed to hold this prompt's first prefix (its group's shared prompt),
-        over every node, and the group's share of the fleet's slots (routing/spread.py), none
-        until every slot could have served a few requests (`SHARE_ROUNDS`): the first requests'
-        shares are all or nothing (the first group seen would be due every slot)."""
-        if not keys or self.demand.requests(model) < SHARE_ROUNDS * fleet_slots:
-            return Copies(0, 0, 0.0)
-        first = keys[0][0]
-        idle = busy = 0
-        for runner in self._by_model.get(model, {}).values():
-            if first in runner.outsider().firsts:
-                for slot in runner.slots:
-                    if slot.keys and slot.keys[0] == first:
-                        busy += slot.busy
-                        idle += not slot.busy
-        return Copies(idle, busy, self.demand.share(model, first) * fleet_slots)
 
     # -- dispatches ----------------------------------------------------------------------------
 

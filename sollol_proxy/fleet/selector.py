@@ -18,17 +18,13 @@ from sollol_proxy.fleet.prompt_cache import NO_PROBE, PromptCache, Rounds
 from sollol_proxy.fleet.snapshot import wait_on
 from sollol_proxy.fleet.views import Kept, Views, probed, with_probe
 from sollol_proxy.fleet.waiting import Hold, Waits
-from sollol_proxy.routing import STRATEGIES, Choice, Reason, RouteRequest, Strategy, make_strategy
+from sollol_proxy.routing import STRATEGIES, Reason, RouteRequest, Strategy, make_strategy
 from sollol_proxy.routing.analysis import RequestProfile
 from sollol_proxy.routing.performance import Performance, ranked, worth_waiting
-from sollol_proxy.routing.spread import cheap, early_copy
 from sollol_proxy.wire.headers import NODE_HEADER
 from sollol_proxy.wire.logsafe import loggable
 
 ALL_NODES = "all"
-# Only a request that has not waited for a slot may make an early copy of its group's prefix
-# (routing/spread.py): after a wait, the copy's prefill would come on top of it.
-FRESH_S = 0.05
 
 
 class Selector:
@@ -115,11 +111,9 @@ class Selector:
         request_id: str,
         priority: int,
         hold: Hold | None = None,
-        arrived: float | None = None,
     ) -> Plan:
         """Rank the free `nodes`; a request that may still wait (`hold`: its earlier decision to,
-        or a new one) can prefer a busy slot that holds its prompt. `arrived`: when the request
-        came (it may have waited for a slot since)."""
+        or a new one) can prefer a busy slot that holds its prompt."""
         model = profile.model
         strategy = self.strategy_for(model)
         now = time.monotonic()
@@ -196,13 +190,6 @@ class Selector:
                     hold=self._waits.hold(wait.node, until, replacing=hold, extended=extended)
                 )
         self._waits.release(hold)
-        if (
-            choices
-            and isinstance(strategy, Performance)
-            and profile.prefix_keys
-            and now - (now if arrived is None else arrived) <= FRESH_S
-        ):
-            choices = self._spread(request, profile, ratio, slots, choices)
         kept = self._views.kept(model)
         targets = failover(kept, choices, strategy.name, others, self._beyond)
         if choices:
@@ -223,25 +210,6 @@ class Selector:
         )
         self._decisions.add(decision)
         return Plan(targets, decision)
-
-    def _spread(
-        self,
-        request: RouteRequest,
-        profile: RequestProfile,
-        ratio: float,
-        slots: dict[str, int],
-        choices: list[Choice],
-    ) -> list[Choice]:
-        """`choices` with an early copy of the shared prefix first, when one is due."""
-        keys = profile.prefix_keys
-        root = round(keys[0][1] * ratio)
-        if not cheap(request, root):
-            return choices
-        copies = self._prompt_cache.copies(profile.model, keys, sum(slots.values()))
-        copy = early_copy(request, root, copies, choices)
-        if copy is None:
-            return choices
-        return [copy, *(c for c in choices if c.node != copy.node)]
 
     def _waitable(self, model: str) -> list[NodeState]:
         """Nodes whose busy slots a request for `model` could wait for: resident holders."""
@@ -274,10 +242,9 @@ class Selector:
             listed = self._fleet.has_model(model)
         if listed:
             held: list[Hold | None] = [None]  # the request's latest decision to wait
-            arrived = time.monotonic()
 
             def choose(free: list[NodeState]) -> Plan:
-                plan = self._rank(free, profile, request_id, priority, held[0], arrived)
+                plan = self._rank(free, profile, request_id, priority, held[0])
                 held[0] = plan.hold or held[0]
                 return plan
 
