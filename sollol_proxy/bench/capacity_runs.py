@@ -115,7 +115,9 @@ def converged(
     return None if since is None else since - start
 
 
-MODES = ("auto", "told", "no queue", "least conn")
+# "told again" is told run a second time: how far two runs of one proxy are apart (the noise).
+MODES = ("auto", "told", "told again", "no queue", "least conn")
+TOLD = ("told", "told again")
 
 
 def _row(mode: str, run: Run, told: Run, since: float) -> str:
