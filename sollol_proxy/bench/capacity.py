@@ -139,6 +139,7 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
             async with http.post(node.url + "/api/generate", json={"model": MODEL}) as r:
                 await r.read()
     run = Run()
+    waited_before = 0.0  # seconds of the slot semaphore waits that ended before the warm-up
     rate = workload.capacity(fleet.slots) * workload.load
     try:
         async with (
@@ -179,7 +180,12 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
                     last = now
                     await asyncio.sleep(SAMPLE_S)
 
-            background = []
+            async def warmed_up() -> None:
+                nonlocal waited_before
+                await asyncio.sleep(max(0.0, t0 + workload.warmup - time.perf_counter()))
+                waited_before = sum(n.stats.queue_wait for n in nodes)
+
+            background = [asyncio.create_task(warmed_up())]
             if fleet.restart is not None:
                 background.append(asyncio.create_task(restart()))
             if not isinstance(front, str):
@@ -191,6 +197,7 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
             await asyncio.gather(*background, return_exceptions=True)
     finally:
         run.waited_in_ollama = sum(n.stats.queue_wait for n in nodes)
+        run.waited_after_warmup = run.waited_in_ollama - waited_before
         for node in nodes:
             await node.stop()
     return run

@@ -136,6 +136,10 @@ async def test_capacity_benchmark_reports_learned_slots_and_every_mode() -> None
     assert runs == [*capacity_runs.MODES, *capacity_runs.MODES]  # whole run, then after the warm-up
     told = next(row for row in rows if row[0] == "| told")
     assert told[3].endswith("(1.00)")  # the reference
+    # The last column is what was waited on the slot semaphores in the table's period.
+    waited = [float(row[-1].rstrip(" |")) for row in rows if not row[0].startswith("| run")]
+    whole, after = waited[: len(capacity_runs.MODES)], waited[len(capacity_runs.MODES) :]
+    assert all(0.0 <= late <= total for late, total in zip(after, whole, strict=True))
     per_run = [line for line in report.splitlines() if line.startswith("no queue ")]
     assert len(per_run) == 1 and per_run[0].count(", ") == 1  # one ratio per seed
     # The targets are read against the noise: told run twice per seed (A/A).
