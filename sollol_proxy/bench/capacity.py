@@ -1,15 +1,17 @@
 """Zero configuration against the truth: simulated fleets whose slot counts are hidden from the
 proxy, which is given only their URLs.
 
-Each fleet gets the same seeded Poisson arrivals of streamed chats, near its capacity, in four
+Each fleet gets the same seeded Poisson arrivals of streamed chats, near its capacity, in five
 modes: the proxy given only URLs (`auto`), the same proxy told every node's num_parallel
 (`told`; when a node restarts with another value it is told that too, by a reload at that
-instant: an oracle), the proxy given only URLs with `queue.enabled: false` (`no queue`), and a
-least-connections balancer (nginx `least_conn` when nginx is installed, else the proxy's own
-`least_loaded` with the queue off). Decode slows by 10 % per extra busy slot (the simulator's
-`batch_slowdown`), as batched decoding does on a GPU. With `repeat`, every mode runs the same
-seeds and their requests are pooled. The auto runs also record what the proxy believes each
-node has, to report the learned slots against the truth and when they were right for good.
+instant: an oracle), told once more (`told again`: how far two runs of one proxy are apart, the
+noise against which capacity_verdict.py reads the targets), the proxy given only URLs with
+`queue.enabled: false` (`no queue`), and a least-connections balancer (nginx `least_conn` when
+nginx is installed, else the proxy's own `least_loaded` with the queue off). Decode slows by
+10 % per extra busy slot (the simulator's `batch_slowdown`), as batched decoding does on a GPU.
+With `repeat`, every mode runs the same seeds and their requests are pooled. The auto runs also
+record what the proxy believes each node has, to report the learned slots against the truth and
+when they were right for good.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sollol_proxy.bench import nginx
 from sollol_proxy.bench.capacity_runs import (
     FLEETS,
     MODES,
+    TOLD,
     Fleet,
     Run,
     Sample,
@@ -35,6 +38,7 @@ from sollol_proxy.bench.capacity_runs import (
     arrivals,
     report,
 )
+from sollol_proxy.bench.capacity_verdict import verdict
 from sollol_proxy.config import Config, load_config
 from sollol_proxy.fleet.capacity import model_slots
 from sollol_proxy.fleet.health import State
@@ -100,7 +104,7 @@ async def _front(mode: str, nodes: list[SimulatedNode], fleet: Fleet) -> AsyncIt
         settings["queue.enabled"] = False
     if mode == "least conn":
         settings["routing.strategy"] = "least_loaded"
-    proxy = await start_proxy(_config(nodes, fleet.slots if mode == "told" else None, **settings))
+    proxy = await start_proxy(_config(nodes, fleet.slots if mode in TOLD else None, **settings))
     try:
         yield proxy
     finally:
@@ -135,6 +139,7 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
             async with http.post(node.url + "/api/generate", json={"model": MODEL}) as r:
                 await r.read()
     run = Run()
+    waited_before = 0.0  # seconds of the slot semaphore waits that ended before the warm-up
     rate = workload.capacity(fleet.slots) * workload.load
     try:
         async with (
@@ -156,7 +161,7 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
                 index, slots = fleet.restart
                 await asyncio.sleep(half)
                 await nodes[index].restart(num_parallel=slots)
-                if mode == "told":  # the operator edits the config and reloads at once
+                if mode in TOLD:  # the operator edits the config and reloads at once
                     truth = list(fleet.slots)
                     truth[index] = slots
                     apply_config(front.runner.app, _config(nodes, tuple(truth)))
@@ -175,7 +180,12 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
                     last = now
                     await asyncio.sleep(SAMPLE_S)
 
-            background = []
+            async def warmed_up() -> None:
+                nonlocal waited_before
+                await asyncio.sleep(max(0.0, t0 + workload.warmup - time.perf_counter()))
+                waited_before = sum(n.stats.queue_wait for n in nodes)
+
+            background = [asyncio.create_task(warmed_up())]
             if fleet.restart is not None:
                 background.append(asyncio.create_task(restart()))
             if not isinstance(front, str):
@@ -187,6 +197,7 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
             await asyncio.gather(*background, return_exceptions=True)
     finally:
         run.waited_in_ollama = sum(n.stats.queue_wait for n in nodes)
+        run.waited_after_warmup = run.waited_in_ollama - waited_before
         for node in nodes:
             await node.stop()
     return run
@@ -211,6 +222,7 @@ async def benchmark(
         runs = {mode: Run.pooled(each[mode]) for mode in MODES}
         named = f"{seed}-{seed + repeat - 1}" if repeat > 1 else str(seed)
         out += report(fleet, workload, runs, named)
+        out += ["", *verdict(runs, workload.warmup)]
     return "\n".join(out)
 
 

@@ -61,6 +61,8 @@ class Sample:
 class Run:
     samples: list[Sample] = field(default_factory=list)
     waited_in_ollama: float = 0.0
+    # Of it, the waits that ended after the warm-up: once learned, auto's waits are its probes.
+    waited_after_warmup: float = 0.0
     beliefs: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)
     # Seconds the restarted node was out of the proxy's rotation after the restart (down,
     # ejected, on trial); None where nothing was sampled (nginx).
@@ -76,6 +78,7 @@ class Run:
         return cls(
             [s for r in runs for s in r.samples],
             sum(r.waited_in_ollama for r in runs) / len(runs),
+            sum(r.waited_after_warmup for r in runs) / len(runs),
             repeats=runs,
         )
 
@@ -115,7 +118,9 @@ def converged(
     return None if since is None else since - start
 
 
-MODES = ("auto", "told", "no queue", "least conn")
+# "told again" is told run a second time: how far two runs of one proxy are apart (the noise).
+MODES = ("auto", "told", "told again", "no queue", "least conn")
+TOLD = ("told", "told again")
 
 
 def _row(mode: str, run: Run, told: Run, since: float) -> str:
@@ -133,7 +138,7 @@ def _row(mode: str, run: Run, told: Run, since: float) -> str:
         f"{cell([s.ttft for s in samples], [s.ttft for s in base])} | "
         f"{_q([s.total for s in samples], 50):.3f} | "
         f"{cell([s.total for s in samples], [s.total for s in base])} | "
-        f"{run.waited_in_ollama:.1f} |"
+        f"{run.waited_in_ollama if since == 0 else run.waited_after_warmup:.1f} |"
     )
 
 

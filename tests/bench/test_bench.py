@@ -136,8 +136,15 @@ async def test_capacity_benchmark_reports_learned_slots_and_every_mode() -> None
     assert runs == [*capacity_runs.MODES, *capacity_runs.MODES]  # whole run, then after the warm-up
     told = next(row for row in rows if row[0] == "| told")
     assert told[3].endswith("(1.00)")  # the reference
+    # The last column is what was waited on the slot semaphores in the table's period.
+    waited = [float(row[-1].rstrip(" |")) for row in rows if not row[0].startswith("| run")]
+    whole, after = waited[: len(capacity_runs.MODES)], waited[len(capacity_runs.MODES) :]
+    assert all(0.0 <= late <= total for late, total in zip(after, whole, strict=True))
     per_run = [line for line in report.splitlines() if line.startswith("no queue ")]
     assert len(per_run) == 1 and per_run[0].count(", ") == 1  # one ratio per seed
+    # The targets are read against the noise: told run twice per seed (A/A).
+    assert "Targets after 0.3 s (auto against told; A/A = told again against told):" in report
+    assert "- total p95 within 5 %: auto " in report and "- TTFT p95 never above" in report
 
 
 async def test_capacity_benchmark_shows_how_long_the_restarted_node_was_out() -> None:
@@ -149,8 +156,8 @@ async def test_capacity_benchmark_shows_how_long_the_restarted_node_was_out() ->
     at = lines.index("Seconds the restarted node was out of rotation, run by run:")
     rows = [line.rsplit(" ", 1) for line in lines[at + 1 : at + 1 + len(capacity_runs.MODES)]]
     assert [mode for mode, _ in rows] == list(capacity_runs.MODES)
-    assert all(float(seconds) >= 0.0 for _, seconds in rows[:3])  # the proxy's modes
-    assert (rows[3][1] == "n/a") == nginx.available()  # nginx's own health is not read
+    assert all(float(seconds) >= 0.0 for _, seconds in rows[:4])  # the proxy's modes
+    assert (rows[4][1] == "n/a") == nginx.available()  # nginx's own health is not read
 
 
 def test_capacity_command_sets_the_tokens_per_answer() -> None:
