@@ -212,20 +212,15 @@ def _service_link(var: str, value: str) -> bool:
     if match is None:
         return False
     if match["host"] or match["field"] == "ADDR":
-        return _is_ip(value)
+        try:
+            return bool(ipaddress.ip_address(value))
+        except ValueError:
+            return False
     if match["port"] or match["field"] == "PORT":
         return value.isascii() and value.isdigit()
     if match["field"] == "PROTO":
         return value in ("tcp", "udp", "sctp")
     return _LINK_URL.fullmatch(value) is not None  # X_PORT and X_PORT_n_TCP: tcp://ip:port
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def load_env(env: Mapping[str, str], layers: Layers) -> None:
