@@ -301,8 +301,12 @@ class SharedSlots(Parking, Others):
             return
         slot.lease = ""
         self._nodes[node.name] = node
-        kept = self._link.up and self._pass_on(node, model)
-        self.leases.release(node.name, model, kept=kept)
+        if not self._link.up:
+            self.leases.release(node.name, model)
+            return
+        parked, kept = self._pass_on(node, model)
+        belief = self._tell(node, model)
+        self.leases.release(node.name, model, parked=parked, kept=kept, belief=belief)
 
     def _heard_handed(self, event: dict[str, Any]) -> None:
         node, model, waiter = event.get("node"), event.get("model"), event.get("waiter")
