@@ -113,7 +113,8 @@ class HandedSlots:
         direct: bool = False,
     ) -> None:
         """Redis counted a slot of `node` as this replica's, for `waiter`, when all replicas
-        held `held` slots there, `hand` of them handed and not taken yet (`kept`: by the
+        held `held` slots there, `hand` of them handed to the other replicas' waiters and not
+        taken yet (`kept`: by the
         release of a local slot kept for that waiter, `parking._pass_on`; `direct`: by this
         replica's own release, with no `hand` entry in Redis to take or give back)."""
         key = (node, model)
@@ -127,10 +128,8 @@ class HandedSlots:
             return
         # The other replicas' slots, less those handed to their waiters, ran beside the request
         # that takes it (its proof: fleet/beliefs.py), as far as this replica can tell now.
-        ids = self.reserved.setdefault(key, [])
-        own = sum(rid not in self._direct for rid in ids) + (not direct)
-        self.beside[waiter] = (max(held - self.mine[key] - (hand - own), 0), time.monotonic())
-        ids.append(waiter)
+        self.beside[waiter] = (max(held - self.mine[key] - hand, 0), time.monotonic())
+        self.reserved.setdefault(key, []).append(waiter)
         if direct:
             self._direct[waiter] = None
         asyncio.get_running_loop().call_later(RESERVE_S, self._unclaimed, node, model, waiter)

@@ -102,11 +102,14 @@ local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, mode
         redis.call('ZREM', WAIT, id)
         redis.call('ZREM', WEXP, id)
         free = free - 1
-        -- With the slots all replicas hold there now and those handed and not taken (for the
-        -- taker's proof of the slots that ran beside it: leases.py).
+        -- With the slots all replicas hold there now and those handed to the other replicas'
+        -- waiters and not taken (for the taker's proof of the slots that ran beside it).
         local held = 0
         for _, n in ipairs(redis.call('HVALS', SLOTS)) do held = held + tonumber(n) end
-        local hand = redis.call('HLEN', HAND)
+        local hand = 0
+        for _, other in ipairs(redis.call('HKEYS', HAND)) do
+          if owner(other) ~= r then hand = hand + 1 end
+        end
         if r == ME then
           mine[#mine + 1] = id .. '|' .. held .. '|' .. hand
         else

@@ -305,6 +305,12 @@ class SharedSlots(Parking, Others):
             self.leases.release(node.name, model)
             return
         parked, kept = self._pass_on(node, model)
+        if self._capacity(node.name, model)[1]:
+            # Learned slots: the woken request asks with a grant, whose answer counts the slots
+            # beside it for its proof. Handed the slot by the release, the replicas' shared
+            # belief of a node of 4 stalled at 3 in about a third of the runs of
+            # tests/shared/test_slots.py (not traced further).
+            parked = ""
         belief = self._tell(node, model)
         self.leases.release(node.name, model, parked=parked, kept=kept, belief=belief)
 
