@@ -26,6 +26,8 @@ RESERVE_S = 0.5
 class HandedSlots:
     _link: Link
     _handed: Handed  # told that a slot was handed here for a waiter
+    # A slot of (model, node) left free for this replica's own waiters (`leases.Leases._own`).
+    _own: Callable[[str, str, bool, bool], None]
     mine: Counter[tuple[str, str]]  # the slots this replica holds, as Redis should count them
     # Slots handed to this replica (counted in `mine`) that no request holds yet: the waiters
     # they were handed for, per node and model.
@@ -36,6 +38,10 @@ class HandedSlots:
     waiters: dict[str, str]  # registered waiter -> model
     # Handed slots not taken yet -> the other replicas' slots beside them, and since when.
     beside: dict[str, tuple[int, float]]
+    # Of those, the ones this replica's own release handed its parked request: Redis keeps no
+    # hand entry for them (the request takes them here at once; one it does not take is given
+    # back as a plain lease). Insertion-ordered keys, values unused.
+    _direct: dict[str, None]
     handed: int
     taken: int
     returned: int
@@ -63,9 +69,10 @@ class HandedSlots:
             if rid is None:
                 return None
         beside = self.beside.pop(rid, (0, time.monotonic()))
+        direct = rid in self._direct  # no hand entry in Redis to take
         self._reserve_gone(key, rid)
         self.taken += 1
-        if self._link.up:
+        if not direct and self._link.up:
             self._push(Take(node, model, rid), lazy=True)
         self.forget(waiter, model)
         return beside
@@ -74,6 +81,7 @@ class HandedSlots:
         ids = self.reserved[key]
         ids.remove(rid)
         self.beside.pop(rid, None)
+        self._direct.pop(rid, None)
         if not ids:
             del self.reserved[key]
 
@@ -94,23 +102,38 @@ class HandedSlots:
                 return node
         return None
 
-    def handed_in(self, node: str, model: str, waiter: str, held: int = 0, hand: int = 0) -> None:
+    def handed_in(
+        self,
+        node: str,
+        model: str,
+        waiter: str,
+        held: int = 0,
+        hand: int = 0,
+        kept: bool = False,
+        direct: bool = False,
+    ) -> None:
         """Redis counted a slot of `node` as this replica's, for `waiter`, when all replicas
-        held `held` slots there, `hand` of them handed and not taken yet."""
+        held `held` slots there, `hand` of them handed to the other replicas' waiters and not
+        taken yet (`kept`: by the
+        release of a local slot kept for that waiter, `parking._pass_on`; `direct`: by this
+        replica's own release, with no `hand` entry in Redis to take or give back)."""
         key = (node, model)
         self.mine[key] += 1
         self.handed += 1
         self.waiters.pop(waiter, None)
         if waiter in self._taken:  # its own grant took it already
             self._taken.discard(waiter)
+            if kept:  # nor is the local slot kept for it needed
+                self._own(model, node, False, True)
             return
         # The other replicas' slots, less those handed to their waiters, ran beside the request
         # that takes it (its proof: fleet/beliefs.py), as far as this replica can tell now.
-        own = len(self.reserved.get(key, ())) + 1
-        self.beside[waiter] = (max(held - self.mine[key] - (hand - own), 0), time.monotonic())
+        self.beside[waiter] = (max(held - self.mine[key] - hand, 0), time.monotonic())
         self.reserved.setdefault(key, []).append(waiter)
+        if direct:
+            self._direct[waiter] = None
         asyncio.get_running_loop().call_later(RESERVE_S, self._unclaimed, node, model, waiter)
-        self._handed(node, model, waiter)
+        self._handed(node, model, waiter, kept)
 
     def _unclaimed(self, node: str, model: str, rid: str) -> None:
         key = (node, model)
@@ -119,8 +142,12 @@ class HandedSlots:
         if rid in self._asking:  # its grant may take it in Redis: see again after that
             asyncio.get_running_loop().call_later(RESERVE_S, self._unclaimed, node, model, rid)
             return
+        direct = rid in self._direct
         self._reserve_gone(key, rid)
         self.returned += 1
         for woken in [w for w, r in self.promised.items() if r == rid]:
             del self.promised[woken]  # it asks Redis when it comes
-        self.release(node, model, reserve=rid)
+        if direct:  # a lease like any other, with no hand entry to give back
+            self.release(node, model)
+        else:
+            self.release(node, model, reserve=rid)

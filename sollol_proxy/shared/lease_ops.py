@@ -4,8 +4,9 @@ as one pipeline (`build`): the scripts of `scripts.py`, with their keys.
 Grants (for each candidate node, `Ask`) and releases carry the capacity bound: the node's configured slots (`learn` false), or,
 learned, the belief every replica shares in Redis (`belief:<node>|<model>`; the asker's own
 until one is shared) plus one probe margin: however many replicas probe, together they run at
-most one request more than believed. A grant also carries the asker's own belief when it changed since it last told Redis
-(else ""): the latest belief learned by any replica is everyone's.
+most one request more than believed. A grant or a release also carries the asker's own belief
+when it changed since it last told Redis (else ""): the latest belief learned by any replica is
+everyone's.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ GRANTED, REFUSED, ALONE, TAKEN, BEHIND = 1, 0, -1, 2, 3
 Heard = Callable[[str, str, int, str], None]
 # The capacity a node and model are asked with, and whether it is learned (see `lease_ops`).
 Bound = tuple[int, bool]
-# Told that a slot of node, model was handed to this replica for its waiter.
-Handed = Callable[[str, str, str], None]
+# Told that a slot of node, model was handed to this replica for its waiter, and whether the
+# local slot of that node was kept for that waiter (`Release.kept`).
+Handed = Callable[[str, str, str, bool], None]
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,11 @@ class Release:
     capacity: int
     learn: bool
     reserve: str = ""  # a slot handed for this waiter that nobody took
-    kept: bool = False  # its local slot is kept for a parked request if Redis leaves it here
+    # This replica's most urgent refused request, if it goes before the local queue: Redis hands
+    # it the slot in its turn (`scripts.RELEASE`).
+    parked: str = ""
+    kept: bool = False  # its local slot is kept for `parked` (or for whichever Redis leaves it)
+    belief: str = ""  # the releaser's own belief when it changed (as `Ask.belief`)
 
 
 @dataclass(eq=False)
@@ -178,6 +184,8 @@ def build(
                 op.capacity,
                 op.reserve,
                 int(op.learn),
+                op.parked,
+                op.belief,
             )
         elif isinstance(op, Take):
             pair = f"{op.node}|{op.model}"

@@ -81,6 +81,7 @@ class Leases(HandedSlots):
         self.waiters: dict[str, str] = {}  # registered waiter -> model
         # Handed slots not taken yet -> the other replicas' slots beside them, and since when.
         self.beside: dict[str, tuple[int, float]] = {}
+        self._direct: dict[str, None] = {}  # of those, handed by this replica's own release
         self._ops: list[Op] = []
         self._wake = asyncio.Event()
         self._lazy: asyncio.TimerHandle | None = None
@@ -130,12 +131,22 @@ class Leases(HandedSlots):
             self.waiters[waiter] = model
             self._push(Enqueue(waiter, model, urgency), lazy=True)
 
-    def release(self, node: str, model: str, reserve: str = "", kept: bool = False) -> None:
-        """Gives a lease back (`reserve`: one handed for that waiter, never taken; `kept`: its
-        local slot is kept until the answer tells whose it is, `parking._pass_on`)."""
+    def release(
+        self,
+        node: str,
+        model: str,
+        reserve: str = "",
+        parked: str = "",
+        kept: bool = False,
+        belief: str = "",
+    ) -> None:
+        """Gives a lease back (`reserve`: one handed for that waiter, never taken; `parked`:
+        this replica's refused request Redis may hand it to; `kept`: its local slot is kept
+        until the answer tells whose it is, `parking._pass_on`; `belief`: this replica's own,
+        when it changed)."""
         if self._link.up:
             capacity, learn = self._room(node, model)
-            self._push(Release(node, model, capacity, learn, reserve, kept))
+            self._push(Release(node, model, capacity, learn, reserve, parked, kept, belief))
         else:
             self.mine[(node, model)] -= 1
 
@@ -203,6 +214,7 @@ class Leases(HandedSlots):
                 dropped += [(*key, rid) for rid in ids]
             self.reserved.clear()
             self.beside.clear()
+            self._direct.clear()
             self.promised.clear()
             self._taken.clear()
         held = {k: v for k, v in self.mine.items()} if resync else {}
@@ -260,12 +272,20 @@ class Leases(HandedSlots):
                 # the expiry took the slot off this replica's count there: here too.
                 self.mine[(op.node, op.model)] -= 1
                 return
-            if int(reply[0]) == 2 or op.kept:
-                self._own(op.model, op.node, int(reply[0]) == 2, op.kept)
-            self.mine[(op.node, op.model)] -= 1
-            for handed in reply[1:]:  # handed to this replica's own waiters
-                waiter, held, hand = handed.decode().split("|")
-                self.handed_in(op.node, op.model, waiter, int(held), int(hand))
+            key = (op.node, op.model)
+            self.mine[key] -= 1
+            given = [entry.decode().split("|") for entry in reply[3:]]
+            # The local slot kept for the parked request goes with the slot Redis handed it;
+            # else the answer tells whose it is.
+            kept = op.kept and all(waiter != op.parked for waiter, _, _ in given)
+            for waiter, held, hand in given:  # handed to this replica's own parked request
+                mine = op.kept and waiter == op.parked
+                self.handed_in(op.node, op.model, waiter, int(held), int(hand), mine, True)
+            # What the others hold there and the belief all share, as a grant's answer tells.
+            shared = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+            self._heard(op.node, op.model, max(int(reply[1]) - self.mine[key], 0), shared)
+            if int(reply[0]) == 2 or kept:
+                self._own(op.model, op.node, int(reply[0]) == 2, kept)
             return
         if isinstance(op, Take):
             if int(reply) == 0:  # its waiter's grant took it: this request's lease is counted anew

@@ -84,16 +84,28 @@ class Parking:
             heapq.heappop(parked)
         return bool(parked)
 
-    def _handed(self, node: str, model: str, waiter: str) -> None:
+    def _handed(self, node: str, model: str, waiter: str, kept: bool = False) -> None:
         """A slot of `node` was handed to this replica for `waiter`: that request takes it if it
         is still parked, else the most urgent one parked for the model, else the local queue
-        (`Leases.take`); nobody taking it, it goes back after `handed.RESERVE_S`."""
+        (`Leases.take`); nobody taking it, it goes back after `handed.RESERVE_S`. `kept`: the
+        local slot of `node` was kept for `waiter` (`_pass_on`): it goes with the handed one,
+        or back to the local table if that request is gone."""
         future = self._waiting.get(waiter)
-        if (future is None or future.done()) and waiter in self._live:
+        if kept:
+            state = self._nodes[node]
+            if future is not None and not future.done():
+                self._kept[waiter] = state
+            else:
+                self._admission.slots.give(state, model)
+        if future is not None and not future.done():
+            # Its own: no request of the local queue, let in by the handed slot
+            # (`slots.reserved`), takes it first.
+            self.leases.promised[waiter] = waiter
+        elif waiter in self._live:
             # Asking Redis or on its way to wait: it finds it (`unclaimed`, `take`, or its
             # grant takes it in Redis); the local queue may have a request for it meanwhile.
             future = None
-        elif future is None or future.done():
+        else:
             future = None
             parked = self._parked.get(model)
             while parked and future is None:
@@ -124,23 +136,24 @@ class Parking:
             if not future.done():
                 future.set_result(None)
 
-    def _pass_on(self, node: NodeState, model: str) -> bool:
-        """A leased slot of `node` is given back while this replica's local queue has requests
-        and a parked request of `model` goes before them: the slot is kept in the local table
-        until the release's answer tells whose it is (`_own_turn`), since the pump, which runs
-        next, would give it to a later arrival, whose grant, on the same trip as the release,
-        would take it in Redis too; True then. Waking the parked request at once measured
-        worse: most such slots go to another replica's more urgent waiter, and the woken
-        request's grant was refused (3.2 refusals per request in overload, against 1.3-1.6)."""
-        if not self._admission.waiting:
-            return False
+    def _pass_on(self, node: NodeState, model: str) -> tuple[str, bool]:
+        """A leased slot of `node` is given back: this replica's most urgent parked request of
+        `model` if it goes before the local queue (the release asks Redis to hand it the slot in
+        its turn, `scripts.RELEASE`), else "", and whether the slot is kept in the local table
+        for it until the release's answer tells whose it is (`_handed`, `_own_turn`): while
+        the local queue has requests, since the pump, which runs next, would give it to a later
+        arrival. Waking the parked request at once measured worse: most such slots go to
+        another replica's more urgent waiter, and the woken request's grant was refused (3.2
+        refusals per request in overload, against 1.3-1.6)."""
         parked = self._parked.get(model)
         while parked and parked[0][3].done():
             heapq.heappop(parked)
         if not parked or not self._before_queue(parked[0][0]):
-            return False
+            return "", False
+        if not self._admission.waiting:
+            return parked[0][2], False
         self._admission.slots.take(node, model)
-        return True
+        return parked[0][2], True
 
     def _unkeep(self, waiter: str, model: str, wake: bool = True) -> None:
         """The slot kept for `waiter` (`_own_turn`) leaves the local table: its request takes

@@ -2,8 +2,8 @@
 
 Keys (all under `state.key_prefix`): `alive` (sorted set: replica -> expiry in ms, Redis's
 clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `belief:<node>|<model>` (hash: replica -> its own learned belief of the slots), `hand:<node>|<model>`
-(hash: waiter -> 1 for the slots a release handed to that waiter, counted in its replica's
-slots, and not yet taken by one of that replica's requests), `wait:<model>` (sorted set: waiter -> urgency, lower first; a waiter is
+(hash: waiter -> expiry in ms for the slots a release handed to that waiter of another
+replica, counted in its replica's slots, and not yet taken by one of that replica's requests), `wait:<model>` (sorted set: waiter -> urgency, lower first; a waiter is
 `<replica>:<n>`) and `wexp:<model>` (sorted set: waiter -> expiry in ms).
 Slots of a replica whose `alive` entry has expired are dropped by the next grant, so a killed
 replica's slots come back within `state.lease_ttl`; its waiters expire the same way.
@@ -23,12 +23,6 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# Hands up to `free` slots of SLOTS to the most urgent waiters of WAIT (their replicas alive),
-# those with an urgency below `below` only, skipping the waiters of replica `skip` (nil: none):
-# each is counted as its replica's slot at once and noted in HAND (handed, not yet taken), and
-# the waiter leaves the order. A waiter of another replica than ME is told through the channel;
-# those of ME are returned. Dead replicas' waiters are left to their expiry. With `stop`, it stops
-# at the first waiter of that replica (more urgent than any left): returns true then.
 # The shared belief of a node's slots for a model: the lower median of the live replicas' own
 # beliefs (one replica's proof that was not one, or its waits that were another's requests,
 # move nothing alone); nil while none told one.
@@ -72,8 +66,18 @@ local function expire_hand(SLOTS, HAND)
     end
   end
 end
+-- Hands up to `free` slots of SLOTS to the most urgent waiters of WAIT (their replicas alive),
+-- those with an urgency below `below` only, skipping the waiters of replica `skip` (nil: none):
+-- each is counted as its replica's slot at once and noted in HAND (handed, not yet taken), and
+-- the waiter leaves the order. A waiter of another replica than ME is told through the channel;
+-- those of ME are returned. Dead replicas' waiters are left to their expiry. With `stop`, it
+-- stops at the first waiter of that replica (more urgent than any left): returns true then;
+-- unless that replica named its `parked` waiter (its refused request that goes before its local
+-- queue): that one is handed the slot in its turn, and the replica's other waiters before it
+-- (a registration still on its way out, or a local-queue request the replica orders after it)
+-- are passed over.
 local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, model, free, below,
-    skip, stop)
+    skip, stop, parked)
   local mine = {}
   local offset = 0
   local looked = 0
@@ -82,23 +86,30 @@ local function hand_over(SLOTS, ALIVE, WAIT, WEXP, HAND, ME, channel, node, mode
     if #batch == 0 then break end
     local kept = 0
     for _, id in ipairs(batch) do
+      -- (all handed: the waiters after them, this replica's included, wait for the next)
+      if free <= 0 then break end
       looked = looked + 1
       local r = owner(id)
-      if stop and r == stop then return mine, true end
+      if stop and r == stop and not parked then return mine, true end
       -- (a waiter already handed a slot here is waiting to take it: not a second one)
-      local alive = r and r ~= skip and redis.call('HEXISTS', HAND, id) == 0
-        and redis.call('ZSCORE', ALIVE, r)
-      if free > 0 and alive and tonumber(alive) >= now then
+      local alive = r and r ~= skip and (r ~= stop or id == parked)
+        and redis.call('HEXISTS', HAND, id) == 0 and redis.call('ZSCORE', ALIVE, r)
+      if alive and tonumber(alive) >= now then
+        if id == parked then parked = nil end  -- its other waiters: left to its local queue
         redis.call('HINCRBY', SLOTS, r, 1)
-        redis.call('HSET', HAND, id, now + HAND_TTL_MS)
+        -- (ME's own waiter takes it in ME's process at once: a lease like any other, no entry)
+        if r ~= ME then redis.call('HSET', HAND, id, now + HAND_TTL_MS) end
         redis.call('ZREM', WAIT, id)
         redis.call('ZREM', WEXP, id)
         free = free - 1
-        -- With the slots all replicas hold there now and those handed and not taken (for the
-        -- taker's proof of the slots that ran beside it: leases.py).
+        -- With the slots all replicas hold there now and those handed to the other replicas'
+        -- waiters and not taken (for the taker's proof of the slots that ran beside it).
         local held = 0
         for _, n in ipairs(redis.call('HVALS', SLOTS)) do held = held + tonumber(n) end
-        local hand = redis.call('HLEN', HAND)
+        local hand = 0
+        for _, other in ipairs(redis.call('HKEYS', HAND)) do
+          if owner(other) ~= r then hand = hand + 1 end
+        end
         if r == ME then
           mine[#mine + 1] = id .. '|' .. held .. '|' .. hand
         else
@@ -222,15 +233,22 @@ return {0, 0, 0, 0, unpack(heard)}
 
 # KEYS: slots hash, alive, wait, wexp, hand, belief. ARGV: replica, channel, node, model,
 # capacity, reserve (a waiter: the slot given back is one handed to it and never taken, else ""),
-# learn (as for GRANT). The freed slot goes at once to the most urgent waiter of any other
-# replica (no waiter races for it), unless one of the releaser's own is more urgent: then it
-# stays free for the releaser, whose own queue orders its waiters (its next request asks for it
-# at once, on that node). Returns {1} (handed on, or nobody waits), {2} (left for the
-# releaser's own waiters) or {0} (a reserve that its waiter's grant took). Handing it to the
-# releaser's own waiter instead (kept as its lease, taken by its next request with no trip) was
-# tried and measured worse: the local queue's order is not Redis's, so the replica's next
-# request was refused the slot handed to another of its waiters, and letting any of its grants
-# take it made some slots taken twice (over the bound). A learned bound's release of a request that
+# learn (as for GRANT), parked (the releaser's most urgent refused request, when it goes before
+# its local queue, else ""), belief (the releaser's own, as for GRANT: a request that ended is
+# when beliefs change, and a request handed its slot sends no grant to carry it). The freed slot goes at once to the most urgent waiter of any
+# replica (no waiter races for it). The releaser's own: its `parked` waiter is handed it like any
+# other (returned: the replica wakes that request, which takes it with no round trip; before, it
+# asked with a grant, refused two times in three in overload, as other replicas' grants came
+# first); any other of its waiters stops the hand-over and the slot stays free for the releaser,
+# whose local queue orders its requests (holds, model affinity; its next request asks for it at
+# once). Returns {1 or 2, held, shared, waiter|held|hand, ...}: 2 when a slot was left free for
+# the releaser's own waiters; the slots all replicas hold there after it and their shared belief
+# ("" if none: as a grant tells them), then the slots handed to the releaser's own waiters; or
+# {0} (a reserve that its waiter's grant took).
+# Handing the slot to any own waiter (kept as the replica's lease, taken by its next request)
+# was measured worse: the local queue's order is not Redis's, so the replica's next request was
+# refused the slot handed to another of its waiters, and letting any of its grants take it made
+# some slots taken twice (over the bound). A learned bound's release of a request that
 # ran is told to the other replicas ('ended'): their proofs count the slots held at their
 # grants, less those that ended before their requests took a slot (fleet/beliefs.py).
 RELEASE = (
@@ -242,6 +260,7 @@ local me = ARGV[1]
 if ARGV[6] ~= '' and redis.call('HDEL', KEYS[5], ARGV[6]) == 0 then return {0} end
 local left = redis.call('HINCRBY', KEYS[1], me, -1)
 if left <= 0 then redis.call('HDEL', KEYS[1], me) end
+if ARGV[7] == '1' and ARGV[9] ~= '' then redis.call('HSET', KEYS[6], me, ARGV[9]) end
 if ARGV[6] == '' and ARGV[7] == '1' then
   -- A request ended there: the others no longer count it as running beside theirs.
   redis.call('PUBLISH', ARGV[2], cjson.encode({kind = 'ended', by = me, node = ARGV[3],
@@ -253,15 +272,22 @@ for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZREM', KEYS[4], id)
 end
-if redis.call('ZCARD', KEYS[3]) == 0 then return {1} end
-local total = 0
-for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
-local free = bound(KEYS[6], KEYS[2], ARGV[5], ARGV[7]) - total
-if free <= 0 then return {1} end
+local shared = ''
+if ARGV[7] == '1' then shared = tostring(shared_belief(KEYS[6], KEYS[2]) or '') end
+local function held()
+  local total = 0
+  for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
+  return total
+end
+if redis.call('ZCARD', KEYS[3]) == 0 then return {1, held(), shared} end
+local free = bound(KEYS[6], KEYS[2], ARGV[5], ARGV[7]) - held()
+if free <= 0 then return {1, held(), shared} end
+local parked = ARGV[8]
+if parked == '' or not redis.call('ZSCORE', KEYS[3], parked) then parked = nil end
 local given, own = hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], me, ARGV[2],
-  ARGV[3], ARGV[4], free, '+inf', nil, me)
-if own then return {2} end
-return {1, unpack(given)}
+  ARGV[3], ARGV[4], free, '+inf', nil, me, parked)
+if own then return {2, held(), shared, unpack(given)} end
+return {1, held(), shared, unpack(given)}
 """
 )
 

@@ -301,8 +301,18 @@ class SharedSlots(Parking, Others):
             return
         slot.lease = ""
         self._nodes[node.name] = node
-        kept = self._link.up and self._pass_on(node, model)
-        self.leases.release(node.name, model, kept=kept)
+        if not self._link.up:
+            self.leases.release(node.name, model)
+            return
+        parked, kept = self._pass_on(node, model)
+        if self._capacity(node.name, model)[1]:
+            # Learned slots: the woken request asks with a grant, whose answer counts the slots
+            # beside it for its proof. Handed the slot by the release, the replicas' shared
+            # belief of a node of 4 stalled at 3 in about a third of the runs of
+            # tests/shared/test_slots.py (not traced further).
+            parked = ""
+        belief = self._tell(node, model)
+        self.leases.release(node.name, model, parked=parked, kept=kept, belief=belief)
 
     def _heard_handed(self, event: dict[str, Any]) -> None:
         node, model, waiter = event.get("node"), event.get("model"), event.get("waiter")

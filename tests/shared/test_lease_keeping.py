@@ -129,3 +129,22 @@ async def test_a_request_gone_while_its_grant_is_refused_leaves_no_waiter(
         assert await client.zrange(f"sollol:wait:{MODEL}:latest", 0, -1) == []
         await busy
     await idle(made)
+
+
+async def test_a_slot_its_own_release_handed_and_nobody_took_goes_back(
+    replicas: ReplicasFactory,
+) -> None:
+    # A release handed its slot to this replica's parked request (counted as its lease, with no
+    # hand entry in Redis), and that request had gone: after `handed.RESERVE_S` the slot is
+    # given back as a plain lease, not as a hand-over Redis never noted (which it would refuse,
+    # leaving the slot counted for good).
+    made = await replicas(1, dict(name="a", models=[MODEL], num_parallel=2))
+    shared = made.shared(0)
+    leases = shared.slots.leases
+    model = f"{MODEL}:latest"
+    await shared.link.client.hset(f"sollol:slots:a|{model}", shared.link.replica, 1)
+    leases.handed_in("a", model, "gone:1", 1, 0, kept=False, direct=True)
+    assert leases.reserved == {("a", model): ["gone:1"]}
+    await idle(made)
+    assert leases.returned == 1 and not leases.reserved and leases.operations["release"] == 1
+    assert leases.mine[("a", model)] == 0

@@ -10,7 +10,7 @@ import re
 import aiohttp
 
 from sollol_proxy.shared.lease_ops import GRANTED, Ask
-from tests.shared.conftest import Replicas, ReplicasFactory, idle
+from tests.shared.conftest import Replicas, ReplicasFactory, idle, until
 from tests.shared.test_slots import MODEL, generate, unknown_node
 
 
@@ -120,3 +120,33 @@ async def test_a_grant_takes_a_free_slot_on_another_candidate_in_the_same_trip(
             leases.release(node_b, f"{MODEL}:latest")
             await response.read()
     await idle(made)
+
+
+async def test_a_release_hands_its_slot_to_its_own_parked_request_with_no_grant(
+    replicas: ReplicasFactory,
+) -> None:
+    # One node of 2 configured slots, one held throughout through replica 1: replica 0's
+    # requests, a few milliseconds apart, run one at a time and park. Each release of replica
+    # 0 hands the slot, inside its script, to replica 0's most urgent parked request, which
+    # takes it in the process: no grant of its own (before, each woken request asked with one,
+    # and in overload two in three were refused), and no hand entry to take in Redis.
+    made = await replicas(2, dict(name="a", models=[MODEL], num_parallel=2, token_delay=0.01))
+    node = made.nodes[0]
+    leases = made.shared(0).slots.leases
+    requests = 12
+    async with aiohttp.ClientSession() as http:
+        other = asyncio.create_task(generate(http, made.urls[1], "other", tokens=200))
+        await until(lambda: node.in_flight() == 1)
+        trips = leases.trips
+        sent = []
+        for i in range(requests):
+            sent.append(asyncio.create_task(generate(http, made.urls[0], f"r{i}", tokens=3)))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*sent)
+        assert node.in_flight() == 1, "the other replica's request outlasts them"
+        await other
+    await idle(made)
+    # The first request's grant, one refused grant that parked the next; then hand-overs.
+    assert leases.operations["grant"] <= 3, leases.operations
+    assert leases.handed >= requests - 3 and leases.operations["take"] <= 1, leases.operations
+    assert leases.trips - trips <= requests + 3, leases.trip_kinds

@@ -31,3 +31,46 @@ async def test_a_grant_counts_the_slot_an_expired_hand_over_frees(
         assert await client.hgetall(f"hand:{PAIR}") == {}
     finally:
         await client.aclose()
+
+
+async def release(client: aioredis.Redis, parked: str) -> list[object]:
+    """A's release of its one slot on node a (2 configured slots, B holding the other), naming
+    its `parked` request ("": none)."""
+    await client.hset(f"slots:{PAIR}", mapping={"A": 1, "B": 1})
+    keys = [f"slots:{PAIR}", "alive", "wait:m", "wexp:m", f"hand:{PAIR}", f"belief:{PAIR}"]
+    args = ["A", "events", "a", "m", 2, "", 0, parked, ""]
+    return list(await client.eval(SCRIPTS["release"], len(keys), *keys, *args))
+
+
+async def test_a_release_hands_its_slot_to_its_own_parked_request_in_its_turn(
+    redis_server: RedisServer,
+) -> None:
+    # Waiters, most urgent first: A:old (a registration of A's still on its way out), B:w, A:p
+    # (A's parked request, which A puts before its local queue), A:q, B:v.
+    client = aioredis.from_url(redis_server.url)
+    try:
+        far = 10**13
+        waiters = {"A:old": 1, "B:w": 2, "A:p": 3, "A:q": 4, "B:v": 5}
+        await client.zadd("alive", {"A": far, "B": far})
+        await client.zadd("wait:m", waiters)
+        await client.zadd("wexp:m", dict.fromkeys(waiters, far))
+        # A's release passes A:old over and hands the slot to B:w, more urgent than A:p.
+        reply = await release(client, "A:p")
+        assert reply == [1, 2, b""], reply  # nothing handed to A's own
+        assert await client.hgetall(f"slots:{PAIR}") == {b"B": b"2"}
+        assert list(await client.hkeys(f"hand:{PAIR}")) == [b"B:w"]
+        # The next one hands it to A:p itself: A's lease, with no hand entry (A's request takes
+        # it in A's process), and A:q after it is left alone.
+        await client.delete(f"hand:{PAIR}")
+        reply = await release(client, "A:p")
+        assert reply[:3] == [1, 2, b""] and [e.split(b"|")[0] for e in reply[3:]] == [b"A:p"]
+        assert await client.hgetall(f"slots:{PAIR}") == {b"A": b"1", b"B": b"1"}
+        assert await client.hgetall(f"hand:{PAIR}") == {}
+        assert await client.zrange("wait:m", 0, -1) == [b"A:old", b"A:q", b"B:v"]
+        # With no parked request named, A's own waiter first stops the hand-over: the slot
+        # stays free for A's local queue (2).
+        reply = await release(client, "")
+        assert reply == [2, 1, b""], reply
+        assert await client.hgetall(f"slots:{PAIR}") == {b"B": b"1"}
+    finally:
+        await client.aclose()
