@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from sollol_proxy.bench.overhead import _free_port
+from sollol_proxy.bench.tasks import stop
 
 MIB = 2**20
 SLICE = 256 * 1024  # the client sends in slices, so that its own loop never stalls the probes
@@ -124,7 +125,7 @@ async def _measure(
     )
     seconds = time.monotonic() - started
     await asyncio.sleep(1.0)  # probes that timed out while the loop stalled show up by now
-    task.cancel()
+    await stop(task)
     async with http.get(url + "/sollol/nodes") as response:
         nodes = (await response.json())["nodes"]
     down = sum(node["health"]["state"] != "up" for node in nodes)

@@ -39,6 +39,7 @@ from sollol_proxy.bench.capacity_runs import (
     report,
 )
 from sollol_proxy.bench.capacity_verdict import verdict
+from sollol_proxy.bench.tasks import stop
 from sollol_proxy.config import Config, load_config
 from sollol_proxy.fleet.capacity import model_slots
 from sollol_proxy.fleet.health import State
@@ -192,9 +193,7 @@ async def run_mode(mode: str, fleet: Fleet, workload: Workload, seed: int) -> Ru
                 background.append(asyncio.create_task(sample()))
             times = arrivals(rate, workload.duration, seed)
             await asyncio.gather(*(timed(i, at) for i, at in enumerate(times)))
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await stop(*background)
     finally:
         run.waited_in_ollama = sum(n.stats.queue_wait for n in nodes)
         run.waited_after_warmup = run.waited_in_ollama - waited_before

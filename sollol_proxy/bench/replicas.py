@@ -42,6 +42,7 @@ from sollol_proxy.bench.queue import (
 )
 from sollol_proxy.bench.routing import _q
 from sollol_proxy.bench.scale import _cpu_seconds, _free_port, proxy_process
+from sollol_proxy.bench.tasks import stop
 from sollol_proxy.simulator import SimulatedNode
 
 ROUND_TRIPS = re.compile(rb"^sollol_shared_round_trips_total ([0-9.e+]+)$", re.M)
@@ -185,7 +186,7 @@ async def run_once(setup: Setup, redis: tuple[str, int], workload: Workload, see
 
             calls = arrivals(workload, seed)
             await asyncio.gather(*(timed(i, at, cls) for i, (at, cls) in enumerate(calls)))
-            watcher.cancel()
+            await stop(watcher)
             machine1 = _machine()
             cpu1 = (sum(map(_cpu_seconds, pids)), _cpu_seconds(redis[1]), time.process_time())
             after, kinds1 = await _redis_cost(urls)
