@@ -113,12 +113,15 @@ class HostCheck:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self.active or request.get(PREFLIGHT):
             return await handler(request)  # a preflight: CORS answers it first, as in Ollama
+        host = request.headers.get("Host", "")
+        allowed = self.allowed(host)
+        if allowed and request.method != "OPTIONS":
+            return await handler(request)  # the usual request: nothing else to look at
         if redirected_first(request.method, request.raw_path):
             return await handler(request)  # the node's redirect comes before its Host check
-        host = request.headers.get("Host", "")
-        if not self.allowed(host):
+        if not allowed:
             return _answer(403, request)  # Ollama's: no body
-        if request.method == "OPTIONS" and not _is_ip(_bare_host(host)):
+        if not _is_ip(_bare_host(host)):
             return _answer(204, request)  # as Ollama answers OPTIONS for an allowed name
         return await handler(request)
 
