@@ -93,8 +93,9 @@ def _stack(
         config.write_text(
             f"listen: {{host: 127.0.0.1, port: {port}}}\n"
             f"nodes:\n{listed}"
-            # Probes every half second that time out after one: a loop blocked for longer
-            # would have its nodes marked down.
+            # Probes every half second that time out after three: a loop blocked for longer
+            # would have its nodes marked down (`_nodes_never_left`), and a loop late by less
+            # (the watch allows 2 s) would not.
             "health: {interval: 0.5s, timeout: 3s}\n"
             "log_level: warning\n" + extra
         )
