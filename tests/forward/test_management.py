@@ -110,14 +110,20 @@ class _AtTheEnd(logging.Handler):
         self.seen.append({name: node.in_flight for name, node in nodes.items()})
 
 
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
 async def test_a_client_gone_mid_pull_everywhere_leaves_no_secondary_running(
-    cluster: ClusterFactory, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    cluster: ClusterFactory,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+    engine: str,
 ) -> None:
     # Both nodes pull slowly, so the client leaves while each still streams. The secondary's
     # request is cancelled and awaited before the handler ends: none is left pending (asyncio's
     # "Task was destroyed but it is pending" at shutdown) still holding node b.
     made = await cluster(
-        dict(name="a", models=[], token_delay=0.3), dict(name="b", models=[], token_delay=0.3)
+        dict(name="a", models=[], token_delay=0.3),
+        dict(name="b", models=[], token_delay=0.3),
+        listen__engine=engine,
     )
     caplog.set_level(logging.INFO, logger="sollol.access")
     at_the_end = _AtTheEnd(made)
