@@ -4,9 +4,11 @@ cancelled, bounded, and resumed by a new proxy on the same store."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -265,6 +267,30 @@ async def test_a_new_proxy_resumes_the_job(
         assert (final["status"], final["done"], final["failed"]) == ("done", 600, 0)
         results = await _results(http, second.url, job["id"])
         assert [r["embedding"] for r in results] == await _direct(http, c.nodes[0].url, docs)
+    finally:
+        await second.stop()
+
+
+async def test_a_proxy_started_with_the_monotonic_clock_near_zero_expires_old_jobs_at_once(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A machine just booted (a CI runner) starts its monotonic clock near zero: the expiry
+    # pass at the start still runs, not only once the clock has passed EXPIRY_EVERY_S.
+    c = await _fleet(cluster, batch__retention=0.3)
+    status, job = await _json(
+        http, "POST", c.url + "/api/embed/batch", {"model": MODEL, "input": _docs(4)}
+    )
+    assert status == 202 and (await _finished(http, c.url, job["id"]))["status"] == "done"
+    await c.proxy.stop()
+    await asyncio.sleep(0.4)  # wall-clock time past its retention, which the store counts in
+    monkeypatch.setattr(jobs, "time", SimpleNamespace(monotonic=lambda: 1.0, time=time.time))
+    second = await start_proxy(c.config)
+    c.extra.append(second)
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        while (await _json(http, "GET", f"{second.url}/sollol/batches/{job['id']}"))[0] != 404:
+            assert asyncio.get_running_loop().time() < deadline, "the old job was kept"
+            await asyncio.sleep(0.05)
     finally:
         await second.stop()
 
