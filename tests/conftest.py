@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -142,10 +143,26 @@ def chromium() -> str:
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 now (the OS may give it to someone else before it is bound)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free on 127.0.0.1 now, for a process that binds it later. Taken below the kernel's
+    ephemeral range, which every outgoing connection and every bind to port 0 draws from: from
+    there, one of the many connections the suite opens meanwhile could take it first."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(max(low - 12_000, 1024), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use: another
+            return port
+    raise AssertionError(f"no free port below {low} in 100 tries")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 @pytest.fixture

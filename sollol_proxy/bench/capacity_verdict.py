@@ -67,6 +67,10 @@ def verdict(runs: dict[str, Run], since: float) -> list[str]:
     """The targets, pooled, then seed by seed, with the A/A noise of this bench run."""
     auto, told, again, plain = runs["auto"], runs["told"], runs["told again"], runs["no queue"]
     lines = [f"Targets after {since:g} s (auto against told; A/A = told again against told):", ""]
+    modes = {"auto": auto, "told": told, "told again": again, "no queue": plain}
+    silent = [name for name, run in modes.items() if not run.throughput(since)]
+    if silent:  # a run too short for a slow machine: no ratio to read (nor to divide by)
+        return [*lines, f"- not read: no answer after the warm-up in {', '.join(silent)}"]
     reference = told.throughput(since)
     throughput, aa_tp = auto.throughput(since) / reference, again.throughput(since) / reference
     lines.append(

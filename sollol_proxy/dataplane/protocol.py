@@ -202,6 +202,7 @@ class FastProtocol(BaseProtocol):
         if rest:
             self._buffer += rest  # the next request's first bytes (pipelined)
         self._task = plane.loop.create_task(self._serve(request))
+        self._task.add_done_callback(self._served)
 
     def _feed_body(self, data: bytes) -> bytes:
         """Give the request its body bytes; what follows them belongs to the next request."""
@@ -250,6 +251,15 @@ class FastProtocol(BaseProtocol):
         if self._buffer:
             self._resume_transport_reading()
             self._next_request()
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        """Nobody awaits a request's task: what it raised (after its answer, where `_serve`
+        catches nothing, or in `_failed`) is read here, logged, and the connection ended, since
+        its state is unknown (no idle timer may be armed)."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        log.error("unhandled error on a connection from %s", self.client, exc_info=exc)
+        self._close()
 
     async def _failed(self, request: FastRequest, exc: Exception) -> None:
         log.error(

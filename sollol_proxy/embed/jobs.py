@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Sequence
@@ -155,7 +156,9 @@ class JobRunner:
     async def run(self) -> None:
         """Run jobs as they come, oldest first, taking up the unfinished ones; expire old ones."""
         try:
-            expired_at = 0.0
+            # Not 0.0: the monotonic clock starts near zero on a machine just booted, which
+            # would skip the pass at the start.
+            expired_at = -math.inf
             while True:
                 try:
                     if time.monotonic() - expired_at > EXPIRY_EVERY_S:

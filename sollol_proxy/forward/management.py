@@ -141,6 +141,12 @@ class Management:
         finally:
             for task in background:
                 task.cancel()
+            # Awaited, not only cancelled: a secondary lets go of its node before the handler
+            # ends, and none is left pending (or its failure unread) when the client is gone.
+            ended = await asyncio.gather(*background, return_exceptions=True)
+            for node, result in zip(others, ended, strict=True):
+                if isinstance(result, Exception):
+                    log.error("%s: node %s failed", request_id, node.name, exc_info=result)
 
     async def _finish(
         self, background: list[asyncio.Task[Outcome]], nodes: Sequence[NodeState]

@@ -49,3 +49,15 @@ def test_the_verdict_reads_every_seed() -> None:
     lines = verdict({"auto": auto, "told": told, "told again": told, "no queue": auto}, 0)
     total = next(line for line in lines if line.startswith("- total p95 within 5 %"))
     assert "(1.00, 1.50 by seed)" in total and "1 of 2 runs met, **not met** beyond" in total
+
+
+def test_a_mode_with_no_answer_after_the_warm_up_is_named_not_divided_by() -> None:
+    # A short run on a slow machine (CI's): every answer of told came during the warm-up.
+    told, others = _run(1.0), _run(1.0)
+    lines = verdict({"auto": others, "told": told, "told again": others, "no queue": others}, 5.0)
+    assert (
+        lines[-1] == "- not read: no answer after the warm-up in auto, told, told again, no queue"
+    )
+    late = Run([Sample(6.0, 0.1, 0.2, True)])
+    lines = verdict({"auto": late, "told": told, "told again": late, "no queue": late}, 5.0)
+    assert lines[-1] == "- not read: no answer after the warm-up in told"

@@ -184,6 +184,31 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
     writer.close()
 
 
+async def test_an_error_after_an_answer_is_logged_and_ends_the_connection(
+    cluster: ClusterFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fault put where nothing in the request's task catches it: the keep-alive step after
+    # the answer. No one awaits that task, so unless it is read, the error is lost (asyncio says
+    # "Task exception was never retrieved", if ever) and the connection stays open untimed.
+    made = await cluster(dict(name="a", models=[MODEL]), limits__idle_timeout=60)
+    arm = FastProtocol._arm
+
+    def arming(self: FastProtocol, seconds: float) -> None:
+        if seconds == 60:
+            raise RuntimeError("a fault after the answer")
+        arm(self, seconds)
+
+    monkeypatch.setattr(FastProtocol, "_arm", arming)
+    reader, writer = await _open(made.url)
+    writer.write(_post("/api/chat", CHAT))
+    status, _, _ = await _read_answer(reader)
+    assert status == 200  # answered by the data plane, whose step after it then failed
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # ended, not left open
+    assert "unhandled error on a connection" in caplog.text
+    assert "a fault after the answer" in caplog.text
+    writer.close()
+
+
 async def test_a_client_that_leaves_mid_stream_cancels_the_node_request(
     cluster: ClusterFactory,
 ) -> None:

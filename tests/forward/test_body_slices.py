@@ -5,14 +5,15 @@ node's socket, where one write of the whole body would queue almost all of it, c
 step of the event loop.
 
 What is observed is the send buffer of the proxy's sockets to the node, sampled at every turn
-of the event loop the proxy and this test share: asyncio registers a socket for writing exactly
-while its transport holds unsent bytes.
+of the event loop the proxy and this test share: every connection either engine opens to the node
+is made by the loop's public `create_connection`, which the test wraps to keep the transports.
 """
 
 from __future__ import annotations
 
 import asyncio
-import selectors
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -32,25 +33,42 @@ def chat(size: int) -> bytes:
     return head + b"a" * (size - len(head) - len(tail)) + tail
 
 
-def queued_for(port: int) -> int:
-    """Bytes the loop's transports hold unsent for a peer on `port`."""
-    loop = asyncio.get_running_loop()
-    selector: selectors.BaseSelector = loop._selector  # type: ignore[attr-defined]
+def keep_transports(
+    monkeypatch: pytest.MonkeyPatch, loop: asyncio.AbstractEventLoop
+) -> list[asyncio.Transport]:
+    """Every transport the loop connects from now on (the pooled and aiohttp's connections alike
+    are made by `loop.create_connection`), without reaching into the loop's private state."""
+    made: list[asyncio.Transport] = []
+    connect: Callable[..., Awaitable[tuple[Any, Any]]] = loop.create_connection
+
+    async def connecting(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        transport, protocol = await connect(*args, **kwargs)
+        made.append(transport)
+        return transport, protocol
+
+    monkeypatch.setattr(loop, "create_connection", connecting)
+    return made
+
+
+def queued_for(transports: list[asyncio.Transport], port: int) -> int:
+    """Bytes the transports connected to `port` hold unsent."""
     queued = 0
-    for key in selector.get_map().values():
-        writer = key.data[1]  # (reader, writer) handles: a writer while bytes wait
-        transport = getattr(getattr(writer, "_callback", None), "__self__", None)
-        if isinstance(transport, asyncio.Transport):
-            peer = transport.get_extra_info("peername")
-            if peer and peer[1] == port:
-                queued = max(queued, transport.get_write_buffer_size())
+    for transport in transports:
+        peer = transport.get_extra_info("peername")
+        if peer and peer[1] == port:
+            queued = max(queued, transport.get_write_buffer_size())
     return queued
 
 
 @pytest.mark.parametrize("engine", ["fast", "aiohttp"])
 async def test_a_large_body_goes_to_the_node_in_slices(
-    cluster: ClusterFactory, http: aiohttp.ClientSession, engine: str
+    cluster: ClusterFactory,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    engine: str,
 ) -> None:
+    # Before the proxy starts: its probes open the connection the request may then reuse.
+    transports = keep_transports(monkeypatch, asyncio.get_running_loop())
     made = await cluster(dict(name="a", models=[MODEL]), listen__engine=engine)
     node = made.nodes[0]
     most = 0
@@ -59,7 +77,7 @@ async def test_a_large_body_goes_to_the_node_in_slices(
     async def sample() -> None:
         nonlocal most
         while not done.is_set():
-            most = max(most, queued_for(node.port))
+            most = max(most, queued_for(transports, node.port))
             await asyncio.sleep(0)
 
     sampler = asyncio.create_task(sample())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import aiohttp
 import orjson
+import pytest
 
-from tests.conftest import ClusterFactory
+from tests.conftest import ClusterFactory, eventually
 
 
 def lines(body: bytes) -> list[dict]:
@@ -92,6 +94,54 @@ async def test_pull_that_fails_on_one_node_says_which(
     assert "success" not in [p.get("status") for p in parsed]
     assert parsed[-1]["error"].startswith("node b: ")
     assert parsed[-1]["error"].endswith("(succeeded on a)")
+
+
+class _AtTheEnd(logging.Handler):
+    """Reads the fleet's in-flight counts the moment a request's access line is written, which
+    is the moment its handler has ended."""
+
+    def __init__(self, made: object) -> None:
+        super().__init__()
+        self.made = made
+        self.seen: list[dict[str, int]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        nodes = self.made.fleet.nodes  # type: ignore[attr-defined]
+        self.seen.append({name: node.in_flight for name, node in nodes.items()})
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+async def test_a_client_gone_mid_pull_everywhere_leaves_no_secondary_running(
+    cluster: ClusterFactory,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+    engine: str,
+) -> None:
+    # Both nodes pull slowly, so the client leaves while each still streams. The secondary's
+    # request is cancelled and awaited before the handler ends: none is left pending (asyncio's
+    # "Task was destroyed but it is pending" at shutdown) still holding node b.
+    made = await cluster(
+        dict(name="a", models=[], token_delay=0.3),
+        dict(name="b", models=[], token_delay=0.3),
+        listen__engine=engine,
+    )
+    caplog.set_level(logging.INFO, logger="sollol.access")
+    at_the_end = _AtTheEnd(made)
+    logging.getLogger("sollol.access").addHandler(at_the_end)
+    try:
+        async with http.post(
+            made.url + "/api/pull",
+            data=b'{"model":"qwen2.5:7b"}',
+            headers={"X-Sollol-Node": "all"},
+        ) as r:
+            assert r.headers["X-Sollol-Node"] == "a,b"
+            assert b"pulling manifest" in await r.content.readline()
+            await eventually(lambda: made.fleet.nodes["b"].in_flight == 1)
+            r.close()  # the client goes away mid-stream
+        await eventually(lambda: bool(at_the_end.seen))
+    finally:
+        logging.getLogger("sollol.access").removeHandler(at_the_end)
+    assert at_the_end.seen == [{"a": 0, "b": 0}]
 
 
 async def test_rm_removes_the_model_everywhere(

@@ -72,14 +72,18 @@ async def test_node_state_changes_are_logged_once(
         made.url + "/api/generate", data=body, headers={"X-Sollol-Node": "b"}
     ) as response:
         assert response.status == 200
-    await asyncio.sleep(0.6)
-    changes = [
-        r.getMessage().split(":")[1].strip()
-        for r in caplog.records
-        if r.name == "sollol.health" and r.getMessage().startswith("node b: ")
-    ]
+
+    def changes() -> list[str]:
+        return [
+            r.getMessage().split(":")[1].strip()
+            for r in caplog.records
+            if r.name == "sollol.health" and r.getMessage().startswith("node b: ")
+        ]
+
+    # The trial's end is noted once its answer is over: waited for, not slept for.
+    await eventually(lambda: "half_open -> up" in changes())
     # One line per change of state (up at startup, down, a trial, up), none per failed probe.
-    assert changes == ["down -> up", "up -> down", "down -> half_open", "half_open -> up"]
+    assert changes() == ["down -> up", "up -> down", "down -> half_open", "half_open -> up"]
 
 
 async def test_json_log_format_makes_every_line_json() -> None:
