@@ -1,10 +1,12 @@
 """The Lua scripts that make each shared decision atomic inside Redis.
 
 Keys (all under `state.key_prefix`): `alive` (sorted set: replica -> expiry in ms, Redis's
-clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `belief:<node>|<model>` (hash: replica -> its own learned belief of the slots, `believed` or `believed/upper`), `hand:<node>|<model>`
-(hash: waiter -> expiry in ms for the slots a release handed to that waiter of another
-replica, counted in its replica's slots, and not yet taken by one of that replica's requests), `wait:<model>` (sorted set: waiter -> urgency, lower first; a waiter is
-`<replica>:<n>`) and `wexp:<model>` (sorted set: waiter -> expiry in ms).
+clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `belief:<node>|<model>`
+(hash: replica -> its own learned belief of the slots), `hand:<node>|<model>` (hash: waiter ->
+expiry in ms for the slots a release handed to that waiter of another replica, counted in its
+replica's slots, and not yet taken by one of that replica's requests), `wait:<model>` (sorted
+set: waiter -> urgency, lower first; a waiter is `<replica>:<n>`) and `wexp:<model>` (sorted
+set: waiter -> expiry in ms).
 Slots of a replica whose `alive` entry has expired are dropped by the next grant, so a killed
 replica's slots come back within `state.lease_ttl`; its waiters expire the same way.
 """
@@ -23,15 +25,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# The shared belief of a node's slots for a model, from the live replicas' own beliefs (each
-# `believed`, or `believed/upper` once waits bounded it: `others.Others._tell`): the highest
-# belief, but no higher than the lower median of their upper bounds (a replica nothing waited
-# above bounds nothing). Proofs err low and are trusted, as one replica's estimator trusts
-# them, so one replica's proof raises it; waits may be another's requests, so one replica's
-# waits do not lower it alone, nor does one stale or overstated proof raise it past the others'
-# waits. The lower median of the beliefs themselves stalled: a replica that filled the node
-# alone proved 4 slots, the two others' beliefs of 3 (nothing had waited above them) held
-# it at 3, and a second proof of 4 came only when timings allowed. nil while none told one.
+# The shared belief of a node's slots for a model, from the live replicas' own (`believed`, or
+# `believed/upper` once waits bounded it: `others.Others._tell`): the highest belief, no higher
+# than the lower median of their bounds (none: unbounded). One replica's proof raises it (proofs
+# err low), one replica's waits do not lower it (they may be another's requests); the lower
+# median of the beliefs stalled (README, "Replicas over Redis"). nil while none told one.
 _BOUND = """
 local function shared_belief(BELIEF, ALIVE)
   local highest = nil
@@ -42,8 +40,7 @@ local function shared_belief(BELIEF, ALIVE)
     if alive and tonumber(alive) >= now then
       local believed, upper = string.match(entries[i + 1], '^(%d+)/?(%d*)$')
       if believed then
-        believed = tonumber(believed)
-        if not highest or believed > highest then highest = believed end
+        highest = math.max(highest or 0, tonumber(believed))
         uppers[#uppers + 1] = tonumber(upper) or math.huge
       end
     else

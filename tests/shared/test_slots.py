@@ -158,11 +158,14 @@ async def test_learned_slots_are_shared_and_bound_every_replica(replicas: Replic
 async def test_replicas_learn_from_the_slots_all_of_them_hold(replicas: ReplicasFactory) -> None:
     # One node of 4 slots given as a URL (real timings), three replicas, waves of 12 requests:
     # each replica has about a third of a node's requests in flight. A run without a slot wait
-    # proves the slots all replicas held there at its grant (Redis's count), so the shared
-    # belief climbs as one replica's would (the lower median of three beliefs, each proven
-    # with the others' slots, moves when two replicas proved one more). Proving only a
-    # replica's own requests, it was still 2 or 3 after eight waves. Eight waves reached it in
-    # about three runs of five on the 2-core CI machine; up to twelve are sent, stopping once
+    # proves the slots all replicas held there at its grant (Redis's count) up to the shared
+    # belief, and its own beyond it, so the shared belief climbs as one replica's would (one
+    # replica's proof raises it: `scripts._BOUND`). Proving only a replica's own requests, it
+    # was still 2 or 3 after eight waves; with the lower median of the beliefs it stalled at 3
+    # in a third of the runs once parked requests were handed their slots by their own
+    # replica's release (a second replica's proof of 4 came only when timings allowed);
+    # counting the others' requests beyond the shared belief (one may be waiting inside
+    # Ollama), it reached 5 or 6 in half of them. Up to twelve waves are sent, stopping once
     # it is reached.
     made: Replicas = await replicas(
         3,
