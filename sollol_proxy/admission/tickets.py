@@ -126,19 +126,22 @@ class Slot:
         self.node: NodeState | None = None
         self.waited_s = 0.0
         # Replicas sharing slots (shared/slots.py): the node, how many slots the other replicas
-        # held there for the model when this one was granted, and when it asked (monotonic).
-        self.beside: tuple[str, int, float] = ("", 0, 0.0)
+        # held there for the model when this one was granted, when it asked (monotonic), and
+        # how many of those may have been waiting inside the node rather than running
+        # (`shared.others.Others._unsure`).
+        self.beside: tuple[str, int, float, int] = ("", 0, 0.0, 0)
         # The node where the gate holds a lease for this slot ("": none; a slot moved by a
         # failover or a retry carries none there), given back with the slot on that node only.
         self.lease = ""
         admission.take(node, model)
         self.node = node
 
-    def beside_on(self, node: NodeState) -> tuple[int, float | None]:
+    def beside_on(self, node: NodeState) -> tuple[int, float | None, int]:
         """How many slots the other replicas held on `node` when this one was granted there,
-        and when it asked for it ((0, None): not known, or granted elsewhere)."""
-        name, count, asked = self.beside
-        return (count, asked) if self.node is node and name == node.name else (0, None)
+        when it asked for it, and how many of them may have been waiting ((0, None, 0): not
+        known, or granted elsewhere)."""
+        name, count, asked, unsure = self.beside
+        return (count, asked, unsure) if self.node is node and name == node.name else (0, None, 0)
 
     def alternatives(self, tried: frozenset[str]) -> list[NodeState]:
         """The nodes a retry could wait for a slot on."""

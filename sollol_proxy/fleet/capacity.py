@@ -168,10 +168,13 @@ def learn(
     now: float,
     cold: bool = False,
     asked: float | None = None,
+    unsure: int = 0,
 ) -> None:
     """Fold one answered request (HTTP 200, whole) into the belief; `k` was in flight when it
     was sent, itself included; `cold`: the model was not believed loaded there then; `asked`:
-    when its slot shared with other replicas was asked for (`SlotBelief.overlap`)."""
+    when its slot shared with other replicas was asked for (`SlotBelief.overlap`); `unsure`:
+    of the other replicas' requests in `k`, those that may have been waiting for a slot, which
+    a run without a wait does not prove (a wait counts them: errs towards fewer slots)."""
     estimator = belief.estimator
     if timings is not None and not cold and timings.load_s >= LOAD_THRESHOLD_S:
         # A load where the model was loaded: a new runner (the node restarted between two
@@ -191,14 +194,15 @@ def learn(
             note = belief.settled(dispatched_at, slot_at, now)
             change = estimator.finished(k, wait, now, total_s=timings.total_s)
         else:
-            note = belief.ran_free(
-                dispatched_at, belief.overlap(k, dispatched_at, slot_at, asked), now
-            )
+            overlap = max(1, belief.overlap(k, dispatched_at, slot_at, asked) - unsure)
+            note = belief.ran_free(dispatched_at, overlap, now)
             change = None
     elif streamed and first_byte_at is not None:
         # No timings (the OpenAI routes): a streamed first byte means the request held a slot,
         # beside those sent before it that were still in flight.
-        overlap = belief.overlap(k, dispatched_at, first_byte_at + END_LAG_S, asked)
+        overlap = max(
+            1, belief.overlap(k, dispatched_at, first_byte_at + END_LAG_S, asked) - unsure
+        )
         note, change = belief.ran_free(dispatched_at, overlap, now), None
     else:
         # Nothing tells when it had its slot: the proofs of those sent after it count it as

@@ -125,6 +125,15 @@ class CapacityEstimator:
         return self.fixed or self._believed
 
     @property
+    def upper(self) -> int | None:
+        """The most slots the waits seen allow (one less than the lowest concurrency seen
+        waiting above the belief, and not run without a wait since); None while nothing waited
+        there: the belief is then only a lower bound."""
+        if self.fixed:
+            return self.fixed
+        return None if self._ceiling is None else max(self._believed, self._ceiling - 1)
+
+    @property
     def limit(self) -> int:
         """How many requests the proxy should have in flight to this node and model."""
         if self.fixed:

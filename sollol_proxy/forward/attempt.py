@@ -57,6 +57,7 @@ class Attempt:
         # The belief it counts in among the requests whose wait is not known yet.
         self.unsettled: SlotBelief | None = None
         self.asked: float | None = None  # when its shared slot was asked for (replicas)
+        self.unsure = 0  # of the other replicas' slots in `k`, those that may have been waiting
 
     def node_done(self) -> None:
         """The node is done with the request (its last byte, or the attempt ended otherwise)."""
@@ -104,14 +105,15 @@ class DispatchObserver:
 
     @contextlib.asynccontextmanager
     async def attempt(
-        self, node: NodeState, beside: int = 0, asked: float | None = None
+        self, node: NodeState, beside: int = 0, asked: float | None = None, unsure: int = 0
     ) -> AsyncIterator[Attempt]:
         """`beside`: the slots the other replicas of the proxy held on `node` for the model when
         this request's was granted (0: none, or not known), asked for at `asked`; they count as
-        in flight, less those heard to end after `asked` (`SlotBelief.overlap`)."""
+        in flight, less those heard to end after `asked` (`SlotBelief.overlap`), and a run
+        without a wait does not prove the `unsure` of them that may have been waiting."""
         model = self.profile.model
         attempt = Attempt(self, node)
-        attempt.asked = asked
+        attempt.asked, attempt.unsure = asked, unsure
         if not node.is_resident(model):
             attempt.cold = True
             runners = {r.model: r for r in planned_victims(node, model, self.learner)}
@@ -226,6 +228,7 @@ class DispatchObserver:
                     time.monotonic(),
                     cold=attempt.cold,
                     asked=attempt.asked,
+                    unsure=attempt.unsure,
                 )
         if attempt.lease is not None:  # the node is done with it: others are routed on that
             attempt.lease.end()

@@ -21,7 +21,7 @@ class Others:
     _admission: Admission
     _remote: dict[tuple[str, str], tuple[int, float]]  # others' slots, when heard
     _nodes: dict[str, NodeState]  # the nodes this replica's requests went to, by name
-    _told: dict[tuple[str, str], int]  # this replica's own belief, as Redis has it
+    _told: dict[tuple[str, str], str]  # this replica's own belief, as Redis has it (`_tell`)
     _shared: dict[tuple[str, str], int]  # the replicas' shared one, as last heard
 
     def _room(self, node: NodeState, model: str) -> bool:
@@ -48,15 +48,37 @@ class Others:
 
     def _tell(self, node: NodeState, model: str) -> str:
         """This replica's belief of `node`'s slots for `model` if it learned it (not its start
-        value) and it changed since Redis last had it, else ""."""
+        value) and it changed since Redis last had it, else "". Told as `believed`, or
+        `believed/upper` once waits bounded it (`CapacityEstimator.upper`): a belief nothing
+        waited above is only a lower bound, and does not hold the shared belief down
+        (`scripts._BOUND`)."""
         belief = slot_belief(node, model)
         if belief is None or belief.estimator.source in ("configured", "default"):
             return ""
-        believed = belief.estimator.believed
-        if self._told.get((node.name, model)) == believed:
+        estimator = belief.estimator
+        told = str(estimator.believed)
+        if estimator.upper is not None:
+            told += f"/{estimator.upper}"
+        if self._told.get((node.name, model)) == told:
             return ""
-        self._told[(node.name, model)] = believed
-        return str(believed)
+        self._told[(node.name, model)] = told
+        return told
+
+    def _unsure(self, node: str, model: str, others: int) -> int:
+        """Of the `others` slots the other replicas held on `node` for `model` when a request
+        of this replica was granted its own there, those that may have been waiting inside
+        Ollama rather than running: the ones beyond what this replica's requests there leave
+        under the shared belief. The bound lets one request more than the belief in (the probe
+        margin), and that one may be another replica's, waiting for a slot while this one runs:
+        counted in its proof, it proved a slot too many, and the shared belief of a node of 4
+        slots climbed to 5 or 6 once a single replica's proof could raise it
+        (`scripts._BOUND`). Above the shared belief, a replica proves with its own requests, as
+        one replica does; a wait still counts them all (fleet/capacity.py, `learn`)."""
+        shared = self._shared.get((node, model))
+        if shared is None:
+            return 0
+        own = self._admission.slots.in_use(node).get(model, 0)
+        return max(0, others - max(shared - own, 0))
 
     def _heard(self, node: str, model: str, others: int, shared: str) -> None:
         """What the other replicas hold on `node` for `model` (until a release hands a slot

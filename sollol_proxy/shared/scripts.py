@@ -1,10 +1,12 @@
 """The Lua scripts that make each shared decision atomic inside Redis.
 
 Keys (all under `state.key_prefix`): `alive` (sorted set: replica -> expiry in ms, Redis's
-clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `belief:<node>|<model>` (hash: replica -> its own learned belief of the slots), `hand:<node>|<model>`
-(hash: waiter -> expiry in ms for the slots a release handed to that waiter of another
-replica, counted in its replica's slots, and not yet taken by one of that replica's requests), `wait:<model>` (sorted set: waiter -> urgency, lower first; a waiter is
-`<replica>:<n>`) and `wexp:<model>` (sorted set: waiter -> expiry in ms).
+clock), `slots:<node>|<model>` (hash: replica -> slots it holds there), `belief:<node>|<model>`
+(hash: replica -> its own learned belief of the slots), `hand:<node>|<model>` (hash: waiter ->
+expiry in ms for the slots a release handed to that waiter of another replica, counted in its
+replica's slots, and not yet taken by one of that replica's requests), `wait:<model>` (sorted
+set: waiter -> urgency, lower first; a waiter is `<replica>:<n>`) and `wexp:<model>` (sorted
+set: waiter -> expiry in ms).
 Slots of a replica whose `alive` entry has expired are dropped by the next grant, so a killed
 replica's slots come back within `state.lease_ttl`; its waiters expire the same way.
 """
@@ -23,24 +25,31 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# The shared belief of a node's slots for a model: the lower median of the live replicas' own
-# beliefs (one replica's proof that was not one, or its waits that were another's requests,
-# move nothing alone); nil while none told one.
+# The shared belief of a node's slots for a model, from the live replicas' own (`believed`, or
+# `believed/upper` once waits bounded it: `others.Others._tell`): the highest belief, no higher
+# than the lower median of their bounds (none: unbounded). One replica's proof raises it (proofs
+# err low), one replica's waits do not lower it (they may be another's requests); the lower
+# median of the beliefs stalled (README, "Replicas over Redis"). nil while none told one.
 _BOUND = """
 local function shared_belief(BELIEF, ALIVE)
-  local values = {}
+  local highest = nil
+  local uppers = {}
   local entries = redis.call('HGETALL', BELIEF)
   for i = 1, #entries, 2 do
     local alive = redis.call('ZSCORE', ALIVE, entries[i])
     if alive and tonumber(alive) >= now then
-      values[#values + 1] = tonumber(entries[i + 1])
+      local believed, upper = string.match(entries[i + 1], '^(%d+)/?(%d*)$')
+      if believed then
+        highest = math.max(highest or 0, tonumber(believed))
+        uppers[#uppers + 1] = tonumber(upper) or math.huge
+      end
     else
       redis.call('HDEL', BELIEF, entries[i])
     end
   end
-  if #values == 0 then return nil end
-  table.sort(values)
-  return values[math.floor((#values + 1) / 2)]
+  if not highest then return nil end
+  table.sort(uppers)
+  return math.min(highest, uppers[math.floor((#uppers + 1) / 2)])
 end
 local function bound(BELIEF, ALIVE, capacity, learn)
   if learn ~= '1' then return tonumber(capacity) end

@@ -56,7 +56,7 @@ class SharedSlots(Parking, Others):
         self._timers: dict[str, asyncio.Timeout] = {}
         self._kept: dict[str, NodeState] = {}  # parked waiter -> node of the slot kept for it
         self._nodes: dict[str, NodeState] = {}  # the nodes this replica's requests went to
-        self._told: dict[tuple[str, str], int] = {}  # this replica's own belief, as Redis has it
+        self._told: dict[tuple[str, str], str] = {}  # this replica's own belief, as told to Redis
         self._shared: dict[tuple[str, str], int] = {}  # the replicas' shared one, as last heard
         self._seq = itertools.count()
         link.handlers["handed"] = self._heard_handed
@@ -143,7 +143,9 @@ class SharedSlots(Parking, Others):
                 taken = self.leases.take(node.name, model, waiter)
                 if taken is not None:
                     slot.waited_s = time.monotonic() - asked
-                    slot.beside = (node.name, *taken)
+                    beside, since = taken
+                    unsure = self._unsure(node.name, model, beside)
+                    slot.beside = (node.name, beside, since, unsure)
                     slot.lease = node.name
                     return slot, held
                 # Handed a slot it could not take (taken meanwhile): it waits for the next one
@@ -176,8 +178,9 @@ class SharedSlots(Parking, Others):
                     slot.waited_s = time.monotonic() - asked
                     # Beside this replica's own requests there, the other replicas' ran too,
                     # less those heard to end since it asked: a run without a slot wait
-                    # proves them all (fleet/beliefs.py).
-                    slot.beside = (node.name, others, sent)
+                    # proves them all (fleet/beliefs.py) but those that may have been waiting.
+                    unsure = self._unsure(node.name, model, others)
+                    slot.beside = (node.name, others, sent, unsure)
                     slot.lease = node.name
                     return slot, held
                 self.leases.waiters[waiter] = model
@@ -305,12 +308,6 @@ class SharedSlots(Parking, Others):
             self.leases.release(node.name, model)
             return
         parked, kept = self._pass_on(node, model)
-        if self._capacity(node.name, model)[1]:
-            # Learned slots: the woken request asks with a grant, whose answer counts the slots
-            # beside it for its proof. Handed the slot by the release, the replicas' shared
-            # belief of a node of 4 stalled at 3 in about a third of the runs of
-            # tests/shared/test_slots.py (not traced further).
-            parked = ""
         belief = self._tell(node, model)
         self.leases.release(node.name, model, parked=parked, kept=kept, belief=belief)
 

@@ -33,6 +33,43 @@ async def test_a_grant_counts_the_slot_an_expired_hand_over_frees(
         await client.aclose()
 
 
+async def shared_belief(client: aioredis.Redis, told: dict[str, str]) -> bytes:
+    """The shared belief a grant of replica D on node a reports when the replicas told
+    `told` (replica -> `believed` or `believed/upper`)."""
+    far = 10**13
+    await client.delete(f"belief:{PAIR}", f"slots:{PAIR}")
+    await client.zadd("alive", dict.fromkeys([*told, "D"], far))
+    await client.hset(f"belief:{PAIR}", mapping=told)
+    keys = ["alive", "wait:m", "wexp:m", f"slots:{PAIR}", f"hand:{PAIR}", f"belief:{PAIR}"]
+    args = ["D", "D:w", "5", 10_000, "events", "m", "a", 1, 1, ""]
+    reply = await client.eval(SCRIPTS["grant"], len(keys), *keys, *args)
+    assert int(reply[0]) == GRANTED
+    return bytes(reply[5])
+
+
+async def test_one_replicas_proof_raises_the_shared_belief_and_waits_need_a_majority(
+    redis_server: RedisServer,
+) -> None:
+    # A proved 4 slots with its own requests; B and C believe 3, and nothing waited above
+    # their beliefs: they bound nothing, so the shared belief is A's 4. With the lower median
+    # of the beliefs it stayed 3 until a second replica proved 4, which came only when the
+    # timings allowed (tests/shared/test_slots.py).
+    client = aioredis.from_url(redis_server.url)
+    try:
+        assert await shared_belief(client, {"A": "4", "B": "3", "C": "3"}) == b"4"
+        # B's probe at 4 waited: one replica's waits do not hold the others back.
+        assert await shared_belief(client, {"A": "4", "B": "3/3", "C": "3"}) == b"4"
+        # Two of three waited above 3: the node has 3 slots for the majority (a restart, or
+        # A's proof counted a request that was in fact waiting).
+        assert await shared_belief(client, {"A": "4", "B": "3/3", "C": "2/3"}) == b"3"
+        # Bounded, but at more than anyone proved: what was proved.
+        assert await shared_belief(client, {"A": "2/5", "B": "2/5"}) == b"2"
+        # Two replicas: the lower of their bounds.
+        assert await shared_belief(client, {"A": "4", "B": "2/2"}) == b"2"
+    finally:
+        await client.aclose()
+
+
 async def release(client: aioredis.Redis, parked: str) -> list[object]:
     """A's release of its one slot on node a (2 configured slots, B holding the other), naming
     its `parked` request ("": none)."""
