@@ -22,6 +22,7 @@ from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import Selector
+from sollol_proxy.fleet.warmup import Warmer
 from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.inventory import LiveInventory
 from sollol_proxy.forward.management import Management
@@ -44,6 +45,7 @@ from sollol_proxy.observe.dashboard import Dashboard
 from sollol_proxy.observe.history import History
 from sollol_proxy.observe.metrics import Metrics
 from sollol_proxy.observe.stats import Stats
+from sollol_proxy.routing.performance import Performance
 from sollol_proxy.running import Proxy, node_priors
 from sollol_proxy.shared.prompt_cache import SharedPromptCache
 from sollol_proxy.shared.state import SharedState
@@ -162,6 +164,19 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     )
     forwarder = Forwarder(config, session, fleet, pool)
     tasks = Background()
+    # Warm-ups copy shared system prompts into idle slots (issue #18); not across replicas.
+    warmer = (
+        None
+        if shares
+        else Warmer(
+            fleet,
+            admission,
+            prompt_cache,
+            session,
+            tasks,
+            lambda model: isinstance(selector.strategy_for(model), Performance),
+        )
+    )
     inventory = LiveInventory(config, fleet, tasks)
     management = Management(config, session, fleet, inventory)
     guard = Guard(config)
@@ -209,6 +224,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         embeddings=embeddings,
         batches=batches,
         bodies=bodies,
+        warmer=warmer,
     )
     metrics.registry.register(BodyCollector(bodies))
     limits = Limits(config, bodies)

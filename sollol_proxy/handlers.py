@@ -21,6 +21,7 @@ from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.plan import NoTarget, Plan, Target
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import Selector
+from sollol_proxy.fleet.warmup import Warmer
 from sollol_proxy.forward.attempt import DispatchObserver
 from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.management import Management
@@ -82,6 +83,7 @@ class OllamaHandler:
     embeddings: Embeddings
     batches: BatchApi
     bodies: BodyBudget  # the request bodies held at once
+    warmer: Warmer | None = None  # copies shared system prompts into idle slots (issue #18)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -232,6 +234,8 @@ class OllamaHandler:
             # A large body's analysis runs off the event loop, like its peek.
             profile = await asyncio.to_thread(analyze, *args) if seen.large else analyze(*args)
             record.stream, record.task = seen.stream, profile.task
+            if self.warmer is not None:
+                self.warmer.note(profile, seen.payload)
             # A large embedding call is spread over the fleet, small ones may share a call.
             answered = await self.embeddings.answer(
                 request, body, seen.payload, model, priority, record
