@@ -175,6 +175,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
             session,
             tasks,
             lambda model: isinstance(selector.strategy_for(model), Performance),
+            selector.holding,
         )
     )
     inventory = LiveInventory(config, fleet, tasks)

@@ -8,7 +8,8 @@ made by a client's request is that same miss, paid by that client. One the proxy
 into a slot nobody is using costs no client anything, so it is made, one at a time per model,
 when all of these hold:
 
-- nobody waits in admission control and at least two of the model's believed slots are free
+- nobody waits in admission control but by choice, for a busy slot holding its prompt
+  (`Selector.holding`: the wait a copy elsewhere would spare), and at least two of the model's believed slots are free
   across the fleet, so the warm-up's slot is not one a client is about to need (it takes a slot
   in admission control like a request, so no client is sent behind it into Ollama's queue);
 - the model is resident on the node and the node's runner options are the ones the group's
@@ -86,6 +87,7 @@ class Warmer:
         session: aiohttp.ClientSession,
         tasks: Background,
         enabled: Callable[[str], bool],
+        holding: Callable[[], int],
     ) -> None:
         self._fleet = fleet
         self._session = session
@@ -96,6 +98,7 @@ class Warmer:
         self._running: set[str] = set()  # models with a warm-up under way
         self._tasks = tasks  # the app's: cancelled and awaited at a stop
         self._enabled = enabled  # model -> is it routed by `performance`
+        self._holding = holding  # requests waiting by choice for a busy slot (Selector.holding)
         self._quiet: dict[str, float] = {}  # model -> no warm-up before (after a failure)
         cache.listener = self.soon
 
@@ -133,7 +136,9 @@ class Warmer:
 
     def _consider(self, model: str) -> None:
         self._pending.discard(model)
-        if model in self._running or self._admission.waiting:
+        # A request waiting for any free slot would want the warm-up's; one waiting by choice for
+        # a busy slot holding its prompt would not (and is what a copy elsewhere spares).
+        if model in self._running or self._admission.waiting > self._holding():
             return
         if time.monotonic() < self._quiet.get(model, 0.0):
             return
