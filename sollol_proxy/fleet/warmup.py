@@ -213,7 +213,8 @@ class Warmer:
             log.info("warm-up of %s on %s failed: %s", model, node.name, exc)
         finally:
             if ticket is not None:
-                self._cache.finish(ticket, answer=1 if served else 0, served=served)
+                # Its one token is no turn of the group's: no answer for a request to continue.
+                self._cache.finish(ticket, served=served)
             counts.done += served
             counts.failed += not served
             if not served:
