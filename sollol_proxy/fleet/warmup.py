@@ -154,11 +154,15 @@ class Warmer:
         if sum(spare for _, spare in free.values()) < FREE_SLOTS:
             return
         fleet_slots = sum(slots.values())
-        # Worth one node's copy, as the prefix a request of the group would find nowhere; only
-        # the groups most in demand are probed (a probe per group per change costs).
+        copies = self._cache.first_copies(model, slots)
+        # What one more node's copy is worth, priced as a client's request prices pushing one
+        # out (so a copy never pushes out a group's that is worth as much: no churn between
+        # groups of equal demand); only the groups most in demand are probed (a probe per group
+        # per change costs).
+        worth = self._cache.demand.worth
         gains = sorted(
             (
-                (self._cache.demand.worth(model, root, 1, fleet_slots) * group.tokens, root)
+                (worth(model, root, copies.get(root, 0) + 1, fleet_slots) * group.tokens, root)
                 for root, group in self._groups[model].items()
             ),
             reverse=True,
