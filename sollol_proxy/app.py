@@ -22,13 +22,13 @@ from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import Selector
-from sollol_proxy.fleet.warmup import Warmer
 from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.inventory import LiveInventory
 from sollol_proxy.forward.management import Management
 from sollol_proxy.forward.pool import NodePool
 from sollol_proxy.forward.session import upstream_session
 from sollol_proxy.forward.views import FleetViews
+from sollol_proxy.forward.warmup import Warmer
 from sollol_proxy.guard.guard import Guard
 from sollol_proxy.guard.hosts import HostCheck
 from sollol_proxy.guard.metrics import KeyCollector

@@ -21,12 +21,12 @@ from sollol_proxy.fleet.learning import Learner
 from sollol_proxy.fleet.plan import NoTarget, Plan, Target
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.fleet.selector import Selector
-from sollol_proxy.fleet.warmup import Warmer
 from sollol_proxy.forward.attempt import DispatchObserver
 from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.management import Management
 from sollol_proxy.forward.record import Outcome, RecordSink, RequestRecord
 from sollol_proxy.forward.upstream import client_ip
+from sollol_proxy.forward.warmup import Warmer
 from sollol_proxy.guard.guard import grant_of, refusal
 from sollol_proxy.guard.quota import Refused
 from sollol_proxy.lifecycle.drain import CUT_REQUEST_ID, is_cut

@@ -60,7 +60,7 @@ class Result:
     requests: int = 0  # chat requests the nodes served
     hits: int = 0  # of those, the ones that reused more than 10% of their prompt from a slot
     elapsed: float = 0.0  # from the first request to the last answer
-    # The proxy's own prefills of a lone system prompt into an idle slot (fleet/warmup.py): not
+    # The proxy's own prefills of a lone system prompt into an idle slot (forward/warmup.py): not
     # clients' requests, so counted apart from the prompt tokens and hits above.
     warmups: int = 0
     # With `--requests`: one record per request (what a tail is made of: where it went, why,

@@ -47,7 +47,7 @@ class Accuracy:
 
 @dataclass(slots=True)
 class Warmups:
-    """The prefills the proxy sent itself to copy a shared system prompt (fleet/warmup.py)."""
+    """The prefills the proxy sent itself to copy a shared system prompt (forward/warmup.py)."""
 
     sent: int = 0
     done: int = 0  # answered: the slot holds the prompt

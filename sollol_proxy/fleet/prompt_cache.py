@@ -100,7 +100,7 @@ class PromptCache:
         self._expiring: deque[tuple[float, int, Ticket]] = deque()
         self.accuracy: dict[tuple[str, str], Accuracy] = {}
         self.warmups = Warmups()
-        # Told the model whenever a dispatch takes a slot or an end frees one (fleet/warmup.py).
+        # Told the model whenever a dispatch takes a slot or an end frees one (forward/warmup.py).
         self.listener: Callable[[str], None] | None = None
 
     def _runner(self, node: str, model: str, slots: int, now: float) -> SlotCache:

@@ -212,7 +212,7 @@ class Selector:
         return Plan(targets, decision)
 
     def holding(self) -> int:
-        """Requests waiting by choice for a busy slot holding their prompt (fleet/warmup.py)."""
+        """Requests waiting by choice for a busy slot holding their prompt (forward/warmup.py)."""
         return self._waits.total(time.monotonic())
 
     def _waitable(self, model: str) -> list[NodeState]:

@@ -1,4 +1,4 @@
-"""Warm-ups (fleet/warmup.py), end to end against simulated nodes: the proxy copies a group's
+"""Warm-ups (forward/warmup.py), end to end against simulated nodes: the proxy copies a group's
 system prompt into an idle slot while the slot holding it is busy, as a request Ollama serves
 without loading anything, and the group's next request finds it there."""
 
@@ -33,9 +33,9 @@ async def used(http: aiohttp.ClientSession, url: str, names: str) -> None:
 async def test_a_busy_groups_system_prompt_is_copied_into_an_idle_slot(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
-    made = await cluster(*(dict(NODE, name=name) for name in "abc"))
-    await used(http, made.url, "abc")
-    loads = {name: made.node(name).stats.loads for name in "abc"}
+    made = await cluster(*(dict(NODE, name=name) for name in "abcd"))
+    await used(http, made.url, "abc")  # the model is not loaded on d
+    loads = {name: made.node(name).stats.loads for name in "abcd"}
     # The group's only copy is busy with this request while two slots are idle: the proxy
     # copies the system prompt into one of them.
     home, _ = await chat(http, made.url, "first user: how do I rotate the keys?")
@@ -51,7 +51,8 @@ async def test_a_busy_groups_system_prompt_is_copied_into_an_idle_slot(
     assert made.node(warmed).slot_uses[-1].prompt == render_chat(
         [{"role": "system", "content": SYSTEM}]
     )
-    assert {name: made.node(name).stats.loads for name in "abc"} == loads  # nothing loaded
+    assert {name: made.node(name).stats.loads for name in "abcd"} == loads  # nothing loaded
+    assert not made.node("d").slot_uses
     # With both copies idle nothing more is copied; with the first one busy again, the next
     # question of the group does not wait for it, nor pays the prompt: it finds the copy.
     long = asyncio.create_task(chat(http, made.url, "second user: explain it all", tokens=300))
