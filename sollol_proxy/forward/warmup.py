@@ -9,9 +9,10 @@ into a slot nobody is using costs no client anything, so it is made, one at a ti
 when all of these hold:
 
 - nobody waits in admission control but by choice, for a busy slot holding its prompt
-  (`Selector.holding`: the wait a copy elsewhere would spare), and at least two of the model's believed slots are free
-  across the fleet, so the warm-up's slot is not one a client is about to need (it takes a slot
-  in admission control like a request, so no client is sent behind it into Ollama's queue);
+  (`Selector.holding`: the wait a copy elsewhere would spare), and at least two of the model's
+  believed slots are free across the fleet, so the warm-up's slot is not one a client is about
+  to need (it takes a slot in admission control like a request, so no client is sent behind it
+  into Ollama's queue, but for admission's probe beyond the believed slots, issue #11);
 - the model is resident on the node and the node's runner options are the ones the group's
   requests carried, so it can neither load a model nor make Ollama reload one (reference 5.4);
 - no idle slot of the fleet holds the group's system prompt, and the slot llama-server would give
