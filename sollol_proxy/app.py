@@ -28,6 +28,7 @@ from sollol_proxy.forward.management import Management
 from sollol_proxy.forward.pool import NodePool
 from sollol_proxy.forward.session import upstream_session
 from sollol_proxy.forward.views import FleetViews
+from sollol_proxy.forward.warmup import Warmer
 from sollol_proxy.guard.guard import Guard
 from sollol_proxy.guard.hosts import HostCheck
 from sollol_proxy.guard.metrics import KeyCollector
@@ -44,6 +45,7 @@ from sollol_proxy.observe.dashboard import Dashboard
 from sollol_proxy.observe.history import History
 from sollol_proxy.observe.metrics import Metrics
 from sollol_proxy.observe.stats import Stats
+from sollol_proxy.routing.performance import Performance
 from sollol_proxy.running import Proxy, node_priors
 from sollol_proxy.shared.prompt_cache import SharedPromptCache
 from sollol_proxy.shared.state import SharedState
@@ -162,6 +164,20 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
     )
     forwarder = Forwarder(config, session, fleet, pool)
     tasks = Background()
+    # Warm-ups copy shared system prompts into idle slots (issue #18); not across replicas.
+    warmer = (
+        None
+        if shares
+        else Warmer(
+            fleet,
+            admission,
+            prompt_cache,
+            session,
+            tasks,
+            lambda model: isinstance(selector.strategy_for(model), Performance),
+            selector.holding,
+        )
+    )
     inventory = LiveInventory(config, fleet, tasks)
     management = Management(config, session, fleet, inventory)
     guard = Guard(config)
@@ -209,6 +225,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         embeddings=embeddings,
         batches=batches,
         bodies=bodies,
+        warmer=warmer,
     )
     metrics.registry.register(BodyCollector(bodies))
     limits = Limits(config, bodies)

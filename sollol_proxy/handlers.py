@@ -26,6 +26,7 @@ from sollol_proxy.forward.forwarder import Forwarder
 from sollol_proxy.forward.management import Management
 from sollol_proxy.forward.record import Outcome, RecordSink, RequestRecord
 from sollol_proxy.forward.upstream import client_ip
+from sollol_proxy.forward.warmup import Warmer
 from sollol_proxy.guard.guard import grant_of, refusal
 from sollol_proxy.guard.quota import Refused
 from sollol_proxy.lifecycle.drain import CUT_REQUEST_ID, is_cut
@@ -82,6 +83,7 @@ class OllamaHandler:
     embeddings: Embeddings
     batches: BatchApi
     bodies: BodyBudget  # the request bodies held at once
+    warmer: Warmer | None = None  # copies shared system prompts into idle slots (issue #18)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -232,6 +234,8 @@ class OllamaHandler:
             # A large body's analysis runs off the event loop, like its peek.
             profile = await asyncio.to_thread(analyze, *args) if seen.large else analyze(*args)
             record.stream, record.task = seen.stream, profile.task
+            if self.warmer is not None:
+                self.warmer.note(profile, seen.payload)
             # A large embedding call is spread over the fleet, small ones may share a call.
             answered = await self.embeddings.answer(
                 request, body, seen.payload, model, priority, record

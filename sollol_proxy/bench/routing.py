@@ -30,7 +30,7 @@ from sollol_proxy.bench.workloads import SCENARIOS, Call, Scenario, Session
 from sollol_proxy.config import load_config
 from sollol_proxy.server import start_proxy
 from sollol_proxy.simulator import SimulatedNode
-from sollol_proxy.simulator.kvcache import SLOT_PROMPT_SIMILARITY
+from sollol_proxy.simulator.kvcache import SLOT_PROMPT_SIMILARITY, SlotUse
 from sollol_proxy.wire.headers import NODE_HEADER, QUEUE_HEADER, ROUTE_HEADER
 
 STRATEGIES = (
@@ -60,6 +60,9 @@ class Result:
     requests: int = 0  # chat requests the nodes served
     hits: int = 0  # of those, the ones that reused more than 10% of their prompt from a slot
     elapsed: float = 0.0  # from the first request to the last answer
+    # The proxy's own prefills of a lone system prompt into an idle slot (forward/warmup.py): not
+    # clients' requests, so counted apart from the prompt tokens and hits above.
+    warmups: int = 0
     # With `--requests`: one record per request (what a tail is made of: where it went, why,
     # how long it waited in the proxy, what its node says it prefilled).
     log: list[dict[str, object]] | None = None
@@ -181,15 +184,21 @@ async def run_scenario(scenario: Scenario, strategy: str, *, log: bool = False) 
     finally:
         for node in nodes:
             result.loads += node.stats.loads
-            result.prompt_tokens += node.stats.prompt_tokens
-            result.cached_tokens += node.stats.cached_tokens
-            result.requests += len(node.slot_uses)
+            clients = [use for use in node.slot_uses if not _is_warmup(use)]
+            result.warmups += len(node.slot_uses) - len(clients)
+            result.prompt_tokens += sum(use.prompt_tokens for use in clients)
+            result.cached_tokens += sum(use.cached_tokens for use in clients)
+            result.requests += len(clients)
             result.hits += sum(
-                use.cached_tokens > SLOT_PROMPT_SIMILARITY * use.prompt_tokens
-                for use in node.slot_uses
+                use.cached_tokens > SLOT_PROMPT_SIMILARITY * use.prompt_tokens for use in clients
             )
             await node.stop()
     return result
+
+
+def _is_warmup(use: SlotUse) -> bool:
+    """A prompt of one system message: the clients' always have a question after it."""
+    return use.prompt.startswith("<|system|>") and use.prompt.rfind("<|") == 0
 
 
 @asynccontextmanager
@@ -265,6 +274,7 @@ def _row(strategy: str, result: Result, base: Result) -> str:
         f"{result.hits / result.requests:.0%}" if result.requests else "-",
         f"{rate:.2f} ({ratio(rate, base_rate)})",
         str(result.errors),
+        str(result.warmups),
     ]
     return f"| {strategy} | " + " | ".join(cells) + " |"
 
@@ -298,9 +308,9 @@ async def benchmark(
         )
         out.append(
             "| strategy | TTFT p50 | TTFT p95 | total p50 | total p95 | model loads "
-            "| prompt tokens cached | requests hitting | requests/s | errors |"
+            "| prompt tokens cached | requests hitting | requests/s | errors | warm-ups |"
         )
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         out.extend(_row(strategy, result, base) for strategy, result in results.items())
     return "\n".join(out)
 

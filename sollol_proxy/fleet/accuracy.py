@@ -1,5 +1,6 @@
 """How often the prompt-cache model was right: predicted against observed hits and cached
-tokens, per node and model, for /sollol/stats and /metrics."""
+tokens, per node and model, and the warm-ups the proxy sent itself, for /sollol/stats and
+/metrics."""
 
 from __future__ import annotations
 
@@ -42,3 +43,16 @@ class Accuracy:
             "predicted_cached_ratio": ratio(self.predicted_tokens, self.prompt_tokens),
             "observed_cached_ratio": ratio(self.observed_tokens, self.prompt_tokens),
         }
+
+
+@dataclass(slots=True)
+class Warmups:
+    """The prefills the proxy sent itself to copy a shared system prompt (forward/warmup.py)."""
+
+    sent: int = 0
+    done: int = 0  # answered: the slot holds the prompt
+    failed: int = 0  # an error, a timeout, or cut short (the slot is believed as it was)
+    tokens: int = 0  # prompt tokens sent, the proxy's estimate
+
+    def to_json(self) -> dict[str, int]:
+        return {"sent": self.sent, "done": self.done, "failed": self.failed, "tokens": self.tokens}

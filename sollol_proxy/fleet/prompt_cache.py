@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sollol_proxy.fleet.accuracy import Accuracy
+from sollol_proxy.fleet.accuracy import Accuracy, Warmups
 from sollol_proxy.fleet.prefix_copies import FirstCopies
 from sollol_proxy.fleet.prefix_demand import Demand
 from sollol_proxy.routing.slot_cache import SlotCache, Take
@@ -81,6 +81,7 @@ class Ticket:
     node: str
     model: str
     take: Take
+    counted: bool = True  # a client's request: its prefixes count as demand
 
 
 class PromptCache:
@@ -98,6 +99,9 @@ class PromptCache:
         # no reservation is left, and is then passed over.
         self._expiring: deque[tuple[float, int, Ticket]] = deque()
         self.accuracy: dict[tuple[str, str], Accuracy] = {}
+        self.warmups = Warmups()
+        # Told the model whenever a dispatch takes a slot or an end frees one (forward/warmup.py).
+        self.listener: Callable[[str], None] | None = None
 
     def _runner(self, node: str, model: str, slots: int, now: float) -> SlotCache:
         runner = self._runners.get((node, model))
@@ -250,13 +254,17 @@ class PromptCache:
         slots: int,
         *,
         fresh: bool = False,
+        counted: bool = True,
         now: float | None = None,
     ) -> Ticket | None:
         """The request was sent to `node`: it takes the slot llama-server will give it (or
         waits for one), or the one reserved for it there. `fresh`: the model is not loaded
-        there yet, so its slots start empty."""
+        there yet, so its slots start empty. `counted`: a client's request, whose prefixes
+        count as demand (not a warm-up's)."""
         if not keys:
             return None
+        if self.listener is not None:
+            self.listener(model)
         now = time.monotonic() if now is None else now
         self._expire(now)
         reserved = self._reserved.pop(id(keys), None)
@@ -268,17 +276,26 @@ class PromptCache:
                     self._changed(node, model)
                 return ticket
             self.finish(ticket, served=False)  # it went elsewhere (a failover)
-        return self._take(node, model, keys, slots, fresh=fresh, now=now)
+        return self._take(node, model, keys, slots, fresh=fresh, now=now, counted=counted)
 
     def _take(
-        self, node: str, model: str, keys: PrefixKeys, slots: int, *, fresh: bool, now: float
+        self,
+        node: str,
+        model: str,
+        keys: PrefixKeys,
+        slots: int,
+        *,
+        fresh: bool,
+        now: float,
+        counted: bool = True,
     ) -> Ticket:
-        self.demand.count(model, keys, now)
+        if counted:
+            self.demand.count(model, keys, now)
         runner = self._runner(node, model, slots, now)
         if fresh:
             runner.clear(busy_too=True)
         self._changed(node, model)
-        return Ticket(node, model, runner.take(keys, now))
+        return Ticket(node, model, runner.take(keys, now), counted)
 
     def _expire(self, now: float) -> None:
         """Give back the reservations that ran out: the oldest first, up to the first that has
@@ -331,8 +348,10 @@ class PromptCache:
         now = time.monotonic() if now is None else now
         runner.release(take, now, answer, served=served)
         self._changed(ticket.node, ticket.model)
-        if served and take.keys:
+        if served and take.keys and ticket.counted:
             self.demand.ended(ticket.model, take.keys, now)
+        if self.listener is not None:
+            self.listener(ticket.model)
 
     def record(
         self, model: str, node: str, keys: PrefixKeys, slots: int = 1, answer: int = 0

@@ -211,6 +211,10 @@ class Selector:
         self._decisions.add(decision)
         return Plan(targets, decision)
 
+    def holding(self) -> int:
+        """Requests waiting by choice for a busy slot holding their prompt (forward/warmup.py)."""
+        return self._waits.total(time.monotonic())
+
     def _waitable(self, model: str) -> list[NodeState]:
         """Nodes whose busy slots a request for `model` could wait for: resident holders."""
         return [n for n in self._fleet.with_model(model) if n.is_resident(model)]

@@ -53,3 +53,7 @@ class Waits:
         for expired in [h for h in holds if h.until <= now]:
             holds.discard(expired)
         return len(holds) - (but in holds)
+
+    def total(self, now: float) -> int:
+        """Requests waiting for any node now."""
+        return sum(self.count(node, now) for node in list(self._holds))

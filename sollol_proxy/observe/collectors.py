@@ -257,4 +257,17 @@ class PromptCacheCollector(Collector):
             prompt.add_metric([node, model], score.prompt_tokens)
             cached.add_metric([node, model, "predicted"], score.predicted_tokens)
             cached.add_metric([node, model, "observed"], score.observed_tokens)
-        yield from (judged, hits, agreed, prompt, cached)
+        warmups = CounterMetricFamily(
+            "sollol_prompt_cache_warmups",
+            "Prefills the proxy sent itself to copy a shared system prompt into an idle slot, "
+            "by outcome (sent, done, failed).",
+            labels=["outcome"],
+        )
+        counts = self._prompt_cache.warmups
+        for outcome, value in (
+            ("sent", counts.sent),
+            ("done", counts.done),
+            ("failed", counts.failed),
+        ):
+            warmups.add_metric([outcome], value)
+        yield from (judged, hits, agreed, prompt, cached, warmups)

@@ -160,4 +160,5 @@ class Stats:
                 node: {model: score.to_json() for model, score in models.items()}
                 for node, models in by_node.items()
             },
+            "warmups": self._prompt_cache.warmups.to_json(),
         }

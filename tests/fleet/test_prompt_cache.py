@@ -289,3 +289,19 @@ def test_a_belief_that_grows_finds_what_the_slots_it_did_not_know_of_hold() -> N
     assert running is not None and waiting is not None and waiting.take.slot is None
     probe = cache.probe("m", chat(teams[1], "hi"), {"b": 2}, now=2.2)["b"]
     assert waiting.take.slot is not None and probe.full_since == 2.0
+
+
+def test_a_warm_up_fills_a_slot_without_counting_as_demand_and_changes_are_told() -> None:
+    cache = PromptCache()
+    told: list[str] = []
+    cache.listener = told.append
+    keys = chat(SYSTEM, "hello")
+    ticket = cache.take("a", "m", keys[:1], 1, counted=False)
+    assert ticket is not None and told == ["m"]
+    cache.finish(ticket)  # its one token is no turn of the group's: no answer to continue
+    assert told == ["m", "m"]
+    # The slot holds the system prompt; no request of the group was counted for it.
+    assert cached(cache, keys, {"a": 1}) == {"a": keys[0][1]}
+    assert cache.demand.worth("m", keys[0][0], 1, 1) == 0.0
+    cache.record("m", "b", keys)
+    assert cache.demand.worth("m", keys[0][0], 1, 1) > 0.0

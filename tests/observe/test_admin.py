@@ -103,7 +103,11 @@ STATS = {
     },
     "routing": {"by_strategy": {"*": {"*": int}}, "by_task": {"*": {"*": int}}},
     # Predicted against observed prompt-cache hits, fleet-wide and per node and model.
-    "prompt_cache": {**PROMPT_CACHE_SCORE, "nodes": {"*": {"*": PROMPT_CACHE_SCORE}}},
+    "prompt_cache": {
+        **PROMPT_CACHE_SCORE,
+        "nodes": {"*": {"*": PROMPT_CACHE_SCORE}},
+        "warmups": {"sent": int, "done": int, "failed": int, "tokens": int},
+    },
     # The priority queue per priority, as GET /sollol/queue reports it.
     "queue_by_priority": {
         "*": {
