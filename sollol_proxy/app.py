@@ -169,6 +169,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
         None
         if shares
         else Warmer(
+            config.warmups,
             fleet,
             admission,
             prompt_cache,
@@ -251,6 +252,7 @@ async def create_app(config: Config, source: ConfigSource | None = None) -> web.
             embeddings,
             jobs,
             batches,
+            *(() if warmer is None else (warmer,)),
         ),
         tasks=tasks,
         history=history,

@@ -60,7 +60,7 @@ _SECTIONS: dict[str, set[str]] = {
     "outlier": {"consecutive_failures", "base_ejection", "max_ejection", "busy_cooldown"},
     "retries": {"budget_ratio", "min_concurrent", "backoff_base", "backoff_max"},
     "inventory": {"interval", "view_timeout"},
-    "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept"},
+    "routing": {"strategy", "models", "max_attempts", "priors", "decisions_kept", "warmups"},
     "queue": {"enabled", "max_length", "max_wait", "ageing", "affinity_window", "bands"},
     "metrics": {"port"},
     "limits": {

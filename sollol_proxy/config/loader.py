@@ -281,6 +281,7 @@ def _validate(layers: Layers) -> Config:
             layers, "routing.decisions_kept", defaults.decisions_kept, 0, 100_000
         ),
         max_attempts=integer(layers, "routing.max_attempts", defaults.max_attempts, 1, 100),
+        warmups=boolean(layers, "routing.warmups", defaults.warmups),
         max_body_bytes=max_body,
         max_body_memory=body_memory,
         queue=queue(layers),

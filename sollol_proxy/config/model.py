@@ -122,6 +122,8 @@ class Config:
     priors: Priors = field(default_factory=Priors)
     decisions_kept: int = 500
     max_attempts: int = 3
+    # The proxy may copy a shared system prompt into an idle slot itself (forward/warmup.py).
+    warmups: bool = True
     max_body_bytes: int = 64 * 2**20
     # Request-body bytes held at once, all requests together (wire/body_budget.py); by default
     # BODIES_HELD bodies of the largest size.
@@ -201,6 +203,7 @@ class Config:
                 "max_attempts": self.max_attempts,
                 "priors": asdict(self.priors),
                 "decisions_kept": self.decisions_kept,
+                "warmups": self.warmups,
             },
             "queue": {
                 "enabled": self.queue.enabled,

@@ -30,7 +30,9 @@ then holding the prompt), without counting it as demand for the prefix. `/sollol
 `/metrics` count them (`PromptCache.warmups`).
 
 Only native chat requests whose first message is a system prompt of at least `MIN_TOKENS` are
-copied; not with replicas sharing state in Redis (each would copy the same prompt).
+copied; not with replicas sharing state in Redis (each would copy the same prompt), and not with
+`routing.warmups: false`. What clients send is bounded: only models the fleet has, and at most
+`KEPT_CHARS` of first messages in all, none longer than `MESSAGE_CHARS`, the least recently seen forgotten first.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from typing import Any
 import aiohttp
 
 from sollol_proxy.admission.admission import Admission
+from sollol_proxy.config.model import Config
 from sollol_proxy.fleet.capacity import model_slots
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.health import State
@@ -60,8 +63,12 @@ log = logging.getLogger("sollol.warmup")
 # A system prompt shorter than this is not worth a request of its own: its prefill is about the
 # cost of the request around it.
 MIN_TOKENS = 256
-# Shared first messages remembered per model (the most recently seen).
+# Shared first messages remembered per model (the most recently seen) ...
 KEPT = 64
+# ... and their characters in all, every model's together (a client chooses them); a longer
+# first message than MESSAGE_CHARS is not kept.
+KEPT_CHARS = 8 * 2**20
+MESSAGE_CHARS = 2**17
 # A warm-up that has not answered by then is given up (its slot is given back).
 TIMEOUT_S = 30.0
 # Free slots the fleet must have, the warm-up's included.
@@ -82,6 +89,7 @@ class _Group:
 class Warmer:
     def __init__(
         self,
+        on: bool,
         fleet: Fleet,
         admission: Admission,
         cache: PromptCache,
@@ -90,11 +98,13 @@ class Warmer:
         enabled: Callable[[str], bool],
         holding: Callable[[], int],
     ) -> None:
+        self._on = on
         self._fleet = fleet
         self._session = session
         self._admission = admission
         self._cache = cache
         self._groups: dict[str, OrderedDict[bytes, _Group]] = {}  # model -> first key -> group
+        self._chars = 0  # of the first messages kept, every model's
         self._pending: set[str] = set()  # models whose check is scheduled
         self._running: set[str] = set()  # models with a warm-up under way
         self._tasks = tasks  # the app's: cancelled and awaited at a stop
@@ -103,12 +113,18 @@ class Warmer:
         self._quiet: dict[str, float] = {}  # model -> no warm-up before (after a failure)
         cache.listener = self.soon
 
+    def reconfigure(self, config: Config) -> None:
+        self._on = config.warmups
+        if not self._on:
+            self._groups.clear()
+            self._chars = 0
+
     def note(self, profile: RequestProfile, payload: Any) -> None:
         """A client's request: remember its first message when it is a long system prompt."""
         keys = profile.prefix_keys
-        if profile.endpoint != "chat" or len(keys) < 2 or keys[0][1] < MIN_TOKENS:
+        if not self._on or profile.endpoint != "chat" or len(keys) < 2 or keys[0][1] < MIN_TOKENS:
             return
-        if not self._enabled(profile.model):
+        if not self._enabled(profile.model) or not self._fleet.with_model(profile.model):
             return
         messages = payload.get("messages") if isinstance(payload, dict) else None
         first = messages[0] if isinstance(messages, list) and messages else None
@@ -117,16 +133,30 @@ class Warmer:
         role, content = first.get("role"), first.get("content")
         if not isinstance(role, str) or role.lower() != "system" or not isinstance(content, str):
             return
+        if len(content) > MESSAGE_CHARS:
+            return
         groups = self._groups.setdefault(profile.model, OrderedDict())
         root = keys[0][0]
         if root in groups:
             groups.move_to_end(root)
-        else:
-            groups[root] = _Group(
-                {"role": "system", "content": content}, keys[0][1], profile.runner_options
-            )
-            if len(groups) > KEPT:
-                groups.popitem(last=False)
+            return
+        groups[root] = _Group(
+            {"role": "system", "content": content}, keys[0][1], profile.runner_options
+        )
+        self._chars += len(content)
+        if len(groups) > KEPT:
+            self._forget(groups)
+        while self._chars > KEPT_CHARS:  # the model with most kept gives up its oldest
+            self._forget(max(self._groups.values(), key=len))
+
+    @property
+    def kept(self) -> tuple[int, int]:
+        """First messages remembered, and their characters, every model's together."""
+        return sum(len(groups) for groups in self._groups.values()), self._chars
+
+    def _forget(self, groups: OrderedDict[bytes, _Group]) -> None:
+        _, group = groups.popitem(last=False)
+        self._chars -= len(group.message["content"])
 
     def soon(self, model: str) -> None:
         """The slots of `model` changed (a dispatch, an end): look for a copy to make, once the
@@ -137,6 +167,8 @@ class Warmer:
 
     def _consider(self, model: str) -> None:
         self._pending.discard(model)
+        if model not in self._groups:  # forgotten meanwhile (a reload turned warm-ups off)
+            return
         # A request waiting for any free slot would want the warm-up's; one waiting by choice for
         # a busy slot holding its prompt would not (and is what a copy elsewhere spares).
         if model in self._running or self._admission.waiting > self._holding():

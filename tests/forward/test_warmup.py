@@ -8,8 +8,10 @@ import asyncio
 
 import aiohttp
 import orjson
+import pytest
 
-from sollol_proxy.app import FLEET
+import sollol_proxy.forward.warmup as warmup
+from sollol_proxy.app import FLEET, PROXY
 from sollol_proxy.simulator.kvcache import render_chat
 from sollol_proxy.wire.headers import NODE_HEADER
 from tests.conftest import ClusterFactory, eventually
@@ -84,3 +86,50 @@ async def test_no_copy_with_one_idle_slot_left(
     assert await stats(http, made.url) == {"sent": 0, "done": 0, "failed": 0, "tokens": 0}
     other = "b" if home == "a" else "a"
     assert len(made.node(other).slot_uses) == 1  # the pinned one
+
+
+async def test_warmups_off_send_nothing(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # The first test's fleet and request, where a copy is made, with `routing.warmups: false`.
+    made = await cluster(*(dict(NODE, name=name) for name in "abc"), routing__warmups=False)
+    await used(http, made.url, "abc")
+    await chat(http, made.url, "first user: how do I rotate the keys?")
+    await asyncio.sleep(0.3)  # a copy is sent within a few ms of the slot change
+    assert await stats(http, made.url) == {"sent": 0, "done": 0, "failed": 0, "tokens": 0}
+    assert sum(len(made.node(name).slot_uses) for name in "abc") == 4  # three pinned, one chat
+
+
+def warmer_of(made: object) -> warmup.Warmer:
+    parts = made.proxy.runner.app[PROXY].parts  # type: ignore[attr-defined]
+    return next(part for part in parts if isinstance(part, warmup.Warmer))
+
+
+async def test_what_clients_send_is_kept_within_bounds(
+    cluster: ClusterFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = await cluster(dict(NODE, name="a"))
+    warmer = warmer_of(made)
+    monkeypatch.setattr(warmup, "KEPT_CHARS", 3 * (len(SYSTEM) + 10))
+    monkeypatch.setattr(warmup, "MESSAGE_CHARS", 2 * len(SYSTEM))
+
+    async def send(model: str, system: str) -> None:
+        body = {
+            "model": model,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": "hi"},
+            ],
+            "stream": False,
+            "options": {"num_predict": 1},
+        }
+        async with http.post(made.url + "/api/chat", json=body) as response:
+            await response.read()
+
+    await send("nowhere:latest", SYSTEM)  # a model no node has: nothing kept
+    assert warmer.kept == (0, 0)
+    for n in range(5):  # distinct long system prompts: the oldest are forgotten
+        await send(MODEL, f"{n:10d}{SYSTEM}")
+    assert warmer.kept == (3, 3 * (len(SYSTEM) + 10))
+    await send(MODEL, SYSTEM * 3)  # one message over a share of the bound: not kept
+    assert warmer.kept == (3, 3 * (len(SYSTEM) + 10))
