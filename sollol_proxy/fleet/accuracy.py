@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sollol_proxy.routing.slot_match import SLOT_PROMPT_SIMILARITY
+
 
 @dataclass(slots=True)
 class Accuracy:
@@ -18,6 +20,23 @@ class Accuracy:
     prompt_tokens: int = 0  # Ollama's prompt_eval_count, summed
     predicted_tokens: int = 0
     observed_tokens: int = 0
+
+    def missed(self, predicted: int, observed: int, prompt_count: int) -> bool:
+        """Score one request (its cached prompt tokens, predicted and observed, out of
+        `prompt_count`); True when a predicted hit was a miss: the runner lost what the proxy
+        believed it held."""
+        predicted = min(predicted, prompt_count - 1)
+        observed = max(0, min(observed, prompt_count - 1))
+        threshold = SLOT_PROMPT_SIMILARITY * prompt_count
+        predicted_hit, observed_hit = predicted > threshold, observed > threshold
+        self.requests += 1
+        self.predicted_hits += predicted_hit
+        self.observed_hits += observed_hit
+        self.agreed += predicted_hit == observed_hit
+        self.prompt_tokens += prompt_count
+        self.predicted_tokens += predicted
+        self.observed_tokens += observed
+        return predicted_hit and not observed_hit
 
     def add(self, other: Accuracy) -> None:
         self.requests += other.requests

@@ -21,7 +21,6 @@ by `max_roots` demand counters.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -29,18 +28,9 @@ from typing import NamedTuple
 from sollol_proxy.fleet.accuracy import Accuracy, Warmups
 from sollol_proxy.fleet.prefix_copies import FirstCopies
 from sollol_proxy.fleet.prefix_demand import Demand
+from sollol_proxy.fleet.reservations import Reservations
 from sollol_proxy.routing.slot_cache import SlotCache, Take
-from sollol_proxy.routing.slot_match import (
-    SLOT_PROMPT_SIMILARITY,
-    PrefixKeys,
-    Slot,
-    common_tokens,
-    heads,
-)
-
-# A slot reserved when the request was given its node, and never claimed by its dispatch (the
-# client went away in between), is given back after this long.
-RESERVATION_S = 5.0
+from sollol_proxy.routing.slot_match import PrefixKeys, Slot, common_tokens, heads
 
 
 class Probe(NamedTuple):
@@ -92,12 +82,7 @@ class PromptCache:
         self._by_model: dict[str, dict[str, SlotCache]] = {}
         self._copies: dict[str, FirstCopies] = {}  # model -> its runners' first prefixes
         self.demand = Demand(max_roots)
-        # id(keys) -> (the slot taken for them, when it is given back, the keys themselves)
-        self._reserved: dict[int, tuple[Ticket, float, PrefixKeys]] = {}
-        # The reservations in the order made, so in the order they run out (every one lasts
-        # RESERVATION_S): (until, id(keys), ticket). A claimed one stays until it runs out or
-        # no reservation is left, and is then passed over.
-        self._expiring: deque[tuple[float, int, Ticket]] = deque()
+        self._reserved: Reservations[Ticket] = Reservations()
         self.accuracy: dict[tuple[str, str], Accuracy] = {}
         self.warmups = Warmups()
         # Told the model whenever a dispatch takes a slot or an end frees one (forward/warmup.py).
@@ -239,12 +224,11 @@ class PromptCache:
         self._expire(now)
         if keys:
             # Chosen again (a refusal by the replicas' shared slots): the earlier one goes back.
-            earlier = self._reserved.pop(id(keys), None)
+            earlier = self._reserved.claim(keys)
             if earlier is not None:
-                self.finish(earlier[0], served=False)
+                self.finish(earlier, served=False)
             ticket = self._take(node, model, keys, slots, fresh=False, now=now)
-            self._reserved[id(keys)] = (ticket, now + RESERVATION_S, keys)
-            self._expiring.append((now + RESERVATION_S, id(keys), ticket))
+            self._reserved.hold(keys, ticket, now)
 
     def take(
         self,
@@ -267,9 +251,8 @@ class PromptCache:
             self.listener(model)
         now = time.monotonic() if now is None else now
         self._expire(now)
-        reserved = self._reserved.pop(id(keys), None)
-        if reserved is not None:
-            ticket = reserved[0]
+        ticket = self._reserved.claim(keys)
+        if ticket is not None:
             if ticket.node == node and ticket.model == model:
                 if fresh:
                     ticket.take.runner.clear(busy_too=True)
@@ -298,18 +281,9 @@ class PromptCache:
         return Ticket(node, model, runner.take(keys, now), counted)
 
     def _expire(self, now: float) -> None:
-        """Give back the reservations that ran out: the oldest first, up to the first that has
-        not (no walk of them all per request)."""
-        expiring, reserved = self._expiring, self._reserved
-        if not reserved:
-            expiring.clear()  # every one left was claimed
-            return
-        while expiring and expiring[0][0] <= now:
-            _, key, ticket = expiring.popleft()
-            held = reserved.get(key)
-            if held is not None and held[0] is ticket:  # not claimed, nor another's since
-                del reserved[key]
-                self.finish(ticket, served=False)
+        """Give back the reservations that ran out (fleet/reservations.py)."""
+        for ticket in self._reserved.expired(now):
+            self.finish(ticket, served=False)
 
     def finish(
         self,
@@ -329,21 +303,10 @@ class PromptCache:
         take = ticket.take
         runner = take.runner
         if observed is not None and prompt_count > 0 and take.slot is not None:
-            predicted = min(round(take.cached * ratio), prompt_count - 1)
-            observed = max(0, min(observed, prompt_count - 1))
-            threshold = SLOT_PROMPT_SIMILARITY * prompt_count
-            predicted_hit, observed_hit = predicted > threshold, observed > threshold
             score = self.accuracy.get((ticket.node, ticket.model))
             if score is None:
                 score = self.accuracy[(ticket.node, ticket.model)] = Accuracy()
-            score.requests += 1
-            score.predicted_hits += predicted_hit
-            score.observed_hits += observed_hit
-            score.agreed += predicted_hit == observed_hit
-            score.prompt_tokens += prompt_count
-            score.predicted_tokens += predicted
-            score.observed_tokens += observed
-            if predicted_hit and not observed_hit:
+            if score.missed(round(take.cached * ratio), observed, prompt_count):
                 runner.clear(keep=take)
         now = time.monotonic() if now is None else now
         runner.release(take, now, answer, served=served)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sollol_proxy.fleet.prompt_cache import RESERVATION_S, PromptCache, Rounds
+from sollol_proxy.fleet.prompt_cache import PromptCache, Rounds
+from sollol_proxy.fleet.reservations import RESERVATION_S
 from sollol_proxy.routing.analysis import analyze
 from sollol_proxy.routing.slot_match import MAX_KEYS
 
@@ -193,19 +194,6 @@ def test_reservations_run_out_oldest_first_and_claimed_ones_are_passed_over() ->
     assert sum(slot.busy for slot in cache.slots("a", "m")) == 3
     ticket = cache.take("a", "m", last, 8, now=RESERVATION_S + 1.6)
     assert ticket is not None and ticket.take.slot is not None and ticket.take.slot.busy
-
-
-def test_claimed_reservations_are_not_kept_once_none_is_left() -> None:
-    # Each request reserves its slot and claims it at once (the usual case): what is kept to
-    # run reservations out in order does not grow with the requests.
-    cache = PromptCache()
-    for i in range(1000):
-        keys = chat(SYSTEM, f"question {i}")
-        cache.reserve("a", "m", keys, 4, now=i * 0.001)
-        ticket = cache.take("a", "m", keys, 4, now=i * 0.001)
-        assert ticket is not None
-        cache.finish(ticket, now=i * 0.001)
-    assert len(cache._expiring) <= 1
 
 
 def test_a_conversations_own_history_is_worth_keeping_while_it_may_come_back() -> None:
