@@ -16,8 +16,8 @@ eviction yet is believed to hold what its peers were seen to hold, or more if it
 
 Restarts. A node's slots change only when its `ollama serve` restarts (or a runner is loaded
 anew), so the estimators of a node are reset, keeping their value but no longer trusting it
-(slow start again), when a node answers its probes again after failing them or reports another
-version, and the estimator of a model when its runner leaves /api/ps or an answer shows a load
+(slow start again), when a node answers its probes again after failing them, answers a request
+after dropping one (a refused or broken connection), or reports another version, and the estimator of a model when its runner leaves /api/ps or an answer shows a load
 (load_duration) where the model was believed loaded (capacity.learn). A restart between two
 probes that no load shows (the node was busy: streams were cut) is caught by the estimator
 itself: a cut makes its next probe due; waits where it had proofs, or free runs above it.
@@ -181,6 +181,9 @@ class NodeBeliefs:
         )
         self.peers: Peers | None = None
         self._resident: set[str] = set()  # models in the last /api/ps
+        # When and why the node last dropped a request's connection (refused, reset, a stream
+        # cut), until a request sent after that answers: see `answered`.
+        self._dropped: tuple[float, str] | None = None
 
     def reconfigure(self, config: NodeConfig) -> None:
         """A reload: settings now given (or no longer given) replace the beliefs they cover."""
@@ -224,6 +227,22 @@ class NodeBeliefs:
             belief = self.slots.get(model)
             if belief is not None:
                 self.note(model, belief.estimator.reset(reason))
+
+    def dropped(self, now: float, reason: str) -> None:
+        """A request's connection was refused or broke: `ollama serve` may be restarting."""
+        self._dropped = (now, reason)
+
+    def answered(self, sent: float) -> None:
+        """A request sent at `sent` had its first byte. After dropped connections that is a
+        restart, maybe with another OLLAMA_NUM_PARALLEL: an `ollama serve` that exits closes
+        every connection, and one back within a health interval is seen nowhere else (no
+        failed health probe; a model loads in milliseconds to seconds, maybe under the
+        threshold that shows a load; /api/ps comes every few seconds). Learning starts over
+        at that first byte rather than after a probe's whole answer (the bench's restart
+        fleet: the node sat at its old single slot 0.25 s longer, with requests queued)."""
+        if self._dropped is not None and sent > self._dropped[0]:
+            reason, self._dropped = self._dropped[1], None
+            self.restarted(f"it answers again after dropping a request ({reason})")
 
     def observe_ps(self, loaded: Mapping[str, Mapping[str, Any]]) -> None:
         """A fresh /api/ps (normalized name -> item): runners that left, memory bounds."""

@@ -207,11 +207,13 @@ class CapacityEstimator:
 
     def reset(self, reason: str, prior: int | None = None) -> Change | None:
         """Forget everything learned (the node restarted) and start again from `prior`, by default
-        the current belief, now unproven."""
+        the current belief, now unproven: a lower bound still growing (`probing`) if it was
+        learned, so that what peers proved lifts it at once rather than after an answer."""
         if self.fixed:
             return None
-        before, source = self._believed, self.source
+        before, source, observed = self._believed, self.source, self._observed
         self._restart(self._believed if prior is None else prior)
+        self._observed = observed and prior is None
         if (self._believed, self.source) == (before, source):
             return None
         return Change(before, self._believed, self.source, reason)
