@@ -17,10 +17,10 @@ eviction yet is believed to hold what its peers were seen to hold, or more if it
 Restarts. A node's slots change only when its `ollama serve` restarts (or a runner is loaded
 anew), so the estimators of a node are reset, keeping their value but no longer trusting it
 (slow start again), when a node answers its probes again after failing them, answers a request
-after dropping one (a refused or broken connection), or reports another version, and the estimator of a model when its runner leaves /api/ps or an answer shows a load
-(load_duration) where the model was believed loaded (capacity.learn). A restart between two
-probes that no load shows (the node was busy: streams were cut) is caught by the estimator
-itself: a cut makes its next probe due; waits where it had proofs, or free runs above it.
+sent after one of its connections was refused or broke, or reports another version, and the
+estimator of a model when its runner leaves /api/ps or an answer shows a load (load_duration)
+where the model was believed loaded (capacity.learn). A restart that none of these shows is
+caught by the estimator itself: waits where it had proofs, or free runs above it.
 """
 
 from __future__ import annotations
@@ -181,8 +181,7 @@ class NodeBeliefs:
         )
         self.peers: Peers | None = None
         self._resident: set[str] = set()  # models in the last /api/ps
-        # When and why the node last dropped a request's connection (refused, reset, a stream
-        # cut), until a request sent after that answers: see `answered`.
+        # When and why a request's connection was last refused or broken, until `answered`.
         self._dropped: tuple[float, str] | None = None
 
     def reconfigure(self, config: NodeConfig) -> None:
@@ -226,20 +225,16 @@ class NodeBeliefs:
         for model in self.slots if models is None else models:
             belief = self.slots.get(model)
             if belief is not None:
-                self.note(model, belief.estimator.reset(reason))
+                self.note(model, belief.estimator.reset(reason, eager=models is None))
 
     def dropped(self, now: float, reason: str) -> None:
         """A request's connection was refused or broke: `ollama serve` may be restarting."""
         self._dropped = (now, reason)
 
     def answered(self, sent: float) -> None:
-        """A request sent at `sent` had its first byte. After dropped connections that is a
-        restart, maybe with another OLLAMA_NUM_PARALLEL: an `ollama serve` that exits closes
-        every connection, and one back within a health interval is seen nowhere else (no
-        failed health probe; a model loads in milliseconds to seconds, maybe under the
-        threshold that shows a load; /api/ps comes every few seconds). Learning starts over
-        at that first byte rather than after a probe's whole answer (the bench's restart
-        fleet: the node sat at its old single slot 0.25 s longer, with requests queued)."""
+        """A request sent at `sent` had its first byte: after dropped connections, a restart
+        (an exiting `ollama serve` closes them all) that may show nowhere else (back within a
+        health interval, a load too short to show, /api/ps seconds away)."""
         if self._dropped is not None and sent > self._dropped[0]:
             reason, self._dropped = self._dropped[1], None
             self.restarted(f"it answers again after dropping a request ({reason})")

@@ -119,6 +119,7 @@ class CapacityEstimator:
         self._probe_interval = self.probe_every  # seconds after which a backed-off probe is due
         self._bracketed = False  # the last probe that waited was one above a proven belief
         self._observed = False
+        self._eager = False  # the node restarted: two beyond the belief until the first wait
 
     @property
     def believed(self) -> int:
@@ -130,7 +131,7 @@ class CapacityEstimator:
         if self.fixed:
             return self.fixed
         if self._slow_start:
-            return min(self.cap, self._believed + 1)
+            return min(self.cap, self._believed + 1 + self._eager)
         return min(self.cap, self._believed + (self._until_probe <= 0 and not self._probes))
 
     @property
@@ -205,15 +206,19 @@ class CapacityEstimator:
             return None
         return Change(before, self._believed, self.source, reason)
 
-    def reset(self, reason: str, prior: int | None = None) -> Change | None:
+    def reset(self, reason: str, prior: int | None = None, *, eager: bool = False) -> Change | None:
         """Forget everything learned (the node restarted) and start again from `prior`, by default
         the current belief, now unproven: a lower bound still growing (`probing`) if it was
-        learned, so that what peers proved lifts it at once rather than after an answer."""
+        learned, so that what peers proved lifts it at once rather than after an answer.
+        `eager`: the whole node restarted, maybe to change OLLAMA_NUM_PARALLEL, and requests
+        queued meanwhile: until the first wait the window is two beyond the belief, learning
+        two slots per round for at most one more request waiting inside Ollama."""
         if self.fixed:
             return None
         before, source, observed = self._believed, self.source, self._observed
         self._restart(self._believed if prior is None else prior)
         self._observed = observed and prior is None
+        self._eager = eager and self._observed
         if (self._believed, self.source) == (before, source):
             return None
         return Change(before, self._believed, self.source, reason)
@@ -256,7 +261,7 @@ class CapacityEstimator:
         return f"{k} in flight ran without a slot wait"
 
     def _waited(self, k: int, now: float) -> str:
-        self._slow_start = False
+        self._slow_start = self._eager = False
         if k > self._believed:
             self._ceiling = k if self._ceiling is None else min(self._ceiling, k)
             if self._until_probe <= 0:  # the probe failed: back off

@@ -136,8 +136,8 @@ def test_an_answer_sent_after_a_dropped_connection_restarts_learning() -> None:
     b.answered(9.0)  # sent before the drop: the old process answering, nothing new
     assert (estimator.believed, estimator.source) == (1, "learned")
     b.answered(10.5)  # sent after it: a new `ollama serve`, maybe with other slots
-    # Growing from what it had, lifted to what its peer proved: limit one more.
-    assert (estimator.believed, estimator.source, estimator.limit) == (2, "probing", 3)
+    # Growing from what it had, lifted to what its peer proved; two more until the first wait.
+    assert (estimator.believed, estimator.source, estimator.limit) == (2, "probing", 4)
     b.answered(11.0)  # once only
     assert estimator.believed == 2
 
