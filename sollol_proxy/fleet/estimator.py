@@ -39,7 +39,9 @@ latency gradients; here the queueing is measured, so the window can follow proof
   beliefs.py), so the timed probe is only a safety net, and each one costs a request a slot's
   time inside Ollama. A failed or cut request makes the next probe due (a restart cuts streams).
   A wait-free run at a concurrency that used to wait means the node gained slots: the window
-  grows again.
+  grows again. After a whole node restarted (`reset(eager=True)`) the window is two until the
+  first wait: the restart is when OLLAMA_NUM_PARALLEL changes, requests queued meanwhile, and
+  two slots a round cost at most one more request waiting inside Ollama.
 - While it grows, the belief is a lower bound: `lift` raises it to what another node proved
   (beliefs.Peers), a guess that `strikes` waits at it take back like any other belief.
 - A configured or forced value (`fixed`: num_parallel from the config, 1 for embedding models and
