@@ -16,11 +16,11 @@ eviction yet is believed to hold what its peers were seen to hold, or more if it
 
 Restarts. A node's slots change only when its `ollama serve` restarts (or a runner is loaded
 anew), so the estimators of a node are reset, keeping their value but no longer trusting it
-(slow start again), when a node answers its probes again after failing them or reports another
-version, and the estimator of a model when its runner leaves /api/ps or an answer shows a load
-(load_duration) where the model was believed loaded (capacity.learn). A restart between two
-probes that no load shows (the node was busy: streams were cut) is caught by the estimator
-itself: a cut makes its next probe due; waits where it had proofs, or free runs above it.
+(slow start again), when a node answers its probes again after failing them, answers a request
+sent after one of its connections was refused or broke, or reports another version, and the
+estimator of a model when its runner leaves /api/ps or an answer shows a load (load_duration)
+where the model was believed loaded (capacity.learn). A restart that none of these shows is
+caught by the estimator itself: waits where it had proofs, or free runs above it.
 """
 
 from __future__ import annotations
@@ -181,6 +181,8 @@ class NodeBeliefs:
         )
         self.peers: Peers | None = None
         self._resident: set[str] = set()  # models in the last /api/ps
+        # When and why a request's connection was last refused or broken, until `answered`.
+        self._dropped: tuple[float, str] | None = None
 
     def reconfigure(self, config: NodeConfig) -> None:
         """A reload: settings now given (or no longer given) replace the beliefs they cover."""
@@ -223,7 +225,19 @@ class NodeBeliefs:
         for model in self.slots if models is None else models:
             belief = self.slots.get(model)
             if belief is not None:
-                self.note(model, belief.estimator.reset(reason))
+                self.note(model, belief.estimator.reset(reason, eager=models is None))
+
+    def dropped(self, now: float, reason: str) -> None:
+        """A request's connection was refused or broke: `ollama serve` may be restarting."""
+        self._dropped = (now, reason)
+
+    def answered(self, sent: float) -> None:
+        """A request sent at `sent` had its first byte: after dropped connections, a restart
+        (an exiting `ollama serve` closes them all) that may show nowhere else (back within a
+        health interval, a load too short to show, /api/ps seconds away)."""
+        if self._dropped is not None and sent > self._dropped[0]:
+            reason, self._dropped = self._dropped[1], None
+            self.restarted(f"it answers again after dropping a request ({reason})")
 
     def observe_ps(self, loaded: Mapping[str, Mapping[str, Any]]) -> None:
         """A fresh /api/ps (normalized name -> item): runners that left, memory bounds."""

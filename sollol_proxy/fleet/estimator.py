@@ -39,7 +39,9 @@ latency gradients; here the queueing is measured, so the window can follow proof
   beliefs.py), so the timed probe is only a safety net, and each one costs a request a slot's
   time inside Ollama. A failed or cut request makes the next probe due (a restart cuts streams).
   A wait-free run at a concurrency that used to wait means the node gained slots: the window
-  grows again.
+  grows again. After a whole node restarted (`reset(eager=True)`) the window is two until the
+  first wait: the restart is when OLLAMA_NUM_PARALLEL changes, requests queued meanwhile, and
+  two slots a round cost at most one more request waiting inside Ollama.
 - While it grows, the belief is a lower bound: `lift` raises it to what another node proved
   (beliefs.Peers), a guess that `strikes` waits at it take back like any other belief.
 - A configured or forced value (`fixed`: num_parallel from the config, 1 for embedding models and
@@ -119,6 +121,7 @@ class CapacityEstimator:
         self._probe_interval = self.probe_every  # seconds after which a backed-off probe is due
         self._bracketed = False  # the last probe that waited was one above a proven belief
         self._observed = False
+        self._eager = False  # the node restarted: two beyond the belief until the first wait
 
     @property
     def believed(self) -> int:
@@ -139,7 +142,7 @@ class CapacityEstimator:
         if self.fixed:
             return self.fixed
         if self._slow_start:
-            return min(self.cap, self._believed + 1)
+            return min(self.cap, self._believed + 1 + self._eager)
         return min(self.cap, self._believed + (self._until_probe <= 0 and not self._probes))
 
     @property
@@ -214,13 +217,19 @@ class CapacityEstimator:
             return None
         return Change(before, self._believed, self.source, reason)
 
-    def reset(self, reason: str, prior: int | None = None) -> Change | None:
+    def reset(self, reason: str, prior: int | None = None, *, eager: bool = False) -> Change | None:
         """Forget everything learned (the node restarted) and start again from `prior`, by default
-        the current belief, now unproven."""
+        the current belief, now unproven: a lower bound still growing (`probing`) if it was
+        learned, so that what peers proved lifts it at once rather than after an answer.
+        `eager`: the whole node restarted, maybe to change OLLAMA_NUM_PARALLEL, and requests
+        queued meanwhile: until the first wait the window is two beyond the belief, learning
+        two slots per round for at most one more request waiting inside Ollama."""
         if self.fixed:
             return None
-        before, source = self._believed, self.source
+        before, source, observed = self._believed, self.source, self._observed
         self._restart(self._believed if prior is None else prior)
+        self._observed = observed and prior is None
+        self._eager = eager and self._observed
         if (self._believed, self.source) == (before, source):
             return None
         return Change(before, self._believed, self.source, reason)
@@ -263,7 +272,7 @@ class CapacityEstimator:
         return f"{k} in flight ran without a slot wait"
 
     def _waited(self, k: int, now: float) -> str:
-        self._slow_start = False
+        self._slow_start = self._eager = False
         if k > self._believed:
             self._ceiling = k if self._ceiling is None else min(self._ceiling, k)
             if self._until_probe <= 0:  # the probe failed: back off

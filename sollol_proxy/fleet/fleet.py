@@ -152,6 +152,8 @@ class Fleet:
     def mark_failed(self, node: NodeState, reason: str, kind: Failure = Failure.CONNECT) -> None:
         """A request to the node failed (the health state machine decides what that means)."""
         node.health.failed(kind, reason)
+        if kind in (Failure.CONNECT, Failure.RESET):  # maybe a restart (beliefs.answered)
+            node.beliefs.dropped(time.monotonic(), reason)
 
     def note_busy(self, node: NodeState, model: str, reason: str) -> None:
         """Ollama's queue-full 503: a cool-down, unless no other node could take the work."""

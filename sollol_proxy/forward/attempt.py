@@ -194,6 +194,7 @@ class DispatchObserver:
             self.decision.served_by = node.name
         if status != 200:
             return
+        node.beliefs.answered(attempt.started)
         if attempt.victims:  # the load happened: its victims are gone, and their caches
             for victim in attempt.victims:
                 node.loaded.pop(victim, None)

@@ -119,7 +119,27 @@ def test_a_runner_leaving_ps_resets_its_belief_but_keeps_the_value() -> None:
     beliefs.observe_ps({"m": {"size_vram": 10}})
     beliefs.observe_ps({})
     estimator = beliefs.slots["m"].estimator
-    assert (estimator.believed, estimator.source, estimator.limit) == (4, "default", 5)
+    # Still a lower bound once learned: probing (growing), so peers' proofs lift it at once.
+    assert (estimator.believed, estimator.source, estimator.limit) == (4, "probing", 5)
+    assert estimator.growing
+
+
+def test_an_answer_sent_after_a_dropped_connection_restarts_learning() -> None:
+    a, b = node("a"), node("b")
+    peers = Peers()
+    for n in (a, b):
+        peers.join(n)
+    learn(a.slot("m", forced=False), 2)
+    learn(b.slot("m", forced=False), 1)
+    estimator = b.slots["m"].estimator
+    b.dropped(10.0, "connection reset")
+    b.answered(9.0)  # sent before the drop: the old process answering, nothing new
+    assert (estimator.believed, estimator.source) == (1, "learned")
+    b.answered(10.5)  # sent after it: a new `ollama serve`, maybe with other slots
+    # Growing from what it had, lifted to what its peer proved; two more until the first wait.
+    assert (estimator.believed, estimator.source, estimator.limit) == (2, "probing", 4)
+    b.answered(11.0)  # once only
+    assert estimator.believed == 2
 
 
 def test_a_reload_that_sets_num_parallel_replaces_the_learned_beliefs() -> None:

@@ -4,6 +4,7 @@ OLLAMA_MAX_LOADED_MODELS, the proxy given their URLs only."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 import orjson
@@ -164,6 +165,49 @@ async def test_a_node_restarted_with_more_slots_is_relearned(
         if believed(made) == {name: 4}:
             break
     assert believed(made) == {name: 4}
+
+
+async def test_a_node_that_dropped_a_stream_and_answers_again_is_relearned_at_once(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # A restart seen by nothing but a cut stream: no health probe in between, no load long
+    # enough to show (the simulator loads at once), no /api/ps. The first answer after it
+    # starts learning over, lifted to what the peer proved: the belief must not wait for a
+    # burst of requests to prove one more slot (before, it stayed at its old single slot).
+    made = await cluster(
+        *(
+            dict(
+                name=name,
+                models=["llama3.2"],
+                num_parallel=slots,
+                token_delay=TOKEN_DELAY,
+                deterministic=False,
+            )
+            for name, slots in (("a", 1), ("b", 2))
+        ),
+        urls_only=True,
+        health__interval=30.0,
+    )
+    a, b = node_names(made)
+    await load(http, made, clients=4, each=6)
+    estimator = made.fleet.nodes[a].beliefs.slots[MODEL].estimator
+    assert believed(made) == {a: 1, b: 2} and estimator.source == "learned"
+
+    async def long_one() -> None:
+        with contextlib.suppress(aiohttp.ClientError):
+            await generate(http, made, tokens=200)  # 2 s: still streaming at the restart
+
+    busy = [asyncio.create_task(long_one()) for _ in range(4)]  # b takes 3 at most
+    await eventually(lambda: made.fleet.nodes[a].beliefs.slots[MODEL].running > 0)
+    await made.nodes[0].restart(num_parallel=4)
+    for _ in range(20):  # one at a time: none proves more than one slot
+        _, node, _ = await generate(http, made)
+        if node == a:
+            break
+    assert node == a
+    # Two beyond it until the first wait: the whole node restarted, maybe with more slots.
+    assert (estimator.believed, estimator.source, estimator.limit) == (2, "probing", 4)
+    await asyncio.gather(*busy)
 
 
 async def test_a_configured_num_parallel_is_used_as_is_and_a_reload_changes_it(

@@ -261,6 +261,28 @@ def test_reset_starts_over_from_the_given_prior() -> None:
     assert sim.est.believed == 8
 
 
+def test_after_a_node_restart_the_window_is_two_beyond_the_belief_until_the_first_wait() -> None:
+    # Requests queued while the node was away; a window of one learns one slot per round.
+    finishes, waited = {}, {}
+    for eager in (False, True):
+        sim = Sim(CapacityEstimator(prior=1), slots=1)
+        sim.run(50)
+        before = sim.waited
+        sim.est.reset("the node answers again", eager=eager)
+        sim.restart(8)
+        assert sim.est.limit == 2 + eager
+        start = sim.finished
+        while sim.est.believed < 8:
+            sim.run(1)
+        finishes[eager] = sim.finished - start
+        sim.run(200)
+        assert sim.est.believed == 8 and sim.est.limit <= 9  # one probe beyond, as before
+        waited[eager] = sim.waited - before
+    assert finishes[True] < finishes[False]
+    # At most one more request waited a service time (about 1 s here) inside the runner.
+    assert waited[True] < waited[False] + 1.5
+
+
 def test_another_clients_occasional_requests_do_not_lower_the_belief() -> None:
     sim = Sim(CapacityEstimator(prior=1), slots=4)
     sim.run(100)
