@@ -84,7 +84,7 @@ class Leases(HandedSlots):
         self._direct: dict[str, None] = {}  # of those, handed by this replica's own release
         self._ops: list[Op] = []
         self._wake = asyncio.Event()
-        self._lazy: asyncio.TimerHandle | None = None
+        self._lazy: asyncio.TimerHandle | None = None  # the lazy operations' deadline
         self._resync = True
         self.granted = self.refused = self.alone = self.handed = self.taken = self.returned = 0
         self.overbooked = 0  # handed slots taken twice (one over the bound until released)
@@ -129,7 +129,7 @@ class Leases(HandedSlots):
         """A request about to wait takes its place among the model's waiters."""
         if self._link.up:
             self.waiters[waiter] = model
-            self._push(Enqueue(waiter, model, urgency), lazy=True)
+            self._push(Enqueue(waiter, model, urgency), lazy=LAZY_S)
 
     def release(
         self,
@@ -152,22 +152,27 @@ class Leases(HandedSlots):
 
     def forget(self, waiter: str, model: str) -> None:
         if self.waiters.pop(waiter, None) is not None and self._link.up:
-            self._push(Forget(waiter, model), lazy=True)
+            self._push(Forget(waiter, model), lazy=LAZY_S)
 
     def gone(self, waiter: str, model: str) -> None:
         """A request left as its refused grant registered it (not yet in `waiters`)."""
         self.waiters.pop(waiter, None)
         if self._link.up:
-            self._push(Forget(waiter, model), lazy=True)
+            self._push(Forget(waiter, model), lazy=LAZY_S)
 
-    def _push(self, op: Op, lazy: bool = False) -> None:
+    def _push(self, op: Op, lazy: float = 0.0) -> None:
         """`lazy`: nobody waits for the answer: it goes with the next round trip, or after
-        LAZY_S at the latest."""
+        that many seconds at the latest (0: at once)."""
         self._ops.append(op)
         if not lazy:
             self._wake.set()
-        elif self._lazy is None:
-            self._lazy = asyncio.get_running_loop().call_later(LAZY_S, self._wake.set)
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + lazy
+        if self._lazy is None or due < self._lazy.when():
+            if self._lazy is not None:
+                self._lazy.cancel()
+            self._lazy = loop.call_at(due, self._wake.set)
 
     async def leave(self) -> None:
         """A replica that stops gives back at once what it still holds in Redis (its slots, its
@@ -217,6 +222,10 @@ class Leases(HandedSlots):
             self._direct.clear()
             self.promised.clear()
             self._taken.clear()
+            # A handed slot taken and not yet told (`Take`, up to `handed.TAKE_S`) is in `mine`,
+            # written back whole: only its hand entry goes (its take would count it twice).
+            dropped += [(op.node, op.model, op.rid) for op in ops if isinstance(op, Take)]
+            ops = [op for op in ops if not isinstance(op, Take)]
         held = {k: v for k, v in self.mine.items()} if resync else {}
         replies = None
         if link.up and (ops or resync):

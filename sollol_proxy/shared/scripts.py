@@ -17,7 +17,7 @@ import hashlib
 
 # A slot handed to a waiter is taken back after this if its replica has not taken it (it missed
 # the event, or died): the replica takes or gives back its handed slots within
-# `handed.RESERVE_S`, and tells Redis within `leases.LAZY_S`.
+# `handed.RESERVE_S`, and tells Redis within `handed.TAKE_S`.
 HAND_TTL_MS = 3000
 
 _NOW = """

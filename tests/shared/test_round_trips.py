@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import aiohttp
 
@@ -150,3 +151,52 @@ async def test_a_release_hands_its_slot_to_its_own_parked_request_with_no_grant(
     assert leases.operations["grant"] <= 3, leases.operations
     assert leases.handed >= requests - 3 and leases.operations["take"] <= 1, leases.operations
     assert leases.trips - trips <= requests + 3, leases.trip_kinds
+
+
+async def test_a_handed_slot_taken_is_told_with_its_requests_release(
+    replicas: ReplicasFactory,
+) -> None:
+    # One node of one configured slot, held by replica 1's request; replica 0's request is
+    # refused (it parks, registered) and handed the slot by replica 1's release. It takes the
+    # slot with no round trip and runs longer than `leases.LAZY_S`: Redis hears of the take with
+    # its release, not in a trip of its own (before: the refused grant, the take alone, the
+    # release).
+    made = await replicas(2, dict(name="a", models=[MODEL], num_parallel=1, token_delay=0.02))
+    node = made.nodes[0]
+    leases = made.shared(0).slots.leases
+    async with aiohttp.ClientSession() as http:
+        other = asyncio.create_task(generate(http, made.urls[1], "other", tokens=10))
+        await until(lambda: node.in_flight() == 1)
+        trips = leases.trips
+        await generate(http, made.urls[0], "handed", tokens=15)
+        await other
+    await idle(made)
+    assert leases.refused == 1 and leases.taken == 1 and leases.overbooked == 0
+    assert leases.trips - trips == 2, leases.trip_kinds
+    assert "take" not in leases.trip_kinds, leases.trip_kinds
+
+
+async def test_a_take_not_yet_told_when_the_replica_writes_back_is_counted_once(
+    replicas: ReplicasFactory,
+) -> None:
+    # A request took a slot handed to its replica; before Redis heard of it (the take rides
+    # with the next trip, up to `handed.TAKE_S` later) Redis restarted empty and the replica
+    # writes back what it holds: the slot counts once there, not again for the take (which
+    # found no hand entry and counted it anew: one slot held for good).
+    made = await replicas(1, dict(name="a", models=[MODEL], num_parallel=2))
+    shared = made.shared(0)
+    leases, client, replica = shared.slots.leases, shared.link.client, shared.link.replica
+    model = f"{MODEL}:latest"
+    await idle(made)
+    waiter = f"{replica}:900"
+    await client.hset(f"sollol:slots:a|{model}", replica, 1)
+    await client.hset(f"sollol:hand:a|{model}", waiter, int(time.time() * 1000) + 3000)
+    leases.handed_in("a", model, waiter)
+    assert leases.take("a", model, waiter) is not None
+    await client.flushdb()
+    leases.rejoined()
+    await until(lambda: not leases._resync)
+    assert await client.hget(f"sollol:slots:a|{model}", replica) == b"1"
+    leases.release("a", model)
+    await idle(made)
+    await until(lambda: leases.mine[("a", model)] == 0)
