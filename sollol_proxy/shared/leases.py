@@ -93,6 +93,8 @@ class Leases(HandedSlots):
         self.operations: Counter[str] = Counter()
         # Round trips of the requests' path by what they carried (`lease_ops.carried`).
         self.trip_kinds: Counter[str] = Counter()
+        # Told when Redis may have lost what this replica wrote (its write-back is due).
+        self.on_rejoined: list[Callable[[], None]] = []
         link.on_rejoin.append(self.rejoined)
 
     async def grant(
@@ -182,6 +184,8 @@ class Leases(HandedSlots):
 
     def rejoined(self) -> None:
         self._resync = True
+        for hook in self.on_rejoined:
+            hook()
         self._wake.set()
 
     async def run(self) -> None:

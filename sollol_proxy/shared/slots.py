@@ -57,6 +57,9 @@ class SharedSlots(Parking, Others):
         self._kept: dict[str, NodeState] = {}  # parked waiter -> node of the slot kept for it
         self._nodes: dict[str, NodeState] = {}  # the nodes this replica's requests went to
         self._told: dict[tuple[str, str], str] = {}  # this replica's own belief, as told to Redis
+        # Redis lost this replica's entries (restarted, or its lease lapsed): its beliefs went
+        # with them, and are told again with the next grants and releases.
+        self.leases.on_rejoined.append(self._told.clear)
         self._shared: dict[tuple[str, str], int] = {}  # the replicas' shared one, as last heard
         self._seq = itertools.count()
         link.handlers["handed"] = self._heard_handed

@@ -278,3 +278,43 @@ async def test_a_slot_handed_over_and_expired_before_its_release_is_not_counted_
     a.slots.leases.rejoined()  # a write-back: what A counts goes into Redis
     await asyncio.sleep(0.3)
     assert (await b.slots.leases.grant(model, f"{b.link.replica}:3", 0.0, ask))[0] == GRANTED
+
+
+async def test_a_belief_redis_lost_is_told_again_after_the_write_back(
+    replicas: ReplicasFactory,
+) -> None:
+    # A restarted Redis (no persistence) lost every replica's belief with their leases. The
+    # replica writes back what it holds when its next grant finds itself unknown; its belief
+    # must be told again too, not only when it next changes (it was missing from the shared
+    # belief, and from the other replicas' adoptions, for as long as the node stayed as it was).
+    made = await replicas(
+        1,
+        dict(
+            name="a",
+            models=[MODEL],
+            num_parallel=2,
+            token_delay=0.01,
+            told=False,
+            deterministic=False,
+        ),
+    )
+    shared = made.shared(0)
+    client, replica = shared.link.client, shared.link.replica
+    node = next(iter(made.fleet(0).nodes))
+    key = f"sollol:belief:{node}|{MODEL}:latest"
+    async with aiohttp.ClientSession() as http:
+        for wave in range(20):
+            await asyncio.gather(*(generate(http, made.urls[0], f"{wave}.{i}") for i in range(3)))
+            if await client.hget(key, replica) is not None:
+                break
+        told = await client.hget(key, replica)
+        assert told is not None, "the replica never told its belief"
+        await client.flushdb()
+        # One request at a time: the belief does not change, so only a write-back retells it.
+        for i in range(6):
+            assert await generate(http, made.urls[0], f"after {i}") == 200
+        await until(lambda: shared.slots.leases.alone > 0)
+        for i in range(4):
+            assert await generate(http, made.urls[0], f"later {i}") == 200
+        assert await client.zscore("sollol:alive", replica) is not None  # written back
+        assert await client.hget(key, replica) == told
