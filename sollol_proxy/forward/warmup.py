@@ -49,7 +49,7 @@ import aiohttp
 
 from sollol_proxy.admission.admission import Admission
 from sollol_proxy.config.model import Config
-from sollol_proxy.fleet.capacity import model_slots
+from sollol_proxy.fleet.capacity import model_slots, slot_belief
 from sollol_proxy.fleet.fleet import Fleet
 from sollol_proxy.fleet.health import State
 from sollol_proxy.fleet.node import NodeState
@@ -77,6 +77,12 @@ FREE_SLOTS = 2
 PROBED = 4
 # After a warm-up that failed, none for the model for this long (no loop of failures).
 QUIET_S = 10.0
+# Slot changes of a model within this long are looked at once (a look costs about 0.1 ms).
+GATHER_S = 0.02
+# A group whose requests carry one of these is not copied: `shift` is a runner option Ollama
+# reloads for (reference 5.4), and `think` and `tools` change what the template renders before
+# or around the system prompt, so a copy without them would not hold the group's tokens.
+_OWN = ("shift", "think", "tools")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +130,11 @@ class Warmer:
         keys = profile.prefix_keys
         if not self._on or profile.endpoint != "chat" or len(keys) < 2 or keys[0][1] < MIN_TOKENS:
             return
-        if not self._enabled(profile.model) or not self._fleet.with_model(profile.model):
+        if not self._enabled(profile.model) or not self._fleet.has_model(profile.model):
             return
-        messages = payload.get("messages") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict) or any(payload.get(key) is not None for key in _OWN):
+            return
+        messages = payload.get("messages")
         first = messages[0] if isinstance(messages, list) and messages else None
         if not isinstance(first, dict) or first.get("images") or first.get("tool_calls"):
             return
@@ -163,7 +171,7 @@ class Warmer:
         event loop has run what the change set off (admission hands out freed slots first)."""
         if model in self._groups and model not in self._pending and model not in self._running:
             self._pending.add(model)
-            asyncio.get_running_loop().call_soon(self._consider, model)
+            asyncio.get_running_loop().call_later(GATHER_S, self._consider, model)
 
     def _consider(self, model: str) -> None:
         self._pending.discard(model)
@@ -177,8 +185,10 @@ class Warmer:
             return
         free: dict[str, tuple[NodeState, int]] = {}
         slots: dict[str, int] = {}
-        for node in self._fleet.with_model(model):
-            if not node.is_resident(model):
+        # Not `with_model`: where no holder admits work, it ends their ejections and cool-downs
+        # for a client's request, which a warm-up is not.
+        for node in self._fleet.with_model(model, healthy_only=False):
+            if not node.health.admits() or not node.is_resident(model):
                 continue
             slots[node.name] = believed = model_slots(node, model)
             spare = believed - self._admission.slots.held.get(node.name, {}).get(model, 0)
@@ -233,6 +243,11 @@ class Warmer:
         ticket = self._cache.take(
             node.name, model, ((root, group.tokens),), model_slots(node, model), counted=False
         )
+        # Counted among the requests running there, so that a client's request sent beside it
+        # is learned from with the right count; its own wait is not known (settled as unknown).
+        belief = slot_belief(node, model)
+        sent = time.monotonic()
+        probe = belief.dispatched(sent)[1] if belief is not None else False
         served = False
         try:
             async with (
@@ -249,12 +264,17 @@ class Warmer:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.info("warm-up of %s on %s failed: %s", model, node.name, exc)
         finally:
-            if ticket is not None:
-                # Its one token is no turn of the group's: no answer for a request to continue.
-                self._cache.finish(ticket, served=served)
             counts.done += served
             counts.failed += not served
+            now = time.monotonic()
             if not served:
-                self._quiet[model] = time.monotonic() + QUIET_S
+                self._quiet[model] = now + QUIET_S
             self._running.discard(model)
             self._admission.give(node, model)
+            if belief is not None:
+                node.beliefs.note(model, belief.settled(sent, now, now))
+                belief.ended(now, probe)
+            if ticket is not None:
+                # Its one token is no turn of the group's: no answer for a request to continue.
+                # Last: the listener looks again (`soon`) once the slot is given back.
+                self._cache.finish(ticket, served=served)

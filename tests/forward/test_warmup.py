@@ -12,6 +12,7 @@ import pytest
 
 import sollol_proxy.forward.warmup as warmup
 from sollol_proxy.app import FLEET, PROXY
+from sollol_proxy.fleet.health import State
 from sollol_proxy.simulator.kvcache import render_chat
 from sollol_proxy.wire.headers import NODE_HEADER
 from tests.conftest import ClusterFactory, eventually
@@ -133,3 +134,60 @@ async def test_what_clients_send_is_kept_within_bounds(
     assert warmer.kept == (3, 3 * (len(SYSTEM) + 10))
     await send(MODEL, SYSTEM * 3)  # one message over a share of the bound: not kept
     assert warmer.kept == (3, 3 * (len(SYSTEM) + 10))
+
+
+async def test_a_warm_up_counts_among_the_requests_running_on_its_node(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # A client's request sent beside it is learned from with the right count (fleet/beliefs.py).
+    made = await cluster(*(dict(NODE, name=name) for name in "abc"))
+    await used(http, made.url, "abc")
+    first = asyncio.create_task(chat(http, made.url, "first user: how do I rotate the keys?"))
+    fleet = made.proxy.runner.app[FLEET]
+    running: dict[str, int] = {}
+    for _ in range(200):
+        running = {
+            name: node.beliefs.slots[MODEL].running
+            for name, node in fleet.nodes.items()
+            if MODEL in node.beliefs.slots
+        }
+        if sum(running.values()) == 2:
+            break
+        await asyncio.sleep(0.005)
+    # The client's request and the warm-up, each on its own node.
+    assert sorted(running.values()) == [0, 1, 1], running
+    home, _ = await first
+    assert running[home] == 1
+    await eventually(lambda: all(n.beliefs.slots[MODEL].running == 0 for n in fleet.nodes.values()))
+    assert (await stats(http, made.url))["done"] == 1
+
+
+async def test_a_group_whose_template_differs_is_not_copied(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(NODE, name="a"))
+    warmer = warmer_of(made)
+    for extra in ({"think": True}, {"tools": [{"type": "function"}]}, {"shift": False}):
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}],
+            "stream": False,
+            "options": {"num_predict": 1},
+            **extra,
+        }
+        async with http.post(made.url + "/api/chat", json=body) as response:
+            await response.read()
+    assert warmer.kept == (0, 0)
+
+
+async def test_looking_for_a_copy_ends_no_ejection_nor_cool_down(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(NODE, name="a"), dict(NODE, name="b"))
+    await chat(http, made.url, "first user: how do I rotate the keys?")
+    fleet = made.proxy.runner.app[FLEET]
+    for node in fleet.nodes.values():
+        node.health.busy("queue full", others_available=True)
+    warmer_of(made).soon(MODEL)
+    await asyncio.sleep(warmup.GATHER_S + 0.05)
+    assert all(n.health.current() is State.BUSY for n in fleet.nodes.values())
