@@ -109,7 +109,7 @@ def warmer_of(made: object) -> warmup.Warmer:
 async def test_what_clients_send_is_kept_within_bounds(
     cluster: ClusterFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = await cluster(dict(NODE, name="a"))
+    made = await cluster(dict(NODE, name="a", prompt_tokens_per_s=10**7))  # prefill: no wait
     warmer = warmer_of(made)
     monkeypatch.setattr(warmup, "KEPT_CHARS", 3 * (len(SYSTEM) + 10))
     monkeypatch.setattr(warmup, "MESSAGE_CHARS", 2 * len(SYSTEM))
@@ -165,7 +165,7 @@ async def test_a_warm_up_counts_among_the_requests_running_on_its_node(
 async def test_a_group_whose_template_differs_is_not_copied(
     cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:
-    made = await cluster(dict(NODE, name="a"))
+    made = await cluster(dict(NODE, name="a", prompt_tokens_per_s=10**7))
     warmer = warmer_of(made)
     for extra in ({"think": True}, {"tools": [{"type": "function"}]}, {"shift": False}):
         body = {
