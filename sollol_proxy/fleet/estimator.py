@@ -43,7 +43,7 @@ latency gradients; here the queueing is measured, so the window can follow proof
   first wait: the restart is when OLLAMA_NUM_PARALLEL changes, requests queued meanwhile, and
   two slots a round cost at most one more request waiting inside Ollama.
 - While it grows, the belief is a lower bound: `lift` raises it to what another node proved
-  (beliefs.Peers), a guess that `strikes` waits at it take back like any other belief.
+  (peers.Peers), a guess that `strikes` waits at it take back like any other belief.
 - A configured or forced value (`fixed`: num_parallel from the config, 1 for embedding models and
   single-slot families) is used as is and never changed by observation.
 """

@@ -19,9 +19,9 @@ import aiohttp
 import orjson
 
 from sollol_proxy.config import Config
-from sollol_proxy.fleet.beliefs import Peers
 from sollol_proxy.fleet.health import Failure, State
 from sollol_proxy.fleet.node import Lease, NodeState
+from sollol_proxy.fleet.peers import Peers
 from sollol_proxy.fleet.prompt_cache import PromptCache
 from sollol_proxy.wire.gojson import timestamp_ns
 from sollol_proxy.wire.headers import upstream_probe_headers
