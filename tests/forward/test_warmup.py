@@ -133,3 +133,53 @@ async def test_what_clients_send_is_kept_within_bounds(
     assert warmer.kept == (3, 3 * (len(SYSTEM) + 10))
     await send(MODEL, SYSTEM * 3)  # one message over a share of the bound: not kept
     assert warmer.kept == (3, 3 * (len(SYSTEM) + 10))
+
+
+async def test_a_request_holding_for_a_busy_copy_takes_the_warmed_one_when_it_is_ready(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    # a holds the group's only copy; b is a fast node with two slots; c has the model on disk
+    # only (a load first): a slow choice, and no place for a warm-up.
+    made = await cluster(
+        dict(NODE, name="a"),
+        dict(NODE, name="b", num_parallel=2, speed=10),
+        dict(NODE, name="c", load_delay=3.0),
+    )
+    await used(http, made.url, "ab")
+    fleet = made.proxy.runner.app[FLEET]
+
+    async def pinned(name: str, tokens: int, first: dict[str, str] | None = None) -> None:
+        messages = [{"role": "user", "content": f"hold {name} for a while"}]
+        body = {
+            "model": MODEL,
+            "messages": messages if first is None else [first, *messages],
+            "stream": False,
+            "options": {"num_predict": tokens},
+        }
+        async with http.post(made.url + "/api/chat", json=body, headers={NODE_HEADER: name}) as r:
+            assert r.status == 200
+
+    await pinned("a", 1, {"role": "system", "content": SYSTEM})
+    # b's slots are both busy a moment, a's for seconds: the group's next request holds for a.
+    busy_b = [asyncio.create_task(pinned("b", 100)) for _ in range(2)]
+    long = asyncio.create_task(chat(http, made.url, "second user: explain it all", tokens=150))
+    await eventually(lambda: fleet.nodes["a"].model_in_flight.get(MODEL) == 1)
+    await eventually(lambda: fleet.nodes["b"].model_in_flight.get(MODEL) == 2)
+    third = asyncio.create_task(chat(http, made.url, "third user: and the certificates?"))
+    await asyncio.gather(*busy_b)
+    # b is idle: the proxy copies the system prompt there, and the held request follows the
+    # copy as soon as it is made (0.08 s to its answer), not at its hold's deadline (0.58 s
+    # when only a's release or the deadline weighed it again) nor at a's release.
+    counts: dict[str, int] = {}
+    for _ in range(100):
+        counts = await stats(http, made.url)
+        if counts["done"]:
+            break
+        await asyncio.sleep(0.02)
+    warmed = asyncio.get_running_loop().time()
+    assert counts["done"] == 1
+    node, final = await third
+    assert node == "b" and not long.done()
+    assert final["prompt_eval_duration"] < 0.1 * final["prompt_eval_count"] / 4000 * 1e9
+    assert asyncio.get_running_loop().time() - warmed < 0.3
+    await long
