@@ -60,15 +60,9 @@ class Waiter:
         return self.priority + (now - self.enqueued) / ageing
 
     def offered(self, free: list[NodeState], now: float) -> list[NodeState]:
-        """The free nodes worth asking it about: none while it waits for a node not among them,
-        unless a copy of its prompt became idle elsewhere meanwhile (`Hold.woken`)."""
+        """The free nodes worth asking it about: none while it waits for a node not among them."""
         hold = self.hold
-        if (
-            hold is None
-            or hold.woken
-            or now >= hold.until
-            or any(n.name == hold.node for n in free)
-        ):
+        if hold is None or now >= hold.until or any(n.name == hold.node for n in free):
             return free
         return []
 

@@ -87,9 +87,6 @@ class PromptCache:
         self.warmups = Warmups()
         # Told the model whenever a dispatch takes a slot or an end frees one (forward/warmup.py).
         self.listener: Callable[[str], None] | None = None
-        # Told (model, node, first prefix key) when a warm-up's end leaves its copy idle
-        # (fleet/selector.py: requests holding for a busy copy are weighed again).
-        self.copied: Callable[[str, str, bytes], None] | None = None
 
     def _runner(self, node: str, model: str, slots: int, now: float) -> SlotCache:
         runner = self._runners.get((node, model))
@@ -316,8 +313,6 @@ class PromptCache:
         self._changed(ticket.node, ticket.model)
         if served and take.keys and ticket.counted:
             self.demand.ended(ticket.model, take.keys, now)
-        elif served and take.keys and self.copied is not None:
-            self.copied(ticket.model, ticket.node, take.keys[0][0])
         if self.listener is not None:
             self.listener(ticket.model)
 

@@ -41,8 +41,6 @@ class Selector:
         self._prompt_cache = prompt_cache
         self._decisions = decisions
         self._waits = Waits()
-        # A warm-up's copy now idle: the requests holding for a busy copy are weighed again.
-        prompt_cache.copied = self._wake
         self._views = Views(learner, fleet.healthy)
         self._strategies = {name: make_strategy(name) for name in STRATEGIES}
         self.reconfigure(config)
@@ -188,11 +186,8 @@ class Selector:
                 extend = hold is not None and now >= hold.until
                 until = now + wait.budget_s if hold is None or extend else hold.until
                 extended = hold is not None and (extend or hold.extended)
-                root = profile.prefix_keys[0][0] if profile.prefix_keys else b""
                 return Plan(
-                    hold=self._waits.hold(
-                        wait.node, until, replacing=hold, extended=extended, model=model, root=root
-                    )
+                    hold=self._waits.hold(wait.node, until, replacing=hold, extended=extended)
                 )
         self._waits.release(hold)
         kept = self._views.kept(model)
@@ -219,12 +214,6 @@ class Selector:
     def holding(self) -> int:
         """Requests waiting by choice for a busy slot holding their prompt (forward/warmup.py)."""
         return self._waits.total(time.monotonic())
-
-    def _wake(self, model: str, node: str, root: bytes) -> None:
-        """A slot of `model` on `node` was left idle holding the prefix `root` (a warm-up
-        ended): the requests holding for it elsewhere are weighed again at admission's next
-        pass, which the warm-up's slot given back sets off (fleet/waiting.py)."""
-        self._waits.wake(model, node, root, time.monotonic())
 
     def _waitable(self, model: str) -> list[NodeState]:
         """Nodes whose busy slots a request for `model` could wait for: resident holders."""
