@@ -13,12 +13,36 @@ were seen to hold, or more if it showed more.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from sollol_proxy.fleet.beliefs import NodeBeliefs
+from sollol_proxy.fleet.estimator import CapacityEstimator
+from sollol_proxy.fleet.memory import MemoryBelief
 
 log = logging.getLogger("sollol.capacity")
+
+
+class _SlotBelief(Protocol):
+    """What the peers read of a node's belief of a model's slots (beliefs.SlotBelief)."""
+
+    estimator: CapacityEstimator
+    fresh: bool
+    forced: bool
+
+    @property
+    def evidence(self) -> bool: ...
+
+
+class NodeBeliefs(Protocol):
+    """What the peers read and set of a node's beliefs (beliefs.NodeBeliefs); a protocol, so
+    that the two modules do not import each other."""
+
+    name: str
+    peers: Peers | None
+    memory: MemoryBelief
+
+    @property
+    def slots(self) -> Mapping[str, _SlotBelief]: ...
 
 
 class Peers:
