@@ -185,8 +185,8 @@ class Warmer:
             return
         free: dict[str, tuple[NodeState, int]] = {}
         slots: dict[str, int] = {}
-        # Not `with_model`: where no holder admits work, it ends their ejections and cool-downs
-        # for a client's request, which a warm-up is not.
+        # Every holder, not `with_model`'s healthy ones: where none admits work, that ends their
+        # ejections and cool-downs for a client's request, which a warm-up is not.
         for node in self._fleet.with_model(model, healthy_only=False):
             if not node.health.admits() or not node.is_resident(model):
                 continue

@@ -120,9 +120,9 @@ class HandedSlots:
     ) -> None:
         """Redis counted a slot of `node` as this replica's, for `waiter`, when all replicas
         held `held` slots there, `hand` of them handed to the other replicas' waiters and not
-        taken yet (`kept`: by the
-        release of a local slot kept for that waiter, `parking._pass_on`; `direct`: by this
-        replica's own release, with no `hand` entry in Redis to take or give back)."""
+        taken yet (`kept`: by the release of a local slot kept for that waiter,
+        `parking._pass_on`; `direct`: by this replica's own release, with no `hand` entry in
+        Redis to take or give back)."""
         key = (node, model)
         self.mine[key] += 1
         self.handed += 1
