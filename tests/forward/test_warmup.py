@@ -5,6 +5,7 @@ without loading anything, and the group's next request finds it there."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import aiohttp
 import orjson
@@ -191,3 +192,17 @@ async def test_looking_for_a_copy_ends_no_ejection_nor_cool_down(
     warmer_of(made).soon(MODEL)
     await asyncio.sleep(warmup.GATHER_S + 0.05)
     assert all(n.health.current() is State.BUSY for n in fleet.nodes.values())
+
+
+async def test_a_reload_turns_warm_ups_off(
+    cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    made = await cluster(dict(NODE, name="a", prompt_tokens_per_s=10**7))
+    warmer = warmer_of(made)
+    await chat(http, made.url, "first user: how do I rotate the keys?")
+    assert warmer.kept == (1, len(SYSTEM))
+    proxy = made.proxy.runner.app[PROXY]
+    proxy.apply(dataclasses.replace(proxy.live.config, warmups=False))
+    assert warmer.kept == (0, 0)  # forgotten, and nothing more is kept
+    await chat(http, made.url, "second user: and the certificates?")
+    assert warmer.kept == (0, 0)
